@@ -1,0 +1,163 @@
+//! Defaulting on create and update, as the Kubernetes API server's `SetDefaults_*` do for the
+//! fields users (and kubectl's printers) rely on.
+
+use serde_json::{json, Map, Value};
+
+fn obj<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+    v.get_mut(key).and_then(Value::as_object_mut)
+}
+
+fn default_field(map: &mut Map<String, Value>, key: &str, value: Value) {
+    if map.get(key).is_none_or(Value::is_null) {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+fn image_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_containers(list: Option<&mut Value>) {
+    for c in list.and_then(Value::as_array_mut).into_iter().flatten() {
+        let Some(c) = c.as_object_mut() else { continue };
+        let image = c
+            .get("image")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        default_field(c, "imagePullPolicy", json!(image_pull_policy(&image)));
+        default_field(c, "terminationMessagePath", json!("/dev/termination-log"));
+        default_field(c, "terminationMessagePolicy", json!("File"));
+        default_field(c, "resources", json!({}));
+        for p in c
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = p.as_object_mut() {
+                default_field(p, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// Defaults of a pod spec (also used inside templates).
+pub fn default_pod_spec(spec: &mut Value) {
+    let Some(map) = spec.as_object_mut() else {
+        return;
+    };
+    default_field(map, "restartPolicy", json!("Always"));
+    default_field(map, "terminationGracePeriodSeconds", json!(30));
+    default_field(map, "dnsPolicy", json!("ClusterFirst"));
+    default_field(map, "schedulerName", json!("default-scheduler"));
+    default_field(map, "securityContext", json!({}));
+    default_field(map, "enableServiceLinks", json!(true));
+    default_containers(map.get_mut("containers"));
+    default_containers(map.get_mut("initContainers"));
+}
+
+fn default_template(object: &mut Value) {
+    if let Some(spec) = object.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+/// Applies the defaults of `kind` to a decoded object.
+pub fn apply_defaults(kind: &str, object: &mut Value) {
+    match kind {
+        "Pod" => {
+            if let Some(spec) = object.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+        }
+        "Service" => {
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "type", json!("ClusterIP"));
+                default_field(spec, "sessionAffinity", json!("None"));
+                default_field(spec, "internalTrafficPolicy", json!("Cluster"));
+                for p in spec
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(p) = p.as_object_mut() {
+                        default_field(p, "protocol", json!("TCP"));
+                        let port = p.get("port").cloned().unwrap_or(Value::Null);
+                        default_field(p, "targetPort", port);
+                    }
+                }
+            }
+        }
+        "Deployment" => {
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "replicas", json!(1));
+                default_field(spec, "revisionHistoryLimit", json!(10));
+                default_field(spec, "progressDeadlineSeconds", json!(600));
+                default_field(
+                    spec,
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
+            }
+            default_template(object);
+        }
+        "ReplicaSet" | "StatefulSet" => {
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "replicas", json!(1));
+            }
+            default_template(object);
+        }
+        "ReplicationController" => {
+            let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "replicas", json!(1));
+                if let Some(labels) = template_labels {
+                    default_field(spec, "selector", labels);
+                }
+            }
+            default_template(object);
+        }
+        "DaemonSet" | "Job" => default_template(object),
+        "Namespace" => {
+            let map = object.as_object_mut().expect("objects are maps");
+            default_field(map, "spec", json!({}));
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "finalizers", json!(["kubernetes"]));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_follows_the_tag() {
+        assert_eq!(image_pull_policy("kubia"), "Always");
+        assert_eq!(image_pull_policy("luksa/kubia:latest"), "Always");
+        assert_eq!(image_pull_policy("kubia:v1"), "IfNotPresent");
+        assert_eq!(image_pull_policy("localhost:5000/kubia"), "Always");
+    }
+
+    #[test]
+    fn service_target_port_defaults_to_port() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
+        apply_defaults("Service", &mut svc);
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+    }
+}

@@ -1,0 +1,154 @@
+//! Discovery: /version, /api, /api/v1, /apis, /apis/G, /apis/G/V. Served in the legacy
+//! (unaggregated) form, which kubectl falls back to when the aggregated form is not offered.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::registry::ResourceDef;
+use super::ApiState;
+
+/// The Kubernetes version skiff's API corresponds to (k8s-openapi's `v1_37`).
+pub const KUBE_MINOR: &str = "37";
+
+/// `/version`.
+pub async fn version() -> Json<Value> {
+    Json(json!({
+        "major": "1",
+        "minor": KUBE_MINOR,
+        "gitVersion": format!("v1.{KUBE_MINOR}.0-skiff.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+    }))
+}
+
+/// `/api`.
+pub async fn core_versions() -> Json<Value> {
+    Json(json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    }))
+}
+
+fn verbs(def: &ResourceDef) -> Vec<&'static str> {
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
+    .into_iter()
+    .filter(|v| def.kind != "Namespace" || *v != "deletecollection")
+    .collect()
+}
+
+/// The APIResourceList of one group/version.
+pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Value> {
+    let defs: Vec<&ResourceDef> = state
+        .registry
+        .all()
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+        .collect();
+    if defs.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for d in defs {
+        resources.push(json!({
+            "name": d.plural,
+            "singularName": d.singular,
+            "namespaced": d.namespaced,
+            "kind": d.kind,
+            "verbs": verbs(d),
+            "shortNames": d.short_names,
+            "categories": d.categories,
+        }));
+        if d.subresources.status {
+            resources.push(json!({
+                "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "kind": d.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if d.subresources.scale {
+            resources.push(json!({
+                "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+/// `/api/{version}`.
+pub async fn core_resources(
+    State(state): State<Arc<ApiState>>,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    resource_list(&state, "", &version)
+        .map(Json)
+        .ok_or(ApiError::UnknownResource)
+}
+
+fn group_object(group: &str, version: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+    json!({"name": group, "versions": [gv], "preferredVersion": gv})
+}
+
+/// `/apis`.
+pub async fn groups(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let groups: Vec<Value> = state
+        .registry
+        .group_versions()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, v)| group_object(g, v))
+        .collect();
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+}
+
+/// `/apis/{group}`.
+pub async fn group(
+    State(state): State<Arc<ApiState>>,
+    Path(group): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (g, v) = state
+        .registry
+        .group_versions()
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .ok_or(ApiError::UnknownResource)?;
+    let mut object = group_object(g, v);
+    object["kind"] = json!("APIGroup");
+    object["apiVersion"] = json!("v1");
+    Ok(Json(object))
+}
+
+/// `/apis/{group}/{version}`.
+pub async fn group_resources(
+    State(state): State<Arc<ApiState>>,
+    Path((group, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    resource_list(&state, &group, &version)
+        .map(Json)
+        .ok_or(ApiError::UnknownResource)
+}

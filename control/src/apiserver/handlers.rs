@@ -1,0 +1,482 @@
+//! HTTP glue: parses resource paths, query parameters and bodies, and renders results
+//! (objects, lists, Tables, Status) for every resource through one set of handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::objects::{
+    DeleteOptions, FieldValidation, ListOptions, Subresource, WriteOptions, Written,
+};
+use super::patch::PatchKind;
+use super::registry::ResourceDef;
+use super::selectors::{FieldSelector, LabelSelector, SelectorError};
+use super::table::{table, IncludeObject};
+use super::{watch, ApiState};
+
+/// What a resource URL addresses.
+#[derive(Debug)]
+pub struct Target {
+    /// The resource.
+    pub def: ResourceDef,
+    /// Namespace from the path.
+    pub namespace: Option<String>,
+    /// Object name from the path; `None` for collections.
+    pub name: Option<String>,
+    /// Subresource from the path.
+    pub subresource: Subresource,
+}
+
+/// Parses the path after `/api/v1/` or `/apis/G/V/`.
+fn parse_target(
+    state: &ApiState,
+    group: &str,
+    version: &str,
+    rest: &str,
+) -> Result<Target, ApiError> {
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let find = |plural: &str| {
+        state
+            .registry
+            .find(group, version, plural)
+            .cloned()
+            .ok_or(ApiError::UnknownResource)
+    };
+    let (def, namespace, name, sub) = match segs.as_slice() {
+        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
+            let def = find(plural)?;
+            if !def.namespaced {
+                return Err(ApiError::UnknownResource);
+            }
+            (
+                def,
+                Some((*ns).to_owned()),
+                tail.first().copied(),
+                tail.get(1).copied(),
+            )
+        }
+        [plural, tail @ ..] => (
+            find(plural)?,
+            None,
+            tail.first().copied(),
+            tail.get(1).copied(),
+        ),
+        [] => return Err(ApiError::UnknownResource),
+    };
+    if segs.len() > if namespace.is_some() { 5 } else { 3 } {
+        return Err(ApiError::UnknownResource);
+    }
+    let subresource = match sub {
+        None => Subresource::Main,
+        Some("status") if def.subresources.status => Subresource::Status,
+        Some("finalize") if def.kind == "Namespace" => Subresource::Main,
+        Some("scale") if def.subresources.scale => Subresource::Scale,
+        Some(_) => return Err(ApiError::UnknownResource),
+    };
+    Ok(Target {
+        def,
+        namespace,
+        name: name.filter(|n| !n.is_empty()).map(str::to_owned),
+        subresource,
+    })
+}
+
+/// `/api/{version}/{*rest}`.
+pub async fn core_resource(
+    State(state): State<Arc<ApiState>>,
+    Path((version, rest)): Path<(String, String)>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = parse_target(&state, "", &version, &rest)?;
+    dispatch(state, target, method, query, headers, body).await
+}
+
+/// `/apis/{group}/{version}/{*rest}`.
+pub async fn group_resource(
+    State(state): State<Arc<ApiState>>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = parse_target(&state, &group, &version, &rest)?;
+    dispatch(state, target, method, query, headers, body).await
+}
+
+fn selector_error(e: SelectorError) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+/// Parses list/watch options from the query.
+pub fn list_options(
+    def: &ResourceDef,
+    query: &HashMap<String, String>,
+) -> Result<ListOptions, ApiError> {
+    let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+        .map_err(selector_error)?;
+    let fields = FieldSelector::parse(
+        query.get("fieldSelector").map_or("", String::as_str),
+        def.field_selectors,
+    )
+    .map_err(selector_error)?;
+    let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n as usize),
+            Ok(_) => None,
+            Err(_) => return Err(ApiError::BadRequest(format!("invalid limit {l:?}"))),
+        },
+        None => None,
+    };
+    let continue_token = query.get("continue").filter(|c| !c.is_empty()).cloned();
+    Ok(ListOptions {
+        labels,
+        fields,
+        limit,
+        continue_token,
+    })
+}
+
+fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiError> {
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unsupported dryRun value {other:?}: only All is supported"
+            )))
+        }
+    };
+    let field_validation = match query.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "fieldValidation must be one of Ignore, Warn, Strict, not {other:?}"
+            )))
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation,
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+}
+
+/// Decodes a JSON or YAML body.
+fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    let ct = content_type(headers);
+    let value: Value = if ct.contains("yaml") {
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))?
+    };
+    Ok(value)
+}
+
+/// What representation the client asked for.
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+}
+
+fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
+    let mut response = (code, axum::Json(value)).into_response();
+    for w in warnings {
+        if let Ok(h) = http::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            response.headers_mut().append(http::header::WARNING, h);
+        }
+    }
+    response
+}
+
+fn written(code: StatusCode, w: Written) -> Response {
+    json_response(code, &w.object, &w.warnings)
+}
+
+fn delete_options(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<DeleteOptions, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        decode_body(headers, body)?
+    };
+    let grace = match query.get("gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?,
+        ),
+        None => body.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    let propagation = query.get("propagationPolicy").cloned().or_else(|| {
+        body.get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    if let Some(p) = &propagation {
+        if !["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy must be Background, Foreground or Orphan, not {p:?}"
+            )));
+        }
+    }
+    let dry_run = query.get("dryRun").is_some_and(|d| d == "All")
+        || body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        propagation_policy: propagation,
+        precondition_uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        precondition_resource_version: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        dry_run,
+    })
+}
+
+/// Renders a list as a `<Kind>List` or a Table.
+fn list_response(
+    def: &ResourceDef,
+    items: Vec<Value>,
+    revision: u64,
+    continue_token: Option<String>,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Response {
+    let mut list_meta = json!({"resourceVersion": revision.to_string()});
+    if let Some(c) = continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    if wants_table(headers) {
+        let refs: Vec<&Value> = items.iter().collect();
+        let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
+        return json_response(
+            StatusCode::OK,
+            &table(def.kind, &refs, list_meta, include),
+            &[],
+        );
+    }
+    let list = json!({
+        "kind": format!("{}List", def.kind),
+        "apiVersion": def.api_version(),
+        "metadata": list_meta,
+        "items": items,
+    });
+    json_response(StatusCode::OK, &list, &[])
+}
+
+async fn dispatch(
+    state: Arc<ApiState>,
+    t: Target,
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let def = &t.def;
+    let ns = t.namespace.as_deref();
+    match (method, t.name.as_deref()) {
+        (Method::GET, None) => {
+            let opts = list_options(def, &query)?;
+            if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch::serve(
+                    state,
+                    def.clone(),
+                    t.namespace,
+                    opts,
+                    &query,
+                    wants_table(&headers),
+                )
+                .await;
+            }
+            let page = state.list(def, ns, &opts)?;
+            Ok(list_response(
+                def,
+                page.items,
+                page.revision,
+                page.continue_token,
+                &headers,
+                &query,
+            ))
+        }
+        (Method::GET, Some(name)) => {
+            let object = state.get(def, ns, name)?;
+            let object = if t.subresource == Subresource::Scale {
+                super::objects::scale_of(def, &object)
+            } else {
+                object
+            };
+            if wants_table(&headers) && t.subresource == Subresource::Main {
+                let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or_default();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table(
+                        def.kind,
+                        &[&object],
+                        json!({"resourceVersion": rv}),
+                        include,
+                    ),
+                    &[],
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &object, &[]))
+        }
+        (Method::POST, None) => {
+            let object = decode_body(&headers, &body)?;
+            let w = state
+                .create(def, ns, object, &write_options(&query)?)
+                .await?;
+            Ok(written(StatusCode::CREATED, w))
+        }
+        (Method::PUT, Some(name)) => {
+            let object = decode_body(&headers, &body)?;
+            let w = state
+                .update(
+                    def,
+                    ns,
+                    name,
+                    object,
+                    t.subresource,
+                    &write_options(&query)?,
+                )
+                .await?;
+            Ok(written(StatusCode::OK, w))
+        }
+        (Method::PATCH, Some(name)) => {
+            let ct = content_type(&headers);
+            let kind = PatchKind::from_content_type(ct).ok_or_else(|| {
+                ApiError::UnsupportedMediaType(
+                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json".into(),
+                )
+            })?;
+            let patch: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
+            let w = state
+                .patch(
+                    def,
+                    ns,
+                    name,
+                    kind,
+                    &patch,
+                    t.subresource,
+                    &write_options(&query)?,
+                )
+                .await?;
+            Ok(written(StatusCode::OK, w))
+        }
+        (Method::DELETE, Some(name)) if t.subresource == Subresource::Main => {
+            let opts = delete_options(&headers, &query, &body)?;
+            let object = state.delete(def, ns, name, &opts).await?;
+            let gone = object.pointer("/metadata/deletionTimestamp").is_none()
+                || state.store.get(&def.key(ns, name)).ok().flatten().is_none();
+            Ok(json_response(
+                if gone {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                },
+                &object,
+                &[],
+            ))
+        }
+        (Method::DELETE, None) => {
+            let list = list_options(def, &query)?;
+            let opts = delete_options(&headers, &query, &body)?;
+            let deleted = state.delete_collection(def, ns, &list, &opts).await?;
+            let revision = state.store.revision();
+            Ok(list_response(
+                def,
+                deleted,
+                revision,
+                None,
+                &HeaderMap::new(),
+                &query,
+            ))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> Arc<ApiState> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(&dir.path().join("db")).unwrap();
+        std::mem::forget(dir);
+        ApiState::new(Arc::new(store), "t".into(), Default::default()).0
+    }
+
+    #[test]
+    fn paths_parse_to_targets() {
+        let s = state();
+        let t = parse_target(&s, "", "v1", "namespaces/default/pods/kubia/status").unwrap();
+        assert_eq!(
+            (
+                t.def.kind,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource
+            ),
+            ("Pod", Some("default"), Some("kubia"), Subresource::Status)
+        );
+        let t = parse_target(&s, "", "v1", "namespaces/default").unwrap();
+        assert_eq!(
+            (t.def.kind, t.name.as_deref()),
+            ("Namespace", Some("default"))
+        );
+        let t = parse_target(&s, "", "v1", "namespaces/x/status").unwrap();
+        assert_eq!(
+            (t.def.kind, t.subresource),
+            ("Namespace", Subresource::Status)
+        );
+        let t = parse_target(&s, "apps", "v1", "namespaces/a/deployments/d/scale").unwrap();
+        assert_eq!(t.subresource, Subresource::Scale);
+        let t = parse_target(&s, "", "v1", "nodes").unwrap();
+        assert!(t.name.is_none());
+        assert!(parse_target(&s, "", "v1", "namespaces/a/nodes").is_err());
+        assert!(parse_target(&s, "", "v1", "widgets").is_err());
+        assert!(parse_target(&s, "", "v1", "namespaces/a/pods/p/exec/x").is_err());
+        assert!(parse_target(&s, "", "v1", "namespaces/a/configmaps/c/scale").is_err());
+    }
+}

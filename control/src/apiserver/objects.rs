@@ -1,0 +1,973 @@
+//! The generic object operations behind every resource: create, get, list, update, patch and
+//! delete with Kubernetes semantics (server-set metadata, defaulting, validation, optimistic
+//! concurrency, status/scale subresources, finalizers and graceful deletion).
+//!
+//! They are methods on [`ApiState`] so that in-process controllers go through the same rules
+//! as HTTP clients.
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use super::defaults::apply_defaults;
+use super::error::{ApiError, FieldError};
+use super::patch::{self, PatchKind};
+use super::registry::ResourceDef;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::validation::validate_object;
+use super::ApiState;
+use crate::store::{object_revision, StoreError};
+
+/// Which part of an object a request addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// The object itself.
+    Main,
+    /// `/status`.
+    Status,
+    /// `/scale`.
+    Scale,
+}
+
+/// `?fieldValidation=`: what to do with fields the schema does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them with a warning header (the server default).
+    #[default]
+    Warn,
+    /// Reject the request (kubectl's default).
+    Strict,
+}
+
+/// Options of a write request.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `?dryRun=All`: run everything but the store write.
+    pub dry_run: bool,
+    /// `?fieldValidation=`.
+    pub field_validation: FieldValidation,
+}
+
+/// A written object and the warnings for the `Warning` header.
+#[derive(Debug)]
+pub struct Written {
+    /// The object as stored.
+    pub object: Value,
+    /// Human-readable warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Options of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// `?labelSelector=`.
+    pub labels: LabelSelector,
+    /// `?fieldSelector=`.
+    pub fields: FieldSelector,
+    /// `?limit=`.
+    pub limit: Option<usize>,
+    /// `?continue=`.
+    pub continue_token: Option<String>,
+}
+
+/// A list page.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Matching objects.
+    pub items: Vec<Value>,
+    /// The revision read.
+    pub revision: u64,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+}
+
+/// Options of a delete (`DeleteOptions` body or query).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Grace period override; 0 deletes at once.
+    pub grace_period_seconds: Option<i64>,
+    /// Background, Foreground or Orphan.
+    pub propagation_policy: Option<String>,
+    /// Only delete the object with this uid.
+    pub precondition_uid: Option<String>,
+    /// Only delete the object at this resourceVersion.
+    pub precondition_resource_version: Option<String>,
+    /// Validate but do not delete.
+    pub dry_run: bool,
+}
+
+/// Namespaces that cannot be deleted.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+/// The current time as Kubernetes writes timestamps.
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn meta(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
+}
+
+fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object.get("metadata")?.get(field)?.as_str()
+}
+
+fn finalizers_empty(object: &Value) -> bool {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+/// Runs a blocking store call off the async workers (redb commits fsync).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<Result<T, StoreError>, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
+}
+
+/// Finds the paths present in `input` that typed decoding dropped: unknown fields.
+fn unknown_fields(input: &Value, output: &Value, path: &str, found: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &p, found),
+                    None if is_empty_value(v) => {}
+                    None => found.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) if i.len() == o.len() => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty_value(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.values().all(is_empty_value),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn encode_continue(revision: u64, key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"rv": revision, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::BadRequest(format!("continue key is not valid: {token}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    v.get("start")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(bad)
+}
+
+/// The autoscaling/v1 Scale view of a scalable object.
+pub fn scale_of(def: &ResourceDef, object: &Value) -> Value {
+    let selector = object.pointer("/spec/selector").map(|s| {
+        let sel = LabelSelector::from_object(s)
+            .ok()
+            .filter(|_| s.get("matchLabels").is_some() || s.get("matchExpressions").is_some());
+        match sel {
+            Some(sel) => selector_to_string(&sel),
+            // ReplicationController selectors are plain maps.
+            None => s
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    });
+    let m = object.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(if def.kind == "Deployment" { 1 } else { 0 }))},
+        "status": {
+            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector.unwrap_or_default(),
+        },
+    })
+}
+
+fn selector_to_string(sel: &LabelSelector) -> String {
+    use super::selectors::Requirement::*;
+    sel.0
+        .iter()
+        .map(|r| match r {
+            In(k, v) if v.len() == 1 => format!("{k}={}", v.iter().next().expect("one value")),
+            In(k, v) => format!(
+                "{k} in ({})",
+                v.iter().cloned().collect::<Vec<_>>().join(",")
+            ),
+            NotIn(k, v) => format!(
+                "{k} notin ({})",
+                v.iter().cloned().collect::<Vec<_>>().join(",")
+            ),
+            Exists(k) => k.clone(),
+            DoesNotExist(k) => format!("!{k}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Random suffix for generateName, from Kubernetes' alphabet (no vowels, no confusables).
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl ApiState {
+    fn key(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+        def.key(namespace, name)
+    }
+
+    /// Checks apiVersion/kind against the path, filling them in when absent.
+    fn check_type_meta(
+        &self,
+        def: &ResourceDef,
+        object: &mut Value,
+        expect_kind: &str,
+        expect_version: &str,
+    ) -> Result<(), ApiError> {
+        let Some(map) = object.as_object_mut() else {
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON or YAML object".into(),
+            ));
+        };
+        let mut causes = Vec::new();
+        match map.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("apiVersion".into(), json!(expect_version));
+            }
+            Some(v) if v != expect_version => causes.push(FieldError::invalid(
+                "apiVersion",
+                v,
+                format!(
+                    "must be {expect_version} for the resource {}",
+                    def.group_resource()
+                ),
+            )),
+            Some(_) => {}
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            None | Some("") => {
+                map.insert("kind".into(), json!(expect_kind));
+            }
+            Some(k) if k != expect_kind => causes.push(FieldError::invalid(
+                "kind",
+                k,
+                format!(
+                    "must be {expect_kind} for the resource {}",
+                    def.group_resource()
+                ),
+            )),
+            Some(_) => {}
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            let name = meta_str(object, "name").unwrap_or_default().to_owned();
+            Err(ApiError::Invalid {
+                kind: expect_kind.into(),
+                name,
+                causes,
+            })
+        }
+    }
+
+    /// Decodes through the k8s-openapi type; reports or rejects unknown fields.
+    fn decode(
+        &self,
+        def: &ResourceDef,
+        input: Value,
+        opts: &WriteOptions,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let output = (def.roundtrip)(input.clone()).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{} in version {:?} cannot be handled as a {}: {e}",
+                def.kind, def.version, def.kind
+            ))
+        })?;
+        let mut unknown = Vec::new();
+        if opts.field_validation != FieldValidation::Ignore {
+            unknown_fields(&input, &output, "", &mut unknown);
+        }
+        match (opts.field_validation, unknown.is_empty()) {
+            (_, true) | (FieldValidation::Ignore, _) => Ok((output, Vec::new())),
+            (FieldValidation::Strict, false) => {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field {f:?}"))
+                    .collect();
+                Err(ApiError::BadRequest(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )))
+            }
+            (FieldValidation::Warn, false) => Ok((
+                output,
+                unknown
+                    .iter()
+                    .map(|f| format!("unknown field {f:?}"))
+                    .collect(),
+            )),
+        }
+    }
+
+    fn invalid(def: &ResourceDef, object: &Value, causes: Vec<FieldError>) -> ApiError {
+        ApiError::Invalid {
+            kind: def.kind.into(),
+            name: meta_str(object, "name").unwrap_or_default().into(),
+            causes,
+        }
+    }
+
+    /// Reads one object.
+    pub fn get(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.store
+            .get(&self.key(def, namespace, name))
+            .map_err(|e| ApiError::from_store(e, &def.group_resource(), name))?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: def.group_resource(),
+                name: name.into(),
+            })
+    }
+
+    /// Lists objects, filtered by selectors, paged by limit/continue.
+    pub fn list(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListPage, ApiError> {
+        let prefix = def.namespace_prefix(namespace);
+        let start_after = opts
+            .continue_token
+            .as_deref()
+            .map(decode_continue)
+            .transpose()?;
+        let filtered = !opts.labels.is_empty() || !opts.fields.0.is_empty();
+        let mut items = Vec::new();
+        let mut after = start_after;
+        // With selectors a store page may hold fewer matches than asked; read on until full.
+        loop {
+            let page = self
+                .store
+                .list(&prefix, after.as_deref(), opts.limit)
+                .map_err(|e| ApiError::from_store(e, &def.group_resource(), ""))?;
+            let revision = page.revision;
+            for item in page.items {
+                if !filtered || (opts.labels.matches(&item) && opts.fields.matches(&item)) {
+                    items.push(item);
+                }
+            }
+            let full = opts.limit.is_some_and(|l| items.len() >= l);
+            match page.continue_after {
+                Some(last) if !full => after = Some(last),
+                next => {
+                    let continue_token = next.map(|k| encode_continue(revision, &k));
+                    return Ok(ListPage {
+                        items,
+                        revision,
+                        continue_token,
+                    });
+                }
+            }
+        }
+    }
+
+    fn namespace_for_write(
+        &self,
+        def: &ResourceDef,
+        path_namespace: Option<&str>,
+        object: &mut Value,
+    ) -> Result<Option<String>, ApiError> {
+        if !def.namespaced {
+            meta(object).remove("namespace");
+            return Ok(None);
+        }
+        let body_ns = meta_str(object, "namespace")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let ns = match (path_namespace, body_ns) {
+            (Some(p), Some(b)) if p != b => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ))
+            }
+            (Some(p), _) => p.to_owned(),
+            (None, Some(b)) => b,
+            (None, None) => "default".to_owned(),
+        };
+        meta(object).insert("namespace".into(), json!(ns));
+        Ok(Some(ns))
+    }
+
+    /// Creates an object.
+    pub async fn create(
+        &self,
+        def: &ResourceDef,
+        path_namespace: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let mut object = body;
+        self.check_type_meta(def, &mut object, def.kind, &def.api_version())?;
+        let namespace = self.namespace_for_write(def, path_namespace, &mut object)?;
+        if meta_str(&object, "name").is_none_or(str::is_empty) {
+            if let Some(prefix) = meta_str(&object, "generateName").filter(|s| !s.is_empty()) {
+                let name = format!("{prefix}{}", random_suffix());
+                meta(&mut object).insert("name".into(), json!(name));
+            }
+        }
+        let (mut object, warnings) = self.decode(def, object, opts)?;
+        let m = meta(&mut object);
+        for server_field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
+            m.remove(server_field);
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now()));
+        if object.get("spec").is_some() {
+            meta(&mut object).insert("generation".into(), json!(1));
+        }
+        if def.subresources.status {
+            match def.kind {
+                "Pod" => object["status"] = json!({"phase": "Pending"}),
+                "Namespace" => object["status"] = json!({"phase": "Active"}),
+                // Nodes report their status on registration.
+                "Node" => {}
+                _ => {
+                    object
+                        .as_object_mut()
+                        .expect("decoded objects are maps")
+                        .remove("status");
+                }
+            }
+        }
+        apply_defaults(def.kind, &mut object);
+        let causes = validate_object(def.kind, &object);
+        if !causes.is_empty() {
+            return Err(Self::invalid(def, &object, causes));
+        }
+        let name = meta_str(&object, "name").unwrap_or_default().to_owned();
+        if let Some(ns) = &namespace {
+            self.check_namespace_open(ns)?;
+        }
+        if opts.dry_run {
+            return Ok(Written { object, warnings });
+        }
+        let key = self.key(def, namespace.as_deref(), &name);
+        let store = self.store.clone();
+        let object = blocking(move || store.create(&key, object))
+            .await?
+            .map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
+        Ok(Written { object, warnings })
+    }
+
+    fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
+        let ns = self
+            .store
+            .get(&format!("core/namespaces//{namespace}"))
+            .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?
+            .ok_or_else(|| ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: namespace.into(),
+            })?;
+        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds the object to store for a write of `candidate` over `old` through `sub`.
+    fn prepare_update(
+        &self,
+        def: &ResourceDef,
+        old: &Value,
+        candidate: Value,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        let (mut new, warnings) = match sub {
+            Subresource::Scale => {
+                let replicas = candidate
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| ApiError::BadRequest("Scale needs spec.replicas".into()))?;
+                if replicas < 0 {
+                    return Err(ApiError::Invalid {
+                        kind: "Scale".into(),
+                        name: meta_str(old, "name").unwrap_or_default().into(),
+                        causes: vec![FieldError::invalid(
+                            "spec.replicas",
+                            &replicas.to_string(),
+                            "must be greater than or equal to 0",
+                        )],
+                    });
+                }
+                let mut new = old.clone();
+                new["spec"]["replicas"] = json!(replicas);
+                (new, Vec::new())
+            }
+            Subresource::Status => {
+                let (decoded, warnings) = self.decode(def, candidate, opts)?;
+                let mut new = old.clone();
+                match decoded.get("status") {
+                    Some(status) => new["status"] = status.clone(),
+                    None => {
+                        new.as_object_mut()
+                            .expect("stored objects are maps")
+                            .remove("status");
+                    }
+                }
+                (new, warnings)
+            }
+            Subresource::Main => {
+                let (mut decoded, warnings) = self.decode(def, candidate, opts)?;
+                if def.subresources.status {
+                    match old.get("status") {
+                        Some(status) => decoded["status"] = status.clone(),
+                        None => {
+                            decoded
+                                .as_object_mut()
+                                .expect("decoded objects are maps")
+                                .remove("status");
+                        }
+                    }
+                }
+                (decoded, warnings)
+            }
+        };
+        // Server-owned metadata cannot be changed by clients.
+        let old_meta = old.get("metadata").cloned().unwrap_or_default();
+        let m = meta(&mut new);
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+        ] {
+            match old_meta.get(field) {
+                Some(v) => {
+                    m.insert(field.into(), v.clone());
+                }
+                None => {
+                    m.remove(field);
+                }
+            }
+        }
+        apply_defaults(def.kind, &mut new);
+        if new.get("spec") != old.get("spec") && new.get("spec").is_some() {
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
+            meta(&mut new).insert("generation".into(), json!(generation));
+        }
+        let causes = validate_object(def.kind, &new);
+        if !causes.is_empty() {
+            return Err(Self::invalid(def, &new, causes));
+        }
+        Ok((new, warnings))
+    }
+
+    /// Stores `new` over `old` (expected at `expected`), completing a pending deletion when the
+    /// last finalizer is gone. Returns the stored object.
+    async fn commit_update(
+        &self,
+        def: &ResourceDef,
+        key: String,
+        old: &Value,
+        mut new: Value,
+        expected: u64,
+        dry_run: bool,
+    ) -> Result<Value, StoreError> {
+        // Unchanged objects are not rewritten: no new resourceVersion, no watch event.
+        let old_rv = old.pointer("/metadata/resourceVersion").cloned();
+        meta(&mut new).insert("resourceVersion".into(), old_rv.unwrap_or(Value::Null));
+        if &new == old || dry_run {
+            return Ok(new);
+        }
+        let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
+        let grace = new
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let store = self.store.clone();
+        if deleting && finalizers_empty(&new) && grace == 0 && def.kind != "Namespace" {
+            return blocking(move || store.delete(&key, Some(expected)))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+        }
+        blocking(move || store.update(&key, Some(expected), new))
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?
+    }
+
+    /// Replaces an object (PUT).
+    pub async fn update(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let mut candidate = body;
+        let (kind, version) = match sub {
+            Subresource::Scale => ("Scale", "autoscaling/v1".to_owned()),
+            _ => (def.kind, def.api_version()),
+        };
+        self.check_type_meta(def, &mut candidate, kind, &version)?;
+        match meta_str(&candidate, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {}
+        }
+        if sub != Subresource::Scale {
+            self.namespace_for_write(def, namespace, &mut candidate)?;
+        }
+        let old = self.get(def, namespace, name)?;
+        let precondition = match meta_str(&candidate, "resourceVersion").filter(|s| !s.is_empty()) {
+            Some(rv) => Some(
+                rv.parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
+            ),
+            None => None,
+        };
+        let expected = precondition.unwrap_or_else(|| object_revision(&old));
+        if expected != object_revision(&old) {
+            return Err(ApiError::from_store(
+                StoreError::Conflict {
+                    key: String::new(),
+                    expected,
+                    actual: object_revision(&old),
+                },
+                &def.group_resource(),
+                name,
+            ));
+        }
+        let (new, warnings) = self.prepare_update(def, &old, candidate, sub, opts)?;
+        let key = self.key(def, namespace, name);
+        let object = self
+            .commit_update(def, key, &old, new, expected, opts.dry_run)
+            .await
+            .map_err(|e| ApiError::from_store(e, &def.group_resource(), name))?;
+        let object = if sub == Subresource::Scale {
+            scale_of(def, &object)
+        } else {
+            object
+        };
+        Ok(Written { object, warnings })
+    }
+
+    /// Patches an object, retrying on concurrent writes unless the patch pins a resourceVersion.
+    pub async fn patch(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let old = self.get(def, namespace, name)?;
+            let view = if sub == Subresource::Scale {
+                scale_of(def, &old)
+            } else {
+                old.clone()
+            };
+            let mut patched = view.clone();
+            patch::apply(kind, &mut patched, body).map_err(|e| match e {
+                patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
+                patch::PatchError::Apply(m) => ApiError::Invalid {
+                    kind: def.kind.into(),
+                    name: name.into(),
+                    causes: vec![FieldError {
+                        reason: "FieldValueInvalid",
+                        field: String::new(),
+                        message: m,
+                    }],
+                },
+            })?;
+            let pinned = patched.pointer("/metadata/resourceVersion")
+                != view.pointer("/metadata/resourceVersion");
+            if pinned {
+                return Err(ApiError::from_store(
+                    StoreError::Conflict {
+                        key: String::new(),
+                        expected: object_revision(&patched),
+                        actual: object_revision(&old),
+                    },
+                    &def.group_resource(),
+                    name,
+                ));
+            }
+            if meta_str(&patched, "name").is_some_and(|n| n != name) {
+                return Err(ApiError::BadRequest(
+                    "the name of a patched object cannot change".into(),
+                ));
+            }
+            let (new, warnings) = self.prepare_update(def, &old, patched, sub, opts)?;
+            let key = self.key(def, namespace, name);
+            match self
+                .commit_update(def, key, &old, new, object_revision(&old), opts.dry_run)
+                .await
+            {
+                Ok(object) => {
+                    let object = if sub == Subresource::Scale {
+                        scale_of(def, &object)
+                    } else {
+                        object
+                    };
+                    return Ok(Written { object, warnings });
+                }
+                Err(StoreError::Conflict { .. }) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), name)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Deletes an object (or starts its graceful/finalized deletion). Returns the object as
+    /// deleted, or as marked for deletion.
+    pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let current = self.get(def, namespace, name)?;
+            if let Some(uid) = &opts.precondition_uid {
+                if meta_str(&current, "uid") != Some(uid.as_str()) {
+                    return Err(ApiError::Conflict {
+                        kind: def.group_resource(),
+                        name: name.into(),
+                        detail: format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            meta_str(&current, "uid").unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+            if let Some(rv) = &opts.precondition_resource_version {
+                if meta_str(&current, "resourceVersion") != Some(rv.as_str()) {
+                    return Err(ApiError::Conflict {
+                        kind: def.group_resource(),
+                        name: name.into(),
+                        detail: format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}"
+                        ),
+                    });
+                }
+            }
+            let expected = object_revision(&current);
+            let key = self.key(def, namespace, name);
+            let store = self.store.clone();
+            let mark = |mut object: Value, grace: i64| {
+                let at = if grace > 0 {
+                    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
+                        .strftime("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string()
+                } else {
+                    now()
+                };
+                let m = meta(&mut object);
+                m.insert("deletionTimestamp".into(), json!(at));
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                object
+            };
+            let already_marked = current.pointer("/metadata/deletionTimestamp").is_some();
+            let result = if def.kind == "Namespace" {
+                if PROTECTED_NAMESPACES.contains(&name) {
+                    return Err(ApiError::Forbidden(format!(
+                        "namespaces {name:?} is forbidden: this namespace may not be deleted"
+                    )));
+                }
+                if already_marked || opts.dry_run {
+                    return Ok(current);
+                }
+                let mut object = mark(current, 0);
+                object["status"]["phase"] = json!("Terminating");
+                let written = blocking(move || store.update(&key, Some(expected), object)).await?;
+                if written.is_ok() {
+                    // The receiver lives as long as the server; a closed queue means shutdown.
+                    let _ = self.namespace_queue.send(name.to_owned());
+                }
+                written
+            } else if !finalizers_empty(&current) {
+                if already_marked || opts.dry_run {
+                    return Ok(current);
+                }
+                let object = mark(current, 0);
+                blocking(move || store.update(&key, Some(expected), object)).await?
+            } else if let Some(grace) = self.pod_grace_period(def, &current, opts) {
+                let current_grace = current
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                if opts.dry_run || current_grace.is_some_and(|g| g <= grace) {
+                    return Ok(current);
+                }
+                let object = mark(current, grace);
+                blocking(move || store.update(&key, Some(expected), object)).await?
+            } else {
+                if opts.dry_run {
+                    return Ok(current);
+                }
+                blocking(move || store.delete(&key, Some(expected))).await?
+            };
+            match result {
+                Ok(object) => return Ok(object),
+                Err(StoreError::Conflict { .. }) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), name)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// A pod bound to an existing node and still running is deleted gracefully: the agent stops
+    /// it and then deletes it with grace 0. Returns the grace period when that applies.
+    fn pod_grace_period(
+        &self,
+        def: &ResourceDef,
+        pod: &Value,
+        opts: &DeleteOptions,
+    ) -> Option<i64> {
+        if def.kind != "Pod" {
+            return None;
+        }
+        let grace = opts
+            .grace_period_seconds
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())?;
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
+        let node_exists = self
+            .store
+            .get(&format!("core/nodes//{node}"))
+            .ok()
+            .flatten()
+            .is_some();
+        (grace > 0 && node_exists && phase != "Succeeded" && phase != "Failed").then_some(grace)
+    }
+
+    /// Deletes every object of a collection that matches the selectors.
+    pub async fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let page = self.list(
+            def,
+            namespace,
+            &ListOptions {
+                limit: None,
+                continue_token: None,
+                ..list.clone()
+            },
+        )?;
+        let mut deleted = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            let name = meta_str(&item, "name").unwrap_or_default().to_owned();
+            let ns = meta_str(&item, "namespace").map(str::to_owned);
+            match self.delete(def, ns.as_deref(), &name, opts).await {
+                Ok(object) => deleted.push(object),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Creates `default`, `kube-system`, `kube-public` and `kube-node-lease` if missing.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
+        let def = self
+            .registry
+            .find("", "v1", "namespaces")
+            .expect("namespaces are served")
+            .clone();
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match self.create(&def, None, ns, &WriteOptions::default()).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! OpenAPI v3 documents per group/version, generated from k8s-openapi's schemars schemas.
+//!
+//! kubectl needs them twice: `kubectl explain` reads the schemas, and `kubectl create/apply`
+//! (validation "strict" by default) checks that the PATCH operation of a kind declares the
+//! `fieldValidation` parameter, then leaves validation to the server. PATCH operations list
+//! JSON and merge patch bodies but not strategic merge on purpose: kubectl apply then builds
+//! its strategic merge patch from its compiled-in Go types, whose patch metadata is exact.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery};
+use schemars::generate::SchemaSettings;
+use schemars::SchemaGenerator;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::registry::ResourceDef;
+use super::ApiState;
+
+/// Rendered documents by group/version, built on first request (they are large and rarely
+/// asked for, so they stay out of the idle footprint until kubectl wants them).
+static CACHE: Mutex<Option<HashMap<String, Arc<Vec<u8>>>>> = Mutex::new(None);
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// A hash of the served API that changes when the build does, for client caches.
+fn doc_hash() -> String {
+    format!(
+        "skiff-{}-1{}",
+        env!("CARGO_PKG_VERSION"),
+        super::discovery::KUBE_MINOR
+    )
+}
+
+/// `/openapi/v3`.
+pub async fn root(State(state): State<Arc<ApiState>>) -> axum::Json<Value> {
+    let mut paths = Map::new();
+    for (g, v) in state.registry.group_versions() {
+        let p = gv_path(g, v);
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash())}),
+        );
+    }
+    axum::Json(json!({"paths": paths}))
+}
+
+/// `/openapi/v3/{path}`.
+pub async fn group_version(
+    State(state): State<Arc<ApiState>>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let doc = {
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = cache.get_or_insert_with(HashMap::new);
+        match cache.get(&path) {
+            Some(doc) => doc.clone(),
+            None => {
+                let (g, v) = state
+                    .registry
+                    .group_versions()
+                    .into_iter()
+                    .find(|(g, v)| gv_path(g, v) == path)
+                    .ok_or(ApiError::UnknownResource)?;
+                let doc = Arc::new(
+                    serde_json::to_vec(&build(&state, g, v))
+                        .map_err(|e| ApiError::Internal(e.to_string()))?,
+                );
+                cache.insert(path, doc.clone());
+                doc
+            }
+        }
+    };
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/json")],
+        doc.as_ref().clone(),
+    )
+        .into_response())
+}
+
+fn schemas_for(group: &str, version: &str) -> Map<String, Value> {
+    let mut settings = SchemaSettings::openapi3();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = SchemaGenerator::new(settings);
+    macro_rules! add {
+        ($($t:ty),* $(,)?) => {$(
+            if <$t as k8s_openapi::Resource>::GROUP == group && <$t as k8s_openapi::Resource>::VERSION == version {
+                generator.subschema_for::<$t>();
+            }
+        )*};
+    }
+    add!(
+        core::v1::Namespace,
+        core::v1::Pod,
+        core::v1::Service,
+        core::v1::Endpoints,
+        core::v1::Node,
+        core::v1::Event,
+        core::v1::ConfigMap,
+        core::v1::Secret,
+        core::v1::ServiceAccount,
+        core::v1::ReplicationController,
+        apps::v1::Deployment,
+        apps::v1::ReplicaSet,
+        apps::v1::DaemonSet,
+        apps::v1::StatefulSet,
+        batch::v1::Job,
+        batch::v1::CronJob,
+        discovery::v1::EndpointSlice,
+        coordination::v1::Lease,
+    );
+    generator.take_definitions(true).into_iter().collect()
+}
+
+fn schema_name(def: &ResourceDef) -> String {
+    let group = match def.group {
+        "" => "core",
+        g => g.split('.').next().unwrap_or(g),
+    };
+    format!("io.k8s.api.{group}.{}.{}", def.version, def.kind)
+}
+
+fn operation(def: &ResourceDef, verb: &str, body_types: &[&str]) -> Value {
+    let mut op = json!({
+        "operationId": format!("{verb}{}", def.kind),
+        "x-kubernetes-action": verb,
+        "x-kubernetes-group-version-kind": {"group": def.group, "version": def.version, "kind": def.kind},
+        "parameters": [
+            {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        ],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(def))}}}}},
+    });
+    if !body_types.is_empty() {
+        let content: Map<String, Value> = body_types
+            .iter()
+            .map(|t| (t.to_string(), json!({"schema": {"type": "object"}})))
+            .collect();
+        op["requestBody"] = json!({"content": content, "required": true});
+    }
+    op
+}
+
+fn build(state: &ApiState, group: &str, version: &str) -> Value {
+    let mut schemas = schemas_for(group, version);
+    let mut paths = Map::new();
+    for def in state
+        .registry
+        .all()
+        .iter()
+        .filter(|d| d.group == group && d.version == version)
+    {
+        if let Some(Value::Object(schema)) = schemas.get_mut(&schema_name(def)) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": def.group, "version": def.version, "kind": def.kind}]),
+            );
+        }
+        let base = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        let collection = if def.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", def.plural)
+        } else {
+            format!("{base}/{}", def.plural)
+        };
+        paths.insert(
+            collection.clone(),
+            json!({"get": operation(def, "list", &[]), "post": operation(def, "post", &["application/json", "application/yaml"])}),
+        );
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({
+                "get": operation(def, "get", &[]),
+                "put": operation(def, "put", &["application/json", "application/yaml"]),
+                "patch": operation(def, "patch", &["application/json-patch+json", "application/merge-patch+json"]),
+                "delete": operation(def, "delete", &[]),
+            }),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}

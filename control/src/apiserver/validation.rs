@@ -1,0 +1,399 @@
+//! Semantic validation after typed decoding: names, labels, and the per-kind rules users hit
+//! most (a pod needs containers with images, a Deployment's selector must match its template).
+
+use serde_json::Value;
+
+use super::error::FieldError;
+
+fn is_alnum_lower(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// Errors for a DNS-1123 label (namespaces, services, container names).
+pub fn dns_label_errors(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > 63 {
+        errs.push("must be no more than 63 characters".into());
+    }
+    let ok = !s.is_empty()
+        && s.chars().all(|c| is_alnum_lower(c) || c == '-')
+        && s.starts_with(is_alnum_lower)
+        && s.ends_with(is_alnum_lower);
+    if !ok {
+        errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into());
+    }
+    errs
+}
+
+/// Errors for a DNS-1123 subdomain (most object names).
+pub fn dns_subdomain_errors(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > 253 {
+        errs.push("must be no more than 253 characters".into());
+    }
+    let ok = !s.is_empty()
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| is_alnum_lower(c) || c == '-')
+                && part.starts_with(is_alnum_lower)
+                && part.ends_with(is_alnum_lower)
+        });
+    if !ok {
+        errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
+    }
+    errs
+}
+
+fn qualified_name_part_ok(s: &str) -> bool {
+    let inner = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(inner)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Errors for a label or annotation key: `[prefix/]name`.
+pub fn label_key_errors(key: &str) -> Vec<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let mut errs = Vec::new();
+    if let Some(prefix) = prefix {
+        if !dns_subdomain_errors(prefix).is_empty() {
+            errs.push("prefix part must be a lowercase RFC 1123 subdomain".into());
+        }
+    }
+    if !qualified_name_part_ok(name) {
+        errs.push("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with at most 63 characters".into());
+    }
+    errs
+}
+
+/// Errors for a label value (may be empty).
+pub fn label_value_errors(value: &str) -> Vec<String> {
+    if value.is_empty() || qualified_name_part_ok(value) {
+        Vec::new()
+    } else {
+        vec!["a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?') with at most 63 characters".into()]
+    }
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Validates `metadata`: name (label-style for `dns_label_names` kinds), labels, annotations.
+pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<FieldError>) {
+    let name = str_at(object, "/metadata/name").unwrap_or("");
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name"));
+    } else {
+        let problems = if dns_label_names {
+            dns_label_errors(name)
+        } else {
+            dns_subdomain_errors(name)
+        };
+        for p in problems {
+            errs.push(FieldError::invalid("metadata.name", name, p));
+        }
+    }
+    validate_labels(object.pointer("/metadata/labels"), "metadata.labels", errs);
+    if let Some(annotations) = object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for key in annotations.keys() {
+            for p in label_key_errors(key) {
+                errs.push(FieldError::invalid("metadata.annotations", key, p));
+            }
+        }
+        let size: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > 256 * 1024 {
+            errs.push(FieldError {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+            });
+        }
+    }
+}
+
+fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
+    for (key, value) in labels.and_then(Value::as_object).into_iter().flatten() {
+        for p in label_key_errors(key) {
+            errs.push(FieldError::invalid(field, key, p));
+        }
+        let value = value.as_str().unwrap_or_default();
+        for p in label_value_errors(value) {
+            errs.push(FieldError::invalid(format!("{field}[{key}]"), value, p));
+        }
+    }
+}
+
+fn validate_port(port: Option<&Value>, field: String, errs: &mut Vec<FieldError>) {
+    match port.and_then(Value::as_i64) {
+        None => errs.push(FieldError::required(field)),
+        Some(p) if !(1..=65535).contains(&p) => errs.push(FieldError::invalid(
+            field,
+            &p.to_string(),
+            "must be between 1 and 65535, inclusive",
+        )),
+        Some(_) => {}
+    }
+}
+
+fn validate_containers(
+    list: Option<&Value>,
+    field: &str,
+    required: bool,
+    errs: &mut Vec<FieldError>,
+) {
+    let containers = list
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if containers.is_empty() {
+        if required {
+            errs.push(FieldError::required(field));
+        }
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in containers.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        match c.get("name").and_then(Value::as_str) {
+            None | Some("") => errs.push(FieldError::required(format!("{at}.name"))),
+            Some(name) => {
+                for p in dns_label_errors(name) {
+                    errs.push(FieldError::invalid(format!("{at}.name"), name, p));
+                }
+                if !seen.insert(name.to_owned()) {
+                    errs.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: format!("{at}.name"),
+                        message: format!("Duplicate value: {name:?}"),
+                    });
+                }
+            }
+        }
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            errs.push(FieldError::required(format!("{at}.image")));
+        }
+        for (j, port) in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            validate_port(
+                port.get("containerPort"),
+                format!("{at}.ports[{j}].containerPort"),
+                errs,
+            );
+        }
+    }
+}
+
+/// Validates a pod spec found at `field`.
+pub fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required(format!("{field}.containers")));
+        return;
+    };
+    validate_containers(
+        spec.get("containers"),
+        &format!("{field}.containers"),
+        true,
+        errs,
+    );
+    validate_containers(
+        spec.get("initContainers"),
+        &format!("{field}.initContainers"),
+        false,
+        errs,
+    );
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
+        if !["Always", "OnFailure", "Never"].contains(&policy) {
+            errs.push(FieldError {
+                reason: "FieldValueNotSupported",
+                field: format!("{field}.restartPolicy"),
+                message: format!("Unsupported value: {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            });
+        }
+    }
+}
+
+/// Validates a workload with a selector and pod template (Deployment, ReplicaSet, ...).
+fn validate_workload(object: &Value, errs: &mut Vec<FieldError>) {
+    let selector = object.pointer("/spec/selector");
+    let template_labels = object.pointer("/spec/template/metadata/labels");
+    validate_labels(template_labels, "spec.template.metadata.labels", errs);
+    validate_pod_spec(
+        object.pointer("/spec/template/spec"),
+        "spec.template.spec",
+        errs,
+    );
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // ReplicationController's selector is a plain map and defaults to the template labels.
+    if kind == "ReplicationController" {
+        return;
+    }
+    let Some(selector) = selector.filter(|s| s.as_object().is_some_and(|m| !m.is_empty())) else {
+        errs.push(FieldError::required("spec.selector"));
+        return;
+    };
+    match super::selectors::LabelSelector::from_object(selector) {
+        Ok(sel) if sel.is_empty() => errs.push(FieldError::invalid(
+            "spec.selector",
+            &selector.to_string(),
+            "empty selector is invalid for deployment",
+        )),
+        Ok(sel) => {
+            let template = serde_json::json!({"metadata": {"labels": template_labels.cloned().unwrap_or(Value::Null)}});
+            if !sel.matches(&template) {
+                errs.push(FieldError::invalid(
+                    "spec.template.metadata.labels",
+                    &template_labels.map(Value::to_string).unwrap_or_default(),
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+        Err(e) => errs.push(FieldError::invalid(
+            "spec.selector",
+            &selector.to_string(),
+            e.to_string(),
+        )),
+    }
+}
+
+/// Per-kind validation of a decoded object.
+pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let label_names = matches!(kind, "Namespace" | "Service");
+    validate_metadata(object, label_names, &mut errs);
+    match kind {
+        "Pod" => validate_pod_spec(object.get("spec"), "spec", &mut errs),
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "ReplicationController" => {
+            validate_workload(object, &mut errs);
+            if let Some(r) = object.pointer("/spec/replicas").and_then(Value::as_i64) {
+                if r < 0 {
+                    errs.push(FieldError::invalid(
+                        "spec.replicas",
+                        &r.to_string(),
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+        }
+        "Job" => validate_pod_spec(
+            object.pointer("/spec/template/spec"),
+            "spec.template.spec",
+            &mut errs,
+        ),
+        "CronJob" => {
+            if str_at(object, "/spec/schedule").is_none_or(str::is_empty) {
+                errs.push(FieldError::required("spec.schedule"));
+            }
+            validate_pod_spec(
+                object.pointer("/spec/jobTemplate/spec/template/spec"),
+                "spec.jobTemplate.spec.template.spec",
+                &mut errs,
+            );
+        }
+        "Service" => {
+            let ty = str_at(object, "/spec/type").unwrap_or("ClusterIP");
+            let headless = str_at(object, "/spec/clusterIP") == Some("None");
+            let ports = object
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if ports.is_empty() && ty != "ExternalName" && !headless {
+                errs.push(FieldError::required("spec.ports"));
+            }
+            for (i, p) in ports.iter().enumerate() {
+                validate_port(p.get("port"), format!("spec.ports[{i}].port"), &mut errs);
+            }
+            if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+                errs.push(FieldError {
+                    reason: "FieldValueNotSupported",
+                    field: "spec.type".into(),
+                    message: format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+                });
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names() {
+        assert!(dns_label_errors("kubia-1").is_empty());
+        assert!(!dns_label_errors("Kubia").is_empty());
+        assert!(!dns_label_errors("a.b").is_empty());
+        assert!(dns_subdomain_errors("a.b-c").is_empty());
+        assert!(!dns_subdomain_errors("-a").is_empty());
+        assert!(!dns_subdomain_errors(&"a".repeat(254)).is_empty());
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert!(label_key_errors("app").is_empty());
+        assert!(label_key_errors("example.com/My_Key").is_empty());
+        assert!(!label_key_errors("Example.com/x").is_empty());
+        assert!(!label_key_errors("bad key").is_empty());
+        assert!(label_value_errors("").is_empty());
+        assert!(!label_value_errors("has space").is_empty());
+    }
+
+    #[test]
+    fn pod_without_containers_or_image() {
+        let errs = validate_object(
+            "Pod",
+            &json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+        );
+        assert_eq!(errs, vec![FieldError::required("spec.containers")]);
+        let errs = validate_object(
+            "Pod",
+            &json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+        );
+        assert_eq!(errs, vec![FieldError::required("spec.containers[0].image")]);
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let d = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {
+            "selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let errs = validate_object("Deployment", &d);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn bad_labels_are_field_errors() {
+        let errs = validate_object(
+            "ConfigMap",
+            &json!({"metadata": {"name": "c", "labels": {"bad key": "v"}}}),
+        );
+        assert_eq!(errs[0].field, "metadata.labels");
+    }
+}

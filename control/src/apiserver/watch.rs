@@ -1,0 +1,266 @@
+//! `?watch=true`: a chunked stream of `{"type": ..., "object": ...}` lines.
+//!
+//! A watch from a resourceVersion replays the store's event window after it and then follows
+//! live events; without one (or with "0") it starts with ADDED events for every current object.
+//! Selectors are applied to both the old and the new state of each change, so an object that
+//! stops matching is reported DELETED, as Kubernetes does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::ApiError;
+use super::objects::ListOptions;
+use super::registry::ResourceDef;
+use super::table::{table, IncludeObject};
+use super::ApiState;
+use crate::store::{EventKind, StoreError, StoreEvent};
+
+/// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
+/// The longest a watch lasts when the client gives no timeout (Kubernetes: 30-60 min).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Encoder {
+    def: ResourceDef,
+    table: Option<IncludeObject>,
+}
+
+impl Encoder {
+    fn line(&self, kind: &str, object: &Value) -> Bytes {
+        let object = match self.table {
+            Some(include) if kind != "ERROR" && kind != "BOOKMARK" => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or_default();
+                table(
+                    self.def.kind,
+                    &[object],
+                    json!({"resourceVersion": rv}),
+                    include,
+                )
+            }
+            _ => object.clone(),
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, revision: u64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        self.line(
+            "BOOKMARK",
+            &json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta}),
+        )
+    }
+
+    fn expired(&self, message: String) -> Bytes {
+        self.line("ERROR", &ApiError::Gone(message).status())
+    }
+}
+
+/// Decides what a store event means to a watcher with these selectors.
+fn translate<'a>(event: &'a StoreEvent, opts: &ListOptions) -> Option<(&'static str, &'a Value)> {
+    let matches = |o: &Value| opts.labels.matches(o) && opts.fields.matches(o);
+    let now = matches(&event.object);
+    let before = event.previous.as_deref().is_some_and(matches);
+    match event.kind {
+        EventKind::Added => now.then_some(("ADDED", &*event.object)),
+        EventKind::Modified => match (before, now) {
+            (true, true) => Some(("MODIFIED", &*event.object)),
+            (false, true) => Some(("ADDED", &*event.object)),
+            (true, false) => Some(("DELETED", &*event.object)),
+            (false, false) => None,
+        },
+        EventKind::Deleted => before.then_some(("DELETED", &*event.object)),
+    }
+}
+
+/// Starts a watch and returns the streaming response.
+pub async fn serve(
+    state: Arc<ApiState>,
+    def: ResourceDef,
+    namespace: Option<String>,
+    opts: ListOptions,
+    query: &HashMap<String, String>,
+    as_table: bool,
+) -> Result<Response, ApiError> {
+    let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
+    let encoder = Encoder {
+        def: def.clone(),
+        table: as_table.then_some(include),
+    };
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true" || b == "1");
+    let send_initial = query.get("sendInitialEvents").is_some_and(|b| b == "true");
+    let timeout = match query.get("timeoutSeconds") {
+        Some(t) => Duration::from_secs(
+            t.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
+        None => DEFAULT_TIMEOUT,
+    };
+    let requested = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let prefix = def.namespace_prefix(namespace.as_deref());
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+
+    // Initial state, then the watch from the revision it was read at.
+    let mut initial = Vec::new();
+    let start = match requested {
+        Some(rv) if !send_initial => rv,
+        _ => {
+            let page = state.list(
+                &def,
+                namespace.as_deref(),
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..opts.clone()
+                },
+            )?;
+            initial = page.items;
+            page.revision
+        }
+    };
+    let watch = match state.store.watch(&prefix, start) {
+        Ok(w) => Some(w),
+        Err(StoreError::Gone { requested, oldest }) => {
+            let _ = tx.try_send(Ok(
+                encoder.expired(format!("{requested} (oldest available {oldest})"))
+            ));
+            None
+        }
+        Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), "")),
+    };
+
+    if let Some(mut watch) = watch {
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move {
+            let send = |b: Bytes| tx.send(Ok(b));
+            for object in &initial {
+                if send(encoder.line("ADDED", object)).await.is_err() {
+                    return;
+                }
+            }
+            let mut last_revision = start;
+            if send_initial && bookmarks && send(encoder.bookmark(start, true)).await.is_err() {
+                return;
+            }
+            for event in std::mem::take(&mut watch.backlog) {
+                last_revision = event.revision;
+                if let Some((kind, object)) = translate(&event, &opts) {
+                    if send(encoder.line(kind, object)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
+            ticker.tick().await;
+            loop {
+                let line = tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    _ = ticker.tick(), if bookmarks => Some(encoder.bookmark(last_revision, false)),
+                    received = watch.live.recv() => match received {
+                        Ok(event) => {
+                            if event.revision <= last_revision || !watch.wants(&event) {
+                                None
+                            } else {
+                                last_revision = event.revision;
+                                translate(&event, &opts).map(|(kind, object)| encoder.line(kind, object))
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Too slow to keep up: the client must re-list, as after a 410.
+                            let _ = send(encoder.expired(format!("{last_revision} (watcher fell behind)"))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if let Some(line) = line {
+                    if send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    let body = Body::from_stream(ReceiverStream::new(rx));
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::selectors::LabelSelector;
+
+    fn event(kind: EventKind, prev: Option<Value>, now: Value) -> StoreEvent {
+        StoreEvent {
+            revision: 1,
+            kind,
+            key: "k".into(),
+            object: Arc::new(now),
+            previous: prev.map(Arc::new),
+        }
+    }
+
+    #[test]
+    fn leaving_the_selector_is_a_delete_and_entering_an_add() {
+        let opts = ListOptions {
+            labels: LabelSelector::parse("app=a").unwrap(),
+            ..Default::default()
+        };
+        let a = json!({"metadata": {"labels": {"app": "a"}}});
+        let b = json!({"metadata": {"labels": {"app": "b"}}});
+        let t = |e: &StoreEvent| translate(e, &opts).map(|(k, _)| k);
+        assert_eq!(
+            t(&event(EventKind::Modified, Some(a.clone()), b.clone())),
+            Some("DELETED")
+        );
+        assert_eq!(
+            t(&event(EventKind::Modified, Some(b.clone()), a.clone())),
+            Some("ADDED")
+        );
+        assert_eq!(
+            t(&event(EventKind::Modified, Some(a.clone()), a.clone())),
+            Some("MODIFIED")
+        );
+        assert_eq!(
+            t(&event(EventKind::Modified, Some(b.clone()), b.clone())),
+            None
+        );
+        assert_eq!(
+            t(&event(EventKind::Deleted, Some(a.clone()), a.clone())),
+            Some("DELETED")
+        );
+        assert_eq!(t(&event(EventKind::Added, None, b)), None);
+    }
+}

@@ -1,0 +1,8 @@
+//! skiff-control: the control plane of skiff. A Kubernetes-compatible API server on an
+//! embedded redb store, and the controllers that run beside it.
+
+pub mod apiserver;
+pub mod controllers;
+pub mod pki;
+pub mod server;
+pub mod store;

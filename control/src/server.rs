@@ -1,0 +1,99 @@
+//! Wiring: store, credentials, API state, controllers and the HTTPS listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::apiserver::{self, ApiState};
+use crate::store::RedbStore;
+use crate::{controllers, pki};
+
+/// How the server is started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database and credentials live.
+    pub data_dir: PathBuf,
+    /// The HTTPS listen address.
+    pub listen: SocketAddr,
+    /// Where to write the admin kubeconfig, if anywhere.
+    pub kubeconfig: Option<PathBuf>,
+    /// Extra names/IPs for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+/// How long in-flight requests get to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The URL clients should use for `listen` (an unspecified address means loopback locally).
+pub fn client_url(listen: SocketAddr) -> String {
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        listen.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("https://{host}:{}", listen.port())
+}
+
+/// Runs the control plane until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store =
+        RedbStore::open(&config.data_dir.join("store.redb")).context("opening the store")?;
+    let mut sans = config.tls_sans.clone();
+    if !config.listen.ip().is_unspecified() {
+        sans.push(config.listen.ip().to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        sans.push(host.trim().to_owned());
+    }
+    let creds = pki::load_or_create(&config.data_dir, &sans).context("setting up credentials")?;
+    if let Some(path) = &config.kubeconfig {
+        pki::write_kubeconfig(path, &client_url(config.listen), &creds)
+            .context("writing the kubeconfig")?;
+        tracing::info!(path = %path.display(), "wrote admin kubeconfig");
+    }
+
+    let (state, namespace_queue) =
+        ApiState::new(Arc::new(store), creds.token.clone(), shutdown.clone());
+    state
+        .ensure_system_namespaces()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating system namespaces: {e}"))?;
+    let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        creds.server_cert_pem.into_bytes(),
+        creds.server_key_pem.into_bytes(),
+    )
+    .await
+    .context("loading the serving certificate")?;
+    let handle = axum_server::Handle::new();
+    let app = apiserver::app(state.clone());
+    tokio::spawn({
+        let (handle, shutdown) = (handle.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(GRACE));
+        }
+    });
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "skiff-control serving");
+    axum_server::bind_rustls(config.listen, tls)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .with_context(|| format!("serving on {}", config.listen))?;
+    shutdown.cancel();
+    let _ = namespaces.await;
+    Ok(())
+}
