@@ -185,6 +185,9 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
     let ct = content_type(headers);
+    if !(ct.contains("json") || ct.contains("yaml")) {
+        return Err(ApiError::UnsupportedMediaType("application/json, application/yaml".into()));
+    }
     let value: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?
