@@ -1,1 +1,170 @@
+//! Helpers for skiff's end-to-end tests: start the real binaries and drive them with the real
+//! clients. `cargo xtask test` builds the binaries and installs kubectl, and passes their paths
+//! in `SKIFF_CONTROL_BIN` and `SKIFF_KUBECTL`.
 
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+fn tool(env: &str, default: &str, hint: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(default));
+    assert!(path.exists(), "{} not found ({env} unset or wrong); {hint}", path.display());
+    path
+}
+
+/// The skiff-control binary under test.
+pub fn control_bin() -> PathBuf {
+    tool("SKIFF_CONTROL_BIN", "target/debug/skiff-control", "run the suite with `cargo xtask test`, which builds it")
+}
+
+/// The real kubectl.
+pub fn kubectl_bin() -> PathBuf {
+    tool("SKIFF_KUBECTL", "target/tools/venv/bin/kubectl", "run `cargo xtask setup` to install it")
+}
+
+/// Waits for `condition` with a deadline, polling; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running skiff-control on a loopback port and a temporary data dir; stopped on drop.
+pub struct ControlPlane {
+    child: Child,
+    /// The data directory (kept for restarts).
+    pub dir: tempfile::TempDir,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The listen port.
+    pub port: u16,
+}
+
+impl ControlPlane {
+    /// Starts skiff-control and waits until it accepts connections.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_in(dir, port)
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
+        let kubeconfig = dir.path().join("admin.kubeconfig");
+        let log = std::fs::File::create(dir.path().join("control.log")).unwrap();
+        let child = Command::new(control_bin())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff-control");
+        let mut cp = Self { child, dir, kubeconfig, port };
+        // The kubeconfig is written before the listener opens, so a connection means serving.
+        let mut exited = None;
+        wait_for("skiff-control to listen", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = cp.child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Some(status) = exited {
+            panic!("skiff-control exited with {status}: {}", cp.log());
+        }
+        cp
+    }
+
+    /// Stops the server and starts it again on the same data and port.
+    pub fn restart(self) -> Self {
+        let mut this = self;
+        this.stop();
+        let port = this.port;
+        // Move the data dir out without running Drop's kill again.
+        let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
+        drop(this);
+        Self::start_in(dir, port)
+    }
+
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control.log")).unwrap_or_default()
+    }
+
+    /// A kubectl command against this server.
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(kubectl_bin());
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+        cmd
+    }
+
+    /// Runs kubectl and returns its output, whatever the exit status.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl, which must succeed; returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `stdin`, which must succeed; returns stdout.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs kubectl, which must fail; returns stderr.
+    pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_output(args, stdin);
+        assert!(!out.status.success(), "kubectl {} should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

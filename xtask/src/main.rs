@@ -1,1 +1,72 @@
-fn main() {}
+//! `cargo xtask`: setup, build, deploy, test and benchmarks for skiff.
+
+mod bench_api;
+mod deploy;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "skiff's build, deploy, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the project needs (kubectl in a virtualenv under target/tools).
+    Setup,
+    /// Build release binaries.
+    Build,
+    /// Set up, build and start skiff on this host, in the background; prints how to use kubectl.
+    Deploy(deploy::DeployArgs),
+    /// Stop what `deploy` started.
+    Stop(deploy::StopArgs),
+    /// Run the whole test suite (unit, component, end-to-end with the real kubectl).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and write its results into docs/benchmarks.md.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// API server: create rate, create/get/list latency with 10 000 pods, watch fan-out, idle RSS.
+    Api(bench_api::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => util::cargo(&["build", "--release", "-p", "skiff-control"]),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Stop(args) => deploy::stop(args),
+        Command::Test { args } => test(&args),
+        Command::Bench { which: Bench::Api(args) } => bench_api::run(args),
+    }
+}
+
+/// Builds the binaries the end-to-end tests start, then runs every test in the workspace.
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    util::cargo(&["build", "-p", "skiff-control"])?;
+    let root = util::root();
+    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"].iter().map(|s| s.to_string()).collect();
+    args.extend(extra.iter().cloned());
+    let status = std::process::Command::new(util::cargo_bin())
+        .args(&args)
+        .current_dir(&root)
+        .env("SKIFF_CONTROL_BIN", root.join("target/debug/skiff-control"))
+        .env("SKIFF_KUBECTL", setup::kubectl_path())
+        .status()?;
+    anyhow::ensure!(status.success(), "tests failed");
+    Ok(())
+}

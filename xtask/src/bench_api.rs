@@ -1,0 +1,355 @@
+//! `cargo xtask bench api`: the API server under load, measured against its own floor.
+//!
+//! Starts a release skiff-control on a temporary store and loopback port, then measures: the
+//! floor (an unauthenticated GET /healthz over the same TLS connection pool), creates per second
+//! and create latency for N pods, get and list latency with all N stored, delivery latency of
+//! one change to W concurrent watchers, and RSS idle-empty and idle-loaded. Results go into
+//! docs/benchmarks.md between the `bench:api` markers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::util;
+
+/// Options of the API benchmark.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Pods to create.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Concurrent clients during the create phase.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Concurrent watchers for the fan-out measurement.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Report to update.
+    #[arg(long, default_value_os_t = util::root().join("docs/benchmarks.md"))]
+    report: PathBuf,
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_server() -> anyhow::Result<Server> {
+    let dir = std::env::temp_dir().join(format!("skiff-bench-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let child = Command::new(util::root().join("target/release/skiff-control"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()?;
+    Ok(Server { child, dir, url: format!("https://127.0.0.1:{port}") })
+}
+
+fn client(dir: &Path, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(dir.join("pki/ca.crt"))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+    }
+    Ok(reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .default_headers(headers)
+        .pool_max_idle_per_host(256)
+        .build()?)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Percentiles in milliseconds.
+fn stats(samples: &mut [Duration]) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1].as_secs_f64() * 1000.0;
+    Stats { p50: at(0.50), p99: at(0.99), max: at(1.0) }
+}
+
+fn pod(i: usize) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("bench-{i:05}"), "labels": {"app": "bench", "shard": (i % 10).to_string()}},
+        "spec": {"containers": [{"name": "app", "image": "kubia:v1", "ports": [{"containerPort": 8080}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}})
+}
+
+/// Sends a request; returns its latency (to the last body byte) and the body size.
+async fn timed(req: reqwest::RequestBuilder) -> anyhow::Result<(Duration, usize)> {
+    let start = Instant::now();
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    anyhow::ensure!(status.is_success(), "request failed with {status}: {}", String::from_utf8_lossy(&body));
+    Ok((start.elapsed(), body.len()))
+}
+
+/// Runs the benchmark.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    util::cargo(&["build", "--release", "-p", "skiff-control"])?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(measure(&args))?;
+    println!("{report}");
+    write_report(&args.report, &report)?;
+    println!("wrote {}", args.report.display());
+    Ok(())
+}
+
+async fn measure(args: &Args) -> anyhow::Result<String> {
+    let server = start_server()?;
+    let pid = server.child.id();
+    // Ready when /healthz answers over TLS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let public = loop {
+        if let Ok(c) = client(&server.dir, None) {
+            if c.get(format!("{}/healthz", server.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                break c;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "skiff-control did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rss_empty = util::rss_kib(pid).unwrap_or(0);
+    let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?.trim().to_owned();
+    let api = client(&server.dir, Some(&token))?;
+    let base = server.url.clone();
+
+    // Floor: the same client and connection, a request that does no API work.
+    let mut floor = Vec::new();
+    for _ in 0..2000 {
+        floor.push(timed(public.get(format!("{base}/healthz"))).await?.0);
+    }
+    let floor = stats(&mut floor);
+
+    timed(api.post(format!("{base}/api/v1/namespaces")).json(&json!({"metadata": {"name": "bench"}}))).await?;
+    let pods_url = format!("{base}/api/v1/namespaces/bench/pods");
+
+    // Creates, `concurrency` clients in parallel.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (api, url, next, tx, n) = (api.clone(), pods_url.clone(), next.clone(), tx.clone(), args.pods);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                let (d, _) = timed(api.post(&url).json(&pod(i))).await?;
+                let _ = tx.send(d);
+            }
+        }));
+    }
+    drop(tx);
+    for w in workers {
+        w.await??;
+    }
+    let create_elapsed = started.elapsed();
+    let mut creates = Vec::new();
+    while let Some(d) = rx.recv().await {
+        creates.push(d);
+    }
+    let create_rate = args.pods as f64 / create_elapsed.as_secs_f64();
+    let creates = stats(&mut creates);
+
+    // Sequential updates (a mutating call without concurrency).
+    let mut updates = Vec::new();
+    for i in 0..500 {
+        let name = format!("bench-{:05}", (i * 7919) % args.pods);
+        let patch = json!({"metadata": {"labels": {"touched": i.to_string()}}});
+        updates.push(timed(api.patch(format!("{pods_url}/{name}")).header("content-type", "application/merge-patch+json").body(patch.to_string())).await?.0);
+    }
+    let updates = stats(&mut updates);
+
+    let mut gets = Vec::new();
+    for i in 0..2000 {
+        let name = format!("bench-{:05}", (i * 7919) % args.pods);
+        gets.push(timed(api.get(format!("{pods_url}/{name}"))).await?.0);
+    }
+    let gets = stats(&mut gets);
+
+    let mut lists = Vec::new();
+    let mut list_bytes = 0;
+    for _ in 0..20 {
+        let (d, len) = timed(api.get(&pods_url)).await?;
+        list_bytes = len;
+        lists.push(d);
+    }
+    let lists = stats(&mut lists);
+    let mut tables = Vec::new();
+    for _ in 0..10 {
+        tables.push(timed(api.get(&pods_url).header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")).await?.0);
+    }
+    let tables = stats(&mut tables);
+    let mut selected = Vec::new();
+    for _ in 0..20 {
+        selected.push(timed(api.get(format!("{pods_url}?labelSelector=shard%3D3"))).await?.0);
+    }
+    let selected = stats(&mut selected);
+
+    // Watch fan-out: W watchers, then changes one at a time; latency from the write's start
+    // to each watcher's receipt of that event.
+    let rv: String = api.get(&pods_url).query(&[("limit", "1")]).send().await?.json::<serde_json::Value>().await?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let (etx, mut erx) = mpsc::unbounded_channel::<(String, Instant)>();
+    let mut watch_tasks = Vec::new();
+    for _ in 0..args.watchers {
+        // The response headers arrive after the server has registered the watch.
+        let resp = api.get(format!("{pods_url}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench")).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "watch failed: {}", resp.status());
+        let etx = etx.clone();
+        watch_tasks.push(tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                let now = Instant::now();
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) {
+                        let rv = v["object"]["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+                        if etx.send((rv, now)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(etx);
+    let mut fanout = Vec::new();
+    for i in 0..20 {
+        let patch = json!({"metadata": {"annotations": {"bench/change": i.to_string()}}});
+        let start = Instant::now();
+        let resp = api
+            .patch(format!("{pods_url}/bench-00001"))
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await?;
+        let written: serde_json::Value = resp.json().await?;
+        let rv = written["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+        let mut seen = 0;
+        while seen < args.watchers {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(30), erx.recv())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("watchers ended early"))?;
+            if got == rv {
+                fanout.push(at.duration_since(start));
+                seen += 1;
+            }
+        }
+    }
+    for t in watch_tasks {
+        t.abort();
+    }
+    let fanout = stats(&mut fanout);
+    let rss_loaded = util::rss_kib(pid).unwrap_or(0);
+    drop(server);
+
+    let ms = |v: f64| format!("{v:.2}");
+    let ratio = |v: f64| format!("{:.1}x", v / floor.p50);
+    let target = |ok: bool| if ok { "met" } else { "missed" };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    Ok(format!(
+        "## API server (`cargo xtask bench api`)\n\n\
+Measured {date} on {cpus} CPUs, Linux {kernel}; release build, redb store on local disk (fsync per write), \
+TLS over loopback, {pods} pods of ~{pod_bytes} bytes in one namespace, {conc} concurrent creators, {w} watchers.\n\n\
+The floor is an unauthenticated `GET /healthz` on the same client and connections: TLS, HTTP and client \
+overhead with no API work. Ratios are p50 against the floor's p50.\n\n\
+| operation | p50 ms | p99 ms | max ms | p50 / floor |\n|---|---:|---:|---:|---:|\n\
+| floor: GET /healthz | {f50} | {f99} | {fmax} | 1.0x |\n\
+| create pod ({conc} concurrent) | {c50} | {c99} | {cmax} | {cr} |\n\
+| patch pod (sequential) | {u50} | {u99} | {umax} | {ur} |\n\
+| get pod | {g50} | {g99} | {gmax} | {gr} |\n\
+| list {pods} pods (JSON, {list_mb:.1} MB) | {l50} | {l99} | {lmax} | {lr} |\n\
+| list {pods} pods as Table (kubectl get) | {t50} | {t99} | {tmax} | {tr} |\n\
+| list with labelSelector (1/10 match) | {s50} | {s99} | {smax} | {sr} |\n\
+| one change delivered to {w} watchers | {w50} | {w99} | {wmax} | {wr} |\n\n\
+| figure | value | first target | |\n|---|---:|---:|---|\n\
+| creates per second | {rate:.0} | | |\n\
+| p99 mutating (create, {conc} concurrent) | {c99} ms | < 10 ms | {t_create} |\n\
+| p99 mutating (patch, sequential) | {u99} ms | < 10 ms | {t_patch} |\n\
+| list of {pods} pods p99 | {l99} ms | < 300 ms | {t_list} |\n\
+| RSS idle, empty store | {rss_e:.1} MB | < 40 MB | {t_rss} |\n\
+| RSS idle, {pods} pods stored | {rss_l:.1} MB | | |\n",
+        date = chrono_like_now(),
+        kernel = kernel.trim(),
+        pods = args.pods,
+        pod_bytes = serde_json::to_vec(&pod(0)).map(|v| v.len()).unwrap_or(0) + 500,
+        conc = args.concurrency,
+        w = args.watchers,
+        f50 = ms(floor.p50), f99 = ms(floor.p99), fmax = ms(floor.max),
+        c50 = ms(creates.p50), c99 = ms(creates.p99), cmax = ms(creates.max), cr = ratio(creates.p50),
+        u50 = ms(updates.p50), u99 = ms(updates.p99), umax = ms(updates.max), ur = ratio(updates.p50),
+        g50 = ms(gets.p50), g99 = ms(gets.p99), gmax = ms(gets.max), gr = ratio(gets.p50),
+        l50 = ms(lists.p50), l99 = ms(lists.p99), lmax = ms(lists.max), lr = ratio(lists.p50),
+        list_mb = list_bytes as f64 / 1e6,
+        t50 = ms(tables.p50), t99 = ms(tables.p99), tmax = ms(tables.max), tr = ratio(tables.p50),
+        s50 = ms(selected.p50), s99 = ms(selected.p99), smax = ms(selected.max), sr = ratio(selected.p50),
+        w50 = ms(fanout.p50), w99 = ms(fanout.p99), wmax = ms(fanout.max), wr = ratio(fanout.p50),
+        rate = create_rate,
+        t_create = target(creates.p99 < 10.0),
+        t_patch = target(updates.p99 < 10.0),
+        t_list = target(lists.p99 < 300.0),
+        rss_e = rss_empty as f64 / 1024.0,
+        rss_l = rss_loaded as f64 / 1024.0,
+        t_rss = target((rss_empty as f64 / 1024.0) < 40.0),
+    ))
+}
+
+fn chrono_like_now() -> String {
+    Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
+
+const START: &str = "<!-- bench:api:start -->";
+const END: &str = "<!-- bench:api:end -->";
+
+/// Replaces the API section of the report (or appends it).
+fn write_report(path: &Path, section: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# skiff benchmarks\n\n".into());
+    let block = format!("{START}\n{section}{END}");
+    let updated = match (existing.find(START), existing.find(END)) {
+        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &existing[..s], &existing[e + END.len()..]),
+        _ => format!("{}\n{block}\n", existing.trim_end()),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, updated)?;
+    Ok(())
+}
