@@ -186,7 +186,9 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     }
     let ct = content_type(headers);
     if !(ct.contains("json") || ct.contains("yaml")) {
-        return Err(ApiError::UnsupportedMediaType("application/json, application/yaml".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "application/json, application/yaml".into(),
+        ));
     }
     let value: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body)
@@ -275,32 +277,49 @@ fn delete_options(
 /// Renders a list as a `<Kind>List` or a Table.
 fn list_response(
     def: &ResourceDef,
-    items: Vec<Value>,
+    items: Vec<Bytes>,
     revision: u64,
     continue_token: Option<String>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let mut list_meta = json!({"resourceVersion": revision.to_string()});
     if let Some(c) = continue_token {
         list_meta["continue"] = json!(c);
     }
     if wants_table(headers) {
-        let refs: Vec<&Value> = items.iter().collect();
+        let values = super::objects::ListPage {
+            items,
+            revision,
+            continue_token: None,
+        }
+        .values()?;
+        let refs: Vec<&Value> = values.iter().collect();
         let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
-        return json_response(
+        return Ok(json_response(
             StatusCode::OK,
             &table(def.kind, &refs, list_meta, include),
             &[],
-        );
+        ));
     }
-    let list = json!({
-        "kind": format!("{}List", def.kind),
-        "apiVersion": def.api_version(),
-        "metadata": list_meta,
-        "items": items,
-    });
-    json_response(StatusCode::OK, &list, &[])
+    // The stored bytes are the items' JSON: the list is assembled without decoding them.
+    let head = format!(
+        r#"{{"kind":{},"apiVersion":{},"metadata":{},"items":["#,
+        json!(format!("{}List", def.kind)),
+        json!(def.api_version()),
+        list_meta
+    );
+    let mut body =
+        Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
+    body.extend_from_slice(head.as_bytes());
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn dispatch(
@@ -328,14 +347,14 @@ async fn dispatch(
                 .await;
             }
             let page = state.list(def, ns, &opts)?;
-            Ok(list_response(
+            list_response(
                 def,
                 page.items,
                 page.revision,
                 page.continue_token,
                 &headers,
                 &query,
-            ))
+            )
         }
         (Method::GET, Some(name)) => {
             let object = state.get(def, ns, name)?;
@@ -426,14 +445,11 @@ async fn dispatch(
             let opts = delete_options(&headers, &query, &body)?;
             let deleted = state.delete_collection(def, ns, &list, &opts).await?;
             let revision = state.store.revision();
-            Ok(list_response(
-                def,
-                deleted,
-                revision,
-                None,
-                &HeaderMap::new(),
-                &query,
-            ))
+            let deleted = deleted
+                .iter()
+                .map(|d| Bytes::from(serde_json::to_vec(d).unwrap_or_default()))
+                .collect();
+            list_response(def, deleted, revision, None, &HeaderMap::new(), &query)
         }
         _ => Err(ApiError::MethodNotAllowed),
     }

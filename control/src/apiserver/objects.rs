@@ -6,13 +6,14 @@
 //! as HTTP clients.
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::defaults::apply_defaults;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceDef;
-use super::selectors::{FieldSelector, LabelSelector};
+use super::selectors::{FieldSelector, Filter, LabelSelector};
 use super::validation::validate_object;
 use super::ApiState;
 use crate::store::{object_revision, StoreError};
@@ -74,12 +75,25 @@ pub struct ListOptions {
 /// A list page.
 #[derive(Debug)]
 pub struct ListPage {
-    /// Matching objects.
-    pub items: Vec<Value>,
+    /// Matching objects, as stored (JSON bytes).
+    pub items: Vec<Bytes>,
     /// The revision read.
     pub revision: u64,
     /// Token for the next page.
     pub continue_token: Option<String>,
+}
+
+impl ListPage {
+    /// The items as parsed documents.
+    pub fn values(&self) -> Result<Vec<Value>, ApiError> {
+        self.items
+            .iter()
+            .map(|b| {
+                serde_json::from_slice(b)
+                    .map_err(|e| ApiError::Internal(format!("stored object does not decode: {e}")))
+            })
+            .collect()
+    }
 }
 
 /// Options of a delete (`DeleteOptions` body or query).
@@ -388,7 +402,10 @@ impl ApiState {
             .as_deref()
             .map(decode_continue)
             .transpose()?;
-        let filtered = !opts.labels.is_empty() || !opts.fields.0.is_empty();
+        let filter = Filter {
+            labels: &opts.labels,
+            fields: &opts.fields,
+        };
         let mut items = Vec::new();
         let mut after = start_after;
         // With selectors a store page may hold fewer matches than asked; read on until full.
@@ -399,7 +416,11 @@ impl ApiState {
                 .map_err(|e| ApiError::from_store(e, &def.group_resource(), ""))?;
             let revision = page.revision;
             for item in page.items {
-                if !filtered || (opts.labels.matches(&item) && opts.fields.matches(&item)) {
+                if filter.matches_raw(&item, || {
+                    serde_json::from_slice(&item)
+                        .ok()
+                        .map(std::borrow::Cow::Owned)
+                }) {
                     items.push(item);
                 }
             }
@@ -942,7 +963,7 @@ impl ApiState {
             },
         )?;
         let mut deleted = Vec::with_capacity(page.items.len());
-        for item in page.items {
+        for item in page.values()? {
             let name = meta_str(&item, "name").unwrap_or_default().to_owned();
             let ns = meta_str(&item, "namespace").map(str::to_owned);
             match self.delete(def, ns.as_deref(), &name, opts).await {

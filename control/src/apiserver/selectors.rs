@@ -267,6 +267,79 @@ impl FieldSelector {
     }
 }
 
+/// The parts of an object's metadata that list filters read, decoded without building the
+/// whole document.
+#[derive(Debug, Default, serde::Deserialize)]
+struct MetaOnly {
+    #[serde(default)]
+    metadata: MetaFields,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct MetaFields {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A label and a field selector together, matched against stored JSON bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter<'a> {
+    /// Label requirements.
+    pub labels: &'a LabelSelector,
+    /// Field requirements.
+    pub fields: &'a FieldSelector,
+}
+
+impl Filter<'_> {
+    /// Whether the filter lets everything through.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.0.is_empty()
+    }
+
+    /// Matches a stored object. Only metadata is decoded unless a field selector reads beyond
+    /// it; `full` supplies the parsed document then (so callers can cache it).
+    pub fn matches_raw<'v>(
+        &self,
+        raw: &[u8],
+        full: impl FnOnce() -> Option<std::borrow::Cow<'v, Value>>,
+    ) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let only_meta = self
+            .fields
+            .0
+            .iter()
+            .all(|r| r.path == "metadata.name" || r.path == "metadata.namespace");
+        if !only_meta {
+            return full().is_some_and(|v| self.labels.matches(&v) && self.fields.matches(&v));
+        }
+        let Ok(meta) = serde_json::from_slice::<MetaOnly>(raw) else {
+            return false;
+        };
+        let m = &meta.metadata;
+        let labels_ok = self.labels.0.iter().all(|req| match req {
+            Requirement::In(k, vals) => m.labels.get(k).is_some_and(|v| vals.contains(v)),
+            Requirement::NotIn(k, vals) => m.labels.get(k).is_none_or(|v| !vals.contains(v)),
+            Requirement::Exists(k) => m.labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !m.labels.contains_key(k),
+        });
+        labels_ok
+            && self.fields.0.iter().all(|r| {
+                let actual = if r.path == "metadata.name" {
+                    &m.name
+                } else {
+                    &m.namespace
+                };
+                (actual == &r.value) != r.negated
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +406,34 @@ mod tests {
         let sel = LabelSelector::from_object(&json!({"matchLabels": {"app": "kubia"}, "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]})).unwrap();
         assert!(sel.matches(&pod(json!({"app": "kubia", "env": "prod"}))));
         assert!(!sel.matches(&pod(json!({"app": "kubia"}))));
+    }
+
+    #[test]
+    fn raw_matching_agrees_with_value_matching() {
+        let p = pod(json!({"app": "kubia", "env": "prod"}));
+        let raw = serde_json::to_vec(&p).unwrap();
+        let allowed = ["spec.nodeName", "status.phase"];
+        for (l, f) in [
+            ("app=kubia", ""),
+            ("env notin (prod)", ""),
+            ("!x", "metadata.name=p"),
+            ("", "spec.nodeName=n1"),
+            ("app", "status.phase!=Running"),
+            ("", "metadata.namespace!=default"),
+        ] {
+            let labels = LabelSelector::parse(l).unwrap();
+            let fields = FieldSelector::parse(f, &allowed).unwrap();
+            let filter = Filter {
+                labels: &labels,
+                fields: &fields,
+            };
+            let expected = labels.matches(&p) && fields.matches(&p);
+            assert_eq!(
+                filter.matches_raw(&raw, || Some(std::borrow::Cow::Borrowed(&p))),
+                expected,
+                "{l} / {f}"
+            );
+        }
     }
 
     #[test]

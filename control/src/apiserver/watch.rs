@@ -5,6 +5,7 @@
 //! Selectors are applied to both the old and the new state of each change, so an object that
 //! stops matching is reported DELETED, as Kubernetes does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::error::ApiError;
 use super::objects::ListOptions;
 use super::registry::ResourceDef;
+use super::selectors::Filter;
 use super::table::{table, IncludeObject};
 use super::ApiState;
 use crate::store::{EventKind, StoreError, StoreEvent};
@@ -32,23 +34,48 @@ struct Encoder {
     table: Option<IncludeObject>,
 }
 
+/// An object to encode: stored bytes, with the parsed form when the caller has it.
+struct Obj<'a> {
+    raw: &'a [u8],
+    parsed: Option<&'a Value>,
+}
+
 impl Encoder {
-    fn line(&self, kind: &str, object: &Value) -> Bytes {
-        let object = match self.table {
-            Some(include) if kind != "ERROR" && kind != "BOOKMARK" => {
-                let rv = object
+    /// One event line. Without a Table the stored bytes are sent as they are.
+    fn line(&self, kind: &str, object: Obj<'_>) -> Bytes {
+        let mut line = Vec::with_capacity(object.raw.len() + 32);
+        line.extend_from_slice(br#"{"type":""#);
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(br#"","object":"#);
+        match self.table {
+            Some(include) => {
+                let owned;
+                let value = match object.parsed {
+                    Some(v) => v,
+                    None => {
+                        owned = serde_json::from_slice::<Value>(object.raw).unwrap_or_default();
+                        &owned
+                    }
+                };
+                let rv = value
                     .pointer("/metadata/resourceVersion")
                     .cloned()
                     .unwrap_or_default();
-                table(
+                let t = table(
                     self.def.kind,
-                    &[object],
+                    &[value],
                     json!({"resourceVersion": rv}),
                     include,
-                )
+                );
+                line.extend_from_slice(&serde_json::to_vec(&t).unwrap_or_default());
             }
-            _ => object.clone(),
-        };
+            None => line.extend_from_slice(object.raw),
+        }
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+
+    fn value_line(&self, kind: &str, object: &Value) -> Bytes {
         let mut line =
             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
@@ -60,32 +87,54 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.line(
+        self.value_line(
             "BOOKMARK",
             &json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta}),
         )
     }
 
     fn expired(&self, message: String) -> Bytes {
-        self.line("ERROR", &ApiError::Gone(message).status())
+        self.value_line("ERROR", &ApiError::Gone(message).status())
     }
 }
 
 /// Decides what a store event means to a watcher with these selectors.
-fn translate<'a>(event: &'a StoreEvent, opts: &ListOptions) -> Option<(&'static str, &'a Value)> {
-    let matches = |o: &Value| opts.labels.matches(o) && opts.fields.matches(o);
-    let now = matches(&event.object);
-    let before = event.previous.as_deref().is_some_and(matches);
+fn translate(event: &StoreEvent, opts: &ListOptions) -> Option<&'static str> {
+    let filter = Filter {
+        labels: &opts.labels,
+        fields: &opts.fields,
+    };
+    let now = filter.matches_raw(&event.object, || event.object_value().map(Cow::Borrowed));
+    let before = event
+        .previous
+        .as_ref()
+        .is_some_and(|p| filter.matches_raw(p, || event.previous_value().map(Cow::Borrowed)));
     match event.kind {
-        EventKind::Added => now.then_some(("ADDED", &*event.object)),
+        EventKind::Added => now.then_some("ADDED"),
         EventKind::Modified => match (before, now) {
-            (true, true) => Some(("MODIFIED", &*event.object)),
-            (false, true) => Some(("ADDED", &*event.object)),
-            (true, false) => Some(("DELETED", &*event.object)),
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
             (false, false) => None,
         },
-        EventKind::Deleted => before.then_some(("DELETED", &*event.object)),
+        EventKind::Deleted => before.then_some("DELETED"),
     }
+}
+
+fn event_line(encoder: &Encoder, event: &StoreEvent, opts: &ListOptions) -> Option<Bytes> {
+    let kind = translate(event, opts)?;
+    let parsed = if encoder.table.is_some() {
+        event.object_value()
+    } else {
+        None
+    };
+    Some(encoder.line(
+        kind,
+        Obj {
+            raw: &event.object,
+            parsed,
+        },
+    ))
 }
 
 /// Starts a watch and returns the streaming response.
@@ -157,7 +206,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let send = |b: Bytes| tx.send(Ok(b));
             for object in &initial {
-                if send(encoder.line("ADDED", object)).await.is_err() {
+                if send(encoder.line(
+                    "ADDED",
+                    Obj {
+                        raw: object,
+                        parsed: None,
+                    },
+                ))
+                .await
+                .is_err()
+                {
                     return;
                 }
             }
@@ -167,8 +225,8 @@ pub async fn serve(
             }
             for event in std::mem::take(&mut watch.backlog) {
                 last_revision = event.revision;
-                if let Some((kind, object)) = translate(&event, &opts) {
-                    if send(encoder.line(kind, object)).await.is_err() {
+                if let Some(line) = event_line(&encoder, &event, &opts) {
+                    if send(line).await.is_err() {
                         return;
                     }
                 }
@@ -189,7 +247,7 @@ pub async fn serve(
                                 None
                             } else {
                                 last_revision = event.revision;
-                                translate(&event, &opts).map(|(kind, object)| encoder.line(kind, object))
+                                event_line(&encoder, &event, &opts)
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -223,13 +281,8 @@ mod tests {
     use crate::apiserver::selectors::LabelSelector;
 
     fn event(kind: EventKind, prev: Option<Value>, now: Value) -> StoreEvent {
-        StoreEvent {
-            revision: 1,
-            kind,
-            key: "k".into(),
-            object: Arc::new(now),
-            previous: prev.map(Arc::new),
-        }
+        let bytes = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap());
+        StoreEvent::new(1, kind, "k".into(), bytes(&now), prev.as_ref().map(bytes))
     }
 
     #[test]
@@ -240,7 +293,7 @@ mod tests {
         };
         let a = json!({"metadata": {"labels": {"app": "a"}}});
         let b = json!({"metadata": {"labels": {"app": "b"}}});
-        let t = |e: &StoreEvent| translate(e, &opts).map(|(k, _)| k);
+        let t = |e: &StoreEvent| translate(e, &opts);
         assert_eq!(
             t(&event(EventKind::Modified, Some(a.clone()), b.clone())),
             Some("DELETED")

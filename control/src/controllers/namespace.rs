@@ -23,7 +23,8 @@ pub async fn run(state: Arc<ApiState>, mut queue: mpsc::UnboundedReceiver<String
         .clone();
     if let Ok(page) = state.list(&def, None, &ListOptions::default()) {
         for ns in page
-            .items
+            .values()
+            .unwrap_or_default()
             .iter()
             .filter(|n| n.pointer("/metadata/deletionTimestamp").is_some())
         {
@@ -69,7 +70,7 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
             let page = state.list(def, Some(namespace), &ListOptions::default())?;
             remaining += page.items.len();
             for item in page
-                .items
+                .values()?
                 .iter()
                 .filter(|i| i.pointer("/metadata/deletionTimestamp").is_none())
             {

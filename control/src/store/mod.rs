@@ -11,6 +11,7 @@ mod window;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 pub use redb_store::RedbStore;
@@ -35,6 +36,9 @@ pub enum StoreError {
         /// The revision the store holds.
         actual: u64,
     },
+    /// The writer thread is gone (the store is shutting down).
+    #[error("the store is closed")]
+    Closed,
     /// A watch asked for a revision that has left the event window.
     #[error("too old resource version: {requested} (oldest available {oldest})")]
     Gone {
@@ -59,8 +63,9 @@ pub enum StoreError {
 /// The result of a list: the objects in key order and the revision they were read at.
 #[derive(Debug, Default)]
 pub struct ListResult {
-    /// Objects, ordered by key.
-    pub items: Vec<Value>,
+    /// Objects as stored (JSON bytes), ordered by key. Lists are served from these bytes
+    /// without decoding unless a filter or a Table needs the document.
+    pub items: Vec<Bytes>,
     /// The store revision the read saw.
     pub revision: u64,
     /// The key of the last item returned when `limit` cut the list short.

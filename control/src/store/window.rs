@@ -1,11 +1,15 @@
 //! The in-memory window of recent events that watches are served from.
 //!
-//! Every write appends its event while still holding the writer's lock, so the window and the
-//! broadcast channel see events in revision order and every watcher gets the same order.
+//! The writer appends events while holding the window's lock, in commit order, so the window
+//! and the broadcast channel see events in revision order and every watcher gets the same order.
+//! Events keep objects as their JSON bytes: that is what watchers send, it is a fraction of the
+//! memory of a parsed document, and a parse happens at most once per event, only when a watcher
+//! needs one (a field selector or a Table).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -31,10 +35,51 @@ pub struct StoreEvent {
     pub kind: EventKind,
     /// The key written.
     pub key: String,
-    /// The object after the write (for deletes: as it was, with the deletion's revision).
-    pub object: Arc<Value>,
+    /// The object after the write as JSON (for deletes: as it was, with the deletion's revision).
+    pub object: Bytes,
     /// The object before the write, for modifications and deletions.
-    pub previous: Option<Arc<Value>>,
+    pub previous: Option<Bytes>,
+    parsed: OnceLock<Option<Value>>,
+    parsed_previous: OnceLock<Option<Value>>,
+}
+
+impl StoreEvent {
+    /// An event.
+    pub fn new(
+        revision: u64,
+        kind: EventKind,
+        key: String,
+        object: Bytes,
+        previous: Option<Bytes>,
+    ) -> Self {
+        Self {
+            revision,
+            kind,
+            key,
+            object,
+            previous,
+            parsed: OnceLock::new(),
+            parsed_previous: OnceLock::new(),
+        }
+    }
+
+    /// The object, parsed on first use.
+    pub fn object_value(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_slice(&self.object).ok())
+            .as_ref()
+    }
+
+    /// The previous object, parsed on first use.
+    pub fn previous_value(&self) -> Option<&Value> {
+        self.parsed_previous
+            .get_or_init(|| {
+                self.previous
+                    .as_ref()
+                    .and_then(|p| serde_json::from_slice(p).ok())
+            })
+            .as_ref()
+    }
 }
 
 /// A started watch: the backlog from the window, then the live channel.
@@ -65,7 +110,7 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(capacity: usize, current_revision: u64) -> Self {
-        let (sender, _) = broadcast::channel(capacity.max(16));
+        let (sender, _) = broadcast::channel(capacity.clamp(16, 65_536));
         Self {
             events: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
@@ -113,13 +158,13 @@ mod tests {
     use super::*;
 
     fn event(revision: u64, key: &str) -> StoreEvent {
-        StoreEvent {
+        StoreEvent::new(
             revision,
-            kind: EventKind::Added,
-            key: key.into(),
-            object: Arc::new(Value::Null),
-            previous: None,
-        }
+            EventKind::Added,
+            key.into(),
+            Bytes::from_static(b"{}"),
+            None,
+        )
     }
 
     #[test]
@@ -143,5 +188,22 @@ mod tests {
         assert_eq!(w.watch("", 2, 4).unwrap().backlog.len(), 2);
         // Watching from "now" is always possible.
         assert!(w.watch("", 4, 4).unwrap().backlog.is_empty());
+    }
+
+    #[test]
+    fn events_parse_lazily_once() {
+        let e = StoreEvent::new(
+            1,
+            EventKind::Modified,
+            "k".into(),
+            Bytes::from_static(br#"{"a":1}"#),
+            Some(Bytes::from_static(br#"{"a":0}"#)),
+        );
+        assert_eq!(e.object_value().unwrap()["a"], 1);
+        assert_eq!(e.previous_value().unwrap()["a"], 0);
+        assert!(std::ptr::eq(
+            e.object_value().unwrap(),
+            e.object_value().unwrap()
+        ));
     }
 }
