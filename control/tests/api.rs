@@ -30,12 +30,25 @@ async fn api_with_window(window: usize) -> Api {
     let store = RedbStore::open_with_window(&dir.path().join("store.redb"), window).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
     state.ensure_system_namespaces().await.unwrap();
-    tokio::spawn(skiff_control::controllers::namespace::run(state.clone(), queue));
-    Api { router: app(state.clone()), state, _dir: dir }
+    tokio::spawn(skiff_control::controllers::namespace::run(
+        state.clone(),
+        queue,
+    ));
+    Api {
+        router: app(state.clone()),
+        state,
+        _dir: dir,
+    }
 }
 
 impl Api {
-    async fn call(&self, method: Method, uri: &str, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(uri)
@@ -46,23 +59,28 @@ impl Api {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
     }
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, uri, "application/json", Body::empty()).await
+        self.call(Method::GET, uri, "application/json", Body::empty())
+            .await
     }
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, uri, "application/json", body.to_string()).await
+        self.call(Method::POST, uri, "application/json", body.to_string())
+            .await
     }
     async fn put(&self, uri: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, uri, "application/json", body.to_string()).await
+        self.call(Method::PUT, uri, "application/json", body.to_string())
+            .await
     }
     async fn patch(&self, uri: &str, ct: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::PATCH, uri, ct, body.to_string()).await
     }
     async fn delete(&self, uri: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, uri, "application/json", Body::empty()).await
+        self.call(Method::DELETE, uri, "application/json", Body::empty())
+            .await
     }
 }
 
@@ -79,8 +97,16 @@ async fn requests_without_the_token_get_a_401_status() {
     let req = Request::builder().uri(PODS).body(Body::empty()).unwrap();
     let resp = a.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!((body["kind"].as_str(), body["reason"].as_str(), body["code"].as_u64()), (Some("Status"), Some("Unauthorized"), Some(401)));
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        (
+            body["kind"].as_str(),
+            body["reason"].as_str(),
+            body["code"].as_u64()
+        ),
+        (Some("Status"), Some("Unauthorized"), Some(401))
+    );
 }
 
 #[tokio::test]
@@ -92,9 +118,15 @@ async fn create_sets_server_fields_and_rejects_duplicates() {
     assert!(p["metadata"]["uid"].as_str().unwrap().len() > 30);
     assert!(p["metadata"]["creationTimestamp"].is_string());
     assert_eq!(p["status"]["phase"], "Pending");
-    assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        p["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
     let (code, s) = a.post(PODS, pod("kubia", json!({}))).await;
-    assert_eq!((code, s["reason"].as_str()), (StatusCode::CONFLICT, Some("AlreadyExists")));
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("AlreadyExists"))
+    );
     // generateName
     let (code, g) = a.post(PODS, json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})).await;
     assert_eq!(code, StatusCode::CREATED);
@@ -106,26 +138,67 @@ async fn create_sets_server_fields_and_rejects_duplicates() {
 async fn bad_input_stores_nothing() {
     let a = api().await;
     let before = a.state.store.revision();
-    let (code, s) = a.call(Method::POST, PODS, "application/json", "{not json").await;
-    assert_eq!((code, s["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("BadRequest")));
-    let (code, s) = a.post(PODS, json!({"metadata": {"name": "p"}, "spec": {"containers": []}})).await;
-    assert_eq!((code, s["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid")));
+    let (code, s) = a
+        .call(Method::POST, PODS, "application/json", "{not json")
+        .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    let (code, s) = a
+        .post(
+            PODS,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+        )
+        .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("Invalid"))
+    );
     assert_eq!(s["details"]["causes"][0]["field"], "spec.containers");
     let (code, s) = a.post(PODS, pod("Bad_Name", json!({"bad key": "x"}))).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
-    let fields: Vec<&str> = s["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = s["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, vec!["metadata.name", "metadata.labels"]);
     let mut wrong_kind = pod("p", json!({}));
     wrong_kind["kind"] = json!("Service");
     let (code, s) = a.post(PODS, wrong_kind).await;
-    assert_eq!((code, s["details"]["causes"][0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("kind")));
-    let (code, _) = a.post(PODS, json!({"metadata": {"name": "p"}, "spec": {"containers": "x"}})).await;
-    assert_eq!(code, StatusCode::BAD_REQUEST, "wrongly typed fields are a decoding error");
+    assert_eq!(
+        (code, s["details"]["causes"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("kind"))
+    );
+    let (code, _) = a
+        .post(
+            PODS,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "wrongly typed fields are a decoding error"
+    );
     let (code, s) = a.post("/api/v1/namespaces/default/pods?fieldValidation=Strict", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "imagee": "x"}]}})).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
-    assert!(s["message"].as_str().unwrap().contains("spec.containers[0].imagee"), "{s}");
-    let (code, s) = a.post("/api/v1/namespaces/nope/pods", pod("p", json!({}))).await;
-    assert_eq!((code, s["details"]["kind"].as_str()), (StatusCode::NOT_FOUND, Some("namespaces")));
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.containers[0].imagee"),
+        "{s}"
+    );
+    let (code, s) = a
+        .post("/api/v1/namespaces/nope/pods", pod("p", json!({})))
+        .await;
+    assert_eq!(
+        (code, s["details"]["kind"].as_str()),
+        (StatusCode::NOT_FOUND, Some("namespaces"))
+    );
     let (code, _) = a.get("/api/v1/widgets").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(a.state.store.revision(), before, "nothing was written");
@@ -135,7 +208,14 @@ async fn bad_input_stores_nothing() {
 async fn yaml_bodies_are_accepted() {
     let a = api().await;
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a: b\n";
-    let (code, cm) = a.call(Method::POST, "/api/v1/namespaces/default/configmaps", "application/yaml", yaml).await;
+    let (code, cm) = a
+        .call(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            "application/yaml",
+            yaml,
+        )
+        .await;
     assert_eq!(code, StatusCode::CREATED, "{cm}");
     assert_eq!(cm["data"]["a"], "b");
 }
@@ -143,18 +223,35 @@ async fn yaml_bodies_are_accepted() {
 #[tokio::test]
 async fn list_with_label_field_selectors_and_pages() {
     let a = api().await;
-    for (name, labels) in [("a", json!({"app": "kubia", "env": "prod"})), ("b", json!({"app": "kubia"})), ("c", json!({"app": "other"}))] {
+    for (name, labels) in [
+        ("a", json!({"app": "kubia", "env": "prod"})),
+        ("b", json!({"app": "kubia"})),
+        ("c", json!({"app": "other"})),
+    ] {
         assert_eq!(a.post(PODS, pod(name, labels)).await.0, StatusCode::CREATED);
     }
-    let names = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let names = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     let (_, l) = a.get(&format!("{PODS}?labelSelector=app%3Dkubia")).await;
     assert_eq!(names(&l), ["a", "b"]);
     assert_eq!(l["kind"], "PodList");
-    let (_, l) = a.get(&format!("{PODS}?labelSelector=app%20in%20(kubia),!env")).await;
+    let (_, l) = a
+        .get(&format!("{PODS}?labelSelector=app%20in%20(kubia),!env"))
+        .await;
     assert_eq!(names(&l), ["b"]);
-    let (_, l) = a.get(&format!("{PODS}?fieldSelector=metadata.name%3Dc")).await;
+    let (_, l) = a
+        .get(&format!("{PODS}?fieldSelector=metadata.name%3Dc"))
+        .await;
     assert_eq!(names(&l), ["c"]);
-    let (_, l) = a.get("/api/v1/pods?fieldSelector=status.phase%3DPending").await;
+    let (_, l) = a
+        .get("/api/v1/pods?fieldSelector=status.phase%3DPending")
+        .await;
     assert_eq!(names(&l).len(), 3);
     let (code, _) = a.get(&format!("{PODS}?fieldSelector=spec.bogus%3Dx")).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
@@ -182,18 +279,30 @@ async fn updates_use_optimistic_concurrency_and_keep_status() {
     let (code, updated) = a.put(&format!("{PODS}/p"), fresh).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(updated["metadata"]["labels"]["v"], "1");
-    assert_eq!(updated["status"]["phase"], "Pending", "the main resource cannot change status");
+    assert_eq!(
+        updated["status"]["phase"], "Pending",
+        "the main resource cannot change status"
+    );
     assert!(updated["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]);
     stale["metadata"]["labels"] = json!({"v": "stale"});
     let (code, s) = a.put(&format!("{PODS}/p"), stale).await;
-    assert_eq!((code, s["reason"].as_str()), (StatusCode::CONFLICT, Some("Conflict")));
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("Conflict"))
+    );
     // The status subresource changes only status.
     let mut st = updated.clone();
     st["status"] = json!({"phase": "Running"});
     st["metadata"]["labels"] = json!({"v": "ignored"});
     let (code, s) = a.put(&format!("{PODS}/p/status"), st).await;
     assert_eq!(code, StatusCode::OK, "{s}");
-    assert_eq!((s["status"]["phase"].as_str(), s["metadata"]["labels"]["v"].as_str()), (Some("Running"), Some("1")));
+    assert_eq!(
+        (
+            s["status"]["phase"].as_str(),
+            s["metadata"]["labels"]["v"].as_str()
+        ),
+        (Some("Running"), Some("1"))
+    );
 }
 
 #[tokio::test]
@@ -203,30 +312,89 @@ async fn three_patch_kinds_and_scale() {
         "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "kubia"}},
             "template": {"metadata": {"labels": {"app": "kubia"}}, "spec": {"containers": [{"name": "a", "image": "kubia:v1"}, {"name": "b", "image": "b:1"}]}}}});
     let url = "/apis/apps/v1/namespaces/default/deployments/kubia";
-    assert_eq!(a.post("/apis/apps/v1/namespaces/default/deployments", dep).await.0, StatusCode::CREATED);
+    assert_eq!(
+        a.post("/apis/apps/v1/namespaces/default/deployments", dep)
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let (code, d) = a.patch(url, "application/strategic-merge-patch+json", json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "kubia:v2"}]}}}})).await;
     assert_eq!(code, StatusCode::OK, "{d}");
-    let images: Vec<&str> = d["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().map(|c| c["image"].as_str().unwrap()).collect();
+    let images: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
     assert_eq!(images, ["kubia:v2", "b:1"]);
     assert_eq!(d["metadata"]["generation"], 2);
-    let (_, d) = a.patch(url, "application/merge-patch+json", json!({"metadata": {"labels": {"tier": "web"}}})).await;
+    let (_, d) = a
+        .patch(
+            url,
+            "application/merge-patch+json",
+            json!({"metadata": {"labels": {"tier": "web"}}}),
+        )
+        .await;
     assert_eq!(d["metadata"]["labels"]["tier"], "web");
-    assert_eq!(d["metadata"]["generation"], 2, "metadata changes do not bump generation");
-    let (_, d) = a.patch(url, "application/json-patch+json", json!([{"op": "replace", "path": "/spec/replicas", "value": 4}])).await;
+    assert_eq!(
+        d["metadata"]["generation"], 2,
+        "metadata changes do not bump generation"
+    );
+    let (_, d) = a
+        .patch(
+            url,
+            "application/json-patch+json",
+            json!([{"op": "replace", "path": "/spec/replicas", "value": 4}]),
+        )
+        .await;
     assert_eq!(d["spec"]["replicas"], 4);
-    let (code, _) = a.patch(url, "application/json-patch+json", json!([{"op": "test", "path": "/spec/replicas", "value": 1}])).await;
+    let (code, _) = a
+        .patch(
+            url,
+            "application/json-patch+json",
+            json!([{"op": "test", "path": "/spec/replicas", "value": 1}]),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
     let (code, _) = a.patch(url, "text/plain", json!({})).await;
     assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let (code, s) = a.patch(url, "application/merge-patch+json", json!({"metadata": {"resourceVersion": "1"}})).await;
+    let (code, s) = a
+        .patch(
+            url,
+            "application/merge-patch+json",
+            json!({"metadata": {"resourceVersion": "1"}}),
+        )
+        .await;
     assert_eq!(code, StatusCode::CONFLICT, "{s}");
     // Scale subresource.
     let (_, scale) = a.get(&format!("{url}/scale")).await;
-    assert_eq!((scale["kind"].as_str(), scale["spec"]["replicas"].as_i64(), scale["status"]["selector"].as_str()), (Some("Scale"), Some(4), Some("app=kubia")));
-    let (code, scale) = a.patch(&format!("{url}/scale"), "application/merge-patch+json", json!({"spec": {"replicas": 7}})).await;
-    assert_eq!((code, scale["spec"]["replicas"].as_i64()), (StatusCode::OK, Some(7)));
+    assert_eq!(
+        (
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["selector"].as_str()
+        ),
+        (Some("Scale"), Some(4), Some("app=kubia"))
+    );
+    let (code, scale) = a
+        .patch(
+            &format!("{url}/scale"),
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 7}}),
+        )
+        .await;
+    assert_eq!(
+        (code, scale["spec"]["replicas"].as_i64()),
+        (StatusCode::OK, Some(7))
+    );
     assert_eq!(a.get(url).await.1["spec"]["replicas"], 7);
-    let (code, _) = a.patch(&format!("{url}/scale"), "application/merge-patch+json", json!({"spec": {"replicas": -1}})).await;
+    let (code, _) = a
+        .patch(
+            &format!("{url}/scale"),
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": -1}}),
+        )
+        .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -239,7 +407,11 @@ async fn finalizers_hold_deletion_until_removed() {
     let (code, marked) = a.delete(&format!("{url}/held")).await;
     assert_eq!(code, StatusCode::ACCEPTED);
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
-    assert_eq!(a.get(&format!("{url}/held")).await.0, StatusCode::OK, "still there while finalized");
+    assert_eq!(
+        a.get(&format!("{url}/held")).await.0,
+        StatusCode::OK,
+        "still there while finalized"
+    );
     cm = marked;
     cm["metadata"]["finalizers"] = json!([]);
     assert_eq!(a.put(&format!("{url}/held"), cm).await.0, StatusCode::OK);
@@ -251,28 +423,66 @@ async fn finalizers_hold_deletion_until_removed() {
 #[tokio::test]
 async fn deleting_a_namespace_deletes_its_contents() {
     let a = api().await;
-    assert_eq!(a.post("/api/v1/namespaces", json!({"metadata": {"name": "demo"}})).await.0, StatusCode::CREATED);
-    assert_eq!(a.post("/api/v1/namespaces/demo/pods", pod("p", json!({}))).await.0, StatusCode::CREATED);
-    assert_eq!(a.post("/api/v1/namespaces/demo/configmaps", json!({"metadata": {"name": "c"}})).await.0, StatusCode::CREATED);
-    let mut watch = a.state.store.watch("core/namespaces/", a.state.store.revision()).unwrap();
+    assert_eq!(
+        a.post("/api/v1/namespaces", json!({"metadata": {"name": "demo"}}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.post("/api/v1/namespaces/demo/pods", pod("p", json!({})))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        a.post(
+            "/api/v1/namespaces/demo/configmaps",
+            json!({"metadata": {"name": "c"}})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    let mut watch = a
+        .state
+        .store
+        .watch("core/namespaces/", a.state.store.revision())
+        .unwrap();
     let (code, ns) = a.delete("/api/v1/namespaces/demo").await;
     assert_eq!(code, StatusCode::ACCEPTED);
     assert_eq!(ns["status"]["phase"], "Terminating");
-    let (code, s) = a.post("/api/v1/namespaces/demo/configmaps", json!({"metadata": {"name": "late"}})).await;
-    assert_eq!((code, s["reason"].as_str()), (StatusCode::FORBIDDEN, Some("Forbidden")));
+    let (code, s) = a
+        .post(
+            "/api/v1/namespaces/demo/configmaps",
+            json!({"metadata": {"name": "late"}}),
+        )
+        .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Forbidden"))
+    );
     // Wait for the namespace's DELETED event.
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let e = watch.live.recv().await.unwrap();
-            if e.key == "core/namespaces//demo" && e.kind == skiff_control::store::EventKind::Deleted {
+            if e.key == "core/namespaces//demo"
+                && e.kind == skiff_control::store::EventKind::Deleted
+            {
                 break;
             }
         }
     })
     .await
     .expect("namespace removed");
-    assert_eq!(a.get("/api/v1/namespaces/demo/pods/p").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(a.get("/api/v1/namespaces/demo/configmaps/c").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.get("/api/v1/namespaces/demo/pods/p").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        a.get("/api/v1/namespaces/demo/configmaps/c").await.0,
+        StatusCode::NOT_FOUND
+    );
     let (code, _) = a.delete("/api/v1/namespaces/default").await;
     assert_eq!(code, StatusCode::FORBIDDEN);
 }
@@ -284,13 +494,23 @@ async fn tables_have_the_kubectl_columns() {
     let req = Request::builder()
         .uri(PODS)
         .header("authorization", format!("Bearer {TOKEN}"))
-        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
         .body(Body::empty())
         .unwrap();
     let resp = a.router.clone().oneshot(req).await.unwrap();
-    let t: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let t: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(t["kind"], "Table");
-    let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().filter(|c| c["priority"] == 0).map(|c| c["name"].as_str().unwrap()).collect();
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == 0)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(cols, ["Name", "Ready", "Status", "Restarts", "Age"]);
     assert_eq!(t["rows"][0]["cells"][0], "kubia");
     assert_eq!(t["rows"][0]["object"]["metadata"]["name"], "kubia");
@@ -300,23 +520,59 @@ async fn tables_have_the_kubectl_columns() {
 async fn discovery_lists_every_resource() {
     let a = api().await;
     let (_, v1) = a.get("/api/v1").await;
-    let names: Vec<&str> = v1["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for r in ["pods", "pods/status", "services", "endpoints", "nodes", "events", "configmaps", "secrets", "serviceaccounts", "namespaces"] {
+    let names: Vec<&str> = v1["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for r in [
+        "pods",
+        "pods/status",
+        "services",
+        "endpoints",
+        "nodes",
+        "events",
+        "configmaps",
+        "secrets",
+        "serviceaccounts",
+        "namespaces",
+    ] {
         assert!(names.contains(&r), "{r} missing");
     }
     let (_, groups) = a.get("/apis").await;
-    let groups: Vec<&str> = groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
-    assert_eq!(groups, ["apps", "batch", "discovery.k8s.io", "coordination.k8s.io"]);
+    let groups: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        groups,
+        ["apps", "batch", "discovery.k8s.io", "coordination.k8s.io"]
+    );
     let (_, apps) = a.get("/apis/apps/v1").await;
-    assert!(apps["resources"].as_array().unwrap().iter().any(|r| r["name"] == "deployments/scale"));
+    assert!(apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "deployments/scale"));
     let (code, doc) = a.get("/openapi/v3/apis/apps/v1").await;
     assert_eq!(code, StatusCode::OK);
-    assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"].is_array());
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]
+            ["x-kubernetes-group-version-kind"]
+            .is_array()
+    );
 }
 
 /// Reads watch lines from a streaming response until `n` events arrived.
 async fn watch_events(a: &Api, uri: &str, n: usize) -> Vec<Value> {
-    let req = Request::builder().uri(uri).header("authorization", format!("Bearer {TOKEN}")).body(Body::empty()).unwrap();
+    let req = Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
     let resp = a.router.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -343,28 +599,83 @@ async fn watch_events(a: &Api, uri: &str, n: usize) -> Vec<Value> {
 async fn watch_from_a_revision_replays_then_follows() {
     let a = api().await;
     let (_, p) = a.post(PODS, pod("w", json!({"app": "a"}))).await;
-    let rv = p["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
-    a.patch(&format!("{PODS}/w"), "application/merge-patch+json", json!({"metadata": {"labels": {"x": "1"}}})).await;
-    a.patch(&format!("{PODS}/w"), "application/merge-patch+json", json!({"metadata": {"labels": {"app": "b"}}})).await;
+    let rv = p["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.patch(
+        &format!("{PODS}/w"),
+        "application/merge-patch+json",
+        json!({"metadata": {"labels": {"x": "1"}}}),
+    )
+    .await;
+    a.patch(
+        &format!("{PODS}/w"),
+        "application/merge-patch+json",
+        json!({"metadata": {"labels": {"app": "b"}}}),
+    )
+    .await;
     a.post(PODS, pod("other", json!({"app": "a"}))).await;
     a.delete(&format!("{PODS}/other")).await;
-    let events = watch_events(&a, &format!("{PODS}?watch=true&resourceVersion={rv}&labelSelector=app%3Da"), 4).await;
-    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e["type"].as_str().unwrap(), e["object"]["metadata"]["name"].as_str().unwrap())).collect();
-    assert_eq!(kinds, [("MODIFIED", "w"), ("DELETED", "w"), ("ADDED", "other"), ("DELETED", "other")]);
+    let events = watch_events(
+        &a,
+        &format!("{PODS}?watch=true&resourceVersion={rv}&labelSelector=app%3Da"),
+        4,
+    )
+    .await;
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["object"]["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("MODIFIED", "w"),
+            ("DELETED", "w"),
+            ("ADDED", "other"),
+            ("DELETED", "other")
+        ]
+    );
     // Without a resourceVersion: the current state as ADDED events first.
     let events = watch_events(&a, &format!("{PODS}?watch=1"), 1).await;
-    assert_eq!((events[0]["type"].as_str(), events[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("w")));
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("w"))
+    );
 }
 
 #[tokio::test]
 async fn watch_older_than_the_window_is_expired() {
     let a = api_with_window(2).await;
     for i in 0..5 {
-        a.post("/api/v1/namespaces/default/configmaps", json!({"metadata": {"name": format!("c{i}")}})).await;
+        a.post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": format!("c{i}")}}),
+        )
+        .await;
     }
-    let events = watch_events(&a, "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1", 1).await;
+    let events = watch_events(
+        &a,
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1",
+        1,
+    )
+    .await;
     assert_eq!(events[0]["type"], "ERROR");
-    assert_eq!((events[0]["object"]["code"].as_u64(), events[0]["object"]["reason"].as_str()), (Some(410), Some("Expired")));
+    assert_eq!(
+        (
+            events[0]["object"]["code"].as_u64(),
+            events[0]["object"]["reason"].as_str()
+        ),
+        (Some(410), Some("Expired"))
+    );
 }
 
 #[tokio::test]
@@ -376,7 +687,11 @@ async fn every_watcher_sees_the_same_order() {
             let a = a.clone();
             tokio::spawn(async move {
                 for i in 0..10 {
-                    a.post("/api/v1/namespaces/default/configmaps", json!({"metadata": {"name": format!("w{w}-{i}")}})).await;
+                    a.post(
+                        "/api/v1/namespaces/default/configmaps",
+                        json!({"metadata": {"name": format!("w{w}-{i}")}}),
+                    )
+                    .await;
                 }
             })
         })
@@ -386,10 +701,23 @@ async fn every_watcher_sees_the_same_order() {
     for w in writers {
         w.await.unwrap();
     }
-    let order = |es: &[Value]| es.iter().map(|e| e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()).collect::<Vec<_>>();
+    let order = |es: &[Value]| {
+        es.iter()
+            .map(|e| {
+                e["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
     let (o1, o2) = (order(&e1), order(&e2));
     assert_eq!(o1, o2);
-    assert!(o1.windows(2).all(|w| w[0] < w[1]), "revisions strictly increase");
+    assert!(
+        o1.windows(2).all(|w| w[0] < w[1]),
+        "revisions strictly increase"
+    );
 }
 
 #[tokio::test]
@@ -402,7 +730,15 @@ async fn objects_and_revisions_survive_a_restart() {
         let (state, _q) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
         state.ensure_system_namespaces().await.unwrap();
         let def = state.registry.find("", "v1", "configmaps").unwrap().clone();
-        state.create(&def, Some("default"), json!({"metadata": {"name": "keep"}, "data": {"k": "v"}}), &Default::default()).await.unwrap();
+        state
+            .create(
+                &def,
+                Some("default"),
+                json!({"metadata": {"name": "keep"}, "data": {"k": "v"}}),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
         rv_before = state.store.revision();
     }
     let store = RedbStore::open(&path).unwrap();
@@ -410,7 +746,18 @@ async fn objects_and_revisions_survive_a_restart() {
     assert_eq!(state.store.revision(), rv_before);
     state.ensure_system_namespaces().await.unwrap();
     let def = state.registry.find("", "v1", "configmaps").unwrap().clone();
-    assert_eq!(state.get(&def, Some("default"), "keep").unwrap()["data"]["k"], "v");
-    let w = state.create(&def, Some("default"), json!({"metadata": {"name": "next"}}), &Default::default()).await.unwrap();
+    assert_eq!(
+        state.get(&def, Some("default"), "keep").unwrap()["data"]["k"],
+        "v"
+    );
+    let w = state
+        .create(
+            &def,
+            Some("default"),
+            json!({"metadata": {"name": "next"}}),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(skiff_control::store::object_revision(&w.object) > rv_before);
 }

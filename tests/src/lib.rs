@@ -8,30 +8,50 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
 }
 
 fn tool(env: &str, default: &str, hint: &str) -> PathBuf {
-    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(default));
-    assert!(path.exists(), "{} not found ({env} unset or wrong); {hint}", path.display());
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(default));
+    assert!(
+        path.exists(),
+        "{} not found ({env} unset or wrong); {hint}",
+        path.display()
+    );
     path
 }
 
 /// The skiff-control binary under test.
 pub fn control_bin() -> PathBuf {
-    tool("SKIFF_CONTROL_BIN", "target/debug/skiff-control", "run the suite with `cargo xtask test`, which builds it")
+    tool(
+        "SKIFF_CONTROL_BIN",
+        "target/debug/skiff-control",
+        "run the suite with `cargo xtask test`, which builds it",
+    )
 }
 
 /// The real kubectl.
 pub fn kubectl_bin() -> PathBuf {
-    tool("SKIFF_KUBECTL", "target/tools/venv/bin/kubectl", "run `cargo xtask setup` to install it")
+    tool(
+        "SKIFF_KUBECTL",
+        "target/tools/venv/bin/kubectl",
+        "run `cargo xtask setup` to install it",
+    )
 }
 
 /// Waits for `condition` with a deadline, polling; panics with `what` on timeout.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -51,7 +71,11 @@ impl ControlPlane {
     /// Starts skiff-control and waits until it accepts connections.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         Self::start_in(dir, port)
     }
 
@@ -70,7 +94,12 @@ impl ControlPlane {
             .stderr(log)
             .spawn()
             .expect("start skiff-control");
-        let mut cp = Self { child, dir, kubeconfig, port };
+        let mut cp = Self {
+            child,
+            dir,
+            kubeconfig,
+            port,
+        };
         // The kubeconfig is written before the listener opens, so a connection means serving.
         let mut exited = None;
         wait_for("skiff-control to listen", Duration::from_secs(30), || {
@@ -101,7 +130,9 @@ impl ControlPlane {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -121,18 +152,31 @@ impl ControlPlane {
     /// A kubectl command against this server.
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(kubectl_bin());
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
         cmd
     }
 
     /// Runs kubectl and returns its output, whatever the exit status.
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = self.kubectl_cmd(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run kubectl");
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
         }
         child.wait_with_output().unwrap()
     }
@@ -158,7 +202,12 @@ impl ControlPlane {
     /// Runs kubectl, which must fail; returns stderr.
     pub fn kubectl_fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_output(args, stdin);
-        assert!(!out.status.success(), "kubectl {} should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {} should have failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8(out.stderr).unwrap()
     }
 }

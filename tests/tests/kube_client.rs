@@ -31,16 +31,27 @@ async fn next(events: &mut Events) -> Event<ConfigMap> {
 async fn kube_client_lists_and_watches() {
     let cp = ControlPlane::start();
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
 
-    api.create(&PostParams::default(), &config_map("first", "1")).await.unwrap();
-    let listed = api.list(&ListParams::default().labels("suite=kube-rs")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("first", "1"))
+        .await
+        .unwrap();
+    let listed = api
+        .list(&ListParams::default().labels("suite=kube-rs"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert!(listed.metadata.resource_version.is_some());
 
-    let mut events = watcher::watcher(api.clone(), watcher::Config::default().labels("suite=kube-rs")).boxed();
+    let mut events = watcher::watcher(
+        api.clone(),
+        watcher::Config::default().labels("suite=kube-rs"),
+    )
+    .boxed();
     // The initial list arrives as Init, InitApply(first), InitDone.
     assert!(matches!(next(&mut events).await, Event::Init));
     match next(&mut events).await {
@@ -49,12 +60,20 @@ async fn kube_client_lists_and_watches() {
     }
     assert!(matches!(next(&mut events).await, Event::InitDone));
 
-    api.create(&PostParams::default(), &config_map("second", "2")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("second", "2"))
+        .await
+        .unwrap();
     match next(&mut events).await {
         Event::Apply(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("second")),
         other => panic!("expected Apply(second), got {other:?}"),
     }
-    api.patch("second", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"value": "22"}}))).await.unwrap();
+    api.patch(
+        "second",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"value": "22"}})),
+    )
+    .await
+    .unwrap();
     match next(&mut events).await {
         Event::Apply(cm) => assert_eq!(cm.data.unwrap()["value"], "22"),
         other => panic!("expected Apply(second'), got {other:?}"),

@@ -24,7 +24,11 @@ spec:
 ";
 
 fn deployment(image: &str, replicas: u32, extra_env: bool) -> String {
-    let env = if extra_env { "\n        env:\n        - name: GREETING\n          value: hello" } else { "" };
+    let env = if extra_env {
+        "\n        env:\n        - name: GREETING\n          value: hello"
+    } else {
+        ""
+    };
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -64,72 +68,210 @@ fn kubectl_drives_the_api_like_kubernetes() {
     let manifest = manifest.to_str().unwrap();
 
     // create -f, get -o yaml / -o json, the table.
-    assert_eq!(cp.kubectl(&["create", "-f", manifest]).trim(), "pod/kubia-manual created");
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&cp.kubectl(&["get", "po", "kubia-manual", "-o", "yaml"])).unwrap();
+    assert_eq!(
+        cp.kubectl(&["create", "-f", manifest]).trim(),
+        "pod/kubia-manual created"
+    );
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&cp.kubectl(&["get", "po", "kubia-manual", "-o", "yaml"])).unwrap();
     assert_eq!(yaml["metadata"]["name"].as_str(), Some("kubia-manual"));
     assert_eq!(yaml["metadata"]["namespace"].as_str(), Some("default"));
-    assert_eq!(yaml["spec"]["containers"][0]["ports"][0]["containerPort"].as_u64(), Some(8080));
+    assert_eq!(
+        yaml["spec"]["containers"][0]["ports"][0]["containerPort"].as_u64(),
+        Some(8080)
+    );
     let pod = json(&cp, &["get", "po", "kubia-manual"]);
     assert_eq!(pod["spec"]["containers"][0]["image"], "luksa/kubia");
     assert_eq!(pod["status"]["phase"], "Pending");
     let table = cp.kubectl(&["get", "po"]);
     let mut lines = table.lines();
-    assert_eq!(lines.next().unwrap().split_whitespace().collect::<Vec<_>>(), ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-    assert_eq!(lines.next().unwrap().split_whitespace().take(4).collect::<Vec<_>>(), ["kubia-manual", "0/1", "Pending", "0"]);
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    assert_eq!(
+        lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>(),
+        ["kubia-manual", "0/1", "Pending", "0"]
+    );
     let err = cp.kubectl_fails(&["create", "-f", manifest], None);
-    assert!(err.contains("AlreadyExists") && err.contains("\"kubia-manual\" already exists"), "{err}");
+    assert!(
+        err.contains("AlreadyExists") && err.contains("\"kubia-manual\" already exists"),
+        "{err}"
+    );
 
     // Labels and selectors.
-    assert_eq!(cp.kubectl(&["label", "po", "kubia-manual", "creation_method=manual", "env=debug"]).trim(), "pod/kubia-manual labeled");
-    assert_eq!(cp.kubectl(&["get", "po", "-l", "creation_method=manual", "-o", "name"]).trim(), "pod/kubia-manual");
-    assert_eq!(cp.kubectl(&["get", "po", "-l", "env in (prod,debug)", "-o", "name"]).trim(), "pod/kubia-manual");
-    assert_eq!(cp.kubectl(&["get", "po", "-l", "env!=debug", "-o", "name"]).trim(), "");
+    assert_eq!(
+        cp.kubectl(&[
+            "label",
+            "po",
+            "kubia-manual",
+            "creation_method=manual",
+            "env=debug"
+        ])
+        .trim(),
+        "pod/kubia-manual labeled"
+    );
+    assert_eq!(
+        cp.kubectl(&["get", "po", "-l", "creation_method=manual", "-o", "name"])
+            .trim(),
+        "pod/kubia-manual"
+    );
+    assert_eq!(
+        cp.kubectl(&["get", "po", "-l", "env in (prod,debug)", "-o", "name"])
+            .trim(),
+        "pod/kubia-manual"
+    );
+    assert_eq!(
+        cp.kubectl(&["get", "po", "-l", "env!=debug", "-o", "name"])
+            .trim(),
+        ""
+    );
     let none = cp.kubectl_output(&["get", "po", "-l", "!env"], None);
-    assert!(String::from_utf8_lossy(&none.stderr).contains("No resources found in default namespace."));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found in default namespace.")
+    );
     let shown = cp.kubectl(&["get", "po", "-L", "creation_method,env"]);
-    assert!(shown.lines().next().unwrap().contains("CREATION_METHOD"), "{shown}");
-    assert!(shown.contains("manual") && shown.contains("debug"), "{shown}");
+    assert!(
+        shown.lines().next().unwrap().contains("CREATION_METHOD"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("manual") && shown.contains("debug"),
+        "{shown}"
+    );
     cp.kubectl(&["label", "po", "kubia-manual", "env=prod", "--overwrite"]);
-    assert_eq!(json(&cp, &["get", "po", "kubia-manual"])["metadata"]["labels"]["env"], "prod");
+    assert_eq!(
+        json(&cp, &["get", "po", "kubia-manual"])["metadata"]["labels"]["env"],
+        "prod"
+    );
 
     // Annotations.
-    cp.kubectl(&["annotate", "pod", "kubia-manual", "mycompany.com/someannotation=foo bar"]);
-    let annotated = cp.kubectl(&["get", "po", "kubia-manual", "-o", "jsonpath={.metadata.annotations.mycompany\\.com/someannotation}"]);
+    cp.kubectl(&[
+        "annotate",
+        "pod",
+        "kubia-manual",
+        "mycompany.com/someannotation=foo bar",
+    ]);
+    let annotated = cp.kubectl(&[
+        "get",
+        "po",
+        "kubia-manual",
+        "-o",
+        "jsonpath={.metadata.annotations.mycompany\\.com/someannotation}",
+    ]);
     assert_eq!(annotated, "foo bar");
 
     // apply twice with a change.
     let dep = dir.join("deploy.yaml");
     std::fs::write(&dep, deployment("kubia:v1", 3, false)).unwrap();
-    assert_eq!(cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(), "deployment.apps/kubia created");
+    assert_eq!(
+        cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(),
+        "deployment.apps/kubia created"
+    );
     std::fs::write(&dep, deployment("kubia:v2", 2, true)).unwrap();
-    assert_eq!(cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(), "deployment.apps/kubia configured");
+    assert_eq!(
+        cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(),
+        "deployment.apps/kubia configured"
+    );
     let d = json(&cp, &["get", "deploy", "kubia"]);
     assert_eq!(d["spec"]["replicas"], 2);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "kubia:v2");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "hello");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "kubia:v2"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "hello"
+    );
     assert_eq!(d["metadata"]["generation"], 2);
-    assert!(d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().unwrap().contains("kubia:v2"));
-    assert_eq!(cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(), "deployment.apps/kubia unchanged");
+    assert!(
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .unwrap()
+            .contains("kubia:v2")
+    );
+    assert_eq!(
+        cp.kubectl(&["apply", "-f", dep.to_str().unwrap()]).trim(),
+        "deployment.apps/kubia unchanged"
+    );
     let deploy_table = cp.kubectl(&["get", "deploy"]);
-    assert!(deploy_table.lines().next().unwrap().starts_with("NAME    READY   UP-TO-DATE   AVAILABLE   AGE"), "{deploy_table}");
+    assert!(
+        deploy_table
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("NAME    READY   UP-TO-DATE   AVAILABLE   AGE"),
+        "{deploy_table}"
+    );
 
     // patch: strategic (the default), merge and JSON.
-    cp.kubectl(&["patch", "deploy", "kubia", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"kubia","image":"kubia:v3"}]}}}}"#]);
+    cp.kubectl(&[
+        "patch",
+        "deploy",
+        "kubia",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"kubia","image":"kubia:v3"}]}}}}"#,
+    ]);
     let d = json(&cp, &["get", "deploy", "kubia"]);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "kubia:v3");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"], "GREETING", "strategic merge keeps the other fields");
-    cp.kubectl(&["patch", "deploy", "kubia", "--type=merge", "-p", r#"{"metadata":{"labels":{"tier":"web"}}}"#]);
-    cp.kubectl(&["patch", "deploy", "kubia", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":3}]"#]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "kubia:v3"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["name"], "GREETING",
+        "strategic merge keeps the other fields"
+    );
+    cp.kubectl(&[
+        "patch",
+        "deploy",
+        "kubia",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":"web"}}}"#,
+    ]);
+    cp.kubectl(&[
+        "patch",
+        "deploy",
+        "kubia",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":3}]"#,
+    ]);
     let d = json(&cp, &["get", "deploy", "kubia"]);
-    assert_eq!((d["metadata"]["labels"]["tier"].as_str(), d["spec"]["revisionHistoryLimit"].as_i64()), (Some("web"), Some(3)));
+    assert_eq!(
+        (
+            d["metadata"]["labels"]["tier"].as_str(),
+            d["spec"]["revisionHistoryLimit"].as_i64()
+        ),
+        (Some("web"), Some(3))
+    );
 
     // scale through the scale subresource.
-    assert_eq!(cp.kubectl(&["scale", "deployment", "kubia", "--replicas=5"]).trim(), "deployment.apps/kubia scaled");
-    assert_eq!(json(&cp, &["get", "deploy", "kubia"])["spec"]["replicas"], 5);
+    assert_eq!(
+        cp.kubectl(&["scale", "deployment", "kubia", "--replicas=5"])
+            .trim(),
+        "deployment.apps/kubia scaled"
+    );
+    assert_eq!(
+        json(&cp, &["get", "deploy", "kubia"])["spec"]["replicas"],
+        5
+    );
 
     // get --watch sees a change.
     let mut watcher = cp
-        .kubectl_cmd(&["get", "po", "kubia-manual", "--watch", "-o", "jsonpath={.metadata.labels.stage}{\"|\"}{.metadata.resourceVersion}{\"\\n\"}"])
+        .kubectl_cmd(&[
+            "get",
+            "po",
+            "kubia-manual",
+            "--watch",
+            "-o",
+            "jsonpath={.metadata.labels.stage}{\"|\"}{.metadata.resourceVersion}{\"\\n\"}",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -143,10 +285,14 @@ fn kubectl_drives_the_api_like_kubernetes() {
             }
         }
     });
-    let first = rx.recv_timeout(Duration::from_secs(20)).expect("the watch prints the current state");
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the watch prints the current state");
     assert!(first.starts_with('|'), "no stage label yet: {first}");
     cp.kubectl(&["label", "po", "kubia-manual", "stage=watched"]);
-    let changed = rx.recv_timeout(Duration::from_secs(20)).expect("the watch prints the change");
+    let changed = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the watch prints the change");
     assert!(changed.starts_with("watched|"), "{changed}");
     let _ = watcher.kill();
     let _ = watcher.wait();
@@ -156,18 +302,33 @@ fn kubectl_drives_the_api_like_kubernetes() {
         &["create", "-f", "-"],
         Some("apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  containers:\n  - name: c\n"),
     );
-    assert!(err.contains(r#"The Pod "broken" is invalid: spec.containers[0].image: Required value"#), "{err}");
+    assert!(
+        err.contains(r#"The Pod "broken" is invalid: spec.containers[0].image: Required value"#),
+        "{err}"
+    );
     let err = cp.kubectl_fails(&["get", "po", "nothere"], None);
-    assert!(err.contains(r#"Error from server (NotFound): pods "nothere" not found"#), "{err}");
+    assert!(
+        err.contains(r#"Error from server (NotFound): pods "nothere" not found"#),
+        "{err}"
+    );
     let err = cp.kubectl_fails(&["get", "widgets"], None);
-    assert!(err.contains(r#"the server doesn't have a resource type "widgets""#), "{err}");
+    assert!(
+        err.contains(r#"the server doesn't have a resource type "widgets""#),
+        "{err}"
+    );
 
     // explain works from the served OpenAPI.
     let explain = cp.kubectl(&["explain", "pod.spec.containers.ports"]);
-    assert!(explain.contains("KIND:       Pod") && explain.contains("containerPort"), "{explain}");
+    assert!(
+        explain.contains("KIND:       Pod") && explain.contains("containerPort"),
+        "{explain}"
+    );
 
     // delete: the pod is gone and kubectl's wait for it ends.
-    assert_eq!(cp.kubectl(&["delete", "po", "kubia-manual"]).trim(), "pod \"kubia-manual\" deleted from default namespace");
+    assert_eq!(
+        cp.kubectl(&["delete", "po", "kubia-manual"]).trim(),
+        "pod \"kubia-manual\" deleted from default namespace"
+    );
     let err = cp.kubectl_fails(&["get", "po", "kubia-manual"], None);
     assert!(err.contains("NotFound"), "{err}");
     cp.kubectl(&["delete", "-f", dep.to_str().unwrap()]);
@@ -181,15 +342,28 @@ fn objects_survive_a_control_plane_restart() {
     let manifest = dir.join("kubia-manual.yaml");
     std::fs::write(&manifest, KUBIA_MANUAL).unwrap();
     cp.kubectl(&["create", "-f", manifest.to_str().unwrap()]);
-    let before: u64 = json(&cp, &["get", "po", "kubia-manual"])["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let before: u64 = json(&cp, &["get", "po", "kubia-manual"])["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let cp = cp.restart();
     let pod = json(&cp, &["get", "po", "kubia-manual"]);
     assert_eq!(pod["spec"]["containers"][0]["image"], "luksa/kubia");
     cp.kubectl(&["label", "po", "kubia-manual", "after=restart"]);
-    let after: u64 = json(&cp, &["get", "po", "kubia-manual"])["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    assert!(after > before, "resourceVersions keep increasing: {before} -> {after}");
+    let after: u64 = json(&cp, &["get", "po", "kubia-manual"])["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        after > before,
+        "resourceVersions keep increasing: {before} -> {after}"
+    );
     let namespaces = cp.kubectl(&["get", "ns", "-o", "name"]);
-    assert!(namespaces.contains("namespace/default") && namespaces.contains("namespace/kube-system"));
+    assert!(
+        namespaces.contains("namespace/default") && namespaces.contains("namespace/kube-system")
+    );
 }
 
 #[test]
@@ -198,5 +372,8 @@ fn a_wrong_token_is_refused() {
     let out = cp.kubectl_output(&["get", "pods", "--token", "wrong"], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Unauthorized") || err.contains("provide credentials"), "{err}");
+    assert!(
+        err.contains("Unauthorized") || err.contains("provide credentials"),
+        "{err}"
+    );
 }

@@ -43,14 +43,18 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_server() -> anyhow::Result<Server> {
@@ -66,14 +70,21 @@ fn start_server() -> anyhow::Result<Server> {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()?;
-    Ok(Server { child, dir, url: format!("https://127.0.0.1:{port}") })
+    Ok(Server {
+        child,
+        dir,
+        url: format!("https://127.0.0.1:{port}"),
+    })
 }
 
 fn client(dir: &Path, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let pem = std::fs::read(dir.join("pki/ca.crt"))?;
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
-        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
     }
     Ok(reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
@@ -92,8 +103,16 @@ struct Stats {
 /// Percentiles in milliseconds.
 fn stats(samples: &mut [Duration]) -> Stats {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1].as_secs_f64() * 1000.0;
-    Stats { p50: at(0.50), p99: at(0.99), max: at(1.0) }
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
+            .as_secs_f64()
+            * 1000.0
+    };
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: at(1.0),
+    }
 }
 
 fn pod(i: usize) -> serde_json::Value {
@@ -109,14 +128,20 @@ async fn timed(req: reqwest::RequestBuilder) -> anyhow::Result<(Duration, usize)
     let resp = req.send().await?;
     let status = resp.status();
     let body = resp.bytes().await?;
-    anyhow::ensure!(status.is_success(), "request failed with {status}: {}", String::from_utf8_lossy(&body));
+    anyhow::ensure!(
+        status.is_success(),
+        "request failed with {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
     Ok((start.elapsed(), body.len()))
 }
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
     util::cargo(&["build", "--release", "-p", "skiff-control"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = rt.block_on(measure(&args))?;
     println!("{report}");
     write_report(&args.report, &report)?;
@@ -131,7 +156,11 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let public = loop {
         if let Ok(c) = client(&server.dir, None) {
-            if c.get(format!("{}/healthz", server.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+            if c.get(format!("{}/healthz", server.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 break c;
             }
         }
@@ -139,7 +168,9 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let rss_empty = util::rss_kib(pid).unwrap_or(0);
-    let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?.trim().to_owned();
+    let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?
+        .trim()
+        .to_owned();
     let api = client(&server.dir, Some(&token))?;
     let base = server.url.clone();
 
@@ -150,7 +181,11 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     }
     let floor = stats(&mut floor);
 
-    timed(api.post(format!("{base}/api/v1/namespaces")).json(&json!({"metadata": {"name": "bench"}}))).await?;
+    timed(
+        api.post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"metadata": {"name": "bench"}})),
+    )
+    .await?;
     let pods_url = format!("{base}/api/v1/namespaces/bench/pods");
 
     // Creates, `concurrency` clients in parallel.
@@ -159,7 +194,13 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (api, url, next, tx, n) = (api.clone(), pods_url.clone(), next.clone(), tx.clone(), args.pods);
+        let (api, url, next, tx, n) = (
+            api.clone(),
+            pods_url.clone(),
+            next.clone(),
+            tx.clone(),
+            args.pods,
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -188,7 +229,15 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     for i in 0..500 {
         let name = format!("bench-{:05}", (i * 7919) % args.pods);
         let patch = json!({"metadata": {"labels": {"touched": i.to_string()}}});
-        updates.push(timed(api.patch(format!("{pods_url}/{name}")).header("content-type", "application/merge-patch+json").body(patch.to_string())).await?.0);
+        updates.push(
+            timed(
+                api.patch(format!("{pods_url}/{name}"))
+                    .header("content-type", "application/merge-patch+json")
+                    .body(patch.to_string()),
+            )
+            .await?
+            .0,
+        );
     }
     let updates = stats(&mut updates);
 
@@ -209,18 +258,35 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     let lists = stats(&mut lists);
     let mut tables = Vec::new();
     for _ in 0..10 {
-        tables.push(timed(api.get(&pods_url).header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")).await?.0);
+        tables.push(
+            timed(api.get(&pods_url).header(
+                "accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            ))
+            .await?
+            .0,
+        );
     }
     let tables = stats(&mut tables);
     let mut selected = Vec::new();
     for _ in 0..20 {
-        selected.push(timed(api.get(format!("{pods_url}?labelSelector=shard%3D3"))).await?.0);
+        selected.push(
+            timed(api.get(format!("{pods_url}?labelSelector=shard%3D3")))
+                .await?
+                .0,
+        );
     }
     let selected = stats(&mut selected);
 
     // Watch fan-out: W watchers, then changes one at a time; latency from the write's start
     // to each watcher's receipt of that event.
-    let rv: String = api.get(&pods_url).query(&[("limit", "1")]).send().await?.json::<serde_json::Value>().await?["metadata"]["resourceVersion"]
+    let rv: String = api
+        .get(&pods_url)
+        .query(&[("limit", "1")])
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or("0")
         .to_owned();
@@ -228,8 +294,17 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     let mut watch_tasks = Vec::new();
     for _ in 0..args.watchers {
         // The response headers arrive after the server has registered the watch.
-        let resp = api.get(format!("{pods_url}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench")).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "watch failed: {}", resp.status());
+        let resp = api
+            .get(format!(
+                "{pods_url}?watch=true&resourceVersion={rv}&labelSelector=app%3Dbench"
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "watch failed: {}",
+            resp.status()
+        );
         let etx = etx.clone();
         watch_tasks.push(tokio::spawn(async move {
             let mut stream = resp.bytes_stream();
@@ -240,7 +315,10 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) {
-                        let rv = v["object"]["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+                        let rv = v["object"]["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
                         if etx.send((rv, now)).is_err() {
                             return;
                         }
@@ -261,7 +339,10 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
             .send()
             .await?;
         let written: serde_json::Value = resp.json().await?;
-        let rv = written["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+        let rv = written["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let mut seen = 0;
         while seen < args.watchers {
             let (got, at) = tokio::time::timeout(Duration::from_secs(30), erx.recv())
@@ -284,7 +365,9 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     let ratio = |v: f64| format!("{:.1}x", v / floor.p50);
     let target = |ok: bool| if ok { "met" } else { "missed" };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     Ok(format!(
         "## API server (`cargo xtask bench api`)\n\n\
 Measured {date} on {cpus} CPUs, Linux {kernel}; release build, redb store on local disk (fsync per write), \
@@ -333,7 +416,11 @@ overhead with no API work. Ratios are p50 against the floor's p50.\n\n\
 }
 
 fn chrono_like_now() -> String {
-    Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 const START: &str = "<!-- bench:api:start -->";
@@ -341,10 +428,13 @@ const END: &str = "<!-- bench:api:end -->";
 
 /// Replaces the API section of the report (or appends it).
 fn write_report(path: &Path, section: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# skiff benchmarks\n\n".into());
+    let existing =
+        std::fs::read_to_string(path).unwrap_or_else(|_| "# skiff benchmarks\n\n".into());
     let block = format!("{START}\n{section}{END}");
     let updated = match (existing.find(START), existing.find(END)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &existing[..s], &existing[e + END.len()..]),
+        (Some(s), Some(e)) if e > s => {
+            format!("{}{block}{}", &existing[..s], &existing[e + END.len()..])
+        }
         _ => format!("{}\n{block}\n", existing.trim_end()),
     };
     if let Some(parent) = path.parent() {

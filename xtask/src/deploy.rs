@@ -18,7 +18,9 @@ fn default_state_dir() -> PathBuf {
     if util::is_root() {
         PathBuf::from("/var/lib/skiff")
     } else {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         home.join(".local/share/skiff")
     }
 }
@@ -47,13 +49,21 @@ fn pidfile(state: &Path) -> PathBuf {
 }
 
 fn running_pid(state: &Path) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(pidfile(state)).ok()?.trim().parse().ok()?;
+    let pid: u32 = fs::read_to_string(pidfile(state))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline).contains("skiff-control").then_some(pid)
+    String::from_utf8_lossy(&cmdline)
+        .contains("skiff-control")
+        .then_some(pid)
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
 }
 
 fn stop_control(state: &Path) -> anyhow::Result<()> {
@@ -92,7 +102,10 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 
     let kubeconfig = state.join("admin.kubeconfig");
     let log_path = state.join("control.log");
-    let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let child = Command::new(&binary)
         .arg("--data-dir")
         .arg(state.join("control"))
@@ -112,7 +125,10 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let url = format!("{}/healthz", client_url(args.listen));
     wait_ready(&url, &ca, child.id(), &log_path)?;
 
-    let kubectl_dir = setup::kubectl_path().parent().expect("kubectl is in a bin dir").to_owned();
+    let kubectl_dir = setup::kubectl_path()
+        .parent()
+        .expect("kubectl is in a bin dir")
+        .to_owned();
     println!(
         "\nskiff-control is running (pid {pid}), serving {server}\n  logs:       {log}\n  kubeconfig: {kc}\n\nUse it with kubectl:\n  export KUBECONFIG={kc}\n  export PATH={kubectl}:$PATH   # kubectl installed by cargo xtask setup\n  kubectl get namespaces\n\nStop it with: cargo xtask stop",
         pid = child.id(),
@@ -125,20 +141,37 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 }
 
 fn client_url(listen: SocketAddr) -> String {
-    let ip = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+    let ip = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        listen.ip().to_string()
+    };
     format!("https://{ip}:{}", listen.port())
 }
 
 /// Polls `/healthz` until it answers "ok", the process dies, or 30 s pass.
 fn wait_ready(url: &str, ca: &Path, pid: u32, log: &Path) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     rt.block_on(async {
         loop {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let tail = fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-                anyhow::bail!("skiff-control exited during start-up; its log ({}):\n{}", log.display(), tail.join("\n"));
+                let tail: Vec<&str> = tail
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                anyhow::bail!(
+                    "skiff-control exited during start-up; its log ({}):\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
             }
             if let Ok(pem) = fs::read(ca) {
                 let client = reqwest::Client::builder()
@@ -151,7 +184,11 @@ fn wait_ready(url: &str, ca: &Path, pid: u32, log: &Path) -> anyhow::Result<()> 
                     }
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "skiff-control did not become ready at {url} within 30 s; see {}", log.display());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "skiff-control did not become ready at {url} within 30 s; see {}",
+                log.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })

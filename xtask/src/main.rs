@@ -8,7 +8,10 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "skiff's build, deploy, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "skiff's build, deploy, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +53,9 @@ fn main() -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
         Command::Test { args } => test(&args),
-        Command::Bench { which: Bench::Api(args) } => bench_api::run(args),
+        Command::Bench {
+            which: Bench::Api(args),
+        } => bench_api::run(args),
     }
 }
 
@@ -59,7 +64,10 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     util::cargo(&["build", "-p", "skiff-control"])?;
     let root = util::root();
-    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(extra.iter().cloned());
     let status = std::process::Command::new(util::cargo_bin())
         .args(&args)
