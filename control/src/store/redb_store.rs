@@ -23,6 +23,9 @@ const REVISION_KEY: &str = "revision";
 /// How many recent events watches can be served from.
 pub const DEFAULT_WINDOW: usize = 20_000;
 
+/// redb's in-process page cache.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -105,7 +108,10 @@ impl RedbStore {
 
     /// Opens the database keeping `window` recent events for watches.
     pub fn open_with_window(path: &Path, window: usize) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        // redb's default page cache is 1 GiB; the OS page cache serves reads beyond this.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         let revision = {
             txn.open_table(OBJECTS)?;
