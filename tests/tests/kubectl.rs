@@ -377,3 +377,97 @@ fn a_wrong_token_is_refused() {
         "{err}"
     );
 }
+
+/// kubectl's typed commands send protobuf bodies; they must store what the JSON form would.
+#[test]
+fn typed_commands_that_send_protobuf_work() {
+    let cp = ControlPlane::start();
+    assert_eq!(
+        cp.kubectl(&["create", "namespace", "demo"]).trim(),
+        "namespace/demo created"
+    );
+    cp.kubectl(&[
+        "-n",
+        "demo",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=greeting=hello",
+    ]);
+    assert_eq!(
+        json(&cp, &["-n", "demo", "get", "cm", "settings"])["data"]["greeting"],
+        "hello"
+    );
+    cp.kubectl(&[
+        "-n",
+        "demo",
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=s3cret",
+    ]);
+    assert_eq!(
+        json(&cp, &["-n", "demo", "get", "secret", "creds"])["data"]["password"],
+        "czNjcmV0"
+    );
+    cp.kubectl(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "kubia",
+        "--image=kubia:v1",
+        "--replicas=3",
+    ]);
+    let d = json(&cp, &["-n", "demo", "get", "deploy", "kubia"]);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "kubia");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "kubia:v1"
+    );
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(
+        d["spec"]["template"]["spec"]["containers"][0]
+            .get("stdin")
+            .is_none(),
+        "no protobuf zero values: {d}"
+    );
+    cp.kubectl(&[
+        "-n",
+        "demo",
+        "expose",
+        "deployment",
+        "kubia",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let s = json(&cp, &["-n", "demo", "get", "svc", "kubia"]);
+    assert_eq!(
+        (
+            s["spec"]["ports"][0]["port"].as_i64(),
+            s["spec"]["ports"][0]["targetPort"].as_i64()
+        ),
+        (Some(80), Some(8080))
+    );
+    assert_eq!(s["spec"]["selector"]["app"], "kubia");
+    cp.kubectl(&[
+        "-n",
+        "demo",
+        "run",
+        "shell",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(
+        json(&cp, &["-n", "demo", "get", "po", "shell"])["spec"]["containers"][0]["args"][1],
+        "3600"
+    );
+    // Deleting the namespace deletes all of it; kubectl waits until it is gone.
+    cp.kubectl(&["delete", "namespace", "demo"]);
+    let err = cp.kubectl_fails(&["get", "namespace", "demo"], None);
+    assert!(err.contains("NotFound"), "{err}");
+}

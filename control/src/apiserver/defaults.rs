@@ -102,11 +102,20 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
                 default_field(spec, "replicas", json!(1));
                 default_field(spec, "revisionHistoryLimit", json!(10));
                 default_field(spec, "progressDeadlineSeconds", json!(600));
-                default_field(
-                    spec,
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                );
+                default_field(spec, "strategy", json!({}));
+                if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
+                    default_field(strategy, "type", json!("RollingUpdate"));
+                    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                        default_field(strategy, "rollingUpdate", json!({}));
+                        if let Some(ru) = strategy
+                            .get_mut("rollingUpdate")
+                            .and_then(Value::as_object_mut)
+                        {
+                            default_field(ru, "maxSurge", json!("25%"));
+                            default_field(ru, "maxUnavailable", json!("25%"));
+                        }
+                    }
+                }
             }
             default_template(object);
         }
@@ -138,9 +147,70 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
     }
 }
 
+/// Fields that are plain (non-pointer) values in the Go types with `omitempty`: Go's protobuf
+/// encoder always writes them, so a protobuf body carries `false`/`0` where the same request in
+/// JSON has nothing. Dropping those zeros makes both encodings store the same object; zeros of
+/// pointer fields (`replicas: 0`, `runAsUser: 0`) are meaningful and kept.
+const PLAIN_ZERO_FIELDS: &[&str] = &[
+    "generation",
+    "stdin",
+    "stdinOnce",
+    "tty",
+    "hostIPC",
+    "hostNetwork",
+    "hostPID",
+    "paused",
+    "minReadySeconds",
+    "nodePort",
+    "hostPort",
+    "unschedulable",
+    "readOnly",
+    "observedGeneration",
+];
+
+/// Removes the zero values of [`PLAIN_ZERO_FIELDS`] everywhere in a decoded protobuf body
+/// (except `spec.replicas`-style pointer fields, which are not listed).
+pub fn drop_plain_zeros(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|k, v| {
+                !(PLAIN_ZERO_FIELDS.contains(&k.as_str()) && (v == &json!(false) || v == &json!(0)))
+            });
+            map.values_mut().for_each(drop_plain_zeros);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_plain_zeros),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_zeros_go_and_pointer_zeros_stay() {
+        let mut v = json!({"spec": {"replicas": 0, "paused": false, "template": {"metadata": {"generation": 0},
+            "spec": {"hostNetwork": false, "containers": [{"stdin": false, "tty": true}], "securityContext": {"runAsUser": 0}}}}});
+        drop_plain_zeros(&mut v);
+        assert_eq!(
+            v,
+            json!({"spec": {"replicas": 0, "template": {"metadata": {},
+            "spec": {"containers": [{"tty": true}], "securityContext": {"runAsUser": 0}}}}})
+        );
+    }
+
+    #[test]
+    fn deployment_strategy_defaults_fill_an_empty_strategy() {
+        let mut d = json!({"spec": {"strategy": {}}});
+        apply_defaults("Deployment", &mut d);
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
+        let mut r = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        apply_defaults("Deployment", &mut r);
+        assert_eq!(r["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
 
     #[test]
     fn pull_policy_follows_the_tag() {

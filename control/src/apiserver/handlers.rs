@@ -185,17 +185,23 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
     let ct = content_type(headers);
-    if !(ct.contains("json") || ct.contains("yaml")) {
-        return Err(ApiError::UnsupportedMediaType(
-            "application/json, application/yaml".into(),
-        ));
-    }
-    let value: Value = if ct.contains("yaml") {
-        serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))?
+    let media = ct.split(';').next().unwrap_or_default().trim();
+    let value: Value = match media {
+        super::protobuf::CONTENT_TYPE => {
+            let mut v = super::protobuf::decode(body)
+                .map_err(|e| ApiError::BadRequest(format!("error decoding protobuf: {e}")))?;
+            super::defaults::drop_plain_zeros(&mut v);
+            v
+        }
+        m if m.contains("yaml") => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?,
+        m if m.contains("json") || m.is_empty() => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))?,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf".into(),
+            ))
+        }
     };
     Ok(value)
 }
