@@ -1,13 +1,240 @@
 //! skiff-agent: the node agent (pod runtime, pod networking, eBPF service proxy).
 //!
-//! Not implemented yet: the node agent and the datapath are the next milestones. Until then the
-//! binary says so instead of pretending to run.
+//! The node agent itself is not implemented yet: only the eBPF service datapath exists. The
+//! binary exposes just what works on its own today, the `datapath` commands (attach the
+//! programs, program services by hand, list them, remove everything), and otherwise says it is
+//! not implemented instead of pretending to run.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "skiff-agent {}: the node agent is not implemented yet; only the control plane \
-         (skiff-control) is available in this version. See ARCHITECTURE.md for the plan.",
-        env!("CARGO_PKG_VERSION")
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use skiff_agent::proxy::ebpf::service_table::ServiceTable;
+use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
+use skiff_agent::proxy::{
+    BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-agent", version, about = "skiff node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The eBPF service datapath of this node.
+    Datapath {
+        /// The bpffs directory where the datapath pins its maps and links.
+        #[arg(long, global = true, default_value = ebpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[command(subcommand)]
+        command: DatapathCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatapathCommand {
+    /// Load the programs, attach them to a cgroup2 directory and pin them with their maps; they
+    /// stay attached after this command exits. Services already pinned are kept.
+    Attach {
+        /// The cgroup2 directory whose processes get socket load balancing (default: the cgroup2
+        /// mount, i.e. every process on the node).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        /// An eBPF object to load instead of the one built into this binary.
+        #[arg(long)]
+        object: Option<PathBuf>,
+    },
+    /// Create or replace a service port.
+    Set {
+        /// VIP:PORT/PROTOCOL, e.g. 10.96.0.10:53/udp.
+        #[arg(long, value_parser = parse_frontend)]
+        frontend: Frontend,
+        /// IP:PORT of a backend; repeat for several; none refuses connections.
+        #[arg(long = "backend", value_parser = parse_backend)]
+        backends: Vec<BackendAddr>,
+        /// Pick backends with a Maglev table instead of at random.
+        #[arg(long)]
+        maglev: bool,
+        /// ClientIP session affinity with this timeout in seconds.
+        #[arg(long)]
+        affinity_timeout: Option<u32>,
+    },
+    /// Delete a service port.
+    Delete {
+        /// VIP:PORT/PROTOCOL.
+        #[arg(long, value_parser = parse_frontend)]
+        frontend: Frontend,
+    },
+    /// List the programmed service ports.
+    List,
+    /// Detach the programs and remove their pinned maps and links.
+    Cleanup,
+}
+
+fn parse_frontend(s: &str) -> Result<Frontend, String> {
+    let (addr, proto) = s.rsplit_once('/').unwrap_or((s, "tcp"));
+    let addr: SocketAddrV4 = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(format!("unknown protocol {other} (tcp or udp)")),
+    };
+    Ok(Frontend {
+        ip: *addr.ip(),
+        port: addr.port(),
+        protocol,
+    })
+}
+
+fn parse_backend(s: &str) -> Result<BackendAddr, String> {
+    let addr: SocketAddrV4 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok(BackendAddr {
+        ip: *addr.ip(),
+        port: addr.port(),
+    })
+}
+
+fn pinned_table(pin_dir: &std::path::Path) -> anyhow::Result<ServiceTable<AyaMaps>> {
+    anyhow::ensure!(
+        ebpf::is_pinned(pin_dir),
+        "no datapath is pinned in {}: run `skiff-agent datapath attach` first",
+        pin_dir.display()
     );
-    std::process::ExitCode::from(2)
+    Ok(ServiceTable::restore(AyaMaps::open_pinned(pin_dir)?)?)
+}
+
+fn print_service(s: &Service) {
+    let backends: Vec<String> = s.backends.iter().map(ToString::to_string).collect();
+    let mut extra = String::new();
+    if s.algorithm == LbAlgorithm::Maglev {
+        extra.push_str(" maglev");
+    }
+    if let SessionAffinity::ClientIp { timeout_seconds } = s.affinity {
+        extra.push_str(&format!(" affinity={timeout_seconds}s"));
+    }
+    println!("{}{extra} -> [{}]", s.frontend, backends.join(", "));
+}
+
+fn datapath(pin_dir: PathBuf, command: DatapathCommand) -> anyhow::Result<()> {
+    match command {
+        DatapathCommand::Attach {
+            cgroup_root,
+            object,
+        } => {
+            let mut config = EbpfConfig::node_defaults()?;
+            config.pin_dir = pin_dir;
+            config.object = object;
+            if let Some(cgroup) = cgroup_root {
+                config.cgroup = cgroup;
+            }
+            let dp = EbpfDatapath::start(config.clone())
+                .with_context(|| format!("attaching to {}", config.cgroup.display()))?;
+            eprintln!(
+                "attached to {}, pinned in {}, {} service port(s)",
+                config.cgroup.display(),
+                config.pin_dir.display(),
+                dp.services().len()
+            );
+        }
+        DatapathCommand::Set {
+            frontend,
+            backends,
+            maglev,
+            affinity_timeout,
+        } => {
+            let service = Service {
+                frontend,
+                backends,
+                algorithm: if maglev {
+                    LbAlgorithm::Maglev
+                } else {
+                    LbAlgorithm::Random
+                },
+                affinity: match affinity_timeout {
+                    Some(timeout_seconds) => SessionAffinity::ClientIp { timeout_seconds },
+                    None => SessionAffinity::None,
+                },
+            };
+            pinned_table(&pin_dir)?.upsert_service(&service)?;
+        }
+        DatapathCommand::Delete { frontend } => {
+            pinned_table(&pin_dir)?.delete_service(&frontend)?;
+        }
+        DatapathCommand::List => {
+            for s in pinned_table(&pin_dir)?.services() {
+                print_service(&s);
+            }
+        }
+        DatapathCommand::Cleanup => {
+            let was = ebpf::is_pinned(&pin_dir);
+            ebpf::cleanup(&pin_dir)?;
+            if was {
+                eprintln!("removed the datapath pinned in {}", pin_dir.display());
+            } else {
+                eprintln!("nothing pinned in {}", pin_dir.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        None => {
+            eprintln!(
+                "skiff-agent {}: the node agent is not implemented yet; only the control plane \
+                 (skiff-control) is available in this version, and the eBPF service datapath \
+                 (`skiff-agent datapath --help`). See ARCHITECTURE.md for the plan.",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(ExitCode::from(2))
+        }
+        Some(Command::Datapath { pin_dir, command }) => {
+            datapath(pin_dir, command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn parses_frontends_and_backends() {
+        assert_eq!(
+            parse_frontend("10.96.0.10:53/UDP").unwrap(),
+            Frontend {
+                ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 53,
+                protocol: Protocol::Udp
+            }
+        );
+        assert_eq!(
+            parse_frontend("10.96.0.10:80").unwrap().protocol,
+            Protocol::Tcp
+        );
+        assert!(parse_frontend("10.96.0.10:80/sctp").is_err());
+        assert!(parse_frontend("10.96.0.10").is_err());
+        assert_eq!(
+            parse_backend("10.244.0.1:8080").unwrap(),
+            BackendAddr {
+                ip: Ipv4Addr::new(10, 244, 0, 1),
+                port: 8080
+            }
+        );
+    }
 }

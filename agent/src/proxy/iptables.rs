@@ -1,0 +1,369 @@
+//! The iptables mode: kube-proxy's rule layout, for comparison with the eBPF datapath.
+//!
+//! `nat` table: `PREROUTING`/`OUTPUT` jump to `KUBE-SERVICES`, which matches each frontend and
+//! jumps to its `KUBE-SVC-<hash>` chain; that picks an endpoint chain `KUBE-SEP-<hash>` with
+//! `-m statistic --mode random` (probability 1/n, 1/(n-1), ...), and the endpoint chain DNATs.
+//! ClientIP affinity uses `-m recent`, as kube-proxy does. A frontend without endpoints is
+//! rejected in the `filter` table (ECONNREFUSED). NodePorts go through `KUBE-NODEPORTS` for
+//! local destination addresses and are masqueraded (`KUBE-MARK-MASQ`/`KUBE-POSTROUTING`).
+//!
+//! Changes are buffered and written by [`Datapath::commit`] with one `iptables-restore
+//! --noflush`: the changed services' chains and the `KUBE-SERVICES` dispatch chain are rewritten
+//! (as kube-proxy's full sync does); other chains are left as they are. Maglev is not
+//! expressible in iptables: such services use random choice here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash};
+use super::{BackendAddr, Datapath, Frontend, ProxyError, Service, SessionAffinity};
+
+const MASQ_MARK: &str = "0x4000/0x4000";
+
+/// The iptables proxy.
+#[derive(Debug, Default)]
+pub struct IptablesProxy {
+    services: BTreeMap<Frontend, Service>,
+    node_ports: BTreeMap<(u16, super::Protocol), Frontend>,
+    /// Frontends whose chains must be rewritten (or removed) at the next commit.
+    dirty: BTreeSet<Frontend>,
+    /// Endpoint chains each frontend had at the last commit (to delete the stale ones).
+    written: BTreeMap<Frontend, Vec<String>>,
+    base_installed: bool,
+}
+
+fn svc_chain(f: &Frontend) -> String {
+    format!("KUBE-SVC-{}", frontend_hash(f))
+}
+
+fn sep_chain(f: &Frontend, b: &BackendAddr) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        short_hash(&[&frontend_hash(f), &b.ip.to_string(), &b.port.to_string()])
+    )
+}
+
+impl IptablesProxy {
+    /// A proxy with nothing programmed yet (rules are installed at the first commit).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a NodePort for an already upserted frontend (the node's local addresses, `port`).
+    pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
+        self.node_ports.insert((port, frontend.protocol), frontend);
+        self.dirty.insert(frontend);
+    }
+
+    /// Removes a NodePort.
+    pub fn remove_node_port(&mut self, port: u16, protocol: super::Protocol) {
+        if let Some(f) = self.node_ports.remove(&(port, protocol)) {
+            self.dirty.insert(f);
+        }
+    }
+
+    fn install_base(&mut self) -> Result<(), ProxyError> {
+        if self.base_installed {
+            return Ok(());
+        }
+        let mut script = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+        let _ = writeln!(script, "-A KUBE-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}");
+        let _ = writeln!(
+            script,
+            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN"
+        );
+        script.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n-A KUBE-POSTROUTING -j MASQUERADE\nCOMMIT\n");
+        script.push_str("*filter\n:KUBE-SERVICES - [0:0]\nCOMMIT\n");
+        run_with_input("iptables-restore", &["--noflush"], &script)?;
+        for (table, chain, target) in [
+            ("nat", "OUTPUT", "KUBE-SERVICES"),
+            ("nat", "PREROUTING", "KUBE-SERVICES"),
+            ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
+            ("filter", "OUTPUT", "KUBE-SERVICES"),
+            ("filter", "FORWARD", "KUBE-SERVICES"),
+        ] {
+            let rule = [
+                "-t",
+                table,
+                "-C",
+                chain,
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                target,
+            ];
+            if !run_status("iptables", &rule)? {
+                let mut insert = rule;
+                insert[2] = "-I";
+                if !run_status("iptables", &insert)? {
+                    return Err(ProxyError::Command {
+                        command: format!("iptables {}", insert.join(" ")),
+                        detail: "failed".into(),
+                    });
+                }
+            }
+        }
+        self.base_installed = true;
+        Ok(())
+    }
+
+    /// The iptables-restore input for the pending changes.
+    fn render(&self) -> String {
+        let mut nat = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
+        let mut rules = String::new();
+        let mut deletes = String::new();
+        for f in &self.dirty {
+            let old = self.written.get(f).cloned().unwrap_or_default();
+            match self.services.get(f).filter(|s| !s.backends.is_empty()) {
+                Some(svc) => {
+                    let chain = svc_chain(f);
+                    let _ = writeln!(nat, ":{chain} - [0:0]");
+                    let seps: Vec<String> = svc.backends.iter().map(|b| sep_chain(f, b)).collect();
+                    for sep in &seps {
+                        let _ = writeln!(nat, ":{sep} - [0:0]");
+                    }
+                    if let SessionAffinity::ClientIp { timeout_seconds } = svc.affinity {
+                        for sep in &seps {
+                            let _ = writeln!(rules, "-A {chain} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout_seconds} --reap -j {sep}");
+                        }
+                    }
+                    let n = seps.len();
+                    for (i, sep) in seps.iter().enumerate() {
+                        if i + 1 < n {
+                            let p = 1.0 / (n - i) as f64;
+                            let _ = writeln!(rules, "-A {chain} -m statistic --mode random --probability {p:.11} -j {sep}");
+                        } else {
+                            let _ = writeln!(rules, "-A {chain} -j {sep}");
+                        }
+                    }
+                    for (b, sep) in svc.backends.iter().zip(&seps) {
+                        let p = proto(f.protocol);
+                        let _ = writeln!(rules, "-A {sep} -s {}/32 -j KUBE-MARK-MASQ", b.ip);
+                        if matches!(svc.affinity, SessionAffinity::ClientIp { .. }) {
+                            let _ = writeln!(rules, "-A {sep} -p {p} -m recent --name {sep} --mask 255.255.255.255 --rsource --set -m {p} -j DNAT --to-destination {b}");
+                        } else {
+                            let _ = writeln!(
+                                rules,
+                                "-A {sep} -p {p} -m {p} -j DNAT --to-destination {b}"
+                            );
+                        }
+                    }
+                    for stale in old.iter().filter(|c| !seps.contains(c)) {
+                        let _ = writeln!(nat, ":{stale} - [0:0]");
+                        let _ = writeln!(deletes, "-X {stale}");
+                    }
+                }
+                None => {
+                    for stale in old.iter().chain(std::iter::once(&svc_chain(f))) {
+                        if self.written.contains_key(f) {
+                            let _ = writeln!(nat, ":{stale} - [0:0]");
+                            let _ = writeln!(deletes, "-X {stale}");
+                        }
+                    }
+                }
+            }
+        }
+        // The dispatch chains reference every service: rewritten whole, as kube-proxy does.
+        let mut filter = String::from("*filter\n:KUBE-SERVICES - [0:0]\n");
+        for (f, svc) in &self.services {
+            let p = proto(f.protocol);
+            if svc.backends.is_empty() {
+                let _ = writeln!(filter, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable", f.ip, f.port);
+            } else {
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j {}",
+                    f.ip,
+                    f.port,
+                    svc_chain(f)
+                );
+            }
+        }
+        for (&(port, protocol), f) in &self.node_ports {
+            if self.services.get(f).is_some_and(|s| !s.backends.is_empty()) {
+                let p = proto(protocol);
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {port} -j KUBE-MARK-MASQ"
+                );
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {port} -j {}",
+                    svc_chain(f)
+                );
+            }
+        }
+        rules.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
+        format!("{nat}{rules}{deletes}COMMIT\n{filter}COMMIT\n")
+    }
+
+    /// Removes every rule and chain this mode installs.
+    pub fn cleanup() -> Result<(), ProxyError> {
+        for (table, chain, target) in [
+            ("nat", "OUTPUT", "KUBE-SERVICES"),
+            ("nat", "PREROUTING", "KUBE-SERVICES"),
+            ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
+            ("filter", "OUTPUT", "KUBE-SERVICES"),
+            ("filter", "FORWARD", "KUBE-SERVICES"),
+        ] {
+            while run_status(
+                "iptables",
+                &[
+                    "-t",
+                    table,
+                    "-D",
+                    chain,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "kubernetes service portals",
+                    "-j",
+                    target,
+                ],
+            )? {}
+        }
+        for table in ["nat", "filter"] {
+            let out = std::process::Command::new("iptables-save")
+                .args(["-t", table])
+                .output()
+                .map_err(|e| ProxyError::Command {
+                    command: "iptables-save".into(),
+                    detail: e.to_string(),
+                })?;
+            let chains: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|c| c.starts_with("KUBE-"))
+                .map(str::to_owned)
+                .collect();
+            for c in &chains {
+                run_status("iptables", &["-t", table, "-F", c])?;
+            }
+            for c in &chains {
+                run_status("iptables", &["-t", table, "-X", c])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Datapath for IptablesProxy {
+    fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError> {
+        let mut service = service.clone();
+        service.backends.sort();
+        service.backends.dedup();
+        if self.services.get(&service.frontend) != Some(&service) {
+            self.dirty.insert(service.frontend);
+            self.services.insert(service.frontend, service);
+        }
+        Ok(())
+    }
+
+    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
+        if self.services.remove(frontend).is_some() {
+            self.dirty.insert(*frontend);
+            self.node_ports.retain(|_, f| f != frontend);
+        }
+        Ok(())
+    }
+
+    fn services(&self) -> Vec<Service> {
+        self.services.values().cloned().collect()
+    }
+
+    fn commit(&mut self) -> Result<(), ProxyError> {
+        if self.dirty.is_empty() && self.base_installed {
+            return Ok(());
+        }
+        self.install_base()?;
+        let script = self.render();
+        run_with_input("iptables-restore", &["--noflush"], &script)?;
+        for f in std::mem::take(&mut self.dirty) {
+            match self.services.get(&f).filter(|s| !s.backends.is_empty()) {
+                Some(s) => {
+                    let seps = s.backends.iter().map(|b| sep_chain(&f, b)).collect();
+                    self.written.insert(f, seps);
+                }
+                None => {
+                    self.written.remove(&f);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::{LbAlgorithm, Protocol};
+    use std::net::Ipv4Addr;
+
+    fn svc(backends: &[(u8, u16)], affinity: SessionAffinity) -> Service {
+        Service {
+            frontend: Frontend {
+                ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            backends: backends
+                .iter()
+                .map(|&(last, port)| BackendAddr {
+                    ip: Ipv4Addr::new(10, 244, 0, last),
+                    port,
+                })
+                .collect(),
+            algorithm: LbAlgorithm::Random,
+            affinity,
+        }
+    }
+
+    #[test]
+    fn renders_kube_proxy_layout_with_statistic_probabilities() {
+        let mut p = IptablesProxy::new();
+        p.upsert_service(&svc(
+            &[(1, 8080), (2, 8080), (3, 8080)],
+            SessionAffinity::None,
+        ))
+        .unwrap();
+        let script = p.render();
+        let f = svc(&[], SessionAffinity::None).frontend;
+        let chain = svc_chain(&f);
+        assert!(
+            script.contains(&format!(
+                "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {chain}"
+            )),
+            "{script}"
+        );
+        assert!(script.contains("--probability 0.33333333333"), "{script}");
+        assert!(script.contains("--probability 0.50000000000"), "{script}");
+        assert!(
+            script.contains("-j DNAT --to-destination 10.244.0.3:8080"),
+            "{script}"
+        );
+        assert!(script.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn no_endpoints_is_a_reject_and_affinity_uses_recent() {
+        let mut p = IptablesProxy::new();
+        p.upsert_service(&svc(&[], SessionAffinity::None)).unwrap();
+        assert!(p
+            .render()
+            .contains("-j REJECT --reject-with icmp-port-unreachable"));
+        let mut p = IptablesProxy::new();
+        p.upsert_service(&svc(
+            &[(1, 80)],
+            SessionAffinity::ClientIp {
+                timeout_seconds: 30,
+            },
+        ))
+        .unwrap();
+        let script = p.render();
+        assert!(script.contains("--rcheck --seconds 30 --reap"), "{script}");
+        assert!(script.contains("--set -m tcp -j DNAT"), "{script}");
+    }
+}
