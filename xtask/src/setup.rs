@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "libelf-dev",
     "pkg-config",
     "iproute2",
+    // The iptables and nftables proxy modes (kube-proxy's layouts, for comparison).
+    "iptables",
+    "nftables",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM

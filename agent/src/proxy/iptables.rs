@@ -23,6 +23,8 @@ const MASQ_MARK: &str = "0x4000/0x4000";
 /// The iptables proxy.
 #[derive(Debug, Default)]
 pub struct IptablesProxy {
+    /// Network namespace the rules are written in (`None`: this process's).
+    netns: Option<String>,
     services: BTreeMap<Frontend, Service>,
     node_ports: BTreeMap<(u16, super::Protocol), Frontend>,
     /// Frontends whose chains must be rewritten (or removed) at the next commit.
@@ -47,6 +49,14 @@ impl IptablesProxy {
     /// A proxy with nothing programmed yet (rules are installed at the first commit).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A proxy that writes its rules in the network namespace `netns` (for tests and benchmarks).
+    pub fn in_netns(netns: &str) -> Self {
+        Self {
+            netns: Some(netns.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// Adds a NodePort for an already upserted frontend (the node's local addresses, `port`).
@@ -74,7 +84,12 @@ impl IptablesProxy {
         );
         script.push_str("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n-A KUBE-POSTROUTING -j MASQUERADE\nCOMMIT\n");
         script.push_str("*filter\n:KUBE-SERVICES - [0:0]\nCOMMIT\n");
-        run_with_input("iptables-restore", &["--noflush"], &script)?;
+        run_with_input(
+            self.netns.as_deref(),
+            "iptables-restore",
+            &["--noflush"],
+            &script,
+        )?;
         for (table, chain, target) in [
             ("nat", "OUTPUT", "KUBE-SERVICES"),
             ("nat", "PREROUTING", "KUBE-SERVICES"),
@@ -94,10 +109,10 @@ impl IptablesProxy {
                 "-j",
                 target,
             ];
-            if !run_status("iptables", &rule)? {
+            if !run_status(self.netns.as_deref(), "iptables", &rule)? {
                 let mut insert = rule;
                 insert[2] = "-I";
-                if !run_status("iptables", &insert)? {
+                if !run_status(self.netns.as_deref(), "iptables", &insert)? {
                     return Err(ProxyError::Command {
                         command: format!("iptables {}", insert.join(" ")),
                         detail: "failed".into(),
@@ -200,7 +215,7 @@ impl IptablesProxy {
     }
 
     /// Removes every rule and chain this mode installs.
-    pub fn cleanup() -> Result<(), ProxyError> {
+    pub fn cleanup(netns: Option<&str>) -> Result<(), ProxyError> {
         for (table, chain, target) in [
             ("nat", "OUTPUT", "KUBE-SERVICES"),
             ("nat", "PREROUTING", "KUBE-SERVICES"),
@@ -209,6 +224,7 @@ impl IptablesProxy {
             ("filter", "FORWARD", "KUBE-SERVICES"),
         ] {
             while run_status(
+                netns,
                 "iptables",
                 &[
                     "-t",
@@ -225,7 +241,7 @@ impl IptablesProxy {
             )? {}
         }
         for table in ["nat", "filter"] {
-            let out = std::process::Command::new("iptables-save")
+            let out = super::rules::command(netns, "iptables-save")
                 .args(["-t", table])
                 .output()
                 .map_err(|e| ProxyError::Command {
@@ -240,10 +256,10 @@ impl IptablesProxy {
                 .map(str::to_owned)
                 .collect();
             for c in &chains {
-                run_status("iptables", &["-t", table, "-F", c])?;
+                run_status(netns, "iptables", &["-t", table, "-F", c])?;
             }
             for c in &chains {
-                run_status("iptables", &["-t", table, "-X", c])?;
+                run_status(netns, "iptables", &["-t", table, "-X", c])?;
             }
         }
         Ok(())
@@ -280,7 +296,12 @@ impl Datapath for IptablesProxy {
         }
         self.install_base()?;
         let script = self.render();
-        run_with_input("iptables-restore", &["--noflush"], &script)?;
+        run_with_input(
+            self.netns.as_deref(),
+            "iptables-restore",
+            &["--noflush"],
+            &script,
+        )?;
         for f in std::mem::take(&mut self.dirty) {
             match self.services.get(&f).filter(|s| !s.backends.is_empty()) {
                 Some(s) => {

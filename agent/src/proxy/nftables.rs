@@ -20,6 +20,8 @@ pub const TABLE: &str = "kube-proxy";
 /// The nftables proxy.
 #[derive(Debug, Default)]
 pub struct NftablesProxy {
+    /// Network namespace the rules are written in (`None`: this process's).
+    netns: Option<String>,
     services: BTreeMap<Frontend, Service>,
     node_ports: BTreeMap<(u16, super::Protocol), Frontend>,
     dirty: BTreeSet<Frontend>,
@@ -50,6 +52,14 @@ impl NftablesProxy {
         Self::default()
     }
 
+    /// A proxy that writes its rules in the network namespace `netns` (for tests and benchmarks).
+    pub fn in_netns(netns: &str) -> Self {
+        Self {
+            netns: Some(netns.to_owned()),
+            ..Self::default()
+        }
+    }
+
     /// Adds a NodePort for an already upserted frontend.
     pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
         self.node_ports.insert((port, frontend.protocol), frontend);
@@ -63,9 +73,9 @@ add map ip {TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : v
 add map ip {TABLE} service-nodeports {{ type inet_proto . inet_service : verdict ; }}
 add set ip {TABLE} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service ; }}
 add chain ip {TABLE} services
-add chain ip {TABLE} nat-output {{ type nat hook output priority dstnat ; policy accept ; }}
-add chain ip {TABLE} nat-prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}
-add chain ip {TABLE} nat-postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; }}
+add chain ip {TABLE} nat-output {{ type nat hook output priority -100 ; policy accept ; }}
+add chain ip {TABLE} nat-prerouting {{ type nat hook prerouting priority -100 ; policy accept ; }}
+add chain ip {TABLE} nat-postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}
 add chain ip {TABLE} filter-output {{ type filter hook output priority -110 ; policy accept ; }}
 add chain ip {TABLE} filter-forward {{ type filter hook forward priority -110 ; policy accept ; }}
 flush chain ip {TABLE} services
@@ -209,9 +219,14 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
     }
 
     /// Removes the table (everything this mode installs).
-    pub fn cleanup() -> Result<(), ProxyError> {
-        if run_status("nft", &["list", "table", "ip", TABLE])? {
-            run_with_input("nft", &["-f", "-"], &format!("delete table ip {TABLE}\n"))?;
+    pub fn cleanup(netns: Option<&str>) -> Result<(), ProxyError> {
+        if run_status(netns, "nft", &["list", "table", "ip", TABLE])? {
+            run_with_input(
+                netns,
+                "nft",
+                &["-f", "-"],
+                &format!("delete table ip {TABLE}\n"),
+            )?;
         }
         Ok(())
     }
@@ -251,7 +266,7 @@ impl Datapath for NftablesProxy {
             self.base()
         };
         script.push_str(&self.render());
-        run_with_input("nft", &["-f", "-"], &script)?;
+        run_with_input(self.netns.as_deref(), "nft", &["-f", "-"], &script)?;
         self.base_installed = true;
         for f in std::mem::take(&mut self.dirty) {
             match self.services.get(&f) {

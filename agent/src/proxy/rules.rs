@@ -32,9 +32,26 @@ pub fn proto(p: super::Protocol) -> &'static str {
     }
 }
 
+/// The command for `program`, inside network namespace `netns` when given (`ip netns exec`).
+pub fn command(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Runs `program args` feeding `input` on stdin; fails with its stderr.
-pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), ProxyError> {
-    let mut child = Command::new(program)
+pub fn run_with_input(
+    netns: Option<&str>,
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(), ProxyError> {
+    let mut child = command(netns, program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -68,8 +85,8 @@ pub fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), P
 }
 
 /// Runs a command; returns whether it succeeded (for `-C` checks) or fails to start.
-pub fn run_status(program: &str, args: &[&str]) -> Result<bool, ProxyError> {
-    Command::new(program)
+pub fn run_status(netns: Option<&str>, program: &str, args: &[&str]) -> Result<bool, ProxyError> {
+    command(netns, program)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
