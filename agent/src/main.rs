@@ -22,10 +22,46 @@ use skiff_agent::proxy::{
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Kubeconfig for the API server (runs the service proxy with `--proxy-mode`).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The agent's state directory.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    root_dir: PathBuf,
+    /// How Services are implemented on this node.
+    #[arg(long, value_enum, default_value_t = ProxyMode::None)]
+    proxy_mode: ProxyMode,
+    /// The cgroup2 directory socket load balancing attaches to (eBPF mode; default: the cgroup2
+    /// mount, i.e. every process on the node).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+}
+
+/// Service proxy modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyMode {
+    /// eBPF socket-level load balancing (skiff's datapath).
+    Ebpf,
+    /// kube-proxy's iptables rules (for comparison).
+    Iptables,
+    /// kube-proxy's nftables rules (for comparison).
+    Nftables,
+    /// No service proxy.
+    None,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Remove the state of every proxy mode (pinned eBPF programs and maps, iptables chains,
+    /// the nftables table).
+    Cleanup {
+        /// The bpffs directory of the eBPF datapath.
+        #[arg(long, default_value = ebpf::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// The eBPF service datapath of this node.
     Datapath {
         /// The bpffs directory where the datapath pins its maps and links.
@@ -183,6 +219,55 @@ fn datapath(pin_dir: PathBuf, command: DatapathCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the service proxy: watches Services and EndpointSlices and programs the datapath.
+fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
+    let kubeconfig = cli
+        .kubeconfig
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--proxy-mode needs --kubeconfig"))?;
+    let node = cli
+        .node_name
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--proxy-mode needs --node-name"))?;
+    let datapath: Box<dyn Datapath + Send> = match cli.proxy_mode {
+        ProxyMode::Ebpf => {
+            let cgroup = match &cli.cgroup_root {
+                Some(c) => c.clone(),
+                None => ebpf::sys::cgroup2_root()?,
+            };
+            Box::new(EbpfDatapath::start(EbpfConfig {
+                cgroup,
+                pin_dir: PathBuf::from(ebpf::DEFAULT_PIN_DIR),
+                object: None,
+            })?)
+        }
+        ProxyMode::Iptables => Box::new(skiff_agent::proxy::iptables::IptablesProxy::new()),
+        ProxyMode::Nftables => Box::new(skiff_agent::proxy::nftables::NftablesProxy::new()),
+        ProxyMode::None => unreachable!("checked by the caller"),
+    };
+    std::fs::create_dir_all(&cli.root_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! { _ = tokio::signal::ctrl_c() => {} _ = term.recv() => {} }
+                shutdown.cancel();
+            }
+        });
+        eprintln!("skiff-agent {node}: service proxy ({:?} mode) running; the pod runtime is not implemented yet", cli.proxy_mode);
+        skiff_agent::proxy::api::run(client, datapath, shutdown).await
+    })
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -191,7 +276,19 @@ fn main() -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        None if cli.proxy_mode != ProxyMode::None => {
+            run_proxy(&cli)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Cleanup { pin_dir }) => {
+            ebpf::cleanup(&pin_dir)?;
+            skiff_agent::proxy::iptables::IptablesProxy::cleanup(None)?;
+            skiff_agent::proxy::nftables::NftablesProxy::cleanup(None)?;
+            eprintln!("removed the eBPF, iptables and nftables proxy state");
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             eprintln!(
                 "skiff-agent {}: the node agent is not implemented yet; only the control plane \

@@ -44,6 +44,27 @@ pub fn kubectl_bin() -> PathBuf {
     )
 }
 
+/// A command for `program`, run inside `netns` (via `ip netns exec`) when given.
+pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The skiff-agent binary under test.
+pub fn agent_bin() -> PathBuf {
+    tool(
+        "SKIFF_AGENT_BIN",
+        "target/debug/skiff-agent",
+        "run the suite with `cargo xtask test`, which builds it",
+    )
+}
+
 /// Waits for `condition` with a deadline, polling; panics with `what` on timeout.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -59,6 +80,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
 /// A running skiff-control on a loopback port and a temporary data dir; stopped on drop.
 pub struct ControlPlane {
     child: Child,
+    /// The network namespace it runs in, if not this process's.
+    pub netns: Option<String>,
     /// The data directory (kept for restarts).
     pub dir: tempfile::TempDir,
     /// The admin kubeconfig.
@@ -76,13 +99,23 @@ impl ControlPlane {
             .local_addr()
             .unwrap()
             .port();
-        Self::start_in(dir, port)
+        Self::start_in(dir, port, None)
     }
 
-    fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
+    /// Starts skiff-control inside the network namespace `netns` (on its loopback, port 6443).
+    pub fn start_in_netns(netns: &str) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            6443,
+            Some(netns.to_owned()),
+        )
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16, netns: Option<String>) -> Self {
         let kubeconfig = dir.path().join("admin.kubeconfig");
         let log = std::fs::File::create(dir.path().join("control.log")).unwrap();
-        let child = Command::new(control_bin())
+        let mut command = in_netns(netns.as_deref(), &control_bin());
+        let child = command
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--listen")
@@ -96,6 +129,7 @@ impl ControlPlane {
             .expect("start skiff-control");
         let mut cp = Self {
             child,
+            netns,
             dir,
             kubeconfig,
             port,
@@ -107,7 +141,16 @@ impl ControlPlane {
                 exited = Some(status);
                 return true;
             }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            match &cp.netns {
+                None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                Some(_) => {
+                    cp.kubeconfig.exists()
+                        && cp
+                            .kubectl_output(&["get", "--raw", "/healthz"], None)
+                            .status
+                            .success()
+                }
+            }
         });
         if let Some(status) = exited {
             panic!("skiff-control exited with {status}: {}", cp.log());
@@ -119,11 +162,11 @@ impl ControlPlane {
     pub fn restart(self) -> Self {
         let mut this = self;
         this.stop();
-        let port = this.port;
+        let (port, netns) = (this.port, this.netns.take());
         // Move the data dir out without running Drop's kill again.
         let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
         drop(this);
-        Self::start_in(dir, port)
+        Self::start_in(dir, port, netns)
     }
 
     fn stop(&mut self) {
@@ -151,7 +194,7 @@ impl ControlPlane {
 
     /// A kubectl command against this server.
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(kubectl_bin());
+        let mut cmd = in_netns(self.netns.as_deref(), &kubectl_bin());
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST");

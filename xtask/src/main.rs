@@ -78,7 +78,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     // The agent embeds the eBPF object at build time, so it must exist before `cargo test`.
     ebpf::build()?;
-    util::cargo(&["build", "-p", "skiff-control"])?;
+    util::cargo(&["build", "-p", "skiff-control", "-p", "skiff-agent"])?;
     let root = util::root();
     let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]
         .iter()
@@ -89,6 +89,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .args(&args)
         .current_dir(&root)
         .env("SKIFF_CONTROL_BIN", root.join("target/debug/skiff-control"))
+        .env("SKIFF_AGENT_BIN", root.join("target/debug/skiff-agent"))
         .env("SKIFF_KUBECTL", setup::kubectl_path())
         .status()?;
     anyhow::ensure!(status.success(), "tests failed");

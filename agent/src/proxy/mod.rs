@@ -11,6 +11,7 @@
 //! reverse-NAT ids, slots, Maglev tables, affinity purges) over the
 //! [`ebpf::service_table::LbMaps`] trait, so it is unit-tested without the kernel.
 
+pub mod api;
 pub mod ebpf;
 pub mod iptables;
 pub mod nftables;

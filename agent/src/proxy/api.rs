@@ -1,0 +1,380 @@
+//! From the Kubernetes API to the datapath: Services and EndpointSlices are watched (kube-rs
+//! reflectors), turned into the desired service ports, and a bounded-frequency runner applies
+//! the difference with what the datapath has (O(changes) per sync).
+//!
+//! A frontend is each ClusterIP, external IP and load-balancer ingress IP of each Service port.
+//! Only ready endpoints are backends; terminating ones are drained (no new connections), as
+//! kube-proxy does. Selector-less Services with hand-written EndpointSlices work the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Api;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{self, SyncRequest};
+use super::{BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity};
+
+/// The annotation that picks a Service's backend choice: `random` (default) or `maglev`.
+pub const ALGORITHM_ANNOTATION: &str = "skiff.io/lb-algorithm";
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        // SCTP is not load-balanced by skiff.
+        _ => None,
+    }
+}
+
+fn ready_backends(slices: &[&EndpointSlice], port_name: &str, proto: Protocol) -> Vec<BackendAddr> {
+    let mut set = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let port = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name
+                    && protocol(p.protocol.as_deref()) == Some(proto)
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok());
+        let Some(port) = port else { continue };
+        for ep in slice.endpoints.iter().flatten() {
+            let c = ep.conditions.as_ref();
+            // An unset `ready` means ready (the API's rule); terminating endpoints are drained.
+            if !c.and_then(|c| c.ready).unwrap_or(true)
+                || c.and_then(|c| c.terminating).unwrap_or(false)
+            {
+                continue;
+            }
+            set.extend(
+                ep.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    .map(|ip| BackendAddr { ip, port }),
+            );
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// The service ports the datapath should have, from the API's Services and EndpointSlices.
+pub fn desired_services<'a>(
+    services: impl IntoIterator<Item = &'a KubeService>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<Frontend, Service> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if let Some(name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            let ns = slice.metadata.namespace.clone().unwrap_or_default();
+            by_service
+                .entry((ns, name.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let key = (
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let mut vips: Vec<Ipv4Addr> = spec
+            .cluster_ip
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        vips.extend(
+            spec.external_ips
+                .iter()
+                .flatten()
+                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok()),
+        );
+        if let Some(lb) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+            vips.extend(
+                lb.ingress
+                    .iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+            );
+        }
+        let affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(SessionAffinity::DEFAULT_TIMEOUT_SECONDS);
+            SessionAffinity::ClientIp {
+                timeout_seconds: timeout,
+            }
+        } else {
+            SessionAffinity::None
+        };
+        let algorithm = match svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ALGORITHM_ANNOTATION))
+            .map(String::as_str)
+        {
+            Some("maglev") => LbAlgorithm::Maglev,
+            _ => LbAlgorithm::Random,
+        };
+        let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let (Some(proto), Ok(svc_port)) =
+                (protocol(port.protocol.as_deref()), u16::try_from(port.port))
+            else {
+                continue;
+            };
+            let backends = ready_backends(slices, port.name.as_deref().unwrap_or(""), proto);
+            for &ip in &vips {
+                let frontend = Frontend {
+                    ip,
+                    port: svc_port,
+                    protocol: proto,
+                };
+                out.insert(
+                    frontend,
+                    Service {
+                        frontend,
+                        backends: backends.clone(),
+                        algorithm,
+                        affinity,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Applies the difference between `desired` and what `datapath` has; returns the number of
+/// changed service ports.
+pub fn sync(
+    datapath: &mut dyn Datapath,
+    desired: &BTreeMap<Frontend, Service>,
+) -> Result<usize, super::ProxyError> {
+    let current: BTreeMap<Frontend, Service> = datapath
+        .services()
+        .into_iter()
+        .map(|s| (s.frontend, s))
+        .collect();
+    let mut changes = 0;
+    for (f, want) in desired {
+        let same = current.get(f).is_some_and(|have| {
+            let (mut a, mut b) = (have.backends.clone(), want.backends.clone());
+            a.sort();
+            b.sort();
+            a == b && have.algorithm == want.algorithm && have.affinity == want.affinity
+        });
+        if !same {
+            datapath.upsert_service(want)?;
+            changes += 1;
+        }
+    }
+    for f in current.keys().filter(|f| !desired.contains_key(f)) {
+        datapath.delete_service(f)?;
+        changes += 1;
+    }
+    datapath.commit()?;
+    Ok(changes)
+}
+
+/// Watches the API and keeps `datapath` in sync until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    datapath: Box<dyn Datapath + Send>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (svc_reader, svc_writer) = reflector::store::<KubeService>();
+    let (eps_reader, eps_writer) = reflector::store::<EndpointSlice>();
+    let (requests, receiver) = SyncRequest::channel();
+    let svc_stream = reflector::reflector(
+        svc_writer,
+        watcher(
+            Api::<KubeService>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let eps_stream = reflector::reflector(
+        eps_writer,
+        watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pump = |stream: futures::stream::BoxStream<'static, ()>, requests: SyncRequest| async move {
+        let mut stream = stream;
+        while stream.next().await.is_some() {
+            requests.request();
+        }
+    };
+    tokio::spawn(pump(svc_stream.map(|_| ()).boxed(), requests.clone()));
+    tokio::spawn(pump(eps_stream.map(|_| ()).boxed(), requests.clone()));
+    svc_reader.wait_until_ready().await?;
+    eps_reader.wait_until_ready().await?;
+    let datapath = Arc::new(Mutex::new(datapath));
+    runner::run(receiver, Duration::from_millis(20), Duration::from_secs(60), shutdown, || {
+        let (svc_reader, eps_reader, datapath) = (svc_reader.clone(), eps_reader.clone(), datapath.clone());
+        async move {
+            let started = Instant::now();
+            let services = svc_reader.state();
+            let slices = eps_reader.state();
+            let desired = desired_services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
+            let mut dp = datapath.lock().await;
+            match sync(dp.as_mut(), &desired) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(changed = n, frontends = desired.len(), elapsed_ms = started.elapsed().as_millis() as u64, "datapath synced"),
+                Err(e) => tracing::error!(error = %e, "datapath sync failed; retrying at the next sync"),
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kubia() -> KubeService {
+        serde_json::from_value(json!({"metadata": {"name": "kubia", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "externalIPs": ["192.0.2.7"],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}],
+                "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}}))
+        .unwrap()
+    }
+
+    fn slice(endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "kubia-abc", "namespace": "default", "labels": {SERVICE_NAME_LABEL: "kubia"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints}))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_endpoints_are_backends_of_every_frontend() {
+        let s = slice(json!([
+            {"addresses": ["10.244.1.5"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.2.7"]},
+            {"addresses": ["10.244.3.9"], "conditions": {"ready": false}},
+            {"addresses": ["10.244.4.1"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+        ]));
+        let svc = kubia();
+        let d = desired_services([&svc], [&s]);
+        assert_eq!(d.len(), 2, "ClusterIP and external IP");
+        let e = &d[&Frontend {
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            protocol: Protocol::Tcp,
+        }];
+        assert_eq!(
+            e.backends,
+            vec![
+                BackendAddr {
+                    ip: Ipv4Addr::new(10, 244, 1, 5),
+                    port: 8080
+                },
+                BackendAddr {
+                    ip: Ipv4Addr::new(10, 244, 2, 7),
+                    port: 8080
+                }
+            ]
+        );
+        assert_eq!(
+            e.affinity,
+            SessionAffinity::ClientIp {
+                timeout_seconds: 60
+            }
+        );
+    }
+
+    #[test]
+    fn maglev_annotation_udp_and_headless() {
+        let svc: KubeService = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "p", "annotations": {ALGORITHM_ANNOTATION: "maglev"}},
+            "spec": {"clusterIP": "10.96.5.5", "ports": [{"port": 5432, "protocol": "UDP"}]}})).unwrap();
+        let headless: KubeService = serde_json::from_value(json!({"metadata": {"name": "h", "namespace": "p"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}})).unwrap();
+        let d = desired_services([&svc, &headless], std::iter::empty::<&EndpointSlice>());
+        assert_eq!(d.len(), 1);
+        let e = d.values().next().unwrap();
+        assert_eq!(
+            (e.algorithm, e.backends.len(), e.frontend.protocol),
+            (LbAlgorithm::Maglev, 0, Protocol::Udp)
+        );
+    }
+
+    /// An in-memory datapath recording calls, to check that syncs are O(changes).
+    #[derive(Default)]
+    struct Recorder {
+        services: BTreeMap<Frontend, Service>,
+        calls: usize,
+    }
+
+    impl Datapath for Recorder {
+        fn upsert_service(&mut self, s: &Service) -> Result<(), crate::proxy::ProxyError> {
+            self.calls += 1;
+            self.services.insert(s.frontend, s.clone());
+            Ok(())
+        }
+        fn delete_service(&mut self, f: &Frontend) -> Result<(), crate::proxy::ProxyError> {
+            self.calls += 1;
+            self.services.remove(f);
+            Ok(())
+        }
+        fn services(&self) -> Vec<Service> {
+            self.services.values().cloned().collect()
+        }
+    }
+
+    #[test]
+    fn sync_touches_only_what_changed() {
+        let svc = kubia();
+        let one = slice(json!([{"addresses": ["10.244.1.5"]}]));
+        let two = slice(json!([{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.2.7"]}]));
+        let mut dp = Recorder::default();
+        assert_eq!(sync(&mut dp, &desired_services([&svc], [&one])).unwrap(), 2);
+        assert_eq!(
+            sync(&mut dp, &desired_services([&svc], [&one])).unwrap(),
+            0,
+            "nothing changed"
+        );
+        assert_eq!(sync(&mut dp, &desired_services([&svc], [&two])).unwrap(), 2);
+        assert_eq!(
+            sync(
+                &mut dp,
+                &desired_services(std::iter::empty::<&KubeService>(), [&two])
+            )
+            .unwrap(),
+            2
+        );
+        assert!(dp.services.is_empty());
+        assert_eq!(dp.calls, 6);
+    }
+}

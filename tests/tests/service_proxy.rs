@@ -1,0 +1,222 @@
+//! The agent's service proxy end to end: skiff-control, skiff-agent (`--proxy-mode`),
+//! backends and a client all in one network namespace the test creates; Services and
+//! EndpointSlices written with the real kubectl reach the datapath.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use skiff_e2e::{agent_bin, in_netns, wait_for, ControlPlane};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+const SERVER: &str = r#"
+import socket, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(128)
+print("ready", flush=True)
+while True:
+    c, _ = t.accept(); c.sendall(ip.encode()); c.close()
+"#;
+
+const CLIENT: &str = r#"
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2); print(s.recv(100).decode()); s.close()
+    except ConnectionRefusedError:
+        print("REFUSED")
+    except OSError as e:
+        print("ERROR", e)
+"#;
+
+const BACKENDS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+
+/// The test's network namespace and the processes in it; all removed on drop.
+struct Node {
+    name: String,
+    children: Vec<Child>,
+}
+
+impl Node {
+    fn new(tag: &str) -> Self {
+        let name = format!("skiff-e2e-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let node = Self {
+            name,
+            children: Vec::new(),
+        };
+        for args in [vec!["netns", "add", &node.name]] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        for args in [
+            ["link", "set", "lo", "up"].as_slice(),
+            ["route", "add", "local", "10.96.0.0/16", "dev", "lo"].as_slice(),
+        ] {
+            assert!(Command::new("ip")
+                .args(["netns", "exec", &node.name, "ip"])
+                .args(args)
+                .status()
+                .unwrap()
+                .success());
+        }
+        node
+    }
+
+    fn backend(&mut self, ip: &str) {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "python3", "-c", SERVER, ip, "8080",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.children.push(child);
+    }
+
+    fn requests(&self, n: usize) -> BTreeMap<String, usize> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "python3",
+                "-c",
+                CLIENT,
+                "10.96.0.10",
+                "80",
+                &n.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let mut counts = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            *counts.entry(line.to_owned()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        let _ = in_netns(Some(&self.name), &agent_bin())
+            .arg("cleanup")
+            .arg("--pin-dir")
+            .arg(format!("/sys/fs/bpf/{}", self.name.replace('.', "-")))
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn slice(endpoints: &[&str]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|ip| format!("{{\"addresses\": [\"{ip}\"], \"conditions\": {{\"ready\": true}}}}"))
+        .collect();
+    format!(
+        r#"{{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {{"name": "kubia-1", "labels": {{"kubernetes.io/service-name": "kubia"}}}},
+            "addressType": "IPv4", "ports": [{{"name": "http", "port": 8080, "protocol": "TCP"}}],
+            "endpoints": [{}]}}"#,
+        eps.join(",")
+    )
+}
+
+const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubia"},
+    "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}"#;
+
+fn proxy_follows_the_api(mode: &str) {
+    if !is_root() {
+        eprintln!(
+            "SKIPPING the {mode} service proxy end-to-end test: needs root (network namespaces)"
+        );
+        return;
+    }
+    let mut node = Node::new(mode);
+    for b in BACKENDS {
+        node.backend(b);
+    }
+    let cp = ControlPlane::start_in_netns(&node.name);
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(SERVICE));
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(&slice(&BACKENDS)));
+    let log = std::fs::File::create(cp.dir.path().join("agent.log")).unwrap();
+    let agent = in_netns(Some(&node.name), &agent_bin())
+        .args(["--kubeconfig"])
+        .arg(&cp.kubeconfig)
+        .args(["--node-name", "node-1", "--root-dir"])
+        .arg(cp.dir.path().join("agent"))
+        .args(["--proxy-mode", mode])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    node.children.push(agent);
+    let agent_log = || std::fs::read_to_string(cp.dir.path().join("agent.log")).unwrap_or_default();
+
+    let mut last = BTreeMap::new();
+    wait_for(
+        &format!("the {mode} datapath to reach all three backends"),
+        Duration::from_secs(30),
+        || {
+            last = node.requests(30);
+            BACKENDS.iter().all(|b| last.contains_key(*b))
+        },
+    );
+    assert_eq!(
+        last.values().sum::<usize>(),
+        30,
+        "every request answered: {last:?}\n{}",
+        agent_log()
+    );
+
+    // An endpoint leaves the slice: it gets no new connections.
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(&slice(&BACKENDS[..2])));
+    wait_for(
+        "the removed backend to be drained",
+        Duration::from_secs(30),
+        || {
+            last = node.requests(30);
+            !last.contains_key(BACKENDS[2]) && last.len() == 2
+        },
+    );
+
+    // The Service goes: the VIP is no longer translated (refused locally in this namespace).
+    cp.kubectl(&["delete", "service", "kubia"]);
+    wait_for(
+        "the service to be removed from the datapath",
+        Duration::from_secs(30),
+        || node.requests(3) == BTreeMap::from([("REFUSED".to_owned(), 3)]),
+    );
+}
+
+#[test]
+fn iptables_proxy_follows_the_api() {
+    proxy_follows_the_api("iptables");
+}
+
+#[test]
+fn nftables_proxy_follows_the_api() {
+    proxy_follows_the_api("nftables");
+}
