@@ -38,6 +38,9 @@ struct Cli {
     /// mount, i.e. every process on the node).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// The bpffs directory where the eBPF datapath pins its maps and links.
+    #[arg(long, default_value = ebpf::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 /// Service proxy modes.
@@ -237,7 +240,7 @@ fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
             };
             Box::new(EbpfDatapath::start(EbpfConfig {
                 cgroup,
-                pin_dir: PathBuf::from(ebpf::DEFAULT_PIN_DIR),
+                pin_dir: cli.pin_dir.clone(),
                 object: None,
             })?)
         }

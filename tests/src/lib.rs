@@ -44,12 +44,16 @@ pub fn kubectl_bin() -> PathBuf {
     )
 }
 
-/// A command for `program`, run inside `netns` (via `ip netns exec`) when given.
+/// A command for `program`, run inside the network namespace `netns` when given. `nsenter`
+/// rather than `ip netns exec`, which remounts /sys and would hide the host's cgroup2 and bpf
+/// file systems from the agent.
 pub fn in_netns(netns: Option<&str>, program: &Path) -> Command {
     match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(program);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(program);
             c
         }
         None => Command::new(program),

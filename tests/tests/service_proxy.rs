@@ -43,15 +43,32 @@ const BACKENDS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 struct Node {
     name: String,
     children: Vec<Child>,
+    /// A cgroup2 directory the client runs in (the eBPF mode's socket LB attaches there).
+    cgroup: std::path::PathBuf,
+}
+
+fn cgroup2_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            (post.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].into())
+        })
+        .expect("a cgroup2 mount")
 }
 
 impl Node {
     fn new(tag: &str) -> Self {
         let name = format!("skiff-e2e-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let cgroup = cgroup2_root().join(&name);
+        std::fs::create_dir_all(&cgroup).unwrap();
         let node = Self {
             name,
             children: Vec::new(),
+            cgroup,
         };
         for args in [vec!["netns", "add", &node.name]] {
             assert!(Command::new("ip").args(&args).status().unwrap().success());
@@ -68,6 +85,10 @@ impl Node {
                 .success());
         }
         node
+    }
+
+    fn pin_dir(&self) -> String {
+        format!("/sys/fs/bpf/{}", self.name)
     }
 
     fn backend(&mut self, ip: &str) {
@@ -89,18 +110,14 @@ impl Node {
     }
 
     fn requests(&self, n: usize) -> BTreeMap<String, usize> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "python3",
-                "-c",
-                CLIENT,
-                "10.96.0.10",
-                "80",
-                &n.to_string(),
-            ])
+        // The client joins the test cgroup (where the eBPF mode attaches), then the namespace.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c \"$0\" 10.96.0.10 80 {n}",
+            self.cgroup.display(),
+            self.name
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script, CLIENT])
             .output()
             .unwrap();
         let mut counts = BTreeMap::new();
@@ -122,11 +139,19 @@ impl Drop for Node {
         let _ = in_netns(Some(&self.name), &agent_bin())
             .arg("cleanup")
             .arg("--pin-dir")
-            .arg(format!("/sys/fs/bpf/{}", self.name.replace('.', "-")))
+            .arg(self.pin_dir())
             .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        let _ = std::fs::remove_dir(self.pin_dir());
+        // A cgroup stays busy for a moment after its last process exited.
+        let cgroup = self.cgroup.clone();
+        wait_for(
+            "the test cgroup to be removable",
+            Duration::from_secs(10),
+            || std::fs::remove_dir(&cgroup).is_ok() || !cgroup.exists(),
+        );
     }
 }
 
@@ -167,7 +192,14 @@ fn proxy_follows_the_api(mode: &str) {
         .arg(&cp.kubeconfig)
         .args(["--node-name", "node-1", "--root-dir"])
         .arg(cp.dir.path().join("agent"))
-        .args(["--proxy-mode", mode])
+        .args([
+            "--proxy-mode",
+            mode,
+            "--pin-dir",
+            &node.pin_dir(),
+            "--cgroup-root",
+        ])
+        .arg(&node.cgroup)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -219,4 +251,9 @@ fn iptables_proxy_follows_the_api() {
 #[test]
 fn nftables_proxy_follows_the_api() {
     proxy_follows_the_api("nftables");
+}
+
+#[test]
+fn ebpf_proxy_follows_the_api() {
+    proxy_follows_the_api("ebpf");
 }
