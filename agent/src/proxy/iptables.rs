@@ -12,11 +12,20 @@
 //! (as kube-proxy's full sync does); other chains are left as they are. Maglev is not
 //! expressible in iptables: such services use random choice here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash};
+use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash, Pending};
 use super::{BackendAddr, Datapath, Frontend, ProxyError, Service, SessionAffinity};
+
+/// The jumps from the built-in chains into this mode's chains: (table, chain, target).
+const JUMPS: [(&str, &str, &str); 5] = [
+    ("nat", "OUTPUT", "KUBE-SERVICES"),
+    ("nat", "PREROUTING", "KUBE-SERVICES"),
+    ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
+    ("filter", "OUTPUT", "KUBE-SERVICES"),
+    ("filter", "FORWARD", "KUBE-SERVICES"),
+];
 
 const MASQ_MARK: &str = "0x4000/0x4000";
 
@@ -25,10 +34,7 @@ const MASQ_MARK: &str = "0x4000/0x4000";
 pub struct IptablesProxy {
     /// Network namespace the rules are written in (`None`: this process's).
     netns: Option<String>,
-    services: BTreeMap<Frontend, Service>,
-    node_ports: BTreeMap<(u16, super::Protocol), Frontend>,
-    /// Frontends whose chains must be rewritten (or removed) at the next commit.
-    dirty: BTreeSet<Frontend>,
+    pending: Pending,
     /// Endpoint chains each frontend had at the last commit (to delete the stale ones).
     written: BTreeMap<Frontend, Vec<String>>,
     base_installed: bool,
@@ -61,14 +67,16 @@ impl IptablesProxy {
 
     /// Adds a NodePort for an already upserted frontend (the node's local addresses, `port`).
     pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
-        self.node_ports.insert((port, frontend.protocol), frontend);
-        self.dirty.insert(frontend);
+        self.pending
+            .node_ports
+            .insert((port, frontend.protocol), frontend);
+        self.pending.dirty.insert(frontend);
     }
 
     /// Removes a NodePort.
     pub fn remove_node_port(&mut self, port: u16, protocol: super::Protocol) {
-        if let Some(f) = self.node_ports.remove(&(port, protocol)) {
-            self.dirty.insert(f);
+        if let Some(f) = self.pending.node_ports.remove(&(port, protocol)) {
+            self.pending.dirty.insert(f);
         }
     }
 
@@ -90,13 +98,7 @@ impl IptablesProxy {
             &["--noflush"],
             &script,
         )?;
-        for (table, chain, target) in [
-            ("nat", "OUTPUT", "KUBE-SERVICES"),
-            ("nat", "PREROUTING", "KUBE-SERVICES"),
-            ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
-            ("filter", "OUTPUT", "KUBE-SERVICES"),
-            ("filter", "FORWARD", "KUBE-SERVICES"),
-        ] {
+        for (table, chain, target) in JUMPS {
             let rule = [
                 "-t",
                 table,
@@ -129,9 +131,14 @@ impl IptablesProxy {
         let mut nat = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
         let mut rules = String::new();
         let mut deletes = String::new();
-        for f in &self.dirty {
+        for f in &self.pending.dirty {
             let old = self.written.get(f).cloned().unwrap_or_default();
-            match self.services.get(f).filter(|s| !s.backends.is_empty()) {
+            match self
+                .pending
+                .services
+                .get(f)
+                .filter(|s| !s.backends.is_empty())
+            {
                 Some(svc) => {
                     let chain = svc_chain(f);
                     let _ = writeln!(nat, ":{chain} - [0:0]");
@@ -182,7 +189,7 @@ impl IptablesProxy {
         }
         // The dispatch chains reference every service: rewritten whole, as kube-proxy does.
         let mut filter = String::from("*filter\n:KUBE-SERVICES - [0:0]\n");
-        for (f, svc) in &self.services {
+        for (f, svc) in &self.pending.services {
             let p = proto(f.protocol);
             if svc.backends.is_empty() {
                 let _ = writeln!(filter, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable", f.ip, f.port);
@@ -196,8 +203,13 @@ impl IptablesProxy {
                 );
             }
         }
-        for (&(port, protocol), f) in &self.node_ports {
-            if self.services.get(f).is_some_and(|s| !s.backends.is_empty()) {
+        for (&(port, protocol), f) in &self.pending.node_ports {
+            if self
+                .pending
+                .services
+                .get(f)
+                .is_some_and(|s| !s.backends.is_empty())
+            {
                 let p = proto(protocol);
                 let _ = writeln!(
                     rules,
@@ -216,13 +228,7 @@ impl IptablesProxy {
 
     /// Removes every rule and chain this mode installs.
     pub fn cleanup(netns: Option<&str>) -> Result<(), ProxyError> {
-        for (table, chain, target) in [
-            ("nat", "OUTPUT", "KUBE-SERVICES"),
-            ("nat", "PREROUTING", "KUBE-SERVICES"),
-            ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
-            ("filter", "OUTPUT", "KUBE-SERVICES"),
-            ("filter", "FORWARD", "KUBE-SERVICES"),
-        ] {
+        for (table, chain, target) in JUMPS {
             while run_status(
                 netns,
                 "iptables",
@@ -268,30 +274,21 @@ impl IptablesProxy {
 
 impl Datapath for IptablesProxy {
     fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError> {
-        let mut service = service.clone();
-        service.backends.sort();
-        service.backends.dedup();
-        if self.services.get(&service.frontend) != Some(&service) {
-            self.dirty.insert(service.frontend);
-            self.services.insert(service.frontend, service);
-        }
+        self.pending.upsert(service);
         Ok(())
     }
 
     fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
-        if self.services.remove(frontend).is_some() {
-            self.dirty.insert(*frontend);
-            self.node_ports.retain(|_, f| f != frontend);
-        }
+        self.pending.delete(frontend);
         Ok(())
     }
 
     fn services(&self) -> Vec<Service> {
-        self.services.values().cloned().collect()
+        self.pending.services.values().cloned().collect()
     }
 
     fn commit(&mut self) -> Result<(), ProxyError> {
-        if self.dirty.is_empty() && self.base_installed {
+        if self.pending.dirty.is_empty() && self.base_installed {
             return Ok(());
         }
         self.install_base()?;
@@ -302,8 +299,13 @@ impl Datapath for IptablesProxy {
             &["--noflush"],
             &script,
         )?;
-        for f in std::mem::take(&mut self.dirty) {
-            match self.services.get(&f).filter(|s| !s.backends.is_empty()) {
+        for f in std::mem::take(&mut self.pending.dirty) {
+            match self
+                .pending
+                .services
+                .get(&f)
+                .filter(|s| !s.backends.is_empty())
+            {
                 Some(s) => {
                     let seps = s.backends.iter().map(|b| sep_chain(&f, b)).collect();
                     self.written.insert(f, seps);

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash};
+use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash, Pending};
 use super::{BackendAddr, Datapath, Frontend, ProxyError, Service, SessionAffinity};
 
 /// The table this mode owns.
@@ -22,9 +22,7 @@ pub const TABLE: &str = "kube-proxy";
 pub struct NftablesProxy {
     /// Network namespace the rules are written in (`None`: this process's).
     netns: Option<String>,
-    services: BTreeMap<Frontend, Service>,
-    node_ports: BTreeMap<(u16, super::Protocol), Frontend>,
-    dirty: BTreeSet<Frontend>,
+    pending: Pending,
     /// What the kernel has: per frontend, the endpoint chains and whether it is in the map.
     written: BTreeMap<Frontend, (Vec<String>, bool)>,
     written_node_ports: BTreeSet<(u16, super::Protocol)>,
@@ -62,8 +60,10 @@ impl NftablesProxy {
 
     /// Adds a NodePort for an already upserted frontend.
     pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
-        self.node_ports.insert((port, frontend.protocol), frontend);
-        self.dirty.insert(frontend);
+        self.pending
+            .node_ports
+            .insert((port, frontend.protocol), frontend);
+        self.pending.dirty.insert(frontend);
     }
 
     fn base(&self) -> String {
@@ -99,7 +99,7 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
     fn render(&self) -> String {
         let mut s = String::new();
         let mut removals = String::new();
-        for f in &self.dirty {
+        for f in &self.pending.dirty {
             let (old_eps, old_mapped) = self.written.get(f).cloned().unwrap_or_default();
             let chain = svc_chain(f);
             if old_mapped {
@@ -117,7 +117,7 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                     element(f)
                 );
             }
-            match self.services.get(f) {
+            match self.pending.services.get(f) {
                 Some(svc) if !svc.backends.is_empty() => {
                     let eps: Vec<String> = svc.backends.iter().map(|b| ep_chain(f, b)).collect();
                     let _ = writeln!(
@@ -188,11 +188,12 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
             }
         }
         for key in &self.written_node_ports {
-            if !self.node_ports.contains_key(key)
+            if !self.pending.node_ports.contains_key(key)
                 || self
+                    .pending
                     .node_ports
                     .get(key)
-                    .is_some_and(|f| self.dirty.contains(f))
+                    .is_some_and(|f| self.pending.dirty.contains(f))
             {
                 let _ = writeln!(
                     s,
@@ -202,10 +203,16 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                 );
             }
         }
-        for (&(port, protocol), f) in &self.node_ports {
-            let fresh =
-                !self.written_node_ports.contains(&(port, protocol)) || self.dirty.contains(f);
-            if fresh && self.services.get(f).is_some_and(|s| !s.backends.is_empty()) {
+        for (&(port, protocol), f) in &self.pending.node_ports {
+            let fresh = !self.written_node_ports.contains(&(port, protocol))
+                || self.pending.dirty.contains(f);
+            if fresh
+                && self
+                    .pending
+                    .services
+                    .get(f)
+                    .is_some_and(|s| !s.backends.is_empty())
+            {
                 let _ = writeln!(
                     s,
                     "add element ip {TABLE} service-nodeports {{ {} . {port} : goto {} }}",
@@ -234,30 +241,21 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
 
 impl Datapath for NftablesProxy {
     fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError> {
-        let mut service = service.clone();
-        service.backends.sort();
-        service.backends.dedup();
-        if self.services.get(&service.frontend) != Some(&service) {
-            self.dirty.insert(service.frontend);
-            self.services.insert(service.frontend, service);
-        }
+        self.pending.upsert(service);
         Ok(())
     }
 
     fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
-        if self.services.remove(frontend).is_some() {
-            self.dirty.insert(*frontend);
-            self.node_ports.retain(|_, f| f != frontend);
-        }
+        self.pending.delete(frontend);
         Ok(())
     }
 
     fn services(&self) -> Vec<Service> {
-        self.services.values().cloned().collect()
+        self.pending.services.values().cloned().collect()
     }
 
     fn commit(&mut self) -> Result<(), ProxyError> {
-        if self.dirty.is_empty() && self.base_installed {
+        if self.pending.dirty.is_empty() && self.base_installed {
             return Ok(());
         }
         let mut script = if self.base_installed {
@@ -268,8 +266,8 @@ impl Datapath for NftablesProxy {
         script.push_str(&self.render());
         run_with_input(self.netns.as_deref(), "nft", &["-f", "-"], &script)?;
         self.base_installed = true;
-        for f in std::mem::take(&mut self.dirty) {
-            match self.services.get(&f) {
+        for f in std::mem::take(&mut self.pending.dirty) {
+            match self.pending.services.get(&f) {
                 Some(s) if !s.backends.is_empty() => {
                     self.written.insert(
                         f,
@@ -285,9 +283,15 @@ impl Datapath for NftablesProxy {
             }
         }
         self.written_node_ports = self
+            .pending
             .node_ports
             .iter()
-            .filter(|(_, f)| self.services.get(f).is_some_and(|s| !s.backends.is_empty()))
+            .filter(|(_, f)| {
+                self.pending
+                    .services
+                    .get(f)
+                    .is_some_and(|s| !s.backends.is_empty())
+            })
             .map(|(k, _)| *k)
             .collect();
         Ok(())

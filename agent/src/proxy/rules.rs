@@ -4,7 +4,42 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::{Frontend, ProxyError};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Frontend, Protocol, ProxyError, Service};
+
+/// What a rule-based mode (iptables, nftables) should have, and which frontends changed since
+/// its last commit: both modes buffer changes and write them in one batch.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Desired services by frontend.
+    pub services: BTreeMap<Frontend, Service>,
+    /// NodePorts and the frontend they lead to.
+    pub node_ports: BTreeMap<(u16, Protocol), Frontend>,
+    /// Frontends to rewrite (or remove) at the next commit.
+    pub dirty: BTreeSet<Frontend>,
+}
+
+impl Pending {
+    /// Records a service; unchanged services are not marked dirty.
+    pub fn upsert(&mut self, service: &Service) {
+        let mut service = service.clone();
+        service.backends.sort();
+        service.backends.dedup();
+        if self.services.get(&service.frontend) != Some(&service) {
+            self.dirty.insert(service.frontend);
+            self.services.insert(service.frontend, service);
+        }
+    }
+
+    /// Removes a service and its NodePorts.
+    pub fn delete(&mut self, frontend: &Frontend) {
+        if self.services.remove(frontend).is_some() {
+            self.dirty.insert(*frontend);
+            self.node_ports.retain(|_, f| f != frontend);
+        }
+    }
+}
 
 /// A stable 16-character name for a frontend or backend, as kube-proxy derives
 /// `KUBE-SVC-<hash>` chain names (FNV-1a here; only stability and spread matter).
