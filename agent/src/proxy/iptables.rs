@@ -27,6 +27,22 @@ const JUMPS: [(&str, &str, &str); 5] = [
     ("filter", "FORWARD", "KUBE-SERVICES"),
 ];
 
+/// The iptables arguments that check (`-C`), insert (`-I`) or delete (`-D`) one of [`JUMPS`].
+fn jump_rule<'a>(op: &'a str, table: &'a str, chain: &'a str, target: &'a str) -> [&'a str; 10] {
+    [
+        "-t",
+        table,
+        op,
+        chain,
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        target,
+    ]
+}
+
 const MASQ_MARK: &str = "0x4000/0x4000";
 
 /// The iptables proxy.
@@ -99,21 +115,9 @@ impl IptablesProxy {
             &script,
         )?;
         for (table, chain, target) in JUMPS {
-            let rule = [
-                "-t",
-                table,
-                "-C",
-                chain,
-                "-m",
-                "comment",
-                "--comment",
-                "kubernetes service portals",
-                "-j",
-                target,
-            ];
+            let rule = jump_rule("-C", table, chain, target);
             if !run_status(self.netns.as_deref(), "iptables", &rule)? {
-                let mut insert = rule;
-                insert[2] = "-I";
+                let insert = jump_rule("-I", table, chain, target);
                 if !run_status(self.netns.as_deref(), "iptables", &insert)? {
                     return Err(ProxyError::Command {
                         command: format!("iptables {}", insert.join(" ")),
@@ -229,22 +233,7 @@ impl IptablesProxy {
     /// Removes every rule and chain this mode installs.
     pub fn cleanup(netns: Option<&str>) -> Result<(), ProxyError> {
         for (table, chain, target) in JUMPS {
-            while run_status(
-                netns,
-                "iptables",
-                &[
-                    "-t",
-                    table,
-                    "-D",
-                    chain,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "kubernetes service portals",
-                    "-j",
-                    target,
-                ],
-            )? {}
+            while run_status(netns, "iptables", &jump_rule("-D", table, chain, target))? {}
         }
         for table in ["nat", "filter"] {
             let out = super::rules::command(netns, "iptables-save")
