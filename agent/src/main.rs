@@ -41,6 +41,36 @@ struct Cli {
     /// The bpffs directory where the eBPF datapath pins its maps and links.
     #[arg(long, default_value = ebpf::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    #[command(flatten)]
+    nodeport: NodePortArgs,
+}
+
+/// Where NodePorts are served for clients outside the node (eBPF mode).
+#[derive(Debug, Clone, clap::Args)]
+struct NodePortArgs {
+    /// An external interface for the NodePort programs (tc); repeat for several. Default: the
+    /// interfaces of the IPv4 default routes.
+    #[arg(long = "nodeport-interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// Do not attach the NodePort programs (NodePorts then work only from the node itself).
+    #[arg(long, conflicts_with = "interfaces")]
+    no_nodeport: bool,
+}
+
+impl NodePortArgs {
+    fn resolve(&self) -> anyhow::Result<Vec<String>> {
+        if self.no_nodeport {
+            return Ok(Vec::new());
+        }
+        if !self.interfaces.is_empty() {
+            return Ok(self.interfaces.clone());
+        }
+        let found = ebpf::nodeport::default_route_interfaces()?;
+        if found.is_empty() {
+            tracing::warn!("no IPv4 default route: NodePorts are served to local clients only (see --nodeport-interface)");
+        }
+        Ok(found)
+    }
 }
 
 /// Service proxy modes.
@@ -87,10 +117,12 @@ enum DatapathCommand {
         /// An eBPF object to load instead of the one built into this binary.
         #[arg(long)]
         object: Option<PathBuf>,
+        #[command(flatten)]
+        nodeport: NodePortArgs,
     },
     /// Create or replace a service port.
     Set {
-        /// VIP:PORT/PROTOCOL, e.g. 10.96.0.10:53/udp.
+        /// VIP:PORT/PROTOCOL, e.g. 10.96.0.10:53/udp; 0.0.0.0:PORT is a NodePort.
         #[arg(long, value_parser = parse_frontend)]
         frontend: Frontend,
         /// IP:PORT of a backend; repeat for several; none refuses connections.
@@ -164,18 +196,25 @@ fn datapath(pin_dir: PathBuf, command: DatapathCommand) -> anyhow::Result<()> {
         DatapathCommand::Attach {
             cgroup_root,
             object,
+            nodeport,
         } => {
             let mut config = EbpfConfig::node_defaults()?;
             config.pin_dir = pin_dir;
             config.object = object;
+            config.nodeport_interfaces = nodeport.resolve()?;
             if let Some(cgroup) = cgroup_root {
                 config.cgroup = cgroup;
             }
             let dp = EbpfDatapath::start(config.clone())
                 .with_context(|| format!("attaching to {}", config.cgroup.display()))?;
             eprintln!(
-                "attached to {}, pinned in {}, {} service port(s)",
+                "attached to {}{}, pinned in {}, {} service port(s)",
                 config.cgroup.display(),
+                if config.nodeport_interfaces.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and {}", config.nodeport_interfaces.join(", "))
+                },
                 config.pin_dir.display(),
                 dp.services().len()
             );
@@ -242,6 +281,7 @@ fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
                 cgroup,
                 pin_dir: cli.pin_dir.clone(),
                 object: None,
+                nodeport_interfaces: cli.nodeport.resolve()?,
             })?)
         }
         ProxyMode::Iptables => Box::new(skiff_agent::proxy::iptables::IptablesProxy::new()),

@@ -28,6 +28,9 @@ use skiff_agent::proxy::{
     BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity,
 };
 
+#[path = "datapath/nodeport.rs"]
+mod nodeport;
+
 const HELPER: &str = "__skiff_datapath_helper";
 const BACKEND_PORT: u16 = 8080;
 /// What connecting to an untranslated VIP gives in the lab (its blackhole route): EINVAL.
@@ -55,7 +58,7 @@ fn main() {
     if root {
         sweep_stale_labs();
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 9] = [
         (
             "random_tcp_and_udp_reach_every_backend_uniformly",
             random_split,
@@ -72,6 +75,11 @@ fn main() {
         ("service_without_backends_refuses_connections", no_backends),
         ("pinned_state_survives_an_agent_restart", restart),
         ("skiff_agent_datapath_commands", cli),
+        (
+            "nodeport_from_another_netns_reaches_local_and_remote_backends",
+            nodeport::from_another_netns,
+        ),
+        ("nodeport_tc_programs_at_packet_level", nodeport::packet_level),
     ];
     let trials = tests
         .into_iter()
@@ -255,6 +263,7 @@ impl Lab {
             cgroup: self.cgroup.clone(),
             pin_dir: self.pin_dir.clone(),
             object: None,
+            nodeport_interfaces: Vec::new(),
         }
     }
 

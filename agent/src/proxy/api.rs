@@ -2,7 +2,8 @@
 //! reflectors), turned into the desired service ports, and a bounded-frequency runner applies
 //! the difference with what the datapath has (O(changes) per sync).
 //!
-//! A frontend is each ClusterIP, external IP and load-balancer ingress IP of each Service port.
+//! A frontend is each ClusterIP, external IP and load-balancer ingress IP of each Service port,
+//! and the nodePort of NodePort and LoadBalancer Services (`0.0.0.0:nodePort`).
 //! Only ready endpoints are backends; terminating ones are drained (no new connections), as
 //! kube-proxy does. Selector-less Services with hand-written EndpointSlices work the same way.
 
@@ -150,12 +151,23 @@ pub fn desired_services<'a>(
                 continue;
             };
             let backends = ready_backends(slices, port.name.as_deref().unwrap_or(""), proto);
-            for &ip in &vips {
-                let frontend = Frontend {
+            // NodePort and LoadBalancer Services also answer on their nodePort on every node
+            // address (a headless Service has no ClusterIP, and so no NodePort either).
+            let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+                .then_some(port.node_port)
+                .flatten()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0 && !vips.is_empty())
+                .map(|p| Frontend::node_port(p, proto));
+            let frontends = vips
+                .iter()
+                .map(|&ip| Frontend {
                     ip,
                     port: svc_port,
                     protocol: proto,
-                };
+                })
+                .chain(node_port);
+            for frontend in frontends {
                 out.insert(
                     frontend,
                     Service {
@@ -289,7 +301,11 @@ mod tests {
         ]));
         let svc = kubia();
         let d = desired_services([&svc], [&s]);
-        assert_eq!(d.len(), 2, "ClusterIP and external IP");
+        assert_eq!(d.len(), 3, "ClusterIP, external IP and NodePort");
+        assert_eq!(
+            d[&Frontend::node_port(30080, Protocol::Tcp)].backends.len(),
+            2
+        );
         let e = &d[&Frontend {
             ip: Ipv4Addr::new(10, 96, 0, 10),
             port: 80,
@@ -358,23 +374,24 @@ mod tests {
         let svc = kubia();
         let one = slice(json!([{"addresses": ["10.244.1.5"]}]));
         let two = slice(json!([{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.2.7"]}]));
+        // ClusterIP, externalIP and NodePort: three frontends per port.
         let mut dp = Recorder::default();
-        assert_eq!(sync(&mut dp, &desired_services([&svc], [&one])).unwrap(), 2);
+        assert_eq!(sync(&mut dp, &desired_services([&svc], [&one])).unwrap(), 3);
         assert_eq!(
             sync(&mut dp, &desired_services([&svc], [&one])).unwrap(),
             0,
             "nothing changed"
         );
-        assert_eq!(sync(&mut dp, &desired_services([&svc], [&two])).unwrap(), 2);
+        assert_eq!(sync(&mut dp, &desired_services([&svc], [&two])).unwrap(), 3);
         assert_eq!(
             sync(
                 &mut dp,
                 &desired_services(std::iter::empty::<&KubeService>(), [&two])
             )
             .unwrap(),
-            2
+            3
         );
         assert!(dp.services.is_empty());
-        assert_eq!(dp.calls, 6);
+        assert_eq!(dp.calls, 9);
     }
 }

@@ -19,12 +19,14 @@ use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash,
 use super::{BackendAddr, Datapath, Frontend, ProxyError, Service, SessionAffinity};
 
 /// The jumps from the built-in chains into this mode's chains: (table, chain, target).
-const JUMPS: [(&str, &str, &str); 5] = [
+const JUMPS: [(&str, &str, &str); 6] = [
     ("nat", "OUTPUT", "KUBE-SERVICES"),
     ("nat", "PREROUTING", "KUBE-SERVICES"),
     ("nat", "POSTROUTING", "KUBE-POSTROUTING"),
     ("filter", "OUTPUT", "KUBE-SERVICES"),
     ("filter", "FORWARD", "KUBE-SERVICES"),
+    // NodePorts without endpoints are rejected for traffic addressed to the node itself.
+    ("filter", "INPUT", "KUBE-SERVICES"),
 ];
 
 /// The iptables arguments that check (`-C`), insert (`-I`) or delete (`-D`) one of [`JUMPS`].
@@ -78,21 +80,6 @@ impl IptablesProxy {
         Self {
             netns: Some(netns.to_owned()),
             ..Self::default()
-        }
-    }
-
-    /// Adds a NodePort for an already upserted frontend (the node's local addresses, `port`).
-    pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
-        self.pending
-            .node_ports
-            .insert((port, frontend.protocol), frontend);
-        self.pending.dirty.insert(frontend);
-    }
-
-    /// Removes a NodePort.
-    pub fn remove_node_port(&mut self, port: u16, protocol: super::Protocol) {
-        if let Some(f) = self.pending.node_ports.remove(&(port, protocol)) {
-            self.pending.dirty.insert(f);
         }
     }
 
@@ -195,33 +182,32 @@ impl IptablesProxy {
         let mut filter = String::from("*filter\n:KUBE-SERVICES - [0:0]\n");
         for (f, svc) in &self.pending.services {
             let p = proto(f.protocol);
-            if svc.backends.is_empty() {
-                let _ = writeln!(filter, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable", f.ip, f.port);
+            // A NodePort matches its port on any local address, through KUBE-NODEPORTS, and is
+            // masqueraded (externalTrafficPolicy Cluster), as kube-proxy does.
+            let dst = if f.is_node_port() {
+                "-m addrtype --dst-type LOCAL".to_owned()
             } else {
+                format!("-d {}/32", f.ip)
+            };
+            if svc.backends.is_empty() {
+                let _ = writeln!(filter, "-A KUBE-SERVICES {dst} -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable", f.port);
+            } else if f.is_node_port() {
                 let _ = writeln!(
                     rules,
-                    "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport {} -j {}",
-                    f.ip,
+                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {} -j KUBE-MARK-MASQ",
+                    f.port
+                );
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {} -j {}",
                     f.port,
                     svc_chain(f)
                 );
-            }
-        }
-        for (&(port, protocol), f) in &self.pending.node_ports {
-            if self
-                .pending
-                .services
-                .get(f)
-                .is_some_and(|s| !s.backends.is_empty())
-            {
-                let p = proto(protocol);
+            } else {
                 let _ = writeln!(
                     rules,
-                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {port} -j KUBE-MARK-MASQ"
-                );
-                let _ = writeln!(
-                    rules,
-                    "-A KUBE-NODEPORTS -p {p} -m {p} --dport {port} -j {}",
+                    "-A KUBE-SERVICES {dst} -p {p} -m {p} --dport {} -j {}",
+                    f.port,
                     svc_chain(f)
                 );
             }

@@ -127,6 +127,9 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A NodePort interface has no IPv4 address to source-NAT to.
+    #[error("interface {0} has no IPv4 address (the NodePort programs need one for SNAT)")]
+    NoInterfaceAddress(String),
     /// No cgroup2 file system is mounted, so there is nothing to attach the programs to.
     #[error("no cgroup2 mount found in /proc/self/mountinfo")]
     NoCgroup2,
@@ -181,15 +184,33 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// What clients connect to: a ClusterIP, a port and a protocol (one Service port).
+/// What clients connect to: a ClusterIP (or external or load-balancer IP), a port and a
+/// protocol (one Service port). A NodePort is a frontend whose `ip` is `0.0.0.0`: the port on
+/// every address of the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    /// The virtual IP.
+    /// The virtual IP; unspecified (`0.0.0.0`) for a NodePort.
     pub ip: Ipv4Addr,
     /// The service port.
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
+}
+
+impl Frontend {
+    /// A NodePort frontend: `port` on every address of the node.
+    pub const fn node_port(port: u16, protocol: Protocol) -> Self {
+        Self {
+            ip: Ipv4Addr::UNSPECIFIED,
+            port,
+            protocol,
+        }
+    }
+
+    /// Whether this is a NodePort (the port on every node address) rather than one IP.
+    pub const fn is_node_port(&self) -> bool {
+        self.ip.is_unspecified()
+    }
 }
 
 impl fmt::Display for Frontend {

@@ -2,13 +2,14 @@
 //!
 //! Table `ip kube-proxy`: a verdict map `service-ips` (daddr . protocol . port) jumps to a chain
 //! per service, which picks an endpoint chain with `numgen random mod n vmap`; endpoint chains
-//! DNAT. NodePorts use `service-nodeports` for local destinations. Frontends without endpoints
-//! are in the set `no-endpoint-services`, rejected in a filter chain. ClientIP affinity keeps a
+//! DNAT. NodePort frontends (`0.0.0.0:port`) use `service-nodeports` for local destinations and are
+//! masqueraded. Frontends without endpoints are in the set `no-endpoint-services` (or
+//! `no-endpoint-nodeports`), rejected in filter chains. ClientIP affinity keeps a
 //! timed dynamic set per endpoint, as kube-proxy does. Changes are buffered and applied by
 //! [`Datapath::commit`] as one `nft -f -` transaction touching only the changed services.
 //! Maglev is not expressible here: such services use random choice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::rules::{frontend_hash, proto, run_status, run_with_input, short_hash, Pending};
@@ -25,7 +26,6 @@ pub struct NftablesProxy {
     pending: Pending,
     /// What the kernel has: per frontend, the endpoint chains and whether it is in the map.
     written: BTreeMap<Frontend, (Vec<String>, bool)>,
-    written_node_ports: BTreeSet<(u16, super::Protocol)>,
     base_installed: bool,
 }
 
@@ -41,7 +41,29 @@ fn ep_chain(f: &Frontend, b: &BackendAddr) -> String {
 }
 
 fn element(f: &Frontend) -> String {
-    format!("{} . {} . {}", f.ip, proto(f.protocol), f.port)
+    if f.is_node_port() {
+        format!("{} . {}", proto(f.protocol), f.port)
+    } else {
+        format!("{} . {} . {}", f.ip, proto(f.protocol), f.port)
+    }
+}
+
+/// The verdict map that dispatches to a frontend's chain.
+fn dispatch_map(f: &Frontend) -> &'static str {
+    if f.is_node_port() {
+        "service-nodeports"
+    } else {
+        "service-ips"
+    }
+}
+
+/// The set that rejects a frontend without endpoints.
+fn no_endpoint_set(f: &Frontend) -> &'static str {
+    if f.is_node_port() {
+        "no-endpoint-nodeports"
+    } else {
+        "no-endpoint-services"
+    }
 }
 
 impl NftablesProxy {
@@ -58,32 +80,27 @@ impl NftablesProxy {
         }
     }
 
-    /// Adds a NodePort for an already upserted frontend.
-    pub fn set_node_port(&mut self, port: u16, frontend: Frontend) {
-        self.pending
-            .node_ports
-            .insert((port, frontend.protocol), frontend);
-        self.pending.dirty.insert(frontend);
-    }
-
     fn base(&self) -> String {
         format!(
             "add table ip {TABLE}
 add map ip {TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}
 add map ip {TABLE} service-nodeports {{ type inet_proto . inet_service : verdict ; }}
 add set ip {TABLE} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service ; }}
+add set ip {TABLE} no-endpoint-nodeports {{ type inet_proto . inet_service ; }}
 add chain ip {TABLE} services
 add chain ip {TABLE} nat-output {{ type nat hook output priority -100 ; policy accept ; }}
 add chain ip {TABLE} nat-prerouting {{ type nat hook prerouting priority -100 ; policy accept ; }}
 add chain ip {TABLE} nat-postrouting {{ type nat hook postrouting priority 100 ; policy accept ; }}
 add chain ip {TABLE} filter-output {{ type filter hook output priority -110 ; policy accept ; }}
 add chain ip {TABLE} filter-forward {{ type filter hook forward priority -110 ; policy accept ; }}
+add chain ip {TABLE} filter-input {{ type filter hook input priority -110 ; policy accept ; }}
 flush chain ip {TABLE} services
 flush chain ip {TABLE} nat-output
 flush chain ip {TABLE} nat-prerouting
 flush chain ip {TABLE} nat-postrouting
 flush chain ip {TABLE} filter-output
 flush chain ip {TABLE} filter-forward
+flush chain ip {TABLE} filter-input
 add rule ip {TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips
 add rule ip {TABLE} services fib daddr type local meta l4proto . th dport vmap @service-nodeports
 add rule ip {TABLE} nat-output jump services
@@ -91,6 +108,9 @@ add rule ip {TABLE} nat-prerouting jump services
 add rule ip {TABLE} nat-postrouting meta mark & 0x4000 == 0x4000 masquerade
 add rule ip {TABLE} filter-output ip daddr . meta l4proto . th dport @no-endpoint-services reject
 add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoint-services reject
+add rule ip {TABLE} filter-output fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject
+add rule ip {TABLE} filter-forward fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject
+add rule ip {TABLE} filter-input meta l4proto . th dport @no-endpoint-nodeports reject
 "
         )
     }
@@ -105,7 +125,8 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
             if old_mapped {
                 let _ = writeln!(
                     s,
-                    "delete element ip {TABLE} service-ips {{ {} }}",
+                    "delete element ip {TABLE} {} {{ {} }}",
+                    dispatch_map(f),
                     element(f)
                 );
             }
@@ -113,7 +134,8 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
             if had_no_endpoints {
                 let _ = writeln!(
                     s,
-                    "delete element ip {TABLE} no-endpoint-services {{ {} }}",
+                    "delete element ip {TABLE} {} {{ {} }}",
+                    no_endpoint_set(f),
                     element(f)
                 );
             }
@@ -124,6 +146,14 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                         s,
                         "add chain ip {TABLE} {chain}\nflush chain ip {TABLE} {chain}"
                     );
+                    if f.is_node_port() {
+                        // Traffic from outside to a NodePort is masqueraded
+                        // (externalTrafficPolicy Cluster), as kube-proxy does.
+                        let _ = writeln!(
+                            s,
+                            "add rule ip {TABLE} {chain} meta mark set meta mark | 0x4000"
+                        );
+                    }
                     for (b, ep) in svc.backends.iter().zip(&eps) {
                         let _ =
                             writeln!(s, "add chain ip {TABLE} {ep}\nflush chain ip {TABLE} {ep}");
@@ -163,7 +193,8 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                     );
                     let _ = writeln!(
                         s,
-                        "add element ip {TABLE} service-ips {{ {} : goto {chain} }}",
+                        "add element ip {TABLE} {} {{ {} : goto {chain} }}",
+                        dispatch_map(f),
                         element(f)
                     );
                     for stale in old_eps.iter().filter(|e| !eps.contains(e)) {
@@ -174,7 +205,8 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                     if other.is_some() {
                         let _ = writeln!(
                             s,
-                            "add element ip {TABLE} no-endpoint-services {{ {} }}",
+                            "add element ip {TABLE} {} {{ {} }}",
+                            no_endpoint_set(f),
                             element(f)
                         );
                     }
@@ -185,40 +217,6 @@ add rule ip {TABLE} filter-forward ip daddr . meta l4proto . th dport @no-endpoi
                         }
                     }
                 }
-            }
-        }
-        for key in &self.written_node_ports {
-            if !self.pending.node_ports.contains_key(key)
-                || self
-                    .pending
-                    .node_ports
-                    .get(key)
-                    .is_some_and(|f| self.pending.dirty.contains(f))
-            {
-                let _ = writeln!(
-                    s,
-                    "delete element ip {TABLE} service-nodeports {{ {} . {} }}",
-                    proto(key.1),
-                    key.0
-                );
-            }
-        }
-        for (&(port, protocol), f) in &self.pending.node_ports {
-            let fresh = !self.written_node_ports.contains(&(port, protocol))
-                || self.pending.dirty.contains(f);
-            if fresh
-                && self
-                    .pending
-                    .services
-                    .get(f)
-                    .is_some_and(|s| !s.backends.is_empty())
-            {
-                let _ = writeln!(
-                    s,
-                    "add element ip {TABLE} service-nodeports {{ {} . {port} : goto {} }}",
-                    proto(protocol),
-                    svc_chain(f)
-                );
             }
         }
         s.push_str(&removals);
@@ -282,18 +280,6 @@ impl Datapath for NftablesProxy {
                 }
             }
         }
-        self.written_node_ports = self
-            .pending
-            .node_ports
-            .iter()
-            .filter(|(_, f)| {
-                self.pending
-                    .services
-                    .get(f)
-                    .is_some_and(|s| !s.backends.is_empty())
-            })
-            .map(|(k, _)| *k)
-            .collect();
         Ok(())
     }
 }

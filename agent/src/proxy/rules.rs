@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Frontend, Protocol, ProxyError, Service};
+use super::{Frontend, ProxyError, Service};
 
 /// What a rule-based mode (iptables, nftables) should have, and which frontends changed since
 /// its last commit: both modes buffer changes and write them in one batch.
@@ -14,8 +14,6 @@ use super::{Frontend, Protocol, ProxyError, Service};
 pub struct Pending {
     /// Desired services by frontend.
     pub services: BTreeMap<Frontend, Service>,
-    /// NodePorts and the frontend they lead to.
-    pub node_ports: BTreeMap<(u16, Protocol), Frontend>,
     /// Frontends to rewrite (or remove) at the next commit.
     pub dirty: BTreeSet<Frontend>,
 }
@@ -32,11 +30,10 @@ impl Pending {
         }
     }
 
-    /// Removes a service and its NodePorts.
+    /// Removes a service.
     pub fn delete(&mut self, frontend: &Frontend) {
         if self.services.remove(frontend).is_some() {
             self.dirty.insert(*frontend);
-            self.node_ports.retain(|_, f| f != frontend);
         }
     }
 }

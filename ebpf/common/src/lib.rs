@@ -5,7 +5,8 @@
 //! name one backend each; a backend map keyed by backend id; a reverse-NAT map keyed by the
 //! service's reverse-NAT id. Socket-level load balancing adds a per-socket reverse-NAT map (so
 //! replies to unconnected UDP and `getpeername()` show the VIP), a ClientIP affinity map and one
-//! Maglev lookup table per Maglev service.
+//! Maglev lookup table per Maglev service. The NodePort programs (tc, on the node's external
+//! interfaces) add connection tracking and the node's addresses and interfaces.
 //!
 //! Every type is `#[repr(C)]` with explicit padding fields, so that both sides agree on the byte
 //! layout and no uninitialised padding reaches the kernel (hash map keys compare all bytes).
@@ -32,14 +33,27 @@ pub mod maps {
     pub const AFFINITY: &str = "lb4_affinity";
     /// reverse-NAT id (`u16`) -> [`MaglevTable`](super::MaglevTable).
     pub const MAGLEV: &str = "lb4_maglev";
+    /// [`CtKey`](super::CtKey) -> [`CtValue`](super::CtValue) (LRU): the NodePort programs'
+    /// connection tracking.
+    pub const CT: &str = "lb4_ct";
+    /// IPv4 address of the node (`u32`, network order) -> `u32` (unused, 1): the addresses a
+    /// NodePort answers on.
+    pub const NODE_ADDRS: &str = "lb4_node_addrs";
+    /// ifindex (`u32`) -> the interface's IPv4 address (`u32`, network order): the interfaces
+    /// the NodePort programs are attached to, where the node meets clients and other nodes.
+    /// A backend reached through one of them is on another node and needs SNAT.
+    pub const EXT_IFACES: &str = "lb4_ext_ifaces";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 9] = [
         SERVICES,
         BACKENDS,
         REVERSE_NAT,
         REVERSE_SK,
         AFFINITY,
         MAGLEV,
+        CT,
+        NODE_ADDRS,
+        EXT_IFACES,
     ];
 }
 
@@ -55,6 +69,27 @@ pub const MAX_MAGLEV_SERVICES: u32 = 1024;
 /// keeps the share of flows that move when a backend is added or removed close to the minimum
 /// (Cilium's default as well).
 pub const MAGLEV_TABLE_SIZE: usize = 16381;
+
+/// Capacity of the NodePort connection-tracking LRU map (two entries per connection).
+pub const MAX_CT: u32 = 131072;
+/// Capacity of the node address map.
+pub const MAX_NODE_ADDRS: u32 = 256;
+/// Capacity of the external interface map.
+pub const MAX_EXT_IFACES: u32 = 64;
+
+/// Source ports the NodePort SNAT uses: above Linux's default ephemeral range (32768-60999),
+/// so translated connections do not collide with the node's own sockets.
+pub const SNAT_PORT_MIN: u16 = 61000;
+/// Last SNAT port (inclusive).
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+/// [`CtKey::dir`]: a packet from the client towards a service frontend.
+pub const CT_DIR_FORWARD: u8 = 0;
+/// [`CtKey::dir`]: a reply from a backend, as it arrives after translation.
+pub const CT_DIR_REPLY: u8 = 1;
+/// [`CtValue::flags`]: the connection is source-NATed to the node (its backend is on another
+/// node); packets are redirected to [`CtValue::ifindex`] instead of going up the stack.
+pub const CT_FLAG_SNAT: u16 = 1 << 0;
 
 /// IP protocol numbers used in keys.
 pub const PROTO_TCP: u8 = 6;
@@ -241,6 +276,52 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 
+/// Key of the NodePort connection-tracking map: a packet's tuple as it is seen (before
+/// translation for [`CT_DIR_FORWARD`], as it arrives for [`CT_DIR_REPLY`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of the NodePort connection-tracking map: how to rewrite a packet of the key's tuple.
+/// A forward entry rewrites the destination to the backend (and, with [`CT_FLAG_SNAT`], the
+/// source to the node); a reply entry rewrites the source back to the frontend (and, with
+/// [`CT_FLAG_SNAT`], the destination back to the client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// New source address (network byte order), or 0 to keep it.
+    pub to_src: u32,
+    /// New destination address (network byte order), or 0 to keep it.
+    pub to_dst: u32,
+    /// New source port (network byte order), meaningful with `to_src`.
+    pub to_sport: u16,
+    /// New destination port (network byte order), meaningful with `to_dst`.
+    pub to_dport: u16,
+    /// Where to redirect the packet with [`CT_FLAG_SNAT`].
+    pub ifindex: u32,
+    /// The backend of the connection (forward entries).
+    pub backend_id: u32,
+    /// The service's reverse-NAT id.
+    pub rev_nat_index: u16,
+    /// `CT_FLAG_*`.
+    pub flags: u16,
+}
+
 /// A service's Maglev lookup table: entry `hash(flow) % MAGLEV_TABLE_SIZE` names the backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +350,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
 }
 
 #[cfg(test)]
@@ -329,6 +412,18 @@ mod tests {
         ]);
         assert_layout!(AffinityValue, size 16, align 8, fields [
             last_used_ns: u64 = 0, backend_id: u32 = 8, _pad: u32 = 12,
+        ]);
+    }
+
+    #[test]
+    fn conntrack_layout() {
+        assert_layout!(CtKey, size 16, align 4, fields [
+            src: u32 = 0, dst: u32 = 4, sport: u16 = 8, dport: u16 = 10, proto: u8 = 12,
+            dir: u8 = 13, _pad: [u8; 2] = 14,
+        ]);
+        assert_layout!(CtValue, size 24, align 4, fields [
+            to_src: u32 = 0, to_dst: u32 = 4, to_sport: u16 = 8, to_dport: u16 = 10,
+            ifindex: u32 = 12, backend_id: u32 = 16, rev_nat_index: u16 = 20, flags: u16 = 22,
         ]);
     }
 

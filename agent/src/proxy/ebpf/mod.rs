@@ -7,8 +7,13 @@
 //! survives an agent restart, and the next `start` reuses the pinned maps (their services are
 //! read back), attaches the new programs and only then drops the old links, so there is no
 //! moment without translation. [`cleanup`] removes the pins, which detaches everything.
+//!
+//! With external interfaces configured, the tc programs `nodeport_ingress`/`nodeport_egress`
+//! are attached there too ([`nodeport`]): NodePorts and service IPs for clients outside the
+//! node, with connection tracking and SNAT for backends on other nodes.
 
 pub mod maglev;
+pub mod nodeport;
 pub mod service_table;
 pub mod sys;
 
@@ -21,9 +26,9 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::{
-    maps, AffinityKey, AffinityValue, Backend, MaglevTable, RevNat, ServiceKey, ServiceValue,
-    SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_ENTRIES, MAX_MAGLEV_SERVICES,
-    MAX_SOCK_REV_NAT,
+    maps, AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, ServiceKey,
+    ServiceValue, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_CT, MAX_ENTRIES,
+    MAX_EXT_IFACES, MAX_MAGLEV_SERVICES, MAX_NODE_ADDRS, MAX_SOCK_REV_NAT,
 };
 
 use self::service_table::{LbMaps, ServiceTable};
@@ -57,6 +62,9 @@ pub struct EbpfConfig {
     pub pin_dir: PathBuf,
     /// An object file to load instead of the embedded one.
     pub object: Option<PathBuf>,
+    /// The node's external interfaces, where the NodePort programs attach (none: NodePorts
+    /// only work from processes on the node, through the socket programs).
+    pub nodeport_interfaces: Vec<String>,
 }
 
 impl EbpfConfig {
@@ -67,6 +75,7 @@ impl EbpfConfig {
             cgroup: sys::cgroup2_root()?,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             object: None,
+            nodeport_interfaces: Vec::new(),
         })
     }
 }
@@ -90,13 +99,16 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
     }
 }
 
-const MAP_SPECS: [MapSpec; 6] = [
+const MAP_SPECS: [MapSpec; 9] = [
     spec::<ServiceKey, ServiceValue>(maps::SERVICES, MapType::Hash, MAX_ENTRIES),
     spec::<u32, Backend>(maps::BACKENDS, MapType::Hash, MAX_ENTRIES),
     spec::<u16, RevNat>(maps::REVERSE_NAT, MapType::Hash, MAX_ENTRIES),
     spec::<SockRevNatKey, SockRevNatValue>(maps::REVERSE_SK, MapType::LruHash, MAX_SOCK_REV_NAT),
     spec::<AffinityKey, AffinityValue>(maps::AFFINITY, MapType::LruHash, MAX_AFFINITY),
     spec::<u16, MaglevTable>(maps::MAGLEV, MapType::Hash, MAX_MAGLEV_SERVICES),
+    spec::<CtKey, CtValue>(maps::CT, MapType::LruHash, MAX_CT),
+    spec::<u32, u32>(maps::NODE_ADDRS, MapType::Hash, MAX_NODE_ADDRS),
+    spec::<u32, u32>(maps::EXT_IFACES, MapType::Hash, MAX_EXT_IFACES),
 ];
 
 /// Refuses pinned maps of another layout: the programs would read them wrongly.
@@ -184,11 +196,16 @@ impl EbpfDatapath {
             program_ids.push(attach_and_pin(&mut ebpf, name, &cgroup, &links)?);
         }
 
+        let ifaces = nodeport::resolve(&config.nodeport_interfaces)?;
+        nodeport::write_node_maps(&mut ebpf, &ifaces)?;
+        program_ids.extend(nodeport::attach(&mut ebpf, &ifaces, &links)?);
+
         let maps = AyaMaps::take(&mut ebpf)?;
         let table = ServiceTable::restore(maps)?;
         tracing::info!(
             cgroup = %config.cgroup.display(),
             pins = %config.pin_dir.display(),
+            nodeport_interfaces = ?config.nodeport_interfaces,
             services = table.services().len(),
             "eBPF service datapath attached"
         );
@@ -200,7 +217,8 @@ impl EbpfDatapath {
         })
     }
 
-    /// The kernel ids of the programs this instance attached (in [`PROGRAMS`] order).
+    /// The kernel ids of the programs this instance attached ([`PROGRAMS`], then the tc
+    /// programs of [`nodeport::TC_PROGRAMS`] if it attached to interfaces).
     pub fn program_ids(&self) -> &[u32] {
         &self.program_ids
     }
@@ -259,7 +277,16 @@ fn attach_and_pin(
         path: path.clone(),
         source,
     })?;
-    let fresh = links.join(format!("{name}_new"));
+    replace_pin(link, &links.join(name))?;
+    Ok(id)
+}
+
+/// Pins `link` at `path`, replacing (and so detaching) a link pinned there before only after
+/// the new one is in place.
+fn replace_pin(link: FdLink, path: &Path) -> Result<(), ProxyError> {
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push("_new");
+    let fresh = PathBuf::from(fresh);
     let _ = std::fs::remove_file(&fresh);
     let pinned = link.pin(&fresh).map_err(|source| ProxyError::Pin {
         path: fresh.clone(),
@@ -267,11 +294,11 @@ fn attach_and_pin(
     })?;
     // Rename over the old pin: the old link loses its last reference and detaches, after the
     // new one is attached, and no moment passes without a pinned link.
-    let old = pinned_link_id(&path);
-    std::fs::rename(&fresh, &path).map_err(io_err("renaming", &fresh))?;
+    let old = pinned_link_id(path);
+    std::fs::rename(&fresh, path).map_err(io_err("renaming", &fresh))?;
     drop(pinned);
     wait_links_released(old.as_slice());
-    Ok(id)
+    Ok(())
 }
 
 /// Removes everything [`EbpfDatapath::start`] pinned under `pin_dir`: the links (which detaches
@@ -280,11 +307,17 @@ fn attach_and_pin(
 pub fn cleanup(pin_dir: &Path) -> Result<(), ProxyError> {
     let links = links_dir(pin_dir);
     let mut ids = Vec::new();
-    for name in PROGRAMS {
-        for file in [links.join(name), links.join(format!("{name}_new"))] {
-            ids.extend(pinned_link_id(&file));
-            remove_if_present(&file)?;
+    // Every pinned link: the cgroup programs' and the tc programs' of each interface.
+    match std::fs::read_dir(&links) {
+        Ok(entries) => {
+            for entry in entries {
+                let file = entry.map_err(io_err("listing", &links))?.path();
+                ids.extend(pinned_link_id(&file));
+                remove_if_present(&file)?;
+            }
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("listing", &links)(e)),
     }
     wait_links_released(&ids);
     remove_dir_if_present(&links)?;

@@ -99,9 +99,7 @@ fn validate(service: &Service) -> Result<Vec<BackendAddr>, ProxyError> {
     if service.frontend.port == 0 {
         return Err(invalid("port 0".into()));
     }
-    if service.frontend.ip.is_unspecified() {
-        return Err(invalid("the VIP is 0.0.0.0".into()));
-    }
+    // 0.0.0.0 is a NodePort (every node address), which the programs look up by that key.
     if let SessionAffinity::ClientIp { timeout_seconds } = service.affinity {
         if !(1..=SessionAffinity::MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
             return Err(invalid(format!(
