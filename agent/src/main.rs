@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use skiff_agent::network::service_cidr::{self, Ipv4Cidr};
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{
@@ -41,6 +42,10 @@ struct Cli {
     /// The bpffs directory where the eBPF datapath pins its maps and links.
     #[arg(long, default_value = ebpf::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The Service ClusterIP range. The agent routes it to a dummy device so that a VIP no
+    /// Service translates dies on the node instead of leaving it.
+    #[arg(long, default_value = service_cidr::DEFAULT, value_parser = clap::value_parser!(Ipv4Cidr))]
+    service_cidr: Ipv4Cidr,
     #[command(flatten)]
     nodeport: NodePortArgs,
 }
@@ -297,6 +302,8 @@ fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
         let client = kube::Client::try_from(config)?;
+        let netlink = skiff_agent::network::connect()?;
+        service_cidr::install(&netlink, cli.service_cidr).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -329,7 +336,17 @@ fn main() -> anyhow::Result<ExitCode> {
             ebpf::cleanup(&pin_dir)?;
             skiff_agent::proxy::iptables::IptablesProxy::cleanup(None)?;
             skiff_agent::proxy::nftables::NftablesProxy::cleanup(None)?;
-            eprintln!("removed the eBPF, iptables and nftables proxy state");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let netlink = skiff_agent::network::connect()?;
+                    anyhow::Ok(service_cidr::remove(&netlink).await?)
+                })?;
+            eprintln!(
+                "removed the eBPF, iptables and nftables proxy state and the service CIDR route ({})",
+                service_cidr::DEVICE
+            );
             Ok(ExitCode::SUCCESS)
         }
         None => {

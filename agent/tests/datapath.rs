@@ -79,7 +79,10 @@ fn main() {
             "nodeport_from_another_netns_reaches_local_and_remote_backends",
             nodeport::from_another_netns,
         ),
-        ("nodeport_tc_programs_at_packet_level", nodeport::packet_level),
+        (
+            "nodeport_tc_programs_at_packet_level",
+            nodeport::packet_level,
+        ),
     ];
     let trials = tests
         .into_iter()

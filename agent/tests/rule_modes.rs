@@ -119,11 +119,24 @@ impl Netns {
 
     /// Sends `n` requests to ip:port and counts the answers by backend.
     fn requests(&self, ip: &str, port: u16, n: usize, proto: &str) -> BTreeMap<String, usize> {
+        requests_from(&self.name, ip, port, n, proto)
+    }
+}
+
+/// Sends `n` requests from namespace `netns` to ip:port and counts the answers by backend.
+fn requests_from(
+    netns: &str,
+    ip: &str,
+    port: u16,
+    n: usize,
+    proto: &str,
+) -> BTreeMap<String, usize> {
+    {
         let out = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &self.name,
+                netns,
                 "python3",
                 "-c",
                 CLIENT,
@@ -139,6 +152,71 @@ impl Netns {
             *counts.entry(line.to_owned()).or_default() += 1;
         }
         counts
+    }
+}
+
+/// Two namespaces joined to the node's by veth pairs, as in the eBPF NodePort test: a client
+/// (10.250.0.2; the node is 10.250.0.1 on that link) and a remote node (10.251.0.2) with a
+/// backend and no route to the client, so its answers come back only if the node masquerades.
+struct Outside {
+    client: String,
+    remote: String,
+}
+
+impl Outside {
+    fn new(node: &Netns) -> Self {
+        let out = Self {
+            client: format!("{}-c", node.name),
+            remote: format!("{}-r", node.name),
+        };
+        for (ns, ext, node_ip, peer_ip) in [
+            (&out.client, "ext0", "10.250.0.1", "10.250.0.2"),
+            (&out.remote, "ext1", "10.251.0.1", "10.251.0.2"),
+        ] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip", "-n", &node.name, "link", "add", ext, "type", "veth", "peer", "name", "eth0",
+                "netns", ns,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &node.name,
+                "addr",
+                "add",
+                &format!("{node_ip}/24"),
+                "dev",
+                ext,
+            ]);
+            sh(&["ip", "-n", &node.name, "link", "set", ext, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Local NodePort backends on the node's loopback (127/8 would need route_localnet).
+        for b in NODE_BACKENDS {
+            node.exec(&["ip", "addr", "add", &format!("{b}/32"), "dev", "lo"]);
+        }
+        out
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.remote] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
     }
 }
 
@@ -174,6 +252,65 @@ fn service(protocol: Protocol, backends: &[&str], affinity: SessionAffinity) -> 
 }
 
 const BACKENDS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+const NODE_BACKENDS: [&str; 2] = ["10.244.0.11", "10.244.0.12"];
+const REMOTE_BACKEND: &str = "10.251.0.2";
+
+fn node_port(protocol: Protocol, backends: &[&str]) -> Service {
+    Service {
+        frontend: Frontend::node_port(30080, protocol),
+        ..service(protocol, backends, SessionAffinity::None)
+    }
+}
+
+/// NodePort from another namespace: local backends (DNAT) and a remote one (DNAT + masquerade),
+/// TCP and UDP; without endpoints refused; deleted, no longer served.
+fn node_port_scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
+    let outside = Outside::new(ns);
+    for b in NODE_BACKENDS {
+        ns.backend(b, 8080);
+    }
+    let mut remote = Netns {
+        name: outside.remote.clone(),
+        servers: Vec::new(),
+    };
+    remote.backend(REMOTE_BACKEND, 8080);
+    let all = [NODE_BACKENDS[0], NODE_BACKENDS[1], REMOTE_BACKEND];
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        proxy.upsert_service(&node_port(proto, &all)).unwrap();
+    }
+    proxy.commit().unwrap();
+    for proto in ["tcp", "udp"] {
+        let counts = requests_from(&outside.client, "10.250.0.1", 30080, 90, proto);
+        let mut want = all.map(str::to_owned).to_vec();
+        want.sort();
+        assert_eq!(
+            counts.keys().cloned().collect::<Vec<_>>(),
+            want,
+            "{proto}: {counts:?}"
+        );
+    }
+    proxy
+        .upsert_service(&node_port(Protocol::Tcp, &[]))
+        .unwrap();
+    proxy.commit().unwrap();
+    assert_eq!(
+        requests_from(&outside.client, "10.250.0.1", 30080, 2, "tcp"),
+        BTreeMap::from([("REFUSED".to_owned(), 2)])
+    );
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        proxy
+            .delete_service(&Frontend::node_port(30080, proto))
+            .unwrap();
+    }
+    proxy.commit().unwrap();
+    // Nothing listens on the node's own port 30080: refused by the node's stack.
+    assert_eq!(
+        requests_from(&outside.client, "10.250.0.1", 30080, 2, "tcp"),
+        BTreeMap::from([("REFUSED".to_owned(), 2)])
+    );
+    // Keep the remote namespace's server until here; Outside removes the namespaces.
+    drop(remote);
+}
 
 fn scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
     for b in BACKENDS {
@@ -255,6 +392,7 @@ fn iptables_mode_routes_like_kube_proxy() {
     let mut ns = Netns::new("ipt");
     let mut proxy = IptablesProxy::in_netns(&ns.name);
     scenario(&mut ns, &mut proxy);
+    node_port_scenario(&mut ns, &mut proxy);
     IptablesProxy::cleanup(Some(&ns.name)).unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "iptables-save"])
@@ -277,6 +415,7 @@ fn nftables_mode_routes_like_kube_proxy() {
     let mut ns = Netns::new("nft");
     let mut proxy = NftablesProxy::in_netns(&ns.name);
     scenario(&mut ns, &mut proxy);
+    node_port_scenario(&mut ns, &mut proxy);
     NftablesProxy::cleanup(Some(&ns.name)).unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name, "nft", "list", "ruleset"])

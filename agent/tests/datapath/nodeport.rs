@@ -76,9 +76,25 @@ impl NodePortLab {
                 "-n", &node, "link", "add", ext, "type", "veth", "peer", "name", "eth0", "netns",
                 ns,
             ]);
-            ip(&["-n", &node, "addr", "add", &format!("{node_ip}/24"), "dev", ext]);
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{node_ip}/24"),
+                "dev",
+                ext,
+            ]);
             ip(&["-n", &node, "link", "set", ext, "up"]);
-            ip(&["-n", ns, "addr", "add", &format!("{peer_ip}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         // The node forwards (to the remote node); the client and the remote have only their
@@ -99,7 +115,15 @@ impl NodePortLab {
 
     fn start_remote_backend(&mut self) {
         let addr = format!("{REMOTE}:{BACKEND_PORT}");
-        let (child, _, _) = spawn_helper(&["serve", "--netns", &self.remote_ns, "--id", "remote", "--addr", &addr]);
+        let (child, _, _) = spawn_helper(&[
+            "serve",
+            "--netns",
+            &self.remote_ns,
+            "--id",
+            "remote",
+            "--addr",
+            &addr,
+        ]);
         self.remote_backend = Some(child);
     }
 
@@ -141,8 +165,12 @@ pub fn from_another_netns() {
         dp.upsert_service(&node_port(LOCAL_PORT, protocol, local.clone()))
             .unwrap();
     }
-    dp.upsert_service(&node_port(REMOTE_PORT, Protocol::Tcp, vec![remote_backend()]))
-        .unwrap();
+    dp.upsert_service(&node_port(
+        REMOTE_PORT,
+        Protocol::Tcp,
+        vec![remote_backend()],
+    ))
+    .unwrap();
     dp.upsert_service(&node_port(EMPTY_PORT, Protocol::Tcp, vec![]))
         .unwrap();
     let mut client = np.client();
@@ -153,12 +181,19 @@ pub fn from_another_netns() {
     assert_near_uniform(&ids, 3, "TCP NodePort");
     // UDP datagrams too; the client checks that replies come from the NodePort.
     let ids = client.udp(NODE_EXT, LOCAL_PORT, 300).ids();
-    assert_eq!(counts(&ids).len(), 1, "one socket, one flow, one backend: {ids:?}");
+    assert_eq!(
+        counts(&ids).len(),
+        1,
+        "one socket, one flow, one backend: {ids:?}"
+    );
     let ids = client.connected_udp(NODE_EXT, LOCAL_PORT, 300, 0).ids();
     assert_near_uniform(&ids, 3, "UDP NodePort (a socket per datagram)");
 
     // The remote backend answers only through SNAT (its node has no route to the client).
-    assert_eq!(client.tcp(NODE_EXT, REMOTE_PORT, 20).ids(), vec!["remote"; 20]);
+    assert_eq!(
+        client.tcp(NODE_EXT, REMOTE_PORT, 20).ids(),
+        vec!["remote"; 20]
+    );
     // A kept connection keeps working through the connection-tracking entries.
     let handle = client.open(NODE_EXT, REMOTE_PORT);
     for _ in 0..5 {
@@ -238,7 +273,9 @@ fn build(f: Frame, tcp_flags: u8, udp_csum: bool) -> Vec<u8> {
     l4.extend_from_slice(&f.src.port().to_be_bytes());
     l4.extend_from_slice(&f.dst.port().to_be_bytes());
     if f.proto == 6 {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+        l4.extend_from_slice(&[
+            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
     } else {
         l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
         l4.extend_from_slice(&[0, 0]);
@@ -261,7 +298,11 @@ fn parse_checked(p: &[u8]) -> (Frame, u16) {
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
     let proto = ip[9];
     let l4 = &p[34..];
-    let field = u16::from_be_bytes(if proto == 6 { [l4[16], l4[17]] } else { [l4[6], l4[7]] });
+    let field = u16::from_be_bytes(if proto == 6 {
+        [l4[16], l4[17]]
+    } else {
+        [l4[6], l4[7]]
+    });
     if proto == 6 || field != 0 {
         assert_eq!(
             csum(l4, pseudo_sum(src, dst, proto, l4.len())),
@@ -309,8 +350,12 @@ pub fn packet_level() {
         .unwrap();
     dp.upsert_service(&node_port(LOCAL_PORT, Protocol::Udp, local.clone()))
         .unwrap();
-    dp.upsert_service(&node_port(REMOTE_PORT, Protocol::Tcp, vec![remote_backend()]))
-        .unwrap();
+    dp.upsert_service(&node_port(
+        REMOTE_PORT,
+        Protocol::Tcp,
+        vec![remote_backend()],
+    ))
+    .unwrap();
 
     let node = np.lab.netns.clone();
     let pin_dir = np.lab.pin_dir.clone();
@@ -324,46 +369,76 @@ pub fn packet_level() {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().expect("verify the tc program");
         }
-        let ingress: &SchedClassifier = ebpf.program("nodeport_ingress").unwrap().try_into().unwrap();
+        let ingress: &SchedClassifier = ebpf
+            .program("nodeport_ingress")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let egress: &SchedClassifier = ebpf.program("nodeport_egress").unwrap().try_into().unwrap();
         let ext0 = nix::net::if_::if_nametoindex("ext0").unwrap();
         let ext1 = nix::net::if_::if_nametoindex("ext1").unwrap();
 
         // A SYN to the NodePort is DNATed to one of the local backends.
         let client = sock(CLIENT, 40000);
-        let syn = Frame { src: client, dst: sock(NODE_EXT, LOCAL_PORT), proto: 6 };
+        let syn = Frame {
+            src: client,
+            dst: sock(NODE_EXT, LOCAL_PORT),
+            proto: 6,
+        };
         let (rc, out) = run(ingress, ext0, &build(syn, 0x02, true));
         assert_eq!(rc, TC_ACT_OK);
         let (dnat, _) = parse_checked(&out);
         assert_eq!(dnat.src, client);
-        assert!(local.iter().any(|b| sock(b.ip, b.port) == dnat.dst), "{dnat:?}");
+        assert!(
+            local.iter().any(|b| sock(b.ip, b.port) == dnat.dst),
+            "{dnat:?}"
+        );
         // Later packets of the connection go to the same backend (connection tracking).
         for _ in 0..20 {
             let (_, out) = run(ingress, ext0, &build(syn, 0x10, true));
             assert_eq!(parse_checked(&out).0, dnat);
         }
         // The backend's reply leaves with the NodePort as its source.
-        let reply = Frame { src: dnat.dst, dst: client, proto: 6 };
+        let reply = Frame {
+            src: dnat.dst,
+            dst: client,
+            proto: 6,
+        };
         let (rc, out) = run(egress, ext0, &build(reply, 0x12, true));
         assert_eq!(rc, TC_ACT_OK);
         assert_eq!(
             parse_checked(&out).0,
-            Frame { src: sock(NODE_EXT, LOCAL_PORT), dst: client, proto: 6 }
+            Frame {
+                src: sock(NODE_EXT, LOCAL_PORT),
+                dst: client,
+                proto: 6
+            }
         );
 
         // UDP without a checksum keeps none; with one, it stays valid.
         for (sport, with_csum) in [(40001, false), (40002, true)] {
-            let f = Frame { src: sock(CLIENT, sport), dst: sock(NODE_EXT, LOCAL_PORT), proto: 17 };
+            let f = Frame {
+                src: sock(CLIENT, sport),
+                dst: sock(NODE_EXT, LOCAL_PORT),
+                proto: 17,
+            };
             let (rc, out) = run(ingress, ext0, &build(f, 0, with_csum));
             assert_eq!(rc, TC_ACT_OK);
             let (got, field) = parse_checked(&out);
-            assert!(local.iter().any(|b| sock(b.ip, b.port) == got.dst), "{got:?}");
+            assert!(
+                local.iter().any(|b| sock(b.ip, b.port) == got.dst),
+                "{got:?}"
+            );
             assert_eq!(field == 0, !with_csum, "UDP checksum field {field:#x}");
         }
 
         // A remote backend: DNAT and SNAT to the node's address towards it, redirected there.
         let client2 = sock(CLIENT, 40003);
-        let syn = Frame { src: client2, dst: sock(NODE_EXT, REMOTE_PORT), proto: 6 };
+        let syn = Frame {
+            src: client2,
+            dst: sock(NODE_EXT, REMOTE_PORT),
+            proto: 6,
+        };
         let (rc, out) = run(ingress, ext0, &build(syn, 0x02, true));
         assert_eq!(rc, TC_ACT_REDIRECT, "SNATed packets are redirected to ext1");
         let (fwd, _) = parse_checked(&out);
@@ -371,18 +446,43 @@ pub fn packet_level() {
         assert_eq!(*fwd.src.ip(), NODE_TO_REMOTE);
         assert!(fwd.src.port() >= 61000, "SNAT port {}", fwd.src.port());
         // Its reply arrives on ext1 and is turned back into the NodePort's answer to the client.
-        let reply = Frame { src: fwd.dst, dst: fwd.src, proto: 6 };
+        let reply = Frame {
+            src: fwd.dst,
+            dst: fwd.src,
+            proto: 6,
+        };
         let (rc, out) = run(ingress, ext1, &build(reply, 0x12, true));
-        assert_eq!(rc, TC_ACT_REDIRECT, "replies are redirected to the client's interface");
+        assert_eq!(
+            rc, TC_ACT_REDIRECT,
+            "replies are redirected to the client's interface"
+        );
         assert_eq!(
             parse_checked(&out).0,
-            Frame { src: sock(NODE_EXT, REMOTE_PORT), dst: client2, proto: 6 }
+            Frame {
+                src: sock(NODE_EXT, REMOTE_PORT),
+                dst: client2,
+                proto: 6
+            }
         );
 
         // Anything else passes untouched: another port, and a reply nobody translated.
         for (prog, f) in [
-            (ingress, Frame { src: client, dst: sock(NODE_EXT, 22), proto: 6 }),
-            (egress, Frame { src: sock(NODE_EXT, 22), dst: client, proto: 6 }),
+            (
+                ingress,
+                Frame {
+                    src: client,
+                    dst: sock(NODE_EXT, 22),
+                    proto: 6,
+                },
+            ),
+            (
+                egress,
+                Frame {
+                    src: sock(NODE_EXT, 22),
+                    dst: client,
+                    proto: 6,
+                },
+            ),
         ] {
             let frame = build(f, 0x02, true);
             let (rc, out) = run(prog, ext0, &frame);

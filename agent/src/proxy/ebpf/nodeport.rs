@@ -55,13 +55,12 @@ pub fn resolve(names: &[String]) -> Result<Vec<ExtInterface>, ProxyError> {
     names
         .iter()
         .map(|name| {
-            let index = nix::net::if_::if_nametoindex(name.as_str()).map_err(|e| {
-                ProxyError::Io {
+            let index =
+                nix::net::if_::if_nametoindex(name.as_str()).map_err(|e| ProxyError::Io {
                     what: "finding the interface",
                     path: name.into(),
                     source: e.into(),
-                }
-            })?;
+                })?;
             let addr = addrs
                 .get(name)
                 .and_then(|a| a.first().copied())
@@ -118,7 +117,9 @@ pub fn write_node_maps(ebpf: &mut Ebpf, ifaces: &[ExtInterface]) -> Result<(), P
     sync_map(
         &mut ext,
         maps::EXT_IFACES,
-        ifaces.iter().map(|i| (i.index, addr_to_net(i.addr.octets()))),
+        ifaces
+            .iter()
+            .map(|i| (i.index, addr_to_net(i.addr.octets()))),
     )
 }
 
@@ -145,7 +146,11 @@ fn sync_map(
 /// links (`<links>/tc_in_<ifindex>`, `tc_out_<ifindex>`) as the cgroup programs are: a new link
 /// is attached before the old one is released. Links of interfaces no longer listed are
 /// removed. Returns the programs' kernel ids.
-pub fn attach(ebpf: &mut Ebpf, ifaces: &[ExtInterface], links: &Path) -> Result<Vec<u32>, ProxyError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    ifaces: &[ExtInterface],
+    links: &Path,
+) -> Result<Vec<u32>, ProxyError> {
     let mut ids = Vec::new();
     let mut keep = BTreeSet::new();
     for (name, hook, prefix) in TC_PROGRAMS {
@@ -193,7 +198,8 @@ mod tests {
 
     #[test]
     fn finds_default_route_interfaces() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                     eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
                     wg0\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";

@@ -1,0 +1,203 @@
+//! The service CIDR's dead end: a dummy device that owns the route to the whole service range.
+//!
+//! Every mode translates VIPs before a packet is routed (socket LB at connect time, iptables and
+//! nftables in OUTPUT/PREROUTING). A VIP that nothing translates — a Service not yet synced, a
+//! port no Service has — would otherwise follow the default route out of the node. Routing the
+//! range to a dummy device, which discards what it is given, keeps such packets on the node. A
+//! dummy device rather than a `blackhole` route because the rule-based modes need the first
+//! route lookup of a locally generated packet to succeed: their DNAT runs in OUTPUT, after it.
+//! More specific routes (a local route for a test, a pod CIDR) still win by prefix length.
+//!
+//! Some kernels are built without the dummy driver (the Firecracker kernels of our CI machines
+//! among them). There the device is an `ifb` instead: it too drops every packet routed to it
+//! (it only forwards what tc redirected to it), so the dead end behaves the same.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
+use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec, RouteMessageBuilder};
+
+/// The device the service range is routed to.
+pub const DEVICE: &str = "skiff-svc0";
+
+/// The Kubernetes default service range (kube-apiserver's `--service-cluster-ip-range`).
+pub const DEFAULT: &str = "10.96.0.0/12";
+
+/// An IPv4 network, `address/prefix` with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s.split_once('/').ok_or_else(|| {
+            format!("{s:?} is not a CIDR: expected ADDRESS/PREFIX such as {DEFAULT}")
+        })?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{prefix:?} in {s:?} is not a prefix length (0-32)"))?;
+        let cidr = Self { addr, prefix };
+        let network = Ipv4Addr::from(
+            u32::from(addr) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0),
+        );
+        if network != addr {
+            return Err(format!(
+                "{s:?} has host bits set; did you mean {network}/{prefix}?"
+            ));
+        }
+        Ok(cidr)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A netlink request that failed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct NetlinkError {
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
+}
+
+fn context(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError { what, source }
+}
+
+/// The index of the link called `name`, if there is one.
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(context(format!("looking up link {name}"))(e)),
+    }
+}
+
+/// Creates the dummy device (if missing), brings it up and routes `cidr` to it, replacing a
+/// route to the same prefix. Idempotent: the agent calls it at every start.
+pub async fn install(handle: &Handle, cidr: Ipv4Cidr) -> Result<(), NetlinkError> {
+    let index = match link_index(handle, DEVICE).await? {
+        Some(i) => i,
+        None => {
+            let dummy = handle
+                .link()
+                .add(LinkDummy::new(DEVICE).build())
+                .execute()
+                .await;
+            match dummy {
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -(nix::errno::Errno::EOPNOTSUPP as i32) =>
+                {
+                    tracing::info!("this kernel has no dummy driver; {DEVICE} is an ifb device");
+                    handle
+                        .link()
+                        .add(LinkIfb::new(DEVICE).build())
+                        .execute()
+                        .await
+                        .map_err(context(format!("creating ifb device {DEVICE}")))?;
+                }
+                other => other.map_err(context(format!("creating dummy device {DEVICE}")))?,
+            }
+            link_index(handle, DEVICE)
+                .await?
+                .ok_or_else(|| NetlinkError {
+                    what: format!("finding {DEVICE} after creating it"),
+                    source: rtnetlink::Error::RequestFailed,
+                })?
+        }
+    };
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(context(format!("bringing {DEVICE} up")))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(cidr.addr, cidr.prefix)
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Static)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(context(format!("routing {cidr} to {DEVICE}")))?;
+    Ok(())
+}
+
+/// Removes the dummy device, and with it the route. Returns whether there was one.
+pub async fn remove(handle: &Handle) -> Result<bool, NetlinkError> {
+    let Some(index) = link_index(handle, DEVICE).await? else {
+        return Ok(false);
+    };
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(context(format!("deleting {DEVICE}")))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks_cidrs() {
+        let c: Ipv4Cidr = DEFAULT.parse().unwrap();
+        assert_eq!((c.addr, c.prefix), (Ipv4Addr::new(10, 96, 0, 0), 12));
+        assert_eq!(c.to_string(), DEFAULT);
+        assert!(c.contains(Ipv4Addr::new(10, 111, 255, 255)));
+        assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 0)));
+        assert!("0.0.0.0/0"
+            .parse::<Ipv4Cidr>()
+            .unwrap()
+            .contains(Ipv4Addr::BROADCAST));
+        let err = "10.96.0.1/12".parse::<Ipv4Cidr>().unwrap_err();
+        assert!(err.contains("did you mean 10.96.0.0/12"), "{err}");
+        assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
+        assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert!("ten/8".parse::<Ipv4Cidr>().is_err());
+    }
+}
