@@ -1,16 +1,17 @@
 //! skiff-agent: the node agent (pod runtime, pod networking, eBPF service proxy).
 //!
-//! The node agent itself is not implemented yet: only the eBPF service datapath exists. The
-//! binary exposes just what works on its own today, the `datapath` commands (attach the
-//! programs, program services by hand, list them, remove everything), and otherwise says it is
-//! not implemented instead of pretending to run.
+//! With `--kubeconfig` and `--node-name` the agent registers its Node and keeps it and its
+//! heartbeat Lease fresh, and with `--proxy-mode` it implements Services on the node. Running
+//! pods is not implemented yet. The `datapath` commands drive the eBPF datapath by hand.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::network::service_cidr::{self, Ipv4Cidr};
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
@@ -48,6 +49,41 @@ struct Cli {
     service_cidr: Ipv4Cidr,
     #[command(flatten)]
     nodeport: NodePortArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// How the agent presents its Node.
+#[derive(Debug, Clone, clap::Args)]
+struct NodeArgs {
+    /// The node's InternalIP (default: the address of the default-route interface).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// The node's pod range, set in the Node's spec.podCIDR when it has none.
+    #[arg(long, value_parser = clap::value_parser!(Ipv4Cidr))]
+    pod_cidr: Option<Ipv4Cidr>,
+    /// Pods this node accepts (capacity and allocatable `pods`).
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Labels for the Node, `key=value`; repeat for several.
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The heartbeat Lease's duration; it is renewed every quarter of it.
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: u64,
+    /// How often the Node's status is posted.
+    #[arg(long, default_value_t = 10)]
+    node_status_update_seconds: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// Where NodePorts are served for clients outside the node (eBPF mode).
@@ -266,17 +302,9 @@ fn datapath(pin_dir: PathBuf, command: DatapathCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the service proxy: watches Services and EndpointSlices and programs the datapath.
-fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
-    let kubeconfig = cli
-        .kubeconfig
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--proxy-mode needs --kubeconfig"))?;
-    let node = cli
-        .node_name
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--proxy-mode needs --node-name"))?;
-    let datapath: Box<dyn Datapath + Send> = match cli.proxy_mode {
+/// The datapath of `--proxy-mode`, started before anything else so a bad flag fails fast.
+fn start_datapath(cli: &Cli) -> anyhow::Result<Option<Box<dyn Datapath + Send>>> {
+    Ok(Some(match cli.proxy_mode {
         ProxyMode::Ebpf => {
             let cgroup = match &cli.cgroup_root {
                 Some(c) => c.clone(),
@@ -291,19 +319,41 @@ fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
         }
         ProxyMode::Iptables => Box::new(skiff_agent::proxy::iptables::IptablesProxy::new()),
         ProxyMode::Nftables => Box::new(skiff_agent::proxy::nftables::NftablesProxy::new()),
-        ProxyMode::None => unreachable!("checked by the caller"),
+        ProxyMode::None => return Ok(None),
+    }))
+}
+
+/// Runs the agent: the Node's registration and heartbeat, and the service proxy if asked for.
+fn run_agent(cli: &Cli) -> anyhow::Result<()> {
+    let kubeconfig = cli.kubeconfig.clone().ok_or_else(|| {
+        anyhow::anyhow!("the agent needs --kubeconfig (and --node-name); see --help")
+    })?;
+    let node = cli
+        .node_name
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the agent needs --node-name; see --help"))?;
+    let datapath = start_datapath(cli)?;
+    std::fs::create_dir_all(&cli.root_dir)
+        .with_context(|| format!("creating the root dir {}", cli.root_dir.display()))?;
+    let node_config = NodeConfig {
+        name: node.clone(),
+        node_ip: cli.node.node_ip,
+        pod_cidr: cli.node.pod_cidr,
+        max_pods: cli.node.max_pods,
+        labels: cli.node.labels.iter().cloned().collect(),
+        lease_duration: Duration::from_secs(cli.node.node_lease_duration_seconds.max(1)),
+        status_interval: Duration::from_secs(cli.node.node_status_update_seconds.max(1)),
+        root_dir: cli.root_dir.clone(),
     };
-    std::fs::create_dir_all(&cli.root_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+            .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
         let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
         let client = kube::Client::try_from(config)?;
-        let netlink = skiff_agent::network::connect()?;
-        service_cidr::install(&netlink, cli.service_cidr).await?;
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -313,8 +363,22 @@ fn run_proxy(cli: &Cli) -> anyhow::Result<()> {
                 shutdown.cancel();
             }
         });
-        eprintln!("skiff-agent {node}: service proxy ({:?} mode) running; the pod runtime is not implemented yet", cli.proxy_mode);
-        skiff_agent::proxy::api::run(client, datapath, shutdown).await
+        let heartbeat = tokio::spawn(NodeAgent::new(client.clone(), node_config)?.run(shutdown.clone()));
+        match datapath {
+            Some(datapath) => {
+                let netlink = skiff_agent::network::connect()?;
+                service_cidr::install(&netlink, cli.service_cidr).await?;
+                eprintln!("skiff-agent {node}: registered; service proxy ({:?} mode) running; running pods is not implemented yet", cli.proxy_mode);
+                skiff_agent::proxy::api::run(client, datapath, shutdown.clone()).await?;
+            }
+            None => {
+                eprintln!("skiff-agent {node}: registered; no service proxy (--proxy-mode); running pods is not implemented yet");
+                shutdown.cancelled().await;
+            }
+        }
+        shutdown.cancel();
+        heartbeat.await?;
+        anyhow::Ok(())
     })
 }
 
@@ -328,8 +392,8 @@ fn main() -> anyhow::Result<ExitCode> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        None if cli.proxy_mode != ProxyMode::None => {
-            run_proxy(&cli)?;
+        None => {
+            run_agent(&cli)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Cleanup { pin_dir }) => {
@@ -348,15 +412,6 @@ fn main() -> anyhow::Result<ExitCode> {
                 service_cidr::DEVICE
             );
             Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            eprintln!(
-                "skiff-agent {}: the node agent is not implemented yet; only the control plane \
-                 (skiff-control) is available in this version, and the eBPF service datapath \
-                 (`skiff-agent datapath --help`). See ARCHITECTURE.md for the plan.",
-                env!("CARGO_PKG_VERSION")
-            );
-            Ok(ExitCode::from(2))
         }
         Some(Command::Datapath { pin_dir, command }) => {
             datapath(pin_dir, command)?;

@@ -71,9 +71,11 @@ impl Node {
             children: Vec::new(),
             cgroup,
         };
-        for args in [vec!["netns", "add", &node.name]] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success());
-        }
+        assert!(Command::new("ip")
+            .args(["netns", "add", &node.name])
+            .status()
+            .unwrap()
+            .success());
         // Like a node: an uplink with an address and a default route (a veth whose peer stays in
         // the namespace, so nothing leaves it). The agent routes the service range away from it.
         for args in [

@@ -1,6 +1,8 @@
-//! Node networking over netlink. Today: the service CIDR's dead end ([`service_cidr`]); pod
+//! Node networking. Today: interface facts ([`interfaces`]) and the service CIDR's dead end
+//! ([`service_cidr`], over netlink); pod
 //! networking (bridge, veths, IPAM) comes with the pod runtime.
 
+pub mod interfaces;
 pub mod service_cidr;
 
 /// Opens an rtnetlink connection in the calling thread's network namespace and drives it on

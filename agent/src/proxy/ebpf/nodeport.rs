@@ -14,6 +14,7 @@ use aya::Ebpf;
 use skiff_ebpf_common::{addr_to_net, maps};
 
 use super::{io_err, map_err, pinned_link_id, removed, wait_links_released};
+use crate::network::interfaces;
 use crate::proxy::ProxyError;
 
 /// The tc programs: (function name, hook, prefix of their pinned links).
@@ -35,18 +36,11 @@ pub struct ExtInterface {
 
 /// The IPv4 addresses of this network namespace's interfaces, by interface name.
 pub fn interface_addrs() -> Result<BTreeMap<String, Vec<Ipv4Addr>>, ProxyError> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| ProxyError::Io {
+    interfaces::addresses().map_err(|e| ProxyError::Io {
         what: "listing the addresses of",
         path: "the network interfaces".into(),
-        source: e.into(),
-    })?;
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-    for a in addrs {
-        if let Some(ip) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-            out.entry(a.interface_name).or_default().push(ip.ip());
-        }
-    }
-    Ok(out)
+        source: e,
+    })
 }
 
 /// Resolves interface names to [`ExtInterface`]s; each needs an IPv4 address.
@@ -74,25 +68,11 @@ pub fn resolve(names: &[String]) -> Result<Vec<ExtInterface>, ProxyError> {
         .collect()
 }
 
-/// The interfaces of the IPv4 default routes (from /proc/net/route): where a node meets the
-/// outside, so the default for NodePorts.
+/// The interfaces of the IPv4 default routes: where a node meets the outside, so the default
+/// for NodePorts.
 pub fn default_route_interfaces() -> Result<Vec<String>, ProxyError> {
     let path = Path::new("/proc/net/route");
-    let text = std::fs::read_to_string(path).map_err(io_err("reading", path))?;
-    Ok(parse_default_routes(&text))
-}
-
-/// [`default_route_interfaces`] over the file's text: rows whose destination and mask are 0.
-pub fn parse_default_routes(text: &str) -> Vec<String> {
-    let set: BTreeSet<String> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_owned())
-        })
-        .collect();
-    set.into_iter().collect()
+    interfaces::default_route_interfaces().map_err(io_err("reading", path))
 }
 
 /// Writes the node's addresses and external interfaces into their maps, removing stale ones.
@@ -190,20 +170,4 @@ pub fn attach(
     }
     wait_links_released(&stale);
     Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_default_route_interfaces() {
-        let text =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                    eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
-                    eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
-                    wg0\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";
-        assert_eq!(parse_default_routes(text), vec!["eth0".to_owned()]);
-        assert!(parse_default_routes("Iface\tDestination\n").is_empty());
-    }
 }
