@@ -4,3 +4,4 @@
 pub mod kubelet;
 pub mod network;
 pub mod proxy;
+pub mod runtime;

@@ -383,6 +383,12 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // `skiff-agent shim ...` and `skiff-agent pause ...`: the pod runtime's helper processes
+    // (re-executions of this binary), dispatched before anything else so they stay
+    // single-threaded.
+    if let Some(code) = skiff_agent::runtime::helper_main() {
+        return Ok(code);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

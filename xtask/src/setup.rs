@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     // The iptables and nftables proxy modes (kube-proxy's layouts, for comparison).
     "iptables",
     "nftables",
+    // The pod runtime: libcontainer's seccomp support links libseccomp; busybox-static gives
+    // the runtime tests (and the busybox sample image) a tiny static rootfs.
+    "libseccomp-dev",
+    "busybox-static",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM

@@ -1,0 +1,909 @@
+//! The pod runtime: sandboxes (a pause process holding a pod's network, IPC and UTS namespaces)
+//! and containers joining them, run by youki's libcontainer.
+//!
+//! libcontainer never runs in the calling process: every create/start/kill/delete re-executes
+//! the agent binary as `skiff-agent shim ...` ([`shim`]), a single-threaded helper. The calls
+//! here block (they wait for the shim), so async callers use `spawn_blocking`. The agent must be
+//! a child subreaper ([`become_subreaper`]): container processes re-parent to it when the shim's
+//! helpers exit, and [`Runtime::status`]/[`Runtime::wait`] collect their exit status with
+//! `waitpid`, recording it on disk.
+//!
+//! State lives under the root directory, so a restarted agent finds what runs with
+//! [`Runtime::list`]:
+//!
+//! ```text
+//! <root>/libcontainer/<pod-uid>-<name>/      libcontainer's state.json and config
+//! <root>/pods/<pod-uid>/sandbox.json         the Sandbox (pause pid and start time)
+//! <root>/pods/<pod-uid>/pause.log            pause's stderr
+//! <root>/pods/<pod-uid>/logs/<name>.log      a container's stdout and stderr (default)
+//! <root>/pods/<pod-uid>/containers/<name>/   container.json, started, exit.json,
+//!                                            bundle/config.json, rootfs (overlay), upper, work
+//! ```
+//!
+//! cgroups: `/skiff/<pod-uid>/<name>` per container (v1 cgroupfs, absolute path), the pause
+//! process in `/skiff/<pod-uid>/pause`.
+
+pub mod cgroups;
+pub mod pause;
+pub mod shim;
+pub mod spec;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, SpecError};
+
+/// Errors of the pod runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A file or directory operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: Errno,
+    },
+    /// The shim (libcontainer) reported a failure.
+    #[error("shim {op} {id}: {message}")]
+    Shim {
+        /// The operation (create, start, kill, delete).
+        op: &'static str,
+        /// The container id.
+        id: String,
+        /// The shim's stderr.
+        message: String,
+    },
+    /// The pause process did not come up.
+    #[error("pause process of pod {pod}: {message}")]
+    Pause {
+        /// The pod's uid.
+        pod: String,
+        /// What went wrong (its stderr).
+        message: String,
+    },
+    /// A pod uid or hostname is not acceptable.
+    #[error("invalid {what} {value:?}")]
+    Invalid {
+        /// Which argument.
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The sandbox or container exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// The sandbox's pause process is gone; the pod must be recreated.
+    #[error("the sandbox of pod {0} is not running")]
+    SandboxNotRunning(String),
+    /// A container's spec could not be built.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A state file could not be read or written.
+    #[error("state file {path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+fn sys_err(what: impl Into<String>) -> impl FnOnce(Errno) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Sys { what, source }
+}
+
+/// Runs the runtime's helper process if this process was started as one (`<binary> shim ...`
+/// or `<binary> pause ...`); returns its exit code, or `None` for a normal agent start. Call it
+/// first in `main`, before any thread exists.
+pub fn helper_main() -> Option<std::process::ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let mode = args.next()?;
+    let run: fn(Vec<std::ffi::OsString>) -> std::process::ExitCode = match mode.to_str()? {
+        "shim" => shim::main,
+        "pause" => pause::main,
+        _ => return None,
+    };
+    // libcontainer reports failures through tracing: send them to stderr, which the runtime
+    // turns into its error messages.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+    Some(run(args.collect()))
+}
+
+/// Makes this process a child subreaper (PR_SET_CHILD_SUBREAPER): orphaned descendants, such as
+/// container processes once their shim exits, re-parent to it so their exit status can be
+/// collected. Call once, early, in the agent (and in tests that run containers).
+pub fn become_subreaper() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys_err("PR_SET_CHILD_SUBREAPER"))
+}
+
+/// A pod's sandbox: the pause process whose namespaces the pod's containers join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// The pod's uid.
+    pub uid: String,
+    /// The pod's hostname (set in its UTS namespace).
+    pub hostname: String,
+    /// The pause process.
+    pub pause_pid: i32,
+    /// Its start time (clock ticks since boot, /proc/<pid>/stat), against pid reuse.
+    pub pause_start_time: u64,
+}
+
+impl Sandbox {
+    fn ns(&self, kind: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/{kind}", self.pause_pid))
+    }
+
+    /// The pod's network namespace (for wiring its veth).
+    pub fn netns_path(&self) -> PathBuf {
+        self.ns("net")
+    }
+
+    /// The pod's IPC namespace.
+    pub fn ipcns_path(&self) -> PathBuf {
+        self.ns("ipc")
+    }
+
+    /// The pod's UTS namespace.
+    pub fn utsns_path(&self) -> PathBuf {
+        self.ns("uts")
+    }
+
+    /// Whether the pause process still runs.
+    pub fn is_running(&self) -> bool {
+        process_alive(self.pause_pid, self.pause_start_time)
+    }
+}
+
+/// A container of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The pod's uid.
+    pub pod_uid: String,
+    /// The container's name in the pod.
+    pub name: String,
+    /// libcontainer's id (`<pod-uid>-<name>`).
+    pub id: String,
+    /// The container's init process (host pid).
+    pub pid: i32,
+    /// Its start time, against pid reuse.
+    pub start_time: u64,
+    /// Where its stdout and stderr go.
+    pub log_path: PathBuf,
+    /// Its cgroupsPath (`/skiff/<pod-uid>/<name>`).
+    pub cgroups_path: String,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code; 128 + the signal number when a signal ended it (as Kubernetes reports).
+    pub code: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// A container's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// It ended; `None` when the exit status is unknown (the process ended while it was not
+    /// this process's child, e.g. while the agent was restarting).
+    Exited(Option<ExitStatus>),
+}
+
+/// A sandbox and its containers as found on disk by [`Runtime::list`].
+#[derive(Debug, Clone)]
+pub struct PodState {
+    /// The sandbox.
+    pub sandbox: Sandbox,
+    /// Whether its pause process runs.
+    pub running: bool,
+    /// Its containers and their states.
+    pub containers: Vec<(Container, ContainerState)>,
+}
+
+/// The pod runtime. Cheap to share (`Arc`); methods block.
+#[derive(Debug)]
+pub struct Runtime {
+    root: PathBuf,
+    binary: PathBuf,
+    /// Serialises reaping and recording exit statuses.
+    reap: Mutex<()>,
+}
+
+fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Start time of a process (field 22 of /proc/<pid>/stat), if it exists.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_alive(pid: i32, start: u64) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = after_comm.split_whitespace();
+    let state = fields.next();
+    let started = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+    started == Some(start) && !matches!(state, Some("Z" | "X"))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RuntimeError::State {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Writes a state file atomically (temporary file, then rename).
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::State {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("renaming {}", tmp.display())))
+}
+
+/// Whether `path` is a mount point (listed in /proc/self/mountinfo).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Runtime {
+    /// A runtime keeping its state in `root_dir`, using this executable as shim and pause
+    /// binary (the agent).
+    pub fn new(root_dir: impl Into<PathBuf>) -> Result<Self> {
+        let binary = std::env::current_exe().map_err(io_err("finding the agent binary"))?;
+        Self::with_binary(root_dir, binary)
+    }
+
+    /// A runtime using `binary` (a `skiff-agent`) for the shim and pause processes.
+    pub fn with_binary(root_dir: impl Into<PathBuf>, binary: impl Into<PathBuf>) -> Result<Self> {
+        let root = root_dir.into();
+        std::fs::create_dir_all(root.join("pods"))
+            .map_err(io_err(format!("creating {}", root.display())))?;
+        // Absolute: the shim and libcontainer chdir.
+        let root = std::fs::canonicalize(&root)
+            .map_err(io_err(format!("resolving {}", root.display())))?;
+        Ok(Self {
+            root,
+            binary: binary.into(),
+            reap: Mutex::new(()),
+        })
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn libcontainer_root(&self) -> PathBuf {
+        self.root.join("libcontainer")
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    fn container_dir(&self, uid: &str, name: &str) -> PathBuf {
+        self.pod_dir(uid).join("containers").join(name)
+    }
+
+    fn shim(&self, op: &'static str, id: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .arg("shim")
+            .arg("--root")
+            .arg(self.libcontainer_root())
+            .arg("--id")
+            .arg(id)
+            .arg(op)
+            .args(args)
+            .stdin(Stdio::null())
+            .env("RUST_LOG", "error")
+            .output()
+            .map_err(io_err(format!("running {} shim", self.binary.display())))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(RuntimeError::Shim {
+                op,
+                id: id.to_owned(),
+                message: format!("{} ({})", stderr.trim(), out.status),
+            })
+        }
+    }
+
+    /// Creates a pod's sandbox: starts the pause process (new network, IPC and UTS namespaces,
+    /// `hostname`, `lo` up) in the pod's cgroup parent and records it.
+    pub fn create_sandbox(&self, pod_uid: &str, hostname: &str) -> Result<Sandbox> {
+        if !valid_uid(pod_uid) {
+            return Err(RuntimeError::Invalid {
+                what: "pod uid",
+                value: pod_uid.to_owned(),
+            });
+        }
+        if !valid_hostname(hostname) {
+            return Err(RuntimeError::Invalid {
+                what: "hostname",
+                value: hostname.to_owned(),
+            });
+        }
+        let dir = self.pod_dir(pod_uid);
+        if dir.join("sandbox.json").exists() {
+            return Err(RuntimeError::Exists(format!("sandbox of pod {pod_uid}")));
+        }
+        std::fs::create_dir_all(dir.join("containers"))
+            .and_then(|()| std::fs::create_dir_all(dir.join("logs")))
+            .map_err(io_err(format!("creating {}", dir.display())))?;
+        let log_path = dir.join("pause.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(io_err(format!("creating {}", log_path.display())))?;
+        let mut child = Command::new(&self.binary)
+            .arg("pause")
+            .arg("--hostname")
+            .arg(hostname)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(io_err(format!("starting {} pause", self.binary.display())))?;
+        let pid = child.id() as i32;
+        let mut line = String::new();
+        let ready = child
+            .stdout
+            .take()
+            .map(|out| BufReader::new(out).read_line(&mut line));
+        if !matches!(ready, Some(Ok(_))) || line.trim() != pause::READY {
+            let _ = child.kill();
+            let status = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = remove_dir_if_exists(&dir);
+            return Err(RuntimeError::Pause {
+                pod: pod_uid.to_owned(),
+                message: format!("{} ({status:?})", log.trim()),
+            });
+        }
+        // The child handle is dropped without waiting: the pause process runs on, and
+        // `remove_sandbox` reaps it.
+        drop(child);
+        let sandbox = Sandbox {
+            uid: pod_uid.to_owned(),
+            hostname: hostname.to_owned(),
+            pause_pid: pid,
+            pause_start_time: start_time(pid).unwrap_or(0),
+        };
+        let recorded = cgroups::join_pause(pod_uid, pid)
+            .map_err(io_err("moving the pause process into the pod's cgroup"))
+            .and_then(|()| write_json(&dir.join("sandbox.json"), &sandbox));
+        if let Err(e) = recorded {
+            let _ = self.stop_pause(&sandbox);
+            let _ = cgroups::remove_pod(pod_uid);
+            let _ = remove_dir_if_exists(&dir);
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    /// Creates a container in a sandbox (not started): an overlay rootfs over the image layers,
+    /// the OCI bundle, and the process, created by libcontainer in the shim, waiting for
+    /// [`Runtime::start`].
+    pub fn create_container(&self, sandbox: &Sandbox, spec: &ContainerSpec) -> Result<Container> {
+        if !sandbox.is_running() {
+            return Err(RuntimeError::SandboxNotRunning(sandbox.uid.clone()));
+        }
+        if !spec::is_dns_label(&spec.name) {
+            return Err(SpecError::InvalidName(spec.name.clone()).into());
+        }
+        if spec.layers.is_empty() {
+            return Err(RuntimeError::Invalid {
+                what: "image layers",
+                value: "none".to_owned(),
+            });
+        }
+        let dir = self.container_dir(&sandbox.uid, &spec.name);
+        if dir.exists() {
+            return Err(RuntimeError::Exists(format!(
+                "container {} of pod {}",
+                spec.name, sandbox.uid
+            )));
+        }
+        let id = format!("{}-{}", sandbox.uid, spec.name);
+        let cgroups_path = format!("/{}/{}/{}", cgroups::PREFIX, sandbox.uid, spec.name);
+        let result = self.create_container_in(sandbox, spec, &dir, &id, &cgroups_path);
+        if result.is_err() {
+            let _ = self.shim("delete", &id, &["--force".as_ref()]);
+            let _ = self.remove_container_dir(&dir);
+        }
+        result
+    }
+
+    fn create_container_in(
+        &self,
+        sandbox: &Sandbox,
+        spec: &ContainerSpec,
+        dir: &Path,
+        id: &str,
+        cgroups_path: &str,
+    ) -> Result<Container> {
+        let (rootfs, upper, work, bundle) = (
+            dir.join("rootfs"),
+            dir.join("upper"),
+            dir.join("work"),
+            dir.join("bundle"),
+        );
+        for d in [&rootfs, &upper, &work, &bundle] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        }
+        let options = spec::overlay_options(&spec.layers, &upper, &work);
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(sys_err(format!(
+            "mounting overlay ({options}) on {}",
+            rootfs.display()
+        )))?;
+        let oci = spec.to_oci(&spec::SpecContext {
+            rootfs: rootfs.clone(),
+            cgroups_path: cgroups_path.to_owned(),
+            net_ns: sandbox.netns_path(),
+            ipc_ns: sandbox.ipcns_path(),
+            uts_ns: sandbox.utsns_path(),
+        })?;
+        let config = bundle.join("config.json");
+        oci.save(&config).map_err(|e| {
+            io_err(format!("writing {}", config.display()))(std::io::Error::other(e))
+        })?;
+        let log_path = spec.log_path.clone().unwrap_or_else(|| {
+            self.pod_dir(&sandbox.uid)
+                .join("logs")
+                .join(format!("{}.log", spec.name))
+        });
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io_err(format!("creating {}", parent.display())))?;
+        }
+        let out = self.shim(
+            "create",
+            id,
+            &[
+                "--bundle".as_ref(),
+                bundle.as_os_str(),
+                "--log".as_ref(),
+                log_path.as_os_str(),
+            ],
+        )?;
+        let pid: i32 = out.trim().parse().map_err(|_| RuntimeError::Shim {
+            op: "create",
+            id: id.to_owned(),
+            message: format!("unexpected output {out:?}"),
+        })?;
+        let container = Container {
+            pod_uid: sandbox.uid.clone(),
+            name: spec.name.clone(),
+            id: id.to_owned(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            log_path,
+            cgroups_path: cgroups_path.to_owned(),
+        };
+        write_json(&dir.join("container.json"), &container)?;
+        Ok(container)
+    }
+
+    /// Starts a created container's process.
+    pub fn start(&self, container: &Container) -> Result<()> {
+        self.shim("start", &container.id, &[])?;
+        let marker = self
+            .container_dir(&container.pod_uid, &container.name)
+            .join("started");
+        std::fs::write(&marker, b"").map_err(io_err(format!("writing {}", marker.display())))
+    }
+
+    /// Sends `signal` to the container's init process. A container that has exited already is
+    /// not an error.
+    pub fn signal(&self, container: &Container, signal: Signal) -> Result<()> {
+        if matches!(self.status(container)?, ContainerState::Exited(_)) {
+            return Ok(());
+        }
+        match self.shim(
+            "kill",
+            &container.id,
+            &["--signal".as_ref(), (signal as i32).to_string().as_ref()],
+        ) {
+            Err(e) if matches!(self.status(container)?, ContainerState::Exited(_)) => {
+                tracing::debug!(id = container.id, "signal after exit: {e}");
+                Ok(())
+            }
+            r => r.map(drop),
+        }
+    }
+
+    fn exit_file(&self, container: &Container) -> PathBuf {
+        self.container_dir(&container.pod_uid, &container.name)
+            .join("exit.json")
+    }
+
+    /// The container's state; collects (and records) its exit status if it has ended.
+    pub fn status(&self, container: &Container) -> Result<ContainerState> {
+        let _guard = self.reap.lock().unwrap_or_else(|e| e.into_inner());
+        let exit_file = self.exit_file(container);
+        if let Some(exit) = read_json::<ExitStatus>(&exit_file)? {
+            return Ok(ContainerState::Exited(Some(exit)));
+        }
+        let ours = start_time(container.pid) == Some(container.start_time);
+        if ours {
+            let exit = match waitpid(Pid::from_raw(container.pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus { code, signal: None }),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Some(ExitStatus {
+                    code: 128 + sig as i32,
+                    signal: Some(sig as i32),
+                }),
+                Ok(_) => None,
+                // Not our child (adopted after a restart): alive as long as it is not a zombie.
+                Err(Errno::ECHILD) => {
+                    if process_alive(container.pid, container.start_time) {
+                        None
+                    } else {
+                        return Ok(ContainerState::Exited(None));
+                    }
+                }
+                Err(e) => return Err(sys_err(format!("waitpid {}", container.pid))(e)),
+            };
+            if let Some(exit) = exit {
+                write_json(&exit_file, &exit)?;
+                return Ok(ContainerState::Exited(Some(exit)));
+            }
+            let started = self
+                .container_dir(&container.pod_uid, &container.name)
+                .join("started")
+                .exists();
+            return Ok(if started {
+                ContainerState::Running
+            } else {
+                ContainerState::Created
+            });
+        }
+        Ok(ContainerState::Exited(None))
+    }
+
+    /// Waits until the container has exited, at most `timeout` (forever with `None`), and
+    /// returns its state then (still `Running` or `Created` after a timeout).
+    pub fn wait(&self, container: &Container, timeout: Option<Duration>) -> Result<ContainerState> {
+        let state = self.status(container)?;
+        if matches!(state, ContainerState::Exited(_)) {
+            return Ok(state);
+        }
+        let Some(pid) = rustix::process::Pid::from_raw(container.pid) else {
+            return Ok(state);
+        };
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Gone entirely (reaped by someone else): status says so.
+            Err(rustix::io::Errno::SRCH) => return self.status(container),
+            Err(e) => {
+                return Err(sys_err(format!("pidfd_open {}", container.pid))(
+                    Errno::from_raw(e.raw_os_error()),
+                ))
+            }
+        };
+        // The pidfd pins the process: check it is still the container's, not a reused pid.
+        if start_time(container.pid) != Some(container.start_time) {
+            return self.status(container);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ts = left.map(|l| rustix::event::Timespec {
+                tv_sec: l.as_secs() as i64,
+                tv_nsec: i64::from(l.subsec_nanos()),
+            });
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(0) => return self.status(container),
+                Ok(_) => {
+                    // Exited (a zombie now, or reaped by a concurrent status()).
+                    return self.status(container);
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(sys_err("poll pidfd")(Errno::from_raw(e.raw_os_error()))),
+            }
+        }
+    }
+
+    /// Stops a container as the kubelet does: SIGTERM, then SIGKILL if it still runs after
+    /// `grace`. Returns its final state.
+    pub fn stop(&self, container: &Container, grace: Duration) -> Result<ContainerState> {
+        self.signal(container, Signal::SIGTERM)?;
+        let state = self.wait(container, Some(grace))?;
+        if matches!(state, ContainerState::Exited(_)) {
+            return Ok(state);
+        }
+        self.signal(container, Signal::SIGKILL)?;
+        self.wait(container, Some(Duration::from_secs(10)))
+    }
+
+    fn remove_container_dir(&self, dir: &Path) -> Result<()> {
+        let rootfs = dir.join("rootfs");
+        if is_mount_point(&rootfs) {
+            if let Err(e) = nix::mount::umount(&rootfs) {
+                tracing::warn!("umount {}: {e}; detaching", rootfs.display());
+                nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(sys_err(format!("unmounting {}", rootfs.display())))?;
+            }
+        }
+        // Never recurse into a mounted rootfs: that would delete through to the image layers.
+        if is_mount_point(&rootfs) {
+            return Err(RuntimeError::Io {
+                what: format!("removing {}", dir.display()),
+                source: std::io::Error::other("its rootfs is still mounted"),
+            });
+        }
+        remove_dir_if_exists(dir)
+    }
+
+    /// Deletes a container: kills it if it runs, removes its libcontainer state and cgroup,
+    /// unmounts its rootfs and removes its directory (its log file stays until the sandbox
+    /// goes).
+    pub fn delete_container(&self, container: &Container) -> Result<()> {
+        self.delete_by_name(&container.pod_uid, &container.name, Some(container))
+    }
+
+    fn delete_by_name(&self, uid: &str, name: &str, container: Option<&Container>) -> Result<()> {
+        let id = format!("{uid}-{name}");
+        self.shim("delete", &id, &["--force".as_ref()])?;
+        if let Some(c) = container {
+            // Collect the zombie (the forced delete sent SIGKILL).
+            self.wait(c, Some(Duration::from_secs(10)))?;
+        }
+        self.remove_container_dir(&self.container_dir(uid, name))
+    }
+
+    fn stop_pause(&self, sandbox: &Sandbox) -> Result<()> {
+        let pid = Pid::from_raw(sandbox.pause_pid);
+        if !process_alive(sandbox.pause_pid, sandbox.pause_start_time)
+            && start_time(sandbox.pause_pid) != Some(sandbox.pause_start_time)
+        {
+            return Ok(());
+        }
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let pause = Container {
+            pod_uid: sandbox.uid.clone(),
+            name: "pause".to_owned(),
+            id: String::new(),
+            pid: sandbox.pause_pid,
+            start_time: sandbox.pause_start_time,
+            log_path: PathBuf::new(),
+            cgroups_path: String::new(),
+        };
+        // Reuses the container wait: pidfd, then waitpid if it is our child.
+        let exited = self.wait_pid(&pause, Duration::from_secs(2))?;
+        if !exited {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            self.wait_pid(&pause, Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a process to exit and reaps it if it is our child; true if it is gone.
+    fn wait_pid(&self, p: &Container, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let pid = Pid::from_raw(p.pid);
+        if let Some(rpid) = rustix::process::Pid::from_raw(p.pid) {
+            if let Ok(fd) = rustix::process::pidfd_open(rpid, rustix::process::PidfdFlags::empty())
+            {
+                if start_time(p.pid) == Some(p.start_time) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let ts = rustix::event::Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: i64::from(left.subsec_nanos()),
+                    };
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let _ = rustix::event::poll(&mut fds, Some(&ts));
+                }
+            }
+        }
+        if start_time(p.pid) == Some(p.start_time) {
+            let _guard = self.reap.lock().unwrap_or_else(|e| e.into_inner());
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return Ok(false),
+                Ok(_) | Err(Errno::ECHILD) => {}
+                Err(e) => return Err(sys_err(format!("waitpid {}", p.pid))(e)),
+            }
+        }
+        Ok(!process_alive(p.pid, p.start_time))
+    }
+
+    /// Removes a sandbox and everything in it: its containers (killed), the pause process, the
+    /// pod's cgroups and its directory, logs included. Also cleans up after a partial create.
+    pub fn remove_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
+        self.remove_pod(&sandbox.uid, Some(sandbox))
+    }
+
+    /// Like [`Runtime::remove_sandbox`] for a pod known only by uid (state found on disk).
+    pub fn remove_pod_by_uid(&self, pod_uid: &str) -> Result<()> {
+        if !valid_uid(pod_uid) {
+            return Err(RuntimeError::Invalid {
+                what: "pod uid",
+                value: pod_uid.to_owned(),
+            });
+        }
+        let sandbox = read_json::<Sandbox>(&self.pod_dir(pod_uid).join("sandbox.json"))?;
+        self.remove_pod(pod_uid, sandbox.as_ref())
+    }
+
+    fn remove_pod(&self, uid: &str, sandbox: Option<&Sandbox>) -> Result<()> {
+        let dir = self.pod_dir(uid);
+        let mut errors: Vec<RuntimeError> = Vec::new();
+        let note = |errors: &mut Vec<RuntimeError>, r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!(pod = uid, "removing sandbox: {e}");
+                errors.push(e);
+            }
+        };
+        // Containers with a record, then libcontainer states without one (a create that
+        // crashed half-way).
+        if let Ok(entries) = std::fs::read_dir(dir.join("containers")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let record = read_json::<Container>(&entry.path().join("container.json"));
+                note(
+                    &mut errors,
+                    match record {
+                        Ok(c) => self.delete_by_name(uid, &name, c.as_ref()),
+                        Err(e) => Err(e),
+                    },
+                );
+            }
+        }
+        let prefix = format!("{uid}-");
+        if let Ok(entries) = std::fs::read_dir(self.libcontainer_root()) {
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if id.starts_with(&prefix) {
+                    note(
+                        &mut errors,
+                        self.shim("delete", &id, &["--force".as_ref()]).map(drop),
+                    );
+                }
+            }
+        }
+        if let Some(s) = sandbox {
+            note(&mut errors, self.stop_pause(s));
+        }
+        note(
+            &mut errors,
+            cgroups::remove_pod(uid).map_err(io_err(format!("removing the cgroups of pod {uid}"))),
+        );
+        if errors.is_empty() {
+            // Nothing is left mounted below it (containers unmounted their rootfs).
+            note(&mut errors, remove_dir_if_exists(&dir));
+        }
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Reads back every sandbox and container recorded under the root directory, with their
+    /// current states: what a restarted agent adopts.
+    pub fn list(&self) -> Result<Vec<PodState>> {
+        let mut pods = Vec::new();
+        let pods_dir = self.root.join("pods");
+        let entries = std::fs::read_dir(&pods_dir)
+            .map_err(io_err(format!("reading {}", pods_dir.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("reading {}", pods_dir.display())))?;
+            let Some(sandbox) = read_json::<Sandbox>(&entry.path().join("sandbox.json"))? else {
+                continue;
+            };
+            let mut containers = Vec::new();
+            if let Ok(cs) = std::fs::read_dir(entry.path().join("containers")) {
+                for c in cs.flatten() {
+                    if let Some(container) =
+                        read_json::<Container>(&c.path().join("container.json"))?
+                    {
+                        let state = self.status(&container)?;
+                        containers.push((container, state));
+                    }
+                }
+            }
+            containers.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            pods.push(PodState {
+                running: sandbox.is_running(),
+                sandbox,
+                containers,
+            });
+        }
+        pods.sort_by(|a, b| a.sandbox.uid.cmp(&b.sandbox.uid));
+        Ok(pods)
+    }
+}

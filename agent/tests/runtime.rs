@@ -1,0 +1,481 @@
+//! Privileged tests of the pod runtime (root: namespaces, overlayfs, cgroups, libcontainer).
+//! Skipped with a message when not root. Each test makes its own state directory and pod uid,
+//! and a guard removes the pod (containers, pause process, cgroups, mounts) even when it fails.
+//!
+//! The test rootfs is Debian's busybox-static (`cargo xtask setup` installs it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container as K8sContainer, EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use skiff_agent::runtime::{
+    self, Container, ContainerSpec, ContainerState, ExitStatus, ImageConfig, Runtime, Sandbox,
+};
+
+const BUSYBOX: &str = "/bin/busybox";
+const AGENT: &str = env!("CARGO_BIN_EXE_skiff-agent");
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipping: the runtime tests need root (namespaces, mounts, cgroups)");
+        false
+    }
+}
+
+/// A pod under test: its runtime, state directory and image layers; removes the pod on drop.
+struct TestPod {
+    runtime: Runtime,
+    uid: String,
+    layers: Vec<PathBuf>,
+    // Dropped after `drop()` ran: the state directory goes last.
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestPod {
+    fn drop(&mut self) {
+        if let Err(e) = self.runtime.remove_pod_by_uid(&self.uid) {
+            eprintln!("cleanup of pod {}: {e}", self.uid);
+        }
+    }
+}
+
+/// A busybox layer (every applet linked in /bin) and a second layer on top with /etc/greeting.
+fn make_layers(dir: &Path) -> Vec<PathBuf> {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: install busybox-static (cargo xtask setup)"
+    );
+    let base = dir.join("layers/busybox");
+    std::fs::create_dir_all(base.join("bin")).unwrap();
+    for d in ["tmp", "proc", "sys", "dev", "etc", "root"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, base.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+        }
+    }
+    let top = dir.join("layers/top");
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::write(top.join("etc/greeting"), "from the top layer\n").unwrap();
+    vec![base, top]
+}
+
+fn pod(test: &str) -> Option<TestPod> {
+    if !is_root() {
+        return None;
+    }
+    runtime::become_subreaper().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layers = make_layers(dir.path());
+    let runtime = Runtime::with_binary(dir.path().join("state"), AGENT).unwrap();
+    Some(TestPod {
+        runtime,
+        uid: format!("test-{}-{test}", std::process::id()),
+        layers,
+        _dir: dir,
+    })
+}
+
+impl TestPod {
+    fn sandbox(&self, hostname: &str) -> Sandbox {
+        self.runtime.create_sandbox(&self.uid, hostname).unwrap()
+    }
+
+    fn spec(&self, name: &str, script: &str) -> ContainerSpec {
+        let c = K8sContainer {
+            name: name.to_owned(),
+            command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+            ..Default::default()
+        };
+        ContainerSpec::from_kubernetes(&c, &ImageConfig::default(), self.layers.clone()).unwrap()
+    }
+
+    fn run(&self, sandbox: &Sandbox, spec: &ContainerSpec) -> Container {
+        let c = self.runtime.create_container(sandbox, spec).unwrap();
+        assert_eq!(self.runtime.status(&c).unwrap(), ContainerState::Created);
+        self.runtime.start(&c).unwrap();
+        c
+    }
+
+    fn wait_exit(&self, c: &Container) -> ExitStatus {
+        match self.runtime.wait(c, Some(Duration::from_secs(20))).unwrap() {
+            ContainerState::Exited(Some(status)) => status,
+            other => panic!(
+                "container {} did not exit: {other:?}; log: {}",
+                c.name,
+                log(c)
+            ),
+        }
+    }
+}
+
+fn log(c: &Container) -> String {
+    std::fs::read_to_string(&c.log_path).unwrap_or_default()
+}
+
+fn ns_id(path: &Path) -> PathBuf {
+    std::fs::read_link(path).unwrap()
+}
+
+#[test]
+fn two_containers_share_localhost_and_hostname() {
+    let Some(pod) = pod("localhost") else { return };
+    let sandbox = pod.sandbox("shared-host");
+    let server = pod.run(
+        &sandbox,
+        &pod.spec(
+            "server",
+            "mkdir -p /www && echo hello-from-server > /www/index.html && \
+             exec httpd -f -p 127.0.0.1:8080 -h /www",
+        ),
+    );
+    // The client retries until the server listens (bounded: 10 s).
+    let client = pod.run(
+        &sandbox,
+        &pod.spec(
+            "client",
+            "for i in $(seq 1 200); do \
+               if wget -q -O - http://127.0.0.1:8080/index.html; then hostname; exit 0; fi; \
+               sleep 0.05; \
+             done; exit 1",
+        ),
+    );
+    let exit = pod.wait_exit(&client);
+    let out = log(&client);
+    assert_eq!(exit.code, 0, "client failed: {out}");
+    assert_eq!(out, "hello-from-server\nshared-host\n");
+    for c in [&server, &client] {
+        let pid = c.pid;
+        if pod.runtime.status(c).unwrap() == ContainerState::Running {
+            for ns in ["net", "ipc", "uts"] {
+                assert_eq!(
+                    ns_id(Path::new(&format!("/proc/{pid}/ns/{ns}"))),
+                    ns_id(Path::new(&format!("/proc/{}/ns/{ns}", sandbox.pause_pid))),
+                    "{} is not in the sandbox's {ns} namespace",
+                    c.name
+                );
+            }
+            assert_ne!(
+                ns_id(Path::new(&format!("/proc/{pid}/ns/mnt"))),
+                ns_id(Path::new("/proc/self/ns/mnt"))
+            );
+        }
+    }
+    assert_eq!(
+        pod.runtime.status(&server).unwrap(),
+        ContainerState::Running
+    );
+    // The host's network namespace is not the pod's.
+    assert_ne!(
+        ns_id(&sandbox.netns_path()),
+        ns_id(Path::new("/proc/self/ns/net"))
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+}
+
+#[test]
+fn exit_code_command_env_and_workdir() {
+    let Some(pod) = pod("exit") else { return };
+    let sandbox = pod.sandbox("exit");
+    let c = K8sContainer {
+        name: "main".into(),
+        command: Some(vec!["/bin/sh".into(), "-c".into()]),
+        args: Some(vec![
+            "echo \"$GREETING $(WHO)\"; pwd; cat /etc/greeting; echo to-stderr >&2; exit 42".into(),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "WHO".into(),
+                value: Some("world".into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "GREETING".into(),
+                value: Some("hello".into()),
+                ..Default::default()
+            },
+        ]),
+        working_dir: Some("/tmp".into()),
+        ..Default::default()
+    };
+    let spec =
+        ContainerSpec::from_kubernetes(&c, &ImageConfig::default(), pod.layers.clone()).unwrap();
+    let container = pod.run(&sandbox, &spec);
+    let exit = pod.wait_exit(&container);
+    assert_eq!(
+        exit,
+        ExitStatus {
+            code: 42,
+            signal: None
+        }
+    );
+    assert_eq!(
+        log(&container),
+        "hello world\n/tmp\nfrom the top layer\nto-stderr\n"
+    );
+    // Recorded: asking again (after the zombie is gone) gives the same answer.
+    assert_eq!(
+        pod.runtime.status(&container).unwrap(),
+        ContainerState::Exited(Some(exit))
+    );
+    pod.runtime.delete_container(&container).unwrap();
+    // The same name can be created again (a restart).
+    let again = pod.run(&sandbox, &pod.spec("main", "exit 0"));
+    assert_eq!(pod.wait_exit(&again).code, 0);
+}
+
+fn cgroup_file(controller: &str, cgroups_path: &str, file: &str) -> String {
+    let path = format!("/sys/fs/cgroup/{controller}{cgroups_path}/{file}");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn limits_and_security_defaults_land() {
+    let Some(pod) = pod("limits") else { return };
+    let sandbox = pod.sandbox("limits");
+    let c = K8sContainer {
+        name: "limited".into(),
+        command: Some(vec!["/bin/sleep".into(), "1000".into()]),
+        resources: Some(ResourceRequirements {
+            limits: Some(
+                [
+                    ("cpu".to_owned(), Quantity("250m".into())),
+                    ("memory".to_owned(), Quantity("64Mi".into())),
+                ]
+                .into(),
+            ),
+            requests: Some([("cpu".to_owned(), Quantity("100m".into()))].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let spec =
+        ContainerSpec::from_kubernetes(&c, &ImageConfig::default(), pod.layers.clone()).unwrap();
+    let container = pod.run(&sandbox, &spec);
+    let path = &container.cgroups_path;
+    assert_eq!(path, &format!("/skiff/{}/limited", pod.uid));
+    assert_eq!(
+        cgroup_file("memory", path, "memory.limit_in_bytes"),
+        "67108864"
+    );
+    assert_eq!(cgroup_file("cpu", path, "cpu.cfs_quota_us"), "25000");
+    assert_eq!(cgroup_file("cpu", path, "cpu.cfs_period_us"), "100000");
+    assert_eq!(cgroup_file("cpu", path, "cpu.shares"), "102");
+    let procs = cgroup_file("memory", path, "cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p == container.pid.to_string()),
+        "{} not in its memory cgroup: {procs}",
+        container.pid
+    );
+    // Device rules: not the allow-all default, /dev/null allowed.
+    let devices = cgroup_file("devices", path, "devices.list");
+    assert!(
+        !devices.contains("a *:* rwm"),
+        "devices allow all: {devices}"
+    );
+    assert!(devices.contains("c 1:3 rwm"), "{devices}");
+    // The pause process sits in the pod's cgroup parent.
+    let pause_procs = cgroup_file(
+        "memory",
+        &format!("/skiff/{}/pause", pod.uid),
+        "cgroup.procs",
+    );
+    assert_eq!(pause_procs, sandbox.pause_pid.to_string());
+    // Seccomp filter on, and exactly the default capability set (Docker's 0xa80425fb).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", container.pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in status"))
+            .to_owned()
+    };
+    assert_eq!(field("Seccomp:"), "2");
+    assert_eq!(field("CapEff:"), "00000000a80425fb");
+    assert_eq!(field("CapBnd:"), "00000000a80425fb");
+    assert_eq!(field("CapInh:"), "0000000000000000");
+    // The filter denies what capabilities would not: creating a user namespace needs no
+    // capability (the host allows it, see above), unshare(2) is on the deny-list.
+    let probe = pod.run(
+        &sandbox,
+        &pod.spec("probe", "unshare -U true 2>&1; echo rc=$?"),
+    );
+    pod.wait_exit(&probe);
+    let out = log(&probe);
+    assert!(
+        out.contains("Operation not permitted") && out.contains("rc=1"),
+        "unshare was not denied: {out}"
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+}
+
+#[test]
+fn sigterm_then_sigkill_after_grace_period() {
+    let Some(pod) = pod("stop") else { return };
+    let sandbox = pod.sandbox("stop");
+    // PID 1 without a SIGTERM handler: the kernel ignores the signal.
+    let stubborn = pod.run(&sandbox, &pod.spec("stubborn", "exec sleep 1000"));
+    // PID 1 with a handler: exits on SIGTERM with its own code.
+    let polite = pod.run(
+        &sandbox,
+        &pod.spec(
+            "polite",
+            "trap 'exit 7' TERM; while true; do sleep 0.05; done",
+        ),
+    );
+    let grace = Duration::from_millis(500);
+
+    let t = Instant::now();
+    let state = pod.runtime.stop(&polite, grace).unwrap();
+    assert_eq!(
+        state,
+        ContainerState::Exited(Some(ExitStatus {
+            code: 7,
+            signal: None
+        }))
+    );
+    assert!(
+        t.elapsed() < grace,
+        "polite container took {:?}",
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    let state = pod.runtime.stop(&stubborn, grace).unwrap();
+    assert_eq!(
+        state,
+        ContainerState::Exited(Some(ExitStatus {
+            code: 137,
+            signal: Some(9)
+        }))
+    );
+    assert!(
+        t.elapsed() >= grace,
+        "killed before the grace period: {:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < grace + Duration::from_secs(5));
+    // Signalling an exited container is not an error.
+    pod.runtime
+        .signal(&stubborn, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+}
+
+fn mounts_mentioning(s: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(s))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn deletion_leaves_nothing_behind() {
+    let Some(pod) = pod("delete") else { return };
+    let state_dir = pod.runtime.root().to_owned();
+    let sandbox = pod.sandbox("delete");
+    let running = pod.run(&sandbox, &pod.spec("running", "exec sleep 1000"));
+    let created = pod
+        .runtime
+        .create_container(&sandbox, &pod.spec("created", "exit 0"))
+        .unwrap();
+    let netns = ns_id(&sandbox.netns_path());
+    let pids = [sandbox.pause_pid, running.pid, created.pid];
+    assert!(!mounts_mentioning(&state_dir.to_string_lossy()).is_empty());
+
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+
+    assert_eq!(
+        mounts_mentioning(&state_dir.to_string_lossy()),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+    for (mount, _) in runtime::cgroups::v1_mounts().unwrap() {
+        let dir = mount.join("skiff").join(&pod.uid);
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left behind (or a zombie)"
+        );
+    }
+    // No process on the host is in the pod's network namespace any more (nothing else pins
+    // it: the runtime does not bind-mount it).
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(link) = std::fs::read_link(entry.path().join("ns/net")) {
+            assert_ne!(
+                link,
+                netns,
+                "process {:?} still in the pod's netns",
+                entry.file_name()
+            );
+        }
+    }
+    assert!(!state_dir.join("pods").join(&pod.uid).exists());
+    assert_eq!(
+        std::fs::read_dir(state_dir.join("libcontainer"))
+            .unwrap()
+            .count(),
+        0,
+        "libcontainer state left behind"
+    );
+    assert!(pod.runtime.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_restarted_runtime_lists_and_adopts_what_runs() {
+    let Some(pod) = pod("adopt") else { return };
+    let sandbox = pod.sandbox("adopt");
+    let running = pod.run(&sandbox, &pod.spec("running", "exec sleep 1000"));
+    let done = pod.run(&sandbox, &pod.spec("done", "exit 3"));
+    pod.wait_exit(&done);
+
+    // A second runtime on the same state directory, as after an agent restart.
+    let restarted = Runtime::with_binary(pod.runtime.root(), AGENT).unwrap();
+    let pods = restarted.list().unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].sandbox, sandbox);
+    assert!(pods[0].running);
+    let states: Vec<(&str, ContainerState)> = pods[0]
+        .containers
+        .iter()
+        .map(|(c, s)| (c.name.as_str(), *s))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "done",
+                ContainerState::Exited(Some(ExitStatus {
+                    code: 3,
+                    signal: None
+                }))
+            ),
+            ("running", ContainerState::Running),
+        ]
+    );
+    let adopted = &pods[0].containers[1].0;
+    assert_eq!(adopted, &running);
+    let state = restarted.stop(adopted, Duration::from_millis(200)).unwrap();
+    assert!(
+        matches!(state, ContainerState::Exited(Some(_))),
+        "{state:?}"
+    );
+    restarted.remove_sandbox(&pods[0].sandbox).unwrap();
+    assert!(restarted.list().unwrap().is_empty());
+}
