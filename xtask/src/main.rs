@@ -3,6 +3,7 @@
 mod bench_api;
 mod deploy;
 mod ebpf;
+mod images;
 mod setup;
 mod util;
 
@@ -26,6 +27,8 @@ enum Command {
     Build,
     /// Build the eBPF programs (ebpf/programs) into target/ebpf/skiff-ebpf for the agent.
     BuildEbpf,
+    /// Build the sample images (kubia:v1, kubia:v2, busybox) as OCI layouts in target/images.
+    Images,
     /// Set up, build and start skiff on this host, in the background; prints how to use kubectl.
     Deploy(deploy::DeployArgs),
     /// Stop what `deploy` started.
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::BuildEbpf => ebpf::build(),
+        Command::Images => images::build(),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
         Command::Test { args } => test(&args),
@@ -78,6 +82,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     // The agent embeds the eBPF object at build time, so it must exist before `cargo test`.
     ebpf::build()?;
+    images::build()?;
     util::cargo(&["build", "-p", "skiff-control", "-p", "skiff-agent"])?;
     let root = util::root();
     let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]

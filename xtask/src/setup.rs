@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     // The iptables and nftables proxy modes (kube-proxy's layouts, for comparison).
     "iptables",
     "nftables",
+    // Images: the registry pull test runs Debian's registry (distribution 2.8) on loopback and
+    // pushes with skopeo; busybox-static is the busybox sample image.
+    "docker-registry",
+    "skopeo",
     // The pod runtime: libcontainer's seccomp support links libseccomp; busybox-static gives
     // the runtime tests (and the busybox sample image) a tiny static rootfs.
     "libseccomp-dev",

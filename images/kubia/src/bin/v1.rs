@@ -1,0 +1,5 @@
+//! kubia:v1: "You've hit <hostname>".
+
+fn main() -> std::io::Result<()> {
+    kubia::serve("0.0.0.0:8080", |host| format!("You've hit {host}\n"))
+}
