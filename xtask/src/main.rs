@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, deploy, test and benchmarks for skiff.
 
 mod bench_api;
+mod bench_proxy;
 mod deploy;
 mod ebpf;
 mod images;
@@ -39,7 +40,7 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark and write its results into docs/benchmarks.md.
+    /// Run a benchmark and write its report under docs/.
     Bench {
         #[command(subcommand)]
         which: Bench,
@@ -50,6 +51,9 @@ enum Command {
 enum Bench {
     /// API server: create rate, create/get/list latency with 10 000 pods, watch fan-out, idle RSS.
     Api(bench_api::Args),
+    /// Service datapath: direct vs eBPF vs iptables vs nftables, 1 to 10 000 Services;
+    /// writes docs/bench/proxy.md and proxy.svg (needs root).
+    Proxy(bench_proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +78,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Api(args),
         } => bench_api::run(args),
+        Command::Bench {
+            which: Bench::Proxy(args),
+        } => bench_proxy::run(args),
     }
 }
 
