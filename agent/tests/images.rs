@@ -651,3 +651,75 @@ fn sample_images_when_built() {
         );
     }
 }
+
+/// Unmounts (lazily) when dropped, so a failing assertion leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The unpacked layers stacked by overlayfs give the image's filesystem: the top layer's
+/// whiteout hides a file and its opaque directory hides the lower directory's contents.
+#[test]
+fn layers_stack_in_overlayfs() {
+    if !is_root() {
+        eprintln!("skipping layers_stack_in_overlayfs: needs root (mount, whiteouts)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    write_oci_layout(&layout, "stack:v1", &config(), &layers(), true).unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    store.import_path(&layout, None).unwrap();
+    let image = store.resolve("stack:v1").unwrap();
+    let lower: Vec<String> = image
+        .layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let (upper, work, merged) = (
+        tmp.path().join("upper"),
+        tmp.path().join("work"),
+        tmp.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .unwrap_or_else(|e| panic!("mount overlay {options}: {e}"));
+    let _mounted = Mounted(merged.clone());
+    assert_eq!(
+        fs::read(merged.join("bin/hello")).unwrap(),
+        b"#!/bin/sh\necho hello\n"
+    );
+    assert!(!merged.join("etc/motd").exists(), "whiteout hides etc/motd");
+    let mut data: Vec<String> = fs::read_dir(merged.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    data.sort();
+    assert_eq!(data, ["new"], "opaque data/ hides the lower layer's files");
+    // Writes land in the upper directory, never in the shared layers.
+    fs::write(merged.join("bin/hello"), b"changed").unwrap();
+    assert_eq!(
+        fs::read(image.layers[0].join("bin/hello")).unwrap(),
+        b"#!/bin/sh\necho hello\n"
+    );
+}
