@@ -739,9 +739,19 @@ impl Runtime {
 
     fn delete_by_name(&self, uid: &str, name: &str, container: Option<&Container>) -> Result<()> {
         let id = format!("{uid}-{name}");
+        if let Some(c) = container {
+            // Kill and reap first: libcontainer's delete of a live container kills it too but
+            // then sleeps between attempts to remove its cgroup while the process dies.
+            if !matches!(self.status(c)?, ContainerState::Exited(_))
+                && start_time(c.pid) == Some(c.start_time)
+            {
+                let _ = nix::sys::signal::kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+                self.wait(c, Some(Duration::from_secs(10)))?;
+            }
+        }
         self.shim("delete", &id, &["--force".as_ref()])?;
         if let Some(c) = container {
-            // Collect the zombie (the forced delete sent SIGKILL).
+            // Collect the zombie if the forced delete had to kill it.
             self.wait(c, Some(Duration::from_secs(10)))?;
         }
         self.remove_container_dir(&self.container_dir(uid, name))
