@@ -6,12 +6,16 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
-/// The host name in this UTS namespace (the pod name in a pod).
+/// The host name in this UTS namespace (the pod name in a pod): from /proc, else `$HOSTNAME`
+/// (set by container runtimes), else /etc/hostname.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Serves `body(hostname)` to every request on `addr` until the process is killed.
