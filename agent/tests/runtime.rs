@@ -531,3 +531,54 @@ fn create_start_delete_benchmark() {
         median(|r| r.2).0,
     );
 }
+
+#[test]
+fn bad_input_gives_readable_errors_and_leaves_nothing() {
+    let Some(pod) = pod("bad") else { return };
+    let err = pod.runtime.create_sandbox("../escape", "h").unwrap_err();
+    assert_eq!(err.to_string(), "invalid pod uid \"../escape\"");
+    let err = pod
+        .runtime
+        .create_sandbox(&pod.uid, "bad host")
+        .unwrap_err();
+    assert!(err.to_string().contains("hostname"), "{err}");
+
+    let sandbox = pod.sandbox("bad");
+    let err = pod.runtime.create_sandbox(&pod.uid, "bad").unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
+
+    let c = K8sContainer {
+        name: "missing".into(),
+        command: Some(vec!["/no/such/binary".into()]),
+        ..Default::default()
+    };
+    let spec =
+        ContainerSpec::from_kubernetes(&c, &ImageConfig::default(), pod.layers.clone()).unwrap();
+    let err = pod.runtime.create_container(&sandbox, &spec).unwrap_err();
+    eprintln!("missing executable: {err}");
+    assert!(
+        err.to_string().contains("/no/such/binary"),
+        "the error does not name the executable: {err}"
+    );
+    // The failed create left nothing: the same name works, no mount remains.
+    let dir = pod
+        .runtime
+        .root()
+        .join("pods")
+        .join(&pod.uid)
+        .join("containers/missing");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(mounts_mentioning(&pod.runtime.root().to_string_lossy()).is_empty());
+
+    let mut no_layers = pod.spec("nolayers", "true");
+    no_layers.layers.clear();
+    assert!(pod.runtime.create_container(&sandbox, &no_layers).is_err());
+
+    let ok = pod.run(&sandbox, &pod.spec("missing", "exit 0"));
+    let err = pod
+        .runtime
+        .create_container(&sandbox, &pod.spec("missing", "exit 0"))
+        .unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
+    assert_eq!(pod.wait_exit(&ok).code, 0);
+}

@@ -454,9 +454,11 @@ impl Runtime {
             pause_pid: pid,
             pause_start_time: start_time(pid).unwrap_or(0),
         };
-        let recorded = cgroups::join_pause(pod_uid, pid)
-            .map_err(io_err("moving the pause process into the pod's cgroup"))
-            .and_then(|()| write_json(&dir.join("sandbox.json"), &sandbox));
+        // Recorded first, so that a crash from here on leaves a sandbox remove_sandbox finds.
+        let recorded = write_json(&dir.join("sandbox.json"), &sandbox).and_then(|()| {
+            cgroups::join_pause(pod_uid, pid)
+                .map_err(io_err("moving the pause process into the pod's cgroup"))
+        });
         if let Err(e) = recorded {
             let _ = self.stop_pause(&sandbox);
             let _ = cgroups::remove_pod(pod_uid);
@@ -829,7 +831,11 @@ impl Runtime {
                 value: pod_uid.to_owned(),
             });
         }
-        let sandbox = read_json::<Sandbox>(&self.pod_dir(pod_uid).join("sandbox.json"))?;
+        let sandbox = read_json::<Sandbox>(&self.pod_dir(pod_uid).join("sandbox.json"))
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e}; removing what is left without it");
+                None
+            });
         self.remove_pod(pod_uid, sandbox.as_ref())
     }
 
@@ -884,7 +890,9 @@ impl Runtime {
     }
 
     /// Reads back every sandbox and container recorded under the root directory, with their
-    /// current states: what a restarted agent adopts.
+    /// current states: what a restarted agent adopts. Unreadable records are skipped with a
+    /// warning (one corrupt file must not hide the other pods); [`Runtime::leftover_pods`]
+    /// lists pod directories without a usable sandbox record.
     pub fn list(&self) -> Result<Vec<PodState>> {
         let mut pods = Vec::new();
         let pods_dir = self.root.join("pods");
@@ -892,17 +900,26 @@ impl Runtime {
             .map_err(io_err(format!("reading {}", pods_dir.display())))?;
         for entry in entries {
             let entry = entry.map_err(io_err(format!("reading {}", pods_dir.display())))?;
-            let Some(sandbox) = read_json::<Sandbox>(&entry.path().join("sandbox.json"))? else {
-                continue;
+            let sandbox = match read_json::<Sandbox>(&entry.path().join("sandbox.json")) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("skipping a sandbox: {e}");
+                    continue;
+                }
             };
             let mut containers = Vec::new();
             if let Ok(cs) = std::fs::read_dir(entry.path().join("containers")) {
                 for c in cs.flatten() {
-                    if let Some(container) =
-                        read_json::<Container>(&c.path().join("container.json"))?
-                    {
-                        let state = self.status(&container)?;
-                        containers.push((container, state));
+                    let record = read_json::<Container>(&c.path().join("container.json"));
+                    let state = match record {
+                        Ok(Some(container)) => self.status(&container).map(|s| (container, s)),
+                        Ok(None) => continue,
+                        Err(e) => Err(e),
+                    };
+                    match state {
+                        Ok(cs) => containers.push(cs),
+                        Err(e) => tracing::warn!(pod = sandbox.uid, "skipping a container: {e}"),
                     }
                 }
             }
@@ -915,5 +932,25 @@ impl Runtime {
         }
         pods.sort_by(|a, b| a.sandbox.uid.cmp(&b.sandbox.uid));
         Ok(pods)
+    }
+
+    /// Uids of pod directories without a readable sandbox record (a create interrupted by a
+    /// crash, a corrupt file): for [`Runtime::remove_pod_by_uid`].
+    pub fn leftover_pods(&self) -> Result<Vec<String>> {
+        let pods_dir = self.root.join("pods");
+        let entries = std::fs::read_dir(&pods_dir)
+            .map_err(io_err(format!("reading {}", pods_dir.display())))?;
+        let mut uids: Vec<String> = entries
+            .flatten()
+            .filter(|e| {
+                !matches!(
+                    read_json::<Sandbox>(&e.path().join("sandbox.json")),
+                    Ok(Some(_))
+                )
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        uids.sort();
+        Ok(uids)
     }
 }
