@@ -167,6 +167,25 @@ fn import_oci_layout_resolve_list_remove() {
 }
 
 #[test]
+fn repeated_layers_are_one_lowerdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    let ls = layers();
+    let empty = LayerBuilder::new().finish().unwrap();
+    let stack = vec![empty.clone(), ls[0].clone(), empty, ls[1].clone()];
+    write_oci_layout(&layout, "rep:v1", &config(), &stack, true).unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    store.import_path(&layout, None).unwrap();
+    let image = store.resolve("rep:v1").unwrap();
+    assert_eq!(image.layers.len(), 3, "{:?}", image.layers);
+    assert!(
+        image.layers[1].read_dir().unwrap().next().is_none(),
+        "the empty layer, once, in its upper place"
+    );
+}
+
+#[test]
 fn import_oci_layout_tar_and_tampered_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");

@@ -421,6 +421,13 @@ impl Store {
             size += desc.size();
             layers.push(self.unpack(&blob, &diff_id)?);
         }
+        // A layer listed twice (old Docker images repeat the empty layer) would be the same
+        // lowerdir twice, which overlayfs refuses; the lower copy changes nothing, as everything
+        // it holds is in the upper one too, so only the topmost stays.
+        let mut seen = BTreeSet::new();
+        layers.reverse();
+        layers.retain(|l| seen.insert(l.clone()));
+        layers.reverse();
         let c = config.config().clone().unwrap_or_default();
         Ok(Image {
             reference: reference.to_owned(),
