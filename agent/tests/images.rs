@@ -490,6 +490,7 @@ struct Fake {
     blobs: HashMap<String, Vec<u8>>,
     manifests: HashMap<String, (String, Vec<u8>)>,
     token_requests: std::sync::atomic::AtomicUsize,
+    blob_requests: std::sync::atomic::AtomicUsize,
 }
 
 async fn fake_registry(fake: Arc<Fake>) -> (String, tokio::task::JoinHandle<()>) {
@@ -543,6 +544,8 @@ async fn fake_registry(fake: Arc<Fake>) -> (String, tokio::task::JoinHandle<()>)
                 };
             }
             if let Some((_, digest)) = rest.split_once("/blobs/") {
+                fake.blob_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 return match fake.blobs.get(digest) {
                     Some(data) => data.clone().into_response(),
                     None => not_found(),
@@ -599,6 +602,7 @@ async fn pull_with_bearer_token_and_manifest_list() {
         blobs,
         manifests,
         token_requests: Default::default(),
+        blob_requests: Default::default(),
     });
     let (addr, server) = fake_registry(fake.clone()).await;
 
@@ -633,6 +637,24 @@ async fn pull_with_bearer_token_and_manifest_list() {
     };
     let err = store2.pull(&reference, Some(&bad)).await.unwrap_err();
     assert_eq!(err.kubelet_reason(), "ErrImagePull");
+
+    // Pods starting together with IfNotPresent share one download.
+    let store3 = Store::open(tmp.path().join("store3")).unwrap();
+    let before = fake.blob_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let pulls = (0..6).map(|_| {
+        let (store3, reference, creds) = (store3.clone(), reference.clone(), creds.clone());
+        tokio::spawn(async move {
+            store3
+                .ensure(&reference, PullPolicy::IfNotPresent, Some(&creds))
+                .await
+                .unwrap()
+        })
+    });
+    for p in pulls.collect::<Vec<_>>() {
+        assert_eq!(p.await.unwrap().manifest_digest, manifest_digest);
+    }
+    let after = fake.blob_requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after - before, 3, "config and two layers, once");
 
     // Not on the allowed list: refused without a connection attempt.
     let err = store

@@ -235,6 +235,9 @@ struct Inner {
     /// lock while it runs, so none can start meanwhile).
     ingests: Mutex<usize>,
     http: std::sync::OnceLock<reqwest::Client>,
+    /// One lock per reference being pulled through [`Store::ensure`], so that pods starting
+    /// together share one download.
+    pulls: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether we may chown files and create overlay whiteouts.
     root_user: bool,
 }
@@ -288,6 +291,7 @@ impl Store {
                 refs_lock: Mutex::new(()),
                 ingests: Mutex::new(0),
                 http: std::sync::OnceLock::new(),
+                pulls: Mutex::new(BTreeMap::new()),
                 root_user,
             }),
         })
@@ -737,7 +741,17 @@ impl Store {
                 Err(ImageError::NeverPull(r.to_string()))
             }
             (PullPolicy::Never, Err(e)) => Err(e),
-            (PullPolicy::IfNotPresent, Err(_)) => self.pull(reference, credentials).await,
+            (PullPolicy::IfNotPresent, Err(_)) => {
+                let lock = self.pull_lock(&r.to_string());
+                let _pulling = lock.lock().await;
+                // Whoever held the lock before may have pulled it.
+                let store = self.clone();
+                let again = r.to_string();
+                match tokio::task::spawn_blocking(move || store.resolve(&again)).await {
+                    Ok(Ok(image)) => Ok(image),
+                    _ => self.pull(reference, credentials).await,
+                }
+            }
             (PullPolicy::Always, local) => match self.pull(reference, credentials).await {
                 Ok(image) => Ok(image),
                 Err(e) => match local {
@@ -749,6 +763,19 @@ impl Store {
                 },
             },
         }
+    }
+}
+
+impl Store {
+    fn pull_lock(&self, reference: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut pulls = self
+            .inner
+            .pulls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget locks nobody holds or waits for.
+        pulls.retain(|_, l| Arc::strong_count(l) > 1);
+        pulls.entry(reference.to_owned()).or_default().clone()
     }
 }
 
