@@ -338,8 +338,11 @@ impl Runtime {
         Self::with_binary(root_dir, binary)
     }
 
-    /// A runtime using `binary` (a `skiff-agent`) for the shim and pause processes.
+    /// A runtime using `binary` (a `skiff-agent`) for the shim and pause processes. Makes the
+    /// calling process a child subreaper ([`become_subreaper`]).
     pub fn with_binary(root_dir: impl Into<PathBuf>, binary: impl Into<PathBuf>) -> Result<Self> {
+        // Without it, exit statuses are lost: containers would re-parent to PID 1.
+        become_subreaper()?;
         let root = root_dir.into();
         std::fs::create_dir_all(root.join("pods"))
             .map_err(io_err(format!("creating {}", root.display())))?;
