@@ -245,8 +245,9 @@ impl Session<'_> {
         Ok((data, digest, media_type))
     }
 
-    /// Downloads a blob into the store unless it is there, verifying it.
-    async fn blob(&mut self, store: &Store, digest: &Digest) -> Result<(), ImageError> {
+    /// Downloads a blob into the store unless it is there, verifying it; more than the `size`
+    /// its descriptor announced is refused as soon as it arrives.
+    async fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<(), ImageError> {
         if store.has_blob(digest) {
             return Ok(());
         }
@@ -263,11 +264,18 @@ impl Session<'_> {
             .map_err(|e| ImageError::io("opening a temporary blob", e))?;
         let mut file = tokio::fs::File::from_std(std_file);
         let mut hasher = Hasher::default();
+        let mut received = 0u64;
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| self.fail(format!("downloading {digest}: {}", error_chain(&e))))?
         {
+            received += chunk.len() as u64;
+            if received > size {
+                return Err(self.fail(format!(
+                    "blob {digest} is larger than the {size} bytes its descriptor says"
+                )));
+            }
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
@@ -387,12 +395,15 @@ impl Store {
         let manifest = oci_spec::image::ImageManifest::from_reader(&data[..])
             .map_err(|e| ImageError::malformed(format!("manifest of {r}"), e))?;
         let config = Digest::parse(manifest.config().digest().as_ref())?;
-        session.blob(self, &config).await?;
-        // A config too large to read would fail later; fail before downloading layers.
-        self.read_blob(&config, MAX_CONFIG_SIZE)?;
+        if manifest.config().size() > MAX_CONFIG_SIZE {
+            return Err(session.fail("the image config is too large"));
+        }
+        session
+            .blob(self, &config, manifest.config().size())
+            .await?;
         for l in manifest.layers() {
             session
-                .blob(self, &Digest::parse(l.digest().as_ref())?)
+                .blob(self, &Digest::parse(l.digest().as_ref())?, l.size())
                 .await?;
         }
         self.put_blob(&data[..], Some(&digest), "manifest")?;
