@@ -18,6 +18,30 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Makes SIGTERM end the process. As PID 1 of a container's PID namespace the server gets no
+/// default signal actions, so without a handler `kubectl delete` would wait out the grace
+/// period and end in SIGKILL.
+#[allow(
+    unsafe_code,
+    reason = "std has no signal API: two libc calls, signal() and the handler's _exit()"
+)]
+pub fn exit_on_sigterm() {
+    extern "C" {
+        fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
+        fn _exit(status: i32) -> !;
+    }
+    extern "C" fn on_term(_signum: i32) {
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
+        unsafe { _exit(0) }
+    }
+    const SIGTERM: i32 = 15;
+    // SAFETY: the handler is a plain function living as long as the process and only calls
+    // _exit; signal() has no other preconditions.
+    unsafe {
+        signal(SIGTERM, on_term);
+    }
+}
+
 /// Serves `body(hostname)` to every request on `addr` until the process is killed.
 pub fn serve(addr: &str, body: fn(&str) -> String) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
