@@ -3,7 +3,12 @@
 //! networking (bridge, veths, IPAM) comes with the pod runtime.
 
 pub mod interfaces;
+pub mod ipam;
+pub mod pod_network;
 pub mod service_cidr;
+
+use futures::TryStreamExt as _;
+use rtnetlink::Handle;
 
 /// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
 /// the current tokio runtime.
@@ -11,4 +16,38 @@ pub fn connect() -> std::io::Result<rtnetlink::Handle> {
     let (connection, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
     Ok(handle)
+}
+
+/// A netlink request that failed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct NetlinkError {
+    what: String,
+    #[source]
+    source: rtnetlink::Error,
+}
+
+pub(crate) fn context(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError { what, source }
+}
+
+/// The index of the link called `name`, if there is one.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(context(format!("looking up link {name}"))(e)),
+    }
 }

@@ -16,9 +16,10 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use futures::TryStreamExt as _;
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec, RouteMessageBuilder};
+
+use super::{context, link_index, NetlinkError};
 
 /// The device the service range is routed to.
 pub const DEVICE: &str = "skiff-svc0";
@@ -73,40 +74,6 @@ impl FromStr for Ipv4Cidr {
 impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A netlink request that failed, with what was being done.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct NetlinkError {
-    what: String,
-    #[source]
-    source: rtnetlink::Error,
-}
-
-fn context(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-    let what = what.into();
-    move |source| NetlinkError { what, source }
-}
-
-/// The index of the link called `name`, if there is one.
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(e))
-            if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(context(format!("looking up link {name}"))(e)),
     }
 }
 
