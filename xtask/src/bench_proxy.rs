@@ -32,6 +32,9 @@ pub struct Args {
     /// median of the rounds, so a slow spell of the machine does not land on one mode.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Seconds one mode may take to program the Services before it is stopped (and reported so).
+    #[arg(long, default_value_t = 30.0)]
+    program_timeout: f64,
     /// EndpointSlice changes for the API-to-datapath latency (per series; 0 skips it).
     #[arg(long, default_value_t = 200)]
     api_changes: usize,
@@ -45,6 +48,9 @@ pub struct Args {
     /// Reuse the binaries as they are (skip building them).
     #[arg(long)]
     no_build: bool,
+    /// Only render the report from the results (JSON) of an earlier run.
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 /// Latency percentiles (µs), as the measuring binary writes them.
@@ -89,7 +95,7 @@ struct Results {
     cpus: usize,
     duration_s: f64,
     #[serde(default)]
-    program_timeout_s: f64,
+    program_timeout_s: Option<f64>,
     threads: usize,
     keepalive_conns: usize,
     backends: u8,
@@ -123,6 +129,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             util::root().join("docs/bench")
         }
     });
+    std::fs::create_dir_all(&out_dir)?;
+    let json = out_dir.join("proxy.json");
+    if let Some(from) = &args.from_json {
+        if *from != json {
+            std::fs::copy(from, &json)?;
+        }
+        return report(&args, &json, &services, &out_dir);
+    }
     let release = util::root().join("target/release");
     if !args.no_build {
         // The agent library embeds the eBPF object at build time.
@@ -144,8 +158,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "skiff-bench-proxy",
         ])?;
     }
-    std::fs::create_dir_all(&out_dir)?;
-    let json = out_dir.join("proxy.json");
     let list = |v: &[usize]| {
         v.iter()
             .map(ToString::to_string)
@@ -160,15 +172,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .args(["--services", &list(&services)])
             .args(["--duration", &duration.to_string()])
             .args(["--rounds", &args.rounds.max(1).to_string()])
+            .args(["--program-timeout", &args.program_timeout.to_string()])
             .args(["--api-changes", &api_changes.to_string()])
             .arg("--control-bin")
             .arg(release.join("skiff-control"))
             .arg("--agent-bin")
             .arg(release.join("skiff-agent")),
     )?;
-    let results: Results = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    let (report, summary) = render(&results, &services);
-    plot(&results, &services, &out_dir.join("proxy.svg"))?;
+    report(&args, &json, &services, &out_dir)
+}
+
+/// Renders proxy.md and proxy.svg from the results and prints the summary.
+fn report(args: &Args, json: &Path, services: &[usize], out_dir: &Path) -> anyhow::Result<()> {
+    let results: Results = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    // The Service counts the run measured, in its order.
+    let mut measured: Vec<usize> = Vec::new();
+    for p in &results.points {
+        if !measured.contains(&p.services) {
+            measured.push(p.services);
+        }
+    }
+    let services = if measured.is_empty() { services.to_vec() } else { measured };
+    let services = services.as_slice();
+    let (report, summary) = render(&results, services);
+    plot(&results, services, &out_dir.join("proxy.svg"))?;
     std::fs::write(out_dir.join("proxy.md"), &report)?;
     println!("{summary}");
     println!("wrote {}", out_dir.join("proxy.md").display());
@@ -215,7 +242,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push('\u{202f}');
         }
         out.push(c);
@@ -244,10 +271,11 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
          [../benchmarks.md](../benchmarks.md#service-proxy).\n\n\
          ![connect+request+close latency and programming time](proxy.svg)\n\n\
          ## Method\n\n\
-         - Lab: the {b} backends (one server process) in one network namespace, the client in \
-         another joined by a veth pair, created afresh for every measured point; nothing routes \
-         out of them. The eBPF programs attach to a cgroup of the benchmark's own; iptables and \
-         nftables rules live in the client namespace.\n\
+         - Lab: the {b} backends (one server process) in one network namespace; every mode has \
+         a client namespace of its own, joined to it by a veth pair and created afresh for every \
+         Service count; nothing routes out of them. The eBPF programs attach to a cgroup the \
+         benchmark enters only while it measures eBPF; iptables and nftables rules live in their \
+         client namespace.\n\
          - Each of N Services (ClusterIPs in 10.96.0.0/16, port 80) has the same {b} backends. \
          Every connection goes to a Service chosen at random; the floor (`direct`) picks a \
          random backend itself and connects to it.\n\
@@ -257,7 +285,7 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
          p50/p99 over all samples of all rounds.\n\
          - Connection rate: the same from {t} threads. Kept-alive: requests over {k} open \
          connections per thread on {t} threads.\n\
-         - {rounds} round(s) per Service count, {d} s per measurement per round; the modes take \
+         - {rounds} round(s) per Service count, {d:.2} s per measurement per round; the modes take \
          turns within every round. Rates are the median of the rounds. Ratios are against \
          `direct` measured in the same run.\n\
          - Every answer names the backend that served it; a point is only measured after all \
@@ -372,7 +400,7 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
         "\n## Programming from scratch (ms)\n\n| mode | {} |\n|---|{}",
         services
             .iter()
-            .map(|&n| format!("{} Services", thousands(n)))
+            .map(|&n| format!("{} Service{}", thousands(n), if n == 1 { "" } else { "s" }))
             .collect::<Vec<_>>()
             .join(" | "),
         "---:|".repeat(services.len())
@@ -464,7 +492,14 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
                 ),
                 Some(e.latency.p50_us <= d.latency.p50_us * 1.05),
             ),
-            _ => (failure(r, "ebpf", n), None),
+            // eBPF could not carry the Services at all: a miss, not a gap in the data.
+            _ => (
+                failure(r, "ebpf", n),
+                r.points
+                    .iter()
+                    .any(|p| p.mode == "ebpf" && p.services == n && p.error.is_some())
+                    .then_some(false),
+            ),
         };
         target(
             format!("ebpf p50 within 5% of direct, {} Services", thousands(n)),
@@ -495,9 +530,39 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
         figure,
         ok,
     );
+    // For reference when the largest count could not be compared: the largest count where
+    // both were measured (not the target's figure).
+    if ok.is_none() {
+        if let Some((n, e, i)) = services
+            .iter()
+            .rev()
+            .find_map(|&n| Some((n, point(r, "ebpf", n)?, point(r, "iptables", n)?)))
+        {
+            target(
+                format!(
+                    "(reference, not the target) ebpf p99 vs iptables at {} Services, the largest count both reached",
+                    thousands(n)
+                ),
+                format!(
+                    "ebpf {:.1} µs, iptables {:.1} µs ({:.2}x)",
+                    e.latency.p99_us,
+                    i.latency.p99_us,
+                    i.latency.p99_us / e.latency.p99_us
+                ),
+                Some(i.latency.p99_us >= 3.0 * e.latency.p99_us),
+            );
+        }
+    }
     let (figure, ok) = match point(r, "ebpf", big).and_then(|p| p.program_ms) {
         Some(ms) => (format!("{ms:.1} ms"), Some(ms < 1000.0)),
-        None => (failure(r, "ebpf", big), None),
+        // The datapath could not take them at all: that misses the target.
+        None => (
+            failure(r, "ebpf", big),
+            r.points
+                .iter()
+                .any(|p| p.mode == "ebpf" && p.services == big && p.error.is_some())
+                .then_some(false),
+        ),
     };
     target(
         format!(
@@ -529,16 +594,21 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
     let _ = writeln!(
         md,
         "\nSettings: {:.1} s per measurement and mode, {} client threads, {} kept-alive \
-         connections per thread, programming stopped after {:.0} s; the whole run took {:.0} s. \
-         Load average before/after the run: {} / {} (other work on the machine shares the \
-         CPUs; the modes take turns so that it does not favour one of them).",
+         connections per thread, programming stopped after {} s; the whole run took {:.0} s.{}",
         r.duration_s,
         r.threads,
         r.keepalive_conns,
-        r.program_timeout_s,
+        r.program_timeout_s.map_or("(not recorded; 30 by default)".into(), |t| format!("{t:.0}")),
         r.total_s,
-        r.loadavg_before,
-        r.loadavg_after
+        if r.loadavg_before.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Load average before/after the run: {} / {} (other work on the machine shares \
+                 the CPUs; the modes take turns so that it does not favour one of them).",
+                r.loadavg_before, r.loadavg_after
+            )
+        }
     );
     (md, term)
 }
@@ -547,7 +617,7 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
 fn failure(r: &Results, mode: &str, n: usize) -> String {
     match r.points.iter().find(|p| p.mode == mode && p.services == n) {
         Some(Point { error: Some(e), .. }) => {
-            let first: String = e.lines().next().unwrap_or("").chars().take(160).collect();
+            let first: String = e.lines().next().unwrap_or("").chars().take(400).collect();
             format!("{mode} failed: {first}")
         }
         _ => format!("{mode} not measured"),

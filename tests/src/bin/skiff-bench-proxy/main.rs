@@ -127,7 +127,7 @@ struct RunArgs {
     rounds: usize,
     /// Seconds one mode may take to program the Services; a slower one is stopped and reported
     /// as such.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 30.0)]
     program_timeout: f64,
     /// Service counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 1000, 5000, 10000])]
@@ -461,7 +461,7 @@ fn program_all(dp: &mut dyn Datapath, services: &[Service], start: Instant) -> a
                 start.elapsed().as_secs_f64() * 1000.0
             )
         })?;
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             check_stop()?;
         }
     }
@@ -611,7 +611,7 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 {
+    if !v.len().is_multiple_of(2) {
         v[m]
     } else {
         (v[m - 1] + v[m]) / 2.0
