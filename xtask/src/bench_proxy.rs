@@ -192,7 +192,11 @@ fn report(args: &Args, json: &Path, services: &[usize], out_dir: &Path) -> anyho
             measured.push(p.services);
         }
     }
-    let services = if measured.is_empty() { services.to_vec() } else { measured };
+    let services = if measured.is_empty() {
+        services.to_vec()
+    } else {
+        measured
+    };
     let services = services.as_slice();
     let (report, summary) = render(&results, services);
     plot(&results, services, &out_dir.join("proxy.svg"))?;
@@ -302,7 +306,12 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
     for &n in services {
         let floor = point(r, "direct", n);
         let (f50, f99, fconn, fka) = floor.map_or((0.0, 0.0, 0.0, 0.0), |f| {
-            (f.latency.p50_us, f.latency.p99_us, f.conn_rate, f.keepalive_rate)
+            (
+                f.latency.p50_us,
+                f.latency.p99_us,
+                f.conn_rate,
+                f.keepalive_rate,
+            )
         });
         let _ = writeln!(
             md,
@@ -408,21 +417,24 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
     for mode in ["ebpf", "iptables", "nftables"] {
         let cells: Vec<String> = services
             .iter()
-            .map(|&n| {
-                match r.points.iter().find(|p| p.mode == mode && p.services == n) {
+            .map(
+                |&n| match r.points.iter().find(|p| p.mode == mode && p.services == n) {
                     Some(p) if p.error.is_none() => {
                         p.program_ms.map_or("–".into(), |v| format!("{v:.1}"))
                     }
                     Some(_) => "failed".into(),
                     None => "–".into(),
-                }
-            })
+                },
+            )
             .collect();
         let _ = writeln!(md, "| {mode} | {} |", cells.join(" | "));
     }
 
     // API to datapath.
-    let _ = writeln!(md, "\n## EndpointSlice change in the API to the eBPF datapath\n");
+    let _ = writeln!(
+        md,
+        "\n## EndpointSlice change in the API to the eBPF datapath\n"
+    );
     match (&r.api, &r.api_error) {
         (Some(a), _) => {
             let _ = writeln!(
@@ -583,9 +595,9 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
             Some(a.isolated.p99_us.max(a.back_to_back.p99_us) < 100_000.0),
         ),
         None => (
-            r.api_error
-                .as_deref()
-                .map_or("not run".into(), |e| format!("failed: {}", e.lines().next().unwrap_or(""))),
+            r.api_error.as_deref().map_or("not run".into(), |e| {
+                format!("failed: {}", e.lines().next().unwrap_or(""))
+            }),
             None,
         ),
     };
@@ -598,7 +610,10 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
         r.duration_s,
         r.threads,
         r.keepalive_conns,
-        r.program_timeout_s.map_or("(not recorded; 30 by default)".into(), |t| format!("{t:.0}")),
+        r.program_timeout_s
+            .map_or("(not recorded; 30 by default)".into(), |t| format!(
+                "{t:.0}"
+            )),
         r.total_s,
         if r.loadavg_before.is_empty() {
             String::new()
@@ -699,7 +714,9 @@ fn plot(r: &Results, services: &[usize], path: &Path) -> anyhow::Result<()> {
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
                 .label(*mode)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
+                });
             chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3, c.filled())))?;
         }
         chart

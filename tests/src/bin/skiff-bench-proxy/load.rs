@@ -72,10 +72,8 @@ async fn answer(mut stream: tokio::net::TcpStream, reply: std::sync::Arc<[u8]>) 
             Ok(n) => n,
         };
         for &b in &buf[..n] {
-            if b == b'\n' {
-                if stream.write_all(&reply).await.is_err() {
-                    return;
-                }
+            if b == b'\n' && stream.write_all(&reply).await.is_err() {
+                return;
             }
         }
     }
