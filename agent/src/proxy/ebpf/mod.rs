@@ -327,17 +327,29 @@ pub fn cleanup(pin_dir: &Path) -> Result<(), ProxyError> {
     remove_dir_if_present(pin_dir)
 }
 
-/// The kernel id of a pinned link, if `path` is one.
-fn pinned_link_id(path: &Path) -> Option<u32> {
-    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
-    link.info().ok().map(|info| info.id())
+/// A pinned link's kernel ids: the link's and its program's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LinkIds {
+    link: u32,
+    program: u32,
 }
 
-/// Waits (up to a few seconds) until the kernel has released these links. Removing a link's
-/// last pin releases it after an RCU grace period, not at once; waiting makes "cleanup
-/// returned" mean "the programs are detached", and a restart replace its programs before it
-/// reports success.
-fn wait_links_released(ids: &[u32]) {
+/// The kernel ids of a pinned link, if `path` is one.
+fn pinned_link_id(path: &Path) -> Option<LinkIds> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    link.info().ok().map(|info| LinkIds {
+        link: info.id(),
+        program: info.program_id(),
+    })
+}
+
+/// Waits (up to a few seconds) until the kernel has released these links and freed their
+/// programs. Removing a link's last pin releases it from a workqueue, not at once, and the
+/// link's id disappears just *before* its program is detached; so the wait is for the program,
+/// which goes only after the detach (its pinned link was its last reference). Waiting makes
+/// "cleanup returned" mean "the programs are detached", and a restart replace its programs
+/// before it reports success.
+fn wait_links_released(ids: &[LinkIds]) {
     if ids.is_empty() {
         return;
     }
@@ -345,14 +357,18 @@ fn wait_links_released(ids: &[u32]) {
     loop {
         let alive = aya::programs::loaded_links()
             .filter_map(Result::ok)
-            .any(|l| ids.contains(&l.id()));
+            .any(|l| ids.iter().any(|i| i.link == l.id()))
+            || aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .any(|p| ids.iter().any(|i| i.program == p.id()));
         if !alive {
             return;
         }
         if std::time::Instant::now() > deadline {
             tracing::warn!(
                 ?ids,
-                "links still present 5 s after their pins were removed"
+                "links or their programs still present 5 s after their pins were removed \
+                 (does another process hold the programs?)"
             );
             return;
         }
