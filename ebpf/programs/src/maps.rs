@@ -9,11 +9,11 @@ use aya_ebpf::{
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, ServiceKey,
     ServiceValue, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_CT, MAX_ENTRIES,
-    MAX_EXT_IFACES, MAX_MAGLEV_SERVICES, MAX_NODE_ADDRS, MAX_SOCK_REV_NAT,
+    MAX_EXT_IFACES, MAX_MAGLEV_SERVICES, MAX_NODE_ADDRS, MAX_SERVICE_SLOTS, MAX_SOCK_REV_NAT,
 };
 
 #[map(name = "lb4_services")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_ENTRIES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SERVICE_SLOTS, 0);
 
 #[map(name = "lb4_backends")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_ENTRIES, 0);

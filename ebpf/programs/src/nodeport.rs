@@ -172,8 +172,13 @@ fn rewrite(
     ctx.store(addr_off, &new_addr, 0)
         .map_err(|_| Error::Inconsistent)?;
     if old_port != new_port {
-        ctx.l4_csum_replace(p.csum, u64::from(old_port), u64::from(new_port), l4_flags | 2)
-            .map_err(|_| Error::Inconsistent)?;
+        ctx.l4_csum_replace(
+            p.csum,
+            u64::from(old_port),
+            u64::from(new_port),
+            l4_flags | 2,
+        )
+        .map_err(|_| Error::Inconsistent)?;
         ctx.store(port_off, &new_port, 0)
             .map_err(|_| Error::Inconsistent)?;
     }
@@ -184,10 +189,28 @@ fn rewrite(
 #[inline(always)]
 fn apply(ctx: &TcContext, p: &Packet, ct: &CtValue) -> Result<(), Error> {
     if ct.to_dst != 0 {
-        rewrite(ctx, p, IP_DST, p.daddr, ct.to_dst, p.l4 + 2, p.dport, ct.to_dport)?;
+        rewrite(
+            ctx,
+            p,
+            IP_DST,
+            p.daddr,
+            ct.to_dst,
+            p.l4 + 2,
+            p.dport,
+            ct.to_dport,
+        )?;
     }
     if ct.to_src != 0 {
-        rewrite(ctx, p, IP_SRC, p.saddr, ct.to_src, p.l4, p.sport, ct.to_sport)?;
+        rewrite(
+            ctx,
+            p,
+            IP_SRC,
+            p.saddr,
+            ct.to_src,
+            p.l4,
+            p.sport,
+            ct.to_sport,
+        )?;
     }
     Ok(())
 }
@@ -315,7 +338,10 @@ fn new_connection(ctx: &TcContext, p: &Packet, fwd_key: &CtKey) -> Result<i32, E
     let client = CLIENT_ADDR_TAG | u64::from(p.saddr);
     let flow = || {
         let h = mix(mix(0x5eed, p.saddr), u32::from(p.sport));
-        mix(mix(h, p.daddr), u32::from(p.dport) << 8 | u32::from(p.proto))
+        mix(
+            mix(h, p.daddr),
+            u32::from(p.dport) << 8 | u32::from(p.proto),
+        )
     };
     let backend_id = select_backend(client, flow, &mut key, &svc)?;
     let backend = match unsafe { BACKENDS.get(backend_id) } {

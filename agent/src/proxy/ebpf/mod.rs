@@ -28,7 +28,7 @@ use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::{
     maps, AffinityKey, AffinityValue, Backend, CtKey, CtValue, MaglevTable, RevNat, ServiceKey,
     ServiceValue, SockRevNatKey, SockRevNatValue, MAX_AFFINITY, MAX_CT, MAX_ENTRIES,
-    MAX_EXT_IFACES, MAX_MAGLEV_SERVICES, MAX_NODE_ADDRS, MAX_SOCK_REV_NAT,
+    MAX_EXT_IFACES, MAX_MAGLEV_SERVICES, MAX_NODE_ADDRS, MAX_SERVICE_SLOTS, MAX_SOCK_REV_NAT,
 };
 
 use self::service_table::{LbMaps, ServiceTable};
@@ -100,7 +100,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
 }
 
 const MAP_SPECS: [MapSpec; 9] = [
-    spec::<ServiceKey, ServiceValue>(maps::SERVICES, MapType::Hash, MAX_ENTRIES),
+    spec::<ServiceKey, ServiceValue>(maps::SERVICES, MapType::Hash, MAX_SERVICE_SLOTS),
     spec::<u32, Backend>(maps::BACKENDS, MapType::Hash, MAX_ENTRIES),
     spec::<u16, RevNat>(maps::REVERSE_NAT, MapType::Hash, MAX_ENTRIES),
     spec::<SockRevNatKey, SockRevNatValue>(maps::REVERSE_SK, MapType::LruHash, MAX_SOCK_REV_NAT),
