@@ -80,7 +80,16 @@ impl Node {
         // the namespace, so nothing leaves it). The agent routes the service range away from it.
         for args in [
             ["link", "set", "lo", "up"].as_slice(),
-            &["link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0-peer"],
+            &[
+                "link",
+                "add",
+                "uplink0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink0-peer",
+            ],
             &["link", "set", "uplink0", "up"],
             &["link", "set", "uplink0-peer", "up"],
             &["addr", "add", "192.0.2.1/24", "dev", "uplink0"],
