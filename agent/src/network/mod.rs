@@ -51,3 +51,27 @@ pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, Netl
         Err(e) => Err(context(format!("looking up link {name}"))(e)),
     }
 }
+
+/// Brings link `index` (called `name`, for errors) up.
+pub async fn set_up(handle: &Handle, index: u32, name: &str) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(context(format!("bringing {name} up")))
+}
+
+/// Deletes the link called `name`; returns whether there was one.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    let Some(index) = link_index(handle, name).await? else {
+        return Ok(false);
+    };
+    handle
+        .link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(context(format!("deleting {name}")))?;
+    Ok(true)
+}

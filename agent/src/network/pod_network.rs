@@ -14,7 +14,7 @@ use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::service_cidr::Ipv4Cidr;
-use super::{context, link_index, NetlinkError};
+use super::{context, delete_link, link_index, set_up, NetlinkError};
 
 /// The node's pod bridge.
 pub const BRIDGE: &str = "skiff0";
@@ -102,12 +102,7 @@ pub async fn ensure_bridge(
         }
     };
     ensure_address(handle, index, gateway, range.prefix, BRIDGE).await?;
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(context(format!("bringing {BRIDGE} up")))?;
+    set_up(handle, index, BRIDGE).await?;
     let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
     std::fs::write(forward, "1").map_err(io("writing", forward))?;
     Ok(index)
@@ -206,18 +201,10 @@ pub async fn attach(
         .map_err(context(format!("plugging {host} into {BRIDGE}")))?;
     in_netns(netns, move |h| async move {
         let lo = required_index(&h, "lo").await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(context("bringing lo up"))?;
+        set_up(&h, lo, "lo").await?;
         let eth0 = required_index(&h, POD_INTERFACE).await?;
         ensure_address(&h, eth0, ip, range.prefix, POD_INTERFACE).await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(eth0).up().build())
-            .execute()
-            .await
-            .map_err(context("bringing eth0 up"))?;
+        set_up(&h, eth0, POD_INTERFACE).await?;
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(eth0)
@@ -238,17 +225,7 @@ pub async fn attach(
 /// Unwires a pod: deletes the host end of its veth (the pair goes with it). Returns whether
 /// there was one.
 pub async fn detach(handle: &Handle, pod_uid: &str) -> Result<bool, PodNetworkError> {
-    let host = host_interface(pod_uid);
-    let Some(index) = link_index(handle, &host).await? else {
-        return Ok(false);
-    };
-    handle
-        .link()
-        .del(index)
-        .execute()
-        .await
-        .map_err(context(format!("deleting {host}")))?;
-    Ok(true)
+    Ok(delete_link(handle, &host_interface(pod_uid)).await?)
 }
 
 /// Routes another node's podCIDR through that node's address (no encapsulation, no NAT).

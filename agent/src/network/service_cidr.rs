@@ -17,9 +17,9 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
-use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkDummy, LinkIfb, RouteMessageBuilder};
 
-use super::{context, link_index, NetlinkError};
+use super::{context, delete_link, link_index, set_up, NetlinkError};
 
 /// The device the service range is routed to.
 pub const DEVICE: &str = "skiff-svc0";
@@ -110,12 +110,7 @@ pub async fn install(handle: &Handle, cidr: Ipv4Cidr) -> Result<(), NetlinkError
                 })?
         }
     };
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(context(format!("bringing {DEVICE} up")))?;
+    set_up(handle, index, DEVICE).await?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(cidr.addr, cidr.prefix)
         .output_interface(index)
@@ -134,16 +129,7 @@ pub async fn install(handle: &Handle, cidr: Ipv4Cidr) -> Result<(), NetlinkError
 
 /// Removes the dummy device, and with it the route. Returns whether there was one.
 pub async fn remove(handle: &Handle) -> Result<bool, NetlinkError> {
-    let Some(index) = link_index(handle, DEVICE).await? else {
-        return Ok(false);
-    };
-    handle
-        .link()
-        .del(index)
-        .execute()
-        .await
-        .map_err(context(format!("deleting {DEVICE}")))?;
-    Ok(true)
+    delete_link(handle, DEVICE).await
 }
 
 #[cfg(test)]
