@@ -31,6 +31,7 @@ pub enum PkiError {
 }
 
 /// The credentials the server runs with.
+#[derive(Clone)]
 pub struct Credentials {
     /// PEM of the CA certificate (goes into kubeconfigs).
     pub ca_pem: String,

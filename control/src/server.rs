@@ -71,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("creating system namespaces: {e}"))?;
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
 
+    let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         creds.server_cert_pem.into_bytes(),
@@ -80,6 +81,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .context("loading the serving certificate")?;
     let handle = axum_server::Handle::new();
     let app = apiserver::app(state.clone());
+    let controllers = tokio::spawn({
+        let (handle, shutdown) = (handle.clone(), shutdown.clone());
+        let kubeconfig = pki::kubeconfig(&client_url(config.listen), &creds_for_client);
+        async move {
+            // Client-side controllers talk to this server over HTTPS, so wait until it listens.
+            if handle.listening().await.is_none() {
+                return;
+            }
+            match loopback_client(&kubeconfig).await {
+                Ok(client) => controllers::run_all(controllers::Context { client, shutdown }).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "controllers cannot reach the API server");
+                    shutdown.cancel();
+                }
+            }
+        }
+    });
     tokio::spawn({
         let (handle, shutdown) = (handle.clone(), shutdown.clone());
         async move {
@@ -95,5 +113,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("serving on {}", config.listen))?;
     shutdown.cancel();
     let _ = namespaces.await;
+    let _ = controllers.await;
     Ok(())
+}
+
+/// A `kube::Client` for this server from its admin kubeconfig.
+async fn loopback_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }

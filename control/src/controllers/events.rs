@@ -1,0 +1,149 @@
+//! Events written by controllers and the scheduler, as core/v1 `Event`s (what `kubectl get events`
+//! and `kubectl describe` read). kube-runtime's recorder writes events.k8s.io/v1 instead, which
+//! skiff does not serve as a separate resource, so this small recorder stands in for it.
+//!
+//! Repeats of the same (object, reason, message) within a process are folded into one Event whose
+//! `count` and `lastTimestamp` advance, as client-go's correlator does, so a hot loop cannot flood
+//! the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+/// `Normal` or `Warning`, the two event types Kubernetes knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Something expected happened.
+    Normal,
+    /// Something the user may need to act on.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Writes Events on behalf of one component (`deployment-controller`, `default-scheduler`, ...).
+#[derive(Clone)]
+pub struct Recorder {
+    client: Client,
+    component: String,
+    /// (namespace, uid, reason, message) -> (event name, count) of events this process wrote.
+    seen: Arc<Mutex<HashMap<(String, String, String, String), (String, i32)>>>,
+}
+
+impl Recorder {
+    /// A recorder writing as `component`.
+    pub fn new(client: Client, component: &str) -> Self {
+        Self {
+            client,
+            component: component.to_owned(),
+            seen: Arc::default(),
+        }
+    }
+
+    /// Records an event about `object`. Failures are logged, not returned: an event is advice,
+    /// and a controller must not stop because one could not be written.
+    pub async fn record(
+        &self,
+        object: &ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        if let Err(e) = self.write(object, kind, reason, message).await {
+            tracing::debug!(reason, error = %e, "could not write event");
+        }
+    }
+
+    async fn write(
+        &self,
+        object: &ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let namespace = object
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_owned());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let key = (
+            namespace.clone(),
+            object.uid.clone().unwrap_or_default(),
+            reason.to_owned(),
+            message.to_owned(),
+        );
+        let mut seen = self.seen.lock().await;
+        if let Some((name, count)) = seen.get_mut(&key) {
+            *count += 1;
+            let patch = json!({"count": *count, "lastTimestamp": now});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Deleted meanwhile (TTL, namespace gone): write a fresh one below.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let base = object.name.clone().unwrap_or_else(|| "object".to_owned());
+        let event = Event {
+            metadata: ObjectMeta {
+                // Like client-go: the object's name and a unique suffix.
+                name: Some(format!(
+                    "{base}.{:x}",
+                    uuid::Uuid::new_v4().as_u128() as u64
+                )),
+                namespace: Some(namespace),
+                ..ObjectMeta::default()
+            },
+            involved_object: object.clone(),
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            type_: Some(kind.as_str().to_owned()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now.clone()),
+            event_time: Some(MicroTime(now.0)),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(self.component.clone()),
+            action: Some(reason.to_owned()),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
+            ..Event::default()
+        };
+        let created = api.create(&PostParams::default(), &event).await?;
+        if let Some(name) = created.metadata.name {
+            if seen.len() > 10_000 {
+                seen.clear();
+            }
+            seen.insert(key, (name, 1));
+        }
+        Ok(())
+    }
+}
+
+/// The reference an Event carries for a typed object.
+pub fn reference<K>(object: &K) -> ObjectReference
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    object.object_ref(&())
+}
