@@ -1,5 +1,6 @@
-//! The kubelet part of the agent. Today: the Node's registration, status and heartbeat Lease
-//! ([`node`]) from host facts ([`host`]); running pods comes with the runtime.
+//! The kubelet part of the agent: the Node's registration, status and heartbeat Lease
+//! ([`node`]) from host facts ([`host`]), and the pods bound to this node.
 
+pub mod directory;
 pub mod host;
 pub mod node;
