@@ -1,8 +1,8 @@
 //! skiff-agent: the node agent (pod runtime, pod networking, eBPF service proxy).
 //!
 //! With `--kubeconfig` and `--node-name` the agent registers its Node and keeps it and its
-//! heartbeat Lease fresh, and with `--proxy-mode` it implements Services on the node. Running
-//! pods is not implemented yet. The `datapath` commands drive the eBPF datapath by hand.
+//! heartbeat Lease fresh, runs the pods bound to the node, and with `--proxy-mode` implements
+//! Services on the node. The `datapath` commands drive the eBPF datapath by hand.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use skiff_agent::kubelet::directory::Directory;
+use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
+use skiff_agent::kubelet::pod_worker::Shared;
+use skiff_agent::kubelet::pods::LazyNetwork;
 use skiff_agent::network::service_cidr::{self, Ipv4Cidr};
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
@@ -51,6 +55,26 @@ struct Cli {
     nodeport: NodePortArgs,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    pods: PodArgs,
+}
+
+/// How the agent runs pods.
+#[derive(Debug, Clone, clap::Args)]
+struct PodArgs {
+    /// The cluster's pod range: traffic from pods to addresses outside it is masqueraded,
+    /// traffic inside it keeps the pod's source address.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = clap::value_parser!(Ipv4Cidr))]
+    cluster_cidr: Ipv4Cidr,
+    /// Import the images found in this directory (OCI layouts, docker archives) at start.
+    #[arg(long, value_name = "DIR")]
+    preload_images: Vec<PathBuf>,
+    /// Only pull from registries on this machine (loopback): nothing leaves the node.
+    #[arg(long)]
+    local_registries_only: bool,
+    /// A registry host (`host:port`) spoken to over plain HTTP; repeat for several.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
 }
 
 /// How the agent presents its Node.
@@ -345,6 +369,24 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         status_interval: Duration::from_secs(cli.node.node_status_update_seconds.max(1)),
         root_dir: cli.root_dir.clone(),
     };
+    // Container processes re-parent to the agent when their shim exits; it reaps them.
+    skiff_agent::runtime::become_subreaper().context("becoming a child subreaper")?;
+    let runtime = std::sync::Arc::new(
+        skiff_agent::runtime::Runtime::new(&cli.root_dir).context("opening the pod runtime")?,
+    );
+    let registry = skiff_agent::images::RegistryConfig {
+        plain_http: cli.pods.insecure_registries.clone(),
+        allowed: cli.pods.local_registries_only.then(Vec::new),
+        ..Default::default()
+    };
+    let images = skiff_agent::images::Store::open_with(cli.root_dir.join("images"), registry)
+        .context("opening the image store")?;
+    for dir in &cli.pods.preload_images {
+        let names = images
+            .import_dir(dir)
+            .with_context(|| format!("preloading images from {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), images = ?names, "preloaded images");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -363,23 +405,82 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                 shutdown.cancel();
             }
         });
+        // Every SIGCHLD wakes the pod workers to look at their containers.
+        let (sigchld_tx, sigchld) = tokio::sync::watch::channel(0u64);
+        let mut child_signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        tokio::spawn(async move {
+            while child_signals.recv().await.is_some() {
+                sigchld_tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        let host_ip = cli.node.node_ip.or_else(|| skiff_agent::network::interfaces::primary_address().ok().flatten());
         let heartbeat = tokio::spawn(NodeAgent::new(client.clone(), node_config)?.run(shutdown.clone()));
+        let pod_cidr = match cli.node.pod_cidr {
+            Some(c) => c,
+            None => wait_for_pod_cidr(&client, &node, &shutdown).await?,
+        };
+        let network = std::sync::Arc::new(LazyNetwork::new(cli.root_dir.join("network"), pod_cidr, cli.pods.cluster_cidr));
+        let directory = std::sync::Arc::new(Directory::new(&cli.root_dir));
+        let shared = std::sync::Arc::new(Shared {
+            client: client.clone(),
+            node_name: node.clone(),
+            host_ip,
+            runtime: runtime.clone(),
+            images,
+            network: network.clone(),
+            root: cli.root_dir.clone(),
+            events: Events::new(client.clone(), &node),
+            sigchld,
+            directory: directory.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let pods = tokio::spawn(skiff_agent::kubelet::pods::run(shared));
+        let routes = tokio::spawn(skiff_agent::kubelet::pods::keep_routes(client.clone(), node.clone(), network, shutdown.clone()));
         match datapath {
             Some(datapath) => {
                 let netlink = skiff_agent::network::connect()?;
                 service_cidr::install(&netlink, cli.service_cidr).await?;
-                eprintln!("skiff-agent {node}: registered; service proxy ({:?} mode) running; running pods is not implemented yet", cli.proxy_mode);
+                eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); service proxy ({:?} mode) running", cli.proxy_mode);
                 skiff_agent::proxy::api::run(client, datapath, shutdown.clone()).await?;
             }
             None => {
-                eprintln!("skiff-agent {node}: registered; no service proxy (--proxy-mode); running pods is not implemented yet");
+                eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); no service proxy (--proxy-mode)");
                 shutdown.cancelled().await;
             }
         }
         shutdown.cancel();
         heartbeat.await?;
+        let _ = pods.await;
+        let _ = routes.await;
         anyhow::Ok(())
     })
+}
+
+/// Waits until the Node has a podCIDR (given by the control plane's allocator).
+async fn wait_for_pod_cidr(
+    client: &kube::Client,
+    node: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Ipv4Cidr> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let mut said = false;
+    loop {
+        if let Ok(Some(n)) = nodes.get_opt(node).await {
+            if let Some(cidr) = n.spec.and_then(|s| s.pod_cidr) {
+                return cidr
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("the Node's podCIDR {cidr:?}: {e}"));
+            }
+        }
+        if !said {
+            eprintln!("skiff-agent {node}: waiting for the Node's spec.podCIDR (or pass --pod-cidr)");
+            said = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("shut down before the Node got a podCIDR"),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -406,16 +507,20 @@ fn main() -> anyhow::Result<ExitCode> {
             ebpf::cleanup(&pin_dir)?;
             skiff_agent::proxy::iptables::IptablesProxy::cleanup(None)?;
             skiff_agent::proxy::nftables::NftablesProxy::cleanup(None)?;
+            skiff_agent::network::node_network::remove_masquerade()?;
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(async {
                     let netlink = skiff_agent::network::connect()?;
-                    anyhow::Ok(service_cidr::remove(&netlink).await?)
+                    service_cidr::remove(&netlink).await?;
+                    skiff_agent::network::delete_link(&netlink, skiff_agent::network::pod_network::BRIDGE).await?;
+                    anyhow::Ok(())
                 })?;
             eprintln!(
-                "removed the eBPF, iptables and nftables proxy state and the service CIDR route ({})",
-                service_cidr::DEVICE
+                "removed the eBPF, iptables and nftables proxy state, the service CIDR route ({}), the pod bridge ({}) and the masquerade rule",
+                service_cidr::DEVICE,
+                skiff_agent::network::pod_network::BRIDGE
             );
             Ok(ExitCode::SUCCESS)
         }

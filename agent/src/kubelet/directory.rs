@@ -80,3 +80,102 @@ pub fn log_path(
         .join(container)
         .join(format!("{restart_count}.log"))
 }
+
+/// What the directory knows about one container of a pod.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The running instance, if one runs.
+    pub running: Option<Container>,
+    /// The current instance's restart count (its log is `<restart_count>.log`).
+    pub restart_count: i32,
+    /// Whether an instance was ever created (else there is no log yet).
+    pub started: bool,
+}
+
+/// The pod manager's [`PodDirectory`]: pod workers publish into it after every pass.
+pub struct Directory {
+    root: PathBuf,
+    pods: std::sync::RwLock<std::collections::BTreeMap<String, (Pod, std::collections::BTreeMap<String, Entry>)>>,
+}
+
+impl Directory {
+    /// An empty directory for an agent whose state is under `root`.
+    pub fn new(root: &std::path::Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            pods: std::sync::RwLock::default(),
+        }
+    }
+
+    /// Records a pod's latest state.
+    pub fn update(&self, uid: &str, pod: Pod, containers: std::collections::BTreeMap<String, Entry>) {
+        self.pods
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.to_owned(), (pod, containers));
+    }
+
+    /// Forgets a pod (deleted).
+    pub fn remove(&self, uid: &str) {
+        self.pods
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
+}
+
+impl PodDirectory for Directory {
+    fn pods(&self) -> Vec<Pod> {
+        self.pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    fn locate(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<Located, LocateError> {
+        let pods = self.pods.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (uid, (p, containers)) = pods
+            .iter()
+            .find(|(_, (p, _))| {
+                p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod)
+            })
+            .ok_or_else(|| LocateError::PodNotFound {
+                namespace: namespace.to_owned(),
+                name: pod.to_owned(),
+            })?;
+        let app: Vec<String> = p
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+            .collect();
+        let name = match container {
+            Some(c) => c.to_owned(),
+            None if app.len() == 1 => app[0].clone(),
+            None => {
+                return Err(LocateError::ContainerNameRequired {
+                    pod: pod.to_owned(),
+                    choices: app.join(" "),
+                })
+            }
+        };
+        let entry = containers.get(&name).ok_or_else(|| LocateError::ContainerNotFound {
+            pod: pod.to_owned(),
+            container: name.clone(),
+        })?;
+        let log = entry
+            .started
+            .then(|| log_path(&self.root, uid, &name, entry.restart_count));
+        let previous_log = (entry.restart_count > 0)
+            .then(|| log_path(&self.root, uid, &name, entry.restart_count - 1))
+            .filter(|p| p.exists());
+        Ok(Located {
+            pod_uid: uid.clone(),
+            container: name,
+            running: entry.running.clone(),
+            log,
+            previous_log,
+        })
+    }
+}

@@ -1,6 +1,14 @@
 //! The kubelet part of the agent: the Node's registration, status and heartbeat Lease
-//! ([`node`]) from host facts ([`host`]), and the pods bound to this node.
+//! ([`node`]) from host facts ([`host`]), and the pods bound to this node: the manager
+//! ([`pods`]) runs a worker per pod ([`pod_worker`]) that drives images, runtime and network,
+//! probes containers ([`probes`]) and reports status ([`status`]).
 
+pub mod container_config;
 pub mod directory;
+pub mod events;
 pub mod host;
 pub mod node;
+pub mod pod_worker;
+pub mod pods;
+pub mod probes;
+pub mod status;

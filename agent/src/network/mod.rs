@@ -1,9 +1,10 @@
-//! Node networking. Today: interface facts ([`interfaces`]) and the service CIDR's dead end
-//! ([`service_cidr`], over netlink); pod
-//! networking (bridge, veths, IPAM) comes with the pod runtime.
+//! Node networking over netlink: interface facts ([`interfaces`]), the service CIDR's dead end
+//! ([`service_cidr`]), pod wiring ([`pod_network`], [`ipam`]) and the node-level pieces the
+//! kubelet drives ([`node_network`]: bridge + IPAM, routes to other nodes, masquerade).
 
 pub mod interfaces;
 pub mod ipam;
+pub mod node_network;
 pub mod pod_network;
 pub mod service_cidr;
 

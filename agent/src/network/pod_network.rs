@@ -250,6 +250,23 @@ pub async fn route_to_node(
     Ok(())
 }
 
+/// Removes the route to another node's podCIDR (the node left). A missing route is fine.
+pub async fn remove_route(handle: &Handle, range: Ipv4Cidr) -> Result<(), PodNetworkError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(range.addr, range.prefix)
+        .scope(RouteScope::Universe)
+        .protocol(RouteProtocol::Static)
+        .build();
+    match handle.route().del(route).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e))
+            if e.raw_code() == -(nix::errno::Errno::ESRCH as i32) =>
+        {
+            Ok(())
+        }
+        other => Ok(other.map_err(context(format!("removing the route to {range}")))?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@
 //! process in `/skiff/<pod-uid>/pause`.
 
 pub mod cgroups;
+pub mod exec_output;
 pub mod pause;
 pub mod shim;
 pub mod spec;
@@ -40,6 +41,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub use exec_output::ExecOutput;
 pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, SpecError};
 
 /// Errors of the pod runtime.

@@ -1,0 +1,887 @@
+//! One task per pod on this node, level-triggered: each pass compares the pod's spec with what
+//! runs (sandbox, network, init containers in order, containers with their restart policy and
+//! back-off, probes) and acts, then posts the status if it changed. A pass runs when the pod
+//! changes in the API, when a child process exits (SIGCHLD), when a probe's outcome changes, or
+//! when a back-off expires. Deletion stops the containers within the grace period, removes the
+//! sandbox and network and then deletes the pod object (graceful deletion completes).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::container_config;
+use super::directory::{self, Directory};
+use super::events::Events;
+use super::pods::LazyNetwork;
+use super::probes::{self, ProbeEvent, ProbeKind};
+use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, State};
+use crate::images::{PullPolicy, Store};
+use crate::runtime::{self, ContainerState, PodState, Runtime, Sandbox};
+
+/// What every pod worker shares.
+pub struct Shared {
+    /// The API client.
+    pub client: kube::Client,
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP (status.hostIP).
+    pub host_ip: Option<Ipv4Addr>,
+    /// The container runtime.
+    pub runtime: Arc<Runtime>,
+    /// The image store.
+    pub images: Store,
+    /// The node's pod network.
+    pub network: Arc<LazyNetwork>,
+    /// The agent's state directory.
+    pub root: PathBuf,
+    /// Event writer.
+    pub events: Events,
+    /// Bumped on every SIGCHLD: a child (container or shim) exited.
+    pub sigchld: watch::Receiver<u64>,
+    /// What the node's HTTP endpoints read.
+    pub directory: Arc<Directory>,
+    /// Agent shutdown: workers stop, pods keep running.
+    pub shutdown: CancellationToken,
+}
+
+/// A change of the pod in the API.
+#[derive(Debug)]
+pub enum Update {
+    /// The pod as it is now.
+    Pod(Box<Pod>),
+    /// The pod object is gone.
+    Gone,
+}
+
+/// A running container instance.
+struct Instance {
+    container: runtime::Container,
+    started: Instant,
+    started_at: Timestamp,
+    probes: Option<CancellationToken>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(p) = &self.probes {
+            p.cancel();
+        }
+    }
+}
+
+/// One container of the spec and what the agent knows about it.
+struct Slot {
+    spec: K8sContainer,
+    record: ContainerRecord,
+    instance: Option<Instance>,
+    back_off: BackOff,
+    /// Not (re)started before this.
+    not_before: Option<Instant>,
+    /// The exit of the current instance was handled (back-off scheduled).
+    exit_seen: bool,
+    /// Killed by the agent (liveness or startup failure), with the message for the event.
+    killed_for: Option<String>,
+}
+
+impl Slot {
+    fn new(spec: &K8sContainer, reason: &str) -> Self {
+        Self {
+            record: ContainerRecord::new(&spec.name, spec.image.as_deref().unwrap_or_default(), reason),
+            spec: spec.clone(),
+            instance: None,
+            back_off: BackOff::default(),
+            not_before: None,
+            exit_seen: false,
+            killed_for: None,
+        }
+    }
+}
+
+/// A pod being run.
+pub struct PodWorker {
+    shared: Arc<Shared>,
+    pod: Pod,
+    uid: String,
+    sandbox: Option<Sandbox>,
+    ip: Option<Ipv4Addr>,
+    init: Vec<Slot>,
+    containers: Vec<Slot>,
+    policy: RestartPolicy,
+    start_time: Timestamp,
+    posted: Option<PodStatus>,
+    terminal: Option<&'static str>,
+    failure: Option<(String, String)>,
+    sandbox_back_off: BackOff,
+    sandbox_not_before: Option<Instant>,
+    probe_tx: mpsc::UnboundedSender<ProbeEvent>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeEvent>,
+}
+
+fn meta_str(pod: &Pod, f: impl Fn(&kube::api::ObjectMeta) -> Option<&String>) -> String {
+    f(&pod.metadata).cloned().unwrap_or_default()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+impl PodWorker {
+    /// A worker for `pod`, adopting what the runtime has of it (`found`, after an agent
+    /// restart).
+    pub async fn new(shared: Arc<Shared>, pod: Pod, found: Option<PodState>) -> Self {
+        let uid = meta_str(&pod, |m| m.uid.as_ref());
+        let spec = pod.spec.clone().unwrap_or_default();
+        let previous = pod.status.clone();
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let mut worker = Self {
+            policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
+            init: spec.init_containers.iter().flatten().map(|c| Slot::new(c, "PodInitializing")).collect(),
+            containers: spec.containers.iter().map(|c| Slot::new(c, "ContainerCreating")).collect(),
+            start_time: previous
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map_or_else(Timestamp::now, |t| t.0),
+            shared,
+            uid,
+            sandbox: None,
+            ip: None,
+            posted: None,
+            terminal: None,
+            failure: None,
+            sandbox_back_off: BackOff::default(),
+            sandbox_not_before: None,
+            probe_tx,
+            probe_rx,
+            pod,
+        };
+        // Restart counts and previous terminations survive in the API's status.
+        if let Some(status) = &previous {
+            for (slots, statuses) in [
+                (&mut worker.init, status.init_container_statuses.as_ref()),
+                (&mut worker.containers, status.container_statuses.as_ref()),
+            ] {
+                for s in statuses.into_iter().flatten() {
+                    if let Some(slot) = slots.iter_mut().find(|x| x.spec.name == s.name) {
+                        slot.record.restart_count = s.restart_count;
+                        slot.record.last_state = s
+                            .last_state
+                            .as_ref()
+                            .and_then(|l| l.terminated.as_ref())
+                            .map(|t| State::exited(t.exit_code, t.signal, t.started_at.as_ref().map(|x| x.0), t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0)));
+                        if let Some(t) = s.state.as_ref().and_then(|st| st.terminated.as_ref()) {
+                            slot.record.state = State::exited(t.exit_code, t.signal, t.started_at.as_ref().map(|x| x.0), t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0));
+                            slot.exit_seen = true;
+                        }
+                    }
+                }
+            }
+            if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+                worker.terminal = if status.phase.as_deref() == Some("Succeeded") { Some("Succeeded") } else { Some("Failed") };
+            }
+        }
+        if let Some(found) = found {
+            worker.adopt(found).await;
+        }
+        worker
+    }
+
+    /// Takes over a sandbox and containers that ran before the agent restarted.
+    async fn adopt(&mut self, found: PodState) {
+        if !found.running {
+            tracing::info!(pod = %self.name(), "the sandbox died while the agent was away; recreating it");
+            self.remove_sandbox().await;
+            return;
+        }
+        self.ip = self.shared.network.address_of(&self.uid).await;
+        self.sandbox = Some(found.sandbox);
+        let pod_ip = self.ip;
+        for (container, state) in found.containers {
+            let Some(slot) = self
+                .init
+                .iter_mut()
+                .chain(self.containers.iter_mut())
+                .find(|s| s.spec.name == container.name)
+            else {
+                continue;
+            };
+            let started_at = self
+                .pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten().find(|c| c.name == slot.spec.name).cloned())
+                .and_then(|c| c.state.and_then(|s| s.running).and_then(|r| r.started_at))
+                .map_or_else(Timestamp::now, |t| t.0);
+            slot.record.container_id = Some(format!("skiff://{}", container.id));
+            match state {
+                ContainerState::Running => {
+                    slot.record.state = State::Running { started_at };
+                    slot.record.started = slot.spec.startup_probe.is_none();
+                    slot.record.ready = slot.spec.readiness_probe.is_none();
+                    slot.exit_seen = false;
+                    let probes = pod_ip.and_then(|ip| {
+                        probes::spawn(
+                            probes::Target {
+                                pod_ip: ip.into(),
+                                spec: slot.spec.clone(),
+                                container: container.clone(),
+                                instance: slot.record.restart_count,
+                                runtime: self.shared.runtime.clone(),
+                            },
+                            self.probe_tx.clone(),
+                        )
+                    });
+                    slot.instance = Some(Instance {
+                        container,
+                        started: Instant::now(),
+                        started_at,
+                        probes,
+                    });
+                }
+                ContainerState::Exited(_) | ContainerState::Created => {
+                    // Handled by the next pass like any exit.
+                    slot.instance = Some(Instance {
+                        container,
+                        started: Instant::now(),
+                        started_at,
+                        probes: None,
+                    });
+                    slot.record.state = State::Running { started_at };
+                }
+            }
+        }
+        tracing::info!(pod = %self.name(), "adopted the running pod");
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "{}/{}",
+            meta_str(&self.pod, |m| m.namespace.as_ref()),
+            meta_str(&self.pod, |m| m.name.as_ref())
+        )
+    }
+
+    /// Runs the pod until it is deleted (or the agent shuts down).
+    pub async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
+        let mut sigchld = self.shared.sigchld.clone();
+        loop {
+            let deleting = self.pod.metadata.deletion_timestamp.is_some();
+            if deleting {
+                self.terminate(true).await;
+                return;
+            }
+            let next = self.sync().await;
+            self.post_status().await;
+            self.publish();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                update = updates.recv() => match update {
+                    Some(Update::Pod(pod)) => self.pod = *pod,
+                    Some(Update::Gone) | None => {
+                        self.terminate(false).await;
+                        return;
+                    }
+                },
+                Ok(()) = sigchld.changed() => {}
+                Some(event) = self.probe_rx.recv() => self.on_probe(event).await,
+                () = sleep => {}
+            }
+            // Take every queued update at once: only the latest matters.
+            while let Ok(update) = updates.try_recv() {
+                match update {
+                    Update::Pod(pod) => self.pod = *pod,
+                    Update::Gone => {
+                        self.terminate(false).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_probe(&mut self, event: ProbeEvent) {
+        let pod = self.pod.clone();
+        let Some(slot) = self.containers.iter_mut().chain(self.init.iter_mut()).find(|s| s.spec.name == event.container) else {
+            return;
+        };
+        if slot.record.restart_count != event.instance || slot.instance.is_none() {
+            return;
+        }
+        match (event.kind, event.ok) {
+            (ProbeKind::Readiness, ok) => {
+                slot.record.ready = ok;
+                if !ok {
+                    self.shared.events.pod(&pod, Some(&event.container), true, "Unhealthy", &format!("Readiness probe failed: {}", event.message)).await;
+                }
+            }
+            (ProbeKind::Startup, true) => {
+                slot.record.started = true;
+                slot.record.ready = slot.spec.readiness_probe.is_none();
+            }
+            (kind, false) => {
+                let what = kind.label();
+                self.shared.events.pod(&pod, Some(&event.container), true, "Unhealthy", &format!("{what} probe failed: {}", event.message)).await;
+                let msg = format!("Container {} failed {} probe, will be restarted", event.container, what.to_ascii_lowercase());
+                self.shared.events.pod(&pod, Some(&event.container), false, "Killing", &msg).await;
+                slot.killed_for = Some(msg);
+                slot.record.ready = false;
+                if let Some(inst) = &slot.instance {
+                    let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
+                    let grace = grace_period(&pod);
+                    // Stopping blocks for up to the grace period: off the worker's loop, the
+                    // exit arrives as SIGCHLD.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = runtime.stop(&c, grace) {
+                            tracing::warn!(container = c.id, error = %e, "stopping after a failed probe");
+                        }
+                    });
+                }
+            }
+            (ProbeKind::Liveness, true) => {}
+        }
+    }
+
+    /// One pass; returns when the next one is due at the latest.
+    async fn sync(&mut self) -> Option<Instant> {
+        if self.terminal.is_some() {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut wake_at = |at: Instant| {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        };
+        // The sandbox (and network).
+        if self.sandbox.as_ref().is_none_or(|s| !s.is_running()) {
+            if self.sandbox.is_some() {
+                tracing::warn!(pod = %self.name(), "the sandbox died; recreating the pod's sandbox and containers");
+                self.remove_sandbox().await;
+            }
+            if let Some(at) = self.sandbox_not_before.filter(|t| *t > Instant::now()) {
+                return Some(at);
+            }
+            if let Err(e) = self.create_sandbox().await {
+                let pod = self.pod.clone();
+                self.shared.events.pod(&pod, None, true, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}")).await;
+                let delay = self.sandbox_back_off.next_delay(Duration::ZERO).max(Duration::from_secs(1));
+                let at = Instant::now() + delay;
+                self.sandbox_not_before = Some(at);
+                return Some(at);
+            }
+        }
+        self.refresh().await;
+
+        // Init containers, one after the other; the app containers once all succeeded.
+        let mut initialized = true;
+        for i in 0..self.init.len() {
+            match &self.init[i].record.state {
+                State::Terminated { exit_code: 0, .. } => continue,
+                State::Running { .. } => {}
+                _ => {
+                    if let Some(at) = self.advance(Which::Init(i)).await {
+                        wake_at(at);
+                    }
+                }
+            }
+            initialized = false;
+            break;
+        }
+        if initialized {
+            for i in 0..self.containers.len() {
+                if let Some(at) = self.advance(Which::Main(i)).await {
+                    wake_at(at);
+                }
+            }
+        }
+        let phase = status::phase(&self.records(true), &self.records(false), self.policy);
+        if phase == "Succeeded" || phase == "Failed" {
+            self.terminal = Some(if phase == "Succeeded" { "Succeeded" } else { "Failed" });
+            // A finished pod keeps its sandbox (and logs) until it is deleted, but gives its
+            // address back.
+            if let Err(e) = self.shared.network.detach(&self.uid).await {
+                tracing::warn!(pod = %self.name(), error = %e, "releasing a finished pod's network");
+            }
+            return None;
+        }
+        next
+    }
+
+    fn records(&self, init: bool) -> Vec<ContainerRecord> {
+        let slots = if init { &self.init } else { &self.containers };
+        slots.iter().map(|s| s.record.clone()).collect()
+    }
+
+    /// Refreshes the state of every running instance from the runtime.
+    async fn refresh(&mut self) {
+        for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
+            let Some(inst) = &slot.instance else { continue };
+            if slot.exit_seen {
+                continue;
+            }
+            let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
+            let state = blocking(move || runtime.status(&c)).await;
+            let exit = match state {
+                Ok(ContainerState::Exited(exit)) => exit,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(container = inst.container.id, error = %e, "reading a container's state");
+                    continue;
+                }
+            };
+            let (code, signal) = exit.map_or((-1, None), |e| (e.code, e.signal));
+            let mut state = State::exited(code, signal, Some(inst.started_at), Timestamp::now());
+            if exit.is_none() {
+                if let State::Terminated { reason, message, .. } = &mut state {
+                    *reason = "ContainerStatusUnknown".into();
+                    *message = Some("The container could not be located when the pod was terminated".into());
+                }
+            }
+            if let Some(p) = &inst.probes {
+                p.cancel();
+            }
+            slot.record.state = state;
+            slot.record.ready = false;
+            slot.record.started = false;
+            slot.exit_seen = false;
+        }
+    }
+
+    /// Moves one container towards running: starts it, or handles its exit (restart with
+    /// back-off, per the restart policy). Returns when to look again.
+    async fn advance(&mut self, which: Which) -> Option<Instant> {
+        // Init containers run to success: restarted on failure unless the pod never restarts.
+        let policy = match (which, self.policy) {
+            (Which::Main(_), p) => p,
+            (Which::Init(_), RestartPolicy::Never) => RestartPolicy::Never,
+            (Which::Init(_), _) => RestartPolicy::OnFailure,
+        };
+        let pod_name = self.name();
+        let pod_uid = self.uid.clone();
+        let slot = self.slot(which);
+        let now = Instant::now();
+        if let State::Terminated { exit_code, .. } = slot.record.state {
+            if slot.instance.is_none() && slot.exit_seen {
+                return None;
+            }
+            if !slot.exit_seen {
+                slot.exit_seen = true;
+                if !policy.restarts(exit_code) {
+                    return None;
+                }
+                let ran = slot.instance.as_ref().map_or(Duration::ZERO, |i| i.started.elapsed());
+                let delay = slot.back_off.next_delay(ran);
+                slot.not_before = Some(now + delay);
+                slot.record.last_state = Some(slot.record.state.clone());
+                if delay > Duration::ZERO {
+                    slot.record.state = State::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: Some(format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({pod_uid})",
+                            delay.as_secs(),
+                            slot.spec.name,
+                            pod_name.split_once('/').map_or("", |p| p.1),
+                            pod_name.split_once('/').map_or("", |p| p.0),
+                        )),
+                    };
+                    let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
+                    self.shared.events.pod(&pod, Some(&name), true, "BackOff", "Back-off restarting failed container").await;
+                    return Some(now + delay);
+                }
+            } else if !policy.restarts(exit_code) {
+                return None;
+            }
+        }
+        let slot = self.slot(which);
+        if let Some(at) = slot.not_before.filter(|t| *t > now) {
+            return Some(at);
+        }
+        if matches!(slot.record.state, State::Running { .. }) {
+            return None;
+        }
+        match self.start(which).await {
+            Ok(()) => None,
+            Err((reason, message)) => {
+                let slot = self.slot(which);
+                let delay = slot.back_off.next_delay(Duration::ZERO).max(Duration::from_secs(1));
+                slot.not_before = Some(Instant::now() + delay);
+                let back_off_reason = if reason == "ErrImagePull" { "ImagePullBackOff" } else { reason.as_str() };
+                slot.record.state = State::Waiting {
+                    reason: if slot.record.state_is_waiting_with(&reason) { back_off_reason.to_owned() } else { reason.clone() },
+                    message: Some(message.clone()),
+                };
+                let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
+                self.shared.events.pod(&pod, Some(&name), true, if reason == "ErrImagePull" { "Failed" } else { &reason }, &message).await;
+                Some(Instant::now() + delay)
+            }
+        }
+    }
+
+    fn slot(&mut self, which: Which) -> &mut Slot {
+        match which {
+            Which::Init(i) => &mut self.init[i],
+            Which::Main(i) => &mut self.containers[i],
+        }
+    }
+
+    /// Creates and starts a new instance of a container. On failure returns the waiting
+    /// reason and message.
+    async fn start(&mut self, which: Which) -> Result<(), (String, String)> {
+        let pod = self.pod.clone();
+        let sandbox = self.sandbox.clone().ok_or_else(|| ("ContainerCreating".to_owned(), "no sandbox".to_owned()))?;
+        let spec = self.slot(which).spec.clone();
+        let image_ref = spec.image.clone().unwrap_or_default();
+        let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image_ref);
+        let present = self.shared.images.contains(&image_ref);
+        if !present || policy == PullPolicy::Always {
+            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulling", &format!("Pulling image \"{image_ref}\"")).await;
+        }
+        let pull_started = Instant::now();
+        let image = self
+            .shared
+            .images
+            .ensure(&image_ref, policy, None)
+            .await
+            .map_err(|e| (e.kubelet_reason().to_owned(), e.to_string()))?;
+        if !present || policy == PullPolicy::Always {
+            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulled", &format!("Successfully pulled image \"{image_ref}\" in {:?}", pull_started.elapsed())).await;
+        } else {
+            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulled", &format!("Container image \"{image_ref}\" already present on machine")).await;
+        }
+        // The previous instance goes first (same name in the runtime).
+        let previous = self.slot(which).instance.take();
+        if let Some(old) = previous {
+            let (runtime, c) = (self.shared.runtime.clone(), old.container.clone());
+            if let Err(e) = blocking(move || runtime.delete_container(&c)).await {
+                tracing::warn!(container = old.container.id, error = %e, "removing the previous instance");
+            }
+        }
+        let restarted = {
+            let slot = self.slot(which);
+            slot.record.last_state.is_some() && slot.record.container_id.is_some()
+        };
+        let env = container_config::environment(&self.shared.client, &pod, &spec, self.ip, self.shared.host_ip)
+            .await
+            .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, &spec)
+            .await
+            .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        let mut k8s = spec.clone();
+        k8s.env = Some(env);
+        k8s.env_from = None;
+        let config = runtime::ImageConfig {
+            entrypoint: image.config.entrypoint.clone(),
+            cmd: image.config.cmd.clone(),
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+        };
+        let mut cspec = runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())
+            .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+        cspec.mounts.extend(mounts);
+        if !cspec.mounts.iter().any(|m| m.destination == std::path::Path::new("/etc/hosts")) {
+            cspec.mounts.push(self.hosts_file().map_err(|e| ("CreateContainerConfigError".to_owned(), e))?);
+        }
+        let restart_count = {
+            let slot = self.slot(which);
+            if restarted {
+                slot.record.restart_count += 1;
+            }
+            slot.record.restart_count
+        };
+        let log = directory::log_path(&self.shared.root, &self.uid, &spec.name, restart_count);
+        cspec.log_path = Some(log);
+        let runtime = self.shared.runtime.clone();
+        let created = blocking(move || {
+            let c = runtime.create_container(&sandbox, &cspec)?;
+            match runtime.start(&c) {
+                Ok(()) => Ok(c),
+                Err(e) => {
+                    let _ = runtime.delete_container(&c);
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        let container = match created {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared.events.pod(&pod, Some(&spec.name), true, "Failed", &format!("Error: {e}")).await;
+                return Err(("RunContainerError".to_owned(), e.to_string()));
+            }
+        };
+        self.shared.events.pod(&pod, Some(&spec.name), false, "Created", &format!("Created container {}", spec.name)).await;
+        self.shared.events.pod(&pod, Some(&spec.name), false, "Started", &format!("Started container {}", spec.name)).await;
+        let probes = self.ip.and_then(|ip| {
+            probes::spawn(
+                probes::Target {
+                    pod_ip: ip.into(),
+                    spec: spec.clone(),
+                    container: container.clone(),
+                    instance: restart_count,
+                    runtime: self.shared.runtime.clone(),
+                },
+                self.probe_tx.clone(),
+            )
+        });
+        let started_at = Timestamp::now();
+        let slot = self.slot(which);
+        slot.record.container_id = Some(format!("skiff://{}", container.id));
+        slot.record.image_id = Some(format!("{}@{}", repository(&image.reference), image.manifest_digest));
+        slot.record.state = State::Running { started_at };
+        slot.record.started = spec.startup_probe.is_none();
+        slot.record.ready = spec.readiness_probe.is_none() && spec.startup_probe.is_none();
+        slot.exit_seen = false;
+        slot.killed_for = None;
+        slot.not_before = None;
+        slot.instance = Some(Instance {
+            container,
+            started: Instant::now(),
+            started_at,
+            probes,
+        });
+        Ok(())
+    }
+
+    /// The pod's /etc/hosts (localhost and the pod's own name), as the kubelet writes it:
+    /// images such as busybox have none, and `localhost` must resolve between containers.
+    fn hosts_file(&self) -> Result<runtime::BindMount, String> {
+        let path = self.shared.root.join("pods").join(&self.uid).join("etc-hosts");
+        let mut content = String::from("# Kubernetes-managed hosts file (skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if let Some(ip) = self.ip {
+            content.push_str(&format!("{ip}\t{}\n", pod_hostname(&self.pod)));
+        }
+        std::fs::write(&path, content).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(runtime::BindMount {
+            source: path,
+            destination: PathBuf::from("/etc/hosts"),
+            read_only: false,
+        })
+    }
+
+    async fn create_sandbox(&mut self) -> Result<(), String> {
+        let hostname = pod_hostname(&self.pod);
+        let (runtime, uid) = (self.shared.runtime.clone(), self.uid.clone());
+        let sandbox = blocking(move || runtime.create_sandbox(&uid, &hostname))
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.shared.network.attach(&self.uid, &sandbox.netns_path()).await {
+            Ok(ip) => {
+                self.ip = Some(ip);
+                self.sandbox = Some(sandbox);
+                self.sandbox_back_off = BackOff::default();
+                Ok(())
+            }
+            Err(e) => {
+                let runtime = self.shared.runtime.clone();
+                let _ = blocking(move || runtime.remove_sandbox(&sandbox)).await;
+                let _ = self.shared.network.detach(&self.uid).await;
+                Err(format!("setting up the pod network: {e}"))
+            }
+        }
+    }
+
+    /// Removes the sandbox and everything in it; the containers will start again.
+    async fn remove_sandbox(&mut self) {
+        for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
+            if let Some(inst) = slot.instance.take() {
+                if matches!(slot.record.state, State::Running { .. }) {
+                    slot.record.state = State::exited(137, Some(9), Some(inst.started_at), Timestamp::now());
+                    slot.exit_seen = false;
+                }
+            }
+        }
+        let (runtime, uid) = (self.shared.runtime.clone(), self.uid.clone());
+        if let Err(e) = blocking(move || runtime.remove_pod_by_uid(&uid)).await {
+            tracing::warn!(pod = %self.name(), error = %e, "removing the sandbox");
+        }
+        if let Err(e) = self.shared.network.detach(&self.uid).await {
+            tracing::warn!(pod = %self.name(), error = %e, "removing the pod's network");
+        }
+        self.sandbox = None;
+        self.ip = None;
+    }
+
+    /// Stops the pod: containers get SIGTERM, then SIGKILL after the grace period; the sandbox
+    /// and network go; then the pod object is deleted for good (if `delete_object`).
+    async fn terminate(&mut self, delete_object: bool) {
+        let grace = grace_period(&self.pod);
+        let pod = self.pod.clone();
+        let mut stops = Vec::new();
+        for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
+            let Some(inst) = &slot.instance else { continue };
+            if let Some(p) = &inst.probes {
+                p.cancel();
+            }
+            if !matches!(slot.record.state, State::Running { .. }) {
+                continue;
+            }
+            self.shared.events.pod(&pod, Some(&slot.spec.name), false, "Killing", &format!("Stopping container {}", slot.spec.name)).await;
+            let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
+            stops.push(tokio::task::spawn_blocking(move || runtime.stop(&c, grace)));
+        }
+        for stop in stops {
+            if let Ok(Err(e)) = stop.await {
+                tracing::warn!(pod = %self.name(), error = %e, "stopping a container");
+            }
+        }
+        self.refresh().await;
+        self.remove_sandbox().await;
+        self.shared.directory.remove(&self.uid);
+        if !delete_object {
+            return;
+        }
+        // Graceful deletion completes: the kubelet deletes the object with grace 0.
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            &meta_str(&self.pod, |m| m.namespace.as_ref()),
+        );
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&meta_str(&self.pod, |m| m.name.as_ref()), &params).await {
+            Ok(_) => tracing::info!(pod = %self.name(), "pod stopped and deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %self.name(), error = %e, "deleting the stopped pod"),
+        }
+    }
+
+    fn current_status(&self) -> PodStatus {
+        status::pod_status(
+            &self.records(true),
+            &self.records(false),
+            &PodFacts {
+                policy: self.policy,
+                pod_ip: self.ip.filter(|_| self.terminal.is_none()).map(|ip| ip.to_string()),
+                host_ip: self.shared.host_ip.map(|ip| ip.to_string()),
+                start_time: self.start_time,
+                previous: self.posted.as_ref().or(self.pod.status.as_ref()),
+                failure: self.failure.clone(),
+                terminal_phase: self.terminal,
+            },
+        )
+    }
+
+    /// Posts the status when it differs from what was last posted.
+    async fn post_status(&mut self) {
+        let status = self.current_status();
+        if self.posted.as_ref() == Some(&status) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            &meta_str(&self.pod, |m| m.namespace.as_ref()),
+        );
+        let patch = json!({ "status": status });
+        match api
+            .patch_status(&meta_str(&self.pod, |m| m.name.as_ref()), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(p) => {
+                self.pod.status = p.status.clone();
+                self.posted = Some(status);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => tracing::warn!(pod = %self.name(), error = %e, "posting the pod's status"),
+        }
+    }
+
+    /// Tells the node's HTTP endpoints where this pod's containers and logs are.
+    fn publish(&self) {
+        let mut pod = self.pod.clone();
+        pod.status = Some(self.posted.clone().unwrap_or_else(|| self.current_status()));
+        let containers: BTreeMap<String, directory::Entry> = self
+            .init
+            .iter()
+            .chain(self.containers.iter())
+            .map(|s| {
+                (
+                    s.spec.name.clone(),
+                    directory::Entry {
+                        running: s
+                            .instance
+                            .as_ref()
+                            .filter(|_| matches!(s.record.state, State::Running { .. }))
+                            .map(|i| i.container.clone()),
+                        restart_count: s.record.restart_count,
+                        started: s.instance.is_some() || s.record.container_id.is_some(),
+                    },
+                )
+            })
+            .collect();
+        self.shared.directory.update(&self.uid, pod, containers);
+    }
+}
+
+impl ContainerRecord {
+    fn state_is_waiting_with(&self, reason: &str) -> bool {
+        match &self.state {
+            State::Waiting { reason: r, .. } => r == reason || (reason == "ErrImagePull" && r == "ImagePullBackOff"),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Init(usize),
+    Main(usize),
+}
+
+/// A reference without its tag (`docker.io/library/busybox:latest` -> `docker.io/library/busybox`).
+fn repository(reference: &str) -> &str {
+    let name = reference.split('@').next().unwrap_or(reference);
+    match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    }
+}
+
+/// The pod's grace period: the deletion's, else the spec's (30 s by default).
+fn grace_period(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30);
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// The pod's hostname: spec.hostname or the pod's name, cut to a DNS label.
+fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_else(|| "pod".into());
+    let mut h: String = name.chars().take(63).collect();
+    while h.ends_with(['-', '.']) {
+        h.pop();
+    }
+    if h.is_empty() {
+        "pod".into()
+    } else {
+        h
+    }
+}
