@@ -159,6 +159,9 @@ enum Command {
         /// The bpffs directory of the eBPF datapath.
         #[arg(long, default_value = ebpf::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Also stop and remove every pod sandbox recorded in this agent root dir.
+        #[arg(long)]
+        root_dir: Option<PathBuf>,
     },
     /// The eBPF service datapath of this node.
     Datapath {
@@ -456,6 +459,27 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     })
 }
 
+/// Stops and removes every pod sandbox under an agent's root dir (for `cleanup --root-dir`).
+fn remove_all_pods(root: &std::path::Path) -> anyhow::Result<()> {
+    if !root.join("pods").exists() {
+        return Ok(());
+    }
+    let runtime = skiff_agent::runtime::Runtime::new(root)?;
+    let mut uids: Vec<String> = runtime.list()?.into_iter().map(|p| p.sandbox.uid).collect();
+    uids.extend(runtime.leftover_pods()?);
+    for uid in &uids {
+        runtime
+            .remove_pod_by_uid(uid)
+            .with_context(|| format!("removing pod {uid}"))?;
+    }
+    eprintln!(
+        "removed {} pod sandbox(es) from {}",
+        uids.len(),
+        root.display()
+    );
+    Ok(())
+}
+
 /// Waits until the Node has a podCIDR (given by the control plane's allocator).
 async fn wait_for_pod_cidr(
     client: &kube::Client,
@@ -473,7 +497,9 @@ async fn wait_for_pod_cidr(
             }
         }
         if !said {
-            eprintln!("skiff-agent {node}: waiting for the Node's spec.podCIDR (or pass --pod-cidr)");
+            eprintln!(
+                "skiff-agent {node}: waiting for the Node's spec.podCIDR (or pass --pod-cidr)"
+            );
             said = true;
         }
         tokio::select! {
@@ -503,7 +529,10 @@ fn main() -> anyhow::Result<ExitCode> {
             run_agent(&cli)?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Cleanup { pin_dir }) => {
+        Some(Command::Cleanup { pin_dir, root_dir }) => {
+            if let Some(root) = root_dir {
+                remove_all_pods(&root)?;
+            }
             ebpf::cleanup(&pin_dir)?;
             skiff_agent::proxy::iptables::IptablesProxy::cleanup(None)?;
             skiff_agent::proxy::nftables::NftablesProxy::cleanup(None)?;
@@ -514,7 +543,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 .block_on(async {
                     let netlink = skiff_agent::network::connect()?;
                     service_cidr::remove(&netlink).await?;
-                    skiff_agent::network::delete_link(&netlink, skiff_agent::network::pod_network::BRIDGE).await?;
+                    skiff_agent::network::delete_link(
+                        &netlink,
+                        skiff_agent::network::pod_network::BRIDGE,
+                    )
+                    .await?;
                     anyhow::Ok(())
                 })?;
             eprintln!(

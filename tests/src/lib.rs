@@ -2,6 +2,8 @@
 //! clients. `cargo xtask test` builds the binaries and installs kubectl, and passes their paths
 //! in `SKIFF_CONTROL_BIN` and `SKIFF_KUBECTL`.
 
+pub mod cluster;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

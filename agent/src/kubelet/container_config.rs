@@ -11,7 +11,12 @@ use kube::api::{Api, ListParams};
 
 use crate::runtime::BindMount;
 
-fn pod_field(pod: &Pod, path: &str, pod_ip: Option<Ipv4Addr>, host_ip: Option<Ipv4Addr>) -> Result<String, String> {
+fn pod_field(
+    pod: &Pod,
+    path: &str,
+    pod_ip: Option<Ipv4Addr>,
+    host_ip: Option<Ipv4Addr>,
+) -> Result<String, String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| -> Option<String> {
@@ -45,12 +50,14 @@ async fn service_variables(client: &kube::Client, namespace: &str) -> Vec<(Strin
     for ns in [namespace, "default"] {
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
         match api.list(&ListParams::default()).await {
-            Ok(list) => services.extend(
-                list.items
-                    .into_iter()
-                    .filter(|s| ns == namespace || s.metadata.name.as_deref() == Some("kubernetes")),
-            ),
-            Err(e) => tracing::debug!(namespace = ns, error = %e, "listing services for environment variables"),
+            Ok(list) => {
+                services.extend(list.items.into_iter().filter(|s| {
+                    ns == namespace || s.metadata.name.as_deref() == Some("kubernetes")
+                }))
+            }
+            Err(e) => {
+                tracing::debug!(namespace = ns, error = %e, "listing services for environment variables")
+            }
         }
         if namespace == "default" {
             break;
@@ -62,7 +69,12 @@ async fn service_variables(client: &kube::Client, namespace: &str) -> Vec<(Strin
         let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
             continue;
         };
-        let name = svc.metadata.name.unwrap_or_default().to_ascii_uppercase().replace('-', "_");
+        let name = svc
+            .metadata
+            .name
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .replace('-', "_");
         let ports = spec.ports.unwrap_or_default();
         let Some(first) = ports.first() else { continue };
         vars.push((format!("{name}_SERVICE_HOST"), ip.clone()));
@@ -70,16 +82,31 @@ async fn service_variables(client: &kube::Client, namespace: &str) -> Vec<(Strin
         for p in &ports {
             if let Some(pn) = p.name.as_ref().filter(|n| !n.is_empty()) {
                 vars.push((
-                    format!("{name}_SERVICE_PORT_{}", pn.to_ascii_uppercase().replace('-', "_")),
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_ascii_uppercase().replace('-', "_")
+                    ),
                     p.port.to_string(),
                 ));
             }
         }
-        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
-        vars.push((format!("{name}_PORT"), format!("{}://{ip}:{}", proto(first).to_ascii_lowercase(), first.port)));
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        vars.push((
+            format!("{name}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
+        ));
         for p in &ports {
             let prefix = format!("{name}_PORT_{}_{}", p.port, proto(p));
-            vars.push((prefix.clone(), format!("{}://{ip}:{}", proto(p).to_ascii_lowercase(), p.port)));
+            vars.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", proto(p).to_ascii_lowercase(), p.port),
+            ));
             vars.push((format!("{prefix}_PROTO"), proto(p).to_ascii_lowercase()));
             vars.push((format!("{prefix}_PORT"), p.port.to_string()));
             vars.push((format!("{prefix}_ADDR"), ip.clone()));
@@ -88,7 +115,11 @@ async fn service_variables(client: &kube::Client, namespace: &str) -> Vec<(Strin
     vars
 }
 
-async fn config_map(client: &kube::Client, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+async fn config_map(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.get_opt(name)
         .await
@@ -96,9 +127,16 @@ async fn config_map(client: &kube::Client, ns: &str, name: &str) -> Result<Optio
         .map_err(|e| format!("reading configmap {name:?}: {e}"))
 }
 
-async fn secret(client: &kube::Client, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+async fn secret(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let s = api.get_opt(name).await.map_err(|e| format!("reading secret {name:?}: {e}"))?;
+    let s = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading secret {name:?}: {e}"))?;
     Ok(s.map(|s| {
         let mut data: BTreeMap<String, String> = s
             .data
@@ -120,9 +158,16 @@ pub async fn environment(
     pod_ip: Option<Ipv4Addr>,
     host_ip: Option<Ipv4Addr>,
 ) -> Result<Vec<EnvVar>, String> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env.iter_mut().find(|(n, _)| *n == k) {
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
+        .iter_mut()
+        .find(|(n, _)| *n == k)
+    {
         Some(slot) => slot.1 = v,
         None => env.push((k, v)),
     };
@@ -134,9 +179,17 @@ pub async fn environment(
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (data, optional, what) = if let Some(r) = &from.config_map_ref {
-            (config_map(client, &ns, &r.name).await?, r.optional.unwrap_or(false), format!("configmap {:?}", r.name))
+            (
+                config_map(client, &ns, &r.name).await?,
+                r.optional.unwrap_or(false),
+                format!("configmap {:?}", r.name),
+            )
         } else if let Some(r) = &from.secret_ref {
-            (secret(client, &ns, &r.name).await?, r.optional.unwrap_or(false), format!("secret {:?}", r.name))
+            (
+                secret(client, &ns, &r.name).await?,
+                r.optional.unwrap_or(false),
+                format!("secret {:?}", r.name),
+            )
         } else {
             continue;
         };
@@ -157,19 +210,38 @@ pub async fn environment(
                 if let Some(f) = &from.field_ref {
                     pod_field(pod, &f.field_path, pod_ip, host_ip)?
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match config_map(client, &ns, &r.name).await?.and_then(|d| d.get(&r.key).cloned()) {
+                    match config_map(client, &ns, &r.name)
+                        .await?
+                        .and_then(|d| d.get(&r.key).cloned())
+                    {
                         Some(v) => v,
                         None if r.optional == Some(true) => continue,
-                        None => return Err(format!("couldn't find key {} in ConfigMap {}/{}", r.key, ns, r.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key, ns, r.name
+                            ))
+                        }
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    match secret(client, &ns, &r.name).await?.and_then(|d| d.get(&r.key).cloned()) {
+                    match secret(client, &ns, &r.name)
+                        .await?
+                        .and_then(|d| d.get(&r.key).cloned())
+                    {
                         Some(v) => v,
                         None if r.optional == Some(true) => continue,
-                        None => return Err(format!("couldn't find key {} in Secret {}/{}", r.key, ns, r.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key, ns, r.name
+                            ))
+                        }
                     }
                 } else if from.resource_field_ref.is_some() {
-                    return Err(format!("env {}: resourceFieldRef is not supported", var.name));
+                    return Err(format!(
+                        "env {}: resourceFieldRef is not supported",
+                        var.name
+                    ));
                 } else {
                     return Err(format!("env {}: empty valueFrom", var.name));
                 }
@@ -190,14 +262,23 @@ pub async fn environment(
 /// A relative path that stays below its base (no `..`, not absolute).
 fn safe_relative(p: &str) -> Result<&Path, String> {
     let path = Path::new(p);
-    if path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+    if path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
         Ok(path)
     } else {
-        Err(format!("path {p:?} must be relative and may not contain '..'"))
+        Err(format!(
+            "path {p:?} must be relative and may not contain '..'"
+        ))
     }
 }
 
-fn write_files(dir: &Path, data: &BTreeMap<String, String>, items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>) -> Result<(), String> {
+fn write_files(
+    dir: &Path,
+    data: &BTreeMap<String, String>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+) -> Result<(), String> {
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io("clearing", dir, e))?;
@@ -225,26 +306,49 @@ fn write_files(dir: &Path, data: &BTreeMap<String, String>, items: Option<&Vec<k
 }
 
 /// Prepares the container's volumes on the host and returns their bind mounts.
-pub async fn mounts(client: &kube::Client, root: &Path, pod: &Pod, container: &Container) -> Result<Vec<BindMount>, String> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+pub async fn mounts(
+    client: &kube::Client,
+    root: &Path,
+    pod: &Pod,
+    container: &Container,
+) -> Result<Vec<BindMount>, String> {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
     let mut mounts = Vec::new();
     for vm in container.volume_mounts.iter().flatten() {
         let volume = volumes
             .iter()
             .find(|v| v.name == vm.name)
             .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", vm.name))?;
-        let own_dir = root.join("pods").join(&uid).join("volumes").join(safe_relative(&volume.name)?);
+        let own_dir = root
+            .join("pods")
+            .join(&uid)
+            .join("volumes")
+            .join(safe_relative(&volume.name)?);
         let source: PathBuf = if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&own_dir).map_err(|e| format!("creating {}: {e}", own_dir.display()))?;
+            std::fs::create_dir_all(&own_dir)
+                .map_err(|e| format!("creating {}: {e}", own_dir.display()))?;
             own_dir
         } else if let Some(h) = &volume.host_path {
             let p = PathBuf::from(&h.path);
             match h.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| format!("creating {}: {e}", p.display()))?,
-                "Directory" if !p.is_dir() => return Err(format!("hostPath {} is not a directory", p.display())),
-                "File" if !p.is_file() => return Err(format!("hostPath {} is not a file", p.display())),
+                "DirectoryOrCreate" => std::fs::create_dir_all(&p)
+                    .map_err(|e| format!("creating {}: {e}", p.display()))?,
+                "Directory" if !p.is_dir() => {
+                    return Err(format!("hostPath {} is not a directory", p.display()))
+                }
+                "File" if !p.is_file() => {
+                    return Err(format!("hostPath {} is not a file", p.display()))
+                }
                 _ if !p.exists() => return Err(format!("hostPath {} does not exist", p.display())),
                 _ => {}
             }
@@ -274,7 +378,8 @@ pub async fn mounts(client: &kube::Client, root: &Path, pod: &Pod, container: &C
             Some(sub) => {
                 let p = source.join(safe_relative(sub)?);
                 if !p.exists() {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("creating {}: {e}", p.display()))?;
                 }
                 p
             }
@@ -304,10 +409,22 @@ mod tests {
         .unwrap();
         let ip = Some(Ipv4Addr::new(10, 244, 1, 7));
         assert_eq!(pod_field(&pod, "metadata.name", ip, None).unwrap(), "web");
-        assert_eq!(pod_field(&pod, "metadata.namespace", ip, None).unwrap(), "prod");
-        assert_eq!(pod_field(&pod, "spec.nodeName", ip, None).unwrap(), "node-1");
-        assert_eq!(pod_field(&pod, "status.podIP", ip, None).unwrap(), "10.244.1.7");
-        assert_eq!(pod_field(&pod, "metadata.labels['app']", ip, None).unwrap(), "kubia");
+        assert_eq!(
+            pod_field(&pod, "metadata.namespace", ip, None).unwrap(),
+            "prod"
+        );
+        assert_eq!(
+            pod_field(&pod, "spec.nodeName", ip, None).unwrap(),
+            "node-1"
+        );
+        assert_eq!(
+            pod_field(&pod, "status.podIP", ip, None).unwrap(),
+            "10.244.1.7"
+        );
+        assert_eq!(
+            pod_field(&pod, "metadata.labels['app']", ip, None).unwrap(),
+            "kubia"
+        );
         assert!(pod_field(&pod, "spec.bogus", ip, None).is_err());
     }
 
@@ -319,6 +436,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
         write_files(&dir.path().join("vol"), &data, None).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("vol/k")).unwrap(), "v");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("vol/k")).unwrap(),
+            "v"
+        );
     }
 }

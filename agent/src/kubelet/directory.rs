@@ -95,7 +95,9 @@ pub struct Entry {
 /// The pod manager's [`PodDirectory`]: pod workers publish into it after every pass.
 pub struct Directory {
     root: PathBuf,
-    pods: std::sync::RwLock<std::collections::BTreeMap<String, (Pod, std::collections::BTreeMap<String, Entry>)>>,
+    pods: std::sync::RwLock<
+        std::collections::BTreeMap<String, (Pod, std::collections::BTreeMap<String, Entry>)>,
+    >,
 }
 
 impl Directory {
@@ -108,7 +110,12 @@ impl Directory {
     }
 
     /// Records a pod's latest state.
-    pub fn update(&self, uid: &str, pod: Pod, containers: std::collections::BTreeMap<String, Entry>) {
+    pub fn update(
+        &self,
+        uid: &str,
+        pod: Pod,
+        containers: std::collections::BTreeMap<String, Entry>,
+    ) {
         self.pods
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -134,12 +141,21 @@ impl PodDirectory for Directory {
             .collect()
     }
 
-    fn locate(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<Located, LocateError> {
-        let pods = self.pods.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn locate(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<Located, LocateError> {
+        let pods = self
+            .pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (uid, (p, containers)) = pods
             .iter()
             .find(|(_, (p, _))| {
-                p.metadata.namespace.as_deref() == Some(namespace) && p.metadata.name.as_deref() == Some(pod)
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(pod)
             })
             .ok_or_else(|| LocateError::PodNotFound {
                 namespace: namespace.to_owned(),
@@ -160,10 +176,12 @@ impl PodDirectory for Directory {
                 })
             }
         };
-        let entry = containers.get(&name).ok_or_else(|| LocateError::ContainerNotFound {
-            pod: pod.to_owned(),
-            container: name.clone(),
-        })?;
+        let entry = containers
+            .get(&name)
+            .ok_or_else(|| LocateError::ContainerNotFound {
+                pod: pod.to_owned(),
+                container: name.clone(),
+            })?;
         let log = entry
             .started
             .then(|| log_path(&self.root, uid, &name, entry.restart_count));

@@ -25,8 +25,19 @@ impl Events {
     /// Records an event about `pod`, optionally about one of its containers
     /// (`spec.containers{name}`, as the kubelet sets `fieldPath`). Never fails: errors are
     /// logged at debug level.
-    pub async fn pod(&self, pod: &Pod, container: Option<&str>, warning: bool, reason: &str, message: &str) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    pub async fn pod(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
         let now = k8s_openapi::jiff::Timestamp::now();
         let event = Event {

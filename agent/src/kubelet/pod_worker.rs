@@ -95,7 +95,11 @@ struct Slot {
 impl Slot {
     fn new(spec: &K8sContainer, reason: &str) -> Self {
         Self {
-            record: ContainerRecord::new(&spec.name, spec.image.as_deref().unwrap_or_default(), reason),
+            record: ContainerRecord::new(
+                &spec.name,
+                spec.image.as_deref().unwrap_or_default(),
+                reason,
+            ),
             spec: spec.clone(),
             instance: None,
             back_off: BackOff::default(),
@@ -147,8 +151,17 @@ impl PodWorker {
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let mut worker = Self {
             policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
-            init: spec.init_containers.iter().flatten().map(|c| Slot::new(c, "PodInitializing")).collect(),
-            containers: spec.containers.iter().map(|c| Slot::new(c, "ContainerCreating")).collect(),
+            init: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| Slot::new(c, "PodInitializing"))
+                .collect(),
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| Slot::new(c, "ContainerCreating"))
+                .collect(),
             start_time: previous
                 .as_ref()
                 .and_then(|s| s.start_time.as_ref())
@@ -179,16 +192,32 @@ impl PodWorker {
                             .last_state
                             .as_ref()
                             .and_then(|l| l.terminated.as_ref())
-                            .map(|t| State::exited(t.exit_code, t.signal, t.started_at.as_ref().map(|x| x.0), t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0)));
+                            .map(|t| {
+                                State::exited(
+                                    t.exit_code,
+                                    t.signal,
+                                    t.started_at.as_ref().map(|x| x.0),
+                                    t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0),
+                                )
+                            });
                         if let Some(t) = s.state.as_ref().and_then(|st| st.terminated.as_ref()) {
-                            slot.record.state = State::exited(t.exit_code, t.signal, t.started_at.as_ref().map(|x| x.0), t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0));
+                            slot.record.state = State::exited(
+                                t.exit_code,
+                                t.signal,
+                                t.started_at.as_ref().map(|x| x.0),
+                                t.finished_at.as_ref().map_or_else(Timestamp::now, |x| x.0),
+                            );
                             slot.exit_seen = true;
                         }
                     }
                 }
             }
             if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-                worker.terminal = if status.phase.as_deref() == Some("Succeeded") { Some("Succeeded") } else { Some("Failed") };
+                worker.terminal = if status.phase.as_deref() == Some("Succeeded") {
+                    Some("Succeeded")
+                } else {
+                    Some("Failed")
+                };
             }
         }
         if let Some(found) = found {
@@ -220,7 +249,14 @@ impl PodWorker {
                 .pod
                 .status
                 .as_ref()
-                .and_then(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten().find(|c| c.name == slot.spec.name).cloned())
+                .and_then(|s| {
+                    s.container_statuses
+                        .iter()
+                        .chain(s.init_container_statuses.iter())
+                        .flatten()
+                        .find(|c| c.name == slot.spec.name)
+                        .cloned()
+                })
                 .and_then(|c| c.state.and_then(|s| s.running).and_then(|r| r.started_at))
                 .map_or_else(Timestamp::now, |t| t.0);
             slot.record.container_id = Some(format!("skiff://{}", container.id));
@@ -318,7 +354,12 @@ impl PodWorker {
 
     async fn on_probe(&mut self, event: ProbeEvent) {
         let pod = self.pod.clone();
-        let Some(slot) = self.containers.iter_mut().chain(self.init.iter_mut()).find(|s| s.spec.name == event.container) else {
+        let Some(slot) = self
+            .containers
+            .iter_mut()
+            .chain(self.init.iter_mut())
+            .find(|s| s.spec.name == event.container)
+        else {
             return;
         };
         if slot.record.restart_count != event.instance || slot.instance.is_none() {
@@ -328,7 +369,16 @@ impl PodWorker {
             (ProbeKind::Readiness, ok) => {
                 slot.record.ready = ok;
                 if !ok {
-                    self.shared.events.pod(&pod, Some(&event.container), true, "Unhealthy", &format!("Readiness probe failed: {}", event.message)).await;
+                    self.shared
+                        .events
+                        .pod(
+                            &pod,
+                            Some(&event.container),
+                            true,
+                            "Unhealthy",
+                            &format!("Readiness probe failed: {}", event.message),
+                        )
+                        .await;
                 }
             }
             (ProbeKind::Startup, true) => {
@@ -337,9 +387,25 @@ impl PodWorker {
             }
             (kind, false) => {
                 let what = kind.label();
-                self.shared.events.pod(&pod, Some(&event.container), true, "Unhealthy", &format!("{what} probe failed: {}", event.message)).await;
-                let msg = format!("Container {} failed {} probe, will be restarted", event.container, what.to_ascii_lowercase());
-                self.shared.events.pod(&pod, Some(&event.container), false, "Killing", &msg).await;
+                self.shared
+                    .events
+                    .pod(
+                        &pod,
+                        Some(&event.container),
+                        true,
+                        "Unhealthy",
+                        &format!("{what} probe failed: {}", event.message),
+                    )
+                    .await;
+                let msg = format!(
+                    "Container {} failed {} probe, will be restarted",
+                    event.container,
+                    what.to_ascii_lowercase()
+                );
+                self.shared
+                    .events
+                    .pod(&pod, Some(&event.container), false, "Killing", &msg)
+                    .await;
                 slot.killed_for = Some(msg);
                 slot.record.ready = false;
                 if let Some(inst) = &slot.instance {
@@ -378,8 +444,20 @@ impl PodWorker {
             }
             if let Err(e) = self.create_sandbox().await {
                 let pod = self.pod.clone();
-                self.shared.events.pod(&pod, None, true, "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}")).await;
-                let delay = self.sandbox_back_off.next_delay(Duration::ZERO).max(Duration::from_secs(1));
+                self.shared
+                    .events
+                    .pod(
+                        &pod,
+                        None,
+                        true,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    )
+                    .await;
+                let delay = self
+                    .sandbox_back_off
+                    .next_delay(Duration::ZERO)
+                    .max(Duration::from_secs(1));
                 let at = Instant::now() + delay;
                 self.sandbox_not_before = Some(at);
                 return Some(at);
@@ -411,7 +489,11 @@ impl PodWorker {
         }
         let phase = status::phase(&self.records(true), &self.records(false), self.policy);
         if phase == "Succeeded" || phase == "Failed" {
-            self.terminal = Some(if phase == "Succeeded" { "Succeeded" } else { "Failed" });
+            self.terminal = Some(if phase == "Succeeded" {
+                "Succeeded"
+            } else {
+                "Failed"
+            });
             // A finished pod keeps its sandbox (and logs) until it is deleted, but gives its
             // address back.
             if let Err(e) = self.shared.network.detach(&self.uid).await {
@@ -447,9 +529,14 @@ impl PodWorker {
             let (code, signal) = exit.map_or((-1, None), |e| (e.code, e.signal));
             let mut state = State::exited(code, signal, Some(inst.started_at), Timestamp::now());
             if exit.is_none() {
-                if let State::Terminated { reason, message, .. } = &mut state {
+                if let State::Terminated {
+                    reason, message, ..
+                } = &mut state
+                {
                     *reason = "ContainerStatusUnknown".into();
-                    *message = Some("The container could not be located when the pod was terminated".into());
+                    *message = Some(
+                        "The container could not be located when the pod was terminated".into(),
+                    );
                 }
             }
             if let Some(p) = &inst.probes {
@@ -484,7 +571,10 @@ impl PodWorker {
                 if !policy.restarts(exit_code) {
                     return None;
                 }
-                let ran = slot.instance.as_ref().map_or(Duration::ZERO, |i| i.started.elapsed());
+                let ran = slot
+                    .instance
+                    .as_ref()
+                    .map_or(Duration::ZERO, |i| i.started.elapsed());
                 let delay = slot.back_off.next_delay(ran);
                 slot.not_before = Some(now + delay);
                 slot.record.last_state = Some(slot.record.state.clone());
@@ -500,7 +590,16 @@ impl PodWorker {
                         )),
                     };
                     let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
-                    self.shared.events.pod(&pod, Some(&name), true, "BackOff", "Back-off restarting failed container").await;
+                    self.shared
+                        .events
+                        .pod(
+                            &pod,
+                            Some(&name),
+                            true,
+                            "BackOff",
+                            "Back-off restarting failed container",
+                        )
+                        .await;
                     return Some(now + delay);
                 }
             } else if !policy.restarts(exit_code) {
@@ -518,15 +617,39 @@ impl PodWorker {
             Ok(()) => None,
             Err((reason, message)) => {
                 let slot = self.slot(which);
-                let delay = slot.back_off.next_delay(Duration::ZERO).max(Duration::from_secs(1));
+                let delay = slot
+                    .back_off
+                    .next_delay(Duration::ZERO)
+                    .max(Duration::from_secs(1));
                 slot.not_before = Some(Instant::now() + delay);
-                let back_off_reason = if reason == "ErrImagePull" { "ImagePullBackOff" } else { reason.as_str() };
+                let back_off_reason = if reason == "ErrImagePull" {
+                    "ImagePullBackOff"
+                } else {
+                    reason.as_str()
+                };
                 slot.record.state = State::Waiting {
-                    reason: if slot.record.state_is_waiting_with(&reason) { back_off_reason.to_owned() } else { reason.clone() },
+                    reason: if slot.record.state_is_waiting_with(&reason) {
+                        back_off_reason.to_owned()
+                    } else {
+                        reason.clone()
+                    },
                     message: Some(message.clone()),
                 };
                 let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
-                self.shared.events.pod(&pod, Some(&name), true, if reason == "ErrImagePull" { "Failed" } else { &reason }, &message).await;
+                self.shared
+                    .events
+                    .pod(
+                        &pod,
+                        Some(&name),
+                        true,
+                        if reason == "ErrImagePull" {
+                            "Failed"
+                        } else {
+                            &reason
+                        },
+                        &message,
+                    )
+                    .await;
                 Some(Instant::now() + delay)
             }
         }
@@ -543,13 +666,25 @@ impl PodWorker {
     /// reason and message.
     async fn start(&mut self, which: Which) -> Result<(), (String, String)> {
         let pod = self.pod.clone();
-        let sandbox = self.sandbox.clone().ok_or_else(|| ("ContainerCreating".to_owned(), "no sandbox".to_owned()))?;
+        let sandbox = self
+            .sandbox
+            .clone()
+            .ok_or_else(|| ("ContainerCreating".to_owned(), "no sandbox".to_owned()))?;
         let spec = self.slot(which).spec.clone();
         let image_ref = spec.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image_ref);
         let present = self.shared.images.contains(&image_ref);
         if !present || policy == PullPolicy::Always {
-            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulling", &format!("Pulling image \"{image_ref}\"")).await;
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    Some(&spec.name),
+                    false,
+                    "Pulling",
+                    &format!("Pulling image \"{image_ref}\""),
+                )
+                .await;
         }
         let pull_started = Instant::now();
         let image = self
@@ -559,9 +694,30 @@ impl PodWorker {
             .await
             .map_err(|e| (e.kubelet_reason().to_owned(), e.to_string()))?;
         if !present || policy == PullPolicy::Always {
-            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulled", &format!("Successfully pulled image \"{image_ref}\" in {:?}", pull_started.elapsed())).await;
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    Some(&spec.name),
+                    false,
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{image_ref}\" in {:?}",
+                        pull_started.elapsed()
+                    ),
+                )
+                .await;
         } else {
-            self.shared.events.pod(&pod, Some(&spec.name), false, "Pulled", &format!("Container image \"{image_ref}\" already present on machine")).await;
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    Some(&spec.name),
+                    false,
+                    "Pulled",
+                    &format!("Container image \"{image_ref}\" already present on machine"),
+                )
+                .await;
         }
         // The previous instance goes first (same name in the runtime).
         let previous = self.slot(which).instance.take();
@@ -575,9 +731,15 @@ impl PodWorker {
             let slot = self.slot(which);
             slot.record.last_state.is_some() && slot.record.container_id.is_some()
         };
-        let env = container_config::environment(&self.shared.client, &pod, &spec, self.ip, self.shared.host_ip)
-            .await
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        let env = container_config::environment(
+            &self.shared.client,
+            &pod,
+            &spec,
+            self.ip,
+            self.shared.host_ip,
+        )
+        .await
+        .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
         let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, &spec)
             .await
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
@@ -591,11 +753,19 @@ impl PodWorker {
             working_dir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
         };
-        let mut cspec = runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+        let mut cspec =
+            runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())
+                .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
         cspec.mounts.extend(mounts);
-        if !cspec.mounts.iter().any(|m| m.destination == std::path::Path::new("/etc/hosts")) {
-            cspec.mounts.push(self.hosts_file().map_err(|e| ("CreateContainerConfigError".to_owned(), e))?);
+        if !cspec
+            .mounts
+            .iter()
+            .any(|m| m.destination == std::path::Path::new("/etc/hosts"))
+        {
+            cspec.mounts.push(
+                self.hosts_file()
+                    .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?,
+            );
         }
         let restart_count = {
             let slot = self.slot(which);
@@ -621,12 +791,39 @@ impl PodWorker {
         let container = match created {
             Ok(c) => c,
             Err(e) => {
-                self.shared.events.pod(&pod, Some(&spec.name), true, "Failed", &format!("Error: {e}")).await;
+                self.shared
+                    .events
+                    .pod(
+                        &pod,
+                        Some(&spec.name),
+                        true,
+                        "Failed",
+                        &format!("Error: {e}"),
+                    )
+                    .await;
                 return Err(("RunContainerError".to_owned(), e.to_string()));
             }
         };
-        self.shared.events.pod(&pod, Some(&spec.name), false, "Created", &format!("Created container {}", spec.name)).await;
-        self.shared.events.pod(&pod, Some(&spec.name), false, "Started", &format!("Started container {}", spec.name)).await;
+        self.shared
+            .events
+            .pod(
+                &pod,
+                Some(&spec.name),
+                false,
+                "Created",
+                &format!("Created container {}", spec.name),
+            )
+            .await;
+        self.shared
+            .events
+            .pod(
+                &pod,
+                Some(&spec.name),
+                false,
+                "Started",
+                &format!("Started container {}", spec.name),
+            )
+            .await;
         let probes = self.ip.and_then(|ip| {
             probes::spawn(
                 probes::Target {
@@ -642,7 +839,11 @@ impl PodWorker {
         let started_at = Timestamp::now();
         let slot = self.slot(which);
         slot.record.container_id = Some(format!("skiff://{}", container.id));
-        slot.record.image_id = Some(format!("{}@{}", repository(&image.reference), image.manifest_digest));
+        slot.record.image_id = Some(format!(
+            "{}@{}",
+            repository(&image.reference),
+            image.manifest_digest
+        ));
         slot.record.state = State::Running { started_at };
         slot.record.started = spec.startup_probe.is_none();
         slot.record.ready = spec.readiness_probe.is_none() && spec.startup_probe.is_none();
@@ -661,7 +862,12 @@ impl PodWorker {
     /// The pod's /etc/hosts (localhost and the pod's own name), as the kubelet writes it:
     /// images such as busybox have none, and `localhost` must resolve between containers.
     fn hosts_file(&self) -> Result<runtime::BindMount, String> {
-        let path = self.shared.root.join("pods").join(&self.uid).join("etc-hosts");
+        let path = self
+            .shared
+            .root
+            .join("pods")
+            .join(&self.uid)
+            .join("etc-hosts");
         let mut content = String::from("# Kubernetes-managed hosts file (skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         if let Some(ip) = self.ip {
             content.push_str(&format!("{ip}\t{}\n", pod_hostname(&self.pod)));
@@ -680,7 +886,12 @@ impl PodWorker {
         let sandbox = blocking(move || runtime.create_sandbox(&uid, &hostname))
             .await
             .map_err(|e| e.to_string())?;
-        match self.shared.network.attach(&self.uid, &sandbox.netns_path()).await {
+        match self
+            .shared
+            .network
+            .attach(&self.uid, &sandbox.netns_path())
+            .await
+        {
             Ok(ip) => {
                 self.ip = Some(ip);
                 self.sandbox = Some(sandbox);
@@ -701,7 +912,8 @@ impl PodWorker {
         for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
             if let Some(inst) = slot.instance.take() {
                 if matches!(slot.record.state, State::Running { .. }) {
-                    slot.record.state = State::exited(137, Some(9), Some(inst.started_at), Timestamp::now());
+                    slot.record.state =
+                        State::exited(137, Some(9), Some(inst.started_at), Timestamp::now());
                     slot.exit_seen = false;
                 }
             }
@@ -731,7 +943,16 @@ impl PodWorker {
             if !matches!(slot.record.state, State::Running { .. }) {
                 continue;
             }
-            self.shared.events.pod(&pod, Some(&slot.spec.name), false, "Killing", &format!("Stopping container {}", slot.spec.name)).await;
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    Some(&slot.spec.name),
+                    false,
+                    "Killing",
+                    &format!("Stopping container {}", slot.spec.name),
+                )
+                .await;
             let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
             stops.push(tokio::task::spawn_blocking(move || runtime.stop(&c, grace)));
         }
@@ -759,7 +980,10 @@ impl PodWorker {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&meta_str(&self.pod, |m| m.name.as_ref()), &params).await {
+        match api
+            .delete(&meta_str(&self.pod, |m| m.name.as_ref()), &params)
+            .await
+        {
             Ok(_) => tracing::info!(pod = %self.name(), "pod stopped and deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(pod = %self.name(), error = %e, "deleting the stopped pod"),
@@ -772,7 +996,10 @@ impl PodWorker {
             &self.records(false),
             &PodFacts {
                 policy: self.policy,
-                pod_ip: self.ip.filter(|_| self.terminal.is_none()).map(|ip| ip.to_string()),
+                pod_ip: self
+                    .ip
+                    .filter(|_| self.terminal.is_none())
+                    .map(|ip| ip.to_string()),
                 host_ip: self.shared.host_ip.map(|ip| ip.to_string()),
                 start_time: self.start_time,
                 previous: self.posted.as_ref().or(self.pod.status.as_ref()),
@@ -794,7 +1021,11 @@ impl PodWorker {
         );
         let patch = json!({ "status": status });
         match api
-            .patch_status(&meta_str(&self.pod, |m| m.name.as_ref()), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &meta_str(&self.pod, |m| m.name.as_ref()),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(p) => {
@@ -836,7 +1067,9 @@ impl PodWorker {
 impl ContainerRecord {
     fn state_is_waiting_with(&self, reason: &str) -> bool {
         match &self.state {
-            State::Waiting { reason: r, .. } => r == reason || (reason == "ErrImagePull" && r == "ImagePullBackOff"),
+            State::Waiting { reason: r, .. } => {
+                r == reason || (reason == "ErrImagePull" && r == "ImagePullBackOff")
+            }
             _ => false,
         }
     }
@@ -862,7 +1095,11 @@ fn grace_period(pod: &Pod) -> Duration {
     let secs = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }

@@ -73,7 +73,11 @@ impl LazyNetwork {
     }
 
     /// Gives a pod its address and wires its namespace (setting the network up if needed).
-    pub async fn attach(&self, pod_uid: &str, netns: &std::path::Path) -> Result<Ipv4Addr, NodeNetworkError> {
+    pub async fn attach(
+        &self,
+        pod_uid: &str,
+        netns: &std::path::Path,
+    ) -> Result<Ipv4Addr, NodeNetworkError> {
         self.get().await?.attach(pod_uid, netns).await
     }
 
@@ -87,7 +91,11 @@ impl LazyNetwork {
 
     /// The address a pod holds already, if any.
     pub async fn address_of(&self, pod_uid: &str) -> Option<Ipv4Addr> {
-        self.get_if_allocated().await.ok()?.address_of(pod_uid).await
+        self.get_if_allocated()
+            .await
+            .ok()?
+            .address_of(pod_uid)
+            .await
     }
 }
 
@@ -95,9 +103,10 @@ impl LazyNetwork {
 pub async fn run(shared: Arc<Shared>) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
-    let mut found: HashMap<String, crate::runtime::PodState> = {
-        let runtime = shared.runtime.clone();
-        match tokio::task::spawn_blocking(move || {
+    let mut found: HashMap<String, crate::runtime::PodState> =
+        {
+            let runtime = shared.runtime.clone();
+            match tokio::task::spawn_blocking(move || {
             let leftovers = runtime.leftover_pods().unwrap_or_default();
             for uid in leftovers {
                 if let Err(e) = runtime.remove_pod_by_uid(&uid) {
@@ -115,7 +124,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(_) => HashMap::new(),
         }
-    };
+        };
     if !found.is_empty() {
         tracing::info!(count = found.len(), "found running sandboxes to adopt");
     }
@@ -180,7 +189,9 @@ async fn dispatch(
     done: &mpsc::UnboundedSender<String>,
     pod: Pod,
 ) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
     if let Some(tx) = workers.get(&uid) {
         if tx.send(Update::Pod(Box::new(pod.clone()))).is_ok() {
             return;
@@ -198,12 +209,20 @@ async fn dispatch(
 }
 
 /// Removes sandboxes and addresses of pods that no longer exist in the API.
-async fn remove_orphans(shared: &Arc<Shared>, found: HashMap<String, crate::runtime::PodState>, seen: &HashSet<String>) {
+async fn remove_orphans(
+    shared: &Arc<Shared>,
+    found: HashMap<String, crate::runtime::PodState>,
+    seen: &HashSet<String>,
+) {
     for (uid, _) in found.into_iter().filter(|(uid, _)| !seen.contains(uid)) {
-        tracing::info!(pod_uid = uid, "removing the sandbox of a pod deleted while the agent was away");
+        tracing::info!(
+            pod_uid = uid,
+            "removing the sandbox of a pod deleted while the agent was away"
+        );
         let runtime = shared.runtime.clone();
         let u = uid.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || runtime.remove_pod_by_uid(&u)).await {
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || runtime.remove_pod_by_uid(&u)).await
+        {
             tracing::warn!(pod_uid = uid, error = %e, "removing an orphaned sandbox");
         }
     }
@@ -233,7 +252,12 @@ impl LazyNetwork {
 }
 
 /// Keeps routes to the other nodes' podCIDRs (via their InternalIP) once the pod network is up.
-pub async fn keep_routes(client: kube::Client, node_name: String, network: Arc<LazyNetwork>, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn keep_routes(
+    client: kube::Client,
+    node_name: String,
+    network: Arc<LazyNetwork>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let api: Api<Node> = Api::all(client);
     let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
@@ -262,7 +286,9 @@ pub async fn keep_routes(client: kube::Client, node_name: String, network: Arc<L
         if !changed {
             continue;
         }
-        let Some(net) = network.current() else { continue };
+        let Some(net) = network.current() else {
+            continue;
+        };
         let want: BTreeMap<String, Ipv4Addr> = nodes
             .values()
             .filter(|n| n.metadata.name.as_deref() != Some(node_name.as_str()))

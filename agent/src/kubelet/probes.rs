@@ -70,7 +70,10 @@ pub struct Target {
 /// `None` when the container has no probes.
 pub fn spawn(target: Target, tx: mpsc::UnboundedSender<ProbeEvent>) -> Option<CancellationToken> {
     let spec = &target.spec;
-    if spec.startup_probe.is_none() && spec.liveness_probe.is_none() && spec.readiness_probe.is_none() {
+    if spec.startup_probe.is_none()
+        && spec.liveness_probe.is_none()
+        && spec.readiness_probe.is_none()
+    {
         return None;
     }
     let cancel = CancellationToken::new();
@@ -194,12 +197,22 @@ async fn check(probe: &Probe, target: &Target, timeout: Duration) -> Result<(), 
     if let Some(http) = &probe.http_get {
         let port = port(&http.port, &target.spec)?;
         let host: IpAddr = match http.host.as_deref().filter(|h| !h.is_empty()) {
-            Some(h) => h.parse().map_err(|_| format!("unsupported probe host {h:?} (an IP is needed)"))?,
+            Some(h) => h
+                .parse()
+                .map_err(|_| format!("unsupported probe host {h:?} (an IP is needed)"))?,
             None => target.pod_ip,
         };
-        let scheme = http.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
+        let scheme = http
+            .scheme
+            .as_deref()
+            .unwrap_or("HTTP")
+            .to_ascii_lowercase();
         let path = http.path.as_deref().unwrap_or("/");
-        let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
         let url = format!("{scheme}://{}{path}", SocketAddr::new(host, port));
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -212,7 +225,10 @@ async fn check(probe: &Probe, target: &Target, timeout: Duration) -> Result<(), 
         for h in http.http_headers.iter().flatten() {
             request = request.header(h.name.as_str(), h.value.as_str());
         }
-        let response = request.send().await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
         let code = response.status().as_u16();
         return if (200..400).contains(&code) {
             Ok(())
@@ -223,7 +239,9 @@ async fn check(probe: &Probe, target: &Target, timeout: Duration) -> Result<(), 
     if let Some(tcp) = &probe.tcp_socket {
         let port = port(&tcp.port, &target.spec)?;
         let host: IpAddr = match tcp.host.as_deref().filter(|h| !h.is_empty()) {
-            Some(h) => h.parse().map_err(|_| format!("unsupported probe host {h:?}"))?,
+            Some(h) => h
+                .parse()
+                .map_err(|_| format!("unsupported probe host {h:?}"))?,
             None => target.pod_ip,
         };
         let addr = SocketAddr::new(host, port);
@@ -243,12 +261,17 @@ async fn check(probe: &Probe, target: &Target, timeout: Duration) -> Result<(), 
 }
 
 /// Runs an exec probe's command in the container: exit code 0 passes.
-async fn exec_probe(target: &Target, command: Vec<String>, timeout: Duration) -> Result<(), String> {
+async fn exec_probe(
+    target: &Target,
+    command: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
     let (runtime, container) = (target.runtime.clone(), target.container.clone());
-    let out = tokio::task::spawn_blocking(move || runtime.exec_output(&container, &command, timeout))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let out =
+        tokio::task::spawn_blocking(move || runtime.exec_output(&container, &command, timeout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     if out.code == 0 {
         Ok(())
     } else {

@@ -195,7 +195,11 @@ impl RestartPolicy {
 }
 
 /// The pod's phase, by the kubelet's rules (`getPhase`).
-pub fn phase(init: &[ContainerRecord], containers: &[ContainerRecord], policy: RestartPolicy) -> &'static str {
+pub fn phase(
+    init: &[ContainerRecord],
+    containers: &[ContainerRecord],
+    policy: RestartPolicy,
+) -> &'static str {
     // An init container that failed for good fails the pod.
     if policy == RestartPolicy::Never
         && init
@@ -329,9 +333,8 @@ pub fn pod_status(
         condition("PodScheduled", true, None, facts.previous, now),
     ];
     let ips = |ip: &Option<String>| {
-        ip.as_ref().map(|ip| {
-            vec![k8s_openapi::api::core::v1::PodIP { ip: ip.clone() }]
-        })
+        ip.as_ref()
+            .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip: ip.clone() }])
     };
     PodStatus {
         phase: Some(phase.to_owned()),
@@ -342,15 +345,14 @@ pub fn pod_status(
         pod_ip: facts.pod_ip.clone(),
         pod_ips: ips(&facts.pod_ip),
         host_ip: facts.host_ip.clone(),
-        host_ips: facts.host_ip.as_ref().map(|ip| {
-            vec![k8s_openapi::api::core::v1::HostIP { ip: ip.clone() }]
-        }),
+        host_ips: facts
+            .host_ip
+            .as_ref()
+            .map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip: ip.clone() }]),
         start_time: Some(Time(facts.start_time)),
         reason: facts.failure.as_ref().map(|f| f.0.clone()),
         message: facts.failure.as_ref().map(|f| f.1.clone()),
-        qos_class: facts
-            .previous
-            .and_then(|p| p.qos_class.clone()),
+        qos_class: facts.previous.and_then(|p| p.qos_class.clone()),
         ..PodStatus::default()
     }
 }
@@ -423,18 +425,34 @@ mod tests {
         use RestartPolicy::*;
         let creating = ContainerRecord::new("a", "img", "ContainerCreating");
         assert_eq!(phase(&[], &[creating.clone()], Always), "Pending");
-        assert_eq!(phase(&[], &[running("a", true), creating], Always), "Pending");
+        assert_eq!(
+            phase(&[], &[running("a", true), creating], Always),
+            "Pending"
+        );
         assert_eq!(phase(&[], &[running("a", false)], Always), "Running");
         assert_eq!(phase(&[], &[crashlooping("a")], Always), "Running");
         assert_eq!(phase(&[], &[exited("a", 0)], Never), "Succeeded");
-        assert_eq!(phase(&[], &[exited("a", 0), exited("b", 2)], Never), "Failed");
+        assert_eq!(
+            phase(&[], &[exited("a", 0), exited("b", 2)], Never),
+            "Failed"
+        );
         assert_eq!(phase(&[], &[exited("a", 0)], OnFailure), "Succeeded");
         assert_eq!(phase(&[], &[exited("a", 1)], OnFailure), "Running");
         // Init containers gate the phase.
         let init_running = running("init", false);
-        assert_eq!(phase(&[init_running], &[ContainerRecord::new("a", "i", "PodInitializing")], Always), "Pending");
+        assert_eq!(
+            phase(
+                &[init_running],
+                &[ContainerRecord::new("a", "i", "PodInitializing")],
+                Always
+            ),
+            "Pending"
+        );
         assert_eq!(phase(&[exited("init", 1)], &[], Never), "Failed");
-        assert_eq!(phase(&[exited("init", 0)], &[running("a", true)], Never), "Running");
+        assert_eq!(
+            phase(&[exited("init", 0)], &[running("a", true)], Never),
+            "Running"
+        );
     }
 
     #[test]
@@ -460,7 +478,10 @@ mod tests {
         let first = pod_status(&[], &[running("a", false)], &facts);
         assert_eq!(first.phase.as_deref(), Some("Running"));
         assert_eq!(cond(&first, "Ready").status, "False");
-        assert_eq!(cond(&first, "Ready").reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            cond(&first, "Ready").reason.as_deref(),
+            Some("ContainersNotReady")
+        );
         assert_eq!(cond(&first, "Initialized").status, "True");
         let ready = pod_status(
             &[],

@@ -45,7 +45,11 @@ pub struct PodNetwork {
 
 impl PodNetwork {
     /// Opens the IPAM under `dir` and makes sure the bridge exists.
-    pub async fn open(handle: Handle, dir: &Path, range: Ipv4Cidr) -> Result<Self, NodeNetworkError> {
+    pub async fn open(
+        handle: Handle,
+        dir: &Path,
+        range: Ipv4Cidr,
+    ) -> Result<Self, NodeNetworkError> {
         let ipam = Ipam::open(dir, range)?;
         let gateway = ipam.gateway();
         pod_network::ensure_bridge(&handle, range, gateway).await?;
@@ -84,12 +88,21 @@ impl PodNetwork {
 
     /// Pods holding an address (for cleaning up after pods deleted while the agent was down).
     pub async fn allocated_pods(&self) -> Vec<String> {
-        self.ipam.lock().await.allocations().keys().cloned().collect()
+        self.ipam
+            .lock()
+            .await
+            .allocations()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Makes the routes to other nodes' podCIDRs match `want` (podCIDR -> node address),
     /// adding and replacing routes as needed and removing the ones of nodes that went away.
-    pub async fn sync_routes(&self, want: BTreeMap<String, Ipv4Addr>) -> Result<(), NodeNetworkError> {
+    pub async fn sync_routes(
+        &self,
+        want: BTreeMap<String, Ipv4Addr>,
+    ) -> Result<(), NodeNetworkError> {
         let mut have = self.routes.lock().await;
         for (cidr, via) in &want {
             if have.get(cidr) == Some(via) {
@@ -105,7 +118,11 @@ impl PodNetwork {
             pod_network::route_to_node(&self.handle, range, *via).await?;
             have.insert(cidr.clone(), *via);
         }
-        let gone: Vec<String> = have.keys().filter(|c| !want.contains_key(*c)).cloned().collect();
+        let gone: Vec<String> = have
+            .keys()
+            .filter(|c| !want.contains_key(*c))
+            .cloned()
+            .collect();
         for cidr in gone {
             if let Ok(range) = cidr.parse::<Ipv4Cidr>() {
                 if let Err(e) = pod_network::remove_route(&self.handle, range).await {
@@ -147,15 +164,34 @@ fn iptables_ok(args: &[&str]) -> Result<(), NodeNetworkError> {
 /// Masquerades traffic from this node's pods to destinations outside `cluster_cidr` (the
 /// internet, the node network), so replies find their way back; traffic between pods keeps
 /// its source address. Idempotent: the chain is rebuilt.
-pub fn install_masquerade(pod_cidr: Ipv4Cidr, cluster_cidr: Ipv4Cidr) -> Result<(), NodeNetworkError> {
-    if !iptables(&["-t", "nat", "-L", MASQUERADE_CHAIN, "-n"])?.status.success() {
+pub fn install_masquerade(
+    pod_cidr: Ipv4Cidr,
+    cluster_cidr: Ipv4Cidr,
+) -> Result<(), NodeNetworkError> {
+    if !iptables(&["-t", "nat", "-L", MASQUERADE_CHAIN, "-n"])?
+        .status
+        .success()
+    {
         iptables_ok(&["-t", "nat", "-N", MASQUERADE_CHAIN])?;
     }
     iptables_ok(&["-t", "nat", "-F", MASQUERADE_CHAIN])?;
     let (src, dst) = (pod_cidr.to_string(), cluster_cidr.to_string());
     iptables_ok(&[
-        "-t", "nat", "-A", MASQUERADE_CHAIN, "-s", &src, "!", "-d", &dst, "-m", "comment",
-        "--comment", "skiff: pod traffic leaving the cluster", "-j", "MASQUERADE",
+        "-t",
+        "nat",
+        "-A",
+        MASQUERADE_CHAIN,
+        "-s",
+        &src,
+        "!",
+        "-d",
+        &dst,
+        "-m",
+        "comment",
+        "--comment",
+        "skiff: pod traffic leaving the cluster",
+        "-j",
+        "MASQUERADE",
     ])?;
     let jump = ["-t", "nat", "-C", "POSTROUTING", "-j", MASQUERADE_CHAIN];
     if !iptables(&jump)?.status.success() {
@@ -170,7 +206,10 @@ pub fn remove_masquerade() -> Result<(), NodeNetworkError> {
         .status
         .success()
     {}
-    if iptables(&["-t", "nat", "-L", MASQUERADE_CHAIN, "-n"])?.status.success() {
+    if iptables(&["-t", "nat", "-L", MASQUERADE_CHAIN, "-n"])?
+        .status
+        .success()
+    {
         iptables_ok(&["-t", "nat", "-F", MASQUERADE_CHAIN])?;
         iptables_ok(&["-t", "nat", "-X", MASQUERADE_CHAIN])?;
     }

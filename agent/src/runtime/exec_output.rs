@@ -21,7 +21,12 @@ const MAX_OUTPUT: usize = 10 * 1024;
 
 impl Runtime {
     /// Runs `argv` in the container's namespaces and root, waiting at most `timeout`.
-    pub fn exec_output(&self, container: &Container, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+    pub fn exec_output(
+        &self,
+        container: &Container,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
         if argv.is_empty() {
             return Err(RuntimeError::Invalid {
                 what: "exec command",
@@ -30,7 +35,9 @@ impl Runtime {
         }
         let mut child = Command::new("nsenter")
             .arg(format!("--target={}", container.pid))
-            .args(["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--"])
+            .args([
+                "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--",
+            ])
             .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

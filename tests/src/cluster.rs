@@ -1,0 +1,456 @@
+//! A local multi-node skiff cluster on one machine: skiff-control on the host, and per node a
+//! network namespace (`<name>-node-<i>`) holding its agent, pods, pod bridge and service
+//! datapath. The nodes are joined by a host bridge on a private /24 (`172.31.<index>.0/24`,
+//! the host at `.1`, node i at `.10+i`) and have no default route, so nothing a pod sends can
+//! leave the machine; the host does not forward (it is not made to). Each node's agent runs in
+//! a cgroup2 directory of its own so its socket load balancing sees only its node's processes,
+//! and pins its eBPF state in a bpffs directory of its own.
+//!
+//! `up` records what it made in `<dir>/cluster.json`; `down` removes exactly that (pods, eBPF
+//! pins, namespaces, the bridge, cgroups), also after a crash half-way through `up`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+/// How to build a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cluster name: prefixes namespaces and devices (at most 6 characters).
+    pub name: String,
+    /// Picks the node network 172.31.<index>.0/24 (distinct per concurrent cluster).
+    pub index: u8,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// State, logs, kubeconfig.
+    pub dir: PathBuf,
+    /// skiff-control binary.
+    pub control_bin: PathBuf,
+    /// skiff-agent binary.
+    pub agent_bin: PathBuf,
+    /// Directory of images to preload on every node.
+    pub images: Option<PathBuf>,
+    /// `--proxy-mode` of the agents.
+    pub proxy_mode: String,
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
+    /// Extra arguments for skiff-control.
+    pub control_args: Vec<String>,
+}
+
+/// What `up` made, for `down`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct State {
+    /// The host bridge.
+    pub bridge: Option<String>,
+    /// skiff-control's pid.
+    pub control_pid: Option<u32>,
+    /// The nodes.
+    pub nodes: Vec<NodeState>,
+    /// The admin kubeconfig (server on the bridge address).
+    pub kubeconfig: PathBuf,
+}
+
+/// One node's pieces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// `node-<i>`.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on the node network.
+    pub ip: Ipv4Addr,
+    /// Its podCIDR.
+    pub pod_cidr: String,
+    /// The agent's root dir.
+    pub root_dir: PathBuf,
+    /// The agent's cgroup2 directory.
+    pub cgroup: PathBuf,
+    /// The agent's bpffs pin directory.
+    pub pin_dir: PathBuf,
+    /// The agent's pid, once started.
+    pub agent_pid: Option<u32>,
+    /// The agent's log.
+    pub log: PathBuf,
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.json")
+}
+
+fn save(dir: &Path, state: &State) -> anyhow::Result<()> {
+    std::fs::write(state_path(dir), serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", state_path(dir).display()))
+}
+
+/// Reads the state `up` left in `dir`.
+pub fn load(dir: &Path) -> anyhow::Result<State> {
+    let bytes = std::fs::read(state_path(dir))
+        .with_context(|| format!("no cluster in {} (reading cluster.json)", dir.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The cgroup2 mount (hybrid hosts have it at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for line in info.lines() {
+        if let Some((_, post)) = line.split_once(" - ") {
+            if post.starts_with("cgroup2 ") {
+                return Ok(PathBuf::from(
+                    line.split_whitespace().nth(4).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    bail!("no cgroup2 file system is mounted")
+}
+
+/// Starts `program` detached (own session, output to `log`), inside `netns` and `cgroup`
+/// when given. Returns its pid.
+fn spawn_detached(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    netns: Option<&str>,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<u32> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut script = String::new();
+    if let Some(cg) = cgroup {
+        script.push_str(&format!("echo $$ > '{}/cgroup.procs' && ", cg.display()));
+    }
+    script.push_str("exec \"$@\"");
+    let mut cmd = Command::new("setsid");
+    cmd.args(["sh", "-c", &script, "sh"]);
+    if let Some(ns) = netns {
+        cmd.arg("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--");
+    }
+    let child = cmd
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(child.id())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+fn stop(pid: u32, grace: Duration) {
+    let pid_arg = pid.to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid_arg]).status();
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        let _ = Command::new("kill").args(["-KILL", &pid_arg]).status();
+    }
+}
+
+/// Brings a cluster up and waits until every node is Ready. On failure, removes what it made.
+pub fn up(opts: &Options) -> anyhow::Result<State> {
+    anyhow::ensure!(
+        opts.name.len() <= 6,
+        "cluster name {:?} is longer than 6 characters",
+        opts.name
+    );
+    anyhow::ensure!(
+        (1..=50).contains(&opts.nodes),
+        "--nodes must be between 1 and 50"
+    );
+    std::fs::create_dir_all(&opts.dir)?;
+    if state_path(&opts.dir).exists() {
+        bail!(
+            "a cluster is already recorded in {}; run `down` first",
+            opts.dir.display()
+        );
+    }
+    let mut state = State {
+        kubeconfig: opts.dir.join("admin.kubeconfig"),
+        ..State::default()
+    };
+    match build(opts, &mut state) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            let _ = save(&opts.dir, &state);
+            let _ = down(&opts.dir, &opts.agent_bin);
+            Err(e)
+        }
+    }
+}
+
+fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
+    let net = |host: u8| Ipv4Addr::new(172, 31, opts.index, host);
+    let bridge = format!("{}br", opts.name);
+    ip(&["link", "add", &bridge, "type", "bridge"])?;
+    state.bridge = Some(bridge.clone());
+    save(&opts.dir, state)?;
+    ip(&["addr", "add", &format!("{}/24", net(1)), "dev", &bridge])?;
+    ip(&["link", "set", &bridge, "up"])?;
+    let cg_root = cgroup2_root()?;
+    for i in 1..=opts.nodes {
+        let name = format!("node-{i}");
+        let netns = format!("{}-{name}", opts.name);
+        let node = NodeState {
+            ip: net(10 + i as u8),
+            pod_cidr: format!("10.244.{i}.0/24"),
+            root_dir: opts.dir.join(&name),
+            cgroup: cg_root.join(format!("skiff-{netns}")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/skiff-{netns}")),
+            log: opts.dir.join(format!("{name}.log")),
+            agent_pid: None,
+            name,
+            netns: netns.clone(),
+        };
+        state.nodes.push(node.clone());
+        save(&opts.dir, state)?;
+        ip(&["netns", "add", &netns])?;
+        let host_end = format!("{}v{i}", opts.name);
+        ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ])?;
+        ip(&["link", "set", &host_end, "master", &bridge, "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{}/24", node.ip),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        std::fs::create_dir_all(&node.cgroup)
+            .with_context(|| format!("creating {}", node.cgroup.display()))?;
+        std::fs::create_dir_all(&node.root_dir)?;
+    }
+    let mut control_args = vec![
+        "--data-dir".to_owned(),
+        opts.dir.join("control").display().to_string(),
+        "--listen".to_owned(),
+        format!("{}:6443", net(1)),
+        "--write-kubeconfig".to_owned(),
+        state.kubeconfig.display().to_string(),
+    ];
+    control_args.extend(opts.control_args.iter().cloned());
+    state.control_pid = Some(spawn_detached(
+        &opts.control_bin,
+        &control_args,
+        &opts.dir.join("control.log"),
+        None,
+        None,
+    )?);
+    save(&opts.dir, state)?;
+    wait_until("skiff-control to serve", Duration::from_secs(30), || {
+        anyhow::ensure!(
+            state.control_pid.is_some_and(alive),
+            "skiff-control exited: {}",
+            tail(&opts.dir.join("control.log"))
+        );
+        Ok(state.kubeconfig.exists() && std::net::TcpStream::connect((net(1), 6443)).is_ok())
+    })?;
+    for node in &mut state.nodes {
+        let mut args: Vec<String> = [
+            "--kubeconfig",
+            &state.kubeconfig.display().to_string(),
+            "--node-name",
+            &node.name,
+            "--root-dir",
+            &node.root_dir.display().to_string(),
+            "--pod-cidr",
+            &node.pod_cidr,
+            "--node-ip",
+            &node.ip.to_string(),
+            "--proxy-mode",
+            &opts.proxy_mode,
+            "--cgroup-root",
+            &node.cgroup.display().to_string(),
+            "--pin-dir",
+            &node.pin_dir.display().to_string(),
+            "--nodeport-interface",
+            "eth0",
+            "--local-registries-only",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if let Some(images) = &opts.images {
+            args.push("--preload-images".into());
+            args.push(images.display().to_string());
+        }
+        args.extend(opts.agent_args.iter().cloned());
+        node.agent_pid = Some(spawn_detached(
+            &opts.agent_bin,
+            &args,
+            &node.log,
+            Some(&node.netns),
+            Some(&node.cgroup),
+        )?);
+    }
+    save(&opts.dir, state)?;
+    let names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+    let kubeconfig = state.kubeconfig.clone();
+    wait_until("every node to be Ready", Duration::from_secs(60), || {
+        for node in &state.nodes {
+            anyhow::ensure!(
+                node.agent_pid.is_some_and(alive),
+                "the agent of {} exited: {}",
+                node.name,
+                tail(&node.log)
+            );
+        }
+        Ok(ready_nodes(&kubeconfig)?.len() >= names.len())
+    })?;
+    Ok(())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Names of the Nodes whose Ready condition is True.
+pub fn ready_nodes(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+        let list = match nodes.list(&Default::default()).await {
+            Ok(l) => l,
+            Err(_) => return Ok(Vec::new()),
+        };
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .filter_map(|n| n.metadata.name)
+            .collect())
+    })
+}
+
+/// Stops one node's agent (its pods keep running, as when a kubelet dies).
+pub fn stop_agent(node: &NodeState) {
+    if let Some(pid) = node.agent_pid {
+        stop(pid, Duration::from_secs(10));
+    }
+}
+
+/// Removes everything `up` recorded in `dir`: agents, pods, eBPF pins, namespaces, the bridge,
+/// cgroups, skiff-control. Keeps going past errors and reports the first.
+pub fn down(dir: &Path, agent_bin: &Path) -> anyhow::Result<()> {
+    let state = load(dir)?;
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut note = |r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            eprintln!("cluster down: {e:#}");
+            first_error.get_or_insert(e);
+        }
+    };
+    for node in &state.nodes {
+        stop_agent(node);
+        if Path::new("/run/netns").join(&node.netns).exists() {
+            // The agent's own cleanup, in the node's namespace: pods, datapath, rules.
+            note(run(Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", node.netns))
+                .arg("--")
+                .arg(agent_bin)
+                .arg("cleanup")
+                .arg("--pin-dir")
+                .arg(&node.pin_dir)
+                .arg("--root-dir")
+                .arg(&node.root_dir)));
+            note(ip(&["netns", "del", &node.netns]));
+        }
+        if node.cgroup.exists() {
+            note(
+                std::fs::remove_dir(&node.cgroup)
+                    .with_context(|| format!("removing {}", node.cgroup.display())),
+            );
+        }
+        if node.pin_dir.exists() {
+            note(
+                std::fs::remove_dir_all(&node.pin_dir)
+                    .with_context(|| format!("removing {}", node.pin_dir.display())),
+            );
+        }
+    }
+    if let Some(pid) = state.control_pid {
+        stop(pid, Duration::from_secs(10));
+    }
+    if let Some(bridge) = &state.bridge {
+        if Path::new("/sys/class/net").join(bridge).exists() {
+            note(ip(&["link", "del", bridge]));
+        }
+    }
+    if first_error.is_none() {
+        let _ = std::fs::remove_file(state_path(dir));
+    }
+    first_error.map_or(Ok(()), Err)
+}
