@@ -76,6 +76,9 @@ pub struct NodeState {
     pub agent_pid: Option<u32>,
     /// The agent's log.
     pub log: PathBuf,
+    /// How the agent was started (binary and arguments), for restarts.
+    #[serde(default)]
+    pub agent_command: Vec<String>,
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -238,6 +241,7 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/skiff-{netns}")),
             log: opts.dir.join(format!("{name}.log")),
             agent_pid: None,
+            agent_command: Vec::new(),
             name,
             netns: netns.clone(),
         };
@@ -319,6 +323,9 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
             args.push(images.display().to_string());
         }
         args.extend(opts.agent_args.iter().cloned());
+        node.agent_command = std::iter::once(opts.agent_bin.display().to_string())
+            .chain(args.iter().cloned())
+            .collect();
         node.agent_pid = Some(spawn_detached(
             &opts.agent_bin,
             &args,
@@ -399,6 +406,74 @@ pub fn ready_nodes(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
 pub fn stop_agent(node: &NodeState) {
     if let Some(pid) = node.agent_pid {
         stop(pid, Duration::from_secs(10));
+    }
+}
+
+/// Starts a stopped node's agent again with the same arguments (its log is appended to a
+/// fresh file `<log>.<n>`); returns the new pid.
+pub fn start_agent(node: &mut NodeState) -> anyhow::Result<u32> {
+    let (program, args) = node
+        .agent_command
+        .split_first()
+        .context("the node has no recorded agent command")?;
+    let mut n = 1;
+    while node.log.with_extension(format!("log.{n}")).exists() {
+        n += 1;
+    }
+    let log = node.log.with_extension(format!("log.{n}"));
+    let pid = spawn_detached(
+        Path::new(program),
+        args,
+        &log,
+        Some(&node.netns),
+        Some(&node.cgroup),
+    )?;
+    node.agent_pid = Some(pid);
+    node.log = log;
+    Ok(pid)
+}
+
+/// A cluster that is taken down when dropped (for tests).
+pub struct Guard {
+    /// What `up` made.
+    pub state: State,
+    /// Its directory.
+    pub dir: PathBuf,
+    agent_bin: PathBuf,
+    /// A temporary directory holding `dir`, removed after the cluster is down.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Guard {
+    /// Brings a cluster up in a new temporary directory (`opts.dir` is ignored); it goes down
+    /// when the guard drops, also when a test panics, and the directory goes after it.
+    pub fn up(opts: &Options) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let opts = Options {
+            dir: tmp.path().to_owned(),
+            ..opts.clone()
+        };
+        let state = up(&opts)?;
+        Ok(Self {
+            state,
+            dir: opts.dir.clone(),
+            agent_bin: opts.agent_bin.clone(),
+            _tmp: Some(tmp),
+        })
+    }
+
+    /// Saves changed state (after agent restarts) so `down` sees the new pids.
+    pub fn save(&self) -> anyhow::Result<()> {
+        save(&self.dir, &self.state)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = save(&self.dir, &self.state);
+        if let Err(e) = down(&self.dir, &self.agent_bin) {
+            eprintln!("taking the test cluster down: {e:#}");
+        }
     }
 }
 

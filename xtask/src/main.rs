@@ -2,6 +2,7 @@
 
 mod bench_api;
 mod bench_proxy;
+mod cluster;
 mod deploy;
 mod ebpf;
 mod images;
@@ -34,6 +35,11 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Stop what `deploy` started.
     Stop(deploy::StopArgs),
+    /// A local multi-node cluster: `cluster up --nodes N`, `cluster down`.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Run the whole test suite (unit, component, end-to-end with the real kubectl).
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -74,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Images => images::build(),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
+        Command::Cluster { command } => cluster::run(command),
         Command::Test { args } => test(&args),
         Command::Bench {
             which: Bench::Api(args),

@@ -1,0 +1,438 @@
+//! Pods end to end on a local cluster (`skiff_e2e::cluster`: skiff-control plus agents in
+//! network namespaces), driven with the real kubectl: pod-to-pod traffic across nodes without
+//! NAT, containers sharing localhost, crash back-off, liveness and readiness probes, cgroup
+//! limits, adoption after an agent restart, and deletion that leaves nothing behind.
+//! Needs root; every test takes its cluster down, also when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_e2e::cluster::{self, Guard, Options};
+use skiff_e2e::{agent_bin, control_bin, kubectl_bin, wait_for};
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+fn cluster(name: &str, index: u8, nodes: usize) -> Guard {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
+    assert!(
+        images.exists(),
+        "{} missing: run `cargo xtask images`",
+        images.display()
+    );
+    Guard::up(&Options {
+        name: name.into(),
+        index,
+        nodes,
+        dir: PathBuf::new(),
+        control_bin: control_bin(),
+        agent_bin: agent_bin(),
+        images: Some(images),
+        proxy_mode: "none".into(),
+        agent_args: vec![],
+        control_args: vec![],
+    })
+    .unwrap_or_else(|e| panic!("cluster up: {e:#}"))
+}
+
+struct Kubectl(PathBuf);
+
+impl Kubectl {
+    fn output(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut child = Command::new(kubectl_bin())
+            .args(args)
+            .env("KUBECONFIG", &self.0)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.output(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.run(&["apply", "-f", "-"], Some(yaml));
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        let out = self.output(&["get", "pod", name, "-o", "json"], None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn pod_field(&self, name: &str, pointer: &str) -> Option<Value> {
+        self.pod(name).and_then(|p| p.pointer(pointer).cloned())
+    }
+
+    fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
+        let mut last = None;
+        wait_for(&format!("pod {name} to be {phase}"), timeout, || {
+            last = self.pod(name);
+            last.as_ref()
+                .and_then(|p| p.pointer("/status/phase"))
+                .and_then(Value::as_str)
+                == Some(phase)
+        });
+        last.unwrap()
+    }
+}
+
+/// A container's current log file on its node.
+fn log_file(node_root: &Path, pod: &Value, container: &str, instance: u32) -> PathBuf {
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap();
+    node_root
+        .join("pods")
+        .join(uid)
+        .join("logs")
+        .join(container)
+        .join(format!("{instance}.log"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn pod_ip(pod: &Value) -> String {
+    pod.pointer("/status/podIP")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_without_nat() {
+    if !is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers)");
+        return;
+    }
+    let c = cluster("tpnet", 201, 2);
+    let k = Kubectl(c.state.kubeconfig.clone());
+    k.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: server}\nspec:\n  nodeName: node-2\n  containers:\n  - {name: kubia, image: 'kubia:v1'}\n",
+    );
+    let server = k.wait_phase("server", "Running", Duration::from_secs(60));
+    let ip = pod_ip(&server);
+    assert!(
+        ip.starts_with("10.244.2."),
+        "node-2's pods come from its podCIDR: {ip}"
+    );
+    k.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc {ip} 8080']\n"
+    ));
+    let client = k.wait_phase("client", "Succeeded", Duration::from_secs(60));
+    let client_ip = pod_ip(&client);
+    assert!(client_ip.starts_with("10.244.1."), "{client_ip}");
+    let answer = read(&log_file(&c.state.nodes[0].root_dir, &client, "c", 0));
+    assert!(
+        answer.contains("You've hit server"),
+        "client got: {answer:?}"
+    );
+    // The server saw the client's pod IP: no NAT between pods on different nodes.
+    let server_log = read(&log_file(&c.state.nodes[1].root_dir, &server, "kubia", 0));
+    assert!(
+        server_log.contains(&format!("Received request from {client_ip}")),
+        "server log: {server_log}"
+    );
+    // Nothing can leave the cluster: the node has no default route.
+    let routes = Command::new("ip")
+        .args(["-n", &c.state.nodes[0].netns, "route", "show", "default"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&routes.stdout).trim().is_empty());
+}
+
+#[test]
+fn pod_lifecycle_probes_limits_and_clean_deletion() {
+    if !is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers)");
+        return;
+    }
+    let c = cluster("tplife", 202, 1);
+    let k = Kubectl(c.state.kubeconfig.clone());
+    let root = c.state.nodes[0].root_dir.clone();
+    k.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: "kubia:v1"
+    resources: {limits: {memory: 64Mi, cpu: 250m}}
+  - name: client
+    image: busybox
+    command: [sh, -c, 'while true; do printf "GET / HTTP/1.0\r\n\r\n" | nc localhost 8080; sleep 1; done']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: [sh, -c, 'echo attempt; exit 3']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: "kubia:v1"
+    livenessProbe: {httpGet: {path: /, port: 9999}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flappy}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, 'while true; do touch /tmp/ready; sleep 3; rm -f /tmp/ready; sleep 3; done']
+    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}
+"#,
+    );
+    // Two containers share the pod's localhost.
+    let shared = k.wait_phase("shared", "Running", Duration::from_secs(60));
+    let client_log = log_file(&root, &shared, "client", 0);
+    wait_for(
+        "the client container to reach web over localhost",
+        Duration::from_secs(30),
+        || read(&client_log).contains("You've hit shared"),
+    );
+    // Limits landed in the container's cgroups.
+    let uid = shared
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    let mem = read(Path::new(&format!(
+        "/sys/fs/cgroup/memory/skiff/{uid}/web/memory.limit_in_bytes"
+    )));
+    assert_eq!(mem.trim(), "67108864", "memory limit");
+    let quota = read(Path::new(&format!(
+        "/sys/fs/cgroup/cpu/skiff/{uid}/web/cpu.cfs_quota_us"
+    )));
+    assert_eq!(quota.trim(), "25000", "cpu quota (250m of a 100 ms period)");
+
+    // A crashing container restarts with back-off and says so.
+    let mut saw_backoff = false;
+    wait_for(
+        "crash to restart twice in back-off",
+        Duration::from_secs(60),
+        || {
+            let s = k
+                .pod_field("crash", "/status/containerStatuses/0")
+                .unwrap_or_default();
+            saw_backoff |= s.pointer("/state/waiting/reason").and_then(Value::as_str)
+                == Some("CrashLoopBackOff");
+            saw_backoff && s["restartCount"].as_i64().unwrap_or(0) >= 2
+        },
+    );
+    let s = k.pod_field("crash", "/status/containerStatuses/0").unwrap();
+    assert_eq!(
+        s.pointer("/lastState/terminated/exitCode"),
+        Some(&Value::from(3)),
+        "{s}"
+    );
+    assert_eq!(
+        k.pod_field("crash", "/status/phase"),
+        Some(Value::from("Running"))
+    );
+
+    // A failing liveness probe restarts the container.
+    wait_for(
+        "unhealthy to be restarted by its liveness probe",
+        Duration::from_secs(60),
+        || {
+            k.pod_field("unhealthy", "/status/containerStatuses/0/restartCount")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let events = k.run(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=unhealthy",
+        ],
+        None,
+    );
+    assert!(events.contains("Liveness probe failed"), "{events}");
+
+    // Readiness follows the probe, both ways.
+    let ready = |k: &Kubectl| {
+        k.pod("flappy")
+            .and_then(|p| {
+                p.pointer("/status/conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")
+                    .map(|c| c["status"] == "True")
+            })
+            .unwrap_or(false)
+    };
+    wait_for("flappy to become Ready", Duration::from_secs(60), || {
+        ready(&k)
+    });
+    wait_for(
+        "flappy to become not Ready",
+        Duration::from_secs(30),
+        || !ready(&k),
+    );
+    wait_for(
+        "flappy to become Ready again",
+        Duration::from_secs(30),
+        || ready(&k),
+    );
+
+    // Deleting: SIGTERM, grace, SIGKILL, then the objects go and nothing is left behind.
+    let uids: Vec<String> = ["shared", "crash", "unhealthy", "flappy"]
+        .iter()
+        .map(|n| {
+            k.pod_field(n, "/metadata/uid")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    k.run(
+        &["delete", "pod", "--all", "--wait=true", "--timeout=60s"],
+        None,
+    );
+    assert!(k
+        .run(&["get", "pods", "-o", "name"], None)
+        .trim()
+        .is_empty());
+    for uid in &uids {
+        wait_for("the pod's files to go", Duration::from_secs(20), || {
+            !root.join("pods").join(uid).exists()
+        });
+        for controller in ["memory", "cpu", "pids"] {
+            let cg = PathBuf::from(format!("/sys/fs/cgroup/{controller}/skiff/{uid}"));
+            assert!(!cg.exists(), "{} left behind", cg.display());
+        }
+    }
+    let links = Command::new("ip")
+        .args(["-n", &c.state.nodes[0].netns, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("veth"), "veths left behind: {links}");
+    let mounts = read(Path::new("/proc/self/mountinfo"));
+    assert!(
+        !mounts.contains(&root.display().to_string()),
+        "mounts left behind under {}",
+        root.display()
+    );
+}
+
+#[test]
+fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
+    if !is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers)");
+        return;
+    }
+    let mut c = cluster("tpadop", 203, 1);
+    let k = Kubectl(c.state.kubeconfig.clone());
+    let root = c.state.nodes[0].root_dir.clone();
+    k.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  nodeName: node-1\n  containers:\n  - {name: web, image: 'kubia:v1'}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: gone}\nspec:\n  nodeName: node-1\n  containers:\n  - {name: web, image: 'kubia:v1'}\n",
+    );
+    let keep = k.wait_phase("keep", "Running", Duration::from_secs(60));
+    let gone = k.wait_phase("gone", "Running", Duration::from_secs(60));
+    let container_pid = |pod: &Value| -> i64 {
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap();
+        let record: Value = serde_json::from_str(&read(
+            &root.join(format!("pods/{uid}/containers/web/container.json")),
+        ))
+        .unwrap();
+        record["pid"].as_i64().unwrap()
+    };
+    let pid = container_pid(&keep);
+    let ip = pod_ip(&keep);
+    cluster::stop_agent(&c.state.nodes[0]);
+    // Deleted for good while the agent is away.
+    k.run(
+        &["delete", "pod", "gone", "--grace-period=0", "--force"],
+        None,
+    );
+    let gone_uid = gone
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    cluster::start_agent(&mut c.state.nodes[0]).unwrap();
+    c.save().unwrap();
+    wait_for(
+        "the orphaned sandbox to be removed",
+        Duration::from_secs(30),
+        || !root.join("pods").join(&gone_uid).exists(),
+    );
+    let ipam = read(&root.join("network/ipam.json"));
+    assert!(
+        !ipam.contains(&gone_uid),
+        "the deleted pod's address was not released: {ipam}"
+    );
+    assert!(
+        ipam.contains(&ip),
+        "the kept pod's address is still allocated: {ipam}"
+    );
+    // The running pod was adopted: same process, no restart, still Running and serving.
+    let keep = k.wait_phase("keep", "Running", Duration::from_secs(10));
+    assert_eq!(container_pid(&keep), pid);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        keep.pointer("/status/containerStatuses/0/restartCount"),
+        Some(&Value::from(0))
+    );
+    // It still serves (asked from another pod).
+    k.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probe}}\nspec:\n  nodeName: node-1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, 'printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | nc {ip} 8080']\n"
+    ));
+    let probe = k.wait_phase("probe", "Succeeded", Duration::from_secs(60));
+    assert!(read(&log_file(&root, &probe, "c", 0)).contains("You've hit keep"));
+}
