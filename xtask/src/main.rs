@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, deploy, test and benchmarks for skiff.
 
 mod bench_api;
+mod bench_pods;
 mod bench_proxy;
 mod cluster;
 mod deploy;
@@ -60,6 +61,9 @@ enum Bench {
     /// Service datapath: direct vs eBPF vs iptables vs nftables, 1 to 10 000 Services;
     /// writes docs/bench/proxy.md and proxy.svg (needs root).
     Proxy(bench_proxy::Args),
+    /// Pod startup latency (create to Running, 50 pods) and container create+start+delete;
+    /// writes docs/bench/pods.md (needs root).
+    Pods(bench_pods::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +92,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Proxy(args),
         } => bench_proxy::run(args),
+        Command::Bench {
+            which: Bench::Pods(args),
+        } => bench_pods::run(args),
     }
 }
 
