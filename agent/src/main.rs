@@ -75,6 +75,12 @@ struct PodArgs {
     /// A registry host (`host:port`) spoken to over plain HTTP; repeat for several.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// Static pods: pod manifests in this directory run on this node, mirrored into the API.
+    #[arg(long, value_name = "DIR")]
+    manifest_dir: Option<PathBuf>,
+    /// How often the manifest directory is read, in seconds.
+    #[arg(long, default_value_t = 20)]
+    file_check_frequency: u64,
 }
 
 /// How the agent presents its Node.
@@ -438,6 +444,15 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
         });
         let pods = tokio::spawn(skiff_agent::kubelet::pods::run(shared));
+        if let Some(dir) = cli.pods.manifest_dir.clone() {
+            tokio::spawn(skiff_agent::kubelet::static_pods::run(
+                client.clone(),
+                node.clone(),
+                dir,
+                Duration::from_secs(cli.pods.file_check_frequency.max(1)),
+                shutdown.clone(),
+            ));
+        }
         let routes = tokio::spawn(skiff_agent::kubelet::pods::keep_routes(client.clone(), node.clone(), network, shutdown.clone()));
         match datapath {
             Some(datapath) => {

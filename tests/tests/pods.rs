@@ -17,6 +17,10 @@ fn is_root() -> bool {
 }
 
 fn cluster(name: &str, index: u8, nodes: usize) -> Guard {
+    cluster_with(name, index, nodes, vec![])
+}
+
+fn cluster_with(name: &str, index: u8, nodes: usize, agent_args: Vec<String>) -> Guard {
     let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
     assert!(
         images.exists(),
@@ -32,7 +36,7 @@ fn cluster(name: &str, index: u8, nodes: usize) -> Guard {
         agent_bin: agent_bin(),
         images: Some(images),
         proxy_mode: "none".into(),
-        agent_args: vec![],
+        agent_args,
         control_args: vec![],
     })
     .unwrap_or_else(|e| panic!("cluster up: {e:#}"))
@@ -435,4 +439,58 @@ fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
     ));
     let probe = k.wait_phase("probe", "Succeeded", Duration::from_secs(60));
     assert!(read(&log_file(&root, &probe, "c", 0)).contains("You've hit keep"));
+}
+
+#[test]
+fn static_pods_run_and_are_mirrored_into_the_api() {
+    if !is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers)");
+        return;
+    }
+    let manifests = tempfile::tempdir().unwrap();
+    let manifest = manifests.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: web, image: 'kubia:v1'}\n",
+    )
+    .unwrap();
+    let c = cluster_with(
+        "tpstat",
+        204,
+        1,
+        vec![
+            "--manifest-dir".into(),
+            manifests.path().display().to_string(),
+            "--file-check-frequency".into(),
+            "1".into(),
+        ],
+    );
+    let k = Kubectl(c.state.kubeconfig.clone());
+    let pod = k.wait_phase("web-node-1", "Running", Duration::from_secs(60));
+    assert!(
+        pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+            .is_some(),
+        "{pod}"
+    );
+    assert_eq!(
+        pod.pointer("/metadata/ownerReferences/0/kind"),
+        Some(&Value::from("Node"))
+    );
+    // A deleted mirror pod comes back.
+    let uid = pod["metadata"]["uid"].clone();
+    k.run(&["delete", "pod", "web-node-1", "--wait=true"], None);
+    wait_for(
+        "the mirror pod to come back",
+        Duration::from_secs(30),
+        || {
+            k.pod_field("web-node-1", "/metadata/uid")
+                .is_some_and(|u| u != uid)
+        },
+    );
+    k.wait_phase("web-node-1", "Running", Duration::from_secs(60));
+    // Removing the manifest removes the pod.
+    std::fs::remove_file(&manifest).unwrap();
+    wait_for("the static pod to go", Duration::from_secs(30), || {
+        k.pod("web-node-1").is_none()
+    });
 }

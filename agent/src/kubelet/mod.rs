@@ -11,4 +11,5 @@ pub mod node;
 pub mod pod_worker;
 pub mod pods;
 pub mod probes;
+pub mod static_pods;
 pub mod status;
