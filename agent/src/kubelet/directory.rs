@@ -92,12 +92,13 @@ pub struct Entry {
     pub started: bool,
 }
 
+/// A pod as its worker last published it, with its containers by name.
+type Published = (Pod, std::collections::BTreeMap<String, Entry>);
+
 /// The pod manager's [`PodDirectory`]: pod workers publish into it after every pass.
 pub struct Directory {
     root: PathBuf,
-    pods: std::sync::RwLock<
-        std::collections::BTreeMap<String, (Pod, std::collections::BTreeMap<String, Entry>)>,
-    >,
+    pods: std::sync::RwLock<std::collections::BTreeMap<String, Published>>,
 }
 
 impl Directory {

@@ -424,7 +424,10 @@ mod tests {
     fn phases_follow_the_kubelet() {
         use RestartPolicy::*;
         let creating = ContainerRecord::new("a", "img", "ContainerCreating");
-        assert_eq!(phase(&[], &[creating.clone()], Always), "Pending");
+        assert_eq!(
+            phase(&[], std::slice::from_ref(&creating), Always),
+            "Pending"
+        );
         assert_eq!(
             phase(&[], &[running("a", true), creating], Always),
             "Pending"
@@ -498,7 +501,7 @@ mod tests {
             cond(&first, "Initialized").last_transition_time
         );
         assert_eq!(ready.pod_ip.as_deref(), Some("10.244.1.5"));
-        assert_eq!(ready.container_statuses.as_ref().unwrap()[0].ready, true);
+        assert!(ready.container_statuses.as_ref().unwrap()[0].ready);
     }
 
     #[test]
