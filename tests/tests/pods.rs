@@ -168,6 +168,26 @@ fn pods_on_two_nodes_reach_each_other_without_nat() {
         server_log.contains(&format!("Received request from {client_ip}")),
         "server log: {server_log}"
     );
+    // Only traffic leaving the cluster is masqueraded.
+    let nat = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.state.nodes[0].netns,
+            "iptables",
+            "-w",
+            "-t",
+            "nat",
+            "-S",
+            "SKIFF-POSTROUTING",
+        ])
+        .output()
+        .unwrap();
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(
+        nat.contains("-s 10.244.1.0/24 ! -d 10.244.0.0/16") && nat.contains("MASQUERADE"),
+        "masquerade rule: {nat}"
+    );
     // Nothing can leave the cluster: the node has no default route.
     let routes = Command::new("ip")
         .args(["-n", &c.state.nodes[0].netns, "route", "show", "default"])
