@@ -1,0 +1,238 @@
+//! The seeds' story end to end on a three-node local cluster with the real kubectl: a
+//! Deployment behind a ClusterIP and a NodePort Service, reached from a busybox pod; scaling up
+//! and down with the endpoints following; a deleted pod replaced; a node lost and its pods
+//! re-created elsewhere after the eviction timeout; a rolling update to kubia:v2 without a
+//! failed request; and the events that tell it. Needs root.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_e2e::cluster::{self, Guard, Options};
+use skiff_e2e::{agent_bin, control_bin, kubectl_bin, wait_for};
+
+struct Kubectl(PathBuf);
+
+impl Kubectl {
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(kubectl_bin())
+            .args(args)
+            .env("KUBECONFIG", &self.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.run(&a)).unwrap()
+    }
+
+    /// Running, not terminating pods of the deployment: name -> node.
+    fn running_pods(&self) -> Vec<(String, String)> {
+        let list = self.json(&["get", "pods", "-l", "app=kubia"]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["phase"] == "Running")
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn ready_endpoints(&self, service: &str) -> usize {
+        let list = self.json(&[
+            "get",
+            "endpointslices",
+            "-l",
+            &format!("kubernetes.io/service-name={service}"),
+        ]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count()
+    }
+}
+
+/// The log of a pod's container, read on its node.
+fn pod_log(c: &Guard, k: &Kubectl, pod: &str, container: &str) -> String {
+    let p = k.json(&["get", "pod", pod]);
+    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+    let Some(n) = c.state.nodes.iter().find(|n| n.name == node) else {
+        return String::new();
+    };
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
+    std::fs::read_to_string(
+        n.root_dir
+            .join(format!("pods/{uid}/logs/{container}/{restarts}.log")),
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers, BPF)");
+        return;
+    }
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
+    let mut c = Guard::up(&Options {
+        name: "tstory".into(),
+        index: 210,
+        nodes: 3,
+        dir: PathBuf::new(),
+        control_bin: control_bin(),
+        agent_bin: agent_bin(),
+        images: Some(images),
+        proxy_mode: "ebpf".into(),
+        agent_args: vec![
+            // Heartbeats often enough that a lost node shows within seconds.
+            "--node-lease-duration-seconds".into(),
+            "4".into(),
+        ],
+        control_args: vec![
+            "--node-monitor-grace-period".into(),
+            "8s".into(),
+            "--default-unreachable-toleration-seconds".into(),
+            "5".into(),
+            "--default-not-ready-toleration-seconds".into(),
+            "5".into(),
+        ],
+    })
+    .unwrap_or_else(|e| panic!("cluster up: {e:#}"));
+    let k = Kubectl(c.state.kubeconfig.clone());
+
+    // A Deployment of three, spread over the three nodes.
+    k.run(&["create", "deployment", "kubia", "--image=kubia:v1", "--replicas=3"]);
+    wait_for("3 kubia pods Running", Duration::from_secs(90), || k.running_pods().len() == 3);
+    let nodes: BTreeSet<String> = k.running_pods().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(nodes.len(), 3, "the scheduler spreads the replicas: {nodes:?}");
+
+    // Exposed as a ClusterIP and a NodePort Service.
+    k.run(&["expose", "deployment", "kubia", "--port=80", "--target-port=8080"]);
+    k.run(&[
+        "expose", "deployment", "kubia", "--name=kubia-nodeport", "--type=NodePort", "--port=80",
+        "--target-port=8080",
+    ]);
+    let vip = k.json(&["get", "svc", "kubia"])["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    assert!(vip.starts_with("10.96."), "ClusterIP allocated from the service range: {vip}");
+    let node_port = k.json(&["get", "svc", "kubia-nodeport"])["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .unwrap();
+    assert!((30000..=32767).contains(&node_port));
+    wait_for("3 ready endpoints", Duration::from_secs(30), || k.ready_endpoints("kubia") == 3);
+
+    // A busybox client asks the VIP over and over; every answer (or failure) is one line.
+    k.run(&[
+        "run", "client", "--image=busybox", "--restart=Never", "--", "sh", "-c",
+        &format!(
+            "while true; do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80 | tail -n 1); echo \"${{r:-FAILED}}\"; sleep 0.1; done"
+        ),
+    ]);
+    let pods: BTreeSet<String> = k.running_pods().into_iter().map(|(p, _)| p).collect();
+    wait_for("answers from all three pods through the VIP", Duration::from_secs(60), || {
+        let log = pod_log(&c, &k, "client", "client");
+        pods.iter().all(|p| log.contains(&format!("You've hit {p}")))
+    });
+
+    // The NodePort answers on every node's address, from the host.
+    for node in &c.state.nodes {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", &format!("http://{}:{node_port}/", node.ip)])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.starts_with("You've hit kubia-"), "NodePort on {}: {body:?}", node.name);
+    }
+
+    // Scale up and down: the endpoints follow.
+    k.run(&["scale", "deployment", "kubia", "--replicas=5"]);
+    wait_for("5 ready endpoints", Duration::from_secs(60), || k.ready_endpoints("kubia") == 5);
+    k.run(&["scale", "deployment", "kubia", "--replicas=1"]);
+    wait_for("1 ready endpoint", Duration::from_secs(60), || k.ready_endpoints("kubia") == 1);
+    k.run(&["scale", "deployment", "kubia", "--replicas=3"]);
+    wait_for("3 running pods", Duration::from_secs(60), || k.running_pods().len() == 3);
+
+    // A deleted pod is replaced.
+    let (victim, _) = k.running_pods()[0].clone();
+    k.run(&["delete", "pod", &victim, "--wait=false"]);
+    wait_for("a replacement pod", Duration::from_secs(60), || {
+        let pods = k.running_pods();
+        pods.len() == 3 && pods.iter().all(|(p, _)| *p != victim)
+    });
+
+    // A node is lost: its pods come back on the others after the eviction timeout.
+    let client_node = k.json(&["get", "pod", "client"])["spec"]["nodeName"].as_str().unwrap().to_owned();
+    let lost = c
+        .state
+        .nodes
+        .iter()
+        .position(|n| n.name != client_node && k.running_pods().iter().any(|(_, node)| *node == n.name))
+        .expect("a node with kubia pods and without the client");
+    let lost_name = c.state.nodes[lost].name.clone();
+    cluster::stop_agent(&c.state.nodes[lost]);
+    let t0 = Instant::now();
+    wait_for("the lost node to be NotReady", Duration::from_secs(60), || {
+        let n = k.json(&["get", "node", &lost_name]);
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] != "True")
+    });
+    wait_for("the pods to be re-created on the other nodes", Duration::from_secs(120), || {
+        let pods = k.running_pods();
+        pods.len() == 3 && pods.iter().all(|(_, n)| *n != lost_name)
+    });
+    eprintln!("pods recovered from the lost node in {:?}", t0.elapsed());
+    // Bring the node back so the rest of the story has three nodes.
+    cluster::start_agent(&mut c.state.nodes[lost]).unwrap();
+    c.save().unwrap();
+
+    // Rolling update to v2 with no failed request through the Service.
+    let before = pod_log(&c, &k, "client", "client").lines().count();
+    k.run(&["set", "image", "deployment/kubia", "kubia=kubia:v2"]);
+    k.run(&["rollout", "status", "deployment/kubia", "--timeout=120s"]);
+    wait_for("answers from v2", Duration::from_secs(30), || {
+        pod_log(&c, &k, "client", "client").lines().skip(before).any(|l| l.starts_with("This is v2"))
+    });
+    let during: Vec<String> = pod_log(&c, &k, "client", "client")
+        .lines()
+        .skip(before)
+        .map(str::to_owned)
+        .collect();
+    let failed = during.iter().filter(|l| !l.starts_with("You've hit") && !l.starts_with("This is v2")).count();
+    assert_eq!(failed, 0, "failed requests during the rollout: {:?}", &during[..during.len().min(50)]);
+    let history = k.run(&["rollout", "history", "deployment/kubia"]);
+    assert!(history.contains('2'), "{history}");
+
+    // The events tell the story.
+    let events = k.run(&["get", "events"]);
+    for reason in ["ScalingReplicaSet", "SuccessfulCreate", "Scheduled", "Started", "Killing"] {
+        assert!(events.contains(reason), "no {reason} event in:\n{events}");
+    }
+}
