@@ -47,6 +47,10 @@ struct Args {
     /// every pod gets unless it has one.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// Run the API server only: no controllers or scheduler in this process (run them with
+    /// `skiff-control controllers`, as many as you like, one active).
+    #[arg(long)]
+    no_controllers: bool,
     #[command(flatten)]
     controllers: ControllerArgs,
 }
@@ -187,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
             tls_sans: args.tls_san,
             service_cidr: args.service_cidr,
             node_port_range: args.service_node_port_range,
-            controllers: settings,
+            controllers: (!args.no_controllers).then_some(settings),
             default_toleration_seconds: (
                 args.default_not_ready_toleration_seconds,
                 args.default_unreachable_toleration_seconds,

@@ -29,8 +29,9 @@ pub struct Config {
     pub service_cidr: Cidr,
     /// The range NodePorts come from.
     pub node_port_range: RangeInclusive<u16>,
-    /// Settings of the controllers and the scheduler.
-    pub controllers: controllers::manager::Settings,
+    /// Settings of the controllers and the scheduler; `None` to run the API server alone
+    /// (controllers then run as `skiff-control controllers` elsewhere).
+    pub controllers: Option<controllers::manager::Settings>,
     /// tolerationSeconds of the default not-ready and unreachable tolerations of pods.
     pub default_toleration_seconds: (i64, i64),
 }
@@ -109,6 +110,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let settings = config.controllers.clone();
         async move {
             // Client-side controllers talk to this server over HTTPS, so wait until it listens.
+            let Some(settings) = settings else {
+                return;
+            };
             if handle.listening().await.is_none() {
                 return;
             }
