@@ -4,5 +4,6 @@
 pub mod apiserver;
 pub mod controllers;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
 pub mod store;

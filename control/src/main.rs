@@ -1,17 +1,28 @@
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use skiff_control::apiserver::service_alloc::{self, Cidr};
+use skiff_control::controllers::{self, leader, manager, node_lifecycle, pod_cidr};
 use skiff_control::server::{self, Config};
 use tokio_util::sync::CancellationToken;
 
 /// skiff-control: the skiff control plane (Kubernetes API server and controllers).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Directory for the database, CA, serving certificate and admin token.
-    #[arg(long, env = "SKIFF_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "SKIFF_DATA_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// HTTPS listen address.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -21,6 +32,115 @@ struct Args {
     /// Extra DNS names or IPs for the serving certificate (repeatable).
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
+    /// The IPv4 range Service ClusterIPs are allocated from; its first address is the
+    /// `kubernetes` Service's.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cidr: Cidr,
+    /// The range NodePorts are allocated from.
+    #[arg(long, default_value = "30000-32767", value_parser = service_alloc::parse_port_range)]
+    service_node_port_range: RangeInclusive<u16>,
+    /// tolerationSeconds of the toleration for node.kubernetes.io/not-ready:NoExecute that
+    /// every pod gets unless it has one.
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the toleration for node.kubernetes.io/unreachable:NoExecute that
+    /// every pod gets unless it has one.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
+    /// Run the API server only: no controllers or scheduler in this process (run them with
+    /// `skiff-control controllers`, as many as you like, one active).
+    #[arg(long)]
+    no_controllers: bool,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run only the controllers and the scheduler, against a remote API server, under leader
+    /// election (several instances may run; one is active).
+    Controllers {
+        /// Kubeconfig of the API server (admin credentials).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        controllers: ControllerArgs,
+    },
+}
+
+/// Flags of the controllers, in both modes.
+#[derive(Debug, Clone, clap::Args)]
+struct ControllerArgs {
+    /// The IPv4 range pod addresses come from; every Node gets a block of it as its podCIDR.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: Cidr,
+    /// Prefix length of each Node's podCIDR block.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a Node's heartbeat may stand still before it counts as unreachable
+    /// (e.g. 40s, 500ms, 2m).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// How often the node lifecycle controller checks Nodes and pods.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    node_monitor_period: Duration,
+    /// Leader election Lease duration.
+    #[arg(long, default_value = "12s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// The leader steps down after failing to renew for this long.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to acquire.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl ControllerArgs {
+    fn settings(&self) -> anyhow::Result<manager::Settings> {
+        let pod_cidrs = pod_cidr::Config {
+            cluster_cidr: self.cluster_cidr,
+            node_mask: self.node_cidr_mask_size,
+        };
+        pod_cidr::Blocks::new(pod_cidrs)?;
+        anyhow::ensure!(
+            self.leader_elect_renew_deadline < self.leader_elect_lease_duration,
+            "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration"
+        );
+        Ok(manager::Settings {
+            pod_cidrs,
+            node_lifecycle: node_lifecycle::Config {
+                grace_period: self.node_monitor_grace_period,
+                monitor_period: self.node_monitor_period,
+            },
+            election: leader::Config {
+                lease_duration: self.leader_elect_lease_duration,
+                renew_deadline: self.leader_elect_renew_deadline,
+                retry_period: self.leader_elect_retry_period,
+                ..leader::Config::default()
+            },
+        })
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+/// `40s`, `500ms`, `2m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 40s, 500ms or 2m"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?} is not a duration like 40s, 500ms or 2m")),
+    })
 }
 
 #[tokio::main]
@@ -46,12 +166,36 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
+    if let Some(Command::Controllers {
+        kubeconfig,
+        controllers: flags,
+    }) = args.command
+    {
+        let settings = flags.settings()?;
+        let yaml = std::fs::read_to_string(&kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = server::loopback_client(&yaml)
+            .await
+            .with_context(|| format!("building a client from {}", kubeconfig.display()))?;
+        tracing::info!(identity = %settings.election.identity, "skiff-control controllers starting");
+        manager::run(controllers::Context { client, shutdown }, settings).await;
+        return Ok(());
+    }
+    let settings = args.controllers.settings()?;
     server::run(
         Config {
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.context("--data-dir is required")?,
             listen: args.listen,
             kubeconfig: args.write_kubeconfig,
             tls_sans: args.tls_san,
+            service_cidr: args.service_cidr,
+            node_port_range: args.service_node_port_range,
+            controllers: (!args.no_controllers).then_some(settings),
+            default_toleration_seconds: (
+                args.default_not_ready_toleration_seconds,
+                args.default_unreachable_toleration_seconds,
+            ),
         },
         shutdown,
     )

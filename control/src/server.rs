@@ -1,6 +1,7 @@
 //! Wiring: store, credentials, API state, controllers and the HTTPS listener.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::apiserver::service_alloc::Cidr;
 use crate::apiserver::{self, ApiState};
 use crate::store::RedbStore;
 use crate::{controllers, pki};
@@ -23,6 +25,15 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Extra names/IPs for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// The range Service ClusterIPs come from (the first address is the `kubernetes` Service's).
+    pub service_cidr: Cidr,
+    /// The range NodePorts come from.
+    pub node_port_range: RangeInclusive<u16>,
+    /// Settings of the controllers and the scheduler; `None` to run the API server alone
+    /// (controllers then run as `skiff-control controllers` elsewhere).
+    pub controllers: Option<controllers::manager::Settings>,
+    /// tolerationSeconds of the default not-ready and unreachable tolerations of pods.
+    pub default_toleration_seconds: (i64, i64),
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -69,6 +80,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_system_namespaces()
         .await
         .map_err(|e| anyhow::anyhow!("creating system namespaces: {e}"))?;
+    let (not_ready, unreachable) = config.default_toleration_seconds;
+    state.default_tolerations.configure(not_ready, unreachable);
+    state
+        .services
+        .configure(config.service_cidr, config.node_port_range.clone());
+    state
+        .restore_service_allocations()
+        .map_err(|e| anyhow::anyhow!("reading the allocated Service addresses: {e}"))?;
+    state
+        .ensure_kubernetes_service(config.listen.port())
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
 
     let creds_for_client = creds.clone();
@@ -84,13 +107,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let controllers = tokio::spawn({
         let (handle, shutdown) = (handle.clone(), shutdown.clone());
         let kubeconfig = pki::kubeconfig(&client_url(config.listen), &creds_for_client);
+        let settings = config.controllers.clone();
         async move {
             // Client-side controllers talk to this server over HTTPS, so wait until it listens.
+            let Some(settings) = settings else {
+                return;
+            };
             if handle.listening().await.is_none() {
                 return;
             }
             match loopback_client(&kubeconfig).await {
-                Ok(client) => controllers::run_all(controllers::Context { client, shutdown }).await,
+                Ok(client) => {
+                    let ctx = controllers::Context { client, shutdown };
+                    controllers::manager::run(ctx, settings).await
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "controllers cannot reach the API server");
                     shutdown.cancel();
@@ -118,7 +148,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// A `kube::Client` for this server from its admin kubeconfig.
-async fn loopback_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
+pub async fn loopback_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)

@@ -82,6 +82,12 @@ pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Val
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if d.kind == "Pod" {
+            resources.push(json!({
+                "name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"],
+            }));
+        }
         if d.subresources.scale {
             resources.push(json!({
                 "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,

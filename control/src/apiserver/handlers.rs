@@ -77,6 +77,7 @@ fn parse_target(
         Some("status") if def.subresources.status => Subresource::Status,
         Some("finalize") if def.kind == "Namespace" => Subresource::Main,
         Some("scale") if def.subresources.scale => Subresource::Scale,
+        Some("binding") if def.kind == "Pod" && namespace.is_some() => Subresource::Binding,
         Some(_) => return Err(ApiError::UnknownResource),
     };
     Ok(Target {
@@ -338,6 +339,18 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let def = &t.def;
     let ns = t.namespace.as_deref();
+    if t.subresource == Subresource::Binding {
+        return match (method, t.name.as_deref(), ns) {
+            (Method::POST, Some(name), Some(ns)) => {
+                let binding = decode_body(&headers, &body)?;
+                let status = state
+                    .bind_pod(ns, name, binding, &write_options(&query)?)
+                    .await?;
+                Ok(json_response(StatusCode::CREATED, &status, &[]))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
     match (method, t.name.as_deref()) {
         (Method::GET, None) => {
             let opts = list_options(def, &query)?;

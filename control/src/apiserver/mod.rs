@@ -1,5 +1,7 @@
 //! The Kubernetes API over HTTP: routing, authentication, and the generic resource machinery.
 
+pub mod admission;
+pub mod binding;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
@@ -10,6 +12,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod selectors;
+pub mod service_alloc;
 pub mod table;
 pub mod validation;
 pub mod watch;
@@ -40,6 +43,10 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Namespaces to finalize (sent when one is marked for deletion).
     pub namespace_queue: mpsc::UnboundedSender<String>,
+    /// Service ClusterIP and NodePort allocation.
+    pub services: service_alloc::Allocator,
+    /// The tolerations every pod gets (DefaultTolerationSeconds).
+    pub default_tolerations: admission::DefaultTolerations,
 }
 
 impl ApiState {
@@ -56,6 +63,8 @@ impl ApiState {
             token,
             shutdown,
             namespace_queue: tx,
+            services: service_alloc::Allocator::default(),
+            default_tolerations: admission::DefaultTolerations::default(),
         });
         (state, rx)
     }

@@ -27,6 +27,8 @@ pub enum Subresource {
     Status,
     /// `/scale`.
     Scale,
+    /// `pods/{name}/binding` (POST only).
+    Binding,
 }
 
 /// `?fieldValidation=`: what to do with fields the schema does not know.
@@ -268,6 +270,40 @@ fn random_suffix() -> String {
 }
 
 impl ApiState {
+    /// Holds Service writes one at a time (see `service_alloc`); `None` for other kinds.
+    async fn service_writes(&self, def: &ResourceDef) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if def.kind == "Service" {
+            Some(self.services.lock().await)
+        } else {
+            None
+        }
+    }
+
+    /// Releases what the Service at `key` no longer holds, from what is stored now.
+    fn settle_service(&self, def: &ResourceDef, key: &str) {
+        if def.kind == "Service" {
+            let stored = self.store.get(key).ok().flatten();
+            self.services.settle(key, stored.as_ref());
+        }
+    }
+
+    /// Rebuilds the ClusterIP and NodePort allocation from the stored Services (at start).
+    pub fn restore_service_allocations(&self) -> Result<(), ApiError> {
+        let def = self
+            .registry
+            .find("", "v1", "services")
+            .expect("services are served")
+            .clone();
+        for svc in self.list(&def, None, &ListOptions::default())?.values()? {
+            let key = def.key(
+                meta_str(&svc, "namespace"),
+                meta_str(&svc, "name").unwrap_or_default(),
+            );
+            self.services.restore(&key, &svc);
+        }
+        Ok(())
+    }
+
     fn key(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
         def.key(namespace, name)
     }
@@ -474,6 +510,7 @@ impl ApiState {
         body: Value,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        let _services = self.service_writes(def).await;
         let mut object = body;
         self.check_type_meta(def, &mut object, def.kind, &def.api_version())?;
         let namespace = self.namespace_for_write(def, path_namespace, &mut object)?;
@@ -514,6 +551,9 @@ impl ApiState {
             }
         }
         apply_defaults(def.kind, &mut object);
+        if def.kind == "Pod" {
+            self.default_tolerations.apply(&mut object);
+        }
         let causes = validate_object(def.kind, &object);
         if !causes.is_empty() {
             return Err(Self::invalid(def, &object, causes));
@@ -522,14 +562,25 @@ impl ApiState {
         if let Some(ns) = &namespace {
             self.check_namespace_open(ns)?;
         }
+        let key = self.key(def, namespace.as_deref(), &name);
+        if def.kind == "Service" {
+            if self.store.get(&key).ok().flatten().is_some() {
+                return Err(ApiError::AlreadyExists {
+                    kind: def.group_resource(),
+                    name,
+                });
+            }
+            self.services.reserve(&key, &mut object, None)?;
+        }
         if opts.dry_run {
+            self.settle_service(def, &key);
             return Ok(Written { object, warnings });
         }
-        let key = self.key(def, namespace.as_deref(), &name);
         let store = self.store.clone();
-        let object = blocking(move || store.create(&key, object))
-            .await?
-            .map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
+        let store_key = key.clone();
+        let written = blocking(move || store.create(&store_key, object)).await;
+        self.settle_service(def, &key);
+        let object = written?.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
         Ok(Written { object, warnings })
     }
 
@@ -560,6 +611,8 @@ impl ApiState {
         opts: &WriteOptions,
     ) -> Result<(Value, Vec<String>), ApiError> {
         let (mut new, warnings) = match sub {
+            // Bindings are POSTed and handled by `bind_pod`, never written as updates.
+            Subresource::Binding => return Err(ApiError::MethodNotAllowed),
             Subresource::Scale => {
                 let replicas = candidate
                     .pointer("/spec/replicas")
@@ -631,6 +684,13 @@ impl ApiState {
             }
         }
         apply_defaults(def.kind, &mut new);
+        if def.kind == "Service" && sub == Subresource::Main {
+            let key = def.key(
+                meta_str(old, "namespace"),
+                meta_str(old, "name").unwrap_or_default(),
+            );
+            self.services.reserve(&key, &mut new, Some(old))?;
+        }
         if new.get("spec") != old.get("spec") && new.get("spec").is_some() {
             let generation = old
                 .pointer("/metadata/generation")
@@ -681,6 +741,23 @@ impl ApiState {
 
     /// Replaces an object (PUT).
     pub async fn update(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let _services = self.service_writes(def).await;
+        let result = self
+            .update_unlocked(def, namespace, name, body, sub, opts)
+            .await;
+        self.settle_service(def, &def.key(namespace, name));
+        result
+    }
+
+    async fn update_unlocked(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
@@ -742,6 +819,28 @@ impl ApiState {
 
     /// Patches an object, retrying on concurrent writes unless the patch pins a resourceVersion.
     pub async fn patch(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let _services = self.service_writes(def).await;
+        let result = self
+            .patch_unlocked(def, namespace, name, kind, body, sub, opts)
+            .await;
+        self.settle_service(def, &def.key(namespace, name));
+        result
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the arguments of `patch`, passed through"
+    )]
+    async fn patch_unlocked(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
@@ -814,6 +913,19 @@ impl ApiState {
     /// Deletes an object (or starts its graceful/finalized deletion). Returns the object as
     /// deleted, or as marked for deletion.
     pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let _services = self.service_writes(def).await;
+        let result = self.delete_unlocked(def, namespace, name, opts).await;
+        self.settle_service(def, &def.key(namespace, name));
+        result
+    }
+
+    async fn delete_unlocked(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
@@ -973,6 +1085,30 @@ impl ApiState {
             }
         }
         Ok(deleted)
+    }
+
+    /// Creates the `kubernetes` Service in `default` (the first address of the service CIDR,
+    /// port 443 to the API server's port) if missing, as the real API server does. Its
+    /// endpoints are left to whoever knows the address pods reach the server on.
+    pub async fn ensure_kubernetes_service(&self, target_port: u16) -> Result<(), ApiError> {
+        let def = self
+            .registry
+            .find("", "v1", "services")
+            .expect("services are served")
+            .clone();
+        let ip = self.services.cidr().nth(1).to_string();
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "sessionAffinity": "None",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": target_port}]}});
+        match self
+            .create(&def, Some("default"), svc, &WriteOptions::default())
+            .await
+        {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates `default`, `kube-system`, `kube-public` and `kube-node-lease` if missing.

@@ -4,7 +4,11 @@
 //! could equally run in a separate process.
 
 pub mod events;
+pub mod leader;
+pub mod manager;
 pub mod namespace;
+pub mod node_lifecycle;
+pub mod pod_cidr;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +31,8 @@ impl Context {
 
 /// Runs every client-side controller until `ctx.shutdown` is cancelled.
 pub async fn run_all(ctx: Context) {
-    let tasks: Vec<tokio::task::JoinHandle<()>> = vec![];
-    let _ = &ctx;
+    let tasks: Vec<tokio::task::JoinHandle<()>> =
+        vec![tokio::spawn(crate::scheduler::run(ctx.clone()))];
     for task in tasks {
         let _ = task.await;
     }

@@ -1,0 +1,398 @@
+//! Filters: can this pod run on this node? Pure functions of the pod, the node and what is
+//! bound to it, each failing with kube-scheduler's reason text (what users read in
+//! FailedScheduling events).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::cache::{Cache, NodeInfo, PodInfo};
+
+/// The label every kubelet sets to the node's name; topologyKey of per-node anti-affinity.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Why a node does not fit a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// `spec.unschedulable` (cordoned).
+    Unschedulable,
+    /// A NoSchedule/NoExecute taint the pod does not tolerate (key, value).
+    Taint(String, String),
+    /// nodeSelector or required node affinity.
+    NodeAffinity,
+    /// Not enough CPU left.
+    InsufficientCpu,
+    /// Not enough memory left.
+    InsufficientMemory,
+    /// No pod slots left.
+    TooManyPods,
+    /// The pod's required anti-affinity matches a pod in this topology domain.
+    AntiAffinity,
+    /// A pod in this topology domain has required anti-affinity against the pod.
+    ExistingAntiAffinity,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Reason::Taint(k, v) => write!(f, "node(s) had untolerated taint {{{k}: {v}}}"),
+            Reason::NodeAffinity => {
+                f.write_str("node(s) didn't match Pod's node affinity/selector")
+            }
+            Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
+            Reason::InsufficientMemory => f.write_str("Insufficient memory"),
+            Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::AntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
+        }
+    }
+}
+
+/// Topology domains (topologyKey, value) a pod may not join, computed once per pod.
+#[derive(Debug, Default, Clone)]
+pub struct Forbidden {
+    /// Domains where the pod's own anti-affinity matches a pod.
+    pub own: HashSet<(String, String)>,
+    /// Domains where a placed pod's anti-affinity matches this pod.
+    pub existing: HashSet<(String, String)>,
+}
+
+/// Runs every filter in kube-scheduler's order; the first failing one gives the reasons
+/// (resource fit reports every short resource at once).
+pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(), Vec<Reason>> {
+    let Some(n) = node.node.as_deref() else {
+        return Err(vec![Reason::NodeAffinity]);
+    };
+    let tolerations = pod
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    unschedulable(n, tolerations).map_err(|r| vec![r])?;
+    ready(n, tolerations).map_err(|r| vec![r])?;
+    taints(n, tolerations).map_err(|r| vec![r])?;
+    if !node_affinity(pod, n) {
+        return Err(vec![Reason::NodeAffinity]);
+    }
+    fits(pod, node)?;
+    anti_affinity(n, forbidden).map_err(|r| vec![r])
+}
+
+fn taint(key: &str, effect: &str) -> Taint {
+    Taint {
+        key: key.to_owned(),
+        effect: effect.to_owned(),
+        ..Taint::default()
+    }
+}
+
+/// A cordoned node takes only pods tolerating `node.kubernetes.io/unschedulable:NoSchedule`.
+pub fn unschedulable(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let tolerated = || {
+        let t = taint("node.kubernetes.io/unschedulable", "NoSchedule");
+        tolerations.iter().any(|tol| tolerates(tol, &t))
+    };
+    if cordoned && !tolerated() {
+        Err(Reason::Unschedulable)
+    } else {
+        Ok(())
+    }
+}
+
+/// A node whose Ready condition is not True takes only pods tolerating the taint the node
+/// lifecycle controller puts on such nodes (`not-ready` for False, `unreachable` otherwise),
+/// so the scheduler does not race that controller.
+pub fn ready(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
+    let status = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    let key = match status {
+        Some("True") => return Ok(()),
+        Some("False") => "node.kubernetes.io/not-ready",
+        _ => "node.kubernetes.io/unreachable",
+    };
+    let t = taint(key, "NoSchedule");
+    if tolerations.iter().any(|tol| tolerates(tol, &t)) {
+        Ok(())
+    } else {
+        Err(Reason::Taint(key.to_owned(), String::new()))
+    }
+}
+
+/// Whether `toleration` tolerates `taint`, with Kubernetes' matching rules.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    if !effect.is_empty() && effect != taint.effect {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let operator = toleration.operator.as_deref().unwrap_or("Equal");
+    if key.is_empty() {
+        // An empty key with Exists tolerates everything.
+        return operator == "Exists";
+    }
+    if key != taint.key {
+        return false;
+    }
+    match operator {
+        "Exists" => true,
+        "Equal" => {
+            toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default()
+        }
+        _ => false,
+    }
+}
+
+/// The first NoSchedule or NoExecute taint no toleration covers.
+pub fn taints(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
+    for t in node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if !matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") {
+            continue;
+        }
+        if !tolerations.iter().any(|tol| tolerates(tol, t)) {
+            return Err(Reason::Taint(
+                t.key.clone(),
+                t.value.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// nodeSelector and required node affinity.
+pub fn node_affinity(pod: &PodInfo, node: &Node) -> bool {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let Some(spec) = pod.pod.spec.as_ref() else {
+        return true;
+    };
+    if let Some(selector) = &spec.node_selector {
+        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            return false;
+        }
+    }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    match required {
+        // Terms are ORed.
+        Some(r) => r
+            .node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, labels, node.metadata.name.as_deref().unwrap_or_default())),
+        None => true,
+    }
+}
+
+/// A node selector term: its expressions and fields are ANDed; an empty term matches nothing.
+pub fn term_matches(
+    term: &NodeSelectorTerm,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| {
+            // metadata.name is the only node field Kubernetes allows here.
+            r.key == "metadata.name"
+                && matches!(r.operator.as_str(), "In" | "NotIn")
+                && requirement_matches(r, Some(name))
+        })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let number = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                value.and_then(number),
+                values.first().and_then(|b| number(b)),
+            ) else {
+                return false;
+            };
+            if values.len() != 1 {
+                return false;
+            }
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Requested resources against allocatable minus what is already bound (or assumed).
+pub fn fits(pod: &PodInfo, node: &NodeInfo) -> Result<(), Vec<Reason>> {
+    let mut reasons = Vec::new();
+    if node.pods.len() as u64 + 1 > node.allocatable_pods {
+        reasons.push(Reason::TooManyPods);
+    }
+    let free_cpu = node
+        .allocatable
+        .milli_cpu
+        .saturating_sub(node.requested.milli_cpu);
+    if pod.requests.milli_cpu > 0 && pod.requests.milli_cpu > free_cpu {
+        reasons.push(Reason::InsufficientCpu);
+    }
+    let free_memory = node
+        .allocatable
+        .memory
+        .saturating_sub(node.requested.memory);
+    if pod.requests.memory > 0 && pod.requests.memory > free_memory {
+        reasons.push(Reason::InsufficientMemory);
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
+/// The node's value for a topology key (the hostname key falls back to the node's name).
+pub fn topology_value(node: &Node, key: &str) -> Option<String> {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key).cloned())
+        .or_else(|| {
+            (key == HOSTNAME_LABEL)
+                .then(|| node.metadata.name.clone())
+                .flatten()
+        })
+}
+
+fn anti_affinity(node: &Node, forbidden: &Forbidden) -> Result<(), Reason> {
+    let hit = |set: &HashSet<(String, String)>| {
+        set.iter()
+            .any(|(k, v)| topology_value(node, k).as_deref() == Some(v.as_str()))
+    };
+    if hit(&forbidden.own) {
+        return Err(Reason::AntiAffinity);
+    }
+    if hit(&forbidden.existing) {
+        return Err(Reason::ExistingAntiAffinity);
+    }
+    Ok(())
+}
+
+/// Whether a label selector matches labels (a missing selector matches nothing, an empty one
+/// everything, as for affinity terms).
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && selector.match_expressions.iter().flatten().all(|e| {
+            let value = labels.get(&e.key);
+            let values = e.values.as_deref().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// Whether an affinity term of a pod in `owner_namespace` selects `target`.
+pub fn term_selects(term: &PodAffinityTerm, owner_namespace: &str, target: &PodInfo) -> bool {
+    let namespaces = term.namespaces.as_deref().unwrap_or_default();
+    let all_namespaces = term.namespace_selector.as_ref().is_some_and(|s| {
+        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+    });
+    let in_namespace = all_namespaces
+        || if namespaces.is_empty() {
+            target.namespace == owner_namespace
+        } else {
+            namespaces.contains(&target.namespace)
+        };
+    in_namespace && selector_matches(term.label_selector.as_ref(), target.labels())
+}
+
+/// The topology domains `pod` may not join because of required anti-affinity, its own and
+/// that of placed pods.
+pub fn forbidden_domains(pod: &PodInfo, cache: &Cache) -> Forbidden {
+    let mut forbidden = Forbidden::default();
+    let domain = |placed: &PodInfo, key: &str| {
+        let node = cache.nodes.get(placed.node.as_deref()?)?.node.as_deref()?;
+        Some((key.to_owned(), topology_value(node, key)?))
+    };
+    if !pod.anti_affinity.is_empty() {
+        for other in cache.pods.values() {
+            if other.uid == pod.uid || other.node.is_none() || other.terminal() {
+                continue;
+            }
+            for term in &pod.anti_affinity {
+                if term_selects(term, &pod.namespace, other) {
+                    forbidden.own.extend(domain(other, &term.topology_key));
+                }
+            }
+        }
+    }
+    for uid in &cache.with_anti_affinity {
+        let Some(other) = cache.pods.get(uid) else {
+            continue;
+        };
+        if other.uid == pod.uid {
+            continue;
+        }
+        for term in &other.anti_affinity {
+            if term_selects(term, &other.namespace, pod) {
+                forbidden.existing.extend(domain(other, &term.topology_key));
+            }
+        }
+    }
+    forbidden
+}

@@ -1,0 +1,438 @@
+//! The scheduler: assigns pending pods to nodes.
+//!
+//! One task owns a [`Cache`] fed by watches of pods and nodes. A pod without a node waits in a
+//! queue; for each, the filters keep the nodes it fits, the scores pick the best, the pod is
+//! *assumed* there at once (so the next pods see its requests) and the binding is POSTed to
+//! `pods/{name}/binding` in the background, many at a time; a failed binding drops the
+//! assumption and the pod waits again. Pods that fit nowhere wait until a node changes or a pod
+//! leaves a node (or the periodic retry), as kube-scheduler's unschedulable queue.
+
+pub mod cache;
+pub mod filter;
+pub mod resources;
+pub mod score;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::controllers::events::{EventType, Recorder};
+use crate::controllers::Context;
+use cache::{Cache, PodInfo, DEFAULT_SCHEDULER};
+use filter::{filter, forbidden_domains, Reason};
+
+/// Tuning of the scheduler.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bindings in flight at once.
+    pub parallel_binds: usize,
+    /// How often unschedulable pods are tried again even if nothing changed.
+    pub retry_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            parallel_binds: 64,
+            retry_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The outcome of one binding.
+struct BindDone {
+    uid: String,
+    node: String,
+    result: Result<(), kube::Error>,
+}
+
+/// An Event to write.
+struct Note {
+    pod: ObjectReference,
+    kind: EventType,
+    reason: &'static str,
+    message: String,
+}
+
+/// What the scheduler decided for one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Bind it here.
+    Node(String),
+    /// It fits nowhere, for these reasons.
+    Unschedulable(String),
+}
+
+/// The scheduling state: cache and queues. Separate from the I/O so tests drive it directly.
+#[derive(Default)]
+pub struct Scheduler {
+    /// Nodes and pods.
+    pub cache: Cache,
+    active: VecDeque<String>,
+    queued: HashSet<String>,
+    unschedulable: HashSet<String>,
+    binding: HashSet<String>,
+    /// Rotates the tie-break among equally scored nodes.
+    turn: usize,
+}
+
+impl Scheduler {
+    /// Queues a pod that waits (once).
+    fn enqueue(&mut self, uid: String) {
+        if self.binding.contains(&uid) {
+            return;
+        }
+        self.unschedulable.remove(&uid);
+        if self.queued.insert(uid.clone()) {
+            self.active.push_back(uid);
+        }
+    }
+
+    /// Moves every unschedulable pod back to the active queue.
+    pub fn retry_unschedulable(&mut self) {
+        let waiting: Vec<String> = self.unschedulable.drain().collect();
+        for uid in waiting {
+            self.enqueue(uid);
+        }
+    }
+
+    /// Applies a pod event.
+    pub fn on_pod(&mut self, event: watcher::Event<Pod>) {
+        match event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let change = self.cache.apply_pod(pod);
+                if change.pending {
+                    // A pod already known unschedulable waits for a cluster change, not for
+                    // updates of itself.
+                    if !self.unschedulable.contains(&uid) {
+                        self.enqueue(uid);
+                    }
+                }
+                if change.freed {
+                    self.retry_unschedulable();
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                let uid = pod.metadata.uid.unwrap_or_default();
+                self.unschedulable.remove(&uid);
+                if self.cache.delete_pod(&uid) {
+                    self.retry_unschedulable();
+                }
+            }
+            watcher::Event::Init => {}
+            watcher::Event::InitDone => {}
+        }
+    }
+
+    /// Applies a node event.
+    pub fn on_node(&mut self, event: watcher::Event<Node>) {
+        match event {
+            watcher::Event::Apply(node) | watcher::Event::InitApply(node) => {
+                if self.cache.apply_node(node) {
+                    self.retry_unschedulable();
+                }
+            }
+            watcher::Event::Delete(node) => {
+                if let Some(name) = node.metadata.name {
+                    self.cache.delete_node(&name);
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+    }
+
+    /// Decides where pod `uid` goes. Pure: reads the cache only.
+    pub fn decide(&mut self, pod: &PodInfo) -> Decision {
+        let forbidden = forbidden_domains(pod, &self.cache);
+        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        let mut feasible = Vec::new();
+        let mut total = 0;
+        for info in self.cache.nodes.values() {
+            if info.node.is_none() {
+                continue;
+            }
+            total += 1;
+            match filter(pod, info, &forbidden) {
+                Ok(()) => feasible.push(info),
+                Err(rs) => {
+                    for r in rs {
+                        *reasons.entry(r).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if feasible.is_empty() {
+            return Decision::Unschedulable(score::failure_message(total, &reasons));
+        }
+        let max_owned = pod
+            .owner
+            .as_ref()
+            .map(|o| {
+                feasible
+                    .iter()
+                    .map(|n| n.owners.get(o).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        // Ties go round-robin from a rotating start, so equal nodes take turns.
+        self.turn = self.turn.wrapping_add(1);
+        let start = self.turn % feasible.len();
+        let mut best: Option<(u64, &str)> = None;
+        for i in 0..feasible.len() {
+            let n = feasible[(start + i) % feasible.len()];
+            let s = score::least_allocated(pod, n) + score::spread(pod, n, max_owned);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, n.name()));
+            }
+        }
+        Decision::Node(best.map(|(_, n)| n.to_owned()).unwrap_or_default())
+    }
+
+    /// Takes the next pod that still waits, with its decision. The pod is assumed on its node
+    /// and marked as binding; a pod that fits nowhere is parked as unschedulable.
+    pub fn next_decision(&mut self) -> Option<(PodInfo, Decision)> {
+        while let Some(uid) = self.active.pop_front() {
+            self.queued.remove(&uid);
+            let Some(pod) = self.cache.pods.get(&uid).cloned() else {
+                continue;
+            };
+            if !pod.wants_scheduling() {
+                continue;
+            }
+            let decision = self.decide(&pod);
+            match &decision {
+                Decision::Node(node) => {
+                    self.cache.assume(&uid, node);
+                    self.binding.insert(uid);
+                }
+                Decision::Unschedulable(_) => {
+                    self.unschedulable.insert(uid);
+                }
+            }
+            return Some((pod, decision));
+        }
+        None
+    }
+
+    /// Records the end of a binding; a failed one makes the pod wait again.
+    pub fn bound(&mut self, uid: &str, ok: bool) {
+        self.binding.remove(uid);
+        if !ok && self.cache.forget(uid) {
+            self.unschedulable.insert(uid.to_owned());
+        }
+    }
+
+    /// Pods waiting in the active queue.
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether pod `uid` is parked as unschedulable.
+    pub fn is_unschedulable(&self, uid: &str) -> bool {
+        self.unschedulable.contains(uid)
+    }
+}
+
+fn reference(pod: &PodInfo) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name.clone()),
+        namespace: Some(pod.namespace.clone()),
+        uid: Some(pod.uid.clone()),
+        resource_version: pod.pod.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+async fn bind(client: kube::Client, pod: PodInfo, node: String) -> BindDone {
+    let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..ObjectReference::default()
+        },
+    };
+    let result = api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            &pod.name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .map(drop);
+    BindDone {
+        uid: pod.uid,
+        node,
+        result,
+    }
+}
+
+/// Writes events from a bounded queue; when the API cannot keep up, events are dropped rather
+/// than slowing scheduling (client-go's broadcaster drops too).
+async fn write_events(recorder: Recorder, mut notes: mpsc::Receiver<Note>) {
+    while let Some(n) = notes.recv().await {
+        recorder.record(&n.pod, n.kind, n.reason, &n.message).await;
+    }
+}
+
+fn merged<A, B>(a: A, b: B) -> impl Stream<Item = Input> + Unpin
+where
+    A: Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static,
+    B: Stream<Item = Result<watcher::Event<Node>, watcher::Error>> + Send + 'static,
+{
+    futures::stream::select(
+        a.map(|r| r.map_or_else(Input::Error, |e| Input::Pod(Box::new(e))))
+            .boxed(),
+        b.map(|r| r.map_or_else(Input::Error, |e| Input::Node(Box::new(e))))
+            .boxed(),
+    )
+}
+
+enum Input {
+    Pod(Box<watcher::Event<Pod>>),
+    Node(Box<watcher::Event<Node>>),
+    Error(watcher::Error),
+}
+
+/// Runs the scheduler until `ctx.shutdown` is cancelled.
+pub async fn run(ctx: Context) {
+    run_with(ctx, Config::default()).await
+}
+
+/// [`run`] with explicit tuning.
+pub async fn run_with(ctx: Context, config: Config) {
+    let client = ctx.client.clone();
+    let pods =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let nodes =
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let mut inputs = merged(pods, nodes);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<BindDone>();
+    let (note_tx, note_rx) = mpsc::channel::<Note>(4096);
+    let events = tokio::spawn(write_events(ctx.recorder(DEFAULT_SCHEDULER), note_rx));
+    let permits = Arc::new(Semaphore::new(config.parallel_binds.max(1)));
+    let mut retry = tokio::time::interval(config.retry_interval);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sched = Scheduler::default();
+    // Buffers of a (re-)list, swapped in whole at InitDone so nothing is decided on half a view.
+    let mut pod_list: Option<Vec<Pod>> = None;
+    let mut node_list: Option<Vec<Node>> = None;
+    let (mut pods_synced, mut nodes_synced) = (false, false);
+    let note = |n: Note| {
+        if note_tx.try_send(n).is_err() {
+            tracing::debug!("event queue full, dropping a scheduler event");
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            input = inputs.next() => match input {
+                None => break,
+                Some(Input::Error(e)) => {
+                    tracing::warn!(error = %e, "scheduler watch failed; retrying");
+                }
+                Some(Input::Pod(ev)) => match *ev {
+                    watcher::Event::Init => pod_list = Some(Vec::new()),
+                    watcher::Event::InitApply(p) => pod_list.get_or_insert_with(Vec::new).push(p),
+                    watcher::Event::InitDone => {
+                        let waiting = sched.cache.replace_pods(pod_list.take().unwrap_or_default());
+                        for uid in waiting {
+                            sched.enqueue(uid);
+                        }
+                        sched.retry_unschedulable();
+                        pods_synced = true;
+                    }
+                    ev => sched.on_pod(ev),
+                },
+                Some(Input::Node(ev)) => match *ev {
+                    watcher::Event::Init => node_list = Some(Vec::new()),
+                    watcher::Event::InitApply(n) => node_list.get_or_insert_with(Vec::new).push(n),
+                    watcher::Event::InitDone => {
+                        sched.cache.replace_nodes(node_list.take().unwrap_or_default());
+                        sched.retry_unschedulable();
+                        nodes_synced = true;
+                    }
+                    ev => sched.on_node(ev),
+                },
+            },
+            Some(done) = done_rx.recv() => {
+                let ok = done.result.is_ok();
+                let pod = sched.cache.pods.get(&done.uid).cloned();
+                match (&done.result, pod) {
+                    (Ok(()), Some(pod)) => note(Note {
+                        message: format!("Successfully assigned {}/{} to {}", pod.namespace, pod.name, done.node),
+                        pod: reference(&pod), kind: EventType::Normal, reason: "Scheduled",
+                    }),
+                    (Err(e), Some(pod)) => {
+                        tracing::info!(pod = %pod.name, node = %done.node, error = %e, "binding failed");
+                        // A pod that is gone or already bound needs no event; the watch tells.
+                        let benign = matches!(e, kube::Error::Api(s) if s.code == 404 || s.code == 409);
+                        if !benign {
+                            note(Note {
+                                message: format!("Binding rejected: {e}"),
+                                pod: reference(&pod), kind: EventType::Warning, reason: "FailedScheduling",
+                            });
+                        }
+                    }
+                    (_, None) => {}
+                }
+                sched.bound(&done.uid, ok);
+            }
+            _ = retry.tick() => sched.retry_unschedulable(),
+        }
+        if !(pods_synced && nodes_synced) {
+            continue;
+        }
+        loop {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some((pod, decision)) = sched.next_decision() else {
+                break;
+            };
+            match decision {
+                Decision::Node(node) => {
+                    let (client, done_tx) = (client.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        let done = bind(client, pod, node).await;
+                        drop(permit);
+                        let _ = done_tx.send(done);
+                    });
+                }
+                Decision::Unschedulable(message) => {
+                    tracing::debug!(pod = %pod.name, %message, "unschedulable");
+                    note(Note {
+                        pod: reference(&pod),
+                        kind: EventType::Warning,
+                        reason: "FailedScheduling",
+                        message,
+                    });
+                }
+            }
+        }
+    }
+    // Unwritten events are advice: they are not worth delaying shutdown for.
+    events.abort();
+}
+
+#[cfg(test)]
+mod tests;

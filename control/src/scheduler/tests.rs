@@ -1,0 +1,406 @@
+//! Unit tests of the filters, scores and the queue, on a cache filled by hand.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, Node, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, NodeSpec, NodeStatus, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec,
+    ResourceRequirements, Taint, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::runtime::watcher::Event;
+
+use super::cache::PodInfo;
+use super::filter::{self, Reason};
+use super::{Decision, Scheduler};
+
+fn node(name: &str, cpu: &str, labels: &[(&str, &str)]) -> Node {
+    let q = |s: &str| Quantity(s.to_owned());
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .chain([("kubernetes.io/hostname".to_owned(), name.to_owned())])
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(BTreeMap::from([
+                ("cpu".to_owned(), q(cpu)),
+                ("memory".to_owned(), q("4Gi")),
+                ("pods".to_owned(), q("110")),
+            ])),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod(name: &str, cpu: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(format!("uid-{name}")),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                resources: (!cpu.is_empty()).then(|| ResourceRequirements {
+                    requests: Some(BTreeMap::from([("cpu".to_owned(), Quantity(cpu.into()))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            scheduler_name: Some("default-scheduler".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn info(p: Pod) -> PodInfo {
+    PodInfo::new(p).unwrap()
+}
+
+fn sched(nodes: Vec<Node>) -> Scheduler {
+    let mut s = Scheduler::default();
+    for n in nodes {
+        s.on_node(Event::Apply(n));
+    }
+    s
+}
+
+fn with_affinity(mut p: Pod, terms: Vec<NodeSelectorTerm>) -> Pod {
+    p.spec.as_mut().unwrap().affinity = Some(Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: terms,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    p
+}
+
+fn expr(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
+    NodeSelectorRequirement {
+        key: key.into(),
+        operator: op.into(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+    }
+}
+
+fn term(exprs: Vec<NodeSelectorRequirement>) -> NodeSelectorTerm {
+    NodeSelectorTerm {
+        match_expressions: Some(exprs),
+        match_fields: None,
+    }
+}
+
+#[test]
+fn tolerations_match_as_in_kubernetes() {
+    let t = Taint {
+        key: "k".into(),
+        value: Some("v".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    let tol = |key: &str, op: &str, value: &str, effect: &str| Toleration {
+        key: (!key.is_empty()).then(|| key.into()),
+        operator: (!op.is_empty()).then(|| op.into()),
+        value: (!value.is_empty()).then(|| value.into()),
+        effect: (!effect.is_empty()).then(|| effect.into()),
+        ..Default::default()
+    };
+    assert!(filter::tolerates(&tol("k", "Equal", "v", "NoSchedule"), &t));
+    assert!(filter::tolerates(&tol("k", "", "v", ""), &t));
+    assert!(filter::tolerates(&tol("k", "Exists", "", ""), &t));
+    assert!(filter::tolerates(&tol("", "Exists", "", ""), &t));
+    assert!(!filter::tolerates(&tol("k", "Equal", "w", ""), &t));
+    assert!(!filter::tolerates(&tol("k", "Exists", "", "NoExecute"), &t));
+    assert!(!filter::tolerates(&tol("j", "Exists", "", ""), &t));
+    assert!(!filter::tolerates(&tol("", "Equal", "", ""), &t));
+}
+
+#[test]
+fn node_affinity_operators_and_fields() {
+    let n = node("n1", "2", &[("zone", "a"), ("gen", "5")]);
+    let ok = |terms: Vec<NodeSelectorTerm>| {
+        filter::node_affinity(&info(with_affinity(pod("p", ""), terms)), &n)
+    };
+    assert!(ok(vec![term(vec![expr("zone", "In", &["a", "b"])])]));
+    assert!(!ok(vec![term(vec![expr("zone", "NotIn", &["a"])])]));
+    assert!(ok(vec![term(vec![expr("zone", "Exists", &[])])]));
+    assert!(ok(vec![term(vec![expr("disk", "DoesNotExist", &[])])]));
+    assert!(ok(vec![term(vec![expr("gen", "Gt", &["4"])])]));
+    assert!(!ok(vec![term(vec![expr("gen", "Lt", &["4"])])]));
+    assert!(!ok(vec![term(vec![expr("zone", "Gt", &["4"])])]));
+    // ANDed within a term, ORed across terms; an empty term matches nothing.
+    assert!(!ok(vec![term(vec![
+        expr("zone", "In", &["a"]),
+        expr("gen", "In", &["6"])
+    ])]));
+    assert!(ok(vec![
+        term(vec![expr("gen", "In", &["6"])]),
+        term(vec![expr("zone", "In", &["a"])])
+    ]));
+    assert!(!ok(vec![term(vec![])]));
+    let fields = |op: &str, name: &str| {
+        vec![NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![expr("metadata.name", op, &[name])]),
+        }]
+    };
+    assert!(ok(fields("In", "n1")));
+    assert!(!ok(fields("In", "n2")));
+    assert!(ok(fields("NotIn", "n2")));
+    let mut p = pod("p", "");
+    p.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([("zone".into(), "b".into())]));
+    assert!(!filter::node_affinity(&info(p), &n));
+}
+
+#[test]
+fn failure_message_counts_reasons_in_kube_scheduler_words() {
+    let mut s = sched(vec![
+        node("n1", "1", &[("disk", "ssd")]),
+        node("n2", "4", &[]),
+        node("n3", "4", &[]),
+    ]);
+    let mut p = pod("big", "2");
+    p.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([("disk".into(), "ssd".into())]));
+    assert_eq!(
+        s.decide(&info(p)),
+        Decision::Unschedulable(
+            "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector."
+                .into()
+        )
+    );
+    let empty = &mut Scheduler::default();
+    assert_eq!(
+        empty.decide(&info(pod("p", ""))),
+        Decision::Unschedulable("no nodes available to schedule pods".into())
+    );
+}
+
+#[test]
+fn taints_cordons_and_readiness_filter_nodes() {
+    let mut tainted = node("n1", "4", &[]);
+    tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+        key: "dedicated".into(),
+        value: Some("db".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }]);
+    let mut cordoned = node("n2", "4", &[]);
+    cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+    let mut not_ready = node("n3", "4", &[]);
+    not_ready
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()[0]
+        .status = "False".into();
+    let mut soft = node("n4", "4", &[]);
+    soft.spec.as_mut().unwrap().taints = Some(vec![Taint {
+        key: "x".into(),
+        effect: "PreferNoSchedule".into(),
+        ..Default::default()
+    }]);
+    soft.spec.as_mut().unwrap().unschedulable = Some(true);
+    let mut s = sched(vec![tainted, cordoned, not_ready, soft]);
+    assert_eq!(
+        s.decide(&info(pod("p", ""))),
+        Decision::Unschedulable(
+            "0/4 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, \
+             1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+             2 node(s) were unschedulable."
+                .into()
+        )
+    );
+    let mut p = pod("tolerant", "");
+    p.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Exists".into()),
+        ..Default::default()
+    }]);
+    assert_eq!(s.decide(&info(p)), Decision::Node("n1".into()));
+}
+
+#[test]
+fn assumed_pods_count_before_the_watch_confirms_them() {
+    let mut s = sched(vec![node("n1", "2", &[]), node("n2", "2", &[])]);
+    for i in 0..5 {
+        s.on_pod(Event::Apply(pod(&format!("p{i}"), "1")));
+    }
+    let mut placed = BTreeMap::<String, usize>::new();
+    let mut failed = Vec::new();
+    while let Some((p, d)) = s.next_decision() {
+        match d {
+            Decision::Node(n) => *placed.entry(n).or_default() += 1,
+            Decision::Unschedulable(m) => failed.push((p.name, m)),
+        }
+    }
+    assert_eq!(placed, BTreeMap::from([("n1".into(), 2), ("n2".into(), 2)]));
+    assert_eq!(
+        failed,
+        vec![(
+            "p4".to_owned(),
+            "0/2 nodes are available: 2 Insufficient cpu.".to_owned()
+        )]
+    );
+    // A stale event (the pod before its binding) does not undo the assumption...
+    s.on_pod(Event::Apply(pod("p0", "1")));
+    assert_eq!(
+        s.cache.nodes.values().map(|n| n.pods.len()).sum::<usize>(),
+        4
+    );
+    assert_eq!(s.active_len(), 0);
+    // ...a failed binding does, and the pod waits; a deleted pod frees room and retries.
+    s.bound("uid-p0", false);
+    assert!(s.is_unschedulable("uid-p0"));
+    s.on_pod(Event::Delete(pod("p1", "1")));
+    let mut retried: Vec<_> = std::iter::from_fn(|| s.next_decision())
+        .map(|(p, d)| (p.name, matches!(d, Decision::Node(_))))
+        .collect();
+    retried.sort();
+    assert_eq!(retried, vec![("p0".into(), true), ("p4".into(), true)]);
+}
+
+#[test]
+fn replicas_of_one_owner_spread_across_nodes() {
+    let mut s = sched(vec![
+        node("n1", "8", &[]),
+        node("n2", "8", &[]),
+        node("n3", "8", &[]),
+    ]);
+    // n1 is emptier but already runs two replicas of the owner.
+    let owned = |name: &str, cpu: &str| {
+        let mut p = pod(name, cpu);
+        p.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "rs".into(),
+            uid: "rs-uid".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        p
+    };
+    for (name, node) in [("a", "n1"), ("b", "n1")] {
+        let mut p = owned(name, "10m");
+        p.spec.as_mut().unwrap().node_name = Some(node.into());
+        s.on_pod(Event::Apply(p));
+    }
+    for (name, node) in [("x", "n2"), ("y", "n3")] {
+        let mut p = pod(name, "500m");
+        p.spec.as_mut().unwrap().node_name = Some(node.into());
+        s.on_pod(Event::Apply(p));
+    }
+    let d = s.decide(&info(owned("c", "10m")));
+    assert!(matches!(&d, Decision::Node(n) if n != "n1"), "{d:?}");
+    // Without an owner least-allocated wins: n1.
+    assert_eq!(
+        s.decide(&info(pod("d", "10m"))),
+        Decision::Node("n1".into())
+    );
+}
+
+#[test]
+fn required_anti_affinity_by_hostname() {
+    let mut s = sched(vec![node("n1", "8", &[]), node("n2", "8", &[])]);
+    let anti = |name: &str| {
+        let mut p = pod(name, "");
+        p.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([("app".into(), "db".into())])),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    };
+    for name in ["db0", "db1", "db2"] {
+        s.on_pod(Event::Apply(anti(name)));
+    }
+    let decisions: Vec<_> = std::iter::from_fn(|| s.next_decision())
+        .map(|(_, d)| d)
+        .collect();
+    let nodes: Vec<_> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Node(n) => Some(n.clone()),
+            Decision::Unschedulable(_) => None,
+        })
+        .collect();
+    assert_eq!(nodes.len(), 2, "{decisions:?}");
+    assert_ne!(nodes[0], nodes[1]);
+    assert!(decisions.contains(&Decision::Unschedulable(
+        "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.".into()
+    )));
+    // A pod the placed ones repel, without anti-affinity of its own.
+    let mut plain = pod("web", "");
+    plain.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+    assert_eq!(
+        s.decide(&info(plain)),
+        Decision::Unschedulable(
+            "0/2 nodes are available: 2 node(s) didn't satisfy existing pods anti-affinity rules."
+                .into()
+        )
+    );
+    assert!(matches!(
+        s.decide(&info(pod("other", ""))),
+        Decision::Node(_)
+    ));
+}
+
+#[test]
+fn too_many_pods_and_memory() {
+    let mut n = node("n1", "8", &[]);
+    n.status
+        .as_mut()
+        .unwrap()
+        .allocatable
+        .as_mut()
+        .unwrap()
+        .insert("pods".into(), Quantity("1".into()));
+    let mut s = sched(vec![n]);
+    let mut placed = pod("a", "");
+    placed.spec.as_mut().unwrap().node_name = Some("n1".into());
+    s.on_pod(Event::Apply(placed));
+    let mut big = pod("b", "");
+    big.spec.as_mut().unwrap().containers[0].resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("5Gi".into()),
+        )])),
+        ..Default::default()
+    });
+    let node = s.cache.nodes.get("n1").unwrap();
+    assert_eq!(
+        filter::fits(&info(big), node),
+        Err(vec![Reason::TooManyPods, Reason::InsufficientMemory])
+    );
+}

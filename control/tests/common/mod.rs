@@ -1,0 +1,134 @@
+//! The harness of the client-side component tests: the API in process on a redb store in a
+//! tempdir, driven over its router, and kube clients whose transport is that router.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use skiff_control::apiserver::{app, ApiState};
+use skiff_control::store::RedbStore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub const TOKEN: &str = "test-token";
+
+pub struct Api {
+    pub router: Router,
+    pub state: Arc<ApiState>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+    let (state, _queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
+    state.ensure_system_namespaces().await.unwrap();
+    Api {
+        router: app(state.clone()),
+        state,
+        _dir: dir,
+    }
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_as(method, uri, "application/json", body).await
+    }
+
+    /// A JSON merge patch.
+    pub async fn merge_patch(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.call_as(
+            Method::PATCH,
+            uri,
+            "application/merge-patch+json",
+            Some(body),
+        )
+        .await
+    }
+
+    async fn call_as(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", content_type)
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    pub async fn get(&self, uri: &str) -> Value {
+        self.call(Method::GET, uri, None).await.1
+    }
+
+    pub async fn post(&self, uri: &str, body: Value) -> Value {
+        let (code, v) = self.call(Method::POST, uri, Some(body)).await;
+        assert!(code.is_success(), "POST {uri}: {code} {v}");
+        v
+    }
+
+    /// A kube client whose transport is this router.
+    pub fn client(&self) -> kube::Client {
+        let service = self
+            .router
+            .clone()
+            .map_request(|mut req: Request<kube::client::Body>| {
+                req.headers_mut().insert(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap(),
+                );
+                req
+            });
+        kube::Client::new(service, "default")
+    }
+}
+
+/// Waits until `check` returns Some, or fails after `limit`.
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually_within`] 20 s.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(Duration::from_secs(20), what, check).await
+}

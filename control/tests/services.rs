@@ -1,0 +1,214 @@
+//! Component tests of Service ClusterIP and NodePort allocation in the API server.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{api, TOKEN};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use skiff_control::apiserver::ApiState;
+use skiff_control::store::RedbStore;
+use tokio_util::sync::CancellationToken;
+
+const SVCS: &str = "/api/v1/namespaces/default/services";
+
+fn svc(name: &str, ty: &str, ip: Option<&str>, node_port: Option<u16>) -> Value {
+    let mut port = json!({"port": 80, "targetPort": 8080});
+    if let Some(n) = node_port {
+        port["nodePort"] = json!(n);
+    }
+    let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"type": ty, "selector": {"app": name}, "ports": [port]}});
+    if let Some(ip) = ip {
+        s["spec"]["clusterIP"] = json!(ip);
+    }
+    s
+}
+
+#[tokio::test]
+async fn cluster_ips_are_allocated_unique_and_released() {
+    let a = api().await;
+    a.state.ensure_kubernetes_service(6443).await.unwrap();
+    let k = a.get(&format!("{SVCS}/kubernetes")).await;
+    assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(k["spec"]["ports"][0]["targetPort"], 6443);
+
+    let web = a.post(SVCS, svc("web", "ClusterIP", None, None)).await;
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10.9") && ip != "10.96.0.1", "{ip}");
+    assert_eq!(web["spec"]["clusterIPs"], json!([ip]));
+
+    let (code, s) = a
+        .call(
+            Method::POST,
+            SVCS,
+            Some(svc("dup", "ClusterIP", Some(&ip), None)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert_eq!(s["reason"], "Invalid");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided IP is already allocated"),
+        "{s}"
+    );
+    let (code, s) = a
+        .call(
+            Method::POST,
+            SVCS,
+            Some(svc("out", "ClusterIP", Some("192.168.1.1"), None)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+
+    // A PUT without the address keeps it; a changed address is refused.
+    let mut put = svc("web", "ClusterIP", None, None);
+    put["metadata"]["labels"] = json!({"x": "y"});
+    let (code, s) = a.call(Method::PUT, &format!("{SVCS}/web"), Some(put)).await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    assert_eq!(s["spec"]["clusterIP"], ip.as_str());
+    let (code, s) = a
+        .merge_patch(
+            &format!("{SVCS}/web"),
+            json!({"spec": {"clusterIP": "10.96.100.100"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not change once set"),
+        "{s}"
+    );
+
+    let headless = a
+        .post(SVCS, svc("db", "ClusterIP", Some("None"), None))
+        .await;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+
+    let (code, _) = a.call(Method::DELETE, &format!("{SVCS}/web"), None).await;
+    assert_eq!(code, StatusCode::OK);
+    let again = a
+        .post(SVCS, svc("again", "ClusterIP", Some(&ip), None))
+        .await;
+    assert_eq!(again["spec"]["clusterIP"], ip.as_str());
+    // A dry run reserves nothing.
+    let (code, _) = a
+        .call(
+            Method::POST,
+            &format!("{SVCS}?dryRun=All"),
+            Some(svc("dry", "ClusterIP", Some("10.96.7.7"), None)),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED);
+    a.post(SVCS, svc("wet", "ClusterIP", Some("10.96.7.7"), None))
+        .await;
+}
+
+#[tokio::test]
+async fn node_ports_are_allocated_in_range_and_conflicts_rejected() {
+    let a = api().await;
+    let np = a.post(SVCS, svc("np", "NodePort", None, None)).await;
+    let port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&port), "{port}");
+    let lb = a.post(SVCS, svc("lb", "LoadBalancer", None, None)).await;
+    assert!(lb["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+    let (code, s) = a
+        .call(
+            Method::POST,
+            SVCS,
+            Some(svc("clash", "NodePort", None, Some(port as u16))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("provided port is already allocated"),
+        "{s}"
+    );
+    let (code, s) = a
+        .call(
+            Method::POST,
+            SVCS,
+            Some(svc("low", "NodePort", None, Some(8080))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    // Switching to ClusterIP frees the port for someone else.
+    let (code, s) = a
+        .merge_patch(
+            &format!("{SVCS}/np"),
+            json!({"spec": {"type": "ClusterIP"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{s}");
+    assert!(s["spec"]["ports"][0].get("nodePort").is_none(), "{s}");
+    let taken = a
+        .post(SVCS, svc("taker", "NodePort", None, Some(port as u16)))
+        .await;
+    assert_eq!(taken["spec"]["ports"][0]["nodePort"].as_u64(), Some(port));
+}
+
+#[tokio::test]
+async fn allocations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let ip;
+    {
+        let store = RedbStore::open(&path).unwrap();
+        let (state, _q) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
+        state.ensure_system_namespaces().await.unwrap();
+        let router = skiff_control::apiserver::app(state.clone());
+        let def = state.registry.find("", "v1", "services").unwrap().clone();
+        let created = state
+            .create(
+                &def,
+                Some("default"),
+                svc("keep", "NodePort", None, Some(30100)),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        ip = created.object["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        drop(router);
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let (state, _q) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
+    state.restore_service_allocations().unwrap();
+    let def = state.registry.find("", "v1", "services").unwrap().clone();
+    let e = state
+        .create(
+            &def,
+            Some("default"),
+            svc("ip", "ClusterIP", Some(&ip), None),
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("provided IP is already allocated"),
+        "{e}"
+    );
+    let e = state
+        .create(
+            &def,
+            Some("default"),
+            svc("port", "NodePort", None, Some(30100)),
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("provided port is already allocated"),
+        "{e}"
+    );
+}
