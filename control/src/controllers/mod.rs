@@ -3,8 +3,17 @@
 //! the others a `kube::Client` against the server's own HTTPS endpoint (`Context`), so they
 //! could equally run in a separate process.
 
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
+pub mod expectations;
+pub mod garbage_collector;
 pub mod namespace;
+pub mod ownership;
+pub mod pod_state;
+pub mod replicaset;
+pub mod replicationcontroller;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +36,14 @@ impl Context {
 
 /// Runs every client-side controller until `ctx.shutdown` is cancelled.
 pub async fn run_all(ctx: Context) {
-    let tasks: Vec<tokio::task::JoinHandle<()>> = vec![];
-    let _ = &ctx;
+    let tasks: Vec<tokio::task::JoinHandle<()>> = vec![
+        tokio::spawn(replicaset::run(ctx.clone())),
+        tokio::spawn(replicationcontroller::run(ctx.clone())),
+        tokio::spawn(endpointslice::run(ctx.clone())),
+        tokio::spawn(endpoints::run(ctx.clone())),
+        tokio::spawn(deployment::run(ctx.clone())),
+        tokio::spawn(garbage_collector::run(ctx.clone())),
+    ];
     for task in tasks {
         let _ = task.await;
     }
