@@ -82,6 +82,29 @@ where
     }
 }
 
+/// The store's revision (a list's resourceVersion is the latest one).
+async fn revision(client: &kube::Client) -> String {
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    ns.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
+/// Once converged the controllers must stop writing: no status or slice update loops. An
+/// observation window, not a synchronisation: any write during it fails the test.
+async fn assert_quiet(client: &kube::Client) {
+    let before = revision(client).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        before,
+        revision(client).await,
+        "controllers kept writing after converging"
+    );
+}
+
 fn template(app: &str) -> Value {
     json!({
         "metadata": {"labels": {"app": app}},
@@ -385,6 +408,7 @@ async fn endpoints_and_slices_follow_pod_readiness() {
         (ready == ["10.1.0.2"] && subset.not_ready_addresses.is_none()).then_some(())
     })
     .await;
+    assert_quiet(&c.client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

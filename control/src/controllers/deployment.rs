@@ -803,8 +803,9 @@ mod tests {
 
     #[test]
     fn safe_encode_matches_kubernetes() {
-        // rand.SafeEncodeString("123") in Go: '1'=49%27=22 -> '6', '2'=50%27=23 -> '7', '3' -> '8'.
-        assert_eq!(safe_encode("123"), "678");
+        // rand.SafeEncodeString in Go maps byte % 27 onto the alphabet: '1' = 49 % 27 = 22 -> '5',
+        // '9' = 57 % 27 = 3 -> 'f'; real hashes use only 4-9 and b, c, d, f ("7d5bd7c9f6").
+        assert_eq!(safe_encode("1239"), "567f");
         assert_eq!(fnv32a(b""), 0x811c_9dc5);
         assert_eq!(fnv32a(b"a"), 0xe40c_292c);
     }

@@ -106,7 +106,7 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<PodEndpoint> {
             })
         })
         .collect();
-    out.sort_by(|a, b| a.pod.name_any().cmp(&b.pod.name_any()));
+    out.sort_by_key(|e| e.pod.name_any());
     out
 }
 
@@ -308,7 +308,11 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Endpo
         return Ok(Action::requeue(wait));
     }
     let api: Api<EndpointSlice> = Api::namespaced(state.client.clone(), &ns);
-    let desired = pack(&pod_endpoints(&svc, &state.pods.state()));
+    let mut desired = pack(&pod_endpoints(&svc, &state.pods.state()));
+    if desired.is_empty() {
+        // Like Kubernetes, a Service without endpoints keeps one empty placeholder slice.
+        desired.push((vec![], vec![]));
+    }
     let mut existing: Vec<Arc<EndpointSlice>> = state
         .slices
         .state()
@@ -347,12 +351,15 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, Endpo
             },
             address_type: "IPv4".into(),
             endpoints: Some(endpoints),
-            ports: Some(ports),
+            ports: (!ports.is_empty()).then_some(ports),
         };
         match current {
             Some(cur) => {
-                let same = cur.endpoints == slice.endpoints
-                    && cur.ports == slice.ports
+                // Absent and empty lists are the same (the server may store either).
+                let same = cur.endpoints.clone().unwrap_or_default()
+                    == slice.endpoints.clone().unwrap_or_default()
+                    && cur.ports.clone().unwrap_or_default()
+                        == slice.ports.clone().unwrap_or_default()
                     && cur.metadata.labels == slice.metadata.labels;
                 if same {
                     continue;

@@ -142,7 +142,7 @@ pub(crate) mod tests {
 
     #[test]
     fn scale_down_prefers_unscheduled_then_pending_then_not_ready_then_newer() {
-        let mut pods = vec![
+        let mut pods = [
             pod("ready-old", Some("n"), "Running", true, 100),
             pod("ready-new", Some("n"), "Running", true, 200),
             pod("running-not-ready", Some("n"), "Running", false, 50),
