@@ -315,11 +315,18 @@ async fn reconcile(d: Arc<Deployment>, state: Arc<State>) -> Result<Action, Depl
         // template makes an old ReplicaSet new again with the next revision.
         if let Some(rs) = &new_rs {
             let rev = revision_of(rs);
-            if rev <= max_old_revision || rev == 0 {
-                let next = max_old_revision + 1;
+            let outdated = rev <= max_old_revision || rev == 0;
+            // The Deployment's annotations (kubernetes.io/change-cause, ...) follow it onto its
+            // current ReplicaSet, where `kubectl rollout history` reads them.
+            let stale = annotations
+                .iter()
+                .any(|(k, v)| rs.annotations().get(k) != Some(v));
+            if outdated || stale {
                 let mut ann = annotations.clone();
-                ann.insert(REVISION.into(), next.to_string());
-                if rev > 0 {
+                if outdated {
+                    ann.insert(REVISION.into(), (max_old_revision + 1).to_string());
+                }
+                if outdated && rev > 0 {
                     let mut hist: Vec<String> = rs
                         .annotations()
                         .get(REVISION_HISTORY)
