@@ -113,6 +113,16 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+/// The finalizer a deletion's propagationPolicy asks for (Foreground and Orphan wait for the
+/// garbage collector; Background, the default, does not).
+fn propagation_finalizer(opts: &DeleteOptions) -> Option<&'static str> {
+    match opts.propagation_policy.as_deref() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    }
+}
+
 /// Namespaces that cannot be deleted.
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
@@ -992,6 +1002,30 @@ impl ApiState {
                     let _ = self.namespace_queue.send(name.to_owned());
                 }
                 written
+            } else if let Some(finalizer) = propagation_finalizer(opts) {
+                // Foreground and Orphan deletion: the garbage collector deletes or orphans the
+                // dependents, then removes the finalizer, which completes the deletion.
+                if opts.dry_run {
+                    return Ok(current);
+                }
+                let mut object = current.clone();
+                let finalizers = meta(&mut object)
+                    .entry("finalizers")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = finalizers.as_array_mut() {
+                    // The other policy's finalizer is dropped: the latest request wins.
+                    list.retain(|f| f != "orphan" && f != "foregroundDeletion");
+                    list.push(json!(finalizer));
+                }
+                if object == current {
+                    return Ok(current);
+                }
+                let object = if already_marked {
+                    object
+                } else {
+                    mark(object, 0)
+                };
+                blocking(move || store.update(&key, Some(expected), object)).await?
             } else if !finalizers_empty(&current) {
                 if already_marked || opts.dry_run {
                     return Ok(current);

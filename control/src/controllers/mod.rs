@@ -3,12 +3,21 @@
 //! the others a `kube::Client` against the server's own HTTPS endpoint (`Context`), so they
 //! could equally run in a separate process.
 
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
+pub mod expectations;
+pub mod garbage_collector;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod ownership;
 pub mod pod_cidr;
+pub mod pod_state;
+pub mod replicaset;
+pub mod replicationcontroller;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +40,15 @@ impl Context {
 
 /// Runs every client-side controller until `ctx.shutdown` is cancelled.
 pub async fn run_all(ctx: Context) {
-    let tasks: Vec<tokio::task::JoinHandle<()>> =
-        vec![tokio::spawn(crate::scheduler::run(ctx.clone()))];
+    let tasks: Vec<tokio::task::JoinHandle<()>> = vec![
+        tokio::spawn(crate::scheduler::run(ctx.clone())),
+        tokio::spawn(replicaset::run(ctx.clone())),
+        tokio::spawn(replicationcontroller::run(ctx.clone())),
+        tokio::spawn(endpointslice::run(ctx.clone())),
+        tokio::spawn(endpoints::run(ctx.clone())),
+        tokio::spawn(deployment::run(ctx.clone())),
+        tokio::spawn(garbage_collector::run(ctx.clone())),
+    ];
     for task in tasks {
         let _ = task.await;
     }

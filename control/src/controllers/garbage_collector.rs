@@ -1,0 +1,523 @@
+//! Garbage collector: deletes objects whose owners are gone, and completes the two deletion
+//! modes that wait on dependents.
+//!
+//! - Background (the default): the owner goes at once; every object whose ownerReferences all
+//!   point to objects that no longer exist (by uid) is deleted afterwards. References to owners
+//!   that are gone are removed from objects that still have a live owner.
+//! - Foreground: the API server gives the owner a deletionTimestamp and the `foregroundDeletion`
+//!   finalizer; its dependents are deleted (foreground too), and the finalizer is removed once
+//!   no dependent with `blockOwnerDeletion` is left.
+//! - Orphan: the owner gets the `orphan` finalizer; its dependents lose their reference to it,
+//!   then the finalizer is removed.
+//!
+//! A watch (reflector) per collected kind keeps a graph of objects by uid; any change schedules
+//! a pass over the graph (debounced), and a pass runs at least every `RESYNC`. Before deleting
+//! an object for a missing owner the owner is read from the API server, so a lagging cache never
+//! causes a deletion.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::{apps, batch, coordination, core, discovery};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::Context;
+
+/// Finalizer of an owner whose dependents are being deleted first.
+pub const FOREGROUND: &str = "foregroundDeletion";
+/// Finalizer of an owner whose dependents are being orphaned first.
+pub const ORPHAN: &str = "orphan";
+const RESYNC: Duration = Duration::from_secs(30);
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Errors of a collection pass.
+#[derive(Debug, thiserror::Error)]
+pub enum GarbageCollectorError {
+    /// The API server refused or failed a request.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// A kind the collector watches: its API resource and whether it is namespaced.
+#[derive(Clone)]
+struct Kind {
+    resource: ApiResource,
+    namespaced: bool,
+}
+
+fn kind<K>(namespaced: bool) -> Kind
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    Kind {
+        resource: ApiResource::erase::<K>(&()),
+        namespaced,
+    }
+}
+
+/// The kinds that own or are owned in skiff.
+fn kinds() -> Vec<Kind> {
+    vec![
+        kind::<core::v1::Pod>(true),
+        kind::<core::v1::Service>(true),
+        kind::<core::v1::Endpoints>(true),
+        kind::<core::v1::ConfigMap>(true),
+        kind::<core::v1::Secret>(true),
+        kind::<core::v1::ServiceAccount>(true),
+        kind::<core::v1::ReplicationController>(true),
+        kind::<core::v1::Node>(false),
+        kind::<apps::v1::Deployment>(true),
+        kind::<apps::v1::ReplicaSet>(true),
+        kind::<apps::v1::DaemonSet>(true),
+        kind::<apps::v1::StatefulSet>(true),
+        kind::<batch::v1::Job>(true),
+        kind::<batch::v1::CronJob>(true),
+        kind::<discovery::v1::EndpointSlice>(true),
+        kind::<coordination::v1::Lease>(true),
+    ]
+}
+
+struct Collector {
+    client: kube::Client,
+    kinds: Vec<(Kind, Store<DynamicObject>)>,
+}
+
+/// What a pass decided to do (pure, so it can be tested without an API server).
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Delete the object at (kind index, namespace, name, uid) with this propagation policy
+    /// (`None` for the default).
+    Delete(usize, Option<String>, String, String, Option<&'static str>),
+    /// Set the object's ownerReferences to the list.
+    SetOwners(usize, Option<String>, String, Vec<OwnerReference>),
+    /// Remove a finalizer from the object.
+    RemoveFinalizer(usize, Option<String>, String, &'static str),
+    /// Before deleting for a missing owner, confirm with the API server that these owners
+    /// (apiVersion, kind, namespace, name, uid) are gone.
+    DeleteIfOwnersGone(
+        usize,
+        Option<String>,
+        String,
+        String,
+        Vec<(OwnerReference, Option<String>)>,
+    ),
+}
+
+fn finalizers(o: &DynamicObject) -> &[String] {
+    o.metadata.finalizers.as_deref().unwrap_or_default()
+}
+
+/// Decides the steps of one pass over a graph of `(kind index, object)`.
+fn plan(objects: &[(usize, Arc<DynamicObject>)]) -> Vec<Step> {
+    let by_uid: HashMap<&str, &(usize, Arc<DynamicObject>)> = objects
+        .iter()
+        .filter_map(|e| e.1.metadata.uid.as_deref().map(|u| (u, e)))
+        .collect();
+    let mut dependents: HashMap<&str, Vec<&(usize, Arc<DynamicObject>)>> = HashMap::new();
+    for e in objects {
+        for r in e.1.owner_references() {
+            dependents.entry(r.uid.as_str()).or_default().push(e);
+        }
+    }
+    let mut steps = Vec::new();
+    for (k, o) in objects {
+        let ns = o.metadata.namespace.clone();
+        let name = o.name_any();
+        let uid = o.metadata.uid.clone().unwrap_or_default();
+        let deleting = o.metadata.deletion_timestamp.is_some();
+        let deps = dependents.get(uid.as_str()).cloned().unwrap_or_default();
+
+        if deleting && finalizers(o).iter().any(|f| f == ORPHAN) {
+            for (dk, d) in &deps {
+                let refs: Vec<OwnerReference> = d
+                    .owner_references()
+                    .iter()
+                    .filter(|r| r.uid != uid)
+                    .cloned()
+                    .collect();
+                steps.push(Step::SetOwners(
+                    *dk,
+                    d.metadata.namespace.clone(),
+                    d.name_any(),
+                    refs,
+                ));
+            }
+            if deps.is_empty() {
+                steps.push(Step::RemoveFinalizer(*k, ns.clone(), name.clone(), ORPHAN));
+            }
+            continue;
+        }
+        if deleting && finalizers(o).iter().any(|f| f == FOREGROUND) {
+            let mut blocking = false;
+            for (dk, d) in &deps {
+                let blocks = d
+                    .owner_references()
+                    .iter()
+                    .any(|r| r.uid == uid && r.block_owner_deletion == Some(true));
+                blocking |= blocks;
+                if d.metadata.deletion_timestamp.is_none() {
+                    steps.push(Step::Delete(
+                        *dk,
+                        d.metadata.namespace.clone(),
+                        d.name_any(),
+                        d.metadata.uid.clone().unwrap_or_default(),
+                        Some("Foreground"),
+                    ));
+                }
+            }
+            if !blocking {
+                steps.push(Step::RemoveFinalizer(
+                    *k,
+                    ns.clone(),
+                    name.clone(),
+                    FOREGROUND,
+                ));
+            }
+        }
+        if deleting || o.owner_references().is_empty() {
+            continue;
+        }
+        // Owners in the graph with the same uid are alive; the others may be gone.
+        let (alive, missing): (Vec<&OwnerReference>, Vec<&OwnerReference>) = o
+            .owner_references()
+            .iter()
+            .partition(|r| by_uid.contains_key(r.uid.as_str()));
+        if missing.is_empty() {
+            continue;
+        }
+        // Dependents of a cluster-scoped owner live anywhere; of a namespaced one, beside it.
+        let missing = missing
+            .into_iter()
+            .map(|r| (r.clone(), ns.clone()))
+            .collect();
+        // With every owner gone the object is deleted, else the dead references are removed
+        // (decided after the API server confirms which are gone).
+        let _ = alive;
+        steps.push(Step::DeleteIfOwnersGone(*k, ns, name, uid, missing));
+    }
+    steps
+}
+
+impl Collector {
+    fn graph(&self) -> Vec<(usize, Arc<DynamicObject>)> {
+        self.kinds
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, store))| store.state().into_iter().map(move |o| (i, o)))
+            .collect()
+    }
+
+    fn api(&self, kind: usize, ns: Option<&str>) -> Api<DynamicObject> {
+        let (k, _) = &self.kinds[kind];
+        match (k.namespaced, ns) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &k.resource),
+            _ => Api::all_with(self.client.clone(), &k.resource),
+        }
+    }
+
+    /// The kind index of an owner reference, if the collector knows the kind.
+    fn kind_of(&self, r: &OwnerReference) -> Option<usize> {
+        self.kinds
+            .iter()
+            .position(|(k, _)| k.resource.kind == r.kind && k.resource.api_version == r.api_version)
+    }
+
+    /// Whether the owner still exists with the referenced uid (asked of the API server).
+    async fn owner_exists(
+        &self,
+        r: &OwnerReference,
+        ns: Option<&str>,
+    ) -> Result<bool, GarbageCollectorError> {
+        let Some(k) = self.kind_of(r) else {
+            // A kind the collector does not watch: never delete on its account.
+            return Ok(true);
+        };
+        let ns = if self.kinds[k].0.namespaced { ns } else { None };
+        match self.api(k, ns).get_opt(&r.name).await? {
+            Some(o) => Ok(o.metadata.uid.as_deref() == Some(r.uid.as_str())),
+            None => Ok(false),
+        }
+    }
+
+    async fn pass(&self) -> Result<(), GarbageCollectorError> {
+        let graph = self.graph();
+        for step in plan(&graph) {
+            let result = self.apply(step, &graph).await;
+            match result {
+                Ok(()) => {}
+                // Gone or changed meanwhile: the next pass sees the new state.
+                Err(GarbageCollectorError::Kube(kube::Error::Api(s)))
+                    if s.code == 404 || s.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        step: Step,
+        graph: &[(usize, Arc<DynamicObject>)],
+    ) -> Result<(), GarbageCollectorError> {
+        match step {
+            Step::Delete(k, ns, name, uid, policy) => {
+                self.delete(k, ns.as_deref(), &name, &uid, policy).await
+            }
+            Step::SetOwners(k, ns, name, refs) => {
+                let patch = json!({"metadata": {"ownerReferences": refs}});
+                self.api(k, ns.as_deref())
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Ok(())
+            }
+            Step::RemoveFinalizer(k, ns, name, finalizer) => {
+                let Some((_, o)) = graph
+                    .iter()
+                    .find(|(gk, o)| *gk == k && o.name_any() == name && o.metadata.namespace == ns)
+                else {
+                    return Ok(());
+                };
+                let rest: Vec<&String> = finalizers(o).iter().filter(|f| *f != finalizer).collect();
+                let patch = json!({"metadata": {
+                    "finalizers": rest,
+                    "resourceVersion": o.metadata.resource_version,
+                }});
+                self.api(k, ns.as_deref())
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Ok(())
+            }
+            Step::DeleteIfOwnersGone(k, ns, name, uid, missing) => {
+                let mut gone = HashSet::new();
+                for (r, owner_ns) in &missing {
+                    if !self.owner_exists(r, owner_ns.as_deref()).await? {
+                        gone.insert(r.uid.clone());
+                    }
+                }
+                if gone.is_empty() {
+                    return Ok(());
+                }
+                let Some((_, o)) = graph
+                    .iter()
+                    .find(|(gk, o)| *gk == k && o.uid().as_deref() == Some(uid.as_str()))
+                else {
+                    return Ok(());
+                };
+                let left: Vec<OwnerReference> = o
+                    .owner_references()
+                    .iter()
+                    .filter(|r| !gone.contains(&r.uid))
+                    .cloned()
+                    .collect();
+                if left.is_empty() {
+                    tracing::debug!(kind = %self.kinds[k].0.resource.kind, %name, "deleting: owners gone");
+                    self.delete(k, ns.as_deref(), &name, &uid, None).await
+                } else {
+                    let patch = json!({"metadata": {
+                        "ownerReferences": left,
+                        "resourceVersion": o.metadata.resource_version,
+                    }});
+                    self.api(k, ns.as_deref())
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn delete(
+        &self,
+        k: usize,
+        ns: Option<&str>,
+        name: &str,
+        uid: &str,
+        policy: Option<&'static str>,
+    ) -> Result<(), GarbageCollectorError> {
+        let mut params = match policy {
+            Some("Foreground") => DeleteParams::foreground(),
+            _ => DeleteParams::background(),
+        };
+        params.preconditions = Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        });
+        self.api(k, ns).delete(name, &params).await?;
+        Ok(())
+    }
+}
+
+/// Runs the garbage collector until shutdown.
+pub async fn run(ctx: Context) {
+    let dirty = Arc::new(Notify::new());
+    let mut kinds = Vec::new();
+    let mut watches = Vec::new();
+    for k in self::kinds() {
+        let writer = reflector::store::Writer::<DynamicObject>::new(k.resource.clone());
+        let store = writer.as_reader();
+        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &k.resource);
+        let dirty = dirty.clone();
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .touched_objects()
+        .for_each(move |_| {
+            dirty.notify_one();
+            async {}
+        });
+        watches.push(tokio::spawn(stream));
+        kinds.push((k, store));
+    }
+    let collector = Collector {
+        client: ctx.client.clone(),
+        kinds,
+    };
+    for (_, store) in &collector.kinds {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = store.wait_until_ready() => {}
+        }
+    }
+    loop {
+        if let Err(e) = collector.pass().await {
+            tracing::warn!(error = %e, "garbage collection pass failed");
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = dirty.notified() => {
+                // Let a burst of changes land before the next pass.
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+    for w in watches {
+        w.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(
+        name: &str,
+        uid: &str,
+        owners: &[(&str, bool)],
+        finalizers: &[&str],
+        deleting: bool,
+    ) -> (usize, Arc<DynamicObject>) {
+        let mut o = DynamicObject {
+            types: None,
+            metadata: Default::default(),
+            data: json!({}),
+        };
+        o.metadata.name = Some(name.into());
+        o.metadata.namespace = Some("default".into());
+        o.metadata.uid = Some(uid.into());
+        o.metadata.owner_references = Some(
+            owners
+                .iter()
+                .map(|(u, block)| OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: format!("owner-{u}"),
+                    uid: (*u).into(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(*block),
+                })
+                .collect(),
+        );
+        o.metadata.finalizers = Some(finalizers.iter().map(|f| (*f).to_owned()).collect());
+        if deleting {
+            o.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+        }
+        (0, Arc::new(o))
+    }
+
+    #[test]
+    fn dependents_of_missing_owners_are_checked_then_deleted() {
+        let g = vec![
+            obj("rs", "u-rs", &[], &[], false),
+            obj("a", "u-a", &[("u-rs", true)], &[], false),
+            obj("b", "u-b", &[("u-gone", true)], &[], false),
+        ];
+        let steps = plan(&g);
+        assert_eq!(steps.len(), 1);
+        assert!(
+            matches!(&steps[0], Step::DeleteIfOwnersGone(_, _, name, _, missing) if name == "b" && missing[0].0.uid == "u-gone")
+        );
+    }
+
+    #[test]
+    fn foreground_deletes_dependents_and_waits_for_blocking_ones() {
+        let g = vec![
+            obj("rs", "u-rs", &[], &[FOREGROUND], true),
+            obj("a", "u-a", &[("u-rs", true)], &[], false),
+        ];
+        let steps = plan(&g);
+        assert_eq!(
+            steps,
+            vec![Step::Delete(
+                0,
+                Some("default".into()),
+                "a".into(),
+                "u-a".into(),
+                Some("Foreground")
+            )]
+        );
+        // Only a non-blocking dependent left: the owner's finalizer goes.
+        let g = vec![
+            obj("rs", "u-rs", &[], &[FOREGROUND], true),
+            obj("a", "u-a", &[("u-rs", false)], &[], true),
+        ];
+        assert_eq!(
+            plan(&g),
+            vec![Step::RemoveFinalizer(
+                0,
+                Some("default".into()),
+                "rs".into(),
+                FOREGROUND
+            )]
+        );
+    }
+
+    #[test]
+    fn orphaning_strips_references_before_the_finalizer_goes() {
+        let g = vec![
+            obj("rs", "u-rs", &[], &[ORPHAN], true),
+            obj("a", "u-a", &[("u-rs", true)], &[], false),
+        ];
+        assert_eq!(
+            plan(&g),
+            vec![Step::SetOwners(
+                0,
+                Some("default".into()),
+                "a".into(),
+                vec![]
+            )]
+        );
+        let g = vec![obj("rs", "u-rs", &[], &[ORPHAN], true)];
+        assert_eq!(
+            plan(&g),
+            vec![Step::RemoveFinalizer(
+                0,
+                Some("default".into()),
+                "rs".into(),
+                ORPHAN
+            )]
+        );
+    }
+}
