@@ -137,7 +137,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return report(&args, &json, &services, &out_dir);
     }
-    let release = util::root().join("target/release");
+    // Where cargo put the binaries (CARGO_TARGET_DIR when set, as for other xtask commands).
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target"))
+        .join("release");
     if !args.no_build {
         // The agent library embeds the eBPF object at build time.
         ebpf::build()?;

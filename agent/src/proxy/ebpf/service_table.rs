@@ -23,7 +23,14 @@ use crate::proxy::{
 };
 
 /// The lb4 maps, as the table reads and writes them. Deleting a missing entry is not an error.
+///
+/// An implementation may buffer writes until [`LbMaps::flush`], as long as the kernel sees
+/// them in the order made (a delete or a read of the same map flushes first).
 pub trait LbMaps {
+    /// Writes buffered changes.
+    fn flush(&mut self) -> Result<(), ProxyError> {
+        Ok(())
+    }
     /// Writes a service map entry.
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), ProxyError>;
     /// Deletes a service map entry.
@@ -336,6 +343,31 @@ impl<M: LbMaps> ServiceTable<M> {
 
 impl<M: LbMaps> Datapath for ServiceTable<M> {
     fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError> {
+        let result = self.upsert_unflushed(service);
+        self.maps.flush()?;
+        result
+    }
+
+    fn upsert_services(&mut self, services: &[Service]) -> Result<(), ProxyError> {
+        // One flush for all: the maps write the whole batch in a few bpf() calls.
+        let result = services.iter().try_for_each(|s| self.upsert_unflushed(s));
+        self.maps.flush()?;
+        result
+    }
+
+    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
+        let result = self.delete_unflushed(frontend);
+        self.maps.flush()?;
+        result
+    }
+
+    fn services(&self) -> Vec<Service> {
+        self.services.values().map(|p| p.service.clone()).collect()
+    }
+}
+
+impl<M: LbMaps> ServiceTable<M> {
+    fn upsert_unflushed(&mut self, service: &Service) -> Result<(), ProxyError> {
         let backends = validate(service)?;
         let frontend = service.frontend;
         let old = self.services.get(&frontend).cloned();
@@ -454,7 +486,7 @@ impl<M: LbMaps> Datapath for ServiceTable<M> {
         Ok(())
     }
 
-    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
+    fn delete_unflushed(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
         let Some(old) = self.services.get(frontend).cloned() else {
             return Ok(());
         };
@@ -476,10 +508,6 @@ impl<M: LbMaps> Datapath for ServiceTable<M> {
         self.rev_nats.remove(&old.rev_nat);
         self.services.remove(frontend);
         Ok(())
-    }
-
-    fn services(&self) -> Vec<Service> {
-        self.services.values().map(|p| p.service.clone()).collect()
     }
 }
 

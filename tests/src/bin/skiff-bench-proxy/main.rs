@@ -451,19 +451,20 @@ fn program(dp: &mut dyn Datapath, services: &[Service], timeout: Duration) -> an
 }
 
 fn program_all(dp: &mut dyn Datapath, services: &[Service], start: Instant) -> anyhow::Result<f64> {
-    for (i, s) in services.iter().enumerate() {
-        dp.upsert_service(s).with_context(|| {
+    // In chunks, so that a stop request is seen; each chunk is one upsert_services (the eBPF
+    // mode writes it with a few batched map updates).
+    const CHUNK: usize = 1024;
+    for (i, chunk) in services.chunks(CHUNK).enumerate() {
+        dp.upsert_services(chunk).with_context(|| {
             format!(
-                "programming Service {} of {} ({}) failed after {:.0} ms",
-                i + 1,
+                "programming Services {}..{} of {} failed after {:.0} ms",
+                i * CHUNK + 1,
+                i * CHUNK + chunk.len(),
                 services.len(),
-                s.frontend,
                 start.elapsed().as_secs_f64() * 1000.0
             )
         })?;
-        if i.is_multiple_of(256) {
-            check_stop()?;
-        }
+        check_stop()?;
     }
     dp.commit().with_context(|| {
         format!(
