@@ -19,9 +19,7 @@ use crate::{ebpf, util};
 /// Options of the proxy benchmark.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Service counts to measure (10 backends each). 5 000 is there because it is the largest
-    /// round count the eBPF service map holds with 10 backends each (65 536 slots, one per
-    /// backend plus one per Service).
+    /// Service counts to measure (10 backends each).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 1000, 5000, 10000])]
     services: Vec<usize>,
     /// Seconds each measurement (latency, connection rate, keep-alive rate) runs per mode and
@@ -69,6 +67,10 @@ struct Point {
     services: usize,
     error: Option<String>,
     program_ms: Option<f64>,
+    #[serde(default)]
+    update_ms: Option<f64>,
+    #[serde(default)]
+    cleanup_ms: Option<f64>,
     latency: Latency,
     conn_rate: f64,
     loaded_latency: Latency,
@@ -410,7 +412,7 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
     // Programming time per mode and Service count.
     let _ = writeln!(
         md,
-        "\n## Programming from scratch (ms)\n\n| mode | {} |\n|---|{}",
+        "\n## Programming from scratch, updating, cleaning up (ms)\n\n| mode | {} |\n|---|{}",
         services
             .iter()
             .map(|&n| format!("{} Service{}", thousands(n), if n == 1 { "" } else { "s" }))
@@ -418,21 +420,34 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
             .join(" | "),
         "---:|".repeat(services.len())
     );
-    for mode in ["ebpf", "iptables", "nftables"] {
-        let cells: Vec<String> = services
-            .iter()
-            .map(
-                |&n| match r.points.iter().find(|p| p.mode == mode && p.services == n) {
-                    Some(p) if p.error.is_none() => {
-                        p.program_ms.map_or("–".into(), |v| format!("{v:.1}"))
-                    }
-                    Some(_) => "failed".into(),
-                    None => "–".into(),
-                },
-            )
-            .collect();
-        let _ = writeln!(md, "| {mode} | {} |", cells.join(" | "));
+    let rows: [(&str, fn(&Point) -> Option<f64>); 3] = [
+        ("", |p| p.program_ms),
+        (", then one Service changed", |p| p.update_ms),
+        (", cleanup of all", |p| p.cleanup_ms),
+    ];
+    for (what, figure) in rows {
+        for mode in ["ebpf", "iptables", "nftables"] {
+            let cells: Vec<String> = services
+                .iter()
+                .map(
+                    |&n| match r.points.iter().find(|p| p.mode == mode && p.services == n) {
+                        Some(p) if p.error.is_none() => {
+                            figure(p).map_or("–".into(), |v| format!("{v:.1}"))
+                        }
+                        Some(_) => "failed".into(),
+                        None => "–".into(),
+                    },
+                )
+                .collect();
+            let _ = writeln!(md, "| {mode}{what} | {} |", cells.join(" | "));
+        }
     }
+    let _ = writeln!(
+        md,
+        "\nOne Service changed: with every Service programmed, one loses a backend and gets it \
+         back (two syncs: upsert plus commit), the mean of the two. Cleanup: the mode's \
+         `cleanup` (what `skiff-agent cleanup` runs) with every Service still programmed."
+    );
 
     // API to datapath.
     let _ = writeln!(

@@ -90,4 +90,25 @@ mod tests {
         assert_eq!(std::mem::offset_of!(BatchAttr, map_fd), 36);
         assert_eq!(std::mem::offset_of!(BatchAttr, elem_flags), 40);
     }
+
+    #[test]
+    fn writes_a_hash_map_in_one_call() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPING writes_a_hash_map_in_one_call: needs root (BPF maps)");
+            return;
+        }
+        use aya::maps::{HashMap, IterableMap as _, MapData};
+        use std::os::fd::AsFd as _;
+        let mut map = HashMap::<MapData, u32, u64>::create(1024, 0).unwrap();
+        let entries: Vec<(u32, u64)> = (0..1000).map(|i| (i, u64::from(i) * 7)).collect();
+        update(map.map().fd().as_fd(), &entries).unwrap();
+        assert_eq!(map.get(&999, 0).unwrap(), 999 * 7);
+        assert_eq!(map.keys().count(), 1000);
+        // Replacing works too (BPF_ANY), and a full map stops with the count written.
+        let more: Vec<(u32, u64)> = (500..1100).map(|i| (i, 1)).collect();
+        let (done, e) = update(map.map().fd().as_fd(), &more).unwrap_err();
+        assert_eq!(done, 524, "500 replaced, 24 new until the map is full");
+        assert_eq!(e.raw_os_error(), Some(nix::libc::E2BIG));
+        assert_eq!(map.get(&500, 0).unwrap(), 1);
+    }
 }

@@ -92,6 +92,9 @@ pub struct ServiceTable<M> {
     backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     rev_nats: BTreeSet<u16>,
+    /// Where the search for a free reverse-NAT id starts (searching from 1 every time made
+    /// programming 10 000 Services quadratic: 1.5 s of the 2.6 s it took).
+    next_rev_nat: u16,
 }
 
 fn service_key(f: &Frontend, slot: u16) -> ServiceKey {
@@ -144,6 +147,7 @@ impl<M: LbMaps> ServiceTable<M> {
             backends: HashMap::new(),
             backend_ids: BTreeSet::new(),
             next_backend_id: 1,
+            next_rev_nat: 1,
             rev_nats: BTreeSet::new(),
         }
     }
@@ -226,6 +230,10 @@ impl<M: LbMaps> ServiceTable<M> {
             .backend_ids
             .last()
             .map_or(1, |id| id.wrapping_add(1).max(1));
+        table.next_rev_nat = table
+            .rev_nats
+            .last()
+            .map_or(1, |id| id.wrapping_add(1).max(1));
 
         // Garbage left by an interrupted update.
         for (key, _) in &entries {
@@ -275,9 +283,15 @@ impl<M: LbMaps> ServiceTable<M> {
     }
 
     fn alloc_rev_nat(&mut self) -> Result<u16, ProxyError> {
-        let id = (1..=u16::MAX)
-            .find(|id| !self.rev_nats.contains(id))
-            .ok_or(ProxyError::IdsExhausted("reverse-NAT"))?;
+        // Id 0 is not used: 1..=u16::MAX.
+        if self.rev_nats.len() >= usize::from(u16::MAX) {
+            return Err(ProxyError::IdsExhausted("reverse-NAT"));
+        }
+        let mut id = self.next_rev_nat.max(1);
+        while self.rev_nats.contains(&id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        self.next_rev_nat = id.checked_add(1).unwrap_or(1);
         self.rev_nats.insert(id);
         Ok(id)
     }
