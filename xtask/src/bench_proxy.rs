@@ -420,7 +420,8 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
             .join(" | "),
         "---:|".repeat(services.len())
     );
-    let rows: [(&str, fn(&Point) -> Option<f64>); 3] = [
+    type Figure = fn(&Point) -> Option<f64>;
+    let rows: [(&str, Figure); 3] = [
         ("", |p| p.program_ms),
         (", then one Service changed", |p| p.update_ms),
         (", cleanup of all", |p| p.cleanup_ms),

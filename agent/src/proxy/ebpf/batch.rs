@@ -99,7 +99,7 @@ mod tests {
         }
         use aya::maps::{HashMap, IterableMap as _, MapData};
         use std::os::fd::AsFd as _;
-        let mut map = HashMap::<MapData, u32, u64>::create(1024, 0).unwrap();
+        let map = HashMap::<MapData, u32, u64>::create(1024, 0).unwrap();
         let entries: Vec<(u32, u64)> = (0..1000).map(|i| (i, u64::from(i) * 7)).collect();
         update(map.map().fd().as_fd(), &entries).unwrap();
         assert_eq!(map.get(&999, 0).unwrap(), 999 * 7);
