@@ -289,8 +289,9 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
          - Each of N Services (ClusterIPs in 10.96.0.0/16, port 80) has the same {b} backends. \
          Every connection goes to a Service chosen at random; the floor (`direct`) picks a \
          random backend itself and connects to it.\n\
-         - Programming: every Service upserted into a fresh datapath, then one commit \
-         (iptables-restore / nft -f / map writes), timed.\n\
+         - Programming: every Service upserted into a fresh datapath (1 024 at a time; eBPF \
+         writes each group with batched map updates), then one commit (iptables-restore / \
+         nft -f), timed.\n\
          - Latency: connect + one request/answer + close, one client thread in a closed loop; \
          p50/p99 over all samples of all rounds.\n\
          - Connection rate: the same from {t} threads. Kept-alive: requests over {k} open \
