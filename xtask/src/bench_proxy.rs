@@ -19,9 +19,7 @@ use crate::{ebpf, util};
 /// Options of the proxy benchmark.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Service counts to measure (10 backends each). 5 000 is there because it is the largest
-    /// round count the eBPF service map holds with 10 backends each (65 536 slots, one per
-    /// backend plus one per Service).
+    /// Service counts to measure (10 backends each).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 1000, 5000, 10000])]
     services: Vec<usize>,
     /// Seconds each measurement (latency, connection rate, keep-alive rate) runs per mode and
@@ -69,6 +67,10 @@ struct Point {
     services: usize,
     error: Option<String>,
     program_ms: Option<f64>,
+    #[serde(default)]
+    update_ms: Option<f64>,
+    #[serde(default)]
+    cleanup_ms: Option<f64>,
     latency: Latency,
     conn_rate: f64,
     loaded_latency: Latency,
@@ -137,7 +139,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return report(&args, &json, &services, &out_dir);
     }
-    let release = util::root().join("target/release");
+    // Where cargo put the binaries (CARGO_TARGET_DIR when set, as for other xtask commands).
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target"))
+        .join("release");
     if !args.no_build {
         // The agent library embeds the eBPF object at build time.
         ebpf::build()?;
@@ -283,8 +289,9 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
          - Each of N Services (ClusterIPs in 10.96.0.0/16, port 80) has the same {b} backends. \
          Every connection goes to a Service chosen at random; the floor (`direct`) picks a \
          random backend itself and connects to it.\n\
-         - Programming: every Service upserted into a fresh datapath, then one commit \
-         (iptables-restore / nft -f / map writes), timed.\n\
+         - Programming: every Service upserted into a fresh datapath (1 024 at a time; eBPF \
+         writes each group with batched map updates), then one commit (iptables-restore / \
+         nft -f), timed.\n\
          - Latency: connect + one request/answer + close, one client thread in a closed loop; \
          p50/p99 over all samples of all rounds.\n\
          - Connection rate: the same from {t} threads. Kept-alive: requests over {k} open \
@@ -406,7 +413,7 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
     // Programming time per mode and Service count.
     let _ = writeln!(
         md,
-        "\n## Programming from scratch (ms)\n\n| mode | {} |\n|---|{}",
+        "\n## Programming from scratch, updating, cleaning up (ms)\n\n| mode | {} |\n|---|{}",
         services
             .iter()
             .map(|&n| format!("{} Service{}", thousands(n), if n == 1 { "" } else { "s" }))
@@ -414,21 +421,35 @@ fn render(r: &Results, services: &[usize]) -> (String, String) {
             .join(" | "),
         "---:|".repeat(services.len())
     );
-    for mode in ["ebpf", "iptables", "nftables"] {
-        let cells: Vec<String> = services
-            .iter()
-            .map(
-                |&n| match r.points.iter().find(|p| p.mode == mode && p.services == n) {
-                    Some(p) if p.error.is_none() => {
-                        p.program_ms.map_or("–".into(), |v| format!("{v:.1}"))
-                    }
-                    Some(_) => "failed".into(),
-                    None => "–".into(),
-                },
-            )
-            .collect();
-        let _ = writeln!(md, "| {mode} | {} |", cells.join(" | "));
+    type Figure = fn(&Point) -> Option<f64>;
+    let rows: [(&str, Figure); 3] = [
+        ("", |p| p.program_ms),
+        (", then one Service changed", |p| p.update_ms),
+        (", cleanup of all", |p| p.cleanup_ms),
+    ];
+    for (what, figure) in rows {
+        for mode in ["ebpf", "iptables", "nftables"] {
+            let cells: Vec<String> = services
+                .iter()
+                .map(
+                    |&n| match r.points.iter().find(|p| p.mode == mode && p.services == n) {
+                        Some(p) if p.error.is_none() => {
+                            figure(p).map_or("–".into(), |v| format!("{v:.1}"))
+                        }
+                        Some(_) => "failed".into(),
+                        None => "–".into(),
+                    },
+                )
+                .collect();
+            let _ = writeln!(md, "| {mode}{what} | {} |", cells.join(" | "));
+        }
     }
+    let _ = writeln!(
+        md,
+        "\nOne Service changed: with every Service programmed, one loses a backend and gets it \
+         back (two syncs: upsert plus commit), the mean of the two. Cleanup: the mode's \
+         `cleanup` (what `skiff-agent cleanup` runs) with every Service still programmed."
+    );
 
     // API to datapath.
     let _ = writeln!(

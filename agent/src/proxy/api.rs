@@ -195,6 +195,7 @@ pub fn sync(
         .map(|s| (s.frontend, s))
         .collect();
     let mut changes = 0;
+    let mut upserts = Vec::new();
     for (f, want) in desired {
         let same = current.get(f).is_some_and(|have| {
             let (mut a, mut b) = (have.backends.clone(), want.backends.clone());
@@ -203,10 +204,11 @@ pub fn sync(
             a == b && have.algorithm == want.algorithm && have.affinity == want.affinity
         });
         if !same {
-            datapath.upsert_service(want)?;
+            upserts.push(want.clone());
             changes += 1;
         }
     }
+    datapath.upsert_services(&upserts)?;
     for f in current.keys().filter(|f| !desired.contains_key(f)) {
         datapath.delete_service(f)?;
         changes += 1;

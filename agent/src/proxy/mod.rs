@@ -285,6 +285,12 @@ pub trait Datapath {
     /// Creates or replaces a service port and its backends. Connections already established
     /// keep their backend; new ones only go to the given backends.
     fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError>;
+    /// Creates or replaces many service ports, as [`Datapath::upsert_service`] for each in
+    /// order; a mode may write them in fewer operations (eBPF: batched map updates). On an
+    /// error the services before the failing one are programmed.
+    fn upsert_services(&mut self, services: &[Service]) -> Result<(), ProxyError> {
+        services.iter().try_for_each(|s| self.upsert_service(s))
+    }
     /// Removes a service port; removing one that does not exist is not an error.
     fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError>;
     /// The services currently programmed, ordered by frontend.

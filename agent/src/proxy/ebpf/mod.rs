@@ -12,6 +12,7 @@
 //! are attached there too ([`nodeport`]): NodePorts and service IPs for clients outside the
 //! node, with connection tracking and SNAT for backends on other nodes.
 
+mod batch;
 pub mod maglev;
 pub mod nodeport;
 pub mod service_table;
@@ -19,9 +20,10 @@ pub mod sys;
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType};
+use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError, MapInfo, MapType};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
@@ -239,6 +241,10 @@ impl Datapath for EbpfDatapath {
         self.table.upsert_service(service)
     }
 
+    fn upsert_services(&mut self, services: &[Service]) -> Result<(), ProxyError> {
+        self.table.upsert_services(services)
+    }
+
     fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
         self.table.delete_service(frontend)
     }
@@ -398,6 +404,11 @@ fn remove_dir_if_present(path: &Path) -> Result<(), ProxyError> {
 }
 
 /// The lb4 maps in the kernel.
+///
+/// Backend, reverse-NAT and service writes are buffered and written with batch updates by
+/// [`LbMaps::flush`] (backends first, then reverse NAT, then services, each in the order
+/// given, so an entry never refers to one not yet written); a delete or a Maglev write flushes
+/// first, so the kernel sees every change in the order [`ServiceTable`] made it.
 #[derive(Debug)]
 pub struct AyaMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -405,6 +416,9 @@ pub struct AyaMaps {
     rev_nat: HashMap<MapData, u16, RevNat>,
     maglev: HashMap<MapData, u16, MaglevTable>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pending_services: Vec<(ServiceKey, ServiceValue)>,
+    pending_backends: Vec<(u32, Backend)>,
+    pending_rev_nat: Vec<(u16, RevNat)>,
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(
@@ -435,6 +449,9 @@ impl AyaMaps {
             rev_nat: open_pinned_map(pin_dir, maps::REVERSE_NAT)?,
             maglev: open_pinned_map(pin_dir, maps::MAGLEV)?,
             affinity: open_pinned_map(pin_dir, maps::AFFINITY)?,
+            pending_services: Vec::new(),
+            pending_backends: Vec::new(),
+            pending_rev_nat: Vec::new(),
         })
     }
 
@@ -445,8 +462,35 @@ impl AyaMaps {
             rev_nat: take_map(ebpf, maps::REVERSE_NAT)?,
             maglev: take_map(ebpf, maps::MAGLEV)?,
             affinity: take_map(ebpf, maps::AFFINITY)?,
+            pending_services: Vec::new(),
+            pending_backends: Vec::new(),
+            pending_rev_nat: Vec::new(),
         })
     }
+}
+
+/// Writes `entries` into `map` with batch updates, entry by entry where the kernel cannot
+/// batch (the error then names the entry that failed).
+fn write_batch<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &mut HashMap<MapData, K, V>,
+    entries: &[(K, V)],
+) -> Result<(), ProxyError> {
+    let fd = map.map().fd().as_fd();
+    let done = match batch::update(fd, entries) {
+        Ok(()) => return Ok(()),
+        // Whatever the kernel wrote stays written; the rest goes one by one, which also gives
+        // the failing entry aya's error (a full map, say).
+        Err((done, e)) if batch::unsupported(&e) => done,
+        Err((done, e)) => {
+            tracing::debug!(map = name, done, error = %e, "batch update stopped; writing one by one");
+            done
+        }
+    };
+    for (k, v) in &entries[done.min(entries.len())..] {
+        map.insert(k, v, 0).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ProxyError {
@@ -474,34 +518,44 @@ fn collect<K: aya::Pod, V: aya::Pod>(
 }
 
 impl LbMaps for AyaMaps {
+    fn flush(&mut self) -> Result<(), ProxyError> {
+        // Taken out before writing: a failed flush is reported, not retried with stale entries
+        // (the next sync writes the services again).
+        let backends = std::mem::take(&mut self.pending_backends);
+        let rev_nat = std::mem::take(&mut self.pending_rev_nat);
+        let services = std::mem::take(&mut self.pending_services);
+        write_batch(maps::BACKENDS, &mut self.backends, &backends)?;
+        write_batch(maps::REVERSE_NAT, &mut self.rev_nat, &rev_nat)?;
+        write_batch(maps::SERVICES, &mut self.services, &services)
+    }
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), ProxyError> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(map_err(maps::SERVICES))
+        self.pending_services.push((*key, *value));
+        Ok(())
     }
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ProxyError> {
+        self.flush()?;
         removed(maps::SERVICES, self.services.remove(key))
     }
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, ProxyError> {
         collect(maps::SERVICES, &self.services)
     }
     fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), ProxyError> {
-        self.backends
-            .insert(id, backend, 0)
-            .map_err(map_err(maps::BACKENDS))
+        self.pending_backends.push((id, *backend));
+        Ok(())
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), ProxyError> {
+        self.flush()?;
         removed(maps::BACKENDS, self.backends.remove(&id))
     }
     fn backends(&self) -> Result<Vec<(u32, Backend)>, ProxyError> {
         collect(maps::BACKENDS, &self.backends)
     }
     fn put_rev_nat(&mut self, id: u16, value: &RevNat) -> Result<(), ProxyError> {
-        self.rev_nat
-            .insert(id, value, 0)
-            .map_err(map_err(maps::REVERSE_NAT))
+        self.pending_rev_nat.push((id, *value));
+        Ok(())
     }
     fn delete_rev_nat(&mut self, id: u16) -> Result<(), ProxyError> {
+        self.flush()?;
         removed(maps::REVERSE_NAT, self.rev_nat.remove(&id))
     }
     fn rev_nat_ids(&self) -> Result<Vec<u16>, ProxyError> {
@@ -511,11 +565,14 @@ impl LbMaps for AyaMaps {
             .map_err(map_err(maps::REVERSE_NAT))
     }
     fn put_maglev(&mut self, id: u16, table: &MaglevTable) -> Result<(), ProxyError> {
+        // The table names backend ids: they are written first.
+        self.flush()?;
         self.maglev
             .insert(id, table, 0)
             .map_err(map_err(maps::MAGLEV))
     }
     fn delete_maglev(&mut self, id: u16) -> Result<(), ProxyError> {
+        self.flush()?;
         removed(maps::MAGLEV, self.maglev.remove(&id))
     }
     fn maglev_ids(&self) -> Result<Vec<u16>, ProxyError> {
@@ -540,6 +597,7 @@ impl LbMaps for AyaMaps {
         Ok(out)
     }
     fn delete_affinity(&mut self, key: &AffinityKey) -> Result<(), ProxyError> {
+        self.flush()?;
         removed(maps::AFFINITY, self.affinity.remove(key))
     }
 }

@@ -23,7 +23,14 @@ use crate::proxy::{
 };
 
 /// The lb4 maps, as the table reads and writes them. Deleting a missing entry is not an error.
+///
+/// An implementation may buffer writes until [`LbMaps::flush`], as long as the kernel sees
+/// them in the order made (a delete or a read of the same map flushes first).
 pub trait LbMaps {
+    /// Writes buffered changes.
+    fn flush(&mut self) -> Result<(), ProxyError> {
+        Ok(())
+    }
     /// Writes a service map entry.
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), ProxyError>;
     /// Deletes a service map entry.
@@ -85,6 +92,9 @@ pub struct ServiceTable<M> {
     backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     rev_nats: BTreeSet<u16>,
+    /// Where the search for a free reverse-NAT id starts (searching from 1 every time made
+    /// programming 10 000 Services quadratic: 1.5 s of the 2.6 s it took).
+    next_rev_nat: u16,
 }
 
 fn service_key(f: &Frontend, slot: u16) -> ServiceKey {
@@ -137,6 +147,7 @@ impl<M: LbMaps> ServiceTable<M> {
             backends: HashMap::new(),
             backend_ids: BTreeSet::new(),
             next_backend_id: 1,
+            next_rev_nat: 1,
             rev_nats: BTreeSet::new(),
         }
     }
@@ -219,6 +230,10 @@ impl<M: LbMaps> ServiceTable<M> {
             .backend_ids
             .last()
             .map_or(1, |id| id.wrapping_add(1).max(1));
+        table.next_rev_nat = table
+            .rev_nats
+            .last()
+            .map_or(1, |id| id.wrapping_add(1).max(1));
 
         // Garbage left by an interrupted update.
         for (key, _) in &entries {
@@ -268,9 +283,15 @@ impl<M: LbMaps> ServiceTable<M> {
     }
 
     fn alloc_rev_nat(&mut self) -> Result<u16, ProxyError> {
-        let id = (1..=u16::MAX)
-            .find(|id| !self.rev_nats.contains(id))
-            .ok_or(ProxyError::IdsExhausted("reverse-NAT"))?;
+        // Id 0 is not used: 1..=u16::MAX.
+        if self.rev_nats.len() >= usize::from(u16::MAX) {
+            return Err(ProxyError::IdsExhausted("reverse-NAT"));
+        }
+        let mut id = self.next_rev_nat.max(1);
+        while self.rev_nats.contains(&id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        self.next_rev_nat = id.checked_add(1).unwrap_or(1);
         self.rev_nats.insert(id);
         Ok(id)
     }
@@ -336,6 +357,31 @@ impl<M: LbMaps> ServiceTable<M> {
 
 impl<M: LbMaps> Datapath for ServiceTable<M> {
     fn upsert_service(&mut self, service: &Service) -> Result<(), ProxyError> {
+        let result = self.upsert_unflushed(service);
+        self.maps.flush()?;
+        result
+    }
+
+    fn upsert_services(&mut self, services: &[Service]) -> Result<(), ProxyError> {
+        // One flush for all: the maps write the whole batch in a few bpf() calls.
+        let result = services.iter().try_for_each(|s| self.upsert_unflushed(s));
+        self.maps.flush()?;
+        result
+    }
+
+    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
+        let result = self.delete_unflushed(frontend);
+        self.maps.flush()?;
+        result
+    }
+
+    fn services(&self) -> Vec<Service> {
+        self.services.values().map(|p| p.service.clone()).collect()
+    }
+}
+
+impl<M: LbMaps> ServiceTable<M> {
+    fn upsert_unflushed(&mut self, service: &Service) -> Result<(), ProxyError> {
         let backends = validate(service)?;
         let frontend = service.frontend;
         let old = self.services.get(&frontend).cloned();
@@ -454,7 +500,7 @@ impl<M: LbMaps> Datapath for ServiceTable<M> {
         Ok(())
     }
 
-    fn delete_service(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
+    fn delete_unflushed(&mut self, frontend: &Frontend) -> Result<(), ProxyError> {
         let Some(old) = self.services.get(frontend).cloned() else {
             return Ok(());
         };
@@ -476,10 +522,6 @@ impl<M: LbMaps> Datapath for ServiceTable<M> {
         self.rev_nats.remove(&old.rev_nat);
         self.services.remove(frontend);
         Ok(())
-    }
-
-    fn services(&self) -> Vec<Service> {
-        self.services.values().map(|p| p.service.clone()).collect()
     }
 }
 

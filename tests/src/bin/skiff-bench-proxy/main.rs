@@ -196,6 +196,12 @@ struct Point {
     attach_ms: Option<f64>,
     /// Programming all Services from scratch: every upsert_service plus commit.
     program_ms: Option<f64>,
+    /// With every Service programmed: one Service losing a backend and getting it back, two
+    /// syncs (upsert_service plus commit each), the mean of the two.
+    update_ms: Option<f64>,
+    /// Removing the mode's state with every Service programmed (`IptablesProxy::cleanup`,
+    /// `NftablesProxy::cleanup`, `ebpf::cleanup`).
+    cleanup_ms: Option<f64>,
     /// Distinct backends that answered the routing check.
     backends_seen: usize,
     /// Rounds measured.
@@ -226,6 +232,8 @@ impl Point {
             error: None,
             attach_ms: None,
             program_ms: None,
+            update_ms: None,
+            cleanup_ms: None,
             backends_seen: 0,
             rounds: 0,
             latency: Latency::default(),
@@ -451,19 +459,20 @@ fn program(dp: &mut dyn Datapath, services: &[Service], timeout: Duration) -> an
 }
 
 fn program_all(dp: &mut dyn Datapath, services: &[Service], start: Instant) -> anyhow::Result<f64> {
-    for (i, s) in services.iter().enumerate() {
-        dp.upsert_service(s).with_context(|| {
+    // In chunks, so that a stop request is seen; each chunk is one upsert_services (the eBPF
+    // mode writes it with a few batched map updates).
+    const CHUNK: usize = 1024;
+    for (i, chunk) in services.chunks(CHUNK).enumerate() {
+        dp.upsert_services(chunk).with_context(|| {
             format!(
-                "programming Service {} of {} ({}) failed after {:.0} ms",
-                i + 1,
+                "programming Services {}..{} of {} failed after {:.0} ms",
+                i * CHUNK + 1,
+                i * CHUNK + chunk.len(),
                 services.len(),
-                s.frontend,
                 start.elapsed().as_secs_f64() * 1000.0
             )
         })?;
-        if i.is_multiple_of(256) {
-            check_stop()?;
-        }
+        check_stop()?;
     }
     dp.commit().with_context(|| {
         format!(
@@ -600,8 +609,46 @@ fn measure_count(lab: &mut Lab, n: usize, args: &RunArgs) -> anyhow::Result<Vec<
         p.keepalive_rate = median(&p.round_keepalive_rates);
     }
     lab.enter_cgroup(false)?;
+    // Each mode's cleanup with every Service still programmed, timed.
+    for (k, p) in points.iter_mut().enumerate() {
+        if p.error.is_some() || p.program_ms.is_none() {
+            continue;
+        }
+        check_stop()?;
+        let client = lab.client_ns(k);
+        let start = Instant::now();
+        let done = match p.mode {
+            Mode::Direct => continue,
+            Mode::Ebpf => ebpf::cleanup(&lab.pin_dir),
+            Mode::Iptables => IptablesProxy::cleanup(Some(&client)),
+            Mode::Nftables => NftablesProxy::cleanup(Some(&client)),
+        };
+        match done {
+            Ok(()) => p.cleanup_ms = Some(start.elapsed().as_secs_f64() * 1000.0),
+            Err(e) => eprintln!(
+                "bench: {:?} cleanup with {n} services failed: {e:#}",
+                p.mode
+            ),
+        }
+    }
     drop(guards);
     Ok(points)
+}
+
+/// One Service of `services` loses its last backend and gets it back: two incremental syncs
+/// on a fully programmed datapath; returns the mean milliseconds of one.
+fn update(dp: &mut dyn Datapath, services: &[Service]) -> anyhow::Result<f64> {
+    let Some(full) = services.last() else {
+        return Ok(0.0);
+    };
+    let mut fewer = full.clone();
+    fewer.backends.pop();
+    let start = Instant::now();
+    for s in [&fewer, full] {
+        dp.upsert_service(s).context("updating one Service")?;
+        dp.commit().context("committing one Service's update")?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0 / 2.0)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -648,21 +695,21 @@ fn setup_point(
             point.attach_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
             let guard = Programmed::Ebpf(lab.pin_dir.clone());
             point.program_ms = Some(program(&mut dp, svcs, timeout)?);
+            point.update_ms = Some(update(&mut dp, svcs)?);
             guard
         }
         Mode::Iptables => {
             let mut dp = IptablesProxy::in_netns(&client);
             point.program_ms = Some(program(&mut dp, svcs, timeout)?);
-            // IptablesProxy::cleanup runs two iptables processes per chain, i.e. hours for the
-            // 110 000 chains of 10 000 Services: deleting the client namespace (next Service
-            // count, or the lab's Drop) removes the rules instead.
+            point.update_ms = Some(update(&mut dp, svcs)?);
+            // Removed (and timed) after the measurements, see measure_count; deleting the
+            // client namespace removes the rules as well.
             Programmed::None
         }
         Mode::Nftables => {
             let mut dp = NftablesProxy::in_netns(&client);
             point.program_ms = Some(program(&mut dp, svcs, timeout)?);
-            // Listing a table of 10 000 Services before deleting it (NftablesProxy::cleanup)
-            // takes many seconds; the namespace's deletion removes it as well.
+            point.update_ms = Some(update(&mut dp, svcs)?);
             Programmed::None
         }
     };
