@@ -150,7 +150,7 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
     k.run(&[
         "run", "client", "--image=busybox", "--restart=Never", "--", "sh", "-c",
         &format!(
-            "while true; do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80 | tail -n 1); echo \"${{r:-FAILED}}\"; sleep 0.1; done"
+            "while true; do r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {vip} 80 | tail -n 1); echo \"$(date +%T) ${{r:-FAILED}}\"; sleep 0.1; done"
         ),
     ]);
     let pods: BTreeSet<String> = k.running_pods().into_iter().map(|(p, _)| p).collect();
@@ -218,15 +218,41 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
     k.run(&["set", "image", "deployment/kubia", "kubia=kubia:v2"]);
     k.run(&["rollout", "status", "deployment/kubia", "--timeout=120s"]);
     wait_for("answers from v2", Duration::from_secs(30), || {
-        pod_log(&c, &k, "client", "client").lines().skip(before).any(|l| l.starts_with("This is v2"))
+        pod_log(&c, &k, "client", "client").lines().skip(before).any(|l| l.contains("This is v2"))
     });
     let during: Vec<String> = pod_log(&c, &k, "client", "client")
         .lines()
         .skip(before)
         .map(str::to_owned)
         .collect();
-    let failed = during.iter().filter(|l| !l.starts_with("You've hit") && !l.starts_with("This is v2")).count();
-    assert_eq!(failed, 0, "failed requests during the rollout: {:?}", &during[..during.len().min(50)]);
+    let failed = during
+        .iter()
+        .filter(|l| !l.contains("You've hit") && !l.contains("This is v2"))
+        .count();
+    if failed > 0 {
+        let mut diag = String::new();
+        for p in k.json(&["get", "pods", "-l", "app=kubia"])["items"].as_array().unwrap() {
+            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+            for n in &c.state.nodes {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", n.netns))
+                    .args(["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
+                    .output()
+                    .unwrap();
+                diag.push_str(&format!("{} -> {ip}: {:?}\n", n.name, String::from_utf8_lossy(&out.stdout)));
+            }
+        }
+        for n in &c.state.nodes {
+            let out = Command::new("ip").args(["-n", &n.netns, "route"]).output().unwrap();
+            diag.push_str(&format!("{} routes:\n{}", n.name, String::from_utf8_lossy(&out.stdout)));
+        }
+        panic!(
+            "{failed} failed requests during the rollout: {:?}\npods: {}\nslices: {}\n{diag}",
+            &during[..during.len().min(80)],
+            k.run(&["get", "pods", "-o", "wide"]),
+            k.run(&["get", "endpointslices", "-o", "wide"]),
+        );
+    }
     let history = k.run(&["rollout", "history", "deployment/kubia"]);
     assert!(history.contains('2'), "{history}");
 

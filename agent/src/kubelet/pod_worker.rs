@@ -1012,7 +1012,14 @@ impl PodWorker {
     /// Posts the status when it differs from what was last posted.
     async fn post_status(&mut self) {
         let status = self.current_status();
-        if self.posted.as_ref() == Some(&status) {
+        // Someone else may have changed the status meanwhile (the node lifecycle controller
+        // marks pods not ready when the node looks lost): post again when the API disagrees.
+        let api_agrees = self
+            .pod
+            .status
+            .as_ref()
+            .is_some_and(|api| status::summary(api) == status::summary(&status));
+        if self.posted.as_ref() == Some(&status) && api_agrees {
             return;
         }
         let api: Api<Pod> = Api::namespaced(

@@ -60,7 +60,8 @@ impl LazyNetwork {
                         message: e.to_string(),
                     })??;
                 tracing::info!(pod_cidr = %self.range, "pod network up (bridge {})", crate::network::pod_network::BRIDGE);
-                self.ready.notify_waiters();
+                // notify_one keeps a permit if the route keeper is busy right now.
+                self.ready.notify_one();
                 Ok(Arc::new(net))
             })
             .await

@@ -357,6 +357,43 @@ pub fn pod_status(
     }
 }
 
+/// What the agent owns in a status, without timestamps: phase, IP, condition statuses and each
+/// container's readiness, restarts and state kind. Two statuses with equal summaries need no
+/// update.
+pub fn summary(s: &PodStatus) -> String {
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| format!("{}={}", c.type_, c.status))
+        .collect();
+    let containers: Vec<String> = s
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(s.init_container_statuses.iter().flatten())
+        .map(|c| {
+            let state = c.state.as_ref().map_or("none", |st| {
+                if st.running.is_some() {
+                    "running"
+                } else if st.terminated.is_some() {
+                    "terminated"
+                } else {
+                    "waiting"
+                }
+            });
+            format!("{}:{}:{}:{state}", c.name, c.ready, c.restart_count)
+        })
+        .collect();
+    format!(
+        "{:?}|{:?}|{}|{}",
+        s.phase,
+        s.pod_ip,
+        conditions.join(","),
+        containers.join(",")
+    )
+}
+
 /// The kubelet's restart back-off: immediate the first time, then 10 s doubling up to 5 min;
 /// reset once a container ran for 10 minutes.
 #[derive(Debug, Clone, Default)]

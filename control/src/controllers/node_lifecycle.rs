@@ -204,6 +204,7 @@ impl Controller {
                         .await;
                 }
                 self.mark_unknown(node).await;
+                self.mark_pods_not_ready(&name).await;
             } else {
                 self.unreachable.remove(&name);
             }
@@ -260,6 +261,47 @@ impl Controller {
             .await
         {
             tracing::debug!(node = %name, error = %e, "node conditions not written");
+        }
+    }
+
+    /// Sets Ready=False on the pods of a Node whose agent went silent (Kubernetes'
+    /// `MarkPodsNotReady`): their endpoints stop receiving traffic at once, long before the
+    /// eviction timeout, since nobody can tell whether they still run.
+    async fn mark_pods_not_ready(&self, node: &str) {
+        let now = Time(Timestamp::now());
+        for pod in self.pods.state() {
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+                continue;
+            }
+            let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
+                continue;
+            };
+            if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+                continue;
+            }
+            let conditions: Vec<_> = conditions
+                .into_iter()
+                .map(|mut c| {
+                    if c.type_ == "Ready" {
+                        c.status = "False".into();
+                        c.reason = Some("NodeNotReady".into());
+                        c.message = Some("Node is not ready".into());
+                        c.last_transition_time = Some(now.clone());
+                    }
+                    c
+                })
+                .collect();
+            let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) else {
+                continue;
+            };
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+            let patch = json!({"status": {"conditions": conditions}});
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "pod readiness not written");
+            }
         }
     }
 
