@@ -471,6 +471,22 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = save(&self.dir, &self.state);
+        if std::thread::panicking() {
+            // Keep the logs of a failed test: the cluster's directory goes with the guard.
+            let keep = std::env::temp_dir().join(format!(
+                "skiff-cluster-logs-{}",
+                self.dir.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                    let p = entry.path();
+                    if p.to_string_lossy().contains(".log") {
+                        let _ = std::fs::copy(&p, keep.join(entry.file_name()));
+                    }
+                }
+                eprintln!("cluster logs kept in {}", keep.display());
+            }
+        }
         if let Err(e) = down(&self.dir, &self.agent_bin) {
             eprintln!("taking the test cluster down: {e:#}");
         }
