@@ -82,6 +82,17 @@ pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Val
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if d.group.is_empty() && d.plural == "pods" {
+            // Served by proxying to the pod's agent (node_proxy.rs).
+            resources.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"],
+            }));
+            resources.push(json!({
+                "name": "pods/exec", "singularName": "", "namespaced": true,
+                "kind": "PodExecOptions", "verbs": ["create", "get"],
+            }));
+        }
         if d.subresources.scale {
             resources.push(json!({
                 "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
