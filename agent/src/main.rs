@@ -51,6 +51,8 @@ struct Cli {
     nodeport: NodePortArgs,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    kubelet_server: skiff_agent::kubelet::server::ServerArgs,
 }
 
 /// How the agent presents its Node.
@@ -344,6 +346,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(cli.node.node_lease_duration_seconds.max(1)),
         status_interval: Duration::from_secs(cli.node.node_status_update_seconds.max(1)),
         root_dir: cli.root_dir.clone(),
+        kubelet_port: cli.kubelet_server.kubelet_port,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
