@@ -98,6 +98,15 @@ pub async fn exec(
     })
 }
 
+/// A normal closure (1000): clients (gorilla/websocket in kubectl) treat a close without a
+/// status code as an error.
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 /// A chunk of output or the end of an output stream.
 enum Out {
     Data(Channel, Vec<u8>),
@@ -166,7 +175,7 @@ async fn run(
                     streaming::frame(Channel::Error, status.to_string().as_bytes()).into(),
                 ))
                 .await;
-            let _ = sink.send(Message::Close(None)).await;
+            let _ = sink.send(normal_close()).await;
             return;
         }
         Err(e) => {
@@ -323,7 +332,7 @@ async fn run(
                 streaming::frame(Channel::Error, status.to_string().as_bytes()).into(),
             ))
             .await;
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
     }
     drop(master);
     let _ = tokio::task::spawn_blocking(move || {

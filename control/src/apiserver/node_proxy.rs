@@ -423,23 +423,44 @@ async fn pump(client: ws::WebSocket, agent: AgentSocket) {
                 break;
             }
         }
-        let _ = agent_tx.send(tungstenite::Message::Close(None)).await;
+        let _ = agent_tx
+            .send(tungstenite::Message::Close(Some(
+                tungstenite::protocol::CloseFrame {
+                    code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                    reason: "".into(),
+                },
+            )))
+            .await;
     };
     let to_client = async {
+        // A normal closure unless the agent says otherwise: kubectl treats a close without a
+        // status code as an error.
+        let mut close = ws::CloseFrame {
+            code: ws::close_code::NORMAL,
+            reason: "".into(),
+        };
         while let Some(Ok(msg)) = agent_rx.next().await {
             let msg = match msg {
                 tungstenite::Message::Binary(b) => ws::Message::Binary(b),
                 tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
                 tungstenite::Message::Ping(p) => ws::Message::Ping(p),
                 tungstenite::Message::Pong(p) => ws::Message::Pong(p),
-                tungstenite::Message::Close(_) => break,
+                tungstenite::Message::Close(frame) => {
+                    if let Some(f) = frame {
+                        close = ws::CloseFrame {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        };
+                    }
+                    break;
+                }
                 tungstenite::Message::Frame(_) => continue,
             };
             if client_tx.send(msg).await.is_err() {
                 break;
             }
         }
-        let _ = client_tx.send(ws::Message::Close(None)).await;
+        let _ = client_tx.send(ws::Message::Close(Some(close))).await;
     };
     // The agent ends the stream (after the exit status); the client may end it earlier.
     tokio::select! {
