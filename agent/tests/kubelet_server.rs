@@ -96,12 +96,7 @@ async fn start(root: &Path, directory: Arc<FakeDirectory>, runtime: Arc<Runtime>
         tls_sans: vec![],
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server::serve(
-        config,
-        directory,
-        runtime,
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(server::serve(config, directory, runtime, shutdown.clone()));
     let server = Server {
         https: format!("https://127.0.0.1:{port}"),
         read_only: format!("http://127.0.0.1:{ro_port}"),
@@ -111,9 +106,17 @@ async fn start(root: &Path, directory: Arc<FakeDirectory>, runtime: Arc<Runtime>
     // Ready once both answer.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let https = client().get(format!("{}/healthz", server.https)).bearer_auth(TOKEN).send().await;
-        let ro = client().get(format!("{}/healthz", server.read_only)).send().await;
-        if https.is_ok_and(|r| r.status().is_success()) && ro.is_ok_and(|r| r.status().is_success()) {
+        let https = client()
+            .get(format!("{}/healthz", server.https))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        let ro = client()
+            .get(format!("{}/healthz", server.read_only))
+            .send()
+            .await;
+        if https.is_ok_and(|r| r.status().is_success()) && ro.is_ok_and(|r| r.status().is_success())
+        {
             return server;
         }
         assert!(
@@ -151,21 +154,33 @@ async fn logs_health_pods_metrics_and_auth() {
     let base = format!("{}/containerLogs/default/web/app", s.https);
 
     assert_eq!(get(&base).await, (200, "a\nb\nc\n".into()));
-    assert_eq!(get(&format!("{base}?tailLines=2")).await, (200, "b\nc\n".into()));
-    assert_eq!(get(&format!("{base}?limitBytes=3")).await, (200, "a\nb".into()));
+    assert_eq!(
+        get(&format!("{base}?tailLines=2")).await,
+        (200, "b\nc\n".into())
+    );
+    assert_eq!(
+        get(&format!("{base}?limitBytes=3")).await,
+        (200, "a\nb".into())
+    );
     assert_eq!(
         get(&format!("{base}?previous=true")).await,
         (200, "old 1\nold 2\n".into())
     );
     // Follow of an instance that no longer runs returns what there is and ends.
-    assert_eq!(get(&format!("{base}?follow=true")).await, (200, "a\nb\nc\n".into()));
+    assert_eq!(
+        get(&format!("{base}?follow=true")).await,
+        (200, "a\nb\nc\n".into())
+    );
 
     let (code, body) = get(&format!("{}/containerLogs/default/nope/app", s.https)).await;
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"reason\":\"NotFound\""), "{body}");
     let (code, body) = get(&format!("{}/containerLogs/default/web/other", s.https)).await;
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("container other is not valid for pod web"), "{body}");
+    assert!(
+        body.contains("container other is not valid for pod web"),
+        "{body}"
+    );
     let (code, body) = get(&format!("{base}?tailLines=x")).await;
     assert_eq!(code, 400, "{body}");
     *directory.previous.lock().unwrap() = None;
@@ -176,7 +191,12 @@ async fn logs_health_pods_metrics_and_auth() {
     // Authentication: no token, a wrong token.
     let r = client().get(&base).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = client().get(&base).bearer_auth("wrong").send().await.unwrap();
+    let r = client()
+        .get(&base)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // The read-only endpoint needs no token and serves no logs.
@@ -296,7 +316,9 @@ async fn open_exec(addr: &str, query: &str, protocol: &str) -> Result<Socket, tu
     req.headers_mut()
         .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio_tungstenite::client_async(req, tcp).await.map(|(s, _)| s)
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(s, _)| s)
 }
 
 /// Reads frames until the error channel's status and the close; returns (stdout, stderr,
@@ -347,9 +369,11 @@ async fn exec_streams_over_the_channel_protocol() {
     // v5, stdin half-closed: the process sees EOF; output, stderr and exit code come back.
     let q = "command=sh&command=-c&command=hostname%3B%20cat%3B%20echo%20oops%20%3E%262%3B%20exit%203&stdin=1&stdout=1&stderr=1";
     let mut s = open_exec(&addr, q, "v5.channel.k8s.io").await.unwrap();
-    s.send(tungstenite::Message::Binary(b"\x00from stdin\n".to_vec().into()))
-        .await
-        .unwrap();
+    s.send(tungstenite::Message::Binary(
+        b"\x00from stdin\n".to_vec().into(),
+    ))
+    .await
+    .unwrap();
     s.send(tungstenite::Message::Binary(vec![255, 0].into()))
         .await
         .unwrap();
@@ -361,9 +385,13 @@ async fn exec_streams_over_the_channel_protocol() {
     assert_eq!(status["details"]["causes"][0]["message"], "3");
 
     // v4 without stdin; success.
-    let mut s = open_exec(&addr, "command=echo&command=hi&stdout=1", "v4.channel.k8s.io")
-        .await
-        .unwrap();
+    let mut s = open_exec(
+        &addr,
+        "command=echo&command=hi&stdout=1",
+        "v4.channel.k8s.io",
+    )
+    .await
+    .unwrap();
     let (out, _, status) = drain(&mut s).await;
     assert_eq!(out, "hi\n");
     assert_eq!(status["status"], "Success", "{status}");
@@ -393,7 +421,8 @@ async fn exec_streams_over_the_channel_protocol() {
     match open_exec(&addr, "command=true&stdout=1", "v5.channel.k8s.io").await {
         Err(tungstenite::Error::Http(r)) => {
             assert_eq!(r.status().as_u16(), 400);
-            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
             assert!(body.contains("is not running"), "{body}");
         }
         other => panic!("expected a 400, got {:?}", other.map(|_| ())),

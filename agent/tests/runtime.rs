@@ -623,10 +623,7 @@ fn exec_joins_the_container_and_passes_the_exit_code_through() {
     use std::io::{Read as _, Write as _};
     let Some(pod) = pod("exec") else { return };
     let sandbox = pod.sandbox("exec-host");
-    let c = pod.run(
-        &sandbox,
-        &pod.spec("main", "echo started; exec sleep 1000"),
-    );
+    let c = pod.run(&sandbox, &pod.spec("main", "echo started; exec sleep 1000"));
     wait_for_log(&c, "started");
 
     // Pipes: stdout, stderr and the exit code come back; stdin reaches the process.
@@ -647,7 +644,12 @@ fn exec_joins_the_container_and_passes_the_exit_code_through() {
         .unwrap();
     let out = p.child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "stdout {stdout}, stderr {:?}", out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout {stdout}, stderr {:?}",
+        out.stderr
+    );
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("exec-host"));
     assert_eq!(lines.next(), Some("got a line"));

@@ -141,9 +141,7 @@ fn kubectl_logs_and_exec_through_the_api_server() {
 
     cp.kubectl_stdin(
         &["apply", "-f", "-"],
-        Some(
-            r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "stream-node"}}"#,
-        ),
+        Some(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "stream-node"}}"#),
     );
     let status = format!(
         r#"{{"status": {{"addresses": [{{"type": "InternalIP", "address": "127.0.0.1"}}],
@@ -174,18 +172,34 @@ fn kubectl_logs_and_exec_through_the_api_server() {
         ),
     );
 
-    wait_for("the node endpoint and the first log lines", Duration::from_secs(20), || {
-        cp.kubectl_output(&["logs", "streams"], None).stdout == b"line 1\nline 2\n"
-    });
+    wait_for(
+        "the node endpoint and the first log lines",
+        Duration::from_secs(20),
+        || cp.kubectl_output(&["logs", "streams"], None).stdout == b"line 1\nline 2\n",
+    );
     assert_eq!(cp.kubectl(&["logs", "streams", "--tail=1"]), "line 2\n");
-    assert_eq!(cp.kubectl(&["logs", "streams", "-c", "app", "--limit-bytes=4"]), "line");
+    assert_eq!(
+        cp.kubectl(&["logs", "streams", "-c", "app", "--limit-bytes=4"]),
+        "line"
+    );
 
     // exec: output, exit code, stdin.
-    let out = cp.kubectl_output(&["exec", "streams", "--", "sh", "-c", "hostname; exit 3"], None);
+    let out = cp.kubectl_output(
+        &["exec", "streams", "--", "sh", "-c", "hostname; exit 3"],
+        None,
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "streams-host\n");
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
-        cp.kubectl_stdin(&["exec", "-i", "streams", "--", "cat"], Some("through stdin\n")),
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cp.kubectl_stdin(
+            &["exec", "-i", "streams", "--", "cat"],
+            Some("through stdin\n")
+        ),
         "through stdin\n"
     );
 
@@ -211,7 +225,10 @@ fn kubectl_logs_and_exec_through_the_api_server() {
     let err = cp.kubectl_fails(&["logs", "nosuch"], None);
     assert!(err.contains("pods \"nosuch\" not found"), "{err}");
     let err = cp.kubectl_fails(&["logs", "streams", "-c", "wrong"], None);
-    assert!(err.contains("container wrong is not valid for pod streams"), "{err}");
+    assert!(
+        err.contains("container wrong is not valid for pod streams"),
+        "{err}"
+    );
     let err = cp.kubectl_fails(&["logs", "unscheduled"], None);
     assert!(err.contains("does not have a host assigned"), "{err}");
     let err = cp.kubectl_fails(&["exec", "unscheduled", "--", "true"], None);

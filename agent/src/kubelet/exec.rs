@@ -129,7 +129,10 @@ fn read_into(mut reader: impl std::io::Read, channel: Channel, tx: Option<mpsc::
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if let Some(tx) = &tx {
-                    if tx.blocking_send(Out::Data(channel, buf[..n].to_vec())).is_err() {
+                    if tx
+                        .blocking_send(Out::Data(channel, buf[..n].to_vec()))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -117,7 +117,10 @@ async fn stream_inner(
         Some(n) => tail_offset(&mut file, n).map_err(io_err(path))?,
         None => 0,
     };
-    if options.since_seconds.is_some_and(|s| !written_since(&meta, s)) {
+    if options
+        .since_seconds
+        .is_some_and(|s| !written_since(&meta, s))
+    {
         offset = meta.len();
     }
     let mut left = options.limit_bytes.unwrap_or(u64::MAX);
@@ -283,7 +286,10 @@ mod tests {
         let p = dir.path().join("0.log");
         std::fs::write(&p, "one\ntwo\nthree\n").unwrap();
         let all = LogOptions::default();
-        assert_eq!(collect(p.clone(), all.clone(), false).await, b"one\ntwo\nthree\n");
+        assert_eq!(
+            collect(p.clone(), all.clone(), false).await,
+            b"one\ntwo\nthree\n"
+        );
         let limited = LogOptions {
             limit_bytes: Some(5),
             ..all.clone()
@@ -298,7 +304,10 @@ mod tests {
             since_seconds: Some(3600),
             ..all.clone()
         };
-        assert_eq!(collect(p.clone(), recent, false).await, b"one\ntwo\nthree\n");
+        assert_eq!(
+            collect(p.clone(), recent, false).await,
+            b"one\ntwo\nthree\n"
+        );
         let old = std::fs::File::options().write(true).open(&p).unwrap();
         old.set_modified(SystemTime::now() - Duration::from_secs(7200))
             .unwrap();
@@ -328,10 +337,15 @@ mod tests {
             follow: true,
             ..Default::default()
         };
-        tokio::spawn(stream(p.clone(), options, {
-            let alive = alive.clone();
-            move || alive.load(Ordering::SeqCst)
-        }, tx));
+        tokio::spawn(stream(
+            p.clone(),
+            options,
+            {
+                let alive = alive.clone();
+                move || alive.load(Ordering::SeqCst)
+            },
+            tx,
+        ));
         let mut got = Vec::new();
         let mut read_until = async |got: &mut Vec<u8>, needle: &str| {
             tokio::time::timeout(Duration::from_secs(10), async {

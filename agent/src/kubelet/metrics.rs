@@ -46,13 +46,22 @@ pub fn render(pods: &[Pod]) -> String {
         };
         by_state[i].1 += 1;
     }
-    let _ = writeln!(out, "# HELP kubelet_running_pods Pods in phase Running on this node.");
+    let _ = writeln!(
+        out,
+        "# HELP kubelet_running_pods Pods in phase Running on this node."
+    );
     let _ = writeln!(out, "# TYPE kubelet_running_pods gauge");
     let _ = writeln!(out, "kubelet_running_pods {running_pods}");
-    let _ = writeln!(out, "# HELP kubelet_running_containers Containers on this node by state.");
+    let _ = writeln!(
+        out,
+        "# HELP kubelet_running_containers Containers on this node by state."
+    );
     let _ = writeln!(out, "# TYPE kubelet_running_containers gauge");
     for (state, n) in by_state {
-        let _ = writeln!(out, "kubelet_running_containers{{container_state=\"{state}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "kubelet_running_containers{{container_state=\"{state}\"}} {n}"
+        );
     }
     let _ = writeln!(
         out,

@@ -276,7 +276,10 @@ async fn pods(State(state): State<ServerState>) -> Response {
 async fn metrics(State(state): State<ServerState>) -> Response {
     let body = super::metrics::render(&state.directory.pods());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -518,7 +521,9 @@ mod tests {
 
     #[test]
     fn query_strings_repeat_and_decode() {
-        let pairs = query_pairs(Some("command=sh&command=-c&command=echo%20hi&tty=1&stdin=true"));
+        let pairs = query_pairs(Some(
+            "command=sh&command=-c&command=echo%20hi&tty=1&stdin=true",
+        ));
         let commands: Vec<_> = pairs
             .iter()
             .filter(|(k, _)| k == "command")

@@ -107,8 +107,8 @@ pub fn parse_client_frame(msg: &[u8]) -> Result<ClientFrame<'_>, FrameError> {
     match Channel::from_byte(first).ok_or(FrameError::UnknownChannel(first))? {
         Channel::Stdin => Ok(ClientFrame::Stdin(data)),
         Channel::Resize => {
-            let size: TerminalSize = serde_json::from_slice(data)
-                .map_err(|e| FrameError::BadResize(format!("{e}")))?;
+            let size: TerminalSize =
+                serde_json::from_slice(data).map_err(|e| FrameError::BadResize(format!("{e}")))?;
             Ok(ClientFrame::Resize {
                 width: size.width,
                 height: size.height,

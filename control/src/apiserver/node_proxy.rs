@@ -80,9 +80,7 @@ pub fn kubelet_base(node: &Value) -> Result<String, ApiError> {
         .flatten()
         .find(|a| a["type"] == "InternalIP")
         .and_then(|a| a["address"].as_str())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("node {name} has no InternalIP address"))
-        })?;
+        .ok_or_else(|| ApiError::BadRequest(format!("node {name} has no InternalIP address")))?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .filter(|&p| p > 0 && p <= 65535)
@@ -140,7 +138,10 @@ async fn locate(
     Ok(Target {
         base: kubelet_base(&node)?,
         container,
-        phase: pod["status"]["phase"].as_str().unwrap_or("Pending").to_owned(),
+        phase: pod["status"]["phase"]
+            .as_str()
+            .unwrap_or("Pending")
+            .to_owned(),
     })
 }
 
@@ -284,7 +285,12 @@ pub async fn pod_exec(
     }
     let forwarded: Vec<(String, String)> = params
         .iter()
-        .filter(|(k, _)| matches!(k.as_str(), "command" | "stdin" | "stdout" | "stderr" | "tty"))
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "command" | "stdin" | "stdout" | "stderr" | "tty"
+            )
+        })
         .cloned()
         .collect();
     let url = format!(
@@ -325,12 +331,7 @@ pub async fn pod_exec(
     let agent = match connect_agent(&url, &state.token, protocol).await {
         Ok(s) => s,
         Err(AgentError::Refused(status, body)) => {
-            return Ok((
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response())
+            return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Err(AgentError::Other(message)) => {
             return Err(ApiError::Internal(format!(
@@ -377,7 +378,11 @@ async fn connect_agent(url: &str, token: &str, protocol: &str) -> Result<AgentSo
             .map_err(|_| AgentError::Other("bad protocol".into()))?,
     );
     let uri = request.uri().clone();
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -395,8 +400,8 @@ async fn connect_agent(url: &str, token: &str, protocol: &str) -> Result<AgentSo
     match tokio_tungstenite::client_async(request, tls).await {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(response)) => {
-            let status = StatusCode::from_u16(response.status().as_u16())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             Err(AgentError::Refused(
                 status,
                 response.into_body().unwrap_or_default(),
@@ -578,7 +583,10 @@ mod tests {
             "addresses": [{"type": "InternalIP", "address": "10.0.0.5"}]}});
         assert_eq!(kubelet_base(&no_port).unwrap(), "https://10.0.0.5:10250");
         let no_ip = json!({"metadata": {"name": "n"}, "status": {}});
-        assert_eq!(kubelet_base(&no_ip).unwrap_err().code(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            kubelet_base(&no_ip).unwrap_err().code(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
