@@ -57,6 +57,8 @@ struct Cli {
     node: NodeArgs,
     #[command(flatten)]
     pods: PodArgs,
+    #[command(flatten)]
+    kubelet_server: skiff_agent::kubelet::server::ServerArgs,
 }
 
 /// How the agent runs pods.
@@ -377,6 +379,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(cli.node.node_lease_duration_seconds.max(1)),
         status_interval: Duration::from_secs(cli.node.node_status_update_seconds.max(1)),
         root_dir: cli.root_dir.clone(),
+        kubelet_port: cli.kubelet_server.kubelet_port,
     };
     // Container processes re-parent to the agent when their shim exits; it reaps them.
     skiff_agent::runtime::become_subreaper().context("becoming a child subreaper")?;
@@ -403,6 +406,8 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     rt.block_on(async move {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
             .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+        // The node's HTTPS endpoint accepts callers bearing this agent's own token.
+        let token = skiff_agent::kubelet::server::kubeconfig_token(&kc)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
         let client = kube::Client::try_from(config)?;
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -444,6 +449,19 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
         });
         let pods = tokio::spawn(skiff_agent::kubelet::pods::run(shared));
+        let mut tls_sans = vec![node.clone()];
+        tls_sans.extend(host_ip.map(|ip| ip.to_string()));
+        let server = tokio::spawn(skiff_agent::kubelet::server::serve(
+            skiff_agent::kubelet::server::ServerConfig {
+                args: cli.kubelet_server.clone(),
+                root_dir: cli.root_dir.clone(),
+                token,
+                tls_sans,
+            },
+            directory.clone(),
+            runtime.clone(),
+            shutdown.clone(),
+        ));
         if let Some(dir) = cli.pods.manifest_dir.clone() {
             tokio::spawn(skiff_agent::kubelet::static_pods::run(
                 client.clone(),
@@ -470,6 +488,9 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         heartbeat.await?;
         let _ = pods.await;
         let _ = routes.await;
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "the node's HTTP endpoints stopped");
+        }
         anyhow::Ok(())
     })
 }

@@ -582,3 +582,132 @@ fn bad_input_gives_readable_errors_and_leaves_nothing() {
     assert!(err.to_string().contains("exists already"), "{err}");
     assert_eq!(pod.wait_exit(&ok).code, 0);
 }
+
+/// Reads `master` until `needle` appears or the deadline passes.
+fn read_pty_until(master: &std::fs::File, needle: &str) -> String {
+    use std::io::Read as _;
+    use std::os::fd::AsFd as _;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    let mut reader = master;
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "terminal never showed {needle:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let master_fd = master.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &master_fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0) == 0 {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn exec_joins_the_container_and_passes_the_exit_code_through() {
+    use std::io::{Read as _, Write as _};
+    let Some(pod) = pod("exec") else { return };
+    let sandbox = pod.sandbox("exec-host");
+    let c = pod.run(&sandbox, &pod.spec("main", "echo started; exec sleep 1000"));
+    wait_for_log(&c, "started");
+
+    // Pipes: stdout, stderr and the exit code come back; stdin reaches the process.
+    let argv: Vec<String> = [
+        "sh",
+        "-c",
+        "hostname; read line; echo got $line; echo oops >&2; \
+         readlink /proc/self/ns/net; cat /proc/self/cgroup; exit 3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut p = pod.runtime.exec(&c, &argv, false).unwrap();
+    p.child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a line\n")
+        .unwrap();
+    let out = p.child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout {stdout}, stderr {:?}",
+        out.stderr
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("exec-host"));
+    assert_eq!(lines.next(), Some("got a line"));
+    assert_eq!(
+        lines.next().map(PathBuf::from),
+        Some(ns_id(&sandbox.netns_path())),
+        "exec is not in the pod's network namespace: {stdout}"
+    );
+    // The container has its own cgroup namespace: in its cgroup the path reads "/"; a process
+    // outside it would see "/.." paths or the host's.
+    let memory = stdout
+        .lines()
+        .find(|l| l.ends_with(":memory:/") || l.contains(":memory:"))
+        .unwrap_or_default();
+    assert!(
+        memory.ends_with(":memory:/"),
+        "exec is not in the container's cgroup {}: {stdout}",
+        c.cgroups_path
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // A command that does not exist: the shim's failure code and a message.
+    let mut p = pod
+        .runtime
+        .exec(&c, &["/no/such/binary".to_owned()], false)
+        .unwrap();
+    drop(p.child.stdin.take());
+    let out = p.child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(runtime::shim::EXEC_FAILED)),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stderr.is_empty());
+
+    // A terminal: the process sees a tty as its stdin and controlling terminal.
+    let mut p = pod
+        .runtime
+        .exec(
+            &c,
+            &["sh", "-c", "tty; read x; echo reply-$x; exit 5"]
+                .map(String::from)
+                .to_vec(),
+            true,
+        )
+        .unwrap();
+    let master = std::fs::File::from(p.pty.take().expect("a terminal master"));
+    let shown = read_pty_until(&master, "/dev/pts/");
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+    (&master).write_all(b"yes\n").unwrap();
+    let shown = read_pty_until(&master, "reply-yes");
+    assert!(shown.contains("reply-yes"), "{shown:?}");
+    let status = p.child.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(5), "shim stderr: {err}");
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+}

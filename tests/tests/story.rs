@@ -54,7 +54,10 @@ impl Kubectl {
             .map(|p| {
                 (
                     p["metadata"]["name"].as_str().unwrap().to_owned(),
-                    p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
                 )
             })
             .collect()
@@ -85,7 +88,9 @@ fn pod_log(c: &Guard, k: &Kubectl, pod: &str, container: &str) -> String {
         return String::new();
     };
     let uid = p["metadata"]["uid"].as_str().unwrap();
-    let restarts = p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
+    let restarts = p["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0);
     std::fs::read_to_string(
         n.root_dir
             .join(format!("pods/{uid}/logs/{container}/{restarts}.log")),
@@ -127,24 +132,55 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
     let k = Kubectl(c.state.kubeconfig.clone());
 
     // A Deployment of three, spread over the three nodes.
-    k.run(&["create", "deployment", "kubia", "--image=kubia:v1", "--replicas=3"]);
-    wait_for("3 kubia pods Running", Duration::from_secs(90), || k.running_pods().len() == 3);
+    k.run(&[
+        "create",
+        "deployment",
+        "kubia",
+        "--image=kubia:v1",
+        "--replicas=3",
+    ]);
+    wait_for("3 kubia pods Running", Duration::from_secs(90), || {
+        k.running_pods().len() == 3
+    });
     let nodes: BTreeSet<String> = k.running_pods().into_iter().map(|(_, n)| n).collect();
-    assert_eq!(nodes.len(), 3, "the scheduler spreads the replicas: {nodes:?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the scheduler spreads the replicas: {nodes:?}"
+    );
 
     // Exposed as a ClusterIP and a NodePort Service.
-    k.run(&["expose", "deployment", "kubia", "--port=80", "--target-port=8080"]);
     k.run(&[
-        "expose", "deployment", "kubia", "--name=kubia-nodeport", "--type=NodePort", "--port=80",
+        "expose",
+        "deployment",
+        "kubia",
+        "--port=80",
         "--target-port=8080",
     ]);
-    let vip = k.json(&["get", "svc", "kubia"])["spec"]["clusterIP"].as_str().unwrap().to_owned();
-    assert!(vip.starts_with("10.96."), "ClusterIP allocated from the service range: {vip}");
+    k.run(&[
+        "expose",
+        "deployment",
+        "kubia",
+        "--name=kubia-nodeport",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let vip = k.json(&["get", "svc", "kubia"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        vip.starts_with("10.96."),
+        "ClusterIP allocated from the service range: {vip}"
+    );
     let node_port = k.json(&["get", "svc", "kubia-nodeport"])["spec"]["ports"][0]["nodePort"]
         .as_i64()
         .unwrap();
     assert!((30000..=32767).contains(&node_port));
-    wait_for("3 ready endpoints", Duration::from_secs(30), || k.ready_endpoints("kubia") == 3);
+    wait_for("3 ready endpoints", Duration::from_secs(30), || {
+        k.ready_endpoints("kubia") == 3
+    });
 
     // A busybox client asks the VIP over and over; every answer (or failure) is one line.
     k.run(&[
@@ -154,10 +190,15 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
         ),
     ]);
     let pods: BTreeSet<String> = k.running_pods().into_iter().map(|(p, _)| p).collect();
-    wait_for("answers from all three pods through the VIP", Duration::from_secs(60), || {
-        let log = pod_log(&c, &k, "client", "client");
-        pods.iter().all(|p| log.contains(&format!("You've hit {p}")))
-    });
+    wait_for(
+        "answers from all three pods through the VIP",
+        Duration::from_secs(60),
+        || {
+            let log = pod_log(&c, &k, "client", "client");
+            pods.iter()
+                .all(|p| log.contains(&format!("You've hit {p}")))
+        },
+    );
 
     // The NodePort answers on every node's address, from the host.
     for node in &c.state.nodes {
@@ -166,16 +207,26 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
             .output()
             .unwrap();
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(body.starts_with("You've hit kubia-"), "NodePort on {}: {body:?}", node.name);
+        assert!(
+            body.starts_with("You've hit kubia-"),
+            "NodePort on {}: {body:?}",
+            node.name
+        );
     }
 
     // Scale up and down: the endpoints follow.
     k.run(&["scale", "deployment", "kubia", "--replicas=5"]);
-    wait_for("5 ready endpoints", Duration::from_secs(60), || k.ready_endpoints("kubia") == 5);
+    wait_for("5 ready endpoints", Duration::from_secs(60), || {
+        k.ready_endpoints("kubia") == 5
+    });
     k.run(&["scale", "deployment", "kubia", "--replicas=1"]);
-    wait_for("1 ready endpoint", Duration::from_secs(60), || k.ready_endpoints("kubia") == 1);
+    wait_for("1 ready endpoint", Duration::from_secs(60), || {
+        k.ready_endpoints("kubia") == 1
+    });
     k.run(&["scale", "deployment", "kubia", "--replicas=3"]);
-    wait_for("3 running pods", Duration::from_secs(60), || k.running_pods().len() == 3);
+    wait_for("3 running pods", Duration::from_secs(60), || {
+        k.running_pods().len() == 3
+    });
 
     // A deleted pod is replaced.
     let (victim, _) = k.running_pods()[0].clone();
@@ -185,40 +236,15 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
         pods.len() == 3 && pods.iter().all(|(p, _)| *p != victim)
     });
 
-    // A node is lost: its pods come back on the others after the eviction timeout.
-    let client_node = k.json(&["get", "pod", "client"])["spec"]["nodeName"].as_str().unwrap().to_owned();
-    let lost = c
-        .state
-        .nodes
-        .iter()
-        .position(|n| n.name != client_node && k.running_pods().iter().any(|(_, node)| *node == n.name))
-        .expect("a node with kubia pods and without the client");
-    let lost_name = c.state.nodes[lost].name.clone();
-    cluster::stop_agent(&c.state.nodes[lost]);
-    let t0 = Instant::now();
-    wait_for("the lost node to be NotReady", Duration::from_secs(60), || {
-        let n = k.json(&["get", "node", &lost_name]);
-        n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] != "True")
-    });
-    wait_for("the pods to be re-created on the other nodes", Duration::from_secs(120), || {
-        let pods = k.running_pods();
-        pods.len() == 3 && pods.iter().all(|(_, n)| *n != lost_name)
-    });
-    eprintln!("pods recovered from the lost node in {:?}", t0.elapsed());
-    // Bring the node back so the rest of the story has three nodes.
-    cluster::start_agent(&mut c.state.nodes[lost]).unwrap();
-    c.save().unwrap();
-
     // Rolling update to v2 with no failed request through the Service.
     let before = pod_log(&c, &k, "client", "client").lines().count();
     k.run(&["set", "image", "deployment/kubia", "kubia=kubia:v2"]);
     k.run(&["rollout", "status", "deployment/kubia", "--timeout=120s"]);
     wait_for("answers from v2", Duration::from_secs(30), || {
-        pod_log(&c, &k, "client", "client").lines().skip(before).any(|l| l.contains("This is v2"))
+        pod_log(&c, &k, "client", "client")
+            .lines()
+            .skip(before)
+            .any(|l| l.contains("This is v2"))
     });
     let during: Vec<String> = pod_log(&c, &k, "client", "client")
         .lines()
@@ -231,7 +257,10 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
         .count();
     if failed > 0 {
         let mut diag = String::new();
-        for p in k.json(&["get", "pods", "-l", "app=kubia"])["items"].as_array().unwrap() {
+        for p in k.json(&["get", "pods", "-l", "app=kubia"])["items"]
+            .as_array()
+            .unwrap()
+        {
             let ip = p["status"]["podIP"].as_str().unwrap_or_default();
             for n in &c.state.nodes {
                 let out = Command::new("nsenter")
@@ -239,12 +268,23 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
                     .args(["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
                     .output()
                     .unwrap();
-                diag.push_str(&format!("{} -> {ip}: {:?}\n", n.name, String::from_utf8_lossy(&out.stdout)));
+                diag.push_str(&format!(
+                    "{} -> {ip}: {:?}\n",
+                    n.name,
+                    String::from_utf8_lossy(&out.stdout)
+                ));
             }
         }
         for n in &c.state.nodes {
-            let out = Command::new("ip").args(["-n", &n.netns, "route"]).output().unwrap();
-            diag.push_str(&format!("{} routes:\n{}", n.name, String::from_utf8_lossy(&out.stdout)));
+            let out = Command::new("ip")
+                .args(["-n", &n.netns, "route"])
+                .output()
+                .unwrap();
+            diag.push_str(&format!(
+                "{} routes:\n{}",
+                n.name,
+                String::from_utf8_lossy(&out.stdout)
+            ));
         }
         panic!(
             "{failed} failed requests during the rollout: {:?}\npods: {}\nslices: {}\n{diag}",
@@ -256,9 +296,56 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
     let history = k.run(&["rollout", "history", "deployment/kubia"]);
     assert!(history.contains('2'), "{history}");
 
+    // A node is lost: its pods come back on the others after the eviction timeout.
+    let client_node = k.json(&["get", "pod", "client"])["spec"]["nodeName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lost = c
+        .state
+        .nodes
+        .iter()
+        .position(|n| {
+            n.name != client_node && k.running_pods().iter().any(|(_, node)| *node == n.name)
+        })
+        .expect("a node with kubia pods and without the client");
+    let lost_name = c.state.nodes[lost].name.clone();
+    cluster::stop_agent(&c.state.nodes[lost]);
+    let t0 = Instant::now();
+    wait_for(
+        "the lost node to be NotReady",
+        Duration::from_secs(60),
+        || {
+            let n = k.json(&["get", "node", &lost_name]);
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] != "True")
+        },
+    );
+    wait_for(
+        "the pods to be re-created on the other nodes",
+        Duration::from_secs(120),
+        || {
+            let pods = k.running_pods();
+            pods.len() == 3 && pods.iter().all(|(_, n)| *n != lost_name)
+        },
+    );
+    eprintln!("pods recovered from the lost node in {:?}", t0.elapsed());
+    // Bring the node back so the rest of the story has three nodes.
+    cluster::start_agent(&mut c.state.nodes[lost]).unwrap();
+    c.save().unwrap();
+
     // The events tell the story.
     let events = k.run(&["get", "events"]);
-    for reason in ["ScalingReplicaSet", "SuccessfulCreate", "Scheduled", "Started", "Killing"] {
+    for reason in [
+        "ScalingReplicaSet",
+        "SuccessfulCreate",
+        "Scheduled",
+        "Started",
+        "Killing",
+    ] {
         assert!(events.contains(reason), "no {reason} event in:\n{events}");
     }
 }

@@ -6,10 +6,15 @@
 pub mod container_config;
 pub mod directory;
 pub mod events;
+pub mod exec;
 pub mod host;
+pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pod_worker;
 pub mod pods;
 pub mod probes;
+pub mod server;
 pub mod static_pods;
 pub mod status;
+pub mod streaming;

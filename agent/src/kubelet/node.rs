@@ -41,9 +41,12 @@ pub struct NodeConfig {
     pub status_interval: Duration,
     /// Where the agent keeps its state (its file system is the node's ephemeral storage).
     pub root_dir: PathBuf,
+    /// The port of the agent's HTTPS endpoint (logs, exec), advertised in the Node's
+    /// status.daemonEndpoints.kubeletEndpoint for the API server to connect to.
+    pub kubelet_port: u16,
 }
 
-/// The port the agent's read-only endpoint listens on, advertised in the Node's status.
+/// The default port of the agent's HTTPS endpoint (the kubelet's).
 pub const KUBELET_PORT: u16 = 10250;
 
 /// Whether a kube error is a 404 from the API.
@@ -146,7 +149,7 @@ pub fn node_status(
             condition("Ready", true, "KubeletReady", "skiff-agent is posting ready status"),
         ],
         "addresses": addresses,
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": config.kubelet_port}},
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.machine_id,
@@ -333,6 +336,7 @@ mod tests {
             lease_duration: Duration::from_secs(40),
             status_interval: Duration::from_secs(10),
             root_dir: "/".into(),
+            kubelet_port: KUBELET_PORT,
         }
     }
 

@@ -210,6 +210,13 @@ pub struct Container {
     pub cgroups_path: String,
 }
 
+impl Container {
+    /// Whether its process still runs (not a zombie, not a reused pid). Cheap: reads /proc.
+    pub fn is_running(&self) -> bool {
+        process_alive(self.pid, self.start_time)
+    }
+}
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
@@ -240,6 +247,139 @@ pub struct PodState {
     pub running: bool,
     /// Its containers and their states.
     pub containers: Vec<(Container, ContainerState)>,
+}
+
+/// Numbers the console sockets of concurrent `exec --tty` calls.
+static EXEC_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A process started by [`Runtime::exec`].
+#[derive(Debug)]
+pub struct ExecProcess {
+    /// The shim: waiting for it gives the process's exit code. Its stdin, stdout and stderr
+    /// are pipes (the process's stdio without a tty, the shim's errors with one).
+    pub child: std::process::Child,
+    /// The master side of the process's terminal (with `tty`).
+    pub pty: Option<std::os::fd::OwnedFd>,
+}
+
+/// Ends an exec early (the client went away), given its shim's pid: SIGKILL to the exec'd
+/// process (the shim's child, found in /proc: killing the shim alone would leave it running in
+/// the container), then to the shim.
+pub fn kill_exec(shim_pid: u32) {
+    for pid in children_of(shim_pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if let Ok(pid) = i32::try_from(shim_pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// The pids whose parent is `parent` (from /proc/<pid>/stat).
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[allow(unsafe_code, reason = "adopting descriptors received with SCM_RIGHTS")]
+/// Accepts the shim's connection on the console socket and receives the terminal's master
+/// (SCM_RIGHTS), giving up when the shim exits first (its stderr says why) or after 10 s.
+fn receive_console(
+    listener: &std::os::unix::net::UnixListener,
+    child: &mut std::process::Child,
+) -> Result<std::os::fd::OwnedFd> {
+    use std::io::Read as _;
+    use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _};
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("console socket"))?;
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io_err("accepting on the console socket")(e)),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut message = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut message);
+            }
+            return Err(RuntimeError::Shim {
+                op: "exec",
+                id: String::new(),
+                message: format!("{} ({status})", message.trim()),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(RuntimeError::Shim {
+                op: "exec",
+                id: String::new(),
+                message: "no terminal received within 10 s".to_owned(),
+            });
+        }
+        // Wake on a connection, or every 50 ms to notice a shim that died.
+        let listener_fd = listener.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &listener_fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+    };
+    stream
+        .set_nonblocking(false)
+        .map_err(io_err("console socket"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io_err("console socket"))?;
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(sys_err("receiving the terminal"))?;
+    for cmsg in msg.cmsgs().map_err(sys_err("receiving the terminal"))? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed `fd` in this process for us; nothing else
+                // owns it.
+                let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                for &extra in &fds[1..] {
+                    // SAFETY: as above, received and owned by nobody else.
+                    let extra = unsafe { std::os::fd::OwnedFd::from_raw_fd(extra) };
+                    drop(extra);
+                }
+                return Ok(master);
+            }
+        }
+    }
+    Err(RuntimeError::Shim {
+        op: "exec",
+        id: String::new(),
+        message: "the console socket carried no terminal".to_owned(),
+    })
 }
 
 /// The pod runtime. Cheap to share (`Arc`); methods block.
@@ -590,6 +730,80 @@ impl Runtime {
             .container_dir(&container.pod_uid, &container.name)
             .join("started");
         std::fs::write(&marker, b"").map_err(io_err(format!("writing {}", marker.display())))
+    }
+
+    /// Runs `argv` in the running `container` (`kubectl exec`): a `skiff-agent shim exec`
+    /// child that joins the container's namespaces, cgroup, user, capabilities and seccomp
+    /// profile, waits for the process and exits with its exit code (128 + signal for a signal;
+    /// [`shim::EXEC_FAILED`] with a message on stderr when it could not start it).
+    ///
+    /// Without `tty` the process's stdin, stdout and stderr are the returned child's pipes.
+    /// With `tty` it gets a pseudo-terminal allocated inside the container as its stdio and
+    /// controlling terminal (libcontainer sends the master over a console socket, as runc does
+    /// for containerd); the master is returned for the caller to read, write and resize, and the
+    /// child's stderr pipe carries only the shim's own errors.
+    ///
+    /// Blocks until the process started (async callers use `spawn_blocking`); the caller waits
+    /// for the child. Killing the child does not kill the process: see [`kill_exec`].
+    pub fn exec(&self, container: &Container, argv: &[String], tty: bool) -> Result<ExecProcess> {
+        if argv.is_empty() {
+            return Err(RuntimeError::Invalid {
+                what: "exec command",
+                value: String::new(),
+            });
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("shim")
+            .arg("--root")
+            .arg(self.libcontainer_root())
+            .arg("--id")
+            .arg(&container.id)
+            .arg("exec")
+            .env("RUST_LOG", "error");
+        if !tty {
+            cmd.arg("--")
+                .args(argv)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let child = cmd
+                .spawn()
+                .map_err(io_err(format!("running {} shim", self.binary.display())))?;
+            return Ok(ExecProcess { child, pty: None });
+        }
+        let socket_path = self.root.join(format!(
+            "exec-{}-{}.sock",
+            std::process::id(),
+            EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+            .map_err(io_err(format!("binding {}", socket_path.display())))?;
+        let result = (|| {
+            cmd.arg("--console-socket")
+                .arg(&socket_path)
+                .arg("--")
+                .args(argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .map_err(io_err(format!("running {} shim", self.binary.display())))?;
+            match receive_console(&listener, &mut child) {
+                Ok(master) => Ok(ExecProcess {
+                    child,
+                    pty: Some(master),
+                }),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err(e)
+                }
+            }
+        })();
+        let _ = std::fs::remove_file(&socket_path);
+        result
     }
 
     /// Sends `signal` to the container's init process. A container that has exited already is

@@ -57,7 +57,25 @@ enum Op {
         #[arg(long)]
         force: bool,
     },
+    /// Run a further process in the running container (its namespaces, cgroup, user,
+    /// capabilities and seccomp profile, as its init process has them), wait for it and exit
+    /// with its exit code (128 + signal number when a signal ended it). Without --tty the
+    /// process inherits the shim's stdin, stdout and stderr.
+    Exec {
+        /// Give the process a new pseudo-terminal in the container as its stdio and
+        /// controlling terminal; the terminal's master is sent to this unix socket (as
+        /// `runc exec --console-socket` does).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
+
+/// The exit code of a shim whose `exec` could not start the process (as shells report a
+/// command that cannot run).
+pub const EXEC_FAILED: u8 = 126;
 
 /// Runs one shim operation; `args` are the arguments after `shim`.
 pub fn main(args: Vec<OsString>) -> ExitCode {
@@ -70,20 +88,29 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let exec = matches!(args.op, Op::Exec { .. });
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if exec => {
+            eprintln!("exec failed: {}", error_chain(&*e));
+            ExitCode::from(EXEC_FAILED)
+        }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&*e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("{}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 type ShimResult = Result<(), Box<dyn std::error::Error>>;
@@ -128,6 +155,78 @@ fn run(args: ShimArgs) -> ShimResult {
                 return Ok(());
             }
             Ok(Container::load(container_dir)?.delete(force)?)
+        }
+        Op::Exec {
+            console_socket,
+            argv,
+        } => {
+            let code = exec(&args.root, &args.id, console_socket, argv)?;
+            // Flushes nothing of ours: the process wrote to the descriptors directly.
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Runs `argv` in the container and returns its exit code.
+fn exec(
+    root: &std::path::Path,
+    id: &str,
+    console_socket: Option<PathBuf>,
+    argv: Vec<String>,
+) -> Result<i32, Box<dyn std::error::Error>> {
+    use libcontainer::oci_spec::runtime::Spec;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    // The process libcontainer starts is a grandchild (its intermediate process exits): as a
+    // subreaper the shim inherits it and can collect its exit status.
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let container = Container::load(root.join(id))?;
+    // The container's own process (user, env, cwd, capabilities, no_new_privileges, rlimits)
+    // with the new command: a tenant built from its defaults would run as root with other
+    // capabilities. Seccomp, cgroup and namespaces come from the container's spec and state.
+    let config = container.bundle().join("config.json");
+    let spec = Spec::load(&config).map_err(|e| format!("loading {}: {e}", config.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or("the container's spec has no process")?;
+    process.set_args(Some(argv));
+    process.set_terminal(Some(console_socket.is_some()));
+    let process_file = root
+        .join(id)
+        .join(format!("exec-{}.json", std::process::id()));
+    std::fs::write(&process_file, serde_json::to_vec(&process)?)?;
+    let tty = console_socket.is_some();
+    let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(root)?
+        .with_console_socket(console_socket)
+        .as_tenant()
+        .with_process(Some(&process_file))
+        // libcontainer only takes a console socket for a detached process; the shim waits for
+        // it either way.
+        .with_detach(tty)
+        .build();
+    let _ = std::fs::remove_file(&process_file);
+    let pid = match built {
+        Ok(pid) => pid,
+        Err(e) => {
+            // The process that failed to exec is our child now: reap it here rather than leave
+            // a zombie to the agent.
+            while !matches!(
+                waitpid(None::<nix::unistd::Pid>, None),
+                Err(nix::errno::Errno::ECHILD) | Ok(WaitStatus::StillAlive)
+            ) {}
+            return Err(e.into());
+        }
+    };
+    // libcontainer's Pid is of its own nix version.
+    let pid = nix::unistd::Pid::from_raw(pid.as_raw());
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waitpid {pid}: {e}").into()),
         }
     }
 }

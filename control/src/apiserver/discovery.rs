@@ -82,10 +82,19 @@ pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Val
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
             }));
         }
-        if d.kind == "Pod" {
+        if d.group.is_empty() && d.plural == "pods" {
             resources.push(json!({
                 "name": "pods/binding", "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"],
+            }));
+            // Served by proxying to the pod's agent (node_proxy.rs).
+            resources.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"],
+            }));
+            resources.push(json!({
+                "name": "pods/exec", "singularName": "", "namespaced": true,
+                "kind": "PodExecOptions", "verbs": ["create", "get"],
             }));
         }
         if d.subresources.scale {

@@ -6,6 +6,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -113,6 +114,15 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
+        // pods/log and pods/exec are proxied to the pod's agent (before the generic routes).
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(node_proxy::pod_log),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            get(node_proxy::pod_exec).post(node_proxy::pod_exec),
+        )
         .route("/api/{version}/{*rest}", any(handlers::core_resource))
         .route(
             "/apis/{group}/{version}/{*rest}",

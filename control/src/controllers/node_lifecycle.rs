@@ -276,7 +276,10 @@ impl Controller {
             let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
                 continue;
             };
-            if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+            if !conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+            {
                 continue;
             }
             let conditions: Vec<_> = conditions
@@ -291,7 +294,9 @@ impl Controller {
                     c
                 })
                 .collect();
-            let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) else {
+            let (Some(ns), Some(name)) =
+                (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+            else {
                 continue;
             };
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);

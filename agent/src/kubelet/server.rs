@@ -1,0 +1,543 @@
+//! The node's HTTP endpoints, named as the kubelet names them:
+//!
+//! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log` and `pods/exec`:
+//!   `GET /containerLogs/{ns}/{pod}/{container}` and `GET /exec/{ns}/{pod}/{container}`
+//!   (websocket, [`super::streaming`]), plus `/healthz`, `/pods` and `/metrics`. The
+//!   certificate is self-signed, made once under `<root>/kubelet/`. Every request needs
+//!   `Authorization: Bearer <token>` with the token of the agent's own kubeconfig: skiff
+//!   issues one admin token, which the API server also uses to call the agent.
+//! - Plain HTTP on `--read-only-port` (10255, 0 disables), unauthenticated and read-only:
+//!   `/healthz`, `/pods` (a v1 PodList) and `/metrics` (Prometheus text).
+//!
+//! Container logs rotate here too (copytruncate, [`super::logs`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::directory::{LocateError, PodDirectory};
+use super::logs::{self, LogOptions};
+use super::node::KUBELET_PORT;
+use crate::runtime::Runtime;
+
+/// The default read-only port.
+pub const READ_ONLY_PORT: u16 = 10255;
+/// How often logs are checked for rotation.
+const ROTATE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long open streams may take to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The command-line flags of the node's HTTP endpoints (flatten into the agent's CLI).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The port of the agent's HTTPS endpoint (logs, exec for the API server); advertised in
+    /// the Node's status.daemonEndpoints.kubeletEndpoint.
+    #[arg(long, default_value_t = KUBELET_PORT)]
+    pub kubelet_port: u16,
+    /// The address the HTTPS and read-only endpoints listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub kubelet_address: IpAddr,
+    /// The port of the unauthenticated read-only endpoint (/healthz, /pods, /metrics); 0
+    /// disables it.
+    #[arg(long, default_value_t = READ_ONLY_PORT)]
+    pub read_only_port: u16,
+    /// A container log larger than this is rotated (bytes, or with a Ki/Mi/Gi suffix).
+    #[arg(long, default_value = "10Mi", value_parser = parse_size)]
+    pub container_log_max_size: u64,
+    /// Log files kept per container instance, the current one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub container_log_max_files: u32,
+}
+
+/// Parses `10Mi`, `512Ki`, `1Gi`, `100` (bytes), and the decimal `K`/`M`/`G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 10Mi"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use Ki, Mi, Gi)")),
+    };
+    n.checked_mul(factor)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+/// What [`serve`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The flags.
+    pub args: ServerArgs,
+    /// The agent's root directory (certificate under `kubelet/`, logs under `pods/`).
+    pub root_dir: PathBuf,
+    /// The bearer token requests must carry (the agent's kubeconfig's).
+    pub token: String,
+    /// Extra names and addresses for the certificate (the node's name and IP).
+    pub tls_sans: Vec<String>,
+}
+
+/// Errors of the node's HTTP endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The certificate could not be made, stored or loaded.
+    #[error("kubelet serving certificate: {0}")]
+    Certificate(String),
+    /// A listener failed.
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The agent's kubeconfig carries no token to authenticate callers with.
+    #[error("the kubeconfig has no bearer token for the current context's user")]
+    NoToken,
+}
+
+/// The bearer token of the kubeconfig's current context's user (skiff's admin token): the
+/// token the agent accepts from the API server.
+pub fn kubeconfig_token(kubeconfig: &kube::config::Kubeconfig) -> Result<String, ServerError> {
+    use secrecy::ExposeSecret as _;
+    let user = kubeconfig
+        .current_context
+        .as_ref()
+        .and_then(|name| kubeconfig.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.user.clone().unwrap_or_default());
+    kubeconfig
+        .auth_infos
+        .iter()
+        .find(|a| user.as_ref().is_none_or(|u| &a.name == u))
+        .and_then(|a| a.auth_info.as_ref())
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.expose_secret().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or(ServerError::NoToken)
+}
+
+/// The self-signed serving certificate and key (PEM), made on first use and kept under
+/// `<root>/kubelet/` so that restarts present the same one.
+pub fn load_or_create_certificate(
+    root_dir: &Path,
+    sans: &[String],
+) -> Result<(String, String), ServerError> {
+    let dir = root_dir.join("kubelet");
+    let (cert_path, key_path) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+    if let (Ok(cert), Ok(key)) = (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
+        return Ok((cert, key));
+    }
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.extend(sans.iter().cloned());
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_owned());
+    }
+    names.sort();
+    names.dedup();
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let write = |path: &Path, data: &str, mode: u32| -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = path.with_extension("tmp");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?
+            .write_all(data.as_bytes())?;
+        std::fs::rename(&tmp, path)
+    };
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| write(&key_path, &key, 0o600))
+        .and_then(|()| write(&cert_path, &cert, 0o644))
+        .map_err(|e| ServerError::Certificate(format!("writing under {}: {e}", dir.display())))?;
+    Ok((cert, key))
+}
+
+/// Shared by the handlers.
+#[derive(Clone)]
+pub struct ServerState {
+    /// The pods of this node.
+    pub directory: Arc<dyn PodDirectory>,
+    /// The runtime (exec).
+    pub runtime: Arc<Runtime>,
+    /// The accepted bearer token.
+    pub token: Arc<str>,
+    /// Cancelled at shutdown: open streams end.
+    pub shutdown: CancellationToken,
+}
+
+/// A Kubernetes `Status` error response.
+pub fn status_response(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message.into(),
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+impl IntoResponse for LocateError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            LocateError::PodNotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            LocateError::ContainerNotFound { .. } | LocateError::ContainerNameRequired { .. } => {
+                (StatusCode::BAD_REQUEST, "BadRequest")
+            }
+        };
+        status_response(code, reason, self.to_string())
+    }
+}
+
+async fn authenticate(State(state): State<ServerState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The authenticated HTTPS endpoint's routes.
+pub fn app(state: ServerState) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(super::exec::exec).post(super::exec::exec),
+        )
+        .merge(read_only_routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+fn read_only_routes() -> Router<ServerState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods))
+        .route("/metrics", get(metrics))
+}
+
+/// The unauthenticated read-only endpoint's routes.
+pub fn read_only_app(state: ServerState) -> Router {
+    read_only_routes().with_state(state)
+}
+
+async fn pods(State(state): State<ServerState>) -> Response {
+    let items = state.directory.pods();
+    Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+        .into_response()
+}
+
+async fn metrics(State(state): State<ServerState>) -> Response {
+    let body = super::metrics::render(&state.directory.pods());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Parses the repeated-key query string of the kubelet's endpoints.
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// A boolean query parameter as Kubernetes reads them (`true`, `1`; absent is false).
+pub fn query_bool(pairs: &[(String, String)], key: &str) -> Result<bool, Response> {
+    match pairs.iter().rev().find(|(k, _)| k == key) {
+        None => Ok(false),
+        Some((_, v)) => match v.as_str() {
+            "" | "true" | "1" | "True" | "TRUE" => Ok(true),
+            "false" | "0" | "False" | "FALSE" => Ok(false),
+            other => Err(status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid value {other:?} for {key}: not a boolean"),
+            )),
+        },
+    }
+}
+
+fn query_u64(pairs: &[(String, String)], key: &str) -> Result<Option<u64>, Response> {
+    match pairs.iter().rev().find(|(k, _)| k == key) {
+        None => Ok(None),
+        Some((_, v)) => match v.parse::<i64>() {
+            // Kubernetes: tailLines < 0 means all; limitBytes and sinceSeconds must be >= 1.
+            Ok(n) if n < 0 && key == "tailLines" => Ok(None),
+            Ok(n) if n >= 0 => Ok(Some(n as u64)),
+            _ => Err(status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid value {v:?} for {key}: must be a non-negative integer"),
+            )),
+        },
+    }
+}
+
+async fn container_logs(
+    State(state): State<ServerState>,
+    UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let pairs = query_pairs(query.as_deref());
+    let parsed = (|| {
+        Ok::<_, Response>((
+            query_bool(&pairs, "previous")?,
+            LogOptions {
+                follow: query_bool(&pairs, "follow")?,
+                tail_lines: query_u64(&pairs, "tailLines")?,
+                limit_bytes: query_u64(&pairs, "limitBytes")?,
+                since_seconds: query_u64(&pairs, "sinceSeconds")?,
+            },
+        ))
+    })();
+    let (previous, mut options) = match parsed {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let located = match state.directory.locate(&namespace, &pod, Some(&container)) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let (path, running) = if previous {
+        match located.previous_log {
+            Some(p) => (p, None),
+            None => {
+                return status_response(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!(
+                        "previous terminated container {:?} in pod {pod:?} not found",
+                        located.container
+                    ),
+                )
+            }
+        }
+    } else {
+        match located.log {
+            Some(p) => (p, located.running),
+            None => {
+                return status_response(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!(
+                        "container {:?} in pod {pod:?} is waiting to start: ContainerCreating",
+                        located.container
+                    ),
+                )
+            }
+        }
+    };
+    if running.is_none() {
+        // Nothing writes to it any more.
+        options.follow = false;
+    }
+    if !path.exists() {
+        // Started but nothing written yet.
+        if !options.follow {
+            return (StatusCode::OK, Body::empty()).into_response();
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let alive = move || running.as_ref().is_some_and(|c| c.is_running());
+        tokio::select! {
+            () = logs::stream(path, options, alive, tx) => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Serves the node's endpoints until `shutdown` is cancelled: HTTPS on
+/// `args.kubelet_port`, the read-only endpoint on `args.read_only_port` (unless 0), and log
+/// rotation. Returns when the listeners have stopped.
+pub async fn serve(
+    config: ServerConfig,
+    directory: Arc<dyn PodDirectory>,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let state = ServerState {
+        directory,
+        runtime,
+        token: Arc::from(config.token.as_str()),
+        shutdown: shutdown.clone(),
+    };
+    let (cert, key) = load_or_create_certificate(&config.root_dir, &config.tls_sans)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes())
+        .await
+        .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let addr = SocketAddr::new(config.args.kubelet_address, config.args.kubelet_port);
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let (handle, shutdown) = (handle.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(GRACE));
+        }
+    });
+    let https = axum_server::bind_rustls(addr, tls)
+        .handle(handle)
+        .serve(app(state.clone()).into_make_service());
+
+    let read_only = async {
+        if config.args.read_only_port == 0 {
+            return Ok(());
+        }
+        let addr = SocketAddr::new(config.args.kubelet_address, config.args.read_only_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Serve { addr, source })?;
+        tracing::info!(%addr, "read-only endpoint listening");
+        let shutdown = shutdown.clone();
+        axum::serve(listener, read_only_app(state.clone()))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(|source| ServerError::Serve { addr, source })
+    };
+
+    let rotation = {
+        let (root, shutdown) = (config.root_dir.clone(), shutdown.clone());
+        let (max_size, max_files) = (
+            config.args.container_log_max_size,
+            config.args.container_log_max_files,
+        );
+        async move {
+            let mut tick = tokio::time::interval(ROTATE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                let root = root.clone();
+                let rotated = tokio::task::spawn_blocking(move || {
+                    logs::rotate_all(&root, max_size, max_files)
+                })
+                .await
+                .unwrap_or_default();
+                for path in rotated {
+                    tracing::debug!(log = %path.display(), "rotated");
+                }
+            }
+        }
+    };
+    tracing::info!(%addr, "kubelet endpoint listening (HTTPS)");
+    let https = async {
+        https
+            .await
+            .map_err(|source| ServerError::Serve { addr, source })
+    };
+    let (a, b, ()) = tokio::join!(
+        async {
+            let r = https.await;
+            // One listener failing stops the others.
+            shutdown.cancel();
+            r
+        },
+        async {
+            let r = read_only.await;
+            if r.is_err() {
+                shutdown.cancel();
+            }
+            r
+        },
+        rotation
+    );
+    a.and(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("10Mi"), Ok(10 << 20));
+        assert_eq!(parse_size("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5Xi").is_err());
+    }
+
+    #[test]
+    fn query_strings_repeat_and_decode() {
+        let pairs = query_pairs(Some(
+            "command=sh&command=-c&command=echo%20hi&tty=1&stdin=true",
+        ));
+        let commands: Vec<_> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(commands, ["sh", "-c", "echo hi"]);
+        assert_eq!(query_bool(&pairs, "tty").ok(), Some(true));
+        assert_eq!(query_bool(&pairs, "stdin").ok(), Some(true));
+        assert_eq!(query_bool(&pairs, "stderr").ok(), Some(false));
+        assert!(query_bool(&query_pairs(Some("tty=maybe")), "tty").is_err());
+        assert!(query_u64(&query_pairs(Some("limitBytes=-3")), "limitBytes").is_err());
+        assert_eq!(
+            query_u64(&query_pairs(Some("tailLines=-1")), "tailLines").ok(),
+            Some(None)
+        );
+    }
+}

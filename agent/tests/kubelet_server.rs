@@ -1,0 +1,430 @@
+//! Component tests of the node's HTTP endpoints (agent/src/kubelet/server.rs) with a fake
+//! pod directory: logs (tail, previous, limit, follow across rotation) over real HTTPS with
+//! the bearer token, the read-only endpoint, and exec over the websocket protocol against a
+//! real container (root only; skipped with a message otherwise).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
+use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig, ServerState};
+use skiff_agent::runtime::{Container, Runtime};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+use tokio_util::sync::CancellationToken;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_skiff-agent");
+const TOKEN: &str = "test-token";
+
+/// One pod `default/web` with container `app`; its logs and running container are set by
+/// the test.
+#[derive(Default)]
+struct FakeDirectory {
+    log: Mutex<Option<PathBuf>>,
+    previous: Mutex<Option<PathBuf>>,
+    running: Mutex<Option<Container>>,
+}
+
+impl PodDirectory for FakeDirectory {
+    fn pods(&self) -> Vec<Pod> {
+        vec![serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
+            "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "busybox",
+                "imageID": "", "ready": true, "restartCount": 1, "state": {"running": {}}}]}
+        }))
+        .unwrap()]
+    }
+
+    fn locate(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<Located, LocateError> {
+        if (namespace, pod) != ("default", "web") {
+            return Err(LocateError::PodNotFound {
+                namespace: namespace.into(),
+                name: pod.into(),
+            });
+        }
+        match container {
+            None | Some("app") => Ok(Located {
+                pod_uid: "uid-1".into(),
+                container: "app".into(),
+                running: self.running.lock().unwrap().clone(),
+                log: self.log.lock().unwrap().clone(),
+                previous_log: self.previous.lock().unwrap().clone(),
+            }),
+            Some(other) => Err(LocateError::ContainerNotFound {
+                pod: pod.into(),
+                container: other.into(),
+            }),
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    https: String,
+    read_only: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
+}
+
+async fn start(root: &Path, directory: Arc<FakeDirectory>, runtime: Arc<Runtime>) -> Server {
+    let (port, ro_port) = (free_port(), free_port());
+    let config = ServerConfig {
+        args: ServerArgs {
+            kubelet_port: port,
+            kubelet_address: "127.0.0.1".parse().unwrap(),
+            read_only_port: ro_port,
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
+        },
+        root_dir: root.to_owned(),
+        token: TOKEN.into(),
+        tls_sans: vec![],
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::serve(config, directory, runtime, shutdown.clone()));
+    let server = Server {
+        https: format!("https://127.0.0.1:{port}"),
+        read_only: format!("http://127.0.0.1:{ro_port}"),
+        shutdown,
+        task,
+    };
+    // Ready once both answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let https = client()
+            .get(format!("{}/healthz", server.https))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        let ro = client()
+            .get(format!("{}/healthz", server.read_only))
+            .send()
+            .await;
+        if https.is_ok_and(|r| r.status().is_success()) && ro.is_ok_and(|r| r.status().is_success())
+        {
+            return server;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the kubelet server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).bearer_auth(TOKEN).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_health_pods_metrics_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(Runtime::with_binary(dir.path().join("state"), AGENT).unwrap());
+    let directory = Arc::new(FakeDirectory::default());
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("0.log"), "old 1\nold 2\n").unwrap();
+    std::fs::write(logs.join("1.log"), "a\nb\nc\n").unwrap();
+    *directory.previous.lock().unwrap() = Some(logs.join("0.log"));
+    *directory.log.lock().unwrap() = Some(logs.join("1.log"));
+    let s = start(dir.path(), directory.clone(), runtime).await;
+    let base = format!("{}/containerLogs/default/web/app", s.https);
+
+    assert_eq!(get(&base).await, (200, "a\nb\nc\n".into()));
+    assert_eq!(
+        get(&format!("{base}?tailLines=2")).await,
+        (200, "b\nc\n".into())
+    );
+    assert_eq!(
+        get(&format!("{base}?limitBytes=3")).await,
+        (200, "a\nb".into())
+    );
+    assert_eq!(
+        get(&format!("{base}?previous=true")).await,
+        (200, "old 1\nold 2\n".into())
+    );
+    // Follow of an instance that no longer runs returns what there is and ends.
+    assert_eq!(
+        get(&format!("{base}?follow=true")).await,
+        (200, "a\nb\nc\n".into())
+    );
+
+    let (code, body) = get(&format!("{}/containerLogs/default/nope/app", s.https)).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("\"reason\":\"NotFound\""), "{body}");
+    let (code, body) = get(&format!("{}/containerLogs/default/web/other", s.https)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("container other is not valid for pod web"),
+        "{body}"
+    );
+    let (code, body) = get(&format!("{base}?tailLines=x")).await;
+    assert_eq!(code, 400, "{body}");
+    *directory.previous.lock().unwrap() = None;
+    let (code, body) = get(&format!("{base}?previous=1")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("previous terminated container"), "{body}");
+
+    // Authentication: no token, a wrong token.
+    let r = client().get(&base).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client()
+        .get(&base)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // The read-only endpoint needs no token and serves no logs.
+    let pods: serde_json::Value = client()
+        .get(format!("{}/pods", s.read_only))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pods["kind"], "PodList");
+    assert_eq!(pods["items"][0]["metadata"]["name"], "web");
+    let metrics = client()
+        .get(format!("{}/metrics", s.read_only))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("kubelet_running_pods 1\n"), "{metrics}");
+    assert!(metrics.contains(
+        "kubelet_container_restarts_total{namespace=\"default\",pod=\"web\",container=\"app\"} 1"
+    ));
+    assert!(metrics.contains("process_open_fds "));
+    let r = client()
+        .get(format!("{}/containerLogs/default/web/app", s.read_only))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    s.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), s.task)
+        .await
+        .expect("serve did not stop")
+        .unwrap()
+        .unwrap();
+}
+
+/// A container to exec in: busybox running `sleep`, removed on drop.
+struct TestContainer {
+    runtime: Arc<Runtime>,
+    uid: String,
+    container: Container,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        if let Err(e) = self.runtime.remove_pod_by_uid(&self.uid) {
+            eprintln!("cleanup of pod {}: {e}", self.uid);
+        }
+    }
+}
+
+fn busybox_container(script: &str) -> Option<TestContainer> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: exec needs root (namespaces, mounts, cgroups)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("layers/busybox");
+    std::fs::create_dir_all(base.join("bin")).unwrap();
+    for d in ["tmp", "proc", "sys", "dev", "etc", "root"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", base.join("bin/busybox"))
+        .expect("/bin/busybox (busybox-static, cargo xtask setup)");
+    for applet in ["sh", "sleep", "hostname", "cat", "echo", "tty", "stty"] {
+        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+    }
+    let runtime = Arc::new(Runtime::with_binary(dir.path().join("state"), AGENT).unwrap());
+    let uid = format!("ks-{}", std::process::id());
+    let sandbox = runtime.create_sandbox(&uid, "exec-pod").unwrap();
+    let k8s = k8s_openapi::api::core::v1::Container {
+        name: "app".into(),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+        ..Default::default()
+    };
+    let spec = skiff_agent::runtime::ContainerSpec::from_kubernetes(
+        &k8s,
+        &skiff_agent::runtime::ImageConfig::default(),
+        vec![base],
+    )
+    .unwrap();
+    let mut guard = TestContainer {
+        runtime: runtime.clone(),
+        uid,
+        container: Container {
+            pod_uid: String::new(),
+            name: String::new(),
+            id: String::new(),
+            pid: 0,
+            start_time: 0,
+            log_path: PathBuf::new(),
+            cgroups_path: String::new(),
+        },
+        _dir: dir,
+    };
+    let c = runtime.create_container(&sandbox, &spec).unwrap();
+    runtime.start(&c).unwrap();
+    guard.container = c;
+    Some(guard)
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens an exec websocket to the plain-HTTP router (TLS is covered by the logs test).
+async fn open_exec(addr: &str, query: &str, protocol: &str) -> Result<Socket, tungstenite::Error> {
+    let mut req = format!("ws://{addr}/exec/default/web/app?{query}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// Reads frames until the error channel's status and the close; returns (stdout, stderr,
+/// status).
+async fn drain(socket: &mut Socket) -> (String, String, serde_json::Value) {
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), serde_json::Value::Null);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = socket.next().await {
+            match msg.unwrap() {
+                tungstenite::Message::Binary(b) if !b.is_empty() => match b[0] {
+                    1 => out.extend_from_slice(&b[1..]),
+                    2 => err.extend_from_slice(&b[1..]),
+                    3 => status = serde_json::from_slice(&b[1..]).unwrap(),
+                    other => panic!("unexpected channel {other}"),
+                },
+                tungstenite::Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the exec stream did not end");
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        status,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_over_the_channel_protocol() {
+    let Some(c) = busybox_container("echo started; exec sleep 1000") else {
+        return;
+    };
+    let directory = Arc::new(FakeDirectory::default());
+    *directory.running.lock().unwrap() = Some(c.container.clone());
+    *directory.log.lock().unwrap() = Some(c.container.log_path.clone());
+    let state = ServerState {
+        directory: directory.clone(),
+        runtime: c.runtime.clone(),
+        token: Arc::from(TOKEN),
+        shutdown: CancellationToken::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+
+    // v5, stdin half-closed: the process sees EOF; output, stderr and exit code come back.
+    let q = "command=sh&command=-c&command=hostname%3B%20cat%3B%20echo%20oops%20%3E%262%3B%20exit%203&stdin=1&stdout=1&stderr=1";
+    let mut s = open_exec(&addr, q, "v5.channel.k8s.io").await.unwrap();
+    s.send(tungstenite::Message::Binary(
+        b"\x00from stdin\n".to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    s.send(tungstenite::Message::Binary(vec![255, 0].into()))
+        .await
+        .unwrap();
+    let (out, err, status) = drain(&mut s).await;
+    assert_eq!(out, "exec-pod\nfrom stdin\n");
+    assert_eq!(err, "oops\n");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "3");
+
+    // v4 without stdin; success.
+    let mut s = open_exec(
+        &addr,
+        "command=echo&command=hi&stdout=1",
+        "v4.channel.k8s.io",
+    )
+    .await
+    .unwrap();
+    let (out, _, status) = drain(&mut s).await;
+    assert_eq!(out, "hi\n");
+    assert_eq!(status["status"], "Success", "{status}");
+
+    // A terminal, resized by the client before it sends a line (applied in order).
+    let q = "command=sh&command=-c&command=read%20x%3B%20stty%20size%3B%20tty%3B%20exit%200&stdin=1&stdout=1&tty=1";
+    let mut s = open_exec(&addr, q, "v5.channel.k8s.io").await.unwrap();
+    s.send(tungstenite::Message::Binary(
+        b"\x04{\"Width\":100,\"Height\":33}".to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    s.send(tungstenite::Message::Binary(b"\x00go\n".to_vec().into()))
+        .await
+        .unwrap();
+    let (out, _, status) = drain(&mut s).await;
+    assert!(out.contains("33 100"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert_eq!(status["status"], "Success", "{status} {out:?}");
+
+    // Unsupported protocol and unknown container are refused before the upgrade.
+    match open_exec(&addr, "command=true&stdout=1", "channel.k8s.io").await {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 400),
+        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+    }
+    *directory.running.lock().unwrap() = None;
+    match open_exec(&addr, "command=true&stdout=1", "v5.channel.k8s.io").await {
+        Err(tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 400);
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("is not running"), "{body}");
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+    }
+}
