@@ -783,7 +783,11 @@ async fn foreground_and_orphan_deletes_leave_the_object_to_the_garbage_collector
                     .to_string(),
             )
             .await;
-        assert_eq!(code, StatusCode::ACCEPTED, "a pending deletion is 202: {body}");
+        assert_eq!(
+            code,
+            StatusCode::ACCEPTED,
+            "a pending deletion is 202: {body}"
+        );
         let (code, cm) = a.get(&format!("{CMS}/{name}")).await;
         assert_eq!(
             code,
