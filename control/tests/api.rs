@@ -761,3 +761,63 @@ async fn objects_and_revisions_survive_a_restart() {
         .unwrap();
     assert!(skiff_control::store::object_revision(&w.object) > rv_before);
 }
+
+#[tokio::test]
+async fn foreground_and_orphan_deletes_leave_the_object_to_the_garbage_collector() {
+    let a = api().await;
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    for (name, policy, finalizer) in [
+        ("fg", "Foreground", "foregroundDeletion"),
+        ("or", "Orphan", "orphan"),
+    ] {
+        let (code, _) = a
+            .post(CMS, json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+            .await;
+        assert_eq!(code, StatusCode::CREATED);
+        let (code, body) = a
+            .call(
+                Method::DELETE,
+                &format!("{CMS}/{name}"),
+                "application/json",
+                json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(
+            code,
+            StatusCode::ACCEPTED,
+            "a pending deletion is 202: {body}"
+        );
+        let (code, cm) = a.get(&format!("{CMS}/{name}")).await;
+        assert_eq!(
+            code,
+            StatusCode::OK,
+            "kept until the collector removes {finalizer}"
+        );
+        assert!(cm["metadata"]["deletionTimestamp"].is_string());
+        assert_eq!(cm["metadata"]["finalizers"], json!([finalizer]));
+        // Removing the finalizer completes the deletion.
+        let (code, _) = a
+            .patch(
+                &format!("{CMS}/{name}"),
+                "application/merge-patch+json",
+                json!({"metadata": {"finalizers": null}}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        let (code, _) = a.get(&format!("{CMS}/{name}")).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+    }
+    // Background (and no policy) deletes at once.
+    a.post(CMS, json!({"metadata": {"name": "bg"}})).await;
+    let (code, _) = a
+        .call(
+            Method::DELETE,
+            &format!("{CMS}/bg?propagationPolicy=Background"),
+            "application/json",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(a.get(&format!("{CMS}/bg")).await.0, StatusCode::NOT_FOUND);
+}
