@@ -691,9 +691,7 @@ fn exec_joins_the_container_and_passes_the_exit_code_through() {
         .runtime
         .exec(
             &c,
-            &["sh", "-c", "tty; read x; echo reply-$x; exit 5"]
-                .map(String::from)
-                .to_vec(),
+            &["sh", "-c", "tty; read x; echo reply-$x; exit 5"].map(String::from),
             true,
         )
         .unwrap();

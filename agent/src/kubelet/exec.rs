@@ -5,6 +5,11 @@
 //! in one task. When the process ends its exit code goes out on the error channel and the
 //! socket closes; when the client goes first the process is killed.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a bad parameter's error is the axum Response sent for it, built once per request"
+)]
+
 use std::io::Write as _;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
@@ -193,14 +198,11 @@ async fn run(
 
     // Process -> client.
     let master = process.pty.take();
-    let master_writer = match &master {
-        Some(m) => Some(
-            m.try_clone()
-                .map(std::fs::File::from)
-                .map_err(|e| tracing::warn!("terminal: {e}")),
-        ),
-        None => None,
-    };
+    let master_writer = master.as_ref().map(|m| {
+        m.try_clone()
+            .map(std::fs::File::from)
+            .map_err(|e| tracing::warn!("terminal: {e}"))
+    });
     if let Some(m) = &master {
         if let Ok(reader) = m.try_clone() {
             let tx = request.stdout.then(|| out_tx.clone());

@@ -11,6 +11,11 @@
 //!
 //! Container logs rotate here too (copytruncate, [`super::logs`]).
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a bad parameter's error is the axum Response sent for it, built once per request"
+)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
