@@ -261,6 +261,11 @@ spec:
         Duration::from_secs(30),
         || read(&client_log).contains("You've hit shared"),
     );
+    // Logs and exec through the API server, as users reach them.
+    let logs = k.run(&["logs", "shared", "-c", "client", "--tail=2"], None);
+    assert!(logs.contains("You've hit shared"), "kubectl logs: {logs:?}");
+    let out = k.run(&["exec", "shared", "-c", "client", "--", "hostname"], None);
+    assert_eq!(out.trim(), "shared");
     // Limits landed in the container's cgroups.
     let uid = shared
         .pointer("/metadata/uid")
@@ -300,6 +305,8 @@ spec:
         k.pod_field("crash", "/status/phase"),
         Some(Value::from("Running"))
     );
+    let previous = k.run(&["logs", "crash", "--previous"], None);
+    assert_eq!(previous.trim(), "attempt", "kubectl logs --previous");
 
     // A failing liveness probe restarts the container.
     wait_for(

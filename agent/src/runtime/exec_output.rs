@@ -2,7 +2,6 @@
 //! probes.
 
 use std::io::Read as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{io_err, Container, Result, Runtime, RuntimeError};
@@ -33,27 +32,45 @@ impl Runtime {
                 value: String::new(),
             });
         }
-        let mut child = Command::new("nsenter")
-            .arg(format!("--target={}", container.pid))
-            .args([
-                "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--",
-            ])
-            .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io_err("running nsenter"))?;
+        // The shim's tenant exec: the container's namespaces, cgroup, capabilities and seccomp.
+        let exec = self.exec(container, argv, false)?;
+        let mut child = exec.child;
+        drop(child.stdin.take());
+        // Drain the pipes while waiting, so a chatty command cannot block on a full pipe.
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = p.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf.len() < MAX_OUTPUT {
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                    }
+                }
+                buf
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        );
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = child.try_wait().map_err(io_err("waiting for nsenter"))? {
-                let mut output = Vec::new();
-                if let Some(mut o) = child.stdout.take() {
-                    let _ = o.read_to_end(&mut output);
-                }
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_end(&mut output);
-                }
+            if let Some(status) = child.try_wait().map_err(io_err("waiting for an exec"))? {
+                let mut output = out.join().unwrap_or_default();
+                output.extend(err.join().unwrap_or_default());
                 output.truncate(MAX_OUTPUT);
                 let code = status.code().unwrap_or_else(|| {
                     128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
@@ -61,7 +78,7 @@ impl Runtime {
                 return Ok(ExecOutput { code, output });
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
+                super::kill_exec(child.id());
                 let _ = child.wait();
                 return Ok(ExecOutput {
                     code: -1,
