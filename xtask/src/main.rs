@@ -2,6 +2,7 @@
 
 mod bench_api;
 mod bench_proxy;
+mod bench_scheduler;
 mod deploy;
 mod ebpf;
 mod images;
@@ -54,6 +55,9 @@ enum Bench {
     /// Service datapath: direct vs eBPF vs iptables vs nftables, 1 to 10 000 Services;
     /// writes docs/bench/proxy.md and proxy.svg (needs root).
     Proxy(bench_proxy::Args),
+    /// Scheduler: pods bound per second end to end with 100 fake Nodes; writes
+    /// docs/bench/scheduler.md and a section of docs/benchmarks.md.
+    Scheduler(bench_scheduler::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +85,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Proxy(args),
         } => bench_proxy::run(args),
+        Command::Bench {
+            which: Bench::Scheduler(args),
+        } => bench_scheduler::run(args),
     }
 }
 
