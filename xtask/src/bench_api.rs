@@ -35,10 +35,10 @@ pub struct Args {
     report: PathBuf,
 }
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -58,15 +58,22 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn start_server() -> anyhow::Result<Server> {
+    start_server_with(&[])
+}
+
+/// Starts a release skiff-control on a fresh data dir and a free loopback port, with `extra`
+/// flags.
+pub(crate) fn start_server_with(extra: &[&str]) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("skiff-bench-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
-    let child = Command::new(util::root().join("target/release/skiff-control"))
+    let child = Command::new(util::target_dir().join("release/skiff-control"))
         .arg("--data-dir")
         .arg(&dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()?;
@@ -77,7 +84,7 @@ fn start_server() -> anyhow::Result<Server> {
     })
 }
 
-fn client(dir: &Path, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(dir: &Path, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let pem = std::fs::read(dir.join("pki/ca.crt"))?;
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
@@ -94,14 +101,14 @@ fn client(dir: &Path, token: Option<&str>) -> anyhow::Result<reqwest::Client> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 /// Percentiles in milliseconds.
-fn stats(samples: &mut [Duration]) -> Stats {
+pub(crate) fn stats(samples: &mut [Duration]) -> Stats {
     samples.sort();
     let at = |q: f64| {
         samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
@@ -415,7 +422,7 @@ overhead with no API work. Ratios are p50 against the floor's p50.\n\n\
     ))
 }
 
-fn chrono_like_now() -> String {
+pub(crate) fn chrono_like_now() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -3,6 +3,7 @@
 mod bench_api;
 mod bench_pods;
 mod bench_proxy;
+mod bench_scheduler;
 mod cluster;
 mod deploy;
 mod ebpf;
@@ -64,6 +65,9 @@ enum Bench {
     /// Pod startup latency (create to Running, 50 pods) and container create+start+delete;
     /// writes docs/bench/pods.md (needs root).
     Pods(bench_pods::Args),
+    /// Scheduler: pods bound per second end to end with 100 fake Nodes; writes
+    /// docs/bench/scheduler.md and a section of docs/benchmarks.md.
+    Scheduler(bench_scheduler::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +99,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Pods(args),
         } => bench_pods::run(args),
+        Command::Bench {
+            which: Bench::Scheduler(args),
+        } => bench_scheduler::run(args),
     }
 }
 

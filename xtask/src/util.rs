@@ -11,6 +11,15 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` if set (relative to the workspace root),
+/// else `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 /// The cargo that runs us.
 pub fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
