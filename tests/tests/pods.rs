@@ -443,11 +443,13 @@ fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
         Duration::from_secs(30),
         || !root.join("pods").join(&gone_uid).exists(),
     );
-    let ipam = read(&root.join("network/ipam.json"));
-    assert!(
-        !ipam.contains(&gone_uid),
-        "the deleted pod's address was not released: {ipam}"
+    // The address is released after the sandbox is gone.
+    wait_for(
+        "the deleted pod's address to be released",
+        Duration::from_secs(30),
+        || !read(&root.join("network/ipam.json")).contains(&gone_uid),
     );
+    let ipam = read(&root.join("network/ipam.json"));
     assert!(
         ipam.contains(&ip),
         "the kept pod's address is still allocated: {ipam}"
