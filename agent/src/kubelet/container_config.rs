@@ -149,6 +149,23 @@ async fn secret(
     }))
 }
 
+/// The value of `key` in a ConfigMap's or Secret's data; `None` when it is missing but
+/// optional (the variable is then left out), an error when it is missing and required.
+fn key_of(
+    data: Option<BTreeMap<String, String>>,
+    key: &str,
+    optional: Option<bool>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    match data.and_then(|mut d| d.remove(key)) {
+        Some(v) => Ok(Some(v)),
+        None if optional == Some(true) => Ok(None),
+        None => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+    }
+}
+
 /// The container's environment with every reference resolved, in Kubernetes' order: Service
 /// variables, then `envFrom`, then `env` (later entries win).
 pub async fn environment(
@@ -210,32 +227,16 @@ pub async fn environment(
                 if let Some(f) = &from.field_ref {
                     pod_field(pod, &f.field_path, pod_ip, host_ip)?
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match config_map(client, &ns, &r.name)
-                        .await?
-                        .and_then(|d| d.get(&r.key).cloned())
-                    {
+                    let data = config_map(client, &ns, &r.name).await?;
+                    match key_of(data, &r.key, r.optional, "ConfigMap", &ns, &r.name)? {
                         Some(v) => v,
-                        None if r.optional == Some(true) => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {}/{}",
-                                r.key, ns, r.name
-                            ))
-                        }
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    match secret(client, &ns, &r.name)
-                        .await?
-                        .and_then(|d| d.get(&r.key).cloned())
-                    {
+                    let data = secret(client, &ns, &r.name).await?;
+                    match key_of(data, &r.key, r.optional, "Secret", &ns, &r.name)? {
                         Some(v) => v,
-                        None if r.optional == Some(true) => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {}/{}",
-                                r.key, ns, r.name
-                            ))
-                        }
+                        None => continue,
                     }
                 } else if from.resource_field_ref.is_some() {
                     return Err(format!(

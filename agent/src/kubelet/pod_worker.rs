@@ -365,38 +365,26 @@ impl PodWorker {
         if slot.record.restart_count != event.instance || slot.instance.is_none() {
             return;
         }
+        if !event.ok {
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    Some(&event.container),
+                    true,
+                    "Unhealthy",
+                    &format!("{} probe failed: {}", event.kind.label(), event.message),
+                )
+                .await;
+        }
         match (event.kind, event.ok) {
-            (ProbeKind::Readiness, ok) => {
-                slot.record.ready = ok;
-                if !ok {
-                    self.shared
-                        .events
-                        .pod(
-                            &pod,
-                            Some(&event.container),
-                            true,
-                            "Unhealthy",
-                            &format!("Readiness probe failed: {}", event.message),
-                        )
-                        .await;
-                }
-            }
+            (ProbeKind::Readiness, ok) => slot.record.ready = ok,
             (ProbeKind::Startup, true) => {
                 slot.record.started = true;
                 slot.record.ready = slot.spec.readiness_probe.is_none();
             }
             (kind, false) => {
                 let what = kind.label();
-                self.shared
-                    .events
-                    .pod(
-                        &pod,
-                        Some(&event.container),
-                        true,
-                        "Unhealthy",
-                        &format!("{what} probe failed: {}", event.message),
-                    )
-                    .await;
                 let msg = format!(
                     "Container {} failed {} probe, will be restarted",
                     event.container,

@@ -1,7 +1,6 @@
 //! Running a short command in a container and collecting its exit code and output, for exec
 //! probes.
 
-use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use super::{io_err, Container, Result, Runtime, RuntimeError};
@@ -17,6 +16,25 @@ pub struct ExecOutput {
 
 /// Probe output beyond this is dropped.
 const MAX_OUTPUT: usize = 10 * 1024;
+
+/// Reads `pipe` to its end on a thread of its own, keeping at most `MAX_OUTPUT` bytes.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = p.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if buf.len() < MAX_OUTPUT {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        buf
+    })
+}
 
 impl Runtime {
     /// Runs `argv` in the container's namespaces and root, waiting at most `timeout`.
@@ -37,35 +55,8 @@ impl Runtime {
         let mut child = exec.child;
         drop(child.stdin.take());
         // Drain the pipes while waiting, so a chatty command cannot block on a full pipe.
-        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let mut chunk = [0u8; 4096];
-                    while let Ok(n) = p.read(&mut chunk) {
-                        if n == 0 {
-                            break;
-                        }
-                        if buf.len() < MAX_OUTPUT {
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                    }
-                }
-                buf
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        );
+        let out = drain(child.stdout.take());
+        let err = drain(child.stderr.take());
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().map_err(io_err("waiting for an exec"))? {
