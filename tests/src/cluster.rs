@@ -79,6 +79,9 @@ pub struct NodeState {
     /// How the agent was started (binary and arguments), for restarts.
     #[serde(default)]
     pub agent_command: Vec<String>,
+    /// The host end of its veth pair, on the cluster's bridge.
+    #[serde(default)]
+    pub host_veth: String,
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -233,7 +236,9 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
     for i in 1..=opts.nodes {
         let name = format!("node-{i}");
         let netns = format!("{}-{name}", opts.name);
+        let host_end = format!("{}v{i}", opts.name);
         let node = NodeState {
+            host_veth: host_end.clone(),
             ip: net(10 + i as u8),
             pod_cidr: format!("10.244.{i}.0/24"),
             root_dir: opts.dir.join(&name),
@@ -248,7 +253,6 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         state.nodes.push(node.clone());
         save(&opts.dir, state)?;
         ip(&["netns", "add", &netns])?;
-        let host_end = format!("{}v{i}", opts.name);
         ip(&[
             "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &netns,
         ])?;
@@ -517,6 +521,14 @@ pub fn down(dir: &Path, agent_bin: &Path) -> anyhow::Result<()> {
                 .arg(&node.pin_dir)
                 .arg("--root-dir")
                 .arg(&node.root_dir)));
+            // The veth first: deleting a namespace destroys its devices later, in a kernel
+            // work queue, and a cluster of the same name brought up right away would find the
+            // old host end still there. Deleting one end removes the pair at once.
+            if !node.host_veth.is_empty()
+                && Path::new("/sys/class/net").join(&node.host_veth).exists()
+            {
+                note(ip(&["link", "del", &node.host_veth]));
+            }
             note(ip(&["netns", "del", &node.netns]));
         }
         if node.cgroup.exists() {

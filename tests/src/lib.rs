@@ -3,6 +3,7 @@
 //! in `SKIFF_CONTROL_BIN` and `SKIFF_KUBECTL`.
 
 pub mod cluster;
+pub mod kubectl;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

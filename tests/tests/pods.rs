@@ -5,12 +5,13 @@
 //! Needs root; every test takes its cluster down, also when it fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use skiff_e2e::cluster::{self, Guard, Options};
-use skiff_e2e::{agent_bin, control_bin, kubectl_bin, wait_for};
+use skiff_e2e::kubectl::Kubectl;
+use skiff_e2e::{agent_bin, control_bin, wait_for};
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -40,73 +41,6 @@ fn cluster_with(name: &str, index: u8, nodes: usize, agent_args: Vec<String>) ->
         control_args: vec![],
     })
     .unwrap_or_else(|e| panic!("cluster up: {e:#}"))
-}
-
-struct Kubectl(PathBuf);
-
-impl Kubectl {
-    fn output(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut child = Command::new(kubectl_bin())
-            .args(args)
-            .env("KUBECONFIG", &self.0)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.output(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.run(&["apply", "-f", "-"], Some(yaml));
-    }
-
-    fn pod(&self, name: &str) -> Option<Value> {
-        let out = self.output(&["get", "pod", name, "-o", "json"], None);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    fn pod_field(&self, name: &str, pointer: &str) -> Option<Value> {
-        self.pod(name).and_then(|p| p.pointer(pointer).cloned())
-    }
-
-    fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
-        let mut last = None;
-        wait_for(&format!("pod {name} to be {phase}"), timeout, || {
-            last = self.pod(name);
-            last.as_ref()
-                .and_then(|p| p.pointer("/status/phase"))
-                .and_then(Value::as_str)
-                == Some(phase)
-        });
-        last.unwrap()
-    }
 }
 
 /// A container's current log file on its node.
@@ -262,9 +196,9 @@ spec:
         || read(&client_log).contains("You've hit shared"),
     );
     // Logs and exec through the API server, as users reach them.
-    let logs = k.run(&["logs", "shared", "-c", "client", "--tail=2"], None);
+    let logs = k.run(&["logs", "shared", "-c", "client", "--tail=2"]);
     assert!(logs.contains("You've hit shared"), "kubectl logs: {logs:?}");
-    let out = k.run(&["exec", "shared", "-c", "client", "--", "hostname"], None);
+    let out = k.run(&["exec", "shared", "-c", "client", "--", "hostname"]);
     assert_eq!(out.trim(), "shared");
     // Limits landed in the container's cgroups.
     let uid = shared
@@ -305,7 +239,7 @@ spec:
         k.pod_field("crash", "/status/phase"),
         Some(Value::from("Running"))
     );
-    let previous = k.run(&["logs", "crash", "--previous"], None);
+    let previous = k.run(&["logs", "crash", "--previous"]);
     assert_eq!(previous.trim(), "attempt", "kubectl logs --previous");
 
     // A failing liveness probe restarts the container.
@@ -319,15 +253,12 @@ spec:
                 >= 1
         },
     );
-    let events = k.run(
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.name=unhealthy",
-        ],
-        None,
-    );
+    let events = k.run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unhealthy",
+    ]);
     assert!(events.contains("Liveness probe failed"), "{events}");
 
     // Readiness follows the probe, both ways.
@@ -367,14 +298,8 @@ spec:
                 .to_owned()
         })
         .collect();
-    k.run(
-        &["delete", "pod", "--all", "--wait=true", "--timeout=60s"],
-        None,
-    );
-    assert!(k
-        .run(&["get", "pods", "-o", "name"], None)
-        .trim()
-        .is_empty());
+    k.run(&["delete", "pod", "--all", "--wait=true", "--timeout=60s"]);
+    assert!(k.run(&["get", "pods", "-o", "name"]).trim().is_empty());
     for uid in &uids {
         wait_for("the pod's files to go", Duration::from_secs(20), || {
             !root.join("pods").join(uid).exists()
@@ -427,10 +352,7 @@ fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
     let ip = pod_ip(&keep);
     cluster::stop_agent(&c.state.nodes[0]);
     // Deleted for good while the agent is away.
-    k.run(
-        &["delete", "pod", "gone", "--grace-period=0", "--force"],
-        None,
-    );
+    k.run(&["delete", "pod", "gone", "--grace-period=0", "--force"]);
     let gone_uid = gone
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
@@ -507,7 +429,7 @@ fn static_pods_run_and_are_mirrored_into_the_api() {
     );
     // A deleted mirror pod comes back.
     let uid = pod["metadata"]["uid"].clone();
-    k.run(&["delete", "pod", "web-node-1", "--wait=true"], None);
+    k.run(&["delete", "pod", "web-node-1", "--wait=true"]);
     wait_for(
         "the mirror pod to come back",
         Duration::from_secs(30),

@@ -6,42 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use skiff_e2e::cluster::{self, Guard, Options};
-use skiff_e2e::{agent_bin, control_bin, kubectl_bin, wait_for};
+use skiff_e2e::kubectl::Kubectl;
+use skiff_e2e::{agent_bin, control_bin, wait_for};
 
-struct Kubectl(PathBuf);
+/// Queries of the story's Deployment and Service.
+trait StoryQueries {
+    fn running_pods(&self) -> Vec<(String, String)>;
+    fn ready_endpoints(&self, service: &str) -> usize;
+}
 
-impl Kubectl {
-    fn output(&self, args: &[&str]) -> std::process::Output {
-        Command::new(kubectl_bin())
-            .args(args)
-            .env("KUBECONFIG", &self.0)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.run(&a)).unwrap()
-    }
-
+impl StoryQueries for Kubectl {
     /// Running, not terminating pods of the deployment: name -> node.
     fn running_pods(&self) -> Vec<(String, String)> {
         let list = self.json(&["get", "pods", "-l", "app=kubia"]);

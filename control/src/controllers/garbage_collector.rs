@@ -272,6 +272,13 @@ impl Collector {
                 self.delete(k, ns.as_deref(), &name, &uid, policy).await
             }
             Step::SetOwners(k, ns, name, refs) => {
+                // Null removes the field, as Kubernetes shows an object without owners (Go's
+                // omitempty): an empty list would read as "has owner references" to some tools.
+                let refs = if refs.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    json!(refs)
+                };
                 let patch = json!({"metadata": {"ownerReferences": refs}});
                 self.api(k, ns.as_deref())
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -4,7 +4,10 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// The host name in this UTS namespace (the pod name in a pod): from /proc, else `$HOSTNAME`
 /// (set by container runtimes), else /etc/hostname.
@@ -18,35 +21,90 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Makes SIGTERM end the process. As PID 1 of a container's PID namespace the server gets no
-/// default signal actions, so without a handler `kubectl delete` would wait out the grace
-/// period and end in SIGKILL.
+/// How long a terminating server waits for a quiet spell before it exits: the time from a pod's
+/// deletion until every node has dropped it from the Service is not zero (the endpoint change
+/// travels API server -> EndpointSlice controller -> each agent's datapath), and a server that
+/// exits at SIGTERM refuses the connections still routed to it meanwhile. Overridable with
+/// `KUBIA_DRAIN_QUIET_MS`.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// Set by the SIGTERM handler.
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+/// Milliseconds since `EPOCH` at the last accepted connection.
+static LAST_ACCEPT_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a server told to terminate may exit now: it has had no new connection for `quiet`.
+pub fn drained(terminating: bool, last_accept_ms: u64, now_ms: u64, quiet: Duration) -> bool {
+    let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+    terminating && now_ms.saturating_sub(last_accept_ms) >= quiet_ms
+}
+
+/// Makes SIGTERM start a drain: the server goes on answering and exits once no connection has
+/// arrived for `DRAIN_QUIET`, so clients still sent here while the endpoint removal spreads are
+/// served (what Kubernetes asks of servers behind a Service; the book's kubia got the same
+/// effect by ignoring SIGTERM until the SIGKILL 30 s later). As PID 1 of a container's PID
+/// namespace the server gets no default signal actions, so without a handler `kubectl delete`
+/// would wait out the whole grace period.
 #[allow(
     unsafe_code,
-    reason = "std has no signal API: two libc calls, signal() and the handler's _exit()"
+    reason = "std has no signal API: one libc call, signal(), whose handler stores an atomic"
 )]
-pub fn exit_on_sigterm() {
+pub fn drain_on_sigterm() {
     extern "C" {
         fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
-        fn _exit(status: i32) -> !;
     }
     extern "C" fn on_term(_signum: i32) {
-        // SAFETY: _exit is async-signal-safe and takes no pointers.
-        unsafe { _exit(0) }
+        // An atomic store is async-signal-safe.
+        TERMINATING.store(true, Ordering::SeqCst);
     }
     const SIGTERM: i32 = 15;
-    // SAFETY: the handler is a plain function living as long as the process and only calls
-    // _exit; signal() has no other preconditions.
+    let quiet = std::env::var("KUBIA_DRAIN_QUIET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DRAIN_QUIET, Duration::from_millis);
+    LAST_ACCEPT_MS.store(now_ms(), Ordering::SeqCst);
+    // SAFETY: the handler is a plain function living as long as the process and only stores
+    // to a static atomic; signal() has no other preconditions.
     unsafe {
         signal(SIGTERM, on_term);
     }
+    thread::spawn(move || loop {
+        // A signal handler cannot wake a thread portably without more libc; checking ten times
+        // a second bounds the extra exit delay to 100 ms.
+        thread::sleep(Duration::from_millis(100));
+        let terminating = TERMINATING.load(Ordering::SeqCst);
+        if drained(
+            terminating,
+            LAST_ACCEPT_MS.load(Ordering::SeqCst),
+            now_ms(),
+            quiet,
+        ) {
+            eprintln!(
+                "kubia: terminating after {} ms without a new connection",
+                quiet.as_millis()
+            );
+            std::process::exit(0);
+        }
+    });
 }
 
-/// Serves `body(hostname)` to every request on `addr` until the process is killed.
+/// The address to listen on: `KUBIA_LISTEN`, else 0.0.0.0:8080 as the book's kubia.
+pub fn listen_addr() -> String {
+    std::env::var("KUBIA_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".to_owned())
+}
+
+/// Serves `body(hostname)` to every request on `addr` until the process ends.
 pub fn serve(addr: &str, body: fn(&str) -> String) -> io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     eprintln!("kubia server starting on {addr}");
     for conn in listener.incoming() {
+        LAST_ACCEPT_MS.store(now_ms(), Ordering::SeqCst);
         match conn {
             Ok(stream) => {
                 thread::spawn(move || {
@@ -118,6 +176,15 @@ fn handle(stream: TcpStream, body: fn(&str) -> String) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drains_only_after_a_quiet_spell_once_terminating() {
+        let quiet = Duration::from_millis(2000);
+        assert!(!drained(false, 0, 10_000, quiet), "not terminating");
+        assert!(!drained(true, 9_000, 10_000, quiet), "a connection 1 s ago");
+        assert!(drained(true, 8_000, 10_000, quiet));
+        assert!(drained(true, 0, 10_000, quiet));
+    }
 
     #[test]
     fn answers_with_the_hostname() {
