@@ -157,11 +157,34 @@ async fn scheduler_binds_pending_pods_and_retries_unschedulable_ones() {
     assert_eq!(failed["involvedObject"]["name"], "big");
     assert_eq!(failed["type"], "Warning");
     assert_eq!(node_of(&a, "big").await, None);
+    // The pod says why too, as kube-scheduler writes it.
+    let condition = eventually("PodScheduled=False on big", || async {
+        let (_, p) = a.call(Method::GET, &format!("{PODS}/big"), None).await;
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled").cloned())
+    })
+    .await;
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "Unschedulable");
+    assert_eq!(
+        condition["message"],
+        "0/3 nodes are available: 3 Insufficient cpu."
+    );
 
     // A new node that fits makes the scheduler try again.
     a.call(Method::POST, "/api/v1/nodes", Some(node("n4", "4")))
         .await;
     assert_eq!(eventually("big bound", || node_of(&a, "big")).await, "n4");
+    let (_, p) = a.call(Method::GET, &format!("{PODS}/big"), None).await;
+    let scheduled: Vec<&Value> = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "PodScheduled")
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{p}");
+    assert_eq!(scheduled[0]["status"], "True");
     let scheduled = eventually("Scheduled events", || async {
         let e = events(&a, "Scheduled").await;
         (e.len() == 7).then_some(e)

@@ -12,15 +12,16 @@ pub mod filter;
 pub mod resources;
 pub mod score;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
+use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::controllers::events::{EventType, Recorder};
@@ -59,6 +60,8 @@ struct Note {
     kind: EventType,
     reason: &'static str,
     message: String,
+    /// The pod fits no node: also say so in its PodScheduled condition.
+    unschedulable: bool,
 }
 
 /// What the scheduler decided for one pod.
@@ -287,10 +290,48 @@ async fn bind(client: kube::Client, pod: PodInfo, node: String) -> BindDone {
 }
 
 /// Writes events from a bounded queue; when the API cannot keep up, events are dropped rather
-/// than slowing scheduling (client-go's broadcaster drops too).
-async fn write_events(recorder: Recorder, mut notes: mpsc::Receiver<Note>) {
+/// than slowing scheduling (client-go's broadcaster drops too). An unschedulable pod also gets
+/// `PodScheduled=False` with reason `Unschedulable` and the message, as kube-scheduler sets it
+/// (kubectl describe and `kubectl wait --for=condition=PodScheduled=false` read it), written
+/// again only when the message changes.
+async fn write_events(client: kube::Client, recorder: Recorder, mut notes: mpsc::Receiver<Note>) {
+    let mut conditions: HashMap<String, String> = HashMap::new();
     while let Some(n) = notes.recv().await {
         recorder.record(&n.pod, n.kind, n.reason, &n.message).await;
+        let uid = n.pod.uid.clone().unwrap_or_default();
+        if !n.unschedulable {
+            conditions.remove(&uid);
+            continue;
+        }
+        if conditions.get(&uid) == Some(&n.message) {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (n.pod.namespace.as_deref(), n.pod.name.as_deref()) else {
+            continue;
+        };
+        // The version the decision was made on: a pod bound (or changed) since is left alone.
+        let status = json!({
+            "metadata": {"resourceVersion": n.pod.resource_version},
+            "status": {"conditions": [{
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": n.message,
+            "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now()),
+        }]}});
+        match Api::<Pod>::namespaced(client.clone(), ns)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Ok(_) => {
+                // Bounded: forget the oldest decisions when there are very many pending pods.
+                if conditions.len() >= 65_536 {
+                    conditions.clear();
+                }
+                conditions.insert(uid, n.message);
+            }
+            Err(e) => tracing::debug!(pod = %name, error = %e, "could not write PodScheduled"),
+        }
     }
 }
 
@@ -328,7 +369,11 @@ pub async fn run_with(ctx: Context, config: Config) {
     let mut inputs = merged(pods, nodes);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<BindDone>();
     let (note_tx, note_rx) = mpsc::channel::<Note>(4096);
-    let events = tokio::spawn(write_events(ctx.recorder(DEFAULT_SCHEDULER), note_rx));
+    let events = tokio::spawn(write_events(
+        client.clone(),
+        ctx.recorder(DEFAULT_SCHEDULER),
+        note_rx,
+    ));
     let permits = Arc::new(Semaphore::new(config.parallel_binds.max(1)));
     let mut retry = tokio::time::interval(config.retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -381,6 +426,7 @@ pub async fn run_with(ctx: Context, config: Config) {
                     (Ok(()), Some(pod)) => note(Note {
                         message: format!("Successfully assigned {}/{} to {}", pod.namespace, pod.name, done.node),
                         pod: reference(&pod), kind: EventType::Normal, reason: "Scheduled",
+                        unschedulable: false,
                     }),
                     (Err(e), Some(pod)) => {
                         tracing::info!(pod = %pod.name, node = %done.node, error = %e, "binding failed");
@@ -390,6 +436,7 @@ pub async fn run_with(ctx: Context, config: Config) {
                             note(Note {
                                 message: format!("Binding rejected: {e}"),
                                 pod: reference(&pod), kind: EventType::Warning, reason: "FailedScheduling",
+                                unschedulable: false,
                             });
                         }
                     }
@@ -425,6 +472,7 @@ pub async fn run_with(ctx: Context, config: Config) {
                         kind: EventType::Warning,
                         reason: "FailedScheduling",
                         message,
+                        unschedulable: true,
                     });
                 }
             }
