@@ -251,6 +251,23 @@ fn pods_reach_each_other_on_a_node_and_across_nodes_without_nat() {
     });
     assert!(gone);
     assert!(!ip(&["-n", &a, "-o", "link"]).contains("eth0"));
+    // The bridge keeps its own fixed address whichever ports come and go, so the gateway
+    // address the other pods have cached stays right and they still reach other nodes.
+    let mac = pod_network::bridge_mac(node1.ipam.gateway())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(
+        ip(&["-n", &n1, "-o", "link", "show", BRIDGE]).contains(&format!("link/ether {mac} ")),
+        "{}",
+        ip(&["-n", &n1, "-o", "link", "show", BRIDGE])
+    );
+    assert_eq!(
+        seen_by(&a2, ip_b),
+        ip_a2.to_string(),
+        "across nodes after a pod left"
+    );
     assert_eq!(
         ip(&["-n", &n1, "-o", "link", "show", "master", BRIDGE])
             .lines()

@@ -82,8 +82,15 @@ async fn ensure_address(
     }
 }
 
-/// Creates the bridge (if missing) with the podCIDR's gateway address, brings it up and turns
-/// on IPv4 forwarding. Idempotent.
+/// The bridge's fixed hardware address: locally administered, unicast, and derived from the
+/// gateway address so it is unique per node and the same after restarts.
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0x73, a, b, c, d]
+}
+
+/// Creates the bridge (if missing) with the podCIDR's gateway address and a fixed hardware
+/// address, brings it up and turns on IPv4 forwarding. Idempotent.
 pub async fn ensure_bridge(
     handle: &Handle,
     range: Ipv4Cidr,
@@ -101,6 +108,21 @@ pub async fn ensure_bridge(
             required_index(handle, BRIDGE).await?
         }
     };
+    // A bridge whose address was never set takes the lowest address of its ports and changes
+    // it as pods come and go. Pods keep the gateway's old address in their neighbour cache,
+    // and once the veth that owned it is gone their traffic to other nodes goes nowhere until
+    // the entry expires (tens of seconds). A set address stays put; setting it again to the
+    // same value is harmless and pins a bridge made by an older agent.
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(bridge_mac(gateway).to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(context(format!("setting the address of {BRIDGE}")))?;
     ensure_address(handle, index, gateway, range.prefix, BRIDGE).await?;
     set_up(handle, index, BRIDGE).await?;
     let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
