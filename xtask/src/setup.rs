@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     // the runtime tests (and the busybox sample image) a tiny static rootfs.
     "libseccomp-dev",
     "busybox-static",
+    // `deploy --hosts` reaches the hosts with ssh.
+    "openssh-client",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
