@@ -171,12 +171,15 @@ impl Options {
         }
     }
 
+    /// All addresses (the control address may be a name, or a public address NATed to the
+    /// host), except a loopback control address: then the cluster is this machine's alone.
     fn listen(&self) -> SocketAddr {
-        let any: IpAddr = match self.control_address.parse::<IpAddr>() {
+        let ip: IpAddr = match self.control_address.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => ip,
             Ok(IpAddr::V6(_)) => "::".parse().expect("an address"),
             _ => "0.0.0.0".parse().expect("an address"),
         };
-        SocketAddr::new(any, self.port)
+        SocketAddr::new(ip, self.port)
     }
 }
 
@@ -828,6 +831,10 @@ mod tests {
         assert_eq!(v6.server_url(), "https://[fd00::1]:6443");
         assert_eq!(v6.listen().to_string(), "[::]:6443");
         assert_eq!(opts("a").listen().to_string(), "0.0.0.0:6443");
+        assert_eq!(
+            opts("root@127.0.0.1").listen().to_string(),
+            "127.0.0.1:6443"
+        );
     }
 
     #[test]
@@ -1003,5 +1010,238 @@ mod tests {
             ]
         );
         assert_eq!(entries[4].1, 0o755);
+    }
+
+    /// An sshd on 127.0.0.1 (a free high port) with a temporary host key and authorized key,
+    /// killed on drop.
+    struct LoopbackSshd {
+        child: std::process::Child,
+        port: u16,
+        key: PathBuf,
+    }
+
+    impl Drop for LoopbackSshd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn keygen(path: &Path) {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ssh-keygen failed");
+    }
+
+    impl LoopbackSshd {
+        fn start(dir: &Path) -> Self {
+            keygen(&dir.join("host_key"));
+            keygen(&dir.join("client_key"));
+            std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+            let port = free_port();
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nPidFile none\nStrictModes no\n\
+                     UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PermitRootLogin prohibit-password\n",
+                    d = dir.display()
+                ),
+            )
+            .unwrap();
+            // sshd refuses to start without its privilege separation directory.
+            std::fs::create_dir_all("/run/sshd").unwrap();
+            let child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+                .spawn()
+                .unwrap();
+            let sshd = LoopbackSshd {
+                child,
+                port,
+                key: dir.join("client_key"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "sshd did not listen: {}",
+                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sshd
+        }
+
+        fn ssh_opt(&self, port: u16) -> String {
+            format!(
+                "-F /dev/null -p {port} -i {} -o StrictHostKeyChecking=no \
+                 -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+                self.key.display()
+            )
+        }
+    }
+
+    /// Stops whatever the test started in `dir`, even when it fails half-way.
+    struct StopOnDrop(PathBuf);
+
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(service::stop_script(&self.0, false))
+                .output();
+        }
+    }
+
+    fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The multi-host machinery for real, over ssh to root@127.0.0.1 (a private sshd): the
+    /// probe, the errors for an unreachable host, the tar copy, the supervised start (ssh
+    /// returns although the programs keep running), a restart after SIGKILL, status and
+    /// `stop --hosts`. The programs are stand-ins (shell scripts that sleep): the real
+    /// skiff-control and skiff-agent would bind :6443 and :10250, which `cargo xtask deploy`
+    /// uses, and attach eBPF to the host's root cgroup.
+    #[test]
+    fn over_ssh_to_loopback() {
+        if !crate::util::is_root() || !Path::new("/usr/sbin/sshd").exists() {
+            eprintln!("skipping over_ssh_to_loopback: needs root and /usr/sbin/sshd (openssh-server, installed by `cargo xtask setup`)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let sshd = LoopbackSshd::start(tmp.path());
+        let dest = "root@127.0.0.1".to_owned();
+
+        // Nothing listens on this port: the error names the host and says what ssh said.
+        let closed = Ssh {
+            opts: ssh_options(&[sshd.ssh_opt(free_port())]),
+        };
+        let e = probe_all(&closed, std::slice::from_ref(&dest)).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("cannot deploy, nothing was changed"), "{e}");
+        assert!(e.contains("host root@127.0.0.1: ssh failed (probe)"), "{e}");
+        assert!(e.contains("Connection refused"), "{e}");
+
+        let hosts = HostsArgs {
+            hosts: vec![dest.clone()],
+            ssh_opts: vec![sshd.ssh_opt(sshd.port)],
+            remote_dir: tmp.path().join("remote"),
+        };
+        let ssh = Ssh {
+            opts: ssh_options(&hosts.ssh_opts),
+        };
+        let mut infos = probe_all(&ssh, &hosts.hosts).unwrap();
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(infos[0].uid, 0);
+        assert_eq!(infos[0].hostname, hostname.trim().to_lowercase());
+        // Supervised whatever this host's PID 1 is: a test must not install systemd units.
+        infos[0].pid1 = "test".into();
+
+        let bins = tmp.path().join("bins");
+        let images = tmp.path().join("images");
+        std::fs::create_dir_all(&bins).unwrap();
+        std::fs::create_dir_all(images.join("kubia-v1")).unwrap();
+        std::fs::write(images.join("kubia-v1/index.json"), "{}").unwrap();
+        for p in ["skiff-control", "skiff-agent"] {
+            std::fs::write(bins.join(p), "#!/bin/sh\nexec sleep 1000\n").unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(bins.join(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let opts = Options {
+            remote_dir: hosts.remote_dir.clone(),
+            control_host: dest.clone(),
+            control_address: "127.0.0.1".into(),
+            port: free_port(),
+            proxy_mode: "none".into(),
+            bins,
+            images,
+        };
+        let _cleanup = StopOnDrop(opts.remote_dir.clone());
+        let kubeconfig = tmp.path().join("cluster.kubeconfig");
+        let mut run = Run {
+            ssh: &ssh,
+            opts: &opts,
+            kubeconfig: &kubeconfig,
+            fetched: None,
+        };
+        let remote = &opts.remote_dir;
+        for step in plan(&infos, &opts).unwrap() {
+            // The stand-ins serve no API and register no Node.
+            if matches!(
+                step,
+                Step::WaitApi { .. } | Step::PushKubeconfig { .. } | Step::WaitNodes { .. }
+            ) {
+                continue;
+            }
+            let started = Instant::now();
+            run.step(&step).unwrap_or_else(|e| panic!("{step}: {e:#}"));
+            // ssh must not wait for the supervised programs it started.
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{step} took {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(remote.join("images/kubia-v1/index.json")).unwrap(),
+            "{}"
+        );
+        let sup = std::fs::read_to_string(remote.join("bin/skiff-control-supervise")).unwrap();
+        assert!(sup.contains("--tls-san 127.0.0.1"), "{sup}");
+
+        let status = ssh
+            .script(&dest, "status", service::status_script(remote))
+            .unwrap();
+        let running = service::running_from_status(&status);
+        assert_eq!(running.len(), 2, "{status}");
+
+        let pid = |name: &str| -> Option<u32> {
+            std::fs::read_to_string(service::pid_path(remote, name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let first = wait_for("the agent's pid", || pid("skiff-agent"));
+        assert!(Command::new("kill")
+            .args(["-KILL", &first.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_for("a restarted agent", || {
+            pid("skiff-agent").filter(|p| *p != first)
+        });
+
+        stop(&hosts, false).unwrap();
+        let status = ssh
+            .script(&dest, "status", service::status_script(remote))
+            .unwrap();
+        assert_eq!(
+            status, "skiff-control stopped\nskiff-agent stopped\n",
+            "after stop --hosts"
+        );
     }
 }

@@ -297,13 +297,20 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         );
     }
 
+    let mut stop_hint = String::from("cargo xtask stop");
+    if *state != default_state_dir() {
+        stop_hint.push_str(&format!(
+            " --state-dir {}",
+            service::sh_quote(&state.display().to_string())
+        ));
+    }
     println!(
         "\nskiff-control is running {how}, serving {server}\n  logs:       {log}\n  kubeconfig: {kc}\n{agent_note}\n{usage}",
         how = how_running(state, launch, "skiff-control"),
         server = client_url(args.listen),
         log = log_path.display(),
         kc = kubeconfig.display(),
-        usage = usage(&kubeconfig, "cargo xtask stop")
+        usage = usage(&kubeconfig, &stop_hint)
     );
     Ok(())
 }
