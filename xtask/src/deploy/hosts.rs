@@ -428,6 +428,7 @@ impl Ssh {
             out.status
         );
         written.map_err(|e| anyhow::anyhow!("host {host}: {what}: sending data: {e}"))?;
+        print_indented(host, &stderr);
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -525,6 +526,7 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         opts: &opts,
         kubeconfig: &kubeconfig,
         fetched: None,
+        before: Default::default(),
     };
     for step in &steps {
         eprintln!("deploy: {step}");
@@ -594,6 +596,8 @@ struct Run<'a> {
     opts: &'a Options,
     kubeconfig: &'a Path,
     fetched: Option<String>,
+    /// The Nodes' heartbeats before the agents started.
+    before: super::NodeHeartbeats,
 }
 
 impl Run<'_> {
@@ -658,7 +662,7 @@ impl Run<'_> {
                     }
                     s
                 };
-                super::wait_nodes_ready(self.kubeconfig, nodes, &logs)?;
+                super::wait_nodes_ready(self.kubeconfig, nodes, &self.before, &logs)?;
             }
         }
         Ok(())
@@ -686,6 +690,8 @@ impl Run<'_> {
                     .output()?;
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
                     self.fetched = Some(kubeconfig);
+                    // The agents were stopped before; they start after this step.
+                    self.before = super::node_heartbeats(self.kubeconfig);
                     return Ok(());
                 }
                 last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -1186,6 +1192,7 @@ mod tests {
             opts: &opts,
             kubeconfig: &kubeconfig,
             fetched: None,
+            before: Default::default(),
         };
         let remote = &opts.remote_dir;
         for step in plan(&infos, &opts).unwrap() {

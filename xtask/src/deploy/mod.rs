@@ -49,7 +49,7 @@ pub struct DeployArgs {
     #[arg(long, default_value = "10.244.0.0/24")]
     pub pod_cidr: String,
     /// The agent's service proxy: ebpf, iptables, nftables or none.
-    #[arg(long, default_value = "ebpf")]
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables", "nftables", "none"])]
     pub proxy_mode: String,
     /// Take skiff-control and skiff-agent from this directory instead of building them (and
     /// the eBPF programs they embed).
@@ -283,9 +283,10 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             after_control: true,
         };
         write_generated(state, &service::generated_files(launch, state, &agent))?;
+        let before = node_heartbeats(&kubeconfig);
         run_local(&service::start_script(state, launch, &["skiff-agent"]))?;
         let agent_log = service::log_path(state, "skiff-agent");
-        wait_nodes_ready(&kubeconfig, std::slice::from_ref(&node), &|| {
+        wait_nodes_ready(&kubeconfig, std::slice::from_ref(&node), &before, &|| {
             log_tail(&agent_log)
         })?;
         agent_note = format!(
@@ -355,36 +356,76 @@ fn log_tail(log: &Path) -> String {
     )
 }
 
-/// Waits until every node in `nodes` reports Ready, or 90 s pass (then fails with `logs()`).
+const NODES_JSONPATH: &str = "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}{\"\\n\"}{end}";
+
+/// `kubectl get nodes` through `kubeconfig`: stdout (`name status heartbeat` lines) and stderr.
+fn list_nodes(kubeconfig: &Path) -> anyhow::Result<(String, String)> {
+    let out = Command::new(setup::kubectl_path())
+        .args(["get", "nodes", "--request-timeout=5s", "-o", NODES_JSONPATH])
+        .env("KUBECONFIG", kubeconfig)
+        .output()?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Node name -> its Ready condition's lastHeartbeatTime, as the API shows them now (before
+/// the agents start: a Node stored by an earlier deploy still reads Ready for a while).
+pub fn node_heartbeats(kubeconfig: &Path) -> NodeHeartbeats {
+    let listed = list_nodes(kubeconfig).map(|l| l.0).unwrap_or_default();
+    listed
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let name = f.next()?;
+            let _status = f.next()?;
+            Some((name.to_owned(), f.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// See [`node_heartbeats`].
+pub type NodeHeartbeats = std::collections::HashMap<String, String>;
+
+/// The nodes of `nodes` that are not freshly Ready in `listed`: Ready=True with a heartbeat
+/// other than the one in `before`.
+pub fn not_ready<'a>(listed: &str, nodes: &'a [String], before: &NodeHeartbeats) -> Vec<&'a str> {
+    nodes
+        .iter()
+        .filter(|n| {
+            !listed.lines().any(|l| {
+                let mut f = l.split(' ');
+                f.next() == Some(n.as_str())
+                    && f.next() == Some("True")
+                    && f.next()
+                        .is_some_and(|hb| before.get(n.as_str()).map(String::as_str) != Some(hb))
+            })
+        })
+        .map(String::as_str)
+        .collect()
+}
+
+/// Waits until every node in `nodes` reports Ready with a heartbeat newer than `before`, or
+/// 90 s pass (then fails with `logs()`).
 pub fn wait_nodes_ready(
     kubeconfig: &Path,
     nodes: &[String],
+    before: &NodeHeartbeats,
     logs: &dyn Fn() -> String,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let out = Command::new(setup::kubectl_path())
-            .args([
-                "get",
-                "nodes",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .output()?;
-        let listed = String::from_utf8_lossy(&out.stdout);
-        let not_ready: Vec<&String> = nodes
-            .iter()
-            .filter(|n| !listed.lines().any(|l| l == format!("{n}=True")))
-            .collect();
-        if not_ready.is_empty() {
+        let (listed, stderr) = list_nodes(kubeconfig)?;
+        let waiting = not_ready(&listed, nodes, before);
+        if waiting.is_empty() {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "nodes not Ready within 90 s: {not_ready:?} (kubectl get nodes said: {}{})\n{}",
+            "nodes not freshly Ready within 90 s: {waiting:?} (kubectl get nodes: {}{})\n{}",
             listed.trim(),
-            String::from_utf8_lossy(&out.stderr).trim(),
+            stderr.trim(),
             logs()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -428,4 +469,25 @@ fn wait_ready(url: &str, ca: &Path, log: &Path) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_readiness() {
+        let nodes = vec!["a".to_owned(), "b".to_owned()];
+        let listed = "a True 2026-11-24T20:00:10Z\nb False 2026-11-24T20:00:10Z\n";
+        let before = NodeHeartbeats::new();
+        assert_eq!(not_ready(listed, &nodes, &before), ["b"]);
+        // A Node left Ready by an earlier deploy counts only after a new heartbeat.
+        let before: NodeHeartbeats = [("a".to_owned(), "2026-11-24T20:00:10Z".to_owned())]
+            .into_iter()
+            .collect();
+        assert_eq!(not_ready(listed, &nodes, &before), ["a", "b"]);
+        let listed = "a True 2026-11-24T20:00:20Z\nb True 2026-11-24T20:00:20Z\n";
+        assert!(not_ready(listed, &nodes, &before).is_empty());
+        assert_eq!(not_ready("", &nodes, &before), ["a", "b"]);
+    }
 }

@@ -597,15 +597,17 @@ systemctl restart skiff-agent.service
         let second = wait_for("a restarted program", || {
             read_pid(&pid_path(dir, "skiff-agent")).filter(|p| *p != first)
         });
+        // The restarted program writes its line a moment after its pid is recorded.
+        wait_for("the restarted program's output", || {
+            let log = std::fs::read_to_string(log_path(dir, "skiff-agent")).ok()?;
+            (log.matches("started --node-name node-1 --node-label team=a b")
+                .count()
+                == 2)
+                .then_some(())
+        });
         let log = std::fs::read_to_string(log_path(dir, "skiff-agent")).unwrap();
         assert!(
             log.contains("skiff-agent exited with status 137; restarting in 1s"),
-            "{log}"
-        );
-        assert_eq!(
-            log.matches("started --node-name node-1 --node-label team=a b")
-                .count(),
-            2,
             "{log}"
         );
 
