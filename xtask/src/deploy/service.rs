@@ -314,14 +314,16 @@ pub fn start_script(dir: &Path, launch: Launch, programs: &[&str]) -> String {
 /// With `cleanup` it also removes the pods and the node's datapath state, and the unit files.
 pub fn stop_script(dir: &Path, cleanup: bool) -> String {
     let mut s = String::from(SH_HELPERS);
-    // Waits up to 15 s for a pid to exit, then kills it.
+    // Waits up to 30 s for a pid to exit, then kills it (the agent may be waiting out the
+    // grace period of pods it was stopping; systemd would wait 90 s).
     s.push_str(
-        r#"stop_pid() {
+        r#"failed=0
+stop_pid() {
   kill -TERM "$1" 2>/dev/null || return 0
   i=0
   while kill -0 "$1" 2>/dev/null; do
     i=$((i+1))
-    if [ $i -gt 300 ]; then kill -KILL "$1" 2>/dev/null; echo "killed $2 (pid $1) after 15 s" >&2; return 0; fi
+    if [ $i -gt 600 ]; then kill -KILL "$1" 2>/dev/null; echo "killed $2 (pid $1) after 30 s" >&2; return 0; fi
     sleep 0.05
   done
 }
@@ -343,7 +345,7 @@ pub fn stop_script(dir: &Path, cleanup: bool) -> String {
         let root = sh_quote(&dir.join("agent").display().to_string());
         let _ = writeln!(
             s,
-            "if [ -x {agent} ]; then {agent} cleanup --root-dir {root}; fi"
+            "if [ -x {agent} ]; then {agent} cleanup --root-dir {root} || failed=1; fi"
         );
         for name in PROGRAMS {
             let _ = writeln!(
@@ -352,6 +354,8 @@ pub fn stop_script(dir: &Path, cleanup: bool) -> String {
             );
         }
     }
+    // Everything was tried; a failed cleanup still fails the stop.
+    s.push_str("exit $failed\n");
     s
 }
 
@@ -521,6 +525,29 @@ systemctl restart skiff-agent.service
         assert!(s.contains("alive /d/agent.supervisor.pid skiff-agent-supervise"));
         assert!(s.contains("/d/bin/skiff-agent cleanup --root-dir /d/agent"));
         assert!(!stop_script(Path::new("/d"), false).contains("cleanup"));
+    }
+
+    #[test]
+    fn a_failed_cleanup_fails_the_stop() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let agent = binary(dir, "skiff-agent");
+        for (code, ok) in [(0, true), (3, false)] {
+            std::fs::write(&agent, format!("#!/bin/sh\necho \"$*\"\nexit {code}\n")).unwrap();
+            std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(stop_script(dir, true))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.success(), ok, "cleanup exiting {code}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("cleanup --root-dir {}/agent\n", dir.display())
+            );
+        }
     }
 
     #[test]
