@@ -33,9 +33,11 @@ enum Command {
     BuildEbpf,
     /// Build the sample images (kubia:v1, kubia:v2, busybox) as OCI layouts in target/images.
     Images,
-    /// Set up, build and start skiff on this host, in the background; prints how to use kubectl.
+    /// Set up, build and start skiff on this host (systemd units, or supervised processes
+    /// where systemd is not PID 1), or with --hosts on several hosts over ssh; prints how to
+    /// use kubectl.
     Deploy(deploy::DeployArgs),
-    /// Stop what `deploy` started.
+    /// Stop what `deploy` started (here, or with --hosts on those hosts).
     Stop(deploy::StopArgs),
     /// A local multi-node cluster: `cluster up --nodes N`, `cluster down`.
     Cluster {

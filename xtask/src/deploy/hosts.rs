@@ -307,7 +307,7 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
                 opts.bins.join("skiff-control"),
                 "bin/skiff-control".into(),
             ));
-            files.push(Payload::Generated(service::generated_files(
+            files.push(Payload::Generated(service::generated_file(
                 launch, dir, &control,
             )));
         }
@@ -321,7 +321,7 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
             "bin/skiff-agent".into(),
         ));
         files.push(Payload::Dir(opts.images.clone(), "images".into()));
-        files.push(Payload::Generated(service::generated_files(
+        files.push(Payload::Generated(service::generated_file(
             launch, dir, &agent,
         )));
         steps.push(Step::Copy {

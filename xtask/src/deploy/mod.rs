@@ -257,7 +257,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         args: control_args(state, args.listen, &kubeconfig, &[]),
         after_control: false,
     };
-    write_generated(state, &service::generated_files(launch, state, &control))?;
+    write_generated(state, &service::generated_file(launch, state, &control))?;
     run_local(&service::start_script(state, launch, &["skiff-control"]))?;
     let log_path = service::log_path(state, "skiff-control");
     let ca = state.join("control/pki/ca.crt");
@@ -282,7 +282,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             ),
             after_control: true,
         };
-        write_generated(state, &service::generated_files(launch, state, &agent))?;
+        write_generated(state, &service::generated_file(launch, state, &agent))?;
         let before = node_heartbeats(&kubeconfig);
         run_local(&service::start_script(state, launch, &["skiff-agent"]))?;
         let agent_log = service::log_path(state, "skiff-agent");

@@ -105,7 +105,7 @@ pub struct GeneratedFile {
 }
 
 /// The files that start `program` in `launch` mode.
-pub fn generated_files(launch: Launch, dir: &Path, program: &Program) -> GeneratedFile {
+pub fn generated_file(launch: Launch, dir: &Path, program: &Program) -> GeneratedFile {
     match launch {
         Launch::Systemd => GeneratedFile {
             path: format!("units/{}.service", program.name),
@@ -479,12 +479,12 @@ WantedBy=multi-user.target
     #[test]
     fn files_per_mode() {
         let dir = Path::new("/d");
-        let unit = generated_files(Launch::Systemd, dir, &agent());
+        let unit = generated_file(Launch::Systemd, dir, &agent());
         assert_eq!(
             (unit.path.as_str(), unit.mode),
             ("units/skiff-agent.service", 0o644)
         );
-        let sup = generated_files(Launch::Supervised, dir, &agent());
+        let sup = generated_file(Launch::Supervised, dir, &agent());
         assert_eq!(
             (sup.path.as_str(), sup.mode),
             ("bin/skiff-agent-supervise", 0o755)
@@ -597,7 +597,7 @@ systemctl restart skiff-agent.service
         let fake = binary(dir, "skiff-agent");
         std::fs::write(&fake, "#!/bin/sh\necho \"started $*\"\nexec sleep 1000\n").unwrap();
         let program = agent();
-        let file = generated_files(Launch::Supervised, dir, &program);
+        let file = generated_file(Launch::Supervised, dir, &program);
         std::fs::write(dir.join(&file.path), &file.contents).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         for p in [&fake, &dir.join(&file.path)] {
