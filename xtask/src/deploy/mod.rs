@@ -38,7 +38,7 @@ pub struct DeployArgs {
     #[arg(long, default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,
     /// The API server's listen address (with --hosts only its port is used: the control host
-    /// listens on all addresses).
+    /// listens on all addresses, or on the control address when that is a loopback one).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
     /// Run only the control plane, no node agent on this host.
