@@ -33,9 +33,11 @@ enum Command {
     BuildEbpf,
     /// Build the sample images (kubia:v1, kubia:v2, busybox) as OCI layouts in target/images.
     Images,
-    /// Set up, build and start skiff on this host, in the background; prints how to use kubectl.
+    /// Set up, build and start skiff on this host (systemd units, or supervised processes
+    /// where systemd is not PID 1), or with --hosts on several hosts over ssh; prints how to
+    /// use kubectl.
     Deploy(deploy::DeployArgs),
-    /// Stop what `deploy` started.
+    /// Stop what `deploy` started (here, or with --hosts on those hosts).
     Stop(deploy::StopArgs),
     /// A local multi-node cluster: `cluster up --nodes N`, `cluster down`.
     Cluster {
@@ -127,4 +129,66 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "tests failed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn deploy_hosts_arguments() {
+        let Command::Deploy(d) = parse(&[
+            "deploy",
+            "--hosts",
+            "root@a,b, root@c",
+            "--ssh-opt",
+            "-p 2222",
+            "--ssh-opt=-i /k",
+            "--control-host",
+            "b",
+            "--remote-dir",
+            "/tmp/s",
+        ])
+        .unwrap() else {
+            panic!("not deploy")
+        };
+        assert_eq!(d.hosts.hosts, ["root@a", "b", "root@c"]);
+        assert_eq!(d.hosts.ssh_opts, ["-p 2222", "-i /k"]);
+        assert_eq!(d.hosts.remote_dir, std::path::Path::new("/tmp/s"));
+        assert_eq!(d.cluster.control_host.as_deref(), Some("b"));
+        assert_eq!(d.cluster.control_address, None);
+
+        let Command::Deploy(d) = parse(&["deploy"]).unwrap() else {
+            panic!("not deploy")
+        };
+        assert!(d.hosts.hosts.is_empty());
+        assert_eq!(d.hosts.remote_dir, std::path::Path::new("/var/lib/skiff"));
+    }
+
+    #[test]
+    fn deploy_rejects_bad_combinations() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["deploy", "--hosts", "a,,b"]).contains("empty host name"));
+        assert!(err(&["deploy", "--hosts=-oProxyCommand=x"]).contains("starts with '-'"));
+        assert!(err(&["deploy", "--control-host", "a"]).contains("--hosts"));
+        assert!(err(&["deploy", "--hosts", "a", "--no-agent"]).contains("cannot be used"));
+    }
+
+    #[test]
+    fn stop_hosts_arguments() {
+        let Command::Stop(s) =
+            parse(&["stop", "--hosts", "a,b", "--ssh-opt", "-p 2", "--cleanup"]).unwrap()
+        else {
+            panic!("not stop")
+        };
+        assert_eq!(s.hosts.hosts, ["a", "b"]);
+        assert_eq!(s.hosts.ssh_opts, ["-p 2"]);
+        assert!(s.cleanup);
+        assert!(parse(&["stop", "--control-host", "a"]).is_err());
+    }
 }

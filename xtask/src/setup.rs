@@ -40,6 +40,11 @@ const APT_PACKAGES: &[&str] = &[
     // the runtime tests (and the busybox sample image) a tiny static rootfs.
     "libseccomp-dev",
     "busybox-static",
+    // `deploy --hosts` reaches the hosts with ssh; its test runs a private sshd on loopback
+    // (on hosts where policy-rc.d does not forbid it, installing the package also starts the
+    // system's sshd).
+    "openssh-client",
+    "openssh-server",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
