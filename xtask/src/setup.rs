@@ -41,8 +41,7 @@ const APT_PACKAGES: &[&str] = &[
     "libseccomp-dev",
     "busybox-static",
     // `deploy --hosts` reaches the hosts with ssh; its test runs a private sshd on loopback
-    // (on hosts where policy-rc.d does not forbid it, installing the package also starts the
-    // system's sshd).
+    // (installed without starting the system's sshd: see `apt_packages`).
     "openssh-client",
     "openssh-server",
 ];
@@ -117,6 +116,33 @@ fn apt_packages() -> anyhow::Result<bool> {
         return Ok(false);
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
+    // Packages install without starting their services (Debian's policy-rc.d protocol, exit
+    // 101 = "not allowed"): setup must not turn on, say, a system sshd the project only needs
+    // as a binary for a test. An existing policy file is left alone.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while installing\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = install_packages(&missing);
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
+    let still = missing_packages(APT_PACKAGES);
+    anyhow::ensure!(
+        still.is_empty(),
+        "apt-get install succeeded but these packages are still missing: {}",
+        still.join(" ")
+    );
+    Ok(true)
+}
+
+fn install_packages(missing: &[String]) -> anyhow::Result<()> {
     util::run(
         Command::new("apt-get")
             .args(["update", "-q"])
@@ -134,16 +160,10 @@ fn apt_packages() -> anyhow::Result<bool> {
                 "-o",
                 "Dpkg::Options::=--force-confold",
             ])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    let still = missing_packages(APT_PACKAGES);
-    anyhow::ensure!(
-        still.is_empty(),
-        "apt-get install succeeded but these packages are still missing: {}",
-        still.join(" ")
-    );
-    Ok(true)
+    Ok(())
 }
 
 /// `rustup` from PATH, with the variables the outer `cargo` set that would pin a toolchain.
