@@ -64,6 +64,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if !config.listen.ip().is_unspecified() {
         sans.push(config.listen.ip().to_string());
     }
+    // Pods reach the API server as https://<kubernetes Service address>.
+    sans.push(config.service_cidr.nth(1).to_string());
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         sans.push(host.trim().to_owned());
     }
@@ -92,6 +94,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_kubernetes_service(config.listen.port())
         .await
         .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    match config.listen.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_loopback() => state
+            .ensure_kubernetes_endpoints(ip, config.listen.port())
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the kubernetes Service's endpoints: {e}"))?,
+        ip => tracing::info!(
+            %ip,
+            "the kubernetes Service gets no endpoints: pods cannot reach a loopback or \
+             wildcard listen address; listen on the node's address for that"
+        ),
+    }
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
 
     let creds_for_client = creds.clone();

@@ -178,6 +178,24 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
         },
     );
 
+    // The kubernetes Service leads to the API server: its endpoints hold the control plane's
+    // address, and a pod connects through the Service address (TLS is not spoken here:
+    // busybox has none; a refused or black-holed connect fails nc).
+    let ep = k.json(&["get", "endpoints", "kubernetes"]);
+    assert_eq!(
+        ep["subsets"][0]["addresses"][0]["ip"], "172.31.210.1",
+        "{ep}"
+    );
+    let out = k.run(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        "nc -w 3 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null; echo rc=$?",
+    ]);
+    assert!(out.trim_end().ends_with("rc=0"), "{out}");
+
     // The NodePort answers on every node's address, from the host.
     for node in &c.state.nodes {
         let out = Command::new("curl")

@@ -1145,6 +1145,66 @@ impl ApiState {
         }
     }
 
+    /// Points the `kubernetes` Service at this API server: an Endpoints and an EndpointSlice
+    /// named `kubernetes` in `default` holding `address:port`, as the real API server's
+    /// endpoint reconciler keeps them, so pods reach the API through the Service's address.
+    /// Rewritten at every start (the address may have changed).
+    pub async fn ensure_kubernetes_endpoints(
+        &self,
+        address: std::net::Ipv4Addr,
+        port: u16,
+    ) -> Result<(), ApiError> {
+        let meta = json!({"name": "kubernetes", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"}});
+        let objects = [
+            (
+                "",
+                "endpoints",
+                json!({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "namespace": "default"},
+                    "subsets": [{"addresses": [{"ip": address.to_string()}],
+                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+            ),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": meta, "addressType": "IPv4",
+                    "endpoints": [{"addresses": [address.to_string()],
+                        "conditions": {"ready": true, "serving": true, "terminating": false}}],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
+            ),
+        ];
+        for (group, resource, body) in objects {
+            let def = self
+                .registry
+                .find(group, "v1", resource)
+                .expect("endpoints and endpointslices are served")
+                .clone();
+            let opts = WriteOptions::default();
+            match self
+                .create(&def, Some("default"), body.clone(), &opts)
+                .await
+            {
+                Ok(_) => {}
+                Err(ApiError::AlreadyExists { .. }) => {
+                    self.update(
+                        &def,
+                        Some("default"),
+                        "kubernetes",
+                        body,
+                        Subresource::Main,
+                        &opts,
+                    )
+                    .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates `default`, `kube-system`, `kube-public` and `kube-node-lease` if missing.
     pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
         let def = self
