@@ -704,6 +704,10 @@ async fn statefulset_parallel_creates_all_and_rolling_update_honours_the_partiti
     let status = eventually("ordinals >= 1 updated", || async {
         let pods = pods_of(&c.client, "app=db").await;
         let s = api.get("db").await.unwrap().status?;
+        if s.observed_generation != Some(2) {
+            // The status still names the old template's revision.
+            return None;
+        }
         let new_rev = s.update_revision.clone()?;
         let updating: Vec<&Pod> = pods
             .iter()
