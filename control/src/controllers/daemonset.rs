@@ -232,9 +232,12 @@ pub struct Step {
     pub create: Vec<String>,
 }
 
+/// A node's updated pod and old pod.
+type NewAndOld = (Option<Arc<Pod>>, Option<Arc<Pod>>);
+
 /// The updated and the old pod of a node, ignoring terminating ones; `None` when there are
 /// two of a kind (the manage step cleans that up first).
-fn split(pods: &[Arc<Pod>], hash: &str) -> Option<(Option<Arc<Pod>>, Option<Arc<Pod>>)> {
+fn split(pods: &[Arc<Pod>], hash: &str) -> Option<NewAndOld> {
     let (mut new, mut old) = (None, None);
     for p in pods
         .iter()
