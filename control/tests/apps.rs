@@ -504,6 +504,37 @@ async fn daemonset_and_statefulset_validation_is_a_422() {
         }
         other => panic!("expected 422, got {other:?}"),
     }
+    // The identity of a set's pods is fixed once created.
+    sts_api
+        .create(&PostParams::default(), &statefulset("ok", 0, "Parallel", 0))
+        .await
+        .unwrap();
+    let renamed = sts_api
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"serviceName": "other"}})),
+        )
+        .await;
+    match renamed {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(
+                s.message.contains("updates to statefulset spec"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    sts_api
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("replicas may change");
 }
 
 fn statefulset(name: &str, replicas: i32, policy: &str, partition: i32) -> StatefulSet {

@@ -385,6 +385,47 @@ fn validate_apps_set(kind: &str, object: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// The StatefulSet spec fields an update may change (Kubernetes' `ValidateStatefulSetUpdate`).
+const STATEFULSET_MUTABLE: &[&str] = &[
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+/// Rules about what an update may change: a DaemonSet's selector, and a StatefulSet's spec
+/// beyond [`STATEFULSET_MUTABLE`] (the controllers find their pods through them).
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match kind {
+        "DaemonSet" => {
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+                errs.push(FieldError::immutable("spec.selector"));
+            }
+        }
+        "StatefulSet" => {
+            let frozen = |v: &Value| -> Value {
+                let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(m) = spec.as_object_mut() {
+                    m.retain(|k, _| !STATEFULSET_MUTABLE.contains(&k.as_str()));
+                }
+                spec
+            };
+            if frozen(old) != frozen(new) {
+                errs.push(FieldError::forbidden(
+                    "spec",
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
 /// Per-kind validation of a decoded object.
 pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -539,6 +580,27 @@ mod tests {
                 "spec.updateStrategy.rollingUpdate.partition"
             ]
         );
+    }
+
+    #[test]
+    fn daemonset_selector_and_statefulset_identity_are_fixed() {
+        let sts = json!({"spec": {"replicas": 1, "serviceName": "a", "selector": {"matchLabels": {"app": "a"}}}});
+        let mut scaled = sts.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        scaled["spec"]["template"] = json!({"metadata": {}});
+        assert!(validate_update("StatefulSet", &sts, &scaled).is_empty());
+        let mut renamed = sts.clone();
+        renamed["spec"]["serviceName"] = json!("b");
+        let errs = validate_update("StatefulSet", &sts, &renamed);
+        assert_eq!(
+            (errs[0].field.as_str(), errs[0].reason),
+            ("spec", "FieldValueForbidden")
+        );
+        let mut reselected = sts.clone();
+        reselected["spec"]["selector"] = json!({"matchLabels": {"app": "b"}});
+        let errs = validate_update("DaemonSet", &sts, &reselected);
+        assert_eq!(errs[0].field, "spec.selector");
+        assert!(validate_update("Deployment", &sts, &reselected).is_empty());
     }
 
     #[test]
