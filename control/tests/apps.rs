@@ -803,3 +803,51 @@ async fn statefulset_parallel_creates_all_and_rolling_update_honours_the_partiti
     .await;
     assert_ne!(pod_api.get("db-0").await.unwrap().uid(), db0.uid());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_recreated_after_orphaning_adopts_its_pods() {
+    let c = cluster().await;
+    let api: Api<StatefulSet> = Api::default_namespaced(c.client.clone());
+    api.create(
+        &PostParams::default(),
+        &statefulset("cache", 2, "Parallel", 0),
+    )
+    .await
+    .unwrap();
+    eventually("2 pods", || async {
+        (pod_names(&c.client, "app=cache").await == ["cache-0", "cache-1"]).then_some(())
+    })
+    .await;
+    api.delete("cache", &DeleteParams::orphan()).await.unwrap();
+    let orphans = eventually("set gone, pods orphaned", || async {
+        let gone = api.get_opt("cache").await.unwrap().is_none();
+        let pods = pods_of(&c.client, "app=cache").await;
+        (gone && pods.len() == 2 && pods.iter().all(|p| p.owner_references().is_empty()))
+            .then_some(pods)
+    })
+    .await;
+    let set = api
+        .create(
+            &PostParams::default(),
+            &statefulset("cache", 2, "Parallel", 0),
+        )
+        .await
+        .unwrap();
+    eventually("both adopted", || async {
+        let pods = pods_of(&c.client, "app=cache").await;
+        let adopted = pods.iter().all(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == set.metadata.uid.as_ref() && o.controller == Some(true))
+        });
+        (pods.len() == 2 && adopted).then_some(())
+    })
+    .await;
+    for p in orphans {
+        let now = Api::<Pod>::default_namespaced(c.client.clone())
+            .get(&p.name_any())
+            .await
+            .unwrap();
+        assert_eq!(now.uid(), p.uid(), "adopted, not replaced");
+    }
+}

@@ -401,10 +401,8 @@ const STATEFULSET_MUTABLE: &[&str] = &[
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match kind {
-        "DaemonSet" => {
-            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
-                errs.push(FieldError::immutable("spec.selector"));
-            }
+        "DaemonSet" if old.pointer("/spec/selector") != new.pointer("/spec/selector") => {
+            errs.push(FieldError::immutable("spec.selector"));
         }
         "StatefulSet" => {
             let frozen = |v: &Value| -> Value {

@@ -7,14 +7,14 @@
 //! and has no NoSchedule/NoExecute taint the pod does not tolerate; a pod stays on a node whose
 //! untolerated taints are all NoSchedule (as in Kubernetes). Pods on nodes that stopped being
 //! eligible or are gone are deleted, failed pods are deleted (and so replaced), extra pods on a
-//! node go oldest-kept.
+//! node go oldest-kept. Matching orphan pods are adopted (`claim.rs`).
 //!
 //! Updates: the template's history is kept in ControllerRevisions (`history.rs`), pods carry the
 //! `controller-revision-hash` label of the revision they were made from. RollingUpdate replaces
 //! old pods node by node within maxUnavailable (default 1) or, with maxSurge, starts the new pod
 //! before the old one goes; OnDelete leaves old pods until someone deletes them. Status carries
-//! what `kubectl rollout status daemonset/x` reads. Not done: adoption of orphan pods,
-//! Kubernetes' back-off between recreations of a failing pod.
+//! what `kubectl rollout status daemonset/x` reads. Not done: Kubernetes' back-off between
+//! recreations of a failing pod.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
 use super::replicaset::pod_from_template;
-use super::{ownership, pod_state, status, Context};
+use super::{claim, ownership, pod_state, status, Context};
 use crate::scheduler::filter::{term_matches, tolerates};
 
 const COMPONENT: &str = "daemonset-controller";
@@ -366,6 +366,7 @@ pub async fn run(ctx: Context) {
         watcher::Config::default(),
     );
     let sets = controller.store();
+    let pod_sets = sets.clone();
     let state = Arc::new(State {
         client,
         pods,
@@ -377,7 +378,7 @@ pub async fn run(ctx: Context) {
         recorder: ctx.recorder(COMPONENT),
     });
     controller
-        .watches_stream(pod_events, |pod| owner_of(&pod.metadata, pod.namespace()))
+        .watches_stream(pod_events, move |pod| pod_owners(&pod_sets, &pod))
         .watches_stream(rev_events, |rev| owner_of(&rev.metadata, rev.namespace()))
         // Any node change may change where daemon pods belong.
         .watches_stream(node_events, move |_| {
@@ -390,6 +391,24 @@ pub async fn run(ctx: Context) {
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})
         .await;
+}
+
+/// The sets a pod event concerns: its controller, or (for an orphan) every DaemonSet in its
+/// namespace whose selector matches it, which may adopt it.
+fn pod_owners(sets: &Store<DaemonSet>, pod: &Pod) -> Vec<ObjectRef<DaemonSet>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if ownership::controller_of(&pod.metadata).is_some() {
+        return owner_of(&pod.metadata, Some(ns)).into_iter().collect();
+    }
+    sets.state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|d| {
+            Selector::try_from(d.spec.selector.clone())
+                .is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()))
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 fn owner_of(
@@ -476,15 +495,18 @@ async fn reconcile(ds: Arc<DaemonSet>, state: Arc<State>) -> Result<Action, Daem
     add_daemon_tolerations(proto_spec);
     let proto_spec = proto_spec.clone();
 
+    let pods_api: Api<Pod> = Api::namespaced(state.client.clone(), &ns);
+    let in_ns: Vec<Arc<Pod>> = state
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let owner = ownership::controller_ref(ds.as_ref());
+    let owned = claim::claim(&pods_api, &owner, false, &selector, in_ns, |_| true).await?;
     let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
     let mut homeless: Vec<Arc<Pod>> = Vec::new();
-    for pod in state.pods.state() {
-        if pod.namespace().as_deref() != Some(ns.as_str())
-            || !ownership::is_controlled_by(&pod.metadata, &uid)
-            || !selector.matches(pod.labels())
-        {
-            continue;
-        }
+    for pod in owned {
         match target_node(&pod) {
             Some(n) => by_node.entry(n).or_default().push(pod),
             None => homeless.push(pod),
@@ -578,7 +600,6 @@ async fn reconcile(ds: Arc<DaemonSet>, state: Arc<State>) -> Result<Action, Daem
     );
 
     let obj_ref = reference(ds.as_ref());
-    let pods_api: Api<Pod> = Api::namespaced(state.client.clone(), &ns);
     let wrote = !create.is_empty() || !delete.is_empty();
     for node_name in &create {
         create_on(&state, &pods_api, &key, &obj_ref, &proto, node_name).await?;

@@ -6,7 +6,8 @@
 //! template back as it is, and `kubectl rollout history` lists the revisions owned by the set
 //! whose labels match its selector (they carry the template's labels). Templates are compared
 //! and hashed as the Deployment controller does ([`normalized_template`]), so a rolled-back
-//! template finds its old revision again, which then gets the next revision number.
+//! template finds its old revision again, which then gets the next revision number. An orphaned
+//! revision of the same template (its set was deleted with `--cascade=orphan`) is adopted.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -181,6 +182,31 @@ where
                 // Ours with this template (the cache lags) or a real collision.
                 let existing = api.get(&name).await?;
                 let same = template_value(&existing) == Some(normalized_template(template));
+                let orphan = ownership::controller_of(&existing.metadata).is_none();
+                if same && orphan {
+                    // Left behind by a set deleted with `--cascade=orphan`: adopt it, so the
+                    // pods made from it (adopted too) count as up to date.
+                    let mut refs = existing
+                        .metadata
+                        .owner_references
+                        .clone()
+                        .unwrap_or_default();
+                    refs.push(ownership::controller_ref(owner));
+                    let patch = ownership::owner_refs_patch(&existing.metadata, refs);
+                    let adopted = api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    let update = if number(&adopted) < max {
+                        bump(api, &adopted, max + 1).await?
+                    } else {
+                        adopted
+                    };
+                    return Ok(Synced {
+                        update,
+                        collision_count: count,
+                        wrote: true,
+                    });
+                }
                 if same && ownership::is_controlled_by(&existing.metadata, &uid) {
                     let update = if number(&existing) < max {
                         bump(api, &existing, max + 1).await?

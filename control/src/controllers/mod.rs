@@ -3,6 +3,7 @@
 //! the others a `kube::Client` against the server's own HTTPS endpoint (`Context`), so they
 //! could equally run in a separate process.
 
+pub mod claim;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;

@@ -18,8 +18,8 @@
 //! skiff has no persistent volumes: for each `volumeClaimTemplates` entry the pod gets an
 //! `emptyDir` volume of that name instead of a PersistentVolumeClaim, so manifests run but the
 //! data lives only as long as the pod. `persistentVolumeClaimRetentionPolicy` is therefore moot,
-//! and `rollingUpdate.maxUnavailable` (alpha in Kubernetes) is ignored. Not done: adoption of
-//! orphan pods.
+//! and `rollingUpdate.maxUnavailable` (alpha in Kubernetes) is ignored. Orphans named like the
+//! set's pods and matching its selector are adopted (`claim.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
-use super::{ownership, pod_state, status, Context};
+use super::{claim, ownership, pod_state, status, Context};
 
 const COMPONENT: &str = "statefulset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -291,13 +291,37 @@ pub async fn run(ctx: Context) {
         expectations: Expectations::default(),
         recorder: ctx.recorder(COMPONENT),
     });
-    Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
-        .watches_stream(pod_events, |pod| owner_of(&pod.metadata, pod.namespace()))
+    let controller = Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default());
+    let sets = controller.store();
+    controller
+        .watches_stream(pod_events, move |pod| pod_owners(&sets, &pod))
         .watches_stream(rev_events, |rev| owner_of(&rev.metadata, rev.namespace()))
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})
         .await;
+}
+
+/// The sets a pod event concerns: its controller, or (for an orphan) the set of its name
+/// whose selector matches it, which may adopt it.
+fn pod_owners(sets: &Store<StatefulSet>, pod: &Pod) -> Vec<ObjectRef<StatefulSet>> {
+    let ns = pod.namespace().unwrap_or_default();
+    if ownership::controller_of(&pod.metadata).is_some() {
+        return owner_of(&pod.metadata, Some(ns)).into_iter().collect();
+    }
+    sets.state()
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|s| adoptable(s, pod))
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// An orphan the set may adopt: named like its pods and matching its selector.
+fn adoptable(set: &StatefulSet, pod: &Pod) -> bool {
+    ordinal_of(&set.name_any(), &pod.name_any()).is_some()
+        && Selector::try_from(set.spec.selector.clone())
+            .is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()))
 }
 
 fn owner_of(meta: &ObjectMeta, ns: Option<String>) -> Option<ObjectRef<StatefulSet>> {
@@ -376,14 +400,20 @@ async fn reconcile(set: Arc<StatefulSet>, state: Arc<State>) -> Result<Action, S
     let current_name = current.name_any();
     let current_template = history::template_of(&current).unwrap_or_else(|| spec.template.clone());
 
+    let pods_api: Api<Pod> = Api::namespaced(state.client.clone(), &ns);
+    let in_ns: Vec<Arc<Pod>> = state
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+        .collect();
+    let owner = ownership::controller_ref(set.as_ref());
+    let owned = claim::claim(&pods_api, &owner, false, &selector, in_ns, |p| {
+        ordinal_of(&name, &p.name_any()).is_some()
+    })
+    .await?;
     let mut pods: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
-    for pod in state.pods.state() {
-        if pod.namespace().as_deref() != Some(ns.as_str())
-            || !ownership::is_controlled_by(&pod.metadata, &uid)
-            || !selector.matches(pod.labels())
-        {
-            continue;
-        }
+    for pod in owned {
         if let Some(ord) = ordinal_of(&name, &pod.name_any()) {
             pods.insert(ord, pod);
         }
@@ -399,7 +429,6 @@ async fn reconcile(set: Arc<StatefulSet>, state: Arc<State>) -> Result<Action, S
     };
     let now = Timestamp::now();
     let obj_ref = reference(set.as_ref());
-    let pods_api: Api<Pod> = Api::namespaced(state.client.clone(), &ns);
     let mut requeue = RESYNC;
     for op in plan(&want, &pods, now) {
         match op {
