@@ -851,3 +851,79 @@ async fn a_statefulset_recreated_after_orphaning_adopts_its_pods() {
         assert_eq!(now.uid(), p.uid(), "adopted, not replaced");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_surge_starts_the_new_pod_before_the_old_one_goes() {
+    let c = cluster().await;
+    for n in ["n1", "n2"] {
+        add_node(&c.client, n, json!([])).await;
+    }
+    let api: Api<DaemonSet> = Api::default_namespaced(c.client.clone());
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "proxy"},
+        "spec": {"selector": {"matchLabels": {"app": "proxy"}}, "template": template("proxy", "proxy:v1"),
+            "updateStrategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &ds).await.unwrap();
+    eventually("2 ready pods", || async {
+        for p in pods_of(&c.client, "app=proxy").await {
+            if node_of(&p).is_some() && !ready(&p) {
+                set_running(&c.client, &p.name_any(), true).await;
+            }
+        }
+        let s = api.get("proxy").await.unwrap().status?;
+        (s.number_available == Some(2)).then_some(())
+    })
+    .await;
+    let old_hash = pods_of(&c.client, "app=proxy").await[0].labels()[HASH].clone();
+    api.patch(
+        "proxy",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "c", "image": "proxy:v2"}]}}}})),
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        // A new pod next to an old one: the old one stays until the new one is ready.
+        let new_pod = eventually("a surge pod", || async {
+            let pods = pods_of(&c.client, "app=proxy").await;
+            for n in ["n1", "n2"] {
+                let serving = pods.iter().any(|p| {
+                    node_of(p).as_deref() == Some(n)
+                        && ready(p)
+                        && p.metadata.deletion_timestamp.is_none()
+                });
+                assert!(
+                    serving,
+                    "maxUnavailable 0 but {n} has no ready pod: {pods:?}"
+                );
+            }
+            pods.into_iter()
+                .find(|p| p.labels()[HASH] != old_hash && node_of(p).is_some() && !ready(p))
+        })
+        .await;
+        let node = node_of(&new_pod).unwrap();
+        let pods = pods_of(&c.client, "app=proxy").await;
+        let old_here = pods
+            .iter()
+            .find(|p| node_of(p).as_deref() == Some(node.as_str()) && p.labels()[HASH] == old_hash)
+            .expect("the old pod is still there");
+        assert!(old_here.metadata.deletion_timestamp.is_none());
+        set_running(&c.client, &new_pod.name_any(), true).await;
+        eventually("the old pod goes once the new one is ready", || async {
+            let pods = pods_of(&c.client, "app=proxy").await;
+            (!pods.iter().any(|p| p.name_any() == old_here.name_any())).then_some(())
+        })
+        .await;
+    }
+    eventually("rollout complete", || async {
+        let s = api.get("proxy").await.unwrap().status?;
+        let pods = pods_of(&c.client, "app=proxy").await;
+        (s.updated_number_scheduled == Some(2) && s.number_available == Some(2) && pods.len() == 2)
+            .then_some(())
+    })
+    .await;
+}
