@@ -70,6 +70,46 @@ fn default_template(object: &mut Value) {
     }
 }
 
+/// StatefulSet and DaemonSet defaults (`SetDefaults_StatefulSet`, `SetDefaults_DaemonSet`):
+/// kubectl's rollout commands read the update strategy.
+fn default_apps_set(kind: &str, object: &mut Value) {
+    let stateful = kind == "StatefulSet";
+    if let Some(spec) = obj(object, "spec") {
+        if stateful {
+            default_field(spec, "replicas", json!(1));
+            default_field(spec, "podManagementPolicy", json!("OrderedReady"));
+            default_field(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+        }
+        default_field(spec, "revisionHistoryLimit", json!(10));
+        default_field(spec, "updateStrategy", json!({}));
+        if let Some(strategy) = spec
+            .get_mut("updateStrategy")
+            .and_then(Value::as_object_mut)
+        {
+            default_field(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate")) {
+                default_field(strategy, "rollingUpdate", json!({}));
+                if let Some(ru) = strategy
+                    .get_mut("rollingUpdate")
+                    .and_then(Value::as_object_mut)
+                {
+                    if stateful {
+                        default_field(ru, "partition", json!(0));
+                    } else {
+                        default_field(ru, "maxUnavailable", json!(1));
+                        default_field(ru, "maxSurge", json!(0));
+                    }
+                }
+            }
+        }
+    }
+    default_template(object);
+}
+
 /// Applies the defaults of `kind` to a decoded object.
 pub fn apply_defaults(kind: &str, object: &mut Value) {
     match kind {
@@ -119,12 +159,13 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
             }
             default_template(object);
         }
-        "ReplicaSet" | "StatefulSet" => {
+        "ReplicaSet" => {
             if let Some(spec) = obj(object, "spec") {
                 default_field(spec, "replicas", json!(1));
             }
             default_template(object);
         }
+        "StatefulSet" | "DaemonSet" => default_apps_set(kind, object),
         "ReplicationController" => {
             let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
             if let Some(spec) = obj(object, "spec") {
@@ -135,7 +176,7 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
             }
             default_template(object);
         }
-        "DaemonSet" | "Job" => default_template(object),
+        "Job" => default_template(object),
         "Namespace" => {
             let map = object.as_object_mut().expect("objects are maps");
             default_field(map, "spec", json!({}));

@@ -113,6 +113,7 @@ fn schemas_for(group: &str, version: &str) -> Map<String, Value> {
         apps::v1::ReplicaSet,
         apps::v1::DaemonSet,
         apps::v1::StatefulSet,
+        apps::v1::ControllerRevision,
         batch::v1::Job,
         batch::v1::CronJob,
         discovery::v1::EndpointSlice,

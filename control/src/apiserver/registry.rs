@@ -197,6 +197,7 @@ impl Registry {
             def::<apps::v1::ReplicaSet>(&["rs"], ALL, SCALE, &["status.replicas"]),
             def::<apps::v1::DaemonSet>(&["ds"], ALL, STATUS, &[]),
             def::<apps::v1::StatefulSet>(&["sts"], ALL, SCALE, &[]),
+            def::<apps::v1::ControllerRevision>(&[], &[], NONE, &[]),
             def::<batch::v1::Job>(&[], ALL, STATUS, &["status.successful"]),
             def::<batch::v1::CronJob>(&["cj"], ALL, STATUS, &[]),
             def::<discovery::v1::EndpointSlice>(&[], &[], NONE, &[]),

@@ -57,6 +57,29 @@ fn columns(kind: &str) -> Vec<Column> {
             c("Images", "string", 1),
             c("Selector", "string", 1),
         ],
+        "DaemonSet" => vec![
+            c("Desired", "integer", 0),
+            c("Current", "integer", 0),
+            c("Ready", "integer", 0),
+            c("Up-to-date", "integer", 0),
+            c("Available", "integer", 0),
+            c("Node Selector", "string", 0),
+            c("Age", "string", 0),
+            c("Containers", "string", 1),
+            c("Images", "string", 1),
+            c("Selector", "string", 1),
+        ],
+        "StatefulSet" => vec![
+            c("Ready", "string", 0),
+            c("Age", "string", 0),
+            c("Containers", "string", 1),
+            c("Images", "string", 1),
+        ],
+        "ControllerRevision" => vec![
+            c("Controller", "string", 0),
+            c("Revision", "integer", 0),
+            c("Age", "string", 0),
+        ],
         "Endpoints" => vec![c("Endpoints", "string", 0), c("Age", "string", 0)],
         "Namespace" => vec![c("Status", "string", 0), c("Age", "string", 0)],
         "ConfigMap" => vec![c("Data", "integer", 0), c("Age", "string", 0)],
@@ -410,6 +433,61 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(selector_string(o.pointer("/spec/selector"))),
             ]
         }
+        "DaemonSet" => {
+            let (containers, images) = containers_and_images(o.pointer("/spec/template/spec"));
+            let node_selector: Vec<String> = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            vec![
+                json!(name),
+                json!(i(o, "/status/desiredNumberScheduled")),
+                json!(i(o, "/status/currentNumberScheduled")),
+                json!(i(o, "/status/numberReady")),
+                json!(i(o, "/status/updatedNumberScheduled")),
+                json!(i(o, "/status/numberAvailable")),
+                json!(or_none(node_selector.join(","))),
+                json!(age),
+                json!(containers),
+                json!(images),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        "StatefulSet" => {
+            let (containers, images) = containers_and_images(o.pointer("/spec/template/spec"));
+            vec![
+                json!(name),
+                json!(format!(
+                    "{}/{}",
+                    i(o, "/status/readyReplicas"),
+                    o.pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                )),
+                json!(age),
+                json!(containers),
+                json!(images),
+            ]
+        }
+        "ControllerRevision" => {
+            let controller = arr(o, "/metadata/ownerReferences")
+                .iter()
+                .find(|r| r.get("controller") == Some(&json!(true)))
+                .map(|r| {
+                    let group = s(r, "/apiVersion").split('/').next().unwrap_or_default();
+                    format!("{}.{group}/{}", s(r, "/kind").to_lowercase(), s(r, "/name"))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                json!(name),
+                json!(controller),
+                json!(i(o, "/revision")),
+                json!(age),
+            ]
+        }
         "Endpoints" => vec![json!(name), json!(endpoints_string(o)), json!(age)],
         "Namespace" => vec![json!(name), json!(s(o, "/status/phase")), json!(age)],
         "ConfigMap" => {
@@ -585,6 +663,9 @@ mod tests {
             "Node",
             "Deployment",
             "ReplicaSet",
+            "DaemonSet",
+            "StatefulSet",
+            "ControllerRevision",
             "Endpoints",
             "Event",
             "Namespace",

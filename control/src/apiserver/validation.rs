@@ -278,6 +278,152 @@ fn validate_workload(object: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+fn not_supported(field: &str, value: &str, supported: &[&str]) -> FieldError {
+    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    FieldError {
+        reason: "FieldValueNotSupported",
+        field: field.into(),
+        message: format!(
+            "Unsupported value: {value:?}: supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+/// The DaemonSet and StatefulSet rules of Kubernetes' apps validation that the controllers
+/// rely on: pods that always restart, known strategies, sane rollout numbers.
+fn validate_apps_set(kind: &str, object: &Value, errs: &mut Vec<FieldError>) {
+    if let Some(p) = str_at(object, "/spec/template/spec/restartPolicy").filter(|p| *p != "Always")
+    {
+        errs.push(not_supported(
+            "spec.template.spec.restartPolicy",
+            p,
+            &["Always"],
+        ));
+    }
+    if let Some(t) = str_at(object, "/spec/updateStrategy/type")
+        .filter(|t| !["RollingUpdate", "OnDelete"].contains(t))
+    {
+        errs.push(not_supported(
+            "spec.updateStrategy.type",
+            t,
+            &["OnDelete", "RollingUpdate"],
+        ));
+    }
+    let non_negative = |pointer: &str, field: &str, errs: &mut Vec<FieldError>| {
+        if let Some(n) = object
+            .pointer(pointer)
+            .and_then(Value::as_i64)
+            .filter(|n| *n < 0)
+        {
+            errs.push(FieldError::invalid(
+                field,
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    };
+    non_negative("/spec/minReadySeconds", "spec.minReadySeconds", errs);
+    non_negative(
+        "/spec/revisionHistoryLimit",
+        "spec.revisionHistoryLimit",
+        errs,
+    );
+    if kind == "StatefulSet" {
+        if let Some(p) = str_at(object, "/spec/podManagementPolicy")
+            .filter(|p| !["OrderedReady", "Parallel"].contains(p))
+        {
+            errs.push(not_supported(
+                "spec.podManagementPolicy",
+                p,
+                &["OrderedReady", "Parallel"],
+            ));
+        }
+        non_negative(
+            "/spec/updateStrategy/rollingUpdate/partition",
+            "spec.updateStrategy.rollingUpdate.partition",
+            errs,
+        );
+        non_negative("/spec/ordinals/start", "spec.ordinals.start", errs);
+        return;
+    }
+    // DaemonSet: maxUnavailable and maxSurge are counts or percentages, not both zero.
+    let amount = |name: &str, errs: &mut Vec<FieldError>| -> Option<bool> {
+        let field = format!("spec.updateStrategy.rollingUpdate.{name}");
+        let v = object.pointer(&format!("/spec/updateStrategy/rollingUpdate/{name}"))?;
+        let zero = match v {
+            Value::Number(n) => match n.as_i64() {
+                Some(n) if n >= 0 => n == 0,
+                _ => {
+                    errs.push(FieldError::invalid(
+                        &field,
+                        &v.to_string(),
+                        "must be greater than or equal to 0",
+                    ));
+                    return None;
+                }
+            },
+            Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok()) {
+                Some(p) if p <= 100 => p == 0,
+                _ => {
+                    errs.push(FieldError::invalid(&field, s, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%'), at most 100%"));
+                    return None;
+                }
+            },
+            _ => return None,
+        };
+        Some(zero)
+    };
+    let unavailable_zero = amount("maxUnavailable", errs);
+    let surge_zero = amount("maxSurge", errs);
+    if unavailable_zero == Some(true) && surge_zero.unwrap_or(true) {
+        errs.push(FieldError::invalid(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            "0",
+            "may not be 0 when `maxSurge` is 0",
+        ));
+    }
+}
+
+/// The StatefulSet spec fields an update may change (Kubernetes' `ValidateStatefulSetUpdate`).
+const STATEFULSET_MUTABLE: &[&str] = &[
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+/// Rules about what an update may change: a DaemonSet's selector, and a StatefulSet's spec
+/// beyond [`STATEFULSET_MUTABLE`] (the controllers find their pods through them).
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    match kind {
+        "DaemonSet" if old.pointer("/spec/selector") != new.pointer("/spec/selector") => {
+            errs.push(FieldError::immutable("spec.selector"));
+        }
+        "StatefulSet" => {
+            let frozen = |v: &Value| -> Value {
+                let mut spec = v.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(m) = spec.as_object_mut() {
+                    m.retain(|k, _| !STATEFULSET_MUTABLE.contains(&k.as_str()));
+                }
+                spec
+            };
+            if frozen(old) != frozen(new) {
+                errs.push(FieldError::forbidden(
+                    "spec",
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
 /// Per-kind validation of a decoded object.
 pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -287,6 +433,9 @@ pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
         "Pod" => validate_pod_spec(object.get("spec"), "spec", &mut errs),
         "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "ReplicationController" => {
             validate_workload(object, &mut errs);
+            if matches!(kind, "DaemonSet" | "StatefulSet") {
+                validate_apps_set(kind, object, &mut errs);
+            }
             if let Some(r) = object.pointer("/spec/replicas").and_then(Value::as_i64) {
                 if r < 0 {
                     errs.push(FieldError::invalid(
@@ -376,6 +525,80 @@ mod tests {
             &json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
         );
         assert_eq!(errs, vec![FieldError::required("spec.containers[0].image")]);
+    }
+
+    #[test]
+    fn daemonset_and_statefulset_rules() {
+        let ds = |ru: Value, policy: &str| {
+            json!({"kind": "DaemonSet", "metadata": {"name": "d"}, "spec": {
+                "selector": {"matchLabels": {"app": "d"}},
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": ru},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "i"}]}}}})
+        };
+        assert!(
+            validate_object("DaemonSet", &ds(json!({"maxUnavailable": 1}), "Always")).is_empty()
+        );
+        assert!(validate_object(
+            "DaemonSet",
+            &ds(json!({"maxUnavailable": 0, "maxSurge": "10%"}), "Always")
+        )
+        .is_empty());
+        let errs = validate_object(
+            "DaemonSet",
+            &ds(json!({"maxUnavailable": 0, "maxSurge": 0}), "Always"),
+        );
+        assert_eq!(
+            errs[0].field,
+            "spec.updateStrategy.rollingUpdate.maxUnavailable"
+        );
+        let errs = validate_object("DaemonSet", &ds(json!({"maxUnavailable": "x%"}), "Never"));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.spec.restartPolicy",
+                "spec.updateStrategy.rollingUpdate.maxUnavailable"
+            ]
+        );
+        let sts = json!({"kind": "StatefulSet", "metadata": {"name": "s"}, "spec": {
+            "selector": {"matchLabels": {"app": "s"}}, "podManagementPolicy": "Random",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": -1}},
+            "template": {"metadata": {"labels": {"app": "other"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let fields: Vec<String> = validate_object("StatefulSet", &sts)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.template.metadata.labels",
+                "spec.podManagementPolicy",
+                "spec.updateStrategy.rollingUpdate.partition"
+            ]
+        );
+    }
+
+    #[test]
+    fn daemonset_selector_and_statefulset_identity_are_fixed() {
+        let sts = json!({"spec": {"replicas": 1, "serviceName": "a", "selector": {"matchLabels": {"app": "a"}}}});
+        let mut scaled = sts.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        scaled["spec"]["template"] = json!({"metadata": {}});
+        assert!(validate_update("StatefulSet", &sts, &scaled).is_empty());
+        let mut renamed = sts.clone();
+        renamed["spec"]["serviceName"] = json!("b");
+        let errs = validate_update("StatefulSet", &sts, &renamed);
+        assert_eq!(
+            (errs[0].field.as_str(), errs[0].reason),
+            ("spec", "FieldValueForbidden")
+        );
+        let mut reselected = sts.clone();
+        reselected["spec"]["selector"] = json!({"matchLabels": {"app": "b"}});
+        let errs = validate_update("DaemonSet", &sts, &reselected);
+        assert_eq!(errs[0].field, "spec.selector");
+        assert!(validate_update("Deployment", &sts, &reselected).is_empty());
     }
 
     #[test]

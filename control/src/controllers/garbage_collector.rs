@@ -78,6 +78,7 @@ fn kinds() -> Vec<Kind> {
         kind::<apps::v1::ReplicaSet>(true),
         kind::<apps::v1::DaemonSet>(true),
         kind::<apps::v1::StatefulSet>(true),
+        kind::<apps::v1::ControllerRevision>(true),
         kind::<batch::v1::Job>(true),
         kind::<batch::v1::CronJob>(true),
         kind::<discovery::v1::EndpointSlice>(true),

@@ -3,12 +3,15 @@
 //! the others a `kube::Client` against the server's own HTTPS endpoint (`Context`), so they
 //! could equally run in a separate process.
 
+pub mod claim;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
+pub mod history;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
@@ -18,6 +21,8 @@ pub mod pod_cidr;
 pub mod pod_state;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod statefulset;
+pub mod status;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +53,8 @@ pub async fn run_all(ctx: Context) {
         tokio::spawn(endpoints::run(ctx.clone())),
         tokio::spawn(deployment::run(ctx.clone())),
         tokio::spawn(garbage_collector::run(ctx.clone())),
+        tokio::spawn(daemonset::run(ctx.clone())),
+        tokio::spawn(statefulset::run(ctx.clone())),
     ];
     for task in tasks {
         let _ = task.await;
