@@ -3,12 +3,14 @@
 //! the others a `kube::Client` against the server's own HTTPS endpoint (`Context`), so they
 //! could equally run in a separate process.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
+pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
@@ -18,6 +20,7 @@ pub mod pod_cidr;
 pub mod pod_state;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod schedule;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +50,8 @@ pub async fn run_all(ctx: Context) {
         tokio::spawn(endpointslice::run(ctx.clone())),
         tokio::spawn(endpoints::run(ctx.clone())),
         tokio::spawn(deployment::run(ctx.clone())),
+        tokio::spawn(job::run(ctx.clone())),
+        tokio::spawn(cronjob::run(ctx.clone())),
         tokio::spawn(garbage_collector::run(ctx.clone())),
     ];
     for task in tasks {
