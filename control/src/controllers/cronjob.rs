@@ -126,6 +126,10 @@ fn started(job: &Job) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
+fn scheduled_for(job: &Job) -> Option<Timestamp> {
+    job.annotations().get(SCHEDULED_TIMESTAMP)?.parse().ok()
+}
+
 fn job_ref(job: &Job) -> ObjectReference {
     job.object_ref(&())
 }
@@ -217,7 +221,8 @@ async fn reconcile(cj: Arc<CronJob>, state: Arc<State>) -> Result<Action, CronJo
         (&mut succeeded, spec.successful_jobs_history_limit.unwrap_or(3)),
         (&mut failed, spec.failed_jobs_history_limit.unwrap_or(1)),
     ] {
-        list.sort_by_key(|j| started(j));
+        // Oldest first; start times have second precision, so ties go by scheduled time.
+        list.sort_by_key(|j| (started(j), scheduled_for(j), j.name_any()));
         let excess = list.len().saturating_sub(usize::try_from(limit).unwrap_or(0));
         for job in list.iter().take(excess) {
             delete_job(&jobs_api, job, &object_ref, &state).await?;
@@ -226,7 +231,16 @@ async fn reconcile(cj: Arc<CronJob>, state: Arc<State>) -> Result<Action, CronJo
 
     let mut requeue = None;
     if spec.suspend != Some(true) {
-        requeue = run_schedule(&cj, now, &mut status, &mut active, &jobs_api, &state).await?;
+        requeue = run_schedule(
+            &cj,
+            now,
+            &owned,
+            &mut status,
+            &mut active,
+            &jobs_api,
+            &state,
+        )
+        .await?;
     }
     // Keep the references as they were written (no churn on every Job update).
     status.active = (!active.is_empty()).then_some(active);
@@ -242,6 +256,7 @@ async fn reconcile(cj: Arc<CronJob>, state: Arc<State>) -> Result<Action, CronJo
 async fn run_schedule(
     cj: &CronJob,
     now: Timestamp,
+    owned: &[Arc<Job>],
     status: &mut CronJobStatus,
     active: &mut Vec<ObjectReference>,
     jobs_api: &Api<Job>,
@@ -297,6 +312,13 @@ async fn run_schedule(
             )
             .await;
     }
+    let name = job_name(&cj.name_any(), scheduled);
+    // A pass that worked from a CronJob older than its own last status write (or whose write
+    // lost a race) finds the Job of this time already there: the time is done.
+    if owned.iter().any(|j| j.name_any() == name) {
+        status.last_schedule_time = Some(Time(scheduled));
+        return Ok(sleep.or(Some(MAX_SLEEP)));
+    }
     match spec.concurrency_policy.as_deref() {
         Some("Forbid") if !active.is_empty() => {
             // lastScheduleTime stays: the time runs when the active Job ends, if still in time.
@@ -321,7 +343,6 @@ async fn run_schedule(
         }
         _ => {}
     }
-    let name = job_name(&cj.name_any(), scheduled);
     let template = spec.job_template.clone();
     let tmeta = template.metadata.unwrap_or_default();
     let mut annotations = tmeta.annotations.unwrap_or_default();
