@@ -42,7 +42,7 @@ impl Drop for Cluster {
 impl Cluster {
     fn advance(&self, by: SignedDuration) {
         let mut now = self.now.lock().unwrap();
-        *now = *now + by;
+        *now += by;
     }
 }
 
@@ -192,8 +192,7 @@ fn track_max_active(client: &kube::Client, job: &str) -> Arc<Mutex<usize>> {
     let max = Arc::new(Mutex::new(0usize));
     let seen = max.clone();
     let api: Api<Pod> = Api::default_namespaced(client.clone());
-    let config =
-        watcher::Config::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+    let config = watcher::Config::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
     tokio::spawn(async move {
         let mut active: BTreeMap<String, bool> = BTreeMap::new();
         let mut stream = watcher(api, config).boxed();
@@ -229,8 +228,12 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
     // The API server generated the selector and the pod labels.
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(
-        spec.selector.as_ref().unwrap().match_labels.as_ref().unwrap()
-            ["batch.kubernetes.io/controller-uid"],
+        spec.selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["batch.kubernetes.io/controller-uid"],
         uid
     );
     assert_eq!(spec.backoff_limit, Some(6));
@@ -263,10 +266,20 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
         condition_of(&c.client, "work", "SuccessCriteriaMet").await,
         Some(("True".into(), "CompletionsReached".into()))
     );
-    assert_eq!(pods_of(&c.client, "work").await.len(), 3, "exactly three pods ran");
-    assert!(*max_active.lock().unwrap() <= 2, "never more than parallelism");
+    assert_eq!(
+        pods_of(&c.client, "work").await.len(),
+        3,
+        "exactly three pods ran"
+    );
+    assert!(
+        *max_active.lock().unwrap() <= 2,
+        "never more than parallelism"
+    );
     let reasons = reasons_for(&c.client, "work").await;
-    assert!(reasons.contains("SuccessfulCreate") && reasons.contains("Completed"), "{reasons:?}");
+    assert!(
+        reasons.contains("SuccessfulCreate") && reasons.contains("Completed"),
+        "{reasons:?}"
+    );
 
     // kubectl delete job: background propagation takes the pods along.
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
@@ -342,7 +355,10 @@ async fn job_active_deadline_fails_it() {
     .await;
     wait_condition(&c.client, "slow", "Failed", "DeadlineExceeded").await;
     eventually("pod deleted", || async {
-        active_pods(&c.client, "slow").await.is_empty().then_some(())
+        active_pods(&c.client, "slow")
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
 }
@@ -362,9 +378,13 @@ async fn suspended_job_runs_no_pods_until_resumed() {
 
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
     let resume = |suspend: bool| json!({"spec": {"suspend": suspend}});
-    jobs.patch("later", &PatchParams::default(), &Patch::Merge(resume(false)))
-        .await
-        .unwrap();
+    jobs.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(resume(false)),
+    )
+    .await
+    .unwrap();
     eventually("2 pods after resume", || async {
         (active_pods(&c.client, "later").await.len() == 2).then_some(())
     })
@@ -378,12 +398,19 @@ async fn suspended_job_runs_no_pods_until_resumed() {
     .await;
 
     // Suspending again stops the pods.
-    jobs.patch("later", &PatchParams::default(), &Patch::Merge(resume(true)))
-        .await
-        .unwrap();
+    jobs.patch(
+        "later",
+        &PatchParams::default(),
+        &Patch::Merge(resume(true)),
+    )
+    .await
+    .unwrap();
     wait_condition(&c.client, "later", "Suspended", "JobSuspended").await;
     eventually("pods deleted on suspend", || async {
-        active_pods(&c.client, "later").await.is_empty().then_some(())
+        active_pods(&c.client, "later")
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
 }
@@ -534,10 +561,7 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
     })
     .await;
     let now = *c.now.lock().unwrap();
-    assert_eq!(
-        first.name_any(),
-        format!("tick-{}", last_five_minutes(now))
-    );
+    assert_eq!(first.name_any(), format!("tick-{}", last_five_minutes(now)));
     let owner = &first.owner_references()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
@@ -650,7 +674,11 @@ async fn cronjob_replace_and_suspend() {
         .iter()
         .map(ResourceExt::name_any)
         .collect();
-    assert_eq!(names, [running.clone()], "no Job while suspended");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&running),
+        "no Job while suspended"
+    );
 
     // Resumed: only the most recent missed time runs.
     api.patch(
@@ -678,7 +706,10 @@ async fn job_from_cronjob_as_kubectl_creates_it_runs() {
     let c = cluster().await;
     let api: Api<CronJob> = Api::default_namespaced(c.client.clone());
     let cj = api
-        .create(&PostParams::default(), &cronjob("nightly", "@daily", json!({})))
+        .create(
+            &PostParams::default(),
+            &cronjob("nightly", "@daily", json!({})),
+        )
         .await
         .unwrap();
     // What `kubectl create job manual --from=cronjob/nightly` sends (built client side).
@@ -726,7 +757,10 @@ async fn invalid_batch_objects_are_422() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("unknown time zone Moon/Base")), "{err}");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422 && s.message.contains("unknown time zone Moon/Base")),
+        "{err}"
+    );
 
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
     let always: Job = serde_json::from_value(json!({"metadata": {"name": "always"}, "spec": {

@@ -312,14 +312,18 @@ mod tests {
                 "batch.kubernetes.io/job-name": "pi", "job-name": "pi"})
         );
         // A work queue: parallelism alone leaves completions unset.
-        let mut queue = json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 3}});
+        let mut queue =
+            json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 3}});
         apply_defaults("Job", &mut queue);
         assert!(queue["spec"].get("completions").is_none());
         // A manual selector is left alone.
         let mut manual = json!({"metadata": {"name": "m", "uid": "u-3"},
             "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "m"}}}});
         apply_defaults("Job", &mut manual);
-        assert_eq!(manual["spec"]["selector"], json!({"matchLabels": {"app": "m"}}));
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"app": "m"}})
+        );
     }
 
     #[test]

@@ -338,9 +338,10 @@ fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldErro
         ));
     }
     if mode == "Indexed" && spec.get("completions").is_none_or(Value::is_null) {
-        errs.push(FieldError::required(format!("{field}.completions")).with_message(
-            "when completion mode is Indexed",
-        ));
+        errs.push(
+            FieldError::required(format!("{field}.completions"))
+                .with_message("when completion mode is Indexed"),
+        );
     }
     for (key, what) in [
         ("podFailurePolicy", "pod failure policies"),
@@ -356,10 +357,17 @@ fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldErro
         }
     }
     let template_labels = spec.pointer("/template/metadata/labels");
-    validate_labels(template_labels, &format!("{field}.template.metadata.labels"), errs);
+    validate_labels(
+        template_labels,
+        &format!("{field}.template.metadata.labels"),
+        errs,
+    );
     let pod_field = format!("{field}.template.spec");
     validate_pod_spec(spec.pointer("/template/spec"), &pod_field, errs);
-    if let Some(policy) = spec.pointer("/template/spec/restartPolicy").and_then(Value::as_str) {
+    if let Some(policy) = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+    {
         if !["OnFailure", "Never"].contains(&policy) {
             errs.push(not_supported(
                 format!("{pod_field}.restartPolicy"),
@@ -414,7 +422,11 @@ fn validate_cronjob(object: &Value, errs: &mut Vec<FieldError>) {
         None | Some("") => errs.push(FieldError::required("spec.schedule")),
         Some(schedule) => {
             if let Err(e) = crate::controllers::schedule::parse(schedule) {
-                errs.push(FieldError::invalid("spec.schedule", schedule, e.to_string()));
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    schedule,
+                    e.to_string(),
+                ));
             }
         }
     }
@@ -586,14 +598,20 @@ mod tests {
                 "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
                     "containers": [{"name": "c", "image": "busybox"}]}}}}}})
         };
-        assert_eq!(validate_object("CronJob", &cj("*/5 * * * *", None, "Allow")), vec![]);
+        assert_eq!(
+            validate_object("CronJob", &cj("*/5 * * * *", None, "Allow")),
+            vec![]
+        );
         assert_eq!(
             validate_object("CronJob", &cj("@daily", Some("Europe/Berlin"), "Forbid")),
             vec![]
         );
         let errs = validate_object("CronJob", &cj("every minute", None, "Allow"));
         assert_eq!(errs[0].field, "spec.schedule");
-        assert!(errs[0].message.contains("expected exactly 5 fields"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("expected exactly 5 fields"),
+            "{errs:?}"
+        );
         let errs = validate_object("CronJob", &cj("* * * * *", Some("Nowhere/Land"), "Allow"));
         assert_eq!(errs[0].field, "spec.timeZone");
         let errs = validate_object("CronJob", &cj("* * * * *", None, "Sometimes"));

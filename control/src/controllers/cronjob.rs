@@ -206,7 +206,11 @@ async fn reconcile(cj: Arc<CronJob>, state: Arc<State>) -> Result<Action, CronJo
         .filter_map(|j| j.status.as_ref()?.completion_time.as_ref().map(|t| t.0))
         .max();
     if let Some(t) = last_success {
-        if status.last_successful_time.as_ref().is_none_or(|old| old.0 < t) {
+        if status
+            .last_successful_time
+            .as_ref()
+            .is_none_or(|old| old.0 < t)
+        {
             status.last_successful_time = Some(Time(t));
         }
     }
@@ -218,12 +222,17 @@ async fn reconcile(cj: Arc<CronJob>, state: Arc<State>) -> Result<Action, CronJo
         .filter(|j| finished_condition(j.status.as_ref()).is_some() && !is_complete(j))
         .collect();
     for (list, limit) in [
-        (&mut succeeded, spec.successful_jobs_history_limit.unwrap_or(3)),
+        (
+            &mut succeeded,
+            spec.successful_jobs_history_limit.unwrap_or(3),
+        ),
         (&mut failed, spec.failed_jobs_history_limit.unwrap_or(1)),
     ] {
         // Oldest first; start times have second precision, so ties go by scheduled time.
         list.sort_by_key(|j| (started(j), scheduled_for(j), j.name_any()));
-        let excess = list.len().saturating_sub(usize::try_from(limit).unwrap_or(0));
+        let excess = list
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(0));
         for job in list.iter().take(excess) {
             delete_job(&jobs_api, job, &object_ref, &state).await?;
         }
@@ -271,7 +280,12 @@ async fn run_schedule(
             let message = format!("unparseable schedule: {:?} : {e}", spec.schedule);
             state
                 .recorder
-                .record(&object_ref, EventType::Warning, "UnparseableSchedule", &message)
+                .record(
+                    &object_ref,
+                    EventType::Warning,
+                    "UnparseableSchedule",
+                    &message,
+                )
                 .await;
             return Ok(None);
         }
@@ -281,7 +295,12 @@ async fn run_schedule(
         Err(e) => {
             state
                 .recorder
-                .record(&object_ref, EventType::Warning, "UnknownTimeZone", &e.to_string())
+                .record(
+                    &object_ref,
+                    EventType::Warning,
+                    "UnknownTimeZone",
+                    &e.to_string(),
+                )
                 .await;
             return Ok(None);
         }
@@ -479,7 +498,7 @@ async fn write_status(
     updated.metadata.managed_fields = None;
     let api: Api<CronJob> =
         Api::namespaced(state.client.clone(), &cj.namespace().unwrap_or_default());
-        match api
+    match api
         .replace_status(&cj.name_any(), &PostParams::default(), &updated)
         .await
     {

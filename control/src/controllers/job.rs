@@ -279,8 +279,14 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
         .iter()
         .filter(|p| pod_state::phase(p) == "Succeeded")
         .collect();
-    let succeeded = old.succeeded.unwrap_or(0).max(count(succeeded_pods.len()).unwrap_or(0));
-    let failed = old.failed.unwrap_or(0).max(count(failed_pods.len()).unwrap_or(0));
+    let succeeded = old
+        .succeeded
+        .unwrap_or(0)
+        .max(count(succeeded_pods.len()).unwrap_or(0));
+    let failed = old
+        .failed
+        .unwrap_or(0)
+        .max(count(failed_pods.len()).unwrap_or(0));
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let completions = spec.completions;
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
@@ -310,7 +316,11 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
     }
 
     // Failure first (Kubernetes checks the backoff limit and the deadline before success).
-    let on_failure = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref())
+    let on_failure = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
         == Some("OnFailure");
     let restarts_exceeded = on_failure && {
         let r = restarts(&active);
@@ -361,8 +371,22 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
         } else {
             ("SuccessCriteriaMet", "Complete")
         };
-        set_condition(&mut conditions, target, "True", outcome.reason, outcome.message, now);
-        set_condition(&mut conditions, terminal, "True", outcome.reason, outcome.message, now);
+        set_condition(
+            &mut conditions,
+            target,
+            "True",
+            outcome.reason,
+            outcome.message,
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            terminal,
+            "True",
+            outcome.reason,
+            outcome.message,
+            now,
+        );
         if outcome.failed {
             events.push((EventType::Warning, outcome.reason, outcome.message.into()));
         } else {
@@ -382,7 +406,14 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
 
     if suspended {
         delete_pods(&job, &active, &pods_api, &state, &key).await?;
-        if set_condition(&mut conditions, "Suspended", "True", "JobSuspended", "Job suspended", now) {
+        if set_condition(
+            &mut conditions,
+            "Suspended",
+            "True",
+            "JobSuspended",
+            "Job suspended",
+            now,
+        ) {
             events.push((EventType::Normal, "Suspended", "Job suspended".into()));
         }
         // activeDeadlineSeconds counts from the resume.
@@ -394,14 +425,22 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
             .iter()
             .any(|c| c.type_ == "Suspended" && c.status == "True")
         {
-            set_condition(&mut conditions, "Suspended", "False", "JobResumed", "Job resumed", now);
+            set_condition(
+                &mut conditions,
+                "Suspended",
+                "False",
+                "JobResumed",
+                "Job resumed",
+                now,
+            );
             events.push((EventType::Normal, "Resumed", "Job resumed".into()));
         }
         if status.start_time.is_none() {
             status.start_time = Some(Time(now));
         }
         if let Some(d) = deadline {
-            requeue = requeue.min(d.duration_since(now).unsigned_abs() + Duration::from_millis(100));
+            requeue =
+                requeue.min(d.duration_since(now).unsigned_abs() + Duration::from_millis(100));
         }
         match state.expectations.satisfied(&key, &state.observed) {
             Err(wait) => requeue = requeue.min(wait),
@@ -419,8 +458,8 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
                 });
                 let may_create = backoff_until.is_none_or(|t| t <= now);
                 if let Some(t) = backoff_until.filter(|_| !may_create) {
-                    requeue =
-                        requeue.min(t.duration_since(now).unsigned_abs() + Duration::from_millis(100));
+                    requeue = requeue
+                        .min(t.duration_since(now).unsigned_abs() + Duration::from_millis(100));
                 }
                 manage(&job, &plan, may_create, &pods_api, &state, &key).await?;
             }
@@ -459,7 +498,9 @@ async fn manage(
         } else {
             let active = plan.active.len();
             let wanted = match plan.spec.completions {
-                Some(c) => usize::try_from(c - plan.succeeded).unwrap_or(0).min(parallelism),
+                Some(c) => usize::try_from(c - plan.succeeded)
+                    .unwrap_or(0)
+                    .min(parallelism),
                 // A work queue stops starting pods once one succeeded.
                 None if plan.succeeded > 0 => active.min(parallelism),
                 None => parallelism,
@@ -485,12 +526,15 @@ async fn manage(
             .map(|index| pod_for(job, *index))
             .collect();
         let params = PostParams::default();
-        let results = futures::future::join_all(pods.iter().map(|p| pods_api.create(&params, p))).await;
+        let results =
+            futures::future::join_all(pods.iter().map(|p| pods_api.create(&params, p))).await;
         let mut failure = None;
         for result in results {
             match result {
                 Ok(p) => {
-                    state.expectations.wrote(key, p.metadata.resource_version.as_deref());
+                    state
+                        .expectations
+                        .wrote(key, p.metadata.resource_version.as_deref());
                     state
                         .recorder
                         .record(
@@ -511,7 +555,12 @@ async fn manage(
             };
             state
                 .recorder
-                .record(&object_ref, EventType::Warning, "FailedCreate", &format!("Error creating: {message}"))
+                .record(
+                    &object_ref,
+                    EventType::Warning,
+                    "FailedCreate",
+                    &format!("Error creating: {message}"),
+                )
                 .await;
             return Err(e.into());
         }
@@ -539,7 +588,7 @@ fn indexed_plan<'a>(plan: &Plan<'a>, parallelism: usize) -> (Vec<&'a Arc<Pod>>, 
         pods.sort_by(|a, b| pod_state::deletion_order(a, b));
         // Keep the one deleted last.
         let keep = pods.pop();
-        surplus.extend(pods.drain(..));
+        surplus.append(pods);
         pods.extend(keep);
     }
     let running = by_index.len();
@@ -647,7 +696,7 @@ async fn write_status(job: &Job, status: JobStatus, state: &State) -> Result<boo
     updated.status = Some(status);
     updated.metadata.managed_fields = None;
     let api: Api<Job> = Api::namespaced(state.client.clone(), &job.namespace().unwrap_or_default());
-        match api
+    match api
         .replace_status(&job.name_any(), &PostParams::default(), &updated)
         .await
     {
@@ -661,7 +710,10 @@ async fn write_status(job: &Job, status: JobStatus, state: &State) -> Result<boo
 async fn record(job: &Job, state: &State, events: Vec<(EventType, &str, String)>) {
     let object_ref = reference(job);
     for (kind, reason, message) in events {
-        state.recorder.record(&object_ref, kind, reason, &message).await;
+        state
+            .recorder
+            .record(&object_ref, kind, reason, &message)
+            .await;
     }
 }
 

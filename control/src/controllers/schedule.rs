@@ -89,7 +89,11 @@ pub fn parse(schedule: &str) -> Result<Schedule, ScheduleError> {
 
 /// Refuses croner's extensions that robfig's standard parser does not know.
 fn check_standard_field(field: &str, name: &str) -> Result<(), ScheduleError> {
-    let bad = |why: &str| Err(ScheduleError::Invalid(format!("{why} in {name} field: {field}")));
+    let bad = |why: &str| {
+        Err(ScheduleError::Invalid(format!(
+            "{why} in {name} field: {field}"
+        )))
+    };
     if let Some(c) = field
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?')))
@@ -238,18 +242,39 @@ mod tests {
             next("0 0 1 JAN *", "2024-05-01T00:00:00Z"),
             "2025-01-01T00:00:00Z"
         );
-        assert_eq!(next("@hourly", "2024-05-01T10:00:00Z"), "2024-05-01T11:00:00Z");
-        assert_eq!(next("@daily", "2024-05-01T10:00:00Z"), "2024-05-02T00:00:00Z");
+        assert_eq!(
+            next("@hourly", "2024-05-01T10:00:00Z"),
+            "2024-05-01T11:00:00Z"
+        );
+        assert_eq!(
+            next("@daily", "2024-05-01T10:00:00Z"),
+            "2024-05-02T00:00:00Z"
+        );
         assert_eq!(
             next("@weekly", "2024-05-01T10:00:00Z"),
             "2024-05-05T00:00:00Z",
             "the next Sunday"
         );
-        assert_eq!(next("@monthly", "2024-05-01T10:00:00Z"), "2024-06-01T00:00:00Z");
-        assert_eq!(next("@yearly", "2024-05-01T10:00:00Z"), "2025-01-01T00:00:00Z");
-        assert_eq!(next("@every 90s", "2024-05-01T10:00:00Z"), "2024-05-01T10:01:30Z");
-        assert_eq!(next("@every 1h30m", "2024-05-01T10:00:00Z"), "2024-05-01T11:30:00Z");
-        assert_eq!(next("0 12 ? * *", "2024-05-01T13:00:00Z"), "2024-05-02T12:00:00Z");
+        assert_eq!(
+            next("@monthly", "2024-05-01T10:00:00Z"),
+            "2024-06-01T00:00:00Z"
+        );
+        assert_eq!(
+            next("@yearly", "2024-05-01T10:00:00Z"),
+            "2025-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            next("@every 90s", "2024-05-01T10:00:00Z"),
+            "2024-05-01T10:01:30Z"
+        );
+        assert_eq!(
+            next("@every 1h30m", "2024-05-01T10:00:00Z"),
+            "2024-05-01T11:30:00Z"
+        );
+        assert_eq!(
+            next("0 12 ? * *", "2024-05-01T13:00:00Z"),
+            "2024-05-02T12:00:00Z"
+        );
     }
 
     #[test]
