@@ -727,6 +727,38 @@ async fn job_from_cronjob_as_kubectl_creates_it_runs() {
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
     jobs.create(&PostParams::default(), &job).await.unwrap();
     finish_job(&c.client, "manual").await;
+    // The CronJob counts it as its own.
+    eventually("lastSuccessfulTime from the manual job", || async {
+        api.get("nightly")
+            .await
+            .unwrap()
+            .status?
+            .last_successful_time
+    })
+    .await;
+
+    // kubectl delete cronjob (background): its Jobs and their pods go too.
+    api.delete(
+        "nightly",
+        &DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("job collected with its cronjob", || async {
+        jobs.get_opt("manual")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("pods collected", || async {
+        pods_of(&c.client, "manual").await.is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
