@@ -86,7 +86,6 @@ fn default_job_spec(spec: Option<&mut Value>) {
     default_field(spec, "backoffLimit", json!(6));
     default_field(spec, "completionMode", json!("NonIndexed"));
     default_field(spec, "suspend", json!(false));
-    default_field(spec, "manualSelector", json!(false));
     default_field(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
 }
 
@@ -206,7 +205,7 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
                 default_field(spec, "successfulJobsHistoryLimit", json!(3));
                 default_field(spec, "failedJobsHistoryLimit", json!(1));
             }
-            default_job_spec(object.pointer_mut("/spec/jobTemplate/spec"));
+            // Like Kubernetes, only the pod template: the Job made from it is defaulted when created.
             if let Some(spec) = object.pointer_mut("/spec/jobTemplate/spec/template/spec") {
                 default_pod_spec(spec);
             }
