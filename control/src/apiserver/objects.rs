@@ -14,7 +14,7 @@ use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, Filter, LabelSelector};
-use super::validation::validate_object;
+use super::validation::{validate_object, validate_update};
 use super::ApiState;
 use crate::store::{object_revision, StoreError};
 
@@ -709,7 +709,8 @@ impl ApiState {
                 + 1;
             meta(&mut new).insert("generation".into(), json!(generation));
         }
-        let causes = validate_object(def.kind, &new);
+        let mut causes = validate_object(def.kind, &new);
+        causes.extend(validate_update(def.kind, old, &new));
         if !causes.is_empty() {
             return Err(Self::invalid(def, &new, causes));
         }

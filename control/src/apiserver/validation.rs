@@ -511,6 +511,27 @@ pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// Rules that compare an update with the stored object: the fields Kubernetes makes immutable
+/// for the kinds whose controllers depend on them (a Job's pods are made from a template and
+/// selector that must not change under it).
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if kind == "Job" {
+        let indexed = str_at(new, "/spec/completionMode") == Some("Indexed");
+        for field in ["selector", "template", "completionMode", "completions"] {
+            // Elastic Indexed Jobs may change completions together with parallelism.
+            let elastic = field == "completions"
+                && indexed
+                && new.pointer("/spec/completions") == new.pointer("/spec/parallelism");
+            let pointer = format!("/spec/{field}");
+            if !elastic && old.pointer(&pointer) != new.pointer(&pointer) {
+                errs.push(FieldError::immutable(format!("spec.{field}")));
+            }
+        }
+    }
+    errs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +609,21 @@ mod tests {
             validate_object("Job", &indexed)[0].field,
             "spec.completions"
         );
+    }
+
+    #[test]
+    fn job_template_and_selector_are_immutable() {
+        let old = job("Never");
+        let mut new = old.clone();
+        new["spec"]["parallelism"] = json!(3);
+        new["metadata"]["labels"] = json!({"a": "b"});
+        assert_eq!(validate_update("Job", &old, &new), vec![]);
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+        assert_eq!(
+            validate_update("Job", &old, &new),
+            vec![FieldError::immutable("spec.template")]
+        );
+        assert_eq!(validate_update("Deployment", &old, &new), vec![]);
     }
 
     #[test]
