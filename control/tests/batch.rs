@@ -174,6 +174,16 @@ async fn wait_condition(client: &kube::Client, job: &str, type_: &str, reason: &
     .await
 }
 
+/// Waits until the events about `name` include every one of `reasons` (events are written
+/// after the status change they report).
+async fn wait_reasons(client: &kube::Client, name: &str, reasons: &[&str]) {
+    eventually(&format!("events {reasons:?} for {name}"), || async {
+        let seen = reasons_for(client, name).await;
+        reasons.iter().all(|r| seen.contains(*r)).then_some(())
+    })
+    .await;
+}
+
 async fn reasons_for(client: &kube::Client, name: &str) -> BTreeSet<String> {
     let events: Api<Event> = Api::default_namespaced(client.clone());
     events
@@ -275,11 +285,7 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
         *max_active.lock().unwrap() <= 2,
         "never more than parallelism"
     );
-    let reasons = reasons_for(&c.client, "work").await;
-    assert!(
-        reasons.contains("SuccessfulCreate") && reasons.contains("Completed"),
-        "{reasons:?}"
-    );
+    wait_reasons(&c.client, "work", &["SuccessfulCreate", "Completed"]).await;
 
     // kubectl delete job: background propagation takes the pods along.
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
@@ -338,11 +344,12 @@ async fn job_fails_past_its_backoff_limit_and_stops_its_pods() {
     })
     .await;
     assert!(active_pods(&c.client, "flaky").await.is_empty());
-    let reasons = reasons_for(&c.client, "flaky").await;
-    assert!(
-        reasons.contains("BackoffLimitExceeded") && reasons.contains("SuccessfulDelete"),
-        "{reasons:?}"
-    );
+    wait_reasons(
+        &c.client,
+        "flaky",
+        &["BackoffLimitExceeded", "SuccessfulDelete"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
