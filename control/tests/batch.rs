@@ -353,6 +353,62 @@ async fn job_fails_past_its_backoff_limit_and_stops_its_pods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_pod_is_replaced_and_restarts_count_under_on_failure() {
+    let c = cluster().await;
+    create_job(&c.client, "retry", json!({})).await;
+    let first = eventually("a pod", || async {
+        active_pods(&c.client, "retry").await.into_iter().next()
+    })
+    .await;
+    // It failed a minute ago: the 10 s creation backoff is over, a replacement comes.
+    let pods: Api<Pod> = Api::default_namespaced(c.client.clone());
+    let finished = (Timestamp::now() - SignedDuration::from_mins(1)).to_string();
+    pods.patch_status(
+        &first.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed", "containerStatuses": [{
+            "name": "c", "image": "busybox:1.36", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 1, "finishedAt": finished}}}]}})),
+    )
+    .await
+    .unwrap();
+    let second = eventually("a replacement", || async {
+        active_pods(&c.client, "retry").await.into_iter().next()
+    })
+    .await;
+    assert_ne!(second.name_any(), first.name_any());
+    let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
+    eventually("failed: 1", || async {
+        (jobs.get("retry").await.unwrap().status?.failed == Some(1)).then_some(())
+    })
+    .await;
+
+    // restartPolicy OnFailure: the kubelet restarts containers in place; the restarts count
+    // against backoffLimit.
+    let mut spec = job_spec(json!({"backoffLimit": 2}));
+    spec["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+    let job: Job =
+        serde_json::from_value(json!({"metadata": {"name": "crashy"}, "spec": spec})).unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pod = eventually("a pod", || async {
+        active_pods(&c.client, "crashy").await.into_iter().next()
+    })
+    .await;
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Running", "containerStatuses": [{
+            "name": "c", "image": "busybox:1.36", "imageID": "", "ready": false,
+            "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_condition(&c.client, "crashy", "Failed", "BackoffLimitExceeded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_active_deadline_fails_it() {
     let c = cluster().await;
     create_job(&c.client, "slow", json!({"activeDeadlineSeconds": 1})).await;

@@ -295,6 +295,12 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
     let mut status = old.clone();
     let mut conditions = old.conditions.clone().unwrap_or_default();
     let mut events: Vec<(EventType, &str, String)> = Vec::new();
+    // Pods on their way out (podReplacementPolicy TerminatingOrFailed replaces them at once).
+    let terminating = owned
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some() && !pod_state::is_finished(p))
+        .count();
+    status.terminating = Some(i32::try_from(terminating).unwrap_or(i32::MAX));
     status.succeeded = (succeeded > 0).then_some(succeeded);
     status.failed = (failed > 0).then_some(failed);
 
