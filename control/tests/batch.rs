@@ -174,6 +174,29 @@ async fn wait_condition(client: &kube::Client, job: &str, type_: &str, reason: &
     .await
 }
 
+/// The store's revision (a list's resourceVersion is the latest one).
+async fn revision(client: &kube::Client) -> String {
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    ns.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
+/// Once converged the controllers must stop writing (no status loops). An observation window,
+/// not a synchronisation: any write during it fails the test.
+async fn assert_quiet(client: &kube::Client) {
+    let before = revision(client).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        before,
+        revision(client).await,
+        "controllers kept writing after converging"
+    );
+}
+
 /// Waits until the events about `name` include every one of `reasons` (events are written
 /// after the status change they report).
 async fn wait_reasons(client: &kube::Client, name: &str, reasons: &[&str]) {
@@ -286,6 +309,7 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
         "never more than parallelism"
     );
     wait_reasons(&c.client, "work", &["SuccessfulCreate", "Completed"]).await;
+    assert_quiet(&c.client).await;
 
     // kubectl delete job: background propagation takes the pods along.
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
@@ -688,6 +712,14 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
         s.active.is_none_or(|a| a.is_empty()).then_some(())
     })
     .await;
+    eventually("the pruned job's pod collected", || async {
+        pods_of(&c.client, &first.name_any())
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_quiet(&c.client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
