@@ -110,6 +110,63 @@ fn default_apps_set(kind: &str, object: &mut Value) {
     default_template(object);
 }
 
+/// `SetDefaults_Job`: one pod to completion unless told otherwise, six retries, NonIndexed.
+fn default_job_spec(spec: Option<&mut Value>) {
+    let Some(spec) = spec.and_then(Value::as_object_mut) else {
+        return;
+    };
+    // Both unset: one pod, once. Only parallelism set: a work queue (completions stays unset).
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null)
+    {
+        spec.insert("completions".into(), json!(1));
+        spec.insert("parallelism".into(), json!(1));
+    }
+    default_field(spec, "parallelism", json!(1));
+    default_field(spec, "backoffLimit", json!(6));
+    default_field(spec, "completionMode", json!("NonIndexed"));
+    default_field(spec, "suspend", json!(false));
+    default_field(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+}
+
+/// The Job strategy's `generateSelector`: unless `manualSelector`, the pods carry the Job's
+/// uid and name as labels and the selector is the uid label.
+fn generate_job_selector(object: &mut Value) {
+    if object.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let Some(uid) = object.pointer("/metadata/uid").cloned() else {
+        return;
+    };
+    let name = object
+        .pointer("/metadata/name")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let Some(spec) = obj(object, "spec") else {
+        return;
+    };
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    default_field(spec, "template", json!({}));
+    let Some(meta) = spec.get_mut("template").and_then(|t| {
+        let t = t.as_object_mut()?;
+        default_field(t, "metadata", json!({}));
+        let m = t.get_mut("metadata")?.as_object_mut()?;
+        default_field(m, "labels", json!({}));
+        m.get_mut("labels")?.as_object_mut()
+    }) else {
+        return;
+    };
+    for key in ["batch.kubernetes.io/controller-uid", "controller-uid"] {
+        meta.insert(key.into(), uid.clone());
+    }
+    for key in ["batch.kubernetes.io/job-name", "job-name"] {
+        meta.insert(key.into(), name.clone());
+    }
+}
+
 /// Applies the defaults of `kind` to a decoded object.
 pub fn apply_defaults(kind: &str, object: &mut Value) {
     match kind {
@@ -176,7 +233,23 @@ pub fn apply_defaults(kind: &str, object: &mut Value) {
             }
             default_template(object);
         }
-        "Job" => default_template(object),
+        "Job" => {
+            default_job_spec(object.get_mut("spec"));
+            generate_job_selector(object);
+            default_template(object);
+        }
+        "CronJob" => {
+            if let Some(spec) = obj(object, "spec") {
+                default_field(spec, "concurrencyPolicy", json!("Allow"));
+                default_field(spec, "suspend", json!(false));
+                default_field(spec, "successfulJobsHistoryLimit", json!(3));
+                default_field(spec, "failedJobsHistoryLimit", json!(1));
+            }
+            // Like Kubernetes, only the pod template: the Job made from it is defaulted when created.
+            if let Some(spec) = object.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+                default_pod_spec(spec);
+            }
+        }
         "Namespace" => {
             let map = object.as_object_mut().expect("objects are maps");
             default_field(map, "spec", json!({}));
@@ -251,6 +324,45 @@ mod tests {
         let mut r = json!({"spec": {"strategy": {"type": "Recreate"}}});
         apply_defaults("Deployment", &mut r);
         assert_eq!(r["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    #[test]
+    fn job_defaults_and_generated_selector() {
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": []}}}});
+        apply_defaults("Job", &mut job);
+        let spec = &job["spec"];
+        assert_eq!(
+            (
+                &spec["completions"],
+                &spec["parallelism"],
+                &spec["backoffLimit"],
+                &spec["completionMode"]
+            ),
+            (&json!(1), &json!(1), &json!(6), &json!("NonIndexed"))
+        );
+        assert_eq!(
+            spec["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        assert_eq!(
+            spec["template"]["metadata"]["labels"],
+            json!({"batch.kubernetes.io/controller-uid": "u-1", "controller-uid": "u-1",
+                "batch.kubernetes.io/job-name": "pi", "job-name": "pi"})
+        );
+        // A work queue: parallelism alone leaves completions unset.
+        let mut queue =
+            json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 3}});
+        apply_defaults("Job", &mut queue);
+        assert!(queue["spec"].get("completions").is_none());
+        // A manual selector is left alone.
+        let mut manual = json!({"metadata": {"name": "m", "uid": "u-3"},
+            "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "m"}}}});
+        apply_defaults("Job", &mut manual);
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"app": "m"}})
+        );
     }
 
     #[test]

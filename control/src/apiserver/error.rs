@@ -36,6 +36,12 @@ impl FieldError {
         }
     }
 
+    /// The same error with another message (`Required value: <detail>`).
+    pub fn with_message(mut self, detail: &str) -> Self {
+        self.message = format!("{}: {detail}", self.message);
+        self
+    }
+
     /// A field may not be changed.
     pub fn immutable(field: impl Into<String>) -> Self {
         Self {

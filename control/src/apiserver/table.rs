@@ -69,6 +69,15 @@ fn columns(kind: &str) -> Vec<Column> {
             c("Images", "string", 1),
             c("Selector", "string", 1),
         ],
+        "Job" => vec![
+            c("Status", "string", 0),
+            c("Completions", "string", 0),
+            c("Duration", "string", 0),
+            c("Age", "string", 0),
+            c("Containers", "string", 1),
+            c("Images", "string", 1),
+            c("Selector", "string", 1),
+        ],
         "StatefulSet" => vec![
             c("Ready", "string", 0),
             c("Age", "string", 0),
@@ -79,6 +88,17 @@ fn columns(kind: &str) -> Vec<Column> {
             c("Controller", "string", 0),
             c("Revision", "integer", 0),
             c("Age", "string", 0),
+        ],
+        "CronJob" => vec![
+            c("Schedule", "string", 0),
+            c("Timezone", "string", 0),
+            c("Suspend", "boolean", 0),
+            c("Active", "integer", 0),
+            c("Last Schedule", "string", 0),
+            c("Age", "string", 0),
+            c("Containers", "string", 1),
+            c("Images", "string", 1),
+            c("Selector", "string", 1),
         ],
         "Endpoints" => vec![c("Endpoints", "string", 0), c("Age", "string", 0)],
         "Namespace" => vec![c("Status", "string", 0), c("Age", "string", 0)],
@@ -212,6 +232,56 @@ fn selector_string(selector: Option<&Value>) -> String {
         });
     }
     or_none(parts.join(","))
+}
+
+/// kubectl's Job STATUS column (1.31+): the first of these conditions that is True.
+fn job_status(job: &Value) -> &'static str {
+    let has = |ty: &str| {
+        arr(job, "/status/conditions")
+            .iter()
+            .any(|c| s(c, "/type") == ty && s(c, "/status") == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if job.pointer("/metadata/deletionTimestamp").is_some() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+}
+
+/// COMPLETIONS: `succeeded/completions`, or `succeeded/1 of parallelism` for a work queue.
+fn job_completions(job: &Value) -> String {
+    let succeeded = i(job, "/status/succeeded");
+    match job.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match i(job, "/spec/parallelism") {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+/// DURATION: start to completion, or start to now while running.
+fn job_duration(job: &Value, now: jiff::Timestamp) -> String {
+    let time = |p: &str| {
+        job.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    match (time("/status/startTime"), time("/status/completionTime")) {
+        (None, _) => String::new(),
+        (Some(start), None) => human_duration((now - start).get_seconds()),
+        (Some(start), Some(end)) => human_duration((end - start).get_seconds()),
+    }
 }
 
 fn containers_and_images(template_spec: Option<&Value>) -> (String, String) {
@@ -456,6 +526,19 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(selector_string(o.pointer("/spec/selector"))),
             ]
         }
+        "Job" => {
+            let (containers, images) = containers_and_images(o.pointer("/spec/template/spec"));
+            vec![
+                json!(name),
+                json!(job_status(o)),
+                json!(job_completions(o)),
+                json!(job_duration(o, now)),
+                json!(age),
+                json!(containers),
+                json!(images),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
         "StatefulSet" => {
             let (containers, images) = containers_and_images(o.pointer("/spec/template/spec"));
             vec![
@@ -486,6 +569,32 @@ fn cells(kind: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(controller),
                 json!(i(o, "/revision")),
                 json!(age),
+            ]
+        }
+        "CronJob" => {
+            let (containers, images) =
+                containers_and_images(o.pointer("/spec/jobTemplate/spec/template/spec"));
+            let last = o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .map_or_else(|| "<none>".to_owned(), |t| age_of(Some(t), now));
+            vec![
+                json!(name),
+                json!(s(o, "/spec/schedule")),
+                json!(or_none(s(o, "/spec/timeZone").into())),
+                json!(if o.pointer("/spec/suspend") == Some(&json!(true)) {
+                    "True"
+                } else {
+                    "False"
+                }),
+                json!(arr(o, "/status/active").len()),
+                json!(last),
+                json!(age),
+                json!(containers),
+                json!(images),
+                json!(selector_string(
+                    o.pointer("/spec/jobTemplate/spec/selector")
+                )),
             ]
         }
         "Endpoints" => vec![json!(name), json!(endpoints_string(o)), json!(age)],
@@ -655,6 +764,36 @@ mod tests {
     }
 
     #[test]
+    fn job_and_cronjob_rows() {
+        let job = json!({"metadata": {"name": "pi", "creationTimestamp": "2024-05-01T09:59:00Z"},
+            "spec": {"completions": 3, "parallelism": 2},
+            "status": {"succeeded": 3, "startTime": "2024-05-01T09:59:00Z",
+                "completionTime": "2024-05-01T09:59:42Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let cells = &table("Job", &[&job], json!({}), IncludeObject::None)["rows"][0]["cells"];
+        assert_eq!(cells[1], "Complete");
+        assert_eq!(cells[2], "3/3");
+        assert_eq!(cells[3], "42s");
+        let queue = json!({"metadata": {"name": "q"}, "spec": {"parallelism": 4}});
+        assert_eq!(job_completions(&queue), "0/1 of 4");
+        assert_eq!(job_status(&queue), "Running");
+        let cj = json!({"metadata": {"name": "c"}, "spec": {"schedule": "*/5 * * * *", "suspend": false},
+            "status": {"active": [{"name": "c-1"}]}});
+        let cells = &table("CronJob", &[&cj], json!({}), IncludeObject::None)["rows"][0]["cells"];
+        assert_eq!(
+            cells.as_array().unwrap()[..6],
+            [
+                json!("c"),
+                json!("*/5 * * * *"),
+                json!("<none>"),
+                json!("False"),
+                json!(1),
+                json!("<none>")
+            ]
+        );
+    }
+
+    #[test]
     fn every_kind_has_as_many_cells_as_columns() {
         let o = json!({"metadata": {"name": "x"}});
         for kind in [
@@ -666,6 +805,8 @@ mod tests {
             "DaemonSet",
             "StatefulSet",
             "ControllerRevision",
+            "Job",
+            "CronJob",
             "Endpoints",
             "Event",
             "Namespace",

@@ -278,7 +278,19 @@ fn validate_workload(object: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn not_supported(field: &str, value: &str, supported: &[&str]) -> FieldError {
+fn non_negative(spec: &Value, key: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if let Some(n) = spec.get(key).and_then(Value::as_i64) {
+        if n < 0 {
+            errs.push(FieldError::invalid(
+                format!("{field}.{key}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> FieldError {
     let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
     FieldError {
         reason: "FieldValueNotSupported",
@@ -396,13 +408,28 @@ const STATEFULSET_MUTABLE: &[&str] = &[
     "minReadySeconds",
 ];
 
-/// Rules about what an update may change: a DaemonSet's selector, and a StatefulSet's spec
-/// beyond [`STATEFULSET_MUTABLE`] (the controllers find their pods through them).
+/// Rules about what an update may change: a DaemonSet's selector, a StatefulSet's spec beyond
+/// [`STATEFULSET_MUTABLE`] and a Job's template, selector and completions (the controllers find
+/// and make their pods through them).
 pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match kind {
         "DaemonSet" if old.pointer("/spec/selector") != new.pointer("/spec/selector") => {
             errs.push(FieldError::immutable("spec.selector"));
+        }
+        // A Job's pods are made from a template and selector that must not change under it.
+        "Job" => {
+            let indexed = str_at(new, "/spec/completionMode") == Some("Indexed");
+            for field in ["selector", "template", "completionMode", "completions"] {
+                // Elastic Indexed Jobs may change completions together with parallelism.
+                let elastic = field == "completions"
+                    && indexed
+                    && new.pointer("/spec/completions") == new.pointer("/spec/parallelism");
+                let pointer = format!("/spec/{field}");
+                if !elastic && old.pointer(&pointer) != new.pointer(&pointer) {
+                    errs.push(FieldError::immutable(format!("spec.{field}")));
+                }
+            }
         }
         "StatefulSet" => {
             let frozen = |v: &Value| -> Value {
@@ -422,6 +449,167 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> 
         _ => {}
     }
     errs
+}
+
+/// Validates a JobSpec found at `field` (a Job's `spec` or a CronJob's `jobTemplate.spec`).
+/// The selector is generated on create, so it is only checked when the Job has one.
+fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required(format!("{field}.template")));
+        return;
+    };
+    for key in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        non_negative(spec, key, field, errs);
+    }
+    if let Some(d) = spec.get("activeDeadlineSeconds").and_then(Value::as_i64) {
+        if d <= 0 {
+            errs.push(FieldError::invalid(
+                format!("{field}.activeDeadlineSeconds"),
+                &d.to_string(),
+                "must be greater than 0",
+            ));
+        }
+    }
+    let mode = spec
+        .get("completionMode")
+        .and_then(Value::as_str)
+        .unwrap_or("NonIndexed");
+    if !["NonIndexed", "Indexed"].contains(&mode) {
+        errs.push(not_supported(
+            format!("{field}.completionMode"),
+            mode,
+            &["NonIndexed", "Indexed"],
+        ));
+    }
+    if mode == "Indexed" && spec.get("completions").is_none_or(Value::is_null) {
+        errs.push(
+            FieldError::required(format!("{field}.completions"))
+                .with_message("when completion mode is Indexed"),
+        );
+    }
+    for (key, what) in [
+        ("podFailurePolicy", "pod failure policies"),
+        ("successPolicy", "success policies"),
+        ("backoffLimitPerIndex", "per-index backoff limits"),
+        ("managedBy", "external Job controllers"),
+    ] {
+        if spec.get(key).is_some_and(|v| !v.is_null()) {
+            errs.push(FieldError::forbidden(
+                format!("{field}.{key}"),
+                format!("skiff's Job controller does not implement {what}"),
+            ));
+        }
+    }
+    let template_labels = spec.pointer("/template/metadata/labels");
+    validate_labels(
+        template_labels,
+        &format!("{field}.template.metadata.labels"),
+        errs,
+    );
+    let pod_field = format!("{field}.template.spec");
+    validate_pod_spec(spec.pointer("/template/spec"), &pod_field, errs);
+    if let Some(policy) = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str)
+    {
+        if !["OnFailure", "Never"].contains(&policy) {
+            errs.push(not_supported(
+                format!("{pod_field}.restartPolicy"),
+                policy,
+                &["OnFailure", "Never"],
+            ));
+        }
+    }
+    let manual = spec.get("manualSelector") == Some(&Value::Bool(true));
+    match spec.get("selector").filter(|s| !s.is_null()) {
+        None if manual => errs.push(FieldError::required(format!("{field}.selector"))),
+        None => {}
+        Some(selector) => match super::selectors::LabelSelector::from_object(selector) {
+            Ok(sel) if sel.is_empty() => errs.push(FieldError::invalid(
+                format!("{field}.selector"),
+                &selector.to_string(),
+                "empty selector is invalid for job",
+            )),
+            Ok(sel) => {
+                let template = serde_json::json!({"metadata": {"labels": template_labels.cloned().unwrap_or(Value::Null)}});
+                if !sel.matches(&template) {
+                    errs.push(FieldError::invalid(
+                        format!("{field}.template.metadata.labels"),
+                        &template_labels.map(Value::to_string).unwrap_or_default(),
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            Err(e) => errs.push(FieldError::invalid(
+                format!("{field}.selector"),
+                &selector.to_string(),
+                e.to_string(),
+            )),
+        },
+    }
+}
+
+fn validate_cronjob(object: &Value, errs: &mut Vec<FieldError>) {
+    // Job names are `<cronjob>-<minutes since epoch>` (11 more characters) and must stay
+    // valid label values (63).
+    if let Some(name) = str_at(object, "/metadata/name") {
+        if name.len() > 52 {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                name,
+                "must be no more than 52 characters",
+            ));
+        }
+    }
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    match spec.get("schedule").and_then(Value::as_str) {
+        None | Some("") => errs.push(FieldError::required("spec.schedule")),
+        Some(schedule) => {
+            if let Err(e) = crate::controllers::schedule::parse(schedule) {
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    schedule,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    if let Some(tz) = spec.get("timeZone").and_then(Value::as_str) {
+        if let Err(e) = crate::controllers::schedule::time_zone(Some(tz)) {
+            errs.push(FieldError::invalid("spec.timeZone", tz, e.to_string()));
+        }
+    }
+    if let Some(policy) = spec.get("concurrencyPolicy").and_then(Value::as_str) {
+        if !["Allow", "Forbid", "Replace"].contains(&policy) {
+            errs.push(not_supported(
+                "spec.concurrencyPolicy",
+                policy,
+                &["Allow", "Forbid", "Replace"],
+            ));
+        }
+    }
+    for key in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(&spec, key, "spec", errs);
+    }
+    validate_labels(
+        spec.pointer("/jobTemplate/metadata/labels"),
+        "spec.jobTemplate.metadata.labels",
+        errs,
+    );
+    validate_job_spec(
+        spec.pointer("/jobTemplate/spec"),
+        "spec.jobTemplate.spec",
+        errs,
+    );
 }
 
 /// Per-kind validation of a decoded object.
@@ -446,21 +634,8 @@ pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
                 }
             }
         }
-        "Job" => validate_pod_spec(
-            object.pointer("/spec/template/spec"),
-            "spec.template.spec",
-            &mut errs,
-        ),
-        "CronJob" => {
-            if str_at(object, "/spec/schedule").is_none_or(str::is_empty) {
-                errs.push(FieldError::required("spec.schedule"));
-            }
-            validate_pod_spec(
-                object.pointer("/spec/jobTemplate/spec/template/spec"),
-                "spec.jobTemplate.spec.template.spec",
-                &mut errs,
-            );
-        }
+        "Job" => validate_job_spec(object.get("spec"), "spec", &mut errs),
+        "CronJob" => validate_cronjob(object, &mut errs),
         "Service" => {
             let ty = str_at(object, "/spec/type").unwrap_or("ClusterIP");
             let headless = str_at(object, "/spec/clusterIP") == Some("None");
@@ -609,6 +784,82 @@ mod tests {
         let errs = validate_object("Deployment", &d);
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "spec.template.metadata.labels");
+    }
+
+    fn job(restart: &str) -> Value {
+        json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+            "restartPolicy": restart, "containers": [{"name": "c", "image": "busybox"}]}}}})
+    }
+
+    #[test]
+    fn job_pods_must_not_restart_always() {
+        assert_eq!(validate_object("Job", &job("Never")), vec![]);
+        assert_eq!(validate_object("Job", &job("OnFailure")), vec![]);
+        let errs = validate_object("Job", &job("Always"));
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.template.spec.restartPolicy");
+        assert_eq!(
+            errs[0].message,
+            "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+        );
+        let mut negative = job("Never");
+        negative["spec"]["backoffLimit"] = json!(-1);
+        assert_eq!(
+            validate_object("Job", &negative)[0].field,
+            "spec.backoffLimit"
+        );
+        let mut indexed = job("Never");
+        indexed["spec"]["completionMode"] = json!("Indexed");
+        assert_eq!(
+            validate_object("Job", &indexed)[0].field,
+            "spec.completions"
+        );
+    }
+
+    #[test]
+    fn job_template_and_selector_are_immutable() {
+        let old = job("Never");
+        let mut new = old.clone();
+        new["spec"]["parallelism"] = json!(3);
+        new["metadata"]["labels"] = json!({"a": "b"});
+        assert_eq!(validate_update("Job", &old, &new), vec![]);
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+        assert_eq!(
+            validate_update("Job", &old, &new),
+            vec![FieldError::immutable("spec.template")]
+        );
+        assert_eq!(validate_update("Deployment", &old, &new), vec![]);
+    }
+
+    #[test]
+    fn cronjob_schedule_zone_and_policy() {
+        let cj = |schedule: &str, tz: Option<&str>, policy: &str| {
+            json!({"metadata": {"name": "cj"}, "spec": {"schedule": schedule, "timeZone": tz,
+                "concurrencyPolicy": policy,
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                    "containers": [{"name": "c", "image": "busybox"}]}}}}}})
+        };
+        assert_eq!(
+            validate_object("CronJob", &cj("*/5 * * * *", None, "Allow")),
+            vec![]
+        );
+        assert_eq!(
+            validate_object("CronJob", &cj("@daily", Some("Europe/Berlin"), "Forbid")),
+            vec![]
+        );
+        let errs = validate_object("CronJob", &cj("every minute", None, "Allow"));
+        assert_eq!(errs[0].field, "spec.schedule");
+        assert!(
+            errs[0].message.contains("expected exactly 5 fields"),
+            "{errs:?}"
+        );
+        let errs = validate_object("CronJob", &cj("* * * * *", Some("Nowhere/Land"), "Allow"));
+        assert_eq!(errs[0].field, "spec.timeZone");
+        let errs = validate_object("CronJob", &cj("* * * * *", None, "Sometimes"));
+        assert_eq!(errs[0].field, "spec.concurrencyPolicy");
+        let mut long = cj("* * * * *", None, "Allow");
+        long["metadata"]["name"] = json!("a".repeat(53));
+        assert_eq!(validate_object("CronJob", &long)[0].field, "metadata.name");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod claim;
 pub mod daemonset;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
@@ -12,6 +13,7 @@ pub mod events;
 pub mod expectations;
 pub mod garbage_collector;
 pub mod history;
+pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
@@ -23,6 +25,7 @@ pub mod replicaset;
 pub mod replicationcontroller;
 pub mod statefulset;
 pub mod status;
+pub mod schedule;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +55,8 @@ pub async fn run_all(ctx: Context) {
         tokio::spawn(endpointslice::run(ctx.clone())),
         tokio::spawn(endpoints::run(ctx.clone())),
         tokio::spawn(deployment::run(ctx.clone())),
+        tokio::spawn(job::run(ctx.clone())),
+        tokio::spawn(cronjob::run(ctx.clone())),
         tokio::spawn(garbage_collector::run(ctx.clone())),
         tokio::spawn(daemonset::run(ctx.clone())),
         tokio::spawn(statefulset::run(ctx.clone())),
