@@ -155,3 +155,229 @@ spec:
     assert!(events.contains("ScalingReplicaSet"), "{events}");
     assert!(events.contains("SuccessfulCreate"), "{events}");
 }
+
+/// Batch and per-node workloads with real pods on two nodes: a Job runs to completion (and one
+/// that fails hits its backoffLimit), a CronJob starts Jobs on its schedule, a DaemonSet puts
+/// one pod on each node, and a StatefulSet makes its pods in order with stable names.
+#[test]
+fn jobs_cronjobs_daemonsets_and_statefulsets_run_real_pods() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPING: needs root (network namespaces, containers)");
+        return;
+    }
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
+    let c = Guard::up(&Options {
+        name: "tbatch".into(),
+        index: 212,
+        nodes: 2,
+        dir: PathBuf::new(),
+        control_bin: control_bin(),
+        agent_bin: agent_bin(),
+        images: Some(images),
+        proxy_mode: "none".into(),
+        agent_args: vec![],
+        control_args: vec![],
+    })
+    .unwrap_or_else(|e| panic!("cluster up: {e:#}"));
+    let k = Kubectl(c.state.kubeconfig.clone());
+
+    // The CronJob first: its first run is at the next minute, which the rest of the test
+    // mostly covers.
+    k.run(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=* * * * *",
+        "--",
+        "echo",
+        "tick",
+    ]);
+
+    // A Job of two completions, one at a time, each pod saying where it ran.
+    k.apply(
+        "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: hello
+spec:
+  completions: 2
+  parallelism: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: hello
+        image: busybox
+        command: [sh, -c, 'echo hello from $(hostname)']
+",
+    );
+    let out = k.run(&[
+        "wait",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=90s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+    let job = k.json(&["get", "job", "hello"]);
+    assert_eq!(job["status"]["succeeded"], 2, "{job}");
+    let pods = k.items(&["get", "pods", "-l", "job-name=hello"]);
+    assert_eq!(pods.len(), 2);
+    assert!(pods.iter().all(|p| p["status"]["phase"] == "Succeeded"));
+    let logs = k.run(&["logs", "job/hello"]);
+    assert!(logs.contains("hello from hello-"), "{logs}");
+
+    // A Job whose pod fails, with no retries: Failed, BackoffLimitExceeded.
+    k.apply(
+        "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: doomed
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: doomed
+        image: busybox
+        command: [sh, -c, 'exit 3']
+",
+    );
+    let out = k.run(&[
+        "wait",
+        "--for=condition=failed",
+        "job/doomed",
+        "--timeout=90s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+    let job = k.json(&["get", "job", "doomed"]);
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded", "{job}");
+
+    // A DaemonSet: one pod on each node.
+    k.apply(
+        "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  selector:
+    matchLabels:
+      app: agent
+  template:
+    metadata:
+      labels:
+        app: agent
+    spec:
+      containers:
+      - name: kubia
+        image: kubia:v1
+",
+    );
+    let out = k.run(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let nodes: std::collections::BTreeSet<String> = k
+        .items(&["get", "pods", "-l", "app=agent"])
+        .iter()
+        .map(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        nodes.into_iter().collect::<Vec<_>>(),
+        ["node-1", "node-2"],
+        "one daemon pod per node"
+    );
+
+    // A StatefulSet: web-0 then web-1, stable names, a deleted pod comes back as itself.
+    k.apply(
+        "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  serviceName: web
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: kubia
+        image: kubia:v1
+",
+    );
+    let out = k.run(&["rollout", "status", "statefulset/web", "--timeout=90s"]);
+    assert!(out.contains("roll"), "{out}");
+    wait_for("web-0 and web-1 Ready", Duration::from_secs(60), || {
+        k.items(&["get", "pods", "-l", "app=web"])
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count()
+            == 2
+    });
+    let web0 = k.json(&["get", "pod", "web-0"]);
+    let web1 = k.json(&["get", "pod", "web-1"]);
+    let created = |p: &serde_json::Value| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(created(&web0) <= created(&web1), "ordered: {web0} {web1}");
+    // Its stable name is its host name: kubia answers with it (asked from web-1's node).
+    let node = c
+        .state
+        .nodes
+        .iter()
+        .find(|n| n.name == web1["spec"]["nodeName"].as_str().unwrap_or_default())
+        .unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.netns))
+        .args(["curl", "-s", "-m", "5"])
+        .arg(format!(
+            "http://{}:8080/",
+            web1["status"]["podIP"].as_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "You've hit web-1\n");
+    let old_uid = web0["metadata"]["uid"].as_str().unwrap().to_owned();
+    k.run(&["delete", "pod", "web-0", "--wait=false"]);
+    wait_for("web-0 back as a new pod", Duration::from_secs(60), || {
+        k.pod("web-0").is_some_and(|p| {
+            p["metadata"]["uid"] != old_uid.as_str() && p["status"]["phase"] == "Running"
+        })
+    });
+
+    // The CronJob's first scheduled Job runs to completion.
+    wait_for("a Job of the CronJob", Duration::from_secs(90), || {
+        k.items(&["get", "jobs"]).iter().any(|j| {
+            j["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("tick-"))
+                && j["status"]["succeeded"] == 1
+        })
+    });
+    let cj = k.json(&["get", "cronjob", "tick"]);
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+}

@@ -4,8 +4,8 @@
 //! could equally run in a separate process.
 
 pub mod claim;
-pub mod daemonset;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
@@ -23,9 +23,9 @@ pub mod pod_cidr;
 pub mod pod_state;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod schedule;
 pub mod statefulset;
 pub mod status;
-pub mod schedule;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
