@@ -1,8 +1,9 @@
 //! The seeds' story end to end on a three-node local cluster with the real kubectl: a
 //! Deployment behind a ClusterIP and a NodePort Service, reached from a busybox pod; scaling up
-//! and down with the endpoints following; a deleted pod replaced; a node lost and its pods
-//! re-created elsewhere after the eviction timeout; a rolling update to kubia:v2 without a
-//! failed request; and the events that tell it. Needs root.
+//! and down with the endpoints following; a deleted pod replaced; a rolling update to kubia:v2
+//! without a failed request; a node lost and its pods re-created elsewhere after the eviction
+//! timeout; a rollback right after the node returns, again without a failed request; and the
+//! events that tell it. Needs root.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,78 @@ fn pod_log(c: &Guard, k: &Kubectl, pod: &str, container: &str) -> String {
             .join(format!("pods/{uid}/logs/{container}/{restarts}.log")),
     )
     .unwrap_or_default()
+}
+
+/// Runs `kubectl <change>` on the Deployment, waits for the rollout and for the client's first
+/// answer containing `new_answer`, and asserts that no request through the Service failed
+/// meanwhile (with diagnostics of every pod's reachability and the routes if one did).
+fn assert_rollout_without_failed_requests(
+    c: &Guard,
+    k: &Kubectl,
+    change: &[&str],
+    new_answer: &str,
+) {
+    let before = pod_log(c, k, "client", "client").lines().count();
+    k.run(change);
+    k.run(&["rollout", "status", "deployment/kubia", "--timeout=120s"]);
+    wait_for(
+        &format!("answers saying {new_answer:?}"),
+        Duration::from_secs(30),
+        || {
+            pod_log(c, k, "client", "client")
+                .lines()
+                .skip(before)
+                .any(|l| l.contains(new_answer))
+        },
+    );
+    let during: Vec<String> = pod_log(c, k, "client", "client")
+        .lines()
+        .skip(before)
+        .map(str::to_owned)
+        .collect();
+    let failed = during
+        .iter()
+        .filter(|l| !l.contains("You've hit") && !l.contains("This is v2"))
+        .count();
+    if failed > 0 {
+        let mut diag = String::new();
+        for p in k.json(&["get", "pods", "-l", "app=kubia"])["items"]
+            .as_array()
+            .unwrap()
+        {
+            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+            for n in &c.state.nodes {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", n.netns))
+                    .args(["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
+                    .output()
+                    .unwrap();
+                diag.push_str(&format!(
+                    "{} -> {ip}: {:?}\n",
+                    n.name,
+                    String::from_utf8_lossy(&out.stdout)
+                ));
+            }
+        }
+        for n in &c.state.nodes {
+            let out = Command::new("ip")
+                .args(["-n", &n.netns, "route"])
+                .output()
+                .unwrap();
+            diag.push_str(&format!(
+                "{} routes:\n{}",
+                n.name,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        panic!(
+            "{failed} failed requests during `kubectl {}`: {:?}\npods: {}\nslices: {}\n{diag}",
+            change.join(" "),
+            &during[..during.len().min(80)],
+            k.run(&["get", "pods", "-o", "wide"]),
+            k.run(&["get", "endpointslices", "-o", "wide"]),
+        );
+    }
 }
 
 #[test]
@@ -233,62 +306,12 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
     });
 
     // Rolling update to v2 with no failed request through the Service.
-    let before = pod_log(&c, &k, "client", "client").lines().count();
-    k.run(&["set", "image", "deployment/kubia", "kubia=kubia:v2"]);
-    k.run(&["rollout", "status", "deployment/kubia", "--timeout=120s"]);
-    wait_for("answers from v2", Duration::from_secs(30), || {
-        pod_log(&c, &k, "client", "client")
-            .lines()
-            .skip(before)
-            .any(|l| l.contains("This is v2"))
-    });
-    let during: Vec<String> = pod_log(&c, &k, "client", "client")
-        .lines()
-        .skip(before)
-        .map(str::to_owned)
-        .collect();
-    let failed = during
-        .iter()
-        .filter(|l| !l.contains("You've hit") && !l.contains("This is v2"))
-        .count();
-    if failed > 0 {
-        let mut diag = String::new();
-        for p in k.json(&["get", "pods", "-l", "app=kubia"])["items"]
-            .as_array()
-            .unwrap()
-        {
-            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
-            for n in &c.state.nodes {
-                let out = Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", n.netns))
-                    .args(["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")])
-                    .output()
-                    .unwrap();
-                diag.push_str(&format!(
-                    "{} -> {ip}: {:?}\n",
-                    n.name,
-                    String::from_utf8_lossy(&out.stdout)
-                ));
-            }
-        }
-        for n in &c.state.nodes {
-            let out = Command::new("ip")
-                .args(["-n", &n.netns, "route"])
-                .output()
-                .unwrap();
-            diag.push_str(&format!(
-                "{} routes:\n{}",
-                n.name,
-                String::from_utf8_lossy(&out.stdout)
-            ));
-        }
-        panic!(
-            "{failed} failed requests during the rollout: {:?}\npods: {}\nslices: {}\n{diag}",
-            &during[..during.len().min(80)],
-            k.run(&["get", "pods", "-o", "wide"]),
-            k.run(&["get", "endpointslices", "-o", "wide"]),
-        );
-    }
+    assert_rollout_without_failed_requests(
+        &c,
+        &k,
+        &["set", "image", "deployment/kubia", "kubia=kubia:v2"],
+        "This is v2",
+    );
     let history = k.run(&["rollout", "history", "deployment/kubia"]);
     assert!(history.contains('2'), "{history}");
 
@@ -329,9 +352,28 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
         },
     );
     eprintln!("pods recovered from the lost node in {:?}", t0.elapsed());
-    // Bring the node back so the rest of the story has three nodes.
+    // The node comes back, and a rollback right then loses no request either (pods land on
+    // the returning node while others leave).
     cluster::start_agent(&mut c.state.nodes[lost]).unwrap();
     c.save().unwrap();
+    wait_for(
+        "the node to be Ready again",
+        Duration::from_secs(60),
+        || {
+            let n = k.json(&["get", "node", &lost_name]);
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        },
+    );
+    assert_rollout_without_failed_requests(
+        &c,
+        &k,
+        &["rollout", "undo", "deployment/kubia"],
+        "You've hit",
+    );
 
     // The events tell the story.
     let events = k.run(&["get", "events"]);
