@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Taint, Toleration,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -39,6 +39,7 @@ use super::deployment::scaled;
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
+use super::pod_control::Deleter;
 use super::replicaset::pod_from_template;
 use super::{claim, ownership, pod_state, status, Context};
 use crate::scheduler::filter::{term_matches, tolerates};
@@ -764,32 +765,14 @@ async fn delete_pod(
     obj_ref: &k8s_openapi::api::core::v1::ObjectReference,
     pod: &Pod,
 ) -> Result<(), DaemonSetError> {
-    let name = pod.name_any();
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
+    let deleter = Deleter {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: obj_ref,
     };
-    match api.delete(&name, &params).await {
-        Ok(result) => {
-            let rv = result.left().and_then(|p| p.metadata.resource_version);
-            state.expectations.wrote(key, rv.as_deref());
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {name}"),
-                )
-                .await;
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let message = format!("Deleted pod: {}", pod.name_any());
+    Ok(deleter.delete(api, pod, &message).await?)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use kube::{Resource, ResourceExt};
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
+use super::pod_control::Deleter;
 use super::{ownership, pod_state, replicaset, Context};
 
 /// How often every Job is looked at even without events.
@@ -660,32 +661,15 @@ async fn delete_pods(
     key: &str,
 ) -> Result<(), JobError> {
     let object_ref = reference(job);
+    let deleter = Deleter {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: &object_ref,
+    };
     for pod in pods {
-        let name = pod.name_any();
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match pods_api.delete(&name, &params).await {
-            Ok(result) => {
-                let rv = result.left().and_then(|p| p.metadata.resource_version);
-                state.expectations.wrote(key, rv.as_deref());
-                state
-                    .recorder
-                    .record(
-                        &object_ref,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {name}"),
-                    )
-                    .await;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        let message = format!("Deleted pod: {}", pod.name_any());
+        deleter.delete(pods_api, pod, &message).await?;
     }
     Ok(())
 }

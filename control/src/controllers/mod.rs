@@ -20,6 +20,7 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod ownership;
 pub mod pod_cidr;
+pub mod pod_control;
 pub mod pod_state;
 pub mod replicaset;
 pub mod replicationcontroller;

@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
+use super::pod_control::Deleter;
 use super::{ownership, pod_state, Context};
 
 /// How often every set is looked at even without events.
@@ -331,42 +332,25 @@ async fn manage<K: ReplicaOwner>(
     } else if diff < 0 {
         let mut victims: Vec<&Arc<Pod>> = active.to_vec();
         victims.sort_by(|a, b| pod_state::deletion_order(a, b));
+        let deleter = Deleter {
+            expectations: &state.expectations,
+            key,
+            recorder: &state.recorder,
+            owner: &object_ref,
+        };
         for pod in victims.into_iter().take((-diff) as usize) {
-            let name = pod.name_any();
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: pod.uid(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match pods_api.delete(&name, &params).await {
-                Ok(result) => {
-                    let rv = result.left().and_then(|p| p.metadata.resource_version);
-                    state.expectations.wrote(key, rv.as_deref());
-                    state
-                        .recorder
-                        .record(
-                            &object_ref,
-                            EventType::Normal,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {name}"),
-                        )
-                        .await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                Err(e) => {
-                    state
-                        .recorder
-                        .record(
-                            &object_ref,
-                            EventType::Warning,
-                            "FailedDelete",
-                            &format!("Error deleting: {}", api_message(&e)),
-                        )
-                        .await;
-                    return Err(e.into());
-                }
+            let message = format!("Deleted pod: {}", pod.name_any());
+            if let Err(e) = deleter.delete(pods_api, pod, &message).await {
+                state
+                    .recorder
+                    .record(
+                        &object_ref,
+                        EventType::Warning,
+                        "FailedDelete",
+                        &format!("Error deleting: {}", api_message(&e)),
+                    )
+                    .await;
+                return Err(e.into());
             }
         }
     }

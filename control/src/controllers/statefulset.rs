@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -44,6 +44,7 @@ use serde_json::{json, Value};
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
+use super::pod_control::Deleter;
 use super::{claim, ownership, pod_state, status, Context};
 
 const COMPONENT: &str = "statefulset-controller";
@@ -566,32 +567,17 @@ async fn delete(
     set: &str,
     pod: &Pod,
 ) -> Result<(), StatefulSetError> {
-    let pod_name = pod.name_any();
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
+    let deleter = Deleter {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: obj_ref,
     };
-    match api.delete(&pod_name, &params).await {
-        Ok(result) => {
-            let rv = result.left().and_then(|p| p.metadata.resource_version);
-            state.expectations.wrote(key, rv.as_deref());
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    &format!("delete Pod {pod_name} in StatefulSet {set} successful"),
-                )
-                .await;
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    let message = format!(
+        "delete Pod {} in StatefulSet {set} successful",
+        pod.name_any()
+    );
+    Ok(deleter.delete(api, pod, &message).await?)
 }
 
 #[cfg(test)]
