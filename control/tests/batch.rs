@@ -3,12 +3,13 @@
 //! Tests play the kubelet by writing pod phases through pods/status, and move the CronJob
 //! controller's clock instead of waiting for schedules.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use http::Request;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -16,13 +17,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::apiserver::{app, ApiState};
 use skiff_control::controllers::cronjob::{self, Clock};
 use skiff_control::controllers::{self, Context};
-use skiff_control::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "test-token";
 const WAIT: Duration = Duration::from_secs(15);
 
 struct Cluster {
@@ -30,7 +28,8 @@ struct Cluster {
     shutdown: CancellationToken,
     /// The CronJob controller's time.
     now: Arc<Mutex<Timestamp>>,
-    _dir: tempfile::TempDir,
+    /// The API server (and its store's tempdir), alive as long as the cluster.
+    _api: common::Api,
 }
 
 impl Drop for Cluster {
@@ -47,24 +46,9 @@ impl Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let shutdown = CancellationToken::new();
-    let (state, queue): (Arc<ApiState>, _) =
-        ApiState::new(Arc::new(store), TOKEN.into(), shutdown.clone());
-    state.ensure_system_namespaces().await.unwrap();
-    tokio::spawn(controllers::namespace::run(state.clone(), queue));
-    let router = app(state);
-    let service = tower::ServiceBuilder::new()
-        .map_request(|mut req: Request<kube::client::Body>| {
-            req.headers_mut().insert(
-                http::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            );
-            req
-        })
-        .service(router);
-    let client = kube::Client::new(service, "default");
+    let api = common::api_with_namespaces(shutdown.clone()).await;
+    let client = api.client();
     let ctx = Context {
         client: client.clone(),
         shutdown: shutdown.clone(),
@@ -81,7 +65,7 @@ async fn cluster() -> Cluster {
         client,
         shutdown,
         now,
-        _dir: dir,
+        _api: api,
     }
 }
 

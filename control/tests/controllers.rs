@@ -3,28 +3,27 @@
 //! Pods are not run (no scheduler or agent here): tests set pod status through pods/status to
 //! play the kubelet.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::apiserver::{app, ApiState};
 use skiff_control::controllers::{self, Context};
-use skiff_control::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "test-token";
 const WAIT: Duration = Duration::from_secs(15);
 
 struct Cluster {
     client: kube::Client,
     shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
+    /// The API server (and its store's tempdir), alive as long as the cluster.
+    _api: common::Api,
 }
 
 impl Drop for Cluster {
@@ -34,24 +33,9 @@ impl Drop for Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let shutdown = CancellationToken::new();
-    let (state, queue): (Arc<ApiState>, _) =
-        ApiState::new(Arc::new(store), TOKEN.into(), shutdown.clone());
-    state.ensure_system_namespaces().await.unwrap();
-    tokio::spawn(controllers::namespace::run(state.clone(), queue));
-    let router = app(state);
-    let service = tower::ServiceBuilder::new()
-        .map_request(|mut req: Request<kube::client::Body>| {
-            req.headers_mut().insert(
-                http::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            );
-            req
-        })
-        .service(router);
-    let client = kube::Client::new(service, "default");
+    let api = common::api_with_namespaces(shutdown.clone()).await;
+    let client = api.client();
     tokio::spawn(controllers::run_all(Context {
         client: client.clone(),
         shutdown: shutdown.clone(),
@@ -59,7 +43,7 @@ async fn cluster() -> Cluster {
     Cluster {
         client,
         shutdown,
-        _dir: dir,
+        _api: api,
     }
 }
 

@@ -39,6 +39,25 @@ pub async fn api() -> Api {
     }
 }
 
+/// [`api`] with the namespace controller running (namespace deletion cascades) until
+/// `shutdown`: the base of the controller tests, which add the controllers they exercise on
+/// [`Api::client`].
+pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+    let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), shutdown);
+    state.ensure_system_namespaces().await.unwrap();
+    tokio::spawn(skiff_control::controllers::namespace::run(
+        state.clone(),
+        queue,
+    ));
+    Api {
+        router: app(state.clone()),
+        state,
+        _dir: dir,
+    }
+}
+
 impl Api {
     pub async fn call(
         &self,
