@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Taint, Toleration,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -39,7 +39,7 @@ use super::deployment::scaled;
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
-use super::pod_control::Deleter;
+use super::pod_control::PodControl;
 use super::replicaset::pod_from_template;
 use super::{claim, ownership, pod_state, status, Context};
 use crate::scheduler::filter::{term_matches, tolerates};
@@ -723,39 +723,13 @@ async fn create_on(
 ) -> Result<(), DaemonSetError> {
     let mut pod = proto.clone();
     pin_to_node(pod.spec.get_or_insert_with(PodSpec::default), node);
-    match api.create(&PostParams::default(), &pod).await {
-        Ok(p) => {
-            state
-                .expectations
-                .wrote(key, p.metadata.resource_version.as_deref());
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    &format!("Created pod: {}", p.name_any()),
-                )
-                .await;
-            Ok(())
-        }
-        Err(e) => {
-            let msg = match &e {
-                kube::Error::Api(s) => s.message.clone(),
-                other => other.to_string(),
-            };
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("Error creating: {msg}"),
-                )
-                .await;
-            Err(e.into())
-        }
-    }
+    let control = PodControl {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: obj_ref,
+    };
+    Ok(control.create_all(api, &[pod]).await?)
 }
 
 async fn delete_pod(
@@ -765,14 +739,14 @@ async fn delete_pod(
     obj_ref: &k8s_openapi::api::core::v1::ObjectReference,
     pod: &Pod,
 ) -> Result<(), DaemonSetError> {
-    let deleter = Deleter {
+    let control = PodControl {
         expectations: &state.expectations,
         key,
         recorder: &state.recorder,
         owner: obj_ref,
     };
     let message = format!("Deleted pod: {}", pod.name_any());
-    Ok(deleter.delete(api, pod, &message).await?)
+    Ok(control.delete(api, pod, &message).await?)
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use kube::{Resource, ResourceExt};
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
-use super::pod_control::Deleter;
+use super::pod_control::PodControl;
 use super::{ownership, pod_state, replicaset, Context};
 
 /// How often every Job is looked at even without events.
@@ -522,58 +522,18 @@ async fn manage(
         return Ok(());
     }
     let object_ref = reference(job);
-    let mut created = 0usize;
-    let mut batch = 1usize;
-    let total = to_create.len().min(BURST);
-    // Slow start (1, 2, 4, ...) so a template the API refuses costs one error, not hundreds.
-    while created < total {
-        let n = batch.min(total - created);
-        let pods: Vec<Pod> = to_create[created..created + n]
-            .iter()
-            .map(|index| pod_for(job, *index))
-            .collect();
-        let params = PostParams::default();
-        let results =
-            futures::future::join_all(pods.iter().map(|p| pods_api.create(&params, p))).await;
-        let mut failure = None;
-        for result in results {
-            match result {
-                Ok(p) => {
-                    state
-                        .expectations
-                        .wrote(key, p.metadata.resource_version.as_deref());
-                    state
-                        .recorder
-                        .record(
-                            &object_ref,
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {}", p.name_any()),
-                        )
-                        .await;
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(e) = failure {
-            let message = match &e {
-                kube::Error::Api(s) => s.message.clone(),
-                other => other.to_string(),
-            };
-            state
-                .recorder
-                .record(
-                    &object_ref,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("Error creating: {message}"),
-                )
-                .await;
-            return Err(e.into());
-        }
-        created += n;
-        batch *= 2;
-    }
+    let control = PodControl {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: &object_ref,
+    };
+    let pods: Vec<Pod> = to_create
+        .iter()
+        .take(BURST)
+        .map(|index| pod_for(job, *index))
+        .collect();
+    control.create_all(pods_api, &pods).await?;
     Ok(())
 }
 
@@ -661,7 +621,7 @@ async fn delete_pods(
     key: &str,
 ) -> Result<(), JobError> {
     let object_ref = reference(job);
-    let deleter = Deleter {
+    let control = PodControl {
         expectations: &state.expectations,
         key,
         recorder: &state.recorder,
@@ -669,7 +629,7 @@ async fn delete_pods(
     };
     for pod in pods {
         let message = format!("Deleted pod: {}", pod.name_any());
-        deleter.delete(pods_api, pod, &message).await?;
+        control.delete(pods_api, pod, &message).await?;
     }
     Ok(())
 }

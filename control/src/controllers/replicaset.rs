@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
-use super::pod_control::Deleter;
+use super::pod_control::{api_message, PodControl};
 use super::{ownership, pod_state, Context};
 
 /// How often every set is looked at even without events.
@@ -279,68 +279,25 @@ async fn manage<K: ReplicaOwner>(
 ) -> Result<(), ReplicaSetError> {
     let diff = i64::from(spec.replicas) - active.len() as i64;
     let object_ref = reference(obj);
+    let control = PodControl {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: &object_ref,
+    };
     if diff > 0 {
         let Some(template) = &spec.template else {
             return Ok(());
         };
         let count = (diff as usize).min(BURST);
         let pod = pod_from_template(obj, template);
-        // Kubernetes creates in slow-start batches (1, 2, 4, ...) so a failing template
-        // costs one error, not hundreds; the same here.
-        let mut created = 0usize;
-        let mut batch = 1usize;
-        while created < count {
-            let n = batch.min(count - created);
-            let params = PostParams::default();
-            let results =
-                futures::future::join_all((0..n).map(|_| pods_api.create(&params, &pod))).await;
-            let mut failed = None;
-            for result in results {
-                match result {
-                    Ok(p) => {
-                        state
-                            .expectations
-                            .wrote(key, p.metadata.resource_version.as_deref());
-                        state
-                            .recorder
-                            .record(
-                                &object_ref,
-                                EventType::Normal,
-                                "SuccessfulCreate",
-                                &format!("Created pod: {}", p.name_any()),
-                            )
-                            .await;
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(e) = failed {
-                state
-                    .recorder
-                    .record(
-                        &object_ref,
-                        EventType::Warning,
-                        "FailedCreate",
-                        &format!("Error creating: {}", api_message(&e)),
-                    )
-                    .await;
-                return Err(e.into());
-            }
-            created += n;
-            batch *= 2;
-        }
+        control.create_all(pods_api, &vec![pod; count]).await?;
     } else if diff < 0 {
         let mut victims: Vec<&Arc<Pod>> = active.to_vec();
         victims.sort_by(|a, b| pod_state::deletion_order(a, b));
-        let deleter = Deleter {
-            expectations: &state.expectations,
-            key,
-            recorder: &state.recorder,
-            owner: &object_ref,
-        };
         for pod in victims.into_iter().take((-diff) as usize) {
             let message = format!("Deleted pod: {}", pod.name_any());
-            if let Err(e) = deleter.delete(pods_api, pod, &message).await {
+            if let Err(e) = control.delete(pods_api, pod, &message).await {
                 state
                     .recorder
                     .record(
@@ -355,13 +312,6 @@ async fn manage<K: ReplicaOwner>(
         }
     }
     Ok(())
-}
-
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// A pod as the template describes it, owned by `owner`, named `<owner>-<random>`.

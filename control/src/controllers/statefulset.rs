@@ -41,10 +41,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use super::events::{reference, EventType, Recorder};
+use super::events::{reference, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
-use super::pod_control::Deleter;
+use super::pod_control::{api_message, PodControl};
 use super::{claim, ownership, pod_state, status, Context};
 
 const COMPONENT: &str = "statefulset-controller";
@@ -523,37 +523,25 @@ async fn create(
     pod: &Pod,
 ) -> Result<bool, StatefulSetError> {
     let pod_name = pod.name_any();
+    let control = PodControl {
+        expectations: &state.expectations,
+        key,
+        recorder: &state.recorder,
+        owner: obj_ref,
+    };
     match api.create(&PostParams::default(), pod).await {
         Ok(p) => {
-            state
-                .expectations
-                .wrote(key, p.metadata.resource_version.as_deref());
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    &format!("create Pod {pod_name} in StatefulSet {set} successful"),
-                )
-                .await;
+            let message = format!("create Pod {pod_name} in StatefulSet {set} successful");
+            control.created(&p, &message).await;
             Ok(true)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => {
-            let msg = match &e {
-                kube::Error::Api(s) => s.message.clone(),
-                other => other.to_string(),
-            };
-            state
-                .recorder
-                .record(
-                    obj_ref,
-                    EventType::Warning,
-                    "FailedCreate",
-                    &format!("create Pod {pod_name} in StatefulSet {set} failed error: {msg}"),
-                )
-                .await;
+            let message = format!(
+                "create Pod {pod_name} in StatefulSet {set} failed error: {}",
+                api_message(&e)
+            );
+            control.create_failed(&message).await;
             Err(e.into())
         }
     }
@@ -567,7 +555,7 @@ async fn delete(
     set: &str,
     pod: &Pod,
 ) -> Result<(), StatefulSetError> {
-    let deleter = Deleter {
+    let control = PodControl {
         expectations: &state.expectations,
         key,
         recorder: &state.recorder,
@@ -577,7 +565,7 @@ async fn delete(
         "delete Pod {} in StatefulSet {set} successful",
         pod.name_any()
     );
-    Ok(deleter.delete(api, pod, &message).await?)
+    Ok(control.delete(api, pod, &message).await?)
 }
 
 #[cfg(test)]
