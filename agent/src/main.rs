@@ -16,7 +16,8 @@ use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::kubelet::pod_worker::Shared;
 use skiff_agent::kubelet::pods::LazyNetwork;
-use skiff_agent::network::service_cidr::{self, Ipv4Cidr};
+use skiff_agent::network::service_cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{

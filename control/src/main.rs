@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use skiff_control::apiserver::service_alloc::{self, Cidr};
+use skiff_control::apiserver::service_alloc;
+use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
 use skiff_control::controllers::{self, leader, manager, node_lifecycle, pod_cidr};
 use skiff_control::server::{self, Config};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ struct Args {
     /// The IPv4 range Service ClusterIPs are allocated from; its first address is the
     /// `kubernetes` Service's.
     #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
-    service_cidr: Cidr,
+    service_cidr: Ipv4Cidr,
     /// The range NodePorts are allocated from.
     #[arg(long, default_value = "30000-32767", value_parser = service_alloc::parse_port_range)]
     service_node_port_range: RangeInclusive<u16>,
@@ -73,7 +74,7 @@ enum Command {
 struct ControllerArgs {
     /// The IPv4 range pod addresses come from; every Node gets a block of it as its podCIDR.
     #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cidr)]
-    cluster_cidr: Cidr,
+    cluster_cidr: Ipv4Cidr,
     /// Prefix length of each Node's podCIDR block.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
@@ -122,7 +123,7 @@ impl ControllerArgs {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, CidrError> {
     s.parse()
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::service_alloc::Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 use crate::apiserver::{self, ApiState};
 use crate::store::RedbStore;
 use crate::{controllers, pki};
@@ -26,7 +26,7 @@ pub struct Config {
     /// Extra names/IPs for the serving certificate.
     pub tls_sans: Vec<String>,
     /// The range Service ClusterIPs come from (the first address is the `kubernetes` Service's).
-    pub service_cidr: Cidr,
+    pub service_cidr: Ipv4Cidr,
     /// The range NodePorts come from.
     pub node_port_range: RangeInclusive<u16>,
     /// Settings of the controllers and the scheduler; `None` to run the API server alone

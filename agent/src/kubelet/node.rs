@@ -18,10 +18,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
+use skiff_k8s::cidr::Ipv4Cidr;
+use skiff_k8s::time::{now, now_micro};
 use tokio_util::sync::CancellationToken;
 
 use super::host::{self, HostFacts, MEMORY_RESERVE_BYTES};
-use crate::network::service_cidr::Ipv4Cidr;
 
 /// The namespace of node heartbeat Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -52,18 +53,6 @@ pub const KUBELET_PORT: u16 = 10250;
 /// Whether a kube error is a 404 from the API.
 fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-fn now_micro() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-        .to_string()
 }
 
 /// The Node object the agent creates.

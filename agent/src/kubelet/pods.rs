@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify, OnceCell};
 
 use super::pod_worker::{PodWorker, Shared, Update};
 use crate::network::node_network::{self, NodeNetworkError, PodNetwork};
-use crate::network::service_cidr::Ipv4Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// The node's pod network, set up when the first pod needs it, so an agent without pods
 /// changes nothing on the host.

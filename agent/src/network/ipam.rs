@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::service_cidr::Ipv4Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -80,7 +80,7 @@ impl Ipam {
                     state
                         .range
                         .parse()
-                        .map_err(|e: String| IpamError::Corrupt {
+                        .map_err(|e| IpamError::Corrupt {
                             path: path.clone(),
                             source: serde::de::Error::custom(e),
                         })?;

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::ipam::{Ipam, IpamError};
 use super::pod_network::{self, PodNetworkError};
-use super::service_cidr::Ipv4Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// Errors of the node's pod network.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use super::service_cidr::Ipv4Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 use super::{context, delete_link, link_index, set_up, NetlinkError};
 
 /// The node's pod bridge.

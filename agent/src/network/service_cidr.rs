@@ -12,12 +12,11 @@
 //! among them). There the device is an `ifb` instead: it too drops every packet routed to it
 //! (it only forwards what tc redirected to it), so the dead end behaves the same.
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkDummy, LinkIfb, RouteMessageBuilder};
+use skiff_k8s::cidr::Ipv4Cidr;
 
 use super::{context, delete_link, link_index, set_up, NetlinkError};
 
@@ -26,56 +25,6 @@ pub const DEVICE: &str = "skiff-svc0";
 
 /// The Kubernetes default service range (kube-apiserver's `--service-cluster-ip-range`).
 pub const DEFAULT: &str = "10.96.0.0/12";
-
-/// An IPv4 network, `address/prefix` with no host bits set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl Ipv4Cidr {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr)
-    }
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| {
-            format!("{s:?} is not a CIDR: expected ADDRESS/PREFIX such as {DEFAULT}")
-        })?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{prefix:?} in {s:?} is not a prefix length (0-32)"))?;
-        let cidr = Self { addr, prefix };
-        let network = Ipv4Addr::from(
-            u32::from(addr) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0),
-        );
-        if network != addr {
-            return Err(format!(
-                "{s:?} has host bits set; did you mean {network}/{prefix}?"
-            ));
-        }
-        Ok(cidr)
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// Creates the dummy device (if missing), brings it up and routes `cidr` to it, replacing a
 /// route to the same prefix. Idempotent: the agent calls it at every start.
@@ -130,27 +79,4 @@ pub async fn install(handle: &Handle, cidr: Ipv4Cidr) -> Result<(), NetlinkError
 /// Removes the dummy device, and with it the route. Returns whether there was one.
 pub async fn remove(handle: &Handle) -> Result<bool, NetlinkError> {
     delete_link(handle, DEVICE).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_checks_cidrs() {
-        let c: Ipv4Cidr = DEFAULT.parse().unwrap();
-        assert_eq!((c.addr, c.prefix), (Ipv4Addr::new(10, 96, 0, 0), 12));
-        assert_eq!(c.to_string(), DEFAULT);
-        assert!(c.contains(Ipv4Addr::new(10, 111, 255, 255)));
-        assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 0)));
-        assert!("0.0.0.0/0"
-            .parse::<Ipv4Cidr>()
-            .unwrap()
-            .contains(Ipv4Addr::BROADCAST));
-        let err = "10.96.0.1/12".parse::<Ipv4Cidr>().unwrap_err();
-        assert!(err.contains("did you mean 10.96.0.0/12"), "{err}");
-        assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
-        assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
-        assert!("ten/8".parse::<Ipv4Cidr>().is_err());
-    }
 }

@@ -620,7 +620,7 @@ impl Runtime {
         if !sandbox.is_running() {
             return Err(RuntimeError::SandboxNotRunning(sandbox.uid.clone()));
         }
-        if !spec::is_dns_label(&spec.name) {
+        if !skiff_k8s::names::is_dns_label(&spec.name) {
             return Err(SpecError::InvalidName(spec.name.clone()).into());
         }
         if spec.layers.is_empty() {

@@ -20,14 +20,14 @@ use libcontainer::oci_spec::runtime::{
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// A resource quantity (cpu, memory) is not a Kubernetes quantity this runtime understands.
-    #[error("invalid quantity {value:?} for {what}: {reason}")]
+    #[error("invalid quantity {value:?} for {what}: {source}")]
     Quantity {
         /// Which field.
         what: String,
         /// The quantity as given.
         value: String,
         /// What is wrong with it.
-        reason: String,
+        source: skiff_k8s::quantity::QuantityError,
     },
     /// The container asks for something this runtime does not do.
     #[error("container {container}: {what} is not supported")]
@@ -255,15 +255,6 @@ pub fn default_seccomp() -> Result<LinuxSeccomp, SpecError> {
         .build()?)
 }
 
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Expands Kubernetes `$(VAR)` references: defined variables are replaced, undefined ones are
 /// left as written, `$$` is an escaped `$`.
 pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
@@ -303,70 +294,6 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Parses a Kubernetes quantity into a value scaled by `scale` (1 for bytes, 1000 for
-/// millicores), rounding up as the kubelet does.
-pub fn parse_quantity(what: &str, q: &str, scale: u128) -> Result<u64, SpecError> {
-    let err = |reason: &str| SpecError::Quantity {
-        what: what.to_owned(),
-        value: q.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let s = q.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(split);
-    if number.is_empty() {
-        return Err(err("no number"));
-    }
-    let number = number.strip_prefix('+').unwrap_or(number);
-    // value = mantissa / 10^frac_digits * multiplier
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if int.is_empty() && frac.is_empty() {
-        return Err(err("no digits"));
-    }
-    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || frac.len() > 9 {
-        return Err(err("malformed number"));
-    }
-    let mantissa: u128 = format!("{int}{frac}")
-        .parse()
-        .map_err(|_| err("number too large"))?;
-    let mut denominator: u128 = 10u128.pow(frac.len() as u32);
-    let (mult, div): (u128, u128) = match suffix {
-        "" => (1, 1),
-        "n" => (1, 1_000_000_000),
-        "u" => (1, 1_000_000),
-        "m" => (1, 1000),
-        "k" => (1000, 1),
-        "M" => (1000u128.pow(2), 1),
-        "G" => (1000u128.pow(3), 1),
-        "T" => (1000u128.pow(4), 1),
-        "P" => (1000u128.pow(5), 1),
-        "E" => (1000u128.pow(6), 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        s if s.starts_with(['e', 'E']) => {
-            let exp: u32 = s[1..].parse().map_err(|_| err("bad exponent"))?;
-            if exp > 18 {
-                return Err(err("exponent too large"));
-            }
-            (10u128.pow(exp), 1)
-        }
-        _ => return Err(err("unknown suffix")),
-    };
-    denominator *= div;
-    let numerator = mantissa
-        .checked_mul(mult)
-        .and_then(|v| v.checked_mul(scale))
-        .ok_or_else(|| err("too large"))?;
-    let value = numerator.div_ceil(denominator);
-    u64::try_from(value).map_err(|_| err("too large"))
-}
-
 fn quantity(
     map: Option<&std::collections::BTreeMap<String, Quantity>>,
     key: &str,
@@ -374,7 +301,13 @@ fn quantity(
     scale: u128,
 ) -> Result<Option<u64>, SpecError> {
     map.and_then(|m| m.get(key))
-        .map(|q| parse_quantity(what, &q.0, scale))
+        .map(|q| {
+            skiff_k8s::quantity::parse(&q.0, scale).map_err(|source| SpecError::Quantity {
+                what: what.to_owned(),
+                value: q.0.clone(),
+                source,
+            })
+        })
         .transpose()
 }
 
@@ -405,7 +338,7 @@ impl ContainerSpec {
         layers: Vec<PathBuf>,
     ) -> Result<Self, SpecError> {
         let name = container.name.clone();
-        if !is_dns_label(&name) {
+        if !skiff_k8s::names::is_dns_label(&name) {
             return Err(SpecError::InvalidName(name));
         }
         let mut env: Vec<(String, String)> = Vec::new();
@@ -766,22 +699,6 @@ mod tests {
             env: vec!["PATH=/bin".into(), "GREETING=hi".into()],
             working_dir: Some("/srv".into()),
             user: None,
-        }
-    }
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("c", "500m", 1000).unwrap(), 500);
-        assert_eq!(parse_quantity("c", "1", 1000).unwrap(), 1000);
-        assert_eq!(parse_quantity("c", "1.5", 1000).unwrap(), 1500);
-        assert_eq!(parse_quantity("c", "0.1", 1000).unwrap(), 100);
-        assert_eq!(parse_quantity("m", "128Mi", 1).unwrap(), 128 << 20);
-        assert_eq!(parse_quantity("m", "1G", 1).unwrap(), 1_000_000_000);
-        assert_eq!(parse_quantity("m", "1e3", 1).unwrap(), 1000);
-        assert_eq!(parse_quantity("m", "1.5Gi", 1).unwrap(), 3 << 29);
-        assert_eq!(parse_quantity("m", "100m", 1).unwrap(), 1, "rounds up");
-        for bad in ["", "Mi", "1X", "1..2", "-1", "1e99", "abc"] {
-            assert!(parse_quantity("m", bad, 1).is_err(), "{bad:?} accepted");
         }
     }
 

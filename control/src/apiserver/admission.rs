@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 use serde_json::{json, Value};
 
-use crate::scheduler::filter::tolerates;
+use skiff_k8s::taints::tolerates;
 
 /// The tolerationSeconds the API server adds.
 #[derive(Debug)]

@@ -4,9 +4,10 @@
 //! annotations into the pod and marks it `PodScheduled`, as the real API server's BindingREST.
 
 use serde_json::{json, Value};
+use skiff_k8s::time::now;
 
 use super::error::{ApiError, FieldError};
-use super::objects::{now, WriteOptions};
+use super::objects::WriteOptions;
 use super::ApiState;
 use crate::store::{object_revision, StoreError};
 

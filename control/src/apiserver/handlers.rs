@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
+use skiff_k8s::labels::LabelSelector;
 
 use super::error::ApiError;
 use super::objects::{
@@ -16,7 +17,7 @@ use super::objects::{
 };
 use super::patch::PatchKind;
 use super::registry::ResourceDef;
-use super::selectors::{FieldSelector, LabelSelector, SelectorError};
+use super::selectors::{FieldSelector, SelectorError};
 use super::table::{table, IncludeObject};
 use super::{watch, ApiState};
 
@@ -124,7 +125,7 @@ pub fn list_options(
     query: &HashMap<String, String>,
 ) -> Result<ListOptions, ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
-        .map_err(selector_error)?;
+        .map_err(|e| selector_error(e.into()))?;
     let fields = FieldSelector::parse(
         query.get("fieldSelector").map_or("", String::as_str),
         def.field_selectors,

@@ -8,12 +8,14 @@
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
+use skiff_k8s::labels::LabelSelector;
+use skiff_k8s::time;
 
 use super::defaults::apply_defaults;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceDef;
-use super::selectors::{FieldSelector, Filter, LabelSelector};
+use super::selectors::{FieldSelector, Filter};
 use super::validation::{validate_object, validate_update};
 use super::ApiState;
 use crate::store::{object_revision, StoreError};
@@ -125,13 +127,6 @@ fn propagation_finalizer(opts: &DeleteOptions) -> Option<&'static str> {
 
 /// Namespaces that cannot be deleted.
 const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
-
-/// The current time as Kubernetes writes timestamps.
-pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
 
 fn meta(object: &mut Value) -> &mut Map<String, Value> {
     if !object.get("metadata").is_some_and(Value::is_object) {
@@ -249,7 +244,7 @@ pub fn scale_of(def: &ResourceDef, object: &Value) -> Value {
 }
 
 fn selector_to_string(sel: &LabelSelector) -> String {
-    use super::selectors::Requirement::*;
+    use skiff_k8s::labels::Requirement::*;
     sel.0
         .iter()
         .map(|r| match r {
@@ -542,7 +537,7 @@ impl ApiState {
             m.remove(server_field);
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        m.insert("creationTimestamp".into(), json!(now()));
+        m.insert("creationTimestamp".into(), json!(time::now()));
         if object.get("spec").is_some() {
             meta(&mut object).insert("generation".into(), json!(1));
         }
@@ -974,11 +969,9 @@ impl ApiState {
             let store = self.store.clone();
             let mark = |mut object: Value, grace: i64| {
                 let at = if grace > 0 {
-                    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
-                        .strftime("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string()
+                    time::format(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
                 } else {
-                    now()
+                    time::now()
                 };
                 let m = meta(&mut object);
                 m.insert("deletionTimestamp".into(), json!(at));

@@ -11,81 +11,12 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
+use skiff_k8s::cidr::Ipv4Cidr;
 
 use super::error::{ApiError, FieldError};
-
-/// An IPv4 CIDR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Network address.
-    pub network: Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Number of addresses.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    /// Whether `ip` is inside.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        };
-        u32::from(ip) & mask == u32::from(self.network)
-    }
-
-    /// The address at `offset` from the network address.
-    pub fn nth(&self, offset: u64) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network).wrapping_add(offset as u32))
-    }
-
-    /// Offset of `ip` from the network address.
-    pub fn offset(&self, ip: Ipv4Addr) -> u64 {
-        u64::from(u32::from(ip).wrapping_sub(u32::from(self.network)))
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{prefix:?} is not a prefix length (0-32)"))?;
-        let cidr = Cidr {
-            network: ip,
-            prefix,
-        };
-        if cidr.prefix > 0 && !cidr.contains(ip) || cidr.prefix == 0 && ip != Ipv4Addr::UNSPECIFIED
-        {
-            return Err(format!("{s} has host bits set"));
-        }
-        Ok(cidr)
-    }
-}
 
 /// Parses `30000-32767`.
 pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -104,7 +35,7 @@ pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 
 #[derive(Debug)]
 struct Inner {
-    cidr: Cidr,
+    cidr: Ipv4Cidr,
     ports: RangeInclusive<u16>,
     /// IP offset -> owning Service key.
     ips: HashMap<u64, String>,
@@ -144,7 +75,7 @@ fn has_cluster_ip(svc: &Value) -> Option<&str> {
 
 impl Allocator {
     /// An allocator for `cidr` and node ports `ports`.
-    pub fn new(cidr: Cidr, ports: RangeInclusive<u16>) -> Self {
+    pub fn new(cidr: Ipv4Cidr, ports: RangeInclusive<u16>) -> Self {
         let next_port = *ports.start();
         Self {
             inner: Mutex::new(Inner {
@@ -160,7 +91,7 @@ impl Allocator {
     }
 
     /// Changes the ranges (at start, before any Service is written).
-    pub fn configure(&self, cidr: Cidr, ports: RangeInclusive<u16>) {
+    pub fn configure(&self, cidr: Ipv4Cidr, ports: RangeInclusive<u16>) {
         let mut inner = self.inner.lock().expect("allocator lock");
         inner.next_port = *ports.start();
         inner.cidr = cidr;
@@ -170,7 +101,7 @@ impl Allocator {
     }
 
     /// The service CIDR.
-    pub fn cidr(&self) -> Cidr {
+    pub fn cidr(&self) -> Ipv4Cidr {
         self.inner.lock().expect("allocator lock").cidr
     }
 
@@ -461,14 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn cidrs_and_ranges_parse() {
-        let c: Cidr = "10.96.0.0/12".parse().unwrap();
-        assert_eq!(c.size(), 1 << 20);
-        assert!(c.contains("10.111.255.255".parse().unwrap()));
-        assert!(!c.contains("10.112.0.0".parse().unwrap()));
-        assert!("10.96.0.1/12".parse::<Cidr>().is_err());
-        assert!("10.96.0.0".parse::<Cidr>().is_err());
-        assert!("10.96.0.0/33".parse::<Cidr>().is_err());
+    fn port_ranges_parse() {
         assert_eq!(parse_port_range("30000-32767").unwrap(), 30000..=32767);
         assert!(parse_port_range("32767-30000").is_err());
         assert!(parse_port_range("x").is_err());

@@ -3,82 +3,9 @@
 
 use serde_json::Value;
 
+use skiff_k8s::names::{dns_label_errors, dns_subdomain_errors, label_key_errors, label_value_errors};
+
 use super::error::FieldError;
-
-fn is_alnum_lower(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
-}
-
-/// Errors for a DNS-1123 label (namespaces, services, container names).
-pub fn dns_label_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 63 {
-        errs.push("must be no more than 63 characters".into());
-    }
-    let ok = !s.is_empty()
-        && s.chars().all(|c| is_alnum_lower(c) || c == '-')
-        && s.starts_with(is_alnum_lower)
-        && s.ends_with(is_alnum_lower);
-    if !ok {
-        errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into());
-    }
-    errs
-}
-
-/// Errors for a DNS-1123 subdomain (most object names).
-pub fn dns_subdomain_errors(s: &str) -> Vec<String> {
-    let mut errs = Vec::new();
-    if s.len() > 253 {
-        errs.push("must be no more than 253 characters".into());
-    }
-    let ok = !s.is_empty()
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part.chars().all(|c| is_alnum_lower(c) || c == '-')
-                && part.starts_with(is_alnum_lower)
-                && part.ends_with(is_alnum_lower)
-        });
-    if !ok {
-        errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
-    }
-    errs
-}
-
-fn qualified_name_part_ok(s: &str) -> bool {
-    let inner = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(inner)
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// Errors for a label or annotation key: `[prefix/]name`.
-pub fn label_key_errors(key: &str) -> Vec<String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let mut errs = Vec::new();
-    if let Some(prefix) = prefix {
-        if !dns_subdomain_errors(prefix).is_empty() {
-            errs.push("prefix part must be a lowercase RFC 1123 subdomain".into());
-        }
-    }
-    if !qualified_name_part_ok(name) {
-        errs.push("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with at most 63 characters".into());
-    }
-    errs
-}
-
-/// Errors for a label value (may be empty).
-pub fn label_value_errors(value: &str) -> Vec<String> {
-    if value.is_empty() || qualified_name_part_ok(value) {
-        Vec::new()
-    } else {
-        vec!["a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?') with at most 63 characters".into()]
-    }
-}
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
@@ -96,7 +23,7 @@ pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<F
             dns_subdomain_errors(name)
         };
         for p in problems {
-            errs.push(FieldError::invalid("metadata.name", name, p));
+            errs.push(FieldError::invalid("metadata.name", name, p.to_string()));
         }
     }
     validate_labels(object.pointer("/metadata/labels"), "metadata.labels", errs);
@@ -106,7 +33,7 @@ pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<F
     {
         for key in annotations.keys() {
             for p in label_key_errors(key) {
-                errs.push(FieldError::invalid("metadata.annotations", key, p));
+                errs.push(FieldError::invalid("metadata.annotations", key, p.to_string()));
             }
         }
         let size: usize = annotations
@@ -126,11 +53,11 @@ pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<F
 fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
     for (key, value) in labels.and_then(Value::as_object).into_iter().flatten() {
         for p in label_key_errors(key) {
-            errs.push(FieldError::invalid(field, key, p));
+            errs.push(FieldError::invalid(field, key, p.to_string()));
         }
         let value = value.as_str().unwrap_or_default();
         for p in label_value_errors(value) {
-            errs.push(FieldError::invalid(format!("{field}[{key}]"), value, p));
+            errs.push(FieldError::invalid(format!("{field}[{key}]"), value, p.to_string()));
         }
     }
 }
@@ -170,7 +97,7 @@ fn validate_containers(
             None | Some("") => errs.push(FieldError::required(format!("{at}.name"))),
             Some(name) => {
                 for p in dns_label_errors(name) {
-                    errs.push(FieldError::invalid(format!("{at}.name"), name, p));
+                    errs.push(FieldError::invalid(format!("{at}.name"), name, p.to_string()));
                 }
                 if !seen.insert(name.to_owned()) {
                     errs.push(FieldError {
@@ -254,7 +181,7 @@ fn validate_workload(object: &Value, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::required("spec.selector"));
         return;
     };
-    match super::selectors::LabelSelector::from_object(selector) {
+    match skiff_k8s::labels::LabelSelector::from_object(selector) {
         Ok(sel) if sel.is_empty() => errs.push(FieldError::invalid(
             "spec.selector",
             &selector.to_string(),
@@ -529,7 +456,7 @@ fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldErro
     match spec.get("selector").filter(|s| !s.is_null()) {
         None if manual => errs.push(FieldError::required(format!("{field}.selector"))),
         None => {}
-        Some(selector) => match super::selectors::LabelSelector::from_object(selector) {
+        Some(selector) => match skiff_k8s::labels::LabelSelector::from_object(selector) {
             Ok(sel) if sel.is_empty() => errs.push(FieldError::invalid(
                 format!("{field}.selector"),
                 &selector.to_string(),
@@ -570,7 +497,7 @@ fn validate_cronjob(object: &Value, errs: &mut Vec<FieldError>) {
     match spec.get("schedule").and_then(Value::as_str) {
         None | Some("") => errs.push(FieldError::required("spec.schedule")),
         Some(schedule) => {
-            if let Err(e) = crate::controllers::schedule::parse(schedule) {
+            if let Err(e) = skiff_k8s::cron::parse(schedule) {
                 errs.push(FieldError::invalid(
                     "spec.schedule",
                     schedule,
@@ -580,7 +507,7 @@ fn validate_cronjob(object: &Value, errs: &mut Vec<FieldError>) {
         }
     }
     if let Some(tz) = spec.get("timeZone").and_then(Value::as_str) {
-        if let Err(e) = crate::controllers::schedule::time_zone(Some(tz)) {
+        if let Err(e) = skiff_k8s::cron::time_zone(Some(tz)) {
             errs.push(FieldError::invalid("spec.timeZone", tz, e.to_string()));
         }
     }
@@ -667,26 +594,6 @@ pub fn validate_object(kind: &str, object: &Value) -> Vec<FieldError> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn names() {
-        assert!(dns_label_errors("kubia-1").is_empty());
-        assert!(!dns_label_errors("Kubia").is_empty());
-        assert!(!dns_label_errors("a.b").is_empty());
-        assert!(dns_subdomain_errors("a.b-c").is_empty());
-        assert!(!dns_subdomain_errors("-a").is_empty());
-        assert!(!dns_subdomain_errors(&"a".repeat(254)).is_empty());
-    }
-
-    #[test]
-    fn label_keys_and_values() {
-        assert!(label_key_errors("app").is_empty());
-        assert!(label_key_errors("example.com/My_Key").is_empty());
-        assert!(!label_key_errors("Example.com/x").is_empty());
-        assert!(!label_key_errors("bad key").is_empty());
-        assert!(label_value_errors("").is_empty());
-        assert!(!label_value_errors("has space").is_empty());
-    }
 
     #[test]
     fn pod_without_containers_or_image() {

@@ -278,7 +278,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::selectors::LabelSelector;
+    use skiff_k8s::labels::LabelSelector;
 
     fn event(kind: EventKind, prev: Option<Value>, now: Value) -> StoreEvent {
         let bytes = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap());

@@ -25,10 +25,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
+use skiff_k8s::cron;
 
 use super::events::{reference, EventType, Recorder};
 use super::job::finished_condition;
-use super::schedule;
 use super::{ownership, Context};
 
 /// The longest a CronJob sleeps between passes.
@@ -274,7 +274,7 @@ async fn run_schedule(
     let spec = cj.spec.clone();
     let object_ref = reference(cj);
     // The API validates both; these fire only for objects stored before it did.
-    let sched = match schedule::parse(&spec.schedule) {
+    let sched = match cron::parse(&spec.schedule) {
         Ok(s) => s,
         Err(e) => {
             let message = format!("unparseable schedule: {:?} : {e}", spec.schedule);
@@ -290,7 +290,7 @@ async fn run_schedule(
             return Ok(None);
         }
     };
-    let tz = match schedule::time_zone(spec.time_zone.as_deref()) {
+    let tz = match cron::time_zone(spec.time_zone.as_deref()) {
         Ok(tz) => tz,
         Err(e) => {
             state

@@ -41,8 +41,10 @@ use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
 use super::pod_control::PodControl;
 use super::replicaset::pod_from_template;
-use super::{claim, ownership, pod_state, status, Context};
-use crate::scheduler::filter::{term_matches, tolerates};
+use super::{claim, ownership, status, Context};
+use skiff_k8s::pod as pod_state;
+use skiff_k8s::affinity;
+use skiff_k8s::taints::tolerates;
 
 const COMPONENT: &str = "daemonset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -144,28 +146,7 @@ pub fn target_node(pod: &Pod) -> Option<String> {
 /// Whether a daemon pod with `spec` should run on `node`, and whether one already there may
 /// continue to (Kubernetes' `NodeShouldRunDaemonPod`).
 pub fn should_run(spec: &PodSpec, node: &Node) -> (bool, bool) {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let name = node.metadata.name.as_deref().unwrap_or_default();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let affinity_ok = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .is_none_or(|r| {
-            r.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, labels, name))
-        });
-    if !selector_ok || !affinity_ok {
+    if !affinity::matches_node(spec, node) {
         return (false, false);
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
@@ -752,7 +733,7 @@ async fn delete_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::pod_state::tests::pod;
+    use skiff_k8s::testing::pod;
     use k8s_openapi::api::core::v1::NodeSpec;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Node {

@@ -24,7 +24,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use super::expectations::{Expectations, Observed};
-use super::{ownership, pod_state, Context};
+use super::{ownership, Context};
+use skiff_k8s::pod as pod_state;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -442,7 +443,7 @@ mod tests {
     }
 
     fn web_pod(name: &str, ip: &str, port_name: &str, port: i32, ready: bool) -> Arc<Pod> {
-        let mut p = pod_state::tests::pod(name, Some("n1"), "Running", ready, 1);
+        let mut p = skiff_k8s::testing::pod(name, Some("n1"), "Running", ready, 1);
         p.metadata.namespace = Some("default".into());
         p.metadata.uid = Some(format!("uid-{name}"));
         p.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());

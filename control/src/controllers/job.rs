@@ -38,7 +38,8 @@ use kube::{Resource, ResourceExt};
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::pod_control::PodControl;
-use super::{ownership, pod_state, replicaset, Context};
+use super::{ownership, replicaset, Context};
+use skiff_k8s::pod as pod_state;
 
 /// How often every Job is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -732,7 +733,7 @@ mod tests {
     }
 
     fn indexed_pod(name: &str, index: i32, created: i64) -> Arc<Pod> {
-        let mut p = pod_state::tests::pod(name, Some("n"), "Running", true, created);
+        let mut p = skiff_k8s::testing::pod(name, Some("n"), "Running", true, created);
         p.metadata.annotations = Some([(COMPLETION_INDEX.to_owned(), index.to_string())].into());
         Arc::new(p)
     }

@@ -21,10 +21,8 @@ pub mod node_lifecycle;
 pub mod ownership;
 pub mod pod_cidr;
 pub mod pod_control;
-pub mod pod_state;
 pub mod replicaset;
 pub mod replicationcontroller;
-pub mod schedule;
 pub mod statefulset;
 pub mod status;
 

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::events::{reference, EventType, Recorder};
 use super::Context;
-use crate::scheduler::filter::tolerates;
+use skiff_k8s::taints::tolerates;
 
 /// Taint of a Node whose heartbeat stopped.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -333,10 +333,7 @@ impl Controller {
             ) else {
                 continue;
             };
-            let terminal = matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
+            let terminal = skiff_k8s::pod::is_finished(pod);
             let Some(node) = by_name.get(node_name.as_str()) else {
                 let since = *self.orphans.entry(uid.clone()).or_insert(now);
                 if now.duration_since(since) > self.config.grace_period {

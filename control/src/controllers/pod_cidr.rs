@@ -17,13 +17,13 @@ use serde_json::json;
 
 use super::events::{reference, EventType};
 use super::Context;
-use crate::apiserver::service_alloc::Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// What the allocator hands out.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// The cluster's pod range (`--cluster-cidr`).
-    pub cluster_cidr: Cidr,
+    pub cluster_cidr: Ipv4Cidr,
     /// Prefix length of each node's block (`--node-cidr-mask-size`).
     pub node_mask: u8,
 }
@@ -84,9 +84,9 @@ impl Blocks {
 
     /// The index of a block written as a CIDR, if it is one of ours.
     fn index(&self, cidr: &str) -> Option<u64> {
-        let c: Cidr = cidr.parse().ok()?;
-        (c.prefix == self.config.node_mask && self.config.cluster_cidr.contains(c.network))
-            .then(|| self.config.cluster_cidr.offset(c.network) / self.block_size())
+        let c: Ipv4Cidr = cidr.parse().ok()?;
+        (c.prefix == self.config.node_mask && self.config.cluster_cidr.contains(c.addr))
+            .then(|| self.config.cluster_cidr.offset(c.addr) / self.block_size())
     }
 
     /// Marks a block some Node already has as used.

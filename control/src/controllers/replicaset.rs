@@ -31,7 +31,8 @@ use serde_json::{json, Value};
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::pod_control::{api_message, PodControl};
-use super::{ownership, pod_state, Context};
+use super::{ownership, Context};
+use skiff_k8s::pod as pod_state;
 
 /// How often every set is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);

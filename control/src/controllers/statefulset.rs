@@ -45,7 +45,8 @@ use super::events::{reference, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
 use super::pod_control::{api_message, PodControl};
-use super::{claim, ownership, pod_state, status, Context};
+use super::{claim, ownership, status, Context};
+use skiff_k8s::pod as pod_state;
 
 const COMPONENT: &str = "statefulset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -571,7 +572,7 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::pod_state::tests::pod;
+    use skiff_k8s::testing::pod;
 
     fn p(set: &str, ord: i32, rev: &str, ready: bool) -> Arc<Pod> {
         let mut pod = pod(&format!("{set}-{ord}"), None, "Running", ready, 100);

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm};
+use skiff_k8s::quantity;
 
-use super::resources::{parse_quantity, pod_requests, Resources};
+use super::resources::{pod_requests, Resources};
 
 /// The scheduler name pods get by default.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
@@ -76,10 +77,7 @@ impl PodInfo {
 
     /// Finished pods hold no resources.
     pub fn terminal(&self) -> bool {
-        matches!(
-            self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        )
+        skiff_k8s::pod::is_finished(&self.pod)
     }
 
     /// Waiting for this scheduler.
@@ -127,7 +125,7 @@ impl NodeInfo {
         let q = |k: &str, scale| {
             alloc
                 .and_then(|a| a.get(k))
-                .and_then(|q| parse_quantity(&q.0, scale))
+                .and_then(|q| quantity::parse(&q.0, scale).ok())
         };
         self.allocatable = Resources {
             milli_cpu: q("cpu", 1000).unwrap_or(0),

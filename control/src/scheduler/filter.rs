@@ -2,13 +2,13 @@
 //! bound to it, each failing with kube-scheduler's reason text (what users read in
 //! FailedScheduling events).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, Taint, Toleration,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{Node, PodAffinityTerm, Taint, Toleration};
+use skiff_k8s::affinity;
+use skiff_k8s::labels::selector_matches;
+use skiff_k8s::taints::tolerates;
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 
@@ -135,31 +135,6 @@ pub fn ready(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
     }
 }
 
-/// Whether `toleration` tolerates `taint`, with Kubernetes' matching rules.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or_default();
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    let operator = toleration.operator.as_deref().unwrap_or("Equal");
-    if key.is_empty() {
-        // An empty key with Exists tolerates everything.
-        return operator == "Exists";
-    }
-    if key != taint.key {
-        return false;
-    }
-    match operator {
-        "Exists" => true,
-        "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
 /// The first NoSchedule or NoExecute taint no toleration covers.
 pub fn taints(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
     for t in node
@@ -184,82 +159,10 @@ pub fn taints(node: &Node, tolerations: &[Toleration]) -> Result<(), Reason> {
 
 /// nodeSelector and required node affinity.
 pub fn node_affinity(pod: &PodInfo, node: &Node) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let Some(spec) = pod.pod.spec.as_ref() else {
-        return true;
-    };
-    if let Some(selector) = &spec.node_selector {
-        if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
-    }
-    let required = spec
-        .affinity
+    pod.pod
+        .spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        // Terms are ORed.
-        Some(r) => r
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, labels, node.metadata.name.as_deref().unwrap_or_default())),
-        None => true,
-    }
-}
-
-/// A node selector term: its expressions and fields are ANDed; an empty term matches nothing.
-pub fn term_matches(
-    term: &NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    name: &str,
-) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            // metadata.name is the only node field Kubernetes allows here.
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && requirement_matches(r, Some(name))
-        })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(number),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if values.len() != 1 {
-                return false;
-            }
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
+        .is_none_or(|spec| affinity::matches_node(spec, node))
 }
 
 /// Requested resources against allocatable minus what is already bound (or assumed).
@@ -314,35 +217,6 @@ fn anti_affinity(node: &Node, forbidden: &Forbidden) -> Result<(), Reason> {
         return Err(Reason::ExistingAntiAffinity);
     }
     Ok(())
-}
-
-/// Whether a label selector matches labels (a missing selector matches nothing, an empty one
-/// everything, as for affinity terms).
-pub fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    let Some(selector) = selector else {
-        return false;
-    };
-    let empty = BTreeMap::new();
-    let labels = labels.unwrap_or(&empty);
-    selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && selector.match_expressions.iter().flatten().all(|e| {
-            let value = labels.get(&e.key);
-            let values = e.values.as_deref().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                _ => false,
-            }
-        })
 }
 
 /// Whether an affinity term of a pod in `owner_namespace` selects `target`.

@@ -1,9 +1,10 @@
-//! Resource arithmetic: Kubernetes quantities and what a pod requests.
+//! Resource arithmetic: what a pod requests (quantities parse in `skiff_k8s::quantity`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use skiff_k8s::quantity;
 
 /// CPU in millicores and memory in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,61 +42,11 @@ pub const DEFAULT_MILLI_CPU: u64 = 100;
 /// See [`DEFAULT_MILLI_CPU`].
 pub const DEFAULT_MEMORY: u64 = 200 << 20;
 
-/// Parses a quantity scaled by `scale` (1 for bytes, 1000 for millicores), rounding up.
-/// `None` for a malformed quantity: the API server's validation keeps those out, and a value
-/// that cannot be read is treated as zero rather than stopping the scheduler.
-pub fn parse_quantity(q: &str, scale: u128) -> Option<u64> {
-    let s = q.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(split);
-    let number = number.strip_prefix('+').unwrap_or(number);
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if (int.is_empty() && frac.is_empty())
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        || frac.len() > 9
-    {
-        return None;
-    }
-    let mantissa: u128 = format!("{int}{frac}").parse().ok()?;
-    let denominator: u128 = 10u128.pow(frac.len() as u32);
-    let (mult, div): (u128, u128) = match suffix {
-        "" => (1, 1),
-        "n" => (1, 1_000_000_000),
-        "u" => (1, 1_000_000),
-        "m" => (1, 1000),
-        "k" => (1000, 1),
-        "M" => (1000u128.pow(2), 1),
-        "G" => (1000u128.pow(3), 1),
-        "T" => (1000u128.pow(4), 1),
-        "P" => (1000u128.pow(5), 1),
-        "E" => (1000u128.pow(6), 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        s if s.starts_with(['e', 'E']) => {
-            let exp: u32 = s[1..].parse().ok()?;
-            if exp > 18 {
-                return None;
-            }
-            (10u128.pow(exp), 1)
-        }
-        _ => return None,
-    };
-    let value = mantissa
-        .checked_mul(mult)?
-        .checked_mul(scale)?
-        .div_ceil(denominator * div);
-    u64::try_from(value).ok()
-}
-
 fn get(map: Option<&BTreeMap<String, Quantity>>, key: &str, scale: u128) -> Option<u64> {
     map.and_then(|m| m.get(key))
-        .and_then(|q| parse_quantity(&q.0, scale))
+        // A malformed quantity counts as zero rather than stopping the scheduler: the API
+        // server's validation keeps those out.
+        .and_then(|q| quantity::parse(&q.0, scale).ok())
 }
 
 /// A container's requests; a resource with a limit but no request requests its limit (the API
@@ -139,20 +90,6 @@ pub fn pod_requests(pod: &Pod, nonzero: bool) -> Resources {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
-
-    #[test]
-    fn quantities_parse_like_kubernetes() {
-        assert_eq!(parse_quantity("100m", 1000), Some(100));
-        assert_eq!(parse_quantity("1", 1000), Some(1000));
-        assert_eq!(parse_quantity("0.5", 1000), Some(500));
-        assert_eq!(parse_quantity("128Mi", 1), Some(128 << 20));
-        assert_eq!(parse_quantity("1G", 1), Some(1_000_000_000));
-        assert_eq!(parse_quantity("1e3", 1), Some(1000));
-        assert_eq!(parse_quantity("1500u", 1000), Some(2));
-        for bad in ["", "Mi", "1X", "1..2", "-1", "1e99", "abc"] {
-            assert_eq!(parse_quantity(bad, 1), None, "{bad}");
-        }
-    }
 
     fn container(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> Container {
         let map = |kv: &[(&str, &str)]| {

@@ -1,5 +1,5 @@
 //! What controllers ask about a pod: is it active, ready, available, and how eager are we to
-//! delete it. The rules are Kubernetes' (`k8s.io/kubernetes/pkg/api/v1/pod`, `controller_utils`).
+//! delete it (no errors: a pod missing a field reads as Kubernetes defaults it). The rules are Kubernetes' (`k8s.io/kubernetes/pkg/api/v1/pod`, `controller_utils`).
 
 use std::cmp::Ordering;
 
@@ -113,32 +113,9 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    /// A pod for tests: `node` set or not, a phase, ready or not, created at second `created`.
-    pub fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> Pod {
-        let mut p = Pod::default();
-        p.metadata.name = Some(name.into());
-        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
-        p.spec = Some(PodSpec {
-            node_name: node.map(Into::into),
-            ..PodSpec::default()
-        });
-        p.status = Some(PodStatus {
-            phase: Some(phase.into()),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                last_transition_time: Some(Time(Timestamp::from_second(created).unwrap())),
-                ..PodCondition::default()
-            }]),
-            ..PodStatus::default()
-        });
-        p
-    }
+    use crate::testing::pod;
 
     #[test]
     fn scale_down_prefers_unscheduled_then_pending_then_not_ready_then_newer() {

@@ -1,0 +1,18 @@
+//! Kubernetes' pure rules, shared by skiff-control and skiff-agent: what apimachinery's
+//! validation and component-helpers hold in Kubernetes. A rule belongs here when both programs
+//! need it (or a program needs it in two places) and it does no I/O: no tokio, no HTTP, no
+//! store, no clock reads except [`time::now`]. Each module is one concept with its own error
+//! enum.
+
+pub mod affinity;
+pub mod cidr;
+pub mod cron;
+pub mod labels;
+pub mod names;
+pub mod pod;
+pub mod quantity;
+pub mod taints;
+pub mod time;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
