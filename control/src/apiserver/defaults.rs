@@ -1,13 +1,16 @@
-//! Defaulting on create and update, as the Kubernetes API server's `SetDefaults_*` do for the
-//! fields users (and kubectl's printers) rely on.
+//! Defaulting helpers the kinds' strategies share (pod specs and templates, apps sets), as
+//! the Kubernetes API server's `SetDefaults_*` do for the fields users (and kubectl's
+//! printers) rely on; each kind's own defaults are in `kinds/<kind>.rs`.
 
 use serde_json::{json, Map, Value};
 
-fn obj<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
+/// The map at `key`, if it is one.
+pub fn obj<'a>(v: &'a mut Value, key: &str) -> Option<&'a mut Map<String, Value>> {
     v.get_mut(key).and_then(Value::as_object_mut)
 }
 
-fn default_field(map: &mut Map<String, Value>, key: &str, value: Value) {
+/// Sets `key` unless it has a non-null value.
+pub fn default_field(map: &mut Map<String, Value>, key: &str, value: Value) {
     if map.get(key).is_none_or(Value::is_null) {
         map.insert(key.to_owned(), value);
     }
@@ -64,16 +67,16 @@ pub fn default_pod_spec(spec: &mut Value) {
     default_containers(map.get_mut("initContainers"));
 }
 
-fn default_template(object: &mut Value) {
+/// Defaults the pod spec of a workload's template.
+pub fn default_template(object: &mut Value) {
     if let Some(spec) = object.pointer_mut("/spec/template/spec") {
         default_pod_spec(spec);
     }
 }
 
-/// StatefulSet and DaemonSet defaults (`SetDefaults_StatefulSet`, `SetDefaults_DaemonSet`):
-/// kubectl's rollout commands read the update strategy.
-fn default_apps_set(kind: &str, object: &mut Value) {
-    let stateful = kind == "StatefulSet";
+/// StatefulSet (`stateful`) and DaemonSet defaults (`SetDefaults_StatefulSet`,
+/// `SetDefaults_DaemonSet`): kubectl's rollout commands read the update strategy.
+pub fn default_apps_set(stateful: bool, object: &mut Value) {
     if let Some(spec) = obj(object, "spec") {
         if stateful {
             default_field(spec, "replicas", json!(1));
@@ -108,157 +111,6 @@ fn default_apps_set(kind: &str, object: &mut Value) {
         }
     }
     default_template(object);
-}
-
-/// `SetDefaults_Job`: one pod to completion unless told otherwise, six retries, NonIndexed.
-fn default_job_spec(spec: Option<&mut Value>) {
-    let Some(spec) = spec.and_then(Value::as_object_mut) else {
-        return;
-    };
-    // Both unset: one pod, once. Only parallelism set: a work queue (completions stays unset).
-    if spec.get("completions").is_none_or(Value::is_null)
-        && spec.get("parallelism").is_none_or(Value::is_null)
-    {
-        spec.insert("completions".into(), json!(1));
-        spec.insert("parallelism".into(), json!(1));
-    }
-    default_field(spec, "parallelism", json!(1));
-    default_field(spec, "backoffLimit", json!(6));
-    default_field(spec, "completionMode", json!("NonIndexed"));
-    default_field(spec, "suspend", json!(false));
-    default_field(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-}
-
-/// The Job strategy's `generateSelector`: unless `manualSelector`, the pods carry the Job's
-/// uid and name as labels and the selector is the uid label.
-fn generate_job_selector(object: &mut Value) {
-    if object.pointer("/spec/manualSelector") == Some(&json!(true)) {
-        return;
-    }
-    let Some(uid) = object.pointer("/metadata/uid").cloned() else {
-        return;
-    };
-    let name = object
-        .pointer("/metadata/name")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let Some(spec) = obj(object, "spec") else {
-        return;
-    };
-    spec.insert(
-        "selector".into(),
-        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
-    );
-    default_field(spec, "template", json!({}));
-    let Some(meta) = spec.get_mut("template").and_then(|t| {
-        let t = t.as_object_mut()?;
-        default_field(t, "metadata", json!({}));
-        let m = t.get_mut("metadata")?.as_object_mut()?;
-        default_field(m, "labels", json!({}));
-        m.get_mut("labels")?.as_object_mut()
-    }) else {
-        return;
-    };
-    for key in ["batch.kubernetes.io/controller-uid", "controller-uid"] {
-        meta.insert(key.into(), uid.clone());
-    }
-    for key in ["batch.kubernetes.io/job-name", "job-name"] {
-        meta.insert(key.into(), name.clone());
-    }
-}
-
-/// Applies the defaults of `kind` to a decoded object.
-pub fn apply_defaults(kind: &str, object: &mut Value) {
-    match kind {
-        "Pod" => {
-            if let Some(spec) = object.get_mut("spec") {
-                default_pod_spec(spec);
-            }
-        }
-        "Service" => {
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "type", json!("ClusterIP"));
-                default_field(spec, "sessionAffinity", json!("None"));
-                default_field(spec, "internalTrafficPolicy", json!("Cluster"));
-                for p in spec
-                    .get_mut("ports")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(p) = p.as_object_mut() {
-                        default_field(p, "protocol", json!("TCP"));
-                        let port = p.get("port").cloned().unwrap_or(Value::Null);
-                        default_field(p, "targetPort", port);
-                    }
-                }
-            }
-        }
-        "Deployment" => {
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "replicas", json!(1));
-                default_field(spec, "revisionHistoryLimit", json!(10));
-                default_field(spec, "progressDeadlineSeconds", json!(600));
-                default_field(spec, "strategy", json!({}));
-                if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
-                    default_field(strategy, "type", json!("RollingUpdate"));
-                    if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                        default_field(strategy, "rollingUpdate", json!({}));
-                        if let Some(ru) = strategy
-                            .get_mut("rollingUpdate")
-                            .and_then(Value::as_object_mut)
-                        {
-                            default_field(ru, "maxSurge", json!("25%"));
-                            default_field(ru, "maxUnavailable", json!("25%"));
-                        }
-                    }
-                }
-            }
-            default_template(object);
-        }
-        "ReplicaSet" => {
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "replicas", json!(1));
-            }
-            default_template(object);
-        }
-        "StatefulSet" | "DaemonSet" => default_apps_set(kind, object),
-        "ReplicationController" => {
-            let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "replicas", json!(1));
-                if let Some(labels) = template_labels {
-                    default_field(spec, "selector", labels);
-                }
-            }
-            default_template(object);
-        }
-        "Job" => {
-            default_job_spec(object.get_mut("spec"));
-            generate_job_selector(object);
-            default_template(object);
-        }
-        "CronJob" => {
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "concurrencyPolicy", json!("Allow"));
-                default_field(spec, "suspend", json!(false));
-                default_field(spec, "successfulJobsHistoryLimit", json!(3));
-                default_field(spec, "failedJobsHistoryLimit", json!(1));
-            }
-            // Like Kubernetes, only the pod template: the Job made from it is defaulted when created.
-            if let Some(spec) = object.pointer_mut("/spec/jobTemplate/spec/template/spec") {
-                default_pod_spec(spec);
-            }
-        }
-        "Namespace" => {
-            let map = object.as_object_mut().expect("objects are maps");
-            default_field(map, "spec", json!({}));
-            if let Some(spec) = obj(object, "spec") {
-                default_field(spec, "finalizers", json!(["kubernetes"]));
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Fields that are plain (non-pointer) values in the Go types with `omitempty`: Go's protobuf
@@ -300,6 +152,7 @@ pub fn drop_plain_zeros(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::kinds::testing::defaulted;
 
     #[test]
     fn plain_zeros_go_and_pointer_zeros_stay() {
@@ -315,22 +168,27 @@ mod tests {
 
     #[test]
     fn deployment_strategy_defaults_fill_an_empty_strategy() {
-        let mut d = json!({"spec": {"strategy": {}}});
-        apply_defaults("Deployment", &mut d);
+        let d = defaulted("apps", "Deployment", json!({"spec": {"strategy": {}}}));
         assert_eq!(
             d["spec"]["strategy"],
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
         );
-        let mut r = json!({"spec": {"strategy": {"type": "Recreate"}}});
-        apply_defaults("Deployment", &mut r);
+        let r = defaulted(
+            "apps",
+            "Deployment",
+            json!({"spec": {"strategy": {"type": "Recreate"}}}),
+        );
         assert_eq!(r["spec"]["strategy"], json!({"type": "Recreate"}));
     }
 
     #[test]
     fn job_defaults_and_generated_selector() {
-        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"},
-            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": []}}}});
-        apply_defaults("Job", &mut job);
+        let job = defaulted(
+            "batch",
+            "Job",
+            json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": []}}}}),
+        );
         let spec = &job["spec"];
         assert_eq!(
             (
@@ -351,14 +209,19 @@ mod tests {
                 "batch.kubernetes.io/job-name": "pi", "job-name": "pi"})
         );
         // A work queue: parallelism alone leaves completions unset.
-        let mut queue =
-            json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 3}});
-        apply_defaults("Job", &mut queue);
+        let queue = defaulted(
+            "batch",
+            "Job",
+            json!({"metadata": {"name": "q", "uid": "u-2"}, "spec": {"parallelism": 3}}),
+        );
         assert!(queue["spec"].get("completions").is_none());
         // A manual selector is left alone.
-        let mut manual = json!({"metadata": {"name": "m", "uid": "u-3"},
-            "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "m"}}}});
-        apply_defaults("Job", &mut manual);
+        let manual = defaulted(
+            "batch",
+            "Job",
+            json!({"metadata": {"name": "m", "uid": "u-3"},
+            "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "m"}}}}),
+        );
         assert_eq!(
             manual["spec"]["selector"],
             json!({"matchLabels": {"app": "m"}})
@@ -375,8 +238,7 @@ mod tests {
 
     #[test]
     fn service_target_port_defaults_to_port() {
-        let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
-        apply_defaults("Service", &mut svc);
+        let svc = defaulted("", "Service", json!({"spec": {"ports": [{"port": 80}]}}));
         assert_eq!(
             svc["spec"]["ports"][0],
             json!({"port": 80, "protocol": "TCP", "targetPort": 80})

@@ -38,29 +38,14 @@ pub async fn core_versions() -> Json<Value> {
     }))
 }
 
-fn verbs(def: &ResourceDef) -> Vec<&'static str> {
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
-    .into_iter()
-    .filter(|v| def.kind != "Namespace" || *v != "deletecollection")
-    .collect()
-}
-
 /// The APIResourceList of one group/version.
 pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Value> {
-    let defs: Vec<&ResourceDef> = state
-        .registry
+    let snapshot = state.registry.snapshot();
+    let defs: Vec<&ResourceDef> = snapshot
         .all()
         .iter()
         .filter(|d| d.group == group && d.version == version)
+        .map(|d| d.as_ref())
         .collect();
     if defs.is_empty() {
         return None;
@@ -72,7 +57,7 @@ pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Val
             "singularName": d.singular,
             "namespaced": d.namespaced,
             "kind": d.kind,
-            "verbs": verbs(d),
+            "verbs": d.strategy.verbs(),
             "shortNames": d.short_names,
             "categories": d.categories,
         }));
@@ -82,21 +67,7 @@ pub fn resource_list(state: &ApiState, group: &str, version: &str) -> Option<Val
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
             }));
         }
-        if d.group.is_empty() && d.plural == "pods" {
-            resources.push(json!({
-                "name": "pods/binding", "singularName": "", "namespaced": true,
-                "kind": "Binding", "verbs": ["create"],
-            }));
-            // Served by proxying to the pod's agent (node_proxy.rs).
-            resources.push(json!({
-                "name": "pods/log", "singularName": "", "namespaced": true,
-                "kind": "Pod", "verbs": ["get"],
-            }));
-            resources.push(json!({
-                "name": "pods/exec", "singularName": "", "namespaced": true,
-                "kind": "PodExecOptions", "verbs": ["create", "get"],
-            }));
-        }
+        resources.extend(d.strategy.discovery_subresources());
         if d.subresources.scale {
             resources.push(json!({
                 "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
@@ -133,6 +104,7 @@ fn group_object(group: &str, version: &str) -> Value {
 pub async fn groups(State(state): State<Arc<ApiState>>) -> Json<Value> {
     let groups: Vec<Value> = state
         .registry
+        .snapshot()
         .group_versions()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
@@ -146,8 +118,8 @@ pub async fn group(
     State(state): State<Arc<ApiState>>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (g, v) = state
-        .registry
+    let snapshot = state.registry.snapshot();
+    let (g, v) = snapshot
         .group_versions()
         .into_iter()
         .find(|(g, _)| *g == group)

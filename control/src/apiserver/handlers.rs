@@ -25,7 +25,7 @@ use super::{watch, ApiState};
 #[derive(Debug)]
 pub struct Target {
     /// The resource.
-    pub def: ResourceDef,
+    pub def: Arc<ResourceDef>,
     /// Namespace from the path.
     pub namespace: Option<String>,
     /// Object name from the path; `None` for collections.
@@ -46,7 +46,6 @@ fn parse_target(
         state
             .registry
             .find(group, version, plural)
-            .cloned()
             .ok_or(ApiError::UnknownResource)
     };
     let (def, namespace, name, sub) = match segs.as_slice() {
@@ -76,10 +75,11 @@ fn parse_target(
     let subresource = match sub {
         None => Subresource::Main,
         Some("status") if def.subresources.status => Subresource::Status,
-        Some("finalize") if def.kind == "Namespace" => Subresource::Main,
         Some("scale") if def.subresources.scale => Subresource::Scale,
-        Some("binding") if def.kind == "Pod" && namespace.is_some() => Subresource::Binding,
-        Some(_) => return Err(ApiError::UnknownResource),
+        Some(other) => def
+            .strategy
+            .subresource(other, namespace.is_some())
+            .ok_or(ApiError::UnknownResource)?,
     };
     Ok(Target {
         def,
@@ -128,7 +128,7 @@ pub fn list_options(
         .map_err(|e| selector_error(e.into()))?;
     let fields = FieldSelector::parse(
         query.get("fieldSelector").map_or("", String::as_str),
-        def.field_selectors,
+        def.strategy.field_selectors(),
     )
     .map_err(selector_error)?;
     let limit = match query.get("limit").filter(|l| !l.is_empty()) {
@@ -306,7 +306,7 @@ fn list_response(
         let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
         return Ok(json_response(
             StatusCode::OK,
-            &table(def.kind, &refs, list_meta, include),
+            &table(&def.strategy.columns(), &refs, list_meta, include),
             &[],
         ));
     }
@@ -392,7 +392,7 @@ async fn dispatch(
                 return Ok(json_response(
                     StatusCode::OK,
                     &table(
-                        def.kind,
+                        &def.strategy.columns(),
                         &[&object],
                         json!({"resourceVersion": rv}),
                         include,
@@ -492,7 +492,7 @@ mod tests {
         let t = parse_target(&s, "", "v1", "namespaces/default/pods/kubia/status").unwrap();
         assert_eq!(
             (
-                t.def.kind,
+                t.def.kind.as_str(),
                 t.namespace.as_deref(),
                 t.name.as_deref(),
                 t.subresource
@@ -501,12 +501,12 @@ mod tests {
         );
         let t = parse_target(&s, "", "v1", "namespaces/default").unwrap();
         assert_eq!(
-            (t.def.kind, t.name.as_deref()),
+            (t.def.kind.as_str(), t.name.as_deref()),
             ("Namespace", Some("default"))
         );
         let t = parse_target(&s, "", "v1", "namespaces/x/status").unwrap();
         assert_eq!(
-            (t.def.kind, t.subresource),
+            (t.def.kind.as_str(), t.subresource),
             ("Namespace", Subresource::Status)
         );
         let t = parse_target(&s, "apps", "v1", "namespaces/a/deployments/d/scale").unwrap();

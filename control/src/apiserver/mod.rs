@@ -6,6 +6,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod kinds;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;

@@ -11,12 +11,11 @@ use serde_json::{json, Map, Value};
 use skiff_k8s::labels::LabelSelector;
 use skiff_k8s::time;
 
-use super::defaults::apply_defaults;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, Filter};
-use super::validation::{validate_object, validate_update};
+use super::validation::validate_object;
 use super::ApiState;
 use crate::store::{object_revision, StoreError};
 
@@ -125,8 +124,6 @@ fn propagation_finalizer(opts: &DeleteOptions) -> Option<&'static str> {
     }
 }
 
-/// Namespaces that cannot be deleted.
-const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 fn meta(object: &mut Value) -> &mut Map<String, Value> {
     if !object.get("metadata").is_some_and(Value::is_object) {
@@ -235,7 +232,7 @@ pub fn scale_of(def: &ResourceDef, object: &Value) -> Value {
             "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
             "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
         },
-        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(if def.kind == "Deployment" { 1 } else { 0 }))},
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(def.strategy.scale_default_replicas()))},
         "status": {
             "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
             "selector": selector.unwrap_or_default(),
@@ -275,20 +272,11 @@ fn random_suffix() -> String {
 }
 
 impl ApiState {
-    /// Holds Service writes one at a time (see `service_alloc`); `None` for other kinds.
-    async fn service_writes(&self, def: &ResourceDef) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if def.kind == "Service" {
-            Some(self.services.lock().await)
-        } else {
-            None
-        }
-    }
-
-    /// Releases what the Service at `key` no longer holds, from what is stored now.
-    fn settle_service(&self, def: &ResourceDef, key: &str) {
-        if def.kind == "Service" {
-            let stored = self.store.get(key).ok().flatten();
-            self.services.settle(key, stored.as_ref());
+    /// Holds the kind's write lock, if it has one (Services: see `service_alloc`).
+    async fn write_lock(&self, def: &ResourceDef) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match def.strategy.write_lock(self) {
+            Some(lock) => Some(lock.await),
+            None => None,
         }
     }
 
@@ -408,7 +396,7 @@ impl ApiState {
 
     fn invalid(def: &ResourceDef, object: &Value, causes: Vec<FieldError>) -> ApiError {
         ApiError::Invalid {
-            kind: def.kind.into(),
+            kind: def.kind.clone(),
             name: meta_str(object, "name").unwrap_or_default().into(),
             causes,
         }
@@ -515,9 +503,9 @@ impl ApiState {
         body: Value,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        let _services = self.service_writes(def).await;
+        let _lock = self.write_lock(def).await;
         let mut object = body;
-        self.check_type_meta(def, &mut object, def.kind, &def.api_version())?;
+        self.check_type_meta(def, &mut object, &def.kind, &def.api_version())?;
         let namespace = self.namespace_for_write(def, path_namespace, &mut object)?;
         if meta_str(&object, "name").is_none_or(str::is_empty) {
             if let Some(prefix) = meta_str(&object, "generateName").filter(|s| !s.is_empty()) {
@@ -541,25 +529,13 @@ impl ApiState {
         if object.get("spec").is_some() {
             meta(&mut object).insert("generation".into(), json!(1));
         }
+        let strategy = def.strategy.as_ref();
         if def.subresources.status {
-            match def.kind {
-                "Pod" => object["status"] = json!({"phase": "Pending"}),
-                "Namespace" => object["status"] = json!({"phase": "Active"}),
-                // Nodes report their status on registration.
-                "Node" => {}
-                _ => {
-                    object
-                        .as_object_mut()
-                        .expect("decoded objects are maps")
-                        .remove("status");
-                }
-            }
+            strategy.prepare_for_create(&mut object);
         }
-        apply_defaults(def.kind, &mut object);
-        if def.kind == "Pod" {
-            self.default_tolerations.apply(&mut object);
-        }
-        let causes = validate_object(def.kind, &object);
+        strategy.default(&mut object);
+        strategy.admit(self, &mut object);
+        let causes = validate_object(strategy, &object);
         if !causes.is_empty() {
             return Err(Self::invalid(def, &object, causes));
         }
@@ -568,23 +544,15 @@ impl ApiState {
             self.check_namespace_open(ns)?;
         }
         let key = self.key(def, namespace.as_deref(), &name);
-        if def.kind == "Service" {
-            if self.store.get(&key).ok().flatten().is_some() {
-                return Err(ApiError::AlreadyExists {
-                    kind: def.group_resource(),
-                    name,
-                });
-            }
-            self.services.reserve(&key, &mut object, None)?;
-        }
+        strategy.before_create(self, def, &key, &mut object)?;
         if opts.dry_run {
-            self.settle_service(def, &key);
+            strategy.after_write(self, &key);
             return Ok(Written { object, warnings });
         }
         let store = self.store.clone();
         let store_key = key.clone();
         let written = blocking(move || store.create(&store_key, object)).await;
-        self.settle_service(def, &key);
+        strategy.after_write(self, &key);
         let object = written?.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
         Ok(Written { object, warnings })
     }
@@ -688,13 +656,14 @@ impl ApiState {
                 }
             }
         }
-        apply_defaults(def.kind, &mut new);
-        if def.kind == "Service" && sub == Subresource::Main {
+        let strategy = def.strategy.as_ref();
+        strategy.default(&mut new);
+        if sub == Subresource::Main {
             let key = def.key(
                 meta_str(old, "namespace"),
                 meta_str(old, "name").unwrap_or_default(),
             );
-            self.services.reserve(&key, &mut new, Some(old))?;
+            strategy.before_update(self, &key, old, &mut new)?;
         }
         if new.get("spec") != old.get("spec") && new.get("spec").is_some() {
             let generation = old
@@ -704,8 +673,8 @@ impl ApiState {
                 + 1;
             meta(&mut new).insert("generation".into(), json!(generation));
         }
-        let mut causes = validate_object(def.kind, &new);
-        causes.extend(validate_update(def.kind, old, &new));
+        let mut causes = validate_object(strategy, &new);
+        strategy.validate_update(old, &new, &mut causes);
         if !causes.is_empty() {
             return Err(Self::invalid(def, &new, causes));
         }
@@ -735,7 +704,7 @@ impl ApiState {
             .and_then(Value::as_i64)
             .unwrap_or(0);
         let store = self.store.clone();
-        if deleting && finalizers_empty(&new) && grace == 0 && def.kind != "Namespace" {
+        if deleting && finalizers_empty(&new) && grace == 0 && !def.strategy.terminates() {
             return blocking(move || store.delete(&key, Some(expected)))
                 .await
                 .map_err(|e| StoreError::Database(e.to_string()))?;
@@ -755,11 +724,11 @@ impl ApiState {
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        let _services = self.service_writes(def).await;
+        let _lock = self.write_lock(def).await;
         let result = self
             .update_unlocked(def, namespace, name, body, sub, opts)
             .await;
-        self.settle_service(def, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name));
         result
     }
 
@@ -775,7 +744,7 @@ impl ApiState {
         let mut candidate = body;
         let (kind, version) = match sub {
             Subresource::Scale => ("Scale", "autoscaling/v1".to_owned()),
-            _ => (def.kind, def.api_version()),
+            _ => (def.kind.as_str(), def.api_version()),
         };
         self.check_type_meta(def, &mut candidate, kind, &version)?;
         match meta_str(&candidate, "name") {
@@ -834,11 +803,11 @@ impl ApiState {
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
-        let _services = self.service_writes(def).await;
+        let _lock = self.write_lock(def).await;
         let result = self
             .patch_unlocked(def, namespace, name, kind, body, sub, opts)
             .await;
-        self.settle_service(def, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name));
         result
     }
 
@@ -856,6 +825,11 @@ impl ApiState {
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        if kind == PatchKind::Strategic && !def.strategy.strategic_merge() {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json-patch+json, application/merge-patch+json".into(),
+            ));
+        }
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
             let old = self.get(def, namespace, name)?;
@@ -868,7 +842,7 @@ impl ApiState {
             patch::apply(kind, &mut patched, body).map_err(|e| match e {
                 patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
                 patch::PatchError::Apply(m) => ApiError::Invalid {
-                    kind: def.kind.into(),
+                    kind: def.kind.clone(),
                     name: name.into(),
                     causes: vec![FieldError {
                         reason: "FieldValueInvalid",
@@ -925,9 +899,9 @@ impl ApiState {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        let _services = self.service_writes(def).await;
+        let _lock = self.write_lock(def).await;
         let result = self.delete_unlocked(def, namespace, name, opts).await;
-        self.settle_service(def, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name));
         result
     }
 
@@ -979,21 +953,18 @@ impl ApiState {
                 object
             };
             let already_marked = current.pointer("/metadata/deletionTimestamp").is_some();
-            let result = if def.kind == "Namespace" {
-                if PROTECTED_NAMESPACES.contains(&name) {
-                    return Err(ApiError::Forbidden(format!(
-                        "namespaces {name:?} is forbidden: this namespace may not be deleted"
-                    )));
-                }
+            let strategy = def.strategy.as_ref();
+            strategy.check_delete(name)?;
+            let result = if strategy.terminates() {
+                // Marked and kept whatever its finalizers: a controller removes it when done.
                 if already_marked || opts.dry_run {
                     return Ok(current);
                 }
                 let mut object = mark(current, 0);
-                object["status"]["phase"] = json!("Terminating");
+                strategy.terminating(&mut object);
                 let written = blocking(move || store.update(&key, Some(expected), object)).await?;
                 if written.is_ok() {
-                    // The receiver lives as long as the server; a closed queue means shutdown.
-                    let _ = self.namespace_queue.send(name.to_owned());
+                    strategy.terminated(self, name);
                 }
                 written
             } else if let Some(finalizer) = propagation_finalizer(opts) {
@@ -1026,7 +997,7 @@ impl ApiState {
                 }
                 let object = mark(current, 0);
                 blocking(move || store.update(&key, Some(expected), object)).await?
-            } else if let Some(grace) = self.pod_grace_period(def, &current, opts) {
+            } else if let Some(grace) = strategy.grace_period(self, &current, opts) {
                 let current_grace = current
                     .pointer("/metadata/deletionGracePeriodSeconds")
                     .and_then(Value::as_i64);
@@ -1048,41 +1019,6 @@ impl ApiState {
             }
         }
         unreachable!("the last attempt returns")
-    }
-
-    /// A pod bound to an existing node and still running is deleted gracefully: the agent stops
-    /// it and then deletes it with grace 0. Returns the grace period when that applies.
-    fn pod_grace_period(
-        &self,
-        def: &ResourceDef,
-        pod: &Value,
-        opts: &DeleteOptions,
-    ) -> Option<i64> {
-        if def.kind != "Pod" {
-            return None;
-        }
-        let grace = opts
-            .grace_period_seconds
-            .or_else(|| {
-                pod.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30);
-        let node = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
-        let phase = pod
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("Pending");
-        let node_exists = self
-            .store
-            .get(&format!("core/nodes//{node}"))
-            .ok()
-            .flatten()
-            .is_some();
-        (grace > 0 && node_exists && phase != "Succeeded" && phase != "Failed").then_some(grace)
     }
 
     /// Deletes every object of a collection that matches the selectors.

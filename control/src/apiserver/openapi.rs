@@ -6,23 +6,17 @@
 //! JSON and merge patch bodies but not strategic merge on purpose: kubectl apply then builds
 //! its strategic merge patch from its compiled-in Go types, whose patch metadata is exact.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::{apps, batch, coordination, core, discovery};
 use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::registry::ResourceDef;
+use super::registry::{ResourceDef, Snapshot};
 use super::ApiState;
-
-/// Rendered documents by group/version, built on first request (they are large and rarely
-/// asked for, so they stay out of the idle footprint until kubectl wants them).
-static CACHE: Mutex<Option<HashMap<String, Arc<Vec<u8>>>>> = Mutex::new(None);
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -32,23 +26,26 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-/// A hash of the served API that changes when the build does, for client caches.
-fn doc_hash() -> String {
+/// A hash of the served API that changes when the build or the registry does, for client
+/// caches.
+fn doc_hash(snapshot: &Snapshot) -> String {
     format!(
-        "skiff-{}-1{}",
+        "skiff-{}-1{}-{}",
         env!("CARGO_PKG_VERSION"),
-        super::discovery::KUBE_MINOR
+        super::discovery::KUBE_MINOR,
+        snapshot.generation()
     )
 }
 
 /// `/openapi/v3`.
 pub async fn root(State(state): State<Arc<ApiState>>) -> axum::Json<Value> {
+    let snapshot = state.registry.snapshot();
     let mut paths = Map::new();
-    for (g, v) in state.registry.group_versions() {
+    for (g, v) in snapshot.group_versions() {
         let p = gv_path(g, v);
         paths.insert(
             p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash())}),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc_hash(&snapshot))}),
         );
     }
     axum::Json(json!({"paths": paths}))
@@ -59,20 +56,22 @@ pub async fn group_version(
     State(state): State<Arc<ApiState>>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Documents are built on first request and kept with the registry snapshot (they are
+    // large and rarely asked for, so they stay out of the idle footprint until kubectl wants
+    // them); a registry change starts a new snapshot and so new documents.
+    let snapshot = state.registry.snapshot();
     let doc = {
-        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-        let cache = cache.get_or_insert_with(HashMap::new);
+        let mut cache = snapshot.openapi.lock().unwrap_or_else(|p| p.into_inner());
         match cache.get(&path) {
             Some(doc) => doc.clone(),
             None => {
-                let (g, v) = state
-                    .registry
+                let (g, v) = snapshot
                     .group_versions()
                     .into_iter()
                     .find(|(g, v)| gv_path(g, v) == path)
                     .ok_or(ApiError::UnknownResource)?;
                 let doc = Arc::new(
-                    serde_json::to_vec(&build(&state, g, v))
+                    serde_json::to_vec(&build(&snapshot, g, v))
                         .map_err(|e| ApiError::Internal(e.to_string()))?,
                 );
                 cache.insert(path, doc.clone());
@@ -87,43 +86,19 @@ pub async fn group_version(
         .into_response())
 }
 
-fn schemas_for(group: &str, version: &str) -> Map<String, Value> {
+/// The schemas of the group/version's kinds (and of what they refer to).
+fn schemas_for(defs: &[&ResourceDef]) -> Map<String, Value> {
     let mut settings = SchemaSettings::openapi3();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = SchemaGenerator::new(settings);
-    macro_rules! add {
-        ($($t:ty),* $(,)?) => {$(
-            if <$t as k8s_openapi::Resource>::GROUP == group && <$t as k8s_openapi::Resource>::VERSION == version {
-                generator.subschema_for::<$t>();
-            }
-        )*};
+    for schema in defs.iter().filter_map(|d| d.schema) {
+        schema(&mut generator);
     }
-    add!(
-        core::v1::Namespace,
-        core::v1::Pod,
-        core::v1::Service,
-        core::v1::Endpoints,
-        core::v1::Node,
-        core::v1::Event,
-        core::v1::ConfigMap,
-        core::v1::Secret,
-        core::v1::ServiceAccount,
-        core::v1::ReplicationController,
-        apps::v1::Deployment,
-        apps::v1::ReplicaSet,
-        apps::v1::DaemonSet,
-        apps::v1::StatefulSet,
-        apps::v1::ControllerRevision,
-        batch::v1::Job,
-        batch::v1::CronJob,
-        discovery::v1::EndpointSlice,
-        coordination::v1::Lease,
-    );
     generator.take_definitions(true).into_iter().collect()
 }
 
 fn schema_name(def: &ResourceDef) -> String {
-    let group = match def.group {
+    let group = match def.group.as_str() {
         "" => "core",
         g => g.split('.').next().unwrap_or(g),
     };
@@ -151,15 +126,16 @@ fn operation(def: &ResourceDef, verb: &str, body_types: &[&str]) -> Value {
     op
 }
 
-fn build(state: &ApiState, group: &str, version: &str) -> Value {
-    let mut schemas = schemas_for(group, version);
-    let mut paths = Map::new();
-    for def in state
-        .registry
+fn build(snapshot: &Snapshot, group: &str, version: &str) -> Value {
+    let defs: Vec<&ResourceDef> = snapshot
         .all()
         .iter()
         .filter(|d| d.group == group && d.version == version)
-    {
+        .map(|d| d.as_ref())
+        .collect();
+    let mut schemas = schemas_for(&defs);
+    let mut paths = Map::new();
+    for def in defs {
         if let Some(Value::Object(schema)) = schemas.get_mut(&schema_name(def)) {
             schema.insert(
                 "x-kubernetes-group-version-kind".into(),

@@ -41,9 +41,9 @@ impl PatchKind {
     }
 }
 
-/// Applies `patch` of `kind` to `target`.
-pub fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    match kind {
+/// Applies `patch` of `patch_kind` to `target`.
+pub fn apply(patch_kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    match patch_kind {
         PatchKind::Merge => {
             if !patch.is_object() {
                 return Err(PatchError::Malformed(

@@ -1,15 +1,23 @@
-//! The resources the API serves, described once from their k8s-openapi types.
+//! The resources the API serves, keyed by group/version/plural and by group/kind.
 //!
-//! Everything else (routing, storage keys, discovery, OpenAPI, validation by typed decoding) is
-//! generic over [`ResourceDef`], so adding a kind is one line in [`Registry::new`].
+//! A [`ResourceDef`] holds what is generic about a resource (names, scope, subresources, typed
+//! decoding, OpenAPI schema) and the kind's [`Strategy`] for everything kind-specific. The
+//! built-in kinds come from `kinds::builtins()` (one file per kind under `kinds/`); kinds can be
+//! registered and unregistered while the server runs (custom resources): handlers read an
+//! immutable [`Snapshot`] that a change replaces, so discovery and the OpenAPI documents built
+//! from one snapshot stay consistent and are rebuilt after a change.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery};
 use k8s_openapi::{NamespaceResourceScope, Resource, ResourceScope};
+use schemars::{JsonSchema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+
+use super::kinds::Strategy;
 
 /// Subresources a kind has besides the object itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,38 +32,116 @@ pub struct Subresources {
 /// wrongly typed fields and normalises the object to the schema.
 pub type Roundtrip = fn(Value) -> Result<Value, serde_json::Error>;
 
+/// Adds the kind's schema (and those it refers to) to an OpenAPI document's generator.
+pub type SchemaFn = fn(&mut SchemaGenerator);
+
 /// A served resource.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ResourceDef {
     /// API group, empty for core.
-    pub group: &'static str,
+    pub group: String,
     /// API version.
-    pub version: &'static str,
+    pub version: String,
     /// Kind, e.g. `Pod`.
-    pub kind: &'static str,
+    pub kind: String,
     /// URL segment (plural), e.g. `pods`.
-    pub plural: &'static str,
+    pub plural: String,
     /// Singular name, e.g. `pod`.
     pub singular: String,
     /// Whether objects live in namespaces.
     pub namespaced: bool,
     /// kubectl short names, e.g. `po`.
-    pub short_names: &'static [&'static str],
+    pub short_names: Vec<String>,
     /// kubectl categories, e.g. `all`.
-    pub categories: &'static [&'static str],
+    pub categories: Vec<String>,
     /// Subresources.
     pub subresources: Subresources,
     /// Typed decode/encode of the kind.
     pub roundtrip: Roundtrip,
-    /// Field selector paths beyond metadata.name and metadata.namespace.
-    pub field_selectors: &'static [&'static str],
+    /// The kind's OpenAPI schema, when it has one.
+    pub schema: Option<SchemaFn>,
+    /// Everything kind-specific.
+    pub strategy: Arc<dyn Strategy>,
+}
+
+impl fmt::Debug for ResourceDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceDef")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .field("plural", &self.plural)
+            .field("namespaced", &self.namespaced)
+            .field("subresources", &self.subresources)
+            .finish_non_exhaustive()
+    }
+}
+
+fn roundtrip<K: Serialize + DeserializeOwned>(value: Value) -> Result<Value, serde_json::Error> {
+    let typed: K = serde_json::from_value(value)?;
+    serde_json::to_value(typed)
+}
+
+fn schema<K: JsonSchema>(generator: &mut SchemaGenerator) {
+    generator.subschema_for::<K>();
 }
 
 impl ResourceDef {
+    /// A built-in resource described from its k8s-openapi type `K`, served with `strategy`.
+    /// Short names, categories and subresources are added with the builder methods.
+    pub fn of<K>(strategy: impl Strategy + 'static) -> Self
+    where
+        K: Resource + Serialize + DeserializeOwned + JsonSchema,
+        K::Scope: ResourceScope + 'static,
+    {
+        Self {
+            group: K::GROUP.into(),
+            version: K::VERSION.into(),
+            kind: K::KIND.into(),
+            plural: K::URL_PATH_SEGMENT.into(),
+            singular: K::KIND.to_ascii_lowercase(),
+            namespaced: std::any::TypeId::of::<K::Scope>()
+                == std::any::TypeId::of::<NamespaceResourceScope>(),
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            subresources: Subresources::default(),
+            roundtrip: roundtrip::<K>,
+            schema: Some(schema::<K>),
+            strategy: Arc::new(strategy),
+        }
+    }
+
+    /// With kubectl short names.
+    pub fn short_names(mut self, names: &[&str]) -> Self {
+        self.short_names = names.iter().map(|&n| n.to_owned()).collect();
+        self
+    }
+
+    /// In the `all` category (`kubectl get all`).
+    pub fn in_all(mut self) -> Self {
+        self.categories = vec!["all".into()];
+        self
+    }
+
+    /// With a `/status` subresource.
+    pub fn with_status(mut self) -> Self {
+        self.subresources.status = true;
+        self
+    }
+
+    /// With `/status` and `/scale` subresources.
+    pub fn with_scale(mut self) -> Self {
+        self.subresources = Subresources {
+            status: true,
+            scale: true,
+        };
+        self
+    }
+
     /// `apiVersion` as written in objects: `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
-            self.version.to_owned()
+            self.version.clone()
         } else {
             format!("{}/{}", self.group, self.version)
         }
@@ -64,7 +150,7 @@ impl ResourceDef {
     /// The group/resource as used in messages, e.g. `pods` or `deployments.apps`.
     pub fn group_resource(&self) -> String {
         if self.group.is_empty() {
-            self.plural.to_owned()
+            self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)
         }
@@ -75,7 +161,7 @@ impl ResourceDef {
         let group = if self.group.is_empty() {
             "core"
         } else {
-            self.group
+            &self.group
         };
         format!("{group}/{}/", self.plural)
     }
@@ -99,155 +185,168 @@ impl ResourceDef {
     }
 }
 
-fn roundtrip<K: Serialize + DeserializeOwned>(value: Value) -> Result<Value, serde_json::Error> {
-    let typed: K = serde_json::from_value(value)?;
-    serde_json::to_value(typed)
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The group/version/plural is served already.
+    #[error("{0} is already served")]
+    PathTaken(String),
+    /// The group/version/kind is served already (under another plural).
+    #[error("kind {0} is already served")]
+    KindTaken(String),
 }
 
-fn def<K>(
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    subresources: Subresources,
-    field_selectors: &'static [&'static str],
-) -> ResourceDef
-where
-    K: Resource + Serialize + DeserializeOwned,
-    K::Scope: ResourceScope + 'static,
-{
-    ResourceDef {
-        group: K::GROUP,
-        version: K::VERSION,
-        kind: K::KIND,
-        plural: K::URL_PATH_SEGMENT,
-        singular: K::KIND.to_ascii_lowercase(),
-        namespaced: std::any::TypeId::of::<K::Scope>()
-            == std::any::TypeId::of::<NamespaceResourceScope>(),
-        short_names,
-        categories,
-        subresources,
-        roundtrip: roundtrip::<K>,
-        field_selectors,
-    }
-}
-
-const NONE: Subresources = Subresources {
-    status: false,
-    scale: false,
-};
-const STATUS: Subresources = Subresources {
-    status: true,
-    scale: false,
-};
-const SCALE: Subresources = Subresources {
-    status: true,
-    scale: true,
-};
-const ALL: &[&str] = &["all"];
-
-/// All served resources, with lookups by group/version/plural.
-pub struct Registry {
-    defs: Vec<ResourceDef>,
+/// The served resources at one moment. Handlers work on one snapshot per request; a
+/// registration replaces the whole snapshot, so what was built from the old one (the OpenAPI
+/// documents) goes with it.
+pub struct Snapshot {
+    defs: Vec<Arc<ResourceDef>>,
     by_path: HashMap<(String, String, String), usize>,
+    generation: u64,
+    /// Rendered OpenAPI documents of this snapshot by path (built on first request).
+    pub openapi: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
-impl Registry {
-    /// The resources skiff serves.
-    pub fn new() -> Self {
-        let defs = vec![
-            def::<core::v1::Namespace>(&["ns"], &[], STATUS, &["status.phase"]),
-            def::<core::v1::Pod>(
-                &["po"],
-                ALL,
-                STATUS,
-                &[
-                    "spec.nodeName",
-                    "status.phase",
-                    "spec.restartPolicy",
-                    "spec.schedulerName",
-                    "spec.serviceAccountName",
-                    "status.podIP",
-                ],
-            ),
-            def::<core::v1::Service>(&["svc"], ALL, STATUS, &["spec.clusterIP", "spec.type"]),
-            def::<core::v1::Endpoints>(&["ep"], &[], NONE, &[]),
-            def::<core::v1::Node>(&["no"], &[], STATUS, &["spec.unschedulable"]),
-            def::<core::v1::Event>(
-                &["ev"],
-                &[],
-                NONE,
-                &[
-                    "involvedObject.kind",
-                    "involvedObject.namespace",
-                    "involvedObject.name",
-                    "involvedObject.uid",
-                    "involvedObject.apiVersion",
-                    "involvedObject.resourceVersion",
-                    "involvedObject.fieldPath",
-                    "reason",
-                    "reportingComponent",
-                    "source",
-                    "type",
-                ],
-            ),
-            def::<core::v1::ConfigMap>(&["cm"], &[], NONE, &[]),
-            def::<core::v1::Secret>(&[], &[], NONE, &["type"]),
-            def::<core::v1::ServiceAccount>(&["sa"], &[], NONE, &[]),
-            def::<core::v1::ReplicationController>(&["rc"], ALL, SCALE, &["status.replicas"]),
-            def::<apps::v1::Deployment>(&["deploy"], ALL, SCALE, &[]),
-            def::<apps::v1::ReplicaSet>(&["rs"], ALL, SCALE, &["status.replicas"]),
-            def::<apps::v1::DaemonSet>(&["ds"], ALL, STATUS, &[]),
-            def::<apps::v1::StatefulSet>(&["sts"], ALL, SCALE, &[]),
-            def::<apps::v1::ControllerRevision>(&[], &[], NONE, &[]),
-            def::<batch::v1::Job>(&[], ALL, STATUS, &["status.successful"]),
-            def::<batch::v1::CronJob>(&["cj"], ALL, STATUS, &[]),
-            def::<discovery::v1::EndpointSlice>(&[], &[], NONE, &[]),
-            def::<coordination::v1::Lease>(&[], &[], NONE, &[]),
-        ];
+impl Snapshot {
+    fn new(defs: Vec<Arc<ResourceDef>>, generation: u64) -> Self {
         let by_path = defs
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                (
-                    (
-                        d.group.to_owned(),
-                        d.version.to_owned(),
-                        d.plural.to_owned(),
-                    ),
-                    i,
-                )
-            })
+            .map(|(i, d)| ((d.group.clone(), d.version.clone(), d.plural.clone()), i))
             .collect();
-        Self { defs, by_path }
+        Self {
+            defs,
+            by_path,
+            generation,
+            openapi: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Looks a resource up by its URL parts.
-    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceDef>> {
         self.by_path
             .get(&(group.to_owned(), version.to_owned(), plural.to_owned()))
             .map(|&i| &self.defs[i])
     }
 
-    /// Looks a resource up by kind.
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&ResourceDef> {
-        self.defs
-            .iter()
-            .find(|d| d.group == group && d.kind == kind)
-    }
-
-    /// All resources.
-    pub fn all(&self) -> &[ResourceDef] {
+    /// All resources, in registration order.
+    pub fn all(&self) -> &[Arc<ResourceDef>] {
         &self.defs
     }
 
-    /// The distinct (group, version) pairs, core first.
-    pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
+    /// Counts changes of the registry; part of the OpenAPI hash clients cache by.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The distinct (group, version) pairs, in registration order (core first).
+    pub fn group_versions(&self) -> Vec<(&str, &str)> {
         let mut gvs: Vec<(&str, &str)> = Vec::new();
         for d in &self.defs {
-            if !gvs.contains(&(d.group, d.version)) {
-                gvs.push((d.group, d.version));
+            let gv = (d.group.as_str(), d.version.as_str());
+            if !gvs.contains(&gv) {
+                gvs.push(gv);
             }
         }
         gvs
+    }
+}
+
+/// All served resources, changeable at run time.
+pub struct Registry {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Registry {
+    /// The built-in resources.
+    pub fn new() -> Self {
+        Self::with(super::kinds::builtins())
+    }
+
+    /// A registry serving `defs`.
+    pub fn with(defs: Vec<ResourceDef>) -> Self {
+        let defs = defs.into_iter().map(Arc::new).collect();
+        Self {
+            current: RwLock::new(Arc::new(Snapshot::new(defs, 0))),
+        }
+    }
+
+    /// The served resources now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Looks a resource up by its URL parts.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
+        self.snapshot().find(group, version, plural).cloned()
+    }
+
+    /// Looks a resource up by group and kind.
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<ResourceDef>> {
+        self.snapshot()
+            .all()
+            .iter()
+            .find(|d| d.group == group && d.kind == kind)
+            .cloned()
+    }
+
+    /// All resources.
+    pub fn all(&self) -> Vec<Arc<ResourceDef>> {
+        self.snapshot().all().to_vec()
+    }
+
+    /// Counts changes of the registry.
+    pub fn generation(&self) -> u64 {
+        self.snapshot().generation()
+    }
+
+    /// Applies `f` to a copy of the served list and publishes it as the next snapshot when
+    /// `f` reports a change.
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Vec<Arc<ResourceDef>>) -> Result<bool, RegistryError>,
+    ) -> Result<bool, RegistryError> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut defs = current.defs.clone();
+        let changed = f(&mut defs)?;
+        if changed {
+            *current = Arc::new(Snapshot::new(defs, current.generation + 1));
+        }
+        Ok(changed)
+    }
+
+    /// Starts serving `def`.
+    pub fn register(&self, def: ResourceDef) -> Result<(), RegistryError> {
+        self.change(|defs| {
+            let same_path = |d: &&Arc<ResourceDef>| {
+                d.group == def.group && d.version == def.version && d.plural == def.plural
+            };
+            if defs.iter().any(|d| same_path(&d)) {
+                return Err(RegistryError::PathTaken(def.group_resource()));
+            }
+            if defs
+                .iter()
+                .any(|d| d.group == def.group && d.version == def.version && d.kind == def.kind)
+            {
+                return Err(RegistryError::KindTaken(format!("{}/{}", def.api_version(), def.kind)));
+            }
+            defs.push(Arc::new(def));
+            Ok(true)
+        })
+        .map(drop)
+    }
+
+    /// Stops serving a resource; returns whether it was served. Stored objects stay.
+    pub fn unregister(&self, group: &str, version: &str, plural: &str) -> bool {
+        self.change(|defs| {
+            let before = defs.len();
+            defs.retain(|d| !(d.group == group && d.version == version && d.plural == plural));
+            Ok(defs.len() != before)
+        })
+        .unwrap_or(false)
     }
 }
 
@@ -288,5 +387,35 @@ mod tests {
         let pods = r.find("", "v1", "pods").unwrap();
         let bad = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": "nope"}});
         assert!((pods.roundtrip)(bad).is_err());
+    }
+
+    #[test]
+    fn lookups_are_by_group_and_kind() {
+        let r = Registry::new();
+        assert_eq!(r.by_kind("batch", "Job").unwrap().plural, "jobs");
+        assert!(r.by_kind("example.com", "Job").is_none());
+        assert!(r.by_kind("", "Job").is_none());
+    }
+
+    #[test]
+    fn registration_changes_the_snapshot_and_generation() {
+        let r = Registry::new();
+        let before = r.snapshot();
+        let mut widget = (*r.find("", "v1", "configmaps").unwrap()).clone();
+        assert!(matches!(
+            r.register(widget.clone()),
+            Err(RegistryError::PathTaken(_))
+        ));
+        widget.group = "example.com".into();
+        widget.plural = "widgets".into();
+        widget.kind = "Widget".into();
+        r.register(widget).unwrap();
+        assert_eq!(r.generation(), before.generation() + 1);
+        assert!(before.find("example.com", "v1", "widgets").is_none());
+        assert!(r.find("example.com", "v1", "widgets").is_some());
+        assert!(r.unregister("example.com", "v1", "widgets"));
+        assert!(!r.unregister("example.com", "v1", "widgets"));
+        assert!(r.find("example.com", "v1", "widgets").is_none());
+        assert_eq!(r.generation(), before.generation() + 2);
     }
 }

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::objects::ListOptions;
 use super::registry::ResourceDef;
 use super::selectors::Filter;
-use super::table::{table, IncludeObject};
+use super::table::{table, Column, IncludeObject};
 use super::ApiState;
 use crate::store::{EventKind, StoreError, StoreEvent};
 
@@ -30,8 +30,10 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 struct Encoder {
-    def: ResourceDef,
+    def: Arc<ResourceDef>,
     table: Option<IncludeObject>,
+    /// The kind's Table columns (when `table` is set).
+    columns: Vec<Column>,
 }
 
 /// An object to encode: stored bytes, with the parsed form when the caller has it.
@@ -62,7 +64,7 @@ impl Encoder {
                     .cloned()
                     .unwrap_or_default();
                 let t = table(
-                    self.def.kind,
+                    &self.columns,
                     &[value],
                     json!({"resourceVersion": rv}),
                     include,
@@ -140,7 +142,7 @@ fn event_line(encoder: &Encoder, event: &StoreEvent, opts: &ListOptions) -> Opti
 /// Starts a watch and returns the streaming response.
 pub async fn serve(
     state: Arc<ApiState>,
-    def: ResourceDef,
+    def: Arc<ResourceDef>,
     namespace: Option<String>,
     opts: ListOptions,
     query: &HashMap<String, String>,
@@ -150,6 +152,11 @@ pub async fn serve(
     let encoder = Encoder {
         def: def.clone(),
         table: as_table.then_some(include),
+        columns: if as_table {
+            def.strategy.columns()
+        } else {
+            Vec::new()
+        },
     };
     let bookmarks = query
         .get("allowWatchBookmarks")

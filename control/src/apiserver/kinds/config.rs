@@ -1,0 +1,55 @@
+//! core/v1 ConfigMap, Secret and ServiceAccount: plain objects; ConfigMap and Secret print
+//! how many keys they hold.
+
+use k8s_openapi::api::core::v1::{ConfigMap as CM, Secret as S, ServiceAccount as SA};
+use serde_json::{json, Value};
+
+use super::{Plain, Strategy};
+use crate::apiserver::registry::ResourceDef;
+use crate::apiserver::table::{Column, AGE, NAME};
+
+/// The served resources.
+pub fn resources() -> Vec<ResourceDef> {
+    vec![
+        ResourceDef::of::<CM>(ConfigMap).short_names(&["cm"]),
+        ResourceDef::of::<S>(Secret),
+        ResourceDef::of::<SA>(Plain).short_names(&["sa"]),
+    ]
+}
+
+fn keys(o: &Value, field: &str) -> usize {
+    o.get(field).and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+struct ConfigMap;
+
+impl Strategy for ConfigMap {
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            Column::new("Data", "integer", |o, _| {
+                json!(keys(o, "data") + keys(o, "binaryData"))
+            }),
+            AGE,
+        ]
+    }
+}
+
+struct Secret;
+
+impl Strategy for Secret {
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            Column::new("Type", "string", |o, _| {
+                json!(o.get("type").and_then(Value::as_str).unwrap_or("Opaque"))
+            }),
+            Column::new("Data", "integer", |o, _| json!(keys(o, "data"))),
+            AGE,
+        ]
+    }
+
+    fn field_selectors(&self) -> &[&str] {
+        &["type"]
+    }
+}

@@ -1,0 +1,253 @@
+//! Per-kind behaviour of the API server, one [`Strategy`] per kind (Kubernetes'
+//! `pkg/registry/<group>/<kind>/strategy.go` and its printers): everything the generic code in
+//! `objects.rs`, `handlers.rs`, `table.rs`, `discovery.rs` and `patch.rs` would otherwise decide
+//! by matching on a kind's name.
+//!
+//! Every hook has a default that does nothing special, so a kind implements only what differs.
+//! Adding a built-in kind: a new file here with a `resources()` function and one line in
+//! [`builtins!`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::Value;
+
+use super::error::{ApiError, FieldError};
+use super::objects::{DeleteOptions, Subresource};
+use super::registry::ResourceDef;
+use super::table::{Column, AGE, NAME};
+use super::ApiState;
+
+/// A pending lock that serialises a kind's writes (see [`Strategy::write_lock`]).
+pub type WriteLock<'a> = Pin<Box<dyn Future<Output = tokio::sync::MutexGuard<'a, ()>> + Send + 'a>>;
+
+/// The verbs of a collection and its objects, as discovery lists them.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Everything kind-specific about a resource. The generic object code calls these hooks in
+/// the order Kubernetes' generic registry calls a strategy's.
+pub trait Strategy: Send + Sync {
+    // --- create and update -------------------------------------------------------------------
+
+    /// Clears what a client may not set on create in a kind with a `/status` subresource
+    /// (`PrepareForCreate`): by default the whole status, which its controller writes.
+    fn prepare_for_create(&self, object: &mut Value) {
+        if let Some(map) = object.as_object_mut() {
+            map.remove("status");
+        }
+    }
+
+    /// Fills in defaults (`SetDefaults_<Kind>`), on create and on every update.
+    fn default(&self, _object: &mut Value) {}
+
+    /// Mutating admission on create, after defaulting (e.g. DefaultTolerationSeconds).
+    fn admit(&self, _state: &ApiState, _object: &mut Value) {}
+
+    /// Whether names must be DNS-1123 labels rather than subdomains (Namespace, Service).
+    fn dns_label_names(&self) -> bool {
+        false
+    }
+
+    /// Kind-specific validation of a defaulted object, after the metadata checks.
+    fn validate(&self, _object: &Value, _errs: &mut Vec<FieldError>) {}
+
+    /// What an update may not change, after [`Strategy::validate`] of the new object.
+    fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
+
+    // --- write hooks -------------------------------------------------------------------------
+
+    /// A lock held across a write (check, store write, [`Strategy::after_write`]) of this
+    /// kind, for kinds whose writes allocate from shared state.
+    fn write_lock<'a>(&self, _state: &'a ApiState) -> Option<WriteLock<'a>> {
+        None
+    }
+
+    /// Last step of a create before the store write (allocations), under the write lock.
+    fn before_create(
+        &self,
+        _state: &ApiState,
+        _def: &ResourceDef,
+        _key: &str,
+        _object: &mut Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Last step of an update of the object itself (not `/status`, `/scale`) before
+    /// validation, under the write lock.
+    fn before_update(
+        &self,
+        _state: &ApiState,
+        _key: &str,
+        _old: &Value,
+        _new: &mut Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// After any write to `key` (or a failed or dry-run one): settle with what is stored.
+    fn after_write(&self, _state: &ApiState, _key: &str) {}
+
+    // --- delete plan -------------------------------------------------------------------------
+
+    /// Refuses to delete some objects (the system namespaces).
+    fn check_delete(&self, _name: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Deleting marks the object terminating and keeps it, whatever its finalizers; a
+    /// controller removes it when done (namespaces). Then [`Strategy::terminating`] adjusts
+    /// the marked object and [`Strategy::terminated`] runs once it is stored.
+    fn terminates(&self) -> bool {
+        false
+    }
+
+    /// Adjusts an object being marked terminating (e.g. `status.phase`).
+    fn terminating(&self, _object: &mut Value) {}
+
+    /// Runs after an object was stored as terminating (e.g. queues its finalization).
+    fn terminated(&self, _state: &ApiState, _name: &str) {}
+
+    /// The grace period of a deletion that someone else completes (a running pod's node
+    /// agent), or `None` to delete at once.
+    fn grace_period(
+        &self,
+        _state: &ApiState,
+        _object: &Value,
+        _opts: &DeleteOptions,
+    ) -> Option<i64> {
+        None
+    }
+
+    // --- reading -----------------------------------------------------------------------------
+
+    /// The Table columns `kubectl get` prints, each with the function that fills its cell.
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, AGE]
+    }
+
+    /// Field selector paths beyond `metadata.name` and `metadata.namespace`.
+    fn field_selectors(&self) -> &[&str] {
+        &[]
+    }
+
+    // --- subresources and discovery ----------------------------------------------------------
+
+    /// `spec.replicas` the `/scale` view shows when the object has none.
+    fn scale_default_replicas(&self) -> i64 {
+        0
+    }
+
+    /// Subresources beyond `/status` and `/scale` (`namespaces/finalize`, `pods/binding`):
+    /// what a request to `name` addresses, given whether the path had a namespace.
+    fn subresource(&self, _name: &str, _namespaced_path: bool) -> Option<Subresource> {
+        None
+    }
+
+    /// Extra discovery entries, listed after `/status` (`pods/binding`, `pods/log`, ...).
+    fn discovery_subresources(&self) -> Vec<Value> {
+        Vec::new()
+    }
+
+    /// The verbs discovery lists.
+    fn verbs(&self) -> &'static [&'static str] {
+        ALL_VERBS
+    }
+
+    /// Whether PATCH accepts strategic merge patches (built-in kinds, whose list merge keys
+    /// `patch.rs` knows); custom resources answer 415 as in Kubernetes.
+    fn strategic_merge(&self) -> bool {
+        true
+    }
+}
+
+/// A strategy with every default: validation of metadata, Name and Age columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Strategy for Plain {}
+
+/// Declares the kind modules and [`builtins`] from one list, so adding a built-in kind is
+/// one new file and one line here. Each module has `pub fn resources() -> Vec<ResourceDef>`;
+/// the order is the order of discovery (core first, then groups as first seen).
+macro_rules! builtins {
+    ($($kind:ident),* $(,)?) => {
+        $(pub mod $kind;)*
+
+        /// The built-in resources, in discovery order.
+        pub fn builtins() -> Vec<ResourceDef> {
+            let mut defs = Vec::new();
+            $(defs.extend($kind::resources());)*
+            defs
+        }
+    };
+}
+
+builtins! {
+    namespace,
+    pod,
+    service,
+    endpoints,
+    node,
+    event,
+    config,
+    replicationcontroller,
+    deployment,
+    replicaset,
+    daemonset,
+    statefulset,
+    controllerrevision,
+    job,
+    cronjob,
+    endpointslice,
+    lease,
+    priorityclass,
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Unit-test access to a built-in kind's strategy by group and kind.
+
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use super::Strategy;
+    use crate::apiserver::error::FieldError;
+
+    /// The strategy of a built-in kind.
+    pub fn strategy(group: &str, kind: &str) -> Arc<dyn Strategy> {
+        super::builtins()
+            .into_iter()
+            .find(|d| d.group == group && d.kind == kind)
+            .map(|d| d.strategy)
+            .unwrap_or_else(|| panic!("{group}/{kind} is built in"))
+    }
+
+    /// Defaults an object as create does.
+    pub fn defaulted(group: &str, kind: &str, mut object: Value) -> Value {
+        strategy(group, kind).default(&mut object);
+        object
+    }
+
+    /// Validates an object as create does.
+    pub fn validate(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
+        crate::apiserver::validation::validate_object(strategy(group, kind).as_ref(), object)
+    }
+
+    /// Validates an update as update does (after validating the new object).
+    pub fn validate_update(group: &str, kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        strategy(group, kind).validate_update(old, new, &mut errs);
+        errs
+    }
+}

@@ -1,0 +1,168 @@
+//! core/v1 Service: defaults, port and type validation, ClusterIP and NodePort allocation in
+//! the write path (`service_alloc.rs`, writes serialised), and kubectl's columns.
+
+use k8s_openapi::api::core::v1::Service as K;
+use serde_json::{json, Value};
+
+use super::{Strategy, WriteLock};
+use crate::apiserver::defaults::{default_field, obj};
+use crate::apiserver::error::{ApiError, FieldError};
+use crate::apiserver::registry::ResourceDef;
+use crate::apiserver::table::{arr, i, or_none, s, Column, AGE, NAME, SELECTOR};
+use crate::apiserver::validation::{str_at, validate_port};
+use crate::apiserver::ApiState;
+
+/// The served resource.
+pub fn resources() -> Vec<ResourceDef> {
+    vec![ResourceDef::of::<K>(Service)
+        .short_names(&["svc"])
+        .in_all()
+        .with_status()]
+}
+
+struct Service;
+
+fn service_ports(svc: &Value) -> String {
+    let ports: Vec<String> = arr(svc, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) => format!("{}:{np}/{proto}", i(p, "/port")),
+                None => format!("{}/{proto}", i(p, "/port")),
+            }
+        })
+        .collect();
+    or_none(ports.join(","))
+}
+
+fn service_type(o: &Value) -> &str {
+    o.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+fn external_ip(o: &Value) -> String {
+    let mut external: Vec<String> = arr(o, "/spec/externalIPs")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    external.extend(
+        arr(o, "/status/loadBalancer/ingress")
+            .iter()
+            .map(|i| s(i, "/ip").to_owned()),
+    );
+    match (service_type(o), external.is_empty()) {
+        ("LoadBalancer", true) => "<pending>".to_owned(),
+        ("ExternalName", _) => s(o, "/spec/externalName").to_owned(),
+        _ => or_none(external.join(",")),
+    }
+}
+
+impl Strategy for Service {
+    fn default(&self, object: &mut Value) {
+        let Some(spec) = obj(object, "spec") else {
+            return;
+        };
+        default_field(spec, "type", json!("ClusterIP"));
+        default_field(spec, "sessionAffinity", json!("None"));
+        default_field(spec, "internalTrafficPolicy", json!("Cluster"));
+        for p in spec
+            .get_mut("ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = p.as_object_mut() {
+                default_field(p, "protocol", json!("TCP"));
+                let port = p.get("port").cloned().unwrap_or(Value::Null);
+                default_field(p, "targetPort", port);
+            }
+        }
+    }
+
+    fn dns_label_names(&self) -> bool {
+        true
+    }
+
+    fn validate(&self, object: &Value, errs: &mut Vec<FieldError>) {
+        let ty = str_at(object, "/spec/type").unwrap_or("ClusterIP");
+        let headless = str_at(object, "/spec/clusterIP") == Some("None");
+        let ports = object
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if ports.is_empty() && ty != "ExternalName" && !headless {
+            errs.push(FieldError::required("spec.ports"));
+        }
+        for (i, p) in ports.iter().enumerate() {
+            validate_port(p.get("port"), format!("spec.ports[{i}].port"), errs);
+        }
+        if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+            errs.push(FieldError {
+                reason: "FieldValueNotSupported",
+                field: "spec.type".into(),
+                message: format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+            });
+        }
+    }
+
+    /// Service writes are serialised: reserve, store write and settle see one another.
+    fn write_lock<'a>(&self, state: &'a ApiState) -> Option<WriteLock<'a>> {
+        Some(Box::pin(state.services.lock()))
+    }
+
+    fn before_create(
+        &self,
+        state: &ApiState,
+        def: &ResourceDef,
+        key: &str,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        // An existing Service must not have its addresses reserved a second time.
+        if state.store.get(key).ok().flatten().is_some() {
+            return Err(ApiError::AlreadyExists {
+                kind: def.group_resource(),
+                name: str_at(object, "/metadata/name")
+                    .unwrap_or_default()
+                    .to_owned(),
+            });
+        }
+        state.services.reserve(key, object, None)
+    }
+
+    fn before_update(
+        &self,
+        state: &ApiState,
+        key: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        state.services.reserve(key, new, Some(old))
+    }
+
+    /// Releases what the Service at `key` no longer holds, from what is stored now.
+    fn after_write(&self, state: &ApiState, key: &str) {
+        let stored = state.store.get(key).ok().flatten();
+        state.services.settle(key, stored.as_ref());
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            Column::new("Type", "string", |o, _| json!(service_type(o))),
+            Column::new("Cluster-IP", "string", |o, _| {
+                json!(or_none(s(o, "/spec/clusterIP").into()))
+            }),
+            Column::new("External-IP", "string", |o, _| json!(external_ip(o))),
+            Column::new("Port(s)", "string", |o, _| json!(service_ports(o))),
+            AGE,
+            SELECTOR,
+        ]
+    }
+
+    fn field_selectors(&self) -> &[&str] {
+        &["spec.clusterIP", "spec.type"]
+    }
+}
