@@ -7,12 +7,16 @@ pub mod container_config;
 pub mod directory;
 pub mod events;
 pub mod exec;
+#[cfg(test)]
+mod fakes;
 pub mod host;
+pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+pub mod plan;
+pub mod pod_manager;
 pub mod pod_worker;
-pub mod pods;
 pub mod probes;
 pub mod server;
 pub mod static_pods;
