@@ -15,8 +15,8 @@ use skiff_agent::kubelet::directory::Directory;
 use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::kubelet::pod_worker::Shared;
-use skiff_agent::network::LazyNetwork;
 use skiff_agent::network::service_cidr::{self, Ipv4Cidr};
+use skiff_agent::network::LazyNetwork;
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_agent::images::layout::{write_oci_layout, ConfigSpec, LayerBuilder};
-use skiff_agent::images::{Credentials, Digest, ImageError, PullPolicy, RegistryConfig, ImageStore};
+use skiff_agent::images::{
+    Credentials, Digest, ImageError, ImageStore, PullPolicy, RegistryConfig,
+};
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;

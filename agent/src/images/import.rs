@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::ImageIndex;
 
 use super::unpack::normalize;
-use super::{is_index, select_platform, Digest, ImageError, Reference, ImageStore, MAX_MANIFEST_SIZE};
+use super::{
+    is_index, select_platform, Digest, ImageError, ImageStore, Reference, MAX_MANIFEST_SIZE,
+};
 
 /// containerd's annotation with the full image name.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";

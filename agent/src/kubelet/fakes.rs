@@ -208,8 +208,7 @@ impl ContainerRuntime for FakeRuntime {
 
     fn stop(&self, container: &Container, grace: Duration) -> Result<ContainerState, RuntimeError> {
         let mut st = lock(&self.state);
-        st.calls
-            .push(Call::Stop(container.name.clone(), grace));
+        st.calls.push(Call::Stop(container.name.clone(), grace));
         let ended = ContainerState::Exited(Some(ExitStatus {
             code: 143,
             signal: Some(15),
@@ -407,38 +406,36 @@ impl FakeApi {
     /// A client whose transport is this fake.
     pub fn client(&self) -> kube::Client {
         let requests = self.requests.clone();
-        let router = axum::Router::new().fallback(
-            move |method: Method, uri: Uri, body: Bytes| {
-                let requests = requests.clone();
-                async move {
-                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let path = uri.path().to_owned();
-                    lock(&requests).push(Request {
-                        method: method.clone(),
-                        path: path.clone(),
-                        body: body.clone(),
-                    });
-                    let reply = if path.ends_with("/services") {
-                        json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})
-                    } else if path.contains("/events") {
-                        body
-                    } else {
-                        // A pod: its name is the path segment after `pods`.
-                        let name = path
-                            .split('/')
-                            .skip_while(|s| *s != "pods")
-                            .nth(1)
-                            .unwrap_or_default();
-                        json!({
-                            "apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": name, "namespace": "default"},
-                            "status": body.get("status").cloned().unwrap_or(Value::Null),
-                        })
-                    };
-                    (StatusCode::OK, axum::Json(reply)).into_response()
-                }
-            },
-        );
+        let router = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
+            let requests = requests.clone();
+            async move {
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let path = uri.path().to_owned();
+                lock(&requests).push(Request {
+                    method: method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                let reply = if path.ends_with("/services") {
+                    json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})
+                } else if path.contains("/events") {
+                    body
+                } else {
+                    // A pod: its name is the path segment after `pods`.
+                    let name = path
+                        .split('/')
+                        .skip_while(|s| *s != "pods")
+                        .nth(1)
+                        .unwrap_or_default();
+                    json!({
+                        "apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": name, "namespace": "default"},
+                        "status": body.get("status").cloned().unwrap_or(Value::Null),
+                    })
+                };
+                (StatusCode::OK, axum::Json(reply)).into_response()
+            }
+        });
         kube::Client::new(router, "default")
     }
 

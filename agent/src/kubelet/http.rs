@@ -68,4 +68,3 @@ pub fn query_bool(pairs: &[(String, String)], key: &str) -> Result<bool, Respons
         },
     }
 }
-

@@ -65,7 +65,11 @@ pub enum SandboxStep {
 }
 
 /// Decides the sandbox step. `not_before` is the back-off of a failed creation.
-pub fn plan_sandbox(sandbox: SandboxState, not_before: Option<Instant>, now: Instant) -> SandboxStep {
+pub fn plan_sandbox(
+    sandbox: SandboxState,
+    not_before: Option<Instant>,
+    now: Instant,
+) -> SandboxStep {
     let remove_dead = sandbox == SandboxState::Dead;
     match sandbox {
         SandboxState::Running => SandboxStep::Ready,
@@ -259,7 +263,12 @@ pub struct StartRetry {
 
 /// Decides the retry of a container whose start failed with the Kubernetes `reason`
 /// (`ErrImagePull`, `CreateContainerConfigError`, ...), given its state before.
-pub fn start_failed(back_off: &BackOff, previous: &State, reason: &str, now: Instant) -> StartRetry {
+pub fn start_failed(
+    back_off: &BackOff,
+    previous: &State,
+    reason: &str,
+    now: Instant,
+) -> StartRetry {
     let (back_off, not_before) = retry_after_failure(back_off, now);
     let failed_before = match previous {
         State::Waiting { reason: r, .. } => {
@@ -358,8 +367,8 @@ pub fn probe_step(
             step: ProbeStep::Stale,
         };
     }
-    let unhealthy = (!event.ok)
-        .then(|| format!("{} probe failed: {}", event.kind.label(), event.message));
+    let unhealthy =
+        (!event.ok).then(|| format!("{} probe failed: {}", event.kind.label(), event.message));
     let step = match (event.kind, event.ok) {
         (ProbeKind::Readiness, ok) => ProbeStep::SetReady(ok),
         (ProbeKind::Startup, true) => ProbeStep::Started {
@@ -457,12 +466,8 @@ pub fn adopted(
 ) -> Adopted {
     Adopted {
         state: State::Running { started_at },
-        running: (state == ContainerState::Running).then(|| {
-            (
-                spec.startup_probe.is_none(),
-                spec.readiness_probe.is_none(),
-            )
-        }),
+        running: (state == ContainerState::Running)
+            .then(|| (spec.startup_probe.is_none(), spec.readiness_probe.is_none())),
     }
 }
 

@@ -29,7 +29,9 @@ use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, Sta
 use crate::images::{ImageError, ImageService, PullPolicy};
 use crate::network::node_network::NodeNetworkError;
 use crate::network::PodNetworking;
-use crate::runtime::{self, ContainerRuntime, ContainerState, PodState, RuntimeError, Sandbox, SpecError};
+use crate::runtime::{
+    self, ContainerRuntime, ContainerState, PodState, RuntimeError, Sandbox, SpecError,
+};
 
 /// Why a pod's sandbox or one of its containers could not be started. The Kubernetes reason
 /// shown in the container's waiting state comes from [`PodWorkerError::reason`].
@@ -483,7 +485,8 @@ impl PodWorker {
                             &format!("Failed to create pod sandbox: {e}"),
                         )
                         .await;
-                    let (back_off, at) = plan::sandbox_retry(&self.sandbox_back_off, Instant::now());
+                    let (back_off, at) =
+                        plan::sandbox_retry(&self.sandbox_back_off, Instant::now());
                     self.sandbox_back_off = back_off;
                     self.sandbox_not_before = Some(at);
                     return Some(at);

@@ -32,8 +32,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::directory::{LocateError, PodDirectory};
-use super::http::{query_bool, query_pairs, status_response};
 pub use super::http::ServerState;
+use super::http::{query_bool, query_pairs, status_response};
 use super::logs::{self, LogOptions};
 use super::node::KUBELET_PORT;
 use crate::runtime::Runtime;

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use super::{Container, ContainerSpec, ContainerState, ExecOutput, PodState, Result, Runtime, Sandbox};
+use super::{
+    Container, ContainerSpec, ContainerState, ExecOutput, PodState, Result, Runtime, Sandbox,
+};
 
 /// The container runtime as the kubelet uses it.
 pub trait ContainerRuntime: Send + Sync + 'static {

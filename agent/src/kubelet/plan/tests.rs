@@ -275,7 +275,10 @@ fn a_handled_exit_stays_down() {
         ..ended(0, SECOND)
     };
     assert_eq!(
-        plan_containers(&pod(RestartPolicy::OnFailure, vec![], vec![done.clone()]), now),
+        plan_containers(
+            &pod(RestartPolicy::OnFailure, vec![], vec![done.clone()]),
+            now
+        ),
         Plan::default()
     );
     // Known only from the API's status (after an agent restart): no instance, nothing to do.
@@ -336,10 +339,12 @@ fn a_failed_init_container_restarts_unless_the_pod_never_restarts() {
             "{policy:?}: {plan:?}"
         );
         assert!(
-            !plan
-                .actions
-                .iter()
-                .any(|a| matches!(a, Action::StartContainer { which: Which::Main(_) })),
+            !plan.actions.iter().any(|a| matches!(
+                a,
+                Action::StartContainer {
+                    which: Which::Main(_)
+                }
+            )),
             "{policy:?}: the app does not start"
         );
     }
@@ -362,13 +367,21 @@ fn a_finished_pod_has_a_phase() {
         Some("Failed")
     );
     assert_eq!(
-        finished(&[rec(exited(1))], &[rec(waiting("PodInitializing"))], RestartPolicy::Never),
+        finished(
+            &[rec(exited(1))],
+            &[rec(waiting("PodInitializing"))],
+            RestartPolicy::Never
+        ),
         Some("Failed"),
         "a failed init container fails a Never pod"
     );
     assert_eq!(finished(&[], &[rec(running())], RestartPolicy::Never), None);
     assert_eq!(
-        finished(&[], &[rec(waiting("CrashLoopBackOff"))], RestartPolicy::Always),
+        finished(
+            &[],
+            &[rec(waiting("CrashLoopBackOff"))],
+            RestartPolicy::Always
+        ),
         None
     );
 }
@@ -378,14 +391,20 @@ fn image_pull_policies() {
     use crate::images::PullPolicy;
     assert_eq!(image_step(PullPolicy::Always, true), ImageStep::Pull);
     assert_eq!(image_step(PullPolicy::Always, false), ImageStep::Pull);
-    assert_eq!(image_step(PullPolicy::IfNotPresent, true), ImageStep::UsePresent);
+    assert_eq!(
+        image_step(PullPolicy::IfNotPresent, true),
+        ImageStep::UsePresent
+    );
     assert_eq!(image_step(PullPolicy::IfNotPresent, false), ImageStep::Pull);
     assert_eq!(image_step(PullPolicy::Never, true), ImageStep::UsePresent);
     assert_eq!(image_step(PullPolicy::Never, false), ImageStep::NeverPull);
     assert!(ImageStep::NeverPull.announces_pull());
     assert!(!ImageStep::UsePresent.announces_pull());
     // `:latest` and no tag default to Always, other tags and digests to IfNotPresent.
-    assert_eq!(PullPolicy::for_container(None, "busybox"), PullPolicy::Always);
+    assert_eq!(
+        PullPolicy::for_container(None, "busybox"),
+        PullPolicy::Always
+    );
     assert_eq!(
         PullPolicy::for_container(None, "busybox:latest"),
         PullPolicy::Always
@@ -403,20 +422,45 @@ fn image_pull_policies() {
 #[test]
 fn failed_starts_back_off_and_pull_errors_become_image_pull_back_off() {
     let now = Instant::now();
-    let first = start_failed(&BackOff::default(), &waiting("ContainerCreating"), "ErrImagePull", now);
+    let first = start_failed(
+        &BackOff::default(),
+        &waiting("ContainerCreating"),
+        "ErrImagePull",
+        now,
+    );
     assert_eq!(first.waiting_reason, "ErrImagePull");
     assert_eq!(first.event_reason, "Failed");
     assert_eq!(first.not_before, now + SECOND);
-    let second = start_failed(&first.back_off, &waiting("ErrImagePull"), "ErrImagePull", now);
+    let second = start_failed(
+        &first.back_off,
+        &waiting("ErrImagePull"),
+        "ErrImagePull",
+        now,
+    );
     assert_eq!(second.waiting_reason, "ImagePullBackOff");
     assert_eq!(second.not_before, now + 10 * SECOND);
-    let third = start_failed(&second.back_off, &waiting("ImagePullBackOff"), "ErrImagePull", now);
+    let third = start_failed(
+        &second.back_off,
+        &waiting("ImagePullBackOff"),
+        "ErrImagePull",
+        now,
+    );
     assert_eq!(third.waiting_reason, "ImagePullBackOff");
     assert_eq!(third.not_before, now + 20 * SECOND);
-    let never = start_failed(&BackOff::default(), &waiting("ErrImageNeverPull"), "ErrImageNeverPull", now);
+    let never = start_failed(
+        &BackOff::default(),
+        &waiting("ErrImageNeverPull"),
+        "ErrImageNeverPull",
+        now,
+    );
     assert_eq!(never.waiting_reason, "ErrImageNeverPull");
     assert_eq!(never.event_reason, "ErrImageNeverPull");
-    let config = start_failed(&BackOff::default(), &exited(1), "CreateContainerConfigError", now);
+    let config = start_failed(
+        &BackOff::default(),
+        &exited(1),
+        "CreateContainerConfigError",
+        now,
+    );
     assert_eq!(config.waiting_reason, "CreateContainerConfigError");
     assert_eq!(config.event_reason, "CreateContainerConfigError");
 }
@@ -491,7 +535,13 @@ fn readiness_and_startup_probes_set_ready_and_started() {
         ProbeStep::Started { ready: true }
     );
     assert_eq!(
-        probe_step(&probe(ProbeKind::Startup, true, 0), &with_readiness, 0, true).step,
+        probe_step(
+            &probe(ProbeKind::Startup, true, 0),
+            &with_readiness,
+            0,
+            true
+        )
+        .step,
         ProbeStep::Started { ready: false }
     );
 }
@@ -501,8 +551,14 @@ fn a_killed_container_restarts_per_its_policy() {
     // The liveness kill ends the instance with SIGTERM's 143; the restart policy decides.
     let now = Instant::now();
     let killed = ended(143, 30 * SECOND);
-    let plan = plan_containers(&pod(RestartPolicy::Always, vec![], vec![killed.clone()]), now);
-    assert!(matches!(plan.actions.last(), Some(Action::StartContainer { .. })));
+    let plan = plan_containers(
+        &pod(RestartPolicy::Always, vec![], vec![killed.clone()]),
+        now,
+    );
+    assert!(matches!(
+        plan.actions.last(),
+        Some(Action::StartContainer { .. })
+    ));
     let plan = plan_containers(&pod(RestartPolicy::Never, vec![], vec![killed]), now);
     assert_eq!(
         plan.actions,
@@ -533,14 +589,21 @@ fn graceful_termination_uses_the_deletions_grace_period() {
         Duration::ZERO,
         "deletionGracePeriodSeconds wins (force deletion)"
     );
-    assert_eq!(grace_period(&pod_with_grace(None, Some(-1))), Duration::ZERO);
+    assert_eq!(
+        grace_period(&pod_with_grace(None, Some(-1))),
+        Duration::ZERO
+    );
     let t = termination(
         &pod_with_grace(Some(7), None),
         &[up()],
         &[up(), ended(0, SECOND), new_container()],
     );
     assert_eq!(t.grace, 7 * SECOND);
-    assert_eq!(t.stop, vec![Which::Init(0), Which::Main(0)], "only running instances");
+    assert_eq!(
+        t.stop,
+        vec![Which::Init(0), Which::Main(0)],
+        "only running instances"
+    );
 }
 
 #[test]
@@ -553,7 +616,11 @@ fn adopted_containers_keep_running_or_are_seen_exiting() {
     let at = Timestamp::UNIX_EPOCH;
     let a = adopted(ContainerState::Running, &spec, at);
     assert_eq!(a.state, State::Running { started_at: at });
-    assert_eq!(a.running, Some((true, false)), "started, not ready until probed");
+    assert_eq!(
+        a.running,
+        Some((true, false)),
+        "started, not ready until probed"
+    );
     let gone = adopted(
         ContainerState::Exited(Some(ExitStatus {
             code: 1,

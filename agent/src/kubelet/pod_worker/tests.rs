@@ -136,7 +136,10 @@ async fn a_crashing_container_restarts_with_crash_loop_back_off() {
     n.runtime.exit("app", 1);
     assert_eq!(w.sync().await, None);
     assert_eq!(w.containers[0].record.restart_count, 1);
-    assert!(matches!(w.containers[0].record.state, State::Running { .. }));
+    assert!(matches!(
+        w.containers[0].record.state,
+        State::Running { .. }
+    ));
 
     // The second waits 10 s in CrashLoopBackOff.
     n.runtime.exit("app", 1);
@@ -147,7 +150,10 @@ async fn a_crashing_container_restarts_with_crash_loop_back_off() {
     n.runtime.clear_calls();
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(w.sync().await, Some(now + Duration::from_secs(10)));
-    assert!(n.runtime.calls().is_empty(), "nothing before the back-off ends");
+    assert!(
+        n.runtime.calls().is_empty(),
+        "nothing before the back-off ends"
+    );
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(w.sync().await, None);
     assert_eq!(creates(&n.runtime.calls()), ["app"]);
@@ -170,7 +176,10 @@ async fn on_failure_and_never_leave_finished_containers_down() {
         assert_eq!(w.sync().await, None);
         assert_eq!(creates(&n.runtime.calls()), Vec::<&str>::new(), "{policy}");
         assert_eq!(w.terminal, phase, "{policy} {code}");
-        assert!(n.network.attached().is_empty(), "a finished pod gives its address back");
+        assert!(
+            n.network.attached().is_empty(),
+            "a finished pod gives its address back"
+        );
     }
 }
 
@@ -203,7 +212,10 @@ async fn image_pull_policies() {
     assert_eq!(w.sync().await, Some(now + Duration::from_secs(1)));
     assert_eq!(waiting_reason(&w.containers[0]), "ErrImageNeverPull");
     assert!(n.images.pulls().is_empty());
-    assert!(n.api.event_reasons().contains(&"ErrImageNeverPull".to_owned()));
+    assert!(n
+        .api
+        .event_reasons()
+        .contains(&"ErrImageNeverPull".to_owned()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -260,7 +272,11 @@ async fn a_failed_liveness_probe_kills_and_restarts() {
         message: "connection refused".into(),
     })
     .await;
-    until_called(&n.runtime, &Call::Stop("app".into(), Duration::from_secs(30))).await;
+    until_called(
+        &n.runtime,
+        &Call::Stop("app".into(), Duration::from_secs(30)),
+    )
+    .await;
     let reasons = n.api.event_reasons();
     assert!(reasons.contains(&"Unhealthy".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"Killing".to_owned()), "{reasons:?}");
@@ -333,7 +349,11 @@ async fn a_failed_init_container_fails_a_never_pod_and_retries_otherwise() {
     w.sync().await;
     n.runtime.exit("one", 1);
     w.sync().await;
-    assert_eq!(creates(&n.runtime.calls()), ["one", "one"], "restarted, app waits");
+    assert_eq!(
+        creates(&n.runtime.calls()),
+        ["one", "one"],
+        "restarted, app waits"
+    );
     assert_eq!(w.terminal, None);
 }
 
@@ -367,7 +387,11 @@ async fn adopts_running_containers_after_an_agent_restart() {
 
     let found = n.runtime.found(UID).expect("the sandbox is still there");
     let mut w = PodWorker::new(n.shared.clone(), p.clone(), Some(found)).await;
-    assert_eq!(w.ip, Some(Ipv4Addr::new(10, 244, 0, 2)), "keeps its address");
+    assert_eq!(
+        w.ip,
+        Some(Ipv4Addr::new(10, 244, 0, 2)),
+        "keeps its address"
+    );
     assert_eq!(w.sync().await, None);
     assert!(
         n.runtime.calls().is_empty(),
