@@ -323,38 +323,27 @@ async fn init_containers_run_in_order_before_the_app() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_init_container_fails_a_never_pod_and_retries_otherwise() {
-    let img = "busybox:1.36";
-    let n = node();
-    n.images.store(img);
-    let mut w = PodWorker::new(
-        n.shared.clone(),
-        pod("Never", &[("one", img)], &[("app", img)]),
-        None,
-    )
-    .await;
-    w.sync().await;
-    n.runtime.exit("one", 1);
-    assert_eq!(w.sync().await, None);
-    assert_eq!(w.terminal, Some("Failed"));
-    assert_eq!(creates(&n.runtime.calls()), ["one"]);
-
-    let n = node();
-    n.images.store(img);
-    let mut w = PodWorker::new(
-        n.shared.clone(),
-        pod("Always", &[("one", img)], &[("app", img)]),
-        None,
-    )
-    .await;
-    w.sync().await;
-    n.runtime.exit("one", 1);
-    w.sync().await;
-    assert_eq!(
-        creates(&n.runtime.calls()),
-        ["one", "one"],
-        "restarted, app waits"
-    );
-    assert_eq!(w.terminal, None);
+    for policy in ["Never", "Always"] {
+        let img = "busybox:1.36";
+        let n = node();
+        n.images.store(img);
+        let p = pod(policy, &[("one", img)], &[("app", img)]);
+        let mut w = PodWorker::new(n.shared.clone(), p, None).await;
+        w.sync().await;
+        n.runtime.exit("one", 1);
+        assert_eq!(w.sync().await, None);
+        if policy == "Never" {
+            assert_eq!(w.terminal, Some("Failed"));
+            assert_eq!(creates(&n.runtime.calls()), ["one"]);
+        } else {
+            assert_eq!(w.terminal, None);
+            assert_eq!(
+                creates(&n.runtime.calls()),
+                ["one", "one"],
+                "restarted, app waits"
+            );
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
