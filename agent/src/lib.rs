@@ -1,5 +1,9 @@
-//! skiff-agent: the node agent. Today it has the eBPF service datapath ([`proxy`]); the pod
-//! runtime, pod networking and the API watchers that feed the proxy come next.
+//! skiff-agent: the node agent. The [`kubelet`] registers the Node, runs the pods bound to it
+//! (a pure pod plan executed by one worker per pod) through the container [`runtime`]
+//! (youki's libcontainer in a shim process), the node's [`images`] and pod [`network`]ing
+//! (bridge, veth and routes over netlink), and serves logs and exec; the [`proxy`] turns
+//! Services and EndpointSlices into the node's service datapath (eBPF socket load balancing,
+//! or the iptables and nftables modes for comparison).
 
 pub mod images;
 pub mod kubelet;

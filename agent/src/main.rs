@@ -15,9 +15,9 @@ use skiff_agent::kubelet::directory::Directory;
 use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::kubelet::pod_worker::Shared;
-use skiff_agent::kubelet::pods::LazyNetwork;
 use skiff_agent::network::service_cidr;
 use skiff_k8s::cidr::Ipv4Cidr;
+use skiff_agent::network::LazyNetwork;
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{
@@ -392,7 +392,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         allowed: cli.pods.local_registries_only.then(Vec::new),
         ..Default::default()
     };
-    let images = skiff_agent::images::Store::open_with(cli.root_dir.join("images"), registry)
+    let images = skiff_agent::images::ImageStore::open_with(cli.root_dir.join("images"), registry)
         .context("opening the image store")?;
     for dir in &cli.pods.preload_images {
         let names = images
@@ -441,7 +441,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             node_name: node.clone(),
             host_ip,
             runtime: runtime.clone(),
-            images,
+            images: std::sync::Arc::new(images),
             network: network.clone(),
             root: cli.root_dir.clone(),
             events: Events::new(client.clone(), &node),
@@ -449,7 +449,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             directory: directory.clone(),
             shutdown: shutdown.clone(),
         });
-        let pods = tokio::spawn(skiff_agent::kubelet::pods::run(shared));
+        let pods = tokio::spawn(skiff_agent::kubelet::pod_manager::run(shared));
         let mut tls_sans = vec![node.clone()];
         tls_sans.extend(host_ip.map(|ip| ip.to_string()));
         let server = tokio::spawn(skiff_agent::kubelet::server::serve(
@@ -472,7 +472,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                 shutdown.clone(),
             ));
         }
-        let routes = tokio::spawn(skiff_agent::kubelet::pods::keep_routes(client.clone(), node.clone(), network, shutdown.clone()));
+        let routes = tokio::spawn(skiff_agent::kubelet::pod_manager::keep_routes(client.clone(), node.clone(), network, shutdown.clone()));
         match datapath {
             Some(datapath) => {
                 let netlink = skiff_agent::network::connect()?;

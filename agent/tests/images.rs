@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_agent::images::layout::{write_oci_layout, ConfigSpec, LayerBuilder};
-use skiff_agent::images::{Credentials, Digest, ImageError, PullPolicy, RegistryConfig, Store};
+use skiff_agent::images::{
+    Credentials, Digest, ImageError, ImageStore, PullPolicy, RegistryConfig,
+};
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -72,7 +74,7 @@ fn config() -> ConfigSpec {
     }
 }
 
-fn check_image(store: &Store, reference: &str) {
+fn check_image(store: &ImageStore, reference: &str) {
     let image = store.resolve(reference).unwrap();
     assert_eq!(image.layers.len(), 2);
     let (base, top) = (&image.layers[0], &image.layers[1]);
@@ -110,7 +112,7 @@ fn import_oci_layout_resolve_list_remove() {
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();
     let manifest = write_oci_layout(&layout, "kubia:test", &config(), &layers(), true).unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let refs = store.import_path(&layout, None).unwrap();
     assert_eq!(refs, ["docker.io/library/kubia:test"]);
     check_image(&store, "kubia:test");
@@ -175,7 +177,7 @@ fn repeated_layers_are_one_lowerdir() {
     let empty = LayerBuilder::new().finish().unwrap();
     let stack = vec![empty.clone(), ls[0].clone(), empty, ls[1].clone()];
     write_oci_layout(&layout, "rep:v1", &config(), &stack, true).unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     store.import_path(&layout, None).unwrap();
     let image = store.resolve("rep:v1").unwrap();
     assert_eq!(image.layers.len(), 3, "{:?}", image.layers);
@@ -196,7 +198,7 @@ fn import_oci_layout_tar_and_tampered_blob() {
     let mut b = tar::Builder::new(fs::File::create(&tar_path).unwrap());
     b.append_dir_all(".", &layout).unwrap();
     b.into_inner().unwrap().flush().unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     assert_eq!(
         store.import_path(&tar_path, None).unwrap(),
         ["docker.io/library/busybox:latest"]
@@ -204,7 +206,7 @@ fn import_oci_layout_tar_and_tampered_blob() {
     check_image(&store, "busybox");
 
     // A blob whose content does not match its name is refused, and nothing is tagged.
-    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let store2 = ImageStore::open(tmp.path().join("store2")).unwrap();
     let blobs = layout.join("blobs/sha256");
     let biggest = fs::read_dir(&blobs)
         .unwrap()
@@ -257,7 +259,7 @@ fn import_docker_archive() {
     add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
     b.into_inner().unwrap().flush().unwrap();
 
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let refs = store.import_path(&tar_path, None).unwrap();
     assert_eq!(
         refs,
@@ -311,7 +313,7 @@ fn import_refuses_archive_escapes() {
         br#"[{"Config":"c.json","RepoTags":["x:y"],"Layers":["../secret.tar"]}]"#,
     )
     .unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let err = store.import_path(&dir, None).unwrap_err();
     assert!(matches!(err, ImageError::UnsafePath { .. }), "{err}");
     // Malformed manifest.json: an error, not a panic.
@@ -423,7 +425,7 @@ async fn pull_from_docker_registry_with_basic_auth() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     let reference = format!("{}/skiff/kubia:v1", registry.addr);
     let creds = Credentials {
         username: USER.into(),
@@ -610,7 +612,7 @@ async fn pull_with_bearer_token_and_manifest_list() {
     let port = addr.rsplit(':').next().unwrap();
     let reference = format!("localhost:{port}/team/app:v2");
     let store =
-        Store::open_with(tmp.path().join("store"), RegistryConfig::loopback_only()).unwrap();
+        ImageStore::open_with(tmp.path().join("store"), RegistryConfig::loopback_only()).unwrap();
     let creds = Credentials {
         username: "user".into(),
         password: "pass".into(),
@@ -630,7 +632,7 @@ async fn pull_with_bearer_token_and_manifest_list() {
     assert_eq!(by_list.manifest_digest, manifest_digest);
 
     // Wrong credentials: the token endpoint refuses.
-    let store2 = Store::open(tmp.path().join("store2")).unwrap();
+    let store2 = ImageStore::open(tmp.path().join("store2")).unwrap();
     let bad = Credentials {
         username: "user".into(),
         password: "wrong".into(),
@@ -639,7 +641,7 @@ async fn pull_with_bearer_token_and_manifest_list() {
     assert_eq!(err.kubelet_reason(), "ErrImagePull");
 
     // Pods starting together with IfNotPresent share one download.
-    let store3 = Store::open(tmp.path().join("store3")).unwrap();
+    let store3 = ImageStore::open(tmp.path().join("store3")).unwrap();
     let before = fake.blob_requests.load(std::sync::atomic::Ordering::SeqCst);
     let pulls = (0..6).map(|_| {
         let (store3, reference, creds) = (store3.clone(), reference.clone(), creds.clone());
@@ -674,7 +676,7 @@ fn sample_images_when_built() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(tmp.path()).unwrap();
+    let store = ImageStore::open(tmp.path()).unwrap();
     let refs = store.import_dir(&dir).unwrap();
     assert!(
         refs.contains(&"docker.io/library/kubia:v1".to_owned()),
@@ -714,7 +716,7 @@ fn layers_stack_in_overlayfs() {
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();
     write_oci_layout(&layout, "stack:v1", &config(), &layers(), true).unwrap();
-    let store = Store::open(tmp.path().join("store")).unwrap();
+    let store = ImageStore::open(tmp.path().join("store")).unwrap();
     store.import_path(&layout, None).unwrap();
     let image = store.resolve("stack:v1").unwrap();
     let lower: Vec<String> = image

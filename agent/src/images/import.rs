@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::ImageIndex;
 
 use super::unpack::normalize;
-use super::{is_index, select_platform, Digest, ImageError, Reference, Store, MAX_MANIFEST_SIZE};
+use super::{
+    is_index, select_platform, Digest, ImageError, ImageStore, Reference, MAX_MANIFEST_SIZE,
+};
 
 /// containerd's annotation with the full image name.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -71,7 +73,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ImageError> {
     Ok(data)
 }
 
-impl Store {
+impl ImageStore {
     /// Imports an OCI layout or docker-archive, as a directory or a (possibly gzipped) tar file.
     /// `name` names images the archive does not name (or only tags). Returns the normalised
     /// references imported.

@@ -11,14 +11,14 @@
 //!
 //! Everything is written to `tmp/` and renamed into place, so a crash leaves no half-written
 //! blob or layer under its final name; `tmp/` is emptied when the store opens. A reference is
-//! written to `refs.json` only once its layers are unpacked, so [`Store::resolve`] of a listed
+//! written to `refs.json` only once its layers are unpacked, so [`ImageStore::resolve`] of a listed
 //! image never waits for work.
 //!
 //! Sources: OCI image layouts (directory or tar), `docker save` archives (directory or tar) and
-//! registries speaking the Distribution API (see [`registry`]). [`ensure`](Store::ensure)
+//! registries speaking the Distribution API (see [`registry`]). [`ensure`](ImageStore::ensure)
 //! applies a container's `imagePullPolicy`.
 //!
-//! The filesystem work is blocking: async callers use `spawn_blocking` (as [`Store::pull`]
+//! The filesystem work is blocking: async callers use `spawn_blocking` (as [`ImageStore::pull`]
 //! does for its own unpacking).
 
 mod digest;
@@ -222,7 +222,7 @@ impl PullPolicy {
 
 /// The image store. Cheap to clone; all clones share one store.
 #[derive(Clone)]
-pub struct Store {
+pub struct ImageStore {
     inner: Arc<Inner>,
 }
 
@@ -235,7 +235,7 @@ struct Inner {
     /// lock while it runs, so none can start meanwhile).
     ingests: Mutex<usize>,
     http: std::sync::OnceLock<reqwest::Client>,
-    /// One lock per reference being pulled through [`Store::ensure`], so that pods starting
+    /// One lock per reference being pulled through [`ImageStore::ensure`], so that pods starting
     /// together share one download.
     pulls: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether we may chown files and create overlay whiteouts.
@@ -256,7 +256,7 @@ impl Drop for IngestGuard {
     }
 }
 
-impl Store {
+impl ImageStore {
     /// Opens (creating if needed) the store at `root`, with default registry settings.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
         Self::open_with(root, RegistryConfig::default())
@@ -766,7 +766,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl ImageStore {
     fn pull_lock(&self, reference: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut pulls = self
             .inner
@@ -820,6 +820,35 @@ fn is_index(data: &[u8], media_type: Option<&str>) -> bool {
     }
 }
 
+/// What the pod worker needs from the node's images: is one stored, and "make it present as the
+/// pull policy says". The seam between the kubelet and [`ImageStore`], so that the worker's
+/// tests run without a store on disk or a registry.
+pub trait ImageService: Send + Sync + 'static {
+    /// Whether `reference` is stored (decides the `Pulling` event and `imagePullPolicy`).
+    fn contains(&self, reference: &str) -> bool;
+
+    /// The image, pulled first if `policy` says so ([`ImageStore::ensure`], anonymous).
+    fn ensure<'a>(
+        &'a self,
+        reference: &'a str,
+        policy: PullPolicy,
+    ) -> futures::future::BoxFuture<'a, Result<Image, ImageError>>;
+}
+
+impl ImageService for ImageStore {
+    fn contains(&self, reference: &str) -> bool {
+        ImageStore::contains(self, reference)
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        reference: &'a str,
+        policy: PullPolicy,
+    ) -> futures::future::BoxFuture<'a, Result<Image, ImageError>> {
+        Box::pin(ImageStore::ensure(self, reference, policy, None))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,7 +874,7 @@ mod tests {
     #[test]
     fn blobs_are_verified_on_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
         let good = Digest::of(b"hello");
         let (d, n) = store.put_blob(&b"hello"[..], Some(&good), "test").unwrap();
         assert_eq!((d.clone(), n), (good.clone(), 5));

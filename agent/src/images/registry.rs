@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::digest::Hasher;
 use super::{
-    is_index, is_loopback_host, select_platform, Digest, Image, ImageError, Reference, Store,
+    is_index, is_loopback_host, select_platform, Digest, Image, ImageError, ImageStore, Reference,
     MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE,
 };
 
@@ -247,7 +247,12 @@ impl Session<'_> {
 
     /// Downloads a blob into the store unless it is there, verifying it; more than the `size`
     /// its descriptor announced is refused as soon as it arrives.
-    async fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<(), ImageError> {
+    async fn blob(
+        &mut self,
+        store: &ImageStore,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ImageError> {
         if store.has_blob(digest) {
             return Ok(());
         }
@@ -334,7 +339,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl Store {
+impl ImageStore {
     fn http(&self) -> Result<&reqwest::Client, ImageError> {
         if let Some(c) = self.inner.http.get() {
             return Ok(c);

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 
-use super::server::{query_bool, query_pairs, status_response, ServerState};
+use super::http::{query_bool, query_pairs, status_response, ServerState};
 use super::streaming::{self, Channel, ClientFrame};
 use crate::runtime::{Container, ExecProcess};
 

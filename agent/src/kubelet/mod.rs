@@ -1,18 +1,24 @@
 //! The kubelet part of the agent: the Node's registration, status and heartbeat Lease
-//! ([`node`]) from host facts ([`host`]), and the pods bound to this node: the manager
-//! ([`pods`]) runs a worker per pod ([`pod_worker`]) that drives images, runtime and network,
-//! probes containers ([`probes`]) and reports status ([`status`]).
+//! ([`node`]) from host facts ([`host`]), and the pods bound to this node: the pod manager
+//! ([`pod_manager`]) runs a worker per pod ([`pod_worker`]) that observes the pod, asks the pure
+//! [`plan`] what to do and carries it out through the runtime, network and image traits; it
+//! probes containers ([`probes`]) and reports status ([`status`]). The node's HTTP endpoints
+//! ([`server`], [`exec`], sharing [`http`]) serve logs and exec.
 
 pub mod container_config;
 pub mod directory;
 pub mod events;
 pub mod exec;
+#[cfg(test)]
+mod fakes;
 pub mod host;
+pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+pub mod plan;
+pub mod pod_manager;
 pub mod pod_worker;
-pub mod pods;
 pub mod probes;
 pub mod server;
 pub mod static_pods;

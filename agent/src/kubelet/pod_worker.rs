@@ -1,31 +1,80 @@
-//! One task per pod on this node, level-triggered: each pass compares the pod's spec with what
-//! runs (sandbox, network, init containers in order, containers with their restart policy and
-//! back-off, probes) and acts, then posts the status if it changed. A pass runs when the pod
-//! changes in the API, when a child process exits (SIGCHLD), when a probe's outcome changes, or
-//! when a back-off expires. Deletion stops the containers within the grace period, removes the
-//! sandbox and network and then deletes the pod object (graceful deletion completes).
+//! One task per pod on this node, level-triggered: each pass observes the pod (its sandbox, the
+//! state of every container instance), asks the pure plan ([`super::plan`]) what to do, and
+//! carries that out through the runtime, network and image traits; then it posts the status if
+//! it changed. A pass runs when the pod changes in the API, when a child process exits
+//! (SIGCHLD), when a probe's outcome changes, or when a back-off expires. Deletion stops the
+//! containers within the grace period, removes the sandbox and network and then deletes the
+//! pod object (graceful deletion completes).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::container_config;
 use super::directory::{self, Directory};
 use super::events::Events;
-use super::pods::LazyNetwork;
-use super::probes::{self, ProbeEvent, ProbeKind};
+use super::plan::{self, Action, ContainerView, PodView, SandboxState, SandboxStep, Which};
+use super::probes::{self, ProbeEvent};
 use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, State};
-use crate::images::{PullPolicy, Store};
-use crate::runtime::{self, ContainerState, PodState, Runtime, Sandbox};
+use crate::images::{ImageError, ImageService, PullPolicy};
+use crate::network::node_network::NodeNetworkError;
+use crate::network::PodNetworking;
+use crate::runtime::{
+    self, ContainerRuntime, ContainerState, PodState, RuntimeError, Sandbox, SpecError,
+};
+
+/// Why a pod's sandbox or one of its containers could not be started. The Kubernetes reason
+/// shown in the container's waiting state comes from [`PodWorkerError::reason`].
+#[derive(Debug, thiserror::Error)]
+pub enum PodWorkerError {
+    /// A container was to start before the pod had a sandbox.
+    #[error("no sandbox")]
+    NoSandbox,
+    /// The image could not be made present (`ErrImagePull`, `ErrImageNeverPull`,
+    /// `InvalidImageName`).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The environment, a volume or `/etc/hosts` could not be prepared (a missing ConfigMap
+    /// key, a bad volume mount, ...).
+    #[error("{0}")]
+    Config(String),
+    /// The runtime spec could not be built from the container and its image.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The runtime failed to create or start the container.
+    #[error(transparent)]
+    Run(RuntimeError),
+    /// The runtime failed to create the sandbox.
+    #[error(transparent)]
+    Sandbox(RuntimeError),
+    /// The pod's network could not be set up in the new sandbox.
+    #[error("setting up the pod network: {0}")]
+    Network(NodeNetworkError),
+}
+
+impl PodWorkerError {
+    /// The reason Kubernetes shows for it: a container's waiting reason (`ErrImagePull`,
+    /// `CreateContainerConfigError`, `RunContainerError`, ...) or the sandbox event's.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoSandbox => "ContainerCreating",
+            Self::Image(e) => e.kubelet_reason(),
+            Self::Config(_) | Self::Spec(_) => "CreateContainerConfigError",
+            Self::Run(_) => "RunContainerError",
+            Self::Sandbox(_) | Self::Network(_) => "FailedCreatePodSandBox",
+        }
+    }
+}
 
 /// What every pod worker shares.
 pub struct Shared {
@@ -36,11 +85,11 @@ pub struct Shared {
     /// This node's IP (status.hostIP).
     pub host_ip: Option<Ipv4Addr>,
     /// The container runtime.
-    pub runtime: Arc<Runtime>,
-    /// The image store.
-    pub images: Store,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// The node's images.
+    pub images: Arc<dyn ImageService>,
     /// The node's pod network.
-    pub network: Arc<LazyNetwork>,
+    pub network: Arc<dyn PodNetworking>,
     /// The agent's state directory.
     pub root: PathBuf,
     /// Event writer.
@@ -88,8 +137,6 @@ struct Slot {
     not_before: Option<Instant>,
     /// The exit of the current instance was handled (back-off scheduled).
     exit_seen: bool,
-    /// Killed by the agent (liveness or startup failure), with the message for the event.
-    killed_for: Option<String>,
 }
 
 impl Slot {
@@ -105,7 +152,21 @@ impl Slot {
             back_off: BackOff::default(),
             not_before: None,
             exit_seen: false,
-            killed_for: None,
+        }
+    }
+
+    /// What the plan sees of it.
+    fn view(&self, now: Instant) -> ContainerView {
+        ContainerView {
+            state: self.record.state.clone(),
+            has_instance: self.instance.is_some(),
+            exit_seen: self.exit_seen,
+            ran_for: self
+                .instance
+                .as_ref()
+                .map_or(Duration::ZERO, |i| now.saturating_duration_since(i.started)),
+            back_off: self.back_off.clone(),
+            not_before: self.not_before,
         }
     }
 }
@@ -123,7 +184,6 @@ pub struct PodWorker {
     start_time: Timestamp,
     posted: Option<PodStatus>,
     terminal: Option<&'static str>,
-    failure: Option<(String, String)>,
     sandbox_back_off: BackOff,
     sandbox_not_before: Option<Instant>,
     probe_tx: mpsc::UnboundedSender<ProbeEvent>,
@@ -172,7 +232,6 @@ impl PodWorker {
             ip: None,
             posted: None,
             terminal: None,
-            failure: None,
             sandbox_back_off: BackOff::default(),
             sandbox_not_before: None,
             probe_tx,
@@ -235,7 +294,6 @@ impl PodWorker {
         }
         self.ip = self.shared.network.address_of(&self.uid).await;
         self.sandbox = Some(found.sandbox);
-        let pod_ip = self.ip;
         for (container, state) in found.containers {
             let Some(slot) = self
                 .init
@@ -259,43 +317,33 @@ impl PodWorker {
                 })
                 .and_then(|c| c.state.and_then(|s| s.running).and_then(|r| r.started_at))
                 .map_or_else(Timestamp::now, |t| t.0);
+            let adopted = plan::adopted(state, &slot.spec, started_at);
             slot.record.container_id = Some(format!("skiff://{}", container.id));
-            match state {
-                ContainerState::Running => {
-                    slot.record.state = State::Running { started_at };
-                    slot.record.started = slot.spec.startup_probe.is_none();
-                    slot.record.ready = slot.spec.readiness_probe.is_none();
-                    slot.exit_seen = false;
-                    let probes = pod_ip.and_then(|ip| {
-                        probes::spawn(
-                            probes::Target {
-                                pod_ip: ip.into(),
-                                spec: slot.spec.clone(),
-                                container: container.clone(),
-                                instance: slot.record.restart_count,
-                                runtime: self.shared.runtime.clone(),
-                            },
-                            self.probe_tx.clone(),
-                        )
-                    });
-                    slot.instance = Some(Instance {
-                        container,
-                        started: Instant::now(),
-                        started_at,
-                        probes,
-                    });
-                }
-                ContainerState::Exited(_) | ContainerState::Created => {
-                    // Handled by the next pass like any exit.
-                    slot.instance = Some(Instance {
-                        container,
-                        started: Instant::now(),
-                        started_at,
-                        probes: None,
-                    });
-                    slot.record.state = State::Running { started_at };
-                }
+            slot.record.state = adopted.state;
+            let mut probes = None;
+            if let Some((started, ready)) = adopted.running {
+                slot.record.started = started;
+                slot.record.ready = ready;
+                slot.exit_seen = false;
+                probes = self.ip.and_then(|ip| {
+                    probes::spawn(
+                        probes::Target {
+                            pod_ip: ip.into(),
+                            spec: slot.spec.clone(),
+                            container: container.clone(),
+                            instance: slot.record.restart_count,
+                            runtime: self.shared.runtime.clone(),
+                        },
+                        self.probe_tx.clone(),
+                    )
+                });
             }
+            slot.instance = Some(Instance {
+                container,
+                started: Instant::now(),
+                started_at,
+                probes,
+            });
         }
         tracing::info!(pod = %self.name(), "adopted the running pod");
     }
@@ -322,7 +370,7 @@ impl PodWorker {
             self.publish();
             let sleep = async {
                 match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -362,43 +410,34 @@ impl PodWorker {
         else {
             return;
         };
-        if slot.record.restart_count != event.instance || slot.instance.is_none() {
-            return;
-        }
-        if !event.ok {
+        let decision = plan::probe_step(
+            &event,
+            &slot.spec,
+            slot.record.restart_count,
+            slot.instance.is_some(),
+        );
+        if let Some(message) = &decision.unhealthy {
             self.shared
                 .events
-                .pod(
-                    &pod,
-                    Some(&event.container),
-                    true,
-                    "Unhealthy",
-                    &format!("{} probe failed: {}", event.kind.label(), event.message),
-                )
+                .pod(&pod, Some(&event.container), true, "Unhealthy", message)
                 .await;
         }
-        match (event.kind, event.ok) {
-            (ProbeKind::Readiness, ok) => slot.record.ready = ok,
-            (ProbeKind::Startup, true) => {
+        match decision.step {
+            plan::ProbeStep::Stale | plan::ProbeStep::Nothing => {}
+            plan::ProbeStep::SetReady(ready) => slot.record.ready = ready,
+            plan::ProbeStep::Started { ready } => {
                 slot.record.started = true;
-                slot.record.ready = slot.spec.readiness_probe.is_none();
+                slot.record.ready = ready;
             }
-            (kind, false) => {
-                let what = kind.label();
-                let msg = format!(
-                    "Container {} failed {} probe, will be restarted",
-                    event.container,
-                    what.to_ascii_lowercase()
-                );
+            plan::ProbeStep::Kill { message } => {
                 self.shared
                     .events
-                    .pod(&pod, Some(&event.container), false, "Killing", &msg)
+                    .pod(&pod, Some(&event.container), false, "Killing", &message)
                     .await;
-                slot.killed_for = Some(msg);
                 slot.record.ready = false;
                 if let Some(inst) = &slot.instance {
                     let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
-                    let grace = grace_period(&pod);
+                    let grace = plan::grace_period(&pod);
                     // Stopping blocks for up to the grace period: off the worker's loop, the
                     // exit arrives as SIGCHLD.
                     tokio::task::spawn_blocking(move || {
@@ -408,80 +447,65 @@ impl PodWorker {
                     });
                 }
             }
-            (ProbeKind::Liveness, true) => {}
         }
     }
 
-    /// One pass; returns when the next one is due at the latest.
+    /// One pass: observe, plan, execute. Returns when the next one is due at the latest.
     async fn sync(&mut self) -> Option<Instant> {
         if self.terminal.is_some() {
             return None;
         }
-        let mut next: Option<Instant> = None;
-        let mut wake_at = |at: Instant| {
-            next = Some(next.map_or(at, |n| n.min(at)));
+        // Round one: the sandbox (and network).
+        let sandbox = match &self.sandbox {
+            None => SandboxState::Missing,
+            Some(s) if self.shared.runtime.sandbox_running(s) => SandboxState::Running,
+            Some(_) => SandboxState::Dead,
         };
-        // The sandbox (and network).
-        if self.sandbox.as_ref().is_none_or(|s| !s.is_running()) {
-            if self.sandbox.is_some() {
-                tracing::warn!(pod = %self.name(), "the sandbox died; recreating the pod's sandbox and containers");
-                self.remove_sandbox().await;
-            }
-            if let Some(at) = self.sandbox_not_before.filter(|t| *t > Instant::now()) {
+        match plan::plan_sandbox(sandbox, self.sandbox_not_before, Instant::now()) {
+            SandboxStep::Ready => {}
+            SandboxStep::WaitUntil { at, remove_dead } => {
+                if remove_dead {
+                    self.remove_dead_sandbox().await;
+                }
                 return Some(at);
             }
-            if let Err(e) = self.create_sandbox().await {
-                let pod = self.pod.clone();
-                self.shared
-                    .events
-                    .pod(
-                        &pod,
-                        None,
-                        true,
-                        "FailedCreatePodSandBox",
-                        &format!("Failed to create pod sandbox: {e}"),
-                    )
-                    .await;
-                let delay = self
-                    .sandbox_back_off
-                    .next_delay(Duration::ZERO)
-                    .max(Duration::from_secs(1));
-                let at = Instant::now() + delay;
-                self.sandbox_not_before = Some(at);
-                return Some(at);
+            SandboxStep::Create { remove_dead } => {
+                if remove_dead {
+                    self.remove_dead_sandbox().await;
+                }
+                if let Err(e) = self.create_sandbox().await {
+                    let pod = self.pod.clone();
+                    self.shared
+                        .events
+                        .pod(
+                            &pod,
+                            None,
+                            true,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {e}"),
+                        )
+                        .await;
+                    let (back_off, at) =
+                        plan::sandbox_retry(&self.sandbox_back_off, Instant::now());
+                    self.sandbox_back_off = back_off;
+                    self.sandbox_not_before = Some(at);
+                    return Some(at);
+                }
             }
         }
+        // Round two: the containers, from what the runtime says of them now.
         self.refresh().await;
-
-        // Init containers, one after the other; the app containers once all succeeded.
-        let mut initialized = true;
-        for i in 0..self.init.len() {
-            match &self.init[i].record.state {
-                State::Terminated { exit_code: 0, .. } => continue,
-                State::Running { .. } => {}
-                _ => {
-                    if let Some(at) = self.advance(Which::Init(i)).await {
-                        wake_at(at);
-                    }
-                }
-            }
-            initialized = false;
-            break;
-        }
-        if initialized {
-            for i in 0..self.containers.len() {
-                if let Some(at) = self.advance(Which::Main(i)).await {
-                    wake_at(at);
-                }
+        let now = Instant::now();
+        let plan = plan::plan_containers(&self.view(now), now);
+        let mut next = plan.wake_at;
+        for action in plan.actions {
+            if let Some(at) = self.execute(action).await {
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        let phase = status::phase(&self.records(true), &self.records(false), self.policy);
-        if phase == "Succeeded" || phase == "Failed" {
-            self.terminal = Some(if phase == "Succeeded" {
-                "Succeeded"
-            } else {
-                "Failed"
-            });
+        if let Some(phase) = plan::finished(&self.records(true), &self.records(false), self.policy)
+        {
+            self.terminal = Some(phase);
             // A finished pod keeps its sandbox (and logs) until it is deleted, but gives its
             // address back.
             if let Err(e) = self.shared.network.detach(&self.uid).await {
@@ -492,12 +516,99 @@ impl PodWorker {
         next
     }
 
+    async fn remove_dead_sandbox(&mut self) {
+        tracing::warn!(pod = %self.name(), "the sandbox died; recreating the pod's sandbox and containers");
+        self.remove_sandbox().await;
+    }
+
+    fn view(&self, now: Instant) -> PodView {
+        PodView {
+            policy: self.policy,
+            init: self.init.iter().map(|s| s.view(now)).collect(),
+            containers: self.containers.iter().map(|s| s.view(now)).collect(),
+        }
+    }
+
+    /// Carries out one container action; returns when to look again if it failed.
+    async fn execute(&mut self, action: Action) -> Option<Instant> {
+        match action {
+            Action::ExitHandled { which } => {
+                self.slot(which).exit_seen = true;
+                None
+            }
+            Action::ScheduleRestart {
+                which,
+                back_off,
+                not_before,
+            } => {
+                let slot = self.slot(which);
+                slot.exit_seen = true;
+                slot.back_off = back_off;
+                slot.not_before = Some(not_before);
+                slot.record.last_state = Some(slot.record.state.clone());
+                None
+            }
+            Action::CrashLoopBackOff { which, delay } => {
+                let (pod_name, pod_uid) = (self.name(), self.uid.clone());
+                let slot = self.slot(which);
+                slot.record.state = State::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({pod_uid})",
+                        delay.as_secs(),
+                        slot.spec.name,
+                        pod_name.split_once('/').map_or("", |p| p.1),
+                        pod_name.split_once('/').map_or("", |p| p.0),
+                    )),
+                };
+                let name = slot.spec.name.clone();
+                let pod = self.pod.clone();
+                self.shared
+                    .events
+                    .pod(
+                        &pod,
+                        Some(&name),
+                        true,
+                        "BackOff",
+                        "Back-off restarting failed container",
+                    )
+                    .await;
+                None
+            }
+            Action::StartContainer { which } => {
+                let e = self.start(which).await.err()?;
+                let slot = self.slot(which);
+                let retry = plan::start_failed(
+                    &slot.back_off,
+                    &slot.record.state,
+                    e.reason(),
+                    Instant::now(),
+                );
+                let message = e.to_string();
+                slot.back_off = retry.back_off;
+                slot.not_before = Some(retry.not_before);
+                slot.record.state = State::Waiting {
+                    reason: retry.waiting_reason,
+                    message: Some(message.clone()),
+                };
+                let name = slot.spec.name.clone();
+                let pod = self.pod.clone();
+                self.shared
+                    .events
+                    .pod(&pod, Some(&name), true, &retry.event_reason, &message)
+                    .await;
+                Some(retry.not_before)
+            }
+        }
+    }
+
     fn records(&self, init: bool) -> Vec<ContainerRecord> {
         let slots = if init { &self.init } else { &self.containers };
         slots.iter().map(|s| s.record.clone()).collect()
     }
 
-    /// Refreshes the state of every running instance from the runtime.
+    /// Looks at every instance whose exit was not handled yet: an ended one is recorded as
+    /// terminated (its probes stop).
     async fn refresh(&mut self) {
         for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
             let Some(inst) = &slot.instance else { continue };
@@ -537,112 +648,6 @@ impl PodWorker {
         }
     }
 
-    /// Moves one container towards running: starts it, or handles its exit (restart with
-    /// back-off, per the restart policy). Returns when to look again.
-    async fn advance(&mut self, which: Which) -> Option<Instant> {
-        // Init containers run to success: restarted on failure unless the pod never restarts.
-        let policy = match (which, self.policy) {
-            (Which::Main(_), p) => p,
-            (Which::Init(_), RestartPolicy::Never) => RestartPolicy::Never,
-            (Which::Init(_), _) => RestartPolicy::OnFailure,
-        };
-        let pod_name = self.name();
-        let pod_uid = self.uid.clone();
-        let slot = self.slot(which);
-        let now = Instant::now();
-        if let State::Terminated { exit_code, .. } = slot.record.state {
-            if slot.instance.is_none() && slot.exit_seen {
-                return None;
-            }
-            if !slot.exit_seen {
-                slot.exit_seen = true;
-                if !policy.restarts(exit_code) {
-                    return None;
-                }
-                let ran = slot
-                    .instance
-                    .as_ref()
-                    .map_or(Duration::ZERO, |i| i.started.elapsed());
-                let delay = slot.back_off.next_delay(ran);
-                slot.not_before = Some(now + delay);
-                slot.record.last_state = Some(slot.record.state.clone());
-                if delay > Duration::ZERO {
-                    slot.record.state = State::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(format!(
-                            "back-off {}s restarting failed container={} pod={}_{}({pod_uid})",
-                            delay.as_secs(),
-                            slot.spec.name,
-                            pod_name.split_once('/').map_or("", |p| p.1),
-                            pod_name.split_once('/').map_or("", |p| p.0),
-                        )),
-                    };
-                    let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
-                    self.shared
-                        .events
-                        .pod(
-                            &pod,
-                            Some(&name),
-                            true,
-                            "BackOff",
-                            "Back-off restarting failed container",
-                        )
-                        .await;
-                    return Some(now + delay);
-                }
-            } else if !policy.restarts(exit_code) {
-                return None;
-            }
-        }
-        let slot = self.slot(which);
-        if let Some(at) = slot.not_before.filter(|t| *t > now) {
-            return Some(at);
-        }
-        if matches!(slot.record.state, State::Running { .. }) {
-            return None;
-        }
-        match self.start(which).await {
-            Ok(()) => None,
-            Err((reason, message)) => {
-                let slot = self.slot(which);
-                let delay = slot
-                    .back_off
-                    .next_delay(Duration::ZERO)
-                    .max(Duration::from_secs(1));
-                slot.not_before = Some(Instant::now() + delay);
-                let back_off_reason = if reason == "ErrImagePull" {
-                    "ImagePullBackOff"
-                } else {
-                    reason.as_str()
-                };
-                slot.record.state = State::Waiting {
-                    reason: if slot.record.state_is_waiting_with(&reason) {
-                        back_off_reason.to_owned()
-                    } else {
-                        reason.clone()
-                    },
-                    message: Some(message.clone()),
-                };
-                let (pod, name) = (self.pod.clone(), self.slot(which).spec.name.clone());
-                self.shared
-                    .events
-                    .pod(
-                        &pod,
-                        Some(&name),
-                        true,
-                        if reason == "ErrImagePull" {
-                            "Failed"
-                        } else {
-                            &reason
-                        },
-                        &message,
-                    )
-                    .await;
-                Some(Instant::now() + delay)
-            }
-        }
-    }
-
     fn slot(&mut self, which: Which) -> &mut Slot {
         match which {
             Which::Init(i) => &mut self.init[i],
@@ -650,19 +655,15 @@ impl PodWorker {
         }
     }
 
-    /// Creates and starts a new instance of a container. On failure returns the waiting
-    /// reason and message.
-    async fn start(&mut self, which: Which) -> Result<(), (String, String)> {
+    /// Creates and starts a new instance of a container.
+    async fn start(&mut self, which: Which) -> Result<(), PodWorkerError> {
         let pod = self.pod.clone();
-        let sandbox = self
-            .sandbox
-            .clone()
-            .ok_or_else(|| ("ContainerCreating".to_owned(), "no sandbox".to_owned()))?;
+        let sandbox = self.sandbox.clone().ok_or(PodWorkerError::NoSandbox)?;
         let spec = self.slot(which).spec.clone();
         let image_ref = spec.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image_ref);
-        let present = self.shared.images.contains(&image_ref);
-        if !present || policy == PullPolicy::Always {
+        let step = plan::image_step(policy, self.shared.images.contains(&image_ref));
+        if step.announces_pull() {
             self.shared
                 .events
                 .pod(
@@ -674,14 +675,11 @@ impl PodWorker {
                 )
                 .await;
         }
-        let pull_started = Instant::now();
-        let image = self
-            .shared
-            .images
-            .ensure(&image_ref, policy, None)
-            .await
-            .map_err(|e| (e.kubelet_reason().to_owned(), e.to_string()))?;
-        if !present || policy == PullPolicy::Always {
+        // The wall clock: the event reports how long the pull really took.
+        let pull_started = std::time::Instant::now();
+        // The store stays the authority, also for `Never` (an image imported meanwhile).
+        let image = self.shared.images.ensure(&image_ref, policy).await?;
+        if step.announces_pull() {
             self.shared
                 .events
                 .pod(
@@ -727,10 +725,10 @@ impl PodWorker {
             self.shared.host_ip,
         )
         .await
-        .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        .map_err(PodWorkerError::Config)?;
         let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, &spec)
             .await
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+            .map_err(PodWorkerError::Config)?;
         let mut k8s = spec.clone();
         k8s.env = Some(env);
         k8s.env_from = None;
@@ -742,18 +740,16 @@ impl PodWorker {
             user: image.config.user.clone(),
         };
         let mut cspec =
-            runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())
-                .map_err(|e| ("CreateContainerConfigError".to_owned(), e.to_string()))?;
+            runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())?;
         cspec.mounts.extend(mounts);
         if !cspec
             .mounts
             .iter()
             .any(|m| m.destination == std::path::Path::new("/etc/hosts"))
         {
-            cspec.mounts.push(
-                self.hosts_file()
-                    .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?,
-            );
+            cspec
+                .mounts
+                .push(self.hosts_file().map_err(PodWorkerError::Config)?);
         }
         let restart_count = {
             let slot = self.slot(which);
@@ -789,7 +785,7 @@ impl PodWorker {
                         &format!("Error: {e}"),
                     )
                     .await;
-                return Err(("RunContainerError".to_owned(), e.to_string()));
+                return Err(PodWorkerError::Run(e));
             }
         };
         self.shared
@@ -836,7 +832,6 @@ impl PodWorker {
         slot.record.started = spec.startup_probe.is_none();
         slot.record.ready = spec.readiness_probe.is_none() && spec.startup_probe.is_none();
         slot.exit_seen = false;
-        slot.killed_for = None;
         slot.not_before = None;
         slot.instance = Some(Instance {
             container,
@@ -868,12 +863,12 @@ impl PodWorker {
         })
     }
 
-    async fn create_sandbox(&mut self) -> Result<(), String> {
+    async fn create_sandbox(&mut self) -> Result<(), PodWorkerError> {
         let hostname = pod_hostname(&self.pod);
         let (runtime, uid) = (self.shared.runtime.clone(), self.uid.clone());
         let sandbox = blocking(move || runtime.create_sandbox(&uid, &hostname))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PodWorkerError::Sandbox)?;
         match self
             .shared
             .network
@@ -890,7 +885,7 @@ impl PodWorker {
                 let runtime = self.shared.runtime.clone();
                 let _ = blocking(move || runtime.remove_sandbox(&sandbox)).await;
                 let _ = self.shared.network.detach(&self.uid).await;
-                Err(format!("setting up the pod network: {e}"))
+                Err(PodWorkerError::Network(e))
             }
         }
     }
@@ -920,29 +915,37 @@ impl PodWorker {
     /// Stops the pod: containers get SIGTERM, then SIGKILL after the grace period; the sandbox
     /// and network go; then the pod object is deleted for good (if `delete_object`).
     async fn terminate(&mut self, delete_object: bool) {
-        let grace = grace_period(&self.pod);
-        let pod = self.pod.clone();
-        let mut stops = Vec::new();
-        for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
-            let Some(inst) = &slot.instance else { continue };
-            if let Some(p) = &inst.probes {
+        let now = Instant::now();
+        let init: Vec<ContainerView> = self.init.iter().map(|s| s.view(now)).collect();
+        let containers: Vec<ContainerView> = self.containers.iter().map(|s| s.view(now)).collect();
+        let termination = plan::termination(&self.pod, &init, &containers);
+        for slot in self.init.iter().chain(self.containers.iter()) {
+            if let Some(p) = slot.instance.as_ref().and_then(|i| i.probes.as_ref()) {
                 p.cancel();
             }
-            if !matches!(slot.record.state, State::Running { .. }) {
+        }
+        let pod = self.pod.clone();
+        let mut stops = Vec::new();
+        for which in termination.stop {
+            let slot = self.slot(which);
+            let name = slot.spec.name.clone();
+            let Some(container) = slot.instance.as_ref().map(|i| i.container.clone()) else {
                 continue;
-            }
+            };
             self.shared
                 .events
                 .pod(
                     &pod,
-                    Some(&slot.spec.name),
+                    Some(&name),
                     false,
                     "Killing",
-                    &format!("Stopping container {}", slot.spec.name),
+                    &format!("Stopping container {name}"),
                 )
                 .await;
-            let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
-            stops.push(tokio::task::spawn_blocking(move || runtime.stop(&c, grace)));
+            let (runtime, grace) = (self.shared.runtime.clone(), termination.grace);
+            stops.push(tokio::task::spawn_blocking(move || {
+                runtime.stop(&container, grace)
+            }));
         }
         for stop in stops {
             if let Ok(Err(e)) = stop.await {
@@ -991,7 +994,7 @@ impl PodWorker {
                 host_ip: self.shared.host_ip.map(|ip| ip.to_string()),
                 start_time: self.start_time,
                 previous: self.posted.as_ref().or(self.pod.status.as_ref()),
-                failure: self.failure.clone(),
+                failure: None,
                 terminal_phase: self.terminal,
             },
         )
@@ -1059,23 +1062,6 @@ impl PodWorker {
     }
 }
 
-impl ContainerRecord {
-    fn state_is_waiting_with(&self, reason: &str) -> bool {
-        match &self.state {
-            State::Waiting { reason: r, .. } => {
-                r == reason || (reason == "ErrImagePull" && r == "ImagePullBackOff")
-            }
-            _ => false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Which {
-    Init(usize),
-    Main(usize),
-}
-
 /// A reference without its tag (`docker.io/library/busybox:latest` -> `docker.io/library/busybox`).
 fn repository(reference: &str) -> &str {
     let name = reference.split('@').next().unwrap_or(reference);
@@ -1083,20 +1069,6 @@ fn repository(reference: &str) -> &str {
         Some(i) if !name[i..].contains('/') => &name[..i],
         _ => name,
     }
-}
-
-/// The pod's grace period: the deletion's, else the spec's (30 s by default).
-fn grace_period(pod: &Pod) -> Duration {
-    let secs = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-        })
-        .unwrap_or(30);
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// The pod's hostname: spec.hostname or the pod's name, cut to a DNS label.
@@ -1117,3 +1089,6 @@ fn pod_hostname(pod: &Pod) -> String {
         h
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Runtime;
+use crate::runtime::ContainerRuntime;
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub struct Target {
     /// Its restart count.
     pub instance: i32,
     /// The runtime, for exec probes.
-    pub runtime: Arc<Runtime>,
+    pub runtime: Arc<dyn ContainerRuntime>,
 }
 
 /// Starts the container's probes; they stop when the returned token is cancelled. Returns

@@ -32,6 +32,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::directory::{LocateError, PodDirectory};
+pub use super::http::ServerState;
+use super::http::{query_bool, query_pairs, status_response};
 use super::logs::{self, LogOptions};
 use super::node::KUBELET_PORT;
 use crate::runtime::Runtime;
@@ -185,33 +187,6 @@ pub fn load_or_create_certificate(
     Ok((cert, key))
 }
 
-/// Shared by the handlers.
-#[derive(Clone)]
-pub struct ServerState {
-    /// The pods of this node.
-    pub directory: Arc<dyn PodDirectory>,
-    /// The runtime (exec).
-    pub runtime: Arc<Runtime>,
-    /// The accepted bearer token.
-    pub token: Arc<str>,
-    /// Cancelled at shutdown: open streams end.
-    pub shutdown: CancellationToken,
-}
-
-/// A Kubernetes `Status` error response.
-pub fn status_response(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
-    let body = json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message.into(),
-        "reason": reason,
-        "code": code.as_u16(),
-    });
-    (code, Json(body)).into_response()
-}
-
 impl IntoResponse for LocateError {
     fn into_response(self) -> Response {
         let (code, reason) = match &self {
@@ -288,29 +263,6 @@ async fn metrics(State(state): State<ServerState>) -> Response {
         body,
     )
         .into_response()
-}
-
-/// Parses the repeated-key query string of the kubelet's endpoints.
-pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
-}
-
-/// A boolean query parameter as Kubernetes reads them (`true`, `1`; absent is false).
-pub fn query_bool(pairs: &[(String, String)], key: &str) -> Result<bool, Response> {
-    match pairs.iter().rev().find(|(k, _)| k == key) {
-        None => Ok(false),
-        Some((_, v)) => match v.as_str() {
-            "" | "true" | "1" | "True" | "TRUE" => Ok(true),
-            "false" | "0" | "False" | "FALSE" => Ok(false),
-            other => Err(status_response(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("invalid value {other:?} for {key}: not a boolean"),
-            )),
-        },
-    }
 }
 
 fn query_u64(pairs: &[(String, String)], key: &str) -> Result<Option<u64>, Response> {

@@ -396,7 +396,7 @@ pub fn summary(s: &PodStatus) -> String {
 
 /// The kubelet's restart back-off: immediate the first time, then 10 s doubling up to 5 min;
 /// reset once a container ran for 10 minutes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackOff {
     next: Option<std::time::Duration>,
 }

@@ -1,15 +1,42 @@
 //! Node networking over netlink: interface facts ([`interfaces`]), the service CIDR's dead end
 //! ([`service_cidr`]), pod wiring ([`pod_network`], [`ipam`]) and the node-level pieces the
-//! kubelet drives ([`node_network`]: bridge + IPAM, routes to other nodes, masquerade).
+//! kubelet drives ([`node_network`]: bridge + IPAM, routes to other nodes, masquerade), set up
+//! on first use ([`lazy_network`]). The kubelet reaches pod networking through the
+//! [`PodNetworking`] trait, so that its tests run without netlink.
 
 pub mod interfaces;
 pub mod ipam;
+pub mod lazy_network;
 pub mod node_network;
 pub mod pod_network;
 pub mod service_cidr;
 
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use futures::future::BoxFuture;
 use futures::TryStreamExt as _;
 use rtnetlink::Handle;
+
+pub use lazy_network::LazyNetwork;
+use node_network::NodeNetworkError;
+
+/// Pod networking as the pod workers use it: an address and a wired namespace per pod.
+/// [`LazyNetwork`] (bridge, veth, IPAM over netlink) is the real one.
+pub trait PodNetworking: Send + Sync + 'static {
+    /// Gives a pod its address and wires its network namespace.
+    fn attach<'a>(
+        &'a self,
+        pod_uid: &'a str,
+        netns: &'a Path,
+    ) -> BoxFuture<'a, Result<Ipv4Addr, NodeNetworkError>>;
+    /// Unwires a pod and releases its address (nothing to do if it has none).
+    fn detach<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Result<(), NodeNetworkError>>;
+    /// The address a pod holds already, if any (adoption after an agent restart).
+    fn address_of<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, Option<Ipv4Addr>>;
+    /// The pods holding an address (to release the orphans' at start).
+    fn allocated_pods(&self) -> BoxFuture<'_, Vec<String>>;
+}
 
 /// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
 /// the current tokio runtime.

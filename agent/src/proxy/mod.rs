@@ -10,6 +10,11 @@
 //! [`ebpf::service_table::ServiceTable`] holds the eBPF mode's bookkeeping (backend and
 //! reverse-NAT ids, slots, Maglev tables, affinity purges) over the
 //! [`ebpf::service_table::LbMaps`] trait, so it is unit-tested without the kernel.
+//!
+//! What feeds a datapath: [`api`] watches Services and EndpointSlices (kube-rs reflectors) and
+//! computes the desired service ports; [`runner`] applies the difference at a bounded
+//! frequency, as kube-proxy's `BoundedFrequencyRunner` does. NodePort and LoadBalancer traffic
+//! from outside goes through the tc programs ([`ebpf::nodeport`]).
 
 pub mod api;
 pub mod ebpf;

@@ -24,6 +24,7 @@
 //! process in `/skiff/<pod-uid>/pause`.
 
 pub mod cgroups;
+mod container_runtime;
 pub mod exec_output;
 pub mod pause;
 pub mod shim;
@@ -41,6 +42,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub use container_runtime::ContainerRuntime;
 pub use exec_output::ExecOutput;
 pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, SpecError};
 

@@ -54,7 +54,7 @@ fn ms(d: Duration) -> f64 {
 /// Median and p90 of create+start+delete with the runtime's state under `root`.
 fn churn(root: &Path, args: &Args) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(root)?;
-    let store = skiff_agent::images::Store::open(root.join("images"))?;
+    let store = skiff_agent::images::ImageStore::open(root.join("images"))?;
     store.import_dir(&args.images)?;
     let image = store.resolve("busybox")?;
     let runtime = Runtime::with_binary(root.join("runtime"), &args.agent_bin)?;

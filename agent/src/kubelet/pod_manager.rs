@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,98 +12,17 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::{mpsc, Notify, OnceCell};
+use tokio::sync::mpsc;
 
 use super::pod_worker::{PodWorker, Shared, Update};
-use crate::network::node_network::{self, NodeNetworkError, PodNetwork};
-use skiff_k8s::cidr::Ipv4Cidr;
-
-/// The node's pod network, set up when the first pod needs it, so an agent without pods
-/// changes nothing on the host.
-pub struct LazyNetwork {
-    cell: OnceCell<Arc<PodNetwork>>,
-    dir: PathBuf,
-    range: Ipv4Cidr,
-    cluster_cidr: Ipv4Cidr,
-    /// Signalled once the network exists (the route keeper then installs routes).
-    pub ready: Notify,
-}
-
-impl LazyNetwork {
-    /// A network for `range` (this node's podCIDR) with IPAM state in `dir`; traffic to
-    /// outside `cluster_cidr` is masqueraded.
-    pub fn new(dir: PathBuf, range: Ipv4Cidr, cluster_cidr: Ipv4Cidr) -> Self {
-        Self {
-            cell: OnceCell::new(),
-            dir,
-            range,
-            cluster_cidr,
-            ready: Notify::new(),
-        }
-    }
-
-    /// The network, creating the bridge and masquerade rule on first use.
-    pub async fn get(&self) -> Result<Arc<PodNetwork>, NodeNetworkError> {
-        self.cell
-            .get_or_try_init(|| async {
-                let handle = crate::network::connect().map_err(|e| NodeNetworkError::Iptables {
-                    args: "netlink".into(),
-                    message: e.to_string(),
-                })?;
-                let net = PodNetwork::open(handle, &self.dir, self.range).await?;
-                let (range, cluster) = (self.range, self.cluster_cidr);
-                tokio::task::spawn_blocking(move || node_network::install_masquerade(range, cluster))
-                    .await
-                    .map_err(|e| NodeNetworkError::Iptables {
-                        args: "masquerade".into(),
-                        message: e.to_string(),
-                    })??;
-                tracing::info!(pod_cidr = %self.range, "pod network up (bridge {})", crate::network::pod_network::BRIDGE);
-                // notify_one keeps a permit if the route keeper is busy right now.
-                self.ready.notify_one();
-                Ok(Arc::new(net))
-            })
-            .await
-            .cloned()
-    }
-
-    /// The network if it is up.
-    pub fn current(&self) -> Option<Arc<PodNetwork>> {
-        self.cell.get().cloned()
-    }
-
-    /// Gives a pod its address and wires its namespace (setting the network up if needed).
-    pub async fn attach(
-        &self,
-        pod_uid: &str,
-        netns: &std::path::Path,
-    ) -> Result<Ipv4Addr, NodeNetworkError> {
-        self.get().await?.attach(pod_uid, netns).await
-    }
-
-    /// Unwires a pod and releases its address; nothing to do if the node never had a network.
-    pub async fn detach(&self, pod_uid: &str) -> Result<(), NodeNetworkError> {
-        match self.get_if_allocated().await {
-            Ok(net) => net.detach(pod_uid).await,
-            Err(_) => Ok(()),
-        }
-    }
-
-    /// The address a pod holds already, if any.
-    pub async fn address_of(&self, pod_uid: &str) -> Option<Ipv4Addr> {
-        self.get_if_allocated()
-            .await
-            .ok()?
-            .address_of(pod_uid)
-            .await
-    }
-}
+use crate::network::LazyNetwork;
+use crate::runtime::PodState;
 
 /// Runs the pod manager until shutdown.
 pub async fn run(shared: Arc<Shared>) {
     let api: Api<Pod> = Api::all(shared.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", shared.node_name));
-    let mut found: HashMap<String, crate::runtime::PodState> =
+    let mut found: HashMap<String, PodState> =
         {
             let runtime = shared.runtime.clone();
             match tokio::task::spawn_blocking(move || {
@@ -186,7 +104,7 @@ pub async fn run(shared: Arc<Shared>) {
 async fn dispatch(
     shared: &Arc<Shared>,
     workers: &mut HashMap<String, mpsc::UnboundedSender<Update>>,
-    found: &mut HashMap<String, crate::runtime::PodState>,
+    found: &mut HashMap<String, PodState>,
     done: &mpsc::UnboundedSender<String>,
     pod: Pod,
 ) {
@@ -212,7 +130,7 @@ async fn dispatch(
 /// Removes sandboxes and addresses of pods that no longer exist in the API.
 async fn remove_orphans(
     shared: &Arc<Shared>,
-    found: HashMap<String, crate::runtime::PodState>,
+    found: HashMap<String, PodState>,
     seen: &HashSet<String>,
 ) {
     for (uid, _) in found.into_iter().filter(|(uid, _)| !seen.contains(uid)) {
@@ -228,27 +146,12 @@ async fn remove_orphans(
         }
     }
     // Addresses held by pods that are gone (their sandbox may have been removed already).
-    if let Ok(net) = shared.network.get_if_allocated().await {
-        for uid in net.allocated_pods().await {
-            if !seen.contains(&uid) {
-                if let Err(e) = net.detach(&uid).await {
-                    tracing::warn!(pod_uid = uid, error = %e, "releasing an orphaned address");
-                }
+    for uid in shared.network.allocated_pods().await {
+        if !seen.contains(&uid) {
+            if let Err(e) = shared.network.detach(&uid).await {
+                tracing::warn!(pod_uid = uid, error = %e, "releasing an orphaned address");
             }
         }
-    }
-}
-
-impl LazyNetwork {
-    /// The network if this node ever set it up (its IPAM file exists), for cleanup at start.
-    async fn get_if_allocated(&self) -> Result<Arc<PodNetwork>, NodeNetworkError> {
-        if self.cell.get().is_none() && !self.dir.join("ipam.json").exists() {
-            return Err(NodeNetworkError::Iptables {
-                args: String::new(),
-                message: "no pod network yet".into(),
-            });
-        }
-        self.get().await
     }
 }
 
