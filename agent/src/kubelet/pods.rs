@@ -13,11 +13,11 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
+use skiff_k8s::cidr::Ipv4Cidr;
 use tokio::sync::{mpsc, Notify, OnceCell};
 
 use super::pod_worker::{PodWorker, Shared, Update};
 use crate::network::node_network::{self, NodeNetworkError, PodNetwork};
-use skiff_k8s::cidr::Ipv4Cidr;
 
 /// The node's pod network, set up when the first pod needs it, so an agent without pods
 /// changes nothing on the host.
