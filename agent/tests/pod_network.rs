@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use skiff_agent::network::ipam::Ipam;
 use skiff_agent::network::pod_network::{self, BRIDGE};
-use skiff_agent::network::service_cidr::Ipv4Cidr;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skiff_control::apiserver::service_alloc;
-use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
 use skiff_control::controllers::{self, leader, manager, node_lifecycle, pod_cidr};
 use skiff_control::server::{self, Config};
+use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
 use tokio_util::sync::CancellationToken;
 
 /// skiff-control: the skiff control plane (Kubernetes API server and controllers).

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use skiff_k8s::cidr::Ipv4Cidr;
 use crate::apiserver::{self, ApiState};
 use crate::store::RedbStore;
 use crate::{controllers, pki};
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// How the server is started.
 #[derive(Debug, Clone)]

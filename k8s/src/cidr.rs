@@ -83,14 +83,15 @@ impl FromStr for Ipv4Cidr {
             address: addr.to_owned(),
             cidr: s.to_owned(),
         })?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| CidrError::Prefix {
-                prefix: prefix.to_owned(),
-                cidr: s.to_owned(),
-            })?;
+        let prefix: u8 =
+            prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| CidrError::Prefix {
+                    prefix: prefix.to_owned(),
+                    cidr: s.to_owned(),
+                })?;
         let network = Ipv4Addr::from(u32::from(addr) & Self::mask(prefix));
         if network != addr {
             return Err(CidrError::HostBits {

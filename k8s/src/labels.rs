@@ -93,7 +93,9 @@ impl LabelSelector {
         for part in split_top_level(s) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(LabelSelectorError::Syntax(format!("{s}: empty requirement")));
+                return Err(LabelSelectorError::Syntax(format!(
+                    "{s}: empty requirement"
+                )));
             }
             let req = if let Some(key) = part.strip_prefix('!') {
                 Requirement::DoesNotExist(key.trim().to_owned())
@@ -161,7 +163,11 @@ impl LabelSelector {
                 Some("NotIn") => Requirement::NotIn(key, values),
                 Some("Exists") => Requirement::Exists(key),
                 Some("DoesNotExist") => Requirement::DoesNotExist(key),
-                other => return Err(LabelSelectorError::Syntax(format!("unknown operator {other:?}"))),
+                other => {
+                    return Err(LabelSelectorError::Syntax(format!(
+                        "unknown operator {other:?}"
+                    )))
+                }
             });
         }
         Ok(Self(reqs))
@@ -304,9 +310,15 @@ mod tests {
     fn typed_selectors_match_as_affinity_terms_read_them() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
         let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
-        assert!(!selector_matches(None, Some(&labels)), "missing matches nothing");
+        assert!(
+            !selector_matches(None, Some(&labels)),
+            "missing matches nothing"
+        );
         let empty = LabelSelectorObject::default();
-        assert!(selector_matches(Some(&empty), None), "empty matches everything");
+        assert!(
+            selector_matches(Some(&empty), None),
+            "empty matches everything"
+        );
         let expr = |op: &str, values: &[&str]| LabelSelectorObject {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "app".into(),
@@ -316,7 +328,10 @@ mod tests {
             ..LabelSelectorObject::default()
         };
         assert!(selector_matches(Some(&expr("In", &["web"])), Some(&labels)));
-        assert!(!selector_matches(Some(&expr("NotIn", &["web"])), Some(&labels)));
+        assert!(!selector_matches(
+            Some(&expr("NotIn", &["web"])),
+            Some(&labels)
+        ));
         assert!(selector_matches(Some(&expr("Exists", &[])), Some(&labels)));
         assert!(!selector_matches(Some(&expr("Gt", &["1"])), Some(&labels)));
     }

@@ -12,7 +12,6 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
 use skiff_k8s::cidr::Ipv4Cidr;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +75,10 @@ impl Ipam {
                         path: path.clone(),
                         source,
                     })?;
-                let found: Ipv4Cidr =
-                    state
-                        .range
-                        .parse()
-                        .map_err(|e| IpamError::Corrupt {
-                            path: path.clone(),
-                            source: serde::de::Error::custom(e),
-                        })?;
+                let found: Ipv4Cidr = state.range.parse().map_err(|e| IpamError::Corrupt {
+                    path: path.clone(),
+                    source: serde::de::Error::custom(e),
+                })?;
                 if found != range {
                     return Err(IpamError::OtherRange {
                         path,

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use rtnetlink::Handle;
+use skiff_k8s::cidr::Ipv4Cidr;
 use tokio::sync::Mutex;
 
 use super::ipam::{Ipam, IpamError};
 use super::pod_network::{self, PodNetworkError};
-use skiff_k8s::cidr::Ipv4Cidr;
 
 /// Errors of the node's pod network.
 #[derive(Debug, thiserror::Error)]

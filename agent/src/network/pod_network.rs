@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use skiff_k8s::cidr::Ipv4Cidr;
 use super::{context, delete_link, link_index, set_up, NetlinkError};
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// The node's pod bridge.
 pub const BRIDGE: &str = "skiff0";

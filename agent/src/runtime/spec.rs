@@ -447,7 +447,7 @@ impl ContainerSpec {
                         i64::try_from(b).map_err(|_| SpecError::Quantity {
                             what: "limits.memory".to_owned(),
                             value: b.to_string(),
-                            reason: "too large".to_owned(),
+                            source: skiff_k8s::quantity::QuantityError::TooLarge,
                         })
                     })
                     .transpose()?;

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 use serde_json::{json, Value};
-
 use skiff_k8s::taints::tolerates;
 
 /// The tolerationSeconds the API server adds.

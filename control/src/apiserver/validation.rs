@@ -2,8 +2,9 @@
 //! most (a pod needs containers with images, a Deployment's selector must match its template).
 
 use serde_json::Value;
-
-use skiff_k8s::names::{dns_label_errors, dns_subdomain_errors, label_key_errors, label_value_errors};
+use skiff_k8s::names::{
+    dns_label_errors, dns_subdomain_errors, label_key_errors, label_value_errors,
+};
 
 use super::error::FieldError;
 use super::kinds::Strategy;
@@ -34,7 +35,11 @@ pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<F
     {
         for key in annotations.keys() {
             for p in label_key_errors(key) {
-                errs.push(FieldError::invalid("metadata.annotations", key, p.to_string()));
+                errs.push(FieldError::invalid(
+                    "metadata.annotations",
+                    key,
+                    p.to_string(),
+                ));
             }
         }
         let size: usize = annotations
@@ -59,7 +64,11 @@ pub fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<Field
         }
         let value = value.as_str().unwrap_or_default();
         for p in label_value_errors(value) {
-            errs.push(FieldError::invalid(format!("{field}[{key}]"), value, p.to_string()));
+            errs.push(FieldError::invalid(
+                format!("{field}[{key}]"),
+                value,
+                p.to_string(),
+            ));
         }
     }
 }
@@ -100,7 +109,11 @@ fn validate_containers(
             None | Some("") => errs.push(FieldError::required(format!("{at}.name"))),
             Some(name) => {
                 for p in dns_label_errors(name) {
-                    errs.push(FieldError::invalid(format!("{at}.name"), name, p.to_string()));
+                    errs.push(FieldError::invalid(
+                        format!("{at}.name"),
+                        name,
+                        p.to_string(),
+                    ));
                 }
                 if !seen.insert(name.to_owned()) {
                     errs.push(FieldError {

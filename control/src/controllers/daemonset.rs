@@ -34,6 +34,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
+use skiff_k8s::affinity;
+use skiff_k8s::pod as pod_state;
+use skiff_k8s::taints::tolerates;
 
 use super::deployment::scaled;
 use super::events::{reference, EventType, Recorder};
@@ -42,9 +45,6 @@ use super::history::{self, HASH_LABEL};
 use super::pod_control::PodControl;
 use super::replicaset::pod_from_template;
 use super::{claim, ownership, status, Context};
-use skiff_k8s::pod as pod_state;
-use skiff_k8s::affinity;
-use skiff_k8s::taints::tolerates;
 
 const COMPONENT: &str = "daemonset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -733,8 +733,8 @@ async fn delete_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_k8s::testing::pod;
     use k8s_openapi::api::core::v1::NodeSpec;
+    use skiff_k8s::testing::pod;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Node {
         let mut n = Node::default();

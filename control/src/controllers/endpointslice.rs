@@ -22,10 +22,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
+use skiff_k8s::pod as pod_state;
 
 use super::expectations::{Expectations, Observed};
 use super::{ownership, Context};
-use skiff_k8s::pod as pod_state;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

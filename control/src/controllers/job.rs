@@ -34,12 +34,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
+use skiff_k8s::pod as pod_state;
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::pod_control::PodControl;
 use super::{ownership, replicaset, Context};
-use skiff_k8s::pod as pod_state;
 
 /// How often every Job is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);

@@ -26,11 +26,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
+use skiff_k8s::taints::tolerates;
 use tokio::time::Instant;
 
 use super::events::{reference, EventType, Recorder};
 use super::Context;
-use skiff_k8s::taints::tolerates;
 
 /// Taint of a Node whose heartbeat stopped.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";

@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 use super::events::{reference, EventType};
 use super::Context;
-use skiff_k8s::cidr::Ipv4Cidr;
 
 /// What the allocator hands out.
 #[derive(Debug, Clone, Copy)]

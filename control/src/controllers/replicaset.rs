@@ -27,12 +27,12 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+use skiff_k8s::pod as pod_state;
 
 use super::events::{reference, EventType, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::pod_control::{api_message, PodControl};
 use super::{ownership, Context};
-use skiff_k8s::pod as pod_state;
 
 /// How often every set is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);

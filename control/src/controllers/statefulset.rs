@@ -40,13 +40,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
+use skiff_k8s::pod as pod_state;
 
 use super::events::{reference, Recorder};
 use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
 use super::pod_control::{api_message, PodControl};
 use super::{claim, ownership, status, Context};
-use skiff_k8s::pod as pod_state;
 
 const COMPONENT: &str = "statefulset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
