@@ -491,18 +491,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
 async fn tables_have_the_kubectl_columns() {
     let a = api().await;
     a.post(PODS, pod("kubia", json!({}))).await;
-    let req = Request::builder()
-        .uri(PODS)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header(
-            "accept",
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        )
-        .body(Body::empty())
-        .unwrap();
-    let resp = a.router.clone().oneshot(req).await.unwrap();
-    let t: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let t = a.table(PODS).await;
     assert_eq!(t["kind"], "Table");
     let cols: Vec<&str> = t["columnDefinitions"]
         .as_array()
