@@ -912,8 +912,16 @@ async fn priority_classes_are_served_printed_and_validated() {
 /// need): the new kind is served at once, and discovery and OpenAPI follow both changes.
 #[tokio::test]
 async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregistered() {
-    use skiff_control::apiserver::kinds::Plain;
+    use skiff_control::apiserver::kinds::Strategy;
     use skiff_control::apiserver::registry::{ResourceDef, Subresources};
+
+    /// A custom kind's strategy: every default, but no strategic merge (no merge keys known).
+    struct Widget;
+    impl Strategy for Widget {
+        fn strategic_merge(&self) -> bool {
+            false
+        }
+    }
 
     let a = api().await;
     const WIDGETS: &str = "/apis/example.com/v1/namespaces/default/widgets";
@@ -936,7 +944,7 @@ async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregister
             // No typed schema: the object is kept as sent.
             roundtrip: Ok,
             schema: None,
-            strategy: std::sync::Arc::new(Plain),
+            strategy: std::sync::Arc::new(Widget),
         })
         .unwrap();
 
