@@ -491,18 +491,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
 async fn tables_have_the_kubectl_columns() {
     let a = api().await;
     a.post(PODS, pod("kubia", json!({}))).await;
-    let req = Request::builder()
-        .uri(PODS)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header(
-            "accept",
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        )
-        .body(Body::empty())
-        .unwrap();
-    let resp = a.router.clone().oneshot(req).await.unwrap();
-    let t: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let t = a.table(PODS).await;
     assert_eq!(t["kind"], "Table");
     let cols: Vec<&str> = t["columnDefinitions"]
         .as_array()
@@ -923,8 +912,16 @@ async fn priority_classes_are_served_printed_and_validated() {
 /// need): the new kind is served at once, and discovery and OpenAPI follow both changes.
 #[tokio::test]
 async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregistered() {
-    use skiff_control::apiserver::kinds::Plain;
+    use skiff_control::apiserver::kinds::Strategy;
     use skiff_control::apiserver::registry::{ResourceDef, Subresources};
+
+    /// A custom kind's strategy: every default, but no strategic merge (no merge keys known).
+    struct Widget;
+    impl Strategy for Widget {
+        fn strategic_merge(&self) -> bool {
+            false
+        }
+    }
 
     let a = api().await;
     const WIDGETS: &str = "/apis/example.com/v1/namespaces/default/widgets";
@@ -947,7 +944,7 @@ async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregister
             // No typed schema: the object is kept as sent.
             roundtrip: Ok,
             schema: None,
-            strategy: std::sync::Arc::new(Plain),
+            strategy: std::sync::Arc::new(Widget),
         })
         .unwrap();
 

@@ -793,6 +793,10 @@ impl ApiState {
     }
 
     /// Patches an object, retrying on concurrent writes unless the patch pins a resourceVersion.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of a PATCH request, as the handler has them"
+    )]
     pub async fn patch(
         &self,
         def: &ResourceDef,

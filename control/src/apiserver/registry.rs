@@ -331,7 +331,11 @@ impl Registry {
                 .iter()
                 .any(|d| d.group == def.group && d.version == def.version && d.kind == def.kind)
             {
-                return Err(RegistryError::KindTaken(format!("{}/{}", def.api_version(), def.kind)));
+                return Err(RegistryError::KindTaken(format!(
+                    "{}/{}",
+                    def.api_version(),
+                    def.kind
+                )));
             }
             defs.push(Arc::new(def));
             Ok(true)

@@ -20,7 +20,11 @@ pub struct Column {
 
 impl Column {
     /// A column shown by default.
-    pub const fn new(name: &'static str, ty: &'static str, cell: fn(&Value, jiff::Timestamp) -> Value) -> Self {
+    pub const fn new(
+        name: &'static str,
+        ty: &'static str,
+        cell: fn(&Value, jiff::Timestamp) -> Value,
+    ) -> Self {
         Self {
             name,
             ty,
@@ -30,7 +34,11 @@ impl Column {
     }
 
     /// A column shown with `-o wide`.
-    pub const fn wide(name: &'static str, ty: &'static str, cell: fn(&Value, jiff::Timestamp) -> Value) -> Self {
+    pub const fn wide(
+        name: &'static str,
+        ty: &'static str,
+        cell: fn(&Value, jiff::Timestamp) -> Value,
+    ) -> Self {
         Self {
             name,
             ty,
@@ -223,7 +231,12 @@ impl IncludeObject {
 
 /// Renders objects as a `meta.k8s.io/v1` Table with `columns` (a kind's
 /// [`Strategy::columns`](super::kinds::Strategy::columns)).
-pub fn table(columns: &[Column], objects: &[&Value], list_meta: Value, include: IncludeObject) -> Value {
+pub fn table(
+    columns: &[Column],
+    objects: &[&Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
     let now = jiff::Timestamp::now();
     let column_definitions: Vec<Value> = columns
         .iter()
@@ -291,7 +304,12 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
                 {"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
         });
-        let t = table(&cols("", "Pod"), &[&pod], json!({}), IncludeObject::Metadata);
+        let t = table(
+            &cols("", "Pod"),
+            &[&pod],
+            json!({}),
+            IncludeObject::Metadata,
+        );
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "kubia");
         assert_eq!(cells[1], "1/2");
@@ -312,7 +330,12 @@ mod tests {
             "status": {"succeeded": 3, "startTime": "2024-05-01T09:59:00Z",
                 "completionTime": "2024-05-01T09:59:42Z",
                 "conditions": [{"type": "Complete", "status": "True"}]}});
-        let cells = &table(&cols("batch", "Job"), &[&job], json!({}), IncludeObject::None)["rows"][0]["cells"];
+        let cells = &table(
+            &cols("batch", "Job"),
+            &[&job],
+            json!({}),
+            IncludeObject::None,
+        )["rows"][0]["cells"];
         assert_eq!(cells[1], "Complete");
         assert_eq!(cells[2], "3/3");
         assert_eq!(cells[3], "42s");
@@ -321,7 +344,12 @@ mod tests {
         assert_eq!(job_status(&queue), "Running");
         let cj = json!({"metadata": {"name": "c"}, "spec": {"schedule": "*/5 * * * *", "suspend": false},
             "status": {"active": [{"name": "c-1"}]}});
-        let cells = &table(&cols("batch", "CronJob"), &[&cj], json!({}), IncludeObject::None)["rows"][0]["cells"];
+        let cells = &table(
+            &cols("batch", "CronJob"),
+            &[&cj],
+            json!({}),
+            IncludeObject::None,
+        )["rows"][0]["cells"];
         assert_eq!(
             cells.as_array().unwrap()[..6],
             [
@@ -343,7 +371,12 @@ mod tests {
         // ConfigMap, Secret, Lease, ...).
         for def in crate::apiserver::kinds::builtins() {
             let kind = &def.kind;
-            let t = table(&def.strategy.columns(), &[&o], json!({}), IncludeObject::None);
+            let t = table(
+                &def.strategy.columns(),
+                &[&o],
+                json!({}),
+                IncludeObject::None,
+            );
             assert_eq!(
                 t["columnDefinitions"].as_array().unwrap().len(),
                 t["rows"][0]["cells"].as_array().unwrap().len(),
@@ -356,7 +389,12 @@ mod tests {
     fn service_row() {
         let svc = json!({"metadata": {"name": "kubia"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
             "ports": [{"port": 80, "nodePort": 30123, "protocol": "TCP"}], "selector": {"app": "kubia"}}});
-        let t = table(&cols("", "Service"), &[&svc], json!({}), IncludeObject::None);
+        let t = table(
+            &cols("", "Service"),
+            &[&svc],
+            json!({}),
+            IncludeObject::None,
+        );
         assert_eq!(t["rows"][0]["cells"][4], "80:30123/TCP");
         assert_eq!(t["rows"][0]["cells"][6], "app=kubia");
     }

@@ -272,7 +272,12 @@ pub fn validate_apps_set(object: &Value, errs: &mut Vec<FieldError>) {
             &["OnDelete", "RollingUpdate"],
         ));
     }
-    non_negative_at(object, "/spec/minReadySeconds", "spec.minReadySeconds", errs);
+    non_negative_at(
+        object,
+        "/spec/minReadySeconds",
+        "spec.minReadySeconds",
+        errs,
+    );
     non_negative_at(
         object,
         "/spec/revisionHistoryLimit",
@@ -426,11 +431,15 @@ mod tests {
 
     #[test]
     fn pod_without_containers_or_image() {
-        let errs = validate("", "Pod",
+        let errs = validate(
+            "",
+            "Pod",
             &json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
         );
         assert_eq!(errs, vec![FieldError::required("spec.containers")]);
-        let errs = validate("", "Pod",
+        let errs = validate(
+            "",
+            "Pod",
             &json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
         );
         assert_eq!(errs, vec![FieldError::required("spec.containers[0].image")]);
@@ -445,21 +454,32 @@ mod tests {
                 "template": {"metadata": {"labels": {"app": "d"}},
                     "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "i"}]}}}})
         };
-        assert!(
-            validate("apps", "DaemonSet", &ds(json!({"maxUnavailable": 1}), "Always")).is_empty()
-        );
-        assert!(validate("apps", "DaemonSet",
+        assert!(validate(
+            "apps",
+            "DaemonSet",
+            &ds(json!({"maxUnavailable": 1}), "Always")
+        )
+        .is_empty());
+        assert!(validate(
+            "apps",
+            "DaemonSet",
             &ds(json!({"maxUnavailable": 0, "maxSurge": "10%"}), "Always")
         )
         .is_empty());
-        let errs = validate("apps", "DaemonSet",
+        let errs = validate(
+            "apps",
+            "DaemonSet",
             &ds(json!({"maxUnavailable": 0, "maxSurge": 0}), "Always"),
         );
         assert_eq!(
             errs[0].field,
             "spec.updateStrategy.rollingUpdate.maxUnavailable"
         );
-        let errs = validate("apps", "DaemonSet", &ds(json!({"maxUnavailable": "x%"}), "Never"));
+        let errs = validate(
+            "apps",
+            "DaemonSet",
+            &ds(json!({"maxUnavailable": "x%"}), "Never"),
+        );
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -576,7 +596,11 @@ mod tests {
             vec![]
         );
         assert_eq!(
-            validate("batch", "CronJob", &cj("@daily", Some("Europe/Berlin"), "Forbid")),
+            validate(
+                "batch",
+                "CronJob",
+                &cj("@daily", Some("Europe/Berlin"), "Forbid")
+            ),
             vec![]
         );
         let errs = validate("batch", "CronJob", &cj("every minute", None, "Allow"));
@@ -585,18 +609,27 @@ mod tests {
             errs[0].message.contains("expected exactly 5 fields"),
             "{errs:?}"
         );
-        let errs = validate("batch", "CronJob", &cj("* * * * *", Some("Nowhere/Land"), "Allow"));
+        let errs = validate(
+            "batch",
+            "CronJob",
+            &cj("* * * * *", Some("Nowhere/Land"), "Allow"),
+        );
         assert_eq!(errs[0].field, "spec.timeZone");
         let errs = validate("batch", "CronJob", &cj("* * * * *", None, "Sometimes"));
         assert_eq!(errs[0].field, "spec.concurrencyPolicy");
         let mut long = cj("* * * * *", None, "Allow");
         long["metadata"]["name"] = json!("a".repeat(53));
-        assert_eq!(validate("batch", "CronJob", &long)[0].field, "metadata.name");
+        assert_eq!(
+            validate("batch", "CronJob", &long)[0].field,
+            "metadata.name"
+        );
     }
 
     #[test]
     fn bad_labels_are_field_errors() {
-        let errs = validate("", "ConfigMap",
+        let errs = validate(
+            "",
+            "ConfigMap",
             &json!({"metadata": {"name": "c", "labels": {"bad key": "v"}}}),
         );
         assert_eq!(errs[0].field, "metadata.labels");

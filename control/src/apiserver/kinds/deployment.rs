@@ -21,6 +21,17 @@ pub fn resources() -> Vec<ResourceDef> {
 
 struct Deployment;
 
+/// READY as `ready/desired` (Deployments, StatefulSets).
+pub(super) const READY_OF_DESIRED: Column = Column::new("Ready", "string", |o, _| {
+    json!(format!(
+        "{}/{}",
+        i(o, "/status/readyReplicas"),
+        o.pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+    ))
+});
+
 impl Strategy for Deployment {
     fn default(&self, object: &mut Value) {
         if let Some(spec) = obj(object, "spec") {
@@ -57,15 +68,7 @@ impl Strategy for Deployment {
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
-            Column::new("Ready", "string", |o, _| {
-                json!(format!(
-                    "{}/{}",
-                    i(o, "/status/readyReplicas"),
-                    o.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                ))
-            }),
+            READY_OF_DESIRED,
             Column::new("Up-to-date", "integer", |o, _| {
                 json!(i(o, "/status/updatedReplicas"))
             }),

@@ -2,13 +2,14 @@
 //! what an update may change, `/scale`, and kubectl's columns.
 
 use k8s_openapi::api::apps::v1::StatefulSet as K;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::deployment::READY_OF_DESIRED;
 use super::Strategy;
 use crate::apiserver::defaults::default_apps_set;
 use crate::apiserver::error::FieldError;
 use crate::apiserver::registry::ResourceDef;
-use crate::apiserver::table::{i, Column, AGE, NAME, TEMPLATE_CONTAINERS, TEMPLATE_IMAGES};
+use crate::apiserver::table::{Column, AGE, NAME, TEMPLATE_CONTAINERS, TEMPLATE_IMAGES};
 use crate::apiserver::validation::{
     non_negative_at, not_supported, str_at, validate_apps_set, validate_replicas,
     validate_workload,
@@ -82,15 +83,7 @@ impl Strategy for StatefulSet {
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
-            Column::new("Ready", "string", |o, _| {
-                json!(format!(
-                    "{}/{}",
-                    i(o, "/status/readyReplicas"),
-                    o.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                ))
-            }),
+            READY_OF_DESIRED,
             AGE,
             TEMPLATE_CONTAINERS,
             TEMPLATE_IMAGES,
