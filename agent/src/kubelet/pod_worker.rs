@@ -26,7 +26,7 @@ use super::events::Events;
 use super::plan::{self, Action, ContainerView, PodView, SandboxState, SandboxStep, Which};
 use super::probes::{self, ProbeEvent};
 use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, State};
-use crate::images::{ImageError, ImageService, PullPolicy};
+use crate::images::{Image, ImageError, ImageService, PullPolicy};
 use crate::network::node_network::NodeNetworkError;
 use crate::network::PodNetworking;
 use crate::runtime::{
@@ -655,11 +655,29 @@ impl PodWorker {
         }
     }
 
-    /// Creates and starts a new instance of a container.
+    /// Creates and starts a new instance of a container: image, then the previous instance
+    /// goes, then the runtime spec, then create and start.
     async fn start(&mut self, which: Which) -> Result<(), PodWorkerError> {
-        let pod = self.pod.clone();
         let sandbox = self.sandbox.clone().ok_or(PodWorkerError::NoSandbox)?;
         let spec = self.slot(which).spec.clone();
+        let image = self.pull(&spec).await?;
+        // The previous instance goes first (same name in the runtime).
+        let previous = self.slot(which).instance.take();
+        if let Some(old) = previous {
+            let (runtime, c) = (self.shared.runtime.clone(), old.container.clone());
+            if let Err(e) = blocking(move || runtime.delete_container(&c)).await {
+                tracing::warn!(container = old.container.id, error = %e, "removing the previous instance");
+            }
+        }
+        let (cspec, restart_count) = self.container_spec(which, &spec, &image).await?;
+        self.create_and_start(which, &spec, &image, sandbox, cspec, restart_count)
+            .await
+    }
+
+    /// Makes the container's image present as its pull policy says, with the kubelet's
+    /// `Pulling`/`Pulled` events.
+    async fn pull(&self, spec: &K8sContainer) -> Result<Image, PodWorkerError> {
+        let pod = self.pod.clone();
         let image_ref = spec.image.clone().unwrap_or_default();
         let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image_ref);
         let step = plan::image_step(policy, self.shared.images.contains(&image_ref));
@@ -705,14 +723,18 @@ impl PodWorker {
                 )
                 .await;
         }
-        // The previous instance goes first (same name in the runtime).
-        let previous = self.slot(which).instance.take();
-        if let Some(old) = previous {
-            let (runtime, c) = (self.shared.runtime.clone(), old.container.clone());
-            if let Err(e) = blocking(move || runtime.delete_container(&c)).await {
-                tracing::warn!(container = old.container.id, error = %e, "removing the previous instance");
-            }
-        }
+        Ok(image)
+    }
+
+    /// The runtime spec of the container's next instance (environment, volumes, /etc/hosts,
+    /// log file) and its restart count, counting this restart.
+    async fn container_spec(
+        &mut self,
+        which: Which,
+        spec: &K8sContainer,
+        image: &Image,
+    ) -> Result<(runtime::ContainerSpec, i32), PodWorkerError> {
+        let pod = self.pod.clone();
         let restarted = {
             let slot = self.slot(which);
             slot.record.last_state.is_some() && slot.record.container_id.is_some()
@@ -720,13 +742,13 @@ impl PodWorker {
         let env = container_config::environment(
             &self.shared.client,
             &pod,
-            &spec,
+            spec,
             self.ip,
             self.shared.host_ip,
         )
         .await
         .map_err(PodWorkerError::Config)?;
-        let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, &spec)
+        let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, spec)
             .await
             .map_err(PodWorkerError::Config)?;
         let mut k8s = spec.clone();
@@ -760,6 +782,20 @@ impl PodWorker {
         };
         let log = directory::log_path(&self.shared.root, &self.uid, &spec.name, restart_count);
         cspec.log_path = Some(log);
+        Ok((cspec, restart_count))
+    }
+
+    /// Creates and starts the instance in the runtime, with events and probes, and records it.
+    async fn create_and_start(
+        &mut self,
+        which: Which,
+        spec: &K8sContainer,
+        image: &Image,
+        sandbox: Sandbox,
+        cspec: runtime::ContainerSpec,
+        restart_count: i32,
+    ) -> Result<(), PodWorkerError> {
+        let pod = self.pod.clone();
         let runtime = self.shared.runtime.clone();
         let created = blocking(move || {
             let c = runtime.create_container(&sandbox, &cspec)?;
