@@ -269,8 +269,7 @@ fn node_port_scenario(ns: &mut Node, proxy: &mut dyn Datapath) {
         requests_from(outside.client.name(), "10.250.0.1", 30080, 2, "tcp"),
         BTreeMap::from([("REFUSED".to_owned(), 2)])
     );
-    // Keep the remote namespace's server until here; Outside removes the namespaces.
-    drop(remote);
+    // `outside` stops the remote namespace's server and removes the namespaces when it drops.
 }
 
 fn scenario(ns: &mut Node, proxy: &mut dyn Datapath) {

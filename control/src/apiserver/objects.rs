@@ -829,6 +829,11 @@ impl ApiState {
     }
 
     /// Patches an object, retrying on concurrent writes unless the patch pins a resourceVersion.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one per part of a PATCH request: resource, namespace, name, patch type, body, \
+                  subresource, options"
+    )]
     pub async fn patch(
         &self,
         def: &ResourceDef,

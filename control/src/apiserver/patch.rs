@@ -195,7 +195,7 @@ fn merge_map(
     Ok(())
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: &ListStrategy) {
+fn reorder(list: &mut [Value], order: &[Value], strategy: &ListStrategy) {
     let identity = |v: &Value| -> Value {
         match strategy {
             ListStrategy::MergeKey(k) => v.get(*k).cloned().unwrap_or(Value::Null),
