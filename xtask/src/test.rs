@@ -143,14 +143,12 @@ pub fn run(tier: Option<Tier>, extra: &[String]) -> anyhow::Result<()> {
 /// `cargo test --workspace --no-fail-fast SELECT EXTRA` with the environment the end-to-end
 /// tests read.
 fn cargo_test(select: &[&str], extra: &[String]) -> anyhow::Result<()> {
-    let root = util::root();
     let target = util::target_dir();
     util::run(
-        Command::new(util::cargo_bin())
+        util::cargo_command()
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(select)
             .args(extra)
-            .current_dir(&root)
             .env("SKIFF_CONTROL_BIN", target.join("debug/skiff-control"))
             .env("SKIFF_AGENT_BIN", target.join("debug/skiff-agent"))
             .env("SKIFF_KUBECTL", setup::kubectl_path()),
