@@ -27,6 +27,7 @@ use skiff_agent::proxy::ebpf::{self, sys, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{
     BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity,
 };
+use skiff_test_support::netns::{self, in_netns, remove_dir_within, Netns, NETNS_DIR};
 
 #[path = "datapath/nodeport.rs"]
 mod nodeport;
@@ -43,7 +44,7 @@ fn main() {
         return;
     }
     let args = Arguments::from_args();
-    let root = is_root();
+    let root = skiff_test_support::is_root();
     if !root {
         eprintln!(
             "SKIPPING the privileged eBPF datapath tests: they need root (network namespaces, \
@@ -97,74 +98,26 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The lab
 // ---------------------------------------------------------------------------------------------
 
 const LAB_PREFIX: &str = "skiff-test-";
 
-/// Whether a process runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the parenthesised command name.
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// Removes what labs of test runs that were killed (and so could not clean up) left behind:
 /// names carry the pid of their run.
 fn sweep_stale_labs() {
-    let stale = |name: &str| -> bool {
-        name.strip_prefix(LAB_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && !alive(pid))
-    };
-    let names = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| stale(n))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for name in names(Path::new(sys::BPFFS)) {
-        eprintln!("removing stale test pins {name}");
-        let _ = ebpf::cleanup(&Path::new(sys::BPFFS).join(name));
-    }
-    if let Ok(cgroot) = sys::cgroup2_root() {
-        for name in names(&cgroot) {
-            eprintln!("removing stale test cgroup {name}");
-            let _ = std::fs::remove_dir(cgroot.join(name));
-        }
-    }
-    for name in names(Path::new("/run/netns")) {
-        eprintln!("removing stale test netns {name}");
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
+    netns::sweep_stale(
+        LAB_PREFIX,
+        sys::cgroup2_root().ok().as_deref(),
+        Path::new(sys::BPFFS),
+        &|pins| {
+            let _ = ebpf::cleanup(pins);
+        },
+    );
 }
 
 static LAB_SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run `ip` (iproute2; `cargo xtask setup` installs it)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn backend_ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 0, n)
@@ -224,10 +177,11 @@ fn kill(child: &mut Child) {
 
 /// A network namespace, a cgroup2 directory and a pin directory, all removed on drop.
 struct Lab {
-    netns: String,
     cgroup: PathBuf,
     pin_dir: PathBuf,
     backends: BTreeMap<u8, Child>,
+    /// Deleted after Drop stopped the backends and removed the rest.
+    netns: Netns,
 }
 
 impl Lab {
@@ -245,18 +199,16 @@ impl Lab {
         // Construct the guard first: whatever is created below is removed even if a later step
         // fails.
         let lab = Self {
-            netns: name.clone(),
             cgroup,
             pin_dir: Path::new(sys::BPFFS).join(&name),
             backends: BTreeMap::new(),
+            netns: Netns::new(name),
         };
-        ip(&["netns", "add", &lab.netns]);
-        let n = lab.netns.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"]);
+        lab.netns.loopback_up();
         // The service range is a blackhole: an untranslated VIP fails at once (EINVAL) inside
         // the namespace instead of going anywhere (the namespace has no other route anyway;
         // this kernel has no dummy driver).
-        ip(&["-n", n, "route", "add", "blackhole", "10.96.0.0/12"]);
+        lab.netns.ip(&["route", "add", "blackhole", "10.96.0.0/12"]);
         std::fs::create_dir(&lab.cgroup).expect("create the test cgroup");
         lab
     }
@@ -276,21 +228,14 @@ impl Lab {
 
     /// Starts backend `n` (10.244.0.n:8080, TCP and UDP), answering "b<n>".
     fn start_backend(&mut self, n: u8) {
-        ip(&[
-            "-n",
-            &self.netns,
-            "addr",
-            "add",
-            &format!("{}/32", backend_ip(n)),
-            "dev",
-            "lo",
-        ]);
+        self.netns
+            .ip(&["addr", "add", &format!("{}/32", backend_ip(n)), "dev", "lo"]);
         let addr = format!("{}:{BACKEND_PORT}", backend_ip(n));
         let id = format!("b{n}");
         let (child, _, _) = spawn_helper(&[
             "serve",
             "--netns",
-            &self.netns,
+            self.netns.name(),
             "--id",
             &id,
             "--addr",
@@ -302,7 +247,7 @@ impl Lab {
     fn client(&self) -> Client {
         let cgroup = self.cgroup.to_str().expect("utf-8 path");
         let (child, stdin, lines) =
-            spawn_helper(&["client", "--netns", &self.netns, "--cgroup", cgroup]);
+            spawn_helper(&["client", "--netns", self.netns.name(), "--cgroup", cgroup]);
         Client {
             child,
             stdin,
@@ -320,21 +265,9 @@ impl Drop for Lab {
             eprintln!("cleanup of {}: {e}", self.pin_dir.display());
         }
         // A killed client leaves the cgroup as soon as it is reaped; allow the kernel a moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match std::fs::remove_dir(&self.cgroup) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if Instant::now() > deadline => {
-                    eprintln!("cannot remove {}: {e}", self.cgroup.display());
-                    break;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        if let Err(e) = remove_dir_within(&self.cgroup, Duration::from_secs(10)) {
+            eprintln!("cannot remove the test cgroup: {e}");
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
     }
 }
 
@@ -837,7 +770,7 @@ mod helper {
         }
         // Still single-threaded, so this moves the whole process.
         if let Some(netns) = opt(args, "--netns") {
-            let f = std::fs::File::open(Path::new("/run/netns").join(netns)).expect("netns");
+            let f = std::fs::File::open(Path::new(NETNS_DIR).join(netns)).expect("netns");
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         }
         match args.first().map(String::as_str) {

@@ -13,17 +13,13 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_agent::images::layout::{write_oci_layout, ConfigSpec, LayerBuilder};
 use skiff_agent::images::{
     Credentials, Digest, ImageError, ImageStore, PullPolicy, RegistryConfig,
 };
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
+use skiff_test_support::{is_root, require_root, wait_for};
 
 fn has_program(p: &str) -> bool {
     Command::new("sh")
@@ -380,27 +376,21 @@ fn start_registry() -> Registry {
         _dir: dir,
     };
     // Ready when /v2/ answers (401: it wants credentials).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(&registry.addr) {
-            let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-            let mut resp = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut resp);
-            if resp.starts_with("HTTP/1.0 401") || resp.starts_with("HTTP/1.1 401") {
-                return registry;
-            }
-        }
-        assert!(Instant::now() < deadline, "the registry did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the registry to come up", Duration::from_secs(20), || {
+        let Ok(mut s) = std::net::TcpStream::connect(&registry.addr) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+        let mut resp = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut resp);
+        resp.starts_with("HTTP/1.0 401") || resp.starts_with("HTTP/1.1 401")
+    });
+    registry
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_from_docker_registry_with_basic_auth() {
-    if !is_root() {
-        eprintln!("skipping pull_from_docker_registry_with_basic_auth: needs root");
-        return;
-    }
+    require_root!("the image store as the agent runs it");
     for p in ["docker-registry", "skopeo"] {
         if !has_program(p) {
             eprintln!("skipping pull_from_docker_registry_with_basic_auth: {p} is not installed (cargo xtask setup)");
@@ -708,10 +698,7 @@ impl Drop for Mounted {
 /// whiteout hides a file and its opaque directory hides the lower directory's contents.
 #[test]
 fn layers_stack_in_overlayfs() {
-    if !is_root() {
-        eprintln!("skipping layers_stack_in_overlayfs: needs root (mount, whiteouts)");
-        return;
-    }
+    require_root!("mount, whiteouts");
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();

@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig, ServerState};
 use skiff_agent::runtime::{Container, Runtime};
+use skiff_test_support::eventually_within;
+use skiff_test_support::root::root_or_skip;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use tokio_util::sync::CancellationToken;
 
@@ -104,27 +106,26 @@ async fn start(root: &Path, directory: Arc<FakeDirectory>, runtime: Arc<Runtime>
         task,
     };
     // Ready once both answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let https = client()
-            .get(format!("{}/healthz", server.https))
-            .bearer_auth(TOKEN)
-            .send()
-            .await;
-        let ro = client()
-            .get(format!("{}/healthz", server.read_only))
-            .send()
-            .await;
-        if https.is_ok_and(|r| r.status().is_success()) && ro.is_ok_and(|r| r.status().is_success())
-        {
-            return server;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the kubelet server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(
+        Duration::from_secs(20),
+        "the kubelet server to come up",
+        || {
+            let (https, ro) = (server.https.clone(), server.read_only.clone());
+            async move {
+                let https = client()
+                    .get(format!("{https}/healthz"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await;
+                let ro = client().get(format!("{ro}/healthz")).send().await;
+                (https.is_ok_and(|r| r.status().is_success())
+                    && ro.is_ok_and(|r| r.status().is_success()))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    server
 }
 
 fn client() -> reqwest::Client {
@@ -255,8 +256,7 @@ impl Drop for TestContainer {
 }
 
 fn busybox_container(script: &str) -> Option<TestContainer> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: exec needs root (namespaces, mounts, cgroups)");
+    if !root_or_skip("the exec test", "namespaces, mounts, cgroups") {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

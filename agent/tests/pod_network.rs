@@ -5,39 +5,26 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use skiff_agent::network::ipam::Ipam;
 use skiff_agent::network::pod_network::{self, BRIDGE};
 use skiff_k8s::cidr::Ipv4Cidr;
+use skiff_test_support::netns::{in_netns, ip, spawn_ready, Netns, NETNS_DIR};
+use skiff_test_support::require_root;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Named network namespaces, deleted on drop; servers killed on drop.
+/// Named network namespaces (deleted on drop, after the servers are killed).
 #[derive(Default)]
 struct Namespaces {
-    names: Vec<String>,
     servers: Vec<Child>,
+    names: Vec<Netns>,
 }
 
 impl Namespaces {
     fn add(&mut self, tag: &str) -> String {
-        let name = format!("skpn-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        self.names.push(name.clone());
+        let ns = Netns::new(format!("skpn-{tag}-{}", std::process::id()));
+        let name = ns.name().to_owned();
+        self.names.push(ns);
         name
     }
 }
@@ -48,14 +35,11 @@ impl Drop for Namespaces {
             let _ = s.kill();
             let _ = s.wait();
         }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
     }
 }
 
 fn netns_path(name: &str) -> PathBuf {
-    Path::new("/run/netns").join(name)
+    Path::new(NETNS_DIR).join(name)
 }
 
 /// Runs `f` with a netlink handle inside the node namespace `node`.
@@ -64,18 +48,12 @@ fn on_node<T: Send>(
     f: impl FnOnce(rtnetlink::Handle) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
         + Send,
 ) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(netns_path(node)).unwrap();
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { f(skiff_agent::network::connect().unwrap()).await })
-        })
-        .join()
-        .expect("node thread")
+    in_netns(node, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { f(skiff_agent::network::connect().unwrap()).await })
     })
 }
 
@@ -95,18 +73,8 @@ s = socket.create_connection((sys.argv[1], 8080), timeout=5); print(s.recv(100).
 
 /// Starts the echo-the-peer server in pod namespace `pod`.
 fn serve(nss: &mut Namespaces, pod: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", pod, "python3", "-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
+    let child =
+        spawn_ready(Command::new("ip").args(["netns", "exec", pod, "python3", "-c", SERVER]));
     nss.servers.push(child);
 }
 
@@ -164,10 +132,7 @@ fn wire(node: &str, setup: &mut NodeSetup, uid: &str, pod: &str) -> Ipv4Addr {
 
 #[test]
 fn pods_reach_each_other_on_a_node_and_across_nodes_without_nat() {
-    if !is_root() {
-        eprintln!("SKIPPING the pod network test: needs root (network namespaces)");
-        return;
-    }
+    require_root!("network namespaces");
     let mut nss = Namespaces::default();
     let (n1, n2) = (nss.add("n1"), nss.add("n2"));
     let (a, a2, b) = (nss.add("a"), nss.add("a2"), nss.add("b"));

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use skiff_agent::proxy::iptables::IptablesProxy;
@@ -13,15 +13,8 @@ use skiff_agent::proxy::nftables::NftablesProxy;
 use skiff_agent::proxy::{
     BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity,
 };
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use skiff_test_support::netns::{spawn_ready, Netns};
+use skiff_test_support::require_root;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -36,9 +29,10 @@ fn sh(args: &[&str]) {
 }
 
 /// A network namespace with loopback up, the service range routed locally, and backends.
-struct Netns {
-    name: String,
+struct Node {
     servers: Vec<Child>,
+    /// Deleted after Drop stopped the servers.
+    netns: Netns,
 }
 
 const SERVER: &str = r#"
@@ -70,57 +64,46 @@ for _ in range(n):
         print("ERROR", e)
 "#;
 
-impl Netns {
+impl Node {
     fn new(tag: &str) -> Self {
-        let name = format!("skiff-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Self {
-            name,
-            servers: Vec::new(),
-        };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        let netns = Netns::new(format!("skiff-{tag}-{}", std::process::id()));
+        netns.loopback_up();
         // Untranslated VIP traffic is delivered locally (and refused) instead of routed anywhere.
-        ns.exec(&["ip", "route", "add", "local", "10.96.0.0/16", "dev", "lo"]);
-        ns
+        netns.ip(&["route", "add", "local", "10.96.0.0/16", "dev", "lo"]);
+        Self {
+            servers: Vec::new(),
+            netns,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.netns.name()
     }
 
     fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
+        let mut all = vec!["ip", "netns", "exec", self.name()];
         all.extend_from_slice(args);
         sh(&all);
     }
 
     fn backend(&mut self, ip: &str, port: u16) {
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "python3",
-                "-c",
-                SERVER,
-                ip,
-                &port.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start backend");
-        // Ready once it printed "ready": its sockets are bound.
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready");
-        self.servers.push(child);
+        self.servers.push(backend(&self.netns, ip, port));
     }
 
     /// Sends `n` requests to ip:port and counts the answers by backend.
     fn requests(&self, ip: &str, port: u16, n: usize, proto: &str) -> BTreeMap<String, usize> {
-        requests_from(&self.name, ip, port, n, proto)
+        requests_from(self.name(), ip, port, n, proto)
     }
+}
+
+/// Starts a backend in `netns` answering on ip:port (TCP and UDP) with its address; ready once
+/// its sockets are bound.
+fn backend(netns: &Netns, ip: &str, port: u16) -> Child {
+    spawn_ready(
+        netns
+            .exec("python3")
+            .args(["-c", SERVER, ip, &port.to_string()]),
+    )
 }
 
 /// Sends `n` requests from namespace `netns` to ip:port and counts the answers by backend.
@@ -159,50 +142,32 @@ fn requests_from(
 /// (10.250.0.2; the node is 10.250.0.1 on that link) and a remote node (10.251.0.2) with a
 /// backend and no route to the client, so its answers come back only if the node masquerades.
 struct Outside {
-    client: String,
-    remote: String,
+    /// The remote node's backend, stopped on drop.
+    servers: Vec<Child>,
+    client: Netns,
+    remote: Netns,
 }
 
 impl Outside {
-    fn new(node: &Netns) -> Self {
+    fn new(node: &Node) -> Self {
+        let n = node.name();
         let out = Self {
-            client: format!("{}-c", node.name),
-            remote: format!("{}-r", node.name),
+            servers: Vec::new(),
+            client: Netns::linked_to(
+                format!("{n}-c"),
+                n,
+                "ext0",
+                "10.250.0.1/24",
+                "10.250.0.2/24",
+            ),
+            remote: Netns::linked_to(
+                format!("{n}-r"),
+                n,
+                "ext1",
+                "10.251.0.1/24",
+                "10.251.0.2/24",
+            ),
         };
-        for (ns, ext, node_ip, peer_ip) in [
-            (&out.client, "ext0", "10.250.0.1", "10.250.0.2"),
-            (&out.remote, "ext1", "10.251.0.1", "10.251.0.2"),
-        ] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip", "-n", &node.name, "link", "add", ext, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &node.name,
-                "addr",
-                "add",
-                &format!("{node_ip}/24"),
-                "dev",
-                ext,
-            ]);
-            sh(&["ip", "-n", &node.name, "link", "set", ext, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{peer_ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        }
         node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // Local NodePort backends on the node's loopback (127/8 would need route_localnet).
         for b in NODE_BACKENDS {
@@ -214,21 +179,20 @@ impl Outside {
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        for ns in [&self.client, &self.remote] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        kill_all(&mut self.servers);
     }
 }
 
-impl Drop for Netns {
+impl Drop for Node {
     fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        kill_all(&mut self.servers);
+    }
+}
+
+fn kill_all(children: &mut [Child]) {
+    for s in children {
+        let _ = s.kill();
+        let _ = s.wait();
     }
 }
 
@@ -264,23 +228,20 @@ fn node_port(protocol: Protocol, backends: &[&str]) -> Service {
 
 /// NodePort from another namespace: local backends (DNAT) and a remote one (DNAT + masquerade),
 /// TCP and UDP; without endpoints refused; deleted, no longer served.
-fn node_port_scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
-    let outside = Outside::new(ns);
+fn node_port_scenario(ns: &mut Node, proxy: &mut dyn Datapath) {
+    let mut outside = Outside::new(ns);
     for b in NODE_BACKENDS {
         ns.backend(b, 8080);
     }
-    let mut remote = Netns {
-        name: outside.remote.clone(),
-        servers: Vec::new(),
-    };
-    remote.backend(REMOTE_BACKEND, 8080);
+    let remote = backend(&outside.remote, REMOTE_BACKEND, 8080);
+    outside.servers.push(remote);
     let all = [NODE_BACKENDS[0], NODE_BACKENDS[1], REMOTE_BACKEND];
     for proto in [Protocol::Tcp, Protocol::Udp] {
         proxy.upsert_service(&node_port(proto, &all)).unwrap();
     }
     proxy.commit().unwrap();
     for proto in ["tcp", "udp"] {
-        let counts = requests_from(&outside.client, "10.250.0.1", 30080, 90, proto);
+        let counts = requests_from(outside.client.name(), "10.250.0.1", 30080, 90, proto);
         let mut want = all.map(str::to_owned).to_vec();
         want.sort();
         assert_eq!(
@@ -294,7 +255,7 @@ fn node_port_scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
         .unwrap();
     proxy.commit().unwrap();
     assert_eq!(
-        requests_from(&outside.client, "10.250.0.1", 30080, 2, "tcp"),
+        requests_from(outside.client.name(), "10.250.0.1", 30080, 2, "tcp"),
         BTreeMap::from([("REFUSED".to_owned(), 2)])
     );
     for proto in [Protocol::Tcp, Protocol::Udp] {
@@ -305,14 +266,13 @@ fn node_port_scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
     proxy.commit().unwrap();
     // Nothing listens on the node's own port 30080: refused by the node's stack.
     assert_eq!(
-        requests_from(&outside.client, "10.250.0.1", 30080, 2, "tcp"),
+        requests_from(outside.client.name(), "10.250.0.1", 30080, 2, "tcp"),
         BTreeMap::from([("REFUSED".to_owned(), 2)])
     );
-    // Keep the remote namespace's server until here; Outside removes the namespaces.
-    drop(remote);
+    // `outside` stops the remote namespace's server and removes the namespaces when it drops.
 }
 
-fn scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
+fn scenario(ns: &mut Node, proxy: &mut dyn Datapath) {
     for b in BACKENDS {
         ns.backend(b, 8080);
     }
@@ -385,17 +345,14 @@ fn scenario(ns: &mut Netns, proxy: &mut dyn Datapath) {
 
 #[test]
 fn iptables_mode_routes_like_kube_proxy() {
-    if !is_root() {
-        eprintln!("SKIPPING iptables_mode_routes_like_kube_proxy: needs root (network namespaces, iptables)");
-        return;
-    }
-    let mut ns = Netns::new("ipt");
-    let mut proxy = IptablesProxy::in_netns(&ns.name);
+    require_root!("network namespaces, iptables");
+    let mut ns = Node::new("ipt");
+    let mut proxy = IptablesProxy::in_netns(ns.name());
     scenario(&mut ns, &mut proxy);
     node_port_scenario(&mut ns, &mut proxy);
-    IptablesProxy::cleanup(Some(&ns.name)).unwrap();
+    IptablesProxy::cleanup(Some(ns.name())).unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "iptables-save"])
+        .args(["netns", "exec", ns.name(), "iptables-save"])
         .output()
         .unwrap();
     assert!(
@@ -406,19 +363,14 @@ fn iptables_mode_routes_like_kube_proxy() {
 
 #[test]
 fn nftables_mode_routes_like_kube_proxy() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPING nftables_mode_routes_like_kube_proxy: needs root (network namespaces, nft)"
-        );
-        return;
-    }
-    let mut ns = Netns::new("nft");
-    let mut proxy = NftablesProxy::in_netns(&ns.name);
+    require_root!("network namespaces, nft");
+    let mut ns = Node::new("nft");
+    let mut proxy = NftablesProxy::in_netns(ns.name());
     scenario(&mut ns, &mut proxy);
     node_port_scenario(&mut ns, &mut proxy);
-    NftablesProxy::cleanup(Some(&ns.name)).unwrap();
+    NftablesProxy::cleanup(Some(ns.name())).unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "list", "ruleset"])
+        .args(["netns", "exec", ns.name(), "nft", "list", "ruleset"])
         .output()
         .unwrap();
     assert!(

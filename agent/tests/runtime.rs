@@ -12,18 +12,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use skiff_agent::runtime::{
     self, Container, ContainerSpec, ContainerState, ExitStatus, ImageConfig, Runtime, Sandbox,
 };
+use skiff_test_support::root::root_or_skip;
 
 const BUSYBOX: &str = "/bin/busybox";
 const AGENT: &str = env!("CARGO_BIN_EXE_skiff-agent");
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipping: the runtime tests need root (namespaces, mounts, cgroups)");
-        false
-    }
-}
 
 /// A pod under test: its runtime, state directory and image layers; removes the pod on drop.
 struct TestPod {
@@ -70,7 +62,10 @@ fn make_layers(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn pod(test: &str) -> Option<TestPod> {
-    if !is_root() {
+    if !root_or_skip(
+        &format!("runtime test {test}"),
+        "namespaces, mounts, cgroups",
+    ) {
         return None;
     }
     runtime::become_subreaper().unwrap();

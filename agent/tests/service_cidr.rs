@@ -2,24 +2,10 @@
 //! thread unshares its own; it vanishes with the thread, so nothing is left behind even on
 //! failure). The namespace looks like a node: an uplink with an address and a default route.
 
-use std::process::Command;
-
 use skiff_agent::network::{self, service_cidr};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Runs `ip ARGS` in the calling thread's network namespace and returns its stdout.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+// `ip` runs in the calling thread's network namespace: the test's own, on its thread.
+use skiff_test_support::netns::{in_new_netns, ip};
+use skiff_test_support::require_root;
 
 /// The device `ip route get` picks for `dst`.
 fn route_dev(dst: &str) -> String {
@@ -34,12 +20,8 @@ fn route_dev(dst: &str) -> String {
 
 #[test]
 fn service_range_is_routed_to_the_dummy_device_and_removed() {
-    if !is_root() {
-        eprintln!("SKIPPING the service CIDR test: needs root (network namespaces)");
-        return;
-    }
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the netns");
+    require_root!("network namespaces");
+    in_new_netns(|| {
         for args in [
             &["link", "set", "lo", "up"][..],
             // A veth pair (some kernels have no dummy driver); its peer stays in this namespace.
@@ -95,7 +77,5 @@ fn service_range_is_routed_to_the_dummy_device_and_removed() {
             assert_eq!(route_dev("10.96.0.10"), "uplink0");
             assert!(!ip(&["-o", "link"]).contains(service_cidr::DEVICE));
         });
-    })
-    .join()
-    .expect("the test thread");
+    });
 }

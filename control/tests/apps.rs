@@ -10,44 +10,23 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::Cluster;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::controllers::{self, Context};
+use skiff_control::controllers;
+use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(20);
 const HASH: &str = "controller-revision-hash";
 
-struct Cluster {
-    client: kube::Client,
-    shutdown: CancellationToken,
-    /// The API server (and its store's tempdir), alive as long as the cluster.
-    _api: common::Api,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn cluster() -> Cluster {
-    let shutdown = CancellationToken::new();
-    let api = common::api_with_namespaces(shutdown.clone()).await;
-    let client = api.client();
-    tokio::spawn(controllers::run_all(Context {
-        client: client.clone(),
-        shutdown: shutdown.clone(),
-    }));
-    tokio::spawn(finish_deletions(client.clone(), shutdown.clone()));
-    Cluster {
-        client,
-        shutdown,
-        _api: api,
-    }
+    let c = Cluster::start().await;
+    tokio::spawn(controllers::run_all(c.context()));
+    tokio::spawn(finish_deletions(c.client.clone(), c.shutdown.clone()));
+    c
 }
 
 /// The part of the kubelet these tests need: a bound pod marked for deletion is stopped (at
@@ -79,25 +58,6 @@ async fn finish_deletions(client: kube::Client, shutdown: CancellationToken) {
             () = shutdown.cancelled() => {}
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-    }
-}
-
-/// Polls `check` until it returns Some, or panics after `WAIT` with `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::assert_quiet;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -17,24 +18,25 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
+use skiff_control::controllers;
 use skiff_control::controllers::cronjob::{self, Clock};
-use skiff_control::controllers::{self, Context};
-use tokio_util::sync::CancellationToken;
+use skiff_test_support::eventually_within;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// [`common::Cluster`] with the Job, CronJob and garbage collector controllers, the CronJob
+/// controller on a clock the test moves.
 struct Cluster {
-    client: kube::Client,
-    shutdown: CancellationToken,
+    cluster: common::Cluster,
     /// The CronJob controller's time.
     now: Arc<Mutex<Timestamp>>,
-    /// The API server (and its store's tempdir), alive as long as the cluster.
-    _api: common::Api,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+impl std::ops::Deref for Cluster {
+    type Target = common::Cluster;
+
+    fn deref(&self) -> &common::Cluster {
+        &self.cluster
     }
 }
 
@@ -46,13 +48,8 @@ impl Cluster {
 }
 
 async fn cluster() -> Cluster {
-    let shutdown = CancellationToken::new();
-    let api = common::api_with_namespaces(shutdown.clone()).await;
-    let client = api.client();
-    let ctx = Context {
-        client: client.clone(),
-        shutdown: shutdown.clone(),
-    };
+    let cluster = common::Cluster::start().await;
+    let ctx = cluster.context();
     let now = Arc::new(Mutex::new(Timestamp::now()));
     let clock_now = now.clone();
     tokio::spawn(controllers::job::run(ctx.clone()));
@@ -61,31 +58,7 @@ async fn cluster() -> Cluster {
         Clock::new(move || *clock_now.lock().unwrap()),
     ));
     tokio::spawn(controllers::garbage_collector::run(ctx));
-    Cluster {
-        client,
-        shutdown,
-        now,
-        _api: api,
-    }
-}
-
-/// Polls `check` until it returns Some, or panics after `WAIT` with `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Cluster { cluster, now }
 }
 
 fn job_spec(extra: Value) -> Value {
@@ -151,40 +124,17 @@ fn condition(job: &Job, type_: &str) -> Option<(String, String)> {
 
 async fn wait_condition(client: &kube::Client, job: &str, type_: &str, reason: &str) -> Job {
     let api: Api<Job> = Api::default_namespaced(client.clone());
-    eventually(&format!("{job} {type_}={reason}"), || async {
+    eventually_within(WAIT, &format!("{job} {type_}={reason}"), || async {
         let j = api.get(job).await.unwrap();
         (condition(&j, type_) == Some(("True".into(), reason.into()))).then_some(j)
     })
     .await
 }
 
-/// The store's revision (a list's resourceVersion is the latest one).
-async fn revision(client: &kube::Client) -> String {
-    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    ns.list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-}
-
-/// Once converged the controllers must stop writing (no status loops). An observation window,
-/// not a synchronisation: any write during it fails the test.
-async fn assert_quiet(client: &kube::Client) {
-    let before = revision(client).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        before,
-        revision(client).await,
-        "controllers kept writing after converging"
-    );
-}
-
 /// Waits until the events about `name` include every one of `reasons` (events are written
 /// after the status change they report).
 async fn wait_reasons(client: &kube::Client, name: &str, reasons: &[&str]) {
-    eventually(&format!("events {reasons:?} for {name}"), || async {
+    eventually_within(WAIT, &format!("events {reasons:?} for {name}"), || async {
         let seen = reasons_for(client, name).await;
         reasons.iter().all(|r| seen.contains(*r)).then_some(())
     })
@@ -257,7 +207,7 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
 
     let mut finished = 0;
     while finished < 3 {
-        let active = eventually("active pods", || async {
+        let active = eventually_within(WAIT, "active pods", || async {
             let a = active_pods(&c.client, "work").await;
             (a.len() == (3 - finished).min(2)).then_some(a)
         })
@@ -306,7 +256,7 @@ async fn job_runs_completions_with_bounded_parallelism_and_completes() {
     )
     .await
     .unwrap();
-    eventually("pods garbage collected", || async {
+    eventually_within(WAIT, "pods garbage collected", || async {
         pods_of(&c.client, "work").await.is_empty().then_some(())
     })
     .await;
@@ -326,7 +276,7 @@ async fn job_fails_past_its_backoff_limit_and_stops_its_pods() {
         json!({"completions": 3, "parallelism": 3, "backoffLimit": 1}),
     )
     .await;
-    let pods = eventually("3 pods", || async {
+    let pods = eventually_within(WAIT, "3 pods", || async {
         let a = active_pods(&c.client, "flaky").await;
         (a.len() == 3).then_some(a)
     })
@@ -342,7 +292,7 @@ async fn job_fails_past_its_backoff_limit_and_stops_its_pods() {
     assert_eq!(condition(&job, "Complete"), None);
     // The pod still running is deleted, and no replacement comes.
     let pod_api: Api<Pod> = Api::default_namespaced(c.client.clone());
-    eventually("running pod deleted", || async {
+    eventually_within(WAIT, "running pod deleted", || async {
         pod_api
             .get_opt(&pods[2].name_any())
             .await
@@ -364,7 +314,7 @@ async fn job_fails_past_its_backoff_limit_and_stops_its_pods() {
 async fn failed_pod_is_replaced_and_restarts_count_under_on_failure() {
     let c = cluster().await;
     create_job(&c.client, "retry", json!({})).await;
-    let first = eventually("a pod", || async {
+    let first = eventually_within(WAIT, "a pod", || async {
         active_pods(&c.client, "retry").await.into_iter().next()
     })
     .await;
@@ -380,13 +330,13 @@ async fn failed_pod_is_replaced_and_restarts_count_under_on_failure() {
     )
     .await
     .unwrap();
-    let second = eventually("a replacement", || async {
+    let second = eventually_within(WAIT, "a replacement", || async {
         active_pods(&c.client, "retry").await.into_iter().next()
     })
     .await;
     assert_ne!(second.name_any(), first.name_any());
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
-    eventually("failed: 1", || async {
+    eventually_within(WAIT, "failed: 1", || async {
         (jobs.get("retry").await.unwrap().status?.failed == Some(1)).then_some(())
     })
     .await;
@@ -398,7 +348,7 @@ async fn failed_pod_is_replaced_and_restarts_count_under_on_failure() {
     let job: Job =
         serde_json::from_value(json!({"metadata": {"name": "crashy"}, "spec": spec})).unwrap();
     jobs.create(&PostParams::default(), &job).await.unwrap();
-    let pod = eventually("a pod", || async {
+    let pod = eventually_within(WAIT, "a pod", || async {
         active_pods(&c.client, "crashy").await.into_iter().next()
     })
     .await;
@@ -420,12 +370,12 @@ async fn failed_pod_is_replaced_and_restarts_count_under_on_failure() {
 async fn job_active_deadline_fails_it() {
     let c = cluster().await;
     create_job(&c.client, "slow", json!({"activeDeadlineSeconds": 1})).await;
-    eventually("a pod", || async {
+    eventually_within(WAIT, "a pod", || async {
         (active_pods(&c.client, "slow").await.len() == 1).then_some(())
     })
     .await;
     wait_condition(&c.client, "slow", "Failed", "DeadlineExceeded").await;
-    eventually("pod deleted", || async {
+    eventually_within(WAIT, "pod deleted", || async {
         active_pods(&c.client, "slow")
             .await
             .is_empty()
@@ -456,11 +406,11 @@ async fn suspended_job_runs_no_pods_until_resumed() {
     )
     .await
     .unwrap();
-    eventually("2 pods after resume", || async {
+    eventually_within(WAIT, "2 pods after resume", || async {
         (active_pods(&c.client, "later").await.len() == 2).then_some(())
     })
     .await;
-    eventually("resumed condition", || async {
+    eventually_within(WAIT, "resumed condition", || async {
         let j = jobs.get("later").await.unwrap();
         (condition(&j, "Suspended") == Some(("False".into(), "JobResumed".into()))
             && j.status.as_ref()?.start_time.is_some())
@@ -477,7 +427,7 @@ async fn suspended_job_runs_no_pods_until_resumed() {
     .await
     .unwrap();
     wait_condition(&c.client, "later", "Suspended", "JobSuspended").await;
-    eventually("pods deleted on suspend", || async {
+    eventually_within(WAIT, "pods deleted on suspend", || async {
         active_pods(&c.client, "later")
             .await
             .is_empty()
@@ -496,7 +446,7 @@ async fn indexed_job_runs_one_pod_per_index_and_ttl_removes_it() {
             "ttlSecondsAfterFinished": 0}),
     )
     .await;
-    let pods = eventually("3 indexed pods", || async {
+    let pods = eventually_within(WAIT, "3 indexed pods", || async {
         let a = active_pods(&c.client, "idx").await;
         (a.len() == 3).then_some(a)
     })
@@ -517,11 +467,11 @@ async fn indexed_job_runs_one_pod_per_index_and_ttl_removes_it() {
     }
     // Complete, then deleted at once (ttlSecondsAfterFinished: 0), pods with it.
     let jobs: Api<Job> = Api::default_namespaced(c.client.clone());
-    eventually("job removed by its TTL", || async {
+    eventually_within(WAIT, "job removed by its TTL", || async {
         jobs.get_opt("idx").await.unwrap().is_none().then_some(())
     })
     .await;
-    eventually("pods removed with it", || async {
+    eventually_within(WAIT, "pods removed with it", || async {
         pods_of(&c.client, "idx").await.is_empty().then_some(())
     })
     .await;
@@ -537,13 +487,13 @@ async fn indexed_job_reports_completed_indexes() {
     )
     .await;
     for _ in 0..2 {
-        let pod = eventually("one pod", || async {
+        let pod = eventually_within(WAIT, "one pod", || async {
             let a = active_pods(&c.client, "parts").await;
             (a.len() == 1).then(|| a[0].clone())
         })
         .await;
         set_phase(&c.client, &pod.name_any(), "Succeeded").await;
-        eventually("pod seen finished", || async {
+        eventually_within(WAIT, "pod seen finished", || async {
             active_pods(&c.client, "parts")
                 .await
                 .iter()
@@ -599,7 +549,7 @@ fn last_five_minutes(now: Timestamp) -> i64 {
 
 /// Lets the Job `name` finish: its pod succeeds.
 async fn finish_job(client: &kube::Client, name: &str) {
-    let pod = eventually("the job's pod", || async {
+    let pod = eventually_within(WAIT, "the job's pod", || async {
         pods_of(client, name).await.into_iter().find(is_active)
     })
     .await;
@@ -626,7 +576,7 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
     // five minutes on; move there.
     c.advance(SignedDuration::from_mins(5));
     poke(&c.client, "tick", 1).await;
-    let first = eventually("the first job", || async {
+    let first = eventually_within(WAIT, "the first job", || async {
         let jobs = jobs_of(&c.client, "tick").await;
         (jobs.len() == 1).then(|| jobs[0].clone())
     })
@@ -641,7 +591,7 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
     assert!(first
         .annotations()
         .contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp"));
-    let status = eventually("status.active", || async {
+    let status = eventually_within(WAIT, "status.active", || async {
         let s = api.get("tick").await.unwrap().status?;
         (s.active.as_ref()?.len() == 1).then_some(s)
     })
@@ -654,7 +604,7 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
     // Due again while the first still runs: Forbid skips it.
     c.advance(SignedDuration::from_mins(5));
     poke(&c.client, "tick", 2).await;
-    eventually("JobAlreadyActive", || async {
+    eventually_within(WAIT, "JobAlreadyActive", || async {
         reasons_for(&c.client, "tick")
             .await
             .contains("JobAlreadyActive")
@@ -667,7 +617,7 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
     finish_job(&c.client, &first.name_any()).await;
     let now = *c.now.lock().unwrap();
     let second = format!("tick-{}", last_five_minutes(now));
-    eventually("the second job", || async {
+    eventually_within(WAIT, "the second job", || async {
         jobs_of(&c.client, "tick")
             .await
             .iter()
@@ -675,14 +625,14 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
             .then_some(())
     })
     .await;
-    eventually("lastSuccessfulTime", || async {
+    eventually_within(WAIT, "lastSuccessfulTime", || async {
         api.get("tick").await.unwrap().status?.last_successful_time
     })
     .await;
 
     // The second finishes too: history keeps one successful Job, the newest.
     finish_job(&c.client, &second).await;
-    eventually("the first job pruned", || async {
+    eventually_within(WAIT, "the first job pruned", || async {
         let names: Vec<String> = jobs_of(&c.client, "tick")
             .await
             .iter()
@@ -691,12 +641,12 @@ async fn cronjob_runs_when_due_forbids_overlap_and_prunes_history() {
         (names == [second.clone()]).then_some(())
     })
     .await;
-    eventually("status.active emptied", || async {
+    eventually_within(WAIT, "status.active emptied", || async {
         let s = api.get("tick").await.unwrap().status?;
         s.active.is_none_or(|a| a.is_empty()).then_some(())
     })
     .await;
-    eventually("the pruned job's pod collected", || async {
+    eventually_within(WAIT, "the pruned job's pod collected", || async {
         pods_of(&c.client, &first.name_any())
             .await
             .is_empty()
@@ -718,14 +668,14 @@ async fn cronjob_replace_and_suspend() {
     .unwrap();
     c.advance(SignedDuration::from_mins(1));
     poke(&c.client, "swap", 1).await;
-    let first = eventually("the first job", || async {
+    let first = eventually_within(WAIT, "the first job", || async {
         let jobs = jobs_of(&c.client, "swap").await;
         (jobs.len() == 1).then(|| jobs[0].name_any())
     })
     .await;
     c.advance(SignedDuration::from_mins(1));
     poke(&c.client, "swap", 2).await;
-    eventually("the first replaced by the second", || async {
+    eventually_within(WAIT, "the first replaced by the second", || async {
         let jobs = jobs_of(&c.client, "swap").await;
         (jobs.len() == 1 && jobs[0].name_any() != first).then_some(())
     })
@@ -743,7 +693,7 @@ async fn cronjob_replace_and_suspend() {
     let running = jobs_of(&c.client, "swap").await[0].name_any();
     c.advance(SignedDuration::from_mins(3));
     finish_job(&c.client, &running).await;
-    eventually("status.active emptied while suspended", || async {
+    eventually_within(WAIT, "status.active emptied while suspended", || async {
         let s = api.get("swap").await.unwrap().status?;
         s.active.is_none_or(|a| a.is_empty()).then_some(())
     })
@@ -769,7 +719,7 @@ async fn cronjob_replace_and_suspend() {
     .unwrap();
     let now = *c.now.lock().unwrap();
     let latest = format!("swap-{}", now.as_second().div_euclid(60));
-    eventually("the latest time runs after resume", || async {
+    eventually_within(WAIT, "the latest time runs after resume", || async {
         let names: Vec<String> = jobs_of(&c.client, "swap")
             .await
             .iter()
@@ -807,7 +757,7 @@ async fn job_from_cronjob_as_kubectl_creates_it_runs() {
     jobs.create(&PostParams::default(), &job).await.unwrap();
     finish_job(&c.client, "manual").await;
     // The CronJob counts it as its own.
-    eventually("lastSuccessfulTime from the manual job", || async {
+    eventually_within(WAIT, "lastSuccessfulTime from the manual job", || async {
         api.get("nightly")
             .await
             .unwrap()
@@ -826,7 +776,7 @@ async fn job_from_cronjob_as_kubectl_creates_it_runs() {
     )
     .await
     .unwrap();
-    eventually("job collected with its cronjob", || async {
+    eventually_within(WAIT, "job collected with its cronjob", || async {
         jobs.get_opt("manual")
             .await
             .unwrap()
@@ -834,7 +784,7 @@ async fn job_from_cronjob_as_kubectl_creates_it_runs() {
             .then_some(())
     })
     .await;
-    eventually("pods collected", || async {
+    eventually_within(WAIT, "pods collected", || async {
         pods_of(&c.client, "manual").await.is_empty().then_some(())
     })
     .await;

@@ -8,85 +8,22 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{assert_quiet, Cluster};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::controllers::{self, Context};
-use tokio_util::sync::CancellationToken;
+use skiff_control::controllers;
+use skiff_test_support::eventually_within;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Cluster {
-    client: kube::Client,
-    shutdown: CancellationToken,
-    /// The API server (and its store's tempdir), alive as long as the cluster.
-    _api: common::Api,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 async fn cluster() -> Cluster {
-    let shutdown = CancellationToken::new();
-    let api = common::api_with_namespaces(shutdown.clone()).await;
-    let client = api.client();
-    tokio::spawn(controllers::run_all(Context {
-        client: client.clone(),
-        shutdown: shutdown.clone(),
-    }));
-    Cluster {
-        client,
-        shutdown,
-        _api: api,
-    }
-}
-
-/// Polls `check` until it returns Some, or panics after `WAIT` with `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The store's revision (a list's resourceVersion is the latest one).
-async fn revision(client: &kube::Client) -> String {
-    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    ns.list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap()
-}
-
-/// Once converged the controllers must stop writing: no status or slice update loops. An
-/// observation window, not a synchronisation: any write during it fails the test.
-async fn assert_quiet(client: &kube::Client) {
-    let before = revision(client).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        before,
-        revision(client).await,
-        "controllers kept writing after converging"
-    );
+    let c = Cluster::start().await;
+    tokio::spawn(controllers::run_all(c.context()));
+    c
 }
 
 fn template(app: &str) -> Value {
@@ -131,7 +68,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
     let rs = rs_api.create(&PostParams::default(), &rs).await.unwrap();
     let uid = rs.uid().unwrap();
 
-    let pods = eventually("3 pods", || async {
+    let pods = eventually_within(WAIT, "3 pods", || async {
         let p = pods_of(&c.client, "app=web").await;
         (p.len() == 3).then_some(p)
     })
@@ -153,7 +90,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
     for (i, p) in pods.iter().enumerate() {
         set_running(&c.client, &p.name_any(), &format!("10.1.0.{}", i + 1), true).await;
     }
-    eventually("status 3 ready", || async {
+    eventually_within(WAIT, "status 3 ready", || async {
         let s = rs_api.get("web").await.unwrap().status?;
         (s.replicas == 3
             && s.ready_replicas == Some(3)
@@ -171,7 +108,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
         .delete(&pods[0].name_any(), &DeleteParams::default())
         .await
         .unwrap();
-    eventually("a replacement", || async {
+    eventually_within(WAIT, "a replacement", || async {
         let p = pods_of(&c.client, "app=web").await;
         (p.len() == 3 && p.iter().all(|p| p.name_any() != pods[0].name_any())).then_some(())
     })
@@ -186,7 +123,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
         )
         .await
         .unwrap();
-    let left = eventually("1 pod", || async {
+    let left = eventually_within(WAIT, "1 pod", || async {
         let p = pods_of(&c.client, "app=web").await;
         (p.len() == 1).then_some(p)
     })
@@ -206,7 +143,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
         .create(&PostParams::default(), &orphan)
         .await
         .unwrap();
-    eventually("orphan adopted or removed", || async {
+    eventually_within(WAIT, "orphan adopted or removed", || async {
         match pod_api.get_opt("orphan").await.unwrap() {
             None => Some(()),
             Some(p) => p
@@ -217,7 +154,7 @@ async fn replicaset_creates_scales_replaces_and_reports_status() {
         }
     })
     .await;
-    eventually("back to 1 pod", || async {
+    eventually_within(WAIT, "back to 1 pod", || async {
         (pods_of(&c.client, "app=web").await.len() == 1).then_some(())
     })
     .await;
@@ -253,7 +190,7 @@ async fn replicaset_releases_pods_that_stop_matching() {
     }))
     .unwrap();
     rs_api.create(&PostParams::default(), &rs).await.unwrap();
-    let first = eventually("1 pod", || async {
+    let first = eventually_within(WAIT, "1 pod", || async {
         let p = pods_of(&c.client, "app=rel").await;
         (p.len() == 1).then(|| p[0].name_any())
     })
@@ -267,7 +204,7 @@ async fn replicaset_releases_pods_that_stop_matching() {
         )
         .await
         .unwrap();
-    eventually("released and replaced", || async {
+    eventually_within(WAIT, "released and replaced", || async {
         let p = pod_api.get(&first).await.unwrap();
         let replaced = pods_of(&c.client, "app=rel").await.len() == 1;
         (p.owner_references().is_empty() && replaced).then_some(())
@@ -285,7 +222,7 @@ async fn replication_controller_shares_the_logic() {
     }))
     .unwrap();
     api.create(&PostParams::default(), &rc).await.unwrap();
-    eventually("2 pods and status", || async {
+    eventually_within(WAIT, "2 pods and status", || async {
         let pods = pods_of(&c.client, "app=old").await.len();
         let replicas = api.get("old").await.unwrap().status.map(|s| s.replicas);
         (pods == 2 && replicas == Some(2)).then_some(())
@@ -317,7 +254,7 @@ async fn endpoints_and_slices_follow_pod_readiness() {
 
     let slices: Api<EndpointSlice> = Api::default_namespaced(c.client.clone());
     let by_service = ListParams::default().labels("kubernetes.io/service-name=web");
-    let slice = eventually("a slice with both pods", || async {
+    let slice = eventually_within(WAIT, "a slice with both pods", || async {
         let list = slices.list(&by_service).await.unwrap().items;
         (list.len() == 1 && list[0].endpoints.as_ref().map_or(0, Vec::len) == 2)
             .then(|| list[0].clone())
@@ -352,18 +289,22 @@ async fn endpoints_and_slices_follow_pod_readiness() {
     );
 
     let ep_api: Api<Endpoints> = Api::default_namespaced(c.client.clone());
-    eventually("Endpoints with ready and not-ready addresses", || async {
-        let ep = ep_api.get_opt("web").await.unwrap()?;
-        let subset = ep.subsets?.into_iter().next()?;
-        let ready: Vec<String> = subset.addresses?.into_iter().map(|a| a.ip).collect();
-        let not_ready: Vec<String> = subset
-            .not_ready_addresses?
-            .into_iter()
-            .map(|a| a.ip)
-            .collect();
-        (ready == ["10.1.0.1"] && not_ready == ["10.1.0.2"] && subset.ports?[0].port == 8080)
-            .then_some(())
-    })
+    eventually_within(
+        WAIT,
+        "Endpoints with ready and not-ready addresses",
+        || async {
+            let ep = ep_api.get_opt("web").await.unwrap()?;
+            let subset = ep.subsets?.into_iter().next()?;
+            let ready: Vec<String> = subset.addresses?.into_iter().map(|a| a.ip).collect();
+            let not_ready: Vec<String> = subset
+                .not_ready_addresses?
+                .into_iter()
+                .map(|a| a.ip)
+                .collect();
+            (ready == ["10.1.0.1"] && not_ready == ["10.1.0.2"] && subset.ports?[0].port == 8080)
+                .then_some(())
+        },
+    )
     .await;
 
     // b becomes ready; a relabelled out of the selector leaves.
@@ -376,7 +317,7 @@ async fn endpoints_and_slices_follow_pod_readiness() {
         )
         .await
         .unwrap();
-    eventually("slice holds only b, ready", || async {
+    eventually_within(WAIT, "slice holds only b, ready", || async {
         let list = slices.list(&by_service).await.unwrap().items;
         let eps = list.first()?.endpoints.clone()?;
         (eps.len() == 1
@@ -385,7 +326,7 @@ async fn endpoints_and_slices_follow_pod_readiness() {
         .then_some(())
     })
     .await;
-    eventually("Endpoints hold only b", || async {
+    eventually_within(WAIT, "Endpoints hold only b", || async {
         let ep = ep_api.get("web").await.unwrap();
         let subset = ep.subsets?.into_iter().next()?;
         let ready: Vec<String> = subset.addresses?.into_iter().map(|a| a.ip).collect();
@@ -422,7 +363,7 @@ async fn selectorless_services_keep_hand_written_slices() {
     }))
     .unwrap();
     svc_api.create(&PostParams::default(), &web).await.unwrap();
-    eventually("the probe Service's slice", || async {
+    eventually_within(WAIT, "the probe Service's slice", || async {
         let l = slices
             .list(&ListParams::default().labels("kubernetes.io/service-name=probe"))
             .await
@@ -499,7 +440,7 @@ async fn deployment_rolls_out_a_new_template_and_rolls_back() {
     let complete = |rev: &'static str| {
         let (client, d_api) = (c.client.clone(), d_api.clone());
         async move {
-            eventually("rollout complete", || {
+            eventually_within(WAIT, "rollout complete", || {
                 let (client, d_api) = (client.clone(), d_api.clone());
                 async move {
                     make_all_ready(&client, "app=kubia").await;
@@ -539,7 +480,7 @@ async fn deployment_rolls_out_a_new_template_and_rolls_back() {
         .await
         .unwrap();
     let max_pods = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    eventually("v2 rolled out", || {
+    eventually_within(WAIT, "v2 rolled out", || {
         let (client, d_api, max_pods) = (c.client.clone(), d_api.clone(), max_pods.clone());
         async move {
             let n = make_all_ready(&client, "app=kubia").await;
@@ -635,14 +576,14 @@ async fn deleting_an_owner_cascades_in_background_foreground_and_orphan_modes() 
             .create(&PostParams::default(), &deployment(name, "kubia:v1", 2))
             .await
             .unwrap();
-        eventually("2 pods", || async {
+        eventually_within(WAIT, "2 pods", || async {
             (pods_of(&c.client, &format!("app={name}")).await.len() == 2).then_some(())
         })
         .await;
     }
     // Background (the default): the Deployment goes at once, its ReplicaSet and pods after.
     d_api.delete("bg", &DeleteParams::default()).await.unwrap();
-    eventually("bg's ReplicaSet and pods collected", || async {
+    eventually_within(WAIT, "bg's ReplicaSet and pods collected", || async {
         let rs = rs_api
             .list(&ListParams::default().labels("app=bg"))
             .await
@@ -661,7 +602,7 @@ async fn deleting_an_owner_cascades_in_background_foreground_and_orphan_modes() 
     if let Some(d) = marked {
         assert!(d.metadata.deletion_timestamp.is_some());
     }
-    eventually("fg and everything under it gone", || async {
+    eventually_within(WAIT, "fg and everything under it gone", || async {
         let gone = d_api.get_opt("fg").await.unwrap().is_none();
         let rs = rs_api
             .list(&ListParams::default().labels("app=fg"))
@@ -679,7 +620,7 @@ async fn deleting_an_owner_cascades_in_background_foreground_and_orphan_modes() 
     }))
     .unwrap();
     rs_api.create(&PostParams::default(), &rs).await.unwrap();
-    eventually("2 pods", || async {
+    eventually_within(WAIT, "2 pods", || async {
         (pods_of(&c.client, "app=keep").await.len() == 2).then_some(())
     })
     .await;
@@ -687,7 +628,7 @@ async fn deleting_an_owner_cascades_in_background_foreground_and_orphan_modes() 
         .delete("keep", &DeleteParams::orphan())
         .await
         .unwrap();
-    eventually("keep gone, pods orphaned", || async {
+    eventually_within(WAIT, "keep gone, pods orphaned", || async {
         let gone = rs_api.get_opt("keep").await.unwrap().is_none();
         let pods = pods_of(&c.client, "app=keep").await;
         (gone && pods.len() == 2 && pods.iter().all(|p| p.owner_references().is_empty()))

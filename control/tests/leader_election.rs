@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{api, eventually};
+use common::api;
 use skiff_control::controllers::leader;
+use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> leader::Config {

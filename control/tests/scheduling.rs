@@ -6,10 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api, eventually, Api};
+use common::{api, Api};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use skiff_control::controllers::Context;
+use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
 fn pod(name: &str, cpu: &str) -> Value {

@@ -42,6 +42,33 @@ pub struct Options {
     pub control_args: Vec<String>,
 }
 
+impl Options {
+    /// The options of the end-to-end tests' clusters: the binaries under test
+    /// ([`crate::control_bin`], [`crate::agent_bin`]), the sample images that `cargo xtask
+    /// images` builds preloaded, no service proxy, no extra arguments. Tests change fields with
+    /// struct update syntax.
+    pub fn test(name: &str, index: u8, nodes: usize) -> Self {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
+        assert!(
+            images.exists(),
+            "{} missing: run `cargo xtask images`",
+            images.display()
+        );
+        Self {
+            name: name.into(),
+            index,
+            nodes,
+            dir: PathBuf::new(),
+            control_bin: crate::control_bin(),
+            agent_bin: crate::agent_bin(),
+            images: Some(images),
+            proxy_mode: "none".into(),
+            agent_args: vec![],
+            control_args: vec![],
+        }
+    }
+}
+
 /// What `up` made, for `down`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct State {
@@ -464,6 +491,11 @@ impl Guard {
             agent_bin: opts.agent_bin.clone(),
             _tmp: Some(tmp),
         })
+    }
+
+    /// [`Guard::up`] for tests: panics when the cluster cannot come up.
+    pub fn test(opts: &Options) -> Self {
+        Self::up(opts).unwrap_or_else(|e| panic!("cluster up: {e:#}"))
     }
 
     /// Saves changed state (after agent restarts) so `down` sees the new pids.

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The shared wait: skiff-e2e's tests import it from here.
+pub use skiff_test_support::wait_for;
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -70,18 +73,6 @@ pub fn agent_bin() -> PathBuf {
         "target/debug/skiff-agent",
         "run the suite with `cargo xtask test`, which builds it",
     )
-}
-
-/// Waits for `condition` with a deadline, polling; panics with `what` on timeout.
-pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A running skiff-control on a loopback port and a temporary data dir; stopped on drop.

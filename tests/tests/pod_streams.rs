@@ -19,6 +19,7 @@ use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig};
 use skiff_agent::runtime::{Container, Runtime};
 use skiff_e2e::{agent_bin, wait_for, ControlPlane};
+use skiff_test_support::require_root;
 
 struct OnePod {
     container: Container,
@@ -79,10 +80,7 @@ fn busybox_layer(dir: &std::path::Path) -> PathBuf {
 
 #[test]
 fn kubectl_logs_and_exec_through_the_api_server() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root (the exec'd container)");
-        return;
-    }
+    require_root!("the exec'd container");
     let cp = ControlPlane::start();
     let dir = tempfile::tempdir().unwrap();
     let runtime = Arc::new(Runtime::with_binary(dir.path().join("agent"), agent_bin()).unwrap());

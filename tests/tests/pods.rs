@@ -11,36 +11,18 @@ use std::time::Duration;
 use serde_json::Value;
 use skiff_e2e::cluster::{self, Guard, Options};
 use skiff_e2e::kubectl::Kubectl;
-use skiff_e2e::{agent_bin, control_bin, wait_for};
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
+use skiff_e2e::wait_for;
+use skiff_test_support::require_root;
 
 fn cluster(name: &str, index: u8, nodes: usize) -> Guard {
     cluster_with(name, index, nodes, vec![])
 }
 
 fn cluster_with(name: &str, index: u8, nodes: usize, agent_args: Vec<String>) -> Guard {
-    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
-    assert!(
-        images.exists(),
-        "{} missing: run `cargo xtask images`",
-        images.display()
-    );
-    Guard::up(&Options {
-        name: name.into(),
-        index,
-        nodes,
-        dir: PathBuf::new(),
-        control_bin: control_bin(),
-        agent_bin: agent_bin(),
-        images: Some(images),
-        proxy_mode: "none".into(),
+    Guard::test(&Options {
         agent_args,
-        control_args: vec![],
+        ..Options::test(name, index, nodes)
     })
-    .unwrap_or_else(|e| panic!("cluster up: {e:#}"))
 }
 
 /// A container's current log file on its node.
@@ -70,10 +52,7 @@ fn pod_ip(pod: &Value) -> String {
 
 #[test]
 fn pods_on_two_nodes_reach_each_other_without_nat() {
-    if !is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
+    require_root!("network namespaces, containers");
     let c = cluster("tpnet", 201, 2);
     let k = Kubectl(c.state.kubeconfig.clone());
     k.apply(
@@ -132,10 +111,7 @@ fn pods_on_two_nodes_reach_each_other_without_nat() {
 
 #[test]
 fn pod_lifecycle_probes_limits_and_clean_deletion() {
-    if !is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
+    require_root!("network namespaces, containers");
     let c = cluster("tplife", 202, 1);
     let k = Kubectl(c.state.kubeconfig.clone());
     let root = c.state.nodes[0].root_dir.clone();
@@ -325,10 +301,7 @@ spec:
 
 #[test]
 fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
-    if !is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
+    require_root!("network namespaces, containers");
     let mut c = cluster("tpadop", 203, 1);
     let k = Kubectl(c.state.kubeconfig.clone());
     let root = c.state.nodes[0].root_dir.clone();
@@ -394,10 +367,7 @@ fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
 
 #[test]
 fn static_pods_run_and_are_mirrored_into_the_api() {
-    if !is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
+    require_root!("network namespaces, containers");
     let manifests = tempfile::tempdir().unwrap();
     let manifest = manifests.path().join("web.yaml");
     std::fs::write(

@@ -3,19 +3,13 @@
 //! EndpointSlices written with the real kubectl reach the datapath.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
+use skiff_agent::proxy::ebpf::sys;
 use skiff_e2e::{agent_bin, in_netns, wait_for, ControlPlane};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+use skiff_test_support::netns::{remove_dir_within, spawn_ready, Netns};
+use skiff_test_support::require_root;
 
 const SERVER: &str = r#"
 import socket, sys
@@ -42,88 +36,51 @@ const BACKENDS: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
 
 /// The test's network namespace and the processes in it; all removed on drop.
 struct Node {
-    name: String,
     children: Vec<Child>,
     /// A cgroup2 directory the client runs in (the eBPF mode's socket LB attaches there).
     cgroup: std::path::PathBuf,
-}
-
-fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let f: Vec<&str> = pre.split_whitespace().collect();
-            (post.starts_with("cgroup2 ") && f.get(3) == Some(&"/")).then(|| f[4].into())
-        })
-        .expect("a cgroup2 mount")
+    /// Deleted after Drop stopped the processes in it.
+    netns: Netns,
 }
 
 impl Node {
     fn new(tag: &str) -> Self {
-        let name = format!("skiff-e2e-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let cgroup = cgroup2_root().join(&name);
+        let netns = Netns::new(format!("skiff-e2e-{tag}-{}", std::process::id()));
+        let cgroup = sys::cgroup2_root()
+            .expect("a cgroup2 mount")
+            .join(netns.name());
         std::fs::create_dir_all(&cgroup).unwrap();
-        let node = Self {
-            name,
-            children: Vec::new(),
-            cgroup,
-        };
-        assert!(Command::new("ip")
-            .args(["netns", "add", &node.name])
-            .status()
-            .unwrap()
-            .success());
         // Like a node: an uplink with an address and a default route (a veth whose peer stays in
         // the namespace, so nothing leaves it). The agent routes the service range away from it.
+        netns.loopback_up();
+        netns
+            .add_veth("uplink0", "uplink0-peer", netns.name())
+            .unwrap();
         for args in [
-            ["link", "set", "lo", "up"].as_slice(),
-            &[
-                "link",
-                "add",
-                "uplink0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "uplink0-peer",
-            ],
-            &["link", "set", "uplink0", "up"],
+            ["link", "set", "uplink0", "up"].as_slice(),
             &["link", "set", "uplink0-peer", "up"],
             &["addr", "add", "192.0.2.1/24", "dev", "uplink0"],
             &["route", "add", "default", "via", "192.0.2.254"],
         ] {
-            assert!(Command::new("ip")
-                .args(["netns", "exec", &node.name, "ip"])
-                .args(args)
-                .status()
-                .unwrap()
-                .success());
+            netns.ip(args);
         }
-        node
+        Self {
+            children: Vec::new(),
+            cgroup,
+            netns,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.netns.name()
     }
 
     fn pin_dir(&self) -> String {
-        format!("/sys/fs/bpf/{}", self.name)
+        format!("/sys/fs/bpf/{}", self.name())
     }
 
     fn backend(&mut self, ip: &str) {
-        let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, "python3", "-c", SERVER, ip, "8080",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let child = spawn_ready(self.netns.exec("python3").args(["-c", SERVER, ip, "8080"]));
         self.children.push(child);
     }
 
@@ -132,7 +89,7 @@ impl Node {
         let script = format!(
             "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c \"$0\" 10.96.0.10 80 {n}",
             self.cgroup.display(),
-            self.name
+            self.name()
         );
         let out = Command::new("sh")
             .args(["-c", &script, CLIENT])
@@ -154,22 +111,15 @@ impl Drop for Node {
                 .status();
             let _ = c.wait();
         }
-        let _ = in_netns(Some(&self.name), &agent_bin())
+        let _ = in_netns(Some(self.name()), &agent_bin())
             .arg("cleanup")
             .arg("--pin-dir")
             .arg(self.pin_dir())
             .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
         let _ = std::fs::remove_dir(self.pin_dir());
         // A cgroup stays busy for a moment after its last process exited.
-        let cgroup = self.cgroup.clone();
-        wait_for(
-            "the test cgroup to be removable",
-            Duration::from_secs(10),
-            || std::fs::remove_dir(&cgroup).is_ok() || !cgroup.exists(),
-        );
+        remove_dir_within(&self.cgroup, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the test cgroup to be removable: {e}"));
     }
 }
 
@@ -191,21 +141,16 @@ const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"n
     "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}"#;
 
 fn proxy_follows_the_api(mode: &str) {
-    if !is_root() {
-        eprintln!(
-            "SKIPPING the {mode} service proxy end-to-end test: needs root (network namespaces)"
-        );
-        return;
-    }
+    require_root!("network namespaces");
     let mut node = Node::new(mode);
     for b in BACKENDS {
         node.backend(b);
     }
-    let cp = ControlPlane::start_in_netns(&node.name);
+    let cp = ControlPlane::start_in_netns(node.name());
     cp.kubectl_stdin(&["apply", "-f", "-"], Some(SERVICE));
     cp.kubectl_stdin(&["apply", "-f", "-"], Some(&slice(&BACKENDS)));
     let log = std::fs::File::create(cp.dir.path().join("agent.log")).unwrap();
-    let agent = in_netns(Some(&node.name), &agent_bin())
+    let agent = in_netns(Some(node.name()), &agent_bin())
         .args(["--kubeconfig"])
         .arg(&cp.kubeconfig)
         .args(["--node-name", "node-1", "--root-dir"])
@@ -254,7 +199,7 @@ fn proxy_follows_the_api(mode: &str) {
 
     // The service range ends at the agent's dead-end device, not at the default route.
     let route = Command::new("ip")
-        .args(["-n", &node.name, "-o", "route", "get", "10.96.0.10"])
+        .args(["-n", node.name(), "-o", "route", "get", "10.96.0.10"])
         .output()
         .unwrap();
     let route = String::from_utf8_lossy(&route.stdout);

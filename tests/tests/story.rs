@@ -6,13 +6,13 @@
 //! events that tell it. Needs root.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use skiff_e2e::cluster::{self, Guard, Options};
 use skiff_e2e::kubectl::Kubectl;
-use skiff_e2e::{agent_bin, control_bin, wait_for};
+use skiff_e2e::wait_for;
+use skiff_test_support::require_root;
 
 /// Queries of the story's Deployment and Service.
 trait StoryQueries {
@@ -151,19 +151,8 @@ fn assert_rollout_without_failed_requests(
 
 #[test]
 fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers, BPF)");
-        return;
-    }
-    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
-    let mut c = Guard::up(&Options {
-        name: "tstory".into(),
-        index: 210,
-        nodes: 3,
-        dir: PathBuf::new(),
-        control_bin: control_bin(),
-        agent_bin: agent_bin(),
-        images: Some(images),
+    require_root!("network namespaces, containers, BPF");
+    let mut c = Guard::test(&Options {
         proxy_mode: "ebpf".into(),
         agent_args: vec![
             // Heartbeats often enough that a lost node shows within seconds.
@@ -178,8 +167,8 @@ fn deployment_behind_a_service_scales_rolls_and_survives_pod_and_node_loss() {
             "--default-not-ready-toleration-seconds".into(),
             "5".into(),
         ],
-    })
-    .unwrap_or_else(|e| panic!("cluster up: {e:#}"));
+        ..Options::test("tstory", 210, 3)
+    });
     let k = Kubectl(c.state.kubeconfig.clone());
 
     // A Deployment of three, spread over the three nodes.

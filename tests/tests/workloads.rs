@@ -3,33 +3,17 @@
 //! rolls back, and deleting it (or a ReplicaSet with --cascade=orphan) does what kubectl users
 //! expect. Needs root.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_e2e::cluster::{Guard, Options};
 use skiff_e2e::kubectl::Kubectl;
-use skiff_e2e::{agent_bin, control_bin, wait_for};
+use skiff_e2e::wait_for;
+use skiff_test_support::require_root;
 
 #[test]
 fn kubectl_rollout_status_history_undo_and_cascading_delete() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
-    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
-    let c = Guard::up(&Options {
-        name: "twork".into(),
-        index: 211,
-        nodes: 1,
-        dir: PathBuf::new(),
-        control_bin: control_bin(),
-        agent_bin: agent_bin(),
-        images: Some(images),
-        proxy_mode: "none".into(),
-        agent_args: vec![],
-        control_args: vec![],
-    })
-    .unwrap_or_else(|e| panic!("cluster up: {e:#}"));
+    require_root!("network namespaces, containers");
+    let c = Guard::test(&Options::test("twork", 211, 1));
     let k = Kubectl(c.state.kubeconfig.clone());
 
     k.run(&[
@@ -161,24 +145,8 @@ spec:
 /// one pod on each node, and a StatefulSet makes its pods in order with stable names.
 #[test]
 fn jobs_cronjobs_daemonsets_and_statefulsets_run_real_pods() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPING: needs root (network namespaces, containers)");
-        return;
-    }
-    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images");
-    let c = Guard::up(&Options {
-        name: "tbatch".into(),
-        index: 212,
-        nodes: 2,
-        dir: PathBuf::new(),
-        control_bin: control_bin(),
-        agent_bin: agent_bin(),
-        images: Some(images),
-        proxy_mode: "none".into(),
-        agent_args: vec![],
-        control_args: vec![],
-    })
-    .unwrap_or_else(|e| panic!("cluster up: {e:#}"));
+    require_root!("network namespaces, containers");
+    let c = Guard::test(&Options::test("tbatch", 212, 2));
     let k = Kubectl(c.state.kubeconfig.clone());
 
     // The CronJob first: its first run is at the next minute, which the rest of the test

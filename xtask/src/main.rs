@@ -9,6 +9,7 @@ mod deploy;
 mod ebpf;
 mod images;
 mod setup;
+mod test;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -44,9 +45,15 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
-    /// Run the whole test suite (unit, component, end-to-end with the real kubectl).
+    /// Check formatting (rustfmt) and lints (clippy, warnings denied), as CI does first.
+    Lint,
+    /// Run the lint gates, then the whole test suite tier by tier (unit, component,
+    /// privileged, end-to-end with the real kubectl); or, with --tier, one tier only.
     Test {
-        /// Extra arguments passed to `cargo test`.
+        /// Run only this tier (without the lint gates).
+        #[arg(long, value_enum)]
+        tier: Option<test::Tier>,
+        /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -91,7 +98,8 @@ fn main() -> anyhow::Result<()> {
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
         Command::Cluster { command } => cluster::run(command),
-        Command::Test { args } => test(&args),
+        Command::Lint => test::lint(),
+        Command::Test { tier, args } => test::run(tier, &args),
         Command::Bench {
             which: Bench::Api(args),
         } => bench_api::run(args),
@@ -105,30 +113,6 @@ fn main() -> anyhow::Result<()> {
             which: Bench::Scheduler(args),
         } => bench_scheduler::run(args),
     }
-}
-
-/// Builds the binaries the end-to-end tests start, then runs every test in the workspace.
-fn test(extra: &[String]) -> anyhow::Result<()> {
-    setup::run()?;
-    // The agent embeds the eBPF object at build time, so it must exist before `cargo test`.
-    ebpf::build()?;
-    images::build()?;
-    util::cargo(&["build", "-p", "skiff-control", "-p", "skiff-agent"])?;
-    let root = util::root();
-    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(extra.iter().cloned());
-    let status = std::process::Command::new(util::cargo_bin())
-        .args(&args)
-        .current_dir(&root)
-        .env("SKIFF_CONTROL_BIN", root.join("target/debug/skiff-control"))
-        .env("SKIFF_AGENT_BIN", root.join("target/debug/skiff-agent"))
-        .env("SKIFF_KUBECTL", setup::kubectl_path())
-        .status()?;
-    anyhow::ensure!(status.success(), "tests failed");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -177,6 +161,24 @@ mod tests {
         assert!(err(&["deploy", "--hosts=-oProxyCommand=x"]).contains("starts with '-'"));
         assert!(err(&["deploy", "--control-host", "a"]).contains("--hosts"));
         assert!(err(&["deploy", "--hosts", "a", "--no-agent"]).contains("cannot be used"));
+    }
+
+    #[test]
+    fn test_tier_and_extra_arguments() {
+        let Command::Test { tier, args } =
+            parse(&["test", "--tier", "component", "--", "--test", "api"]).unwrap()
+        else {
+            panic!("not test")
+        };
+        assert_eq!(tier, Some(test::Tier::Component));
+        assert_eq!(args, ["--test", "api"]);
+        let Command::Test { tier, args } = parse(&["test", "--", "--", "--nocapture"]).unwrap()
+        else {
+            panic!("not test")
+        };
+        assert_eq!(tier, None);
+        assert_eq!(args, ["--", "--nocapture"]);
+        assert!(parse(&["test", "--tier", "slow"]).is_err());
     }
 
     #[test]

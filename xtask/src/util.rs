@@ -25,9 +25,31 @@ pub fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// A cargo command in the workspace root, without the variables `cargo run` gave xtask itself
+/// (`CARGO_MANIFEST_DIR=.../xtask`, `CARGO_PKG_NAME=xtask`, ...): build scripts such as ring's
+/// say `rerun-if-env-changed` for them, so a cargo started with them rebuilt ring and all that
+/// depends on it whenever the previous build came from a plain shell, and the other way round.
+pub fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Runs cargo with `args` in the workspace root.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    run(Command::new(cargo_bin()).args(args).current_dir(root()))
+    run(cargo_command().args(args))
 }
 
 /// Runs a command, failing with its command line when it fails.

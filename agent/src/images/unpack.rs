@@ -286,6 +286,7 @@ fn remove_existing(path: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_test_support::is_root;
     use std::os::unix::fs::FileTypeExt;
 
     fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
@@ -328,11 +329,6 @@ mod tests {
 
     fn opts() -> UnpackOptions {
         UnpackOptions { ownership: false }
-    }
-
-    fn is_root() -> bool {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
     }
 
     #[test]

@@ -23,10 +23,11 @@ const EMPTY_PORT: u16 = 30082;
 
 /// The node, client and remote namespaces.
 struct NodePortLab {
-    lab: Lab,
-    client_ns: String,
-    remote_ns: String,
     remote_backend: Option<Child>,
+    // Fields drop in order: the client and remote namespaces go before the node's (the lab's).
+    client_ns: Netns,
+    remote_ns: Netns,
+    lab: Lab,
 }
 
 impl Drop for NodePortLab {
@@ -34,23 +35,7 @@ impl Drop for NodePortLab {
         if let Some(c) = &mut self.remote_backend {
             kill(c);
         }
-        for ns in [&self.client_ns, &self.remote_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
-}
-
-/// Runs `f` on a thread inside network namespace `netns` (setns moves only that thread).
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(Path::new("/run/netns").join(netns)).expect("netns");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
 }
 
 impl NodePortLab {
@@ -59,47 +44,25 @@ impl NodePortLab {
         for n in 1..=3 {
             lab.start_backend(n);
         }
-        let node = lab.netns.clone();
-        let np = Self {
-            client_ns: format!("{node}-c"),
-            remote_ns: format!("{node}-r"),
-            lab,
-            remote_backend: None,
-        };
-        for (ns, ext, node_ip, peer_ip) in [
-            (&np.client_ns, "ext0", NODE_EXT, CLIENT),
-            (&np.remote_ns, "ext1", NODE_TO_REMOTE, REMOTE),
-        ] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&[
-                "-n", &node, "link", "add", ext, "type", "veth", "peer", "name", "eth0", "netns",
-                ns,
-            ]);
-            ip(&[
-                "-n",
+        let node = lab.netns.name().to_owned();
+        let link = |ns: &str, ext: &str, node_ip: Ipv4Addr, peer_ip: Ipv4Addr| {
+            Netns::linked_to(
+                format!("{node}-{ns}"),
                 &node,
-                "addr",
-                "add",
-                &format!("{node_ip}/24"),
-                "dev",
                 ext,
-            ]);
-            ip(&["-n", &node, "link", "set", ext, "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
+                &format!("{node_ip}/24"),
                 &format!("{peer_ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        }
+            )
+        };
+        let np = Self {
+            remote_backend: None,
+            client_ns: link("c", "ext0", NODE_EXT, CLIENT),
+            remote_ns: link("r", "ext1", NODE_TO_REMOTE, REMOTE),
+            lab,
+        };
         // The node forwards (to the remote node); the client and the remote have only their
         // own subnet, so nothing can leave the lab.
-        in_netns(&node, || {
+        np.lab.netns.enter(|| {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding")
         });
         np
@@ -110,7 +73,10 @@ impl NodePortLab {
     fn datapath(&self) -> EbpfDatapath {
         let mut config = self.lab.config();
         config.nodeport_interfaces = vec!["ext0".into(), "ext1".into()];
-        in_netns(&self.lab.netns, || EbpfDatapath::start(config)).expect("start the datapath")
+        self.lab
+            .netns
+            .enter(|| EbpfDatapath::start(config))
+            .expect("start the datapath")
     }
 
     fn start_remote_backend(&mut self) {
@@ -118,7 +84,7 @@ impl NodePortLab {
         let (child, _, _) = spawn_helper(&[
             "serve",
             "--netns",
-            &self.remote_ns,
+            self.remote_ns.name(),
             "--id",
             "remote",
             "--addr",
@@ -129,7 +95,7 @@ impl NodePortLab {
 
     /// A client in the client namespace, in no test cgroup: the socket programs never see it.
     fn client(&self) -> Client {
-        let (child, stdin, lines) = spawn_helper(&["client", "--netns", &self.client_ns]);
+        let (child, stdin, lines) = spawn_helper(&["client", "--netns", self.client_ns.name()]);
         Client {
             child,
             stdin,
@@ -357,7 +323,7 @@ pub fn packet_level() {
     ))
     .unwrap();
 
-    let node = np.lab.netns.clone();
+    let node = np.lab.netns.name().to_owned();
     let pin_dir = np.lab.pin_dir.clone();
     in_netns(&node, move || {
         // A second copy of the programs over the same pinned maps, to run by hand.

@@ -40,8 +40,11 @@ pub struct Recorder {
     client: Client,
     component: String,
     /// (namespace, uid, reason, message) -> (event name, count) of events this process wrote.
-    seen: Arc<Mutex<HashMap<(String, String, String, String), (String, i32)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
+
+/// (namespace, uid, reason, message) -> (event name, count).
+type Seen = HashMap<(String, String, String, String), (String, i32)>;
 
 impl Recorder {
     /// A recorder writing as `component`.

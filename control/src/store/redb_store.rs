@@ -236,13 +236,16 @@ fn writer_loop(shared: &Shared, queue: mpsc::Receiver<WriteRequest>) {
     }
 }
 
+/// A write's result and where its caller waits for it.
+type Outcome = (
+    mpsc::SyncSender<Result<Value, StoreError>>,
+    Result<Value, StoreError>,
+);
+
 fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
     let base = shared.revision.load(Ordering::SeqCst);
     let mut revision = base;
-    let mut outcomes: Vec<(
-        mpsc::SyncSender<Result<Value, StoreError>>,
-        Result<Value, StoreError>,
-    )> = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut events = Vec::new();
     let committed = (|| -> Result<(), StoreError> {
         let txn = shared.db.begin_write()?;

@@ -7,14 +7,16 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
+use kube::api::ListParams;
 use serde_json::Value;
 use skiff_control::apiserver::{app, ApiState};
+use skiff_control::controllers::Context;
 use skiff_control::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -127,27 +129,60 @@ impl Api {
     }
 }
 
-/// Waits until `check` returns Some, or fails after `limit`.
-pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
+/// The controller tests' cluster: [`api_with_namespaces`] and a client of it; the tests start
+/// the controllers they exercise with [`Cluster::context`]. Dropping it stops them all.
+pub struct Cluster {
+    pub client: kube::Client,
+    pub shutdown: CancellationToken,
+    /// The API server (and its store's tempdir), alive as long as the cluster.
+    _api: Api,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let shutdown = CancellationToken::new();
+        let api = api_with_namespaces(shutdown.clone()).await;
+        Self {
+            client: api.client(),
+            shutdown,
+            _api: api,
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// The context controllers run in: this cluster's client, stopped with it.
+    pub fn context(&self) -> Context {
+        Context {
+            client: self.client.clone(),
+            shutdown: self.shutdown.clone(),
+        }
     }
 }
 
-/// [`eventually_within`] 20 s.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    eventually_within(Duration::from_secs(20), what, check).await
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The store's revision (a list's resourceVersion is the latest one).
+pub async fn revision(client: &kube::Client) -> String {
+    let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    ns.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
+/// Once converged the controllers must stop writing: no status or slice update loops. An
+/// observation window, not a synchronisation: any write during it fails the test.
+pub async fn assert_quiet(client: &kube::Client) {
+    let before = revision(client).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        before,
+        revision(client).await,
+        "controllers kept writing after converging"
+    );
 }

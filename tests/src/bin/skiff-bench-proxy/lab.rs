@@ -29,25 +29,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use skiff_agent::proxy::ebpf::{self, sys};
+use skiff_test_support::netns::{self, try_ip, Netns};
 
 use crate::{backend_ip, BACKENDS, BACKEND_PORT};
 
 const PREFIX: &str = "skb-";
-
-/// Runs `ip args`; fails with its error output.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running `ip` (iproute2; `cargo xtask setup` installs it)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
 
 /// Runs `sysctl -qw settings...` inside a namespace (nsenter keeps /sys and /proc as they are,
 /// unlike `ip netns exec`, and /proc/sys/net shows the entered namespace).
@@ -67,52 +53,23 @@ fn sysctl(netns: &str, settings: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a process runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// Removes labs of earlier runs that were killed (names carry the pid of their run).
 pub fn sweep_stale() {
-    let stale = |name: &str| -> bool {
-        name.strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && !alive(pid))
-    };
-    let names = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| stale(n))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for name in names(Path::new(sys::BPFFS)) {
-        eprintln!("bench: removing stale pins {name}");
-        let _ = ebpf::cleanup(&Path::new(sys::BPFFS).join(name));
-    }
-    if let Ok(root) = sys::cgroup2_root() {
-        for name in names(&root) {
-            eprintln!("bench: removing stale cgroup {name}");
-            let _ = std::fs::remove_dir(root.join(name));
-        }
-    }
-    for name in names(Path::new("/run/netns")) {
-        eprintln!("bench: removing stale netns {name}");
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
+    netns::sweep_stale(
+        PREFIX,
+        sys::cgroup2_root().ok().as_deref(),
+        Path::new(sys::BPFFS),
+        &|pins| {
+            let _ = ebpf::cleanup(pins);
+        },
+    );
 }
 
 /// The lab; everything in it is removed on drop.
 pub struct Lab {
     tag: String,
-    backend_ns: String,
+    /// Deleted last (a field), after Drop removed the client namespaces linked to it.
+    backend_ns: Netns,
     /// The client namespaces that exist (by index).
     clients: usize,
     /// The cgroup2 directory the eBPF programs attach to.
@@ -136,9 +93,10 @@ impl Lab {
     pub fn new() -> anyhow::Result<Self> {
         let tag = format!("{PREFIX}{}", std::process::id());
         let root = sys::cgroup2_root().context("finding the cgroup2 mount")?;
-        // The guard exists before anything is created, so a failure below removes what exists.
+        // The guard exists before anything else is created, so a failure below removes what
+        // exists.
         let mut lab = Self {
-            backend_ns: format!("{tag}-be"),
+            backend_ns: Netns::create(format!("{tag}-be"))?,
             clients: 0,
             cgroup: root.join(&tag),
             plain_cgroup: root.join(format!("{tag}-plain")),
@@ -149,11 +107,10 @@ impl Lab {
             children: Vec::new(),
             tag,
         };
-        let be = lab.backend_ns.clone();
-        ip(&["netns", "add", &be])?;
-        ip(&["-n", &be, "link", "set", "lo", "up"])?;
+        let be = lab.backend_ns.name().to_owned();
+        try_ip(&["-n", &be, "link", "set", "lo", "up"])?;
         for b in 1..=BACKENDS {
-            ip(&[
+            try_ip(&[
                 "-n",
                 &be,
                 "addr",
@@ -204,7 +161,7 @@ impl Lab {
         // nsenter execs the server, so it is this (main) thread's child and its parent-death
         // signal fires if the benchmark dies.
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.backend_ns))
+            .arg(format!("--net={}", self.backend_ns.path().display()))
             .arg("--")
             .arg(exe)
             .args(["serve", "--addrs", &addrs.join(",")])
@@ -246,22 +203,22 @@ impl Lab {
     }
 
     fn add_client(&mut self, k: usize) -> anyhow::Result<()> {
-        let (cl, be) = (self.client_ns(k), self.backend_ns.clone());
+        let (cl, be) = (self.client_ns(k), self.backend_ns.name().to_owned());
         let (vc, vb) = (format!("{}-c{k}", self.tag), format!("{}-b{k}", self.tag));
         let net = k + 1;
         let (addr, gw) = (format!("10.244.{net}.1"), format!("10.244.{net}.254"));
-        ip(&["netns", "add", &cl])?;
+        try_ip(&["netns", "add", &cl])?;
         self.clients = k + 1;
-        ip(&["-n", &cl, "link", "set", "lo", "up"])?;
-        ip(&[
+        try_ip(&["-n", &cl, "link", "set", "lo", "up"])?;
+        try_ip(&[
             "link", "add", &vc, "netns", &cl, "type", "veth", "peer", "name", &vb, "netns", &be,
         ])?;
-        ip(&["-n", &cl, "addr", "add", &format!("{addr}/24"), "dev", &vc])?;
-        ip(&["-n", &be, "addr", "add", &format!("{gw}/24"), "dev", &vb])?;
-        ip(&["-n", &cl, "link", "set", &vc, "up"])?;
-        ip(&["-n", &be, "link", "set", &vb, "up"])?;
-        ip(&["-n", &cl, "route", "add", "10.244.0.0/24", "via", &gw])?;
-        ip(&[
+        try_ip(&["-n", &cl, "addr", "add", &format!("{addr}/24"), "dev", &vc])?;
+        try_ip(&["-n", &be, "addr", "add", &format!("{gw}/24"), "dev", &vb])?;
+        try_ip(&["-n", &cl, "link", "set", &vc, "up"])?;
+        try_ip(&["-n", &be, "link", "set", &vb, "up"])?;
+        try_ip(&["-n", &cl, "route", "add", "10.244.0.0/24", "via", &gw])?;
+        try_ip(&[
             "-n",
             &cl,
             "route",
@@ -299,7 +256,7 @@ impl Lab {
             let _ = Command::new("ip")
                 .args([
                     "-n",
-                    &self.backend_ns,
+                    self.backend_ns.name(),
                     "link",
                     "del",
                     &format!("{}-b{k}", self.tag),
@@ -365,22 +322,11 @@ impl Drop for Lab {
             }
         }
         // A cgroup stays busy for a moment after its last process left.
-        let deadline = Instant::now() + Duration::from_secs(5);
         for dir in [&self.cgroup, &self.plain_cgroup] {
-            while dir.exists() {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if Instant::now() > deadline => {
-                        eprintln!("bench: removing {}: {e}", dir.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
+            if let Err(e) = netns::remove_dir_within(dir, Duration::from_secs(5)) {
+                eprintln!("bench: {e}");
             }
         }
         self.remove_clients();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.backend_ns])
-            .status();
     }
 }

@@ -296,7 +296,7 @@ fn handle_signals() -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        nix::unistd::geteuid().is_root(),
+        skiff_test_support::is_root(),
         "the proxy benchmark needs root (network namespaces, cgroups, BPF, iptables)"
     );
     anyhow::ensure!(
