@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::controllers::{self, Context};
+use skiff_control::client::Context;
+use skiff_control::manager;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,10 +39,10 @@ async fn cluster() -> Cluster {
     let shutdown = CancellationToken::new();
     let api = common::api_with_namespaces(shutdown.clone()).await;
     let client = api.client();
-    tokio::spawn(controllers::run_all(Context {
-        client: client.clone(),
-        shutdown: shutdown.clone(),
-    }));
+    tokio::spawn(manager::run_all(Context::new(
+        client.clone(),
+        shutdown.clone(),
+    )));
     tokio::spawn(finish_deletions(client.clone(), shutdown.clone()));
     Cluster {
         client,

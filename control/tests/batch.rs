@@ -17,8 +17,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
+use skiff_control::client::Context;
+use skiff_control::controllers;
 use skiff_control::controllers::cronjob::{self, Clock};
-use skiff_control::controllers::{self, Context};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -49,10 +50,7 @@ async fn cluster() -> Cluster {
     let shutdown = CancellationToken::new();
     let api = common::api_with_namespaces(shutdown.clone()).await;
     let client = api.client();
-    let ctx = Context {
-        client: client.clone(),
-        shutdown: shutdown.clone(),
-    };
+    let ctx = Context::new(client.clone(), shutdown.clone());
     let now = Arc::new(Mutex::new(Timestamp::now()));
     let clock_now = now.clone();
     tokio::spawn(controllers::job::run(ctx.clone()));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{api, eventually};
-use skiff_control::controllers::leader;
+use skiff_control::manager::leader;
 use tokio_util::sync::CancellationToken;
 
 fn config(identity: &str) -> leader::Config {

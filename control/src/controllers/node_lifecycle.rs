@@ -17,19 +17,17 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::events::{reference, EventType, Recorder};
-use super::Context;
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::Context;
 use crate::scheduler::filter::tolerates;
 
 /// Taint of a Node whose heartbeat stopped.
@@ -413,36 +411,13 @@ impl Controller {
 /// Runs the controller until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Context, config: Config) {
     let client = ctx.client.clone();
-    let (nodes, node_writer) = reflector::store();
-    let (leases, lease_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let streams = [
-        reflector::reflector(
-            node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            lease_writer,
-            watcher(
-                Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            pod_writer,
-            watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-    ];
-    let mut all = futures::stream::select_all(streams);
+    let (nodes, leases, pods) = (
+        ctx.informers.get::<Node>().store(),
+        ctx.informers
+            .get_namespaced::<Lease>("kube-node-lease")
+            .store(),
+        ctx.informers.get::<Pod>().store(),
+    );
     let mut controller = Controller {
         config,
         nodes_api: Api::all(client.clone()),
@@ -470,7 +445,6 @@ pub async fn run(ctx: Context, config: Config) {
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            item = all.next() => if item.is_none() { return },
             _ = &mut ready, if !synced => synced = true,
             // Decide only on complete views.
             _ = tick.tick(), if synced => controller.tick().await,

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 /// How long an unmet expectation holds a key back.
 pub const EXPIRY: Duration = Duration::from_secs(30);
 
@@ -73,6 +75,53 @@ impl Expectations {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+}
+
+/// The check every reconcile that acts on a cache starts with: are the caches it reads listed
+/// (before, every child would look missing), and has the cache seen this key's own writes.
+#[derive(Default)]
+pub struct Guard {
+    caches: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// The writes each key still waits to see.
+    pub expectations: Expectations,
+}
+
+impl Guard {
+    /// A guard over no cache yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also waits for `informer`'s first list.
+    pub fn after<K: super::informers::Kind>(
+        mut self,
+        informer: &super::informers::Informer<K>,
+    ) -> Self {
+        let store = informer.store();
+        self.caches.push(Box::new(move || {
+            store.wait_until_ready().now_or_never().is_some()
+        }));
+        self
+    }
+
+    /// Whether every cache has been listed.
+    pub fn synced(&self) -> bool {
+        self.caches.iter().all(|synced| synced())
+    }
+
+    /// Whether `key` may act: the caches are listed and its writes observed. The time to wait
+    /// otherwise (`not_ready` while a cache is still listing).
+    pub fn check(
+        &self,
+        key: &str,
+        observed: &Observed,
+        not_ready: Duration,
+    ) -> Result<(), Duration> {
+        if !self.synced() {
+            return Err(not_ready);
+        }
+        self.expectations.satisfied(key, observed)
     }
 }
 
