@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-
 /// How long an unmet expectation holds a key back.
 pub const EXPIRY: Duration = Duration::from_secs(30);
 
@@ -98,30 +96,14 @@ impl Guard {
         mut self,
         informer: &super::informers::Informer<K>,
     ) -> Self {
-        let store = informer.store();
-        self.caches.push(Box::new(move || {
-            store.wait_until_ready().now_or_never().is_some()
-        }));
+        let listed = informer.listed_flag();
+        self.caches.push(Box::new(move || *listed.borrow()));
         self
     }
 
     /// Whether every cache has been listed.
     pub fn synced(&self) -> bool {
         self.caches.iter().all(|synced| synced())
-    }
-
-    /// Whether `key` may act: the caches are listed and its writes observed. The time to wait
-    /// otherwise (`not_ready` while a cache is still listing).
-    pub fn check(
-        &self,
-        key: &str,
-        observed: &Observed,
-        not_ready: Duration,
-    ) -> Result<(), Duration> {
-        if !self.synced() {
-            return Err(not_ready);
-        }
-        self.expectations.satisfied(key, observed)
     }
 }
 

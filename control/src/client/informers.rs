@@ -21,14 +21,14 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::expectations::Observed;
@@ -69,6 +69,9 @@ impl<K> Change<K> {
 pub struct Informer<K: Kind> {
     store: Store<K>,
     observed: Observed,
+    /// Set once the first list is in. Not the store's `wait_until_ready`: that wakes only the
+    /// last task to poll it (one oneshot receiver behind it), and a shared store has many.
+    listed: watch::Sender<bool>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>,
 }
 
@@ -85,7 +88,17 @@ impl<K: Kind> Informer<K> {
 
     /// Whether the first list is in the cache.
     pub fn synced(&self) -> bool {
-        self.store.wait_until_ready().now_or_never().is_some()
+        *self.listed.borrow()
+    }
+
+    /// Resolves once the first list is in the cache.
+    pub async fn listed(&self) {
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
+    }
+
+    /// A flag that turns true once the first list is in.
+    pub fn listed_flag(&self) -> watch::Receiver<bool> {
+        self.listed.subscribe()
     }
 
     /// Every change from now on; the cache's contents first if it has been listed.
@@ -165,6 +178,7 @@ impl<K: Kind> Informer<K> {
                     for obj in &all {
                         self.saw(obj);
                     }
+                    self.listed.send_replace(true);
                     self.publish(|| Change::Listed(all.clone()));
                 }
                 watcher::Event::Init | watcher::Event::InitApply(_) => {}
@@ -206,6 +220,19 @@ impl Informers {
         self.get_with(watcher::Config::default())
     }
 
+    /// The informer of every `K`, once its first list is in; `None` if the term ends first.
+    /// A controller's main kind goes through this: kube-runtime's `Controller` waits for its
+    /// store with `Store::wait_until_ready`, which wakes only the last task that polled it,
+    /// so two controllers waiting on one shared store before it is listed could hang. After
+    /// the list, the wait returns at once.
+    pub async fn listed<K: Kind>(&self) -> Option<Arc<Informer<K>>> {
+        let informer = self.get::<K>();
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            _ = informer.listed() => Some(informer),
+        }
+    }
+
     /// The informer of the `K`s `config` selects (one per distinct selector).
     pub fn get_with<K: Kind>(&self, config: watcher::Config) -> Arc<Informer<K>> {
         self.start(None, Api::all(self.client.clone()), config)
@@ -242,6 +269,7 @@ impl Informers {
         let informer = Arc::new(Informer {
             store,
             observed: Observed::default(),
+            listed: watch::Sender::new(false),
             subscribers: Mutex::default(),
         });
         started.insert(key, informer.clone());
@@ -251,11 +279,6 @@ impl Informers {
                 .drive(api, config, writer, self.shutdown.clone()),
         );
         informer
-    }
-
-    /// How many informers (API server watches) this process runs.
-    pub fn len(&self) -> usize {
-        self.started.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 

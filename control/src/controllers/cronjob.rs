@@ -80,7 +80,9 @@ pub async fn run(ctx: Context) {
 /// Runs the CronJob controller with `clock` as its time.
 pub async fn run_with_clock(ctx: Context, clock: Clock) {
     let jobs = ctx.informers.get::<Job>();
-    let cronjobs = ctx.informers.get::<CronJob>();
+    let Some(cronjobs) = ctx.informers.listed::<CronJob>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         jobs: jobs.store(),

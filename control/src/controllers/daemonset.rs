@@ -338,7 +338,9 @@ pub async fn run(ctx: Context) {
     let pods = ctx.informers.get::<Pod>();
     let nodes = ctx.informers.get::<Node>();
     let revisions = ctx.informers.get::<ControllerRevision>();
-    let sets = ctx.informers.get::<DaemonSet>();
+    let Some(sets) = ctx.informers.listed::<DaemonSet>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         guard: Guard::new().after(&pods).after(&nodes).after(&revisions),

@@ -201,7 +201,9 @@ struct State {
 /// Runs the Deployment controller until shutdown.
 pub async fn run(ctx: Context) {
     let sets = ctx.informers.get::<ReplicaSet>();
-    let deployments = ctx.informers.get::<Deployment>();
+    let Some(deployments) = ctx.informers.listed::<Deployment>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         sets: sets.store(),

@@ -105,7 +105,9 @@ struct State {
 pub async fn run(ctx: Context) {
     let pods = ctx.informers.get::<Pod>();
     let endpoints = ctx.informers.get::<Endpoints>();
-    let services = ctx.informers.get::<Service>();
+    let Some(services) = ctx.informers.listed::<Service>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         pods: pods.store(),

@@ -248,7 +248,9 @@ pub async fn run(ctx: Context) {
     let slices = ctx.informers.get_with::<EndpointSlice>(
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     );
-    let services = ctx.informers.get::<Service>();
+    let Some(services) = ctx.informers.listed::<Service>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         pods: pods.store(),

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use k8s_openapi::api::{apps, batch, coordination, core, discovery};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -57,14 +56,15 @@ struct Kind {
 /// The metadata of a cached kind, as the collector's graph needs it.
 trait Cache: Send + Sync {
     /// Every object, reduced to its metadata.
-    fn objects(&self) -> Vec<Arc<DynamicObject>>;
+    fn metadata(&self) -> Vec<Arc<DynamicObject>>;
     /// Resolves once the first list is in.
     fn ready(&self) -> futures::future::BoxFuture<'static, ()>;
 }
 
-impl<K: informers::Kind> Cache for Store<K> {
-    fn objects(&self) -> Vec<Arc<DynamicObject>> {
-        self.state()
+impl<K: informers::Kind> Cache for Arc<informers::Informer<K>> {
+    fn metadata(&self) -> Vec<Arc<DynamicObject>> {
+        self.store()
+            .state()
             .iter()
             .map(|o| {
                 Arc::new(DynamicObject {
@@ -77,10 +77,8 @@ impl<K: informers::Kind> Cache for Store<K> {
     }
 
     fn ready(&self) -> futures::future::BoxFuture<'static, ()> {
-        let store = self.clone();
-        Box::pin(async move {
-            let _ = store.wait_until_ready().await;
-        })
+        let informer = self.clone();
+        Box::pin(async move { informer.listed().await })
     }
 }
 
@@ -100,7 +98,7 @@ fn kind<K: informers::Kind>(
     Kind {
         resource: ApiResource::erase::<K>(&()),
         namespaced,
-        cache: Box::new(informer.store()),
+        cache: Box::new(informer),
     }
 }
 
@@ -257,7 +255,7 @@ impl Collector {
         self.kinds
             .iter()
             .enumerate()
-            .flat_map(|(i, k)| k.cache.objects().into_iter().map(move |o| (i, o)))
+            .flat_map(|(i, k)| k.cache.metadata().into_iter().map(move |o| (i, o)))
             .collect()
     }
 

@@ -71,7 +71,9 @@ struct State {
 /// Runs the Job controller until shutdown.
 pub async fn run(ctx: Context) {
     let pods = ctx.informers.get::<Pod>();
-    let jobs = ctx.informers.get::<Job>();
+    let Some(jobs) = ctx.informers.listed::<Job>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         pods: pods.store(),

@@ -411,12 +411,15 @@ impl Controller {
 /// Runs the controller until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Context, config: Config) {
     let client = ctx.client.clone();
+    let (node_informer, lease_informer, pod_informer) = (
+        ctx.informers.get::<Node>(),
+        ctx.informers.get_namespaced::<Lease>("kube-node-lease"),
+        ctx.informers.get::<Pod>(),
+    );
     let (nodes, leases, pods) = (
-        ctx.informers.get::<Node>().store(),
-        ctx.informers
-            .get_namespaced::<Lease>("kube-node-lease")
-            .store(),
-        ctx.informers.get::<Pod>().store(),
+        node_informer.store(),
+        lease_informer.store(),
+        pod_informer.store(),
     );
     let mut controller = Controller {
         config,
@@ -434,10 +437,10 @@ pub async fn run(ctx: Context, config: Config) {
     let mut tick = tokio::time::interval(config.monitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ready = async {
-        let _ = tokio::join!(
-            nodes.wait_until_ready(),
-            leases.wait_until_ready(),
-            pods.wait_until_ready()
+        tokio::join!(
+            node_informer.listed(),
+            lease_informer.listed(),
+            pod_informer.listed()
         );
     };
     tokio::pin!(ready);

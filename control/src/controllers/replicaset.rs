@@ -117,7 +117,9 @@ pub async fn run(ctx: Context) {
 /// Runs the controller for the kind `K` until shutdown.
 pub async fn run_for<K: ReplicaOwner>(ctx: Context) {
     let pods = ctx.informers.get::<Pod>();
-    let sets = ctx.informers.get::<K>();
+    let Some(sets) = ctx.informers.listed::<K>().await else {
+        return;
+    };
     let owners = sets.store();
     let state = Arc::new(State {
         client: ctx.client.clone(),

@@ -264,7 +264,9 @@ struct State {
 pub async fn run(ctx: Context) {
     let pods = ctx.informers.get::<Pod>();
     let revisions = ctx.informers.get::<ControllerRevision>();
-    let sets = ctx.informers.get::<StatefulSet>();
+    let Some(sets) = ctx.informers.listed::<StatefulSet>().await else {
+        return;
+    };
     let state = Arc::new(State {
         client: ctx.client.clone(),
         guard: Guard::new().after(&pods).after(&revisions),
