@@ -34,13 +34,16 @@ impl EventType {
     }
 }
 
+/// What folds repeats into one Event: (namespace, uid, reason, message).
+type Correlation = (String, String, String, String);
+
 /// Writes Events on behalf of one component (`deployment-controller`, `default-scheduler`, ...).
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     /// (namespace, uid, reason, message) -> (event name, count) of events this process wrote.
-    seen: Arc<Mutex<HashMap<(String, String, String, String), (String, i32)>>>,
+    seen: Arc<Mutex<HashMap<Correlation, (String, i32)>>>,
 }
 
 impl Recorder {
