@@ -2,7 +2,10 @@
 //! embedded redb store, and the controllers that run beside it.
 
 pub mod apiserver;
+pub mod client;
 pub mod controllers;
+pub mod manager;
+pub mod memory;
 pub mod pki;
 pub mod scheduler;
 pub mod server;

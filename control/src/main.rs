@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skiff_control::apiserver::service_alloc;
-use skiff_control::controllers::{self, leader, manager, node_lifecycle, pod_cidr};
+use skiff_control::controllers::{node_lifecycle, pod_cidr};
+use skiff_control::manager::{self, leader};
 use skiff_control::server::{self, Config};
 use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
 use tokio_util::sync::CancellationToken;
@@ -180,7 +181,11 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("building a client from {}", kubeconfig.display()))?;
         tracing::info!(identity = %settings.election.identity, "skiff-control controllers starting");
-        manager::run(controllers::Context { client, shutdown }, settings).await;
+        manager::run(
+            skiff_control::client::Context::new(client, shutdown),
+            settings,
+        )
+        .await;
         return Ok(());
     }
     let settings = args.controllers.settings()?;

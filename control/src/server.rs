@@ -31,7 +31,7 @@ pub struct Config {
     pub node_port_range: RangeInclusive<u16>,
     /// Settings of the controllers and the scheduler; `None` to run the API server alone
     /// (controllers then run as `skiff-control controllers` elsewhere).
-    pub controllers: Option<controllers::manager::Settings>,
+    pub controllers: Option<crate::manager::Settings>,
     /// tolerationSeconds of the default not-ready and unreachable tolerations of pods.
     pub default_toleration_seconds: (i64, i64),
 }
@@ -106,6 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
     }
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
+    tokio::spawn(crate::memory::trim_periodically(shutdown.clone()));
 
     let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -131,8 +132,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             match loopback_client(&kubeconfig).await {
                 Ok(client) => {
-                    let ctx = controllers::Context { client, shutdown };
-                    controllers::manager::run(ctx, settings).await
+                    let ctx = crate::client::Context::new(client, shutdown);
+                    crate::manager::run(ctx, settings).await
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "controllers cannot reach the API server");

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::controllers;
+use skiff_control::manager;
 use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ const HASH: &str = "controller-revision-hash";
 
 async fn cluster() -> Cluster {
     let c = Cluster::start().await;
-    tokio::spawn(controllers::run_all(c.context()));
+    tokio::spawn(manager::run_all(c.context()));
     tokio::spawn(finish_deletions(c.client.clone(), c.shutdown.clone()));
     c
 }

@@ -15,14 +15,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use skiff_control::controllers;
+use skiff_control::manager;
 use skiff_test_support::eventually_within;
 
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn cluster() -> Cluster {
     let c = Cluster::start().await;
-    tokio::spawn(controllers::run_all(c.context()));
+    tokio::spawn(manager::run_all(c.context()));
     c
 }
 

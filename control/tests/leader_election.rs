@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api;
-use skiff_control::controllers::leader;
+use skiff_control::manager::leader;
 use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 

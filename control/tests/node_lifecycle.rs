@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{api, Api};
 use serde_json::{json, Value};
+use skiff_control::client::Context;
 use skiff_control::controllers::node_lifecycle::{self, UNREACHABLE};
-use skiff_control::controllers::Context;
 use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
@@ -92,10 +92,7 @@ async fn stale_leases_taint_nodes_and_evict_pods() {
 
     let shutdown = CancellationToken::new();
     let controller = tokio::spawn(node_lifecycle::run(
-        Context {
-            client: a.client(),
-            shutdown: shutdown.clone(),
-        },
+        Context::new(a.client(), shutdown.clone()),
         node_lifecycle::Config {
             grace_period: Duration::from_millis(800),
             monitor_period: Duration::from_millis(100),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{api, Api};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use skiff_control::controllers::Context;
+use skiff_control::client::Context;
 use skiff_test_support::eventually;
 use tokio_util::sync::CancellationToken;
 
@@ -127,10 +127,10 @@ async fn scheduler_binds_pending_pods_and_retries_unschedulable_ones() {
         assert_eq!(code, StatusCode::CREATED, "{body}");
     }
     let shutdown = CancellationToken::new();
-    let scheduler = tokio::spawn(skiff_control::scheduler::run(Context {
-        client: a.client(),
-        shutdown: shutdown.clone(),
-    }));
+    let scheduler = tokio::spawn(skiff_control::scheduler::run(Context::new(
+        a.client(),
+        shutdown.clone(),
+    )));
     for i in 0..6 {
         a.call(Method::POST, PODS, Some(pod(&format!("web-{i}"), "1")))
             .await;

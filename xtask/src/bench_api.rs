@@ -3,7 +3,9 @@
 //! Starts a release skiff-control on a temporary store and loopback port, then measures: the
 //! floor (an unauthenticated GET /healthz over the same TLS connection pool), creates per second
 //! and create latency for N pods, get and list latency with all N stored, delivery latency of
-//! one change to W concurrent watchers, and RSS idle-empty and idle-loaded. Results go into
+//! one change to W concurrent watchers, RSS idle-empty, right after the run and after an idle
+//! minute, and the watches the API server serves, with the controllers and the scheduler
+//! running in process under leader election as in production. Results go into
 //! docs/benchmarks.md between the `bench:api` markers.
 
 use std::path::{Path, PathBuf};
@@ -174,12 +176,16 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
         anyhow::ensure!(Instant::now() < deadline, "skiff-control did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let rss_empty = util::rss_kib(pid).unwrap_or(0);
+    let load_start = loadavg();
     let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?
         .trim()
         .to_owned();
     let api = client(&server.dir, Some(&token))?;
     let base = server.url.clone();
+    // As in production: the controllers and the scheduler run in process once this instance
+    // holds the leader Lease; measure only after they hold their watches.
+    let watches_empty = wait_for_controllers(&api, &base).await?;
+    let rss_empty = util::rss_kib(pid).unwrap_or(0);
 
     // Floor: the same client and connection, a request that does no API work.
     let mut floor = Vec::new();
@@ -366,6 +372,12 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     }
     let fanout = stats(&mut fanout);
     let rss_loaded = util::rss_kib(pid).unwrap_or(0);
+    // Idle: what the process keeps once the controllers have caught up and the allocator has
+    // had time to return what the burst used.
+    tokio::time::sleep(IDLE).await;
+    let rss_idle = util::rss_kib(pid).unwrap_or(0);
+    let watches_loaded = watches(&api, &base).await?;
+    let load_end = loadavg();
     drop(server);
 
     let ms = |v: f64| format!("{v:.2}");
@@ -395,8 +407,14 @@ overhead with no API work. Ratios are p50 against the floor's p50.\n\n\
 | p99 mutating (create, {conc} concurrent) | {c99} ms | < 10 ms | {t_create} |\n\
 | p99 mutating (patch, sequential) | {u99} ms | < 10 ms | {t_patch} |\n\
 | list of {pods} pods p99 | {l99} ms | < 300 ms | {t_list} |\n\
-| RSS idle, empty store | {rss_e:.1} MB | < 40 MB | {t_rss} |\n\
-| RSS idle, {pods} pods stored | {rss_l:.1} MB | | |\n",
+| RSS idle, empty store (controllers running) | {rss_e:.1} MB | < 40 MB | {t_rss} |\n\
+| RSS right after the run, {pods} pods stored | {rss_l:.1} MB | | |\n\
+| RSS after an idle minute, {pods} pods stored | {rss_i:.1} MB | <= 200 MB | {t_idle} |\n\
+| API watches held (all kinds / pods), empty | {we_all} / {we_pods} | | |\n\
+| API watches held (all kinds / pods), after the run | {wl_all} / {wl_pods} | | |\n\n\
+The control plane ran as in production: API server, controllers and scheduler in one process, \
+leader elected; no nodes, so every pod stays Pending and the scheduler reports it unschedulable. \
+Load average (1 min) {load_start} at the start, {load_end} at the end.\n",
         date = chrono_like_now(),
         kernel = kernel.trim(),
         pods = args.pods,
@@ -419,7 +437,84 @@ overhead with no API work. Ratios are p50 against the floor's p50.\n\n\
         rss_e = rss_empty as f64 / 1024.0,
         rss_l = rss_loaded as f64 / 1024.0,
         t_rss = target((rss_empty as f64 / 1024.0) < 40.0),
+        rss_i = rss_idle as f64 / 1024.0,
+        t_idle = target((rss_idle as f64 / 1024.0) <= 200.0),
+        we_all = watches_empty.0,
+        we_pods = watches_empty.1,
+        wl_all = watches_loaded.0,
+        wl_pods = watches_loaded.1,
     ))
+}
+
+/// How long the server idles before the last RSS reading.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The watches the API server serves (all, pods) from its `/metrics`.
+async fn watches(api: &reqwest::Client, base: &str) -> anyhow::Result<(usize, usize)> {
+    let text = api
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let (mut all, mut pods) = (0, 0);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_longrunning_requests{"))
+    {
+        let n: usize = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        all += n;
+        if line.contains("resource=\"pods\"") {
+            pods += n;
+        }
+    }
+    Ok((all, pods))
+}
+
+/// Waits until the controllers lead and watch (the count stops growing), returning the count.
+async fn wait_for_controllers(api: &reqwest::Client, base: &str) -> anyhow::Result<(usize, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let lease =
+        format!("{base}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/skiff-control");
+    loop {
+        let held = match api.get(&lease).send().await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await?["spec"]
+                ["holderIdentity"]
+                .as_str()
+                .is_some_and(|h| !h.is_empty()),
+            _ => false,
+        };
+        if held {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no controller became leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut last = watches(api, base).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = watches(api, base).await?;
+        if now == last && now.1 > 0 {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the controllers did not start watching"
+        );
+        last = now;
+    }
 }
 
 pub(crate) fn chrono_like_now() -> String {

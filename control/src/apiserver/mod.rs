@@ -108,6 +108,7 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/version", get(discovery::version))
+        .route("/metrics", get(watch::metrics))
         .route("/api", get(discovery::core_versions))
         .route("/api/{version}", get(discovery::core_resources))
         .route("/apis", get(discovery::groups))

@@ -6,7 +6,7 @@
 //! stops matching is reported DELETED, as Kubernetes does.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,49 @@ use super::selectors::Filter;
 use super::table::{table, Column, IncludeObject};
 use super::ApiState;
 use crate::store::{EventKind, StoreError, StoreEvent};
+
+/// Watches being served, by group-resource, for `/metrics`.
+static ACTIVE: std::sync::Mutex<BTreeMap<String, usize>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Counts one watch in [`ACTIVE`] while it lives.
+struct Active(String);
+
+impl Active {
+    fn start(resource: String) -> Self {
+        *ACTIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(resource.clone())
+            .or_default() += 1;
+        Self(resource)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(n) = ACTIVE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.0)
+        {
+            *n -= 1;
+        }
+    }
+}
+
+/// `GET /metrics`: the open watches per resource, in Prometheus' text format under
+/// Kubernetes' name for them (`apiserver_longrunning_requests`), so a benchmark can count the
+/// watches a control plane holds.
+pub async fn metrics() -> String {
+    let active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::from("# TYPE apiserver_longrunning_requests gauge\n");
+    for (resource, n) in active.iter() {
+        out.push_str(&format!(
+            "apiserver_longrunning_requests{{verb=\"WATCH\",resource=\"{resource}\"}} {n}\n"
+        ));
+    }
+    out
+}
 
 /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
@@ -210,7 +253,9 @@ pub async fn serve(
 
     if let Some(mut watch) = watch {
         let shutdown = state.shutdown.clone();
+        let active = Active::start(def.group_resource());
         tokio::spawn(async move {
+            let _active = active;
             let send = |b: Bytes| tx.send(Ok(b));
             for object in &initial {
                 if send(encoder.line(

@@ -22,14 +22,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use skiff_k8s::cron;
 
-use super::events::{reference, EventType, Recorder};
 use super::job::finished_condition;
-use super::{ownership, Context};
+use super::machinery::ownership;
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::Context;
 
 /// The longest a CronJob sleeps between passes.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -79,25 +79,18 @@ pub async fn run(ctx: Context) {
 
 /// Runs the CronJob controller with `clock` as its time.
 pub async fn run_with_clock(ctx: Context, clock: Clock) {
-    let client = ctx.client.clone();
-    let (jobs, writer) = reflector::store::<Job>();
-    let job_events = reflector::reflector(
-        writer,
-        watcher(Api::<Job>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
+    let jobs = ctx.informers.get::<Job>();
+    let Some(cronjobs) = ctx.informers.listed::<CronJob>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client: client.clone(),
-        jobs,
+        client: ctx.client.clone(),
+        jobs: jobs.store(),
         recorder: ctx.recorder("cronjob-controller"),
         clock,
     });
-    Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
-        .watches_stream(job_events, |job| {
-            let owner = ownership::controller_of(&job.metadata)?;
-            (owner.kind == "CronJob")
-                .then(|| ObjectRef::new(&owner.name).within(&job.namespace().unwrap_or_default()))
-        })
+    Controller::for_shared_stream(cronjobs.objects(), cronjobs.store())
+        .owns_shared_stream(jobs.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

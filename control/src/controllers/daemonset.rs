@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -30,8 +30,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use skiff_k8s::affinity;
@@ -39,12 +38,15 @@ use skiff_k8s::pod as pod_state;
 use skiff_k8s::taints::tolerates;
 
 use super::deployment::scaled;
-use super::events::{reference, EventType, Recorder};
-use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
-use super::pod_control::PodControl;
+use super::machinery::pod_control::PodControl;
+use super::machinery::{claim, ownership, status};
+use super::pod_state;
 use super::replicaset::pod_from_template;
-use super::{claim, ownership, status, Context};
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::expectations::{Guard, Observed};
+use crate::client::informers::adopters;
+use crate::client::Context;
 
 const COMPONENT: &str = "daemonset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -308,63 +310,41 @@ struct State {
     revisions: Store<ControllerRevision>,
     observed: Observed,
     revisions_observed: Observed,
-    expectations: Expectations,
+    guard: Guard,
     recorder: Recorder,
 }
 
 /// Runs the DaemonSet controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
-    let observed = Observed::default();
-    let revisions_observed = Observed::default();
-    let seen = observed.clone();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |p| seen.saw(p.metadata.resource_version.as_deref()));
-    let node_events = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    let rev_seen = revisions_observed.clone();
-    let rev_events = reflector::reflector(
-        rev_writer,
-        watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |r| rev_seen.saw(r.metadata.resource_version.as_deref()));
-    let controller = Controller::new(
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let sets = controller.store();
-    let pod_sets = sets.clone();
+    let pods = ctx.informers.get::<Pod>();
+    let nodes = ctx.informers.get::<Node>();
+    let revisions = ctx.informers.get::<ControllerRevision>();
+    let Some(sets) = ctx.informers.listed::<DaemonSet>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client,
-        pods,
-        nodes,
-        revisions,
-        observed,
-        revisions_observed,
-        expectations: Expectations::default(),
+        client: ctx.client.clone(),
+        guard: Guard::new().after(&pods).after(&nodes).after(&revisions),
+        pods: pods.store(),
+        nodes: nodes.store(),
+        revisions: revisions.store(),
+        observed: pods.observed(),
+        revisions_observed: revisions.observed(),
         recorder: ctx.recorder(COMPONENT),
     });
-    controller
-        .watches_stream(pod_events, move |pod| pod_owners(&pod_sets, &pod))
-        .watches_stream(rev_events, |rev| owner_of(&rev.metadata, rev.namespace()))
+    let (owners, all) = (sets.store(), sets.store());
+    Controller::for_shared_stream(sets.objects(), sets.store())
+        .owns_shared_stream(pods.objects())
+        .watches_shared_stream(pods.objects(), move |pod| {
+            adopters(&owners, pod.as_ref(), |d: &DaemonSet, pod| {
+                Selector::try_from(d.spec.selector.clone())
+                    .is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()))
+            })
+        })
+        .owns_shared_stream(revisions.objects())
         // Any node change may change where daemon pods belong.
-        .watches_stream(node_events, move |_| {
-            sets.state()
+        .watches_shared_stream(nodes.objects(), move |_| {
+            all.state()
                 .iter()
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
@@ -375,43 +355,9 @@ pub async fn run(ctx: Context) {
         .await;
 }
 
-/// The sets a pod event concerns: its controller, or (for an orphan) every DaemonSet in its
-/// namespace whose selector matches it, which may adopt it.
-fn pod_owners(sets: &Store<DaemonSet>, pod: &Pod) -> Vec<ObjectRef<DaemonSet>> {
-    let ns = pod.namespace().unwrap_or_default();
-    if ownership::controller_of(&pod.metadata).is_some() {
-        return owner_of(&pod.metadata, Some(ns)).into_iter().collect();
-    }
-    sets.state()
-        .iter()
-        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|d| {
-            Selector::try_from(d.spec.selector.clone())
-                .is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()))
-        })
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
-}
-
-fn owner_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ns: Option<String>,
-) -> Option<ObjectRef<DaemonSet>> {
-    ownership::controller_of(meta)
-        .filter(|o| o.kind == "DaemonSet")
-        .map(|o| ObjectRef::new(&o.name).within(&ns.unwrap_or_default()))
-}
-
 fn error_policy(ds: Arc<DaemonSet>, err: &DaemonSetError, _: Arc<State>) -> Action {
     tracing::warn!(daemonset = %ds.name_any(), error = %err, "daemonset reconcile failed");
     Action::requeue(Duration::from_secs(2))
-}
-
-fn ready<K: Clone + kube::Resource + 'static>(store: &Store<K>) -> bool
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store.wait_until_ready().now_or_never().is_some()
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, state: Arc<State>) -> Result<Action, DaemonSetError> {
@@ -419,17 +365,18 @@ async fn reconcile(ds: Arc<DaemonSet>, state: Arc<State>) -> Result<Action, Daem
         return Ok(Action::await_change());
     }
     // Before the caches are filled every pod would look missing (or every node gone).
-    if !ready(&state.pods) || !ready(&state.nodes) || !ready(&state.revisions) {
+    if !state.guard.synced() {
         return Ok(Action::requeue(NOT_READY));
     }
     let ns = ds.namespace().unwrap_or_default();
     let name = ds.name_any();
     let key = format!("{ns}/{name}");
     let rev_key = format!("{key}/revisions");
-    if let Err(wait) = state.expectations.satisfied(&key, &state.observed) {
+    if let Err(wait) = state.guard.expectations.satisfied(&key, &state.observed) {
         return Ok(Action::requeue(wait));
     }
     if let Err(wait) = state
+        .guard
         .expectations
         .satisfied(&rev_key, &state.revisions_observed)
     {
@@ -461,6 +408,7 @@ async fn reconcile(ds: Arc<DaemonSet>, state: Arc<State>) -> Result<Action, Daem
     .await?;
     if synced.wrote {
         state
+            .guard
             .expectations
             .wrote(&rev_key, synced.update.metadata.resource_version.as_deref());
     }
@@ -705,7 +653,7 @@ async fn create_on(
     let mut pod = proto.clone();
     pin_to_node(pod.spec.get_or_insert_with(PodSpec::default), node);
     let control = PodControl {
-        expectations: &state.expectations,
+        expectations: &state.guard.expectations,
         key,
         recorder: &state.recorder,
         owner: obj_ref,
@@ -721,7 +669,7 @@ async fn delete_pod(
     pod: &Pod,
 ) -> Result<(), DaemonSetError> {
     let control = PodControl {
-        expectations: &state.expectations,
+        expectations: &state.guard.expectations,
         key,
         recorder: &state.recorder,
         owner: obj_ref,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -21,14 +21,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use super::events::{reference, EventType, Recorder};
-use super::expectations::{Expectations, Observed};
-use super::{ownership, Context};
+use super::machinery::ownership;
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::expectations::{Expectations, Observed};
+use crate::client::Context;
 
 /// The label (and RS name suffix) that tells a Deployment's ReplicaSets apart.
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -200,34 +200,19 @@ struct State {
 
 /// Runs the Deployment controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (sets, writer) = reflector::store::<ReplicaSet>();
-    let observed = Observed::default();
-    let seen = observed.clone();
-    let rs_events = reflector::reflector(
-        writer,
-        watcher(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |r| seen.saw(r.metadata.resource_version.as_deref()));
+    let sets = ctx.informers.get::<ReplicaSet>();
+    let Some(deployments) = ctx.informers.listed::<Deployment>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client: client.clone(),
-        sets,
-        observed,
+        client: ctx.client.clone(),
+        sets: sets.store(),
+        observed: sets.observed(),
         expectations: Expectations::default(),
         recorder: ctx.recorder("deployment-controller"),
     });
-    Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
-        .watches_stream(rs_events, |rs| {
-            let ns = rs.namespace().unwrap_or_default();
-            ownership::controller_of(&rs.metadata)
-                .filter(|o| o.kind == "Deployment")
-                .map(|o| ObjectRef::new(&o.name).within(&ns))
-        })
+    Controller::for_shared_stream(deployments.objects(), deployments.store())
+        .owns_shared_stream(sets.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

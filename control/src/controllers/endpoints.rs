@@ -18,12 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use super::endpointslice::{pod_endpoints, service_selector, PodEndpoint};
-use super::{ownership, Context};
+use super::machinery::ownership;
+use crate::client::Context;
 
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -103,34 +103,22 @@ struct State {
 
 /// Runs the Endpoints controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (endpoints, ep_writer) = reflector::store::<Endpoints>();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    let ep_events = reflector::reflector(
-        ep_writer,
-        watcher(
-            Api::<Endpoints>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let controller = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let services = controller.store();
-    let state = Arc::new(State { client, pods });
-    controller
-        .watches_stream(pod_events, move |pod| {
+    let pods = ctx.informers.get::<Pod>();
+    let endpoints = ctx.informers.get::<Endpoints>();
+    let Some(services) = ctx.informers.listed::<Service>().await else {
+        return;
+    };
+    let state = Arc::new(State {
+        client: ctx.client.clone(),
+        pods: pods.store(),
+    });
+    let ep_events = endpoints.objects();
+    let (endpoints, selecting) = (endpoints.store(), services.store());
+    Controller::for_shared_stream(services.objects(), services.store())
+        .watches_shared_stream(pods.objects(), move |pod| {
             let ns = pod.namespace().unwrap_or_default();
             let uid = pod.uid();
-            let mut out: Vec<ObjectRef<Service>> = services
+            let mut out: Vec<ObjectRef<Service>> = selecting
                 .state()
                 .iter()
                 .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
@@ -155,7 +143,7 @@ pub async fn run(ctx: Context) {
             }
             out
         })
-        .watches_stream(ep_events, |ep| {
+        .watches_shared_stream(ep_events, |ep| {
             Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())

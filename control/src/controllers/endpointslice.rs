@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -19,13 +19,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 use skiff_k8s::pod as pod_state;
 
-use super::expectations::{Expectations, Observed};
-use super::{ownership, Context};
+use super::machinery::ownership;
+use crate::client::expectations::{Expectations, Observed};
+use crate::client::Context;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -243,44 +244,26 @@ fn is_managed(slice: &EndpointSlice) -> bool {
 
 /// Runs the EndpointSlice controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let observed = Observed::default();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    let seen = observed.clone();
-    let slice_events = reflector::reflector(
-        slice_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
-        )
-        .default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |s| seen.saw(s.metadata.resource_version.as_deref()));
-    let controller = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+    let pods = ctx.informers.get::<Pod>();
+    let slices = ctx.informers.get_with::<EndpointSlice>(
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
     );
-    let services = controller.store();
-    let slices_for_map = slices.clone();
+    let Some(services) = ctx.informers.listed::<Service>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client,
-        pods,
-        slices,
-        observed,
+        client: ctx.client.clone(),
+        pods: pods.store(),
+        slices: slices.store(),
+        observed: slices.observed(),
         expectations: Expectations::default(),
     });
-    controller
-        .watches_stream(pod_events, move |pod| {
-            services_of_pod(&services, &slices_for_map, &pod)
+    let (selecting, listing) = (services.store(), slices.store());
+    Controller::for_shared_stream(services.objects(), services.store())
+        .watches_shared_stream(pods.objects(), move |pod| {
+            services_of_pod(&selecting, &listing, &pod)
         })
-        .watches_stream(slice_events, |slice| {
+        .watches_shared_stream(slices.objects(), |slice| {
             let ns = slice.namespace().unwrap_or_default();
             slice
                 .labels()

@@ -23,13 +23,11 @@ use futures::StreamExt;
 use k8s_openapi::api::{apps, batch, coordination, core, discovery};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::Context;
+use crate::client::{informers, Context};
 
 /// Finalizer of an owner whose dependents are being deleted first.
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -46,49 +44,94 @@ pub enum GarbageCollectorError {
     Kube(#[from] kube::Error),
 }
 
-/// A kind the collector watches: its API resource and whether it is namespaced.
-#[derive(Clone)]
+/// A kind the collector watches: its API resource, whether it is namespaced, and the shared
+/// informer's cache of it. The collector reads only metadata, so it borrows the typed caches
+/// the controllers keep anyway instead of holding a second, untyped copy of every object.
 struct Kind {
     resource: ApiResource,
     namespaced: bool,
+    cache: Box<dyn Cache>,
 }
 
-fn kind<K>(namespaced: bool) -> Kind
-where
-    K: kube::Resource<DynamicType = ()>,
-{
+/// The metadata of a cached kind, as the collector's graph needs it.
+trait Cache: Send + Sync {
+    /// Every object, reduced to its metadata.
+    fn metadata(&self) -> Vec<Arc<DynamicObject>>;
+    /// Resolves once the first list is in.
+    fn ready(&self) -> futures::future::BoxFuture<'static, ()>;
+}
+
+impl<K: informers::Kind> Cache for Arc<informers::Informer<K>> {
+    fn metadata(&self) -> Vec<Arc<DynamicObject>> {
+        self.store()
+            .state()
+            .iter()
+            .map(|o| {
+                Arc::new(DynamicObject {
+                    types: None,
+                    metadata: o.meta().clone(),
+                    data: serde_json::Value::Null,
+                })
+            })
+            .collect()
+    }
+
+    fn ready(&self) -> futures::future::BoxFuture<'static, ()> {
+        let informer = self.clone();
+        Box::pin(async move { informer.listed().await })
+    }
+}
+
+/// Every change of the kind rings `dirty`.
+fn kind<K: informers::Kind>(
+    ctx: &Context,
+    namespaced: bool,
+    dirty: &Arc<Notify>,
+    watches: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Kind {
+    let informer = ctx.informers.get::<K>();
+    let dirty = dirty.clone();
+    watches.push(tokio::spawn(informer.objects().for_each(move |_| {
+        dirty.notify_one();
+        async {}
+    })));
     Kind {
         resource: ApiResource::erase::<K>(&()),
         namespaced,
+        cache: Box::new(informer),
     }
 }
 
 /// The kinds that own or are owned in skiff.
-fn kinds() -> Vec<Kind> {
+fn kinds(
+    ctx: &Context,
+    dirty: &Arc<Notify>,
+    watches: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Vec<Kind> {
     vec![
-        kind::<core::v1::Pod>(true),
-        kind::<core::v1::Service>(true),
-        kind::<core::v1::Endpoints>(true),
-        kind::<core::v1::ConfigMap>(true),
-        kind::<core::v1::Secret>(true),
-        kind::<core::v1::ServiceAccount>(true),
-        kind::<core::v1::ReplicationController>(true),
-        kind::<core::v1::Node>(false),
-        kind::<apps::v1::Deployment>(true),
-        kind::<apps::v1::ReplicaSet>(true),
-        kind::<apps::v1::DaemonSet>(true),
-        kind::<apps::v1::StatefulSet>(true),
-        kind::<apps::v1::ControllerRevision>(true),
-        kind::<batch::v1::Job>(true),
-        kind::<batch::v1::CronJob>(true),
-        kind::<discovery::v1::EndpointSlice>(true),
-        kind::<coordination::v1::Lease>(true),
+        kind::<core::v1::Pod>(ctx, true, dirty, watches),
+        kind::<core::v1::Service>(ctx, true, dirty, watches),
+        kind::<core::v1::Endpoints>(ctx, true, dirty, watches),
+        kind::<core::v1::ConfigMap>(ctx, true, dirty, watches),
+        kind::<core::v1::Secret>(ctx, true, dirty, watches),
+        kind::<core::v1::ServiceAccount>(ctx, true, dirty, watches),
+        kind::<core::v1::ReplicationController>(ctx, true, dirty, watches),
+        kind::<core::v1::Node>(ctx, false, dirty, watches),
+        kind::<apps::v1::Deployment>(ctx, true, dirty, watches),
+        kind::<apps::v1::ReplicaSet>(ctx, true, dirty, watches),
+        kind::<apps::v1::DaemonSet>(ctx, true, dirty, watches),
+        kind::<apps::v1::StatefulSet>(ctx, true, dirty, watches),
+        kind::<apps::v1::ControllerRevision>(ctx, true, dirty, watches),
+        kind::<batch::v1::Job>(ctx, true, dirty, watches),
+        kind::<batch::v1::CronJob>(ctx, true, dirty, watches),
+        kind::<discovery::v1::EndpointSlice>(ctx, true, dirty, watches),
+        kind::<coordination::v1::Lease>(ctx, true, dirty, watches),
     ]
 }
 
 struct Collector {
     client: kube::Client,
-    kinds: Vec<(Kind, Store<DynamicObject>)>,
+    kinds: Vec<Kind>,
 }
 
 /// What a pass decided to do (pure, so it can be tested without an API server).
@@ -212,12 +255,12 @@ impl Collector {
         self.kinds
             .iter()
             .enumerate()
-            .flat_map(|(i, (_, store))| store.state().into_iter().map(move |o| (i, o)))
+            .flat_map(|(i, k)| k.cache.metadata().into_iter().map(move |o| (i, o)))
             .collect()
     }
 
     fn api(&self, kind: usize, ns: Option<&str>) -> Api<DynamicObject> {
-        let (k, _) = &self.kinds[kind];
+        let k = &self.kinds[kind];
         match (k.namespaced, ns) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &k.resource),
             _ => Api::all_with(self.client.clone(), &k.resource),
@@ -228,7 +271,7 @@ impl Collector {
     fn kind_of(&self, r: &OwnerReference) -> Option<usize> {
         self.kinds
             .iter()
-            .position(|(k, _)| k.resource.kind == r.kind && k.resource.api_version == r.api_version)
+            .position(|k| k.resource.kind == r.kind && k.resource.api_version == r.api_version)
     }
 
     /// Whether the owner still exists with the referenced uid (asked of the API server).
@@ -241,7 +284,7 @@ impl Collector {
             // A kind the collector does not watch: never delete on its account.
             return Ok(true);
         };
-        let ns = if self.kinds[k].0.namespaced { ns } else { None };
+        let ns = if self.kinds[k].namespaced { ns } else { None };
         match self.api(k, ns).get_opt(&r.name).await? {
             Some(o) => Ok(o.metadata.uid.as_deref() == Some(r.uid.as_str())),
             None => Ok(false),
@@ -326,7 +369,7 @@ impl Collector {
                     .cloned()
                     .collect();
                 if left.is_empty() {
-                    tracing::debug!(kind = %self.kinds[k].0.resource.kind, %name, "deleting: owners gone");
+                    tracing::debug!(kind = %self.kinds[k].resource.kind, %name, "deleting: owners gone");
                     self.delete(k, ns.as_deref(), &name, &uid, None).await
                 } else {
                     let patch = json!({"metadata": {
@@ -366,33 +409,15 @@ impl Collector {
 /// Runs the garbage collector until shutdown.
 pub async fn run(ctx: Context) {
     let dirty = Arc::new(Notify::new());
-    let mut kinds = Vec::new();
     let mut watches = Vec::new();
-    for k in self::kinds() {
-        let writer = reflector::store::Writer::<DynamicObject>::new(k.resource.clone());
-        let store = writer.as_reader();
-        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &k.resource);
-        let dirty = dirty.clone();
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .touched_objects()
-        .for_each(move |_| {
-            dirty.notify_one();
-            async {}
-        });
-        watches.push(tokio::spawn(stream));
-        kinds.push((k, store));
-    }
     let collector = Collector {
         client: ctx.client.clone(),
-        kinds,
+        kinds: kinds(&ctx, &dirty, &mut watches),
     };
-    for (_, store) in &collector.kinds {
+    for k in &collector.kinds {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            _ = store.wait_until_ready() => {}
+            _ = k.cache.ready() => {}
         }
     }
     loop {

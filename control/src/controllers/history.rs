@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use super::deployment::{normalized_template, template_hash};
-use super::ownership;
+use super::machinery::ownership;
 
 /// The label on revisions (and the pods made from them) naming the revision.
 pub const HASH_LABEL: &str = "controller-revision-hash";

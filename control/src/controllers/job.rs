@@ -24,22 +24,23 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use skiff_k8s::pod as pod_state;
 
-use super::events::{reference, EventType, Recorder};
-use super::expectations::{Expectations, Observed};
-use super::pod_control::PodControl;
-use super::{ownership, replicaset, Context};
+use super::machinery::ownership;
+use super::machinery::pod_control::PodControl;
+use super::replicaset;
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::expectations::{Expectations, Observed};
+use crate::client::Context;
 
 /// How often every Job is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -70,29 +71,19 @@ struct State {
 
 /// Runs the Job controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, writer) = reflector::store::<Pod>();
-    let observed = Observed::default();
-    let seen = observed.clone();
-    let pod_events = reflector::reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |p| seen.saw(p.metadata.resource_version.as_deref()));
+    let pods = ctx.informers.get::<Pod>();
+    let Some(jobs) = ctx.informers.listed::<Job>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client: client.clone(),
-        pods,
-        observed,
+        client: ctx.client.clone(),
+        pods: pods.store(),
+        observed: pods.observed(),
         expectations: Expectations::default(),
         recorder: ctx.recorder("job-controller"),
     });
-    Controller::new(Api::<Job>::all(client), watcher::Config::default())
-        .watches_stream(pod_events, |pod| {
-            let owner = ownership::controller_of(&pod.metadata)?;
-            (owner.kind == "Job")
-                .then(|| ObjectRef::new(&owner.name).within(&pod.namespace().unwrap_or_default()))
-        })
+    Controller::for_shared_stream(jobs.objects(), jobs.store())
+        .owns_shared_stream(pods.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

@@ -17,20 +17,18 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use skiff_k8s::taints::tolerates;
 use tokio::time::Instant;
 
-use super::events::{reference, EventType, Recorder};
-use super::Context;
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::Context;
 
 /// Taint of a Node whose heartbeat stopped.
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -410,36 +408,16 @@ impl Controller {
 /// Runs the controller until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Context, config: Config) {
     let client = ctx.client.clone();
-    let (nodes, node_writer) = reflector::store();
-    let (leases, lease_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let streams = [
-        reflector::reflector(
-            node_writer,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            lease_writer,
-            watcher(
-                Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            pod_writer,
-            watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-    ];
-    let mut all = futures::stream::select_all(streams);
+    let (node_informer, lease_informer, pod_informer) = (
+        ctx.informers.get::<Node>(),
+        ctx.informers.get_namespaced::<Lease>("kube-node-lease"),
+        ctx.informers.get::<Pod>(),
+    );
+    let (nodes, leases, pods) = (
+        node_informer.store(),
+        lease_informer.store(),
+        pod_informer.store(),
+    );
     let mut controller = Controller {
         config,
         nodes_api: Api::all(client.clone()),
@@ -456,10 +434,10 @@ pub async fn run(ctx: Context, config: Config) {
     let mut tick = tokio::time::interval(config.monitor_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ready = async {
-        let _ = tokio::join!(
-            nodes.wait_until_ready(),
-            leases.wait_until_ready(),
-            pods.wait_until_ready()
+        tokio::join!(
+            node_informer.listed(),
+            lease_informer.listed(),
+            pod_informer.listed()
         );
     };
     tokio::pin!(ready);
@@ -467,7 +445,6 @@ pub async fn run(ctx: Context, config: Config) {
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            item = all.next() => if item.is_none() { return },
             _ = &mut ready, if !synced => synced = true,
             // Decide only on complete views.
             _ = tick.tick(), if synced => controller.tick().await,

@@ -12,12 +12,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::json;
 use skiff_k8s::cidr::Ipv4Cidr;
 
-use super::events::{reference, EventType};
-use super::Context;
+use crate::client::events::{reference, EventType};
+use crate::client::informers::Change;
+use crate::client::Context;
 
 /// What the allocator hands out.
 #[derive(Debug, Clone, Copy)]
@@ -136,12 +136,9 @@ pub async fn run(ctx: Context, config: Config) {
     };
     let api: Api<Node> = Api::all(ctx.client.clone());
     let recorder = ctx.recorder("node-ipam-controller");
-    let mut events = watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut events = ctx.informers.get::<Node>().changes().boxed();
     // name -> (block, resourceVersion) of every known Node.
     let mut nodes: HashMap<String, (Option<String>, Node)> = HashMap::new();
-    let mut listing: Option<BTreeMap<String, Node>> = None;
     let mut synced = false;
     let mut resync = tokio::time::interval(Duration::from_secs(10));
     loop {
@@ -150,15 +147,12 @@ pub async fn run(ctx: Context, config: Config) {
             _ = resync.tick() => {}
             event = events.next() => match event {
                 None => return,
-                Some(Err(e)) => tracing::warn!(error = %e, "pod CIDR allocator: node watch failed"),
-                Some(Ok(watcher::Event::Init)) => listing = Some(BTreeMap::new()),
-                Some(Ok(watcher::Event::InitApply(n))) => {
-                    if let Some(name) = n.metadata.name.clone() {
-                        listing.get_or_insert_with(BTreeMap::new).insert(name, n);
-                    }
-                }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    let listed = listing.take().unwrap_or_default();
+                Some(Change::Listed(listed)) => {
+                    // In name order, as the list came, so blocks are marked deterministically.
+                    let listed: BTreeMap<String, Node> = listed
+                        .iter()
+                        .filter_map(|n| Some((n.metadata.name.clone()?, Node::clone(n))))
+                        .collect();
                     blocks.used.clear();
                     nodes.clear();
                     for (name, n) in listed {
@@ -170,16 +164,16 @@ pub async fn run(ctx: Context, config: Config) {
                     }
                     synced = true;
                 }
-                Some(Ok(watcher::Event::Apply(n))) => {
+                Some(Change::Applied(n)) => {
                     if let Some(name) = n.metadata.name.clone() {
                         let cidr = pod_cidr(&n);
                         if let Some(c) = &cidr {
                             blocks.mark(c);
                         }
-                        nodes.insert(name, (cidr, n));
+                        nodes.insert(name, (cidr, Node::clone(&n)));
                     }
                 }
-                Some(Ok(watcher::Event::Delete(n))) => {
+                Some(Change::Deleted(n)) => {
                     if let Some(name) = &n.metadata.name {
                         if let Some((Some(c), _)) = nodes.remove(name) {
                             blocks.release(&c);

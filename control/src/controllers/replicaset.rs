@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,18 +21,19 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use skiff_k8s::pod as pod_state;
 
-use super::events::{reference, EventType, Recorder};
-use super::expectations::{Expectations, Observed};
-use super::pod_control::{api_message, PodControl};
-use super::{ownership, Context};
+use super::machinery::ownership;
+use super::machinery::pod_control::{api_message, PodControl};
+use crate::client::events::{reference, EventType, Recorder};
+use crate::client::expectations::{Expectations, Observed};
+use crate::client::informers::adopters;
+use crate::client::Context;
 
 /// How often every set is looked at even without events.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -115,54 +116,30 @@ pub async fn run(ctx: Context) {
 
 /// Runs the controller for the kind `K` until shutdown.
 pub async fn run_for<K: ReplicaOwner>(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, writer) = reflector::store::<Pod>();
-    let observed = Observed::default();
-    let seen = observed.clone();
-    let pod_events = reflector::reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |p| seen.saw(p.metadata.resource_version.as_deref()));
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
-    let owners = controller.store();
+    let pods = ctx.informers.get::<Pod>();
+    let Some(sets) = ctx.informers.listed::<K>().await else {
+        return;
+    };
+    let owners = sets.store();
     let state = Arc::new(State {
-        client,
-        pods,
-        observed,
+        client: ctx.client.clone(),
+        pods: pods.store(),
+        observed: pods.observed(),
         expectations: Expectations::default(),
         recorder: ctx.recorder(K::COMPONENT),
     });
-    controller
-        .watches_stream(pod_events, move |pod| owners_of_pod::<K>(&owners, &pod))
+    Controller::for_shared_stream(sets.objects(), sets.store())
+        .owns_shared_stream(pods.objects())
+        .watches_shared_stream(pods.objects(), move |pod| {
+            adopters(&owners, pod.as_ref(), |o: &K, pod| {
+                o.spec_view()
+                    .is_ok_and(|s| !s.selector.selects_all() && s.selector.matches(pod.labels()))
+            })
+        })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile::<K>, error_policy::<K>, state)
         .for_each(|_| async {})
         .await;
-}
-
-/// The sets a pod event concerns: its controller, or (for an orphan) every set in its namespace
-/// whose selector matches it.
-fn owners_of_pod<K: ReplicaOwner>(owners: &Store<K>, pod: &Pod) -> Vec<ObjectRef<K>> {
-    let ns = pod.namespace().unwrap_or_default();
-    if let Some(owner) = ownership::controller_of(&pod.metadata) {
-        if owner.kind == K::kind(&()) {
-            return vec![ObjectRef::new(&owner.name).within(&ns)];
-        }
-        return vec![];
-    }
-    let labels = pod.labels();
-    owners
-        .state()
-        .iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|o| {
-            o.spec_view()
-                .is_ok_and(|s| !s.selector.selects_all() && s.selector.matches(labels))
-        })
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
-        .collect()
 }
 
 fn error_policy<K: ReplicaOwner>(obj: Arc<K>, err: &ReplicaSetError, _: Arc<State>) -> Action {

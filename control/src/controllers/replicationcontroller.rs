@@ -6,7 +6,7 @@ use kube::core::Selector;
 use serde_json::Value;
 
 use super::replicaset::{self, ReplicaOwner, ReplicaSetError, Spec};
-use super::Context;
+use crate::client::Context;
 
 impl ReplicaOwner for ReplicationController {
     const COMPONENT: &'static str = "replication-controller";

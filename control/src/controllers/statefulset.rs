@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, ObjectReference, PersistentVolumeClaim, Pod, PodSpec, PodTemplateSpec,
@@ -36,17 +36,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use skiff_k8s::pod as pod_state;
 
-use super::events::{reference, Recorder};
-use super::expectations::{Expectations, Observed};
 use super::history::{self, HASH_LABEL};
-use super::pod_control::{api_message, PodControl};
-use super::{claim, ownership, status, Context};
+use super::machinery::pod_control::{api_message, PodControl};
+use super::machinery::{claim, ownership, status};
+use crate::client::events::{reference, Recorder};
+use crate::client::expectations::{Guard, Observed};
+use crate::client::informers::adopters;
+use crate::client::Context;
 
 const COMPONENT: &str = "statefulset-controller";
 const RESYNC: Duration = Duration::from_secs(30);
@@ -255,68 +256,37 @@ struct State {
     revisions: Store<ControllerRevision>,
     observed: Observed,
     revisions_observed: Observed,
-    expectations: Expectations,
+    guard: Guard,
     recorder: Recorder,
 }
 
 /// Runs the StatefulSet controller until shutdown.
 pub async fn run(ctx: Context) {
-    let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
-    let observed = Observed::default();
-    let revisions_observed = Observed::default();
-    let seen = observed.clone();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |p| seen.saw(p.metadata.resource_version.as_deref()));
-    let rev_seen = revisions_observed.clone();
-    let rev_events = reflector::reflector(
-        rev_writer,
-        watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects()
-    .inspect_ok(move |r| rev_seen.saw(r.metadata.resource_version.as_deref()));
+    let pods = ctx.informers.get::<Pod>();
+    let revisions = ctx.informers.get::<ControllerRevision>();
+    let Some(sets) = ctx.informers.listed::<StatefulSet>().await else {
+        return;
+    };
     let state = Arc::new(State {
-        client: client.clone(),
-        pods,
-        revisions,
-        observed,
-        revisions_observed,
-        expectations: Expectations::default(),
+        client: ctx.client.clone(),
+        guard: Guard::new().after(&pods).after(&revisions),
+        pods: pods.store(),
+        revisions: revisions.store(),
+        observed: pods.observed(),
+        revisions_observed: revisions.observed(),
         recorder: ctx.recorder(COMPONENT),
     });
-    let controller = Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default());
-    let sets = controller.store();
-    controller
-        .watches_stream(pod_events, move |pod| pod_owners(&sets, &pod))
-        .watches_stream(rev_events, |rev| owner_of(&rev.metadata, rev.namespace()))
+    let owners = sets.store();
+    Controller::for_shared_stream(sets.objects(), sets.store())
+        .owns_shared_stream(pods.objects())
+        .watches_shared_stream(pods.objects(), move |pod| {
+            adopters(&owners, pod.as_ref(), adoptable)
+        })
+        .owns_shared_stream(revisions.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})
         .await;
-}
-
-/// The sets a pod event concerns: its controller, or (for an orphan) the set of its name
-/// whose selector matches it, which may adopt it.
-fn pod_owners(sets: &Store<StatefulSet>, pod: &Pod) -> Vec<ObjectRef<StatefulSet>> {
-    let ns = pod.namespace().unwrap_or_default();
-    if ownership::controller_of(&pod.metadata).is_some() {
-        return owner_of(&pod.metadata, Some(ns)).into_iter().collect();
-    }
-    sets.state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-        .filter(|s| adoptable(s, pod))
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
-        .collect()
 }
 
 /// An orphan the set may adopt: named like its pods and matching its selector.
@@ -324,12 +294,6 @@ fn adoptable(set: &StatefulSet, pod: &Pod) -> bool {
     ordinal_of(&set.name_any(), &pod.name_any()).is_some()
         && Selector::try_from(set.spec.selector.clone())
             .is_ok_and(|s| !s.selects_all() && s.matches(pod.labels()))
-}
-
-fn owner_of(meta: &ObjectMeta, ns: Option<String>) -> Option<ObjectRef<StatefulSet>> {
-    ownership::controller_of(meta)
-        .filter(|o| o.kind == "StatefulSet")
-        .map(|o| ObjectRef::new(&o.name).within(&ns.unwrap_or_default()))
 }
 
 fn error_policy(set: Arc<StatefulSet>, err: &StatefulSetError, _: Arc<State>) -> Action {
@@ -341,19 +305,18 @@ async fn reconcile(set: Arc<StatefulSet>, state: Arc<State>) -> Result<Action, S
     if set.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if state.pods.wait_until_ready().now_or_never().is_none()
-        || state.revisions.wait_until_ready().now_or_never().is_none()
-    {
+    if !state.guard.synced() {
         return Ok(Action::requeue(NOT_READY));
     }
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
     let key = format!("{ns}/{name}");
     let rev_key = format!("{key}/revisions");
-    if let Err(wait) = state.expectations.satisfied(&key, &state.observed) {
+    if let Err(wait) = state.guard.expectations.satisfied(&key, &state.observed) {
         return Ok(Action::requeue(wait));
     }
     if let Err(wait) = state
+        .guard
         .expectations
         .satisfied(&rev_key, &state.revisions_observed)
     {
@@ -388,6 +351,7 @@ async fn reconcile(set: Arc<StatefulSet>, state: Arc<State>) -> Result<Action, S
     .await?;
     if synced.wrote {
         state
+            .guard
             .expectations
             .wrote(&rev_key, synced.update.metadata.resource_version.as_deref());
     }
@@ -525,7 +489,7 @@ async fn create(
 ) -> Result<bool, StatefulSetError> {
     let pod_name = pod.name_any();
     let control = PodControl {
-        expectations: &state.expectations,
+        expectations: &state.guard.expectations,
         key,
         recorder: &state.recorder,
         owner: obj_ref,
@@ -557,7 +521,7 @@ async fn delete(
     pod: &Pod,
 ) -> Result<(), StatefulSetError> {
     let control = PodControl {
-        expectations: &state.expectations,
+        expectations: &state.guard.expectations,
         key,
         recorder: &state.recorder,
         owner: obj_ref,

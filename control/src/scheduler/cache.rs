@@ -40,8 +40,10 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
-    /// Reads a pod; `None` without a uid.
-    pub fn new(pod: Pod) -> Option<Self> {
+    /// Reads a pod; `None` without a uid. Takes the informer's `Arc` as it is, so the
+    /// scheduler shares the cached pod instead of keeping a copy.
+    pub fn new(pod: impl Into<Arc<Pod>>) -> Option<Self> {
+        let pod: Arc<Pod> = pod.into();
         let uid = pod.metadata.uid.clone()?;
         let spec = pod.spec.as_ref();
         let node = spec
@@ -71,7 +73,7 @@ impl PodInfo {
             node,
             owner,
             anti_affinity,
-            pod: Arc::new(pod),
+            pod,
         })
     }
 
@@ -220,7 +222,7 @@ impl Cache {
     }
 
     /// Applies a pod as the watch shows it.
-    pub fn apply_pod(&mut self, pod: Pod) -> Change {
+    pub fn apply_pod(&mut self, pod: impl Into<Arc<Pod>>) -> Change {
         let Some(mut info) = PodInfo::new(pod) else {
             return Change::default();
         };
@@ -311,7 +313,8 @@ impl Cache {
     }
 
     /// Replaces every pod after a re-list. Returns the uids now waiting.
-    pub fn replace_pods(&mut self, pods: Vec<Pod>) -> Vec<String> {
+    pub fn replace_pods<P: Into<Arc<Pod>>>(&mut self, pods: Vec<P>) -> Vec<String> {
+        let pods: Vec<Arc<Pod>> = pods.into_iter().map(Into::into).collect();
         let assumed = std::mem::take(&mut self.assumed);
         for node in self.nodes.values_mut() {
             node.pods.clear();

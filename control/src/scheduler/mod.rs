@@ -1,6 +1,6 @@
 //! The scheduler: assigns pending pods to nodes.
 //!
-//! One task owns a [`Cache`] fed by watches of pods and nodes. A pod without a node waits in a
+//! One task owns a [`Cache`] fed by the shared pod and node informers ([`crate::client`]). A pod without a node waits in a
 //! queue; for each, the filters keep the nodes it fits, the scores pick the best, the pod is
 //! *assumed* there at once (so the next pods see its requests) and the binding is POSTed to
 //! `pods/{name}/binding` in the background, many at a time; a failed binding drops the
@@ -16,16 +16,17 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::controllers::events::{EventType, Recorder};
-use crate::controllers::Context;
+use crate::client::events::{EventType, Recorder};
+use crate::client::informers::Change;
+use crate::client::Context;
 use cache::{Cache, PodInfo, DEFAULT_SCHEDULER};
 use filter::{filter, forbidden_domains, Reason};
 
@@ -109,29 +110,36 @@ impl Scheduler {
     /// Applies a pod event.
     pub fn on_pod(&mut self, event: watcher::Event<Pod>) {
         match event {
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let change = self.cache.apply_pod(pod);
-                if change.pending {
-                    // A pod already known unschedulable waits for a cluster change, not for
-                    // updates of itself.
-                    if !self.unschedulable.contains(&uid) {
-                        self.enqueue(uid);
-                    }
-                }
-                if change.freed {
-                    self.retry_unschedulable();
-                }
-            }
-            watcher::Event::Delete(pod) => {
-                let uid = pod.metadata.uid.unwrap_or_default();
-                self.unschedulable.remove(&uid);
-                if self.cache.delete_pod(&uid) {
-                    self.retry_unschedulable();
-                }
-            }
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => self.pod_applied(pod),
+            watcher::Event::Delete(pod) => self.pod_deleted(&pod),
             watcher::Event::Init => {}
             watcher::Event::InitDone => {}
+        }
+    }
+
+    /// A pod was created or changed.
+    pub fn pod_applied(&mut self, pod: impl Into<Arc<Pod>>) {
+        let pod: Arc<Pod> = pod.into();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let change = self.cache.apply_pod(pod);
+        if change.pending {
+            // A pod already known unschedulable waits for a cluster change, not for
+            // updates of itself.
+            if !self.unschedulable.contains(&uid) {
+                self.enqueue(uid);
+            }
+        }
+        if change.freed {
+            self.retry_unschedulable();
+        }
+    }
+
+    /// A pod was deleted.
+    pub fn pod_deleted(&mut self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.unschedulable.remove(&uid);
+        if self.cache.delete_pod(&uid) {
+            self.retry_unschedulable();
         }
     }
 
@@ -335,23 +343,9 @@ async fn write_events(client: kube::Client, recorder: Recorder, mut notes: mpsc:
     }
 }
 
-fn merged<A, B>(a: A, b: B) -> impl Stream<Item = Input> + Unpin
-where
-    A: Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Send + 'static,
-    B: Stream<Item = Result<watcher::Event<Node>, watcher::Error>> + Send + 'static,
-{
-    futures::stream::select(
-        a.map(|r| r.map_or_else(Input::Error, |e| Input::Pod(Box::new(e))))
-            .boxed(),
-        b.map(|r| r.map_or_else(Input::Error, |e| Input::Node(Box::new(e))))
-            .boxed(),
-    )
-}
-
 enum Input {
-    Pod(Box<watcher::Event<Pod>>),
-    Node(Box<watcher::Event<Node>>),
-    Error(watcher::Error),
+    Pod(Change<Pod>),
+    Node(Change<Node>),
 }
 
 /// Runs the scheduler until `ctx.shutdown` is cancelled.
@@ -362,11 +356,11 @@ pub async fn run(ctx: Context) {
 /// [`run`] with explicit tuning.
 pub async fn run_with(ctx: Context, config: Config) {
     let client = ctx.client.clone();
-    let pods =
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
-    let nodes =
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
-    let mut inputs = merged(pods, nodes);
+    // The shared informers: the scheduler's cache keeps the informer's pod `Arc`s, not copies.
+    let mut inputs = futures::stream::select(
+        ctx.informers.get::<Pod>().changes().map(Input::Pod),
+        ctx.informers.get::<Node>().changes().map(Input::Node),
+    );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<BindDone>();
     let (note_tx, note_rx) = mpsc::channel::<Note>(4096);
     let events = tokio::spawn(write_events(
@@ -378,9 +372,6 @@ pub async fn run_with(ctx: Context, config: Config) {
     let mut retry = tokio::time::interval(config.retry_interval);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sched = Scheduler::default();
-    // Buffers of a (re-)list, swapped in whole at InitDone so nothing is decided on half a view.
-    let mut pod_list: Option<Vec<Pod>> = None;
-    let mut node_list: Option<Vec<Node>> = None;
     let (mut pods_synced, mut nodes_synced) = (false, false);
     let note = |n: Note| {
         if note_tx.try_send(n).is_err() {
@@ -392,32 +383,30 @@ pub async fn run_with(ctx: Context, config: Config) {
             _ = ctx.shutdown.cancelled() => break,
             input = inputs.next() => match input {
                 None => break,
-                Some(Input::Error(e)) => {
-                    tracing::warn!(error = %e, "scheduler watch failed; retrying");
+                // A (re-)list arrives whole, so nothing is decided on half a view.
+                Some(Input::Pod(Change::Listed(pods))) => {
+                    let waiting = sched.cache.replace_pods(pods);
+                    for uid in waiting {
+                        sched.enqueue(uid);
+                    }
+                    sched.retry_unschedulable();
+                    pods_synced = true;
                 }
-                Some(Input::Pod(ev)) => match *ev {
-                    watcher::Event::Init => pod_list = Some(Vec::new()),
-                    watcher::Event::InitApply(p) => pod_list.get_or_insert_with(Vec::new).push(p),
-                    watcher::Event::InitDone => {
-                        let waiting = sched.cache.replace_pods(pod_list.take().unwrap_or_default());
-                        for uid in waiting {
-                            sched.enqueue(uid);
-                        }
-                        sched.retry_unschedulable();
-                        pods_synced = true;
-                    }
-                    ev => sched.on_pod(ev),
-                },
-                Some(Input::Node(ev)) => match *ev {
-                    watcher::Event::Init => node_list = Some(Vec::new()),
-                    watcher::Event::InitApply(n) => node_list.get_or_insert_with(Vec::new).push(n),
-                    watcher::Event::InitDone => {
-                        sched.cache.replace_nodes(node_list.take().unwrap_or_default());
-                        sched.retry_unschedulable();
-                        nodes_synced = true;
-                    }
-                    ev => sched.on_node(ev),
-                },
+                Some(Input::Pod(Change::Applied(pod))) => sched.pod_applied(pod),
+                Some(Input::Pod(Change::Deleted(pod))) => sched.pod_deleted(&pod),
+                Some(Input::Node(Change::Listed(nodes))) => {
+                    sched
+                        .cache
+                        .replace_nodes(nodes.iter().map(|n| Node::clone(n)).collect());
+                    sched.retry_unschedulable();
+                    nodes_synced = true;
+                }
+                Some(Input::Node(Change::Applied(node))) => {
+                    sched.on_node(watcher::Event::Apply(Node::clone(&node)))
+                }
+                Some(Input::Node(Change::Deleted(node))) => {
+                    sched.on_node(watcher::Event::Delete(Node::clone(&node)))
+                }
             },
             Some(done) = done_rx.recv() => {
                 let ok = done.result.is_ok();

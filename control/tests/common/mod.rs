@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use kube::api::ListParams;
 use serde_json::Value;
 use skiff_control::apiserver::{app, ApiState};
-use skiff_control::controllers::Context;
+use skiff_control::client::Context;
 use skiff_control::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -151,10 +151,7 @@ impl Cluster {
 
     /// The context controllers run in: this cluster's client, stopped with it.
     pub fn context(&self) -> Context {
-        Context {
-            client: self.client.clone(),
-            shutdown: self.shutdown.clone(),
-        }
+        Context::new(self.client.clone(), self.shutdown.clone())
     }
 }
 

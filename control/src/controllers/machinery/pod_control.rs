@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::ResourceExt;
 
-use super::events::{EventType, Recorder};
-use super::expectations::Expectations;
+use crate::client::events::{EventType, Recorder};
+use crate::client::expectations::Expectations;
 
 /// The message of an API error as Kubernetes puts it in events (the Status message).
 pub fn api_message(e: &kube::Error) -> String {

@@ -76,6 +76,37 @@ impl Expectations {
     }
 }
 
+/// The check every reconcile that acts on a cache starts with: are the caches it reads listed
+/// (before, every child would look missing), and has the cache seen this key's own writes.
+#[derive(Default)]
+pub struct Guard {
+    caches: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// The writes each key still waits to see.
+    pub expectations: Expectations,
+}
+
+impl Guard {
+    /// A guard over no cache yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also waits for `informer`'s first list.
+    pub fn after<K: super::informers::Kind>(
+        mut self,
+        informer: &super::informers::Informer<K>,
+    ) -> Self {
+        let listed = informer.listed_flag();
+        self.caches.push(Box::new(move || *listed.borrow()));
+        self
+    }
+
+    /// Whether every cache has been listed.
+    pub fn synced(&self) -> bool {
+        self.caches.iter().all(|synced| synced())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ impl EventType {
     }
 }
 
+/// What folds repeats into one Event: (namespace, uid, reason, message).
+type Correlation = (String, String, String, String);
+
 /// Writes Events on behalf of one component (`deployment-controller`, `default-scheduler`, ...).
 #[derive(Clone)]
 pub struct Recorder {
