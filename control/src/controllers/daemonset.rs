@@ -41,7 +41,6 @@ use super::deployment::scaled;
 use super::history::{self, HASH_LABEL};
 use super::machinery::pod_control::PodControl;
 use super::machinery::{claim, ownership, status};
-use super::pod_state;
 use super::replicaset::pod_from_template;
 use crate::client::events::{reference, EventType, Recorder};
 use crate::client::expectations::{Guard, Observed};
