@@ -16,13 +16,13 @@ use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::kubelet::pod_worker::Shared;
 use skiff_agent::network::service_cidr;
-use skiff_k8s::cidr::Ipv4Cidr;
 use skiff_agent::network::LazyNetwork;
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
 use skiff_agent::proxy::ebpf::{self, AyaMaps, EbpfConfig, EbpfDatapath};
 use skiff_agent::proxy::{
     BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity,
 };
+use skiff_k8s::cidr::Ipv4Cidr;
 
 #[derive(Debug, Parser)]
 #[command(name = "skiff-agent", version, about = "skiff node agent")]

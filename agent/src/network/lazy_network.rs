@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, OnceCell};
 
 use super::node_network::{self, NodeNetworkError, PodNetwork};
-use skiff_k8s::cidr::Ipv4Cidr;
 use super::PodNetworking;
+use skiff_k8s::cidr::Ipv4Cidr;
 
 /// The node's pod network, set up when the first pod needs it.
 pub struct LazyNetwork {

@@ -124,7 +124,6 @@ fn propagation_finalizer(opts: &DeleteOptions) -> Option<&'static str> {
     }
 }
 
-
 fn meta(object: &mut Value) -> &mut Map<String, Value> {
     if !object.get("metadata").is_some_and(Value::is_object) {
         object["metadata"] = json!({});

@@ -46,8 +46,8 @@ pub struct Recorder {
     seen: Arc<Mutex<Seen>>,
 }
 
-/// (namespace, uid, reason, message) -> (event name, count).
-type Seen = HashMap<(String, String, String, String), (String, i32)>;
+/// Events this process wrote: correlation -> (event name, count).
+type Seen = HashMap<Correlation, (String, i32)>;
 
 impl Recorder {
     /// A recorder writing as `component`.
