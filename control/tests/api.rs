@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
+use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -448,6 +449,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
         .state
         .store
         .watch("core/namespaces/", a.state.store.revision())
+        .await
         .unwrap();
     let (code, ns) = a.delete("/api/v1/namespaces/demo").await;
     assert_eq!(code, StatusCode::ACCEPTED);
@@ -465,7 +467,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
     // Wait for the namespace's DELETED event.
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let e = watch.live.recv().await.unwrap();
+            let e = watch.next().await.unwrap().unwrap();
             if e.key == "core/namespaces//demo"
                 && e.kind == skiff_control::store::EventKind::Deleted
             {
@@ -747,7 +749,7 @@ async fn objects_and_revisions_survive_a_restart() {
     state.ensure_system_namespaces().await.unwrap();
     let def = state.registry.find("", "v1", "configmaps").unwrap().clone();
     assert_eq!(
-        state.get(&def, Some("default"), "keep").unwrap()["data"]["k"],
+        state.get(&def, Some("default"), "keep").await.unwrap()["data"]["k"],
         "v"
     );
     let w = state

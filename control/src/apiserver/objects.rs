@@ -16,7 +16,7 @@ use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, Filter, LabelSelector};
 use super::validation::{validate_object, validate_update};
 use super::ApiState;
-use crate::store::{object_revision, StoreError};
+use crate::store::{keys, object_revision, ListRequest, StoreError};
 
 /// Which part of an object a request addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,15 +153,6 @@ fn finalizers_empty(object: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// Runs a blocking store call off the async workers (redb commits fsync).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<Result<T, StoreError>, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
-}
-
 /// Finds the paths present in `input` that typed decoding dropped: unknown fields.
 fn unknown_fields(input: &Value, output: &Value, path: &str, found: &mut Vec<String>) {
     match (input, output) {
@@ -202,16 +193,19 @@ fn encode_continue(revision: u64, key: &str) -> String {
         .encode(json!({"rv": revision, "start": key}).to_string())
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+/// The revision of the first page (0: none, read the newest) and the key to start after.
+fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token}"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    v.get("start")
+    let start = v
+        .get("start")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    Ok((v.get("rv").and_then(Value::as_u64).unwrap_or(0), start))
 }
 
 /// The autoscaling/v1 Scale view of a scalable object.
@@ -290,21 +284,21 @@ impl ApiState {
     }
 
     /// Releases what the Service at `key` no longer holds, from what is stored now.
-    fn settle_service(&self, def: &ResourceDef, key: &str) {
+    async fn settle_service(&self, def: &ResourceDef, key: &str) {
         if def.kind == "Service" {
-            let stored = self.store.get(key).ok().flatten();
+            let stored = self.store.get(key).await.ok().flatten();
             self.services.settle(key, stored.as_ref());
         }
     }
 
     /// Rebuilds the ClusterIP and NodePort allocation from the stored Services (at start).
-    pub fn restore_service_allocations(&self) -> Result<(), ApiError> {
+    pub async fn restore_service_allocations(&self) -> Result<(), ApiError> {
         let def = self
             .registry
             .find("", "v1", "services")
             .expect("services are served")
             .clone();
-        for svc in self.list(&def, None, &ListOptions::default())?.values()? {
+        for svc in self.list(&def, None, &ListOptions::default()).await?.values()? {
             let key = def.key(
                 meta_str(&svc, "namespace"),
                 meta_str(&svc, "name").unwrap_or_default(),
@@ -420,7 +414,7 @@ impl ApiState {
     }
 
     /// Reads one object.
-    pub fn get(
+    pub async fn get(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
@@ -428,6 +422,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         self.store
             .get(&self.key(def, namespace, name))
+            .await
             .map_err(|e| ApiError::from_store(e, &def.group_resource(), name))?
             .ok_or_else(|| ApiError::NotFound {
                 kind: def.group_resource(),
@@ -435,15 +430,16 @@ impl ApiState {
             })
     }
 
-    /// Lists objects, filtered by selectors, paged by limit/continue.
-    pub fn list(
+    /// Lists objects, filtered by selectors, paged by limit/continue. Every page of a paged
+    /// list reads at the first page's revision, as Kubernetes' etcd store does.
+    pub async fn list(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> Result<ListPage, ApiError> {
         let prefix = def.namespace_prefix(namespace);
-        let start_after = opts
+        let continued = opts
             .continue_token
             .as_deref()
             .map(decode_continue)
@@ -453,13 +449,30 @@ impl ApiState {
             fields: &opts.fields,
         };
         let mut items = Vec::new();
-        let mut after = start_after;
+        let (mut at, mut after) = match continued {
+            Some((rv, start)) => ((rv > 0).then_some(rv), Some(start)),
+            None => (None, None),
+        };
         // With selectors a store page may hold fewer matches than asked; read on until full.
         loop {
+            let request = ListRequest {
+                start_after: after.clone(),
+                limit: opts.limit,
+                revision: at,
+            };
             let page = self
                 .store
-                .list(&prefix, after.as_deref(), opts.limit)
-                .map_err(|e| ApiError::from_store(e, &def.group_resource(), ""))?;
+                .list(&prefix, request)
+                .await
+                .map_err(|e| match (e, &after) {
+                    // The snapshot of the first page is gone: offer the rest at the newest
+                    // revision, as Kubernetes does with its "inconsistent continue" token.
+                    (StoreError::Gone { .. }, Some(start)) if at.is_some() => {
+                        ApiError::ContinueExpired(encode_continue(0, start))
+                    }
+                    (e, _) => ApiError::from_store(e, &def.group_resource(), ""),
+                })?;
+            at = Some(page.revision);
             let revision = page.revision;
             for item in page.items {
                 if filter.matches_raw(&item, || {
@@ -570,11 +583,11 @@ impl ApiState {
         }
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(ns) = &namespace {
-            self.check_namespace_open(ns)?;
+            self.check_namespace_open(ns).await?;
         }
         let key = self.key(def, namespace.as_deref(), &name);
         if def.kind == "Service" {
-            if self.store.get(&key).ok().flatten().is_some() {
+            if self.store.get(&key).await.ok().flatten().is_some() {
                 return Err(ApiError::AlreadyExists {
                     kind: def.group_resource(),
                     name,
@@ -583,21 +596,20 @@ impl ApiState {
             self.services.reserve(&key, &mut object, None)?;
         }
         if opts.dry_run {
-            self.settle_service(def, &key);
+            self.settle_service(def, &key).await;
             return Ok(Written { object, warnings });
         }
-        let store = self.store.clone();
-        let store_key = key.clone();
-        let written = blocking(move || store.create(&store_key, object)).await;
-        self.settle_service(def, &key);
-        let object = written?.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
+        let written = self.store.create(&key, object).await;
+        self.settle_service(def, &key).await;
+        let object = written.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
         Ok(Written { object, warnings })
     }
 
-    fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
+    async fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
         let ns = self
             .store
-            .get(&format!("core/namespaces//{namespace}"))
+            .get(&keys::NAMESPACES.key(None, namespace))
+            .await
             .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?
             .ok_or_else(|| ApiError::NotFound {
                 kind: "namespaces".into(),
@@ -739,15 +751,10 @@ impl ApiState {
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let store = self.store.clone();
         if deleting && finalizers_empty(&new) && grace == 0 && def.kind != "Namespace" {
-            return blocking(move || store.delete(&key, Some(expected)))
-                .await
-                .map_err(|e| StoreError::Database(e.to_string()))?;
+            return self.store.delete(&key, Some(expected)).await;
         }
-        blocking(move || store.update(&key, Some(expected), new))
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?
+        self.store.update(&key, Some(expected), new).await
     }
 
     /// Replaces an object (PUT).
@@ -764,7 +771,7 @@ impl ApiState {
         let result = self
             .update_unlocked(def, namespace, name, body, sub, opts)
             .await;
-        self.settle_service(def, &def.key(namespace, name));
+        self.settle_service(def, &def.key(namespace, name)).await;
         result
     }
 
@@ -794,7 +801,7 @@ impl ApiState {
         if sub != Subresource::Scale {
             self.namespace_for_write(def, namespace, &mut candidate)?;
         }
-        let old = self.get(def, namespace, name)?;
+        let old = self.get(def, namespace, name).await?;
         let precondition = match meta_str(&candidate, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) => Some(
                 rv.parse::<u64>()
@@ -843,7 +850,7 @@ impl ApiState {
         let result = self
             .patch_unlocked(def, namespace, name, kind, body, sub, opts)
             .await;
-        self.settle_service(def, &def.key(namespace, name));
+        self.settle_service(def, &def.key(namespace, name)).await;
         result
     }
 
@@ -863,7 +870,7 @@ impl ApiState {
     ) -> Result<Written, ApiError> {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let old = self.get(def, namespace, name)?;
+            let old = self.get(def, namespace, name).await?;
             let view = if sub == Subresource::Scale {
                 scale_of(def, &old)
             } else {
@@ -932,7 +939,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         let _services = self.service_writes(def).await;
         let result = self.delete_unlocked(def, namespace, name, opts).await;
-        self.settle_service(def, &def.key(namespace, name));
+        self.settle_service(def, &def.key(namespace, name)).await;
         result
     }
 
@@ -945,7 +952,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let current = self.get(def, namespace, name)?;
+            let current = self.get(def, namespace, name).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta_str(&current, "uid") != Some(uid.as_str()) {
                     return Err(ApiError::Conflict {
@@ -971,7 +978,7 @@ impl ApiState {
             }
             let expected = object_revision(&current);
             let key = self.key(def, namespace, name);
-            let store = self.store.clone();
+            let store = &self.store;
             let mark = |mut object: Value, grace: i64| {
                 let at = if grace > 0 {
                     (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
@@ -997,7 +1004,7 @@ impl ApiState {
                 }
                 let mut object = mark(current, 0);
                 object["status"]["phase"] = json!("Terminating");
-                let written = blocking(move || store.update(&key, Some(expected), object)).await?;
+                let written = store.update(&key, Some(expected), object).await;
                 if written.is_ok() {
                     // The receiver lives as long as the server; a closed queue means shutdown.
                     let _ = self.namespace_queue.send(name.to_owned());
@@ -1026,14 +1033,14 @@ impl ApiState {
                 } else {
                     mark(object, 0)
                 };
-                blocking(move || store.update(&key, Some(expected), object)).await?
+                store.update(&key, Some(expected), object).await
             } else if !finalizers_empty(&current) {
                 if already_marked || opts.dry_run {
                     return Ok(current);
                 }
                 let object = mark(current, 0);
-                blocking(move || store.update(&key, Some(expected), object)).await?
-            } else if let Some(grace) = self.pod_grace_period(def, &current, opts) {
+                store.update(&key, Some(expected), object).await
+            } else if let Some(grace) = self.pod_grace_period(def, &current, opts).await {
                 let current_grace = current
                     .pointer("/metadata/deletionGracePeriodSeconds")
                     .and_then(Value::as_i64);
@@ -1041,12 +1048,12 @@ impl ApiState {
                     return Ok(current);
                 }
                 let object = mark(current, grace);
-                blocking(move || store.update(&key, Some(expected), object)).await?
+                store.update(&key, Some(expected), object).await
             } else {
                 if opts.dry_run {
                     return Ok(current);
                 }
-                blocking(move || store.delete(&key, Some(expected))).await?
+                store.delete(&key, Some(expected)).await
             };
             match result {
                 Ok(object) => return Ok(object),
@@ -1059,7 +1066,7 @@ impl ApiState {
 
     /// A pod bound to an existing node and still running is deleted gracefully: the agent stops
     /// it and then deletes it with grace 0. Returns the grace period when that applies.
-    fn pod_grace_period(
+    async fn pod_grace_period(
         &self,
         def: &ResourceDef,
         pod: &Value,
@@ -1085,7 +1092,8 @@ impl ApiState {
             .unwrap_or("Pending");
         let node_exists = self
             .store
-            .get(&format!("core/nodes//{node}"))
+            .get(&keys::NODES.key(None, node))
+            .await
             .ok()
             .flatten()
             .is_some();
@@ -1108,7 +1116,8 @@ impl ApiState {
                 continue_token: None,
                 ..list.clone()
             },
-        )?;
+        )
+        .await?;
         let mut deleted = Vec::with_capacity(page.items.len());
         for item in page.values()? {
             let name = meta_str(&item, "name").unwrap_or_default().to_owned();
