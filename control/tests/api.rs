@@ -823,3 +823,45 @@ async fn foreground_and_orphan_deletes_leave_the_object_to_the_garbage_collector
     assert_eq!(code, StatusCode::OK);
     assert_eq!(a.get(&format!("{CMS}/bg")).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn continued_pages_read_at_the_first_page_revision_until_it_expires() {
+    let a = api().await;
+    let names = |l: &Value| -> Vec<String> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for name in ["a", "b", "c"] {
+        a.post(PODS, pod(name, json!({}))).await;
+    }
+    let (_, first) = a.get(&format!("{PODS}?limit=2")).await;
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    // Written between the pages: not in the second page, which reads the first page's snapshot.
+    a.post(PODS, pod("d", json!({}))).await;
+    let (code, rest) = a.get(&format!("{PODS}?limit=2&continue={token}")).await;
+    assert_eq!(code, StatusCode::OK, "{rest}");
+    assert_eq!(names(&rest), ["c"]);
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    // Once the store lets that revision go, the token expires with a token for the newest state.
+    a.state
+        .store
+        .compact(a.state.store.revision())
+        .await
+        .unwrap();
+    let (code, status) = a.get(&format!("{PODS}?limit=2&continue={token}")).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (StatusCode::GONE, Some("Expired"))
+    );
+    let fresh = status["metadata"]["continue"].as_str().unwrap();
+    let (_, rest) = a.get(&format!("{PODS}?limit=2&continue={fresh}")).await;
+    assert_eq!(names(&rest), ["c", "d"]);
+}
