@@ -114,9 +114,9 @@ async fn locate(
         .await
         .map_err(|e| ApiError::from_store(e, "pods", name))?
         .ok_or_else(|| ApiError::NotFound {
-        kind: "pods".into(),
-        name: name.into(),
-    })?;
+            kind: "pods".into(),
+            name: name.into(),
+        })?;
     let container = resolve_container(&pod, name, container)?;
     let node_name = pod["spec"]["nodeName"]
         .as_str()

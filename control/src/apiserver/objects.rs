@@ -298,7 +298,11 @@ impl ApiState {
             .find("", "v1", "services")
             .expect("services are served")
             .clone();
-        for svc in self.list(&def, None, &ListOptions::default()).await?.values()? {
+        for svc in self
+            .list(&def, None, &ListOptions::default())
+            .await?
+            .values()?
+        {
             let key = def.key(
                 meta_str(&svc, "namespace"),
                 meta_str(&svc, "name").unwrap_or_default(),
@@ -1108,16 +1112,17 @@ impl ApiState {
         list: &ListOptions,
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(
-            def,
-            namespace,
-            &ListOptions {
-                limit: None,
-                continue_token: None,
-                ..list.clone()
-            },
-        )
-        .await?;
+        let page = self
+            .list(
+                def,
+                namespace,
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?;
         let mut deleted = Vec::with_capacity(page.items.len());
         for item in page.values()? {
             let name = meta_str(&item, "name").unwrap_or_default().to_owned();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
-use serde_json::{json, Value};
 use futures::{FutureExt, StreamExt};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -227,8 +227,7 @@ pub async fn serve(
                 return;
             }
             // Too slow to keep up: the client must re-list, as after a 410.
-            let fell_behind =
-                |last: u64| encoder.expired(format!("{last} (watcher fell behind)"));
+            let fell_behind = |last: u64| encoder.expired(format!("{last} (watcher fell behind)"));
             // The replayed events are ready at once: they go out before the timers start.
             loop {
                 let line = match watch.next().now_or_never() {

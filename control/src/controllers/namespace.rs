@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use futures::StreamExt;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::apiserver::objects::{DeleteOptions, ListOptions};

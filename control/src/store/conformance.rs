@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::{object_revision, EventKind, EventStream, ListRequest, SharedStore, StoreError, StoreEvent};
+use super::{
+    object_revision, EventKind, EventStream, ListRequest, SharedStore, StoreError, StoreEvent,
+};
 
 /// A window no test here fills.
 const WINDOW: usize = 1000;
@@ -130,7 +132,10 @@ pub(crate) async fn revisions_increase_by_one_per_write<G>(
 pub(crate) async fn deletes_return_the_final_object<G>(open: impl Fn(usize) -> (SharedStore, G)) {
     let (store, _guard) = open(WINDOW);
     store.create("t/a", object("a", "1")).await.unwrap();
-    store.update("t/a", Some(1), object("a", "2")).await.unwrap();
+    store
+        .update("t/a", Some(1), object("a", "2"))
+        .await
+        .unwrap();
     let mut watch = store.watch("t/", 2).await.unwrap();
     let deleted = store.delete("t/a", Some(2)).await.unwrap();
     assert_eq!(deleted["data"], "2");
@@ -187,7 +192,10 @@ pub(crate) async fn pages_read_at_the_first_page_revision<G>(
         .unwrap();
     assert_eq!(names(&first.items), ["p/a=old", "p/b=old"]);
     assert_eq!(first.continue_after.as_deref(), Some("p/b"));
-    store.update("p/c", None, object("p/c", "new")).await.unwrap();
+    store
+        .update("p/c", None, object("p/c", "new"))
+        .await
+        .unwrap();
     store.create("p/d", object("p/d", "new")).await.unwrap();
     store.delete("p/e", None).await.unwrap();
     store.create("p/f", object("p/f", "new")).await.unwrap();
@@ -256,7 +264,10 @@ pub(crate) async fn watches_are_ordered_and_filtered_by_prefix<G>(
     let mut watch = store.watch("w/", 0).await.unwrap();
     let mut from_now = store.watch("", store.revision()).await.unwrap();
     store.create("w/b", object("b", "1")).await.unwrap();
-    store.update("w/a", Some(1), object("a", "2")).await.unwrap();
+    store
+        .update("w/a", Some(1), object("a", "2"))
+        .await
+        .unwrap();
     store.create("x/b", object("b", "1")).await.unwrap();
     store.delete("w/b", None).await.unwrap();
     let mut seen = Vec::new();
@@ -277,7 +288,11 @@ pub(crate) async fn watches_are_ordered_and_filtered_by_prefix<G>(
     for _ in 0..4 {
         live.push(next(&mut from_now).await.revision);
     }
-    assert_eq!(live, [3, 4, 5, 6], "a watch from now sees every later write");
+    assert_eq!(
+        live,
+        [3, 4, 5, 6],
+        "a watch from now sees every later write"
+    );
 }
 
 /// A watch from a revision older than the store replays is gone (410); later ones work.

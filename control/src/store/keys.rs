@@ -97,7 +97,10 @@ mod tests {
             deployments.namespace_prefix(Some("default")),
             "apps/deployments/default/"
         );
-        assert_eq!(NAMESPACES.key(Some("x"), "default"), "core/namespaces//default");
+        assert_eq!(
+            NAMESPACES.key(Some("x"), "default"),
+            "core/namespaces//default"
+        );
         assert_eq!(NODES.namespace_prefix(Some("x")), "core/nodes/");
         assert_eq!(
             SERVICES.key(Some("default"), "kubernetes"),

@@ -64,13 +64,13 @@ impl State {
             });
         }
         let range = match request.start_after.as_deref() {
-            Some(after) if after.starts_with(prefix) => self.objects.range::<str, _>((
-                std::ops::Bound::Excluded(after),
+            Some(after) if after.starts_with(prefix) => self
+                .objects
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            _ => self.objects.range::<str, _>((
+                std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             )),
-            _ => self
-                .objects
-                .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded)),
         };
         let mut result = ListResult {
             revision,
@@ -79,10 +79,7 @@ impl State {
         let mut last_key = None;
         for (key, versions) in range.take_while(|(k, _)| k.starts_with(prefix)) {
             let seen = versions.partition_point(|v| v.revision <= revision);
-            let Some(object) = seen
-                .checked_sub(1)
-                .and_then(|i| versions[i].object.clone())
-            else {
+            let Some(object) = seen.checked_sub(1).and_then(|i| versions[i].object.clone()) else {
                 continue;
             };
             if request.limit == Some(result.items.len()) {
@@ -119,8 +116,8 @@ impl MemoryStore {
         let mut state = self.state();
         let revision = state.revision + 1;
         let result = apply(key, write, state.newest(key), revision).map(|applied| {
-            let stored = (applied.event.kind != EventKind::Deleted)
-                .then(|| applied.event.object.clone());
+            let stored =
+                (applied.event.kind != EventKind::Deleted).then(|| applied.event.object.clone());
             state
                 .objects
                 .entry(key.to_owned())
@@ -166,7 +163,11 @@ impl Store for MemoryStore {
         futures::future::ready(self.state().list(prefix, &request)).boxed()
     }
 
-    fn create<'a>(&'a self, key: &'a str, object: Value) -> BoxFuture<'a, Result<Value, StoreError>> {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        object: Value,
+    ) -> BoxFuture<'a, Result<Value, StoreError>> {
         self.write(key, Write::Create(object))
     }
 
@@ -225,7 +226,10 @@ mod tests {
         let store = MemoryStore::new(10);
         store.create("k", json!({"metadata": {}})).await.unwrap();
         while store.revision() < 2 * HISTORY {
-            store.update("k", None, json!({"metadata": {}})).await.unwrap();
+            store
+                .update("k", None, json!({"metadata": {}}))
+                .await
+                .unwrap();
         }
         let at = |revision| ListRequest {
             revision: Some(revision),

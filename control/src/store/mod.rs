@@ -121,7 +121,11 @@ pub trait Store: Send + Sync + 'static {
         request: ListRequest,
     ) -> BoxFuture<'a, Result<ListResult, StoreError>>;
     /// Stores a new object; its `metadata.resourceVersion` becomes the new revision.
-    fn create<'a>(&'a self, key: &'a str, object: Value) -> BoxFuture<'a, Result<Value, StoreError>>;
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        object: Value,
+    ) -> BoxFuture<'a, Result<Value, StoreError>>;
     /// Replaces an object, if `expected` is given only when it is the stored revision.
     fn update<'a>(
         &'a self,
@@ -138,8 +142,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Value, StoreError>>;
     /// Streams the events after revision `from` for keys under `prefix`; [`StoreError::Gone`]
     /// when `from` is older than the store can replay.
-    fn watch<'a>(&'a self, prefix: &'a str, from: u64)
-        -> BoxFuture<'a, Result<EventStream, StoreError>>;
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<EventStream, StoreError>>;
     /// Forgets what lists at revisions before `revision` would need: such lists get
     /// [`StoreError::Gone`] afterwards (etcd's compaction). Watches are not affected.
     fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -412,7 +412,11 @@ impl Store for RedbStore {
         .boxed()
     }
 
-    fn create<'a>(&'a self, key: &'a str, object: Value) -> BoxFuture<'a, Result<Value, StoreError>> {
+    fn create<'a>(
+        &'a self,
+        key: &'a str,
+        object: Value,
+    ) -> BoxFuture<'a, Result<Value, StoreError>> {
         self.submit(key, Write::Create(object))
     }
 
@@ -489,7 +493,15 @@ mod tests {
             ..ListRequest::default()
         };
         // The first page pinned its snapshot: the whole list at that revision is readable.
-        assert_eq!(store.list("p/", at(first.revision)).await.unwrap().items.len(), 3);
+        assert_eq!(
+            store
+                .list("p/", at(first.revision))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
         // A revision no page pinned is not.
         assert!(matches!(
             store.list("p/", at(first.revision - 1)).await,
