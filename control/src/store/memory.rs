@@ -112,7 +112,7 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self, key: &str, write: Write) -> BoxFuture<'_, Result<Value, StoreError>> {
+    fn apply_write(&self, key: &str, write: Write) -> BoxFuture<'_, Result<Value, StoreError>> {
         let mut state = self.state();
         let revision = state.revision + 1;
         let result = apply(key, write, state.newest(key), revision).map(|applied| {
@@ -163,29 +163,8 @@ impl Store for MemoryStore {
         futures::future::ready(self.state().list(prefix, &request)).boxed()
     }
 
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.write(key, Write::Create(object))
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<u64>,
-        object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.write(key, Write::Update(expected, object))
-    }
-
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<u64>,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.write(key, Write::Delete(expected))
+    fn write<'a>(&'a self, key: &'a str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.apply_write(key, write)
     }
 
     fn watch<'a>(

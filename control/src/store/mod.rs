@@ -120,26 +120,35 @@ pub trait Store: Send + Sync + 'static {
         prefix: &'a str,
         request: ListRequest,
     ) -> BoxFuture<'a, Result<ListResult, StoreError>>;
+    /// Applies one write (checked with [`apply`]) at the next revision; answers the object
+    /// as stored (for deletes: as it was, at the deletion's revision).
+    fn write<'a>(&'a self, key: &'a str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>>;
     /// Stores a new object; its `metadata.resourceVersion` becomes the new revision.
     fn create<'a>(
         &'a self,
         key: &'a str,
         object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>>;
+    ) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.write(key, Write::Create(object))
+    }
     /// Replaces an object, if `expected` is given only when it is the stored revision.
     fn update<'a>(
         &'a self,
         key: &'a str,
         expected: Option<u64>,
         object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>>;
+    ) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.write(key, Write::Update(expected, object))
+    }
     /// Removes an object, if `expected` is given only when it is the stored revision. Returns the
     /// object as it was, with the deletion's revision as its resourceVersion.
     fn delete<'a>(
         &'a self,
         key: &'a str,
         expected: Option<u64>,
-    ) -> BoxFuture<'a, Result<Value, StoreError>>;
+    ) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.write(key, Write::Delete(expected))
+    }
     /// Streams the events after revision `from` for keys under `prefix`; [`StoreError::Gone`]
     /// when `from` is older than the store can replay.
     fn watch<'a>(
@@ -177,17 +186,24 @@ pub(crate) fn set_revision(object: &mut Value, revision: u64) {
 }
 
 /// One write, as a backend applies it to the object it holds under the key.
-pub(crate) enum Write {
+#[derive(Debug)]
+pub enum Write {
+    /// Create the object; the key must be free.
     Create(Value),
+    /// Replace the object, only at this revision if one is given.
     Update(Option<u64>, Value),
+    /// Remove the object, only at this revision if one is given.
     Delete(Option<u64>),
 }
 
 /// A write that passed its preconditions: what to answer, and the event (whose `object` bytes
 /// are what to store, unless it is a deletion).
-pub(crate) struct Applied {
-    pub(crate) answer: Value,
-    pub(crate) event: StoreEvent,
+#[derive(Debug)]
+pub struct Applied {
+    /// The object to answer the writer with.
+    pub answer: Value,
+    /// The event of the write.
+    pub event: StoreEvent,
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
@@ -220,7 +236,7 @@ fn check_expected(key: &str, expected: Option<u64>, current: &Value) -> Result<(
 /// Checks `write` against `current` (the stored bytes under `key`) and builds its outcome at
 /// `revision`. Every backend goes through this, so preconditions and the shape of events and
 /// answers are the same whichever stores the bytes.
-pub(crate) fn apply(
+pub fn apply(
     key: &str,
     write: Write,
     current: Option<Bytes>,

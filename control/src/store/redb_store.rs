@@ -412,29 +412,8 @@ impl Store for RedbStore {
         .boxed()
     }
 
-    fn create<'a>(
-        &'a self,
-        key: &'a str,
-        object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.submit(key, Write::Create(object))
-    }
-
-    fn update<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<u64>,
-        object: Value,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.submit(key, Write::Update(expected, object))
-    }
-
-    fn delete<'a>(
-        &'a self,
-        key: &'a str,
-        expected: Option<u64>,
-    ) -> BoxFuture<'a, Result<Value, StoreError>> {
-        self.submit(key, Write::Delete(expected))
+    fn write<'a>(&'a self, key: &'a str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.submit(key, write)
     }
 
     fn watch<'a>(
