@@ -89,6 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .configure(config.service_cidr, config.node_port_range.clone());
     state
         .restore_service_allocations()
+        .await
         .map_err(|e| anyhow::anyhow!("reading the allocated Service addresses: {e}"))?;
     state
         .ensure_kubernetes_service(config.listen.port())

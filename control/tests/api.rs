@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
+use futures::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -448,6 +449,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
         .state
         .store
         .watch("core/namespaces/", a.state.store.revision())
+        .await
         .unwrap();
     let (code, ns) = a.delete("/api/v1/namespaces/demo").await;
     assert_eq!(code, StatusCode::ACCEPTED);
@@ -465,7 +467,7 @@ async fn deleting_a_namespace_deletes_its_contents() {
     // Wait for the namespace's DELETED event.
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let e = watch.live.recv().await.unwrap();
+            let e = watch.next().await.unwrap().unwrap();
             if e.key == "core/namespaces//demo"
                 && e.kind == skiff_control::store::EventKind::Deleted
             {
@@ -742,7 +744,7 @@ async fn objects_and_revisions_survive_a_restart() {
     state.ensure_system_namespaces().await.unwrap();
     let def = state.registry.find("", "v1", "configmaps").unwrap().clone();
     assert_eq!(
-        state.get(&def, Some("default"), "keep").unwrap()["data"]["k"],
+        state.get(&def, Some("default"), "keep").await.unwrap()["data"]["k"],
         "v"
     );
     let w = state
@@ -1011,4 +1013,46 @@ async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregister
         a.get("/openapi/v3/apis/example.com/v1").await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn continued_pages_read_at_the_first_page_revision_until_it_expires() {
+    let a = api().await;
+    let names = |l: &Value| -> Vec<String> {
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for name in ["a", "b", "c"] {
+        a.post(PODS, pod(name, json!({}))).await;
+    }
+    let (_, first) = a.get(&format!("{PODS}?limit=2")).await;
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    // Written between the pages: not in the second page, which reads the first page's snapshot.
+    a.post(PODS, pod("d", json!({}))).await;
+    let (code, rest) = a.get(&format!("{PODS}?limit=2&continue={token}")).await;
+    assert_eq!(code, StatusCode::OK, "{rest}");
+    assert_eq!(names(&rest), ["c"]);
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        first["metadata"]["resourceVersion"]
+    );
+    // Once the store lets that revision go, the token expires with a token for the newest state.
+    a.state
+        .store
+        .compact(a.state.store.revision())
+        .await
+        .unwrap();
+    let (code, status) = a.get(&format!("{PODS}?limit=2&continue={token}")).await;
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (StatusCode::GONE, Some("Expired"))
+    );
+    let fresh = status["metadata"]["continue"].as_str().unwrap();
+    let (_, rest) = a.get(&format!("{PODS}?limit=2&continue={fresh}")).await;
+    assert_eq!(names(&rest), ["c", "d"]);
 }

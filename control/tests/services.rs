@@ -183,7 +183,7 @@ async fn allocations_survive_a_restart() {
     }
     let store = RedbStore::open(&path).unwrap();
     let (state, _q) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
-    state.restore_service_allocations().unwrap();
+    state.restore_service_allocations().await.unwrap();
     let def = state.registry.find("", "v1", "services").unwrap().clone();
     let e = state
         .create(

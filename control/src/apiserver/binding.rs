@@ -166,18 +166,14 @@ impl ApiState {
             .clone();
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let pod = self.get(&def, Some(namespace), name)?;
+            let pod = self.get(&def, Some(namespace), name).await?;
             let expected = object_revision(&pod);
             let new = bound_pod(pod, name, &binding)?;
             if opts.dry_run {
                 break;
             }
             let key = def.key(Some(namespace), name);
-            let store = self.store.clone();
-            let written =
-                tokio::task::spawn_blocking(move || store.update(&key, Some(expected), new))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?;
+            let written = self.store.update(&key, Some(expected), new).await;
             match written {
                 Ok(_) => break,
                 // Someone else wrote the pod (status, labels): look again, it may still be free.

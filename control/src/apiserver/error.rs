@@ -118,6 +118,10 @@ pub enum ApiError {
     /// A watch or continue token is older than the store keeps (410 Expired/Gone).
     #[error("too old resource version: {0}")]
     Gone(String),
+    /// A continue token's snapshot is no longer kept (410 Expired); carries the token that reads
+    /// the rest of the list at the newest revision instead.
+    #[error("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")]
+    ContinueExpired(String),
     /// The request body media type is not supported (415).
     #[error(
         "the body of the request was in an unknown format - accepted media types include: {0}"
@@ -147,7 +151,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Gone(_) | ApiError::ContinueExpired(_) => StatusCode::GONE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -163,7 +167,7 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
-            ApiError::Gone(_) => "Expired",
+            ApiError::Gone(_) | ApiError::ContinueExpired(_) => "Expired",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
         }
@@ -196,6 +200,9 @@ impl ApiError {
         };
         if let Some(details) = details {
             status["details"] = details;
+        }
+        if let ApiError::ContinueExpired(token) = self {
+            status["metadata"]["continue"] = json!(token);
         }
         status
     }

@@ -366,7 +366,7 @@ async fn dispatch(
                 )
                 .await;
             }
-            let page = state.list(def, ns, &opts)?;
+            let page = state.list(def, ns, &opts).await?;
             list_response(
                 def,
                 page.items,
@@ -377,7 +377,7 @@ async fn dispatch(
             )
         }
         (Method::GET, Some(name)) => {
-            let object = state.get(def, ns, name)?;
+            let object = state.get(def, ns, name).await?;
             let object = if t.subresource == Subresource::Scale {
                 super::objects::scale_of(def, &object)
             } else {
@@ -449,7 +449,13 @@ async fn dispatch(
             let opts = delete_options(&headers, &query, &body)?;
             let object = state.delete(def, ns, name, &opts).await?;
             let gone = object.pointer("/metadata/deletionTimestamp").is_none()
-                || state.store.get(&def.key(ns, name)).ok().flatten().is_none();
+                || state
+                    .store
+                    .get(&def.key(ns, name))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none();
             Ok(json_response(
                 if gone {
                     StatusCode::OK

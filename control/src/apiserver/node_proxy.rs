@@ -107,19 +107,16 @@ async fn locate(
         .registry
         .find("", "v1", "nodes")
         .ok_or(ApiError::UnknownResource)?;
-    let store = state.store.clone();
+    let store = &state.store;
     let key = pods.key(Some(namespace), name);
-    let pod = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.get(&key))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::from_store(e, "pods", name))?
-    }
-    .ok_or_else(|| ApiError::NotFound {
-        kind: "pods".into(),
-        name: name.into(),
-    })?;
+    let pod = store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store(e, "pods", name))?
+        .ok_or_else(|| ApiError::NotFound {
+            kind: "pods".into(),
+            name: name.into(),
+        })?;
     let container = resolve_container(&pod, name, container)?;
     let node_name = pod["spec"]["nodeName"]
         .as_str()
@@ -127,9 +124,9 @@ async fn locate(
         .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?
         .to_owned();
     let key = nodes.key(None, &node_name);
-    let node = tokio::task::spawn_blocking(move || store.get(&key))
+    let node = store
+        .get(&key)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::from_store(e, "nodes", &node_name))?
         .ok_or_else(|| ApiError::NotFound {
             kind: "nodes".into(),

@@ -17,7 +17,7 @@ use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, Filter};
 use super::validation::validate_object;
 use super::ApiState;
-use crate::store::{object_revision, StoreError};
+use crate::store::{keys, object_revision, ListRequest, StoreError};
 
 /// Which part of an object a request addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,15 +144,6 @@ fn finalizers_empty(object: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
-/// Runs a blocking store call off the async workers (redb commits fsync).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<Result<T, StoreError>, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
-}
-
 /// Finds the paths present in `input` that typed decoding dropped: unknown fields.
 fn unknown_fields(input: &Value, output: &Value, path: &str, found: &mut Vec<String>) {
     match (input, output) {
@@ -193,16 +184,19 @@ fn encode_continue(revision: u64, key: &str) -> String {
         .encode(json!({"rv": revision, "start": key}).to_string())
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+/// The revision of the first page (0: none, read the newest) and the key to start after.
+fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token}"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    v.get("start")
+    let start = v
+        .get("start")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    Ok((v.get("rv").and_then(Value::as_u64).unwrap_or(0), start))
 }
 
 /// The autoscaling/v1 Scale view of a scalable object.
@@ -280,13 +274,17 @@ impl ApiState {
     }
 
     /// Rebuilds the ClusterIP and NodePort allocation from the stored Services (at start).
-    pub fn restore_service_allocations(&self) -> Result<(), ApiError> {
+    pub async fn restore_service_allocations(&self) -> Result<(), ApiError> {
         let def = self
             .registry
             .find("", "v1", "services")
             .expect("services are served")
             .clone();
-        for svc in self.list(&def, None, &ListOptions::default())?.values()? {
+        for svc in self
+            .list(&def, None, &ListOptions::default())
+            .await?
+            .values()?
+        {
             let key = def.key(
                 meta_str(&svc, "namespace"),
                 meta_str(&svc, "name").unwrap_or_default(),
@@ -402,7 +400,7 @@ impl ApiState {
     }
 
     /// Reads one object.
-    pub fn get(
+    pub async fn get(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
@@ -410,6 +408,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         self.store
             .get(&self.key(def, namespace, name))
+            .await
             .map_err(|e| ApiError::from_store(e, &def.group_resource(), name))?
             .ok_or_else(|| ApiError::NotFound {
                 kind: def.group_resource(),
@@ -417,15 +416,16 @@ impl ApiState {
             })
     }
 
-    /// Lists objects, filtered by selectors, paged by limit/continue.
-    pub fn list(
+    /// Lists objects, filtered by selectors, paged by limit/continue. Every page of a paged
+    /// list reads at the first page's revision, as Kubernetes' etcd store does.
+    pub async fn list(
         &self,
         def: &ResourceDef,
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> Result<ListPage, ApiError> {
         let prefix = def.namespace_prefix(namespace);
-        let start_after = opts
+        let continued = opts
             .continue_token
             .as_deref()
             .map(decode_continue)
@@ -435,13 +435,30 @@ impl ApiState {
             fields: &opts.fields,
         };
         let mut items = Vec::new();
-        let mut after = start_after;
+        let (mut at, mut after) = match continued {
+            Some((rv, start)) => ((rv > 0).then_some(rv), Some(start)),
+            None => (None, None),
+        };
         // With selectors a store page may hold fewer matches than asked; read on until full.
         loop {
+            let request = ListRequest {
+                start_after: after.clone(),
+                limit: opts.limit,
+                revision: at,
+            };
             let page = self
                 .store
-                .list(&prefix, after.as_deref(), opts.limit)
-                .map_err(|e| ApiError::from_store(e, &def.group_resource(), ""))?;
+                .list(&prefix, request)
+                .await
+                .map_err(|e| match (e, &after) {
+                    // The snapshot of the first page is gone: offer the rest at the newest
+                    // revision, as Kubernetes does with its "inconsistent continue" token.
+                    (StoreError::Gone { .. }, Some(start)) if at.is_some() => {
+                        ApiError::ContinueExpired(encode_continue(0, start))
+                    }
+                    (e, _) => ApiError::from_store(e, &def.group_resource(), ""),
+                })?;
+            at = Some(page.revision);
             let revision = page.revision;
             for item in page.items {
                 if filter.matches_raw(&item, || {
@@ -540,26 +557,25 @@ impl ApiState {
         }
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(ns) = &namespace {
-            self.check_namespace_open(ns)?;
+            self.check_namespace_open(ns).await?;
         }
         let key = self.key(def, namespace.as_deref(), &name);
-        strategy.before_create(self, def, &key, &mut object)?;
+        strategy.before_create(self, def, &key, &mut object).await?;
         if opts.dry_run {
-            strategy.after_write(self, &key);
+            strategy.after_write(self, &key).await;
             return Ok(Written { object, warnings });
         }
-        let store = self.store.clone();
-        let store_key = key.clone();
-        let written = blocking(move || store.create(&store_key, object)).await;
-        strategy.after_write(self, &key);
-        let object = written?.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
+        let written = self.store.create(&key, object).await;
+        strategy.after_write(self, &key).await;
+        let object = written.map_err(|e| ApiError::from_store(e, &def.group_resource(), &name))?;
         Ok(Written { object, warnings })
     }
 
-    fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
+    async fn check_namespace_open(&self, namespace: &str) -> Result<(), ApiError> {
         let ns = self
             .store
-            .get(&format!("core/namespaces//{namespace}"))
+            .get(&keys::NAMESPACES.key(None, namespace))
+            .await
             .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?
             .ok_or_else(|| ApiError::NotFound {
                 kind: "namespaces".into(),
@@ -702,15 +718,10 @@ impl ApiState {
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let store = self.store.clone();
         if deleting && finalizers_empty(&new) && grace == 0 && !def.strategy.terminates() {
-            return blocking(move || store.delete(&key, Some(expected)))
-                .await
-                .map_err(|e| StoreError::Database(e.to_string()))?;
+            return self.store.delete(&key, Some(expected)).await;
         }
-        blocking(move || store.update(&key, Some(expected), new))
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?
+        self.store.update(&key, Some(expected), new).await
     }
 
     /// Replaces an object (PUT).
@@ -727,7 +738,7 @@ impl ApiState {
         let result = self
             .update_unlocked(def, namespace, name, body, sub, opts)
             .await;
-        def.strategy.after_write(self, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name)).await;
         result
     }
 
@@ -757,7 +768,7 @@ impl ApiState {
         if sub != Subresource::Scale {
             self.namespace_for_write(def, namespace, &mut candidate)?;
         }
-        let old = self.get(def, namespace, name)?;
+        let old = self.get(def, namespace, name).await?;
         let precondition = match meta_str(&candidate, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) => Some(
                 rv.parse::<u64>()
@@ -810,7 +821,7 @@ impl ApiState {
         let result = self
             .patch_unlocked(def, namespace, name, kind, body, sub, opts)
             .await;
-        def.strategy.after_write(self, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name)).await;
         result
     }
 
@@ -835,7 +846,7 @@ impl ApiState {
         }
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let old = self.get(def, namespace, name)?;
+            let old = self.get(def, namespace, name).await?;
             let view = if sub == Subresource::Scale {
                 scale_of(def, &old)
             } else {
@@ -904,7 +915,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         let _lock = self.write_lock(def).await;
         let result = self.delete_unlocked(def, namespace, name, opts).await;
-        def.strategy.after_write(self, &def.key(namespace, name));
+        def.strategy.after_write(self, &def.key(namespace, name)).await;
         result
     }
 
@@ -917,7 +928,7 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
-            let current = self.get(def, namespace, name)?;
+            let current = self.get(def, namespace, name).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta_str(&current, "uid") != Some(uid.as_str()) {
                     return Err(ApiError::Conflict {
@@ -943,7 +954,7 @@ impl ApiState {
             }
             let expected = object_revision(&current);
             let key = self.key(def, namespace, name);
-            let store = self.store.clone();
+            let store = &self.store;
             let mark = |mut object: Value, grace: i64| {
                 let at = if grace > 0 {
                     time::format(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
@@ -965,7 +976,7 @@ impl ApiState {
                 }
                 let mut object = mark(current, 0);
                 strategy.terminating(&mut object);
-                let written = blocking(move || store.update(&key, Some(expected), object)).await?;
+                let written = store.update(&key, Some(expected), object).await;
                 if written.is_ok() {
                     strategy.terminated(self, name);
                 }
@@ -993,14 +1004,14 @@ impl ApiState {
                 } else {
                     mark(object, 0)
                 };
-                blocking(move || store.update(&key, Some(expected), object)).await?
+                store.update(&key, Some(expected), object).await
             } else if !finalizers_empty(&current) {
                 if already_marked || opts.dry_run {
                     return Ok(current);
                 }
                 let object = mark(current, 0);
-                blocking(move || store.update(&key, Some(expected), object)).await?
-            } else if let Some(grace) = strategy.grace_period(self, &current, opts) {
+                store.update(&key, Some(expected), object).await
+            } else if let Some(grace) = strategy.grace_period(self, &current, opts).await {
                 let current_grace = current
                     .pointer("/metadata/deletionGracePeriodSeconds")
                     .and_then(Value::as_i64);
@@ -1008,12 +1019,12 @@ impl ApiState {
                     return Ok(current);
                 }
                 let object = mark(current, grace);
-                blocking(move || store.update(&key, Some(expected), object)).await?
+                store.update(&key, Some(expected), object).await
             } else {
                 if opts.dry_run {
                     return Ok(current);
                 }
-                blocking(move || store.delete(&key, Some(expected))).await?
+                store.delete(&key, Some(expected)).await
             };
             match result {
                 Ok(object) => return Ok(object),
@@ -1032,15 +1043,17 @@ impl ApiState {
         list: &ListOptions,
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(
-            def,
-            namespace,
-            &ListOptions {
-                limit: None,
-                continue_token: None,
-                ..list.clone()
-            },
-        )?;
+        let page = self
+            .list(
+                def,
+                namespace,
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?;
         let mut deleted = Vec::with_capacity(page.items.len());
         for item in page.values()? {
             let name = meta_str(&item, "name").unwrap_or_default().to_owned();

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::kinds::Strategy;
+use crate::store::keys::Collection;
 
 /// Subresources a kind has besides the object itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,32 +157,28 @@ impl ResourceDef {
         }
     }
 
+    /// The store keys of this resource's objects.
+    pub fn keys(&self) -> Collection<'_> {
+        Collection {
+            group: &self.group,
+            plural: &self.plural,
+            namespaced: self.namespaced,
+        }
+    }
+
     /// The store key prefix of all objects of this resource.
     pub fn prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            &self.group
-        };
-        format!("{group}/{}/", self.plural)
+        self.keys().prefix()
     }
 
     /// The store key prefix of one namespace's objects (or all, with `None`).
     pub fn namespace_prefix(&self, namespace: Option<&str>) -> String {
-        match namespace {
-            Some(ns) if self.namespaced => format!("{}{ns}/", self.prefix()),
-            _ => self.prefix(),
-        }
+        self.keys().namespace_prefix(namespace)
     }
 
     /// The store key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
-        let ns = if self.namespaced {
-            namespace.unwrap_or("")
-        } else {
-            ""
-        };
-        format!("{}{ns}/{name}", self.prefix())
+        self.keys().key(namespace, name)
     }
 }
 

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::response::Response;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ApiError;
@@ -227,20 +228,22 @@ pub async fn serve(
     let start = match requested {
         Some(rv) if !send_initial => rv,
         _ => {
-            let page = state.list(
-                &def,
-                namespace.as_deref(),
-                &ListOptions {
-                    limit: None,
-                    continue_token: None,
-                    ..opts.clone()
-                },
-            )?;
+            let page = state
+                .list(
+                    &def,
+                    namespace.as_deref(),
+                    &ListOptions {
+                        limit: None,
+                        continue_token: None,
+                        ..opts.clone()
+                    },
+                )
+                .await?;
             initial = page.items;
             page.revision
         }
     };
-    let watch = match state.store.watch(&prefix, start) {
+    let watch = match state.store.watch(&prefix, start).await {
         Ok(w) => Some(w),
         Err(StoreError::Gone { requested, oldest }) => {
             let _ = tx.try_send(Ok(
@@ -275,9 +278,23 @@ pub async fn serve(
             if send_initial && bookmarks && send(encoder.bookmark(start, true)).await.is_err() {
                 return;
             }
-            for event in std::mem::take(&mut watch.backlog) {
-                last_revision = event.revision;
-                if let Some(line) = event_line(&encoder, &event, &opts) {
+            // Too slow to keep up: the client must re-list, as after a 410.
+            let fell_behind = |last: u64| encoder.expired(format!("{last} (watcher fell behind)"));
+            // The replayed events are ready at once: they go out before the timers start.
+            loop {
+                let line = match watch.next().now_or_never() {
+                    None => break,
+                    Some(None) => return,
+                    Some(Some(Err(_))) => {
+                        let _ = send(fell_behind(last_revision)).await;
+                        return;
+                    }
+                    Some(Some(Ok(event))) => {
+                        last_revision = event.revision;
+                        event_line(&encoder, &event, &opts)
+                    }
+                };
+                if let Some(line) = line {
                     if send(line).await.is_err() {
                         return;
                     }
@@ -293,21 +310,16 @@ pub async fn serve(
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                     _ = ticker.tick(), if bookmarks => Some(encoder.bookmark(last_revision, false)),
-                    received = watch.live.recv() => match received {
-                        Ok(event) => {
-                            if event.revision <= last_revision || !watch.wants(&event) {
-                                None
-                            } else {
-                                last_revision = event.revision;
-                                event_line(&encoder, &event, &opts)
-                            }
+                    received = watch.next() => match received {
+                        Some(Ok(event)) => {
+                            last_revision = event.revision;
+                            event_line(&encoder, &event, &opts)
                         }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            // Too slow to keep up: the client must re-list, as after a 410.
-                            let _ = send(encoder.expired(format!("{last_revision} (watcher fell behind)"))).await;
+                        Some(Err(_)) => {
+                            let _ = send(fell_behind(last_revision)).await;
                             return;
                         }
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        None => return,
                     },
                 };
                 if let Some(line) = line {

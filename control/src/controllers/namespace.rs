@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::apiserver::objects::{DeleteOptions, ListOptions};
 use crate::apiserver::{ApiError, ApiState};
+use crate::store::keys;
 
 /// How long to wait for a change before looking at a namespace again.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -21,7 +23,7 @@ pub async fn run(state: Arc<ApiState>, mut queue: mpsc::UnboundedReceiver<String
         .find("", "v1", "namespaces")
         .expect("namespaces are served")
         .clone();
-    if let Ok(page) = state.list(&def, None, &ListOptions::default()) {
+    if let Ok(page) = state.list(&def, None, &ListOptions::default()).await {
         for ns in page
             .values()
             .unwrap_or_default()
@@ -64,10 +66,12 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
         .clone();
     loop {
         // Subscribe before looking, so a change between the look and the wait is not missed.
-        let mut watch = state.store.watch("", state.store.revision()).ok();
+        let mut watch = state.store.watch("", state.store.revision()).await.ok();
         let mut remaining = 0usize;
         for def in state.registry.all().iter().filter(|d| d.namespaced) {
-            let page = state.list(def, Some(namespace), &ListOptions::default())?;
+            let page = state
+                .list(def, Some(namespace), &ListOptions::default())
+                .await?;
             remaining += page.items.len();
             for item in page
                 .values()?
@@ -93,14 +97,13 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
             break;
         }
         // Wait for something in the namespace to change (or recheck after a while).
-        let marker = format!("/{namespace}/");
         let wait = async {
             match watch.as_mut() {
                 Some(w) => loop {
-                    match w.live.recv().await {
-                        Ok(e) if e.key.contains(&marker) => break,
-                        Ok(_) => continue,
-                        Err(_) => break,
+                    match w.next().await {
+                        Some(Ok(e)) if keys::in_namespace(&e.key, namespace) => break,
+                        Some(Ok(_)) => continue,
+                        _ => break,
                     }
                 },
                 None => std::future::pending().await,
@@ -116,6 +119,7 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
     let Some(mut ns) = state
         .store
         .get(&key)
+        .await
         .map_err(|e| ApiError::from_store(e, "namespaces", namespace))?
     else {
         return Ok(());
@@ -126,16 +130,11 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_none_or(Vec::is_empty);
-    let store = state.store.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        if empty_finalizers {
-            store.delete(&key, Some(expected))
-        } else {
-            store.update(&key, Some(expected), ns)
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let result = if empty_finalizers {
+        state.store.delete(&key, Some(expected)).await
+    } else {
+        state.store.update(&key, Some(expected), ns).await
+    };
     match result {
         Ok(_) => {
             tracing::info!(namespace, "namespace deleted");

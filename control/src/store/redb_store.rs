@@ -3,18 +3,36 @@
 //! Writes queue to the writer, which applies every write waiting at that moment in one
 //! transaction (each with its own precondition and its own revision) and commits once: with
 //! many concurrent clients one fsync serves many writes, and a lone write pays one fsync as
-//! before. Every write is still atomic and durable when its caller gets the answer.
+//! before. Every write is still atomic and durable when its caller gets the answer. Callers
+//! await the answer; no async worker blocks on a commit.
+//!
+//! Lists at a revision use redb's MVCC: a read transaction is a snapshot, so the first page of
+//! a paged list keeps its snapshot (a read-only table, which holds the transaction) and the next
+//! pages read from it. redb keeps no history of old versions, so only snapshots pinned that way
+//! can be read; they are let go after [`SNAPSHOT_TTL`] (Kubernetes compacts etcd every five
+//! minutes, so continue tokens live about as long there) or when more than [`MAX_SNAPSHOTS`]
+//! lists are open, since a pinned snapshot keeps the pages it sees from being reused. A
+//! revision-indexed history table would serve any recent revision but costs every write an
+//! extra insert and a compaction; paging is the only reader of old revisions, so snapshots are
+//! the cheaper fit.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use serde_json::Value;
+use tokio::sync::oneshot;
 
-use super::window::{EventKind, StoreEvent, Window};
-use super::{object_revision, set_revision, ListResult, Store, StoreError, Watch};
+use super::window::WatchCache;
+use super::{
+    apply, EventKind, EventStream, ListRequest, ListResult, Store, StoreError, StoreEvent, Write,
+};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -29,25 +47,156 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
 
-enum Op {
-    Create(Value),
-    Update(Option<u64>, Value),
-    Delete(Option<u64>),
-}
+/// How long a paged list's snapshot stays readable.
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
+
+/// Most snapshots kept for paged lists at once.
+pub const MAX_SNAPSHOTS: usize = 32;
+
+type Objects = ReadOnlyTable<&'static str, &'static [u8]>;
 
 struct WriteRequest {
     key: String,
-    op: Op,
-    reply: mpsc::SyncSender<Result<Value, StoreError>>,
+    write: Write,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// A read snapshot kept for the next pages of a list.
+struct Snapshot {
+    revision: u64,
+    taken: Instant,
+    objects: Arc<Objects>,
+}
+
+/// Snapshots of paged lists, oldest first.
+#[derive(Default)]
+struct Snapshots {
+    pinned: VecDeque<Snapshot>,
+    /// Lists before this revision are compacted away.
+    compacted: u64,
+}
+
+impl Snapshots {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .pinned
+            .front()
+            .is_some_and(|s| now.duration_since(s.taken) > SNAPSHOT_TTL)
+        {
+            self.pinned.pop_front();
+        }
+    }
+
+    fn find(&self, revision: u64) -> Option<Arc<Objects>> {
+        self.pinned
+            .iter()
+            .find(|s| s.revision == revision)
+            .map(|s| s.objects.clone())
+    }
+
+    fn pin(&mut self, revision: u64, objects: &Arc<Objects>) {
+        if revision < self.compacted || self.find(revision).is_some() {
+            return;
+        }
+        if self.pinned.len() == MAX_SNAPSHOTS {
+            self.pinned.pop_front();
+        }
+        self.pinned.push_back(Snapshot {
+            revision,
+            taken: Instant::now(),
+            objects: objects.clone(),
+        });
+    }
+
+    /// The oldest revision a list can still read at, given the newest.
+    fn oldest(&self, newest: u64) -> u64 {
+        self.pinned.front().map_or(newest, |s| s.revision)
+    }
 }
 
 struct Shared {
     db: Database,
     revision: AtomicU64,
-    window: Mutex<Window>,
+    cache: WatchCache,
+    snapshots: Mutex<Snapshots>,
 }
 
-/// A [`Store`] on a redb database file.
+impl Shared {
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, Snapshots> {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of the newest state and its revision.
+    fn snapshot(&self) -> Result<(Arc<Objects>, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        // The revision is read inside the read transaction's snapshot so it matches the items.
+        let revision = txn
+            .open_table(META)?
+            .get(REVISION_KEY)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok((Arc::new(txn.open_table(OBJECTS)?), revision))
+    }
+
+    /// The snapshot to read a list at `revision` from.
+    fn snapshot_at(&self, revision: Option<u64>) -> Result<(Arc<Objects>, u64), StoreError> {
+        let Some(wanted) = revision else {
+            return self.snapshot();
+        };
+        let pinned = {
+            let mut snapshots = self.snapshots();
+            snapshots.expire(Instant::now());
+            snapshots.find(wanted)
+        };
+        if let Some(objects) = pinned {
+            return Ok((objects, wanted));
+        }
+        // Nothing written since: the newest state is that revision.
+        let (objects, newest) = self.snapshot()?;
+        if newest == wanted {
+            return Ok((objects, newest));
+        }
+        Err(StoreError::Gone {
+            requested: wanted,
+            oldest: self.snapshots().oldest(newest),
+        })
+    }
+
+    fn list(&self, prefix: &str, request: ListRequest) -> Result<ListResult, StoreError> {
+        let (objects, revision) = self.snapshot_at(request.revision)?;
+        let mut result = ListResult {
+            revision,
+            ..ListResult::default()
+        };
+        let range = match request.start_after.as_deref() {
+            Some(after) if after.starts_with(prefix) => objects
+                .range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?,
+            _ => objects.range::<&str>(prefix..)?,
+        };
+        let mut last_key: Option<String> = None;
+        for entry in range {
+            let (key, value) = entry?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(limit) = request.limit {
+                if result.items.len() == limit {
+                    result.continue_after = last_key.take();
+                    break;
+                }
+                last_key = Some(key.to_owned());
+            }
+            result.items.push(Bytes::copy_from_slice(value.value()));
+        }
+        if result.continue_after.is_some() {
+            self.snapshots().pin(revision, &objects);
+        }
+        Ok(result)
+    }
+}
+
+/// A [`Store`] on a redb database file, with its watch cache.
 pub struct RedbStore {
     shared: Arc<Shared>,
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
@@ -75,31 +224,6 @@ db_err!(
     redb::CommitError
 );
 
-fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
-}
-
-fn encode(key: &str, value: &Value) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
-}
-
-fn check_expected(key: &str, expected: Option<u64>, current: &Value) -> Result<(), StoreError> {
-    match expected {
-        Some(expected) if expected != object_revision(current) => Err(StoreError::Conflict {
-            key: key.to_owned(),
-            expected,
-            actual: object_revision(current),
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl RedbStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -123,7 +247,8 @@ impl RedbStore {
         let shared = Arc::new(Shared {
             db,
             revision: AtomicU64::new(revision),
-            window: Mutex::new(Window::new(window, revision)),
+            cache: WatchCache::new(window, revision),
+            snapshots: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -140,20 +265,24 @@ impl RedbStore {
         })
     }
 
-    fn submit(&self, key: &str, op: Op) -> Result<Value, StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        {
+    fn submit<'a>(&'a self, key: &str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let queued = {
             let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let writer = writer.as_ref().ok_or(StoreError::Closed)?;
-            writer
-                .send(WriteRequest {
+            writer.as_ref().ok_or(StoreError::Closed).and_then(|w| {
+                w.send(WriteRequest {
                     key: key.to_owned(),
-                    op,
+                    write,
                     reply,
                 })
-                .map_err(|_| StoreError::Closed)?;
+                .map_err(|_| StoreError::Closed)
+            })
+        };
+        async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Closed)?
         }
-        answer.recv().map_err(|_| StoreError::Closed)?
+        .boxed()
     }
 }
 
@@ -172,55 +301,21 @@ impl Drop for RedbStore {
     }
 }
 
-/// Applies one write inside `table`; returns the event parts on success.
-fn apply(
+/// Applies one write inside `table`; returns its outcome on success.
+fn apply_in(
     table: &mut redb::Table<&str, &[u8]>,
     key: &str,
-    op: Op,
+    write: Write,
     revision: u64,
-) -> Result<(EventKind, Value, Bytes, Option<Bytes>), StoreError> {
-    let current_bytes = table.get(key)?.map(|v| Bytes::copy_from_slice(v.value()));
-    let current = current_bytes
-        .as_deref()
-        .map(|b| decode(key, b))
-        .transpose()?;
-    match op {
-        Op::Create(mut object) => {
-            if current.is_some() {
-                return Err(StoreError::AlreadyExists(key.to_owned()));
-            }
-            set_revision(&mut object, revision);
-            let bytes = encode(key, &object)?;
-            table.insert(key, bytes.as_slice())?;
-            Ok((EventKind::Added, object, Bytes::from(bytes), None))
-        }
-        Op::Update(expected, mut object) => {
-            let current = current.ok_or_else(|| StoreError::NotFound(key.to_owned()))?;
-            check_expected(key, expected, &current)?;
-            set_revision(&mut object, revision);
-            let bytes = encode(key, &object)?;
-            table.insert(key, bytes.as_slice())?;
-            Ok((
-                EventKind::Modified,
-                object,
-                Bytes::from(bytes),
-                current_bytes,
-            ))
-        }
-        Op::Delete(expected) => {
-            let mut current = current.ok_or_else(|| StoreError::NotFound(key.to_owned()))?;
-            check_expected(key, expected, &current)?;
-            table.remove(key)?;
-            set_revision(&mut current, revision);
-            let bytes = encode(key, &current)?;
-            Ok((
-                EventKind::Deleted,
-                current,
-                Bytes::from(bytes),
-                current_bytes,
-            ))
-        }
+) -> Result<super::Applied, StoreError> {
+    let current = table.get(key)?.map(|v| Bytes::copy_from_slice(v.value()));
+    let applied = apply(key, write, current, revision)?;
+    if applied.event.kind == EventKind::Deleted {
+        table.remove(key)?;
+    } else {
+        table.insert(key, applied.event.object.as_ref())?;
     }
+    Ok(applied)
 }
 
 fn writer_loop(shared: &Shared, queue: mpsc::Receiver<WriteRequest>) {
@@ -238,7 +333,7 @@ fn writer_loop(shared: &Shared, queue: mpsc::Receiver<WriteRequest>) {
 
 /// A write's result and where its caller waits for it.
 type Outcome = (
-    mpsc::SyncSender<Result<Value, StoreError>>,
+    oneshot::Sender<Result<Value, StoreError>>,
     Result<Value, StoreError>,
 );
 
@@ -246,17 +341,17 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
     let base = shared.revision.load(Ordering::SeqCst);
     let mut revision = base;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
-    let mut events = Vec::new();
+    let mut events: Vec<StoreEvent> = Vec::new();
     let committed = (|| -> Result<(), StoreError> {
         let txn = shared.db.begin_write()?;
         {
             let mut objects = txn.open_table(OBJECTS)?;
             for req in batch {
-                match apply(&mut objects, &req.key, req.op, revision + 1) {
-                    Ok((kind, value, bytes, previous)) => {
+                match apply_in(&mut objects, &req.key, req.write, revision + 1) {
+                    Ok(applied) => {
                         revision += 1;
-                        events.push(StoreEvent::new(revision, kind, req.key, bytes, previous));
-                        outcomes.push((req.reply, Ok(value)));
+                        events.push(applied.event);
+                        outcomes.push((req.reply, Ok(applied.answer)));
                     }
                     Err(e) => outcomes.push((req.reply, Err(e))),
                 }
@@ -270,11 +365,10 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
     })();
     match committed {
         Ok(()) => {
-            let mut window = shared.window.lock().unwrap_or_else(|p| p.into_inner());
             shared.revision.store(revision, Ordering::SeqCst);
-            for event in events {
-                window.push(event);
-            }
+            // Before the answers: a writer that then watches from its revision sees its write.
+            shared.cache.push(events);
+            shared.snapshots().expire(Instant::now());
         }
         Err(e) => {
             tracing::error!(error = %e, "store commit failed");
@@ -292,70 +386,50 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
 }
 
 impl Store for RedbStore {
-    fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
-        let txn = self.shared.db.begin_read()?;
-        let objects = txn.open_table(OBJECTS)?;
-        let value = objects.get(key)?;
-        value.map(|v| decode(key, v.value())).transpose()
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>, StoreError>> {
+        // A point read is a few cached B-tree pages: cheaper inline than a hop to a thread.
+        let read = || -> Result<Option<Value>, StoreError> {
+            let txn = self.shared.db.begin_read()?;
+            let objects = txn.open_table(OBJECTS)?;
+            let value = objects.get(key)?;
+            value.map(|v| super::decode(key, v.value())).transpose()
+        };
+        futures::future::ready(read()).boxed()
     }
 
-    fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: Option<usize>,
-    ) -> Result<ListResult, StoreError> {
-        let txn = self.shared.db.begin_read()?;
-        // The revision is read inside the read transaction's snapshot so it matches the items.
-        let revision = txn
-            .open_table(META)?
-            .get(REVISION_KEY)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let objects = txn.open_table(OBJECTS)?;
-        let mut result = ListResult {
-            revision,
-            ..ListResult::default()
-        };
-        let range = match start_after {
-            Some(after) if after.starts_with(prefix) => objects
-                .range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?,
-            _ => objects.range::<&str>(prefix..)?,
-        };
-        let mut last_key: Option<String> = None;
-        for entry in range {
-            let (key, value) = entry?;
-            let key = key.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if let Some(limit) = limit {
-                if result.items.len() == limit {
-                    result.continue_after = last_key.take();
-                    break;
-                }
-                last_key = Some(key.to_owned());
-            }
-            result.items.push(Bytes::copy_from_slice(value.value()));
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        request: ListRequest,
+    ) -> BoxFuture<'a, Result<ListResult, StoreError>> {
+        // A list copies up to a whole collection: off the async workers.
+        let shared = self.shared.clone();
+        let prefix = prefix.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || shared.list(&prefix, request))
+                .await
+                .map_err(|e| StoreError::Database(format!("list task failed: {e}")))?
         }
-        Ok(result)
+        .boxed()
     }
 
-    fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
-        self.submit(key, Op::Create(object))
+    fn write<'a>(&'a self, key: &'a str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>> {
+        self.submit(key, write)
     }
 
-    fn update(&self, key: &str, expected: Option<u64>, object: Value) -> Result<Value, StoreError> {
-        self.submit(key, Op::Update(expected, object))
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<EventStream, StoreError>> {
+        futures::future::ready(self.shared.cache.watch(prefix, from)).boxed()
     }
 
-    fn delete(&self, key: &str, expected: Option<u64>) -> Result<Value, StoreError> {
-        self.submit(key, Op::Delete(expected))
-    }
-
-    fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
-        let window = self.shared.window.lock().unwrap_or_else(|p| p.into_inner());
-        window.watch(prefix, from, self.shared.revision.load(Ordering::SeqCst))
+    fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut snapshots = self.shared.snapshots();
+        snapshots.compacted = snapshots.compacted.max(revision);
+        snapshots.pinned.retain(|s| s.revision >= revision);
+        futures::future::ready(Ok(())).boxed()
     }
 
     fn revision(&self) -> u64 {
@@ -366,10 +440,57 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::object_revision;
     use serde_json::json;
 
-    #[test]
-    fn concurrent_writers_get_distinct_increasing_revisions() {
+    fn open(window: usize) -> (crate::store::SharedStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open_with_window(&dir.path().join("db"), window).unwrap();
+        (Arc::new(store), dir)
+    }
+
+    crate::store::conformance::suite!(open);
+
+    #[tokio::test]
+    async fn only_revisions_a_page_pinned_can_be_listed_at() {
+        let (store, _dir) = open(100);
+        for k in ["p/a", "p/b", "p/c"] {
+            store.create(k, json!({"metadata": {}})).await.unwrap();
+        }
+        let first = store
+            .list(
+                "p/",
+                ListRequest {
+                    limit: Some(1),
+                    ..ListRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        store.create("p/d", json!({"metadata": {}})).await.unwrap();
+        let at = |revision| ListRequest {
+            revision: Some(revision),
+            ..ListRequest::default()
+        };
+        // The first page pinned its snapshot: the whole list at that revision is readable.
+        assert_eq!(
+            store
+                .list("p/", at(first.revision))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
+        // A revision no page pinned is not.
+        assert!(matches!(
+            store.list("p/", at(first.revision - 1)).await,
+            Err(StoreError::Gone { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_increasing_revisions() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(RedbStore::open(&dir.path().join("db")).unwrap());
         let threads: Vec<_> = (0..8)
@@ -379,9 +500,10 @@ mod tests {
                     (0..50)
                         .map(|i| {
                             object_revision(
-                                &store
-                                    .create(&format!("k/{t}/{i}"), json!({"metadata": {}}))
-                                    .unwrap(),
+                                &futures::executor::block_on(
+                                    store.create(&format!("k/{t}/{i}"), json!({"metadata": {}})),
+                                )
+                                .unwrap(),
                             )
                         })
                         .collect::<Vec<_>>()
@@ -395,43 +517,59 @@ mod tests {
         all.sort();
         assert_eq!(all, (1..=400).collect::<Vec<_>>());
         assert_eq!(store.revision(), 400);
-        assert_eq!(store.list("k/", None, None).unwrap().items.len(), 400);
+        assert_eq!(
+            store
+                .list("k/", ListRequest::default())
+                .await
+                .unwrap()
+                .items
+                .len(),
+            400
+        );
     }
 
-    #[test]
-    fn failed_writes_in_a_batch_do_not_take_revisions() {
+    #[tokio::test]
+    async fn failed_writes_in_a_batch_do_not_take_revisions() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("db")).unwrap();
-        store.create("a", json!({"metadata": {}})).unwrap();
+        store.create("a", json!({"metadata": {}})).await.unwrap();
         assert!(matches!(
-            store.create("a", json!({"metadata": {}})),
+            store.create("a", json!({"metadata": {}})).await,
             Err(StoreError::AlreadyExists(_))
         ));
         assert!(matches!(
-            store.update("a", Some(7), json!({"metadata": {}})),
+            store.update("a", Some(7), json!({"metadata": {}})).await,
             Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
-            store.delete("b", None),
+            store.delete("b", None).await,
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(store.revision(), 1);
-        let deleted = store.delete("a", Some(1)).unwrap();
+        let deleted = store.delete("a", Some(1)).await.unwrap();
         assert_eq!(object_revision(&deleted), 2);
-        assert!(store.get("a").unwrap().is_none());
+        assert!(store.get("a").await.unwrap().is_none());
     }
 
-    #[test]
-    fn list_pages_with_limit() {
+    #[tokio::test]
+    async fn list_pages_with_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("db")).unwrap();
         for k in ["p/a", "p/b", "p/c", "q/a"] {
-            store.create(k, json!({"metadata": {"name": k}})).unwrap();
+            store
+                .create(k, json!({"metadata": {"name": k}}))
+                .await
+                .unwrap();
         }
-        let page = store.list("p/", None, Some(2)).unwrap();
-        assert_eq!(page.items.len(), 2);
-        let next = page.continue_after.unwrap();
-        let page = store.list("p/", Some(&next), Some(2)).unwrap();
+        let page = |start_after: Option<String>| ListRequest {
+            start_after,
+            limit: Some(2),
+            revision: None,
+        };
+        let first = store.list("p/", page(None)).await.unwrap();
+        assert_eq!(first.items.len(), 2);
+        let next = first.continue_after.unwrap();
+        let page = store.list("p/", page(Some(next))).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(page.continue_after.is_none());
     }

@@ -1,19 +1,20 @@
-//! The in-memory window of recent events that watches are served from.
+//! The watch cache: the in-memory window of recent events that watches are served from.
 //!
-//! The writer appends events while holding the window's lock, in commit order, so the window
+//! The backend appends events while holding the window's lock, in commit order, so the window
 //! and the broadcast channel see events in revision order and every watcher gets the same order.
 //! Events keep objects as their JSON bytes: that is what watchers send, it is a fraction of the
 //! memory of a parsed document, and a parse happens at most once per event, only when a watcher
 //! needs one (a field selector or a Table).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::StoreError;
+use super::{EventStream, StoreError};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,24 +83,7 @@ impl StoreEvent {
     }
 }
 
-/// A started watch: the backlog from the window, then the live channel.
-pub struct Watch {
-    /// Events after the requested revision that were already in the window.
-    pub backlog: Vec<Arc<StoreEvent>>,
-    /// Live events; a lagging receiver means the watcher fell behind and must restart.
-    pub live: broadcast::Receiver<Arc<StoreEvent>>,
-    /// Only keys under this prefix are of interest.
-    pub prefix: String,
-}
-
-impl Watch {
-    /// Whether an event concerns this watch.
-    pub fn wants(&self, event: &StoreEvent) -> bool {
-        event.key.starts_with(&self.prefix)
-    }
-}
-
-/// Recent events, bounded by count.
+/// Recent events, bounded by count, and the live channel.
 pub(crate) struct Window {
     events: VecDeque<Arc<StoreEvent>>,
     capacity: usize,
@@ -119,45 +103,168 @@ impl Window {
         }
     }
 
-    pub(crate) fn push(&mut self, event: StoreEvent) {
-        let event = Arc::new(event);
+    pub(crate) fn push(&mut self, event: Arc<StoreEvent>) {
+        if event.revision <= self.newest() {
+            // Replayed by a backend stream that restarted: already here.
+            return;
+        }
         if self.events.len() == self.capacity {
             if let Some(evicted) = self.events.pop_front() {
                 self.oldest = evicted.revision;
             }
         }
-        self.events.push_back(event.clone());
+        if self.capacity > 0 {
+            self.events.push_back(event.clone());
+        } else {
+            self.oldest = event.revision;
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.sender.send(event);
     }
 
-    pub(crate) fn watch(&self, prefix: &str, from: u64, current: u64) -> Result<Watch, StoreError> {
-        if from < self.oldest && from < current {
+    /// The newest revision the window has seen.
+    fn newest(&self) -> u64 {
+        self.events.back().map_or(self.oldest, |e| e.revision)
+    }
+
+    pub(crate) fn watch(&self, prefix: &str, from: u64) -> Result<EventStream, StoreError> {
+        if from < self.oldest {
             return Err(StoreError::Gone {
                 requested: from,
                 oldest: self.oldest,
             });
         }
         let start = self.events.partition_point(|e| e.revision <= from);
-        let backlog = self
+        let backlog: Vec<_> = self
             .events
             .range(start..)
             .filter(|e| e.key.starts_with(prefix))
             .cloned()
             .collect();
-        Ok(Watch {
+        Ok(event_stream(
             backlog,
-            live: self.sender.subscribe(),
-            prefix: prefix.to_owned(),
+            self.sender.subscribe(),
+            prefix.to_owned(),
+            from,
+        ))
+    }
+}
+
+/// What an [`EventStream`] walks through.
+struct Cursor {
+    backlog: std::vec::IntoIter<Arc<StoreEvent>>,
+    live: broadcast::Receiver<Arc<StoreEvent>>,
+    prefix: String,
+    /// The last revision handed out: live events up to it were in the backlog already.
+    last: u64,
+    ended: bool,
+}
+
+/// The backlog, then the live events under `prefix` after it.
+fn event_stream(
+    backlog: Vec<Arc<StoreEvent>>,
+    live: broadcast::Receiver<Arc<StoreEvent>>,
+    prefix: String,
+    from: u64,
+) -> EventStream {
+    let cursor = Cursor {
+        backlog: backlog.into_iter(),
+        live,
+        prefix,
+        last: from,
+        ended: false,
+    };
+    futures::stream::unfold(cursor, |mut c| async move {
+        if c.ended {
+            return None;
+        }
+        if let Some(event) = c.backlog.next() {
+            c.last = event.revision;
+            return Some((Ok(event), c));
+        }
+        loop {
+            match c.live.recv().await {
+                Ok(event) if event.revision <= c.last || !event.key.starts_with(&c.prefix) => {}
+                Ok(event) => {
+                    c.last = event.revision;
+                    return Some((Ok(event), c));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Events were dropped for this reader: it must list again, as after a 410.
+                    c.ended = true;
+                    let revision = c.last;
+                    return Some((Err(StoreError::FellBehind { revision }), c));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The watch cache: a window of recent events that watches are served from, in front of any
+/// backend.
+///
+/// A backend feeds it in commit order, either directly ([`WatchCache::push`], from the thread
+/// that commits, as redb and memory do) or by handing over its own event stream
+/// ([`WatchCache::follow`], as a network backend whose watch is a stream does). Watches from a
+/// revision older than the window get [`StoreError::Gone`], as from Kubernetes' watch cache.
+pub struct WatchCache {
+    window: Mutex<Window>,
+}
+
+impl WatchCache {
+    /// A cache keeping `capacity` events, starting at `revision` (watches from before it are
+    /// gone).
+    pub fn new(capacity: usize, revision: u64) -> Self {
+        Self {
+            window: Mutex::new(Window::new(capacity, revision)),
+        }
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends committed events, in revision order.
+    pub fn push<E: Into<Arc<StoreEvent>>>(&self, events: impl IntoIterator<Item = E>) {
+        let mut window = self.window();
+        for event in events {
+            window.push(event.into());
+        }
+    }
+
+    /// Feeds the cache from a backend's event stream (a watch of every key from the cache's
+    /// start revision) until it ends. An error ends the feed: watches then see no more events
+    /// and the backend owner must start a new cache.
+    pub fn follow(self: &Arc<Self>, mut events: EventStream) -> tokio::task::JoinHandle<()> {
+        let cache = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Some(cache) = cache.upgrade() else { return };
+                match event {
+                    Ok(event) => cache.window().push(event),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the watch cache lost its backend stream");
+                        return;
+                    }
+                }
+            }
         })
+    }
+
+    /// The events after `from` under `prefix`: those in the window, then live ones.
+    pub fn watch(&self, prefix: &str, from: u64) -> Result<EventStream, StoreError> {
+        self.window().watch(prefix, from)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
 
-    fn event(revision: u64, key: &str) -> StoreEvent {
+    fn event(revision: u64, key: &str) -> Arc<StoreEvent> {
         StoreEvent::new(
             revision,
             EventKind::Added,
@@ -165,6 +272,17 @@ mod tests {
             Bytes::from_static(b"{}"),
             None,
         )
+        .into()
+    }
+
+    /// The events a watch has ready at once (its backlog).
+    fn backlog(stream: EventStream) -> Vec<Arc<StoreEvent>> {
+        let mut stream = stream;
+        let mut ready = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            ready.push(event.unwrap());
+        }
+        ready
     }
 
     #[test]
@@ -173,8 +291,8 @@ mod tests {
         w.push(event(1, "a/x"));
         w.push(event(2, "b/y"));
         w.push(event(3, "a/z"));
-        let watch = w.watch("a/", 1, 3).unwrap();
-        let revs: Vec<u64> = watch.backlog.iter().map(|e| e.revision).collect();
+        let watch = w.watch("a/", 1).unwrap();
+        let revs: Vec<u64> = backlog(watch).iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![3]);
     }
 
@@ -184,10 +302,53 @@ mod tests {
         for r in 1..=4 {
             w.push(event(r, "k"));
         }
-        assert!(matches!(w.watch("", 1, 4), Err(StoreError::Gone { .. })));
-        assert_eq!(w.watch("", 2, 4).unwrap().backlog.len(), 2);
+        assert!(matches!(w.watch("", 1), Err(StoreError::Gone { .. })));
+        assert_eq!(backlog(w.watch("", 2).unwrap()).len(), 2);
         // Watching from "now" is always possible.
-        assert!(w.watch("", 4, 4).unwrap().backlog.is_empty());
+        assert!(backlog(w.watch("", 4).unwrap()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn live_events_follow_the_backlog_in_order_without_repeats() {
+        let cache = WatchCache::new(10, 0);
+        cache.push([event(1, "a/1"), event(2, "b/1")]);
+        let mut watch = cache.watch("a/", 0).unwrap();
+        cache.push([event(3, "a/2"), event(4, "b/2"), event(5, "a/3")]);
+        let mut revs = Vec::new();
+        while revs.len() < 3 {
+            revs.push(watch.next().await.unwrap().unwrap().revision);
+        }
+        assert_eq!(revs, vec![1, 3, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_is_told_and_its_stream_ends() {
+        let cache = WatchCache::new(16, 0);
+        let mut watch = cache.watch("", 0).unwrap();
+        cache.push((1..=40).map(|r| event(r, "k")));
+        let mut last = None;
+        while let Some(item) = watch.next().await {
+            last = Some(item);
+        }
+        assert!(matches!(last, Some(Err(StoreError::FellBehind { .. }))));
+    }
+
+    #[tokio::test]
+    async fn a_cache_follows_a_backend_stream() {
+        let backend = Arc::new(WatchCache::new(10, 0));
+        let cache = Arc::new(WatchCache::new(10, 0));
+        cache.follow(backend.watch("", 0).unwrap());
+        let mut watch = cache.watch("a/", 0).unwrap();
+        backend.push([event(1, "a/1"), event(2, "b/1"), event(3, "a/2")]);
+        let first = watch.next().await.unwrap().unwrap();
+        let second = watch.next().await.unwrap().unwrap();
+        assert_eq!((first.revision, second.revision), (1, 3));
+        // Late watchers replay what the cache took from the stream.
+        let replayed: Vec<u64> = backlog(cache.watch("", 1).unwrap())
+            .iter()
+            .map(|e| e.revision)
+            .collect();
+        assert_eq!(replayed, vec![2, 3]);
     }
 
     #[test]

@@ -7,9 +7,7 @@
 //! Adding a built-in kind: a new file here with a `resources()` function and one line in
 //! [`builtins!`].
 
-use std::future::Future;
-use std::pin::Pin;
-
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
@@ -19,7 +17,7 @@ use super::table::{Column, AGE, NAME};
 use super::ApiState;
 
 /// A pending lock that serialises a kind's writes (see [`Strategy::write_lock`]).
-pub type WriteLock<'a> = Pin<Box<dyn Future<Output = tokio::sync::MutexGuard<'a, ()>> + Send + 'a>>;
+pub type WriteLock<'a> = BoxFuture<'a, tokio::sync::MutexGuard<'a, ()>>;
 
 /// The verbs of a collection and its objects, as discovery lists them.
 pub const ALL_VERBS: &[&str] = &[
@@ -72,14 +70,15 @@ pub trait Strategy: Send + Sync {
     }
 
     /// Last step of a create before the store write (allocations), under the write lock.
-    fn before_create(
-        &self,
-        _state: &ApiState,
-        _def: &ResourceDef,
-        _key: &str,
-        _object: &mut Value,
-    ) -> Result<(), ApiError> {
-        Ok(())
+    /// Async because it may read the store.
+    fn before_create<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        _def: &'a ResourceDef,
+        _key: &'a str,
+        _object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Last step of an update of the object itself (not `/status`, `/scale`) before
@@ -95,7 +94,10 @@ pub trait Strategy: Send + Sync {
     }
 
     /// After any write to `key` (or a failed or dry-run one): settle with what is stored.
-    fn after_write(&self, _state: &ApiState, _key: &str) {}
+    /// Async because it reads the store.
+    fn after_write<'a>(&'a self, _state: &'a ApiState, _key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 
     // --- delete plan -------------------------------------------------------------------------
 
@@ -118,14 +120,14 @@ pub trait Strategy: Send + Sync {
     fn terminated(&self, _state: &ApiState, _name: &str) {}
 
     /// The grace period of a deletion that someone else completes (a running pod's node
-    /// agent), or `None` to delete at once.
-    fn grace_period(
-        &self,
-        _state: &ApiState,
-        _object: &Value,
-        _opts: &DeleteOptions,
-    ) -> Option<i64> {
-        None
+    /// agent), or `None` to delete at once. Async because it may read the store.
+    fn grace_period<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        _object: &'a Value,
+        _opts: &'a DeleteOptions,
+    ) -> BoxFuture<'a, Option<i64>> {
+        Box::pin(async { None })
     }
 
     // --- reading -----------------------------------------------------------------------------

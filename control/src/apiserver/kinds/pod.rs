@@ -2,6 +2,7 @@
 //! admission, graceful deletion of pods running on a node, the `binding`, `log` and `exec`
 //! subresources, and kubectl's columns.
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod as K;
 use serde_json::{json, Value};
 
@@ -13,6 +14,7 @@ use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::table::{arr, i, or_none, s, Column, AGE, NAME};
 use crate::apiserver::validation::validate_pod_spec;
 use crate::apiserver::ApiState;
+use crate::store::keys;
 
 /// The served resource.
 pub fn resources() -> Vec<ResourceDef> {
@@ -96,29 +98,38 @@ impl Strategy for Pod {
 
     /// A pod bound to an existing node and still running is deleted gracefully: the agent
     /// stops it and then deletes it with grace 0.
-    fn grace_period(&self, state: &ApiState, pod: &Value, opts: &DeleteOptions) -> Option<i64> {
-        let grace = opts
-            .grace_period_seconds
-            .or_else(|| {
-                pod.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30);
-        let node = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
-        let phase = pod
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("Pending");
-        let node_exists = state
-            .store
-            .get(&format!("core/nodes//{node}"))
-            .ok()
-            .flatten()
-            .is_some();
-        (grace > 0 && node_exists && phase != "Succeeded" && phase != "Failed").then_some(grace)
+    fn grace_period<'a>(
+        &'a self,
+        state: &'a ApiState,
+        pod: &'a Value,
+        opts: &'a DeleteOptions,
+    ) -> BoxFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            let grace = opts
+                .grace_period_seconds
+                .or_else(|| {
+                    pod.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30);
+            let node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())?;
+            let phase = pod
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or("Pending");
+            let node_exists = state
+                .store
+                .get(&keys::NODES.key(None, node))
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            (grace > 0 && node_exists && phase != "Succeeded" && phase != "Failed")
+                .then_some(grace)
+        })
     }
 
     fn columns(&self) -> Vec<Column> {

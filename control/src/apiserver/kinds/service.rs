@@ -1,6 +1,7 @@
 //! core/v1 Service: defaults, port and type validation, ClusterIP and NodePort allocation in
 //! the write path (`service_alloc.rs`, writes serialised), and kubectl's columns.
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service as K;
 use serde_json::{json, Value};
 
@@ -113,23 +114,25 @@ impl Strategy for Service {
         Some(Box::pin(state.services.lock()))
     }
 
-    fn before_create(
-        &self,
-        state: &ApiState,
-        def: &ResourceDef,
-        key: &str,
-        object: &mut Value,
-    ) -> Result<(), ApiError> {
-        // An existing Service must not have its addresses reserved a second time.
-        if state.store.get(key).ok().flatten().is_some() {
-            return Err(ApiError::AlreadyExists {
-                kind: def.group_resource(),
-                name: str_at(object, "/metadata/name")
-                    .unwrap_or_default()
-                    .to_owned(),
-            });
-        }
-        state.services.reserve(key, object, None)
+    fn before_create<'a>(
+        &'a self,
+        state: &'a ApiState,
+        def: &'a ResourceDef,
+        key: &'a str,
+        object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            // An existing Service must not have its addresses reserved a second time.
+            if state.store.get(key).await.ok().flatten().is_some() {
+                return Err(ApiError::AlreadyExists {
+                    kind: def.group_resource(),
+                    name: str_at(object, "/metadata/name")
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
+            }
+            state.services.reserve(key, object, None)
+        })
     }
 
     fn before_update(
@@ -143,9 +146,11 @@ impl Strategy for Service {
     }
 
     /// Releases what the Service at `key` no longer holds, from what is stored now.
-    fn after_write(&self, state: &ApiState, key: &str) {
-        let stored = state.store.get(key).ok().flatten();
-        state.services.settle(key, stored.as_ref());
+    fn after_write<'a>(&'a self, state: &'a ApiState, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let stored = state.store.get(key).await.ok().flatten();
+            state.services.settle(key, stored.as_ref());
+        })
     }
 
     fn columns(&self) -> Vec<Column> {
