@@ -738,7 +738,9 @@ impl ApiState {
         let result = self
             .update_unlocked(def, namespace, name, body, sub, opts)
             .await;
-        def.strategy.after_write(self, &def.key(namespace, name)).await;
+        def.strategy
+            .after_write(self, &def.key(namespace, name))
+            .await;
         result
     }
 
@@ -821,7 +823,9 @@ impl ApiState {
         let result = self
             .patch_unlocked(def, namespace, name, kind, body, sub, opts)
             .await;
-        def.strategy.after_write(self, &def.key(namespace, name)).await;
+        def.strategy
+            .after_write(self, &def.key(namespace, name))
+            .await;
         result
     }
 
@@ -915,7 +919,9 @@ impl ApiState {
     ) -> Result<Value, ApiError> {
         let _lock = self.write_lock(def).await;
         let result = self.delete_unlocked(def, namespace, name, opts).await;
-        def.strategy.after_write(self, &def.key(namespace, name)).await;
+        def.strategy
+            .after_write(self, &def.key(namespace, name))
+            .await;
         result
     }
 
