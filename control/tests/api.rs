@@ -110,6 +110,30 @@ async fn requests_without_the_token_get_a_401_status() {
     );
 }
 
+/// `/metrics` (watch counts per resource) is for authenticated callers only, like every path
+/// that is not public health or version information.
+#[tokio::test]
+async fn metrics_need_the_token() {
+    let a = api().await;
+    let anonymous = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let resp = a.router.clone().oneshot(anonymous).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let authed = Request::builder()
+        .uri("/metrics")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = a.router.clone().oneshot(authed).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("apiserver_longrunning_requests"), "{text}");
+}
+
 #[tokio::test]
 async fn create_sets_server_fields_and_rejects_duplicates() {
     let a = api().await;
