@@ -1080,3 +1080,18 @@ async fn continued_pages_read_at_the_first_page_revision_until_it_expires() {
     let (_, rest) = a.get(&format!("{PODS}?limit=2&continue={fresh}")).await;
     assert_eq!(names(&rest), ["c", "d"]);
 }
+
+/// `GET /version/` (the spelling kr8s and other httpx clients use) answers like `/version`,
+/// anonymously, as the Kubernetes API server does.
+#[tokio::test]
+async fn version_answers_with_a_trailing_slash() {
+    let a = api().await;
+    for path in ["/version", "/version/"] {
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let resp = a.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let body: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert!(body["gitVersion"].as_str().is_some_and(|v| v.starts_with('v')), "{path}: {body}");
+    }
+}

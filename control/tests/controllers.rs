@@ -636,3 +636,38 @@ async fn deleting_an_owner_cascades_in_background_foreground_and_orphan_modes() 
     })
     .await;
 }
+
+/// Every namespace gets a `default` ServiceAccount, also one created later, and gets it back
+/// when it is deleted (kube-controller-manager's serviceaccount-controller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_has_a_default_service_account() {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let c = cluster().await;
+    let default_of = |ns: &str| -> Api<ServiceAccount> { Api::namespaced(c.client.clone(), ns) };
+    eventually_within(WAIT, "default ServiceAccounts of the system namespaces", || async {
+        let both = default_of("default").get_opt("default").await.unwrap().is_some()
+            && default_of("kube-system").get_opt("default").await.unwrap().is_some();
+        both.then_some(())
+    })
+    .await;
+
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    eventually_within(WAIT, "the new namespace's default ServiceAccount", || async {
+        default_of("team-a").get_opt("default").await.unwrap().map(|_| ())
+    })
+    .await;
+
+    let first = default_of("team-a").get("default").await.unwrap().uid();
+    default_of("team-a")
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually_within(WAIT, "the deleted ServiceAccount to come back", || async {
+        let again = default_of("team-a").get_opt("default").await.unwrap();
+        again.filter(|sa| sa.uid() != first).map(|_| ())
+    })
+    .await;
+    assert_quiet(&c.client).await;
+}

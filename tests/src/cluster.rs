@@ -245,7 +245,7 @@ pub fn up(opts: &Options) -> anyhow::Result<State> {
         Ok(()) => Ok(state),
         Err(e) => {
             let _ = save(&opts.dir, &state);
-            let _ = down(&opts.dir, &opts.agent_bin);
+            let _ = down(&opts.dir, &opts.agent_bin, Data::Remove);
             Err(e)
         }
     }
@@ -523,15 +523,31 @@ impl Drop for Guard {
                 eprintln!("cluster logs kept in {}", keep.display());
             }
         }
-        if let Err(e) = down(&self.dir, &self.agent_bin) {
+        if let Err(e) = down(&self.dir, &self.agent_bin, Data::Remove) {
             eprintln!("taking the test cluster down: {e:#}");
         }
     }
 }
 
+/// What `down` does with the cluster's data (the API server's store and the nodes' state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// Delete it: the next `up` in the same directory starts an empty cluster.
+    Remove,
+    /// Keep it: the next `up` in the same directory comes back with the same objects.
+    Keep,
+}
+
+/// The API server's store directory of the cluster in `dir`.
+pub fn store_dir(dir: &Path) -> PathBuf {
+    dir.join("control")
+}
+
 /// Removes everything `up` recorded in `dir`: agents, pods, eBPF pins, namespaces, the bridge,
-/// cgroups, skiff-control. Keeps going past errors and reports the first.
-pub fn down(dir: &Path, agent_bin: &Path) -> anyhow::Result<()> {
+/// cgroups, skiff-control, and with [`Data::Remove`] the store and the nodes' directories (so a
+/// following `up` does not resurrect the old Deployments and pods). Keeps going past errors and
+/// reports the first.
+pub fn down(dir: &Path, agent_bin: &Path, data: Data) -> anyhow::Result<()> {
     let state = load(dir)?;
     let mut first_error: Option<anyhow::Error> = None;
     let mut note = |r: anyhow::Result<()>| {
@@ -582,6 +598,18 @@ pub fn down(dir: &Path, agent_bin: &Path) -> anyhow::Result<()> {
     if let Some(bridge) = &state.bridge {
         if Path::new("/sys/class/net").join(bridge).exists() {
             note(ip(&["link", "del", bridge]));
+        }
+    }
+    if data == Data::Remove {
+        // Only after every process is gone: a live skiff-control could write the store again.
+        let dirs = std::iter::once(store_dir(dir)).chain(state.nodes.iter().map(|n| n.root_dir.clone()));
+        for d in dirs {
+            if d.exists() {
+                note(
+                    std::fs::remove_dir_all(&d)
+                        .with_context(|| format!("removing {}", d.display())),
+                );
+            }
         }
     }
     if first_error.is_none() {

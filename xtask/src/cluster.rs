@@ -2,7 +2,7 @@
 //! namespaces joined by a private bridge; see tests/src/cluster.rs), for trying skiff out and
 //! for the end-to-end tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::{Args, Subcommand};
@@ -14,8 +14,8 @@ use crate::{ebpf, images, setup, util};
 pub enum ClusterCommand {
     /// Build, then start skiff-control and N agents (node-1 ... node-N).
     Up(UpArgs),
-    /// Stop and remove everything `up` made.
-    Down(DirArgs),
+    /// Stop and remove everything `up` made, the store included unless --keep-data.
+    Down(DownArgs),
 }
 
 /// Where the cluster keeps its state.
@@ -24,6 +24,17 @@ pub struct DirArgs {
     /// State, logs and kubeconfig of the cluster.
     #[arg(long, default_value_os_t = util::root().join("target/cluster"))]
     dir: PathBuf,
+}
+
+/// Options of `cluster down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Keep the API server's store and the nodes' state: the next `up` comes back with the
+    /// same objects. Without it they are deleted.
+    #[arg(long)]
+    keep_data: bool,
+    #[command(flatten)]
+    dir: DirArgs,
 }
 
 /// Options of `cluster up`.
@@ -46,6 +57,112 @@ fn bin(name: &str) -> PathBuf {
     util::root().join("target/debug").join(name)
 }
 
+/// Builds what a local cluster runs: the eBPF object, the images, the debug binaries.
+fn build() -> anyhow::Result<()> {
+    setup::run()?;
+    ebpf::build()?;
+    images::build()?;
+    util::cargo(&[
+        "build",
+        "-p",
+        "skiff-control",
+        "-p",
+        "skiff-agent",
+        "-p",
+        "skiff-e2e",
+        "--bins",
+    ])
+}
+
+/// Runs `skiff-cluster down` on the cluster in `dir`, deleting its data unless `keep_data`.
+fn down(dir: &Path, keep_data: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new(bin("skiff-cluster"));
+    cmd.arg("down")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--agent-bin")
+        .arg(bin("skiff-agent"));
+    if keep_data {
+        cmd.arg("--keep-data");
+    }
+    anyhow::ensure!(cmd.status()?.success(), "cluster down failed");
+    Ok(())
+}
+
+/// The conformance suites' cluster: a fresh local cluster of its own (name `skconf`, node
+/// network 172.31.249.0/24, so it can run beside a `cluster up` cluster), taken down with its
+/// data when dropped unless kept.
+pub struct Conformance {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Conformance {
+    /// The cluster's node network index: 172.31.INDEX.0/24, the host (API server) at .1.
+    const INDEX: u8 = 249;
+
+    /// Builds (unless `prebuilt`: `cargo xtask test` has built the binaries already), then
+    /// brings up `nodes` nodes in `dir`, replacing a cluster left there.
+    pub fn up(dir: &Path, nodes: usize, keep: bool, prebuilt: bool) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            util::is_root(),
+            "the conformance cluster needs root (network namespaces, containers, BPF); use \
+             --kubeconfig to run against another cluster"
+        );
+        if prebuilt {
+            setup::run()?;
+            ebpf::build()?;
+            images::build()?;
+        } else {
+            build()?;
+        }
+        if dir.join("cluster.json").exists() {
+            eprintln!("conformance: taking down the cluster left in {}", dir.display());
+            down(dir, false)?;
+        }
+        let mut cmd = Command::new(bin("skiff-cluster"));
+        cmd.arg("up")
+            .args(["--name", "skconf", "--index"])
+            .arg(Self::INDEX.to_string())
+            .arg("--nodes")
+            .arg(nodes.to_string())
+            .arg("--dir")
+            .arg(dir)
+            .arg("--images")
+            .arg(images::images_dir())
+            .arg("--control-bin")
+            .arg(bin("skiff-control"))
+            .arg("--agent-bin")
+            .arg(bin("skiff-agent"));
+        let cluster = Self {
+            dir: dir.to_owned(),
+            keep,
+        };
+        anyhow::ensure!(cmd.status()?.success(), "conformance cluster up failed");
+        Ok(cluster)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+}
+
+impl Drop for Conformance {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!(
+                "conformance: the cluster keeps running (KUBECONFIG={}); stop it with `cargo \
+                 xtask cluster down --dir {}`",
+                self.kubeconfig().display(),
+                self.dir.display()
+            );
+        } else if let Err(e) = down(&self.dir, false) {
+            eprintln!("conformance: taking the cluster down: {e:#}");
+        }
+    }
+}
+
 /// Runs `cluster up` or `cluster down`.
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -54,19 +171,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     );
     match command {
         ClusterCommand::Up(args) => {
-            setup::run()?;
-            ebpf::build()?;
-            images::build()?;
-            util::cargo(&[
-                "build",
-                "-p",
-                "skiff-control",
-                "-p",
-                "skiff-agent",
-                "-p",
-                "skiff-e2e",
-                "--bins",
-            ])?;
+            build()?;
             let mut cmd = Command::new(bin("skiff-cluster"));
             cmd.arg("up")
                 .arg("--nodes")
@@ -92,16 +197,6 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ClusterCommand::Down(args) => {
-            let status = Command::new(bin("skiff-cluster"))
-                .arg("down")
-                .arg("--dir")
-                .arg(&args.dir)
-                .arg("--agent-bin")
-                .arg(bin("skiff-agent"))
-                .status()?;
-            anyhow::ensure!(status.success(), "cluster down failed");
-            Ok(())
-        }
+        ClusterCommand::Down(args) => down(&args.dir.dir, args.keep_data),
     }
 }

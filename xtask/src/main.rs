@@ -5,6 +5,7 @@ mod bench_pods;
 mod bench_proxy;
 mod bench_scheduler;
 mod cluster;
+mod conformance;
 mod deploy;
 mod ebpf;
 mod images;
@@ -57,6 +58,10 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run an external test suite (kr8s's, as published) against a fresh local cluster (or
+    /// --kubeconfig), classify its failures into docs/conformance.md and print
+    /// `kr8s: N passed, M failed` last.
+    Conformance(conformance::Args),
     /// Run a benchmark and write its report under docs/.
     Bench {
         #[command(subcommand)]
@@ -100,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster { command } => cluster::run(command),
         Command::Lint => test::lint(),
         Command::Test { tier, args } => test::run(tier, &args),
+        Command::Conformance(args) => conformance::run(&args),
         Command::Bench {
             which: Bench::Api(args),
         } => bench_api::run(args),

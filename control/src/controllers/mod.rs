@@ -19,4 +19,5 @@ pub mod node_lifecycle;
 pub mod pod_cidr;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod serviceaccount;
 pub mod statefulset;

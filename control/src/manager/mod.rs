@@ -10,7 +10,7 @@ pub mod leader;
 use crate::client::Context;
 use crate::controllers::{
     cronjob, daemonset, deployment, endpoints, endpointslice, garbage_collector, job,
-    node_lifecycle, pod_cidr, replicaset, replicationcontroller, statefulset,
+    node_lifecycle, pod_cidr, replicaset, replicationcontroller, serviceaccount, statefulset,
 };
 
 /// Settings of the client-side controllers.
@@ -62,6 +62,7 @@ pub async fn run_all(ctx: Context) {
         tokio::spawn(garbage_collector::run(ctx.clone())),
         tokio::spawn(daemonset::run(ctx.clone())),
         tokio::spawn(statefulset::run(ctx.clone())),
+        tokio::spawn(serviceaccount::run(ctx.clone())),
     ];
     for task in tasks {
         let _ = task.await;

@@ -62,6 +62,10 @@ enum Cmd {
         /// skiff-agent binary (runs `skiff-agent cleanup` in each node).
         #[arg(long)]
         agent_bin: PathBuf,
+        /// Keep the store and the nodes' state, so that the next `up` with this --dir comes
+        /// back with the same objects (by default they are deleted).
+        #[arg(long)]
+        keep_data: bool,
     },
 }
 
@@ -116,9 +120,30 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Down { dir, agent_bin } => {
-            cluster::down(&dir, &agent_bin)?;
-            println!("cluster in {} removed", dir.display());
+        Cmd::Down {
+            dir,
+            agent_bin,
+            keep_data,
+        } => {
+            let data = if keep_data {
+                cluster::Data::Keep
+            } else {
+                cluster::Data::Remove
+            };
+            cluster::down(&dir, &agent_bin, data)?;
+            match data {
+                cluster::Data::Remove => println!(
+                    "cluster in {} removed, with its store: the next `up` starts empty \
+                     (`down --keep-data` keeps it)",
+                    dir.display()
+                ),
+                cluster::Data::Keep => println!(
+                    "cluster in {} stopped; its store is kept in {}: the next `up` with this \
+                     --dir comes back with the same objects",
+                    dir.display(),
+                    cluster::store_dir(&dir).display()
+                ),
+            }
             Ok(())
         }
     }
