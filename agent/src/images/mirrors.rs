@@ -573,7 +573,7 @@ fn redact(message: &str, secrets: &[String]) -> String {
 // The file as written. `deny_unknown_fields` turns a misspelt key into an error.
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a map with `mirrors` and `configs`")]
 struct RawFile {
     #[serde(default)]
     mirrors: Ordered<RawMirror>,
@@ -582,7 +582,10 @@ struct RawFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mirror entry: a map with `endpoint` and `rewrite`"
+)]
 struct RawMirror {
     #[serde(default)]
     endpoint: Vec<String>,
@@ -591,14 +594,20 @@ struct RawMirror {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a host's settings: a map with `auth` and `tls`"
+)]
 struct RawHost {
     auth: Option<RawAuth>,
     tls: Option<RawTls>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `username` and `password`, or `auth`"
+)]
 struct RawAuth {
     username: Option<Secret>,
     password: Option<Secret>,
@@ -607,7 +616,10 @@ struct RawAuth {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `ca_file`, `cert_file`, `key_file`, `insecure_skip_verify`"
+)]
 struct RawTls {
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
@@ -989,7 +1001,7 @@ configs:
                 "not supported",
             ),
             ("configs:\n  x.io:\n    auth: {auth: \"%%%\"}\n", "base64"),
-            ("- a\n- b\n", "struct"),
+            ("- a\n- b\n", "a map with `mirrors` and `configs`"),
         ];
         for (text, expected) in cases {
             let err = parse_err(text);
