@@ -41,6 +41,10 @@ enum Cmd {
         /// The agents' --proxy-mode.
         #[arg(long, default_value = "ebpf")]
         proxy_mode: String,
+        /// Registry mirrors for every agent: a k3s-style registries.yaml (the agents'
+        /// --registry-config).
+        #[arg(long, value_name = "FILE")]
+        registry_config: Option<PathBuf>,
         /// skiff-control binary.
         #[arg(long)]
         control_bin: PathBuf,
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             index,
             images,
             proxy_mode,
+            registry_config,
             control_bin,
             agent_bin,
             agent_args,
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 agent_bin,
                 images,
                 proxy_mode,
+                registry_config,
                 agent_args,
                 control_args,
             })?;
