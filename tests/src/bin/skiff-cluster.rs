@@ -17,6 +17,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; boxing the flags would only obscure them"
+)]
 enum Cmd {
     /// Start skiff-control and N agents, each node in its own network namespace.
     Up {
