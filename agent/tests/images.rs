@@ -923,3 +923,152 @@ configs:
     assert!(err.to_string().contains(&origin.addr), "{err}");
     assert!(origin.hits() >= 1, "the origin was not tried");
 }
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files
+/// in `dir`: ca.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+fn write_test_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "skiff-test-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    for (name, purpose) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        ];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// Debian's registry on loopback over TLS, asking for a client certificate from `pki`'s CA.
+fn start_tls_registry(pki: &Path) -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("localhost:{}", free_port());
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {pki}/server.pem\n    key: {pki}/server-key.pem\n    clientcas:\n      - {pki}/ca.pem\n",
+        root = dir.path().join("data").display(),
+        pki = pki.display(),
+    );
+    let config_path = dir.path().join("config.yml");
+    fs::write(&config_path, config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let registry = Registry {
+        child,
+        addr,
+        _dir: dir,
+    };
+    wait_for(
+        "the TLS registry to listen",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(&registry.addr).is_ok(),
+    );
+    registry
+}
+
+/// A mirror over TLS with the registries.yaml's own CA and client certificate (rustls), and
+/// what happens without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_tls_mirror_with_ca_and_client_certificate() {
+    for p in ["docker-registry", "skopeo"] {
+        if !has_program(p) {
+            eprintln!("skipping pull_through_tls_mirror_with_ca_and_client_certificate: {p} is not installed (cargo xtask setup)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    fs::create_dir(&pki).unwrap();
+    write_test_pki(&pki);
+    let registry = start_tls_registry(&pki);
+    // skopeo reads a client certificate from a directory (*.cert, *.key, CA *.crt).
+    let certs = tmp.path().join("skopeo-certs");
+    fs::create_dir(&certs).unwrap();
+    fs::copy(pki.join("client.pem"), certs.join("client.cert")).unwrap();
+    fs::copy(pki.join("client-key.pem"), certs.join("client.key")).unwrap();
+    fs::copy(pki.join("ca.pem"), certs.join("ca.crt")).unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    let manifest = write_oci_layout(&layout, "foo:tag", &config(), &layers(), true).unwrap();
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q"])
+        .arg(format!("--dest-cert-dir={}", certs.display()))
+        .arg(format!("oci:{}", layout.display()))
+        .arg(format!(
+            "docker://{}/docker.io/library/foo:tag",
+            registry.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let conf = tmp.path().join("conf");
+    fs::create_dir(&conf).unwrap();
+    let with_tls = |tls: &str| {
+        let yaml = format!(
+            "mirrors:\n  docker.io:\n    endpoint: [\"https://{addr}\"]\n    rewrite:\n      \"^(.*)$\": \"docker.io/$1\"\nconfigs:\n  \"{addr}\":\n    tls: {tls}\n",
+            addr = registry.addr,
+        );
+        registry_config(&conf, &yaml, true)
+    };
+    let pki_dir = pki.display();
+    // CA and client certificate (paths relative to the file's directory work too).
+    let full = format!(
+        "{{ca_file: ../pki/ca.pem, cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem}}"
+    );
+    let store = ImageStore::open_with(tmp.path().join("s1"), with_tls(&full)).unwrap();
+    let image = store.pull("foo:tag", None).await.unwrap();
+    assert_eq!(image.manifest_digest, manifest);
+    check_image(&store, "docker.io/library/foo:tag");
+
+    // The CA but no client certificate: the registry refuses the handshake.
+    let ca_only = format!("{{ca_file: {pki_dir}/ca.pem}}");
+    let store = ImageStore::open_with(tmp.path().join("s2"), with_tls(&ca_only)).unwrap();
+    let err = store.pull("foo:tag", None).await.unwrap_err();
+    assert!(err.to_string().contains(&registry.addr), "{err}");
+
+    // A client certificate but not the CA: the server is not trusted ...
+    let no_ca = format!("{{cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem}}");
+    let store = ImageStore::open_with(tmp.path().join("s3"), with_tls(&no_ca)).unwrap();
+    let err = store.pull("foo:tag", None).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // ... unless verification is skipped.
+    let skip = format!(
+        "{{cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem, insecure_skip_verify: true}}"
+    );
+    let store = ImageStore::open_with(tmp.path().join("s4"), with_tls(&skip)).unwrap();
+    store.pull("foo:tag", None).await.unwrap();
+}
