@@ -78,6 +78,16 @@ struct PodArgs {
     /// A registry host (`host:port`) spoken to over plain HTTP; repeat for several.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// Registry mirrors, with credentials and TLS per host: a file in the shape of k3s's
+    /// registries.yaml (`mirrors:` with `endpoint` and `rewrite`, `configs:` with `auth` and
+    /// `tls`). Mirrors are tried first, then the registry itself.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// Pull images of registries that have a mirror entry in --registry-config (every registry
+    /// if it has a "*" entry) from the mirrors only, never from the registry itself (k3s's
+    /// flag of the same name).
+    #[arg(long)]
+    disable_default_registry_endpoint: bool,
     /// Static pods: pod manifests in this directory run on this node, mirrored into the API.
     #[arg(long, value_name = "DIR")]
     manifest_dir: Option<PathBuf>,
@@ -359,6 +369,30 @@ fn start_datapath(cli: &Cli) -> anyhow::Result<Option<Box<dyn Datapath + Send>>>
     }))
 }
 
+/// How the image store talks to registries: the flags and the `--registry-config` file.
+fn registry_config(pods: &PodArgs) -> anyhow::Result<skiff_agent::images::RegistryConfig> {
+    let mirrors = match &pods.registry_config {
+        Some(path) => {
+            let config = skiff_agent::images::MirrorConfig::load(path)?;
+            tracing::info!(file = %path.display(), "read the registry config");
+            config
+        }
+        None => {
+            if pods.disable_default_registry_endpoint {
+                tracing::warn!("--disable-default-registry-endpoint without --registry-config has no effect: no registry has a mirror entry");
+            }
+            Default::default()
+        }
+    };
+    Ok(skiff_agent::images::RegistryConfig {
+        plain_http: pods.insecure_registries.clone(),
+        allowed: pods.local_registries_only.then(Vec::new),
+        mirrors,
+        disable_default_endpoint: pods.disable_default_registry_endpoint,
+        ..Default::default()
+    })
+}
+
 /// Runs the agent: the Node's registration and heartbeat, and the service proxy if asked for.
 fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     let kubeconfig = cli.kubeconfig.clone().ok_or_else(|| {
@@ -368,6 +402,8 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         .node_name
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the agent needs --node-name; see --help"))?;
+    // Read before anything starts, so that a bad file stops the agent at once.
+    let registry = registry_config(&cli.pods)?;
     let datapath = start_datapath(cli)?;
     std::fs::create_dir_all(&cli.root_dir)
         .with_context(|| format!("creating the root dir {}", cli.root_dir.display()))?;
@@ -387,11 +423,6 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     let runtime = std::sync::Arc::new(
         skiff_agent::runtime::Runtime::new(&cli.root_dir).context("opening the pod runtime")?,
     );
-    let registry = skiff_agent::images::RegistryConfig {
-        plain_http: cli.pods.insecure_registries.clone(),
-        allowed: cli.pods.local_registries_only.then(Vec::new),
-        ..Default::default()
-    };
     let images = skiff_agent::images::ImageStore::open_with(cli.root_dir.join("images"), registry)
         .context("opening the image store")?;
     for dir in &cli.pods.preload_images {

@@ -1,7 +1,7 @@
 //! Image store integration tests: imports of OCI layouts and docker-archives, pulls from a
 //! real registry (Debian's docker-registry, distribution 2.8, on loopback with htpasswd basic
 //! auth, the image pushed with skopeo) and from an in-process registry with bearer tokens and
-//! a manifest list, and pull policies.
+//! a manifest list, pull policies, and pulls through mirrors (`--registry-config`).
 //!
 //! The real-registry test needs root and the `docker-registry` and `skopeo` packages (`cargo
 //! xtask setup`); it says why and returns when they are missing.
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use skiff_agent::images::layout::{write_oci_layout, ConfigSpec, LayerBuilder};
 use skiff_agent::images::{
-    Credentials, Digest, ImageError, ImageStore, PullPolicy, RegistryConfig,
+    Credentials, Digest, ImageError, ImageStore, MirrorConfig, PullPolicy, RegistryConfig,
 };
 use skiff_test_support::{is_root, require_root, wait_for};
 
@@ -752,4 +752,323 @@ fn layers_stack_in_overlayfs() {
         fs::read(image.layers[0].join("bin/hello")).unwrap(),
         b"#!/bin/sh\necho hello\n"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirrors (`--registry-config`, k3s's registries.yaml)
+
+/// A loopback listener standing in for a registry that must never be contacted: it counts
+/// the connections it accepts and closes them.
+struct Trap {
+    addr: String,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Trap {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        // The thread ends with the test process.
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        Self { addr, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn registry_config(dir: &Path, yaml: &str, disable_default: bool) -> RegistryConfig {
+    let path = dir.join("registries.yaml");
+    fs::write(&path, yaml).unwrap();
+    RegistryConfig {
+        mirrors: MirrorConfig::load(&path).unwrap(),
+        disable_default_endpoint: disable_default,
+        // Belt and braces: whatever happens, nothing in this test leaves loopback.
+        allowed: Some(Vec::new()),
+        ..RegistryConfig::default()
+    }
+}
+
+/// `docker.io/library/foo:tag` through a mirror that keeps images under `<registry>/<repo>`
+/// (the layout of the lab's registry at 172.31.250.1:5000), with the mirror's credentials
+/// from `configs`; with the default endpoint disabled and the mirrors down the pull fails
+/// clearly and the registry itself is never contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_mirror_with_rewrite_and_no_fallback() {
+    for p in ["docker-registry", "skopeo"] {
+        if !has_program(p) {
+            eprintln!("skipping pull_through_mirror_with_rewrite_and_no_fallback: {p} is not installed (cargo xtask setup)");
+            return;
+        }
+    }
+    let registry = start_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    let manifest = write_oci_layout(&layout, "foo:tag", &config(), &layers(), true).unwrap();
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("--dest-creds={USER}:{PASSWORD}"))
+        .arg(format!("oci:{}", layout.display()))
+        .arg(format!(
+            "docker://{}/docker.io/library/foo:tag",
+            registry.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = format!("127.0.0.1:{}", free_port());
+    let origin = Trap::start();
+
+    // The first mirror is down, the second serves `docker.io/library/foo` for `foo:tag`.
+    let yaml = format!(
+        r#"
+mirrors:
+  docker.io:
+    endpoint: ["http://{dead}", "http://{addr}"]
+    rewrite:
+      "^(.*)$": "docker.io/$1"
+  "{origin}":
+    endpoint: ["http://{dead}"]
+configs:
+  "{addr}":
+    auth:
+      username: {USER}
+      password: {PASSWORD}
+"#,
+        addr = registry.addr,
+        origin = origin.addr,
+    );
+    let store = ImageStore::open_with(
+        tmp.path().join("store"),
+        registry_config(tmp.path(), &yaml, true),
+    )
+    .unwrap();
+    let image = store
+        .ensure("foo:tag", PullPolicy::IfNotPresent, None)
+        .await
+        .unwrap();
+    assert_eq!(image.manifest_digest, manifest);
+    // Stored under the name the pod asked for, not the mirror's.
+    assert_eq!(image.reference, "docker.io/library/foo:tag");
+    check_image(&store, "docker.io/library/foo:tag");
+    store.resolve(&format!("foo@{manifest}")).unwrap();
+
+    // A tag the mirror does not have: both mirrors' answers, and why the registry itself
+    // (registry-1.docker.io) was not asked.
+    let err = store.pull("foo:missing", None).await.unwrap_err();
+    assert_eq!(err.kubelet_reason(), "ErrImagePull");
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(msg.contains(&dead) && msg.contains("not found"), "{msg}");
+    assert!(msg.contains("disable-default-registry-endpoint"), "{msg}");
+    assert!(!msg.contains(PASSWORD), "{msg}");
+
+    // The origin is on loopback (always allowed) and its only mirror is down: with the
+    // default endpoint disabled, the pull fails and the origin sees no connection.
+    let at_origin = format!("{}/team/app:v1", origin.addr);
+    let err = store.pull(&at_origin, None).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&dead), "{msg}");
+    assert!(
+        msg.contains("default endpoint") && msg.contains("disabled"),
+        "{msg}"
+    );
+    assert_eq!(origin.hits(), 0, "the origin registry was contacted");
+
+    // Offline node: a "*" entry covers every registry; with the mirror gone nothing is pulled
+    // and nothing but the mirror is tried.
+    let offline_yaml = format!(
+        "mirrors:\n  \"*\":\n    endpoint: [\"http://{addr}\"]\n    rewrite:\n      \"^(.*)$\": \"docker.io/$1\"\nconfigs:\n  \"{addr}\":\n    auth: {{username: {USER}, password: {PASSWORD}}}\n",
+        addr = registry.addr
+    );
+    let offline = ImageStore::open_with(
+        tmp.path().join("offline"),
+        registry_config(tmp.path(), &offline_yaml, true),
+    )
+    .unwrap();
+    offline.pull("foo:tag", None).await.unwrap();
+    let registry_addr = registry.addr.clone();
+    drop(registry);
+    for image in ["foo:other", &format!("{}/x/y:1", origin.addr)] {
+        let err = offline.pull(image, None).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&registry_addr) && msg.contains("disabled"),
+            "{image}: {msg}"
+        );
+    }
+    assert_eq!(origin.hits(), 0, "the origin registry was contacted");
+
+    // The same without --disable-default-registry-endpoint: the origin is tried after the
+    // mirror (the trap proves it would have seen the pulls above).
+    let fallback = ImageStore::open_with(
+        tmp.path().join("fallback"),
+        registry_config(tmp.path(), &yaml, false),
+    )
+    .unwrap();
+    let err = fallback.pull(&at_origin, None).await.unwrap_err();
+    assert!(err.to_string().contains(&origin.addr), "{err}");
+    assert!(origin.hits() >= 1, "the origin was not tried");
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files
+/// in `dir`: ca.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+fn write_test_pki(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "skiff-test-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    for (name, purpose) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![purpose];
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        ];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// Debian's registry on loopback over TLS, asking for a client certificate from `pki`'s CA.
+fn start_tls_registry(pki: &Path) -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("localhost:{}", free_port());
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {pki}/server.pem\n    key: {pki}/server-key.pem\n    clientcas:\n      - {pki}/ca.pem\n",
+        root = dir.path().join("data").display(),
+        pki = pki.display(),
+    );
+    let config_path = dir.path().join("config.yml");
+    fs::write(&config_path, config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.path().join("registry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let registry = Registry {
+        child,
+        addr,
+        _dir: dir,
+    };
+    wait_for(
+        "the TLS registry to listen",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(&registry.addr).is_ok(),
+    );
+    registry
+}
+
+/// A mirror over TLS with the registries.yaml's own CA and client certificate (rustls), and
+/// what happens without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_through_tls_mirror_with_ca_and_client_certificate() {
+    for p in ["docker-registry", "skopeo"] {
+        if !has_program(p) {
+            eprintln!("skipping pull_through_tls_mirror_with_ca_and_client_certificate: {p} is not installed (cargo xtask setup)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = tmp.path().join("pki");
+    fs::create_dir(&pki).unwrap();
+    write_test_pki(&pki);
+    let registry = start_tls_registry(&pki);
+    // skopeo reads a client certificate from a directory (*.cert, *.key, CA *.crt).
+    let certs = tmp.path().join("skopeo-certs");
+    fs::create_dir(&certs).unwrap();
+    fs::copy(pki.join("client.pem"), certs.join("client.cert")).unwrap();
+    fs::copy(pki.join("client-key.pem"), certs.join("client.key")).unwrap();
+    fs::copy(pki.join("ca.pem"), certs.join("ca.crt")).unwrap();
+    let layout = tmp.path().join("layout");
+    fs::create_dir(&layout).unwrap();
+    let manifest = write_oci_layout(&layout, "foo:tag", &config(), &layers(), true).unwrap();
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q"])
+        .arg(format!("--dest-cert-dir={}", certs.display()))
+        .arg(format!("oci:{}", layout.display()))
+        .arg(format!(
+            "docker://{}/docker.io/library/foo:tag",
+            registry.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let conf = tmp.path().join("conf");
+    fs::create_dir(&conf).unwrap();
+    let with_tls = |tls: &str| {
+        let yaml = format!(
+            "mirrors:\n  docker.io:\n    endpoint: [\"https://{addr}\"]\n    rewrite:\n      \"^(.*)$\": \"docker.io/$1\"\nconfigs:\n  \"{addr}\":\n    tls: {tls}\n",
+            addr = registry.addr,
+        );
+        registry_config(&conf, &yaml, true)
+    };
+    let pki_dir = pki.display();
+    // CA and client certificate (paths relative to the file's directory work too).
+    let full = format!(
+        "{{ca_file: ../pki/ca.pem, cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem}}"
+    );
+    let store = ImageStore::open_with(tmp.path().join("s1"), with_tls(&full)).unwrap();
+    let image = store.pull("foo:tag", None).await.unwrap();
+    assert_eq!(image.manifest_digest, manifest);
+    check_image(&store, "docker.io/library/foo:tag");
+
+    // The CA but no client certificate: the registry refuses the handshake.
+    let ca_only = format!("{{ca_file: {pki_dir}/ca.pem}}");
+    let store = ImageStore::open_with(tmp.path().join("s2"), with_tls(&ca_only)).unwrap();
+    let err = store.pull("foo:tag", None).await.unwrap_err();
+    assert!(err.to_string().contains(&registry.addr), "{err}");
+
+    // A client certificate but not the CA: the server is not trusted ...
+    let no_ca = format!("{{cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem}}");
+    let store = ImageStore::open_with(tmp.path().join("s3"), with_tls(&no_ca)).unwrap();
+    let err = store.pull("foo:tag", None).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // ... unless verification is skipped.
+    let skip = format!(
+        "{{cert_file: {pki_dir}/client.pem, key_file: {pki_dir}/client-key.pem, insecure_skip_verify: true}}"
+    );
+    let store = ImageStore::open_with(tmp.path().join("s4"), with_tls(&skip)).unwrap();
+    store.pull("foo:tag", None).await.unwrap();
 }

@@ -36,6 +36,9 @@ pub struct Options {
     pub images: Option<PathBuf>,
     /// `--proxy-mode` of the agents.
     pub proxy_mode: String,
+    /// A registries.yaml every agent reads (`--registry-config`): mirrors such as the host's
+    /// registry at 172.31.<index>.1:5000, the host side of the node bridge.
+    pub registry_config: Option<PathBuf>,
     /// Extra arguments for every agent.
     pub agent_args: Vec<String>,
     /// Extra arguments for skiff-control.
@@ -63,6 +66,7 @@ impl Options {
             agent_bin: crate::agent_bin(),
             images: Some(images),
             proxy_mode: "none".into(),
+            registry_config: None,
             agent_args: vec![],
             control_args: vec![],
         }
@@ -324,6 +328,15 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         );
         Ok(state.kubeconfig.exists() && std::net::TcpStream::connect((net(1), 6443)).is_ok())
     })?;
+    // Absolute, so that the agents (started elsewhere) find it; checked here so that a typo
+    // fails before any agent starts.
+    let registry_config = opts
+        .registry_config
+        .as_ref()
+        .map(|p| {
+            std::fs::canonicalize(p).with_context(|| format!("the registry config {}", p.display()))
+        })
+        .transpose()?;
     for node in &mut state.nodes {
         let mut args: Vec<String> = [
             "--kubeconfig",
@@ -352,6 +365,10 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         if let Some(images) = &opts.images {
             args.push("--preload-images".into());
             args.push(images.display().to_string());
+        }
+        if let Some(config) = &registry_config {
+            args.push("--registry-config".into());
+            args.push(config.display().to_string());
         }
         args.extend(opts.agent_args.iter().cloned());
         node.agent_command = std::iter::once(opts.agent_bin.display().to_string())

@@ -49,6 +49,10 @@ pub struct UpArgs {
     /// The agents' service proxy: ebpf, iptables, nftables or none.
     #[arg(long, default_value = "ebpf")]
     proxy_mode: String,
+    /// Registry mirrors for every agent: a k3s-style registries.yaml (see the README); the
+    /// host's side of the node bridge is 172.31.250.1.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
     #[command(flatten)]
     dir: DirArgs,
 }
@@ -188,6 +192,9 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
                 .arg(bin("skiff-agent"));
             if let Some(k) = &args.kubeconfig {
                 cmd.arg("--kubeconfig").arg(k);
+            }
+            if let Some(r) = &args.registry_config {
+                cmd.arg("--registry-config").arg(r);
             }
             anyhow::ensure!(cmd.status()?.success(), "cluster up failed");
             let kubectl = setup::kubectl_path();

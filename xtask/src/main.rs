@@ -38,7 +38,8 @@ enum Command {
     /// Set up, build and start skiff on this host (systemd units, or supervised processes
     /// where systemd is not PID 1), or with --hosts on several hosts over ssh; prints how to
     /// use kubectl.
-    Deploy(deploy::DeployArgs),
+    // Boxed: its many flags make it much larger than the other variants.
+    Deploy(Box<deploy::DeployArgs>),
     /// Stop what `deploy` started (here, or with --hosts on those hosts).
     Stop(deploy::StopArgs),
     /// A local multi-node cluster: `cluster up --nodes N`, `cluster down`.
@@ -100,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::BuildEbpf => ebpf::build(),
         Command::Images => images::build(),
-        Command::Deploy(args) => deploy::deploy(args),
+        Command::Deploy(args) => deploy::deploy(*args),
         Command::Stop(args) => deploy::stop(args),
         Command::Cluster { command } => cluster::run(command),
         Command::Lint => test::lint(),

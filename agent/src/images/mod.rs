@@ -15,7 +15,8 @@
 //! image never waits for work.
 //!
 //! Sources: OCI image layouts (directory or tar), `docker save` archives (directory or tar) and
-//! registries speaking the Distribution API (see [`registry`]). [`ensure`](ImageStore::ensure)
+//! registries speaking the Distribution API (see [`registry`]), directly or through mirrors (see
+//! [`mirrors`]). [`ensure`](ImageStore::ensure)
 //! applies a container's `imagePullPolicy`.
 //!
 //! The filesystem work is blocking: async callers use `spawn_blocking` (as [`ImageStore::pull`]
@@ -24,6 +25,7 @@
 mod digest;
 mod import;
 pub mod layout;
+pub mod mirrors;
 mod reference;
 pub mod registry;
 mod unpack;
@@ -38,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 pub use digest::{Digest, HashingReader, InvalidDigest};
+pub use mirrors::{Attempt, MirrorConfig, MirrorError, PullPlan};
 pub use reference::{is_loopback_host, Reference};
 pub use registry::{Credentials, RegistryConfig};
 pub use unpack::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};

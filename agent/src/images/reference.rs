@@ -154,7 +154,7 @@ fn valid_tag(t: &str) -> bool {
 }
 
 /// Lowercase alphanumerics separated by `.`, `_`, `__` or runs of `-`.
-fn valid_path_component(c: &str) -> bool {
+pub(crate) fn valid_path_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     match (b.first(), b.last()) {
@@ -169,7 +169,7 @@ fn valid_path_component(c: &str) -> bool {
 }
 
 /// A host name or IPv4 address with an optional port, or a bracketed IPv6 address.
-fn valid_domain(d: &str) -> bool {
+pub(crate) fn valid_domain(d: &str) -> bool {
     if d.is_empty() || d.len() > 255 {
         return false;
     }

@@ -5,6 +5,10 @@
 //! as basic auth if there are any, for `repository:<path>:pull`). Loopback registries and the
 //! hosts in [`RegistryConfig::plain_http`] are spoken to over plain HTTP, the rest over HTTPS
 //! with the webpki roots (rustls). Every manifest and blob is verified against its digest.
+//!
+//! Which endpoints a pull tries (mirrors, rewritten paths, the registry itself) and with which
+//! credentials and TLS settings is decided in [`super::mirrors`]; a pull tries them in order
+//! until one serves the whole image.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use reqwest::{Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use super::digest::Hasher;
+use super::mirrors::{Attempt, MirrorConfig};
 use super::{
     is_index, is_loopback_host, select_platform, Digest, Image, ImageError, ImageStore, Reference,
     MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE,
@@ -28,12 +33,22 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
 /// A user name and password (or token) for a registry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// User name.
     pub username: String,
     /// Password or access token.
     pub password: String,
+}
+
+/// Never shows the password (configs end up in debug logs).
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// How the store talks to registries.
@@ -46,6 +61,11 @@ pub struct RegistryConfig {
     pub allowed: Option<Vec<String>>,
     /// Credentials per registry host, used when a pull brings none.
     pub credentials: HashMap<String, Credentials>,
+    /// Mirrors and per-host credentials and TLS (`--registry-config`, k3s's registries.yaml).
+    pub mirrors: MirrorConfig,
+    /// Registries with a mirror entry are pulled from their mirrors only, never from
+    /// themselves (k3s's `--disable-default-registry-endpoint`).
+    pub disable_default_endpoint: bool,
 }
 
 impl RegistryConfig {
@@ -57,7 +77,7 @@ impl RegistryConfig {
         }
     }
 
-    fn is_allowed(&self, domain: &str) -> bool {
+    pub(crate) fn is_allowed(&self, domain: &str) -> bool {
         is_loopback_host(domain)
             || self
                 .allowed
@@ -109,10 +129,14 @@ pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
     }
 }
 
-/// One pull's connection to a repository, with the authorization it has earned.
+/// One pull's connection to a repository at one endpoint, with the authorization it has earned.
 struct Session<'a> {
     http: &'a reqwest::Client,
+    /// `scheme://host[:port][/prefix]` of the endpoint.
     base: String,
+    /// The repository path at this endpoint (rewritten at a mirror).
+    path: String,
+    /// What the pod asked for (in messages).
     reference: &'a Reference,
     credentials: Option<Credentials>,
     authorization: Option<HeaderValue>,
@@ -173,8 +197,7 @@ impl Session<'_> {
                 service,
                 scope,
             } => {
-                let scope =
-                    scope.unwrap_or_else(|| format!("repository:{}:pull", self.reference.path));
+                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.path));
                 let mut req = self.http.get(&realm).query(&[("scope", scope.as_str())]);
                 if let Some(s) = &service {
                     req = req.query(&[("service", s.as_str())]);
@@ -213,10 +236,7 @@ impl Session<'_> {
         &mut self,
         reference: &str,
     ) -> Result<(Vec<u8>, Digest, Option<String>), ImageError> {
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base, self.reference.path
-        );
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.path);
         let resp = self.get(&url, Some(MANIFEST_ACCEPT)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(self.fail(format!("manifest {reference} not found")));
@@ -256,7 +276,7 @@ impl Session<'_> {
         if store.has_blob(digest) {
             return Ok(());
         }
-        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.reference.path);
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.path);
         let mut resp = self.get(&url, None).await?;
         if !resp.status().is_success() {
             return Err(self.fail(format!("GET {url}: {}", resp.status())));
@@ -339,52 +359,87 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The HTTP client settings every registry connection shares (TLS settings per host are
+/// added to it in [`super::mirrors`]).
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        HeaderValue::from_static(concat!("skiff-agent/", env!("CARGO_PKG_VERSION"))),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+}
+
 impl ImageStore {
     fn http(&self) -> Result<&reqwest::Client, ImageError> {
         if let Some(c) = self.inner.http.get() {
             return Ok(c);
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::USER_AGENT,
-            HeaderValue::from_static(concat!("skiff-agent/", env!("CARGO_PKG_VERSION"))),
-        );
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
+        let client = client_builder()
             .build()
             .map_err(|e| ImageError::io("building the HTTP client", std::io::Error::other(e)))?;
         Ok(self.inner.http.get_or_init(|| client))
     }
 
-    /// Pulls an image (linux/amd64 if the reference names an index) and returns it unpacked.
-    /// Blobs already stored are not downloaded again.
+    /// Pulls an image (linux/amd64 if the reference names an index) and returns it unpacked,
+    /// from the first endpoint (mirror or the registry itself, see [`super::mirrors`]) that
+    /// serves it. Blobs already stored are not downloaded again.
     pub async fn pull(
         &self,
         reference: &str,
         credentials: Option<&Credentials>,
     ) -> Result<Image, ImageError> {
         let r = Reference::parse(reference)?;
-        if !self.inner.registry.is_allowed(&r.domain) {
-            return Err(ImageError::Pull {
-                reference: r.to_string(),
-                reason: format!("registry {} is not in the allowed list", r.domain),
-            });
-        }
+        let registry = &self.inner.registry;
+        let plan = registry.plan(&r).map_err(|reason| ImageError::Pull {
+            reference: r.to_string(),
+            reason,
+        })?;
         let _ingest = self.ingest();
-        let host = r.api_host();
-        let plain =
-            is_loopback_host(host) || self.inner.registry.plain_http.iter().any(|h| h == host);
-        let mut session = Session {
-            http: self.http()?,
-            base: format!("{}://{host}", if plain { "http" } else { "https" }),
-            reference: &r,
-            credentials: credentials
-                .cloned()
-                .or_else(|| self.inner.registry.credentials.get(&r.domain).cloned()),
-            authorization: None,
-        };
+        let mut failures = Vec::new();
+        for attempt in &plan.attempts {
+            tracing::debug!(reference = %r, endpoint = %attempt.base, path = %attempt.path, "pulling");
+            let session = Session {
+                http: match registry.client_for(attempt, &r) {
+                    Some(c) => c,
+                    None => self.http()?,
+                },
+                base: attempt.base.clone(),
+                path: attempt.path.clone(),
+                reference: &r,
+                credentials: registry.credentials_for(attempt, &r, credentials),
+                authorization: None,
+            };
+            match self.pull_from(session, &r).await {
+                Ok(image) => return Ok(image),
+                Err(e) => {
+                    if plan.attempts.len() > 1 {
+                        tracing::info!(reference = %r, endpoint = %attempt.base, error = %e, "pull from this endpoint failed");
+                    }
+                    failures.push((attempt, e));
+                }
+            }
+        }
+        if failures.len() == 1 && plan.origin_skipped.is_none() {
+            if let Some((_, e)) = failures.pop() {
+                return Err(e);
+            }
+        }
+        Err(ImageError::Pull {
+            reference: r.to_string(),
+            reason: failure_report(&failures, plan.origin_skipped.as_deref()),
+        })
+    }
+
+    /// The pull from one endpoint.
+    async fn pull_from(
+        &self,
+        mut session: Session<'_>,
+        r: &Reference,
+    ) -> Result<Image, ImageError> {
         let (mut data, top_digest, media_type) = session.manifest(&r.manifest_reference()).await?;
         let mut digest = top_digest.clone();
         if is_index(&data, media_type.as_deref()) {
@@ -426,6 +481,25 @@ impl ImageStore {
         image.reference = r.to_string();
         Ok(image)
     }
+}
+
+/// Every endpoint's failure, in the order tried, and why the registry itself was not tried.
+fn failure_report(failures: &[(&Attempt, ImageError)], origin_skipped: Option<&str>) -> String {
+    let mut parts: Vec<String> = failures
+        .iter()
+        .map(|(a, e)| {
+            let why = match e {
+                ImageError::Pull { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            let what = if a.origin { "registry" } else { "mirror" };
+            format!("{what} {} (repository {}): {why}", a.base, a.path)
+        })
+        .collect();
+    if let Some(why) = origin_skipped {
+        parts.push(format!("not trying the registry itself: {why}"));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

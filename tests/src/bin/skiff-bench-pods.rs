@@ -229,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         agent_bin: args.agent_bin.clone(),
         images: Some(args.images.clone()),
         proxy_mode: "none".into(),
+        registry_config: None,
         agent_args: vec![],
         control_args: vec![],
     })?;

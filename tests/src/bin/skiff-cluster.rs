@@ -17,6 +17,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; boxing the flags would only obscure them"
+)]
 enum Cmd {
     /// Start skiff-control and N agents, each node in its own network namespace.
     Up {
@@ -41,6 +45,10 @@ enum Cmd {
         /// The agents' --proxy-mode.
         #[arg(long, default_value = "ebpf")]
         proxy_mode: String,
+        /// Registry mirrors for every agent: a k3s-style registries.yaml (the agents'
+        /// --registry-config).
+        #[arg(long, value_name = "FILE")]
+        registry_config: Option<PathBuf>,
         /// skiff-control binary.
         #[arg(long)]
         control_bin: PathBuf,
@@ -79,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             index,
             images,
             proxy_mode,
+            registry_config,
             control_bin,
             agent_bin,
             agent_args,
@@ -93,6 +102,7 @@ fn main() -> anyhow::Result<()> {
                 agent_bin,
                 images,
                 proxy_mode,
+                registry_config,
                 agent_args,
                 control_args,
             })?;

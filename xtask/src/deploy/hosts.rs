@@ -160,6 +160,8 @@ pub struct Options {
     pub bins: PathBuf,
     /// Local directory with the images to preload.
     pub images: PathBuf,
+    /// Local registries.yaml for every agent (`--registry-config`).
+    pub registry_config: Option<PathBuf>,
 }
 
 impl Options {
@@ -192,6 +194,9 @@ pub enum Payload {
     Dir(PathBuf, String),
     /// A rendered unit or supervisor script.
     Generated(GeneratedFile),
+    /// A local file that may hold secrets, to this path, readable by its owner only (read
+    /// when the archive is written, so its contents are in no plan or message).
+    Private(PathBuf, String),
 }
 
 /// One step of a multi-host deploy.
@@ -227,7 +232,9 @@ impl fmt::Display for Step {
                 write!(f, "{host}: copy")?;
                 for p in files {
                     match p {
-                        Payload::File(_, to) | Payload::Dir(_, to) => write!(f, " {to}")?,
+                        Payload::File(_, to) | Payload::Dir(_, to) | Payload::Private(_, to) => {
+                            write!(f, " {to}")?
+                        }
                         Payload::Generated(g) => write!(f, " {}", g.path)?,
                     }
                 }
@@ -313,7 +320,14 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
         }
         let agent = Program {
             name: "skiff-agent",
-            args: super::agent_args(dir, &kubeconfig, &h.hostname, None, &opts.proxy_mode),
+            args: super::agent_args(
+                dir,
+                &kubeconfig,
+                &h.hostname,
+                None,
+                &opts.proxy_mode,
+                opts.registry_config.is_some(),
+            ),
             after_control: is_control,
         };
         files.push(Payload::File(
@@ -321,6 +335,12 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
             "bin/skiff-agent".into(),
         ));
         files.push(Payload::Dir(opts.images.clone(), "images".into()));
+        if let Some(config) = &opts.registry_config {
+            files.push(Payload::Private(
+                config.clone(),
+                super::REGISTRY_CONFIG.into(),
+            ));
+        }
         files.push(Payload::Generated(service::generated_file(
             launch, dir, &agent,
         )));
@@ -450,6 +470,14 @@ fn write_tar(w: &mut impl std::io::Write, files: &[Payload]) -> std::io::Result<
         match p {
             Payload::File(from, to) => tar.append_path_with_name(from, to)?,
             Payload::Dir(from, to) => tar.append_dir_all(to, from)?,
+            Payload::Private(from, to) => {
+                let contents = std::fs::read(from)?;
+                let mut header = tar::Header::new_gnu();
+                header.set_size(contents.len() as u64);
+                header.set_mode(0o600);
+                header.set_cksum();
+                tar.append_data(&mut header, to, contents.as_slice())?;
+            }
             Payload::Generated(g) => {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(g.contents.len() as u64);
@@ -498,6 +526,9 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
     let ssh = Ssh {
         opts: ssh_options(&hosts.ssh_opts),
     };
+    if let Some(path) = &args.registry_config {
+        super::check_registry_config(path)?;
+    }
     setup::run()?;
     // Reachability first: a typo in a host name should not wait for a release build.
     let infos = probe_all(&ssh, &hosts.hosts)?;
@@ -514,6 +545,7 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         proxy_mode: args.proxy_mode.clone(),
         bins,
         images,
+        registry_config: args.registry_config.clone(),
     };
     let steps = plan(&infos, &opts)?;
     let kubeconfig = args
@@ -785,6 +817,7 @@ mod tests {
             proxy_mode: "ebpf".into(),
             bins: "/build/release".into(),
             images: "/build/images".into(),
+            registry_config: None,
         }
     }
 
@@ -934,6 +967,41 @@ mod tests {
             script.contains("setsid sh /srv/skiff/bin/skiff-agent-supervise"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn plan_installs_the_registry_config_privately() {
+        let hosts = [host("root@a", "node-a", "systemd")];
+        let with_config = Options {
+            registry_config: Some("/home/me/registries.yaml".into()),
+            ..opts("root@a")
+        };
+        let steps = plan(&hosts, &with_config).unwrap();
+        let copy = steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Copy { files, .. } => Some(files),
+                _ => None,
+            })
+            .unwrap();
+        assert!(copy.contains(&Payload::Private(
+            "/home/me/registries.yaml".into(),
+            "registries.yaml".into()
+        )));
+        let unit = copy
+            .iter()
+            .find_map(|p| match p {
+                Payload::Generated(g) if g.path.contains("skiff-agent") => Some(&g.contents),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            unit.contains("--registry-config /srv/skiff/registries.yaml"),
+            "{unit}"
+        );
+        // Without one, the agent is not told of any.
+        let steps = plan(&hosts, &opts("root@a")).unwrap();
+        assert!(!steps.iter().any(|s| format!("{s:?}").contains("registr")));
     }
 
     #[test]
@@ -1184,7 +1252,13 @@ mod tests {
             proxy_mode: "none".into(),
             bins,
             images,
+            registry_config: Some(tmp.path().join("registries.yaml")),
         };
+        std::fs::write(
+            tmp.path().join("registries.yaml"),
+            "configs:\n  r.example:\n    auth: {username: u, password: p}\n",
+        )
+        .unwrap();
         let _cleanup = StopOnDrop(opts.remote_dir.clone());
         let kubeconfig = tmp.path().join("cluster.kubeconfig");
         let mut run = Run {
@@ -1218,6 +1292,21 @@ mod tests {
         );
         let sup = std::fs::read_to_string(remote.join("bin/skiff-control-supervise")).unwrap();
         assert!(sup.contains("--tls-san 127.0.0.1"), "{sup}");
+        // The registry config arrives readable by root only, and the agent is told of it.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let installed = remote.join("registries.yaml");
+            assert!(std::fs::read_to_string(&installed)
+                .unwrap()
+                .contains("password: p"));
+            let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let agent = std::fs::read_to_string(remote.join("bin/skiff-agent-supervise")).unwrap();
+            assert!(
+                agent.contains(&format!("--registry-config {}", installed.display())),
+                "{agent}"
+            );
+        }
 
         let status = ssh
             .script(&dest, "status", service::status_script(remote))

@@ -58,6 +58,11 @@ pub struct DeployArgs {
     /// Preload the images from this directory instead of building the sample images.
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
+    /// Registry mirrors for the agents: a k3s-style registries.yaml, installed as
+    /// `<state>/registries.yaml` (mode 0600: it may hold credentials) on every host and given
+    /// to the agent as --registry-config. Certificate files it names must exist on the hosts.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
     #[command(flatten)]
     pub hosts: hosts::HostsArgs,
     #[command(flatten)]
@@ -185,14 +190,53 @@ pub fn control_args(
     args
 }
 
+/// Where a deploy installs `--registry-config`, relative to the state directory.
+pub const REGISTRY_CONFIG: &str = "registries.yaml";
+/// The agent reads no larger registry config either.
+const MAX_REGISTRY_CONFIG: u64 = 256 << 10;
+
+/// Checks that the `--registry-config` file can be read and is not too large (the agent
+/// validates its contents when it starts). Its contents are never printed: it may hold
+/// credentials.
+pub fn check_registry_config(path: &Path) -> anyhow::Result<()> {
+    let meta = fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("--registry-config {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        meta.is_file() && meta.len() <= MAX_REGISTRY_CONFIG,
+        "--registry-config {}: not a file of at most {MAX_REGISTRY_CONFIG} bytes",
+        path.display()
+    );
+    fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("--registry-config {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Copies the registry config into the state directory, readable by its owner only.
+fn install_registry_config(from: &Path, state: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dest = state.join(REGISTRY_CONFIG);
+    let staged = state.join(format!("{REGISTRY_CONFIG}.new"));
+    let _ = fs::remove_file(&staged);
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)?;
+    std::io::copy(&mut fs::File::open(from)?, &mut out)?;
+    fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&staged, &dest)?;
+    Ok(())
+}
+
 /// The agent's flags; without `pod_cidr` the agent waits for the control plane to allocate
-/// the Node's podCIDR.
+/// the Node's podCIDR; with `registry_config` it reads `<state>/registries.yaml`.
 pub fn agent_args(
     state: &Path,
     kubeconfig: &Path,
     node: &str,
     pod_cidr: Option<&str>,
     proxy_mode: &str,
+    registry_config: bool,
 ) -> Vec<String> {
     let mut args = vec![
         "--kubeconfig".into(),
@@ -211,6 +255,12 @@ pub fn agent_args(
         "--preload-images".into(),
         state.join("images").display().to_string(),
     ]);
+    if registry_config {
+        args.extend([
+            "--registry-config".into(),
+            state.join(REGISTRY_CONFIG).display().to_string(),
+        ]);
+    }
     args
 }
 
@@ -231,6 +281,9 @@ fn how_running(state: &Path, launch: Launch, name: &str) -> String {
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if !args.hosts.hosts.is_empty() {
         return hosts::deploy(&args);
+    }
+    if let Some(path) = &args.registry_config {
+        check_registry_config(path)?;
     }
     setup::run()?;
     let with_agent = !args.no_agent && util::is_root();
@@ -268,6 +321,9 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     if with_agent {
         install(&bins, &bin_dir, "skiff-agent")?;
         link_images(&images, &state.join("images"))?;
+        if let Some(path) = &args.registry_config {
+            install_registry_config(path, state)?;
+        }
         let node = fs::read_to_string("/proc/sys/kernel/hostname")?
             .trim()
             .to_lowercase();
@@ -279,6 +335,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 &node,
                 Some(&args.pod_cidr),
                 &args.proxy_mode,
+                args.registry_config.is_some(),
             ),
             after_control: true,
         };
