@@ -8,6 +8,7 @@ mod cluster;
 mod deploy;
 mod ebpf;
 mod images;
+mod registry;
 mod setup;
 mod test;
 mod util;
@@ -32,8 +33,16 @@ enum Command {
     Build,
     /// Build the eBPF programs (ebpf/programs) into target/ebpf/skiff-ebpf for the agent.
     BuildEbpf,
-    /// Build the sample images (kubia:v1, kubia:v2, busybox) as OCI layouts in target/images.
+    /// Build the sample images as OCI layouts in target/images: kubia:v1/v2, busybox, pause,
+    /// and Debian 12 based debian, ubuntu (really Debian), nginx and python (needs root and
+    /// mmdebstrap the first time; cached by package versions after that).
     Images,
+    /// A local registry (Debian's docker-registry) serving target/images under their origin
+    /// names: `registry up [--addr A] [--dir D]`, `registry push`, `registry down [--purge]`.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
     /// Set up, build and start skiff on this host (systemd units, or supervised processes
     /// where systemd is not PID 1), or with --hosts on several hosts over ssh; prints how to
     /// use kubectl.
@@ -95,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::BuildEbpf => ebpf::build(),
         Command::Images => images::build(),
+        Command::Registry { command } => registry::run(command),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),
         Command::Cluster { command } => cluster::run(command),
