@@ -71,6 +71,11 @@ pub fn build() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `images --verify-reproducible`: see [`debian::verify_reproducible`].
+pub fn verify_reproducible() -> anyhow::Result<()> {
+    debian::verify_reproducible(&images_dir())
+}
+
 /// Builds the static programs of the sample images (kubia-v1, kubia-v2, pause), small (LTO,
 /// abort on panic, stripped), into a target directory of their own so the workspace's release
 /// profile is untouched. Returns the directory holding them.

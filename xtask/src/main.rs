@@ -36,7 +36,13 @@ enum Command {
     /// Build the sample images as OCI layouts in target/images: kubia:v1/v2, busybox, pause,
     /// and Debian 12 based debian, ubuntu (really Debian), nginx and python (needs root and
     /// mmdebstrap the first time; cached by package versions after that).
-    Images,
+    Images {
+        /// Instead: build the Debian root filesystems again ignoring the cache, in a scratch
+        /// directory, and fail unless the layer digests match the cached build's (or, when
+        /// package versions changed since, a second fresh build's).
+        #[arg(long)]
+        verify_reproducible: bool,
+    },
     /// A local registry (Debian's docker-registry) serving target/images under their origin
     /// names: `registry up [--addr A] [--dir D]`, `registry push`, `registry down [--purge]`.
     Registry {
@@ -103,7 +109,12 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::BuildEbpf => ebpf::build(),
-        Command::Images => images::build(),
+        Command::Images {
+            verify_reproducible: false,
+        } => images::build(),
+        Command::Images {
+            verify_reproducible: true,
+        } => images::verify_reproducible(),
         Command::Registry { command } => registry::run(command),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Stop(args) => deploy::stop(args),

@@ -144,24 +144,18 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
 }
 
 /// [`build`], or with `fresh` a rebuild that ignores the cache; returns the digests of the
-/// base, nginx and python layers.
-pub fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>> {
+/// base, nginx and python layers (`None` when they cannot be built here).
+fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>> {
     let cache = out.join(".cache");
     std::fs::create_dir_all(&cache)?;
     let layout = out.join(LAYOUT);
     let variants = [BASE, NGINX, PYTHON];
     let stamp_path = |v: Variant| cache.join(format!("debian-{}.json", v.name));
-    let stamps: Vec<Option<Stamp>> = variants
-        .iter()
-        .map(|v| {
-            if fresh {
-                return None;
-            }
-            std::fs::read(stamp_path(*v))
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
-        })
-        .collect();
+    let stamps: Vec<Option<Stamp>> = if fresh {
+        vec![None; variants.len()]
+    } else {
+        read_stamps(&cache)
+    };
     let names: BTreeSet<&str> = stamps
         .iter()
         .flatten()
@@ -338,6 +332,69 @@ pub fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>
         layers[1].digest.clone(),
         layers[2].digest.clone(),
     ]))
+}
+
+/// Builds the Debian trees afresh (ignoring the cache) in a scratch directory under
+/// `out/.cache` and checks that the layers are bit-identical to the cached build's when the
+/// package versions are the same, else to a second fresh build's. The scratch directory is
+/// removed either way.
+pub fn verify_reproducible(out: &Path) -> anyhow::Result<()> {
+    let scratch = out.join(".cache/verify");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    let result = verify_in(out, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn verify_in(out: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let fresh = |name: &str| -> anyhow::Result<([String; 3], Vec<Option<Stamp>>)> {
+        let dir = scratch.join(name);
+        let digests = build_with(&dir, true)?
+            .context("the Debian images cannot be built here (root and mmdebstrap needed)")?;
+        Ok((digests, read_stamps(&dir.join(".cache"))))
+    };
+    let (first, first_stamps) = fresh("a")?;
+    let cached = read_stamps(&out.join(".cache"));
+    let same_packages = cached.iter().zip(&first_stamps).all(|(c, f)| {
+        matches!((c, f), (Some(c), Some(f)) if c.packages == f.packages && c.args == f.args)
+    });
+    let (other, what) = if same_packages {
+        let digests: Vec<String> = cached
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.digest.clone()).unwrap_or_default())
+            .collect();
+        (digests, "the cached build")
+    } else {
+        eprintln!("images: no cached build of the same packages: building a second time");
+        (fresh("b")?.0.to_vec(), "a second fresh build")
+    };
+    for (i, v) in [BASE, NGINX, PYTHON].iter().enumerate() {
+        anyhow::ensure!(
+            first[i] == other[i],
+            "the {} layer is not reproducible: {} fresh, {} in {what}",
+            v.name,
+            first[i],
+            other[i]
+        );
+        eprintln!(
+            "images: {} layer reproducible: {} (same as {what})",
+            v.name, first[i]
+        );
+    }
+    Ok(())
+}
+
+fn read_stamps(cache: &Path) -> Vec<Option<Stamp>> {
+    [BASE, NGINX, PYTHON]
+        .iter()
+        .map(|v| {
+            std::fs::read(cache.join(format!("debian-{}.json", v.name)))
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+        })
+        .collect()
 }
 
 /// The images of the layout, from the three layers and what they contain.
