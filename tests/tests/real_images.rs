@@ -53,9 +53,7 @@ impl Rootfs {
             .tempdir_in(images_dir().join(".."))
             .unwrap();
         let store = ImageStore::open(dir.path().join("store")).unwrap();
-        let imported = store
-            .import_path(&images_dir().join(layout), None)
-            .unwrap();
+        let imported = store.import_path(&images_dir().join(layout), None).unwrap();
         assert!(
             imported.iter().any(|r| r == reference),
             "{reference} not in {imported:?}"
@@ -150,19 +148,25 @@ impl Running {
     /// The host pid of PID 1 in its namespace: unshare's child.
     fn pid1(&self) -> u32 {
         let id = self.0.id();
-        wait_until("unshare to start its child", Duration::from_secs(10), || {
-            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        wait_until(
+            "unshare to start its child",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        )
     }
 
     fn exit_code_within(&mut self, limit: Duration) -> Option<i32> {
-        wait_until("the container to exit", limit, || self.0.try_wait().unwrap())
-            .code()
+        wait_until("the container to exit", limit, || {
+            self.0.try_wait().unwrap()
+        })
+        .code()
     }
 }
 
@@ -305,7 +309,10 @@ fn pause_exits_zero_on_sigterm() {
 fn ubuntu_says_it_is_debian() {
     let layout = images_dir().join("debian-family");
     if !layout.join("index.json").is_file() {
-        eprintln!("SKIPPING ubuntu_says_it_is_debian: {} not built", layout.display());
+        eprintln!(
+            "SKIPPING ubuntu_says_it_is_debian: {} not built",
+            layout.display()
+        );
         return;
     }
     let read = |digest: &str| -> serde_json::Value {

@@ -55,7 +55,11 @@ fn main() {
     }
     on(libc::SIGINT, sigdown, 0);
     on(libc::SIGTERM, sigdown, 0);
-    on(libc::SIGCHLD, sigreap, libc::SA_NOCLDSTOP | libc::SA_RESTART);
+    on(
+        libc::SIGCHLD,
+        sigreap,
+        libc::SA_NOCLDSTOP | libc::SA_RESTART,
+    );
     loop {
         // SAFETY: pause(2) has no preconditions; it returns after each handled signal.
         unsafe {

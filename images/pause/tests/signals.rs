@@ -35,7 +35,10 @@ fn exits_zero_on(signal: &str) {
         if caught & want == want {
             break;
         }
-        assert!(Instant::now() < deadline, "pause never installed its handlers");
+        assert!(
+            Instant::now() < deadline,
+            "pause never installed its handlers"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(pause.0.try_wait().unwrap().is_none(), "pause exited early");
