@@ -438,10 +438,13 @@ pub fn write_layout(dir: &Path, images: &[ImageSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An OCI layout directory and the (reference, manifest digest) pairs its `index.json` names.
+pub type LayoutRefs = (PathBuf, Vec<(String, String)>);
+
 /// The images of the layouts under `dir` (one directory per layout, as `build` writes them):
 /// each layout directory with the references its `index.json` names and their manifest
 /// digests, in name order.
-pub fn list_layouts(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<(String, String)>)>> {
+pub fn list_layouts(dir: &Path) -> anyhow::Result<Vec<LayoutRefs>> {
     let mut out = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
