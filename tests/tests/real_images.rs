@@ -343,3 +343,38 @@ fn ubuntu_says_it_is_debian() {
         .unwrap();
     assert!(note.contains("NOT Ubuntu"), "{note}");
 }
+
+/// What the agent's `--preload-images target/images` does: every layout imports (the cache
+/// directory is skipped) and every name the suites ask for resolves.
+#[test]
+fn preload_imports_every_image() {
+    if !images_dir().join("debian-family/index.json").is_file() {
+        eprintln!("SKIPPING preload_imports_every_image: cargo xtask images has not run (as root)");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("real-images-")
+        .tempdir_in(images_dir().join(".."))
+        .unwrap();
+    let store = ImageStore::open(dir.path().join("store")).unwrap();
+    let imported = store.import_dir(&images_dir()).unwrap();
+    for name in [
+        "nginx",
+        "nginx:stable",
+        "nginx:1.14.2",
+        "busybox",
+        "debian:bookworm",
+        "debian",
+        "ubuntu",
+        "python:3",
+        "python:3.11",
+        "python",
+        "registry.k8s.io/pause:3.10",
+        "registry.k8s.io/pause",
+        "gcr.io/google_containers/pause",
+        "gcr.io/google_containers/pause:3.2",
+        "kubia:v1",
+    ] {
+        assert!(store.contains(name), "{name} not among {imported:?}");
+    }
+}
