@@ -9,6 +9,7 @@ mod conformance;
 mod deploy;
 mod ebpf;
 mod images;
+mod registry;
 mod setup;
 mod test;
 mod util;
@@ -33,8 +34,22 @@ enum Command {
     Build,
     /// Build the eBPF programs (ebpf/programs) into target/ebpf/skiff-ebpf for the agent.
     BuildEbpf,
-    /// Build the sample images (kubia:v1, kubia:v2, busybox) as OCI layouts in target/images.
-    Images,
+    /// Build the sample images as OCI layouts in target/images: kubia:v1/v2, busybox, pause,
+    /// and Debian 12 based debian, ubuntu (really Debian), nginx and python (needs root and
+    /// mmdebstrap the first time; cached by package versions after that).
+    Images {
+        /// Instead: build the Debian root filesystems again ignoring the cache, in a scratch
+        /// directory, and fail unless the layer digests match the cached build's (or, when
+        /// package versions changed since, a second fresh build's).
+        #[arg(long)]
+        verify_reproducible: bool,
+    },
+    /// A local registry (Debian's docker-registry) serving target/images under their origin
+    /// names: `registry up [--addr A] [--dir D]`, `registry push`, `registry down [--purge]`.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
     /// Set up, build and start skiff on this host (systemd units, or supervised processes
     /// where systemd is not PID 1), or with --hosts on several hosts over ssh; prints how to
     /// use kubectl.
@@ -100,7 +115,13 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::BuildEbpf => ebpf::build(),
-        Command::Images => images::build(),
+        Command::Images {
+            verify_reproducible: false,
+        } => images::build(),
+        Command::Images {
+            verify_reproducible: true,
+        } => images::verify_reproducible(),
+        Command::Registry { command } => registry::run(command),
         Command::Deploy(args) => deploy::deploy(*args),
         Command::Stop(args) => deploy::stop(args),
         Command::Cluster { command } => cluster::run(command),

@@ -39,6 +39,9 @@ const APT_PACKAGES: &[&str] = &[
     // pushes with skopeo; busybox-static is the busybox sample image.
     "docker-registry",
     "skopeo",
+    // `cargo xtask images` builds the Debian, nginx and python images' root filesystems from
+    // Debian's archive (the host's apt sources) with mmdebstrap.
+    "mmdebstrap",
     // The pod runtime: libcontainer's seccomp support links libseccomp; busybox-static gives
     // the runtime tests (and the busybox sample image) a tiny static rootfs.
     "libseccomp-dev",
