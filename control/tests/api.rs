@@ -1092,6 +1092,55 @@ async fn version_answers_with_a_trailing_slash() {
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         let body: Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        assert!(body["gitVersion"].as_str().is_some_and(|v| v.starts_with('v')), "{path}: {body}");
+        assert!(
+            body["gitVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with('v')),
+            "{path}: {body}"
+        );
     }
+}
+
+/// Discovery documents answer with a trailing slash too (kr8s asks for `/api/` and `/apis/`),
+/// the same document as without.
+#[tokio::test]
+async fn discovery_answers_with_a_trailing_slash() {
+    let a = api().await;
+    for path in ["/api", "/api/v1", "/apis", "/apis/apps", "/apis/apps/v1"] {
+        let (_, plain) = a.get(path).await;
+        let (code, slashed) = a.get(&format!("{path}/")).await;
+        assert_eq!(code, StatusCode::OK, "{path}/");
+        assert!(plain["kind"].as_str().is_some(), "{path}: {plain}");
+        assert_eq!(plain, slashed, "{path}/");
+    }
+}
+
+/// A new object of a kind with a status comes back (and is stored) with `"status": {}`, as
+/// Kubernetes' struct-typed status serializes; clients read `status` right after create.
+#[tokio::test]
+async fn created_objects_with_a_status_have_an_empty_one() {
+    let a = api().await;
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+    });
+    let (_, created) = a
+        .post("/apis/apps/v1/namespaces/default/deployments", deployment)
+        .await;
+    assert_eq!(created["status"], json!({}), "{created}");
+    let (_, read) = a
+        .get("/apis/apps/v1/namespaces/default/deployments/web")
+        .await;
+    assert_eq!(read["status"], json!({}), "{read}");
+    // A kind without a status gets none.
+    let (_, cm) = a
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": "c"}, "data": {"a": "b"}}),
+        )
+        .await;
+    assert!(cm.get("status").is_none(), "{cm}");
 }

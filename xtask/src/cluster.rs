@@ -7,7 +7,7 @@ use std::process::Command;
 
 use clap::{Args, Subcommand};
 
-use crate::{ebpf, images, setup, util};
+use crate::{ebpf, images, registry, setup, util};
 
 /// `cluster` subcommands.
 #[derive(Debug, Subcommand)]
@@ -96,9 +96,41 @@ fn down(dir: &Path, keep_data: bool) -> anyhow::Result<()> {
 /// The conformance suites' cluster: a fresh local cluster of its own (name `skconf`, node
 /// network 172.31.249.0/24, so it can run beside a `cluster up` cluster), taken down with its
 /// data when dropped unless kept.
+///
+/// Nothing is preloaded: the nodes pull every image the suites name (`nginx`, `ubuntu`,
+/// `gcr.io/google_containers/pause`, ...) from a registry on the host's side of the node
+/// bridge, holding the images `cargo xtask images` builds, through registry mirrors
+/// (`registries.yaml`) with the origins disabled, so no pull can leave the machine.
 pub struct Conformance {
     dir: PathBuf,
     keep: bool,
+    registry: Option<registry::Registry>,
+}
+
+/// The registries the suites' images name, each mirrored to `<mirror>/<registry>/<repo>`.
+const MIRRORED: &[&str] = &[
+    "docker.io",
+    "gcr.io",
+    "registry.k8s.io",
+    "quay.io",
+    "ghcr.io",
+];
+
+/// The agents' registries.yaml: every registry the suites use goes to `mirror` with its name as
+/// the first path component (the layout `cargo xtask registry push` writes).
+fn mirrors_config(mirror: std::net::SocketAddr) -> String {
+    let mut yaml = String::from(
+        "# Written by cargo xtask conformance: every pull goes to the registry on the node \
+         bridge.\nmirrors:\n",
+    );
+    for origin in MIRRORED {
+        yaml.push_str(&format!(
+            "  {origin}:\n    endpoint: [\"http://{mirror}\"]\n    rewrite:\n      \"^(.*)$\": \"{origin}/$1\"\n"
+        ));
+    }
+    // Any other registry: tried at the mirror as it is, never at its origin.
+    yaml.push_str(&format!("  \"*\":\n    endpoint: [\"http://{mirror}\"]\n"));
+    yaml
 }
 
 impl Conformance {
@@ -121,9 +153,20 @@ impl Conformance {
             build()?;
         }
         if dir.join("cluster.json").exists() {
-            eprintln!("conformance: taking down the cluster left in {}", dir.display());
+            eprintln!(
+                "conformance: taking down the cluster left in {}",
+                dir.display()
+            );
             down(dir, false)?;
         }
+        let registry_dir = dir.with_file_name("registry");
+        if registry::running(&registry_dir)?.is_some() {
+            registry::down(&registry_dir, false)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let mirror = std::net::SocketAddr::from(([172, 31, Self::INDEX, 1], 5000));
+        let registries = dir.join("registries.yaml");
+        std::fs::write(&registries, mirrors_config(mirror))?;
         let mut cmd = Command::new(bin("skiff-cluster"));
         cmd.arg("up")
             .args(["--name", "skconf", "--index"])
@@ -132,17 +175,24 @@ impl Conformance {
             .arg(nodes.to_string())
             .arg("--dir")
             .arg(dir)
-            .arg("--images")
-            .arg(images::images_dir())
+            .arg("--registry-config")
+            .arg(&registries)
+            .arg("--agent-arg=--disable-default-registry-endpoint")
             .arg("--control-bin")
             .arg(bin("skiff-control"))
             .arg("--agent-bin")
             .arg(bin("skiff-agent"));
-        let cluster = Self {
+        let mut cluster = Self {
             dir: dir.to_owned(),
             keep,
+            registry: None,
         };
         anyhow::ensure!(cmd.status()?.success(), "conformance cluster up failed");
+        // The bridge address exists now; the nodes pull only once the suite creates pods.
+        let reg = registry::serve(mirror, &registry_dir)?;
+        let pushed = reg.push(&images::images_dir())?;
+        eprintln!("conformance: {} image tags at {mirror}", pushed.len());
+        cluster.registry = Some(reg);
         Ok(cluster)
     }
 
@@ -155,14 +205,21 @@ impl Conformance {
 impl Drop for Conformance {
     fn drop(&mut self) {
         if self.keep {
+            if let Some(reg) = self.registry.take() {
+                reg.detach();
+            }
             eprintln!(
                 "conformance: the cluster keeps running (KUBECONFIG={}); stop it with `cargo \
-                 xtask cluster down --dir {}`",
+                 xtask cluster down --dir {}` and `cargo xtask registry down --dir {}`",
                 self.kubeconfig().display(),
-                self.dir.display()
+                self.dir.display(),
+                self.dir.with_file_name("registry").display()
             );
-        } else if let Err(e) = down(&self.dir, false) {
-            eprintln!("conformance: taking the cluster down: {e:#}");
+        } else {
+            if let Err(e) = down(&self.dir, false) {
+                eprintln!("conformance: taking the cluster down: {e:#}");
+            }
+            drop(self.registry.take());
         }
     }
 }

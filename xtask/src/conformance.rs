@@ -155,7 +155,11 @@ pub fn ratchet() -> anyhow::Result<()> {
         kubeconfig: None,
     };
     let recorded = recorded_count(&util::root().join("docs/conformance.md"))?;
-    let counts = run_to(&args, &util::target_dir().join("conformance/report.md"), true)?;
+    let counts = run_to(
+        &args,
+        &util::target_dir().join("conformance/report.md"),
+        true,
+    )?;
     println!("kr8s: {} passed, {} failed", counts.passed, counts.failed);
     anyhow::ensure!(
         counts.passed >= recorded,
@@ -198,7 +202,8 @@ fn run_to(args: &Args, report: &Path, prebuilt: bool) -> anyhow::Result<Counts> 
     let (kubeconfig, _cluster) = match &args.kubeconfig {
         Some(k) => (k.clone(), None),
         None => {
-            let c = cluster::Conformance::up(&cluster_dir(), args.nodes, args.keep_cluster, prebuilt)?;
+            let c =
+                cluster::Conformance::up(&cluster_dir(), args.nodes, args.keep_cluster, prebuilt)?;
             (c.kubeconfig(), Some(c))
         }
     };
@@ -208,15 +213,14 @@ fn run_to(args: &Args, report: &Path, prebuilt: bool) -> anyhow::Result<Counts> 
     let started = std::time::Instant::now();
     let status = pytest(args.suite, &kubeconfig, &results_path, &log)?;
     let elapsed = started.elapsed();
-    let results: BTreeMap<String, Outcome> = serde_json::from_slice(
-        &std::fs::read(&results_path).with_context(|| {
+    let results: BTreeMap<String, Outcome> =
+        serde_json::from_slice(&std::fs::read(&results_path).with_context(|| {
             format!(
                 "pytest ({status}) wrote no results to {}; its output is in {}",
                 results_path.display(),
                 log.display()
             )
-        })?,
-    )?;
+        })?)?;
     anyhow::ensure!(
         !results.is_empty(),
         "pytest ran no tests; see {}",
@@ -307,7 +311,8 @@ fn installed_tests(suite: Suite) -> anyhow::Result<PathBuf> {
 fn known_failures(suite: Suite) -> anyhow::Result<Vec<Known>> {
     let path = suite.dir().join("failures.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    let known: KnownFile = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let known: KnownFile =
+        serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     Ok(known.failure)
 }
 
@@ -362,7 +367,10 @@ fn versions(suite: Suite, kubeconfig: &Path) -> Vec<(String, String)> {
         ("pytest".into(), pip("pytest")),
         (
             "kubectl".into(),
-            kubectl(&["version", "--client", "-o", "json"], "/clientVersion/gitVersion"),
+            kubectl(
+                &["version", "--client", "-o", "json"],
+                "/clientVersion/gitVersion",
+            ),
         ),
         (
             "server".into(),
@@ -445,7 +453,8 @@ fn render(
         .iter()
         .filter(|k| {
             !results.iter().any(|(t, r)| {
-                matches!(r.outcome.as_str(), "failed" | "error") && classify(t, known).is_some_and(|m| std::ptr::eq(m, *k))
+                matches!(r.outcome.as_str(), "failed" | "error")
+                    && classify(t, known).is_some_and(|m| std::ptr::eq(m, *k))
             })
         })
         .map(|k| k.test.as_str())
@@ -527,7 +536,10 @@ failure:
         assert!(text.contains("### Limit of the environment: no internet (2)"));
         assert!(text.contains("- `t.py::e`: failed message"), "{text}");
         assert!(text.contains("Not yet classified"));
-        assert!(text.contains("- `t.py::gone`"), "stale entries are listed: {text}");
+        assert!(
+            text.contains("- `t.py::gone`"),
+            "stale entries are listed: {text}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.md");
         std::fs::write(&p, &text).unwrap();
@@ -553,6 +565,9 @@ failure:
             .filter(|k| k.group == Group::Bug)
             .map(|k| k.test.as_str())
             .collect();
-        assert!(bugs.is_empty(), "skiff bugs are fixed, not recorded: {bugs:?}");
+        assert!(
+            bugs.is_empty(),
+            "skiff bugs are fixed, not recorded: {bugs:?}"
+        );
     }
 }

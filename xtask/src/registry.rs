@@ -263,7 +263,7 @@ pub fn serve(addr: SocketAddr, dir: &Path) -> anyhow::Result<Registry> {
 
 /// The registry recorded in `dir`'s pid file, if that process is still a docker-registry
 /// serving `dir`'s configuration (a stale file, or a pid reused by another program, is not).
-fn running(dir: &Path) -> anyhow::Result<Option<(u32, SocketAddr)>> {
+pub fn running(dir: &Path) -> anyhow::Result<Option<(u32, SocketAddr)>> {
     let Ok(text) = std::fs::read_to_string(pid_file(dir)) else {
         return Ok(None);
     };

@@ -115,11 +115,19 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
         .route("/metrics", get(watch::metrics))
+        // Discovery answers with and without a trailing slash, as Kubernetes' go-restful
+        // discovery services (route "/" under "/api", "/apis/<group>", ...) do; kr8s asks for
+        // `/api/` and `/apis/`.
         .route("/api", get(discovery::core_versions))
+        .route("/api/", get(discovery::core_versions))
         .route("/api/{version}", get(discovery::core_resources))
+        .route("/api/{version}/", get(discovery::core_resources))
         .route("/apis", get(discovery::groups))
+        .route("/apis/", get(discovery::groups))
         .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
         // pods/log and pods/exec are proxied to the pod's agent (before the generic routes).

@@ -548,6 +548,11 @@ impl ApiState {
         let strategy = def.strategy.as_ref();
         if def.subresources.status {
             strategy.prepare_for_create(&mut object);
+            // Kubernetes' types hold the status as a struct, which JSON never omits: a new
+            // Deployment comes back with `"status": {}`, and clients (kr8s's `ready()`) read it.
+            if let Some(m) = object.as_object_mut() {
+                m.entry("status").or_insert_with(|| json!({}));
+            }
         }
         strategy.default(&mut object);
         strategy.admit(self, &mut object);

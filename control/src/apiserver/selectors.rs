@@ -41,8 +41,9 @@ impl FieldSelector {
         if s.trim().is_empty() {
             return Ok(Self(reqs));
         }
-        for part in s.split(',') {
-            let part = part.trim();
+        // Empty terms are skipped, as Kubernetes' fields.ParseSelector does: kr8s sends
+        // `metadata.name=x,` with a trailing comma.
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (path, value, negated) = if let Some((p, v)) = part.split_once("!=") {
                 (p, v, true)
             } else if let Some((p, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
@@ -216,5 +217,12 @@ mod tests {
             FieldSelector::parse("spec.foo=x", &allowed),
             Err(SelectorError::UnsupportedField("spec.foo".into()))
         );
+        // Empty terms are skipped (kr8s sends a trailing comma), but a term is still checked.
+        assert_eq!(
+            FieldSelector::parse("metadata.name=p,", &allowed),
+            FieldSelector::parse("metadata.name=p", &allowed)
+        );
+        assert!(FieldSelector::parse(",,", &allowed).unwrap().0.is_empty());
+        assert!(FieldSelector::parse("metadata.name,", &allowed).is_err());
     }
 }
