@@ -1144,3 +1144,42 @@ async fn created_objects_with_a_status_have_an_empty_one() {
         .await;
     assert!(cm.get("status").is_none(), "{cm}");
 }
+
+/// Secret data in base64 wrapped at 76 columns (Python's `base64.encodebytes`, kr8s's
+/// tests) is accepted, as Go's decoder skips line breaks, and stored unwrapped.
+#[tokio::test]
+async fn secret_data_may_be_wrapped_base64() {
+    let a = api().await;
+    let long = "x".repeat(100);
+    let wrapped = {
+        use std::fmt::Write as _;
+        let b64 = base64_encode(long.as_bytes());
+        let mut out = String::new();
+        for chunk in b64.as_bytes().chunks(76) {
+            let _ = writeln!(out, "{}", std::str::from_utf8(chunk).unwrap());
+        }
+        out
+    };
+    assert!(wrapped.contains('\n'));
+    let (code, s) = a
+        .post(
+            "/api/v1/namespaces/default/secrets",
+            json!({"metadata": {"name": "s"}, "data": {"k": wrapped}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{s}");
+    assert_eq!(s["data"]["k"], base64_encode(long.as_bytes()));
+    // Not base64 at all is still refused.
+    let (code, _) = a
+        .post(
+            "/api/v1/namespaces/default/secrets",
+            json!({"metadata": {"name": "t"}, "data": {"k": "!!\n!!"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -619,7 +619,8 @@ pub fn down(dir: &Path, agent_bin: &Path, data: Data) -> anyhow::Result<()> {
     }
     if data == Data::Remove {
         // Only after every process is gone: a live skiff-control could write the store again.
-        let dirs = std::iter::once(store_dir(dir)).chain(state.nodes.iter().map(|n| n.root_dir.clone()));
+        let dirs =
+            std::iter::once(store_dir(dir)).chain(state.nodes.iter().map(|n| n.root_dir.clone()));
         for d in dirs {
             if d.exists() {
                 note(

@@ -274,7 +274,47 @@ spec:
                 .to_owned()
         })
         .collect();
+    // Before the object goes, the agent posts the stopped state (Ready=False), as the
+    // kubelet does: `kubectl wait --for=condition=Ready=false` sees it.
+    k.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shared",
+        "--timeout=30s",
+    ]);
+    let mut not_ready = Command::new(skiff_e2e::kubectl_bin())
+        .args([
+            "wait",
+            "--for=condition=Ready=false",
+            "pod/shared",
+            "--timeout=60s",
+            "-v=6",
+        ])
+        .env("KUBECONFIG", &c.state.kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Delete only once its watch is open (-v=6 logs the watch request's response), so the
+    // change cannot slip between its first read and its watch.
+    let mut stderr = std::io::BufReader::new(not_ready.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "kubectl wait ended before watching: {seen}");
+        seen.push_str(&line);
+        if line.contains("watch=true") {
+            break;
+        }
+    }
     k.run(&["delete", "pod", "--all", "--wait=true", "--timeout=60s"]);
+    std::io::Read::read_to_string(&mut stderr, &mut seen).unwrap();
+    let status = not_ready.wait().unwrap();
+    assert!(
+        status.success(),
+        "kubectl wait --for=condition=Ready=false: {seen}"
+    );
     assert!(k.run(&["get", "pods", "-o", "name"]).trim().is_empty());
     for uid in &uids {
         wait_for("the pod's files to go", Duration::from_secs(20), || {

@@ -989,6 +989,12 @@ impl PodWorker {
             }
         }
         self.refresh().await;
+        if delete_object {
+            // As the kubelet's status manager does before the final delete: the stopped
+            // containers and Ready=False reach the API, so a client waiting for the pod to go
+            // not-ready (`kubectl wait --for=condition=Ready=false`) sees it.
+            self.post_status().await;
+        }
         self.remove_sandbox().await;
         self.shared.directory.remove(&self.uid);
         if !delete_object {

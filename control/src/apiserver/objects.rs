@@ -356,9 +356,10 @@ impl ApiState {
     fn decode(
         &self,
         def: &ResourceDef,
-        input: Value,
+        mut input: Value,
         opts: &WriteOptions,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        def.strategy.before_decode(&mut input);
         let output = (def.roundtrip)(input.clone()).map_err(|e| {
             ApiError::BadRequest(format!(
                 "{} in version {:?} cannot be handled as a {}: {e}",

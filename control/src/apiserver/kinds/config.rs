@@ -17,6 +17,18 @@ pub fn resources() -> Vec<ResourceDef> {
     ]
 }
 
+/// Drops the line breaks Go's base64 decoder skips from every value of the map `field`.
+fn unwrap_base64(o: &mut Value, field: &str) {
+    let Some(map) = o.get_mut(field).and_then(Value::as_object_mut) else {
+        return;
+    };
+    for v in map.values_mut() {
+        if let Some(s) = v.as_str().filter(|s| s.contains(['\r', '\n'])) {
+            *v = Value::String(s.replace(['\r', '\n'], ""));
+        }
+    }
+}
+
 fn keys(o: &Value, field: &str) -> usize {
     o.get(field).and_then(Value::as_object).map_or(0, |m| m.len())
 }
@@ -24,6 +36,10 @@ fn keys(o: &Value, field: &str) -> usize {
 struct ConfigMap;
 
 impl Strategy for ConfigMap {
+    fn before_decode(&self, object: &mut Value) {
+        unwrap_base64(object, "binaryData");
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
@@ -38,6 +54,10 @@ impl Strategy for ConfigMap {
 struct Secret;
 
 impl Strategy for Secret {
+    fn before_decode(&self, object: &mut Value) {
+        unwrap_base64(object, "data");
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,

@@ -44,6 +44,11 @@ pub trait Strategy: Send + Sync {
         }
     }
 
+    /// Repairs what Kubernetes' decoder accepts and the typed decode here does not, before it:
+    /// Go's base64 skips CR and LF, so `[]byte` fields (Secret `data`, ConfigMap
+    /// `binaryData`) may hold base64 wrapped at 76 columns, as Python's `encodebytes` writes it.
+    fn before_decode(&self, _object: &mut Value) {}
+
     /// Fills in defaults (`SetDefaults_<Kind>`), on create and on every update.
     fn default(&self, _object: &mut Value) {}
 
