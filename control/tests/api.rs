@@ -1135,6 +1135,22 @@ async fn created_objects_with_a_status_have_an_empty_one() {
         .get("/apis/apps/v1/namespaces/default/deployments/web")
         .await;
     assert_eq!(read["status"], json!({}), "{read}");
+    // Fields Kubernetes never omits show their zero value.
+    let set = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}
+    });
+    let (_, created) = a
+        .post("/apis/apps/v1/namespaces/default/statefulsets", set)
+        .await;
+    assert_eq!(
+        created["status"],
+        json!({"replicas": 0, "availableReplicas": 0}),
+        "{created}"
+    );
     // A kind without a status gets none.
     let (_, cm) = a
         .post(

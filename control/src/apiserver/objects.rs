@@ -551,8 +551,10 @@ impl ApiState {
             strategy.prepare_for_create(&mut object);
             // Kubernetes' types hold the status as a struct, which JSON never omits: a new
             // Deployment comes back with `"status": {}`, and clients (kr8s's `ready()`) read it.
+            // See `Strategy::initial_status`.
             if let Some(m) = object.as_object_mut() {
-                m.entry("status").or_insert_with(|| json!({}));
+                m.entry("status")
+                    .or_insert_with(|| strategy.initial_status());
             }
         }
         strategy.default(&mut object);

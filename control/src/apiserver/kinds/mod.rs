@@ -44,6 +44,13 @@ pub trait Strategy: Send + Sync {
         }
     }
 
+    /// The status a new object starts with. Kubernetes' status types are structs, which JSON
+    /// never omits, and their fields without `omitempty` show their zero value (a new
+    /// StatefulSet reads `{"replicas": 0, "availableReplicas": 0}`): clients wait on them.
+    fn initial_status(&self) -> Value {
+        Value::Object(serde_json::Map::new())
+    }
+
     /// Repairs what Kubernetes' decoder accepts and the typed decode here does not, before it:
     /// Go's base64 skips CR and LF, so `[]byte` fields (Secret `data`, ConfigMap
     /// `binaryData`) may hold base64 wrapped at 76 columns, as Python's `encodebytes` writes it.

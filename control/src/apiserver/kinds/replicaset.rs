@@ -43,6 +43,11 @@ pub(super) fn replica_columns() -> Vec<Column> {
 }
 
 impl Strategy for ReplicaSet {
+    /// `replicas` has no omitempty in apps/v1 ReplicaSetStatus.
+    fn initial_status(&self) -> Value {
+        json!({"replicas": 0})
+    }
+
     fn default(&self, object: &mut Value) {
         if let Some(spec) = obj(object, "spec") {
             default_field(spec, "replicas", json!(1));

@@ -23,6 +23,11 @@ pub fn resources() -> Vec<ResourceDef> {
 struct ReplicationController;
 
 impl Strategy for ReplicationController {
+    /// `replicas` has no omitempty in core/v1 ReplicationControllerStatus.
+    fn initial_status(&self) -> Value {
+        json!({"replicas": 0})
+    }
+
     fn default(&self, object: &mut Value) {
         let template_labels = object.pointer("/spec/template/metadata/labels").cloned();
         if let Some(spec) = obj(object, "spec") {

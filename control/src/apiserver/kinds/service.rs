@@ -61,6 +61,11 @@ fn external_ip(o: &Value) -> String {
 }
 
 impl Strategy for Service {
+    /// `loadBalancer` is a struct in core/v1 ServiceStatus.
+    fn initial_status(&self) -> Value {
+        json!({"loadBalancer": {}})
+    }
+
     fn default(&self, object: &mut Value) {
         let Some(spec) = obj(object, "spec") else {
             return;

@@ -2,7 +2,7 @@
 //! what an update may change, `/scale`, and kubectl's columns.
 
 use k8s_openapi::api::apps::v1::StatefulSet as K;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::deployment::READY_OF_DESIRED;
 use super::Strategy;
@@ -37,6 +37,11 @@ const MUTABLE: &[&str] = &[
 ];
 
 impl Strategy for StatefulSet {
+    /// `replicas` and `availableReplicas` have no omitempty in apps/v1 StatefulSetStatus.
+    fn initial_status(&self) -> Value {
+        json!({"replicas": 0, "availableReplicas": 0})
+    }
+
     fn default(&self, object: &mut Value) {
         default_apps_set(true, object);
     }
