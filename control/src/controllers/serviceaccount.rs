@@ -64,7 +64,12 @@ async fn reconcile(ns: Arc<Namespace>, state: Arc<State>) -> Result<Action, Serv
     let terminating = ns.metadata.deletion_timestamp.is_some()
         || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
     let name = ns.name_any();
-    if terminating || state.accounts.get(&ObjectRef::new(DEFAULT).within(&name)).is_some() {
+    if terminating
+        || state
+            .accounts
+            .get(&ObjectRef::new(DEFAULT).within(&name))
+            .is_some()
+    {
         return Ok(Action::await_change());
     }
     let api: Api<ServiceAccount> = Api::namespaced(state.client.clone(), &name);
