@@ -1092,6 +1092,11 @@ async fn version_answers_with_a_trailing_slash() {
         assert_eq!(resp.status(), StatusCode::OK, "{path}");
         let body: Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        assert!(body["gitVersion"].as_str().is_some_and(|v| v.starts_with('v')), "{path}: {body}");
+        assert!(
+            body["gitVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with('v')),
+            "{path}: {body}"
+        );
     }
 }

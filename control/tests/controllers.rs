@@ -644,19 +644,42 @@ async fn every_namespace_has_a_default_service_account() {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     let c = cluster().await;
     let default_of = |ns: &str| -> Api<ServiceAccount> { Api::namespaced(c.client.clone(), ns) };
-    eventually_within(WAIT, "default ServiceAccounts of the system namespaces", || async {
-        let both = default_of("default").get_opt("default").await.unwrap().is_some()
-            && default_of("kube-system").get_opt("default").await.unwrap().is_some();
-        both.then_some(())
-    })
+    eventually_within(
+        WAIT,
+        "default ServiceAccounts of the system namespaces",
+        || async {
+            let both = default_of("default")
+                .get_opt("default")
+                .await
+                .unwrap()
+                .is_some()
+                && default_of("kube-system")
+                    .get_opt("default")
+                    .await
+                    .unwrap()
+                    .is_some();
+            both.then_some(())
+        },
+    )
     .await;
 
     let namespaces: Api<Namespace> = Api::all(c.client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
-    eventually_within(WAIT, "the new namespace's default ServiceAccount", || async {
-        default_of("team-a").get_opt("default").await.unwrap().map(|_| ())
-    })
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    eventually_within(
+        WAIT,
+        "the new namespace's default ServiceAccount",
+        || async {
+            default_of("team-a")
+                .get_opt("default")
+                .await
+                .unwrap()
+                .map(|_| ())
+        },
+    )
     .await;
 
     let first = default_of("team-a").get("default").await.unwrap().uid();
