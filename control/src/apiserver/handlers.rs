@@ -18,7 +18,7 @@ use super::objects::{
 use super::patch::PatchKind;
 use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, SelectorError};
-use super::table::{table, IncludeObject};
+use super::table::{table, table_of_items, IncludeObject};
 use super::{watch, ApiState};
 
 /// What a resource URL addresses.
@@ -296,19 +296,10 @@ fn list_response(
         list_meta["continue"] = json!(c);
     }
     if wants_table(headers) {
-        let values = super::objects::ListPage {
-            items,
-            revision,
-            continue_token: None,
-        }
-        .values()?;
-        let refs: Vec<&Value> = values.iter().collect();
         let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
-        return Ok(json_response(
-            StatusCode::OK,
-            &table(&def.strategy.columns(), &refs, list_meta, include),
-            &[],
-        ));
+        let table = table_of_items(&def.strategy.columns(), &items, list_meta, include)
+            .map_err(|e| ApiError::Internal(format!("stored object does not decode: {e}")))?;
+        return Ok(json_response(StatusCode::OK, &table, &[]));
     }
     // The stored bytes are the items' JSON: the list is assembled without decoding them.
     let head = format!(

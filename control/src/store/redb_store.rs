@@ -16,7 +16,7 @@
 //! extra insert and a compaction; paging is the only reader of old revisions, so snapshots are
 //! the cheaper fit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -301,14 +301,19 @@ impl Drop for RedbStore {
     }
 }
 
-/// Applies one write inside `table`; returns its outcome on success.
+/// Applies one write inside `table`; returns its outcome on success. `known` is the key's
+/// current value if the caller has it as shared bytes (then the table is not read).
 fn apply_in(
     table: &mut redb::Table<&str, &[u8]>,
     key: &str,
     write: Write,
     revision: u64,
+    known: Option<Option<Bytes>>,
 ) -> Result<super::Applied, StoreError> {
-    let current = table.get(key)?.map(|v| Bytes::copy_from_slice(v.value()));
+    let current = match known {
+        Some(current) => current,
+        None => table.get(key)?.map(|v| Bytes::copy_from_slice(v.value())),
+    };
     let applied = apply(key, write, current, revision)?;
     if applied.event.kind == EventKind::Deleted {
         table.remove(key)?;
@@ -342,14 +347,26 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
     let mut revision = base;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut events: Vec<StoreEvent> = Vec::new();
+    // What the keys written earlier in this batch hold now (`None`: deleted); the watch cache
+    // has what older batches wrote.
+    let mut written: HashMap<String, Option<Bytes>> = HashMap::new();
     let committed = (|| -> Result<(), StoreError> {
         let txn = shared.db.begin_write()?;
         {
             let mut objects = txn.open_table(OBJECTS)?;
             for req in batch {
-                match apply_in(&mut objects, &req.key, req.write, revision + 1) {
+                // The current value as the bytes the watch cache already holds, so the event's
+                // `previous` shares them rather than being a second copy.
+                let known = written
+                    .get(&req.key)
+                    .cloned()
+                    .or_else(|| shared.cache.latest(&req.key).map(Some));
+                match apply_in(&mut objects, &req.key, req.write, revision + 1, known) {
                     Ok(applied) => {
                         revision += 1;
+                        let now = (applied.event.kind != EventKind::Deleted)
+                            .then(|| applied.event.object.clone());
+                        written.insert(req.key, now);
                         events.push(applied.event);
                         outcomes.push((req.reply, Ok(applied.answer)));
                     }
