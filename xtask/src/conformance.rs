@@ -116,6 +116,9 @@ struct KnownFile {
     failure: Vec<Known>,
 }
 
+/// A report section: the group (none: not yet classified) and what it names.
+type GroupKey = (Option<Group>, String);
+
 /// The counts of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -434,7 +437,7 @@ fn render(
             c.steady, c.steady
         );
     }
-    let mut groups: BTreeMap<(Option<Group>, String), Vec<(&str, &str)>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<(&str, &str)>> = BTreeMap::new();
     for (test, r) in results {
         if !matches!(r.outcome.as_str(), "failed" | "error") {
             continue;
