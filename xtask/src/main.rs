@@ -65,7 +65,8 @@ enum Command {
     /// Check formatting (rustfmt) and lints (clippy, warnings denied), as CI does first.
     Lint,
     /// Run the lint gates, then the whole test suite tier by tier (unit, component,
-    /// privileged, end-to-end with the real kubectl); or, with --tier, one tier only.
+    /// privileged, end-to-end with the real kubectl, conformance with kr8s's tests and the
+    /// pass-count ratchet); or, with --tier, one tier only.
     Test {
         /// Run only this tier (without the lint gates).
         #[arg(long, value_enum)]
