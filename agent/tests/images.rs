@@ -29,6 +29,33 @@ fn has_program(p: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a program `test` needs is missing; says so (the test then skips).
+fn missing_program(test: &str, programs: &[&str]) -> bool {
+    match programs.iter().find(|p| !has_program(p)) {
+        Some(p) => {
+            eprintln!("skipping {test}: {p} is not installed (cargo xtask setup)");
+            true
+        }
+        None => false,
+    }
+}
+
+/// Copies the OCI layout at `layout` to `dest` (a skopeo transport reference) with `options`.
+fn skopeo_copy(layout: &Path, dest: &str, options: &[String]) {
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q"])
+        .args(options)
+        .arg(format!("oci:{}", layout.display()))
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy to {dest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A two-layer image whose top layer deletes a file and makes a directory opaque.
 fn layers() -> Vec<Vec<u8>> {
     let mut base = LayerBuilder::new();
@@ -277,16 +304,10 @@ fn import_docker_archive() {
     fs::create_dir(&layout).unwrap();
     write_oci_layout(&layout, "x", &self::config(), &layers(), true).unwrap();
     let archive = tmp.path().join("skopeo.tar");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q"])
-        .arg(format!("oci:{}", layout.display()))
-        .arg(format!("docker-archive:{}:kubia:skopeo", archive.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    skopeo_copy(
+        &layout,
+        &format!("docker-archive:{}:kubia:skopeo", archive.display()),
+        &[],
     );
     assert_eq!(
         store.import_path(&archive, None).unwrap(),
@@ -391,28 +412,24 @@ fn start_registry() -> Registry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_from_docker_registry_with_basic_auth() {
     require_root!("the image store as the agent runs it");
-    for p in ["docker-registry", "skopeo"] {
-        if !has_program(p) {
-            eprintln!("skipping pull_from_docker_registry_with_basic_auth: {p} is not installed (cargo xtask setup)");
-            return;
-        }
+    if missing_program(
+        "pull_from_docker_registry_with_basic_auth",
+        &["docker-registry", "skopeo"],
+    ) {
+        return;
     }
     let registry = start_registry();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();
     let manifest = write_oci_layout(&layout, "kubia:pushed", &config(), &layers(), true).unwrap();
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("--dest-creds={USER}:{PASSWORD}"))
-        .arg(format!("oci:{}", layout.display()))
-        .arg(format!("docker://{}/skiff/kubia:v1", registry.addr))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo push: {}",
-        String::from_utf8_lossy(&out.stderr)
+    skopeo_copy(
+        &layout,
+        &format!("docker://{}/skiff/kubia:v1", registry.addr),
+        &[
+            "--dest-tls-verify=false".into(),
+            format!("--dest-creds={USER}:{PASSWORD}"),
+        ],
     );
 
     let store = ImageStore::open(tmp.path().join("store")).unwrap();
@@ -803,31 +820,24 @@ fn registry_config(dir: &Path, yaml: &str, disable_default: bool) -> RegistryCon
 /// clearly and the registry itself is never contacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_through_mirror_with_rewrite_and_no_fallback() {
-    for p in ["docker-registry", "skopeo"] {
-        if !has_program(p) {
-            eprintln!("skipping pull_through_mirror_with_rewrite_and_no_fallback: {p} is not installed (cargo xtask setup)");
-            return;
-        }
+    if missing_program(
+        "pull_through_mirror_with_rewrite_and_no_fallback",
+        &["docker-registry", "skopeo"],
+    ) {
+        return;
     }
     let registry = start_registry();
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();
     let manifest = write_oci_layout(&layout, "foo:tag", &config(), &layers(), true).unwrap();
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-        .arg(format!("--dest-creds={USER}:{PASSWORD}"))
-        .arg(format!("oci:{}", layout.display()))
-        .arg(format!(
-            "docker://{}/docker.io/library/foo:tag",
-            registry.addr
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo push: {}",
-        String::from_utf8_lossy(&out.stderr)
+    skopeo_copy(
+        &layout,
+        &format!("docker://{}/docker.io/library/foo:tag", registry.addr),
+        &[
+            "--dest-tls-verify=false".into(),
+            format!("--dest-creds={USER}:{PASSWORD}"),
+        ],
     );
     let dead = format!("127.0.0.1:{}", free_port());
     let origin = Trap::start();
@@ -996,11 +1006,11 @@ fn start_tls_registry(pki: &Path) -> Registry {
 /// what happens without them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_through_tls_mirror_with_ca_and_client_certificate() {
-    for p in ["docker-registry", "skopeo"] {
-        if !has_program(p) {
-            eprintln!("skipping pull_through_tls_mirror_with_ca_and_client_certificate: {p} is not installed (cargo xtask setup)");
-            return;
-        }
+    if missing_program(
+        "pull_through_tls_mirror_with_ca_and_client_certificate",
+        &["docker-registry", "skopeo"],
+    ) {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
@@ -1016,20 +1026,10 @@ async fn pull_through_tls_mirror_with_ca_and_client_certificate() {
     let layout = tmp.path().join("layout");
     fs::create_dir(&layout).unwrap();
     let manifest = write_oci_layout(&layout, "foo:tag", &config(), &layers(), true).unwrap();
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q"])
-        .arg(format!("--dest-cert-dir={}", certs.display()))
-        .arg(format!("oci:{}", layout.display()))
-        .arg(format!(
-            "docker://{}/docker.io/library/foo:tag",
-            registry.addr
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo push: {}",
-        String::from_utf8_lossy(&out.stderr)
+    skopeo_copy(
+        &layout,
+        &format!("docker://{}/docker.io/library/foo:tag", registry.addr),
+        &[format!("--dest-cert-dir={}", certs.display())],
     );
 
     let conf = tmp.path().join("conf");
