@@ -151,7 +151,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "skiff-control serving");
-    axum_server::bind_rustls(config.listen, tls)
+    // TCP_NODELAY: a watch event is one small write after a quiet spell, and with Nagle's
+    // algorithm it waits for the client's delayed ACK (~40 ms on Linux) whenever the previous
+    // segment is unacknowledged; Kubernetes' Go server gets NODELAY from Go's net package.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::bind(config.listen)
+        .acceptor(acceptor)
         .handle(handle)
         .serve(app.into_make_service())
         .await

@@ -391,7 +391,12 @@ pub async fn serve(
             handle.graceful_shutdown(Some(GRACE));
         }
     });
-    let https = axum_server::bind_rustls(addr, tls)
+    // TCP_NODELAY, so a followed log line or an exec keystroke is not held back by Nagle's
+    // algorithm waiting for a delayed ACK.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let https = axum_server::bind(addr)
+        .acceptor(acceptor)
         .handle(handle)
         .serve(app(state.clone()).into_make_service());
 

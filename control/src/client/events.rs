@@ -42,12 +42,46 @@ type Correlation = (String, String, String, String);
 pub struct Recorder {
     client: Client,
     component: String,
-    /// (namespace, uid, reason, message) -> (event name, count) of events this process wrote.
+    /// The events this process wrote, by (namespace, uid, reason, message).
     seen: Arc<Mutex<Seen>>,
 }
 
-/// Events this process wrote: correlation -> (event name, count).
-type Seen = HashMap<Correlation, (String, i32)>;
+/// Events this process wrote, bounded: at most [`SEEN_MAX`] correlations are remembered.
+#[derive(Default)]
+struct Seen {
+    /// correlation -> (event name, count, last use).
+    events: HashMap<Correlation, (String, i32, u64)>,
+    /// Advances on every use: the order in which correlations were last used.
+    clock: u64,
+}
+
+/// How many correlations a recorder remembers (client-go's correlator keeps 4 096 in an LRU).
+/// 10 000 pending pods each with a FailedScheduling event fit, so their repeats fold.
+const SEEN_MAX: usize = 16_384;
+
+impl Seen {
+    fn touch(&mut self, key: &Correlation) -> Option<(String, i32)> {
+        self.clock += 1;
+        let clock = self.clock;
+        let (name, count, used) = self.events.get_mut(key)?;
+        *count += 1;
+        *used = clock;
+        Some((name.clone(), *count))
+    }
+
+    fn insert(&mut self, key: Correlation, name: String) {
+        if self.events.len() >= SEEN_MAX {
+            // Forget the least recently used quarter: an evicted repeat only starts a new Event.
+            let mut used: Vec<u64> = self.events.values().map(|(_, _, u)| *u).collect();
+            let cut = SEEN_MAX / 4;
+            used.select_nth_unstable(cut);
+            let oldest = used[cut];
+            self.events.retain(|_, (_, _, u)| *u > oldest);
+        }
+        self.clock += 1;
+        self.events.insert(key, (name, 1, self.clock));
+    }
+}
 
 impl Recorder {
     /// A recorder writing as `component`.
@@ -94,11 +128,10 @@ impl Recorder {
             message.to_owned(),
         );
         let mut seen = self.seen.lock().await;
-        if let Some((name, count)) = seen.get_mut(&key) {
-            *count += 1;
-            let patch = json!({"count": *count, "lastTimestamp": now});
+        if let Some((name, count)) = seen.touch(&key) {
+            let patch = json!({"count": count, "lastTimestamp": now});
             match api
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -137,10 +170,7 @@ impl Recorder {
         };
         let created = api.create(&PostParams::default(), &event).await?;
         if let Some(name) = created.metadata.name {
-            if seen.len() > 10_000 {
-                seen.clear();
-            }
-            seen.insert(key, (name, 1));
+            seen.insert(key, name);
         }
         Ok(())
     }
@@ -152,4 +182,30 @@ where
     K: kube::Resource<DynamicType = ()>,
 {
     object.object_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> Correlation {
+        ("ns".into(), format!("uid-{i}"), "R".into(), "m".into())
+    }
+
+    #[test]
+    fn repeats_count_and_the_least_recently_used_are_forgotten_first() {
+        let mut seen = Seen::default();
+        seen.insert(key(0), "e0".into());
+        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 2)));
+        for i in 1..SEEN_MAX {
+            seen.insert(key(i), format!("e{i}"));
+        }
+        // Full: key 1 is the least recently used, key 0 was used after it was written.
+        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 3)));
+        seen.insert(key(SEEN_MAX), "new".into());
+        assert!(seen.events.len() <= SEEN_MAX * 3 / 4 + 1);
+        assert_eq!(seen.touch(&key(1)), None);
+        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 4)));
+        assert_eq!(seen.touch(&key(SEEN_MAX)), Some(("new".into(), 2)));
+    }
 }

@@ -5,12 +5,14 @@
 //! *assumed* there at once (so the next pods see its requests) and the binding is POSTed to
 //! `pods/{name}/binding` in the background, many at a time; a failed binding drops the
 //! assumption and the pod waits again. Pods that fit nowhere wait until a node changes or a pod
-//! leaves a node (or the periodic retry), as kube-scheduler's unschedulable queue.
+//! leaves a node, as kube-scheduler's unschedulable queue; one that waited five minutes with
+//! nothing changing is tried again anyway (kube-scheduler's `podMaxInUnschedulablePodsDuration`).
 
 pub mod cache;
 pub mod filter;
 pub mod resources;
 pub mod score;
+pub mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,11 +20,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
-use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
 use crate::client::events::{EventType, Recorder};
 use crate::client::informers::Change;
@@ -35,15 +37,19 @@ use filter::{filter, forbidden_domains, Reason};
 pub struct Config {
     /// Bindings in flight at once.
     pub parallel_binds: usize,
-    /// How often unschedulable pods are tried again even if nothing changed.
-    pub retry_interval: Duration,
+    /// How long an unschedulable pod waits for a cluster change before it is tried again
+    /// anyway (kube-scheduler: `podMaxInUnschedulablePodsDuration`, 5 minutes).
+    pub max_unschedulable_wait: Duration,
+    /// How often pods that waited that long are looked for (kube-scheduler: every 30 s).
+    pub leftover_check: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             parallel_binds: 64,
-            retry_interval: Duration::from_secs(30),
+            max_unschedulable_wait: Duration::from_secs(300),
+            leftover_check: Duration::from_secs(30),
         }
     }
 }
@@ -61,8 +67,6 @@ struct Note {
     kind: EventType,
     reason: &'static str,
     message: String,
-    /// The pod fits no node: also say so in its PodScheduled condition.
-    unschedulable: bool,
 }
 
 /// What the scheduler decided for one pod.
@@ -81,7 +85,10 @@ pub struct Scheduler {
     pub cache: Cache,
     active: VecDeque<String>,
     queued: HashSet<String>,
-    unschedulable: HashSet<String>,
+    /// Pods that fit nowhere, with when they were parked. Each waits for a cluster change or
+    /// for its own wait to run out: retrying all of them on one clock made 10 000 pending pods
+    /// cost a burst of decisions and Event writes every 30 s.
+    unschedulable: HashMap<String, Instant>,
     binding: HashSet<String>,
     /// Rotates the tie-break among equally scored nodes.
     turn: usize,
@@ -101,10 +108,28 @@ impl Scheduler {
 
     /// Moves every unschedulable pod back to the active queue.
     pub fn retry_unschedulable(&mut self) {
-        let waiting: Vec<String> = self.unschedulable.drain().collect();
+        let waiting: Vec<String> = self.unschedulable.drain().map(|(uid, _)| uid).collect();
         for uid in waiting {
             self.enqueue(uid);
         }
+    }
+
+    /// Moves the unschedulable pods parked at least `max_wait` before `now` back to the active
+    /// queue (kube-scheduler's `flushUnschedulablePodsLeftover`).
+    pub fn retry_leftover(&mut self, now: Instant, max_wait: Duration) {
+        let due: Vec<String> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, parked)| now.saturating_duration_since(**parked) >= max_wait)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            self.enqueue(uid);
+        }
+    }
+
+    fn park(&mut self, uid: String) {
+        self.unschedulable.insert(uid, Instant::now());
     }
 
     /// Applies a pod event.
@@ -125,7 +150,7 @@ impl Scheduler {
         if change.pending {
             // A pod already known unschedulable waits for a cluster change, not for
             // updates of itself.
-            if !self.unschedulable.contains(&uid) {
+            if !self.unschedulable.contains_key(&uid) {
                 self.enqueue(uid);
             }
         }
@@ -225,9 +250,7 @@ impl Scheduler {
                     self.cache.assume(&uid, node);
                     self.binding.insert(uid);
                 }
-                Decision::Unschedulable(_) => {
-                    self.unschedulable.insert(uid);
-                }
+                Decision::Unschedulable(_) => self.park(uid),
             }
             return Some((pod, decision));
         }
@@ -238,7 +261,7 @@ impl Scheduler {
     pub fn bound(&mut self, uid: &str, ok: bool) {
         self.binding.remove(uid);
         if !ok && self.cache.forget(uid) {
-            self.unschedulable.insert(uid.to_owned());
+            self.park(uid.to_owned());
         }
     }
 
@@ -249,7 +272,7 @@ impl Scheduler {
 
     /// Whether pod `uid` is parked as unschedulable.
     pub fn is_unschedulable(&self, uid: &str) -> bool {
-        self.unschedulable.contains(uid)
+        self.unschedulable.contains_key(uid)
     }
 }
 
@@ -298,48 +321,11 @@ async fn bind(client: kube::Client, pod: PodInfo, node: String) -> BindDone {
 }
 
 /// Writes events from a bounded queue; when the API cannot keep up, events are dropped rather
-/// than slowing scheduling (client-go's broadcaster drops too). An unschedulable pod also gets
-/// `PodScheduled=False` with reason `Unschedulable` and the message, as kube-scheduler sets it
-/// (kubectl describe and `kubectl wait --for=condition=PodScheduled=false` read it), written
-/// again only when the message changes.
-async fn write_events(client: kube::Client, recorder: Recorder, mut notes: mpsc::Receiver<Note>) {
-    let mut conditions: HashMap<String, String> = HashMap::new();
+/// than slowing scheduling (client-go's broadcaster drops too). The PodScheduled condition,
+/// which must not be dropped, is written by [`status::write`].
+async fn write_events(recorder: Recorder, mut notes: mpsc::Receiver<Note>) {
     while let Some(n) = notes.recv().await {
         recorder.record(&n.pod, n.kind, n.reason, &n.message).await;
-        let uid = n.pod.uid.clone().unwrap_or_default();
-        if !n.unschedulable {
-            conditions.remove(&uid);
-            continue;
-        }
-        if conditions.get(&uid) == Some(&n.message) {
-            continue;
-        }
-        let (Some(ns), Some(name)) = (n.pod.namespace.as_deref(), n.pod.name.as_deref()) else {
-            continue;
-        };
-        // The version the decision was made on: a pod bound (or changed) since is left alone.
-        let status = json!({
-            "metadata": {"resourceVersion": n.pod.resource_version},
-            "status": {"conditions": [{
-            "type": "PodScheduled",
-            "status": "False",
-            "reason": "Unschedulable",
-            "message": n.message,
-            "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now()),
-        }]}});
-        match Api::<Pod>::namespaced(client.clone(), ns)
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await
-        {
-            Ok(_) => {
-                // Bounded: forget the oldest decisions when there are very many pending pods.
-                if conditions.len() >= 65_536 {
-                    conditions.clear();
-                }
-                conditions.insert(uid, n.message);
-            }
-            Err(e) => tracing::debug!(pod = %name, error = %e, "could not write PodScheduled"),
-        }
     }
 }
 
@@ -363,13 +349,15 @@ pub async fn run_with(ctx: Context, config: Config) {
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<BindDone>();
     let (note_tx, note_rx) = mpsc::channel::<Note>(4096);
-    let events = tokio::spawn(write_events(
+    let events = tokio::spawn(write_events(ctx.recorder(DEFAULT_SCHEDULER), note_rx));
+    let conditions = Arc::new(status::Conditions::default());
+    let condition_writer = tokio::spawn(status::write(
         client.clone(),
-        ctx.recorder(DEFAULT_SCHEDULER),
-        note_rx,
+        conditions.clone(),
+        ctx.shutdown.clone(),
     ));
     let permits = Arc::new(Semaphore::new(config.parallel_binds.max(1)));
-    let mut retry = tokio::time::interval(config.retry_interval);
+    let mut retry = tokio::time::interval(config.leftover_check);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sched = Scheduler::default();
     let (mut pods_synced, mut nodes_synced) = (false, false);
@@ -393,7 +381,10 @@ pub async fn run_with(ctx: Context, config: Config) {
                     pods_synced = true;
                 }
                 Some(Input::Pod(Change::Applied(pod))) => sched.pod_applied(pod),
-                Some(Input::Pod(Change::Deleted(pod))) => sched.pod_deleted(&pod),
+                Some(Input::Pod(Change::Deleted(pod))) => {
+                    conditions.forget(pod.metadata.uid.as_deref().unwrap_or_default());
+                    sched.pod_deleted(&pod)
+                }
                 Some(Input::Node(Change::Listed(nodes))) => {
                     sched
                         .cache
@@ -415,7 +406,6 @@ pub async fn run_with(ctx: Context, config: Config) {
                     (Ok(()), Some(pod)) => note(Note {
                         message: format!("Successfully assigned {}/{} to {}", pod.namespace, pod.name, done.node),
                         pod: reference(&pod), kind: EventType::Normal, reason: "Scheduled",
-                        unschedulable: false,
                     }),
                     (Err(e), Some(pod)) => {
                         tracing::info!(pod = %pod.name, node = %done.node, error = %e, "binding failed");
@@ -425,15 +415,14 @@ pub async fn run_with(ctx: Context, config: Config) {
                             note(Note {
                                 message: format!("Binding rejected: {e}"),
                                 pod: reference(&pod), kind: EventType::Warning, reason: "FailedScheduling",
-                                unschedulable: false,
-                            });
+                                    });
                         }
                     }
                     (_, None) => {}
                 }
                 sched.bound(&done.uid, ok);
             }
-            _ = retry.tick() => sched.retry_unschedulable(),
+            _ = retry.tick() => sched.retry_leftover(Instant::now(), config.max_unschedulable_wait),
         }
         if !(pods_synced && nodes_synced) {
             continue;
@@ -447,6 +436,7 @@ pub async fn run_with(ctx: Context, config: Config) {
             };
             match decision {
                 Decision::Node(node) => {
+                    conditions.forget(&pod.uid);
                     let (client, done_tx) = (client.clone(), done_tx.clone());
                     tokio::spawn(async move {
                         let done = bind(client, pod, node).await;
@@ -456,19 +446,21 @@ pub async fn run_with(ctx: Context, config: Config) {
                 }
                 Decision::Unschedulable(message) => {
                     tracing::debug!(pod = %pod.name, %message, "unschedulable");
+                    conditions.unschedulable(reference(&pod), message.clone());
                     note(Note {
                         pod: reference(&pod),
                         kind: EventType::Warning,
                         reason: "FailedScheduling",
                         message,
-                        unschedulable: true,
                     });
                 }
             }
         }
     }
-    // Unwritten events are advice: they are not worth delaying shutdown for.
+    // Unwritten events are advice: they are not worth delaying shutdown for; conditions are
+    // decided again by whichever scheduler leads next.
     events.abort();
+    condition_writer.abort();
 }
 
 #[cfg(test)]

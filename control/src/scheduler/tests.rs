@@ -191,6 +191,29 @@ fn assumed_pods_count_before_the_watch_confirms_them() {
 }
 
 #[test]
+fn an_unschedulable_pod_is_retried_only_after_its_own_wait() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    let mut s = sched(vec![node("n1", "1", &[])]);
+    s.on_pod(Event::Apply(pod("big", "2")));
+    assert!(matches!(
+        s.next_decision(),
+        Some((_, Decision::Unschedulable(_)))
+    ));
+    let wait = Duration::from_secs(300);
+    // Updates of the pod itself and an early leftover check leave it parked...
+    s.on_pod(Event::Apply(pod("big", "2")));
+    s.retry_leftover(Instant::now() + Duration::from_secs(299), wait);
+    assert_eq!(s.active_len(), 0);
+    assert!(s.is_unschedulable("uid-big"));
+    // ...once it has waited the whole wait, it is tried again.
+    s.retry_leftover(Instant::now() + wait, wait);
+    assert_eq!(s.active_len(), 1);
+    assert!(!s.is_unschedulable("uid-big"));
+}
+
+#[test]
 fn replicas_of_one_owner_spread_across_nodes() {
     let mut s = sched(vec![
         node("n1", "8", &[]),

@@ -7,12 +7,13 @@
 //! needs one (a field selector or a Table).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use super::{EventStream, StoreError};
 
@@ -83,24 +84,60 @@ impl StoreEvent {
     }
 }
 
-/// The live channel's size for a window of `capacity` events: the largest power of two that
-/// fits in the window (at least 16, at most 65 536). The channel keeps its last values until
-/// they are overwritten, and tokio rounds a size up to a power of two: sized at the window, a
-/// 20 000-event window had a 32 768-slot channel holding 12 768 events' bytes the window had
-/// already dropped (about 18 MB at 10 000 pods). Sized down, every event the channel keeps
-/// is one the window keeps too.
+/// How many live events a watcher may have waiting before it counts as fallen behind: the
+/// largest power of two that fits in the window (at least 16, at most 65 536), so a watcher
+/// never holds more of its resource's events than the window keeps of all of them.
 fn live_capacity(capacity: usize) -> usize {
     let capacity = capacity.clamp(16, 65_536);
     1 << (usize::BITS - 1 - capacity.leading_zeros())
 }
 
-/// Recent events, bounded by count, and the live channel.
+/// The resource part of a key or prefix (`core/pods/` of `core/pods/default/a`), or `""` for a
+/// prefix shorter than a resource, which sees every resource's events.
+fn resource_of(key: &str) -> &str {
+    let mut slashes = key.match_indices('/').map(|(i, _)| i);
+    match (slashes.next(), slashes.next()) {
+        (Some(_), Some(second)) => &key[..=second],
+        _ => "",
+    }
+}
+
+/// One live watcher's end of the fan-out.
+struct Subscriber {
+    prefix: String,
+    sender: mpsc::Sender<Arc<StoreEvent>>,
+    /// Set when the watcher's queue overflowed: its stream reports it fell behind.
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// Hands over `event` if it is under the prefix; false once the watcher is gone or
+    /// fell behind (its sender is then dropped, which ends its stream).
+    fn offer(&self, event: &Arc<StoreEvent>) -> bool {
+        if !event.key.starts_with(&self.prefix) {
+            return !self.sender.is_closed();
+        }
+        match self.sender.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Recent events, bounded by count, and the live watchers by resource.
 pub(crate) struct Window {
     events: VecDeque<Arc<StoreEvent>>,
     capacity: usize,
     /// A watch may start from any revision >= this one.
     oldest: u64,
-    sender: broadcast::Sender<Arc<StoreEvent>>,
+    /// Live watchers by the resource they watch (see [`resource_of`]), as Kubernetes keeps one
+    /// watch cache per resource: a write wakes only the watchers of its own resource, so 100
+    /// pod watchers are not woken for every Event or Lease write.
+    subscribers: HashMap<String, Vec<Subscriber>>,
     /// The newest event of each key that has one in the window, unless it is a deletion: its
     /// object is what the key holds now, so the next write's `previous` shares these bytes
     /// instead of keeping a second copy of them for every modification in the window.
@@ -109,12 +146,11 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(capacity: usize, current_revision: u64) -> Self {
-        let (sender, _) = broadcast::channel(live_capacity(capacity));
         Self {
             events: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
             oldest: current_revision,
-            sender,
+            subscribers: HashMap::new(),
             latest: HashMap::new(),
         }
     }
@@ -146,8 +182,17 @@ impl Window {
         } else {
             self.oldest = event.revision;
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.sender.send(event);
+        for resource in [resource_of(&event.key), ""] {
+            if let Some(subscribers) = self.subscribers.get_mut(resource) {
+                subscribers.retain(|s| s.offer(&event));
+                if subscribers.is_empty() {
+                    self.subscribers.remove(resource);
+                }
+            }
+            if resource.is_empty() {
+                break;
+            }
+        }
     }
 
     /// What `key` holds after the newest event in the window, if that event is in the window
@@ -161,7 +206,7 @@ impl Window {
         self.events.back().map_or(self.oldest, |e| e.revision)
     }
 
-    pub(crate) fn watch(&self, prefix: &str, from: u64) -> Result<EventStream, StoreError> {
+    pub(crate) fn watch(&mut self, prefix: &str, from: u64) -> Result<EventStream, StoreError> {
         if from < self.oldest {
             return Err(StoreError::Gone {
                 requested: from,
@@ -175,36 +220,45 @@ impl Window {
             .filter(|e| e.key.starts_with(prefix))
             .cloned()
             .collect();
-        Ok(event_stream(
-            backlog,
-            self.sender.subscribe(),
-            prefix.to_owned(),
-            from,
-        ))
+        let (sender, receiver) = mpsc::channel(live_capacity(self.capacity));
+        let lagged = Arc::new(AtomicBool::new(false));
+        let subscribers = self
+            .subscribers
+            .entry(resource_of(prefix).to_owned())
+            .or_default();
+        // Watchers that ended since the resource's last write leave now.
+        subscribers.retain(|s| !s.sender.is_closed());
+        subscribers.push(Subscriber {
+            prefix: prefix.to_owned(),
+            sender,
+            lagged: lagged.clone(),
+        });
+        Ok(event_stream(backlog, receiver, lagged, from))
     }
 }
 
 /// What an [`EventStream`] walks through.
 struct Cursor {
     backlog: std::vec::IntoIter<Arc<StoreEvent>>,
-    live: broadcast::Receiver<Arc<StoreEvent>>,
-    prefix: String,
-    /// The last revision handed out: live events up to it were in the backlog already.
+    live: mpsc::Receiver<Arc<StoreEvent>>,
+    lagged: Arc<AtomicBool>,
+    /// The last revision handed out.
     last: u64,
     ended: bool,
 }
 
-/// The backlog, then the live events under `prefix` after it.
+/// The backlog, then the live events (registered in the same critical section as the backlog
+/// was read, so none is missed or repeated).
 fn event_stream(
     backlog: Vec<Arc<StoreEvent>>,
-    live: broadcast::Receiver<Arc<StoreEvent>>,
-    prefix: String,
+    live: mpsc::Receiver<Arc<StoreEvent>>,
+    lagged: Arc<AtomicBool>,
     from: u64,
 ) -> EventStream {
     let cursor = Cursor {
         backlog: backlog.into_iter(),
         live,
-        prefix,
+        lagged,
         last: from,
         ended: false,
     };
@@ -216,21 +270,19 @@ fn event_stream(
             c.last = event.revision;
             return Some((Ok(event), c));
         }
-        loop {
-            match c.live.recv().await {
-                Ok(event) if event.revision <= c.last || !event.key.starts_with(&c.prefix) => {}
-                Ok(event) => {
-                    c.last = event.revision;
-                    return Some((Ok(event), c));
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Events were dropped for this reader: it must list again, as after a 410.
-                    c.ended = true;
-                    let revision = c.last;
-                    return Some((Err(StoreError::FellBehind { revision }), c));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match c.live.recv().await {
+            Some(event) => {
+                c.last = event.revision;
+                Some((Ok(event), c))
             }
+            // The queue overflowed and was dropped: events were lost for this reader, which
+            // must list again, as after a 410. (Its queued events came first.)
+            None if c.lagged.load(Ordering::Acquire) => {
+                c.ended = true;
+                let revision = c.last;
+                Some((Err(StoreError::FellBehind { revision }), c))
+            }
+            None => None,
         }
     })
     .boxed()
@@ -390,6 +442,35 @@ mod tests {
             .map(|e| e.revision)
             .collect();
         assert_eq!(replayed, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_watcher_is_woken_only_by_its_resource_and_a_short_prefix_sees_all() {
+        assert_eq!(resource_of("core/pods/default/a"), "core/pods/");
+        assert_eq!(resource_of("core/pods/"), "core/pods/");
+        assert_eq!(resource_of("core/"), "");
+        let cache = WatchCache::new(64, 0);
+        let mut pods = cache.watch("core/pods/ns1/", 0).unwrap();
+        let mut all = cache.watch("", 0).unwrap();
+        cache.push([
+            event(1, "core/events/ns1/e"),
+            event(2, "core/pods/ns2/p"),
+            event(3, "core/pods/ns1/p"),
+        ]);
+        assert_eq!(pods.next().await.unwrap().unwrap().revision, 3);
+        assert_eq!(
+            cache.window().subscribers.get("core/pods/").map(Vec::len),
+            Some(1)
+        );
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(all.next().await.unwrap().unwrap().revision);
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        // A watcher that ends leaves at its resource's next write.
+        drop(pods);
+        cache.push([event(4, "core/pods/ns1/q")]);
+        assert!(!cache.window().subscribers.contains_key("core/pods/"));
     }
 
     #[test]
