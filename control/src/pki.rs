@@ -1,11 +1,14 @@
-//! First-start credentials: a CA, a serving certificate for the API, an admin bearer token,
-//! and the admin kubeconfig that carries them to kubectl.
+//! First-start credentials: a CA, a serving certificate for the API, the admin's client
+//! certificate (CN `kubernetes-admin`, O `system:masters`, as kubeadm's admin.conf) and bearer
+//! token, and the admin kubeconfig that carries them to kubectl.
 
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
 
 use base64::Engine as _;
 use rand::RngCore;
@@ -41,6 +44,58 @@ pub struct Credentials {
     pub server_key_pem: String,
     /// The admin bearer token.
     pub token: String,
+    /// PEM of the admin's client certificate.
+    pub admin_cert_pem: String,
+    /// PEM of the admin's client key.
+    pub admin_key_pem: String,
+}
+
+/// The admin's user name and group, as kubeadm writes them into admin.conf.
+pub const ADMIN_USER: &str = "kubernetes-admin";
+/// The group every request of which is allowed.
+pub const MASTERS_GROUP: &str = "system:masters";
+
+/// How long an issued admin certificate lasts (kubeadm: one year); it is issued again at a
+/// start when less than [`RENEW_BEFORE_DAYS`] remain.
+const ADMIN_CERT_DAYS: i64 = 365;
+const RENEW_BEFORE_DAYS: i64 = 30;
+
+/// A client certificate and key for `user` in `groups`, signed by the CA, valid for `days`.
+pub fn client_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    groups: &[String],
+    days: i64,
+) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    for g in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, g.as_str());
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    // A little back-dating tolerates clocks a few minutes apart, as Kubernetes' signer does.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Whether the PEM certificate is readable and valid for more than `days` days.
+fn valid_for_days(pem: &str, days: i64) -> bool {
+    let Ok(der) = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return false;
+    };
+    let left =
+        cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+    left > days * 86_400
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -128,17 +183,41 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         .map_err(io(&token))?
         .trim()
         .to_owned();
+
+    let (admin_cert, admin_key) = (pki.join("admin.crt"), pki.join("admin.key"));
+    let current = fs::read_to_string(&admin_cert)
+        .ok()
+        .zip(fs::read_to_string(&admin_key).ok());
+    let (admin_cert_pem, admin_key_pem) = match current {
+        Some((cert, key)) if valid_for_days(&cert, RENEW_BEFORE_DAYS) => (cert, key),
+        _ => {
+            let (cert, key) = client_certificate(
+                &issuer,
+                ADMIN_USER,
+                &[MASTERS_GROUP.to_owned()],
+                ADMIN_CERT_DAYS,
+            )?;
+            write_private(&admin_key, key.as_bytes())?;
+            write_private(&admin_cert, cert.as_bytes())?;
+            (cert, key)
+        }
+    };
     Ok(Credentials {
         ca_pem,
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
         token,
+        admin_cert_pem,
+        admin_key_pem,
     })
 }
 
-/// Renders an admin kubeconfig for `server` (an https URL).
+/// Renders an admin kubeconfig for `server` (an https URL): the admin's client certificate,
+/// and the admin token too, which clients that authenticate by token only (the agent's kubelet
+/// API check, until nodes get credentials of their own) read from it.
 pub fn kubeconfig(server: &str, creds: &Credentials) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(&creds.ca_pem);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = b64(&creds.ca_pem);
     format!(
         "apiVersion: v1
 kind: Config
@@ -150,6 +229,8 @@ clusters:
 users:
 - name: skiff-admin
   user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
     token: {token}
 contexts:
 - name: skiff
@@ -159,7 +240,9 @@ contexts:
     namespace: default
 current-context: skiff
 ",
-        token = creds.token
+        token = creds.token,
+        cert = b64(&creds.admin_cert_pem),
+        key = b64(&creds.admin_key_pem),
     )
 }
 
@@ -185,6 +268,13 @@ mod tests {
         assert_eq!(first.token.len(), 64);
         let kc = kubeconfig("https://127.0.0.1:6443", &first);
         assert!(kc.contains(&first.token));
+        assert!(kc.contains("client-certificate-data:"));
+        assert_eq!(
+            first.admin_cert_pem, second.admin_cert_pem,
+            "still valid: kept"
+        );
+        assert!(valid_for_days(&first.admin_cert_pem, 300));
+        assert!(!valid_for_days(&first.admin_cert_pem, 400));
         let mode = fs::metadata(dir.path().join("pki/ca.key"))
             .unwrap()
             .permissions()

@@ -111,12 +111,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-        creds.server_cert_pem.into_bytes(),
-        creds.server_key_pem.into_bytes(),
+    let (tls, client_verifier) = apiserver::auth::x509::server_config(
+        &creds.server_cert_pem,
+        &creds.server_key_pem,
+        &creds.ca_pem,
     )
-    .await
-    .context("loading the serving certificate")?;
+    .map_err(|e| anyhow::anyhow!("loading the serving certificate: {e}"))?;
     let handle = axum_server::Handle::new();
     let app = apiserver::app(state.clone());
     let controllers = tokio::spawn({
@@ -151,11 +151,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "skiff-control serving");
-    // TCP_NODELAY: a watch event is one small write after a quiet spell, and with Nagle's
-    // algorithm it waits for the client's delayed ACK (~40 ms on Linux) whenever the previous
-    // segment is unacknowledged; Kubernetes' Go server gets NODELAY from Go's net package.
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    // TLS with NODELAY, and each connection's client certificate judged once.
+    let acceptor = apiserver::auth::x509::PeerAcceptor::new(tls, client_verifier);
     axum_server::bind(config.listen)
         .acceptor(acceptor)
         .handle(handle)

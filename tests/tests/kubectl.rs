@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::Value;
 use skiff_e2e::ControlPlane;
 
@@ -369,7 +370,82 @@ fn objects_survive_a_control_plane_restart() {
 #[test]
 fn a_wrong_token_is_refused() {
     let cp = ControlPlane::start();
-    let out = cp.kubectl_output(&["get", "pods", "--token", "wrong"], None);
+    // The admin kubeconfig also holds a client certificate, which authenticates first (as with
+    // kubeadm's admin.conf); a user with only a token is a kubeconfig without it.
+    let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let token_only: String = admin
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = cp.kubeconfig.with_extension("token-only");
+    std::fs::write(&path, token_only).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let out = cp.kubectl_output(
+        &["--kubeconfig", &path, "get", "pods", "--token", "wrong"],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Unauthorized") || err.contains("provide credentials"),
+        "{err}"
+    );
+}
+
+/// The admin kubeconfig's client certificate alone is the admin; a certificate from another CA
+/// is a 401, not a failed handshake.
+#[test]
+fn the_admin_client_certificate_authenticates_and_a_foreign_one_is_refused() {
+    let cp = ControlPlane::start();
+    let admin = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+    let cert_only: String = admin
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("token:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = cp.kubeconfig.with_extension("cert-only");
+    std::fs::write(&path, &cert_only).unwrap();
+    let path_s = path.to_string_lossy().into_owned();
+    let out = cp.kubectl_output(
+        &["--kubeconfig", &path_s, "get", "namespaces", "-o", "name"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/default"));
+
+    // A certificate for "system:masters" from a CA the cluster does not know.
+    let ca = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kubernetes-admin");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:masters");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = params.self_signed(&ca).unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let foreign: String = cert_only
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("client-certificate-data:") {
+                format!("    client-certificate-data: {}\n", b64(&forged.pem()))
+            } else if l.trim_start().starts_with("client-key-data:") {
+                format!("    client-key-data: {}\n", b64(&ca.serialize_pem()))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = cp.kubeconfig.with_extension("foreign");
+    std::fs::write(&path, foreign).unwrap();
+    let path_s = path.to_string_lossy().into_owned();
+    let out = cp.kubectl_output(&["--kubeconfig", &path_s, "get", "namespaces"], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,0 +1,3 @@
+//! Authentication and authorization of API requests.
+
+pub mod x509;
