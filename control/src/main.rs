@@ -68,6 +68,29 @@ enum Command {
         #[command(flatten)]
         controllers: ControllerArgs,
     },
+    /// Write a kubeconfig for a user: a client certificate signed offline by the cluster CA in
+    /// `--data-dir` (CN = the user, O = each group), as `kubeadm kubeconfig user` does. The user
+    /// may do what RBAC bindings for the name or groups grant, e.g.
+    /// `kubectl create rolebinding alice-view --clusterrole=view --user=alice -n dev`.
+    User {
+        /// The user name (the certificate's CommonName).
+        name: String,
+        /// The control plane's data directory (it holds pki/ca.key).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A group of the user (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// The API server's URL as the user reaches it (https://HOST:PORT).
+        #[arg(long)]
+        server: String,
+        /// Where to write the kubeconfig (mode 0600).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
 }
 
 /// Flags of the controllers, in both modes.
@@ -176,6 +199,35 @@ async fn run() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
+    if let Some(Command::User {
+        name,
+        data_dir,
+        groups,
+        days,
+        server,
+        kubeconfig,
+    }) = &args.command
+    {
+        let yaml = skiff_control::pki::user_kubeconfig(data_dir, server, name, groups, *days)
+            .with_context(|| {
+                format!(
+                    "a kubeconfig for {name:?} from the cluster CA in {}",
+                    data_dir.display()
+                )
+            })?;
+        skiff_control::pki::write_secret_file(kubeconfig, yaml.as_bytes())?;
+        println!(
+            "wrote {} for user {name:?}{}; it grants nothing until RBAC does, e.g.\n  \
+             kubectl create rolebinding {name}-view --clusterrole=view --user={name} -n NAMESPACE",
+            kubeconfig.display(),
+            if groups.is_empty() {
+                String::new()
+            } else {
+                format!(" in groups {groups:?}")
+            }
+        );
+        return Ok(());
+    }
     if let Some(Command::Controllers {
         kubeconfig,
         controllers: flags,

@@ -216,8 +216,28 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
 /// and the admin token too, which clients that authenticate by token only (the agent's kubelet
 /// API check, until nodes get credentials of their own) read from it.
 pub fn kubeconfig(server: &str, creds: &Credentials) -> String {
+    render_kubeconfig(
+        server,
+        &creds.ca_pem,
+        "skiff-admin",
+        &creds.admin_cert_pem,
+        &creds.admin_key_pem,
+        Some(&creds.token),
+    )
+}
+
+fn render_kubeconfig(
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    token: Option<&str>,
+) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let ca = b64(&creds.ca_pem);
+    let token = token
+        .map(|t| format!("    token: {t}\n"))
+        .unwrap_or_default();
     format!(
         "apiVersion: v1
 kind: Config
@@ -227,31 +247,87 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: skiff-admin
+- name: {user:?}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
-    token: {token}
-contexts:
+{token}contexts:
 - name: skiff
   context:
     cluster: skiff
-    user: skiff-admin
+    user: {user:?}
     namespace: default
 current-context: skiff
 ",
-        token = creds.token,
-        cert = b64(&creds.admin_cert_pem),
-        key = b64(&creds.admin_key_pem),
+        ca = b64(ca_pem),
+        cert = b64(cert_pem),
+        key = b64(key_pem),
     )
+}
+
+/// Why a user's kubeconfig cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The request itself is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The CA could not be read or used.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// Issues a client certificate for `user` in `groups`, valid for `days`, from the CA under
+/// `dir/pki` (the data directory of a skiff-control that has started once), and renders a
+/// kubeconfig for `server` with it: what `kubeadm kubeconfig user` does. Nothing is stored on
+/// the server: what the user may do is what RBAC bindings for the name and groups grant.
+pub fn user_kubeconfig(
+    dir: &Path,
+    server: &str,
+    user: &str,
+    groups: &[String],
+    days: i64,
+) -> Result<String, UserError> {
+    let printable = |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+    if !printable(user) {
+        return Err(UserError::Invalid(format!(
+            "invalid user name {user:?}: 1 to 256 printable characters"
+        )));
+    }
+    if let Some(g) = groups.iter().find(|g| !printable(g)) {
+        return Err(UserError::Invalid(format!(
+            "invalid group {g:?}: 1 to 256 printable characters"
+        )));
+    }
+    if !(1..=3650).contains(&days) {
+        return Err(UserError::Invalid(format!(
+            "invalid --days {days}: between 1 and 3650"
+        )));
+    }
+    if !(server.starts_with("https://")) {
+        return Err(UserError::Invalid(format!(
+            "invalid --server {server:?}: an https:// URL of the API server"
+        )));
+    }
+    let (ca_cert, ca_key) = (dir.join("pki/ca.crt"), dir.join("pki/ca.key"));
+    let ca_pem = fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
+    let ca_key_pem = fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+    let key = KeyPair::from_pem(&ca_key_pem).map_err(PkiError::from)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(PkiError::from)?;
+    let (cert, key) = client_certificate(&issuer, user, groups, days)?;
+    Ok(render_kubeconfig(server, &ca_pem, user, &cert, &key, None))
 }
 
 /// Writes the admin kubeconfig with owner-only permissions.
 pub fn write_kubeconfig(path: &Path, server: &str, creds: &Credentials) -> Result<(), PkiError> {
+    write_secret_file(path, kubeconfig(server, creds).as_bytes())
+}
+
+/// Writes a file holding credentials, owner-only (0600), creating its directory.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    write_private(path, kubeconfig(server, creds).as_bytes())
+    write_private(path, contents)
 }
 
 #[cfg(test)]
@@ -275,6 +351,30 @@ mod tests {
         );
         assert!(valid_for_days(&first.admin_cert_pem, 300));
         assert!(!valid_for_days(&first.admin_cert_pem, 400));
+
+        let alice = user_kubeconfig(
+            dir.path(),
+            "https://10.0.0.1:6443",
+            "alice",
+            &["dev".into()],
+            7,
+        )
+        .unwrap();
+        assert!(alice.contains("client-certificate-data:") && !alice.contains("token:"));
+        let bad = |user: &str, days: i64, server: &str| {
+            user_kubeconfig(dir.path(), server, user, &[], days)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("", 7, "https://a").contains("invalid user name"));
+        assert!(bad("a\nb", 7, "https://a").contains("invalid user name"));
+        assert!(bad("a", 0, "https://a").contains("--days"));
+        assert!(bad("a", 7, "http://a").contains("--server"));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(user_kubeconfig(empty.path(), "https://a", "a", &[], 1)
+            .unwrap_err()
+            .to_string()
+            .contains("ca.crt"));
         let mode = fs::metadata(dir.path().join("pki/ca.key"))
             .unwrap()
             .permissions()
