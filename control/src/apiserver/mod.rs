@@ -1,6 +1,7 @@
 //! The Kubernetes API over HTTP: routing, authentication, and the generic resource machinery.
 
 pub mod admission;
+pub mod auth;
 pub mod binding;
 pub mod defaults;
 pub mod discovery;
@@ -19,7 +20,7 @@ pub mod table;
 pub mod validation;
 pub mod watch;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::SharedStore;
+use auth::UserInfo;
 pub use error::ApiError;
 pub use registry::{Registry, ResourceDef};
 
@@ -80,23 +82,34 @@ fn is_public(path: &str) -> bool {
     )
 }
 
+/// The users the admin token and the absence of credentials stand for, built once: every
+/// request carries one of them.
+static ADMIN: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::admin()));
+static ANONYMOUS: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::anonymous()));
+
+/// Establishes who is asking and records it as an `Extension<Arc<UserInfo>>`: the admin token
+/// is `kubernetes-admin` in `system:masters`; without it only the public paths are served, to
+/// `system:anonymous`; anything else is a 401.
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !is_public(request.uri().path()) {
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let ok = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-        if !ok {
-            return Err(ApiError::Unauthorized);
-        }
-    }
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let admin = presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+    let user = if admin {
+        ADMIN.clone()
+    } else if is_public(request.uri().path()) {
+        ANONYMOUS.clone()
+    } else {
+        return Err(ApiError::Unauthorized);
+    };
+    request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }
 
@@ -147,4 +160,71 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .fallback(|| async { ApiError::UnknownResource })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::Extension;
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A router behind `authenticate` whose routes answer with the user's name.
+    fn router() -> Router {
+        let store: SharedStore = Arc::new(crate::store::MemoryStore::new(16));
+        let (state, _) = ApiState::new(store, "secret".into(), CancellationToken::new());
+        let whoami = |Extension(user): Extension<Arc<UserInfo>>| async move { user.name.clone() };
+        Router::new()
+            .route("/healthz", get(whoami))
+            .route("/api/v1/pods", get(whoami))
+            .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+            .with_state(state)
+    }
+
+    async fn ask(path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut request = http::Request::get(path);
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = router()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_authenticated_user() {
+        assert_eq!(
+            ask("/api/v1/pods", Some("secret")).await,
+            (StatusCode::OK, "kubernetes-admin".into())
+        );
+        assert_eq!(
+            ask("/healthz", Some("secret")).await,
+            (StatusCode::OK, "kubernetes-admin".into())
+        );
+        assert_eq!(
+            ask("/healthz", None).await,
+            (StatusCode::OK, "system:anonymous".into())
+        );
+        // Public paths stay public with a wrong token, as before users existed.
+        assert_eq!(
+            ask("/healthz", Some("wrong")).await,
+            (StatusCode::OK, "system:anonymous".into())
+        );
+        assert_eq!(ask("/api/v1/pods", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            ask("/api/v1/pods", Some("wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
