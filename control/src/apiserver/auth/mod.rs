@@ -27,6 +27,8 @@
 //! authorizer and refuse with `forbidden(user, info, reason)`.
 
 pub mod go_format;
+pub mod request_info;
 pub mod user;
 
+pub use request_info::{resolve, RequestInfo};
 pub use user::UserInfo;
