@@ -27,6 +27,7 @@
 //! authorizer and refuse with `forbidden(user, info, reason)`.
 
 pub mod go_format;
+pub mod rbac;
 pub mod request_info;
 pub mod user;
 

@@ -1,0 +1,3 @@
+//! Role-based access control: rule matching and comparison ([`rules`]).
+
+pub mod rules;
