@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::SharedStore;
-use auth::UserInfo;
+use auth::rbac::RbacIndex;
+use auth::{Authorizer, Mode, UserInfo};
 pub use error::ApiError;
 pub use registry::{Registry, ResourceDef};
 
@@ -51,6 +52,10 @@ pub struct ApiState {
     pub services: service_alloc::Allocator,
     /// The tolerations every pod gets (DefaultTolerationSeconds).
     pub default_tolerations: admission::DefaultTolerations,
+    /// What each user may do: `system:masters`, then RBAC (kube-apiserver's default chain
+    /// until `--authorization-mode` is a flag). Its RBAC index follows the store only once
+    /// first asked, so building a state starts nothing. Not enforced yet.
+    pub authorizer: Arc<Authorizer>,
 }
 
 impl ApiState {
@@ -61,7 +66,9 @@ impl ApiState {
         shutdown: CancellationToken,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let index = RbacIndex::new(store.clone(), shutdown.clone());
         let state = Arc::new(Self {
+            authorizer: Arc::new(Authorizer::new(vec![Mode::Rbac], index)),
             store,
             registry: Registry::new(),
             token,
@@ -226,5 +233,37 @@ mod tests {
             ask("/api/v1/pods", Some("wrong")).await.0,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[tokio::test]
+    async fn the_state_authorizer_reads_the_state_store_once_asked() {
+        use auth::rbac::test_objects::*;
+        let store = store();
+        let (state, _) = ApiState::new(store.clone(), "secret".into(), CancellationToken::new());
+        assert_eq!(
+            state.authorizer.index().revision(),
+            None,
+            "nothing runs until asked"
+        );
+        put_cluster_role(
+            &store,
+            "node-reader",
+            vec![rule(&["get"], &[""], &["nodes"])],
+        )
+        .await;
+        put_cluster_role_binding(
+            &store,
+            "alice",
+            ("ClusterRole", "node-reader"),
+            vec![subject("User", "alice", None)],
+        )
+        .await;
+        let alice = UserInfo {
+            name: "alice".into(),
+            ..UserInfo::default()
+        };
+        let get_node = auth::resolve(&http::Method::GET, "/api/v1/nodes/n1", None);
+        assert!(state.authorizer.authorize(&alice, &get_node).await.allowed);
+        assert_eq!(state.authorizer.modes(), [auth::Mode::Rbac]);
     }
 }

@@ -21,15 +21,19 @@
 //!    privilege escalation ([`rbac::rules::covers`]).
 //!
 //! Steps 3 and 5 are not wired into the router yet: this module is the pure core they will use.
-//! `ApiState` is to carry an `Arc<Authorizer>` built from `--authorization-mode` and
-//! `RbacIndex::new(store, shutdown)` (which follows the store only once first asked), and an
-//! `authorize` middleware placed inside `authenticate` will resolve the [`RequestInfo`], ask the
-//! authorizer and refuse with `forbidden(user, info, reason)`.
+//! `ApiState::authorizer` already holds the chain (RBAC, kube-apiserver's usual mode, until
+//! `--authorization-mode` is parsed with [`Mode::parse_list`] and handed to `ApiState`), over
+//! an [`rbac::RbacIndex`] that starts following the store on its first decision. An `authorize`
+//! middleware placed inside `authenticate` will resolve the [`RequestInfo`], ask the authorizer
+//! and refuse with `forbidden(user, info, reason)`; RBAC writes will wait with
+//! `authorizer.index().wait_for(revision)` until they are visible.
 
+pub mod authorizer;
 pub mod go_format;
 pub mod rbac;
 pub mod request_info;
 pub mod user;
 
+pub use authorizer::{Authorizer, Decision, Mode, ModeError, RulesReview};
 pub use request_info::{resolve, RequestInfo};
 pub use user::UserInfo;
