@@ -49,6 +49,11 @@ struct Args {
     /// every pod gets unless it has one.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// Authorizers to consult in order, comma-separated, as kube-apiserver's flag: RBAC,
+    /// AlwaysAllow (no authorization: any authenticated or anonymous request passes), or
+    /// AlwaysDeny. Members of system:masters are always allowed.
+    #[arg(long, default_value = "RBAC", value_parser = parse_modes)]
+    authorization_mode: Modes,
     /// Run the API server only: no controllers or scheduler in this process (run them with
     /// `skiff-control controllers`, as many as you like, one active).
     #[arg(long)]
@@ -168,6 +173,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// The `--authorization-mode` chain (one flag value holding a list, as kube-apiserver's).
+#[derive(Debug, Clone)]
+struct Modes(Vec<skiff_control::apiserver::auth::Mode>);
+
+fn parse_modes(s: &str) -> Result<Modes, String> {
+    skiff_control::apiserver::auth::Mode::parse_list(s)
+        .map(Modes)
+        .map_err(|e| e.to_string())
+}
+
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads exist: they pick their malloc arenas on first use.
     skiff_control::memory::tune_allocator();
@@ -258,6 +273,7 @@ async fn run() -> anyhow::Result<()> {
             service_cidr: args.service_cidr,
             node_port_range: args.service_node_port_range,
             controllers: (!args.no_controllers).then_some(settings),
+            authorization_modes: args.authorization_mode.0,
             default_toleration_seconds: (
                 args.default_not_ready_toleration_seconds,
                 args.default_unreachable_toleration_seconds,

@@ -34,6 +34,8 @@ pub struct Config {
     pub controllers: Option<crate::manager::Settings>,
     /// tolerationSeconds of the default not-ready and unreachable tolerations of pods.
     pub default_toleration_seconds: (i64, i64),
+    /// The authorization chain (`--authorization-mode`).
+    pub authorization_modes: Vec<crate::apiserver::auth::Mode>,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -76,8 +78,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(path = %path.display(), "wrote admin kubeconfig");
     }
 
-    let (state, namespace_queue) =
-        ApiState::new(Arc::new(store), creds.token.clone(), shutdown.clone());
+    let (state, namespace_queue) = ApiState::with_authorization(
+        Arc::new(store),
+        creds.token.clone(),
+        shutdown.clone(),
+        config.authorization_modes.clone(),
+    );
     state
         .ensure_system_namespaces()
         .await

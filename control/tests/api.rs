@@ -92,14 +92,24 @@ fn pod(name: &str, labels: Value) -> Value {
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
+/// A wrong token is a 401; no credentials at all is the anonymous user, whom RBAC grants only
+/// the public information: a 403 that names the user, verb, resource and scope.
 #[tokio::test]
-async fn requests_without_the_token_get_a_401_status() {
+async fn a_wrong_token_is_401_and_anonymous_requests_are_403() {
     let a = api().await;
-    let req = Request::builder().uri(PODS).body(Body::empty()).unwrap();
-    let resp = a.router.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let body: Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let status_of = |resp: axum::response::Response| async move {
+        let code = resp.status();
+        let body: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        (code, body)
+    };
+    let req = Request::builder()
+        .uri(PODS)
+        .header("authorization", "Bearer wrong")
+        .body(Body::empty())
+        .unwrap();
+    let (code, body) = status_of(a.router.clone().oneshot(req).await.unwrap()).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
     assert_eq!(
         (
             body["kind"].as_str(),
@@ -108,10 +118,21 @@ async fn requests_without_the_token_get_a_401_status() {
         ),
         (Some("Status"), Some("Unauthorized"), Some(401))
     );
+
+    let req = Request::builder().uri(PODS).body(Body::empty()).unwrap();
+    let (code, body) = status_of(a.router.clone().oneshot(req).await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(body["reason"], "Forbidden");
+    assert_eq!(
+        body["message"],
+        "pods is forbidden: User \"system:anonymous\" cannot list resource \"pods\" in API \
+         group \"\" in the namespace \"default\""
+    );
+    assert_eq!(body["details"]["kind"], "pods");
 }
 
-/// `/metrics` (watch counts per resource) is for authenticated callers only, like every path
-/// that is not public health or version information.
+/// `/metrics` (watch counts per resource) is not for anonymous callers, like every path that
+/// is not public health or version information.
 #[tokio::test]
 async fn metrics_need_the_token() {
     let a = api().await;
@@ -120,7 +141,7 @@ async fn metrics_need_the_token() {
         .body(Body::empty())
         .unwrap();
     let resp = a.router.clone().oneshot(anonymous).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 
     let authed = Request::builder()
         .uri("/metrics")

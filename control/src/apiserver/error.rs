@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::auth::go_format::quote;
+use super::auth::{RequestInfo, UserInfo};
 use crate::store::StoreError;
 
 /// One invalid field, as a `StatusCause`.
@@ -112,6 +114,20 @@ pub enum ApiError {
     /// Refused on purpose, e.g. creating in a terminating namespace (403 Forbidden).
     #[error("{0}")]
     Forbidden(String),
+    /// Not permitted to this user: Kubernetes' `NewForbidden(group/resource, name, message)`
+    /// (403 Forbidden), e.g. an authorization denial ([`forbidden`]) or an escalation attempt.
+    #[error("{}", forbidden_text(.group, .resource, .name, .message))]
+    Denied {
+        /// The API group, empty for core.
+        group: String,
+        /// The resource (plural, without subresource); empty with the group for a
+        /// non-resource path.
+        resource: String,
+        /// The object's name, if the request named one.
+        name: String,
+        /// Why (`User "alice" cannot ...`).
+        message: String,
+    },
     /// The verb is not supported on this resource (405 MethodNotAllowed).
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -132,6 +148,76 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The message of Kubernetes' `NewForbidden`: `<resource>[.<group>] "<name>" is forbidden:
+/// <message>`, without the name part when there is no name, and `forbidden: <message>` when
+/// there is neither group nor resource.
+fn forbidden_text(group: &str, resource: &str, name: &str, message: &str) -> String {
+    let qualified = if group.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource}.{group}")
+    };
+    match (qualified.as_str(), name) {
+        ("", _) => format!("forbidden: {message}"),
+        (qualified, "") => format!("{qualified} is forbidden: {message}"),
+        (qualified, name) => format!("{qualified} {} is forbidden: {message}", quote(name)),
+    }
+}
+
+/// The 403 for a request `user` may not make, worded exactly as kube-apiserver's authorization
+/// filter words it (`responsewriters.Forbidden`):
+///
+/// - `User "alice" cannot delete resource "pods" in API group "" in the namespace "prod"`,
+/// - `... at the cluster scope` without a namespace,
+/// - `User "alice" cannot get path "/metrics"` for a non-resource request,
+///
+/// with the subresource as `pods/log`, `&`, `<` and `>` HTML-escaped, and `: <reason>` added
+/// when the authorizer gave a reason; wrapped as `NewForbidden` of the request's group,
+/// resource and name.
+pub fn forbidden(user: &UserInfo, info: &RequestInfo, reason: &str) -> ApiError {
+    let text = if !info.is_resource_request {
+        format!(
+            "User {} cannot {} path {}",
+            quote(&user.name),
+            info.verb,
+            quote(&info.path)
+        )
+    } else {
+        let resource = if info.subresource.is_empty() {
+            info.resource.clone()
+        } else {
+            format!("{}/{}", info.resource, info.subresource)
+        };
+        let scope = if info.namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace {}", quote(&info.namespace))
+        };
+        format!(
+            "User {} cannot {} resource {} in API group {} {scope}",
+            quote(&user.name),
+            info.verb,
+            quote(&resource),
+            quote(&info.api_group),
+        )
+    };
+    // Kubernetes keeps its error messages from looking like HTML; quotes are fine.
+    let mut message = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    if !reason.is_empty() {
+        message.push_str(": ");
+        message.push_str(reason);
+    }
+    ApiError::Denied {
+        group: info.api_group.clone(),
+        resource: info.resource.clone(),
+        name: info.name.clone(),
+        message,
+    }
+}
+
 fn render_causes(causes: &[FieldError]) -> String {
     causes
         .iter()
@@ -149,7 +235,7 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => StatusCode::GONE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -165,7 +251,7 @@ impl ApiError {
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => "Expired",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
@@ -189,6 +275,22 @@ impl ApiError {
                 Some(json!({"name": name, "kind": kind}))
             }
             ApiError::Conflict { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Denied {
+                group,
+                resource,
+                name,
+                ..
+            } => {
+                // StatusDetails' fields are all omitempty, but the details object is always
+                // there (`"details": {}` for a non-resource path).
+                let mut details = serde_json::Map::new();
+                for (field, value) in [("name", name), ("group", group), ("kind", resource)] {
+                    if !value.is_empty() {
+                        details.insert(field.into(), json!(value));
+                    }
+                }
+                Some(Value::Object(details))
+            }
             ApiError::Invalid { kind, name, causes } => Some(json!({
                 "name": name,
                 "kind": kind,
@@ -239,5 +341,116 @@ impl ApiError {
             StoreError::Gone { requested, .. } => ApiError::Gone(requested.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::auth::resolve;
+
+    fn alice() -> UserInfo {
+        UserInfo {
+            name: "alice".into(),
+            groups: vec!["system:authenticated".into()],
+            ..UserInfo::default()
+        }
+    }
+
+    fn denied(method: http::Method, url: &str, reason: &str) -> ApiError {
+        let (path, query) = match url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (url, None),
+        };
+        forbidden(&alice(), &resolve(&method, path, query), reason)
+    }
+
+    #[test]
+    fn forbidden_messages_match_kubernetes() {
+        use http::Method as M;
+        let cases = [
+            (
+                denied(M::DELETE, "/api/v1/namespaces/prod/pods/x", ""),
+                r#"pods "x" is forbidden: User "alice" cannot delete resource "pods" in API group "" in the namespace "prod""#,
+            ),
+            (
+                denied(M::GET, "/api/v1/namespaces/prod/pods", ""),
+                r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "prod""#,
+            ),
+            (
+                denied(M::GET, "/api/v1/nodes", ""),
+                r#"nodes is forbidden: User "alice" cannot list resource "nodes" in API group "" at the cluster scope"#,
+            ),
+            (
+                denied(
+                    M::PATCH,
+                    "/apis/apps/v1/namespaces/prod/deployments/web/scale",
+                    "",
+                ),
+                r#"deployments.apps "web" is forbidden: User "alice" cannot patch resource "deployments/scale" in API group "apps" in the namespace "prod""#,
+            ),
+            (
+                denied(M::GET, "/api/v1/namespaces/prod/pods/x/log", ""),
+                r#"pods "x" is forbidden: User "alice" cannot get resource "pods/log" in API group "" in the namespace "prod""#,
+            ),
+            (
+                denied(M::GET, "/metrics", ""),
+                r#"forbidden: User "alice" cannot get path "/metrics""#,
+            ),
+            (
+                denied(
+                    M::GET,
+                    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                    r#"RBAC: clusterrole.rbac.authorization.k8s.io "view" not found"#,
+                ),
+                r#"clusterroles.rbac.authorization.k8s.io is forbidden: User "alice" cannot list resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope: RBAC: clusterrole.rbac.authorization.k8s.io "view" not found"#,
+            ),
+            (
+                denied(M::GET, "/a<b>&c", "<reason>"),
+                r#"forbidden: User "alice" cannot get path "/a&lt;b&gt;&amp;c": <reason>"#,
+            ),
+            (
+                denied(M::GET, "/api/v1/namespaces/prod", ""),
+                r#"namespaces "prod" is forbidden: User "alice" cannot get resource "namespaces" in API group "" in the namespace "prod""#,
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+            assert_eq!(error.code(), StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn denied_statuses_carry_kubernetes_details() {
+        let status = denied(
+            http::Method::DELETE,
+            "/apis/apps/v1/namespaces/prod/deployments/web",
+            "",
+        )
+        .status();
+        assert_eq!(status["reason"], "Forbidden");
+        assert_eq!(status["code"], 403);
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(
+            status["details"],
+            json!({"name": "web", "group": "apps", "kind": "deployments"})
+        );
+        let core_list = denied(http::Method::GET, "/api/v1/pods", "").status();
+        assert_eq!(core_list["details"], json!({"kind": "pods"}));
+        let path = denied(http::Method::GET, "/healthz", "").status();
+        assert_eq!(path["details"], json!({}));
+    }
+
+    #[test]
+    fn denied_without_a_request_words_new_forbidden() {
+        let escalation = ApiError::Denied {
+            group: "rbac.authorization.k8s.io".into(),
+            resource: "roles".into(),
+            name: "r".into(),
+            message: "user \"alice\" (groups=[]) is attempting to grant RBAC permissions not currently held:\n{}".into(),
+        };
+        assert!(escalation
+            .to_string()
+            .starts_with(r#"roles.rbac.authorization.k8s.io "r" is forbidden: user "alice""#));
     }
 }

@@ -20,7 +20,7 @@ pub mod table;
 pub mod validation;
 pub mod watch;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::SharedStore;
+use auth::rbac::RbacIndex;
+use auth::{Authorizer, Mode, UserInfo};
 pub use error::ApiError;
 pub use registry::{Registry, ResourceDef};
 
@@ -50,6 +52,10 @@ pub struct ApiState {
     pub services: service_alloc::Allocator,
     /// The tolerations every pod gets (DefaultTolerationSeconds).
     pub default_tolerations: admission::DefaultTolerations,
+    /// What each user may do: `system:masters`, then the `--authorization-mode` chain (RBAC by
+    /// default). Its RBAC index follows the store only once first asked, so building a state
+    /// starts nothing.
+    pub authorizer: Arc<Authorizer>,
 }
 
 impl ApiState {
@@ -59,8 +65,20 @@ impl ApiState {
         token: String,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
+        Self::with_authorization(store, token, shutdown, vec![Mode::Rbac])
+    }
+
+    /// [`ApiState::new`] with kube-apiserver's `--authorization-mode` chain.
+    pub fn with_authorization(
+        store: SharedStore,
+        token: String,
+        shutdown: CancellationToken,
+        modes: Vec<Mode>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let index = RbacIndex::new(store.clone(), shutdown.clone());
         let state = Arc::new(Self {
+            authorizer: Arc::new(Authorizer::new(modes, index)),
             store,
             registry: Registry::new(),
             token,
@@ -81,31 +99,103 @@ fn is_public(path: &str) -> bool {
     )
 }
 
+/// The users the admin token and the absence of credentials stand for, built once: every
+/// request carries one of them.
+static ADMIN: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::admin()));
+static ANONYMOUS: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::anonymous()));
+
+/// Establishes who is asking and records it as an `Extension<Arc<UserInfo>>` (Kubernetes'
+/// authentication filter, see [`auth`]).
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if !is_public(request.uri().path()) {
-        let presented = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let token_ok =
-            presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-        // A client certificate from the cluster CA in `system:masters` is the admin, as with
-        // kubeadm's admin.conf.
-        let cert_admin = matches!(
-            request.extensions().get::<auth::x509::PeerIdentity>(),
-            Some(auth::x509::PeerIdentity::User { groups, .. })
-                if groups.iter().any(|g| g == "system:masters")
-        );
-        if !(token_ok || cert_admin) {
-            return Err(ApiError::Unauthorized);
+    let user = identify(&state, &request)?;
+    request.extensions_mut().insert(user);
+    Ok(next.run(request).await)
+}
+
+/// Who the request is from, trying what Kubernetes tries in its order: a client certificate
+/// from the cluster CA (CN = user, O = groups), then a bearer token (the admin token), then
+/// nobody (`system:anonymous`). A certificate that does not verify, or a token nobody issued,
+/// is a 401 unless a later authenticator succeeds; an absent credential is not an error.
+fn identify(state: &ApiState, request: &Request) -> Result<Arc<UserInfo>, ApiError> {
+    let mut failed = false;
+    match request.extensions().get::<auth::x509::PeerIdentity>() {
+        Some(auth::x509::PeerIdentity::User { name, groups }) => {
+            let mut groups = groups.clone();
+            if !groups.iter().any(|g| g == auth::user::AUTHENTICATED) {
+                groups.push(auth::user::AUTHENTICATED.to_owned());
+            }
+            return Ok(Arc::new(UserInfo {
+                name: name.clone(),
+                groups,
+                ..UserInfo::default()
+            }));
+        }
+        Some(auth::x509::PeerIdentity::Invalid(_)) => failed = true,
+        Some(auth::x509::PeerIdentity::None) | None => {}
+    }
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if let Some(token) = presented {
+        if constant_time_eq(token.as_bytes(), state.token.as_bytes()) {
+            return Ok(ADMIN.clone());
+        }
+        return Err(ApiError::Unauthorized);
+    }
+    if failed {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(ANONYMOUS.clone())
+}
+
+/// Decides whether the authenticated user may make the request (Kubernetes' authorization
+/// filter): the request's attributes come from its method and URL alone, so a refusal comes
+/// before routing, and the [`RequestInfo`](auth::RequestInfo) rides along for the handlers.
+async fn authorize(
+    State(state): State<Arc<ApiState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let user = request
+        .extensions()
+        .get::<Arc<UserInfo>>()
+        .cloned()
+        .unwrap_or_else(|| ANONYMOUS.clone());
+    let info = auth::resolve(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    let mut decision = state.authorizer.authorize(&user, &info).await;
+    // Until the bootstrap policy grants system:public-info-viewer, the public paths stay open.
+    if !decision.allowed && !info.is_resource_request && is_public(&info.path) {
+        decision.allowed = true;
+    }
+    if !decision.allowed {
+        return Err(error::forbidden(&user, &info, &decision.reason));
+    }
+    // A WebSocket GET on exec, attach or portforward must also be allowed to create them, as
+    // kube-apiserver checks since 1.35 (KEP-4006): read rights alone do not open a shell.
+    if request.method() == http::Method::GET
+        && matches!(info.subresource.as_str(), "exec" | "attach" | "portforward")
+    {
+        let create = auth::RequestInfo {
+            verb: "create".into(),
+            ..info.clone()
+        };
+        let decision = state.authorizer.authorize(&user, &create).await;
+        if !decision.allowed {
+            return Err(error::forbidden(&user, &create, &decision.reason));
         }
     }
+    request.extensions_mut().insert(Arc::new(info));
     Ok(next.run(request).await)
 }
 
@@ -154,6 +244,111 @@ pub fn app(state: Arc<ApiState>) -> Router {
             any(handlers::group_resource),
         )
         .fallback(|| async { ApiError::UnknownResource })
+        // The last layer added runs first: authenticate, then authorize.
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::Extension;
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A router behind `authenticate` alone whose routes answer with the user's name.
+    fn router() -> Router {
+        let store: SharedStore = Arc::new(crate::store::MemoryStore::new(16));
+        let (state, _) = ApiState::new(store, "secret".into(), CancellationToken::new());
+        let whoami = |Extension(user): Extension<Arc<UserInfo>>| async move { user.name.clone() };
+        Router::new()
+            .route("/healthz", get(whoami))
+            .route("/api/v1/pods", get(whoami))
+            .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+            .with_state(state)
+    }
+
+    async fn ask(path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut request = http::Request::get(path);
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = router()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_authenticated_user() {
+        assert_eq!(
+            ask("/api/v1/pods", Some("secret")).await,
+            (StatusCode::OK, "kubernetes-admin".into())
+        );
+        assert_eq!(
+            ask("/healthz", Some("secret")).await,
+            (StatusCode::OK, "kubernetes-admin".into())
+        );
+        assert_eq!(
+            ask("/healthz", None).await,
+            (StatusCode::OK, "system:anonymous".into())
+        );
+        // No credentials is the anonymous user everywhere (authorization decides what it
+        // may do); a credential that fails is a 401 everywhere, as in kube-apiserver.
+        assert_eq!(
+            ask("/api/v1/pods", None).await,
+            (StatusCode::OK, "system:anonymous".into())
+        );
+        assert_eq!(
+            ask("/healthz", Some("wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            ask("/api/v1/pods", Some("wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn the_state_authorizer_reads_the_state_store_once_asked() {
+        use auth::rbac::test_objects::*;
+        let store = store();
+        let (state, _) = ApiState::new(store.clone(), "secret".into(), CancellationToken::new());
+        assert_eq!(
+            state.authorizer.index().revision(),
+            None,
+            "nothing runs until asked"
+        );
+        put_cluster_role(
+            &store,
+            "node-reader",
+            vec![rule(&["get"], &[""], &["nodes"])],
+        )
+        .await;
+        put_cluster_role_binding(
+            &store,
+            "alice",
+            ("ClusterRole", "node-reader"),
+            vec![subject("User", "alice", None)],
+        )
+        .await;
+        let alice = UserInfo {
+            name: "alice".into(),
+            ..UserInfo::default()
+        };
+        let get_node = auth::resolve(&http::Method::GET, "/api/v1/nodes/n1", None);
+        assert!(state.authorizer.authorize(&alice, &get_node).await.allowed);
+        assert_eq!(state.authorizer.modes(), [auth::Mode::Rbac]);
+    }
 }

@@ -121,7 +121,9 @@ async fn patch(client: kube::Client, pod: &ObjectReference, message: &str) -> bo
         "lastTransitionTime": Time(k8s_openapi::jiff::Timestamp::now()),
     }]}});
     match Api::<Pod>::namespaced(client, ns)
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        // Strategic: conditions merge by type, so the kubelet's (or anyone's) other conditions
+        // stay; a merge patch would replace the whole list (kube-scheduler patches this way).
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
         .await
     {
         Ok(_) => true,
