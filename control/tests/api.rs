@@ -569,8 +569,32 @@ async fn discovery_lists_every_resource() {
             "batch",
             "discovery.k8s.io",
             "coordination.k8s.io",
-            "scheduling.k8s.io"
+            "scheduling.k8s.io",
+            "rbac.authorization.k8s.io"
         ]
+    );
+    let (_, rbac) = a.get("/apis/rbac.authorization.k8s.io/v1").await;
+    let rbac: Vec<(&str, bool)> = rbac["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["namespaced"] == true))
+        .collect();
+    assert_eq!(
+        rbac,
+        [
+            ("clusterrolebindings", false),
+            ("clusterroles", false),
+            ("rolebindings", true),
+            ("roles", true)
+        ]
+    );
+    let (code, doc) = a.get("/openapi/v3/apis/rbac.authorization.k8s.io/v1").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.rbac.v1.ClusterRole"]
+            ["x-kubernetes-group-version-kind"]
+            .is_array()
     );
     let (_, apps) = a.get("/apis/apps/v1").await;
     assert!(apps["resources"]

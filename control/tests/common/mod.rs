@@ -103,6 +103,21 @@ impl Api {
         (status, value)
     }
 
+    /// GETs `uri` as a `meta.k8s.io/v1` Table, as kubectl does.
+    pub async fn table(&self, uri: &str) -> Value {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header(
+                "accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
     pub async fn get(&self, uri: &str) -> Value {
         self.call(Method::GET, uri, None).await.1
     }

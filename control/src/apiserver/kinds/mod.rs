@@ -227,6 +227,7 @@ builtins! {
     endpointslice,
     lease,
     priorityclass,
+    rbac,
 }
 
 #[cfg(test)]

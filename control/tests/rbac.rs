@@ -1,0 +1,326 @@
+//! rbac.authorization.k8s.io/v1 through the HTTP API: the four kinds stored, validated and
+//! printed as Kubernetes does.
+
+mod common;
+
+use common::{api, Api};
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const G: &str = "/apis/rbac.authorization.k8s.io/v1";
+
+fn roles(ns: &str) -> String {
+    format!("{G}/namespaces/{ns}/roles")
+}
+
+fn role_bindings(ns: &str) -> String {
+    format!("{G}/namespaces/{ns}/rolebindings")
+}
+
+fn cluster_roles() -> String {
+    format!("{G}/clusterroles")
+}
+
+fn cluster_role_bindings() -> String {
+    format!("{G}/clusterrolebindings")
+}
+
+fn object(kind: &str, name: &str, rest: Value) -> Value {
+    let mut o = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+        "metadata": {"name": name}});
+    for (k, v) in rest.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    o
+}
+
+/// The `(field, message)` causes of a 422.
+async fn rejected(a: &Api, uri: &str, body: Value) -> Vec<(String, String)> {
+    let (code, status) = a.call(Method::POST, uri, Some(body)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert_eq!(status["reason"], "Invalid");
+    status["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap().to_owned(),
+                c["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn cause(field: &str, message: &str) -> (String, String) {
+    (field.to_owned(), message.to_owned())
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_four_kinds_are_created_read_and_listed() {
+    let a = api().await;
+    let rule = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]);
+    let role = a
+        .post(&roles("default"), object("Role", "pod-reader", json!({"rules": rule})))
+        .await;
+    assert_eq!(role["metadata"]["namespace"], "default");
+    a.post(
+        &cluster_roles(),
+        object("ClusterRole", "system:pod-reader", json!({"rules": rule})),
+    )
+    .await;
+    let binding = a
+        .post(
+            &role_bindings("default"),
+            object(
+                "RoleBinding",
+                "read-pods",
+                json!({"roleRef": {"kind": "Role", "name": "pod-reader"},
+                    "subjects": [{"kind": "User", "name": "alice"},
+                                 {"kind": "ServiceAccount", "name": "bot", "namespace": "default"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+    assert_eq!(binding["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
+    assert!(binding["subjects"][1].get("apiGroup").is_none(), "{binding}");
+    a.post(
+        &cluster_role_bindings(),
+        object(
+            "ClusterRoleBinding",
+            "system:read-pods",
+            json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:pod-reader"},
+                "subjects": [{"kind": "Group", "name": "readers"}]}),
+        ),
+    )
+    .await;
+
+    let got = a.get(&format!("{}/pod-reader", roles("default"))).await;
+    assert_eq!(got["rules"], rule);
+    let got = a.get(&format!("{}/system:pod-reader", cluster_roles())).await;
+    assert_eq!(got["kind"], "ClusterRole");
+    assert_eq!(names(&a.get(&roles("default")).await), ["pod-reader"]);
+    assert_eq!(names(&a.get(&role_bindings("default")).await), ["read-pods"]);
+    assert!(names(&a.get(&cluster_roles()).await).contains(&"system:pod-reader"));
+    assert!(names(&a.get(&cluster_role_bindings()).await).contains(&"system:read-pods"));
+    assert_eq!(
+        names(&a.get(&format!("{G}/rolebindings")).await),
+        ["read-pods"]
+    );
+
+    let table = a.table(&role_bindings("default")).await;
+    let columns: Vec<(&str, u64)> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Name", 0),
+            ("Role", 0),
+            ("Age", 0),
+            ("Users", 1),
+            ("Groups", 1),
+            ("ServiceAccounts", 1)
+        ]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[1], "Role/pod-reader");
+    assert_eq!(cells[3], "alice");
+    assert_eq!(cells[4], "");
+    assert_eq!(cells[5], "default/bot");
+    let table = a.table(&roles("default")).await;
+    assert_eq!(table["columnDefinitions"][1]["name"], "Created At");
+    assert_eq!(
+        table["rows"][0]["cells"][1],
+        role["metadata"]["creationTimestamp"]
+    );
+}
+
+#[tokio::test]
+async fn names_are_path_segments() {
+    let a = api().await;
+    let rule = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]);
+    a.post(
+        &cluster_roles(),
+        object("ClusterRole", "system:x", json!({"rules": rule})),
+    )
+    .await;
+    // A name with `/` cannot be addressed by URL, so it is refused.
+    assert_eq!(
+        rejected(&a, &cluster_roles(), object("ClusterRole", "a/b", json!({}))).await,
+        [cause(
+            "metadata.name",
+            r#"Invalid value: "a/b": may not contain '/'"#
+        )]
+    );
+}
+
+#[tokio::test]
+async fn invalid_rules_are_rejected_with_kubernetes_causes() {
+    let a = api().await;
+    let causes = rejected(
+        &a,
+        &roles("default"),
+        object(
+            "Role",
+            "r",
+            json!({"rules": [
+                {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods"]},
+                {"verbs": ["get"]},
+            ]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        causes,
+        [
+            cause(
+                "rules[0].nonResourceURLs",
+                r#"Invalid value: []string{"/healthz"}: namespaced rules cannot apply to non-resource URLs"#
+            ),
+            cause(
+                "rules[1].verbs",
+                "Required value: verbs must contain at least one value"
+            ),
+            cause(
+                "rules[2].apiGroups",
+                "Required value: resource rules must supply at least one api group"
+            ),
+            cause(
+                "rules[2].resources",
+                "Required value: resource rules must supply at least one resource"
+            ),
+        ]
+    );
+    let causes = rejected(
+        &a,
+        &cluster_roles(),
+        object(
+            "ClusterRole",
+            "c",
+            json!({"rules": [{"nonResourceURLs": ["/x"], "resources": ["pods"], "verbs": ["get"]}],
+                "aggregationRule": {"clusterRoleSelectors": [
+                    {"matchExpressions": [{"key": "k", "operator": "In"}]}]}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        causes,
+        [
+            cause(
+                "rules[0].nonResourceURLs",
+                r#"Invalid value: []string{"/x"}: rules cannot apply to both regular resources and non-resource URLs"#
+            ),
+            cause(
+                "aggregationRule.clusterRoleSelectors[0].matchExpressions[0].values",
+                "Required value: must be specified when `operator` is 'In' or 'NotIn'"
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn invalid_bindings_are_rejected_with_kubernetes_causes() {
+    let a = api().await;
+    let causes = rejected(
+        &a,
+        &cluster_role_bindings(),
+        object(
+            "ClusterRoleBinding",
+            "b",
+            json!({"roleRef": {"apiGroup": "example.com", "kind": "Role"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bot"},
+                             {"kind": "Robot", "name": "r2"},
+                             {"kind": "User", "name": "u", "apiGroup": "example.com"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        causes,
+        [
+            cause(
+                "roleRef.apiGroup",
+                r#"Unsupported value: "example.com": supported values: "rbac.authorization.k8s.io""#
+            ),
+            cause(
+                "roleRef.kind",
+                r#"Unsupported value: "Role": supported values: "ClusterRole""#
+            ),
+            cause("roleRef.name", "Required value"),
+            cause("subjects[0].namespace", "Required value"),
+            cause(
+                "subjects[1].kind",
+                r#"Unsupported value: "Robot": supported values: "ServiceAccount", "User", "Group""#
+            ),
+            cause(
+                "subjects[2].apiGroup",
+                r#"Unsupported value: "example.com": supported values: "rbac.authorization.k8s.io""#
+            ),
+        ]
+    );
+    let causes = rejected(
+        &a,
+        &role_bindings("default"),
+        object(
+            "RoleBinding",
+            "b",
+            json!({"roleRef": {"kind": "Secret", "name": "x"},
+                "subjects": [{"kind": "ServiceAccount", "name": "Bad_Name", "apiGroup": "rbac.authorization.k8s.io"}]}),
+        ),
+    )
+    .await;
+    let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["roleRef.kind", "subjects[0].name", "subjects[0].apiGroup"]
+    );
+    assert_eq!(
+        causes[0].1,
+        r#"Unsupported value: "Secret": supported values: "Role", "ClusterRole""#
+    );
+}
+
+#[tokio::test]
+async fn a_bindings_role_ref_cannot_change() {
+    let a = api().await;
+    let uri = format!("{}/b", role_bindings("default"));
+    a.post(
+        &role_bindings("default"),
+        object(
+            "RoleBinding",
+            "b",
+            json!({"roleRef": {"kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "User", "name": "alice"}]}),
+        ),
+    )
+    .await;
+    let (code, _) = a
+        .merge_patch(&uri, json!({"subjects": [{"kind": "User", "name": "bob"}]}))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, status) = a
+        .merge_patch(&uri, json!({"roleRef": {"name": "edit"}}))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let causes = &status["details"]["causes"];
+    assert_eq!(causes[0]["field"], "roleRef");
+    assert_eq!(
+        causes[0]["message"],
+        r#"Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: cannot change roleRef"#
+    );
+    assert_eq!(a.get(&uri).await["roleRef"]["name"], "view");
+}
