@@ -82,6 +82,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_system_namespaces()
         .await
         .map_err(|e| anyhow::anyhow!("creating system namespaces: {e}"))?;
+    apiserver::auth::rbac::bootstrap::ensure(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing the bootstrap RBAC policy: {e}"))?;
     let (not_ready, unreachable) = config.default_toleration_seconds;
     state.default_tolerations.configure(not_ready, unreachable);
     state

@@ -1,11 +1,12 @@
 //! rbac.authorization.k8s.io/v1 through the HTTP API: the four kinds stored, validated and
-//! printed as Kubernetes does.
+//! printed as Kubernetes does; the bootstrap policy.
 
 mod common;
 
 use common::{api, Api};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
+use skiff_control::apiserver::auth::rbac::bootstrap;
 
 const G: &str = "/apis/rbac.authorization.k8s.io/v1";
 
@@ -323,4 +324,110 @@ async fn a_bindings_role_ref_cannot_change() {
         r#"Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", Name:"edit"}: cannot change roleRef"#
     );
     assert_eq!(a.get(&uri).await["roleRef"]["name"], "view");
+}
+
+/// The rules of a ClusterRole.
+async fn rules_of(a: &Api, name: &str) -> Vec<Value> {
+    a.get(&format!("{}/{name}", cluster_roles())).await["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_bootstrap_policy_exists_from_the_start() {
+    let a = api().await;
+    let roles = a.get(&cluster_roles()).await;
+    for name in [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:aggregate-to-admin",
+        "system:aggregate-to-edit",
+        "system:aggregate-to-view",
+        "system:basic-user",
+        "system:discovery",
+        "system:public-info-viewer",
+        "system:auth-delegator",
+        "system:node-proxier",
+        "system:kube-scheduler",
+        "system:kube-controller-manager",
+        "system:skiff:controller-manager",
+    ] {
+        let role = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(
+            role["metadata"]["labels"]["kubernetes.io/bootstrapping"],
+            "rbac-defaults"
+        );
+        assert_eq!(
+            role["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
+            "true"
+        );
+    }
+    let admin = a.get(&format!("{}/cluster-admin", cluster_role_bindings())).await;
+    assert_eq!(
+        admin["subjects"],
+        json!([{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:masters"}])
+    );
+    let public = a
+        .get(&format!("{}/system:public-info-viewer", cluster_role_bindings()))
+        .await;
+    let groups: Vec<&str> = public["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["system:authenticated", "system:unauthenticated"]);
+    let table = a.table(&cluster_role_bindings()).await;
+    let row = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cells"][0] == "system:kube-scheduler")
+        .unwrap();
+    assert_eq!(row["cells"][1], "ClusterRole/system:kube-scheduler");
+    assert_eq!(row["cells"][3], "system:kube-scheduler");
+
+    // A second start changes nothing; a removed subject and rule come back.
+    let before = a.get(&cluster_roles()).await["metadata"]["resourceVersion"].clone();
+    bootstrap::ensure(&a.state).await.unwrap();
+    assert_eq!(
+        a.get(&cluster_roles()).await["metadata"]["resourceVersion"],
+        before
+    );
+    let uri = format!("{}/system:basic-user", cluster_role_bindings());
+    let (code, _) = a
+        .merge_patch(&uri, json!({"subjects": [{"kind": "User", "name": "alice"}]}))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let uri_role = format!("{}/system:discovery", cluster_roles());
+    let (code, _) = a.merge_patch(&uri_role, json!({"rules": []})).await;
+    assert_eq!(code, StatusCode::OK);
+    bootstrap::ensure(&a.state).await.unwrap();
+    let names: Vec<String> = a.get(&uri).await["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["alice", "system:authenticated"]);
+    assert_eq!(rules_of(&a, "system:discovery").await.len(), 1);
+    // Unless the object says not to.
+    let (code, _) = a
+        .merge_patch(
+            &uri_role,
+            json!({"metadata": {"annotations": {"rbac.authorization.kubernetes.io/autoupdate": "false"}},
+                "rules": []}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    bootstrap::ensure(&a.state).await.unwrap();
+    assert!(rules_of(&a, "system:discovery").await.is_empty());
 }

@@ -15,6 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kube::api::ListParams;
 use serde_json::Value;
+use skiff_control::apiserver::auth::rbac::bootstrap;
 use skiff_control::apiserver::{app, ApiState};
 use skiff_control::client::Context;
 use skiff_control::store::RedbStore;
@@ -34,6 +35,7 @@ pub async fn api() -> Api {
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, _queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
     state.ensure_system_namespaces().await.unwrap();
+    rbac_policy(&state).await;
     Api {
         router: app(state.clone()),
         state,
@@ -49,6 +51,7 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), shutdown);
     state.ensure_system_namespaces().await.unwrap();
+    rbac_policy(&state).await;
     tokio::spawn(skiff_control::controllers::namespace::run(
         state.clone(),
         queue,
@@ -58,6 +61,11 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
         state,
         _dir: dir,
     }
+}
+
+/// The bootstrap RBAC policy, as the server writes it at start.
+async fn rbac_policy(state: &Arc<ApiState>) {
+    bootstrap::ensure(state).await.unwrap();
 }
 
 impl Api {

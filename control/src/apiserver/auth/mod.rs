@@ -1,0 +1,2 @@
+//! Authentication and authorization of API requests.
+pub mod rbac;
