@@ -110,6 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
     }
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
+    tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(crate::memory::trim_periodically(shutdown.clone()));
 
     let creds_for_client = creds.clone();

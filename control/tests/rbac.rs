@@ -1,5 +1,5 @@
 //! rbac.authorization.k8s.io/v1 through the HTTP API: the four kinds stored, validated and
-//! printed as Kubernetes does; the bootstrap policy.
+//! printed as Kubernetes does; the bootstrap policy and ClusterRole aggregation.
 
 mod common;
 
@@ -7,6 +7,7 @@ use common::{api, Api};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use skiff_control::apiserver::auth::rbac::bootstrap;
+use skiff_test_support::eventually;
 
 const G: &str = "/apis/rbac.authorization.k8s.io/v1";
 
@@ -430,4 +431,57 @@ async fn the_bootstrap_policy_exists_from_the_start() {
     assert_eq!(code, StatusCode::OK);
     bootstrap::ensure(&a.state).await.unwrap();
     assert!(rules_of(&a, "system:discovery").await.is_empty());
+}
+
+#[tokio::test]
+async fn aggregated_roles_follow_the_roles_they_select() {
+    let a = api().await;
+    let to_view = rules_of(&a, "system:aggregate-to-view").await;
+    assert!(!to_view.is_empty());
+    assert_eq!(rules_of(&a, "view").await, to_view);
+    let edit = rules_of(&a, "edit").await;
+    let admin = rules_of(&a, "admin").await;
+    for rule in rules_of(&a, "system:aggregate-to-edit").await.iter().chain(&to_view) {
+        assert!(edit.contains(rule), "edit lacks {rule}");
+        assert!(admin.contains(rule), "admin lacks {rule}");
+    }
+
+    let crd_rule = json!({"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get", "list", "watch"]});
+    a.post(
+        &cluster_roles(),
+        object(
+            "ClusterRole",
+            "widget-viewer",
+            json!({"metadata": {"name": "widget-viewer",
+                    "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+                "rules": [crd_rule]}),
+        ),
+    )
+    .await;
+    eventually("view to aggregate widget-viewer", || async {
+        rules_of(&a, "view").await.contains(&crd_rule).then_some(())
+    })
+    .await;
+    // view is aggregated into edit, and edit into admin.
+    eventually("admin to aggregate widget-viewer", || async {
+        rules_of(&a, "admin").await.contains(&crd_rule).then_some(())
+    })
+    .await;
+
+    let (code, _) = a
+        .call(
+            Method::DELETE,
+            &format!("{}/widget-viewer", cluster_roles()),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    eventually("view to drop widget-viewer", || async {
+        (rules_of(&a, "view").await == to_view).then_some(())
+    })
+    .await;
+    eventually("admin to drop widget-viewer", || async {
+        (!rules_of(&a, "admin").await.contains(&crd_rule)).then_some(())
+    })
+    .await;
 }

@@ -15,7 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kube::api::ListParams;
 use serde_json::Value;
-use skiff_control::apiserver::auth::rbac::bootstrap;
+use skiff_control::apiserver::auth::rbac::{aggregation, bootstrap};
 use skiff_control::apiserver::{app, ApiState};
 use skiff_control::client::Context;
 use skiff_control::store::RedbStore;
@@ -63,9 +63,11 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
     }
 }
 
-/// The bootstrap RBAC policy, as the server writes it at start.
+/// The bootstrap RBAC policy, aggregated, and the aggregation loop, as the server starts them.
 async fn rbac_policy(state: &Arc<ApiState>) {
     bootstrap::ensure(state).await.unwrap();
+    aggregation::aggregate(state).await.unwrap();
+    tokio::spawn(aggregation::run(state.clone()));
 }
 
 impl Api {
