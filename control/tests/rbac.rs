@@ -72,7 +72,10 @@ async fn the_four_kinds_are_created_read_and_listed() {
     let a = api().await;
     let rule = json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]);
     let role = a
-        .post(&roles("default"), object("Role", "pod-reader", json!({"rules": rule})))
+        .post(
+            &roles("default"),
+            object("Role", "pod-reader", json!({"rules": rule})),
+        )
         .await;
     assert_eq!(role["metadata"]["namespace"], "default");
     a.post(
@@ -93,8 +96,14 @@ async fn the_four_kinds_are_created_read_and_listed() {
         )
         .await;
     assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
-    assert_eq!(binding["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
-    assert!(binding["subjects"][1].get("apiGroup").is_none(), "{binding}");
+    assert_eq!(
+        binding["subjects"][0]["apiGroup"],
+        "rbac.authorization.k8s.io"
+    );
+    assert!(
+        binding["subjects"][1].get("apiGroup").is_none(),
+        "{binding}"
+    );
     a.post(
         &cluster_role_bindings(),
         object(
@@ -109,10 +118,15 @@ async fn the_four_kinds_are_created_read_and_listed() {
 
     let got = a.get(&format!("{}/pod-reader", roles("default"))).await;
     assert_eq!(got["rules"], rule);
-    let got = a.get(&format!("{}/system:pod-reader", cluster_roles())).await;
+    let got = a
+        .get(&format!("{}/system:pod-reader", cluster_roles()))
+        .await;
     assert_eq!(got["kind"], "ClusterRole");
     assert_eq!(names(&a.get(&roles("default")).await), ["pod-reader"]);
-    assert_eq!(names(&a.get(&role_bindings("default")).await), ["read-pods"]);
+    assert_eq!(
+        names(&a.get(&role_bindings("default")).await),
+        ["read-pods"]
+    );
     assert!(names(&a.get(&cluster_roles()).await).contains(&"system:pod-reader"));
     assert!(names(&a.get(&cluster_role_bindings()).await).contains(&"system:read-pods"));
     assert_eq!(
@@ -162,7 +176,12 @@ async fn names_are_path_segments() {
     .await;
     // A name with `/` cannot be addressed by URL, so it is refused.
     assert_eq!(
-        rejected(&a, &cluster_roles(), object("ClusterRole", "a/b", json!({}))).await,
+        rejected(
+            &a,
+            &cluster_roles(),
+            object("ClusterRole", "a/b", json!({}))
+        )
+        .await,
         [cause(
             "metadata.name",
             r#"Invalid value: "a/b": may not contain '/'"#
@@ -371,13 +390,18 @@ async fn the_bootstrap_policy_exists_from_the_start() {
             "true"
         );
     }
-    let admin = a.get(&format!("{}/cluster-admin", cluster_role_bindings())).await;
+    let admin = a
+        .get(&format!("{}/cluster-admin", cluster_role_bindings()))
+        .await;
     assert_eq!(
         admin["subjects"],
         json!([{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:masters"}])
     );
     let public = a
-        .get(&format!("{}/system:public-info-viewer", cluster_role_bindings()))
+        .get(&format!(
+            "{}/system:public-info-viewer",
+            cluster_role_bindings()
+        ))
         .await;
     let groups: Vec<&str> = public["subjects"]
         .as_array()
@@ -405,7 +429,10 @@ async fn the_bootstrap_policy_exists_from_the_start() {
     );
     let uri = format!("{}/system:basic-user", cluster_role_bindings());
     let (code, _) = a
-        .merge_patch(&uri, json!({"subjects": [{"kind": "User", "name": "alice"}]}))
+        .merge_patch(
+            &uri,
+            json!({"subjects": [{"kind": "User", "name": "alice"}]}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK);
     let uri_role = format!("{}/system:discovery", cluster_roles());
@@ -441,7 +468,11 @@ async fn aggregated_roles_follow_the_roles_they_select() {
     assert_eq!(rules_of(&a, "view").await, to_view);
     let edit = rules_of(&a, "edit").await;
     let admin = rules_of(&a, "admin").await;
-    for rule in rules_of(&a, "system:aggregate-to-edit").await.iter().chain(&to_view) {
+    for rule in rules_of(&a, "system:aggregate-to-edit")
+        .await
+        .iter()
+        .chain(&to_view)
+    {
         assert!(edit.contains(rule), "edit lacks {rule}");
         assert!(admin.contains(rule), "admin lacks {rule}");
     }
@@ -464,7 +495,10 @@ async fn aggregated_roles_follow_the_roles_they_select() {
     .await;
     // view is aggregated into edit, and edit into admin.
     eventually("admin to aggregate widget-viewer", || async {
-        rules_of(&a, "admin").await.contains(&crd_rule).then_some(())
+        rules_of(&a, "admin")
+            .await
+            .contains(&crd_rule)
+            .then_some(())
     })
     .await;
 

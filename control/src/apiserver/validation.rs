@@ -502,15 +502,27 @@ mod tests {
     fn names_follow_the_kinds_rule() {
         let named = |name: &str| json!({"metadata": {"name": name}});
         let mut errs = Vec::new();
-        validate_metadata(&named("system:basic-user"), NameRule::PathSegment, &mut errs);
+        validate_metadata(
+            &named("system:basic-user"),
+            NameRule::PathSegment,
+            &mut errs,
+        );
         assert!(errs.is_empty());
         validate_metadata(&named("a/b"), NameRule::PathSegment, &mut errs);
         assert_eq!(
             errs,
-            vec![FieldError::invalid("metadata.name", "a/b", "may not contain '/'")]
+            vec![FieldError::invalid(
+                "metadata.name",
+                "a/b",
+                "may not contain '/'"
+            )]
         );
         errs.clear();
-        validate_metadata(&named("system:basic-user"), NameRule::DnsSubdomain, &mut errs);
+        validate_metadata(
+            &named("system:basic-user"),
+            NameRule::DnsSubdomain,
+            &mut errs,
+        );
         assert_eq!(errs.len(), 1);
     }
 
@@ -526,10 +538,7 @@ mod tests {
             ],
         });
         validate_label_selector(&selector, "sel", &mut errs);
-        let got: Vec<(&str, &str)> = errs
-            .iter()
-            .map(|e| (e.field.as_str(), e.reason))
-            .collect();
+        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.field.as_str(), e.reason)).collect();
         assert_eq!(
             got,
             [

@@ -158,7 +158,11 @@ fn default_subject(subject: &mut Value) {
     let Some(map) = subject.as_object_mut() else {
         return;
     };
-    if map.get("apiGroup").and_then(Value::as_str).unwrap_or("") != "" {
+    if map
+        .get("apiGroup")
+        .and_then(Value::as_str)
+        .is_some_and(|g| !g.is_empty())
+    {
         return;
     }
     match map.get("kind").and_then(Value::as_str) {

@@ -135,7 +135,12 @@ fn aggregated_rules(role: &Value, all: &[Value]) -> Option<Vec<Value>> {
             .iter()
             .filter(|o| o.pointer("/metadata/name") != name && selector.matches(o))
         {
-            for rule in other.get("rules").and_then(Value::as_array).into_iter().flatten() {
+            for rule in other
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if !rules.iter().any(|r| same_rule(r, rule)) {
                     rules.push(rule.clone());
                 }
@@ -181,8 +186,16 @@ mod tests {
         parent["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {"x": "1"}}]});
         let all = vec![
             role("a", json!({"x": "1"}), json!([list.clone(), get.clone()])),
-            role("b", json!({"x": "1"}), json!([get.clone(), {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": []}])),
-            role("c", json!({"x": "2"}), json!([{"nonResourceURLs": ["/x"], "verbs": ["get"]}])),
+            role(
+                "b",
+                json!({"x": "1"}),
+                json!([get.clone(), {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": []}]),
+            ),
+            role(
+                "c",
+                json!({"x": "2"}),
+                json!([{"nonResourceURLs": ["/x"], "verbs": ["get"]}]),
+            ),
             parent.clone(),
         ];
         assert_eq!(aggregated_rules(&parent, &all), Some(vec![list, get]));

@@ -61,7 +61,10 @@ fn events() -> Value {
 
 /// The metadata every bootstrap object has, plus `labels`.
 fn metadata(name: &str, labels: &[(&str, &str)]) -> Value {
-    let mut all: Map<String, Value> = labels.iter().map(|(k, v)| ((*k).into(), json!(v))).collect();
+    let mut all: Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).into(), json!(v)))
+        .collect();
     all.insert(BOOTSTRAPPING.0.into(), json!(BOOTSTRAPPING.1));
     json!({"name": name, "labels": all, "annotations": {AUTOUPDATE: "true"}})
 }
@@ -96,8 +99,17 @@ pub fn cluster_roles() -> Vec<Value> {
             vec![urls(
                 &["get"],
                 &[
-                    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
-                    "/openapi/*", "/readyz", "/version", "/version/",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
                 ],
             )],
         ),
@@ -161,7 +173,11 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["list", "watch"], &[""], &["endpoints", "services"]),
                 rule(READ, &[""], &["nodes"]),
                 events(),
-                rule(&["list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
+                rule(
+                    &["list", "watch"],
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                ),
             ],
         ),
         cluster_role("system:kube-scheduler", &[], kube_scheduler()),
@@ -175,12 +191,7 @@ pub fn cluster_roles() -> Vec<Value> {
 }
 
 fn aggregate_to_edit() -> Vec<Value> {
-    let pods_sub = [
-        "pods/attach",
-        "pods/exec",
-        "pods/portforward",
-        "pods/proxy",
-    ];
+    let pods_sub = ["pods/attach", "pods/exec", "pods/portforward", "pods/proxy"];
     let mut readable = pods_sub.to_vec();
     readable.extend(["secrets", "services/proxy"]);
     let mut pods = vec!["pods"];
@@ -303,7 +314,10 @@ fn aggregate_to_view() -> Vec<Value> {
         rule(
             READ,
             &["autoscaling"],
-            &["horizontalpodautoscalers", "horizontalpodautoscalers/status"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
         ),
         rule(
             READ,
@@ -418,11 +432,7 @@ fn skiff_controllers() -> Vec<Value> {
             &["endpoints", "events", "pods", "serviceaccounts"],
         ),
         rule(CREATE, &[""], &["bindings", "pods/binding"]),
-        rule(
-            CREATE,
-            &["apps"],
-            &["controllerrevisions", "replicasets"],
-        ),
+        rule(CREATE, &["apps"], &["controllerrevisions", "replicasets"]),
         rule(CREATE, &["batch"], &["jobs"]),
         rule(CREATE, &["discovery.k8s.io"], &["endpointslices"]),
         rule(CREATE, &["coordination.k8s.io"], &["leases"]),
@@ -458,7 +468,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[AUTHENTICATED, ("Group", "system:unauthenticated")],
         ),
         binding("system:node-proxier", &[("User", "system:kube-proxy")]),
-        binding("system:kube-scheduler", &[("User", "system:kube-scheduler")]),
+        binding(
+            "system:kube-scheduler",
+            &[("User", "system:kube-scheduler")],
+        ),
         binding("system:kube-controller-manager", &[KCM]),
         binding("system:skiff:controller-manager", &[KCM]),
     ]
@@ -494,15 +507,19 @@ async fn reconcile(state: &ApiState, def: &ResourceDef, expected: Value) -> Resu
     for _ in 0..ATTEMPTS {
         let existing = match state.get(def, None, &name).await {
             Ok(existing) => existing,
-            Err(ApiError::NotFound { .. }) => match state.create(def, None, expected.clone(), &opts).await {
-                Ok(_) => return Ok(()),
-                Err(ApiError::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e),
-            },
+            Err(ApiError::NotFound { .. }) => {
+                match state.create(def, None, expected.clone(), &opts).await {
+                    Ok(_) => return Ok(()),
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         };
-        if existing.pointer(&format!("/metadata/annotations/{}", AUTOUPDATE.replace('/', "~1")))
-            == Some(&json!("false"))
+        if existing.pointer(&format!(
+            "/metadata/annotations/{}",
+            AUTOUPDATE.replace('/', "~1")
+        )) == Some(&json!("false"))
         {
             return Ok(());
         }
@@ -512,7 +529,10 @@ async fn reconcile(state: &ApiState, def: &ResourceDef, expected: Value) -> Resu
         }
         if def.kind == "ClusterRoleBinding" && existing.get("roleRef") != expected.get("roleRef") {
             // A roleRef cannot change: the binding is replaced.
-            match state.delete(def, None, &name, &DeleteOptions::default()).await {
+            match state
+                .delete(def, None, &name, &DeleteOptions::default())
+                .await
+            {
                 Ok(_) | Err(ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -610,14 +630,20 @@ mod tests {
             let kind = object["kind"].as_str().unwrap().to_owned();
             let object = defaulted(RBAC, &kind, object);
             assert_eq!(validate(RBAC, &kind, &object), [], "{object}");
-            assert_eq!(object["metadata"]["labels"][BOOTSTRAPPING.0], BOOTSTRAPPING.1);
+            assert_eq!(
+                object["metadata"]["labels"][BOOTSTRAPPING.0],
+                BOOTSTRAPPING.1
+            );
             assert_eq!(object["metadata"]["annotations"][AUTOUPDATE], "true");
         }
         let bindings = cluster_role_bindings();
         let roles = cluster_roles();
         for b in &bindings {
             let role = b["roleRef"]["name"].as_str().unwrap();
-            assert!(roles.iter().any(|r| r["metadata"]["name"] == role), "{role}");
+            assert!(
+                roles.iter().any(|r| r["metadata"]["name"] == role),
+                "{role}"
+            );
         }
     }
 
