@@ -88,6 +88,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_system_namespaces()
         .await
         .map_err(|e| anyhow::anyhow!("creating system namespaces: {e}"))?;
+    apiserver::auth::rbac::bootstrap::ensure(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing the bootstrap RBAC policy: {e}"))?;
     let (not_ready, unreachable) = config.default_toleration_seconds;
     state.default_tolerations.configure(not_ready, unreachable);
     state
@@ -113,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ),
     }
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
+    tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(crate::memory::trim_periodically(shutdown.clone()));
 
     let creds_for_client = creds.clone();

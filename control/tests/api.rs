@@ -31,6 +31,11 @@ async fn api_with_window(window: usize) -> Api {
     let store = RedbStore::open_with_window(&dir.path().join("store.redb"), window).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
     state.ensure_system_namespaces().await.unwrap();
+    // The default roles, as the server creates them at start (anonymous /version needs
+    // system:public-info-viewer).
+    skiff_control::apiserver::auth::rbac::bootstrap::ensure(&state)
+        .await
+        .unwrap();
     tokio::spawn(skiff_control::controllers::namespace::run(
         state.clone(),
         queue,
@@ -590,8 +595,32 @@ async fn discovery_lists_every_resource() {
             "batch",
             "discovery.k8s.io",
             "coordination.k8s.io",
-            "scheduling.k8s.io"
+            "scheduling.k8s.io",
+            "rbac.authorization.k8s.io"
         ]
+    );
+    let (_, rbac) = a.get("/apis/rbac.authorization.k8s.io/v1").await;
+    let rbac: Vec<(&str, bool)> = rbac["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["namespaced"] == true))
+        .collect();
+    assert_eq!(
+        rbac,
+        [
+            ("clusterrolebindings", false),
+            ("clusterroles", false),
+            ("rolebindings", true),
+            ("roles", true)
+        ]
+    );
+    let (code, doc) = a.get("/openapi/v3/apis/rbac.authorization.k8s.io/v1").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.rbac.v1.ClusterRole"]
+            ["x-kubernetes-group-version-kind"]
+            .is_array()
     );
     let (_, apps) = a.get("/apis/apps/v1").await;
     assert!(apps["resources"]
@@ -1110,9 +1139,10 @@ async fn version_answers_with_a_trailing_slash() {
     for path in ["/version", "/version/"] {
         let req = Request::builder().uri(path).body(Body::empty()).unwrap();
         let resp = a.router.clone().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let st = resp.status();
         let body: Value =
             serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(st, StatusCode::OK, "{path} {body}");
         assert!(
             body["gitVersion"]
                 .as_str()

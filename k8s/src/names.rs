@@ -23,6 +23,12 @@ pub enum NameError {
     /// Not a label value.
     #[error("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?') with at most 63 characters")]
     LabelValue,
+    /// A path-segment name that is `.` or `..`.
+    #[error("may not be '{0}'")]
+    MayNotBe(&'static str),
+    /// A path-segment name holding `/` or `%`.
+    #[error("may not contain '{0}'")]
+    MayNotContain(&'static str),
 }
 
 fn is_alnum_lower(c: char) -> bool {
@@ -105,6 +111,20 @@ pub fn label_value_errors(value: &str) -> Vec<NameError> {
     }
 }
 
+/// Errors for a name that only has to be one URL path segment (`IsValidPathSegmentName`):
+/// RBAC objects, whose names like `system:basic-user` are not DNS subdomains. `.` and `..`
+/// end the check, as in Kubernetes; otherwise every forbidden character is reported.
+pub fn path_segment_errors(name: &str) -> Vec<NameError> {
+    if let Some(whole) = [".", ".."].into_iter().find(|w| name == *w) {
+        return vec![NameError::MayNotBe(whole)];
+    }
+    ["/", "%"]
+        .into_iter()
+        .filter(|c| name.contains(c))
+        .map(NameError::MayNotContain)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +147,18 @@ mod tests {
         assert!(!label_key_errors("bad key").is_empty());
         assert!(label_value_errors("").is_empty());
         assert!(!label_value_errors("has space").is_empty());
+    }
+
+    #[test]
+    fn path_segments() {
+        assert!(path_segment_errors("system:basic-user").is_empty());
+        assert!(path_segment_errors("Any Thing").is_empty());
+        assert_eq!(path_segment_errors("..")[0].to_string(), "may not be '..'");
+        let both: Vec<String> = path_segment_errors("a/b%c")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(both, ["may not contain '/'", "may not contain '%'"]);
     }
 
     #[test]

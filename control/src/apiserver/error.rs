@@ -53,12 +53,22 @@ impl FieldError {
         }
     }
 
-    /// A field is not allowed here.
-    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+    /// A field is not allowed here (`Forbidden: <detail>`, as Go's `field.Forbidden` reads).
+    pub fn forbidden(field: impl Into<String>, detail: impl AsRef<str>) -> Self {
         Self {
             reason: "FieldValueForbidden",
             field: field.into(),
-            message: detail.into(),
+            message: format!("Forbidden: {}", detail.as_ref()),
+        }
+    }
+
+    /// A field has a bad value that is not a string, shown as Go's `%#v` renders it
+    /// (`[]string{"/x"}`); `rendered` is that text.
+    pub fn invalid_rendered(field: impl Into<String>, rendered: &str, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {rendered}: {detail}"),
         }
     }
 }

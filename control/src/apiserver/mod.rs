@@ -91,14 +91,6 @@ impl ApiState {
     }
 }
 
-/// Paths anyone may read, as Kubernetes' `system:public-info-viewer` allows.
-fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
-    )
-}
-
 /// The users the admin token and the absence of credentials stand for, built once: every
 /// request carries one of them.
 static ADMIN: LazyLock<Arc<UserInfo>> = LazyLock::new(|| Arc::new(UserInfo::admin()));
@@ -173,11 +165,7 @@ async fn authorize(
         request.uri().path(),
         request.uri().query(),
     );
-    let mut decision = state.authorizer.authorize(&user, &info).await;
-    // Until the bootstrap policy grants system:public-info-viewer, the public paths stay open.
-    if !decision.allowed && !info.is_resource_request && is_public(&info.path) {
-        decision.allowed = true;
-    }
+    let decision = state.authorizer.authorize(&user, &info).await;
     if !decision.allowed {
         return Err(error::forbidden(&user, &info, &decision.reason));
     }

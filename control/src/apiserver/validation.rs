@@ -4,6 +4,7 @@
 use serde_json::Value;
 use skiff_k8s::names::{
     dns_label_errors, dns_subdomain_errors, label_key_errors, label_value_errors,
+    path_segment_errors, NameError,
 };
 
 use super::error::FieldError;
@@ -13,18 +14,37 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
     v.pointer(pointer).and_then(Value::as_str)
 }
 
-/// Validates `metadata`: name (label-style for `dns_label_names` kinds), labels, annotations.
-pub fn validate_metadata(object: &Value, dns_label_names: bool, errs: &mut Vec<FieldError>) {
+/// What a kind's object names must be (the name function Kubernetes passes to
+/// `ValidateObjectMeta`), chosen by [`Strategy::name_rule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameRule {
+    /// A DNS-1123 subdomain: most kinds.
+    #[default]
+    DnsSubdomain,
+    /// A DNS-1123 label: names that become DNS labels (Namespace, Service).
+    DnsLabel,
+    /// Anything that is one URL path segment (RBAC kinds: `system:basic-user`).
+    PathSegment,
+}
+
+impl NameRule {
+    /// Why `name` breaks the rule, in Kubernetes' words.
+    pub fn errors(self, name: &str) -> Vec<NameError> {
+        match self {
+            Self::DnsSubdomain => dns_subdomain_errors(name),
+            Self::DnsLabel => dns_label_errors(name),
+            Self::PathSegment => path_segment_errors(name),
+        }
+    }
+}
+
+/// Validates `metadata`: the name by the kind's rule, labels, annotations.
+pub fn validate_metadata(object: &Value, names: NameRule, errs: &mut Vec<FieldError>) {
     let name = str_at(object, "/metadata/name").unwrap_or("");
     if name.is_empty() {
         errs.push(FieldError::required("metadata.name"));
     } else {
-        let problems = if dns_label_names {
-            dns_label_errors(name)
-        } else {
-            dns_subdomain_errors(name)
-        };
-        for p in problems {
+        for p in names.errors(name) {
             errs.push(FieldError::invalid("metadata.name", name, p.to_string()));
         }
     }
@@ -69,6 +89,55 @@ pub fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<Field
                 value,
                 p.to_string(),
             ));
+        }
+    }
+}
+
+/// Validates a `metav1.LabelSelector` found at `field` (`ValidateLabelSelector`): its
+/// matchLabels as labels, and each expression's operator, values and key.
+pub fn validate_label_selector(selector: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    validate_labels(
+        selector.get("matchLabels"),
+        &format!("{field}.matchLabels"),
+        errs,
+    );
+    let expressions = selector.get("matchExpressions").and_then(Value::as_array);
+    for (i, expr) in expressions.into_iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        let values = expr
+            .get("values")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match expr.get("operator").and_then(Value::as_str).unwrap_or("") {
+            "In" | "NotIn" if values.is_empty() => errs.push(
+                FieldError::required(format!("{at}.values"))
+                    .with_message("must be specified when `operator` is 'In' or 'NotIn'"),
+            ),
+            "Exists" | "DoesNotExist" if !values.is_empty() => errs.push(FieldError::forbidden(
+                format!("{at}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errs.push(FieldError::invalid(
+                format!("{at}.operator"),
+                other,
+                "not a valid selector operator",
+            )),
+        }
+        let key = expr.get("key").and_then(Value::as_str).unwrap_or("");
+        for p in label_key_errors(key) {
+            errs.push(FieldError::invalid(format!("{at}.key"), key, p.to_string()));
+        }
+        for (j, value) in values.iter().enumerate() {
+            let value = value.as_str().unwrap_or("");
+            for p in label_value_errors(value) {
+                errs.push(FieldError::invalid(
+                    format!("{at}.values[{j}]"),
+                    value,
+                    p.to_string(),
+                ));
+            }
         }
     }
 }
@@ -418,7 +487,7 @@ pub fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Field
 /// Validates a decoded, defaulted object: its metadata, then the kind's own rules.
 pub fn validate_object(strategy: &dyn Strategy, object: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    validate_metadata(object, strategy.dns_label_names(), &mut errs);
+    validate_metadata(object, strategy.name_rule(), &mut errs);
     strategy.validate(object, &mut errs);
     errs
 }
@@ -428,6 +497,67 @@ mod tests {
     use super::*;
     use crate::apiserver::kinds::testing::{validate, validate_update};
     use serde_json::json;
+
+    #[test]
+    fn names_follow_the_kinds_rule() {
+        let named = |name: &str| json!({"metadata": {"name": name}});
+        let mut errs = Vec::new();
+        validate_metadata(
+            &named("system:basic-user"),
+            NameRule::PathSegment,
+            &mut errs,
+        );
+        assert!(errs.is_empty());
+        validate_metadata(&named("a/b"), NameRule::PathSegment, &mut errs);
+        assert_eq!(
+            errs,
+            vec![FieldError::invalid(
+                "metadata.name",
+                "a/b",
+                "may not contain '/'"
+            )]
+        );
+        errs.clear();
+        validate_metadata(
+            &named("system:basic-user"),
+            NameRule::DnsSubdomain,
+            &mut errs,
+        );
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn label_selectors() {
+        let mut errs = Vec::new();
+        let selector = json!({
+            "matchLabels": {"ok": "yes", "bad key!": "v"},
+            "matchExpressions": [
+                {"key": "a", "operator": "In"},
+                {"key": "b", "operator": "Exists", "values": ["x"]},
+                {"key": "c", "operator": "Near", "values": ["bad value!"]},
+            ],
+        });
+        validate_label_selector(&selector, "sel", &mut errs);
+        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.field.as_str(), e.reason)).collect();
+        assert_eq!(
+            got,
+            [
+                ("sel.matchLabels", "FieldValueInvalid"),
+                ("sel.matchExpressions[0].values", "FieldValueRequired"),
+                ("sel.matchExpressions[1].values", "FieldValueForbidden"),
+                ("sel.matchExpressions[2].operator", "FieldValueInvalid"),
+                ("sel.matchExpressions[2].values[0]", "FieldValueInvalid"),
+            ]
+        );
+        assert_eq!(
+            errs[1].message,
+            "Required value: must be specified when `operator` is 'In' or 'NotIn'"
+        );
+        assert_eq!(
+            errs[2].message,
+            "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+        );
+    }
 
     #[test]
     fn pod_without_containers_or_image() {

@@ -15,6 +15,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kube::api::ListParams;
 use serde_json::Value;
+use skiff_control::apiserver::auth::rbac::{aggregation, bootstrap};
 use skiff_control::apiserver::{app, ApiState};
 use skiff_control::client::Context;
 use skiff_control::store::RedbStore;
@@ -34,6 +35,7 @@ pub async fn api() -> Api {
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, _queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
     state.ensure_system_namespaces().await.unwrap();
+    rbac_policy(&state).await;
     Api {
         router: app(state.clone()),
         state,
@@ -49,6 +51,7 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), shutdown);
     state.ensure_system_namespaces().await.unwrap();
+    rbac_policy(&state).await;
     tokio::spawn(skiff_control::controllers::namespace::run(
         state.clone(),
         queue,
@@ -58,6 +61,13 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
         state,
         _dir: dir,
     }
+}
+
+/// The bootstrap RBAC policy, aggregated, and the aggregation loop, as the server starts them.
+async fn rbac_policy(state: &Arc<ApiState>) {
+    bootstrap::ensure(state).await.unwrap();
+    aggregation::aggregate(state).await.unwrap();
+    tokio::spawn(aggregation::run(state.clone()));
 }
 
 impl Api {
@@ -101,6 +111,21 @@ impl Api {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, value)
+    }
+
+    /// GETs `uri` as a `meta.k8s.io/v1` Table, as kubectl does.
+    pub async fn table(&self, uri: &str) -> Value {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header(
+                "accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
     }
 
     pub async fn get(&self, uri: &str) -> Value {

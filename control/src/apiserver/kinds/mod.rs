@@ -14,6 +14,7 @@ use super::error::{ApiError, FieldError};
 use super::objects::{DeleteOptions, Subresource};
 use super::registry::ResourceDef;
 use super::table::{Column, AGE, NAME};
+use super::validation::NameRule;
 use super::ApiState;
 
 /// A pending lock that serialises a kind's writes (see [`Strategy::write_lock`]).
@@ -62,9 +63,10 @@ pub trait Strategy: Send + Sync {
     /// Mutating admission on create, after defaulting (e.g. DefaultTolerationSeconds).
     fn admit(&self, _state: &ApiState, _object: &mut Value) {}
 
-    /// Whether names must be DNS-1123 labels rather than subdomains (Namespace, Service).
-    fn dns_label_names(&self) -> bool {
-        false
+    /// What names must be: DNS-1123 subdomains unless the kind says otherwise (labels for
+    /// Namespace and Service, path segments for RBAC kinds). `validate_metadata` checks it.
+    fn name_rule(&self) -> NameRule {
+        NameRule::DnsSubdomain
     }
 
     /// Kind-specific validation of a defaulted object, after the metadata checks.
@@ -225,6 +227,7 @@ builtins! {
     endpointslice,
     lease,
     priorityclass,
+    rbac,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::apiserver::error::ApiError;
 use crate::apiserver::objects::Subresource;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::table::{s, Column, AGE, NAME};
+use crate::apiserver::validation::NameRule;
 use crate::apiserver::ApiState;
 
 /// Namespaces that cannot be deleted.
@@ -35,8 +36,8 @@ impl Strategy for Namespace {
         }
     }
 
-    fn dns_label_names(&self) -> bool {
-        true
+    fn name_rule(&self) -> NameRule {
+        NameRule::DnsLabel
     }
 
     fn check_delete(&self, name: &str) -> Result<(), ApiError> {

@@ -10,7 +10,7 @@ use crate::apiserver::defaults::{default_field, obj};
 use crate::apiserver::error::{ApiError, FieldError};
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::table::{arr, i, or_none, s, Column, AGE, NAME, SELECTOR};
-use crate::apiserver::validation::{str_at, validate_port};
+use crate::apiserver::validation::{str_at, validate_port, NameRule};
 use crate::apiserver::ApiState;
 
 /// The served resource.
@@ -87,8 +87,8 @@ impl Strategy for Service {
         }
     }
 
-    fn dns_label_names(&self) -> bool {
-        true
+    fn name_rule(&self) -> NameRule {
+        NameRule::DnsLabel
     }
 
     fn validate(&self, object: &Value, errs: &mut Vec<FieldError>) {
