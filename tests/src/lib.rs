@@ -199,6 +199,40 @@ impl ControlPlane {
         cmd
     }
 
+    /// Writes a kubeconfig for `user` in `groups` with `skiff-control user` (a client
+    /// certificate from this control plane's CA) and returns its path.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        let mut cmd = in_netns(self.netns.as_deref(), &control_bin());
+        cmd.arg("user")
+            .arg(user)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--server")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .arg("--kubeconfig")
+            .arg(&path);
+        for g in groups {
+            cmd.arg("--group").arg(g);
+        }
+        let out = cmd.output().expect("run skiff-control user");
+        assert!(
+            out.status.success(),
+            "skiff-control user: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    /// Runs kubectl as the user of `kubeconfig`, returning its output whatever the status.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
     /// Runs kubectl and returns its output, whatever the exit status.
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = self.kubectl_cmd(args);
