@@ -136,3 +136,141 @@ fn a_user_bound_to_view_in_one_namespace_reads_there_and_nothing_more() {
             .success()
     });
 }
+
+/// A user who may write roles and bindings in a namespace can grant only what she holds
+/// herself, unless she is allowed to `bind` the role (or `escalate`), as in Kubernetes.
+#[test]
+fn granting_more_than_you_hold_is_refused() {
+    let cp = ControlPlane::start();
+    cp.kubectl(&["create", "namespace", "dev"]);
+    cp.kubectl(&[
+        "-n",
+        "dev",
+        "create",
+        "role",
+        "rbac-writer",
+        "--verb=create,get,list",
+        "--resource=roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io",
+    ]);
+    for (binding, role) in [
+        ("alice-writer", "role=rbac-writer"),
+        ("alice-view", "clusterrole=view"),
+    ] {
+        let (flag, name) = role.split_once('=').unwrap();
+        cp.kubectl(&[
+            "-n",
+            "dev",
+            "create",
+            "rolebinding",
+            binding,
+            &format!("--{flag}={name}"),
+            "--user=alice",
+        ]);
+    }
+    let alice = cp.user_kubeconfig("alice", &[]);
+    wait_for("alice's bindings to apply", Duration::from_secs(10), || {
+        cp.kubectl_as(&alice, &["-n", "dev", "get", "rolebindings"])
+            .status
+            .success()
+    });
+
+    // What she holds she may pass on...
+    ok(&cp.kubectl_as(
+        &alice,
+        &[
+            "-n",
+            "dev",
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+        ],
+    ));
+    ok(&cp.kubectl_as(
+        &alice,
+        &[
+            "-n",
+            "dev",
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get",
+            "--resource=pods",
+        ],
+    ));
+    // ...but not edit's writes, nor secrets.
+    forbidden(
+        &cp.kubectl_as(
+            &alice,
+            &[
+                "-n",
+                "dev",
+                "create",
+                "rolebinding",
+                "bob-edit",
+                "--clusterrole=edit",
+                "--user=bob",
+            ],
+        ),
+        r#"user "alice" (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held"#,
+    );
+    forbidden(
+        &cp.kubectl_as(
+            &alice,
+            &[
+                "-n",
+                "dev",
+                "create",
+                "role",
+                "secret-reader",
+                "--verb=get",
+                "--resource=secrets",
+            ],
+        ),
+        r#"{APIGroups:[""], Resources:["secrets"], Verbs:["get"]}"#,
+    );
+    assert!(!cp
+        .kubectl_output(&["-n", "dev", "get", "role", "secret-reader"], None)
+        .status
+        .success());
+
+    // Allowed to bind edit by name, she may bind it without holding it.
+    cp.kubectl(&[
+        "create",
+        "clusterrole",
+        "edit-binder",
+        "--verb=bind",
+        "--resource=clusterroles.rbac.authorization.k8s.io",
+        "--resource-name=edit",
+    ]);
+    cp.kubectl(&[
+        "-n",
+        "dev",
+        "create",
+        "rolebinding",
+        "alice-edit-binder",
+        "--clusterrole=edit-binder",
+        "--user=alice",
+    ]);
+    wait_for(
+        "alice's bind right to apply",
+        Duration::from_secs(10),
+        || {
+            cp.kubectl_as(
+                &alice,
+                &[
+                    "-n",
+                    "dev",
+                    "create",
+                    "rolebinding",
+                    "bob-edit",
+                    "--clusterrole=edit",
+                    "--user=bob",
+                ],
+            )
+            .status
+            .success()
+        },
+    );
+}

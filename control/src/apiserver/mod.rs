@@ -184,7 +184,7 @@ async fn authorize(
         }
     }
     request.extensions_mut().insert(Arc::new(info));
-    Ok(next.run(request).await)
+    Ok(auth::with_user(user, next.run(request)).await)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

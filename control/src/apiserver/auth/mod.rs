@@ -38,3 +38,22 @@ pub mod x509;
 pub use authorizer::{Authorizer, Decision, Mode, ModeError, RulesReview};
 pub use request_info::{resolve, RequestInfo};
 pub use user::UserInfo;
+
+use std::sync::Arc;
+
+tokio::task_local! {
+    /// The user of the request being served, for the code deep in a write that must know it
+    /// (the RBAC escalation check), as Kubernetes carries it in the request context.
+    static REQUEST_USER: Arc<UserInfo>;
+}
+
+/// Runs `f` (a request's handling) as `user`.
+pub async fn with_user<F: std::future::Future>(user: Arc<UserInfo>, f: F) -> F::Output {
+    REQUEST_USER.scope(user, f).await
+}
+
+/// The user of the request this task serves; `None` for skiff's own writes (start-up objects,
+/// in-process loops), which are not subject to a user's limits.
+pub fn current_user() -> Option<Arc<UserInfo>> {
+    REQUEST_USER.try_with(Arc::clone).ok()
+}

@@ -13,7 +13,12 @@ use k8s_openapi::api::rbac::v1 as rbac;
 use serde_json::{json, Value};
 use skiff_k8s::names::{dns_subdomain_errors, path_segment_errors};
 
+use futures::future::BoxFuture;
+
 use super::Strategy;
+use crate::apiserver::auth::rbac::escalation;
+use crate::apiserver::ApiState;
+use crate::apiserver::ApiError;
 use crate::apiserver::defaults::default_field;
 use crate::apiserver::error::FieldError;
 use crate::apiserver::registry::ResourceDef;
@@ -118,6 +123,27 @@ pub fn validate_policy_rule(rule: &Value, namespaced: bool, at: &str, errs: &mut
 impl Strategy for RoleKind {
     fn name_rule(&self) -> NameRule {
         NameRule::PathSegment
+    }
+
+    fn before_create<'a>(
+        &'a self,
+        state: &'a ApiState,
+        def: &'a ResourceDef,
+        _key: &'a str,
+        object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { escalation::check_role(state, &def.plural, None, object) })
+    }
+
+    fn before_update(
+        &self,
+        state: &ApiState,
+        _key: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        let resource = if self.namespaced { "roles" } else { "clusterroles" };
+        escalation::check_role(state, resource, Some(old), new)
     }
 
     fn validate(&self, object: &Value, errs: &mut Vec<FieldError>) {
@@ -258,6 +284,31 @@ fn subjects_cell(o: &Value, kind: &str) -> Value {
 impl Strategy for Binding {
     fn name_rule(&self) -> NameRule {
         NameRule::PathSegment
+    }
+
+    fn before_create<'a>(
+        &'a self,
+        state: &'a ApiState,
+        def: &'a ResourceDef,
+        _key: &'a str,
+        object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { escalation::check_binding(state, &def.plural, None, object) })
+    }
+
+    fn before_update(
+        &self,
+        state: &ApiState,
+        _key: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        let resource = if self.namespaced {
+            "rolebindings"
+        } else {
+            "clusterrolebindings"
+        };
+        escalation::check_binding(state, resource, Some(old), new)
     }
 
     fn default(&self, object: &mut Value) {
