@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
                 index,
                 nodes,
                 dir: dir.clone(),
-                control_bin,
+                control_bin: control_bin.clone(),
                 agent_bin,
                 images,
                 proxy_mode,
@@ -127,6 +127,17 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "use it with:\n  export KUBECONFIG={}\n  kubectl get nodes",
                 config.display()
+            );
+            let server = std::fs::read_to_string(&state.kubeconfig)?
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+                .unwrap_or_default();
+            println!(
+                "give a colleague read-only access to one namespace:\n  {} user alice \\\n    \
+                 --data-dir {} --server {server} --kubeconfig alice.kubeconfig\n  \
+                 kubectl create rolebinding alice-view --clusterrole=view --user=alice -n default",
+                control_bin.display(),
+                cluster::store_dir(&dir).display(),
             );
             Ok(())
         }

@@ -370,6 +370,15 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         kc = kubeconfig.display(),
         usage = usage(&kubeconfig, &stop_hint)
     );
+    println!(
+        "\nGive a colleague read-only access to one namespace (a client certificate from the \
+         cluster CA; README: \"Users and permissions\"):\n  {bin} user alice --data-dir {data} \
+         --server {server} --kubeconfig alice.kubeconfig\n  kubectl create rolebinding \
+         alice-view --clusterrole=view --user=alice -n default",
+        bin = state.join("bin/skiff-control").display(),
+        data = state.join("control").display(),
+        server = client_url(args.listen),
+    );
     Ok(())
 }
 
