@@ -274,3 +274,35 @@ fn granting_more_than_you_hold_is_refused() {
         },
     );
 }
+
+/// `kubectl --as`: the admin may act as anyone; a user may only if allowed to `impersonate`.
+#[test]
+fn impersonation_needs_the_impersonate_verb() {
+    let cp = ControlPlane::start();
+    cp.kubectl(&["create", "namespace", "dev"]);
+    cp.kubectl(&[
+        "-n",
+        "dev",
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    // The admin acting as alice gets alice's rights.
+    wait_for("alice's binding to apply", Duration::from_secs(10), || {
+        cp.kubectl_output(&["--as", "alice", "-n", "dev", "get", "pods"], None)
+            .status
+            .success()
+    });
+    forbidden(
+        &cp.kubectl_output(&["--as", "alice", "-n", "dev", "get", "secrets"], None),
+        r#"User "alice" cannot list resource "secrets""#,
+    );
+    // alice may not act as the admin.
+    let alice = cp.user_kubeconfig("alice", &[]);
+    forbidden(
+        &cp.kubectl_as(&alice, &["--as", "kubernetes-admin", "get", "nodes"]),
+        r#"users "kubernetes-admin" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#,
+    );
+}

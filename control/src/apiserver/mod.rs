@@ -155,11 +155,15 @@ async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let user = request
+    let requester = request
         .extensions()
         .get::<Arc<UserInfo>>()
         .cloned()
         .unwrap_or_else(|| ANONYMOUS.clone());
+    let user =
+        auth::impersonation::impersonate(&state.authorizer, requester, request.headers_mut())
+            .await?;
+    request.extensions_mut().insert(user.clone());
     let info = auth::resolve(
         request.method(),
         request.uri().path(),

@@ -9,7 +9,8 @@
 //!    admin token is [`UserInfo::admin`] (`kubernetes-admin` in `system:masters`); a request
 //!    without one reaches only the public paths, as [`UserInfo::anonymous`]. Wrong
 //!    credentials are a 401 Status.
-//! 3. **Impersonation** (`Impersonate-User` and friends), itself authorized (to come).
+//! 3. **Impersonation** (`Impersonate-User` and friends, [`impersonation`]), each part
+//!    itself authorized; the request then runs as the impersonated user.
 //! 4. **Request attributes**: [`request_info::resolve`] derives verb, resource, namespace and
 //!    name from the method and URL alone, so every route is authorized alike and a refusal
 //!    comes before routing (a 403 before a 404), as in Kubernetes.
@@ -30,6 +31,7 @@
 
 pub mod authorizer;
 pub mod go_format;
+pub mod impersonation;
 pub mod rbac;
 pub mod request_info;
 pub mod user;
