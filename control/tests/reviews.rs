@@ -112,7 +112,10 @@ async fn subject_access_review_follows_role_bindings() {
     let review = created(
         &a,
         &sars,
-        sar("alice", json!({"verb": "list", "resource": "pods", "namespace": "default"})),
+        sar(
+            "alice",
+            json!({"verb": "list", "resource": "pods", "namespace": "default"}),
+        ),
     )
     .await;
     assert_eq!(review["status"]["allowed"], false, "{review}");
@@ -125,7 +128,10 @@ async fn subject_access_review_follows_role_bindings() {
             created(
                 a,
                 &sars,
-                sar("alice", json!({"verb": verb, "resource": "pods", "namespace": ns})),
+                sar(
+                    "alice",
+                    json!({"verb": verb, "resource": "pods", "namespace": ns}),
+                ),
             )
             .await["status"]["allowed"]
                 == true
@@ -138,7 +144,10 @@ async fn subject_access_review_follows_role_bindings() {
     let review = created(
         &a,
         &sars,
-        sar("alice", json!({"verb": "list", "resource": "pods", "namespace": "default"})),
+        sar(
+            "alice",
+            json!({"verb": "list", "resource": "pods", "namespace": "default"}),
+        ),
     )
     .await;
     assert!(
@@ -156,8 +165,10 @@ async fn subject_access_review_follows_role_bindings() {
         .call(
             Method::POST,
             &sars,
-            Some(json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}})),
+            Some(
+                json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+            ),
         )
         .await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
@@ -220,12 +231,17 @@ async fn self_subject_rules_review_lists_the_rules() {
             .rules_for(alice, "default")
             .await
             .into_status();
-        status.resource_rules.iter().any(|r| {
-            r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == "pods"))
-                && r.verbs.iter().any(|v| v == "list")
-                && !r.verbs.iter().any(|v| v == "create")
-        })
-        .then_some(())
+        status
+            .resource_rules
+            .iter()
+            .any(|r| {
+                r.resources
+                    .as_ref()
+                    .is_some_and(|rs| rs.iter().any(|x| x == "pods"))
+                    && r.verbs.iter().any(|v| v == "list")
+                    && !r.verbs.iter().any(|v| v == "create")
+            })
+            .then_some(())
     };
     eventually("view rules for alice", has_pods).await;
 

@@ -10,9 +10,9 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use super::auth::UserInfo;
 use super::error::{ApiError, FieldError};
 use super::objects::{DeleteOptions, Subresource};
-use super::auth::UserInfo;
 use super::registry::ResourceDef;
 use super::table::{Column, AGE, NAME};
 use super::validation::NameRule;
