@@ -330,3 +330,55 @@ async fn reviews_are_create_only() {
     let discovery = a.get(AUTHN).await;
     assert_eq!(discovery["resources"].as_array().unwrap().len(), 2);
 }
+
+/// The protobuf bodies kubectl sends (`auth can-i list pods`, `auth whoami`, `auth can-i
+/// --list`), built as Go's generated marshallers write them (every string field, even empty).
+#[tokio::test]
+async fn protobuf_reviews_decode() {
+    let a = api().await;
+    let bodies = [
+        (
+            format!("{AUTHZ}/selfsubjectaccessreviews"),
+            "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a656374416363657373526576696577123b0a0e0a0012001a0022002a0038004200121f0a1d0a0764656661756c7412046c6973741a0022002a04706f647332003a001a08080012001a0020001a002200",
+        ),
+        (
+            format!("{AUTHN}/selfsubjectreviews"),
+            "6b3873000a2d0a1861757468656e7469636174696f6e2e6b38732e696f2f7631121153656c665375626a65637452657669657712140a0e0a0012001a0022002a003800420012020a001a002200",
+        ),
+        (
+            format!("{AUTHZ}/selfsubjectrulesreviews"),
+            "6b3873000a310a17617574686f72697a6174696f6e2e6b38732e696f2f7631121653656c665375626a65637452756c6573526576696577121f0a0e0a0012001a0022002a003800420012090a0764656661756c741a0218001a002200",
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (uri, hex) in &bodies {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .header("accept", "application/json")
+            .body(Body::from(bytes))
+            .unwrap();
+        let resp = a.router.clone().oneshot(req).await.unwrap();
+        let code = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(code, StatusCode::CREATED, "{uri}: {v}");
+        answers.push(v);
+    }
+    assert_eq!(answers[0]["spec"]["resourceAttributes"]["resource"], "pods");
+    assert_eq!(answers[0]["status"]["allowed"], true);
+    assert_eq!(
+        answers[1]["status"]["userInfo"]["username"],
+        "kubernetes-admin"
+    );
+    assert_eq!(
+        answers[2]["status"]["resourceRules"][0]["verbs"],
+        json!(["*"])
+    );
+}
