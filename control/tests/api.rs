@@ -592,6 +592,8 @@ async fn discovery_lists_every_resource() {
         groups,
         [
             "apps",
+            "authentication.k8s.io",
+            "authorization.k8s.io",
             "batch",
             "discovery.k8s.io",
             "coordination.k8s.io",

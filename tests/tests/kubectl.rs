@@ -547,3 +547,33 @@ fn typed_commands_that_send_protobuf_work() {
     let err = cp.kubectl_fails(&["get", "namespace", "demo"], None);
     assert!(err.contains("NotFound"), "{err}");
 }
+
+/// `kubectl auth whoami` (SelfSubjectReview) and `kubectl auth can-i` (SelfSubjectAccessReview
+/// and, with `--list`, SelfSubjectRulesReview) as the admin.
+#[test]
+fn kubectl_auth_whoami_and_can_i() {
+    let cp = ControlPlane::start();
+    let review = json(&cp, &["auth", "whoami"]);
+    assert_eq!(review["kind"], "SelfSubjectReview");
+    assert!(
+        review["status"]["userInfo"]["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "system:authenticated")),
+        "{review}"
+    );
+    assert_eq!(cp.kubectl(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    assert_eq!(
+        cp.kubectl(&[
+            "auth",
+            "can-i",
+            "create",
+            "deployments",
+            "-n",
+            "kube-system"
+        ])
+        .trim(),
+        "yes"
+    );
+    let list = cp.kubectl(&["auth", "can-i", "--list"]);
+    assert!(list.contains("*.*"), "{list}");
+}

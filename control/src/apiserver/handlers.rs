@@ -8,9 +8,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde_json::{json, Value};
 use skiff_k8s::labels::LabelSelector;
 
+use super::auth::UserInfo;
 use super::error::ApiError;
 use super::objects::{
     DeleteOptions, FieldValidation, ListOptions, Subresource, WriteOptions, Written,
@@ -93,26 +95,28 @@ fn parse_target(
 pub async fn core_resource(
     State(state): State<Arc<ApiState>>,
     Path((version, rest)): Path<(String, String)>,
+    Extension(user): Extension<Arc<UserInfo>>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = parse_target(&state, "", &version, &rest)?;
-    dispatch(state, target, method, query, headers, body).await
+    dispatch(state, user, target, method, query, headers, body).await
 }
 
 /// `/apis/{group}/{version}/{*rest}`.
 pub async fn group_resource(
     State(state): State<Arc<ApiState>>,
     Path((group, version, rest)): Path<(String, String, String)>,
+    Extension(user): Extension<Arc<UserInfo>>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = parse_target(&state, &group, &version, &rest)?;
-    dispatch(state, target, method, query, headers, body).await
+    dispatch(state, user, target, method, query, headers, body).await
 }
 
 fn selector_error(e: SelectorError) -> ApiError {
@@ -323,6 +327,7 @@ fn list_response(
 
 async fn dispatch(
     state: Arc<ApiState>,
+    user: Arc<UserInfo>,
     t: Target,
     method: Method,
     query: HashMap<String, String>,
@@ -331,6 +336,38 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let def = &t.def;
     let ns = t.namespace.as_deref();
+    if let Some(review) = def.strategy.review() {
+        // A create-only review (SubjectAccessReview, TokenReview, ...): decoded and checked as
+        // a create, answered with its status, never stored.
+        return match (method, t.name.as_deref(), t.subresource) {
+            (Method::POST, None, Subresource::Main) => {
+                let mut object = decode_body(&headers, &body)?;
+                state.check_type_meta(def, &mut object, &def.kind, &def.api_version())?;
+                if ns.is_some() && object.get("metadata").is_none_or(Value::is_null) {
+                    object["metadata"] = json!({});
+                }
+                if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                    match (ns, meta.get("namespace").and_then(Value::as_str)) {
+                        (Some(p), Some(b)) if !b.is_empty() && p != b => {
+                            return Err(ApiError::BadRequest(
+                                "the namespace of the provided object does not match the namespace sent on the request".into(),
+                            ))
+                        }
+                        (Some(p), _) => {
+                            meta.insert("namespace".into(), json!(p));
+                        }
+                        (None, _) => {
+                            meta.remove("namespace");
+                        }
+                    }
+                }
+                let (object, warnings) = state.decode(def, object, &write_options(&query)?)?;
+                let answer = review.answer(&state, &user, ns, object).await?;
+                Ok(json_response(StatusCode::CREATED, &answer, &warnings))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
     if t.subresource == Subresource::Binding {
         return match (method, t.name.as_deref(), ns) {
             (Method::POST, Some(name), Some(ns)) => {

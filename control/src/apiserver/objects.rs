@@ -299,7 +299,7 @@ impl ApiState {
     }
 
     /// Checks apiVersion/kind against the path, filling them in when absent.
-    fn check_type_meta(
+    pub(crate) fn check_type_meta(
         &self,
         def: &ResourceDef,
         object: &mut Value,
@@ -353,7 +353,7 @@ impl ApiState {
     }
 
     /// Decodes through the k8s-openapi type; reports or rejects unknown fields.
-    fn decode(
+    pub(crate) fn decode(
         &self,
         def: &ResourceDef,
         mut input: Value,

@@ -68,7 +68,12 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
         // Subscribe before looking, so a change between the look and the wait is not missed.
         let mut watch = state.store.watch("", state.store.revision()).await.ok();
         let mut remaining = 0usize;
-        for def in state.registry.all().iter().filter(|d| d.namespaced) {
+        for def in state
+            .registry
+            .all()
+            .iter()
+            .filter(|d| d.namespaced && d.strategy.review().is_none())
+        {
             let page = state
                 .list(def, Some(namespace), &ListOptions::default())
                 .await?;

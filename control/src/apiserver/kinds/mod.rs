@@ -10,6 +10,7 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use super::auth::UserInfo;
 use super::error::{ApiError, FieldError};
 use super::objects::{DeleteOptions, Subresource};
 use super::registry::ResourceDef;
@@ -31,6 +32,25 @@ pub const ALL_VERBS: &[&str] = &[
     "update",
     "watch",
 ];
+
+/// The verbs of a create-only review kind (SubjectAccessReview, TokenReview, ...).
+pub const CREATE_ONLY: &[&str] = &["create"];
+
+/// A create-only, never-stored kind that answers a question about the requester or a subject
+/// (Kubernetes' `rest.Creater`s under `pkg/registry/authorization` and `authentication`): a
+/// POST of the kind is decoded and checked as any create, then answered with 201 Created and
+/// the request object with its `status`; every other verb is 405.
+pub trait Review: Send + Sync {
+    /// Answers `object` (typed-decoded, `apiVersion`/`kind` checked, `metadata.namespace`
+    /// the path's for a namespaced kind) for `user`, who made the request.
+    fn answer<'a>(
+        &'a self,
+        state: &'a ApiState,
+        user: &'a UserInfo,
+        namespace: Option<&'a str>,
+        object: Value,
+    ) -> BoxFuture<'a, Result<Value, ApiError>>;
+}
 
 /// Everything kind-specific about a resource. The generic object code calls these hooks in
 /// the order Kubernetes' generic registry calls a strategy's.
@@ -179,6 +199,12 @@ pub trait Strategy: Send + Sync {
         ALL_VERBS
     }
 
+    /// For a create-only review kind, what answers it (and then [`Strategy::verbs`] should
+    /// be [`CREATE_ONLY`]). Such a kind is never stored.
+    fn review(&self) -> Option<&dyn Review> {
+        None
+    }
+
     /// Whether PATCH accepts strategic merge patches (built-in kinds, whose list merge keys
     /// `patch.rs` knows); custom resources answer 415 as in Kubernetes.
     fn strategic_merge(&self) -> bool {
@@ -222,6 +248,8 @@ builtins! {
     daemonset,
     statefulset,
     controllerrevision,
+    authentication,
+    authorization,
     job,
     cronjob,
     endpointslice,
