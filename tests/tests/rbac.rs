@@ -299,6 +299,19 @@ fn impersonation_needs_the_impersonate_verb() {
         &cp.kubectl_output(&["--as", "alice", "-n", "dev", "get", "secrets"], None),
         r#"User "alice" cannot list resource "secrets""#,
     );
+    // `kubectl auth can-i --as` agrees with what happens.
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i", "--as", "alice", "-n", "dev"];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&cp.kubectl_output(&all, None).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(can(&["list", "pods"]), "yes");
+    assert_eq!(can(&["watch", "pods"]), "yes");
+    assert_eq!(can(&["delete", "pods"]), "no");
+    assert_eq!(can(&["get", "secrets"]), "no");
+    assert_eq!(can(&["create", "pods/exec"]), "no");
     // alice may not act as the admin.
     let alice = cp.user_kubeconfig("alice", &[]);
     forbidden(
