@@ -4,7 +4,7 @@
 //! that role (for roles) or the `bind` verb on the referenced role (for bindings). Writes made
 //! by skiff itself (the bootstrap policy, aggregation) carry no user and are not checked.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::Value;
@@ -106,6 +106,21 @@ fn only_gc_fields_changed(old: &Value, new: &Value) -> bool {
     strip(old) == strip(new)
 }
 
+/// The writer, namespace and name of a write to check: `None` for skiff's own writes and for
+/// updates that change only what the garbage collector writes.
+fn to_check<'a>(old: Option<&Value>, new: &'a Value) -> Option<(Arc<UserInfo>, &'a str, &'a str)> {
+    let user = current_user()?;
+    if old.is_some_and(|old| only_gc_fields_changed(old, new)) {
+        return None;
+    }
+    let field = |pointer: &str| {
+        new.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    Some((user, field("/metadata/namespace"), field("/metadata/name")))
+}
+
 /// Checks a write of a Role or ClusterRole (`resource` is `roles` or `clusterroles`).
 pub fn check_role(
     state: &ApiState,
@@ -113,20 +128,9 @@ pub fn check_role(
     old: Option<&Value>,
     new: &Value,
 ) -> Result<(), ApiError> {
-    let Some(user) = current_user() else {
+    let Some((user, namespace, name)) = to_check(old, new) else {
         return Ok(());
     };
-    if old.is_some_and(|old| only_gc_fields_changed(old, new)) {
-        return Ok(());
-    }
-    let namespace = new
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
     if authorized(
         state,
         &user,
@@ -167,20 +171,9 @@ pub fn check_binding(
     old: Option<&Value>,
     new: &Value,
 ) -> Result<(), ApiError> {
-    let Some(user) = current_user() else {
+    let Some((user, namespace, name)) = to_check(old, new) else {
         return Ok(());
     };
-    if old.is_some_and(|old| only_gc_fields_changed(old, new)) {
-        return Ok(());
-    }
-    let namespace = new
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
     let Some(role_ref) = new
         .get("roleRef")
         .cloned()
