@@ -294,9 +294,15 @@ fn alive(pid: u32) -> bool {
         return false;
     };
     // pid (comm) state ...: comm may contain spaces and parentheses.
-    stat.rfind(')')
+    let running = stat
+        .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+        .is_some_and(|state| state != "Z" && state != "X");
+    // The state is the main thread's: a Go program's main thread is a zombie while its other
+    // threads are still exiting, and they hold the file table (the listening socket) until the
+    // last one is gone. Only with no open descriptor left is the process really gone.
+    running
+        || std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|mut fds| fds.next().is_some())
 }
 
 fn kill(pid: u32, signal: &str) -> anyhow::Result<()> {
