@@ -115,17 +115,7 @@ async fn authenticate(
 fn identify(state: &ApiState, request: &Request) -> Result<Arc<UserInfo>, ApiError> {
     let mut failed = false;
     match request.extensions().get::<auth::x509::PeerIdentity>() {
-        Some(auth::x509::PeerIdentity::User { name, groups }) => {
-            let mut groups = groups.clone();
-            if !groups.iter().any(|g| g == auth::user::AUTHENTICATED) {
-                groups.push(auth::user::AUTHENTICATED.to_owned());
-            }
-            return Ok(Arc::new(UserInfo {
-                name: name.clone(),
-                groups,
-                ..UserInfo::default()
-            }));
-        }
+        Some(auth::x509::PeerIdentity::User(user)) => return Ok(user.clone()),
         Some(auth::x509::PeerIdentity::Invalid(_)) => failed = true,
         Some(auth::x509::PeerIdentity::None) | None => {}
     }

@@ -199,6 +199,18 @@ impl Authorizer {
     /// Decides `request` for `user`. Waits only the first time RBAC is consulted, until the
     /// index has listed the RBAC objects.
     pub async fn authorize(&self, user: &UserInfo, request: &RequestInfo) -> Decision {
+        // RBAC is consulted unless an AlwaysAllow before it decides (AlwaysDeny passes on).
+        let consults_rbac =
+            self.modes.iter().find(|m| **m != Mode::AlwaysDeny) == Some(&Mode::Rbac);
+        if consults_rbac && !user.in_group(SYSTEM_MASTERS) {
+            self.index.ready().await;
+        }
+        self.decide(user, request)
+    }
+
+    /// [`Authorizer::authorize`] on the index as it is now, for callers inside a request that
+    /// was authorized already (so the index has listed), such as the escalation check.
+    pub fn decide(&self, user: &UserInfo, request: &RequestInfo) -> Decision {
         if user.in_group(SYSTEM_MASTERS) {
             return Decision::allow("");
         }
@@ -207,10 +219,7 @@ impl Authorizer {
             let decision = match mode {
                 Mode::AlwaysAllow => Decision::allow(""),
                 Mode::AlwaysDeny => Decision::deny("Everything is forbidden."),
-                Mode::Rbac => {
-                    self.index.ready().await;
-                    self.index.snapshot().authorize(user, request)
-                }
+                Mode::Rbac => self.index.snapshot().authorize(user, request),
             };
             if decision.allowed {
                 return decision;

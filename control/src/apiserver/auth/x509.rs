@@ -26,18 +26,16 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::server::TlsStream;
 use tower::Layer;
 
+use super::user::{UserInfo, AUTHENTICATED};
+
 /// What the TLS layer established about a connection's client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerIdentity {
     /// No client certificate was presented.
     None,
-    /// A certificate from the cluster CA: user name (CN) and groups (O).
-    User {
-        /// The subject's CommonName.
-        name: String,
-        /// The subject's Organizations.
-        groups: Vec<String>,
-    },
+    /// A certificate from the cluster CA: the user (CN) in its groups (O) and
+    /// `system:authenticated`, built once per connection and shared by its requests.
+    User(Arc<UserInfo>),
     /// A certificate was presented but does not verify (unknown CA, expired, wrong usage).
     Invalid(String),
 }
@@ -138,7 +136,16 @@ pub fn identify(
         return PeerIdentity::Invalid(e.to_string());
     }
     match subject(end_entity) {
-        Ok((name, groups)) if !name.is_empty() => PeerIdentity::User { name, groups },
+        Ok((name, mut groups)) if !name.is_empty() => {
+            if !groups.iter().any(|g| g == AUTHENTICATED) {
+                groups.push(AUTHENTICATED.to_owned());
+            }
+            PeerIdentity::User(Arc::new(UserInfo {
+                name,
+                groups,
+                ..UserInfo::default()
+            }))
+        }
         Ok(_) => PeerIdentity::Invalid("the certificate has no CommonName".into()),
         Err(e) => PeerIdentity::Invalid(e),
     }

@@ -10,8 +10,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef};
 use serde_json::Value;
 
 use super::rules::{covers, escalation_message};
-use crate::apiserver::auth::user::SYSTEM_MASTERS;
-use crate::apiserver::auth::{current_user, Mode, RequestInfo, UserInfo};
+use crate::apiserver::auth::{current_user, RequestInfo, UserInfo};
 use crate::apiserver::{ApiError, ApiState};
 
 const GROUP: &str = "rbac.authorization.k8s.io";
@@ -33,26 +32,6 @@ static FULL_AUTHORITY: LazyLock<Vec<PolicyRule>> = LazyLock::new(|| {
         },
     ]
 });
-
-/// Whether the configured authorizers allow `user` the request (the index is loaded: the
-/// request was authorized before it got here).
-fn authorized(state: &ApiState, user: &UserInfo, info: &RequestInfo) -> bool {
-    if user.in_group(SYSTEM_MASTERS) {
-        return true;
-    }
-    state.authorizer.modes().iter().any(|mode| match mode {
-        Mode::AlwaysAllow => true,
-        Mode::AlwaysDeny => false,
-        Mode::Rbac => {
-            state
-                .authorizer
-                .index()
-                .snapshot()
-                .authorize(user, info)
-                .allowed
-        }
-    })
-}
 
 fn request(verb: &str, resource: &str, namespace: &str, name: &str) -> RequestInfo {
     RequestInfo {
@@ -131,11 +110,8 @@ pub fn check_role(
     let Some((user, namespace, name)) = to_check(old, new) else {
         return Ok(());
     };
-    if authorized(
-        state,
-        &user,
-        &request("escalate", resource, namespace, name),
-    ) {
+    let escalate = request("escalate", resource, namespace, name);
+    if state.authorizer.decide(&user, &escalate).allowed {
         return Ok(());
     }
     let snapshot = state.authorizer.index().snapshot();
@@ -188,7 +164,7 @@ pub fn check_binding(
         "roles"
     };
     let bind = request("bind", role_resource, namespace, &role_ref.name);
-    if authorized(state, &user, &bind) {
+    if state.authorizer.decide(&user, &bind).allowed {
         return Ok(());
     }
     let snapshot = state.authorizer.index().snapshot();
