@@ -54,6 +54,22 @@ struct Args {
     /// AlwaysDeny. Members of system:masters are always allowed.
     #[arg(long, default_value = "RBAC", value_parser = parse_modes)]
     authorization_mode: Modes,
+    /// Admission plugins to turn off, comma-separated (kube-apiserver's flag); only
+    /// ServiceAccount can be: without it pods get no account token.
+    #[arg(long, value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
+    /// The `iss` of ServiceAccount tokens, and the base URL of the published OIDC discovery
+    /// document (kube-apiserver's flag; kubeadm's value is the default).
+    #[arg(long, default_value = skiff_control::apiserver::auth::service_account::signer::DEFAULT_ISSUER,
+          value_parser = parse_issuer)]
+    service_account_issuer: String,
+    /// Audiences the API server accepts in tokens (comma-separated); the issuer when empty.
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// The longest lifetime a TokenRequest is given (e.g. 24h); longer requests are
+    /// shortened to it. No limit when unset.
+    #[arg(long, value_parser = parse_duration)]
+    service_account_max_token_expiration: Option<Duration>,
     /// Run the API server only: no controllers or scheduler in this process (run them with
     /// `skiff-control controllers`, as many as you like, one active).
     #[arg(long)]
@@ -148,6 +164,7 @@ impl ControllerArgs {
                 retry_period: self.leader_elect_retry_period,
                 ..leader::Config::default()
             },
+            root_ca: None,
         })
     }
 }
@@ -171,6 +188,51 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n * 3600),
         _ => return Err(format!("{s:?} is not a duration like 40s, 500ms or 2m")),
     })
+}
+
+/// The CA certificate (PEM) of a kubeconfig's current cluster, inline or from its file.
+fn root_ca_of(yaml: &str) -> Option<String> {
+    use base64::Engine as _;
+    let config = kube::config::Kubeconfig::from_yaml(yaml).ok()?;
+    let context = config.current_context.as_deref()?;
+    let cluster_name = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .clone();
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)?
+        .cluster
+        .as_ref()?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()?;
+        return String::from_utf8(pem).ok();
+    }
+    std::fs::read_to_string(cluster.certificate_authority.as_ref()?).ok()
+}
+
+/// A token issuer: an https URL, or a plain name without a colon, as kube-apiserver allows.
+fn parse_issuer(s: &str) -> Result<String, String> {
+    let ok = if s.contains(':') {
+        s.strip_prefix("https://")
+            .is_some_and(|host| !host.is_empty() && !host.contains(['?', '#']))
+    } else {
+        !s.is_empty()
+    };
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an issuer: an https:// URL without query or fragment, or a name without ':'"
+        ))
+    }
 }
 
 /// The `--authorization-mode` chain (one flag value holding a list, as kube-apiserver's).
@@ -248,9 +310,11 @@ async fn run() -> anyhow::Result<()> {
         controllers: flags,
     }) = args.command
     {
-        let settings = flags.settings()?;
+        let mut settings = flags.settings()?;
         let yaml = std::fs::read_to_string(&kubeconfig)
             .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        // The CA the kubeconfig trusts for the API server is the one pods need.
+        settings.root_ca = root_ca_of(&yaml);
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = server::loopback_client(&yaml)
             .await
@@ -274,6 +338,14 @@ async fn run() -> anyhow::Result<()> {
             node_port_range: args.service_node_port_range,
             controllers: (!args.no_controllers).then_some(settings),
             authorization_modes: args.authorization_mode.0,
+            disabled_admission_plugins: args.disable_admission_plugins,
+            service_accounts: skiff_control::apiserver::auth::service_account::SignerConfig {
+                issuer: args.service_account_issuer,
+                audiences: args.api_audiences,
+                max_expiration_seconds: args
+                    .service_account_max_token_expiration
+                    .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            },
             default_toleration_seconds: (
                 args.default_not_ready_toleration_seconds,
                 args.default_unreachable_toleration_seconds,

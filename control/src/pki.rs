@@ -48,6 +48,8 @@ pub struct Credentials {
     pub admin_cert_pem: String,
     /// PEM of the admin's client key.
     pub admin_key_pem: String,
+    /// PEM of the key that signs ServiceAccount tokens (`sa.key`, as kubeadm names it).
+    pub service_account_key_pem: String,
 }
 
 /// The admin's user name and group, as kubeadm writes them into admin.conf.
@@ -145,6 +147,11 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         write_private(&ca_key, key.serialize_pem().as_bytes())?;
         fs::write(&ca_cert, cert.pem()).map_err(io(&ca_cert))?;
     }
+    let sa_key = pki.join("sa.key");
+    if !sa_key.exists() {
+        // Kept across restarts: every token issued so far stays valid.
+        write_private(&sa_key, KeyPair::generate()?.serialize_pem().as_bytes())?;
+    }
     if !token.exists() {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
@@ -209,6 +216,7 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         token,
         admin_cert_pem,
         admin_key_pem,
+        service_account_key_pem: fs::read_to_string(&sa_key).map_err(io(&sa_key))?,
     })
 }
 
@@ -342,6 +350,15 @@ mod tests {
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_eq!(first.token, second.token);
         assert_eq!(first.token.len(), 64);
+        assert_eq!(
+            first.service_account_key_pem, second.service_account_key_pem,
+            "tokens signed before a restart still verify after it"
+        );
+        let mode = fs::metadata(dir.path().join("pki/sa.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let kc = kubeconfig("https://127.0.0.1:6443", &first);
         assert!(kc.contains(&first.token));
         assert!(kc.contains("client-certificate-data:"));

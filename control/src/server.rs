@@ -36,6 +36,10 @@ pub struct Config {
     pub default_toleration_seconds: (i64, i64),
     /// The authorization chain (`--authorization-mode`).
     pub authorization_modes: Vec<crate::apiserver::auth::Mode>,
+    /// Admission plugins turned off (`--disable-admission-plugins`).
+    pub disabled_admission_plugins: Vec<String>,
+    /// The ServiceAccount token issuer, audiences and longest lifetime.
+    pub service_accounts: crate::apiserver::auth::service_account::SignerConfig,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -78,11 +82,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(path = %path.display(), "wrote admin kubeconfig");
     }
 
-    let (state, namespace_queue) = ApiState::with_authorization(
+    let tokens = apiserver::auth::service_account::TokenSigner::new(
+        &creds.service_account_key_pem,
+        config.service_accounts.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("the ServiceAccount signing key pki/sa.key: {e}"))?;
+    let (state, namespace_queue) = ApiState::with_auth(
         Arc::new(store),
         creds.token.clone(),
         shutdown.clone(),
         config.authorization_modes.clone(),
+        tokens,
     );
     state
         .ensure_system_namespaces()
@@ -93,6 +103,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("writing the bootstrap RBAC policy: {e}"))?;
     let (not_ready, unreachable) = config.default_toleration_seconds;
     state.default_tolerations.configure(not_ready, unreachable);
+    for plugin in &config.disabled_admission_plugins {
+        state
+            .admission
+            .disable(plugin)
+            .map_err(|e| anyhow::anyhow!("--disable-admission-plugins: {e}"))?;
+    }
     state
         .services
         .configure(config.service_cidr, config.node_port_range.clone());
@@ -132,7 +148,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let controllers = tokio::spawn({
         let (handle, shutdown) = (handle.clone(), shutdown.clone());
         let kubeconfig = pki::kubeconfig(&client_url(config.listen), &creds_for_client);
-        let settings = config.controllers.clone();
+        let settings = config.controllers.clone().map(|mut s| {
+            s.root_ca
+                .get_or_insert_with(|| creds_for_client.ca_pem.clone());
+            s
+        });
         async move {
             // Client-side controllers talk to this server over HTTPS, so wait until it listens.
             let Some(settings) = settings else {

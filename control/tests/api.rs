@@ -31,6 +31,9 @@ async fn api_with_window(window: usize) -> Api {
     let store = RedbStore::open_with_window(&dir.path().join("store.redb"), window).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
     state.ensure_system_namespaces().await.unwrap();
+    // No ServiceAccount controller runs here to create the accounts pods need (Kubernetes'
+    // integration tests turn the plugin off alike); control/tests/service_accounts.rs runs it.
+    state.admission.disable("ServiceAccount").unwrap();
     // The default roles, as the server creates them at start (anonymous /version needs
     // system:public-info-viewer).
     skiff_control::apiserver::auth::rbac::bootstrap::ensure(&state)

@@ -275,17 +275,29 @@ async fn self_subject_review_returns_the_requester() {
 }
 
 #[tokio::test]
-async fn token_review_authenticates_the_admin_token_only() {
+async fn token_review_authenticates_the_admin_token_for_the_api_audiences() {
     let a = api().await;
     let uri = format!("{AUTHN}/tokenreviews");
+    let issuer = a.state.tokens.issuer().to_owned();
     let review = |token: &str| {
         json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-            "spec": {"token": token, "audiences": ["api"]}})
+            "spec": {"token": token, "audiences": [issuer, "other"]}})
     };
     let good = created(&a, &uri, review(TOKEN)).await;
     assert_eq!(good["status"]["authenticated"], true);
     assert_eq!(good["status"]["user"]["username"], "kubernetes-admin");
-    assert_eq!(good["status"]["audiences"], json!(["api"]));
+    assert_eq!(good["status"]["audiences"], json!([issuer]));
+
+    // The admin token is not tied to an audience, so it passes only for the API server's own
+    // (Kubernetes' audience-agnostic authenticators).
+    let elsewhere = created(
+        &a,
+        &uri,
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": TOKEN, "audiences": ["vault"]}}),
+    )
+    .await;
+    assert_eq!(elsewhere["status"]["authenticated"], Value::Null);
 
     let bad = created(&a, &uri, review("nope")).await;
     assert_eq!(bad["status"]["authenticated"], Value::Null);

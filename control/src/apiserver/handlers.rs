@@ -12,7 +12,7 @@ use axum::Extension;
 use serde_json::{json, Value};
 use skiff_k8s::labels::LabelSelector;
 
-use super::auth::UserInfo;
+use super::auth::{self, UserInfo};
 use super::error::ApiError;
 use super::objects::{
     DeleteOptions, FieldValidation, ListOptions, Subresource, WriteOptions, Written,
@@ -364,6 +364,30 @@ async fn dispatch(
                 let (object, warnings) = state.decode(def, object, &write_options(&query)?)?;
                 let answer = review.answer(&state, &user, ns, object).await?;
                 Ok(json_response(StatusCode::CREATED, &answer, &warnings))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    if t.subresource == Subresource::Token {
+        return match (method, t.name.as_deref(), ns) {
+            (Method::POST, Some(name), Some(ns)) => {
+                let mut request = decode_body(&headers, &body)?;
+                state.check_type_meta(
+                    def,
+                    &mut request,
+                    "TokenRequest",
+                    "authentication.k8s.io/v1",
+                )?;
+                let opts = write_options(&query)?;
+                let answer = auth::service_account::token_request::create(
+                    &state,
+                    ns,
+                    name,
+                    request,
+                    opts.dry_run,
+                )
+                .await?;
+                Ok(json_response(StatusCode::CREATED, &answer, &[]))
             }
             _ => Err(ApiError::MethodNotAllowed),
         };

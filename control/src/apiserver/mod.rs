@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::SharedStore;
 use auth::rbac::RbacIndex;
+use auth::service_account::{SignerConfig, TokenSigner};
 use auth::{Authorizer, Mode, UserInfo};
 pub use error::ApiError;
 pub use registry::{Registry, ResourceDef};
@@ -52,10 +53,14 @@ pub struct ApiState {
     pub services: service_alloc::Allocator,
     /// The tolerations every pod gets (DefaultTolerationSeconds).
     pub default_tolerations: admission::DefaultTolerations,
+    /// The admission plugins that can be turned off, and whether they are.
+    pub admission: admission::Plugins,
     /// What each user may do: `system:masters`, then the `--authorization-mode` chain (RBAC by
     /// default). Its RBAC index follows the store only once first asked, so building a state
     /// starts nothing.
     pub authorizer: Arc<Authorizer>,
+    /// Signs and checks ServiceAccount tokens.
+    pub tokens: TokenSigner,
 }
 
 impl ApiState {
@@ -65,15 +70,18 @@ impl ApiState {
         token: String,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
-        Self::with_authorization(store, token, shutdown, vec![Mode::Rbac])
+        let tokens = TokenSigner::ephemeral(SignerConfig::default());
+        Self::with_auth(store, token, shutdown, vec![Mode::Rbac], tokens)
     }
 
-    /// [`ApiState::new`] with kube-apiserver's `--authorization-mode` chain.
-    pub fn with_authorization(
+    /// [`ApiState::new`] with kube-apiserver's `--authorization-mode` chain and the
+    /// ServiceAccount token signer.
+    pub fn with_auth(
         store: SharedStore,
         token: String,
         shutdown: CancellationToken,
         modes: Vec<Mode>,
+        tokens: TokenSigner,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let index = RbacIndex::new(store.clone(), shutdown.clone());
@@ -86,6 +94,8 @@ impl ApiState {
             namespace_queue: tx,
             services: service_alloc::Allocator::default(),
             default_tolerations: admission::DefaultTolerations::default(),
+            admission: admission::Plugins::default(),
+            tokens,
         });
         (state, rx)
     }
@@ -103,33 +113,50 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let user = identify(&state, &request)?;
+    let peer = request
+        .extensions()
+        .get::<auth::x509::PeerIdentity>()
+        .cloned();
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let user = identify(&state, peer, bearer.as_deref()).await?;
     request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }
 
 /// Who the request is from, trying what Kubernetes tries in its order: a client certificate
-/// from the cluster CA (CN = user, O = groups), then a bearer token (the admin token), then
-/// nobody (`system:anonymous`). A certificate that does not verify, or a token nobody issued,
-/// is a 401 unless a later authenticator succeeds; an absent credential is not an error.
-fn identify(state: &ApiState, request: &Request) -> Result<Arc<UserInfo>, ApiError> {
+/// from the cluster CA (CN = user, O = groups), then a bearer token (the admin token, then a
+/// ServiceAccount token), then nobody (`system:anonymous`). A certificate that does not
+/// verify, or a token nobody issued, is a 401 unless a later authenticator succeeds; an absent
+/// credential is not an error.
+async fn identify(
+    state: &ApiState,
+    peer: Option<auth::x509::PeerIdentity>,
+    presented: Option<&str>,
+) -> Result<Arc<UserInfo>, ApiError> {
     let mut failed = false;
-    match request.extensions().get::<auth::x509::PeerIdentity>() {
-        Some(auth::x509::PeerIdentity::User(user)) => return Ok(user.clone()),
+    match peer {
+        Some(auth::x509::PeerIdentity::User(user)) => return Ok(user),
         Some(auth::x509::PeerIdentity::Invalid(_)) => failed = true,
         Some(auth::x509::PeerIdentity::None) | None => {}
     }
-    let presented = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
     if let Some(token) = presented {
         if constant_time_eq(token.as_bytes(), state.token.as_bytes()) {
             return Ok(ADMIN.clone());
         }
-        return Err(ApiError::Unauthorized);
+        let audiences = state.tokens.audiences();
+        return match auth::service_account::authenticate(state, token, audiences).await {
+            Ok(Some(found)) => Ok(Arc::new(found.user)),
+            Ok(None) => Err(ApiError::Unauthorized),
+            Err(reason) => {
+                tracing::debug!(%reason, "refused a ServiceAccount token");
+                Err(ApiError::Unauthorized)
+            }
+        };
     }
     if failed {
         return Err(ApiError::Unauthorized);
@@ -197,6 +224,14 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
         .route("/metrics", get(watch::metrics))
+        .route(
+            auth::service_account::discovery::CONFIGURATION_PATH,
+            get(auth::service_account::discovery::configuration),
+        )
+        .route(
+            auth::service_account::discovery::JWKS_PATH,
+            get(auth::service_account::discovery::jwks),
+        )
         // Discovery answers with and without a trailing slash, as Kubernetes' go-restful
         // discovery services (route "/" under "/api", "/apis/<group>", ...) do; kr8s asks for
         // `/api/` and `/apis/`.

@@ -30,6 +30,8 @@ pub enum Subresource {
     Scale,
     /// `pods/{name}/binding` (POST only).
     Binding,
+    /// `serviceaccounts/{name}/token` (POST only): a TokenRequest, never stored.
+    Token,
 }
 
 /// `?fieldValidation=`: what to do with fields the schema does not know.
@@ -558,15 +560,16 @@ impl ApiState {
             }
         }
         strategy.default(&mut object);
-        strategy.admit(self, &mut object);
+        // NamespaceLifecycle comes first among Kubernetes' admission plugins.
+        if let Some(ns) = &namespace {
+            self.check_namespace_open(ns).await?;
+        }
+        strategy.admit(self, &mut object).await?;
         let causes = validate_object(strategy, &object);
         if !causes.is_empty() {
             return Err(Self::invalid(def, &object, causes));
         }
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
-        if let Some(ns) = &namespace {
-            self.check_namespace_open(ns).await?;
-        }
         let key = self.key(def, namespace.as_deref(), &name);
         strategy.before_create(self, def, &key, &mut object).await?;
         if opts.dry_run {
@@ -608,7 +611,7 @@ impl ApiState {
     ) -> Result<(Value, Vec<String>), ApiError> {
         let (mut new, warnings) = match sub {
             // Bindings are POSTed and handled by `bind_pod`, never written as updates.
-            Subresource::Binding => return Err(ApiError::MethodNotAllowed),
+            Subresource::Binding | Subresource::Token => return Err(ApiError::MethodNotAllowed),
             Subresource::Scale => {
                 let replicas = candidate
                     .pointer("/spec/replicas")

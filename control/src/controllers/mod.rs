@@ -19,5 +19,6 @@ pub mod node_lifecycle;
 pub mod pod_cidr;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod root_ca;
 pub mod serviceaccount;
 pub mod statefulset;

@@ -10,7 +10,8 @@ pub mod leader;
 use crate::client::Context;
 use crate::controllers::{
     cronjob, daemonset, deployment, endpoints, endpointslice, garbage_collector, job,
-    node_lifecycle, pod_cidr, replicaset, replicationcontroller, serviceaccount, statefulset,
+    node_lifecycle, pod_cidr, replicaset, replicationcontroller, root_ca, serviceaccount,
+    statefulset,
 };
 
 /// Settings of the client-side controllers.
@@ -22,6 +23,9 @@ pub struct Settings {
     pub node_lifecycle: node_lifecycle::Config,
     /// Leader election.
     pub election: leader::Config,
+    /// PEM of the cluster CA, published in every namespace as `kube-root-ca.crt`
+    /// (kube-controller-manager's `--root-ca-file`).
+    pub root_ca: Option<String>,
 }
 
 /// Runs the controllers and the scheduler while this instance is the leader, until
@@ -40,6 +44,7 @@ pub async fn run(ctx: Context, settings: Settings) {
                 tokio::join!(
                     pod_cidr::run(ctx.clone(), settings.pod_cidrs),
                     node_lifecycle::run(ctx.clone(), settings.node_lifecycle),
+                    root_ca::run(ctx.clone(), settings.root_ca),
                     run_all(ctx),
                 );
             }

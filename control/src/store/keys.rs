@@ -40,6 +40,27 @@ pub const SERVICES: Collection<'static> = Collection {
     namespaced: true,
 };
 
+/// Pods (core, namespaced).
+pub const PODS: Collection<'static> = Collection {
+    group: "",
+    plural: "pods",
+    namespaced: true,
+};
+
+/// Secrets (core, namespaced).
+pub const SECRETS: Collection<'static> = Collection {
+    group: "",
+    plural: "secrets",
+    namespaced: true,
+};
+
+/// ServiceAccounts (core, namespaced).
+pub const SERVICE_ACCOUNTS: Collection<'static> = Collection {
+    group: "",
+    plural: "serviceaccounts",
+    namespaced: true,
+};
+
 impl Collection<'_> {
     /// The prefix of every object of the resource.
     pub fn prefix(&self) -> String {

@@ -31,6 +31,16 @@ pub struct Api {
 }
 
 pub async fn api() -> Api {
+    let a = api_with_service_account_admission().await;
+    // No ServiceAccount controller runs here to create the accounts pods need (Kubernetes'
+    // integration tests turn the plugin off alike); control/tests/service_accounts.rs runs it.
+    a.state.admission.disable("ServiceAccount").unwrap();
+    a
+}
+
+/// [`api`] with every admission plugin on: a pod needs its ServiceAccount to exist.
+#[allow(dead_code, reason = "each test binary uses a part of the harness")]
+pub async fn api_with_service_account_admission() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, _queue) = ApiState::new(Arc::new(store), TOKEN.into(), CancellationToken::new());
@@ -51,6 +61,9 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
     let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
     let (state, queue) = ApiState::new(Arc::new(store), TOKEN.into(), shutdown);
     state.ensure_system_namespaces().await.unwrap();
+    // No ServiceAccount controller runs here to create the accounts pods need (Kubernetes'
+    // integration tests turn the plugin off alike); control/tests/service_accounts.rs runs it.
+    state.admission.disable("ServiceAccount").unwrap();
     rbac_policy(&state).await;
     tokio::spawn(skiff_control::controllers::namespace::run(
         state.clone(),
@@ -77,7 +90,21 @@ impl Api {
         uri: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        self.call_as(method, uri, "application/json", body).await
+        self.call_as(method, uri, "application/json", Some(TOKEN), body)
+            .await
+    }
+
+    /// A JSON request with another bearer token, or none.
+    #[allow(dead_code, reason = "each test binary uses a part of the harness")]
+    pub async fn call_with(
+        &self,
+        method: Method,
+        uri: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_as(method, uri, "application/json", bearer, body)
+            .await
     }
 
     /// A JSON merge patch.
@@ -86,6 +113,7 @@ impl Api {
             Method::PATCH,
             uri,
             "application/merge-patch+json",
+            Some(TOKEN),
             Some(body),
         )
         .await
@@ -96,13 +124,17 @@ impl Api {
         method: Method,
         uri: &str,
         content_type: &str,
+        bearer: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("content-type", content_type)
+            .header("content-type", content_type);
+        if let Some(token) = bearer {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
             .unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();

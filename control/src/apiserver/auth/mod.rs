@@ -34,6 +34,7 @@ pub mod go_format;
 pub mod impersonation;
 pub mod rbac;
 pub mod request_info;
+pub mod service_account;
 pub mod user;
 pub mod x509;
 

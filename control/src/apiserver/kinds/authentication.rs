@@ -1,7 +1,7 @@
 //! authentication.k8s.io/v1: SelfSubjectReview ("who am I", `kubectl auth whoami`) and
 //! TokenReview ("whose token is this", for webhooks and aggregated servers), create-only and
-//! never stored, as Kubernetes' `pkg/registry/authentication` answers them. The only token
-//! skiff issues is the admin token, so that is the only one a TokenReview authenticates.
+//! never stored, as Kubernetes' `pkg/registry/authentication` answers them. A TokenReview
+//! authenticates the admin token and ServiceAccount tokens for the audiences it names.
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use skiff_k8s::time;
 
 use super::{Review, Strategy, CREATE_ONLY};
-use crate::apiserver::auth::UserInfo;
+use crate::apiserver::auth::{service_account, UserInfo};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::ApiState;
@@ -53,7 +53,7 @@ impl Review for Kind {
         Box::pin(async move {
             match self.0 {
                 Which::SelfSubject => Ok(self_subject_review(user)),
-                Which::Token => token_review(state, object),
+                Which::Token => token_review(state, object).await,
             }
         })
     }
@@ -73,34 +73,64 @@ fn self_subject_review(user: &UserInfo) -> Value {
     })
 }
 
-/// The request's TokenReview with its status: authenticated as the admin for the admin token
-/// (compared in constant time), not authenticated for anything else.
-fn token_review(state: &ApiState, mut object: Value) -> Result<Value, ApiError> {
+/// The request's TokenReview with its status. The admin token is not tied to an audience, so
+/// it is accepted for the API server's own; a ServiceAccount token must name one of the
+/// review's audiences (the API server's when it names none), and the status lists those it
+/// matched. Anything else is `authenticated: false` with the reason.
+async fn token_review(state: &ApiState, mut object: Value) -> Result<Value, ApiError> {
     let token = object
         .pointer("/spec/token")
         .and_then(Value::as_str)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_owned();
     if token.is_empty() {
         return Err(ApiError::BadRequest(
             "token is required for TokenReview in authentication".into(),
         ));
     }
+    let requested: Vec<String> = object
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let audiences = if requested.is_empty() {
+        state.tokens.audiences().to_vec()
+    } else {
+        requested.clone()
+    };
+    let unauthenticated = |error: &str| json!({"user": {}, "error": error});
     let status = if crate::apiserver::constant_time_eq(token.as_bytes(), state.token.as_bytes())
     {
-        let mut status = json!({
-            "authenticated": true,
-            "user": user_info(&UserInfo::admin()),
-        });
-        if let Some(audiences) = object
-            .pointer("/spec/audiences")
-            .and_then(Value::as_array)
-            .filter(|a| !a.is_empty())
-        {
-            status["audiences"] = Value::Array(audiences.clone());
+        let own: Vec<&String> = audiences
+            .iter()
+            .filter(|a| state.tokens.audiences().contains(a))
+            .collect();
+        if own.is_empty() {
+            unauthenticated("token audiences are invalid for the target audiences")
+        } else {
+            let mut status = json!({"authenticated": true, "user": user_info(&UserInfo::admin())});
+            if !requested.is_empty() {
+                status["audiences"] = json!(own);
+            }
+            status
         }
-        status
     } else {
-        json!({"user": {}, "error": "invalid bearer token"})
+        match service_account::authenticate(state, &token, &audiences).await {
+            Ok(Some(found)) => {
+                let mut status = json!({"authenticated": true, "user": user_info(&found.user)});
+                if !requested.is_empty() {
+                    status["audiences"] = json!(found.audiences);
+                }
+                status
+            }
+            Ok(None) => unauthenticated("invalid bearer token"),
+            Err(reason) => unauthenticated(&format!("[invalid bearer token, {reason}]")),
+        }
     };
     object["status"] = status;
     Ok(object)

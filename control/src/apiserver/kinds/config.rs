@@ -1,10 +1,11 @@
 //! core/v1 ConfigMap, Secret and ServiceAccount: plain objects; ConfigMap and Secret print
-//! how many keys they hold.
+//! how many keys they hold, and a ServiceAccount issues tokens (`serviceaccounts/token`).
 
 use k8s_openapi::api::core::v1::{ConfigMap as CM, Secret as S, ServiceAccount as SA};
 use serde_json::{json, Value};
 
-use super::{Plain, Strategy};
+use super::Strategy;
+use crate::apiserver::objects::Subresource;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::table::{Column, AGE, NAME};
 
@@ -13,7 +14,7 @@ pub fn resources() -> Vec<ResourceDef> {
     vec![
         ResourceDef::of::<CM>(ConfigMap).short_names(&["cm"]),
         ResourceDef::of::<S>(Secret),
-        ResourceDef::of::<SA>(Plain).short_names(&["sa"]),
+        ResourceDef::of::<SA>(ServiceAccount).short_names(&["sa"]),
     ]
 }
 
@@ -71,5 +72,22 @@ impl Strategy for Secret {
 
     fn field_selectors(&self) -> &[&str] {
         &["type"]
+    }
+}
+
+struct ServiceAccount;
+
+impl Strategy for ServiceAccount {
+    /// `serviceaccounts/{name}/token`, a TokenRequest (`auth::service_account::token_request`).
+    fn subresource(&self, name: &str, namespaced_path: bool) -> Option<Subresource> {
+        (name == "token" && namespaced_path).then_some(Subresource::Token)
+    }
+
+    fn discovery_subresources(&self) -> Vec<Value> {
+        vec![json!({
+            "name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+            "group": "authentication.k8s.io", "version": "v1",
+            "kind": "TokenRequest", "verbs": ["create"],
+        })]
     }
 }

@@ -80,8 +80,15 @@ pub trait Strategy: Send + Sync {
     /// Fills in defaults (`SetDefaults_<Kind>`), on create and on every update.
     fn default(&self, _object: &mut Value) {}
 
-    /// Mutating admission on create, after defaulting (e.g. DefaultTolerationSeconds).
-    fn admit(&self, _state: &ApiState, _object: &mut Value) {}
+    /// Mutating admission on create, after defaulting (DefaultTolerationSeconds, the
+    /// ServiceAccount plugin). Async because it may read the store.
+    fn admit<'a>(
+        &'a self,
+        _state: &'a ApiState,
+        _object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// What names must be: DNS-1123 subdomains unless the kind says otherwise (labels for
     /// Namespace and Service, path segments for RBAC kinds). `validate_metadata` checks it.

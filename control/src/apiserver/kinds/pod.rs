@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use super::Strategy;
 use crate::apiserver::defaults::default_pod_spec;
-use crate::apiserver::error::FieldError;
+use crate::apiserver::admission;
+use crate::apiserver::error::{ApiError, FieldError};
 use crate::apiserver::objects::{DeleteOptions, Subresource};
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::table::{arr, i, or_none, s, Column, AGE, NAME};
@@ -88,8 +89,18 @@ impl Strategy for Pod {
         }
     }
 
-    fn admit(&self, state: &ApiState, object: &mut Value) {
-        state.default_tolerations.apply(object);
+    fn admit<'a>(
+        &'a self,
+        state: &'a ApiState,
+        object: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if state.admission.service_account() {
+                admission::service_account::admit(state, object).await?;
+            }
+            state.default_tolerations.apply(object);
+            Ok(())
+        })
     }
 
     fn validate(&self, object: &Value, errs: &mut Vec<FieldError>) {

@@ -121,6 +121,12 @@ pub fn validate_policy_rule(rule: &Value, namespaced: bool, at: &str, errs: &mut
 }
 
 impl Strategy for RoleKind {
+    /// A role or binding works from the next request on: the write waits (at most a second)
+    /// until the authorizer's index has applied it.
+    fn after_write<'a>(&'a self, state: &'a ApiState, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(wait_until_indexed(state, key))
+    }
+
     fn name_rule(&self) -> NameRule {
         NameRule::PathSegment
     }
@@ -282,6 +288,12 @@ fn subjects_cell(o: &Value, kind: &str) -> Value {
 }
 
 impl Strategy for Binding {
+    /// A role or binding works from the next request on: the write waits (at most a second)
+    /// until the authorizer's index has applied it.
+    fn after_write<'a>(&'a self, state: &'a ApiState, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(wait_until_indexed(state, key))
+    }
+
     fn name_rule(&self) -> NameRule {
         NameRule::PathSegment
     }
@@ -373,6 +385,20 @@ impl Strategy for Binding {
             }),
         ]
     }
+}
+
+/// Waits until the RBAC index has applied the object stored at `key`, if there is one.
+async fn wait_until_indexed(state: &ApiState, key: &str) {
+    let Ok(Some(stored)) = state.store.get(key).await else {
+        return;
+    };
+    let revision = crate::store::object_revision(&stored);
+    let index = state.authorizer.index();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        index.wait_for(revision),
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -512,3 +538,4 @@ mod tests {
         );
     }
 }
+

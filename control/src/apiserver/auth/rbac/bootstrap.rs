@@ -166,6 +166,21 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(CREATE, &["authorization.k8s.io"], &["subjectaccessreviews"]),
             ],
         ),
+        // Anyone who can verify a ServiceAccount token may fetch the keys (Kubernetes binds it
+        // to every ServiceAccount).
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            &[],
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
         cluster_role(
             "system:node-proxier",
             &[],
@@ -468,6 +483,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[AUTHENTICATED, ("Group", "system:unauthenticated")],
         ),
         binding("system:node-proxier", &[("User", "system:kube-proxy")]),
+        binding(
+            "system:service-account-issuer-discovery",
+            &[("Group", "system:serviceaccounts")],
+        ),
         binding(
             "system:kube-scheduler",
             &[("User", "system:kube-scheduler")],

@@ -1,5 +1,3 @@
-//! Admission steps that change objects on create, after Kubernetes' admission plugins.
-//!
 //! DefaultTolerationSeconds: every pod gets `NoExecute` tolerations for the `not-ready` and
 //! `unreachable` node taints with a time limit (300 s by default), unless it already tolerates
 //! them, so pods of a lost node are evicted after that time and not at once.

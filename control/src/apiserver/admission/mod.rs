@@ -1,0 +1,49 @@
+//! Admission steps that change objects on create, after Kubernetes' admission plugins of the
+//! same names: [`tolerations`] (DefaultTolerationSeconds) and [`service_account`]
+//! (ServiceAccount: the account, its image pull secrets and the token volume).
+
+pub mod service_account;
+pub mod tolerations;
+
+pub use tolerations::DefaultTolerations;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which optional plugins run (kube-apiserver's `--disable-admission-plugins`).
+#[derive(Debug)]
+pub struct Plugins {
+    service_account: AtomicBool,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self {
+            service_account: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Plugins {
+    /// The plugins that can be turned off, by Kubernetes' names.
+    pub const OPTIONAL: &'static [&'static str] = &["ServiceAccount"];
+
+    /// Turns off the plugin `name`. Kubernetes' own integration tests run without the
+    /// ServiceAccount plugin when nothing creates accounts; so do skiff's component tests.
+    pub fn disable(&self, name: &str) -> Result<(), String> {
+        match name {
+            "ServiceAccount" => self.service_account.store(false, Ordering::Relaxed),
+            other => {
+                return Err(format!(
+                    "unknown or required admission plugin {other:?} (can disable: {})",
+                    Self::OPTIONAL.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the ServiceAccount plugin runs.
+    pub fn service_account(&self) -> bool {
+        self.service_account.load(Ordering::Relaxed)
+    }
+}
