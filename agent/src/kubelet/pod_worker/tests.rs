@@ -16,6 +16,7 @@ use crate::kubelet::directory::Directory;
 use crate::kubelet::events::Events;
 use crate::kubelet::fakes::{Call, FakeApi, FakeImages, FakeNetwork, FakeRuntime};
 use crate::kubelet::probes::{ProbeEvent, ProbeKind};
+use crate::kubelet::token_manager::{ApiTokens, TokenManager};
 
 const UID: &str = "uid-1";
 
@@ -45,10 +46,12 @@ fn node() -> Node {
         images: images.clone(),
         network: network.clone(),
         root: dir.path().to_owned(),
-        events: Events::new(client, "node-1"),
+        events: Events::new(client.clone(), "node-1"),
         sigchld,
         directory: Arc::new(Directory::new(dir.path())),
         shutdown: CancellationToken::new(),
+        tokens: Arc::new(TokenManager::new(Arc::new(ApiTokens(client.clone())))),
+        sync_frequency: Duration::from_secs(60),
     });
     Node {
         runtime,
