@@ -325,6 +325,9 @@ fn dir_with_mode(dir: &Path, mode: u32) -> Result<(), String> {
 /// The directory of the pod's volumes, `<root>/pods/<uid>/volumes`: it and the pod's directory
 /// are made 0700 (only the agent reads them; containers reach their volumes by bind mounts).
 pub fn volumes_dir(root: &Path, pod_uid: &str) -> Result<PathBuf, String> {
+    if pod_uid.is_empty() {
+        return Err("the pod has no uid".into());
+    }
     let pod_dir = root.join("pods").join(safe_relative(pod_uid)?);
     dir_with_mode(&pod_dir, 0o700)?;
     let dir = pod_dir.join("volumes");
