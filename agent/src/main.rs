@@ -15,6 +15,7 @@ use skiff_agent::kubelet::directory::Directory;
 use skiff_agent::kubelet::events::Events;
 use skiff_agent::kubelet::node::{NodeAgent, NodeConfig};
 use skiff_agent::kubelet::pod_worker::Shared;
+use skiff_agent::kubelet::token_manager::{ApiTokens, TokenManager};
 use skiff_agent::network::service_cidr;
 use skiff_agent::network::LazyNetwork;
 use skiff_agent::proxy::ebpf::service_table::ServiceTable;
@@ -94,6 +95,11 @@ struct PodArgs {
     /// How often the manifest directory is read, in seconds.
     #[arg(long, default_value_t = 20)]
     file_check_frequency: u64,
+    /// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+    /// written again (renewed ServiceAccount tokens, changed ConfigMaps and Secrets), in
+    /// seconds (the kubelet's --sync-frequency).
+    #[arg(long, default_value_t = 60)]
+    sync_frequency: u64,
 }
 
 /// How the agent presents its Node.
@@ -479,6 +485,8 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             sigchld,
             directory: directory.clone(),
             shutdown: shutdown.clone(),
+            tokens: std::sync::Arc::new(TokenManager::new(std::sync::Arc::new(ApiTokens(client.clone())))),
+            sync_frequency: Duration::from_secs(cli.pods.sync_frequency.max(1)),
         });
         let pods = tokio::spawn(skiff_agent::kubelet::pod_manager::run(shared));
         let mut tls_sans = vec![node.clone()];

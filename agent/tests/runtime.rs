@@ -704,3 +704,60 @@ fn exec_joins_the_container_and_passes_the_exit_code_through() {
     assert_eq!(status.code(), Some(5), "shim stderr: {err}");
     pod.runtime.remove_sandbox(&sandbox).unwrap();
 }
+
+/// A volume as the kubelet part writes it (atomic writer, below the pod's 0700 directories),
+/// bind mounted read-only: a container running as another user reads it, cannot write it, and
+/// sees a new payload (the `..data` switch) without a restart.
+#[test]
+fn a_non_root_container_reads_an_atomically_written_volume_and_sees_updates() {
+    use skiff_agent::kubelet::atomic_writer::{self, FileProjection, Payload};
+    use skiff_agent::kubelet::container_config::volumes_dir;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let Some(pod) = pod("volume") else { return };
+    let sandbox = pod.sandbox("volume");
+    let pod_dir = pod.runtime.root().join("pods").join(&pod.uid);
+    let vol = volumes_dir(pod.runtime.root(), &pod.uid)
+        .unwrap()
+        .join("sa");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in [&pod_dir, &pod_dir.join("volumes")] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    let payload = |token: &str| -> Payload {
+        [
+            ("token".to_owned(), FileProjection::new(token, 0o644)),
+            ("ns/name".to_owned(), FileProjection::new("default", 0o644)),
+        ]
+        .into_iter()
+        .collect()
+    };
+    atomic_writer::write(&vol, &payload("t1")).unwrap();
+    let mut spec = pod.spec(
+        "reader",
+        "D=/var/run/secrets/kubernetes.io/serviceaccount; \
+         echo \"uid $(id -u) token $(cat $D/token) ns $(cat $D/ns/name)\"; \
+         if touch $D/x 2>/dev/null; then echo writable; else echo read-only; fi; \
+         i=0; while [ \"$(cat $D/token)\" != t2 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+         echo \"now $(cat $D/token)\"",
+    );
+    spec.uid = 1000;
+    spec.gid = 1000;
+    spec.mounts.push(runtime::BindMount {
+        source: vol.clone(),
+        destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+        read_only: true,
+    });
+    let c = pod.run(&sandbox, &spec);
+    wait_for_log(&c, "read-only");
+    assert!(
+        log(&c).starts_with("uid 1000 token t1 ns default\n"),
+        "{}",
+        log(&c)
+    );
+    atomic_writer::write(&vol, &payload("t2")).unwrap();
+    assert_eq!(pod.wait_exit(&c).code, 0);
+    assert!(log(&c).ends_with("now t2\n"), "{}", log(&c));
+}

@@ -1,17 +1,70 @@
 //! What a container gets from its pod besides its image: the environment (Service variables,
 //! `envFrom`, `env` with `valueFrom` resolved against the pod, ConfigMaps and Secrets) and its
-//! volume mounts (emptyDir, hostPath, configMap, secret).
+//! volume mounts (emptyDir, hostPath, and configMap, secret, downwardAPI and projected volumes,
+//! whose files [`super::volume_payload`] assembles and [`super::atomic_writer`] writes).
+//!
+//! Volumes live in `<root>/pods/<uid>/volumes/<name>`; the pod's directory and `volumes/` are
+//! 0700 (they hold Secrets and tokens), a volume directory itself 0755 so that the container
+//! (any user) can read it through its bind mount.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret, Service};
 use kube::api::{Api, ListParams};
 
+use super::atomic_writer::{self, safe_relative};
+use super::volume_payload::{self, VolumeSources};
 use crate::runtime::BindMount;
 
-fn pod_field(
+/// A map as the kubelet writes `metadata.labels` or `metadata.annotations` whole: `key="value"`
+/// lines sorted by key, the value quoted as Go's `%q` does, no newline after the last.
+pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A string quoted as Go's `strconv.Quote` does it (for the printable-or-not test, Rust's
+/// control and whitespace classes stand in for Go's `unicode.IsPrint`).
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            ' ' => out.push(' '),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() || c.is_whitespace() => {
+                if (c as u32) < 0x10000 {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                } else {
+                    out.push_str(&format!("\\U{:08x}", c as u32));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A `fieldRef` of the pod, as env variables and downwardAPI volumes resolve it.
+pub(crate) fn pod_field(
     pod: &Pod,
     path: &str,
     pod_ip: Option<Ipv4Addr>,
@@ -30,6 +83,8 @@ fn pod_field(
         return Ok(v);
     }
     Ok(match path {
+        "metadata.labels" => format_map(m.labels.as_ref()),
+        "metadata.annotations" => format_map(m.annotations.as_ref()),
         "metadata.name" => m.name.clone().unwrap_or_default(),
         "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
         "metadata.uid" => m.uid.clone().unwrap_or_default(),
@@ -260,64 +315,50 @@ pub async fn environment(
         .collect())
 }
 
-/// A relative path that stays below its base (no `..`, not absolute).
-fn safe_relative(p: &str) -> Result<&Path, String> {
-    let path = Path::new(p);
-    if path
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        Ok(path)
-    } else {
-        Err(format!(
-            "path {p:?} must be relative and may not contain '..'"
-        ))
-    }
+/// Creates `dir` (and its parents) if missing and gives it `mode`.
+fn dir_with_mode(dir: &Path, mode: u32) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("setting the mode of {}: {e}", dir.display()))
 }
 
-fn write_files(
+/// The directory of the pod's volumes, `<root>/pods/<uid>/volumes`: it and the pod's directory
+/// are made 0700 (only the agent reads them; containers reach their volumes by bind mounts).
+pub fn volumes_dir(root: &Path, pod_uid: &str) -> Result<PathBuf, String> {
+    if pod_uid.is_empty() {
+        return Err("the pod has no uid".into());
+    }
+    let pod_dir = root.join("pods").join(safe_relative(pod_uid)?);
+    dir_with_mode(&pod_dir, 0o700)?;
+    let dir = pod_dir.join("volumes");
+    dir_with_mode(&dir, 0o700)?;
+    Ok(dir)
+}
+
+/// Writes the files of a configMap, secret, downwardAPI or projected volume into its
+/// directory (0755) with the atomic writer. `None` when the volume is of another kind.
+async fn project(
+    sources: &dyn VolumeSources,
+    pod: &Pod,
+    volume: &k8s_openapi::api::core::v1::Volume,
     dir: &Path,
-    data: &BTreeMap<String, String>,
-    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
-) -> Result<(), String> {
-    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| io("clearing", dir, e))?;
-    }
-    std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
-    let files: Vec<(String, String)> = match items {
-        Some(items) => items
-            .iter()
-            .map(|i| {
-                data.get(&i.key)
-                    .map(|v| (i.path.clone(), v.clone()))
-                    .ok_or_else(|| format!("key {:?} not found", i.key))
-            })
-            .collect::<Result<_, _>>()?,
-        None => data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+) -> Result<Option<bool>, String> {
+    let Some(payload) = volume_payload::payload(sources, pod, volume).await? else {
+        return Ok(None);
     };
-    for (rel, content) in files {
-        let path = dir.join(safe_relative(&rel)?);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
-        }
-        std::fs::write(&path, content).map_err(|e| io("writing", &path, e))?;
-    }
-    Ok(())
+    dir_with_mode(dir, 0o755)?;
+    atomic_writer::write(dir, &payload)
+        .map(Some)
+        .map_err(|e| format!("volume {:?}: {e}", volume.name))
 }
 
 /// Prepares the container's volumes on the host and returns their bind mounts.
 pub async fn mounts(
-    client: &kube::Client,
+    sources: &dyn VolumeSources,
     root: &Path,
     pod: &Pod,
     container: &Container,
 ) -> Result<Vec<BindMount>, String> {
-    let ns = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let volumes = pod
         .spec
@@ -330,11 +371,7 @@ pub async fn mounts(
             .iter()
             .find(|v| v.name == vm.name)
             .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", vm.name))?;
-        let own_dir = root
-            .join("pods")
-            .join(&uid)
-            .join("volumes")
-            .join(safe_relative(&volume.name)?);
+        let own_dir = volumes_dir(root, &uid)?.join(safe_relative(&volume.name)?);
         let source: PathBuf = if volume.empty_dir.is_some() {
             std::fs::create_dir_all(&own_dir)
                 .map_err(|e| format!("creating {}: {e}", own_dir.display()))?;
@@ -354,24 +391,11 @@ pub async fn mounts(
                 _ => {}
             }
             p
-        } else if let Some(c) = &volume.config_map {
-            match config_map(client, &ns, &c.name).await? {
-                Some(d) => write_files(&own_dir, &d, c.items.as_ref())?,
-                None if c.optional == Some(true) => write_files(&own_dir, &BTreeMap::new(), None)?,
-                None => return Err(format!("configmap {:?} not found", c.name)),
-            }
-            own_dir
-        } else if let Some(s) = &volume.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            match secret(client, &ns, &name).await? {
-                Some(d) => write_files(&own_dir, &d, s.items.as_ref())?,
-                None if s.optional == Some(true) => write_files(&own_dir, &BTreeMap::new(), None)?,
-                None => return Err(format!("secret {name:?} not found")),
-            }
+        } else if project(sources, pod, volume, &own_dir).await?.is_some() {
             own_dir
         } else {
             return Err(format!(
-                "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
+                "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported",
                 volume.name
             ));
         };
@@ -389,12 +413,43 @@ pub async fn mounts(
         mounts.push(BindMount {
             source,
             destination: PathBuf::from(&vm.mount_path),
-            read_only: vm.read_only.unwrap_or(false)
-                || volume.config_map.is_some()
-                || volume.secret.is_some(),
+            read_only: vm.read_only.unwrap_or(false) || volume_payload::is_projection(volume),
         });
     }
     Ok(mounts)
+}
+
+/// Writes the pod's configMap, secret, downwardAPI and projected volumes again, as the
+/// kubelet's periodic pod sync does: new tokens and changed ConfigMaps and Secrets reach the
+/// running containers; an unchanged volume is left alone. Only volumes that were set up (a
+/// container mounted them) are written. Returns the volumes rewritten, and the errors.
+pub async fn refresh_volumes(
+    sources: &dyn VolumeSources,
+    root: &Path,
+    pod: &Pod,
+) -> (Vec<String>, Vec<String>) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let (mut written, mut errors) = (Vec::new(), Vec::new());
+    for volume in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| volume_payload::is_projection(v))
+    {
+        let Ok(name) = safe_relative(&volume.name) else {
+            continue;
+        };
+        let dir = root.join("pods").join(&uid).join("volumes").join(name);
+        if std::fs::symlink_metadata(dir.join(atomic_writer::DATA_DIR)).is_err() {
+            continue;
+        }
+        match project(sources, pod, volume, &dir).await {
+            Ok(Some(true)) => written.push(volume.name.clone()),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    (written, errors)
 }
 
 #[cfg(test)]
@@ -430,16 +485,23 @@ mod tests {
     }
 
     #[test]
-    fn projected_files_stay_inside_the_volume() {
-        assert!(safe_relative("a/b.conf").is_ok());
-        assert!(safe_relative("../etc/passwd").is_err());
-        assert!(safe_relative("/etc/passwd").is_err());
-        let dir = tempfile::tempdir().unwrap();
-        let data = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
-        write_files(&dir.path().join("vol"), &data, None).unwrap();
+    fn whole_label_and_annotation_maps_are_formatted_as_the_kubelet_writes_them() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "labels": {"tier": "front", "app": "kubia"},
+                "annotations": {"q": "say \"hi\"\\", "ctl": "a\u{1}b\tc", "u": "é\u{a0}"},
+            },
+        }))
+        .unwrap();
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("vol/k")).unwrap(),
-            "v"
+            pod_field(&pod, "metadata.labels", None, None).unwrap(),
+            "app=\"kubia\"\ntier=\"front\""
         );
+        assert_eq!(
+            pod_field(&pod, "metadata.annotations", None, None).unwrap(),
+            "ctl=\"a\\x01b\\tc\"\nq=\"say \\\"hi\\\"\\\\\"\nu=\"é\\u00a0\""
+        );
+        let bare: Pod = serde_json::from_value(serde_json::json!({"metadata": {}})).unwrap();
+        assert_eq!(pod_field(&bare, "metadata.labels", None, None).unwrap(), "");
     }
 }

@@ -396,18 +396,28 @@ pub struct Request {
 }
 
 /// An in-process API server for the worker: answers Service lists with nothing, echoes pod
-/// status patches and deletions back as the pod, accepts events; records every request.
+/// status patches and deletions back as the pod, accepts events, serves the ConfigMaps and
+/// Secrets put into it (404 for others), answers TokenRequests with `token-1`, `token-2`, ...
+/// expiring `expirationSeconds` after its own clock ([`FakeApi::now`]); records every request.
 #[derive(Clone, Default)]
 pub struct FakeApi {
     requests: Arc<Mutex<Vec<Request>>>,
+    objects: Arc<Mutex<BTreeMap<String, Value>>>,
+    tokens: Arc<std::sync::atomic::AtomicU64>,
+    clock: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Where the fake API's clock starts.
+const FAKE_API_EPOCH: i64 = 1_700_000_000;
 
 impl FakeApi {
     /// A client whose transport is this fake.
     pub fn client(&self) -> kube::Client {
         let requests = self.requests.clone();
+        let api = self.clone();
         let router = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
             let requests = requests.clone();
+            let api = api.clone();
             async move {
                 let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let path = uri.path().to_owned();
@@ -416,6 +426,34 @@ impl FakeApi {
                     path: path.clone(),
                     body: body.clone(),
                 });
+                if method == Method::POST && path.ends_with("/token") {
+                    let n = api.tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+                    let expires = k8s_openapi::jiff::Timestamp::from_second(
+                        api.now().as_second() + seconds,
+                    )
+                    .unwrap_or_default();
+                    let reply = json!({
+                        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                        "metadata": {}, "spec": body["spec"],
+                        "status": {"token": format!("token-{n}"), "expirationTimestamp": expires.to_string()},
+                    });
+                    return (StatusCode::CREATED, axum::Json(reply)).into_response();
+                }
+                if path.contains("/configmaps/") || path.contains("/secrets/") {
+                    return match lock(&api.objects).get(&path) {
+                        Some(o) => (StatusCode::OK, axum::Json(o.clone())).into_response(),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({
+                                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "reason": "NotFound", "code": 404,
+                                "message": format!("{path} not found"),
+                            })),
+                        )
+                            .into_response(),
+                    };
+                }
                 let reply = if path.ends_with("/services") {
                     json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})
                 } else if path.contains("/events") {
@@ -437,6 +475,28 @@ impl FakeApi {
             }
         });
         kube::Client::new(router, "default")
+    }
+
+    /// Serves `object` (a ConfigMap or Secret) from now on, at its namespace and name.
+    pub fn put(&self, kind: &str, object: Value) {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("/api/v1/namespaces/{ns}/{kind}/{name}");
+        lock(&self.objects).insert(path, object);
+    }
+
+    /// The fake API's clock (tokens expire by it).
+    pub fn now(&self) -> k8s_openapi::jiff::Timestamp {
+        let offset = self.clock.load(std::sync::atomic::Ordering::SeqCst);
+        k8s_openapi::jiff::Timestamp::from_second(FAKE_API_EPOCH + offset).unwrap_or_default()
+    }
+
+    /// Moves the fake API's clock on.
+    pub fn advance(&self, seconds: i64) {
+        self.clock
+            .fetch_add(seconds, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every request so far.

@@ -3,8 +3,11 @@
 //! ([`pod_manager`]) runs a worker per pod ([`pod_worker`]) that observes the pod, asks the pure
 //! [`plan`] what to do and carries it out through the runtime, network and image traits; it
 //! probes containers ([`probes`]) and reports status ([`status`]). The node's HTTP endpoints
-//! ([`server`], [`exec`], sharing [`http`]) serve logs and exec.
+//! ([`server`], [`exec`], sharing [`http`]) serve logs and exec. A pod's configMap, secret,
+//! downwardAPI and projected volumes ([`volume_payload`], with ServiceAccount tokens from
+//! [`token_manager`]) are written by the [`atomic_writer`] and refreshed while the pod runs.
 
+pub mod atomic_writer;
 pub mod container_config;
 pub mod directory;
 pub mod events;
@@ -24,3 +27,5 @@ pub mod server;
 pub mod static_pods;
 pub mod status;
 pub mod streaming;
+pub mod token_manager;
+pub mod volume_payload;

@@ -5,6 +5,10 @@
 //! (SIGCHLD), when a probe's outcome changes, or when a back-off expires. Deletion stops the
 //! containers within the grace period, removes the sandbox and network and then deletes the
 //! pod object (graceful deletion completes).
+//!
+//! While the pod runs, its configMap, secret, downwardAPI and projected volumes are written
+//! again every [`Shared::sync_frequency`] (the kubelet's periodic sync): a ServiceAccount token
+//! the token manager renewed, or a changed ConfigMap or Secret, reaches the containers.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -26,6 +30,8 @@ use super::events::Events;
 use super::plan::{self, Action, ContainerView, PodView, SandboxState, SandboxStep, Which};
 use super::probes::{self, ProbeEvent};
 use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, State};
+use super::token_manager::TokenManager;
+use super::volume_payload::ApiSources;
 use crate::images::{Image, ImageError, ImageService, PullPolicy};
 use crate::network::node_network::NodeNetworkError;
 use crate::network::PodNetworking;
@@ -100,6 +106,11 @@ pub struct Shared {
     pub directory: Arc<Directory>,
     /// Agent shutdown: workers stop, pods keep running.
     pub shutdown: CancellationToken,
+    /// The node's ServiceAccount tokens (projected volumes).
+    pub tokens: Arc<TokenManager>,
+    /// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+    /// written again (the kubelet's `--sync-frequency`).
+    pub sync_frequency: Duration,
 }
 
 /// A change of the pod in the API.
@@ -359,15 +370,23 @@ impl PodWorker {
     /// Runs the pod until it is deleted (or the agent shuts down).
     pub async fn run(mut self, mut updates: mpsc::UnboundedReceiver<Update>) {
         let mut sigchld = self.shared.sigchld.clone();
+        let mut volumes_due = Instant::now() + self.shared.sync_frequency;
         loop {
             let deleting = self.pod.metadata.deletion_timestamp.is_some();
             if deleting {
                 self.terminate(true).await;
                 return;
             }
-            let next = self.sync().await;
+            if Instant::now() >= volumes_due {
+                self.sync_volumes().await;
+                volumes_due = Instant::now() + self.shared.sync_frequency;
+            }
+            let mut next = self.sync().await;
             self.post_status().await;
             self.publish();
+            if self.runs() {
+                next = Some(next.map_or(volumes_due, |n| n.min(volumes_due)));
+            }
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -397,6 +416,48 @@ impl PodWorker {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the pod has a sandbox and has not finished: its volumes are kept fresh.
+    fn runs(&self) -> bool {
+        self.sandbox.is_some() && self.terminal.is_none()
+    }
+
+    /// Where the pod's volumes get their objects and tokens.
+    fn volume_sources(&self) -> ApiSources {
+        ApiSources {
+            client: self.shared.client.clone(),
+            tokens: self.shared.tokens.clone(),
+        }
+    }
+
+    /// Writes the running pod's configMap, secret, downwardAPI and projected volumes again
+    /// (unchanged ones are left alone); a failure is a `FailedMount` event, and the next sync
+    /// tries again.
+    async fn sync_volumes(&mut self) {
+        if !self.runs() {
+            return;
+        }
+        let pod = self.pod.clone();
+        let (written, errors) =
+            container_config::refresh_volumes(&self.volume_sources(), &self.shared.root, &pod)
+                .await;
+        for volume in written {
+            tracing::debug!(pod = %self.name(), volume, "volume contents updated");
+        }
+        for e in errors {
+            tracing::warn!(pod = %self.name(), error = %e, "refreshing a volume");
+            self.shared
+                .events
+                .pod(
+                    &pod,
+                    None,
+                    true,
+                    "FailedMount",
+                    &format!("MountVolume.SetUp failed: {e}"),
+                )
+                .await;
         }
     }
 
@@ -748,9 +809,10 @@ impl PodWorker {
         )
         .await
         .map_err(PodWorkerError::Config)?;
-        let mounts = container_config::mounts(&self.shared.client, &self.shared.root, &pod, spec)
-            .await
-            .map_err(PodWorkerError::Config)?;
+        let mounts =
+            container_config::mounts(&self.volume_sources(), &self.shared.root, &pod, spec)
+                .await
+                .map_err(PodWorkerError::Config)?;
         let mut k8s = spec.clone();
         k8s.env = Some(env);
         k8s.env_from = None;
@@ -997,6 +1059,7 @@ impl PodWorker {
         }
         self.remove_sandbox().await;
         self.shared.directory.remove(&self.uid);
+        self.shared.tokens.forget_pod(&self.uid);
         if !delete_object {
             return;
         }

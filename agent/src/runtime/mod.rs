@@ -561,8 +561,13 @@ impl Runtime {
         if dir.join("sandbox.json").exists() {
             return Err(RuntimeError::Exists(format!("sandbox of pod {pod_uid}")));
         }
+        // 0700: the pod's volumes below it hold Secrets and tokens (containers reach what they
+        // need through bind mounts, made as root).
         std::fs::create_dir_all(dir.join("containers"))
             .and_then(|()| std::fs::create_dir_all(dir.join("logs")))
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
             .map_err(io_err(format!("creating {}", dir.display())))?;
         let log_path = dir.join("pause.log");
         let log = std::fs::File::create(&log_path)

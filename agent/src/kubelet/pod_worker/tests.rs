@@ -16,6 +16,7 @@ use crate::kubelet::directory::Directory;
 use crate::kubelet::events::Events;
 use crate::kubelet::fakes::{Call, FakeApi, FakeImages, FakeNetwork, FakeRuntime};
 use crate::kubelet::probes::{ProbeEvent, ProbeKind};
+use crate::kubelet::token_manager::{ApiTokens, TokenManager};
 
 const UID: &str = "uid-1";
 
@@ -45,10 +46,18 @@ fn node() -> Node {
         images: images.clone(),
         network: network.clone(),
         root: dir.path().to_owned(),
-        events: Events::new(client, "node-1"),
+        events: Events::new(client.clone(), "node-1"),
         sigchld,
         directory: Arc::new(Directory::new(dir.path())),
         shutdown: CancellationToken::new(),
+        tokens: Arc::new(TokenManager::with_clock(
+            Arc::new(ApiTokens(client.clone())),
+            Arc::new({
+                let api = api.clone();
+                move || api.now()
+            }),
+        )),
+        sync_frequency: Duration::from_secs(60),
     });
     Node {
         runtime,
@@ -437,4 +446,123 @@ async fn a_dead_sandbox_is_recreated_with_its_containers() {
         panic!("no last state");
     };
     assert_eq!((*exit_code, *signal), (137, Some(9)));
+}
+
+/// A pod as the ServiceAccount admission shapes it: the `kube-api-access-*` projected volume
+/// mounted read-only into its container.
+fn pod_with_service_account_volume() -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default", "uid": UID},
+        "spec": {
+            "restartPolicy": "Always",
+            "containers": [{
+                "name": "app", "image": "busybox:1.36",
+                "volumeMounts": [{
+                    "name": "kube-api-access-abcde", "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                }],
+            }],
+            "volumes": [{
+                "name": "kube-api-access-abcde",
+                "projected": {
+                    "defaultMode": 420,
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                    ],
+                },
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+fn root_ca(content: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-root-ca.crt", "namespace": "default"},
+        "data": {"ca.crt": content},
+    })
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_account_volume_is_written_and_kept_fresh_while_the_pod_runs() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    n.api.put("configmaps", root_ca("CA1"));
+    let w = running_worker(&n, pod_with_service_account_volume()).await;
+    let pod_dir = n.shared.root.join("pods").join(UID);
+    let vol = pod_dir.join("volumes/kube-api-access-abcde");
+    let read = |f: &str| std::fs::read_to_string(vol.join(f)).unwrap();
+    assert_eq!(read("token"), "token-1");
+    assert_eq!(read("ca.crt"), "CA1");
+    assert_eq!(read("namespace"), "default");
+    assert_eq!(mode_of(&pod_dir), 0o700);
+    assert_eq!(mode_of(&pod_dir.join("volumes")), 0o700);
+    assert_eq!(mode_of(&vol), 0o755);
+    assert_eq!(mode_of(&vol.join("token")), 0o644);
+    let token_requests: Vec<_> = n
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == axum::http::Method::POST && r.path.ends_with("/token"))
+        .collect();
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(
+        token_requests[0].path,
+        "/api/v1/namespaces/default/serviceaccounts/default/token"
+    );
+    assert_eq!(
+        token_requests[0].body["spec"],
+        json!({
+            "audiences": [],
+            "expirationSeconds": 3607,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": UID},
+        })
+    );
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = tokio::spawn(w.run(rx));
+    // The ConfigMap changes: the next sync (a minute) writes it; the token is still fresh.
+    n.api.put("configmaps", root_ca("CA2"));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(read("ca.crt"), "CA1");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(read("ca.crt"), "CA2");
+    assert_eq!(read("token"), "token-1");
+    // Past 80% of the token's lifetime the next sync writes a new one.
+    n.api.advance(2886);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(read("token"), "token-2");
+    assert_eq!(n.shared.tokens.cached(), 1);
+    // The pod goes: its tokens are forgotten.
+    tx.send(Update::Gone).unwrap();
+    worker.await.unwrap();
+    assert_eq!(n.shared.tokens.cached(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_root_ca_config_map_keeps_the_container_waiting() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    let mut w = PodWorker::new(n.shared.clone(), pod_with_service_account_volume(), None).await;
+    assert!(w.sync().await.is_some(), "retried later");
+    assert_eq!(
+        waiting_reason(&w.containers[0]),
+        "CreateContainerConfigError"
+    );
+    n.api.put("configmaps", root_ca("CA1"));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    w.sync().await;
+    assert!(matches!(
+        w.containers[0].record.state,
+        State::Running { .. }
+    ));
 }
