@@ -99,17 +99,22 @@ pub(crate) fn pod_field(
 }
 
 /// The `{NAME}_SERVICE_HOST` / `{NAME}_PORT...` variables of the Services in the pod's
-/// namespace (and `KUBERNETES_SERVICE_*` from `default`), as the kubelet sets them.
-async fn service_variables(client: &kube::Client, namespace: &str) -> Vec<(String, String)> {
+/// namespace (and `KUBERNETES_SERVICE_*` from `default`), as the kubelet sets them. Without
+/// service `links` (`enableServiceLinks: false`) only the API server's `kubernetes` Service
+/// is there: in-cluster clients find the API by it, so the kubelet always sets it.
+async fn service_variables(
+    client: &kube::Client,
+    namespace: &str,
+    links: bool,
+) -> Vec<(String, String)> {
     let mut services: Vec<Service> = Vec::new();
     for ns in [namespace, "default"] {
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
         match api.list(&ListParams::default()).await {
-            Ok(list) => {
-                services.extend(list.items.into_iter().filter(|s| {
-                    ns == namespace || s.metadata.name.as_deref() == Some("kubernetes")
-                }))
-            }
+            Ok(list) => services.extend(list.items.into_iter().filter(|s| {
+                let api = ns == "default" && s.metadata.name.as_deref() == Some("kubernetes");
+                api || (links && ns == namespace)
+            })),
             Err(e) => {
                 tracing::debug!(namespace = ns, error = %e, "listing services for environment variables")
             }
@@ -243,10 +248,9 @@ pub async fn environment(
         Some(slot) => slot.1 = v,
         None => env.push((k, v)),
     };
-    if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
-        for (k, v) in service_variables(client, &ns).await {
-            set(&mut env, k, v);
-        }
+    let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+    for (k, v) in service_variables(client, &ns, links).await {
+        set(&mut env, k, v);
     }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
