@@ -49,10 +49,11 @@ struct Args {
     /// every pod gets unless it has one.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
-    /// Authorizers to consult in order, comma-separated, as kube-apiserver's flag: RBAC,
-    /// AlwaysAllow (no authorization: any authenticated or anonymous request passes), or
-    /// AlwaysDeny. Members of system:masters are always allowed.
-    #[arg(long, default_value = "RBAC", value_parser = parse_modes)]
+    /// Authorizers to consult in order, comma-separated, as kube-apiserver's flag: Node (a
+    /// node's credential reaches its own objects and those its pods use), RBAC, AlwaysAllow
+    /// (no authorization: any authenticated or anonymous request passes), or AlwaysDeny.
+    /// Members of system:masters are always allowed.
+    #[arg(long, default_value = "Node,RBAC", value_parser = parse_modes)]
     authorization_mode: Modes,
     /// Admission plugins to turn off, comma-separated (kube-apiserver's flag); only
     /// ServiceAccount can be: without it pods get no account token.

@@ -71,7 +71,7 @@ impl ApiState {
         shutdown: CancellationToken,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let tokens = TokenSigner::ephemeral(SignerConfig::default());
-        Self::with_auth(store, token, shutdown, vec![Mode::Rbac], tokens)
+        Self::with_auth(store, token, shutdown, vec![Mode::Node, Mode::Rbac], tokens)
     }
 
     /// [`ApiState::new`] with kube-apiserver's `--authorization-mode` chain and the
@@ -367,6 +367,9 @@ mod tests {
         };
         let get_node = auth::resolve(&http::Method::GET, "/api/v1/nodes/n1", None);
         assert!(state.authorizer.authorize(&alice, &get_node).await.allowed);
-        assert_eq!(state.authorizer.modes(), [auth::Mode::Rbac]);
+        assert_eq!(
+            state.authorizer.modes(),
+            [auth::Mode::Node, auth::Mode::Rbac]
+        );
     }
 }

@@ -11,6 +11,8 @@ use serde_json::{json, Map, Value};
 use skiff_k8s::labels::LabelSelector;
 use skiff_k8s::time;
 
+use super::admission::node_restriction::{self, Operation};
+use super::auth::current_user;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::registry::ResourceDef;
@@ -565,6 +567,17 @@ impl ApiState {
             self.check_namespace_open(ns).await?;
         }
         strategy.admit(self, &mut object).await?;
+        node_restriction::admit(
+            current_user().as_deref(),
+            &node_restriction::Write {
+                group: &def.group,
+                resource: &def.plural,
+                subresource: Subresource::Main,
+                operation: Operation::Create,
+                old: None,
+                new: Some(&object),
+            },
+        )?;
         let causes = validate_object(strategy, &object);
         if !causes.is_empty() {
             return Err(Self::invalid(def, &object, causes));
@@ -609,6 +622,17 @@ impl ApiState {
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<(Value, Vec<String>), ApiError> {
+        node_restriction::admit(
+            current_user().as_deref(),
+            &node_restriction::Write {
+                group: &def.group,
+                resource: &def.plural,
+                subresource: sub,
+                operation: Operation::Update,
+                old: Some(old),
+                new: Some(&candidate),
+            },
+        )?;
         let (mut new, warnings) = match sub {
             // Bindings are POSTed and handled by `bind_pod`, never written as updates.
             Subresource::Binding | Subresource::Token => return Err(ApiError::MethodNotAllowed),
@@ -969,6 +993,17 @@ impl ApiState {
                     });
                 }
             }
+            node_restriction::admit(
+                current_user().as_deref(),
+                &node_restriction::Write {
+                    group: &def.group,
+                    resource: &def.plural,
+                    subresource: Subresource::Main,
+                    operation: Operation::Delete,
+                    old: Some(&current),
+                    new: None,
+                },
+            )?;
             let expected = object_revision(&current);
             let key = self.key(def, namespace, name);
             let store = &self.store;

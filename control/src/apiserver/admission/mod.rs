@@ -1,7 +1,9 @@
-//! Admission steps that change objects on create, after Kubernetes' admission plugins of the
-//! same names: [`tolerations`] (DefaultTolerationSeconds) and [`service_account`]
-//! (ServiceAccount: the account, its image pull secrets and the token volume).
+//! Admission steps, after Kubernetes' admission plugins of the same names: on pod create,
+//! [`tolerations`] (DefaultTolerationSeconds) and [`service_account`] (ServiceAccount: the
+//! account, its image pull secrets and the token volume); on every write by a node's
+//! credential, [`node_restriction`] (NodeRestriction: only its own objects).
 
+pub mod node_restriction;
 pub mod service_account;
 pub mod tolerations;
 

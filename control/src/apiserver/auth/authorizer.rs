@@ -14,6 +14,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 
 use super::go_format::{aggregate, quote, quote_list};
+use super::node::{node_name, NodeAuthorizer};
 use super::rbac::index::RbacIndex;
 use super::rbac::rules::ALL;
 use super::request_info::RequestInfo;
@@ -50,6 +51,8 @@ impl Decision {
 /// One authorizer of kube-apiserver's `--authorization-mode` that skiff implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
+    /// What a node's credential may do: its own objects and those its pods use.
+    Node,
     /// Role-based access control from the RBAC objects.
     Rbac,
     /// Everything is allowed (no authorization).
@@ -59,12 +62,13 @@ pub enum Mode {
 }
 
 /// The modes skiff accepts, as the flag spells them.
-const VALID: &str = "AlwaysAllow, AlwaysDeny, RBAC";
+const VALID: &str = "AlwaysAllow, AlwaysDeny, Node, RBAC";
 
 impl Mode {
     /// The flag's spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Mode::Node => "Node",
             Mode::Rbac => "RBAC",
             Mode::AlwaysAllow => "AlwaysAllow",
             Mode::AlwaysDeny => "AlwaysDeny",
@@ -97,10 +101,11 @@ impl FromStr for Mode {
 
     fn from_str(name: &str) -> Result<Self, ModeError> {
         match name {
+            "Node" => Ok(Mode::Node),
             "RBAC" => Ok(Mode::Rbac),
             "AlwaysAllow" => Ok(Mode::AlwaysAllow),
             "AlwaysDeny" => Ok(Mode::AlwaysDeny),
-            "Node" | "ABAC" | "Webhook" => Err(ModeError::Unsupported(name.into())),
+            "ABAC" | "Webhook" => Err(ModeError::Unsupported(name.into())),
             _ => Err(ModeError::Unknown(name.into())),
         }
     }
@@ -177,13 +182,20 @@ impl RulesReview {
 pub struct Authorizer {
     modes: Vec<Mode>,
     index: Arc<RbacIndex>,
+    nodes: NodeAuthorizer,
 }
 
 impl Authorizer {
     /// A chain of `modes`; RBAC decisions come from `index`, which is started (if it is not
-    /// yet) on the first decision that needs it.
+    /// yet) on the first decision that needs it; Node decisions read pods from the index's
+    /// store.
     pub fn new(modes: Vec<Mode>, index: Arc<RbacIndex>) -> Self {
-        Self { modes, index }
+        let nodes = NodeAuthorizer::new(index.store().clone());
+        Self {
+            modes,
+            index,
+            nodes,
+        }
     }
 
     /// The configured modes, in order.
@@ -199,13 +211,39 @@ impl Authorizer {
     /// Decides `request` for `user`. Waits only the first time RBAC is consulted, until the
     /// index has listed the RBAC objects.
     pub async fn authorize(&self, user: &UserInfo, request: &RequestInfo) -> Decision {
-        // RBAC is consulted unless an AlwaysAllow before it decides (AlwaysDeny passes on).
-        let consults_rbac =
-            self.modes.iter().find(|m| **m != Mode::AlwaysDeny) == Some(&Mode::Rbac);
-        if consults_rbac && !user.in_group(SYSTEM_MASTERS) {
+        // RBAC is consulted unless an AlwaysAllow before it decides (AlwaysDeny and Node pass
+        // on what they do not allow).
+        let consults_rbac = self
+            .modes
+            .iter()
+            .find(|m| !matches!(m, Mode::AlwaysDeny | Mode::Node))
+            == Some(&Mode::Rbac);
+        if user.in_group(SYSTEM_MASTERS) {
+            return Decision::allow("");
+        }
+        if consults_rbac {
             self.index.ready().await;
         }
-        self.decide(user, request)
+        // The Node mode reads the store, so it is asked here, in its place in the chain; the
+        // synchronous modes after it are asked by `decide`.
+        let mut reasons = Vec::new();
+        if node_name(user).is_some() && self.modes.contains(&Mode::Node) {
+            let node = self.nodes.authorize(user, request).await;
+            if node.allowed {
+                return node;
+            }
+            if !node.reason.is_empty() {
+                reasons.push(node.reason);
+            }
+        }
+        let rest = self.decide(user, request);
+        if rest.allowed || reasons.is_empty() {
+            return rest;
+        }
+        if !rest.reason.is_empty() {
+            reasons.push(rest.reason);
+        }
+        Decision::deny(reasons.join("\n"))
     }
 
     /// [`Authorizer::authorize`] on the index as it is now, for callers inside a request that
@@ -220,6 +258,9 @@ impl Authorizer {
                 Mode::AlwaysAllow => Decision::allow(""),
                 Mode::AlwaysDeny => Decision::deny("Everything is forbidden."),
                 Mode::Rbac => self.index.snapshot().authorize(user, request),
+                // Asked by `authorize` (it reads the store); for the escalation check, which
+                // is about RBAC rules, a node's graph grants nothing to pass on.
+                Mode::Node => continue,
             };
             if decision.allowed {
                 return decision;
@@ -251,6 +292,21 @@ impl Authorizer {
                         .extend(everything.non_resource_rules);
                 }
                 Mode::AlwaysDeny => {}
+                Mode::Node => {
+                    // The fixed node rules; the objects reached through pods are not listed,
+                    // as Kubernetes' Node authorizer lists none.
+                    if node_name(user).is_some() {
+                        review.incomplete = true;
+                        for rule in super::node::NODE_RULES.iter() {
+                            review.resource_rules.push(ResourceRule {
+                                verbs: rule.verbs.clone(),
+                                api_groups: rule.api_groups.clone(),
+                                resources: rule.resources.clone(),
+                                resource_names: rule.resource_names.clone(),
+                            });
+                        }
+                    }
+                }
                 Mode::Rbac => {
                     self.index.ready().await;
                     let (rules, rbac_errors) = self.index.snapshot().rules_for(user, namespace);
@@ -308,21 +364,25 @@ mod tests {
         );
         assert_eq!(
             error("rbac"),
-            Some(r#"authorization-mode "rbac" is not a valid mode; valid modes: AlwaysAllow, AlwaysDeny, RBAC"#.into())
+            Some(r#"authorization-mode "rbac" is not a valid mode; valid modes: AlwaysAllow, AlwaysDeny, Node, RBAC"#.into())
         );
         assert_eq!(
             error("RBAC,"),
-            Some(r#"authorization-mode "" is not a valid mode; valid modes: AlwaysAllow, AlwaysDeny, RBAC"#.into())
+            Some(r#"authorization-mode "" is not a valid mode; valid modes: AlwaysAllow, AlwaysDeny, Node, RBAC"#.into())
         );
         assert_eq!(
-            error("Node,RBAC"),
-            Some(r#"authorization-mode "Node" is not supported by skiff; valid modes: AlwaysAllow, AlwaysDeny, RBAC"#.into())
+            error("Webhook,RBAC"),
+            Some(r#"authorization-mode "Webhook" is not supported by skiff; valid modes: AlwaysAllow, AlwaysDeny, Node, RBAC"#.into())
+        );
+        assert_eq!(
+            Mode::parse_list("Node,RBAC"),
+            Ok(vec![Mode::Node, Mode::Rbac])
         );
         assert_eq!(
             error("RBAC,AlwaysAllow,RBAC"),
             Some(r#"authorization-mode ["RBAC" "AlwaysAllow" "RBAC"] has mode specified more than once"#.into())
         );
-        for mode in [Mode::Rbac, Mode::AlwaysAllow, Mode::AlwaysDeny] {
+        for mode in [Mode::Node, Mode::Rbac, Mode::AlwaysAllow, Mode::AlwaysDeny] {
             assert_eq!(mode.to_string().parse(), Ok(mode));
         }
     }

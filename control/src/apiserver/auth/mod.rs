@@ -32,6 +32,7 @@
 pub mod authorizer;
 pub mod go_format;
 pub mod impersonation;
+pub mod node;
 pub mod rbac;
 pub mod request_info;
 pub mod service_account;

@@ -424,6 +424,11 @@ impl RbacIndex {
         })
     }
 
+    /// The store the index follows.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
     /// An index that follows `store` from now until `shutdown` (or until it is dropped).
     /// Must be called within a Tokio runtime.
     pub fn spawn(store: SharedStore, shutdown: CancellationToken) -> Arc<Self> {

@@ -69,6 +69,24 @@ pub async fn create(
     if let Some(reference) = &spec.bound_object_ref {
         bind(state, ns, reference, &mut private).await?;
     }
+    // NodeRestriction: a node asks only for tokens bound to a pod it runs.
+    if let Some(node) = crate::apiserver::auth::current_user()
+        .as_deref()
+        .and_then(|u| crate::apiserver::auth::node::node_name(u).map(str::to_owned))
+    {
+        let why = match (&private.pod, &private.node) {
+            (None, _) => Some("node requested token not bound to a pod"),
+            (Some(_), Some(n)) if n.name == node => None,
+            (Some(_), _) => {
+                Some("node requested token bound to a pod scheduled on a different node")
+            }
+        };
+        if let Some(why) = why {
+            return Err(ApiError::Forbidden(format!(
+                "serviceaccounts {name:?} is forbidden: {why}"
+            )));
+        }
+    }
 
     let now = Timestamp::now().as_second();
     let exp = now + expiration;
