@@ -50,12 +50,20 @@ pub struct Credentials {
     pub admin_key_pem: String,
     /// PEM of the key that signs ServiceAccount tokens (`sa.key`, as kubeadm names it).
     pub service_account_key_pem: String,
+    /// PEM of the in-process controllers' and scheduler's client certificate
+    /// (`system:kube-controller-manager`, kubeadm's `controller-manager.conf` user).
+    pub controller_manager_cert_pem: String,
+    /// PEM of its key.
+    pub controller_manager_key_pem: String,
 }
 
 /// The admin's user name and group, as kubeadm writes them into admin.conf.
 pub const ADMIN_USER: &str = "kubernetes-admin";
 /// The group every request of which is allowed.
 pub const MASTERS_GROUP: &str = "system:masters";
+/// The user the controllers and the scheduler run as (bound to `system:kube-controller-manager`
+/// and `system:skiff:controller-manager`).
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 /// How long an issued admin certificate lasts (kubeadm: one year); it is issued again at a
 /// start when less than [`RENEW_BEFORE_DAYS`] remain.
@@ -191,24 +199,15 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         .trim()
         .to_owned();
 
-    let (admin_cert, admin_key) = (pki.join("admin.crt"), pki.join("admin.key"));
-    let current = fs::read_to_string(&admin_cert)
-        .ok()
-        .zip(fs::read_to_string(&admin_key).ok());
-    let (admin_cert_pem, admin_key_pem) = match current {
-        Some((cert, key)) if valid_for_days(&cert, RENEW_BEFORE_DAYS) => (cert, key),
-        _ => {
-            let (cert, key) = client_certificate(
-                &issuer,
-                ADMIN_USER,
-                &[MASTERS_GROUP.to_owned()],
-                ADMIN_CERT_DAYS,
-            )?;
-            write_private(&admin_key, key.as_bytes())?;
-            write_private(&admin_cert, cert.as_bytes())?;
-            (cert, key)
-        }
-    };
+    let (admin_cert_pem, admin_key_pem) =
+        kept_client_certificate(&pki, "admin", &issuer, ADMIN_USER, &[MASTERS_GROUP])?;
+    let (controller_manager_cert_pem, controller_manager_key_pem) = kept_client_certificate(
+        &pki,
+        "controller-manager",
+        &issuer,
+        CONTROLLER_MANAGER_USER,
+        &[],
+    )?;
     Ok(Credentials {
         ca_pem,
         server_cert_pem: server_cert.pem(),
@@ -217,7 +216,37 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         admin_cert_pem,
         admin_key_pem,
         service_account_key_pem: fs::read_to_string(&sa_key).map_err(io(&sa_key))?,
+        controller_manager_cert_pem,
+        controller_manager_key_pem,
     })
+}
+
+/// The client certificate `pki/<file>.crt` (key `.key`, both 0600), issued again for `user`
+/// in `groups` when missing or within [`RENEW_BEFORE_DAYS`] of expiring.
+fn kept_client_certificate(
+    pki: &Path,
+    file: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    user: &str,
+    groups: &[&str],
+) -> Result<(String, String), PkiError> {
+    let (cert_path, key_path) = (
+        pki.join(format!("{file}.crt")),
+        pki.join(format!("{file}.key")),
+    );
+    let current = fs::read_to_string(&cert_path)
+        .ok()
+        .zip(fs::read_to_string(&key_path).ok());
+    if let Some((cert, key)) = current {
+        if valid_for_days(&cert, RENEW_BEFORE_DAYS) {
+            return Ok((cert, key));
+        }
+    }
+    let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    let (cert, key) = client_certificate(issuer, user, &groups, ADMIN_CERT_DAYS)?;
+    write_private(&key_path, key.as_bytes())?;
+    write_private(&cert_path, cert.as_bytes())?;
+    Ok((cert, key))
 }
 
 /// Renders an admin kubeconfig for `server` (an https URL): the admin's client certificate,
@@ -231,6 +260,19 @@ pub fn kubeconfig(server: &str, creds: &Credentials) -> String {
         &creds.admin_cert_pem,
         &creds.admin_key_pem,
         Some(&creds.token),
+    )
+}
+
+/// The kubeconfig of the in-process controllers and scheduler: their own certificate, no token,
+/// so they get what RBAC grants `system:kube-controller-manager` and nothing more.
+pub fn controller_manager_kubeconfig(server: &str, creds: &Credentials) -> String {
+    render_kubeconfig(
+        server,
+        &creds.ca_pem,
+        CONTROLLER_MANAGER_USER,
+        &creds.controller_manager_cert_pem,
+        &creds.controller_manager_key_pem,
+        None,
     )
 }
 

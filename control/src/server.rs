@@ -147,7 +147,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let app = apiserver::app(state.clone());
     let controllers = tokio::spawn({
         let (handle, shutdown) = (handle.clone(), shutdown.clone());
-        let kubeconfig = pki::kubeconfig(&client_url(config.listen), &creds_for_client);
+        // The controllers and the scheduler run under their own identity, not as the admin.
+        let kubeconfig =
+            pki::controller_manager_kubeconfig(&client_url(config.listen), &creds_for_client);
         let settings = config.controllers.clone().map(|mut s| {
             s.root_ca
                 .get_or_insert_with(|| creds_for_client.ca_pem.clone());

@@ -451,6 +451,8 @@ fn skiff_controllers() -> Vec<Value> {
         rule(CREATE, &["batch"], &["jobs"]),
         rule(CREATE, &["discovery.k8s.io"], &["endpointslices"]),
         rule(CREATE, &["coordination.k8s.io"], &["leases"]),
+        // The root CA publisher.
+        rule(CREATE, &[""], &["configmaps"]),
     ]
 }
 
