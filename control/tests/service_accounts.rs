@@ -443,3 +443,36 @@ async fn every_namespace_gets_the_root_ca() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_pod_created_with_its_namespace_waits_for_the_default_account() {
+    let a = std::sync::Arc::new(api().await);
+    a.post(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}}),
+    )
+    .await;
+    // The pod is sent first; the account (the controller's job) comes while it waits.
+    let pod = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.call(
+                Method::POST,
+                "/api/v1/namespaces/fresh/pods",
+                Some(
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "c", "image": "nginx"}]}}),
+                ),
+            )
+            .await
+        }
+    });
+    a.post(
+        "/api/v1/namespaces/fresh/serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    )
+    .await;
+    let (code, body) = pod.await.unwrap();
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(body["spec"]["serviceAccountName"], "default");
+}

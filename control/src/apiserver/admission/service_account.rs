@@ -57,17 +57,12 @@ pub async fn admit(state: &ApiState, pod: &mut Value) -> Result<(), ApiError> {
     spec.insert("serviceAccountName".into(), json!(name));
     // The field's deprecated twin, which Kubernetes' conversion keeps equal.
     spec.insert("serviceAccount".into(), json!(name));
-    let account = state
-        .store
-        .get(&keys::SERVICE_ACCOUNTS.key(Some(&ns), &name))
-        .await
-        .map_err(|e| ApiError::from_store(e, "serviceaccounts", &name))?
-        .ok_or_else(|| {
-            ApiError::Forbidden(format!(
-                "pods {pod_name:?} is forbidden: error looking up service account {ns}/{name}: \
+    let account = account(state, &ns, &name).await?.ok_or_else(|| {
+        ApiError::Forbidden(format!(
+            "pods {pod_name:?} is forbidden: error looking up service account {ns}/{name}: \
                  serviceaccount {name:?} not found"
-            ))
-        })?;
+        ))
+    })?;
     if spec
         .get("imagePullSecrets")
         .and_then(Value::as_array)
@@ -94,6 +89,39 @@ pub async fn admit(state: &ApiState, pod: &mut Value) -> Result<(), ApiError> {
         mount_token(spec);
     }
     Ok(())
+}
+
+/// How long a pod create waits for the `default` account of a new namespace, which the
+/// ServiceAccount controller creates moments after the namespace (Kubernetes' plugin retries
+/// for about as long).
+const DEFAULT_ACCOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The account `ns/name`; for `default`, waits a moment for the controller to create it.
+async fn account(state: &ApiState, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
+    use futures::StreamExt as _;
+    let key = keys::SERVICE_ACCOUNTS.key(Some(ns), name);
+    let read = |e| ApiError::from_store(e, "serviceaccounts", name);
+    // The revision before the read: a creation after it is in the watch below.
+    let revision = state.store.revision();
+    if let Some(found) = state.store.get(&key).await.map_err(read)? {
+        return Ok(Some(found));
+    }
+    if name != "default" {
+        return Ok(None);
+    }
+    let mut events = state.store.watch(&key, revision).await.map_err(read)?;
+    let created = async {
+        while let Some(Ok(event)) = events.next().await {
+            if event.key == key && event.kind != crate::store::EventKind::Deleted {
+                return serde_json::from_slice(&event.object).ok();
+            }
+        }
+        None
+    };
+    Ok(tokio::time::timeout(DEFAULT_ACCOUNT_WAIT, created)
+        .await
+        .ok()
+        .flatten())
 }
 
 /// Adds the token volume and its mount to every container that does not mount the path.
