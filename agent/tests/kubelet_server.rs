@@ -359,7 +359,7 @@ async fn exec_streams_over_the_channel_protocol() {
     let state = ServerState {
         directory: directory.clone(),
         runtime: c.runtime.clone(),
-        token: Arc::from(TOKEN),
+        auth: server::ServerSecurity::token_only(TOKEN).auth,
         shutdown: CancellationToken::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
