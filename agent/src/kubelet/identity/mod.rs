@@ -19,6 +19,8 @@ pub mod discovery;
 pub mod rotation;
 pub mod serving;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
