@@ -92,7 +92,9 @@ struct JoinArgs {
     serving_cert_duration: Option<i32>,
 }
 
-fn parse_token(s: &str) -> Result<skiff_agent::kubelet::identity::discovery::BootstrapToken, String> {
+fn parse_token(
+    s: &str,
+) -> Result<skiff_agent::kubelet::identity::discovery::BootstrapToken, String> {
     s.trim().parse()
 }
 
@@ -113,7 +115,9 @@ fn parse_cert_duration(s: &str) -> Result<i32, String> {
         .and_then(|n| i32::try_from(n).ok())
         .ok_or_else(|| format!("{s:?} is not a duration like 3600, 90m, 24h or 30d"))?;
     if seconds < 600 {
-        return Err(format!("{s:?} is shorter than 10m, the shortest certificate the API issues"));
+        return Err(format!(
+            "{s:?} is shorter than 10m, the shortest certificate the API issues"
+        ));
     }
     Ok(seconds)
 }
@@ -788,15 +792,29 @@ mod tests {
             Cli::try_parse_from(["skiff-agent", "--node-name", "n1"].iter().chain(args))
         };
         let cli = parse(&[
-            "--server", "https://10.0.0.1:6443", "--token", "abcdef.0123456789abcdef",
-            "--ca-file", "/ca.crt", "--client-cert-duration", "1h",
+            "--server",
+            "https://10.0.0.1:6443",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--ca-file",
+            "/ca.crt",
+            "--client-cert-duration",
+            "1h",
         ])
         .unwrap();
         assert_eq!(cli.join.server.as_deref(), Some("https://10.0.0.1:6443"));
         assert_eq!(cli.join.token.unwrap().id, "abcdef");
         assert_eq!(cli.join.client_cert_duration, Some(3600));
         assert_eq!(cli.kubelet_server.read_only_port, 0);
-        assert!(parse(&["--kubeconfig", "/k", "--token", "abcdef.0123456789abcdef", "--server", "https://x"]).is_err());
+        assert!(parse(&[
+            "--kubeconfig",
+            "/k",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--server",
+            "https://x"
+        ])
+        .is_err());
         assert!(parse(&["--kubeconfig", "/k", "--server", "https://x"]).is_err());
         // A token needs a server; a malformed token is refused.
         assert!(parse(&["--token", "abcdef.0123456789abcdef"]).is_err());

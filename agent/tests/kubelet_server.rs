@@ -455,12 +455,13 @@ impl TestCa {
 
     fn issue(&self, cn: &str, orgs: &[&str], sans: &[&str], server: bool) -> KeyedCert {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(
-            sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         for o in orgs {
             params
                 .distinguished_name
@@ -583,7 +584,10 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
     let r = client_with(None, None).get(&logs_url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let status: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(401)));
+    assert_eq!(
+        (status["kind"].as_str(), status["code"].as_u64()),
+        (Some("Status"), Some(401))
+    );
     let r = client_with(None, None)
         .get(&logs_url)
         .bearer_auth("stolen")
@@ -620,7 +624,9 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
     .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     // /pods: `pods` first, then `proxy`.
-    let r = alice(client_with(None, None).get(format!("{base}/pods"))).await.unwrap();
+    let r = alice(client_with(None, None).get(format!("{base}/pods")))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let reviews = reviewer.reviews.lock().unwrap().clone();
     let alice_reviews: Vec<_> = reviews
@@ -638,17 +644,31 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
     );
 
     // The API server's client certificate of the cluster CA: no token needed.
-    let apiserver = ca.issue("kube-apiserver-kubelet-client", &["kubelet-api-admins"], &[], false);
-    let r = client_with(None, Some(&apiserver)).get(&logs_url).send().await.unwrap();
+    let apiserver = ca.issue(
+        "kube-apiserver-kubelet-client",
+        &["kubelet-api-admins"],
+        &[],
+        false,
+    );
+    let r = client_with(None, Some(&apiserver))
+        .get(&logs_url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(reviewer
-        .reviews
-        .lock()
-        .unwrap()
-        .contains(&("kube-apiserver-kubelet-client".into(), "get".into(), "n1".into(), "proxy".into())));
+    assert!(reviewer.reviews.lock().unwrap().contains(&(
+        "kube-apiserver-kubelet-client".into(),
+        "get".into(),
+        "n1".into(),
+        "proxy".into()
+    )));
     // A certificate of another CA authenticates no one.
     let stranger = TestCa::new().issue("kube-apiserver-kubelet-client", &[], &[], false);
-    let r = client_with(None, Some(&stranger)).get(&logs_url).send().await.unwrap();
+    let r = client_with(None, Some(&stranger))
+        .get(&logs_url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // Until the node has an issued serving certificate, a client that trusts only the
@@ -656,7 +676,12 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
     let strict = client_with(Some(&ca.pem), Some(&apiserver));
     assert!(strict.get(format!("{base}/healthz")).send().await.is_err());
     serving
-        .set(ca.issue("system:node:n1", &["system:nodes"], &["127.0.0.1", "n1"], true))
+        .set(ca.issue(
+            "system:node:n1",
+            &["system:nodes"],
+            &["127.0.0.1", "n1"],
+            true,
+        ))
         .unwrap();
     let strict = client_with(Some(&ca.pem), Some(&apiserver));
     let r = strict.get(format!("{base}/healthz")).send().await.unwrap();

@@ -100,8 +100,7 @@ pub struct RequestAttributes {
 /// Whether `path` is `prefix` or below it (the kubelet's `isSubpath`).
 fn is_subpath(path: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
-    path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+    path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
 /// The subresources the kubelet checks for a path (with fine-grained kubelet authorization):
@@ -157,7 +156,11 @@ pub fn verb(method: &Method, path: &str, websocket_upgrade: bool) -> String {
 }
 
 /// A request's attributes.
-pub fn request_attributes(method: &Method, path: &str, websocket_upgrade: bool) -> RequestAttributes {
+pub fn request_attributes(
+    method: &Method,
+    path: &str,
+    websocket_upgrade: bool,
+) -> RequestAttributes {
     RequestAttributes {
         verb: verb(method, path, websocket_upgrade),
         subresources: subresources(path),
@@ -243,8 +246,10 @@ pub struct Decision {
 /// Who reviews tokens and access: the API server (TokenReview, SubjectAccessReview).
 pub trait Reviewer: Send + Sync {
     /// The user a bearer token belongs to; `None` when it authenticates no one.
-    fn review_token<'a>(&'a self, token: &'a str)
-        -> BoxFuture<'a, Result<Option<UserInfo>, String>>;
+    fn review_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<UserInfo>, String>>;
 
     /// Whether `user` may `verb` the subresource of node `node`.
     fn review_access<'a>(
@@ -576,11 +581,21 @@ mod tests {
         c.insert(2, "b", Duration::from_secs(100), t0);
         c.insert(3, "c", Duration::from_secs(100), t0);
         // Full: the expired entry makes room.
-        c.insert(4, "d", Duration::from_secs(100), t0 + Duration::from_secs(5));
+        c.insert(
+            4,
+            "d",
+            Duration::from_secs(100),
+            t0 + Duration::from_secs(5),
+        );
         assert_eq!(c.len(), 3);
         assert_eq!(c.get(&2, t0), Some("b"));
         // Full of live entries: cleared.
-        c.insert(5, "e", Duration::from_secs(100), t0 + Duration::from_secs(5));
+        c.insert(
+            5,
+            "e",
+            Duration::from_secs(100),
+            t0 + Duration::from_secs(5),
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c.get(&5, t0 + Duration::from_secs(6)), Some("e"));
     }
@@ -638,17 +653,31 @@ mod tests {
         assert_eq!(caller.user.groups, ["devs", "system:authenticated"]);
         assert!(!caller.trusted);
         for s in [1, 60, 119] {
-            auth.authenticate(&PeerIdentity::None, Some("good"), t0 + Duration::from_secs(s))
-                .await
-                .unwrap();
-        }
-        assert_eq!(reviewer.token_reviews.load(Ordering::SeqCst), 1);
-        auth.authenticate(&PeerIdentity::None, Some("good"), t0 + Duration::from_secs(120))
+            auth.authenticate(
+                &PeerIdentity::None,
+                Some("good"),
+                t0 + Duration::from_secs(s),
+            )
             .await
             .unwrap();
+        }
+        assert_eq!(reviewer.token_reviews.load(Ordering::SeqCst), 1);
+        auth.authenticate(
+            &PeerIdentity::None,
+            Some("good"),
+            t0 + Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
         assert_eq!(reviewer.token_reviews.load(Ordering::SeqCst), 2);
 
-        let bad = |s: u64| auth.authenticate(&PeerIdentity::None, Some("bad"), t0 + Duration::from_secs(s));
+        let bad = |s: u64| {
+            auth.authenticate(
+                &PeerIdentity::None,
+                Some("bad"),
+                t0 + Duration::from_secs(s),
+            )
+        };
         assert_eq!(bad(0).await, Err(Refusal::Unauthorized));
         assert_eq!(bad(9).await, Err(Refusal::Unauthorized));
         assert_eq!(reviewer.token_reviews.load(Ordering::SeqCst), 3);
@@ -657,7 +686,8 @@ mod tests {
         // Errors are not cached; nothing at all is a 401 without a review.
         for _ in 0..2 {
             assert_eq!(
-                auth.authenticate(&PeerIdentity::None, Some("broken"), t0).await,
+                auth.authenticate(&PeerIdentity::None, Some("broken"), t0)
+                    .await,
                 Err(Refusal::Unauthorized)
             );
         }
@@ -667,7 +697,8 @@ mod tests {
             Err(Refusal::Unauthorized)
         );
         assert_eq!(
-            auth.authenticate(&PeerIdentity::Invalid("expired".into()), None, t0).await,
+            auth.authenticate(&PeerIdentity::Invalid("expired".into()), None, t0)
+                .await,
             Err(Refusal::Unauthorized)
         );
         assert_eq!(reviewer.token_reviews.load(Ordering::SeqCst), 6);
@@ -699,14 +730,18 @@ mod tests {
         // Without a reviewer only the admin token gets in.
         let legacy = KubeletAuth::new("n1", None, Some("admin-token".into()));
         assert_eq!(
-            legacy.authenticate(&PeerIdentity::None, Some("good"), t0).await,
+            legacy
+                .authenticate(&PeerIdentity::None, Some("good"), t0)
+                .await,
             Err(Refusal::Unauthorized)
         );
-        assert!(legacy
-            .authenticate(&PeerIdentity::None, Some("admin-token"), t0)
-            .await
-            .unwrap()
-            .trusted);
+        assert!(
+            legacy
+                .authenticate(&PeerIdentity::None, Some("admin-token"), t0)
+                .await
+                .unwrap()
+                .trusted
+        );
     }
 
     #[tokio::test]
@@ -720,10 +755,14 @@ mod tests {
             .unwrap();
         let logs = request_attributes(&Method::GET, "/containerLogs/a/b/c", false);
         for s in [0, 100, 299] {
-            auth.authorize(&alice, &logs, t0 + Duration::from_secs(s)).await.unwrap();
+            auth.authorize(&alice, &logs, t0 + Duration::from_secs(s))
+                .await
+                .unwrap();
         }
         assert_eq!(reviewer.access_reviews.load(Ordering::SeqCst), 1);
-        auth.authorize(&alice, &logs, t0 + Duration::from_secs(300)).await.unwrap();
+        auth.authorize(&alice, &logs, t0 + Duration::from_secs(300))
+            .await
+            .unwrap();
         assert_eq!(reviewer.access_reviews.load(Ordering::SeqCst), 2);
 
         // /pods: `pods` is denied, then `proxy` allows.
@@ -740,9 +779,13 @@ mod tests {
                 "Forbidden (user=alice, verb=create, resource=nodes, subresource=proxy)".into()
             ))
         );
-        auth.authorize(&alice, &exec, t0 + Duration::from_secs(29)).await.unwrap_err();
+        auth.authorize(&alice, &exec, t0 + Duration::from_secs(29))
+            .await
+            .unwrap_err();
         assert_eq!(reviewer.access_reviews.load(Ordering::SeqCst), 4);
-        auth.authorize(&alice, &exec, t0 + Duration::from_secs(30)).await.unwrap_err();
+        auth.authorize(&alice, &exec, t0 + Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert_eq!(reviewer.access_reviews.load(Ordering::SeqCst), 5);
     }
 }

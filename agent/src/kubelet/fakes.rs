@@ -446,8 +446,8 @@ impl FakeCa {
 
     /// Signs a PKCS#10 request (PEM) for `lifetime` seconds, for client or server auth.
     pub fn sign_csr(&self, csr_pem: &str, lifetime: i64, server: bool) -> Result<String, String> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| e.to_string())?;
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
         Self::validity(&mut csr.params, lifetime);
         csr.params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![if server {
@@ -468,12 +468,13 @@ impl FakeCa {
         server: bool,
     ) -> crate::kubelet::identity::store::KeyedCert {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = rcgen::CertificateParams::new(
-            sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-        )
-        .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .expect("params");
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         for o in orgs {
             params
                 .distinguished_name
@@ -749,7 +750,10 @@ impl FakeApi {
             return (StatusCode::CREATED, axum::Json(reply)).into_response();
         }
         if method == Method::POST && path.ends_with("/token") {
-            let n = self.tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let n = self
+                .tokens
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
             let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
             let expires =
                 k8s_openapi::jiff::Timestamp::from_second(self.now().as_second() + seconds)
@@ -767,7 +771,11 @@ impl FakeApi {
         {
             return match lock(&self.objects).get(&path) {
                 Some(o) => (StatusCode::OK, axum::Json(o.clone())).into_response(),
-                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{path} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{path} not found"),
+                ),
             };
         }
         let reply = if path.ends_with("/services") {
@@ -847,18 +855,29 @@ impl FakeApi {
         caller: &str,
     ) -> axum::response::Response {
         let path = uri.path();
-        let name = path.strip_prefix(CSRS).unwrap_or_default().trim_start_matches('/');
-        let query: BTreeMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+        let name = path
+            .strip_prefix(CSRS)
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        let query: BTreeMap<String, String> =
+            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
         match (method.clone(), name.is_empty()) {
             (Method::POST, true) => {
-                let name = body["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 let policy = {
                     let mut st = lock(&self.identity);
                     if st.csrs.contains_key(&name) {
                         drop(st);
-                        return status(StatusCode::CONFLICT, "AlreadyExists", &format!("{name} exists"));
+                        return status(
+                            StatusCode::CONFLICT,
+                            "AlreadyExists",
+                            &format!("{name} exists"),
+                        );
                     }
                     st.resource_version += 1;
                     body["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
@@ -880,14 +899,24 @@ impl FakeApi {
                     }
                     CsrPolicy::Pending => {}
                 }
-                let created = lock(&self.identity).csrs.get(&name).cloned().unwrap_or(body);
+                let created = lock(&self.identity)
+                    .csrs
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or(body);
                 (StatusCode::CREATED, axum::Json(created)).into_response()
             }
             (Method::GET, false) => match lock(&self.identity).csrs.get(name) {
                 Some(c) => (StatusCode::OK, axum::Json(c.clone())).into_response(),
-                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{name} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                ),
             },
-            (Method::GET, true) if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+            (Method::GET, true)
+                if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+            {
                 let name = query
                     .get("fieldSelector")
                     .and_then(|f| f.strip_prefix("metadata.name="))
@@ -924,7 +953,10 @@ impl FakeApi {
                                     serde_json::to_vec(&json!({"type": "MODIFIED", "object": c}))
                                         .unwrap_or_default();
                                 line.push(b'\n');
-                                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), true));
+                                return Some((
+                                    Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                                    true,
+                                ));
                             }
                             if start.elapsed() >= timeout {
                                 return None;
@@ -935,7 +967,11 @@ impl FakeApi {
                 });
                 (StatusCode::OK, axum::body::Body::from_stream(events)).into_response()
             }
-            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not in the fake"),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not in the fake",
+            ),
         }
     }
 

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{KubeletAuth, PeerIdentity, Refusal};
 use super::directory::{LocateError, PodDirectory};
 pub use super::http::ServerState;
-use super::identity::rotation::CertSlot;
 use super::http::{query_bool, query_pairs, status_response};
+use super::identity::rotation::CertSlot;
 use super::logs::{self, LogOptions};
 use super::node::KUBELET_PORT;
 use crate::runtime::Runtime;
@@ -271,11 +271,9 @@ async fn authenticate(State(state): State<ServerState>, req: Request, next: Next
         Err(Refusal::Forbidden(message)) => {
             status_response(StatusCode::FORBIDDEN, "Forbidden", message)
         }
-        Err(Refusal::Error(message)) => status_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            message,
-        ),
+        Err(Refusal::Error(message)) => {
+            status_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+        }
     }
 }
 

@@ -193,10 +193,12 @@ pub fn rotating_client(
     ca_pem: &str,
     slot: &Arc<CertSlot>,
 ) -> Result<kube::Client, ClientError> {
-    let uri: http::Uri = server.parse().map_err(|e: http::uri::InvalidUri| ClientError::Url {
-        url: server.to_owned(),
-        message: e.to_string(),
-    })?;
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::Url {
+            url: server.to_owned(),
+            message: e.to_string(),
+        })?;
     if uri.scheme_str() != Some("https") {
         return Err(ClientError::Url {
             url: server.to_owned(),
@@ -244,10 +246,12 @@ pub fn rotating_client(
 
 /// A client for the join itself: trusts `ca_pem` and sends `token` as a bearer token.
 pub fn bearer_client(server: &str, ca_pem: &str, token: &str) -> Result<kube::Client, ClientError> {
-    let uri: http::Uri = server.parse().map_err(|e: http::uri::InvalidUri| ClientError::Url {
-        url: server.to_owned(),
-        message: e.to_string(),
-    })?;
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::Url {
+            url: server.to_owned(),
+            message: e.to_string(),
+        })?;
     let mut config = kube::Config::new(uri);
     config.root_cert = Some(
         ca_certificates(ca_pem)?
@@ -291,7 +295,9 @@ mod tests {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
             let mut params = rcgen::CertificateParams::new(sans).unwrap();
             params.distinguished_name = rcgen::DistinguishedName::new();
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
             params.extended_key_usages = vec![if server {
                 rcgen::ExtendedKeyUsagePurpose::ServerAuth
             } else {
@@ -309,12 +315,20 @@ mod tests {
         use rustls::pki_types::PrivateKeyDer;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca_certificates(&ca.pem).unwrap()[0].clone()).unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .unwrap();
-        let serving = ca.sign("localhost", vec!["localhost".into(), "127.0.0.1".into()], true);
+        roots
+            .add(ca_certificates(&ca.pem).unwrap()[0].clone())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let serving = ca.sign(
+            "localhost",
+            vec!["localhost".into(), "127.0.0.1".into()],
+            true,
+        );
         let chain = ca_certificates(&serving.cert_pem).unwrap();
         let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -329,10 +343,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let cn = tls
                         .get_ref()
                         .1
@@ -386,7 +404,8 @@ mod tests {
         // Several connections at once, then a rotation: none keeps the old identity.
         let many: Vec<_> = (0..4).map(|_| who(&client)).collect();
         futures::future::join_all(many).await;
-        slot.set(ca.sign("system:node:newer", vec![], false)).unwrap();
+        slot.set(ca.sign("system:node:newer", vec![], false))
+            .unwrap();
         let many: Vec<_> = (0..4).map(|_| who(&client)).collect();
         for name in futures::future::join_all(many).await {
             assert_eq!(name, "system:node:newer");

@@ -154,9 +154,11 @@ impl CertRequest {
     pub fn key_and_csr(&self) -> Result<(rcgen::KeyPair, String), CsrError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = rcgen::CertificateParams::new(self.dns_names.clone())?;
-        params
-            .subject_alt_names
-            .extend(self.ip_addresses.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+        params.subject_alt_names.extend(
+            self.ip_addresses
+                .iter()
+                .map(|ip| rcgen::SanType::IpAddress(*ip)),
+        );
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
@@ -352,7 +354,10 @@ mod tests {
 
         let o = r.object(&pem);
         assert!(o.metadata.name.as_deref().unwrap().starts_with("node-csr-"));
-        assert_eq!(o.spec.signer_name, "kubernetes.io/kube-apiserver-client-kubelet");
+        assert_eq!(
+            o.spec.signer_name,
+            "kubernetes.io/kube-apiserver-client-kubelet"
+        );
         assert_eq!(
             o.spec.usages.as_deref().unwrap(),
             ["digital signature", "client auth"]
@@ -361,7 +366,10 @@ mod tests {
         assert_eq!(o.spec.request.0, pem.as_bytes());
         // The request travels base64-encoded, as the API wants it.
         let json = serde_json::to_value(&o).unwrap();
-        assert!(json["spec"]["request"].as_str().unwrap().starts_with("LS0tLS1CRUdJTi"));
+        assert!(json["spec"]["request"]
+            .as_str()
+            .unwrap()
+            .starts_with("LS0tLS1CRUdJTi"));
     }
 
     #[test]
@@ -401,22 +409,27 @@ mod tests {
             .unwrap()
         };
         assert!(outcome(&csr(serde_json::json!({}))).is_none());
-        let approved = csr(serde_json::json!({"conditions": [{"type": "Approved", "status": "True"}]}));
+        let approved =
+            csr(serde_json::json!({"conditions": [{"type": "Approved", "status": "True"}]}));
         assert!(outcome(&approved).is_none());
         let issued = csr(serde_json::json!({
             "conditions": [{"type": "Approved", "status": "True"}],
             "certificate": "LS0tLS1CRUdJTg==",
         }));
         assert_eq!(outcome(&issued).unwrap().unwrap(), "-----BEGIN");
-        let denied = csr(serde_json::json!({"conditions": [{"type": "Denied", "status": "True",
-            "reason": "NotANode", "message": "the subject is not the requester"}]}));
+        let denied = csr(
+            serde_json::json!({"conditions": [{"type": "Denied", "status": "True",
+            "reason": "NotANode", "message": "the subject is not the requester"}]}),
+        );
         let err = outcome(&denied).unwrap().unwrap_err().to_string();
         assert_eq!(
             err,
             "the CertificateSigningRequest node-csr-x was denied (NotANode): the subject is not the requester"
         );
-        let failed = csr(serde_json::json!({"conditions": [{"type": "Failed", "status": "True",
-            "reason": "SignerError", "message": "no CA key"}]}));
+        let failed = csr(
+            serde_json::json!({"conditions": [{"type": "Failed", "status": "True",
+            "reason": "SignerError", "message": "no CA key"}]}),
+        );
         assert!(matches!(
             outcome(&failed).unwrap(),
             Err(CsrError::Failed { .. })

@@ -204,7 +204,11 @@ pub async fn discover(server: &str, token: &BootstrapToken) -> Result<ClusterInf
     let mut delay = Duration::from_secs(1);
     loop {
         let attempt = async {
-            let response = http.get(&url).send().await.map_err(|e| (true, e.to_string()))?;
+            let response = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| (true, e.to_string()))?;
             let status = response.status();
             let body = response.text().await.map_err(|e| (true, e.to_string()))?;
             match status.as_u16() {
@@ -262,10 +266,19 @@ mod tests {
     #[test]
     fn tokens_parse_as_kubeadm_writes_them() {
         let t = token();
-        assert_eq!((t.id.as_str(), t.secret.as_str()), ("abcdef", "0123456789abcdef"));
+        assert_eq!(
+            (t.id.as_str(), t.secret.as_str()),
+            ("abcdef", "0123456789abcdef")
+        );
         assert_eq!(t.bearer(), "abcdef.0123456789abcdef");
         assert!(!format!("{t:?}").contains("0123456789abcdef"));
-        for bad in ["abcdef", "abcde.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde", "abcdef.0123456789abcdef.x"] {
+        for bad in [
+            "abcdef",
+            "abcde.0123456789abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef.0123456789abcdef.x",
+        ] {
             assert!(bad.parse::<BootstrapToken>().is_err(), "{bad}");
         }
     }
@@ -311,7 +324,10 @@ mod tests {
         let mut data = serde_json::Map::new();
         data.insert("kubeconfig".into(), kc.clone().into());
         let err = verify_cluster_info(&data, &token()).unwrap_err();
-        assert!(matches!(err, DiscoveryError::NoSignature(ref id) if id == "abcdef"), "{err}");
+        assert!(
+            matches!(err, DiscoveryError::NoSignature(ref id) if id == "abcdef"),
+            "{err}"
+        );
         data.insert(
             "jws-kubeconfig-abcdef".into(),
             sign_detached_jws(&kc, &token()).into(),

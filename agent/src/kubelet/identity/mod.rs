@@ -211,10 +211,12 @@ impl Issue for ClientIssuer {
                 .current()
                 .is_none_or(|c| c.not_after <= SystemClock.now());
             if let (true, Some((server, ca, token))) = (expired, &self.bootstrap) {
-                let bootstrap = client::bearer_client(server, ca, &token.bearer())
-                    .map_err(|e| CsrError::BadCertificate {
-                        name: String::new(),
-                        message: e.to_string(),
+                let bootstrap =
+                    client::bearer_client(server, ca, &token.bearer()).map_err(|e| {
+                        CsrError::BadCertificate {
+                            name: String::new(),
+                            message: e.to_string(),
+                        }
                     })?;
                 return self.request.issue(&bootstrap, JOIN_CSR_TIMEOUT).await;
             }

@@ -155,7 +155,12 @@ impl Rotator {
                     let deadline =
                         rotation_deadline(cert.not_before, cert.not_after, rand::random::<f64>());
                     let wait = wait_until(deadline, self.clock.now());
-                    tracing::info!(certificate = self.what, expires = cert.not_after, renew_in_s = wait.as_secs(), "certificate rotation scheduled");
+                    tracing::info!(
+                        certificate = self.what,
+                        expires = cert.not_after,
+                        renew_in_s = wait.as_secs(),
+                        "certificate rotation scheduled"
+                    );
                     wait
                 }
                 None => Duration::ZERO,
@@ -229,7 +234,10 @@ mod tests {
         let (nb, na) = (0, 365 * 86_400);
         let deadline = rotation_deadline(nb, na, 0.25);
         assert_eq!(deadline, (365.0 * 86_400.0 * 0.75) as i64);
-        assert_eq!(wait_until(deadline, nb), Duration::from_secs(deadline as u64));
+        assert_eq!(
+            wait_until(deadline, nb),
+            Duration::from_secs(deadline as u64)
+        );
         assert_eq!(wait_until(deadline, deadline - 10), Duration::from_secs(10));
         assert_eq!(wait_until(deadline, deadline + 10), Duration::ZERO);
     }

@@ -308,7 +308,10 @@ pub(crate) mod tests {
         let c = cert("system:node:n1", &["system:nodes"], 1000, 11000);
         assert_eq!(c.common_name, "system:node:n1");
         assert_eq!(c.organizations, ["system:nodes"]);
-        assert_eq!((c.not_before, c.not_after, c.lifetime()), (1000, 11000, 10000));
+        assert_eq!(
+            (c.not_before, c.not_after, c.lifetime()),
+            (1000, 11000, 10000)
+        );
         assert_eq!(KeyedCert::from_combined(&c.combined()).unwrap(), c);
         assert!(!format!("{c:?}").contains("PRIVATE"));
         // Usable until the last tenth of its lifetime.

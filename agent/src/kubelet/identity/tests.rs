@@ -85,7 +85,9 @@ async fn a_node_joins_with_a_bootstrap_token_and_a_restart_keeps_its_certificate
     publish_cluster_info(&fake, &server, &token());
     let dir = tempfile::tempdir().unwrap();
 
-    let me = join(config(&server, dir.path(), Some(token()))).await.unwrap();
+    let me = join(config(&server, dir.path(), Some(token())))
+        .await
+        .unwrap();
 
     // Discovery read cluster-info without credentials; the CSR came with the token.
     let requests = fake.requests();
@@ -97,9 +99,18 @@ async fn a_node_joins_with_a_bootstrap_token_and_a_restart_keeps_its_certificate
     let csrs = fake.csrs();
     assert_eq!(csrs.len(), 1);
     let csr = &csrs[0];
-    assert!(csr["metadata"]["name"].as_str().unwrap().starts_with("node-csr-"));
-    assert_eq!(csr["spec"]["signerName"], "kubernetes.io/kube-apiserver-client-kubelet");
-    assert_eq!(csr["spec"]["usages"], json!(["digital signature", "client auth"]));
+    assert!(csr["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("node-csr-"));
+    assert_eq!(
+        csr["spec"]["signerName"],
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    assert_eq!(
+        csr["spec"]["usages"],
+        json!(["digital signature", "client auth"])
+    );
     assert_eq!(csr["spec"]["expirationSeconds"], 3600);
     assert_eq!(csr["spec"]["username"], "token:abcdef.0123456789abcdef");
 
@@ -108,12 +119,17 @@ async fn a_node_joins_with_a_bootstrap_token_and_a_restart_keeps_its_certificate
     let pem = pki.join("kubelet-client-current.pem");
     assert_eq!(mode(&pki), 0o700);
     assert_eq!(mode(&pem), 0o600);
-    assert_eq!(std::fs::read_to_string(pki.join("ca.crt")).unwrap(), fake.ca().pem);
+    assert_eq!(
+        std::fs::read_to_string(pki.join("ca.crt")).unwrap(),
+        fake.ca().pem
+    );
     let cert = me.client_cert.current().unwrap();
     assert_eq!(cert.common_name, "system:node:n1");
     assert_eq!(cert.organizations, ["system:nodes"]);
     assert_eq!(
-        store::CertStore::new(&pki, store::CLIENT_STEM).load().unwrap(),
+        store::CertStore::new(&pki, store::CLIENT_STEM)
+            .load()
+            .unwrap(),
         *cert
     );
     assert_eq!(me.ca_pem, fake.ca().pem);
@@ -182,7 +198,10 @@ async fn the_client_certificate_is_renewed_with_itself_and_swapped_in_place() {
         .load()
         .unwrap();
     assert_ne!(stored, *first);
-    assert_eq!(mode(&pki_dir(dir.path()).join("kubelet-client-current.pem")), 0o600);
+    assert_eq!(
+        mode(&pki_dir(dir.path()).join("kubelet-client-current.pem")),
+        0o600
+    );
     shutdown.cancel();
     rotation.await.unwrap();
 }
@@ -209,7 +228,11 @@ async fn a_wrong_token_or_a_forged_cluster_info_stops_the_join() {
         .await
         .err()
         .unwrap();
-    assert!(err.to_string().contains("no signature for the token id \"zzzzzz\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no signature for the token id \"zzzzzz\""),
+        "{err}"
+    );
     assert!(fake.csrs().is_empty());
     assert!(!pki_dir(dir.path()).join("ca.crt").exists());
 }
@@ -232,7 +255,11 @@ async fn a_refused_token_says_so() {
     );
     // Nothing to authenticate with and no token: said plainly.
     let err = join(config(&server, dir.path(), None)).await.err().unwrap();
-    assert!(err.to_string().starts_with("no usable client certificate in"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("no usable client certificate in"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -249,27 +276,40 @@ async fn a_denied_or_unanswered_csr_fails_and_a_late_approval_is_awaited() {
         ..config(&server, &dir.path().join("root"), Some(token()))
     };
 
-    fake.csr_policy(CsrPolicy::Deny("NotAllowed".into(), "nodes join on Tuesdays".into()));
+    fake.csr_policy(CsrPolicy::Deny(
+        "NotAllowed".into(),
+        "nodes join on Tuesdays".into(),
+    ));
     let err = join(cfg(Duration::from_secs(10))).await.err().unwrap();
     assert!(
-        err.to_string().contains("was denied (NotAllowed): nodes join on Tuesdays"),
+        err.to_string()
+            .contains("was denied (NotAllowed): nodes join on Tuesdays"),
         "{err}"
     );
 
     fake.csr_policy(CsrPolicy::Pending);
     let err = join(cfg(Duration::from_secs(1))).await.err().unwrap();
-    assert!(err.to_string().contains("got no certificate within 1s"), "{err}");
+    assert!(
+        err.to_string().contains("got no certificate within 1s"),
+        "{err}"
+    );
 
     fake.csr_policy(CsrPolicy::ApproveAfter(Duration::from_millis(500)));
     let me = join(cfg(Duration::from_secs(10))).await.unwrap();
-    assert_eq!(me.client_cert.current().unwrap().common_name, "system:node:n1");
+    assert_eq!(
+        me.client_cert.current().unwrap().common_name,
+        "system:node:n1"
+    );
     assert!(fake
         .requests()
         .iter()
         .all(|r| !r.path.contains("cluster-info")));
     // The wait watched the CSR.
-    assert!(fake.requests().iter().any(|r| r.method == axum::http::Method::GET
-        && r.path == "/apis/certificates.k8s.io/v1/certificatesigningrequests"));
+    assert!(fake
+        .requests()
+        .iter()
+        .any(|r| r.method == axum::http::Method::GET
+            && r.path == "/apis/certificates.k8s.io/v1/certificatesigningrequests"));
 }
 
 #[tokio::test]
@@ -307,14 +347,20 @@ async fn the_serving_certificate_names_the_nodes_addresses() {
     assert_eq!(cert.sans, ["n1", "127.0.0.1"]);
     let csr = &fake.csrs()[0];
     assert_eq!(csr["spec"]["signerName"], "kubernetes.io/kubelet-serving");
-    assert_eq!(csr["spec"]["usages"], json!(["digital signature", "server auth"]));
+    assert_eq!(
+        csr["spec"]["usages"],
+        json!(["digital signature", "server auth"])
+    );
     assert_eq!(csr["spec"]["expirationSeconds"], 7200);
     let file = pki_dir(dir.path()).join("kubelet-server-current.pem");
     assert_eq!(mode(&file), 0o600);
     // A restart finds it while it still names the same addresses.
     let dns = ["n1".to_owned()];
     let ip = ["127.0.0.1".parse().unwrap()];
-    assert_eq!(super::serving::stored(dir.path(), "n1", &dns, &ip).unwrap(), *cert);
+    assert_eq!(
+        super::serving::stored(dir.path(), "n1", &dns, &ip).unwrap(),
+        *cert
+    );
     let moved = ["10.9.9.9".parse().unwrap()];
     assert!(super::serving::stored(dir.path(), "n1", &dns, &moved).is_none());
     assert!(super::serving::stored(dir.path(), "n2", &dns, &ip).is_none());
@@ -338,10 +384,28 @@ async fn token_and_access_reviews_go_to_the_api() {
     assert_eq!(review.path, "/apis/authentication.k8s.io/v1/tokenreviews");
     assert_eq!(review.body["spec"], json!({"token": "t-alice"}));
 
-    assert!(reviewer.review_access(&alice, "get", "n1", "proxy").await.unwrap().allowed);
-    assert!(!reviewer.review_access(&alice, "create", "n1", "proxy").await.unwrap().allowed);
+    assert!(
+        reviewer
+            .review_access(&alice, "get", "n1", "proxy")
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !reviewer
+            .review_access(&alice, "create", "n1", "proxy")
+            .await
+            .unwrap()
+            .allowed
+    );
     let masters = UserInfo::new("root", ["system:masters".to_owned()]);
-    assert!(reviewer.review_access(&masters, "create", "n1", "proxy").await.unwrap().allowed);
+    assert!(
+        reviewer
+            .review_access(&masters, "create", "n1", "proxy")
+            .await
+            .unwrap()
+            .allowed
+    );
     let sar = fake
         .requests()
         .into_iter()
