@@ -156,16 +156,17 @@ pub fn verify_cluster_info(
         .and_then(|v| v.as_str())
         .ok_or_else(|| DiscoveryError::NoSignature(token.id.clone()))?;
     verify_detached_jws(jws, kubeconfig, token)?;
-    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
+    // Read loosely (client-go writes `contexts: null`): only the first cluster matters.
+    let parsed: serde_yaml::Value = serde_yaml::from_str(kubeconfig)
         .map_err(|e| DiscoveryError::Malformed(format!("data.kubeconfig: {e}")))?;
     let cluster = parsed
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
+        .get("clusters")
+        .and_then(|c| c.get(0))
+        .and_then(|c| c.get("cluster"))
         .ok_or_else(|| DiscoveryError::Malformed("data.kubeconfig has no cluster".into()))?;
     let ca_data = cluster
-        .certificate_authority_data
-        .as_deref()
+        .get("certificate-authority-data")
+        .and_then(|v| v.as_str())
         .ok_or_else(|| {
             DiscoveryError::Malformed("the kubeconfig has no certificate-authority-data".into())
         })?;
@@ -180,7 +181,10 @@ pub fn verify_cluster_info(
         })?;
     Ok(ClusterInfo {
         ca_pem,
-        server: cluster.server.clone(),
+        server: cluster
+            .get("server")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
     })
 }
 
@@ -316,6 +320,27 @@ mod tests {
         let attached = jws.replace("..", &format!(".{}.", b64.encode(&kc)));
         assert!(verify_detached_jws(&attached, &kc, &token()).is_err());
         assert!(verify_detached_jws("garbage", &kc, &token()).is_err());
+    }
+
+    /// The control plane's cluster-info, byte for byte as it (and kubeadm) writes it, and
+    /// the protected header go-jose encodes for token id `abcdef`.
+    #[test]
+    fn the_control_planes_format_verifies() {
+        let ca = base64::engine::general_purpose::STANDARD.encode(CA);
+        let kc = format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: https://10.0.0.1:6443\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n"
+        );
+        let jws = sign_detached_jws(&kc, &token());
+        assert_eq!(
+            jws.split_once("..").unwrap().0,
+            "eyJhbGciOiJIUzI1NiIsImtpZCI6ImFiY2RlZiJ9"
+        );
+        let mut data = serde_json::Map::new();
+        data.insert("kubeconfig".into(), kc.into());
+        data.insert("jws-kubeconfig-abcdef".into(), jws.into());
+        let info = verify_cluster_info(&data, &token()).unwrap();
+        assert_eq!(info.ca_pem, CA);
+        assert_eq!(info.server.as_deref(), Some("https://10.0.0.1:6443"));
     }
 
     #[test]

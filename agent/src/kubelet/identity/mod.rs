@@ -127,6 +127,13 @@ fn known_ca(config: &JoinConfig, stored_ok: bool) -> Result<Option<String>, Join
 /// Gets the node's identity: the stored client certificate if it is usable (and the node's),
 /// else a join with the bootstrap token.
 pub async fn join(config: JoinConfig) -> Result<NodeIdentity, JoinError> {
+    if !config.server.starts_with("https://") {
+        return Err(client::ClientError::Url {
+            url: config.server.clone(),
+            message: "must be https://HOST:PORT".into(),
+        }
+        .into());
+    }
     let pki = pki_dir(&config.root_dir);
     store::private_dir(&pki)?;
     let client_store = CertStore::new(&pki, store::CLIENT_STEM);

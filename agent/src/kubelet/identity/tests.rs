@@ -253,6 +253,12 @@ async fn a_refused_token_says_so() {
         err.to_string(),
         "the API server refused the join token (401 Unauthorized): it is wrong, expired or deleted; create one with `skiff-control token create`"
     );
+    // Not HTTPS: refused before anything is sent.
+    let err = join(config("http://127.0.0.1:1", dir.path(), Some(token())))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("must be https://HOST:PORT"), "{err}");
     // Nothing to authenticate with and no token: said plainly.
     let err = join(config(&server, dir.path(), None)).await.err().unwrap();
     assert!(
