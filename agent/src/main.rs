@@ -484,6 +484,11 @@ fn pem_certificates(ders: &[Vec<u8>]) -> String {
 
 /// Runs the agent: the Node's registration and heartbeat, and the service proxy if asked for.
 fn run_agent(cli: &Cli) -> anyhow::Result<()> {
+    if cli.kubeconfig.is_none() && cli.join.server.is_none() {
+        anyhow::bail!(
+            "the agent needs --server URL --token ID.SECRET (to join as its own node) or --kubeconfig, and --node-name; see --help"
+        );
+    }
     let node = cli
         .node_name
         .clone()
@@ -499,9 +504,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             client_cert_seconds: cli.join.client_cert_duration,
             csr_timeout: skiff_agent::kubelet::identity::JOIN_CSR_TIMEOUT,
         }),
-        (None, None) => anyhow::bail!(
-            "the agent needs --server URL --token ID.SECRET (to join as its own node) or --kubeconfig, and --node-name; see --help"
-        ),
+        (None, None) => unreachable!("checked above"),
     };
     // Read before anything starts, so that a bad file stops the agent at once.
     let registry = registry_config(&cli.pods)?;

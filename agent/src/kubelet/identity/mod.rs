@@ -127,6 +127,7 @@ fn known_ca(config: &JoinConfig, stored_ok: bool) -> Result<Option<String>, Join
 /// Gets the node's identity: the stored client certificate if it is usable (and the node's),
 /// else a join with the bootstrap token.
 pub async fn join(config: JoinConfig) -> Result<NodeIdentity, JoinError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if !config.server.starts_with("https://") {
         return Err(client::ClientError::Url {
             url: config.server.clone(),

@@ -258,7 +258,10 @@ async fn a_refused_token_says_so() {
         .await
         .err()
         .unwrap();
-    assert!(err.to_string().contains("must be https://HOST:PORT"), "{err}");
+    assert!(
+        err.to_string().contains("must be https://HOST:PORT"),
+        "{err}"
+    );
     // Nothing to authenticate with and no token: said plainly.
     let err = join(config(&server, dir.path(), None)).await.err().unwrap();
     assert!(
