@@ -1,6 +1,8 @@
 //! skiff-agent: the node agent (pod runtime, pod networking, eBPF service proxy).
 //!
-//! With `--kubeconfig` and `--node-name` the agent registers its Node and keeps it and its
+//! With `--node-name` and either its own identity (`--server URL --token ID.SECRET`: it joins
+//! with a bootstrap token and authenticates as `system:node:<name>` with a certificate it keeps
+//! renewed) or an admin `--kubeconfig`, the agent registers its Node and keeps it and its
 //! heartbeat Lease fresh, runs the pods bound to the node, and with `--proxy-mode` implements
 //! Services on the node. The `datapath` commands drive the eBPF datapath by hand.
 
@@ -30,9 +32,11 @@ use skiff_k8s::cidr::Ipv4Cidr;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Kubeconfig for the API server (runs the service proxy with `--proxy-mode`).
-    #[arg(long)]
+    /// Kubeconfig for the API server, used as it is (an admin's credentials; the older way).
+    #[arg(long, conflicts_with_all = ["server", "token", "ca_file"])]
     kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    join: JoinArgs,
     /// This node's name.
     #[arg(long)]
     node_name: Option<String>,
@@ -61,6 +65,61 @@ struct Cli {
     pods: PodArgs,
     #[command(flatten)]
     kubelet_server: skiff_agent::kubelet::server::ServerArgs,
+}
+
+/// How the agent gets its own identity (instead of `--kubeconfig`).
+#[derive(Debug, Clone, clap::Args)]
+struct JoinArgs {
+    /// The API server, `https://HOST:PORT`: the agent joins it as `system:node:<node-name>`
+    /// with a client certificate it gets with --token (kept in <root-dir>/pki and renewed).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A bootstrap token, ID.SECRET (`skiff-control token create`), to join with when no
+    /// usable client certificate is stored yet. Without --ca-file, the cluster CA is learnt
+    /// from the API's cluster-info, which must be signed with this token.
+    #[arg(long, env = "SKIFF_JOIN_TOKEN", value_name = "ID.SECRET", requires = "server", hide_env_values = true, value_parser = parse_token)]
+    token: Option<skiff_agent::kubelet::identity::discovery::BootstrapToken>,
+    /// The cluster CA (PEM) to trust instead of learning it from cluster-info.
+    #[arg(long, value_name = "PATH", requires = "server")]
+    ca_file: Option<PathBuf>,
+    /// The lifetime to ask for the client certificate (CSR expirationSeconds: seconds, or
+    /// with s, m, h or d; at least 10m). Default: the signer's.
+    #[arg(long, value_name = "DURATION", value_parser = parse_cert_duration)]
+    client_cert_duration: Option<i32>,
+    /// The lifetime to ask for the kubelet endpoint's serving certificate (as
+    /// --client-cert-duration).
+    #[arg(long, value_name = "DURATION", value_parser = parse_cert_duration)]
+    serving_cert_duration: Option<i32>,
+}
+
+fn parse_token(
+    s: &str,
+) -> Result<skiff_agent::kubelet::identity::discovery::BootstrapToken, String> {
+    s.trim().parse()
+}
+
+/// `3600`, `600s`, `10m`, `2h`, `30d` as seconds; at least 600 (the API's minimum).
+fn parse_cert_duration(s: &str) -> Result<i32, String> {
+    let s = s.trim();
+    let (number, factor) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let seconds = number
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .and_then(|n| i32::try_from(n).ok())
+        .ok_or_else(|| format!("{s:?} is not a duration like 3600, 90m, 24h or 30d"))?;
+    if seconds < 600 {
+        return Err(format!(
+            "{s:?} is shorter than 10m, the shortest certificate the API issues"
+        ));
+    }
+    Ok(seconds)
 }
 
 /// How the agent runs pods.
@@ -399,15 +458,54 @@ fn registry_config(pods: &PodArgs) -> anyhow::Result<skiff_agent::images::Regist
     })
 }
 
+/// How the agent authenticates to the API server.
+enum Credentials {
+    /// An existing kubeconfig (an admin's).
+    Kubeconfig(PathBuf),
+    /// Its own identity.
+    Join(skiff_agent::kubelet::identity::JoinConfig),
+}
+
+/// The PEM text of DER certificates.
+fn pem_certificates(ders: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in ders {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 /// Runs the agent: the Node's registration and heartbeat, and the service proxy if asked for.
 fn run_agent(cli: &Cli) -> anyhow::Result<()> {
-    let kubeconfig = cli.kubeconfig.clone().ok_or_else(|| {
-        anyhow::anyhow!("the agent needs --kubeconfig (and --node-name); see --help")
-    })?;
+    if cli.kubeconfig.is_none() && cli.join.server.is_none() {
+        anyhow::bail!(
+            "the agent needs --server URL --token ID.SECRET (to join as its own node) or --kubeconfig, and --node-name; see --help"
+        );
+    }
     let node = cli
         .node_name
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the agent needs --node-name; see --help"))?;
+    let credentials = match (&cli.kubeconfig, &cli.join.server) {
+        (Some(path), _) => Credentials::Kubeconfig(path.clone()),
+        (None, Some(server)) => Credentials::Join(skiff_agent::kubelet::identity::JoinConfig {
+            server: server.trim_end_matches('/').to_owned(),
+            token: cli.join.token.clone(),
+            ca_file: cli.join.ca_file.clone(),
+            node: node.clone(),
+            root_dir: cli.root_dir.clone(),
+            client_cert_seconds: cli.join.client_cert_duration,
+            csr_timeout: skiff_agent::kubelet::identity::JOIN_CSR_TIMEOUT,
+        }),
+        (None, None) => unreachable!("checked above"),
+    };
     // Read before anything starts, so that a bad file stops the agent at once.
     let registry = registry_config(&cli.pods)?;
     let datapath = start_datapath(cli)?;
@@ -442,13 +540,46 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
-            .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
-        // The node's HTTPS endpoint accepts callers bearing this agent's own token.
-        let token = skiff_agent::kubelet::server::kubeconfig_token(&kc)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-        let client = kube::Client::try_from(config)?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let host_ip = cli.node.node_ip.or_else(|| skiff_agent::network::interfaces::primary_address().ok().flatten());
+        let (client, security) = match credentials {
+            Credentials::Kubeconfig(kubeconfig) => {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig)
+                    .with_context(|| format!("reading the kubeconfig {}", kubeconfig.display()))?;
+                // The kubeconfig's own token (skiff's admin token) is still accepted as it was.
+                let token = skiff_agent::kubelet::server::kubeconfig_token(&kc).ok();
+                let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+                let client_ca_pem = config.root_cert.as_deref().map(pem_certificates);
+                let client = kube::Client::try_from(config)?;
+                let reviewer = std::sync::Arc::new(skiff_agent::kubelet::auth::ApiReviewer(client.clone()));
+                let security = skiff_agent::kubelet::server::ServerSecurity {
+                    auth: std::sync::Arc::new(skiff_agent::kubelet::auth::KubeletAuth::new(node.clone(), Some(reviewer), token)),
+                    client_ca_pem,
+                    serving: None,
+                };
+                (client, security)
+            }
+            Credentials::Join(join) => {
+                use skiff_agent::kubelet::identity;
+                let root = join.root_dir.clone();
+                let me = identity::join(join).await?;
+                me.rotate(shutdown.clone());
+                // The serving certificate: the stored one if it still names this node's
+                // addresses, else one requested once the Node reports them.
+                let dns = vec![node.clone()];
+                let ips: Vec<std::net::IpAddr> = host_ip.map(std::net::IpAddr::V4).into_iter().collect();
+                let serving = identity::rotation::CertSlot::new(identity::serving::stored(&root, &node, &dns, &ips))?;
+                identity::serving::run(me.client.clone(), &node, &root, cli.join.serving_cert_duration, serving.clone(), shutdown.clone());
+                let reviewer = std::sync::Arc::new(skiff_agent::kubelet::auth::ApiReviewer(me.client.clone()));
+                let security = skiff_agent::kubelet::server::ServerSecurity {
+                    auth: std::sync::Arc::new(skiff_agent::kubelet::auth::KubeletAuth::new(node.clone(), Some(reviewer), None)),
+                    client_ca_pem: Some(me.ca_pem.clone()),
+                    serving: Some(serving),
+                };
+                (me.client, security)
+            }
+        };
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
@@ -465,7 +596,6 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                 sigchld_tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        let host_ip = cli.node.node_ip.or_else(|| skiff_agent::network::interfaces::primary_address().ok().flatten());
         let heartbeat = tokio::spawn(NodeAgent::new(client.clone(), node_config)?.run(shutdown.clone()));
         let pod_cidr = match cli.node.pod_cidr {
             Some(c) => c,
@@ -491,13 +621,14 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         let pods = tokio::spawn(skiff_agent::kubelet::pod_manager::run(shared));
         let mut tls_sans = vec![node.clone()];
         tls_sans.extend(host_ip.map(|ip| ip.to_string()));
-        let server = tokio::spawn(skiff_agent::kubelet::server::serve(
+        let server = tokio::spawn(skiff_agent::kubelet::server::serve_with(
             skiff_agent::kubelet::server::ServerConfig {
                 args: cli.kubelet_server.clone(),
                 root_dir: cli.root_dir.clone(),
-                token,
+                token: String::new(),
                 tls_sans,
             },
+            security,
             directory.clone(),
             runtime.clone(),
             shutdown.clone(),
@@ -644,6 +775,55 @@ fn main() -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn certificate_durations_parse_and_have_a_floor() {
+        assert_eq!(parse_cert_duration("3600"), Ok(3600));
+        assert_eq!(parse_cert_duration("600s"), Ok(600));
+        assert_eq!(parse_cert_duration("90m"), Ok(5400));
+        assert_eq!(parse_cert_duration("24h"), Ok(86_400));
+        assert_eq!(parse_cert_duration("30d"), Ok(2_592_000));
+        assert!(parse_cert_duration("599").is_err());
+        assert!(parse_cert_duration("1h30m").is_err());
+        assert!(parse_cert_duration("100000d").is_err());
+        assert!(parse_cert_duration("").is_err());
+    }
+
+    #[test]
+    fn join_flags_exclude_the_kubeconfig() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["skiff-agent", "--node-name", "n1"].iter().chain(args))
+        };
+        let cli = parse(&[
+            "--server",
+            "https://10.0.0.1:6443",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--ca-file",
+            "/ca.crt",
+            "--client-cert-duration",
+            "1h",
+        ])
+        .unwrap();
+        assert_eq!(cli.join.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert_eq!(cli.join.token.unwrap().id, "abcdef");
+        assert_eq!(cli.join.client_cert_duration, Some(3600));
+        assert_eq!(cli.kubelet_server.read_only_port, 0);
+        assert!(parse(&[
+            "--kubeconfig",
+            "/k",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--server",
+            "https://x"
+        ])
+        .is_err());
+        assert!(parse(&["--kubeconfig", "/k", "--server", "https://x"]).is_err());
+        // A token needs a server; a malformed token is refused.
+        assert!(parse(&["--token", "abcdef.0123456789abcdef"]).is_err());
+        assert!(parse(&["--server", "https://x", "--token", "nope"]).is_err());
+        assert!(parse(&["--kubeconfig", "/k"]).is_ok());
+    }
 
     #[test]
     fn parses_frontends_and_backends() {

@@ -1,7 +1,9 @@
 //! Component tests of the node's HTTP endpoints (agent/src/kubelet/server.rs) with a fake
 //! pod directory: logs (tail, previous, limit, follow across rotation) over real HTTPS with
-//! the bearer token, the read-only endpoint, and exec over the websocket protocol against a
-//! real container (root only; skipped with a message otherwise).
+//! the bearer token, the read-only endpoint, exec over the websocket protocol against a real
+//! container (root only; skipped with a message otherwise), and the kubelet's authentication
+//! (client certificates of the cluster CA, bearer tokens through a reviewer) and authorization
+//! (access reviews of nodes/<subresource>) with the issued serving certificate swapped in.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,10 @@ use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
+use skiff_agent::kubelet::auth::{Decision, KubeletAuth, Reviewer, UserInfo};
 use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
+use skiff_agent::kubelet::identity::rotation::CertSlot;
+use skiff_agent::kubelet::identity::store::KeyedCert;
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig, ServerState};
 use skiff_agent::runtime::{Container, Runtime};
 use skiff_test_support::eventually_within;
@@ -359,7 +364,7 @@ async fn exec_streams_over_the_channel_protocol() {
     let state = ServerState {
         directory: directory.clone(),
         runtime: c.runtime.clone(),
-        token: Arc::from(TOKEN),
+        auth: server::ServerSecurity::token_only(TOKEN).auth,
         shutdown: CancellationToken::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -427,4 +432,265 @@ async fn exec_streams_over_the_channel_protocol() {
         }
         other => panic!("expected a 400, got {:?}", other.map(|_| ())),
     }
+}
+
+/// A CA for the endpoint's client and serving certificates.
+struct TestCa {
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cluster-ca");
+        let pem = params.clone().self_signed(&key).unwrap().pem();
+        Self { key, params, pem }
+    }
+
+    fn issue(&self, cn: &str, orgs: &[&str], sans: &[&str], server: bool) -> KeyedCert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+        }
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        KeyedCert::new(&cert.pem(), &key.serialize_pem()).unwrap()
+    }
+}
+
+/// Knows the token `alice-token` (alice, in `devs`); allows alice `get` on `proxy`, the API
+/// server's client certificate user everything; records every access review.
+#[derive(Default)]
+struct TestReviewer {
+    reviews: Mutex<Vec<(String, String, String, String)>>,
+}
+
+impl Reviewer for TestReviewer {
+    fn review_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<UserInfo>, String>> {
+        Box::pin(async move {
+            Ok((token == "alice-token").then(|| UserInfo::new("alice", ["devs".to_owned()])))
+        })
+    }
+
+    fn review_access<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        verb: &'a str,
+        node: &'a str,
+        subresource: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Decision, String>> {
+        Box::pin(async move {
+            self.reviews.lock().unwrap().push((
+                user.name.clone(),
+                verb.to_owned(),
+                node.to_owned(),
+                subresource.to_owned(),
+            ));
+            let allowed = user.name == "kube-apiserver-kubelet-client"
+                || (user.name == "alice" && verb == "get" && subresource == "proxy");
+            Ok(Decision {
+                allowed,
+                reason: String::new(),
+            })
+        })
+    }
+}
+
+fn client_with(ca: Option<&str>, identity: Option<&KeyedCert>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder();
+    b = match ca {
+        Some(pem) => b
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+        None => b.danger_accept_invalid_certs(true),
+    };
+    if let Some(id) = identity {
+        b = b.identity(reqwest::Identity::from_pem(id.combined().as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_review() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(Runtime::with_binary(dir.path().join("state"), AGENT).unwrap());
+    let directory = Arc::new(FakeDirectory::default());
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("1.log"), "hello\n").unwrap();
+    *directory.log.lock().unwrap() = Some(logs.join("1.log"));
+    let ca = TestCa::new();
+    let reviewer = Arc::new(TestReviewer::default());
+    let serving = CertSlot::new(None).unwrap();
+    let port = free_port();
+    let config = ServerConfig {
+        args: ServerArgs {
+            kubelet_port: port,
+            kubelet_address: "127.0.0.1".parse().unwrap(),
+            read_only_port: 0,
+            container_log_max_size: 10 << 20,
+            container_log_max_files: 5,
+        },
+        root_dir: dir.path().to_owned(),
+        token: String::new(),
+        tls_sans: vec![],
+    };
+    let security = server::ServerSecurity {
+        auth: Arc::new(KubeletAuth::new("n1", Some(reviewer.clone()), None)),
+        client_ca_pem: Some(ca.pem.clone()),
+        serving: Some(serving.clone()),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::serve_with(
+        config,
+        security,
+        directory,
+        runtime,
+        shutdown.clone(),
+    ));
+    let base = format!("https://127.0.0.1:{port}");
+    let logs_url = format!("{base}/containerLogs/default/web/app");
+    eventually_within(Duration::from_secs(20), "the endpoint to listen", || {
+        let url = format!("{base}/healthz");
+        async move { client_with(None, None).get(url).send().await.ok() }
+    })
+    .await;
+
+    // No credentials, an unknown token: 401 with a Status.
+    let r = client_with(None, None).get(&logs_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (status["kind"].as_str(), status["code"].as_u64()),
+        (Some("Status"), Some(401))
+    );
+    let r = client_with(None, None)
+        .get(&logs_url)
+        .bearer_auth("stolen")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // alice's token: logs yes (nodes/proxy get), exec no.
+    let alice = |req: reqwest::RequestBuilder| req.bearer_auth("alice-token").send();
+    let r = alice(client_with(None, None).get(&logs_url)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello\n");
+    let r = alice(client_with(None, None).post(format!("{base}/exec/default/web/app?command=id")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "Forbidden (user=alice, verb=create, resource=nodes, subresource=proxy)"
+    );
+    assert_eq!(status["reason"], "Forbidden");
+    // A websocket exec is a create too, though it is a GET.
+    let r = alice(
+        client_with(None, None)
+            .get(format!("{base}/exec/default/web/app?command=id&stdout=1"))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // /pods: `pods` first, then `proxy`.
+    let r = alice(client_with(None, None).get(format!("{base}/pods")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let reviews = reviewer.reviews.lock().unwrap().clone();
+    let alice_reviews: Vec<_> = reviews
+        .iter()
+        .map(|(u, v, n, s)| format!("{u} {v} {n} {s}"))
+        .collect();
+    assert_eq!(
+        alice_reviews,
+        [
+            "alice get n1 proxy",
+            "alice create n1 proxy",
+            "alice get n1 pods",
+        ],
+        "the exec create and the /pods proxy answers come from the cache"
+    );
+
+    // The API server's client certificate of the cluster CA: no token needed.
+    let apiserver = ca.issue(
+        "kube-apiserver-kubelet-client",
+        &["kubelet-api-admins"],
+        &[],
+        false,
+    );
+    let r = client_with(None, Some(&apiserver))
+        .get(&logs_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(reviewer.reviews.lock().unwrap().contains(&(
+        "kube-apiserver-kubelet-client".into(),
+        "get".into(),
+        "n1".into(),
+        "proxy".into()
+    )));
+    // A certificate of another CA authenticates no one.
+    let stranger = TestCa::new().issue("kube-apiserver-kubelet-client", &[], &[], false);
+    let r = client_with(None, Some(&stranger))
+        .get(&logs_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // Until the node has an issued serving certificate, a client that trusts only the
+    // cluster CA cannot connect; once the slot holds one, the next handshake presents it.
+    let strict = client_with(Some(&ca.pem), Some(&apiserver));
+    assert!(strict.get(format!("{base}/healthz")).send().await.is_err());
+    serving
+        .set(ca.issue(
+            "system:node:n1",
+            &["system:nodes"],
+            &["127.0.0.1", "n1"],
+            true,
+        ))
+        .unwrap();
+    let strict = client_with(Some(&ca.pem), Some(&apiserver));
+    let r = strict.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("serve did not stop")
+        .unwrap()
+        .unwrap();
 }

@@ -393,88 +393,593 @@ pub struct Request {
     pub path: String,
     /// Its JSON body (`Null` without one).
     pub body: Value,
+    /// Who sent it: a client certificate's CommonName, `token:<bearer>`, or `anonymous`.
+    pub caller: String,
+    /// The SHA-256 (hex) of the client certificate it came with, if any.
+    pub cert: Option<String>,
+}
+
+/// What the fake does with a new CertificateSigningRequest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CsrPolicy {
+    /// Approve and sign it at once.
+    #[default]
+    Approve,
+    /// Approve and sign it after a while (the waiter watches).
+    ApproveAfter(Duration),
+    /// Deny it with this reason and message.
+    Deny(String, String),
+    /// Leave it pending.
+    Pending,
+}
+
+/// A CA for the fake API: signs CSRs and serves TLS.
+pub struct FakeCa {
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    /// The CA certificate (PEM).
+    pub pem: String,
+}
+
+impl FakeCa {
+    /// A new CA.
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake-ca");
+        let pem = params.clone().self_signed(&key).expect("CA cert").pem();
+        Self { key, params, pem }
+    }
+
+    fn validity(params: &mut rcgen::CertificateParams, lifetime: i64) {
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::seconds(1);
+        params.not_after = now + time::Duration::seconds(lifetime);
+    }
+
+    /// Signs a PKCS#10 request (PEM) for `lifetime` seconds, for client or server auth.
+    pub fn sign_csr(&self, csr_pem: &str, lifetime: i64, server: bool) -> Result<String, String> {
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| e.to_string())?;
+        Self::validity(&mut csr.params, lifetime);
+        csr.params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        Ok(csr.signed_by(&issuer).map_err(|e| e.to_string())?.pem())
+    }
+
+    /// A certificate and key for `cn` in `orgs` at `sans`, for client or server auth.
+    pub fn issue(
+        &self,
+        cn: &str,
+        orgs: &[&str],
+        sans: &[&str],
+        server: bool,
+    ) -> crate::kubelet::identity::store::KeyedCert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+        }
+        Self::validity(&mut params, 3600);
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        crate::kubelet::identity::store::KeyedCert::new(&cert.pem(), &key.serialize_pem())
+            .expect("keyed cert")
+    }
+}
+
+/// The fake's certificates, tokens and access rules.
+#[derive(Default)]
+struct IdentityState {
+    csrs: BTreeMap<String, Value>,
+    resource_version: u64,
+    policy: CsrPolicy,
+    /// Bearer tokens the TokenReview knows: token → (user, groups).
+    token_users: BTreeMap<String, (String, Vec<String>)>,
+    /// Bearer tokens refused with a 401.
+    refused: HashSet<String>,
+    /// Access the SubjectAccessReview allows: (user, verb, subresource).
+    allowed: HashSet<(String, String, String)>,
+}
+
+/// The identity of a TLS connection to the fake ([`FakeApi::serve_tls`]).
+#[derive(Debug, Clone)]
+struct FakePeer {
+    cn: String,
+    fingerprint: String,
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> axum::response::Response {
+    (
+        code,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": reason, "code": code.as_u16(),
+            "message": message,
+        })),
+    )
+        .into_response()
 }
 
 /// An in-process API server for the worker: answers Service lists with nothing, echoes pod
-/// status patches and deletions back as the pod, accepts events, serves the ConfigMaps and
-/// Secrets put into it (404 for others), answers TokenRequests with `token-1`, `token-2`, ...
-/// expiring `expirationSeconds` after its own clock ([`FakeApi::now`]); records every request.
+/// status patches and deletions back as the pod, accepts events, serves the ConfigMaps,
+/// Secrets and Nodes put into it (404 for others), answers TokenRequests with `token-1`,
+/// `token-2`, ... expiring `expirationSeconds` after its own clock ([`FakeApi::now`]); records
+/// every request. For the node's identity: CertificateSigningRequests (created, read, watched;
+/// approved and signed by its [`FakeCa`] as its [`CsrPolicy`] says), TokenReviews of the tokens
+/// it was told about, SubjectAccessReviews by its allow list, 401 for refused tokens; over
+/// real TLS with client certificates too ([`FakeApi::serve_tls`]).
 #[derive(Clone, Default)]
 pub struct FakeApi {
     requests: Arc<Mutex<Vec<Request>>>,
     objects: Arc<Mutex<BTreeMap<String, Value>>>,
     tokens: Arc<std::sync::atomic::AtomicU64>,
     clock: Arc<std::sync::atomic::AtomicI64>,
+    identity: Arc<Mutex<IdentityState>>,
+    ca: Arc<std::sync::OnceLock<FakeCa>>,
 }
 
 /// Where the fake API's clock starts.
 const FAKE_API_EPOCH: i64 = 1_700_000_000;
 
+/// The CSR collection.
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
 impl FakeApi {
     /// A client whose transport is this fake.
     pub fn client(&self) -> kube::Client {
-        let requests = self.requests.clone();
-        let api = self.clone();
-        let router = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
-            let requests = requests.clone();
-            let api = api.clone();
-            async move {
-                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let path = uri.path().to_owned();
-                lock(&requests).push(Request {
-                    method: method.clone(),
-                    path: path.clone(),
-                    body: body.clone(),
-                });
-                if method == Method::POST && path.ends_with("/token") {
-                    let n = api.tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
-                    let expires = k8s_openapi::jiff::Timestamp::from_second(
-                        api.now().as_second() + seconds,
-                    )
-                    .unwrap_or_default();
-                    let reply = json!({
-                        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                        "metadata": {}, "spec": body["spec"],
-                        "status": {"token": format!("token-{n}"), "expirationTimestamp": expires.to_string()},
-                    });
-                    return (StatusCode::CREATED, axum::Json(reply)).into_response();
-                }
-                if path.contains("/configmaps/") || path.contains("/secrets/") {
-                    return match lock(&api.objects).get(&path) {
-                        Some(o) => (StatusCode::OK, axum::Json(o.clone())).into_response(),
-                        None => (
-                            StatusCode::NOT_FOUND,
-                            axum::Json(json!({
-                                "kind": "Status", "apiVersion": "v1", "metadata": {},
-                                "status": "Failure", "reason": "NotFound", "code": 404,
-                                "message": format!("{path} not found"),
-                            })),
-                        )
-                            .into_response(),
+        kube::Client::new(self.router(), "default")
+    }
+
+    /// The fake's CA.
+    pub fn ca(&self) -> &FakeCa {
+        self.ca.get_or_init(FakeCa::new)
+    }
+
+    /// What happens to new CSRs from now on.
+    pub fn csr_policy(&self, policy: CsrPolicy) {
+        lock(&self.identity).policy = policy;
+    }
+
+    /// TokenReviews of `token` say it is `user` in `groups`.
+    pub fn token_user(&self, token: &str, user: &str, groups: &[&str]) {
+        lock(&self.identity).token_users.insert(
+            token.to_owned(),
+            (
+                user.to_owned(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// Requests bearing `token` get a 401.
+    pub fn refuse(&self, token: &str) {
+        lock(&self.identity).refused.insert(token.to_owned());
+    }
+
+    /// SubjectAccessReviews allow `user` to `verb` nodes' `subresource`.
+    pub fn allow(&self, user: &str, verb: &str, subresource: &str) {
+        lock(&self.identity).allowed.insert((
+            user.to_owned(),
+            verb.to_owned(),
+            subresource.to_owned(),
+        ));
+    }
+
+    /// The CSRs so far.
+    pub fn csrs(&self) -> Vec<Value> {
+        lock(&self.identity).csrs.values().cloned().collect()
+    }
+
+    /// Serves this fake over HTTPS on 127.0.0.1 (a certificate of its CA for `127.0.0.1` and
+    /// `localhost`), asking for client certificates of its CA; returns `https://127.0.0.1:PORT`.
+    pub async fn serve_tls(&self) -> String {
+        use rustls::pki_types::pem::PemObject as _;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca().pem.as_bytes()) {
+            roots.add(ca.expect("CA")).expect("CA");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .expect("verifier");
+        let serving = self
+            .ca()
+            .issue("fake-apiserver", &[], &["127.0.0.1", "localhost"], true);
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(crate::kubelet::server_tls::ServingCert {
+                slot: None,
+                fallback: serving.certified_key().expect("serving key"),
+            }));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let router = self.router();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
                     };
-                }
-                let reply = if path.ends_with("/services") {
-                    json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})
-                } else if path.contains("/events") {
-                    body
-                } else {
-                    // A pod: its name is the path segment after `pods`.
-                    let name = path
-                        .split('/')
-                        .skip_while(|s| *s != "pods")
-                        .nth(1)
-                        .unwrap_or_default();
-                    json!({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": name, "namespace": "default"},
-                        "status": body.get("status").cloned().unwrap_or(Value::Null),
-                    })
-                };
-                (StatusCode::OK, axum::Json(reply)).into_response()
+                    let peer = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| {
+                            use sha2::Digest as _;
+                            let cn = x509_parser::parse_x509_certificate(c.as_ref())
+                                .ok()
+                                .and_then(|(_, p)| {
+                                    let cn = p.subject().iter_common_name().next()?;
+                                    cn.as_str().ok().map(str::to_owned)
+                                })
+                                .unwrap_or_default();
+                            FakePeer {
+                                cn,
+                                fingerprint: format!("{:x}", sha2::Sha256::digest(c.as_ref())),
+                            }
+                        });
+                    let app = router.layer(axum::Extension(peer));
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
             }
         });
-        kube::Client::new(router, "default")
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// The fake's routes.
+    fn router(&self) -> axum::Router {
+        let api = self.clone();
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let api = api.clone();
+            async move { api.handle(req).await }
+        })
+    }
+
+    async fn handle(&self, req: axum::extract::Request) -> axum::response::Response {
+        let (parts, body) = req.into_parts();
+        let (method, uri) = (parts.method.clone(), parts.uri.clone());
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let path = uri.path().to_owned();
+        let peer = parts
+            .extensions
+            .get::<Option<FakePeer>>()
+            .cloned()
+            .flatten();
+        let bearer = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let caller = match (&peer, &bearer) {
+            (Some(p), _) => p.cn.clone(),
+            (None, Some(t)) => format!("token:{t}"),
+            (None, None) => "anonymous".to_owned(),
+        };
+        lock(&self.requests).push(Request {
+            method: method.clone(),
+            path: path.clone(),
+            body: body.clone(),
+            caller: caller.clone(),
+            cert: peer.as_ref().map(|p| p.fingerprint.clone()),
+        });
+        if peer.is_none()
+            && bearer
+                .as_ref()
+                .is_some_and(|t| lock(&self.identity).refused.contains(t))
+        {
+            return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+        }
+        if path.starts_with(CSRS) {
+            return self.csr_request(&method, &uri, body, &caller).await;
+        }
+        if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            let token = body["spec"]["token"].as_str().unwrap_or_default();
+            let status = match lock(&self.identity).token_users.get(token) {
+                Some((user, groups)) => json!({"authenticated": true,
+                    "user": {"username": user, "uid": format!("uid-{user}"), "groups": groups}}),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+            let reply = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "metadata": {}, "spec": body["spec"], "status": status});
+            return (StatusCode::CREATED, axum::Json(reply)).into_response();
+        }
+        if method == Method::POST && path == "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
+            let spec = &body["spec"];
+            let attrs = &spec["resourceAttributes"];
+            let user = spec["user"].as_str().unwrap_or_default().to_owned();
+            let masters = spec["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == "system:masters"));
+            let key = (
+                user,
+                attrs["verb"].as_str().unwrap_or_default().to_owned(),
+                attrs["subresource"].as_str().unwrap_or_default().to_owned(),
+            );
+            let allowed = masters || lock(&self.identity).allowed.contains(&key);
+            let reply = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "metadata": {}, "spec": spec, "status": {"allowed": allowed,
+                "reason": if allowed { "allowed by the fake" } else { "" }}});
+            return (StatusCode::CREATED, axum::Json(reply)).into_response();
+        }
+        if method == Method::POST && path.ends_with("/token") {
+            let n = self
+                .tokens
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+            let expires =
+                k8s_openapi::jiff::Timestamp::from_second(self.now().as_second() + seconds)
+                    .unwrap_or_default();
+            let reply = json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "metadata": {}, "spec": body["spec"],
+                "status": {"token": format!("token-{n}"), "expirationTimestamp": expires.to_string()},
+            });
+            return (StatusCode::CREATED, axum::Json(reply)).into_response();
+        }
+        if path.contains("/configmaps/")
+            || path.contains("/secrets/")
+            || path.starts_with("/api/v1/nodes/")
+        {
+            return match lock(&self.objects).get(&path) {
+                Some(o) => (StatusCode::OK, axum::Json(o.clone())).into_response(),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{path} not found"),
+                ),
+            };
+        }
+        let reply = if path.ends_with("/services") {
+            json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {}, "items": []})
+        } else if path.contains("/events") {
+            body
+        } else {
+            // A pod: its name is the path segment after `pods`.
+            let name = path
+                .split('/')
+                .skip_while(|s| *s != "pods")
+                .nth(1)
+                .unwrap_or_default();
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default"},
+                "status": body.get("status").cloned().unwrap_or(Value::Null),
+            })
+        };
+        (StatusCode::OK, axum::Json(reply)).into_response()
+    }
+
+    /// Approves and signs the CSR `name` (if it is still pending).
+    pub fn approve(&self, name: &str) {
+        let mut st = lock(&self.identity);
+        let Some(csr) = st.csrs.get(name).cloned() else {
+            return;
+        };
+        if !csr["status"].is_null() {
+            return;
+        }
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let request = b64
+            .decode(csr["spec"]["request"].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        let lifetime = csr["spec"]["expirationSeconds"]
+            .as_i64()
+            .unwrap_or(365 * 86_400);
+        let server = csr["spec"]["signerName"] == crate::kubelet::identity::csr::SERVING_SIGNER;
+        let status = match self
+            .ca()
+            .sign_csr(&String::from_utf8_lossy(&request), lifetime, server)
+        {
+            Ok(pem) => json!({
+                "conditions": [{"type": "Approved", "status": "True", "reason": "AutoApproved",
+                    "message": "approved by the fake"}],
+                "certificate": b64.encode(pem),
+            }),
+            Err(e) => json!({"conditions": [{"type": "Failed", "status": "True",
+                "reason": "SignerError", "message": e}]}),
+        };
+        st.resource_version += 1;
+        let rv = st.resource_version.to_string();
+        if let Some(c) = st.csrs.get_mut(name) {
+            c["status"] = status;
+            c["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+
+    fn deny(&self, name: &str, reason: &str, message: &str) {
+        let mut st = lock(&self.identity);
+        st.resource_version += 1;
+        let rv = st.resource_version.to_string();
+        if let Some(c) = st.csrs.get_mut(name) {
+            c["status"] = json!({"conditions": [{"type": "Denied", "status": "True",
+                "reason": reason, "message": message}]});
+            c["metadata"]["resourceVersion"] = json!(rv);
+        }
+    }
+
+    async fn csr_request(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        mut body: Value,
+        caller: &str,
+    ) -> axum::response::Response {
+        let path = uri.path();
+        let name = path
+            .strip_prefix(CSRS)
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        let query: BTreeMap<String, String> =
+            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        match (method.clone(), name.is_empty()) {
+            (Method::POST, true) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let policy = {
+                    let mut st = lock(&self.identity);
+                    if st.csrs.contains_key(&name) {
+                        drop(st);
+                        return status(
+                            StatusCode::CONFLICT,
+                            "AlreadyExists",
+                            &format!("{name} exists"),
+                        );
+                    }
+                    st.resource_version += 1;
+                    body["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+                    body["spec"]["username"] = json!(caller);
+                    body["status"] = Value::Null;
+                    st.csrs.insert(name.clone(), body.clone());
+                    st.policy.clone()
+                };
+                match policy {
+                    CsrPolicy::Approve => self.approve(&name),
+                    CsrPolicy::Deny(reason, message) => self.deny(&name, &reason, &message),
+                    CsrPolicy::ApproveAfter(delay) => {
+                        let api = self.clone();
+                        let name = name.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            api.approve(&name);
+                        });
+                    }
+                    CsrPolicy::Pending => {}
+                }
+                let created = lock(&self.identity)
+                    .csrs
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or(body);
+                (StatusCode::CREATED, axum::Json(created)).into_response()
+            }
+            (Method::GET, false) => match lock(&self.identity).csrs.get(name) {
+                Some(c) => (StatusCode::OK, axum::Json(c.clone())).into_response(),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{name} not found"),
+                ),
+            },
+            (Method::GET, true)
+                if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+            {
+                let name = query
+                    .get("fieldSelector")
+                    .and_then(|f| f.strip_prefix("metadata.name="))
+                    .unwrap_or_default()
+                    .to_owned();
+                let since: u64 = query
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let timeout = Duration::from_secs(
+                    query
+                        .get("timeoutSeconds")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(30u64)
+                        .min(30),
+                );
+                let identity = self.identity.clone();
+                let start = tokio::time::Instant::now();
+                let events = futures::stream::unfold(false, move |done| {
+                    let (identity, name) = (identity.clone(), name.clone());
+                    async move {
+                        if done {
+                            return None;
+                        }
+                        loop {
+                            let changed = lock(&identity).csrs.get(&name).cloned().filter(|c| {
+                                c["metadata"]["resourceVersion"]
+                                    .as_str()
+                                    .and_then(|v| v.parse::<u64>().ok())
+                                    .is_some_and(|rv| rv > since)
+                            });
+                            if let Some(c) = changed {
+                                let mut line =
+                                    serde_json::to_vec(&json!({"type": "MODIFIED", "object": c}))
+                                        .unwrap_or_default();
+                                line.push(b'\n');
+                                return Some((
+                                    Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                                    true,
+                                ));
+                            }
+                            if start.elapsed() >= timeout {
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                });
+                (StatusCode::OK, axum::body::Body::from_stream(events)).into_response()
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not in the fake",
+            ),
+        }
+    }
+
+    /// Serves `node` (a Node) from now on at `/api/v1/nodes/<name>`.
+    pub fn put_node(&self, node: Value) {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("/api/v1/nodes/{name}");
+        lock(&self.objects).insert(path, node);
     }
 
     /// Serves `object` (a ConfigMap or Secret) from now on, at its namespace and name.

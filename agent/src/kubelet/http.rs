@@ -26,8 +26,8 @@ pub struct ServerState {
     pub directory: Arc<dyn PodDirectory>,
     /// The runtime (exec).
     pub runtime: Arc<Runtime>,
-    /// The accepted bearer token.
-    pub token: Arc<str>,
+    /// Who may call, and what they may do.
+    pub auth: Arc<super::auth::KubeletAuth>,
     /// Cancelled at shutdown: open streams end.
     pub shutdown: CancellationToken,
 }

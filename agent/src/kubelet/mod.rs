@@ -6,8 +6,12 @@
 //! ([`server`], [`exec`], sharing [`http`]) serve logs and exec. A pod's configMap, secret,
 //! downwardAPI and projected volumes ([`volume_payload`], with ServiceAccount tokens from
 //! [`token_manager`]) are written by the [`atomic_writer`] and refreshed while the pod runs.
+//! The node's own identity (join with a bootstrap token, rotating client and serving
+//! certificates) is [`identity`]; the endpoints authenticate and authorize callers with
+//! [`auth`] over [`server_tls`].
 
 pub mod atomic_writer;
+pub mod auth;
 pub mod container_config;
 pub mod directory;
 pub mod events;
@@ -16,6 +20,7 @@ pub mod exec;
 mod fakes;
 pub mod host;
 pub mod http;
+pub mod identity;
 pub mod logs;
 pub mod metrics;
 pub mod node;
@@ -24,6 +29,7 @@ pub mod pod_manager;
 pub mod pod_worker;
 pub mod probes;
 pub mod server;
+pub mod server_tls;
 pub mod static_pods;
 pub mod status;
 pub mod streaming;

@@ -3,11 +3,15 @@
 //! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log` and `pods/exec`:
 //!   `GET /containerLogs/{ns}/{pod}/{container}` and `GET /exec/{ns}/{pod}/{container}`
 //!   (websocket, [`super::streaming`]), plus `/healthz`, `/pods` and `/metrics`. The
-//!   certificate is self-signed, made once under `<root>/kubelet/`. Every request needs
-//!   `Authorization: Bearer <token>` with the token of the agent's own kubeconfig: skiff
-//!   issues one admin token, which the API server also uses to call the agent.
-//! - Plain HTTP on `--read-only-port` (10255, 0 disables), unauthenticated and read-only:
-//!   `/healthz`, `/pods` (a v1 PodList) and `/metrics` (Prometheus text).
+//!   certificate is the one the cluster's `kubelet-serving` signer issued for the node when
+//!   the agent joined with a token ([`super::identity::serving`]), self-signed (made once under
+//!   `<root>/kubelet/`) until then or otherwise ([`super::server_tls`]). Every request is
+//!   authenticated (a client certificate of the cluster CA, or a bearer token through a
+//!   TokenReview) and authorized (a SubjectAccessReview on `nodes/<subresource>`), as the
+//!   kubelet does ([`super::auth`]).
+//! - Plain HTTP on `--read-only-port` (off unless set; the kubelet's 10255), unauthenticated and
+//!   read-only: `/healthz`, `/pods` (a v1 PodList) and `/metrics` (Prometheus text). Insecure:
+//!   anyone who reaches the port sees every pod of the node.
 //!
 //! Container logs rotate here too (copytruncate, [`super::logs`]).
 
@@ -31,14 +35,16 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{KubeletAuth, PeerIdentity, Refusal};
 use super::directory::{LocateError, PodDirectory};
 pub use super::http::ServerState;
 use super::http::{query_bool, query_pairs, status_response};
+use super::identity::rotation::CertSlot;
 use super::logs::{self, LogOptions};
 use super::node::KUBELET_PORT;
 use crate::runtime::Runtime;
 
-/// The default read-only port.
+/// The kubelet's read-only port, when one is wanted (`--read-only-port 10255`).
 pub const READ_ONLY_PORT: u16 = 10255;
 /// How often logs are checked for rotation.
 const ROTATE_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,9 +61,10 @@ pub struct ServerArgs {
     /// The address the HTTPS and read-only endpoints listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub kubelet_address: IpAddr,
-    /// The port of the unauthenticated read-only endpoint (/healthz, /pods, /metrics); 0
-    /// disables it.
-    #[arg(long, default_value_t = READ_ONLY_PORT)]
+    /// The port of the unauthenticated read-only endpoint (/healthz, /pods, /metrics; the
+    /// kubelet's is 10255); 0, the default, disables it. Insecure: anyone who reaches it can
+    /// list the node's pods.
+    #[arg(long, default_value_t = 0)]
     pub read_only_port: u16,
     /// A container log larger than this is rotated (bytes, or with a Ki/Mi/Gi suffix).
     #[arg(long, default_value = "10Mi", value_parser = parse_size)]
@@ -97,10 +104,39 @@ pub struct ServerConfig {
     pub args: ServerArgs,
     /// The agent's root directory (certificate under `kubelet/`, logs under `pods/`).
     pub root_dir: PathBuf,
-    /// The bearer token requests must carry (the agent's kubeconfig's).
+    /// The bearer token accepted without review (the agent's `--kubeconfig`'s admin token);
+    /// [`serve`] accepts nothing else, [`serve_with`] what its [`ServerSecurity`] says.
     pub token: String,
     /// Extra names and addresses for the certificate (the node's name and IP).
     pub tls_sans: Vec<String>,
+}
+
+/// Who may call the HTTPS endpoint, and with which certificate it answers.
+#[derive(Clone)]
+pub struct ServerSecurity {
+    /// Authentication and authorization of every request.
+    pub auth: Arc<KubeletAuth>,
+    /// The CA client certificates must chain to (the cluster CA); `None`: client certificates
+    /// are not asked for.
+    pub client_ca_pem: Option<String>,
+    /// The issued serving certificate, when the node gets one (read at every handshake; the
+    /// self-signed one is served while it is empty).
+    pub serving: Option<Arc<CertSlot>>,
+}
+
+impl ServerSecurity {
+    /// Only `token` is accepted (as an administrator), with the self-signed certificate.
+    pub fn token_only(token: &str) -> Self {
+        Self {
+            auth: Arc::new(KubeletAuth::new(
+                String::new(),
+                None,
+                Some(token.to_owned()),
+            )),
+            client_ca_pem: None,
+            serving: None,
+        }
+    }
 }
 
 /// Errors of the node's HTTP endpoints.
@@ -181,6 +217,10 @@ pub fn load_or_create_certificate(
         std::fs::rename(&tmp, path)
     };
     std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        })
         .and_then(|()| write(&key_path, &key, 0o600))
         .and_then(|()| write(&cert_path, &cert, 0o644))
         .map_err(|e| ServerError::Certificate(format!("writing under {}: {e}", dir.display())))?;
@@ -199,21 +239,42 @@ impl IntoResponse for LocateError {
     }
 }
 
+/// Authenticates and authorizes every request ([`super::auth`]): 401 for no or bad
+/// credentials, 403 when the API denies the access, 500 when it cannot be asked.
 async fn authenticate(State(state): State<ServerState>, req: Request, next: Next) -> Response {
-    let presented = req
+    let peer = req
+        .extensions()
+        .get::<PeerIdentity>()
+        .cloned()
+        .unwrap_or(PeerIdentity::None);
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"),
+        .map(str::to_owned);
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let attributes = super::auth::request_attributes(req.method(), req.uri().path(), upgrade);
+    let now = std::time::Instant::now();
+    let decided = async {
+        let caller = state
+            .auth
+            .authenticate(&peer, bearer.as_deref(), now)
+            .await?;
+        state.auth.authorize(&caller, &attributes, now).await
+    };
+    match decided.await {
+        Ok(()) => next.run(req).await,
+        Err(Refusal::Unauthorized) => {
+            status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+        }
+        Err(Refusal::Forbidden(message)) => {
+            status_response(StatusCode::FORBIDDEN, "Forbidden", message)
+        }
+        Err(Refusal::Error(message)) => {
+            status_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+        }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The authenticated HTTPS endpoint's routes.
@@ -362,11 +423,25 @@ async fn container_logs(
         .into_response()
 }
 
-/// Serves the node's endpoints until `shutdown` is cancelled: HTTPS on
-/// `args.kubelet_port`, the read-only endpoint on `args.read_only_port` (unless 0), and log
-/// rotation. Returns when the listeners have stopped.
+/// Serves the node's endpoints until `shutdown` is cancelled, accepting only `config.token`
+/// (see [`serve_with`]).
 pub async fn serve(
     config: ServerConfig,
+    directory: Arc<dyn PodDirectory>,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let security = ServerSecurity::token_only(&config.token);
+    serve_with(config, security, directory, runtime, shutdown).await
+}
+
+/// Serves the node's endpoints until `shutdown` is cancelled: HTTPS on
+/// `args.kubelet_port` (callers authenticated and authorized by `security`), the read-only
+/// endpoint on `args.read_only_port` (unless 0), and log rotation. Returns when the listeners
+/// have stopped.
+pub async fn serve_with(
+    config: ServerConfig,
+    security: ServerSecurity,
     directory: Arc<dyn PodDirectory>,
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
@@ -374,14 +449,22 @@ pub async fn serve(
     let state = ServerState {
         directory,
         runtime,
-        token: Arc::from(config.token.as_str()),
+        auth: security.auth.clone(),
         shutdown: shutdown.clone(),
     };
     let (cert, key) = load_or_create_certificate(&config.root_dir, &config.tls_sans)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes())
-        .await
+    let fallback = super::identity::store::KeyedCert::new(&cert, &key)
+        .and_then(|c| c.certified_key())
         .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let (tls, verifier) = super::server_tls::server_config(
+        super::server_tls::ServingCert {
+            slot: security.serving.clone(),
+            fallback,
+        },
+        security.client_ca_pem.as_deref(),
+    )
+    .map_err(ServerError::Certificate)?;
     let addr = SocketAddr::new(config.args.kubelet_address, config.args.kubelet_port);
     let handle = axum_server::Handle::new();
     tokio::spawn({
@@ -393,8 +476,7 @@ pub async fn serve(
     });
     // TCP_NODELAY, so a followed log line or an exec keystroke is not held back by Nagle's
     // algorithm waiting for a delayed ACK.
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let acceptor = super::server_tls::PeerAcceptor::new(tls, verifier);
     let https = axum_server::bind(addr)
         .acceptor(acceptor)
         .handle(handle)
@@ -408,7 +490,7 @@ pub async fn serve(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Serve { addr, source })?;
-        tracing::info!(%addr, "read-only endpoint listening");
+        tracing::warn!(%addr, "read-only endpoint listening: unauthenticated (--read-only-port)");
         let shutdown = shutdown.clone();
         axum::serve(listener, read_only_app(state.clone()))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
