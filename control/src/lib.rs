@@ -2,6 +2,7 @@
 //! embedded redb store, and the controllers that run beside it.
 
 pub mod apiserver;
+pub mod bootstrap;
 pub mod certificates;
 pub mod client;
 pub mod controllers;
