@@ -12,3 +12,4 @@ pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod token_admin;

@@ -120,6 +120,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_kubernetes_service(config.listen.port())
         .await
         .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    // What a node joining with only a bootstrap token reads to find and trust this server.
+    crate::bootstrap::cluster_info::publish(&state, &client_url(config.listen), &creds.ca_pem)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing kube-public/cluster-info: {e}"))?;
     match config.listen.ip() {
         std::net::IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_loopback() => state
             .ensure_kubernetes_endpoints(ip, config.listen.port())
@@ -151,6 +155,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let settings = config.controllers.clone().map(|mut s| {
             s.root_ca
                 .get_or_insert_with(|| creds_for_client.ca_pem.clone());
+            // In process, the cluster CA signs approved CSRs unless other files were given.
+            s.csr_signing
+                .ca
+                .get_or_insert_with(|| crate::controllers::csr_signing::Ca {
+                    cert_pem: creds_for_client.ca_pem.clone(),
+                    key_pem: creds_for_client.ca_key_pem.clone(),
+                });
             s
         });
         async move {

@@ -1,0 +1,81 @@
+//! Token cleaner (kube-controller-manager's `tokencleaner`): bootstrap token Secrets in
+//! `kube-system` are deleted once they expire (an unreadable expiry counts as expired), each
+//! looked at again at the moment it expires. The authenticator refuses an expired token even
+//! before it is gone; deleting it also takes its signature out of `cluster-info`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::ResourceExt;
+
+use super::machinery::tokens::{token_secret, token_secrets};
+use crate::bootstrap::token;
+use crate::client::Context;
+
+/// Errors of a reconcile pass.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCleanerError {
+    /// The API server refused or failed a request.
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Runs the cleaner until shutdown.
+pub async fn run(ctx: Context) {
+    let secrets = token_secrets(&ctx);
+    secrets.listed().await;
+    Controller::for_shared_stream(secrets.objects(), secrets.store())
+        .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, Arc::new(ctx.client.clone()))
+        .for_each(|_| async {})
+        .await;
+}
+
+fn error_policy(secret: Arc<Secret>, err: &TokenCleanerError, _: Arc<kube::Client>) -> Action {
+    tracing::warn!(secret = %secret.name_any(), error = %err, "token cleanup failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(
+    secret: Arc<Secret>,
+    client: Arc<kube::Client>,
+) -> Result<Action, TokenCleanerError> {
+    if secret.type_.as_deref() != Some(token::SECRET_TYPE)
+        || secret.metadata.deletion_timestamp.is_some()
+    {
+        return Ok(Action::await_change());
+    }
+    let parsed = token_secret(&secret);
+    let now = jiff::Timestamp::now();
+    if !parsed.expired(now) {
+        return Ok(match parsed.expiration() {
+            Ok(Some(at)) => {
+                let left = at.as_millisecond().saturating_sub(now.as_millisecond());
+                Action::requeue(Duration::from_millis(
+                    u64::try_from(left).unwrap_or(0) + 1000,
+                ))
+            }
+            _ => Action::await_change(),
+        });
+    }
+    let api: Api<Secret> = Api::namespaced((*client).clone(), token::NAMESPACE);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&secret.name_any(), &params).await {
+        Ok(_) => {
+            tracing::info!(secret = %secret.name_any(), "deleted an expired bootstrap token");
+            Ok(Action::await_change())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
+}
