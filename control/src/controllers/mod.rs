@@ -8,6 +8,7 @@
 pub mod bootstrap_signer;
 pub mod cronjob;
 pub mod csr_approving;
+pub mod csr_cleaner;
 pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;

@@ -9,8 +9,8 @@ pub mod leader;
 
 use crate::client::Context;
 use crate::controllers::{
-    bootstrap_signer, cronjob, csr_approving, csr_signing, daemonset, deployment, endpoints,
-    endpointslice, garbage_collector, job, node_lifecycle, pod_cidr, replicaset,
+    bootstrap_signer, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset, deployment,
+    endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr, replicaset,
     replicationcontroller, root_ca, serviceaccount, statefulset, token_cleaner,
 };
 
@@ -51,6 +51,7 @@ pub async fn run(ctx: Context, settings: Settings) {
                     root_ca::run(ctx.clone(), settings.root_ca),
                     csr_signing::run(ctx.clone(), settings.csr_signing),
                     csr_approving::run(ctx.clone(), settings.csr_approving),
+                    csr_cleaner::run(ctx.clone()),
                     token_cleaner::run(ctx.clone()),
                     bootstrap_signer::run(ctx.clone()),
                     run_all(ctx),
