@@ -115,13 +115,7 @@ fn issued(cp: &ControlPlane, name: &str) -> String {
         &format!("{name} to be issued"),
         Duration::from_secs(20),
         || {
-            cert = cp.kubectl(&[
-                "get",
-                "csr",
-                name,
-                "-o",
-                "jsonpath={.status.certificate}",
-            ]);
+            cert = cp.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
             !cert.is_empty()
         },
     );
@@ -177,15 +171,22 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
         "{join}"
     );
     let listed = token_command(&cp, &["list"]);
-    assert!(listed.contains(&token) && listed.contains("authentication,signing"), "{listed}");
+    assert!(
+        listed.contains(&token) && listed.contains("authentication,signing"),
+        "{listed}"
+    );
 
     // cluster-info is public and signed for the token.
     let anonymous = kubeconfig(&cp, "anonymous", "    {}\n");
     let id = token.split('.').next().unwrap().to_owned();
-    wait_for("cluster-info signed for the token", Duration::from_secs(10), || {
-        let data = cluster_info(&anonymous).data.unwrap_or_default();
-        data.contains_key(&format!("jws-kubeconfig-{id}"))
-    });
+    wait_for(
+        "cluster-info signed for the token",
+        Duration::from_secs(10),
+        || {
+            let data = cluster_info(&anonymous).data.unwrap_or_default();
+            data.contains_key(&format!("jws-kubeconfig-{id}"))
+        },
+    );
 
     // The token asks for a node client certificate; the controllers approve and sign it.
     let bootstrap = kubeconfig(&cp, "bootstrap", &format!("    token: {token}\n"));
@@ -206,14 +207,22 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     };
     let (ok, _, err) = output(&out);
     assert!(ok, "the token creates its CSR: {err}");
     // Nothing else.
     let (ok, _, err) = output(&cp.kubectl_as(&bootstrap, &["get", "pods", "-A"]));
-    assert!(!ok && err.contains(&format!("User \"system:bootstrap:{id}\" cannot list")), "{err}");
+    assert!(
+        !ok && err.contains(&format!("User \"system:bootstrap:{id}\" cannot list")),
+        "{err}"
+    );
 
     let cert = issued(&cp, "node-csr-n1");
     let node = kubeconfig(
@@ -227,15 +236,28 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
     );
     let (ok, me, err) = whoami(&cp, &node);
     assert!(ok, "{err}");
-    assert!(me.contains("\"system:node:n1\"") && me.contains("\"system:nodes\""), "{me}");
+    assert!(
+        me.contains("\"system:node:n1\"") && me.contains("\"system:nodes\""),
+        "{me}"
+    );
 
     let table = cp.kubectl(&["get", "csr"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "AGE", "SIGNERNAME", "REQUESTOR", "REQUESTEDDURATION", "CONDITION"]
+        [
+            "NAME",
+            "AGE",
+            "SIGNERNAME",
+            "REQUESTOR",
+            "REQUESTEDDURATION",
+            "CONDITION"
+        ]
     );
-    let row = table.lines().find(|l| l.starts_with("node-csr-n1")).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("node-csr-n1"))
+        .unwrap();
     assert!(
         row.contains("kubernetes.io/kube-apiserver-client-kubelet")
             && row.contains(&format!("system:bootstrap:{id}"))
@@ -246,9 +268,20 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
 
     // A user's own client certificate: created by alice, approved only by someone allowed to.
     let alice = cp.user_kubeconfig("alice", &[]);
-    cp.kubectl(&["create", "clusterrolebinding", "alice-csr", "--clusterrole=system:node-bootstrapper", "--user=alice"]);
+    cp.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "alice-csr",
+        "--clusterrole=system:node-bootstrapper",
+        "--user=alice",
+    ]);
     let (pem, _) = request("alice", "developers");
-    let yaml = csr_yaml("alice", &pem, "kubernetes.io/kube-apiserver-client", &["client auth"]);
+    let yaml = csr_yaml(
+        "alice",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+    );
     let path = cp.dir.path().join("alice-csr.yaml");
     std::fs::write(&path, yaml).unwrap();
     wait_for("alice may create CSRs", Duration::from_secs(10), || {
@@ -264,11 +297,19 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
     let cert = issued(&cp, "alice");
     assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
     let approved = cp.kubectl(&["get", "csr", "alice", "--no-headers"]);
-    assert!(approved.trim_end().ends_with("Approved,Issued"), "{approved}");
+    assert!(
+        approved.trim_end().ends_with("Approved,Issued"),
+        "{approved}"
+    );
 
     // Denied: never signed.
     let (pem, _) = request("mallory", "developers");
-    let yaml = csr_yaml("mallory", &pem, "kubernetes.io/kube-apiserver-client", &["client auth"]);
+    let yaml = csr_yaml(
+        "mallory",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+    );
     cp.kubectl_stdin(&["create", "-f", "-"], Some(&yaml));
     cp.kubectl(&["certificate", "deny", "mallory"]);
     let denied = cp.kubectl(&["get", "csr", "mallory", "--no-headers"]);
@@ -276,7 +317,12 @@ fn a_node_joins_with_a_token_and_users_get_certificates_by_approval() {
 
     // A system:masters client certificate cannot even be asked for.
     let (pem, _) = request("root", "system:masters");
-    let yaml = csr_yaml("root", &pem, "kubernetes.io/kube-apiserver-client", &["client auth"]);
+    let yaml = csr_yaml(
+        "root",
+        &pem,
+        "kubernetes.io/kube-apiserver-client",
+        &["client auth"],
+    );
     let err = cp.kubectl_fails(&["create", "-f", "-"], Some(&yaml));
     assert!(err.contains("system:masters group is not allowed"), "{err}");
 
