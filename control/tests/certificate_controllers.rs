@@ -73,6 +73,29 @@ async fn post(a: &Api, who: As<'_>, body: Value) {
     assert_eq!(code, StatusCode::CREATED, "{v}");
 }
 
+/// What the Node authorizer grants nodes (Kubernetes' NodeRules: creating and reading CSRs),
+/// granted here through RBAC.
+async fn nodes_may_create_csrs(a: &Api) {
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nodes-csr"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-bootstrapper"},
+        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:nodes"}]});
+    a.post(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        binding,
+    )
+    .await;
+}
+
+/// Creates `body` as `who` once a binding just written lets it.
+async fn post_when_allowed(a: &Api, who: As<'_>, body: Value) {
+    eventually("the requester may create CSRs", || async {
+        let (code, _) = call(a, who, Method::POST, CSRS, Some(body.clone())).await;
+        (code == StatusCode::CREATED).then_some(())
+    })
+    .await;
+}
+
 async fn get(a: &Api, name: &str) -> Value {
     a.get(&format!("{CSRS}/{name}")).await
 }
@@ -179,29 +202,14 @@ async fn a_bootstrap_token_gets_a_node_client_certificate() {
 async fn a_node_renews_its_own_client_certificate() {
     let c = cluster(true).await;
     let a = &c.api;
-    // What the Node authorizer grants nodes (Kubernetes' NodeRules), granted here by RBAC.
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nodes-csr"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-bootstrapper"},
-        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:nodes"}]});
-    a.post(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        binding,
-    )
-    .await;
+    nodes_may_create_csrs(a).await;
     let node = As::User("system:node:n1", &["system:nodes"]);
     let pem = request_pem("system:node:n1", Some("system:nodes"), &[]);
-    eventually("the node may create CSRs", || async {
-        let (code, _) = call(
-            a,
-            node,
-            Method::POST,
-            CSRS,
-            Some(csr("renew-n1", &pem, KUBELET_CLIENT, NODE_CLIENT_USAGES)),
-        )
-        .await;
-        (code == StatusCode::CREATED).then_some(())
-    })
+    post_when_allowed(
+        a,
+        node,
+        csr("renew-n1", &pem, KUBELET_CLIENT, NODE_CLIENT_USAGES),
+    )
     .await;
     let (csr_object, _) = issued(a, "renew-n1").await;
     assert_eq!(
@@ -261,17 +269,11 @@ async fn abuse_gets_no_certificate() {
     )
     .await;
     let alice = As::User("alice", &[]);
-    eventually("alice may create CSRs", || async {
-        let (code, _) = call(
-            a,
-            alice,
-            Method::POST,
-            CSRS,
-            Some(csr("alice-node", &node, KUBELET_CLIENT, NODE_CLIENT_USAGES)),
-        )
-        .await;
-        (code == StatusCode::CREATED).then_some(())
-    })
+    post_when_allowed(
+        a,
+        alice,
+        csr("alice-node", &node, KUBELET_CLIENT, NODE_CLIENT_USAGES),
+    )
     .await;
     // A bootstrapper asking for a serving certificate: never automatic.
     let serving = request_pem("system:node:x", Some("system:nodes"), &["10.0.0.9"]);
@@ -388,28 +390,14 @@ async fn a_node_gets_a_serving_certificate_for_its_own_addresses() {
         json!([{"type": "InternalIP", "address": "10.0.0.5"}, {"type": "Hostname", "address": "n1"}]),
     )
     .await;
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nodes-csr"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-bootstrapper"},
-        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:nodes"}]});
-    a.post(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        binding,
-    )
-    .await;
+    nodes_may_create_csrs(a).await;
     let n1 = As::User("system:node:n1", &["system:nodes"]);
     let own = request_pem("system:node:n1", Some("system:nodes"), &["10.0.0.5", "n1"]);
-    eventually("the node may create CSRs", || async {
-        let (code, _) = call(
-            a,
-            n1,
-            Method::POST,
-            CSRS,
-            Some(csr("serving-n1", &own, KUBELET_SERVING, SERVING_USAGES)),
-        )
-        .await;
-        (code == StatusCode::CREATED).then_some(())
-    })
+    post_when_allowed(
+        a,
+        n1,
+        csr("serving-n1", &own, KUBELET_SERVING, SERVING_USAGES),
+    )
     .await;
     let (approved, cert) = issued(a, "serving-n1").await;
     assert_eq!(
@@ -485,28 +473,13 @@ async fn serving_certificates_wait_for_an_admin_when_the_policy_is_off() {
     )
     .await;
     let own = request_pem("system:node:n1", Some("system:nodes"), &["10.0.0.5"]);
-    // The node itself asks (impersonated, with the CSR rights nodes have).
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nodes-csr"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-bootstrapper"},
-        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:nodes"}]});
-    a.post(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-        binding,
-    )
-    .await;
+    nodes_may_create_csrs(a).await;
     let n1 = As::User("system:node:n1", &["system:nodes"]);
-    eventually("the node may create CSRs", || async {
-        let (code, _) = call(
-            a,
-            n1,
-            Method::POST,
-            CSRS,
-            Some(csr("serving-n1", &own, KUBELET_SERVING, SERVING_USAGES)),
-        )
-        .await;
-        (code == StatusCode::CREATED).then_some(())
-    })
+    post_when_allowed(
+        a,
+        n1,
+        csr("serving-n1", &own, KUBELET_SERVING, SERVING_USAGES),
+    )
     .await;
     approver_caught_up(a, "sentinel-4").await;
     assert_eq!(

@@ -18,6 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
+use super::machinery::expiry;
 use super::machinery::tokens::{token_secret, token_secrets};
 use crate::bootstrap::cluster_info::{JWS_PREFIX, KUBECONFIG_KEY, NAME, NAMESPACE};
 use crate::bootstrap::{jws, token};
@@ -106,15 +107,7 @@ async fn reconcile(map: Arc<ConfigMap>, state: Arc<State>) -> Result<Action, Boo
         .collect();
     updated.extend(wanted);
     // Looked at again when the first signing token expires, to drop its signature.
-    let next = match first_expiry {
-        Some(at) => {
-            let left = at.as_millisecond().saturating_sub(now.as_millisecond());
-            Action::requeue(Duration::from_millis(
-                u64::try_from(left).unwrap_or(0) + 1000,
-            ))
-        }
-        None => Action::await_change(),
-    };
+    let next = first_expiry.map_or_else(Action::await_change, |at| expiry::requeue_at(at, now));
     if updated == data {
         return Ok(next);
     }

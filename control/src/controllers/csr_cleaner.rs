@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::ResourceExt;
 
-use super::machinery::csr;
+use super::machinery::{csr, expiry};
 use crate::certificates::condition::{APPROVED, DENIED, FAILED};
 use crate::client::Context;
 
@@ -112,27 +112,13 @@ async fn reconcile(
     };
     let now = jiff::Timestamp::now();
     if now < at {
-        let left = at.as_millisecond().saturating_sub(now.as_millisecond());
-        return Ok(Action::requeue(Duration::from_millis(
-            u64::try_from(left).unwrap_or(0) + 1000,
-        )));
+        return Ok(expiry::requeue_at(at, now));
     }
     let api: Api<CertificateSigningRequest> = Api::all((*client).clone());
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: request.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&request.name_any(), &params).await {
-        Ok(_) => {
-            tracing::info!(csr = %request.name_any(), "deleted a finished CertificateSigningRequest");
-            Ok(Action::await_change())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Action::await_change()),
-        Err(e) => Err(e.into()),
+    if expiry::delete_seen(&api, &*request).await? {
+        tracing::info!(csr = %request.name_any(), "deleted a finished CertificateSigningRequest");
     }
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]

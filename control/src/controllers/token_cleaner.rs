@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Preconditions};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::ResourceExt;
 
+use super::machinery::expiry;
 use super::machinery::tokens::{token_secret, token_secrets};
 use crate::bootstrap::token;
 use crate::client::Context;
@@ -53,29 +54,13 @@ async fn reconcile(
     let now = jiff::Timestamp::now();
     if !parsed.expired(now) {
         return Ok(match parsed.expiration() {
-            Ok(Some(at)) => {
-                let left = at.as_millisecond().saturating_sub(now.as_millisecond());
-                Action::requeue(Duration::from_millis(
-                    u64::try_from(left).unwrap_or(0) + 1000,
-                ))
-            }
+            Ok(Some(at)) => expiry::requeue_at(at, now),
             _ => Action::await_change(),
         });
     }
     let api: Api<Secret> = Api::namespaced((*client).clone(), token::NAMESPACE);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: secret.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&secret.name_any(), &params).await {
-        Ok(_) => {
-            tracing::info!(secret = %secret.name_any(), "deleted an expired bootstrap token");
-            Ok(Action::await_change())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Action::await_change()),
-        Err(e) => Err(e.into()),
+    if expiry::delete_seen(&api, &*secret).await? {
+        tracing::info!(secret = %secret.name_any(), "deleted an expired bootstrap token");
     }
+    Ok(Action::await_change())
 }
