@@ -108,7 +108,15 @@ pub async fn delete(client: &kube::Client, id_or_token: &str) -> Result<(), Toke
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), token::NAMESPACE);
     let name = format!("{}{id}", token::SECRET_PREFIX);
-    let secret = api.get(&name).await?;
+    let secret = match api.get(&name).await {
+        Ok(secret) => secret,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(TokenAdminError::Invalid(format!(
+                "no bootstrap token {id:?}"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     if secret.type_.as_deref() != Some(token::SECRET_TYPE) {
         return Err(TokenAdminError::Invalid(format!(
             "{}/{} is not a bootstrap token",
