@@ -2,6 +2,8 @@
 //! embedded redb store, and the controllers that run beside it.
 
 pub mod apiserver;
+pub mod bootstrap;
+pub mod certificates;
 pub mod client;
 pub mod controllers;
 pub mod manager;
@@ -10,3 +12,4 @@ pub mod pki;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod token_admin;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skiff_control::apiserver::service_alloc;
-use skiff_control::controllers::{node_lifecycle, pod_cidr};
+use skiff_control::bootstrap::token;
+use skiff_control::controllers::{csr_approving, csr_signing, node_lifecycle, pod_cidr};
 use skiff_control::manager::{self, leader};
 use skiff_control::server::{self, Config};
 use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
@@ -56,7 +57,9 @@ struct Args {
     #[arg(long, default_value = "Node,RBAC", value_parser = parse_modes)]
     authorization_mode: Modes,
     /// Admission plugins to turn off, comma-separated (kube-apiserver's flag); only
-    /// ServiceAccount can be: without it pods get no account token.
+    /// ServiceAccount (without it pods get no account token) and
+    /// CertificateSubjectRestriction (without it a CSR may ask the kube-apiserver-client
+    /// signer for a system:masters certificate, which an approver could then grant) can be.
     #[arg(long, value_delimiter = ',')]
     disable_admission_plugins: Vec<String>,
     /// The `iss` of ServiceAccount tokens, and the base URL of the published OIDC discovery
@@ -113,7 +116,93 @@ enum Command {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Manage bootstrap tokens, with which nodes join (`kubeadm token`): a token
+    /// `<id>.<secret>` authenticates as `system:bootstrap:<id>` and may only ask for a node
+    /// client certificate, which is then approved and signed automatically.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
 }
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create a token and print it.
+    Create {
+        #[command(flatten)]
+        api: AdminApi,
+        /// How long the token works (e.g. 24h, 30m); 0 for ever.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// What it is for (shown by `token list`).
+        #[arg(long)]
+        description: Option<String>,
+        /// Extra groups (system:bootstrappers:...), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Usages, comma-separated: authentication (API requests), signing (cluster-info).
+        #[arg(long, value_delimiter = ',', default_value = "signing,authentication")]
+        usages: Vec<String>,
+        /// Print the skiff-agent command that joins a node with the token.
+        #[arg(long)]
+        print_join_command: bool,
+    },
+    /// List the tokens.
+    List {
+        #[command(flatten)]
+        api: AdminApi,
+    },
+    /// Delete a token (by id or whole token).
+    Delete {
+        #[command(flatten)]
+        api: AdminApi,
+        /// The token id (or the whole token).
+        id: String,
+    },
+}
+
+/// How a command reaches the API server as admin.
+#[derive(Debug, Clone, clap::Args)]
+struct AdminApi {
+    /// An admin kubeconfig (preferred over --data-dir).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The control plane's data directory (its pki/ holds the admin credentials).
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The API server's URL as nodes reach it (and this command, with --data-dir).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl AdminApi {
+    /// A client, and the URL it reaches the server at.
+    async fn client(&self) -> anyhow::Result<(kube::Client, String)> {
+        let yaml = match (&self.kubeconfig, &self.data_dir) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            (None, Some(dir)) => {
+                let server = self.server.as_deref().unwrap_or(DEFAULT_SERVER);
+                skiff_control::pki::admin_kubeconfig_from_dir(dir, server)
+                    .with_context(|| format!("the admin credentials in {}", dir.display()))?
+            }
+            (None, None) => anyhow::bail!("give --kubeconfig or --data-dir"),
+        };
+        let config = kube::config::Kubeconfig::from_yaml(&yaml)?;
+        let url = config
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .unwrap_or_default();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = server::loopback_client(&yaml).await?;
+        Ok((client, self.server.clone().unwrap_or(url)))
+    }
+}
+
+/// Where `skiff-control token --data-dir` looks for the API server by default.
+const DEFAULT_SERVER: &str = "https://127.0.0.1:6443";
 
 /// Flags of the controllers, in both modes.
 #[derive(Debug, Clone, clap::Args)]
@@ -140,6 +229,24 @@ struct ControllerArgs {
     /// How often the leader renews and a standby tries to acquire.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     leader_elect_retry_period: Duration,
+    /// PEM CA certificate that signs approved CertificateSigningRequests of the
+    /// kubernetes.io signers (kube-controller-manager's flag). In the API server's process
+    /// the cluster CA does by default; `skiff-control controllers` signs nothing without it.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// The PKCS#8 PEM key of --cluster-signing-cert-file.
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// The longest lifetime of a signed certificate (a CSR's expirationSeconds may ask for
+    /// less, not for more).
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    cluster_signing_duration: Duration,
+    /// Approve a node's kubelet-serving CSR without an admin when the node itself asks for
+    /// names its Node object reports (Kubernetes never does; skiff's agents need serving
+    /// certificates with no admin around). --approve-kubelet-serving=false to approve them by
+    /// hand.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    approve_kubelet_serving: bool,
 }
 
 impl ControllerArgs {
@@ -166,7 +273,33 @@ impl ControllerArgs {
                 ..leader::Config::default()
             },
             root_ca: None,
+            csr_signing: csr_signing::Config {
+                ca: self.signing_ca()?,
+                duration: self.cluster_signing_duration,
+            },
+            csr_approving: csr_approving::Config {
+                approve_kubelet_serving: self.approve_kubelet_serving,
+            },
         })
+    }
+
+    fn signing_ca(&self) -> anyhow::Result<Option<csr_signing::Ca>> {
+        let (Some(cert), Some(key)) = (
+            &self.cluster_signing_cert_file,
+            &self.cluster_signing_key_file,
+        ) else {
+            return Ok(None);
+        };
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let ca = csr_signing::Ca {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        };
+        // Refuse a wrong pair at start rather than at the first CSR.
+        skiff_control::certificates::authority::Authority::from_pem(&ca.cert_pem, &ca.key_pem)?;
+        Ok(Some(ca))
     }
 }
 
@@ -306,6 +439,9 @@ async fn run() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(Command::Token { action }) = &args.command {
+        return token_command(action).await;
+    }
     if let Some(Command::Controllers {
         kubeconfig,
         controllers: flags,
@@ -355,4 +491,114 @@ async fn run() -> anyhow::Result<()> {
         shutdown,
     )
     .await
+}
+
+/// `skiff-control token ...`.
+async fn token_command(action: &TokenAction) -> anyhow::Result<()> {
+    match action {
+        TokenAction::Create {
+            api,
+            ttl,
+            description,
+            groups,
+            usages,
+            print_join_command,
+        } => {
+            let (client, server) = api.client().await?;
+            for usage in usages {
+                anyhow::ensure!(
+                    ["authentication", "signing"].contains(&usage.as_str()),
+                    "unknown usage {usage:?}: authentication or signing"
+                );
+            }
+            let expiration = if ttl.is_zero() {
+                None
+            } else {
+                Some(jiff::Timestamp::now() + jiff::SignedDuration::try_from(*ttl)?)
+            };
+            let options = token::Options {
+                expiration,
+                authentication: usages.iter().any(|u| u == "authentication"),
+                signing: usages.iter().any(|u| u == "signing"),
+                description: description.clone(),
+                extra_groups: groups.clone(),
+            };
+            let created = skiff_control::token_admin::create(&client, &options).await?;
+            if *print_join_command {
+                println!("skiff-agent --server {server} --token {}", created.bearer());
+            } else {
+                println!("{}", created.bearer());
+            }
+        }
+        TokenAction::List { api } => {
+            let (client, _) = api.client().await?;
+            let now = jiff::Timestamp::now();
+            let rows: Vec<[String; 6]> = skiff_control::token_admin::list(&client)
+                .await?
+                .into_iter()
+                .map(|t| {
+                    let (ttl, expires) = match t.expires {
+                        Some(at) => (
+                            skiff_control::apiserver::table::human_duration(
+                                at.as_second() - now.as_second(),
+                            ),
+                            at.to_string(),
+                        ),
+                        None => ("<forever>".into(), "<never>".into()),
+                    };
+                    let none = |s: String| if s.is_empty() { "<none>".into() } else { s };
+                    [
+                        t.token,
+                        ttl,
+                        expires,
+                        t.usages,
+                        none(t.description),
+                        none(t.extra_groups),
+                    ]
+                })
+                .collect();
+            print_table(
+                [
+                    "TOKEN",
+                    "TTL",
+                    "EXPIRES",
+                    "USAGES",
+                    "DESCRIPTION",
+                    "EXTRA GROUPS",
+                ],
+                &rows,
+            );
+        }
+        TokenAction::Delete { api, id } => {
+            let (client, _) = api.client().await?;
+            skiff_control::token_admin::delete(&client, id).await?;
+            println!(
+                "bootstrap token {:?} deleted",
+                id.split('.').next().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, columns padded as kubectl does.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }

@@ -38,6 +38,8 @@ pub enum PkiError {
 pub struct Credentials {
     /// PEM of the CA certificate (goes into kubeconfigs).
     pub ca_pem: String,
+    /// PEM of the CA key (signs approved CertificateSigningRequests in process).
+    pub ca_key_pem: String,
     /// PEM of the serving certificate chain.
     pub server_cert_pem: String,
     /// PEM of the serving key.
@@ -210,6 +212,7 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
     )?;
     Ok(Credentials {
         ca_pem,
+        ca_key_pem,
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
         token,
@@ -365,6 +368,24 @@ pub fn user_kubeconfig(
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(PkiError::from)?;
     let (cert, key) = client_certificate(&issuer, user, groups, days)?;
     Ok(render_kubeconfig(server, &ca_pem, user, &cert, &key, None))
+}
+
+/// The admin kubeconfig for `server` from the credentials a skiff-control that has started
+/// once keeps under `dir/pki` (for commands run beside it, such as `skiff-control token`).
+pub fn admin_kubeconfig_from_dir(dir: &Path, server: &str) -> Result<String, PkiError> {
+    let pki = dir.join("pki");
+    let read = |name: &str| {
+        let path = pki.join(name);
+        fs::read_to_string(&path).map_err(io(&path))
+    };
+    Ok(render_kubeconfig(
+        server,
+        &read("ca.crt")?,
+        "skiff-admin",
+        &read("admin.crt")?,
+        &read("admin.key")?,
+        None,
+    ))
 }
 
 /// Writes the admin kubeconfig with owner-only permissions.

@@ -60,6 +60,23 @@ pub fn client_url(listen: SocketAddr) -> String {
     format!("https://{host}:{}", listen.port())
 }
 
+/// The URL nodes are told to reach the API server at (`cluster-info`): the listen address, or
+/// for a wildcard listen address the first `--tls-san` (a name the serving certificate holds
+/// that clients elsewhere can use), loopback when there is none.
+pub fn advertised_url(listen: SocketAddr, tls_sans: &[String]) -> String {
+    match tls_sans.first() {
+        Some(san) if listen.ip().is_unspecified() => {
+            let host = if san.contains(':') {
+                format!("[{san}]")
+            } else {
+                san.clone()
+            };
+            format!("https://{host}:{}", listen.port())
+        }
+        _ => client_url(listen),
+    }
+}
+
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -120,6 +137,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_kubernetes_service(config.listen.port())
         .await
         .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    // What a node joining with only a bootstrap token reads to find and trust this server.
+    let advertised = advertised_url(config.listen, &config.tls_sans);
+    crate::bootstrap::cluster_info::publish(&state, &advertised, &creds.ca_pem)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing kube-public/cluster-info: {e}"))?;
     match config.listen.ip() {
         std::net::IpAddr::V4(ip) if !ip.is_unspecified() && !ip.is_loopback() => state
             .ensure_kubernetes_endpoints(ip, config.listen.port())
@@ -153,6 +175,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let settings = config.controllers.clone().map(|mut s| {
             s.root_ca
                 .get_or_insert_with(|| creds_for_client.ca_pem.clone());
+            // In process, the cluster CA signs approved CSRs unless other files were given.
+            s.csr_signing
+                .ca
+                .get_or_insert_with(|| crate::controllers::csr_signing::Ca {
+                    cert_pem: creds_for_client.ca_pem.clone(),
+                    key_pem: creds_for_client.ca_key_pem.clone(),
+                });
             s
         });
         async move {
@@ -202,4 +231,31 @@ pub async fn loopback_client(kubeconfig: &str) -> anyhow::Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_told_an_address_they_can_reach() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let sans = ["cp.example".to_owned()];
+        assert_eq!(
+            advertised_url(at("10.0.0.1:6443"), &sans),
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(
+            advertised_url(at("0.0.0.0:6443"), &sans),
+            "https://cp.example:6443"
+        );
+        assert_eq!(
+            advertised_url(at("[::]:6443"), &["fd00::1".to_owned()]),
+            "https://[fd00::1]:6443"
+        );
+        assert_eq!(
+            advertised_url(at("0.0.0.0:6443"), &[]),
+            "https://127.0.0.1:6443"
+        );
+    }
 }

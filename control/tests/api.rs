@@ -598,6 +598,7 @@ async fn discovery_lists_every_resource() {
             "authentication.k8s.io",
             "authorization.k8s.io",
             "batch",
+            "certificates.k8s.io",
             "discovery.k8s.io",
             "coordination.k8s.io",
             "scheduling.k8s.io",

@@ -129,9 +129,10 @@ async fn the_four_kinds_are_created_read_and_listed() {
     );
     assert!(names(&a.get(&cluster_roles()).await).contains(&"system:pod-reader"));
     assert!(names(&a.get(&cluster_role_bindings()).await).contains(&"system:read-pods"));
+    // Across namespaces, beside the bootstrap policy's binding in kube-public.
     assert_eq!(
         names(&a.get(&format!("{G}/rolebindings")).await),
-        ["read-pods"]
+        ["read-pods", "kubeadm:bootstrap-signer-clusterinfo"]
     );
 
     let table = a.table(&role_bindings("default")).await;

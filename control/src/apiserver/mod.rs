@@ -130,9 +130,9 @@ async fn authenticate(
 
 /// Who the request is from, trying what Kubernetes tries in its order: a client certificate
 /// from the cluster CA (CN = user, O = groups), then a bearer token (the admin token, then a
-/// ServiceAccount token), then nobody (`system:anonymous`). A certificate that does not
-/// verify, or a token nobody issued, is a 401 unless a later authenticator succeeds; an absent
-/// credential is not an error.
+/// ServiceAccount token, then a bootstrap token), then nobody (`system:anonymous`). A
+/// certificate that does not verify, or a token nobody issued, is a 401 unless a later
+/// authenticator succeeds; an absent credential is not an error.
 async fn identify(
     state: &ApiState,
     peer: Option<auth::x509::PeerIdentity>,
@@ -151,7 +151,14 @@ async fn identify(
         let audiences = state.tokens.audiences();
         return match auth::service_account::authenticate(state, token, audiences).await {
             Ok(Some(found)) => Ok(Arc::new(found.user)),
-            Ok(None) => Err(ApiError::Unauthorized),
+            Ok(None) => match auth::bootstrap_token::authenticate(state, token).await {
+                Ok(Some(user)) => Ok(Arc::new(user)),
+                Ok(None) => Err(ApiError::Unauthorized),
+                Err(reason) => {
+                    tracing::debug!(%reason, "refused a bootstrap token");
+                    Err(ApiError::Unauthorized)
+                }
+            },
             Err(reason) => {
                 tracing::debug!(%reason, "refused a ServiceAccount token");
                 Err(ApiError::Unauthorized)

@@ -34,6 +34,9 @@ pub enum Subresource {
     Binding,
     /// `serviceaccounts/{name}/token` (POST only): a TokenRequest, never stored.
     Token,
+    /// `certificatesigningrequests/{name}/approval`: writes change only
+    /// `status.conditions` (approving or denying a CSR).
+    Approval,
 }
 
 /// `?fieldValidation=`: what to do with fields the schema does not know.
@@ -669,6 +672,25 @@ impl ApiState {
                 }
                 (new, warnings)
             }
+            Subresource::Approval => {
+                let (decoded, warnings) = self.decode(def, candidate, opts)?;
+                let mut new = old.clone();
+                if !new.get("status").is_some_and(Value::is_object) {
+                    new["status"] = json!({});
+                }
+                let status = new["status"]
+                    .as_object_mut()
+                    .expect("status was just made an object");
+                match decoded.pointer("/status/conditions") {
+                    Some(conditions) => {
+                        status.insert("conditions".into(), conditions.clone());
+                    }
+                    None => {
+                        status.remove("conditions");
+                    }
+                }
+                (new, warnings)
+            }
             Subresource::Main => {
                 let (mut decoded, warnings) = self.decode(def, candidate, opts)?;
                 if def.subresources.status {
@@ -714,6 +736,8 @@ impl ApiState {
                 meta_str(old, "name").unwrap_or_default(),
             );
             strategy.before_update(self, &key, old, &mut new)?;
+        } else {
+            strategy.before_subresource_update(self, sub, old, &mut new)?;
         }
         if new.get("spec") != old.get("spec") && new.get("spec").is_some() {
             let generation = old

@@ -247,6 +247,16 @@ impl Informers {
         self.start(Some(ns), api, watcher::Config::default())
     }
 
+    /// The informer of the `K`s in namespace `ns` that `config` selects (e.g. one name, or
+    /// Secrets of one type).
+    pub fn get_namespaced_with<K>(&self, ns: &str, config: watcher::Config) -> Arc<Informer<K>>
+    where
+        K: Kind + Resource<Scope = NamespaceResourceScope>,
+    {
+        let api = Api::namespaced(self.client.clone(), ns);
+        self.start(Some(ns), api, config)
+    }
+
     fn start<K: Kind>(
         &self,
         ns: Option<&str>,

@@ -5,7 +5,11 @@
 //! separate process. [`crate::manager`] starts them; what they share that is not a controller
 //! is in [`machinery`].
 
+pub mod bootstrap_signer;
 pub mod cronjob;
+pub mod csr_approving;
+pub mod csr_cleaner;
+pub mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -22,3 +26,4 @@ pub mod replicationcontroller;
 pub mod root_ca;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod token_cleaner;

@@ -9,9 +9,9 @@ pub mod leader;
 
 use crate::client::Context;
 use crate::controllers::{
-    cronjob, daemonset, deployment, endpoints, endpointslice, garbage_collector, job,
-    node_lifecycle, pod_cidr, replicaset, replicationcontroller, root_ca, serviceaccount,
-    statefulset,
+    bootstrap_signer, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset, deployment,
+    endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr, replicaset,
+    replicationcontroller, root_ca, serviceaccount, statefulset, token_cleaner,
 };
 
 /// Settings of the client-side controllers.
@@ -26,6 +26,10 @@ pub struct Settings {
     /// PEM of the cluster CA, published in every namespace as `kube-root-ca.crt`
     /// (kube-controller-manager's `--root-ca-file`).
     pub root_ca: Option<String>,
+    /// The CA that signs approved CertificateSigningRequests, and for how long.
+    pub csr_signing: csr_signing::Config,
+    /// What CertificateSigningRequests are approved without an admin.
+    pub csr_approving: csr_approving::Config,
 }
 
 /// Runs the controllers and the scheduler while this instance is the leader, until
@@ -45,6 +49,11 @@ pub async fn run(ctx: Context, settings: Settings) {
                     pod_cidr::run(ctx.clone(), settings.pod_cidrs),
                     node_lifecycle::run(ctx.clone(), settings.node_lifecycle),
                     root_ca::run(ctx.clone(), settings.root_ca),
+                    csr_signing::run(ctx.clone(), settings.csr_signing),
+                    csr_approving::run(ctx.clone(), settings.csr_approving),
+                    csr_cleaner::run(ctx.clone()),
+                    token_cleaner::run(ctx.clone()),
+                    bootstrap_signer::run(ctx.clone()),
                     run_all(ctx),
                 );
             }

@@ -22,6 +22,8 @@ use skiff_control::store::RedbStore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+pub mod csr;
+
 pub const TOKEN: &str = "test-token";
 
 pub struct Api {

@@ -30,6 +30,7 @@
 //! `authorizer.index().wait_for(revision)` until they are visible.
 
 pub mod authorizer;
+pub mod bootstrap_token;
 pub mod go_format;
 pub mod impersonation;
 pub mod node;

@@ -1,7 +1,8 @@
 //! authentication.k8s.io/v1: SelfSubjectReview ("who am I", `kubectl auth whoami`) and
 //! TokenReview ("whose token is this", for webhooks and aggregated servers), create-only and
 //! never stored, as Kubernetes' `pkg/registry/authentication` answers them. A TokenReview
-//! authenticates the admin token and ServiceAccount tokens for the audiences it names.
+//! authenticates the admin token, ServiceAccount tokens and bootstrap tokens for the
+//! audiences it names.
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 use skiff_k8s::time;
 
 use super::{Review, Strategy, CREATE_ONLY};
-use crate::apiserver::auth::{service_account, UserInfo};
+use crate::apiserver::auth::{bootstrap_token, service_account, UserInfo};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::registry::ResourceDef;
 use crate::apiserver::ApiState;
@@ -73,6 +74,35 @@ fn self_subject_review(user: &UserInfo) -> Value {
     })
 }
 
+/// The status of a TokenReview of what may be a bootstrap token: like the admin token it is
+/// not tied to an audience, so it is accepted for the API server's own.
+async fn bootstrap_token_status(
+    state: &ApiState,
+    token: &str,
+    audiences: &[String],
+    requested: &[String],
+) -> Value {
+    let unauthenticated = |error: &str| json!({"user": {}, "error": error});
+    let own: Vec<&String> = audiences
+        .iter()
+        .filter(|a| state.tokens.audiences().contains(a))
+        .collect();
+    match bootstrap_token::authenticate(state, token).await {
+        Ok(Some(_)) if own.is_empty() => {
+            unauthenticated("token audiences are invalid for the target audiences")
+        }
+        Ok(Some(user)) => {
+            let mut status = json!({"authenticated": true, "user": user_info(&user)});
+            if !requested.is_empty() {
+                status["audiences"] = json!(own);
+            }
+            status
+        }
+        Ok(None) => unauthenticated("invalid bearer token"),
+        Err(_) => unauthenticated("invalid bearer token"),
+    }
+}
+
 /// The request's TokenReview with its status. The admin token is not tied to an audience, so
 /// it is accepted for the API server's own; a ServiceAccount token must name one of the
 /// review's audiences (the API server's when it names none), and the status lists those it
@@ -128,7 +158,7 @@ async fn token_review(state: &ApiState, mut object: Value) -> Result<Value, ApiE
                 }
                 status
             }
-            Ok(None) => unauthenticated("invalid bearer token"),
+            Ok(None) => bootstrap_token_status(state, &token, &audiences, &requested).await,
             Err(reason) => unauthenticated(&format!("[invalid bearer token, {reason}]")),
         }
     };

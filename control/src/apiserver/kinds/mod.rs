@@ -134,6 +134,20 @@ pub trait Strategy: Send + Sync {
         Ok(())
     }
 
+    /// Last step of a write through a subresource (`/status`, `/approval`, ...) before
+    /// validation, under the write lock: what that subresource may change beyond copying it
+    /// (kept conditions, timestamps) and who may change it (the certificates admission
+    /// checks). `new` is the stored object with the subresource's part replaced.
+    fn before_subresource_update(
+        &self,
+        _state: &ApiState,
+        _sub: Subresource,
+        _old: &Value,
+        _new: &mut Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     /// After any write to `key` (or a failed or dry-run one): settle with what is stored.
     /// Async because it reads the store.
     fn after_write<'a>(&'a self, _state: &'a ApiState, _key: &'a str) -> BoxFuture<'a, ()> {
@@ -259,6 +273,7 @@ builtins! {
     authorization,
     job,
     cronjob,
+    certificates,
     endpointslice,
     lease,
     priorityclass,

@@ -2,7 +2,9 @@
 //! the default ClusterRoles and ClusterRoleBindings every cluster starts with, labelled
 //! `kubernetes.io/bootstrapping=rbac-defaults` and annotated
 //! `rbac.authorization.kubernetes.io/autoupdate=true`, plus `system:skiff:controller-manager`
-//! for what skiff's own controllers and scheduler do.
+//! for what skiff's own controllers and scheduler do, and what kubeadm adds for nodes that
+//! join with a bootstrap token: bootstrappers may ask for node client certificates, nodes may
+//! renew their own, and anyone may read the `cluster-info` ConfigMap in `kube-public`.
 //!
 //! [`ensure`] runs at every start, as the API server's `rbac/bootstrap-roles` post-start hook
 //! does: missing objects are created; existing ones are reconciled unless annotated
@@ -202,7 +204,55 @@ pub fn cluster_roles() -> Vec<Value> {
             kube_controller_manager(),
         ),
         cluster_role("system:skiff:controller-manager", &[], skiff_controllers()),
+        cluster_role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(
+                &["create", "get", "list", "watch"],
+                &[CERTIFICATES],
+                &["certificatesigningrequests"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[],
+            vec![rule(
+                CREATE,
+                &[CERTIFICATES],
+                &["certificatesigningrequests/nodeclient"],
+            )],
+        ),
+        cluster_role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[],
+            vec![rule(
+                CREATE,
+                &[CERTIFICATES],
+                &["certificatesigningrequests/selfnodeclient"],
+            )],
+        ),
+        signer_approver("kube-apiserver-client"),
+        signer_approver("kube-apiserver-client-kubelet"),
+        signer_approver("kubelet-serving"),
+        signer_approver("legacy-unknown"),
     ]
+}
+
+/// The certificates API group.
+const CERTIFICATES: &str = "certificates.k8s.io";
+
+/// `system:certificates.k8s.io:<signer>-approver`: approving CSRs of `kubernetes.io/<signer>`.
+fn signer_approver(signer: &str) -> Value {
+    cluster_role(
+        &format!("system:certificates.k8s.io:{signer}-approver"),
+        &[],
+        vec![named(
+            &["approve"],
+            &[CERTIFICATES],
+            &["signers"],
+            &[&format!("kubernetes.io/{signer}")],
+        )],
+    )
 }
 
 fn aggregate_to_edit() -> Vec<Value> {
@@ -495,7 +545,67 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         ),
         binding("system:kube-controller-manager", &[KCM]),
         binding("system:skiff:controller-manager", &[KCM]),
+        // kubeadm's bindings for joining nodes (named after skiff instead of kubeadm): a
+        // bootstrap token may ask for a node client certificate, which the approver then
+        // grants; a node may ask to renew its own.
+        binding_named(
+            "skiff:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            group_subjects(&[BOOTSTRAPPERS]),
+        ),
+        binding_named(
+            "skiff:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            group_subjects(&[BOOTSTRAPPERS]),
+        ),
+        binding_named(
+            "skiff:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            group_subjects(&["system:nodes"]),
+        ),
     ]
+}
+
+/// The group of every bootstrap token.
+const BOOTSTRAPPERS: &str = "system:bootstrappers";
+
+fn group_subjects(groups: &[&str]) -> Vec<Value> {
+    groups
+        .iter()
+        .map(|g| json!({"kind": "Group", "apiGroup": RBAC, "name": g}))
+        .collect()
+}
+
+/// The namespace kubeadm's discovery objects live in.
+pub const KUBE_PUBLIC: &str = "kube-public";
+/// The ConfigMap a joining node reads before it trusts anything (see
+/// `crate::bootstrap::cluster_info`).
+pub const CLUSTER_INFO: &str = "cluster-info";
+/// kubeadm's name of the Role and RoleBinding that let anyone read `cluster-info`.
+const CLUSTER_INFO_READER: &str = "kubeadm:bootstrap-signer-clusterinfo";
+
+/// The bootstrap Roles, by namespace: reading `cluster-info` in `kube-public`.
+pub fn roles() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": namespaced(metadata(CLUSTER_INFO_READER, &[]), KUBE_PUBLIC),
+        "rules": [named(&["get"], &[""], &["configmaps"], &[CLUSTER_INFO])]}),
+    ]
+}
+
+/// The bootstrap RoleBindings: `cluster-info` is for anyone, before they hold credentials.
+pub fn role_bindings() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": namespaced(metadata(CLUSTER_INFO_READER, &[]), KUBE_PUBLIC),
+        "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": CLUSTER_INFO_READER},
+        "subjects": [{"kind": "User", "apiGroup": RBAC, "name": "system:anonymous"}]}),
+    ]
+}
+
+fn namespaced(mut metadata: Value, namespace: &str) -> Value {
+    metadata["namespace"] = json!(namespace);
+    metadata
 }
 
 /// Creates the bootstrap policy's missing objects and reconciles the existing ones (see the
@@ -504,6 +614,8 @@ pub async fn ensure(state: &ApiState) -> Result<(), ApiError> {
     for (plural, objects) in [
         ("clusterroles", cluster_roles()),
         ("clusterrolebindings", cluster_role_bindings()),
+        ("roles", roles()),
+        ("rolebindings", role_bindings()),
     ] {
         let def = state
             .registry
@@ -524,12 +636,16 @@ async fn reconcile(state: &ApiState, def: &ResourceDef, expected: Value) -> Resu
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let namespace = expected["metadata"]["namespace"]
+        .as_str()
+        .map(str::to_owned);
+    let ns = namespace.as_deref();
     let opts = WriteOptions::default();
     for _ in 0..ATTEMPTS {
-        let existing = match state.get(def, None, &name).await {
+        let existing = match state.get(def, ns, &name).await {
             Ok(existing) => existing,
             Err(ApiError::NotFound { .. }) => {
-                match state.create(def, None, expected.clone(), &opts).await {
+                match state.create(def, ns, expected.clone(), &opts).await {
                     Ok(_) => return Ok(()),
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e),
@@ -548,10 +664,11 @@ async fn reconcile(state: &ApiState, def: &ResourceDef, expected: Value) -> Resu
         if wanted == existing {
             return Ok(());
         }
-        if def.kind == "ClusterRoleBinding" && existing.get("roleRef") != expected.get("roleRef") {
+        let binding = def.kind == "ClusterRoleBinding" || def.kind == "RoleBinding";
+        if binding && existing.get("roleRef") != expected.get("roleRef") {
             // A roleRef cannot change: the binding is replaced.
             match state
-                .delete(def, None, &name, &DeleteOptions::default())
+                .delete(def, ns, &name, &DeleteOptions::default())
                 .await
             {
                 Ok(_) | Err(ApiError::NotFound { .. }) => {}
@@ -559,16 +676,18 @@ async fn reconcile(state: &ApiState, def: &ResourceDef, expected: Value) -> Resu
             }
             let mut fresh = wanted;
             if let Some(meta) = fresh.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.retain(|k, _| ["name", "labels", "annotations"].contains(&k.as_str()));
+                meta.retain(|k, _| {
+                    ["name", "namespace", "labels", "annotations"].contains(&k.as_str())
+                });
             }
-            match state.create(def, None, fresh, &opts).await {
+            match state.create(def, ns, fresh, &opts).await {
                 Ok(_) => return Ok(()),
                 Err(ApiError::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
         match state
-            .update(def, None, &name, wanted, Subresource::Main, &opts)
+            .update(def, ns, &name, wanted, Subresource::Main, &opts)
             .await
         {
             Ok(_) => return Ok(()),
@@ -647,7 +766,12 @@ mod tests {
 
     #[test]
     fn every_bootstrap_object_is_valid_and_labelled() {
-        for object in cluster_roles().into_iter().chain(cluster_role_bindings()) {
+        let all = cluster_roles()
+            .into_iter()
+            .chain(cluster_role_bindings())
+            .chain(roles())
+            .chain(role_bindings());
+        for object in all {
             let kind = object["kind"].as_str().unwrap().to_owned();
             let object = defaulted(RBAC, &kind, object);
             assert_eq!(validate(RBAC, &kind, &object), [], "{object}");
