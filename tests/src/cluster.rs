@@ -337,10 +337,16 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
             std::fs::canonicalize(p).with_context(|| format!("the registry config {}", p.display()))
         })
         .transpose()?;
+    // Nodes join as Kubernetes nodes do: a bootstrap token gets each its own certificate
+    // (system:node:<name>) through a CSR; the admin credential never leaves the control plane.
+    let server = format!("https://{}:6443", net(1));
+    let token = join_token(&opts.control_bin, &state.kubeconfig)?;
     for node in &mut state.nodes {
         let mut args: Vec<String> = [
-            "--kubeconfig",
-            &state.kubeconfig.display().to_string(),
+            "--server",
+            &server,
+            "--token",
+            &token,
             "--node-name",
             &node.name,
             "--root-dir",
@@ -397,6 +403,27 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         Ok(ready_nodes(&kubeconfig)?.len() >= names.len())
     })?;
     Ok(())
+}
+
+/// A bootstrap token from `skiff-control token create`, for the agents to join with.
+fn join_token(control_bin: &Path, kubeconfig: &Path) -> anyhow::Result<String> {
+    let out = std::process::Command::new(control_bin)
+        .args(["token", "create", "--ttl", "1h", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--description", "skiff-cluster nodes"])
+        .output()
+        .context("running skiff-control token create")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "skiff-control token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    anyhow::ensure!(
+        token.len() == 23 && token.as_bytes()[6] == b'.',
+        "skiff-control token create printed {token:?}, not a token"
+    );
+    Ok(token)
 }
 
 fn tail(path: &Path) -> String {

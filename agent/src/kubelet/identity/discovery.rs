@@ -20,6 +20,8 @@ pub const CLUSTER_INFO_PATH: &str = "/api/v1/namespaces/kube-public/configmaps/c
 pub const JWS_KEY_PREFIX: &str = "jws-kubeconfig-";
 /// How long discovery keeps trying an unreachable API server.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a join waits for cluster-info to be signed for its token.
+const SIGNATURE_WAIT: Duration = Duration::from_secs(30);
 
 /// A bootstrap token, `<id>.<secret>` (`[a-z0-9]{6}.[a-z0-9]{16}`).
 #[derive(Clone, PartialEq, Eq)]
@@ -190,8 +192,8 @@ pub fn verify_cluster_info(
 
 /// Fetches `cluster-info` from `server` (`https://host:port`) without verifying its TLS (the
 /// CA is what is being learnt) and without credentials, and verifies it for `token`. An
-/// unreachable server or a 5xx is retried for up to five minutes; a missing ConfigMap or a
-/// bad signature is an error at once.
+/// unreachable server or a 5xx is retried for up to five minutes, a missing signature for the
+/// token for [`SIGNATURE_WAIT`]; a missing ConfigMap or a bad signature is an error at once.
 pub async fn discover(server: &str, token: &BootstrapToken) -> Result<ClusterInfo, DiscoveryError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = format!("{}{CLUSTER_INFO_PATH}", server.trim_end_matches('/'));
@@ -205,7 +207,7 @@ pub async fn discover(server: &str, token: &BootstrapToken) -> Result<ClusterInf
         .build()
         .map_err(|e| fetch_err(e.to_string()))?;
     let start = tokio::time::Instant::now();
-    let mut delay = Duration::from_secs(1);
+    let mut delay = Duration::from_millis(250);
     loop {
         let attempt = async {
             let response = http
@@ -238,7 +240,17 @@ pub async fn discover(server: &str, token: &BootstrapToken) -> Result<ClusterInf
                     .get("data")
                     .and_then(|d| d.as_object())
                     .ok_or_else(|| DiscoveryError::Malformed("no data".into()))?;
-                return verify_cluster_info(data, token);
+                match verify_cluster_info(data, token) {
+                    // The control plane's bootstrap signer adds a new token's signature a
+                    // moment after the token is created: retry for a while, not forever (a
+                    // wrong token id never gets one).
+                    Err(DiscoveryError::NoSignature(_)) if start.elapsed() < SIGNATURE_WAIT => {
+                        tracing::info!(%url, "cluster-info is not signed for this token yet; retrying");
+                        tokio::time::sleep(delay.min(Duration::from_secs(2))).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    result => return result,
+                }
             }
             Err((true, message)) if start.elapsed() < DISCOVERY_TIMEOUT => {
                 tracing::warn!(%url, error = %message, "cluster-info not reachable yet; retrying");

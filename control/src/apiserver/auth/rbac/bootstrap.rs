@@ -503,6 +503,11 @@ fn skiff_controllers() -> Vec<Value> {
         rule(CREATE, &["coordination.k8s.io"], &["leases"]),
         // The root CA publisher.
         rule(CREATE, &[""], &["configmaps"]),
+        // The CSR approver (it asks SubjectAccessReviews for the requester) and signer, as
+        // Kubernetes' certificate controllers.
+        rule(&["approve", "sign"], &["certificates.k8s.io"], &["signers"]),
+        rule(CREATE, &["authorization.k8s.io"], &["subjectaccessreviews"]),
+        rule(CREATE, &["authentication.k8s.io"], &["tokenreviews"]),
     ]
 }
 
