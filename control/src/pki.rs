@@ -57,6 +57,11 @@ pub struct Credentials {
     pub controller_manager_cert_pem: String,
     /// PEM of its key.
     pub controller_manager_key_pem: String,
+    /// PEM of the API server's client certificate to kubelets (kubeadm's
+    /// `apiserver-kubelet-client.crt`).
+    pub kubelet_client_cert_pem: String,
+    /// PEM of its key.
+    pub kubelet_client_key_pem: String,
 }
 
 /// The admin's user name and group, as kubeadm writes them into admin.conf.
@@ -66,6 +71,9 @@ pub const MASTERS_GROUP: &str = "system:masters";
 /// The user the controllers and the scheduler run as (bound to `system:kube-controller-manager`
 /// and `system:skiff:controller-manager`).
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+/// The user the API server is to kubelets (bound to `system:kubelet-api-admin`), as kubeadm
+/// names it.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// How long an issued admin certificate lasts (kubeadm: one year); it is issued again at a
 /// start when less than [`RENEW_BEFORE_DAYS`] remain.
@@ -210,6 +218,13 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         CONTROLLER_MANAGER_USER,
         &[],
     )?;
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = kept_client_certificate(
+        &pki,
+        "apiserver-kubelet-client",
+        &issuer,
+        KUBELET_CLIENT_USER,
+        &[],
+    )?;
     Ok(Credentials {
         ca_pem,
         ca_key_pem,
@@ -221,6 +236,8 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         service_account_key_pem: fs::read_to_string(&sa_key).map_err(io(&sa_key))?,
         controller_manager_cert_pem,
         controller_manager_key_pem,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
     })
 }
 

@@ -118,6 +118,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     apiserver::auth::rbac::bootstrap::ensure(&state)
         .await
         .map_err(|e| anyhow::anyhow!("writing the bootstrap RBAC policy: {e}"))?;
+    let kubelet = apiserver::kubelet_client::KubeletClient::new(
+        &creds.ca_pem,
+        &creds.kubelet_client_cert_pem,
+        &creds.kubelet_client_key_pem,
+    )
+    .map_err(|e| anyhow::anyhow!("the kubelet client credentials: {e}"))?;
+    let _ = state.kubelet.set(kubelet);
     let (not_ready, unreachable) = config.default_toleration_seconds;
     state.default_tolerations.configure(not_ready, unreachable);
     for plugin in &config.disabled_admission_plugins {

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod kinds;
+pub mod kubelet_client;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
@@ -61,6 +62,9 @@ pub struct ApiState {
     pub authorizer: Arc<Authorizer>,
     /// Signs and checks ServiceAccount tokens.
     pub tokens: TokenSigner,
+    /// How to reach kubelets (set by the server from its credentials; states built without
+    /// them proxy nothing to nodes).
+    pub kubelet: std::sync::OnceLock<kubelet_client::KubeletClient>,
 }
 
 impl ApiState {
@@ -96,6 +100,7 @@ impl ApiState {
             default_tolerations: admission::DefaultTolerations::default(),
             admission: admission::Plugins::default(),
             tokens,
+            kubelet: std::sync::OnceLock::new(),
         });
         (state, rx)
     }

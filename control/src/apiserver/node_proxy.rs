@@ -1,12 +1,10 @@
 //! `pods/log` and `pods/exec`: the API server finds the pod's node, and proxies the request to
 //! the agent's HTTPS endpoint (the kubelet's `/containerLogs` and `/exec`), at the Node's
-//! InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port`, authenticating with the admin
-//! token (the agent accepts the token of its kubeconfig).
-//!
-//! Limitation: the agent's certificate is self-signed and not verified (the connection is
-//! encrypted but not authenticated); a node CA would fix that.
+//! InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port`, over TLS that verifies the
+//! agent's CA-issued serving certificate and presents the API server's client certificate
+//! ([`KubeletClient`](super::kubelet_client::KubeletClient)).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ws::{self, WebSocketUpgrade};
@@ -167,18 +165,12 @@ fn path_segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// A client for the agents: HTTPS without certificate verification (self-signed agents).
-fn http_client() -> Result<&'static reqwest::Client, ApiError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
-    }
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| ApiError::Internal(format!("building the node client: {e}")))?;
-    Ok(CLIENT.get_or_init(|| client))
+/// The credentials for kubelets, which a server always has.
+fn kubelet(state: &ApiState) -> Result<&super::kubelet_client::KubeletClient, ApiError> {
+    state
+        .kubelet
+        .get()
+        .ok_or_else(|| ApiError::Internal("this API server has no credentials for kubelets".into()))
 }
 
 /// `GET /api/v1/namespaces/{ns}/pods/{name}/log`.
@@ -216,9 +208,9 @@ pub async fn pod_log(
         path_segment(&target.container),
         encode(&forwarded)
     );
-    let response = http_client()?
+    let response = kubelet(&state)?
+        .http()
         .get(&url)
-        .bearer_auth(&state.token)
         .send()
         .await
         .map_err(|e| ApiError::Internal(format!("connecting to the node: {e}")))?;
@@ -302,9 +294,9 @@ pub async fn pod_exec(
         // Not a websocket (SPDY, which kubectl falls back to when the websocket upgrade was
         // refused): ask the agent without upgrading, so that the client sees the agent's
         // reason (container not running, ...) or that SPDY is not supported.
-        let response = http_client()?
+        let response = kubelet(&state)?
+            .http()
             .get(&url)
-            .bearer_auth(&state.token)
             .send()
             .await
             .map_err(|e| ApiError::Internal(format!("connecting to the node: {e}")))?;
@@ -325,7 +317,8 @@ pub async fn pod_exec(
     let url = url.replacen("https://", "wss://", 1);
     // Connect to the agent first, so that its refusal (container not running, ...) reaches
     // the client as an HTTP error rather than a closed websocket.
-    let agent = match connect_agent(&url, &state.token, protocol).await {
+    let tls = kubelet(&state)?.tls();
+    let agent = match connect_agent(&url, tls, protocol).await {
         Ok(s) => s,
         Err(AgentError::Refused(status, body)) => {
             return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -356,18 +349,16 @@ enum AgentError {
     Other(String),
 }
 
-async fn connect_agent(url: &str, token: &str, protocol: &str) -> Result<AgentSocket, AgentError> {
+async fn connect_agent(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    protocol: &str,
+) -> Result<AgentSocket, AgentError> {
     use tungstenite::client::IntoClientRequest as _;
     let mut request = url
         .into_client_request()
         .map_err(|e| AgentError::Other(e.to_string()))?;
     let headers = request.headers_mut();
-    headers.insert(
-        header::AUTHORIZATION,
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| AgentError::Other("bad token".into()))?,
-    );
     headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
         protocol
@@ -390,7 +381,7 @@ async fn connect_agent(url: &str, token: &str, protocol: &str) -> Result<AgentSo
     .map_err(|e| AgentError::Other(format!("connecting to {host}:{port}: {e}")))?;
     let server_name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|e| AgentError::Other(format!("{host}: {e}")))?;
-    let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+    let tls = tokio_rustls::TlsConnector::from(tls)
         .connect(server_name, tcp)
         .await
         .map_err(|e| AgentError::Other(format!("TLS to {host}:{port}: {e}")))?;
@@ -468,83 +459,6 @@ async fn pump(client: ws::WebSocket, agent: AgentSocket) {
     tokio::select! {
         () = to_client => {}
         () = to_agent => {}
-    }
-}
-
-/// TLS to agents without verifying their self-signed certificates (see the module docs).
-fn insecure_tls() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| {
-                    // The ring provider supports the default versions; unreachable in practice.
-                    rustls::ClientConfig::builder()
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(NoVerify(Arc::new(
-                            rustls::crypto::ring::default_provider(),
-                        ))))
-                        .with_no_client_auth()
-                });
-            Arc::new(config)
-        })
-        .clone()
-}
-
-/// Accepts any certificate but still checks the handshake signatures (the peer holds the key
-/// of the certificate it presents).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

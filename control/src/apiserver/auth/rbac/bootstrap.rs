@@ -160,6 +160,20 @@ pub fn cluster_roles() -> Vec<Value> {
             &[(TO_VIEW, "true")],
             aggregate_to_view(),
         ),
+        // What the API server may do on kubelets (logs, exec, stats), bound to its client
+        // certificate's user.
+        cluster_role(
+            "system:kubelet-api-admin",
+            &[],
+            vec![
+                rule(&["get", "list", "watch", "proxy"], &[""], &["nodes"]),
+                rule(
+                    &["*"],
+                    &[""],
+                    &["nodes/log", "nodes/metrics", "nodes/proxy", "nodes/stats"],
+                ),
+            ],
+        ),
         cluster_role(
             "system:auth-delegator",
             &[],
@@ -540,6 +554,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[AUTHENTICATED, ("Group", "system:unauthenticated")],
         ),
         binding("system:node-proxier", &[("User", "system:kube-proxy")]),
+        binding(
+            "system:kubelet-api-admin",
+            &[("User", crate::pki::KUBELET_CLIENT_USER)],
+        ),
         binding(
             "system:service-account-issuer-discovery",
             &[("Group", "system:serviceaccounts")],
