@@ -79,6 +79,16 @@ struct JoinArgs {
     /// from the API's cluster-info, which must be signed with this token.
     #[arg(long, env = "SKIFF_JOIN_TOKEN", value_name = "ID.SECRET", requires = "server", hide_env_values = true, value_parser = parse_token)]
     token: Option<skiff_agent::kubelet::identity::discovery::BootstrapToken>,
+    /// A file holding the bootstrap token (as --token, kept out of the command line; 0600).
+    /// Read only when the agent has no usable certificate yet, so it may be deleted after the
+    /// join.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "server",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     /// The cluster CA (PEM) to trust instead of learning it from cluster-info.
     #[arg(long, value_name = "PATH", requires = "server")]
     ca_file: Option<PathBuf>,
@@ -497,7 +507,19 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
         (Some(path), _) => Credentials::Kubeconfig(path.clone()),
         (None, Some(server)) => Credentials::Join(skiff_agent::kubelet::identity::JoinConfig {
             server: server.trim_end_matches('/').to_owned(),
-            token: cli.join.token.clone(),
+            token: match (&cli.join.token, &cli.join.token_file) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(text) => Some(
+                        parse_token(&text)
+                            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", path.display()))?,
+                    ),
+                    // Gone after the join: the stored certificate is the credential now.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => anyhow::bail!("--token-file {}: {e}", path.display()),
+                },
+                (None, None) => None,
+            },
             ca_file: cli.join.ca_file.clone(),
             node: node.clone(),
             root_dir: cli.root_dir.clone(),

@@ -402,7 +402,46 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         }
         Ok(ready_nodes(&kubeconfig)?.len() >= names.len())
     })?;
+    // The API server reaches a kubelet (logs, exec) only once the node's serving certificate
+    // from the cluster CA is issued, a moment after the node is Ready.
+    wait_until(
+        "every node's serving certificate",
+        Duration::from_secs(30),
+        || {
+            let served = nodes_with_serving_certificates(&kubeconfig)?;
+            Ok(names.iter().all(|n| served.contains(n)))
+        },
+    )?;
     Ok(())
+}
+
+/// The nodes whose `kubernetes.io/kubelet-serving` CertificateSigningRequest is issued.
+pub fn nodes_with_serving_certificates(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let csrs: kube::Api<CertificateSigningRequest> = kube::Api::all(client);
+        let list = match csrs.list(&Default::default()).await {
+            Ok(l) => l,
+            Err(_) => return Ok(Vec::new()),
+        };
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+            .filter(|c| c.status.as_ref().is_some_and(|s| s.certificate.is_some()))
+            .filter_map(|c| {
+                c.spec
+                    .username
+                    .and_then(|u| u.strip_prefix("system:node:").map(str::to_owned))
+            })
+            .collect())
+    })
 }
 
 /// A bootstrap token from `skiff-control token create`, for the agents to join with.

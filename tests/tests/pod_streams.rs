@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use skiff_agent::kubelet::auth::{ApiReviewer, KubeletAuth};
 use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
+use skiff_agent::kubelet::identity::rotation::CertSlot;
+use skiff_agent::kubelet::identity::store::KeyedCert;
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig};
 use skiff_agent::runtime::{Container, Runtime};
 use skiff_e2e::{agent_bin, wait_for, ControlPlane};
@@ -106,9 +109,31 @@ fn kubectl_logs_and_exec_through_the_api_server() {
     let container = runtime.create_container(&sandbox, &spec).unwrap();
     runtime.start(&container).unwrap();
 
-    // The node endpoint, with the token of the admin kubeconfig as the agent would use it.
-    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
-    let token = server::kubeconfig_token(&kubeconfig).unwrap();
+    // The node endpoint as a joined node serves it: a serving certificate from the cluster CA
+    // (what its kubelet-serving CSR would get), callers authenticated by client certificates of
+    // that CA and authorized by SubjectAccessReviews through the API.
+    let pki = cp.dir.path().join("data/pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let (serving_cert, serving_key) = serving_certificate(&pki);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reviews = rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    });
+    let security = server::ServerSecurity {
+        auth: Arc::new(KubeletAuth::new(
+            "stream-node",
+            Some(Arc::new(ApiReviewer(reviews))),
+            None,
+        )),
+        client_ca_pem: Some(ca_pem),
+        serving: Some(
+            CertSlot::new(Some(KeyedCert::new(&serving_cert, &serving_key).unwrap())).unwrap(),
+        ),
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -123,13 +148,13 @@ fn kubectl_logs_and_exec_through_the_api_server() {
             container_log_max_files: 5,
         },
         root_dir: dir.path().join("agent"),
-        token,
+        token: String::new(),
         tls_sans: vec![],
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    rt.spawn(server::serve(
+    rt.spawn(server::serve_with(
         config,
+        security,
         Arc::new(OnePod {
             container: container.clone(),
         }),
@@ -237,4 +262,24 @@ fn kubectl_logs_and_exec_through_the_api_server() {
 
     shutdown.cancel();
     drop(rt);
+}
+
+/// A serving certificate for stream-node at 127.0.0.1 from the control plane's CA, as its
+/// `kubernetes.io/kubelet-serving` CSR would get.
+fn serving_certificate(pki: &std::path::Path) -> (String, String) {
+    let ca_cert = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([
+        127, 0, 0, 1,
+    ]))];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:stream-node");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
 }

@@ -215,7 +215,7 @@ pub enum Step {
     /// Fetch the admin kubeconfig from the control host, point it at the control address,
     /// write it here, and wait until the API answers through it.
     WaitApi { host: String },
-    /// Send the kubeconfig (fetched by `WaitApi`) to the host as the agent's.
+    /// Send the host's agent its join token (created after `WaitApi`).
     PushKubeconfig { host: String },
     /// Wait until these Nodes are Ready (`hosts`: where their agents run, for the logs).
     WaitNodes {
@@ -244,14 +244,11 @@ impl fmt::Display for Step {
                 write!(f, "{host}: start {}", programs.join(", "))
             }
             Step::WaitApi { host } => write!(f, "{host}: wait for the API, fetch the kubeconfig"),
-            Step::PushKubeconfig { host } => write!(f, "{host}: copy agent.kubeconfig"),
+            Step::PushKubeconfig { host } => write!(f, "{host}: copy {}", super::JOIN_TOKEN),
             Step::WaitNodes { nodes, .. } => write!(f, "wait until Ready: {}", nodes.join(", ")),
         }
     }
 }
-
-/// The agent's kubeconfig on every host.
-const AGENT_KUBECONFIG: &str = "agent.kubeconfig";
 
 /// The steps that deploy skiff to `hosts` (all probed). Fails, before anything is changed,
 /// when a host is not root or two hosts share a name.
@@ -282,7 +279,6 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
         opts.control_host
     );
     let dir = &opts.remote_dir;
-    let kubeconfig = dir.join(AGENT_KUBECONFIG);
     let mut steps = Vec::new();
     // Agents stop before the control plane, as `cargo xtask stop` does.
     let mut stop_order: Vec<&HostInfo> = hosts
@@ -322,7 +318,7 @@ pub fn plan(hosts: &[HostInfo], opts: &Options) -> anyhow::Result<Vec<Step>> {
             name: "skiff-agent",
             args: super::agent_args(
                 dir,
-                &kubeconfig,
+                &opts.server_url(),
                 &h.hostname,
                 None,
                 &opts.proxy_mode,
@@ -558,6 +554,7 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
         opts: &opts,
         kubeconfig: &kubeconfig,
         fetched: None,
+        join_token: None,
         before: Default::default(),
     };
     for step in &steps {
@@ -628,6 +625,8 @@ struct Run<'a> {
     opts: &'a Options,
     kubeconfig: &'a Path,
     fetched: Option<String>,
+    /// The bootstrap token the agents join with, created once the API answers.
+    join_token: Option<String>,
     /// The Nodes' heartbeats before the agents started.
     before: super::NodeHeartbeats,
 }
@@ -664,18 +663,28 @@ impl Run<'_> {
             }
             Step::WaitApi { host } => self.wait_api(host)?,
             Step::PushKubeconfig { host } => {
-                let kubeconfig = self
-                    .fetched
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("no kubeconfig was fetched"))?;
+                // One bootstrap token for every node of this deploy; the admin credential
+                // stays on the control host and here.
+                if self.join_token.is_none() {
+                    self.fetched
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("the API was not reached"))?;
+                    self.join_token = Some(super::join_token(
+                        &self.opts.bins.join("skiff-control"),
+                        self.kubeconfig,
+                        "skiff deploy --hosts",
+                    )?);
+                }
+                let token = self.join_token.clone().unwrap_or_default();
+                let file = super::JOIN_TOKEN;
                 let remote = format!(
-                    "umask 077 && cat > {dir}/{AGENT_KUBECONFIG}.new && mv {dir}/{AGENT_KUBECONFIG}.new {dir}/{AGENT_KUBECONFIG}"
+                    "umask 077 && cat > {dir}/{file}.new && mv {dir}/{file}.new {dir}/{file}"
                 );
                 self.ssh.run(
                     host,
-                    "writing the agent's kubeconfig",
+                    "writing the agent's join token",
                     &remote,
-                    Input::Script(kubeconfig),
+                    Input::Script(token),
                 )?;
             }
             Step::WaitNodes { nodes, hosts } => {
@@ -905,11 +914,11 @@ mod tests {
                 "root@c: copy bin/skiff-agent images units/skiff-agent.service",
                 "root@b: start skiff-control",
                 "root@b: wait for the API, fetch the kubeconfig",
-                "root@a: copy agent.kubeconfig",
+                "root@a: copy join.token",
                 "root@a: start skiff-agent",
-                "root@b: copy agent.kubeconfig",
+                "root@b: copy join.token",
                 "root@b: start skiff-agent",
-                "root@c: copy agent.kubeconfig",
+                "root@c: copy join.token",
                 "root@c: start skiff-agent",
                 "wait until Ready: node-a, node-b, node-c",
             ]
@@ -933,8 +942,8 @@ mod tests {
             "{}",
             sup.contents
         );
-        // Each agent has its own Node name, the shared kubeconfig, no --pod-cidr (the control
-        // plane allocates one), and orders after skiff-control only where that runs.
+        // Each agent has its own Node name, joins with the token file, no --pod-cidr (the
+        // control plane allocates one), and orders after skiff-control only where that runs.
         let Step::Copy { files, .. } = &steps[3] else {
             panic!("{:?}", steps[3])
         };
@@ -943,8 +952,8 @@ mod tests {
         };
         assert!(
             unit.contents.contains(
-                "ExecStart=/srv/skiff/bin/skiff-agent --kubeconfig /srv/skiff/agent.kubeconfig \
-             --node-name node-a --root-dir /srv/skiff/agent --proxy-mode ebpf \
+                "ExecStart=/srv/skiff/bin/skiff-agent --server https://b:6443 \
+             --token-file /srv/skiff/join.token --node-name node-a --root-dir /srv/skiff/agent --proxy-mode ebpf \
              --preload-images /srv/skiff/images\n"
             ),
             "{}",
@@ -1266,6 +1275,7 @@ mod tests {
             opts: &opts,
             kubeconfig: &kubeconfig,
             fetched: None,
+            join_token: None,
             before: Default::default(),
         };
         let remote = &opts.remote_dir;

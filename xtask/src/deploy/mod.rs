@@ -10,11 +10,12 @@ pub mod service;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::{ebpf, images, setup, util};
@@ -228,19 +229,26 @@ fn install_registry_config(from: &Path, state: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent's flags; without `pod_cidr` the agent waits for the control plane to allocate
+/// Where a node's join token waits for its agent (0600; removed once the node is Ready: the
+/// agent's certificate in `<state>/agent/pki` is its credential from then on).
+pub const JOIN_TOKEN: &str = "join.token";
+
+/// The agent's flags: it joins `server` as its own node with the bootstrap token in
+/// `<state>/join.token`; without `pod_cidr` the agent waits for the control plane to allocate
 /// the Node's podCIDR; with `registry_config` it reads `<state>/registries.yaml`.
 pub fn agent_args(
     state: &Path,
-    kubeconfig: &Path,
+    server: &str,
     node: &str,
     pod_cidr: Option<&str>,
     proxy_mode: &str,
     registry_config: bool,
 ) -> Vec<String> {
     let mut args = vec![
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
+        "--server".into(),
+        server.into(),
+        "--token-file".into(),
+        state.join(JOIN_TOKEN).display().to_string(),
         "--node-name".into(),
         node.into(),
         "--root-dir".into(),
@@ -262,6 +270,45 @@ pub fn agent_args(
         ]);
     }
     args
+}
+
+/// A bootstrap token for nodes to join with (`skiff-control token create`, one hour).
+pub fn join_token(control_bin: &Path, kubeconfig: &Path, what: &str) -> anyhow::Result<String> {
+    let out = Command::new(control_bin)
+        .args([
+            "token",
+            "create",
+            "--ttl",
+            "1h",
+            "--description",
+            what,
+            "--kubeconfig",
+        ])
+        .arg(kubeconfig)
+        .output()
+        .with_context(|| format!("running {} token create", control_bin.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "skiff-control token create: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Writes `contents` to `path` with mode 0600 (through a temporary file and a rename).
+fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let staged = path.with_extension("new");
+    let _ = fs::remove_file(&staged);
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    f.write_all(contents)?;
+    fs::rename(&staged, path)?;
+    Ok(())
 }
 
 /// Describes how a program runs, for the final message.
@@ -327,11 +374,14 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         let node = fs::read_to_string("/proc/sys/kernel/hostname")?
             .trim()
             .to_lowercase();
+        // The agent joins as its own node with a one-hour bootstrap token.
+        let token = join_token(&bin_dir.join("skiff-control"), &kubeconfig, "skiff deploy")?;
+        write_private_file(&state.join(JOIN_TOKEN), token.as_bytes())?;
         let agent = Program {
             name: "skiff-agent",
             args: agent_args(
                 state,
-                &kubeconfig,
+                &client_url(args.listen),
                 &node,
                 Some(&args.pod_cidr),
                 &args.proxy_mode,
@@ -346,6 +396,7 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         wait_nodes_ready(&kubeconfig, std::slice::from_ref(&node), &before, &|| {
             log_tail(&agent_log)
         })?;
+        let _ = fs::remove_file(state.join(JOIN_TOKEN));
         agent_note = format!(
             "skiff-agent is running {how} as node {node}, pods from {cidr}, {mode} service proxy\n  logs:       {log}\n",
             how = how_running(state, launch, "skiff-agent"),
