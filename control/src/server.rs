@@ -81,6 +81,12 @@ pub fn advertised_url(listen: SocketAddr, tls_sans: &[String]) -> String {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // The store holds every Secret, pki/ every key: only the server's user may look inside.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", config.data_dir.display()))?;
+    }
     let store =
         RedbStore::open(&config.data_dir.join("store.redb")).context("opening the store")?;
     let mut sans = config.tls_sans.clone();
