@@ -24,43 +24,9 @@ use crate::runtime::BindMount;
 pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
     map.into_iter()
         .flatten()
-        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .map(|(k, v)| format!("{k}={}", skiff_k8s::go::quote(v)))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A string quoted as Go's `strconv.Quote` does it (for the printable-or-not test, Rust's
-/// control and whitespace classes stand in for Go's `unicode.IsPrint`).
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            ' ' => out.push(' '),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() || c.is_whitespace() => {
-                if (c as u32) < 0x10000 {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// A `fieldRef` of the pod, as env variables and downwardAPI volumes resolve it.

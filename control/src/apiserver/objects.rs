@@ -261,8 +261,9 @@ fn selector_to_string(sel: &LabelSelector) -> String {
         .join(",")
 }
 
-/// Random suffix for generateName, from Kubernetes' alphabet (no vowels, no confusables).
-fn random_suffix() -> String {
+/// Random suffix for generateName (and the token volume's name), from Kubernetes' alphabet
+/// (no vowels, no confusables).
+pub(crate) fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();

@@ -10,7 +10,6 @@
 //!
 //! Mirror pods (static pods a node reports) get nothing: they cannot reference API objects.
 
-use rand::Rng as _;
 use serde_json::{json, Value};
 
 use crate::apiserver::error::ApiError;
@@ -135,9 +134,12 @@ fn mount_token(spec: &mut serde_json::Map<String, Value>) {
                 .find(|n| n.starts_with(VOLUME_PREFIX))
                 .map(str::to_owned)
         });
-    let volume = existing
-        .clone()
-        .unwrap_or_else(|| format!("{VOLUME_PREFIX}{}", random_suffix()));
+    let volume = existing.clone().unwrap_or_else(|| {
+        format!(
+            "{VOLUME_PREFIX}{}",
+            crate::apiserver::objects::random_suffix()
+        )
+    });
     let mut needed = false;
     for field in ["initContainers", "containers"] {
         let Some(containers) = spec.get_mut(field).and_then(Value::as_array_mut) else {
@@ -183,15 +185,6 @@ fn token_volume(name: &str) -> Value {
             ],
         },
     })
-}
-
-/// Five characters from Kubernetes' `utilrand.String` alphabet (no vowels, no look-alikes).
-fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 #[cfg(test)]
