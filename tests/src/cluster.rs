@@ -417,30 +417,36 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
 
 /// The nodes whose `kubernetes.io/kubelet-serving` CertificateSigningRequest is issued.
 pub fn nodes_with_serving_certificates(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    Ok(list_all::<CertificateSigningRequest>(kubeconfig)?
+        .into_iter()
+        .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
+        .filter(|c| c.status.as_ref().is_some_and(|s| s.certificate.is_some()))
+        .filter_map(|c| {
+            c.spec
+                .username
+                .and_then(|u| u.strip_prefix("system:node:").map(str::to_owned))
+        })
+        .collect())
+}
+
+/// Every `K` of the cluster, through `kubeconfig`; none while the API does not answer.
+fn list_all<K>(kubeconfig: &Path) -> anyhow::Result<Vec<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
         let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         let client = kube::Client::try_from(config)?;
-        let csrs: kube::Api<CertificateSigningRequest> = kube::Api::all(client);
-        let list = match csrs.list(&Default::default()).await {
-            Ok(l) => l,
-            Err(_) => return Ok(Vec::new()),
-        };
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|c| c.spec.signer_name == "kubernetes.io/kubelet-serving")
-            .filter(|c| c.status.as_ref().is_some_and(|s| s.certificate.is_some()))
-            .filter_map(|c| {
-                c.spec
-                    .username
-                    .and_then(|u| u.strip_prefix("system:node:").map(str::to_owned))
-            })
-            .collect())
+        let api: kube::Api<K> = kube::Api::all(client);
+        Ok(match api.list(&Default::default()).await {
+            Ok(list) => list.items,
+            Err(_) => Vec::new(),
+        })
     })
 }
 
@@ -490,30 +496,16 @@ fn wait_until(
 
 /// Names of the Nodes whose Ready condition is True.
 pub fn ready_nodes(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = kube::Client::try_from(config)?;
-        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
-        let list = match nodes.list(&Default::default()).await {
-            Ok(l) => l,
-            Err(_) => return Ok(Vec::new()),
-        };
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .filter_map(|n| n.metadata.name)
-            .collect())
-    })
+    Ok(list_all::<k8s_openapi::api::core::v1::Node>(kubeconfig)?
+        .into_iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|n| n.metadata.name)
+        .collect())
 }
 
 /// Stops one node's agent (its pods keep running, as when a kubelet dies).
