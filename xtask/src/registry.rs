@@ -300,9 +300,15 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X");
     // The state is the main thread's: a Go program's main thread is a zombie while its other
     // threads are still exiting, and they hold the file table (the listening socket) until the
-    // last one is gone. Only with no open descriptor left is the process really gone.
+    // last one is gone. The leader's own `fd/` is empty by then (it dropped its reference), so
+    // look for the other threads instead: a thread leaves `task/` only after its descriptors
+    // are closed.
     running
-        || std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|mut fds| fds.next().is_some())
+        || std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks
+                .flatten()
+                .any(|t| t.file_name().to_str() != Some(pid.to_string().as_str()))
+        })
 }
 
 fn kill(pid: u32, signal: &str) -> anyhow::Result<()> {
