@@ -151,7 +151,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(measure(&args))?;
+    let mut report = rt.block_on(measure(&args))?;
+    // Inside the markers, so the next run replaces it too.
+    let overhead = rt.block_on(authorization_overhead(&args))?;
+    report.push('\n');
+    report.push_str(&overhead);
     println!("{report}");
     write_report(&args.report, &report)?;
     println!("wrote {}", args.report.display());
@@ -161,21 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn measure(args: &Args) -> anyhow::Result<String> {
     let server = start_server()?;
     let pid = server.child.id();
-    // Ready when /healthz answers over TLS.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let public = loop {
-        if let Ok(c) = client(&server.dir, None) {
-            if c.get(format!("{}/healthz", server.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break c;
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "skiff-control did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let public = started(&server).await?;
     let load_start = loadavg();
     let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?
         .trim()
@@ -200,6 +190,10 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     )
     .await?;
     let pods_url = format!("{base}/api/v1/namespaces/bench/pods");
+    // The measured requests come from a user whose rights are an RBAC binding (edit in the
+    // namespace), not from the admin, whom authorization waves through.
+    let admin = api;
+    let api = rbac_user(&server, &admin, &pods_url).await?;
 
     // Creates, `concurrency` clients in parallel.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -381,7 +375,7 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     // had time to return what the burst used.
     tokio::time::sleep(IDLE).await;
     let rss_idle = util::rss_kib(pid).unwrap_or(0);
-    let watches_loaded = watches(&api, &base).await?;
+    let watches_loaded = watches(&admin, &base).await?;
     let load_end = loadavg();
     drop(server);
 
@@ -464,6 +458,171 @@ fn loadavg() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// Waits until `server` answers `/healthz` over TLS; returns a client without credentials.
+async fn started(server: &Server) -> anyhow::Result<reqwest::Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(c) = client(&server.dir, None) {
+            if c.get(format!("{}/healthz", server.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(c);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "skiff-control did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client for user `bench`, with a client certificate from the server's CA
+/// (`skiff-control user`) and the `edit` ClusterRole in namespace `bench`; returns once the
+/// binding is in force (a list of `pods_url` succeeds).
+async fn rbac_user(
+    server: &Server,
+    admin: &reqwest::Client,
+    pods_url: &str,
+) -> anyhow::Result<reqwest::Client> {
+    let kubeconfig = server.dir.join("bench.kubeconfig");
+    let status = Command::new(util::target_dir().join("release/skiff-control"))
+        .args(["user", "bench", "--data-dir"])
+        .arg(&server.dir)
+        .args(["--server", &server.url, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "skiff-control user failed");
+    let config: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig)?)?;
+    let field = |name: &str| -> anyhow::Result<Vec<u8>> {
+        use base64::Engine as _;
+        let b64 = config["users"][0]["user"][name]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{name} missing from {}", kubeconfig.display()))?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(b64)?)
+    };
+    let mut pem = field("client-certificate-data")?;
+    pem.extend(field("client-key-data")?);
+    let ca = std::fs::read(server.dir.join("pki/ca.crt"))?;
+    let user = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+        .identity(reqwest::Identity::from_pem(&pem)?)
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "bench-edit", "namespace": "bench"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bench"}],
+    });
+    let base = pods_url.split("/api/").next().unwrap_or_default();
+    timed(
+        admin
+            .post(format!(
+                "{base}/apis/rbac.authorization.k8s.io/v1/namespaces/bench/rolebindings"
+            ))
+            .json(&binding),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let resp = user.get(pods_url).query(&[("limit", "1")]).send().await?;
+        if resp.status().is_success() {
+            return Ok(user);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bench user's binding did not apply: {}",
+            resp.status()
+        );
+    }
+}
+
+/// create, get and list latency as an RBAC-bound user under `--authorization-mode MODE`, on a
+/// fresh server with `pods` pods.
+async fn authorization_pass(
+    mode: &str,
+    pods: usize,
+    concurrency: usize,
+) -> anyhow::Result<[Stats; 3]> {
+    let server = start_server_with(&["--authorization-mode", mode])?;
+    started(&server).await?;
+    let base = server.url.clone();
+    let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?;
+    let admin = client(&server.dir, Some(token.trim()))?;
+    wait_for_controllers(&admin, &base).await?;
+    timed(
+        admin
+            .post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"metadata": {"name": "bench"}})),
+    )
+    .await?;
+    let pods_url = format!("{base}/api/v1/namespaces/bench/pods");
+    let user = rbac_user(&server, &admin, &pods_url).await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (user, url, next) = (user.clone(), pods_url.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= pods {
+                    return anyhow::Ok(latencies);
+                }
+                latencies.push(timed(user.post(&url).json(&pod(i))).await?.0);
+            }
+        }));
+    }
+    let mut creates = Vec::new();
+    for w in workers {
+        creates.extend(w.await??);
+    }
+    let mut gets = Vec::new();
+    for i in 0..2000 {
+        let name = format!("bench-{:05}", (i * 7919) % pods);
+        gets.push(timed(user.get(format!("{pods_url}/{name}"))).await?.0);
+    }
+    let mut lists = Vec::new();
+    for _ in 0..50 {
+        lists.push(timed(user.get(&pods_url)).await?.0);
+    }
+    Ok([stats(&mut creates), stats(&mut gets), stats(&mut lists)])
+}
+
+/// The authorization overhead: the same operations as the same RBAC-bound user under RBAC and
+/// under AlwaysAllow, one fresh server after the other, as a Markdown table.
+async fn authorization_overhead(args: &Args) -> anyhow::Result<String> {
+    let pods = (args.pods / 5).max(100);
+    let rbac = authorization_pass("RBAC", pods, args.concurrency).await?;
+    let allow = authorization_pass("AlwaysAllow", pods, args.concurrency).await?;
+    let mut table = format!(
+        "Authorization overhead ({pods} pods, {conc} concurrent creators, the same user bound \
+         to `edit` in its namespace, a fresh server per mode):\n\n\
+         | operation | RBAC p50 ms | RBAC p99 ms | AlwaysAllow p50 ms | AlwaysAllow p99 ms | p99 overhead |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+        conc = args.concurrency
+    );
+    let list = format!("list {pods} pods");
+    for (name, r, a) in [
+        ("create pod", rbac[0], allow[0]),
+        ("get pod", rbac[1], allow[1]),
+        (list.as_str(), rbac[2], allow[2]),
+    ] {
+        table.push_str(&format!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.1}% |\n",
+            r.p50,
+            r.p99,
+            a.p50,
+            a.p99,
+            (r.p99 / a.p99 - 1.0) * 100.0
+        ));
+    }
+    Ok(table)
 }
 
 /// What the watch fan-out reads of an event line.
