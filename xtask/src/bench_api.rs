@@ -66,7 +66,12 @@ fn start_server() -> anyhow::Result<Server> {
 /// Starts a release skiff-control on a fresh data dir and a free loopback port, with `extra`
 /// flags.
 pub(crate) fn start_server_with(extra: &[&str]) -> anyhow::Result<Server> {
-    let dir = std::env::temp_dir().join(format!("skiff-bench-api-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-bench-api-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
@@ -193,6 +198,9 @@ async fn measure(args: &Args) -> anyhow::Result<String> {
     // The measured requests come from a user whose rights are an RBAC binding (edit in the
     // namespace), not from the admin, whom authorization waves through.
     let admin = api;
+    // Pod admission waits for the namespace's default ServiceAccount: not part of a create.
+    let account = format!("{base}/api/v1/namespaces/bench/serviceaccounts/default");
+    until_ok(&admin, &account, "the default ServiceAccount").await?;
     let api = rbac_user(&server, &admin, &pods_url).await?;
 
     // Creates, `concurrency` clients in parallel.
@@ -526,100 +534,230 @@ async fn rbac_user(
             .json(&binding),
     )
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        let resp = user.get(pods_url).query(&[("limit", "1")]).send().await?;
-        if resp.status().is_success() {
-            return Ok(user);
+    until_ok(&user, pods_url, "the bench user's binding").await?;
+    Ok(user)
+}
+
+/// One measured client of [`authorization_overhead`]: who it is, where its pods go, and what
+/// it measured.
+struct Lane {
+    name: &'static str,
+    client: reqwest::Client,
+    pods_url: String,
+    created: usize,
+    samples: [Vec<Duration>; 3],
+}
+
+impl Lane {
+    /// One round: `chunk` creates by `concurrency` clients, then gets of pods created so far,
+    /// then lists of the namespace.
+    async fn round(
+        &mut self,
+        chunk: usize,
+        concurrency: usize,
+        gets: usize,
+        lists: usize,
+    ) -> anyhow::Result<()> {
+        let first = self.created;
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(first));
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let (user, url, next) = (self.client.clone(), self.pods_url.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= first + chunk {
+                        return anyhow::Ok(latencies);
+                    }
+                    latencies.push(timed(user.post(&url).json(&pod(i))).await?.0);
+                }
+            }));
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the bench user's binding did not apply: {}",
-            resp.status()
-        );
+        for w in workers {
+            self.samples[0].extend(w.await??);
+        }
+        self.created += chunk;
+        for i in 0..gets {
+            let name = format!("bench-{:05}", (i * 7919) % self.created);
+            let url = format!("{}/{name}", self.pods_url);
+            self.samples[1].push(timed(self.client.get(url)).await?.0);
+        }
+        for _ in 0..lists {
+            self.samples[2].push(timed(self.client.get(&self.pods_url)).await?.0);
+        }
+        Ok(())
     }
 }
 
-/// create, get and list latency as an RBAC-bound user under `--authorization-mode MODE`, on a
-/// fresh server with `pods` pods.
-async fn authorization_pass(
+/// A fresh server under `--authorization-mode MODE` whose controllers run, with namespace `ns`
+/// created and its `default` ServiceAccount in place (pod admission waits for it otherwise);
+/// returns the server and an admin client.
+async fn authorization_server(
     mode: &str,
-    pods: usize,
-    concurrency: usize,
-) -> anyhow::Result<[Stats; 3]> {
+    namespaces: &[&str],
+) -> anyhow::Result<(Server, reqwest::Client)> {
     let server = start_server_with(&["--authorization-mode", mode])?;
     started(&server).await?;
     let base = server.url.clone();
     let token = std::fs::read_to_string(server.dir.join("pki/admin.token"))?;
     let admin = client(&server.dir, Some(token.trim()))?;
     wait_for_controllers(&admin, &base).await?;
+    for ns in namespaces {
+        timed(
+            admin
+                .post(format!("{base}/api/v1/namespaces"))
+                .json(&json!({"metadata": {"name": ns}})),
+        )
+        .await?;
+        let url = format!("{base}/api/v1/namespaces/{ns}/serviceaccounts/default");
+        until_ok(&admin, &url, "the default ServiceAccount").await?;
+    }
+    Ok((server, admin))
+}
+
+/// Polls `url` with `client` until it answers 2xx (10 s at most).
+async fn until_ok(client: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let resp = client.get(url).query(&[("limit", "1")]).send().await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not appear: {}",
+            resp.status()
+        );
+    }
+}
+
+/// A client holding a TokenRequest token of ServiceAccount `bench` in `ns`, which is bound to
+/// `edit` there; returns once the binding is in force.
+async fn service_account_user(
+    server: &Server,
+    admin: &reqwest::Client,
+    ns: &str,
+) -> anyhow::Result<reqwest::Client> {
+    let base = &server.url;
     timed(
         admin
-            .post(format!("{base}/api/v1/namespaces"))
+            .post(format!("{base}/api/v1/namespaces/{ns}/serviceaccounts"))
             .json(&json!({"metadata": {"name": "bench"}})),
     )
     .await?;
-    let pods_url = format!("{base}/api/v1/namespaces/bench/pods");
-    let user = rbac_user(&server, &admin, &pods_url).await?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (user, url, next) = (user.clone(), pods_url.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= pods {
-                    return anyhow::Ok(latencies);
-                }
-                latencies.push(timed(user.post(&url).json(&pod(i))).await?.0);
-            }
-        }));
-    }
-    let mut creates = Vec::new();
-    for w in workers {
-        creates.extend(w.await??);
-    }
-    let mut gets = Vec::new();
-    for i in 0..2000 {
-        let name = format!("bench-{:05}", (i * 7919) % pods);
-        gets.push(timed(user.get(format!("{pods_url}/{name}"))).await?.0);
-    }
-    let mut lists = Vec::new();
-    for _ in 0..50 {
-        lists.push(timed(user.get(&pods_url)).await?.0);
-    }
-    Ok([stats(&mut creates), stats(&mut gets), stats(&mut lists)])
+    timed(
+        admin
+            .post(format!(
+                "{base}/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"
+            ))
+            .json(&json!({
+                "metadata": {"name": "bench-edit"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bench", "namespace": ns}],
+            })),
+    )
+    .await?;
+    let resp = admin
+        .post(format!(
+            "{base}/api/v1/namespaces/{ns}/serviceaccounts/bench/token"
+        ))
+        .json(&json!({"spec": {"expirationSeconds": 3600}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let review: serde_json::Value = resp.json().await?;
+    let token = review["status"]["token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("TokenRequest answered without a token: {review}"))?;
+    let user = client(&server.dir, Some(token))?;
+    until_ok(
+        &user,
+        &format!("{base}/api/v1/namespaces/{ns}/pods"),
+        "the ServiceAccount's binding",
+    )
+    .await?;
+    Ok(user)
 }
 
-/// The authorization overhead: the same operations as the same RBAC-bound user under RBAC and
-/// under AlwaysAllow, one fresh server after the other, as a Markdown table.
+/// The authorization overhead: the same operations by a user bound to `edit` under RBAC and
+/// under AlwaysAllow (two servers side by side), plus a ServiceAccount token under RBAC, in
+/// interleaved rounds so that the machine's drift falls on every lane alike; a Markdown table.
 async fn authorization_overhead(args: &Args) -> anyhow::Result<String> {
-    let pods = (args.pods / 5).max(100);
-    let rbac = authorization_pass("RBAC", pods, args.concurrency).await?;
-    let allow = authorization_pass("AlwaysAllow", pods, args.concurrency).await?;
+    const ROUNDS: usize = 10;
+    let pods = (args.pods / 5).max(ROUNDS * args.concurrency);
+    let chunk = pods / ROUNDS;
+    let (rbac, rbac_admin) = authorization_server("RBAC", &["bench", "bench-sa"]).await?;
+    let (allow, allow_admin) = authorization_server("AlwaysAllow", &["bench"]).await?;
+    let lane = |name, client, server: &Server, ns: &str| Lane {
+        name,
+        client,
+        pods_url: format!("{}/api/v1/namespaces/{ns}/pods", server.url),
+        created: 0,
+        samples: Default::default(),
+    };
+    let rbac_pods = format!("{}/api/v1/namespaces/bench/pods", rbac.url);
+    let allow_pods = format!("{}/api/v1/namespaces/bench/pods", allow.url);
+    let mut lanes = [
+        lane(
+            "AlwaysAllow, client certificate",
+            rbac_user(&allow, &allow_admin, &allow_pods).await?,
+            &allow,
+            "bench",
+        ),
+        lane(
+            "RBAC, client certificate",
+            rbac_user(&rbac, &rbac_admin, &rbac_pods).await?,
+            &rbac,
+            "bench",
+        ),
+        lane(
+            "RBAC, ServiceAccount token",
+            service_account_user(&rbac, &rbac_admin, "bench-sa").await?,
+            &rbac,
+            "bench-sa",
+        ),
+    ];
+    for round in 0..ROUNDS {
+        // Each lane goes first in turn.
+        for k in 0..lanes.len() {
+            let at = (round + k) % lanes.len();
+            lanes[at]
+                .round(chunk, args.concurrency, 2000 / ROUNDS, 50 / ROUNDS)
+                .await?;
+        }
+    }
+    let results: Vec<(&str, [Stats; 3])> = lanes
+        .iter_mut()
+        .map(|l| {
+            let [c, g, li] = &mut l.samples;
+            (l.name, [stats(c), stats(g), stats(li)])
+        })
+        .collect();
+    let baseline = results[0].1;
     let mut table = format!(
-        "Authorization overhead ({pods} pods, {conc} concurrent creators, the same user bound \
-         to `edit` in its namespace, a fresh server per mode):\n\n\
-         | operation | RBAC p50 ms | RBAC p99 ms | AlwaysAllow p50 ms | AlwaysAllow p99 ms | p99 overhead |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "Authorization overhead ({pods} pods per lane, {conc} concurrent creators; a user bound \
+         to `edit` in its namespace; AlwaysAllow and RBAC on two fresh servers side by side, \
+         measured in {ROUNDS} interleaved rounds; lists return the pods created so far; p99 \
+         against the AlwaysAllow lane):\n\n\
+         | lane | create p50 ms | create p99 ms | get p50 ms | get p99 ms | list p50 ms | list p99 ms | create p99 | get p99 | list p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         conc = args.concurrency
     );
-    let list = format!("list {pods} pods");
-    for (name, r, a) in [
-        ("create pod", rbac[0], allow[0]),
-        ("get pod", rbac[1], allow[1]),
-        (list.as_str(), rbac[2], allow[2]),
-    ] {
+    for (name, [c, g, l]) in &results {
         table.push_str(&format!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.1}% |\n",
-            r.p50,
-            r.p99,
-            a.p50,
-            a.p99,
-            (r.p99 / a.p99 - 1.0) * 100.0
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:+.1}% | {:+.1}% | {:+.1}% |\n",
+            c.p50,
+            c.p99,
+            g.p50,
+            g.p99,
+            l.p50,
+            l.p99,
+            (c.p99 / baseline[0].p99 - 1.0) * 100.0,
+            (g.p99 / baseline[1].p99 - 1.0) * 100.0,
+            (l.p99 / baseline[2].p99 - 1.0) * 100.0,
         ));
     }
     Ok(table)
