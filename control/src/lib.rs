@@ -11,5 +11,6 @@ pub mod memory;
 pub mod pki;
 pub mod scheduler;
 pub mod server;
+pub mod snapshot_file;
 pub mod store;
 pub mod token_admin;

@@ -123,6 +123,33 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Back up and restore the store (`etcdctl snapshot save`, `etcdutl snapshot restore`).
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotAction {
+    /// Save a consistent snapshot of the running server's store to FILE (mode 0600: it holds
+    /// every Secret), through the API as admin; checked before it is kept.
+    Save {
+        /// Where to write the snapshot.
+        file: PathBuf,
+        #[command(flatten)]
+        api: AdminApi,
+    },
+    /// Create the store of a control plane that is not running from a snapshot. Its revision
+    /// continues far above every revision issued before, so clients relist rather than miss
+    /// changes. The data directory must hold no store yet.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The control plane's data directory (the store becomes DIR/store.redb).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +469,9 @@ async fn run() -> anyhow::Result<()> {
     if let Some(Command::Token { action }) = &args.command {
         return token_command(action).await;
     }
+    if let Some(Command::Snapshot { action }) = &args.command {
+        return snapshot_command(action).await;
+    }
     if let Some(Command::Controllers {
         kubeconfig,
         controllers: flags,
@@ -491,6 +521,39 @@ async fn run() -> anyhow::Result<()> {
         shutdown,
     )
     .await
+}
+
+/// `skiff-control snapshot ...`.
+async fn snapshot_command(action: &SnapshotAction) -> anyhow::Result<()> {
+    match action {
+        SnapshotAction::Save { file, api } => {
+            let (client, _) = api.client().await?;
+            let request =
+                http::Request::get(skiff_control::apiserver::snapshot::PATH).body(Vec::new())?;
+            let body = client
+                .request_stream(request)
+                .await
+                .context("asking the API server for a snapshot")?;
+            let snapshot = skiff_control::snapshot_file::save(file, body).await?;
+            println!(
+                "saved a snapshot at revision {} ({} objects) to {}",
+                snapshot.0,
+                snapshot.1,
+                file.display()
+            );
+            Ok(())
+        }
+        SnapshotAction::Restore { file, data_dir } => {
+            let (old, new, objects) = skiff_control::snapshot_file::restore(file, data_dir)?;
+            println!(
+                "restored {objects} objects into {}: the snapshot's revision {old} continues at \
+                 {new}; start skiff-control with --data-dir {}",
+                data_dir.join("store.redb").display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `skiff-control token ...`.

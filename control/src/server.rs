@@ -77,6 +77,35 @@ pub fn advertised_url(listen: SocketAddr, tls_sans: &[String]) -> String {
     }
 }
 
+/// Opens the store in `data_dir` (mode 0600: it holds every Secret). A store that cannot be
+/// read is an error that says how to get the cluster back, and the server does not start:
+/// serving from a damaged store could lose more.
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = data_dir.join("store.redb");
+    let store = match RedbStore::open(&path) {
+        Ok(store) => store,
+        Err(e @ crate::store::StoreError::InUse(_)) => {
+            anyhow::bail!(
+                "cannot open the store: {e} (is another skiff-control running with --data-dir {}?)",
+                data_dir.display()
+            )
+        }
+        Err(e) => anyhow::bail!(
+            "cannot open the store {}: {e}\n\
+             If it is damaged, restore the newest snapshot (`skiff-control snapshot save`) into a \
+             new store: move {} aside, then run\n  \
+             skiff-control snapshot restore SNAPSHOT_FILE --data-dir {}",
+            path.display(),
+            path.display(),
+            data_dir.display()
+        ),
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(store)
+}
+
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -87,8 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", config.data_dir.display()))?;
     }
-    let store =
-        RedbStore::open(&config.data_dir.join("store.redb")).context("opening the store")?;
+    let store = open_store(&config.data_dir)?;
     let mut sans = config.tls_sans.clone();
     if !config.listen.ip().is_unspecified() {
         sans.push(config.listen.ip().to_string());

@@ -156,6 +156,29 @@ impl ControlPlane {
         cp
     }
 
+    /// Starts skiff-control on the data directory `dir/data` prepared beforehand (a restored
+    /// store, say), on a free port.
+    pub fn start_on(dir: tempfile::TempDir) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_in(dir, port, None)
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is flushed or closed) and reaps it;
+    /// [`ControlPlane::restart`] starts it again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server and starts it again on the same data and port.
     pub fn restart(self) -> Self {
         let mut this = self;

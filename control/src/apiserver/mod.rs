@@ -17,6 +17,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod service_alloc;
+pub mod snapshot;
 pub mod table;
 pub mod validation;
 pub mod watch;
@@ -236,6 +237,7 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
         .route("/metrics", get(watch::metrics))
+        .route(snapshot::PATH, get(snapshot::save))
         .route(
             auth::service_account::discovery::CONFIGURATION_PATH,
             get(auth::service_account::discovery::configuration),

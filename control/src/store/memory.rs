@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 
 use super::window::WatchCache;
@@ -184,6 +184,20 @@ impl Store for MemoryStore {
 
     fn revision(&self) -> u64 {
         self.state().revision
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<(u64, super::snapshot::Entries), StoreError>> {
+        let state = self.state();
+        let entries: Vec<Result<(String, Bytes), StoreError>> = state
+            .objects
+            .iter()
+            .filter_map(|(key, versions)| {
+                let object = versions.last()?.object.clone()?;
+                Some(Ok((key.clone(), object)))
+            })
+            .collect();
+        let revision = state.revision;
+        futures::future::ready(Ok((revision, futures::stream::iter(entries).boxed()))).boxed()
     }
 }
 

@@ -13,6 +13,7 @@ mod conformance;
 pub mod keys;
 mod memory;
 mod redb_store;
+pub mod snapshot;
 mod window;
 
 use std::sync::Arc;
@@ -74,6 +75,10 @@ pub enum StoreError {
     /// The database itself failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database file is open in another process (another skiff-control on the same data
+    /// directory).
+    #[error("{0} is in use by another process")]
+    InUse(String),
 }
 
 /// What a list reads: a page of a prefix, possibly at an earlier revision.
@@ -161,6 +166,14 @@ pub trait Store: Send + Sync + 'static {
     fn compact(&self, revision: u64) -> BoxFuture<'_, Result<(), StoreError>>;
     /// The newest revision this store has committed or seen.
     fn revision(&self) -> u64;
+    /// Every object, read at one revision (returned with it), for a backup
+    /// ([`snapshot::encode`]). The stream does not hold up writes.
+    fn snapshot(&self) -> BoxFuture<'_, Result<(u64, snapshot::Entries), StoreError>>;
+    /// Whether the store can serve now; the reason when not (a full disk, say). `/readyz`
+    /// reports it.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A shared store handle.

@@ -17,18 +17,19 @@
 //! the cheaper fit.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::snapshot::{self, RESTORE_REVISION_BUMP};
 use super::window::WatchCache;
 use super::{
     apply, EventKind, EventStream, ListRequest, ListResult, Store, StoreError, StoreEvent, Write,
@@ -115,10 +116,14 @@ impl Snapshots {
 }
 
 struct Shared {
-    db: Database,
+    /// The open database; `None` between closing it after an I/O error and reopening it.
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
     revision: AtomicU64,
     cache: WatchCache,
     snapshots: Mutex<Snapshots>,
+    /// Why the store cannot work now (an I/O error it has not recovered from), if so.
+    failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -126,9 +131,68 @@ impl Shared {
         self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Database(self.failure().unwrap_or_default()))
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records that the database failed with `error`. After an I/O error (a full disk, say)
+    /// redb refuses every operation until the database is opened again; the writer does that
+    /// ([`Shared::reopen`]) once the cause may have gone.
+    fn failed(&self, error: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            tracing::error!(
+                error,
+                "the store failed; writes fail until it can be reopened"
+            );
+        }
+        *failure = Some(format!("the store failed and is not writable: {error}"));
+    }
+
+    /// Closes and reopens the database after a failure; clears the failure when it works.
+    /// What was committed is what redb reopens with (a failed commit left nothing behind), so
+    /// the revision and the watch cache stay as they are.
+    fn reopen(&self) -> Result<(), StoreError> {
+        // Pinned list snapshots hold the old file open (and its lock): they go (their
+        // continue tokens then answer 410, and clients list again).
+        self.snapshots().pinned.clear();
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        let db = open_database(&self.path)?;
+        let txn = db.begin_read()?;
+        let revision = txn
+            .open_table(META)?
+            .get(REVISION_KEY)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        drop(txn);
+        if revision != self.revision.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(format!(
+                "reopened at revision {revision}, expected {}",
+                self.revision.load(Ordering::SeqCst)
+            )));
+        }
+        *slot = Some(Arc::new(db));
+        drop(slot);
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::info!(revision, "the store recovered: reopened after a failure");
+        Ok(())
+    }
+
     /// A snapshot of the newest state and its revision.
     fn snapshot(&self) -> Result<(Arc<Objects>, u64), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         // The revision is read inside the read transaction's snapshot so it matches the items.
         let revision = txn
             .open_table(META)?
@@ -233,9 +297,7 @@ impl RedbStore {
     /// Opens the database keeping `window` recent events for watches.
     pub fn open_with_window(path: &Path, window: usize) -> Result<Self, StoreError> {
         // redb's default page cache is 1 GiB; the OS page cache serves reads beyond this.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+        let db = open_database(path)?;
         let txn = db.begin_write()?;
         let revision = {
             txn.open_table(OBJECTS)?;
@@ -245,10 +307,12 @@ impl RedbStore {
         };
         txn.commit()?;
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_owned(),
             revision: AtomicU64::new(revision),
             cache: WatchCache::new(window, revision),
             snapshots: Mutex::default(),
+            failure: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -263,6 +327,41 @@ impl RedbStore {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Creates the database at `path` (which must not exist yet) holding `snapshot`'s objects,
+    /// its revision moved up by [`RESTORE_REVISION_BUMP`]; returns the new revision. Every
+    /// object keeps its resourceVersion, so clients' preconditions still hold for objects
+    /// unchanged since; a watch from any earlier revision gets 410 and relists.
+    pub fn restore(path: &Path, snapshot: snapshot::Snapshot) -> Result<u64, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Database(format!(
+                "{} exists: restore into a path with no store",
+                path.display()
+            )));
+        }
+        let revision = snapshot
+            .revision
+            .checked_add(RESTORE_REVISION_BUMP)
+            .ok_or_else(|| StoreError::Database("the snapshot's revision is too large".into()))?;
+        let restored = (|| -> Result<(), StoreError> {
+            let db = open_database(path)?;
+            let txn = db.begin_write()?;
+            {
+                let mut objects = txn.open_table(OBJECTS)?;
+                for (key, object) in &snapshot.objects {
+                    objects.insert(key.as_str(), object.as_ref())?;
+                }
+                txn.open_table(META)?.insert(REVISION_KEY, revision)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if restored.is_err() {
+            // Half a store is worse than none: the next attempt starts clean.
+            let _ = std::fs::remove_file(path);
+        }
+        restored.map(|()| revision)
     }
 
     fn submit<'a>(&'a self, key: &str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>> {
@@ -323,8 +422,41 @@ fn apply_in(
     Ok(applied)
 }
 
+/// Opens (or creates) the database file at `path`.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    // redb's default page cache is 1 GiB; the OS page cache serves reads beyond this.
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            other => other.into(),
+        })
+}
+
+/// How often a failed store tries to reopen while no write comes.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
 fn writer_loop(shared: &Shared, queue: mpsc::Receiver<WriteRequest>) {
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = if shared.failure().is_some() {
+            // Retried while idle too, so reads and /readyz recover without a write.
+            if let Err(e) = shared.reopen() {
+                tracing::debug!(error = %e, "the store cannot be reopened yet");
+            }
+            match queue.recv_timeout(REOPEN_INTERVAL) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match queue.recv() {
+                Ok(first) => first,
+                Err(_) => return,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -351,7 +483,7 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
     // has what older batches wrote.
     let mut written: HashMap<String, Option<Bytes>> = HashMap::new();
     let committed = (|| -> Result<(), StoreError> {
-        let txn = shared.db.begin_write()?;
+        let txn = shared.db()?.begin_write()?;
         {
             let mut objects = txn.open_table(OBJECTS)?;
             for req in batch {
@@ -389,6 +521,7 @@ fn write_batch(shared: &Shared, batch: Vec<WriteRequest>) {
         }
         Err(e) => {
             tracing::error!(error = %e, "store commit failed");
+            shared.failed(&e.to_string());
             for outcome in &mut outcomes {
                 if outcome.1.is_ok() {
                     outcome.1 = Err(StoreError::Database(e.to_string()));
@@ -406,7 +539,7 @@ impl Store for RedbStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>, StoreError>> {
         // A point read is a few cached B-tree pages: cheaper inline than a hop to a thread.
         let read = || -> Result<Option<Value>, StoreError> {
-            let txn = self.shared.db.begin_read()?;
+            let txn = self.shared.db()?.begin_read()?;
             let objects = txn.open_table(OBJECTS)?;
             let value = objects.get(key)?;
             value.map(|v| super::decode(key, v.value())).transpose()
@@ -451,6 +584,44 @@ impl Store for RedbStore {
 
     fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::SeqCst)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.shared.failure().map_or(Ok(()), Err)
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<(u64, snapshot::Entries), StoreError>> {
+        // One read transaction: a consistent state that writes go on around (redb's MVCC).
+        // Its pages are walked on a blocking thread and handed over in small batches, so a
+        // large store is never copied whole into memory.
+        let snapshot = self.shared.snapshot();
+        async move {
+            let (objects, revision) = snapshot?;
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<Result<(String, Bytes), StoreError>>(64);
+            tokio::task::spawn_blocking(move || {
+                let walk = || -> Result<(), StoreError> {
+                    for entry in objects.iter()? {
+                        let (key, value) = entry?;
+                        let item = (
+                            key.value().to_owned(),
+                            Bytes::copy_from_slice(value.value()),
+                        );
+                        if tx.blocking_send(Ok(item)).is_err() {
+                            // The reader went away: stop reading.
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                };
+                if let Err(e) = walk() {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            });
+            let entries = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+            Ok((revision, entries as snapshot::Entries))
+        }
+        .boxed()
     }
 }
 
