@@ -824,7 +824,7 @@ impl PodWorker {
             user: image.config.user.clone(),
         };
         let mut cspec =
-            runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())?;
+            runtime::ContainerSpec::from_pod(Some(&pod), &k8s, &config, image.layers.clone())?;
         cspec.mounts.extend(mounts);
         if !cspec
             .mounts

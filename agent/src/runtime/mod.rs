@@ -29,6 +29,7 @@ pub mod exec_output;
 pub mod pause;
 pub mod shim;
 pub mod spec;
+pub mod subpath;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -688,6 +689,7 @@ impl Runtime {
             net_ns: sandbox.netns_path(),
             ipc_ns: sandbox.ipcns_path(),
             uts_ns: sandbox.utsns_path(),
+            seccomp_dir: self.root.join("seccomp"),
         })?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|e| {
@@ -1107,6 +1109,15 @@ impl Runtime {
         note(
             &mut errors,
             cgroups::remove_pod(uid).map_err(io_err(format!("removing the cgroups of pod {uid}"))),
+        );
+        // subPath bind mounts first: removing the directory through them would delete the
+        // volumes' (or a hostPath's) files.
+        note(
+            &mut errors,
+            subpath::unmount_all(&dir).map_err(|e| RuntimeError::Invalid {
+                what: "subPath mounts",
+                value: e.to_string(),
+            }),
         );
         if errors.is_empty() {
             // Nothing is left mounted below it (containers unmounted their rootfs).
