@@ -1337,7 +1337,7 @@ mod tests {
         let rules = seccomp.syscalls().as_ref().unwrap();
         let clone: Vec<u64> = rules
             .iter()
-            .filter(|r| r.names() == ["clone"])
+            .filter(|r| *r.names() == ["clone"])
             .map(|r| {
                 assert_eq!(r.errno_ret(), Some(1));
                 let args = r.args().as_ref().unwrap();
@@ -1350,7 +1350,7 @@ mod tests {
         // CLONE_NEWUSER and the other namespace flags: Docker's mask 0x7E020000.
         assert_eq!(clone.iter().fold(0, |a, f| a | f), 0x7E02_0000);
         assert!(clone.contains(&0x1000_0000));
-        let clone3 = rules.iter().find(|r| r.names() == ["clone3"]).unwrap();
+        let clone3 = rules.iter().find(|r| *r.names() == ["clone3"]).unwrap();
         assert_eq!(clone3.errno_ret(), Some(38));
         assert!(rules[0].names().iter().any(|n| n == "unshare"));
     }
@@ -1378,7 +1378,7 @@ mod tests {
         let local = spec(serde_json::json!({"type": "Localhost", "localhostProfile": "team/audit.json"}))
             .unwrap();
         let loaded = local.seccomp.to_oci(&profiles).unwrap().unwrap();
-        assert_eq!(loaded.syscalls().as_ref().unwrap()[0].names(), ["chmod"]);
+        assert_eq!(*loaded.syscalls().as_ref().unwrap()[0].names(), ["chmod"]);
         let escape = spec(serde_json::json!({"type": "Localhost", "localhostProfile": "escape.json"}))
             .unwrap();
         assert!(escape.seccomp.to_oci(&profiles).unwrap_err().to_string().contains("outside"));
