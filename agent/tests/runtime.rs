@@ -827,7 +827,8 @@ int main(void) {
 fn runtime_default_seccomp_blocks_namespace_creation_by_clone_and_clone3() {
     let Some(mut pod) = pod("clone") else { return };
     let dir = pod._dir.path().to_owned();
-    pod.layers.push(helper_layer(&dir, "cloneprobe", CLONE_PROBE));
+    pod.layers
+        .push(helper_layer(&dir, "cloneprobe", CLONE_PROBE));
     let sandbox = pod.sandbox("clone");
     let c = pod.run(&sandbox, &pod.spec("confined", "/bin/cloneprobe"));
     assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
@@ -889,17 +890,19 @@ impl TestPod {
         container: serde_json::Value,
     ) -> Result<ContainerSpec, String> {
         let c: K8sContainer = serde_json::from_value(container).unwrap();
-        let mounts = futures::executor::block_on(
-            skiff_agent::kubelet::container_config::mounts(
-                &NoSources,
-                self.runtime.root(),
-                k8s_pod,
-                &c,
-            ),
-        )?;
-        let mut spec =
-            ContainerSpec::from_pod(Some(k8s_pod), &c, &ImageConfig::default(), self.layers.clone())
-                .map_err(|e| e.to_string())?;
+        let mounts = futures::executor::block_on(skiff_agent::kubelet::container_config::mounts(
+            &NoSources,
+            self.runtime.root(),
+            k8s_pod,
+            &c,
+        ))?;
+        let mut spec = ContainerSpec::from_pod(
+            Some(k8s_pod),
+            &c,
+            &ImageConfig::default(),
+            self.layers.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         spec.mounts.extend(mounts);
         Ok(spec)
     }
@@ -942,7 +945,10 @@ fn run_as_user_fs_group_and_read_only_root_filesystem_hold_inside_the_container(
         "containers": [],
     }));
     let err = pod
-        .kubelet_spec(&k8s, serde_json::json!({"name": "root", "command": ["true"]}))
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({"name": "root", "command": ["true"]}),
+        )
         .unwrap_err();
     assert!(
         err.starts_with("container has runAsNonRoot and image will run as root"),
@@ -1035,7 +1041,10 @@ fn a_symlink_planted_in_an_empty_dir_does_not_escape_through_a_sub_path() {
             ),
             "{sub}: {err}"
         );
-        assert!(mounts_below(&pod_dir).is_empty(), "{sub}: something got mounted");
+        assert!(
+            mounts_below(&pod_dir).is_empty(),
+            "{sub}: something got mounted"
+        );
     }
 
     let user = pod

@@ -370,8 +370,8 @@ fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), Str
         let mut mask = if read_only { 0o440 } else { 0o660 };
         if meta.is_dir() {
             mask |= 0o2110;
-            for entry in std::fs::read_dir(&path)
-                .map_err(|e| format!("listing {}: {e}", path.display()))?
+            for entry in
+                std::fs::read_dir(&path).map_err(|e| format!("listing {}: {e}", path.display()))?
             {
                 pending.push(
                     entry
@@ -468,11 +468,11 @@ pub async fn mounts(
         let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => sub_path_mount(root, &uid, container, index, &volume.name, &source, sub)
                 .map_err(|e| {
-                    format!(
-                        "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
-                        vm.name, container.name
-                    )
-                })?,
+                format!(
+                    "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
+                    vm.name, container.name
+                )
+            })?,
             None => source,
         };
         mounts.push(BindMount {
@@ -508,12 +508,13 @@ pub async fn refresh_volumes(
         if std::fs::symlink_metadata(dir.join(atomic_writer::DATA_DIR)).is_err() {
             continue;
         }
-        let written_now = project(sources, pod, volume, &dir).await.and_then(|w| {
-            match (w, fs_group(pod)?) {
-                (Some(_), Some(gid)) => set_volume_ownership(&dir, gid, true).map(|()| w),
-                _ => Ok(w),
-            }
-        });
+        let written_now =
+            project(sources, pod, volume, &dir)
+                .await
+                .and_then(|w| match (w, fs_group(pod)?) {
+                    (Some(_), Some(gid)) => set_volume_ownership(&dir, gid, true).map(|()| w),
+                    _ => Ok(w),
+                });
         match written_now {
             Ok(Some(true)) => written.push(volume.name.clone()),
             Ok(_) => {}

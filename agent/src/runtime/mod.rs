@@ -528,7 +528,10 @@ impl Runtime {
             .arg(op)
             .args(args)
             .stdin(Stdio::null())
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("SKIFF_SHIM_DEBUG").map_or("error", |_| "debug"),
+            )
             .output()
             .map_err(io_err(format!("running {} shim", self.binary.display())))?;
         if out.status.success() {

@@ -240,7 +240,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// CFS period (runc's and the kubelet's).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
-/// Every capability (a privileged container's set).
+/// Every capability, in the order of their numbers (CAP_CHOWN is 0).
 pub const ALL_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
@@ -284,6 +284,20 @@ pub const ALL_CAPABILITIES: &[&str] = &[
     "BPF",
     "CHECKPOINT_RESTORE",
 ];
+
+/// This process's capability bounding set (`CapBnd` of /proc/self/status); all bits when it
+/// cannot be read.
+fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
 
 /// The capabilities every container gets (containerd's and Docker's default set, which is what
 /// Kubernetes pods run with when their securityContext adds nothing).
@@ -693,10 +707,12 @@ impl ContainerSpec {
             .and_then(|p| p.spec.as_ref())
             .and_then(|s| s.security_context.as_ref());
         let mut supplemental_groups = Vec::new();
-        for g in pod_sc
-            .into_iter()
-            .flat_map(|p| p.supplemental_groups.iter().flatten().chain(p.fs_group.iter()))
-        {
+        for g in pod_sc.into_iter().flat_map(|p| {
+            p.supplemental_groups
+                .iter()
+                .flatten()
+                .chain(p.fs_group.iter())
+        }) {
             let g = id("supplemental group", *g)?;
             if !supplemental_groups.contains(&g) {
                 supplemental_groups.push(g);
@@ -774,8 +790,13 @@ impl ContainerSpec {
         };
         let mut caps: HashSet<Capability> = HashSet::new();
         if self.privileged {
-            for c in ALL_CAPABILITIES {
-                caps.insert(parse(c)?);
+            // Every capability the agent itself may hold, as containerd gives a privileged
+            // container (`cap.Current()`): one outside its bounding set could not be granted.
+            let bounding = own_bounding_set();
+            for (bit, c) in ALL_CAPABILITIES.iter().enumerate() {
+                if bounding & (1 << bit) != 0 {
+                    caps.insert(parse(c)?);
+                }
             }
             return Ok(caps);
         }
@@ -1225,7 +1246,6 @@ mod tests {
             "lowerdir=/l1:/l0,upperdir=/u,workdir=/w,volatile",
             "top layer first"
         );
-
     }
 
     fn ctx() -> SpecContext {
@@ -1266,7 +1286,10 @@ mod tests {
         assert_eq!(s.seccomp, Seccomp::Unconfined);
         let oci = s.to_oci(&ctx()).unwrap();
         let user = oci.process().as_ref().unwrap().user();
-        assert_eq!(user.additional_gids().as_deref(), Some(&[4000, 4001, 2000][..]));
+        assert_eq!(
+            user.additional_gids().as_deref(),
+            Some(&[4000, 4001, 2000][..])
+        );
         assert!(oci.linux().as_ref().unwrap().seccomp().is_none());
 
         let c = with_sc(serde_json::json!({
@@ -1274,11 +1297,18 @@ mod tests {
             "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
         }));
         let s = ContainerSpec::from_pod(Some(&p), &c, &image(), vec![]).unwrap();
-        assert_eq!((s.uid, s.gid), (1001, 3000), "the container's runAsUser wins");
+        assert_eq!(
+            (s.uid, s.gid),
+            (1001, 3000),
+            "the container's runAsUser wins"
+        );
         assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
         let oci = s.to_oci(&ctx()).unwrap();
         assert!(oci.root().as_ref().unwrap().readonly().unwrap_or(false));
-        assert_eq!(oci.process().as_ref().unwrap().no_new_privileges(), Some(true));
+        assert_eq!(
+            oci.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
 
         let sc = effective_security_context(Some(&p), &container("app"));
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -1289,11 +1319,14 @@ mod tests {
     #[test]
     fn run_as_non_root_is_refused_with_the_kubelets_messages() {
         let p = pod(serde_json::json!({"runAsNonRoot": true}));
-        let refused = |img: &ImageConfig, c: &Container| {
-            match ContainerSpec::from_pod(Some(&p), c, img, vec![]) {
-                Err(e @ SpecError::RunAsNonRoot(_)) => e.to_string(),
-                other => panic!("{other:?}"),
-            }
+        let refused = |img: &ImageConfig, c: &Container| match ContainerSpec::from_pod(
+            Some(&p),
+            c,
+            img,
+            vec![],
+        ) {
+            Err(e @ SpecError::RunAsNonRoot(_)) => e.to_string(),
+            other => panic!("{other:?}"),
         };
         assert_eq!(
             refused(&image(), &container("app")),
@@ -1312,8 +1345,10 @@ mod tests {
             ..image()
         };
         assert!(refused(&root, &container("app")).contains("image will run as root"));
-        assert!(refused(&image(), &with_sc(serde_json::json!({"runAsUser": 0})))
-            .starts_with("container's runAsUser breaks non-root policy"));
+        assert!(
+            refused(&image(), &with_sc(serde_json::json!({"runAsUser": 0})))
+                .starts_with("container's runAsUser breaks non-root policy")
+        );
         // A numeric non-root user, from the image or runAsUser, passes; so does a
         // non-numeric image user that runAsUser replaces.
         let numeric = ImageConfig {
@@ -1343,7 +1378,10 @@ mod tests {
                 let args = r.args().as_ref().unwrap();
                 assert_eq!(args.len(), 1);
                 assert_eq!(args[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
-                assert_eq!((args[0].index(), Some(args[0].value())), (0, args[0].value_two()));
+                assert_eq!(
+                    (args[0].index(), Some(args[0].value())),
+                    (0, args[0].value_two())
+                );
                 args[0].value()
             })
             .collect();
@@ -1365,8 +1403,11 @@ mod tests {
             r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO"}]}"#,
         )
         .unwrap();
-        std::fs::write(dir.path().join("outside.json"), r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join("outside.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#,
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../outside.json", profiles.join("escape.json")).unwrap();
         let spec = |p: serde_json::Value| {
             ContainerSpec::from_kubernetes(
@@ -1375,15 +1416,23 @@ mod tests {
                 vec![],
             )
         };
-        let local = spec(serde_json::json!({"type": "Localhost", "localhostProfile": "team/audit.json"}))
-            .unwrap();
+        let local =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "team/audit.json"}))
+                .unwrap();
         let loaded = local.seccomp.to_oci(&profiles).unwrap().unwrap();
         assert_eq!(*loaded.syscalls().as_ref().unwrap()[0].names(), ["chmod"]);
-        let escape = spec(serde_json::json!({"type": "Localhost", "localhostProfile": "escape.json"}))
-            .unwrap();
-        assert!(escape.seccomp.to_oci(&profiles).unwrap_err().to_string().contains("outside"));
-        let missing = spec(serde_json::json!({"type": "Localhost", "localhostProfile": "nope.json"}))
-            .unwrap();
+        let escape =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "escape.json"}))
+                .unwrap();
+        assert!(escape
+            .seccomp
+            .to_oci(&profiles)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        let missing =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "nope.json"}))
+                .unwrap();
         assert!(missing.seccomp.to_oci(&profiles).is_err());
         for bad in [
             serde_json::json!({"type": "Localhost", "localhostProfile": "../x.json"}),
@@ -1391,7 +1440,10 @@ mod tests {
             serde_json::json!({"type": "Localhost"}),
             serde_json::json!({"type": "Bogus"}),
         ] {
-            assert!(matches!(spec(bad.clone()), Err(SpecError::Seccomp(_))), "{bad}");
+            assert!(
+                matches!(spec(bad.clone()), Err(SpecError::Seccomp(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -1401,13 +1453,21 @@ mod tests {
         let s = ContainerSpec::from_kubernetes(&c, &image(), vec![]).unwrap();
         assert!(s.privileged);
         let caps = s.capabilities().unwrap();
-        assert_eq!(caps.len(), ALL_CAPABILITIES.len());
-        assert!(caps.contains(&Capability::SysAdmin));
+        let bounding = own_bounding_set();
+        let known = (0..ALL_CAPABILITIES.len()).filter(|b| bounding & (1 << b) != 0);
+        assert_eq!(caps.len(), known.count(), "the agent's own bounding set");
+        assert!(caps.contains(&Capability::SysAdmin) && caps.contains(&Capability::SysModule));
         let oci = s.to_oci(&ctx()).unwrap();
         let linux = oci.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_none());
         assert!(linux.masked_paths().is_none() && linux.readonly_paths().is_none());
-        let devices = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
         assert!(devices.len() == 1 && devices[0].allow() && devices[0].typ().is_none());
         let sys = oci
             .mounts()

@@ -37,7 +37,9 @@ pub enum SubPathError {
         reason: &'static str,
     },
     /// A component of the subPath is a symlink (which could lead out of the volume).
-    #[error("subPath {path:?}: {component:?} is a symlink; symlinks in a subPath are not followed")]
+    #[error(
+        "subPath {path:?}: {component:?} is a symlink; symlinks in a subPath are not followed"
+    )]
     Symlink {
         /// The subPath as given.
         path: String,
@@ -210,7 +212,10 @@ pub fn bind(resolved: &Resolved, target: &Path) -> Result<(), SubPathError> {
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(sys(format!("bind mounting the subPath onto {}", target.display())))
+    .map_err(sys(format!(
+        "bind mounting the subPath onto {}",
+        target.display()
+    )))
 }
 
 /// Detaches every subPath bind mount below `pod_dir` (before the directory is removed: removing
