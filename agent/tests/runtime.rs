@@ -1071,3 +1071,67 @@ fn a_symlink_planted_in_an_empty_dir_does_not_escape_through_a_sub_path() {
     assert!(mounts_below(&pod_dir).is_empty());
     assert!(!pod_dir.exists());
 }
+
+/// The interfaces of this process's network namespace (/proc/self/net/dev, as `ip link`).
+fn interfaces_here() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_to_string("/proc/self/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// hostNetwork and hostPID: the container sees the node's interfaces (the test's network
+/// namespace) and the node's processes (this test's pid); a pod without them sees only `lo`
+/// and its own processes.
+#[test]
+fn a_host_network_pod_sees_the_nodes_interfaces_and_host_pid_its_processes() {
+    let Some(pod) = pod("hostns") else { return };
+    let sandbox = pod
+        .runtime
+        .create_sandbox_with(
+            &pod.uid,
+            "hostns",
+            runtime::HostNamespaces {
+                network: true,
+                ipc: true,
+            },
+        )
+        .unwrap();
+    let script = format!(
+        "sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; echo; if [ -d /proc/{} ]; then echo host-pids; else echo own-pids; fi",
+        std::process::id()
+    );
+    let k8s =
+        pod.k8s_pod(serde_json::json!({"hostNetwork": true, "hostPID": true, "containers": []}));
+    let spec = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({"name": "host", "command": ["/bin/sh", "-c", script]}),
+        )
+        .unwrap();
+    assert!(spec.host_pid);
+    let c = pod.run(&sandbox, &spec);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(
+        log(&c),
+        format!("{} \nhost-pids\n", interfaces_here().join(" "))
+    );
+    assert_eq!(
+        ns_id(&sandbox.netns_path()),
+        ns_id(Path::new("/proc/self/ns/net"))
+    );
+    assert_eq!(
+        ns_id(&sandbox.ipcns_path()),
+        ns_id(Path::new("/proc/self/ns/ipc"))
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+
+    let sandbox = pod.sandbox("own");
+    let c = pod.run(&sandbox, &pod.spec("own", &script));
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(log(&c), "lo \nown-pids\n");
+}

@@ -138,6 +138,8 @@ pub struct ContainerSpec {
     pub seccomp: Seccomp,
     /// securityContext.privileged: all capabilities and devices, no seccomp, writable /sys.
     pub privileged: bool,
+    /// The pod's hostPID: the node's PID namespace instead of a new one.
+    pub host_pid: bool,
     /// Where stdout and stderr go (appended); default `<pod dir>/logs/<name>.log`.
     pub log_path: Option<PathBuf>,
 }
@@ -778,6 +780,10 @@ impl ContainerSpec {
             supplemental_groups,
             seccomp,
             privileged,
+            host_pid: pod
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.host_pid)
+                .unwrap_or(false),
         })
     }
 
@@ -885,7 +891,7 @@ impl ContainerSpec {
             );
         }
 
-        let namespaces = vec![
+        let mut namespaces = vec![
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
                 .build()?,
@@ -917,6 +923,10 @@ impl ContainerSpec {
         } else {
             device_rules()?
         };
+        if self.host_pid {
+            // No new one: the shim's, which is the node's.
+            namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+        }
         let mut resources = LinuxResourcesBuilder::default().devices(devices);
         let r = &self.resources;
         if r.cpu_limit_millis.is_some() || r.cpu_request_millis.is_some() {
