@@ -1457,6 +1457,17 @@ mod tests {
         }
     }
 
+    fn sys_read_only(oci: &Spec) -> bool {
+        let mounts = oci.mounts().as_ref().unwrap();
+        let sys = mounts.iter().find(|m| m.destination() == Path::new("/sys"));
+        sys.unwrap()
+            .options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|o| o == "ro")
+    }
+
     #[test]
     fn privileged_gets_all_capabilities_devices_and_a_writable_sys_without_seccomp() {
         let c = with_sc(serde_json::json!({"privileged": true, "capabilities": {"drop": ["ALL"]}}));
@@ -1479,25 +1490,11 @@ mod tests {
             .as_ref()
             .unwrap();
         assert!(devices.len() == 1 && devices[0].allow() && devices[0].typ().is_none());
-        let sys = oci
-            .mounts()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.destination() == Path::new("/sys"))
-            .unwrap();
-        assert!(!sys.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+        assert!(!sys_read_only(&oci));
         // Not privileged: /sys read-only, the deny-list device rules, the default profile.
         let plain = ContainerSpec::from_kubernetes(&container("a"), &image(), vec![]).unwrap();
         let oci = plain.to_oci(&ctx()).unwrap();
         assert!(oci.linux().as_ref().unwrap().seccomp().is_some());
-        let sys = oci
-            .mounts()
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.destination() == Path::new("/sys"))
-            .unwrap();
-        assert!(sys.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+        assert!(sys_read_only(&oci));
     }
 }

@@ -54,36 +54,25 @@ pub enum SubPathError {
         /// The prefix of the subPath that is no directory.
         component: String,
     },
-    /// A file operation failed.
+    /// A file operation or system call failed.
     #[error("{what}: {source}")]
-    Io {
+    Os {
         /// What was being done.
         what: String,
         /// The cause.
         source: std::io::Error,
     },
-    /// A system call failed.
-    #[error("{what}: {source}")]
-    Sys {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        source: Errno,
-    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SubPathError {
-    move |source| SubPathError::Io {
+    move |source| SubPathError::Os {
         what: what.into(),
         source,
     }
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(Errno) -> SubPathError {
-    move |source| SubPathError::Sys {
-        what: what.into(),
-        source,
-    }
+    move |errno| io(what)(errno.into())
 }
 
 /// A subPath opened below its volume: an `O_PATH` descriptor of the file or directory it names.

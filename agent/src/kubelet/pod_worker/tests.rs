@@ -567,6 +567,23 @@ async fn a_missing_root_ca_config_map_keeps_the_container_waiting() {
     ));
 }
 
+/// A pod with one container `app` (busybox:1.36): `spec` and `container` fields merged in.
+fn app_pod(spec: serde_json::Value, container: serde_json::Value) -> Pod {
+    let mut c = json!({"name": "app", "image": "busybox:1.36"});
+    c.as_object_mut()
+        .unwrap()
+        .extend(container.as_object().unwrap().clone());
+    let mut s = json!({"restartPolicy": "Always", "containers": [c]});
+    s.as_object_mut()
+        .unwrap()
+        .extend(spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": UID},
+        "spec": s,
+    }))
+    .unwrap()
+}
+
 fn waiting_message(slot: &Slot) -> String {
     match &slot.record.state {
         State::Waiting { message, .. } => message.clone().unwrap_or_default(),
@@ -581,18 +598,10 @@ fn waiting_message(slot: &Slot) -> String {
 async fn a_symlinked_sub_path_keeps_the_container_in_create_container_config_error() {
     let n = node();
     n.images.store("busybox:1.36");
-    let p: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": UID},
-        "spec": {
-            "restartPolicy": "Always",
-            "containers": [{
-                "name": "app", "image": "busybox:1.36",
-                "volumeMounts": [{"name": "data", "mountPath": "/host", "subPath": "x"}],
-            }],
-            "volumes": [{"name": "data", "emptyDir": {}}],
-        },
-    }))
-    .unwrap();
+    let p = app_pod(
+        json!({"volumes": [{"name": "data", "emptyDir": {}}]}),
+        json!({"volumeMounts": [{"name": "data", "mountPath": "/host", "subPath": "x"}]}),
+    );
     let volume = crate::kubelet::container_config::volumes_dir(&n.shared.root, UID)
         .unwrap()
         .join("data");
@@ -619,15 +628,10 @@ async fn a_symlinked_sub_path_keeps_the_container_in_create_container_config_err
 async fn run_as_non_root_with_a_root_image_is_a_create_container_config_error() {
     let n = node();
     n.images.store("busybox:1.36");
-    let p: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": UID},
-        "spec": {
-            "restartPolicy": "Always",
-            "securityContext": {"runAsNonRoot": true},
-            "containers": [{"name": "app", "image": "busybox:1.36"}],
-        },
-    }))
-    .unwrap();
+    let p = app_pod(
+        json!({"securityContext": {"runAsNonRoot": true}}),
+        json!({}),
+    );
     let mut w = PodWorker::new(n.shared.clone(), p, None).await;
     assert!(w.sync().await.is_some(), "retried later");
     assert_eq!(
@@ -647,14 +651,7 @@ async fn run_as_non_root_with_a_root_image_is_a_create_container_config_error() 
 async fn a_host_network_pod_takes_the_nodes_ip_and_no_pod_address() {
     let n = node();
     n.images.store("busybox:1.36");
-    let p: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": UID},
-        "spec": {
-            "restartPolicy": "Always", "hostNetwork": true,
-            "containers": [{"name": "app", "image": "busybox:1.36"}],
-        },
-    }))
-    .unwrap();
+    let p = app_pod(json!({"hostNetwork": true}), json!({}));
     let mut w = PodWorker::new(n.shared.clone(), p, None).await;
     w.sync().await;
     assert!(matches!(
