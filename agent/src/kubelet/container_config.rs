@@ -396,14 +396,22 @@ fn sub_path_mount(
     pod_uid: &str,
     container: &Container,
     index: usize,
-    volume: &str,
+    volume: &k8s_openapi::api::core::v1::Volume,
     source: &Path,
     sub: &str,
 ) -> Result<PathBuf, String> {
-    let mode = std::fs::metadata(source)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .map_err(|e| format!("reading {}: {e}", source.display()))?;
-    let resolved = subpath::open_beneath(source, sub, mode).map_err(|e| e.to_string())?;
+    // The agent's own payload volumes (keys are links into `..data`) may be followed inside;
+    // in what containers write (emptyDir) or the host holds (hostPath), no symlink is.
+    let resolved = if volume_payload::is_projection(volume) {
+        subpath::open_beneath_following(source, sub)
+    } else {
+        let mode = std::fs::metadata(source)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .map_err(|e| format!("reading {}: {e}", source.display()))?;
+        subpath::open_beneath(source, sub, mode)
+    }
+    .map_err(|e| e.to_string())?;
+    let volume = &volume.name;
     let target = root
         .join("pods")
         .join(safe_relative(pod_uid)?)
@@ -466,13 +474,13 @@ pub async fn mounts(
             ));
         };
         let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => sub_path_mount(root, &uid, container, index, &volume.name, &source, sub)
+            Some(sub) => sub_path_mount(root, &uid, container, index, volume, &source, sub)
                 .map_err(|e| {
-                format!(
-                    "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
-                    vm.name, container.name
-                )
-            })?,
+                    format!(
+                        "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
+                        vm.name, container.name
+                    )
+                })?,
             None => source,
         };
         mounts.push(BindMount {

@@ -46,6 +46,9 @@ pub enum SubPathError {
         /// The prefix of the subPath that is a symlink.
         component: String,
     },
+    /// The subPath resolves to somewhere outside its volume.
+    #[error("subPath {0:?} leads out of the volume")]
+    Escapes(String),
     /// A component before the last is not a directory.
     #[error("subPath {path:?}: {component:?} is not a directory")]
     NotDirectory {
@@ -105,33 +108,8 @@ fn file_type(fd: &OwnedFd, what: &str) -> Result<SFlag, SubPathError> {
 /// does not exist yet. `volume` itself is trusted (the agent's volume directory or a hostPath
 /// the pod's author named); `sub` is not. `.` elements and repeated slashes are ignored.
 pub fn open_beneath(volume: &Path, sub: &str, dir_mode: u32) -> Result<Resolved, SubPathError> {
-    let invalid = |reason| SubPathError::Invalid {
-        path: sub.to_owned(),
-        reason,
-    };
-    if sub.len() > MAX_SUBPATH {
-        return Err(invalid("is longer than 4096 bytes"));
-    }
-    if sub.contains('\0') {
-        return Err(invalid("contains a NUL byte"));
-    }
-    let mut names = Vec::new();
-    for c in Path::new(sub).components() {
-        match c {
-            Component::Normal(n) => names.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(invalid("must not contain '..'")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(invalid("must be a relative path"))
-            }
-        }
-    }
-    let mut fd = open(
-        volume,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys(format!("opening volume {}", volume.display())))?;
+    let names = checked(sub)?;
+    let mut fd = open_volume(volume)?;
     let mut is_dir = true;
     let mut walked = PathBuf::new();
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -168,6 +146,69 @@ pub fn open_beneath(volume: &Path, sub: &str, dir_mode: u32) -> Result<Resolved,
         fd = next;
     }
     Ok(Resolved { fd, is_dir })
+}
+
+/// Opens `sub` below `volume`, following symlinks only while they stay below it (openat2 with
+/// `RESOLVE_BENEATH`: an absolute link or a `..` past the volume fails), creating nothing. For
+/// volumes the agent writes and containers only read (configMap, secret, downwardAPI,
+/// projected), whose keys are symlinks into `..data`: the kubelet, too, follows links that
+/// stay inside the volume.
+pub fn open_beneath_following(volume: &Path, sub: &str) -> Result<Resolved, SubPathError> {
+    let names = checked(sub)?;
+    let fd = open_volume(volume)?;
+    let rel: PathBuf = names.iter().collect();
+    let rel = if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    };
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_BENEATH
+                | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = match nix::fcntl::openat2(fd.as_fd(), &rel, how) {
+        Err(Errno::EXDEV) | Err(Errno::ELOOP) => return Err(SubPathError::Escapes(sub.to_owned())),
+        other => other.map_err(sys(format!("opening {} in the volume", rel.display())))?,
+    };
+    let is_dir = file_type(&fd, sub)? == SFlag::S_IFDIR;
+    Ok(Resolved { fd, is_dir })
+}
+
+fn open_volume(volume: &Path) -> Result<OwnedFd, SubPathError> {
+    open(
+        volume,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening volume {}", volume.display())))
+}
+
+/// The names of a subPath: relative, no `..`, no NUL, at most 4096 bytes; `.` dropped.
+fn checked(sub: &str) -> Result<Vec<&std::ffi::OsStr>, SubPathError> {
+    let invalid = |reason| SubPathError::Invalid {
+        path: sub.to_owned(),
+        reason,
+    };
+    if sub.len() > MAX_SUBPATH {
+        return Err(invalid("is longer than 4096 bytes"));
+    }
+    if sub.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    let mut names = Vec::new();
+    for c in Path::new(sub).components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(invalid("must not contain '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid("must be a relative path"))
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// Bind mounts the opened subPath onto `target` (created: a directory, or an empty file for a
@@ -297,6 +338,32 @@ mod tests {
             Err(SubPathError::Symlink { .. })
         ));
         assert!(!Path::new("/nonexistent-skiff-subpath").exists());
+    }
+
+    #[test]
+    fn payload_volumes_follow_links_that_stay_inside() {
+        let (d, vol) = volume();
+        std::fs::create_dir(vol.join("..2026_01")).unwrap();
+        std::fs::write(vol.join("..2026_01/key"), "v").unwrap();
+        symlink("..2026_01", vol.join("..data")).unwrap();
+        symlink("..data/key", vol.join("key")).unwrap();
+        let r = open_beneath_following(&vol, "key").unwrap();
+        assert!(!r.is_dir());
+        assert_eq!(real(&r), vol.join("..2026_01/key"));
+        std::fs::write(d.path().join("secret"), "s").unwrap();
+        symlink("/", vol.join("root")).unwrap();
+        symlink("../secret", vol.join("up")).unwrap();
+        for sub in ["root", "root/etc", "up"] {
+            assert!(
+                matches!(
+                    open_beneath_following(&vol, sub),
+                    Err(SubPathError::Escapes(_))
+                ),
+                "{sub}"
+            );
+        }
+        assert!(open_beneath_following(&vol, "missing").is_err());
+        assert!(!vol.join("missing").exists());
     }
 
     #[test]
