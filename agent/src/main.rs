@@ -533,6 +533,12 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
     let datapath = start_datapath(cli)?;
     std::fs::create_dir_all(&cli.root_dir)
         .with_context(|| format!("creating the root dir {}", cli.root_dir.display()))?;
+    // 0700: below it are Secrets, tokens, the node's key and every pod's volumes.
+    std::fs::set_permissions(
+        &cli.root_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .with_context(|| format!("making the root dir {} 0700", cli.root_dir.display()))?;
     let node_config = NodeConfig {
         name: node.clone(),
         node_ip: cli.node.node_ip,

@@ -761,3 +761,377 @@ fn a_non_root_container_reads_an_atomically_written_volume_and_sees_updates() {
     assert_eq!(pod.wait_exit(&c).code, 0);
     assert!(log(&c).ends_with("now t2\n"), "{}", log(&c));
 }
+
+/// A static helper in its own layer: `cc -static` of `source` (C), at /bin/<name>.
+fn helper_layer(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let layer = dir.join("layers").join(name);
+    std::fs::create_dir_all(layer.join("bin")).unwrap();
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(layer.join("bin").join(name))
+        .arg(&src)
+        .output()
+        .expect("running cc (the C toolchain that links the agent)");
+    assert!(
+        out.status.success(),
+        "cc -static {name}.c: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    layer
+}
+
+/// Creates namespaces with raw `clone` and `clone3`, and forks: prints one line each.
+const CLONE_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+struct clone_args_v0 { uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls; };
+
+static void report(const char *what, long r) {
+    if (r == 0) _exit(0); /* the child */
+    if (r < 0) { printf("%s errno %d\n", what, errno); return; }
+    int status = 0;
+    waitpid((pid_t)r, &status, 0);
+    printf("%s ok\n", what);
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    report("clone-newuser", syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0));
+    report("clone-newnet", syscall(SYS_clone, CLONE_NEWNET | SIGCHLD, 0, 0, 0, 0));
+    struct clone_args_v0 args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_NEWUSER;
+    args.exit_signal = SIGCHLD;
+    report("clone3-newuser", syscall(435, &args, sizeof args));
+    report("clone-plain", syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0));
+    report("fork", fork());
+    return 0;
+}
+"#;
+
+/// RuntimeDefault seccomp: `clone` with a namespace flag gets EPERM and `clone3` ENOSYS (libc
+/// falls back to clone), while a plain clone and fork work; Unconfined lets the same helper
+/// create a user namespace (so the first result is the profile's, not the kernel's).
+#[test]
+fn runtime_default_seccomp_blocks_namespace_creation_by_clone_and_clone3() {
+    let Some(mut pod) = pod("clone") else { return };
+    let dir = pod._dir.path().to_owned();
+    pod.layers
+        .push(helper_layer(&dir, "cloneprobe", CLONE_PROBE));
+    let sandbox = pod.sandbox("clone");
+    let c = pod.run(&sandbox, &pod.spec("confined", "/bin/cloneprobe"));
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(
+        log(&c),
+        "clone-newuser errno 1\nclone-newnet errno 1\nclone3-newuser errno 38\nclone-plain ok\nfork ok\n"
+    );
+    let mut unconfined = pod.spec("unconfined", "/bin/cloneprobe");
+    unconfined.seccomp = runtime::spec::Seccomp::Unconfined;
+    let c = pod.run(&sandbox, &unconfined);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert!(log(&c).starts_with("clone-newuser ok\n"), "{}", log(&c));
+}
+
+/// Volume sources for pods with only emptyDir volumes.
+struct NoSources;
+
+impl skiff_agent::kubelet::volume_payload::VolumeSources for NoSources {
+    fn config_map<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::ConfigMap>, String>>
+    {
+        Box::pin(async { Ok(None) })
+    }
+    fn secret<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::Secret>, String>>
+    {
+        Box::pin(async { Ok(None) })
+    }
+    fn token<'a>(
+        &'a self,
+        _: &'a skiff_agent::kubelet::token_manager::TokenSpec,
+    ) -> futures::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async { Err("no tokens here".to_owned()) })
+    }
+}
+
+impl TestPod {
+    /// A Kubernetes pod of this test's uid with an emptyDir `data` and `spec`'s fields.
+    fn k8s_pod(&self, spec: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        let mut spec = spec;
+        spec["volumes"] = serde_json::json!([{"name": "data", "emptyDir": {}}]);
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": self.uid},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// The container's spec as the kubelet builds it: effective security context, volumes.
+    fn kubelet_spec(
+        &self,
+        k8s_pod: &k8s_openapi::api::core::v1::Pod,
+        container: serde_json::Value,
+    ) -> Result<ContainerSpec, String> {
+        let c: K8sContainer = serde_json::from_value(container).unwrap();
+        let mounts = futures::executor::block_on(skiff_agent::kubelet::container_config::mounts(
+            &NoSources,
+            self.runtime.root(),
+            k8s_pod,
+            &c,
+        ))?;
+        let mut spec = ContainerSpec::from_pod(
+            Some(k8s_pod),
+            &c,
+            &ImageConfig::default(),
+            self.layers.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        spec.mounts.extend(mounts);
+        Ok(spec)
+    }
+}
+
+/// The effective security context, checked from inside: the pod's runAsUser is the process's
+/// uid, fsGroup is among its groups and the group of a file it creates in the emptyDir, and
+/// with readOnlyRootFilesystem a write to / fails.
+#[test]
+fn run_as_user_fs_group_and_read_only_root_filesystem_hold_inside_the_container() {
+    let Some(pod) = pod("secctx") else { return };
+    let sandbox = pod.sandbox("secctx");
+    let k8s = pod.k8s_pod(serde_json::json!({
+        "securityContext": {"runAsUser": 1000, "fsGroup": 2000, "runAsNonRoot": true},
+        "containers": [],
+    }));
+    let spec = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({
+                "name": "app",
+                "command": ["/bin/sh", "-c",
+                    "echo uid $(id -u) groups $(id -G); touch /data/f && echo file group $(stat -c %g /data/f); \
+                     if touch /rootfs-write 2>/dev/null; then echo rootfs writable; else echo rootfs read-only; fi"],
+                "securityContext": {"readOnlyRootFilesystem": true},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }),
+        )
+        .unwrap();
+    let c = pod.run(&sandbox, &spec);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(
+        log(&c),
+        "uid 1000 groups 0 2000\nfile group 2000\nrootfs read-only\n"
+    );
+
+    // runAsNonRoot with an image that runs as root: refused with the kubelet's message.
+    let k8s = pod.k8s_pod(serde_json::json!({
+        "securityContext": {"runAsNonRoot": true},
+        "containers": [],
+    }));
+    let err = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({"name": "root", "command": ["true"]}),
+        )
+        .unwrap_err();
+    assert!(
+        err.starts_with("container has runAsNonRoot and image will run as root"),
+        "{err}"
+    );
+}
+
+/// privileged: every capability, a writable /sys, no seccomp filter.
+#[test]
+fn a_privileged_container_gets_all_capabilities_and_a_writable_sys() {
+    let Some(pod) = pod("priv") else { return };
+    let sandbox = pod.sandbox("priv");
+    let k8s = pod.k8s_pod(serde_json::json!({"containers": []}));
+    let spec = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({
+                "name": "priv",
+                "command": ["/bin/sh", "-c",
+                    "grep -E '^(CapEff|Seccomp):' /proc/self/status; grep ' /sys sysfs ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"],
+                "securityContext": {"privileged": true},
+            }),
+        )
+        .unwrap();
+    let c = pod.run(&sandbox, &spec);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    let out = log(&c);
+    let cap_eff = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    let caps = u64::from_str_radix(cap_eff, 16).unwrap();
+    // CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_ADMIN: none of the default set.
+    for bit in [12, 16, 19, 21] {
+        assert!(caps & (1 << bit) != 0, "capability {bit} missing: {out}");
+    }
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    assert!(out.ends_with("rw\n"), "{out}");
+}
+
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|t| t.starts_with(&prefix))
+        .collect()
+}
+
+/// CVE-2017-1002101: a container plants `x -> /` in its emptyDir; the next container mounting
+/// subPath `x` is refused (CreateContainerConfigError's message) and the host's root is not
+/// mounted anywhere. A real subPath is created, mounted through the resolved descriptor, and
+/// unmounted (not deleted through) when the pod goes.
+#[test]
+fn a_symlink_planted_in_an_empty_dir_does_not_escape_through_a_sub_path() {
+    let Some(pod) = pod("subpath") else { return };
+    let sandbox = pod.sandbox("subpath");
+    let k8s = pod.k8s_pod(serde_json::json!({"containers": []}));
+    let planter = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({
+                "name": "planter",
+                "command": ["/bin/sh", "-c", "ln -s / /data/x && ln -s /etc /data/etc && mkdir /data/real && echo planted"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }),
+        )
+        .unwrap();
+    let c = pod.run(&sandbox, &planter);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    pod.runtime.delete_container(&c).unwrap();
+
+    let pod_dir = pod.runtime.root().join("pods").join(&pod.uid);
+    for sub in ["x", "x/etc", "etc/passwd", "real/../x"] {
+        let err = pod
+            .kubelet_spec(
+                &k8s,
+                serde_json::json!({
+                    "name": "victim",
+                    "command": ["true"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/host", "subPath": sub}],
+                }),
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with(
+                "failed to prepare subPath for volumeMount \"data\" of container \"victim\""
+            ),
+            "{sub}: {err}"
+        );
+        assert!(
+            mounts_below(&pod_dir).is_empty(),
+            "{sub}: something got mounted"
+        );
+    }
+
+    let user = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({
+                "name": "user",
+                "command": ["/bin/sh", "-c", "echo hello > /sub/hello"],
+                "volumeMounts": [{"name": "data", "mountPath": "/sub", "subPath": "real/nested"}],
+            }),
+        )
+        .unwrap();
+    let c = pod.run(&sandbox, &user);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    let volume = pod_dir.join("volumes/data");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("real/nested/hello")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(mounts_below(&pod_dir.join("volume-subpaths")).len(), 1);
+    // The pod goes: the subPath mount is detached, and removing the pod's directory does not
+    // reach through it into anything else.
+    pod.runtime.remove_pod_by_uid(&pod.uid).unwrap();
+    assert!(mounts_below(&pod_dir).is_empty());
+    assert!(!pod_dir.exists());
+}
+
+/// The interfaces of this process's network namespace (/proc/self/net/dev, as `ip link`).
+fn interfaces_here() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_to_string("/proc/self/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// hostNetwork and hostPID: the container sees the node's interfaces (the test's network
+/// namespace) and the node's processes (this test's pid); a pod without them sees only `lo`
+/// and its own processes.
+#[test]
+fn a_host_network_pod_sees_the_nodes_interfaces_and_host_pid_its_processes() {
+    let Some(pod) = pod("hostns") else { return };
+    let sandbox = pod
+        .runtime
+        .create_sandbox_with(
+            &pod.uid,
+            "hostns",
+            runtime::HostNamespaces {
+                network: true,
+                ipc: true,
+            },
+        )
+        .unwrap();
+    let script = format!(
+        "sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '; echo; if [ -d /proc/{} ]; then echo host-pids; else echo own-pids; fi",
+        std::process::id()
+    );
+    let k8s =
+        pod.k8s_pod(serde_json::json!({"hostNetwork": true, "hostPID": true, "containers": []}));
+    let spec = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({"name": "host", "command": ["/bin/sh", "-c", script]}),
+        )
+        .unwrap();
+    assert!(spec.host_pid);
+    let c = pod.run(&sandbox, &spec);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(
+        log(&c),
+        format!("{} \nhost-pids\n", interfaces_here().join(" "))
+    );
+    assert_eq!(
+        ns_id(&sandbox.netns_path()),
+        ns_id(Path::new("/proc/self/ns/net"))
+    );
+    assert_eq!(
+        ns_id(&sandbox.ipcns_path()),
+        ns_id(Path::new("/proc/self/ns/ipc"))
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+
+    let sandbox = pod.sandbox("own");
+    let c = pod.run(&sandbox, &pod.spec("own", &script));
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(log(&c), "lo \nown-pids\n");
+}

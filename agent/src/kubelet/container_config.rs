@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 
 use super::atomic_writer::{self, safe_relative};
 use super::volume_payload::{self, VolumeSources};
-use crate::runtime::BindMount;
+use crate::runtime::{subpath, BindMount};
 
 /// A map as the kubelet writes `metadata.labels` or `metadata.annotations` whole: `key="value"`
 /// lines sorted by key, the value quoted as Go's `%q` does, no newline after the last.
@@ -322,6 +322,107 @@ async fn project(
         .map_err(|e| format!("volume {:?}: {e}", volume.name))
 }
 
+/// The pod's `securityContext.fsGroup`, the group its volumes are given.
+fn fs_group(pod: &Pod) -> Result<Option<u32>, String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|sc| sc.fs_group)
+        .map(|g| u32::try_from(g).map_err(|_| format!("invalid fsGroup {g}")))
+        .transpose()
+}
+
+/// An emptyDir's directory: made world-writable (0777) as the kubelet makes it, so that a
+/// container of any user can use it; with an fsGroup, owned by that group with the setgid bit
+/// (2777), so that what the containers create there has the group too. Only a new directory is
+/// set up: one that exists already holds what the pod's containers wrote, which the agent does
+/// not walk while they may be changing it.
+fn empty_dir(dir: &Path, fs_group: Option<u32>) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if let Some(gid) = fs_group {
+        std::os::unix::fs::chown(dir, None, Some(gid))
+            .map_err(|e| format!("giving {} to group {gid}: {e}", dir.display()))?;
+    }
+    let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("setting the mode of {}: {e}", dir.display()))
+}
+
+/// The kubelet's `SetVolumeOwnership` for a volume the agent wrote (configMap, secret,
+/// projected...): everything below `dir` gets group `gid` and group read (and write unless
+/// `read_only`), directories group search and the setgid bit. Symlinks (the atomic writer's
+/// `..data` and user-visible names) are re-grouped, not followed.
+fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), String> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        std::os::unix::fs::lchown(&path, None, Some(gid))
+            .map_err(|e| format!("giving {} to group {gid}: {e}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mut mask = if read_only { 0o440 } else { 0o660 };
+        if meta.is_dir() {
+            mask |= 0o2110;
+            for entry in
+                std::fs::read_dir(&path).map_err(|e| format!("listing {}: {e}", path.display()))?
+            {
+                pending.push(
+                    entry
+                        .map_err(|e| format!("listing {}: {e}", path.display()))?
+                        .path(),
+                );
+            }
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | mask))
+            .map_err(|e| format!("setting the mode of {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Resolves `sub` below the volume directory `source` without following symlinks and bind
+/// mounts it onto `<pod dir>/volume-subpaths/<volume>/<container>/<index>`, which it returns
+/// as the container's mount source (see [`crate::runtime::subpath`]). A missing subPath is
+/// created as a directory with the volume's mode, as the kubelet does.
+fn sub_path_mount(
+    root: &Path,
+    pod_uid: &str,
+    container: &Container,
+    index: usize,
+    volume: &k8s_openapi::api::core::v1::Volume,
+    source: &Path,
+    sub: &str,
+) -> Result<PathBuf, String> {
+    // The agent's own payload volumes (keys are links into `..data`) may be followed inside;
+    // in what containers write (emptyDir) or the host holds (hostPath), no symlink is.
+    let resolved = if volume_payload::is_projection(volume) {
+        subpath::open_beneath_following(source, sub)
+    } else {
+        let mode = std::fs::metadata(source)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .map_err(|e| format!("reading {}: {e}", source.display()))?;
+        subpath::open_beneath(source, sub, mode)
+    }
+    .map_err(|e| e.to_string())?;
+    let volume = &volume.name;
+    let target = root
+        .join("pods")
+        .join(safe_relative(pod_uid)?)
+        .join(subpath::SUBPATH_DIR)
+        .join(safe_relative(volume)?)
+        .join(safe_relative(&container.name)?)
+        .join(index.to_string());
+    subpath::bind(&resolved, &target).map_err(|e| e.to_string())?;
+    Ok(target)
+}
+
 /// Prepares the container's volumes on the host and returns their bind mounts.
 pub async fn mounts(
     sources: &dyn VolumeSources,
@@ -335,16 +436,16 @@ pub async fn mounts(
         .as_ref()
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
+    let fs_group = fs_group(pod)?;
     let mut mounts = Vec::new();
-    for vm in container.volume_mounts.iter().flatten() {
+    for (index, vm) in container.volume_mounts.iter().flatten().enumerate() {
         let volume = volumes
             .iter()
             .find(|v| v.name == vm.name)
             .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", vm.name))?;
         let own_dir = volumes_dir(root, &uid)?.join(safe_relative(&volume.name)?);
         let source: PathBuf = if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&own_dir)
-                .map_err(|e| format!("creating {}: {e}", own_dir.display()))?;
+            empty_dir(&own_dir, fs_group)?;
             own_dir
         } else if let Some(h) = &volume.host_path {
             let p = PathBuf::from(&h.path);
@@ -362,6 +463,9 @@ pub async fn mounts(
             }
             p
         } else if project(sources, pod, volume, &own_dir).await?.is_some() {
+            if let Some(gid) = fs_group {
+                set_volume_ownership(&own_dir, gid, true)?;
+            }
             own_dir
         } else {
             return Err(format!(
@@ -370,14 +474,13 @@ pub async fn mounts(
             ));
         };
         let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => {
-                let p = source.join(safe_relative(sub)?);
-                if !p.exists() {
-                    std::fs::create_dir_all(&p)
-                        .map_err(|e| format!("creating {}: {e}", p.display()))?;
-                }
-                p
-            }
+            Some(sub) => sub_path_mount(root, &uid, container, index, volume, &source, sub)
+                .map_err(|e| {
+                    format!(
+                        "failed to prepare subPath for volumeMount {:?} of container {:?}: {e}",
+                        vm.name, container.name
+                    )
+                })?,
             None => source,
         };
         mounts.push(BindMount {
@@ -413,7 +516,14 @@ pub async fn refresh_volumes(
         if std::fs::symlink_metadata(dir.join(atomic_writer::DATA_DIR)).is_err() {
             continue;
         }
-        match project(sources, pod, volume, &dir).await {
+        let written_now =
+            project(sources, pod, volume, &dir)
+                .await
+                .and_then(|w| match (w, fs_group(pod)?) {
+                    (Some(_), Some(gid)) => set_volume_ownership(&dir, gid, true).map(|()| w),
+                    _ => Ok(w),
+                });
+        match written_now {
             Ok(Some(true)) => written.push(volume.name.clone()),
             Ok(_) => {}
             Err(e) => errors.push(e),

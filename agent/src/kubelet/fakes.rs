@@ -131,6 +131,7 @@ impl ContainerRuntime for FakeRuntime {
             hostname: hostname.to_owned(),
             pause_pid: st.next_pid,
             pause_start_time: 1,
+            host: Default::default(),
         };
         st.sandboxes
             .insert(pod_uid.to_owned(), (sandbox.clone(), true));

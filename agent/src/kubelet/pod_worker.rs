@@ -303,7 +303,11 @@ impl PodWorker {
             self.remove_sandbox().await;
             return;
         }
-        self.ip = self.shared.network.address_of(&self.uid).await;
+        self.ip = if self.host_namespaces().network {
+            self.shared.host_ip
+        } else {
+            self.shared.network.address_of(&self.uid).await
+        };
         self.sandbox = Some(found.sandbox);
         for (container, state) in found.containers {
             let Some(slot) = self
@@ -824,7 +828,7 @@ impl PodWorker {
             user: image.config.user.clone(),
         };
         let mut cspec =
-            runtime::ContainerSpec::from_kubernetes(&k8s, &config, image.layers.clone())?;
+            runtime::ContainerSpec::from_pod(Some(&pod), &k8s, &config, image.layers.clone())?;
         cspec.mounts.extend(mounts);
         if !cspec
             .mounts
@@ -961,12 +965,29 @@ impl PodWorker {
         })
     }
 
+    /// The node's namespaces the pod asks to share (hostNetwork, hostIPC).
+    fn host_namespaces(&self) -> runtime::HostNamespaces {
+        let spec = self.pod.spec.as_ref();
+        runtime::HostNamespaces {
+            network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
+        }
+    }
+
     async fn create_sandbox(&mut self) -> Result<(), PodWorkerError> {
         let hostname = pod_hostname(&self.pod);
+        let host = self.host_namespaces();
         let (runtime, uid) = (self.shared.runtime.clone(), self.uid.clone());
-        let sandbox = blocking(move || runtime.create_sandbox(&uid, &hostname))
+        let sandbox = blocking(move || runtime.create_sandbox_with(&uid, &hostname, host))
             .await
             .map_err(PodWorkerError::Sandbox)?;
+        if host.network {
+            // The node's network: no veth, no address of its own; the pod's IP is the node's.
+            self.ip = self.shared.host_ip;
+            self.sandbox = Some(sandbox);
+            self.sandbox_back_off = BackOff::default();
+            return Ok(());
+        }
         match self
             .shared
             .network

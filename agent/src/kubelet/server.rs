@@ -51,6 +51,14 @@ const ROTATE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long open streams may take to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// The read-only endpoint's address: the loopback address of `kubelet_address`'s family.
+pub fn read_only_address(kubelet_address: IpAddr) -> IpAddr {
+    match kubelet_address {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
 /// The command-line flags of the node's HTTP endpoints (flatten into the agent's CLI).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -58,7 +66,8 @@ pub struct ServerArgs {
     /// the Node's status.daemonEndpoints.kubeletEndpoint.
     #[arg(long, default_value_t = KUBELET_PORT)]
     pub kubelet_port: u16,
-    /// The address the HTTPS and read-only endpoints listen on.
+    /// The address the HTTPS endpoint listens on (the read-only endpoint: its family's
+    /// loopback address).
     #[arg(long, default_value = "0.0.0.0")]
     pub kubelet_address: IpAddr,
     /// The port of the unauthenticated read-only endpoint (/healthz, /pods, /metrics; the
@@ -486,7 +495,12 @@ pub async fn serve_with(
         if config.args.read_only_port == 0 {
             return Ok(());
         }
-        let addr = SocketAddr::new(config.args.kubelet_address, config.args.read_only_port);
+        // Loopback only, whatever --kubelet-address says: it answers anyone unauthenticated
+        // (the pods and their specs), so only the node itself may reach it.
+        let addr = SocketAddr::new(
+            read_only_address(config.args.kubelet_address),
+            config.args.read_only_port,
+        );
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Serve { addr, source })?;
@@ -551,6 +565,20 @@ pub async fn serve_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_read_only_endpoint_listens_on_loopback_only() {
+        for (given, expected) in [
+            ("0.0.0.0", "127.0.0.1"),
+            ("10.0.0.5", "127.0.0.1"),
+            ("::", "::1"),
+        ] {
+            assert_eq!(
+                read_only_address(given.parse().unwrap()),
+                expected.parse::<IpAddr>().unwrap()
+            );
+        }
+    }
 
     #[test]
     fn sizes_parse() {

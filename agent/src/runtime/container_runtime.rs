@@ -9,13 +9,25 @@
 use std::time::Duration;
 
 use super::{
-    Container, ContainerSpec, ContainerState, ExecOutput, PodState, Result, Runtime, Sandbox,
+    Container, ContainerSpec, ContainerState, ExecOutput, HostNamespaces, PodState, Result,
+    Runtime, Sandbox,
 };
 
 /// The container runtime as the kubelet uses it.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Starts a pod's sandbox (the pause process holding its namespaces).
     fn create_sandbox(&self, pod_uid: &str, hostname: &str) -> Result<Sandbox>;
+    /// A sandbox sharing the node's namespaces that `host` names (hostNetwork, hostIPC);
+    /// fakes without namespaces keep the default, which ignores them.
+    fn create_sandbox_with(
+        &self,
+        pod_uid: &str,
+        hostname: &str,
+        host: HostNamespaces,
+    ) -> Result<Sandbox> {
+        let _ = host;
+        self.create_sandbox(pod_uid, hostname)
+    }
     /// Whether the sandbox's pause process still runs.
     fn sandbox_running(&self, sandbox: &Sandbox) -> bool;
     /// Removes a sandbox and everything in it.
@@ -48,6 +60,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 impl ContainerRuntime for Runtime {
     fn create_sandbox(&self, pod_uid: &str, hostname: &str) -> Result<Sandbox> {
         Runtime::create_sandbox(self, pod_uid, hostname)
+    }
+
+    fn create_sandbox_with(
+        &self,
+        pod_uid: &str,
+        hostname: &str,
+        host: HostNamespaces,
+    ) -> Result<Sandbox> {
+        Runtime::create_sandbox_with(self, pod_uid, hostname, host)
     }
 
     fn sandbox_running(&self, sandbox: &Sandbox) -> bool {

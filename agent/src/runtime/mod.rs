@@ -29,6 +29,7 @@ pub mod exec_output;
 pub mod pause;
 pub mod shim;
 pub mod spec;
+pub mod subpath;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use container_runtime::ContainerRuntime;
 pub use exec_output::ExecOutput;
-pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, SpecError};
+pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, Seccomp, SpecError};
 
 /// Errors of the pod runtime.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +166,21 @@ pub struct Sandbox {
     pub pause_pid: i32,
     /// Its start time (clock ticks since boot, /proc/<pid>/stat), against pid reuse.
     pub pause_start_time: u64,
+    /// The node's namespaces it shares instead of having its own.
+    #[serde(default)]
+    pub host: HostNamespaces,
+}
+
+/// Which of the node's namespaces a pod shares (hostNetwork, hostIPC; hostPID is the
+/// containers' own: [`ContainerSpec::host_pid`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNamespaces {
+    /// hostNetwork: the node's network and UTS namespaces (its interfaces and hostname).
+    #[serde(default)]
+    pub network: bool,
+    /// hostIPC: the node's IPC namespace.
+    #[serde(default)]
+    pub ipc: bool,
 }
 
 impl Sandbox {
@@ -527,7 +543,10 @@ impl Runtime {
             .arg(op)
             .args(args)
             .stdin(Stdio::null())
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("SKIFF_SHIM_DEBUG").map_or("error", |_| "debug"),
+            )
             .output()
             .map_err(io_err(format!("running {} shim", self.binary.display())))?;
         if out.status.success() {
@@ -545,6 +564,16 @@ impl Runtime {
     /// Creates a pod's sandbox: starts the pause process (new network, IPC and UTS namespaces,
     /// `hostname`, `lo` up) in the pod's cgroup parent and records it.
     pub fn create_sandbox(&self, pod_uid: &str, hostname: &str) -> Result<Sandbox> {
+        self.create_sandbox_with(pod_uid, hostname, HostNamespaces::default())
+    }
+
+    /// [`Runtime::create_sandbox`] sharing the node's namespaces that `host` names.
+    pub fn create_sandbox_with(
+        &self,
+        pod_uid: &str,
+        hostname: &str,
+        host: HostNamespaces,
+    ) -> Result<Sandbox> {
         if !valid_uid(pod_uid) {
             return Err(RuntimeError::Invalid {
                 what: "pod uid",
@@ -576,6 +605,8 @@ impl Runtime {
             .arg("pause")
             .arg("--hostname")
             .arg(hostname)
+            .args(host.network.then_some("--host-network"))
+            .args(host.ipc.then_some("--host-ipc"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -605,6 +636,7 @@ impl Runtime {
             hostname: hostname.to_owned(),
             pause_pid: pid,
             pause_start_time: start_time(pid).unwrap_or(0),
+            host,
         };
         // Recorded first, so that a crash from here on leaves a sandbox remove_sandbox finds.
         let recorded = write_json(&dir.join("sandbox.json"), &sandbox).and_then(|()| {
@@ -688,6 +720,7 @@ impl Runtime {
             net_ns: sandbox.netns_path(),
             ipc_ns: sandbox.ipcns_path(),
             uts_ns: sandbox.utsns_path(),
+            seccomp_dir: self.root.join("seccomp"),
         })?;
         let config = bundle.join("config.json");
         oci.save(&config).map_err(|e| {
@@ -1107,6 +1140,15 @@ impl Runtime {
         note(
             &mut errors,
             cgroups::remove_pod(uid).map_err(io_err(format!("removing the cgroups of pod {uid}"))),
+        );
+        // subPath bind mounts first: removing the directory through them would delete the
+        // volumes' (or a hostPath's) files.
+        note(
+            &mut errors,
+            subpath::unmount_all(&dir).map_err(|e| RuntimeError::Invalid {
+                what: "subPath mounts",
+                value: e.to_string(),
+            }),
         );
         if errors.is_empty() {
             // Nothing is left mounted below it (containers unmounted their rootfs).

@@ -22,6 +22,12 @@ struct PauseArgs {
     /// The pod's hostname (set in its new UTS namespace).
     #[arg(long)]
     hostname: String,
+    /// hostNetwork: stay in the node's network and UTS namespaces (no hostname, no `lo`).
+    #[arg(long)]
+    host_network: bool,
+    /// hostIPC: stay in the node's IPC namespace.
+    #[arg(long)]
+    host_ipc: bool,
 }
 
 /// Runs the pause process; `args` are the arguments after `pause`.
@@ -55,11 +61,21 @@ fn run(args: &PauseArgs) -> Result<(), String> {
     signals
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("unshare(net, ipc, uts): {e}"))?;
-    nix::unistd::sethostname(&args.hostname)
-        .map_err(|e| format!("sethostname {:?}: {e}", args.hostname))?;
-    loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    let mut flags = CloneFlags::empty();
+    if !args.host_network {
+        flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+    }
+    if !args.host_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !flags.is_empty() {
+        unshare(flags).map_err(|e| format!("unshare({flags:?}): {e}"))?;
+    }
+    if !args.host_network {
+        nix::unistd::sethostname(&args.hostname)
+            .map_err(|e| format!("sethostname {:?}: {e}", args.hostname))?;
+        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{READY}")
         .and_then(|()| out.flush())

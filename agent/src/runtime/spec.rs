@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use libcontainer::oci_spec::runtime::{
     Arch, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall,
     LinuxSyscallBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
@@ -51,6 +52,12 @@ pub enum SpecError {
         /// The variable.
         name: String,
     },
+    /// runAsNonRoot cannot be honoured: the kubelet's messages (`verifyRunAsNonRoot`).
+    #[error("{0}")]
+    RunAsNonRoot(String),
+    /// The seccomp profile asked for cannot be used.
+    #[error("seccomp profile: {0}")]
+    Seccomp(String),
     /// A capability name is unknown.
     #[error("unknown capability {0:?}")]
     Capability(String),
@@ -125,8 +132,98 @@ pub struct ContainerSpec {
     pub no_new_privileges: bool,
     /// Extra bind mounts.
     pub mounts: Vec<BindMount>,
+    /// Supplementary groups of the process (the pod's supplementalGroups and fsGroup).
+    pub supplemental_groups: Vec<u32>,
+    /// The seccomp profile (securityContext.seccompProfile; RuntimeDefault when unset).
+    pub seccomp: Seccomp,
+    /// securityContext.privileged: all capabilities and devices, no seccomp, writable /sys.
+    pub privileged: bool,
+    /// The pod's hostPID: the node's PID namespace instead of a new one.
+    pub host_pid: bool,
     /// Where stdout and stderr go (appended); default `<pod dir>/logs/<name>.log`.
     pub log_path: Option<PathBuf>,
+}
+
+/// Which seccomp profile a container runs under.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// [`default_seccomp`].
+    #[default]
+    RuntimeDefault,
+    /// No filter.
+    Unconfined,
+    /// An OCI/Docker JSON profile at this path relative to `<agent root>/seccomp`
+    /// (`localhostProfile`), checked to stay inside that directory when the container is made.
+    Localhost(String),
+}
+
+/// Largest Localhost seccomp profile read (Docker's default profile is about 20 KiB).
+const MAX_SECCOMP_PROFILE: u64 = 1 << 20;
+
+impl Seccomp {
+    /// The profile for a `seccompProfile` of a securityContext (RuntimeDefault when unset).
+    fn from_k8s(
+        profile: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+    ) -> Result<Self, SpecError> {
+        let Some(p) = profile else {
+            return Ok(Self::RuntimeDefault);
+        };
+        match p.type_.as_str() {
+            "RuntimeDefault" => Ok(Self::RuntimeDefault),
+            "Unconfined" => Ok(Self::Unconfined),
+            "Localhost" => match p.localhost_profile.as_deref() {
+                Some(name) if !name.is_empty() => {
+                    if name.len() > 4096
+                        || !Path::new(name)
+                            .components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    {
+                        return Err(SpecError::Seccomp(format!(
+                            "localhostProfile {name:?} must be a relative path below the profile directory, without '..'"
+                        )));
+                    }
+                    Ok(Self::Localhost(name.to_owned()))
+                }
+                _ => Err(SpecError::Seccomp(
+                    "localhostProfile must be set if seccompProfile type is Localhost".into(),
+                )),
+            },
+            other => Err(SpecError::Seccomp(format!(
+                "unknown seccompProfile type {other:?} (RuntimeDefault, Unconfined or Localhost)"
+            ))),
+        }
+    }
+
+    /// The filter, `None` for Unconfined; a Localhost profile is read from below `dir`.
+    fn to_oci(&self, dir: &Path) -> Result<Option<LinuxSeccomp>, SpecError> {
+        match self {
+            Self::RuntimeDefault => default_seccomp().map(Some),
+            Self::Unconfined => Ok(None),
+            Self::Localhost(name) => load_localhost_profile(dir, name).map(Some),
+        }
+    }
+}
+
+/// Reads a Localhost profile: `name` below `dir`, which it must not leave through symlinks
+/// either (both are resolved and compared), at most [`MAX_SECCOMP_PROFILE`] bytes of OCI
+/// seccomp JSON.
+fn load_localhost_profile(dir: &Path, name: &str) -> Result<LinuxSeccomp, SpecError> {
+    use std::io::Read as _;
+    let err = |what: String| SpecError::Seccomp(format!("localhost profile {name:?}: {what}"));
+    let base = std::fs::canonicalize(dir)
+        .map_err(|e| err(format!("profile directory {}: {e}", dir.display())))?;
+    let path = std::fs::canonicalize(base.join(name)).map_err(|e| err(e.to_string()))?;
+    if !path.starts_with(&base) {
+        return Err(err(format!("resolves outside {}", base.display())));
+    }
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_SECCOMP_PROFILE + 1).read_to_string(&mut text))
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_SECCOMP_PROFILE {
+        return Err(err("larger than 1 MiB".into()));
+    }
+    serde_json::from_str(&text).map_err(|e| err(format!("not an OCI seccomp profile: {e}")))
 }
 
 /// Where the spec is placed: decided by the runtime when it creates the container.
@@ -137,11 +234,72 @@ pub(crate) struct SpecContext {
     pub net_ns: PathBuf,
     pub ipc_ns: PathBuf,
     pub uts_ns: PathBuf,
+    /// Where Localhost seccomp profiles live (`<agent root>/seccomp`).
+    pub seccomp_dir: PathBuf,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period (runc's and the kubelet's).
 pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Every capability, in the order of their numbers (CAP_CHOWN is 0).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// This process's capability bounding set (`CapBnd` of /proc/self/status); all bits when it
+/// cannot be read.
+fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
 
 /// The capabilities every container gets (containerd's and Docker's default set, which is what
 /// Kubernetes pods run with when their securityContext adds nothing).
@@ -231,10 +389,45 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "vm86old",
 ];
 
-/// The default seccomp profile: allow, except [`DENIED_SYSCALLS`] (EPERM), on the native
-/// architecture and its 32-bit ABIs (a deny-list that left i386 syscalls open would be void).
+/// The namespace flags of `clone` (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+/// NEWNET, and NEWTIME, which shares its bit with CSIGNAL's range only for clone3): creating
+/// namespaces is what `unshare` does, so `clone` with any of them is denied as well.
+pub const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    0x0002_0000, // CLONE_NEWNS
+    0x0200_0000, // CLONE_NEWCGROUP
+    0x0400_0000, // CLONE_NEWUTS
+    0x0800_0000, // CLONE_NEWIPC
+    0x1000_0000, // CLONE_NEWUSER
+    0x2000_0000, // CLONE_NEWPID
+    0x4000_0000, // CLONE_NEWNET
+];
+
+/// ENOSYS: what `clone3` answers, so that libc falls back to `clone`, whose flags the filter
+/// can see (clone3 passes them in memory, out of seccomp's reach), as Docker's profile does.
+const ENOSYS: u32 = 38;
+
+/// `clone` with one namespace flag set, answered with EPERM. One rule per flag: the rules of a
+/// syscall are alternatives, and `(flags & FLAG) == FLAG` is the same test whichever of the
+/// two values libseccomp takes as the mask.
+fn clone_rule(flag: u64) -> Result<LinuxSyscall, SpecError> {
+    Ok(LinuxSyscallBuilder::default()
+        .names(vec!["clone".to_owned()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(1u32)
+        .args(vec![LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(flag)
+            .value_two(flag)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()?])
+        .build()?)
+}
+
+/// The default seccomp profile: allow, except [`DENIED_SYSCALLS`] (EPERM), `clone` with a
+/// namespace flag (EPERM) and `clone3` (ENOSYS), on the native architecture and its 32-bit
+/// ABIs (a deny-list that left i386 syscalls open would be void).
 pub fn default_seccomp() -> Result<LinuxSeccomp, SpecError> {
-    let denied = LinuxSyscallBuilder::default()
+    let mut rules = vec![LinuxSyscallBuilder::default()
         .names(
             DENIED_SYSCALLS
                 .iter()
@@ -243,7 +436,17 @@ pub fn default_seccomp() -> Result<LinuxSeccomp, SpecError> {
         )
         .action(LinuxSeccompAction::ScmpActErrno)
         .errno_ret(1u32) // EPERM
-        .build()?;
+        .build()?];
+    for flag in CLONE_NAMESPACE_FLAGS {
+        rules.push(clone_rule(*flag)?);
+    }
+    rules.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_owned()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(ENOSYS)
+            .build()?,
+    );
     Ok(LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![
@@ -251,7 +454,7 @@ pub fn default_seccomp() -> Result<LinuxSeccomp, SpecError> {
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![denied])
+        .syscalls(rules)
         .build()?)
 }
 
@@ -311,6 +514,71 @@ fn quantity(
         .transpose()
 }
 
+/// The container's securityContext with the pod's fields filled in where the container leaves
+/// them unset (the kubelet's `DetermineEffectiveSecurityContext`).
+pub fn effective_security_context(pod: Option<&Pod>, container: &Container) -> SecurityContext {
+    let mut sc = container.security_context.clone().unwrap_or_default();
+    let Some(p) = pod
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.security_context.as_ref())
+    else {
+        return sc;
+    };
+    sc.run_as_user = sc.run_as_user.or(p.run_as_user);
+    sc.run_as_group = sc.run_as_group.or(p.run_as_group);
+    sc.run_as_non_root = sc.run_as_non_root.or(p.run_as_non_root);
+    if sc.seccomp_profile.is_none() {
+        sc.seccomp_profile = p.seccomp_profile.clone();
+    }
+    if sc.se_linux_options.is_none() {
+        sc.se_linux_options = p.se_linux_options.clone();
+    }
+    if sc.app_armor_profile.is_none() {
+        sc.app_armor_profile = p.app_armor_profile.clone();
+    }
+    sc
+}
+
+/// The kubelet's `verifyRunAsNonRoot`, with its messages: with runAsNonRoot, the user must be
+/// known not to be root (runAsUser, else the image's numeric USER; no USER means root).
+fn verify_run_as_non_root(
+    pod: Option<&Pod>,
+    container: &str,
+    run_as_user: Option<i64>,
+    image_user: Option<&str>,
+) -> Result<(), SpecError> {
+    let pod_name = pod.map_or_else(String::new, |p| {
+        let m = &p.metadata;
+        format!(
+            "{}_{}({})",
+            m.name.as_deref().unwrap_or(""),
+            m.namespace.as_deref().unwrap_or(""),
+            m.uid.as_deref().unwrap_or("")
+        )
+    });
+    let refuse = |what: String| {
+        Err(SpecError::RunAsNonRoot(format!(
+            "{what} (pod: {}, container: {container})",
+            skiff_k8s::go::quote(&pod_name)
+        )))
+    };
+    match run_as_user {
+        Some(0) => refuse("container's runAsUser breaks non-root policy".into()),
+        Some(_) => Ok(()),
+        None => {
+            let user = image_user.unwrap_or("0");
+            let uid = user.split_once(':').map_or(user, |(u, _)| u);
+            match uid.parse::<u32>() {
+                Ok(0) => refuse("container has runAsNonRoot and image will run as root".into()),
+                Ok(_) => Ok(()),
+                Err(_) => refuse(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({uid}), cannot verify user is non-root"
+                )),
+            }
+        }
+    }
+}
+
 fn parse_user(container: &str, user: &str) -> Result<(u32, u32), SpecError> {
     let unsupported = || SpecError::Unsupported {
         container: container.to_owned(),
@@ -327,12 +595,25 @@ fn parse_user(container: &str, user: &str) -> Result<(u32, u32), SpecError> {
 }
 
 impl ContainerSpec {
+    /// [`ContainerSpec::from_pod`] for a container without a pod (no pod-level security
+    /// context).
+    pub fn from_kubernetes(
+        container: &Container,
+        image: &ImageConfig,
+        layers: Vec<PathBuf>,
+    ) -> Result<Self, SpecError> {
+        Self::from_pod(None, container, image, layers)
+    }
+
     /// Resolves a Kubernetes container against its image: `command` replaces the image's
     /// ENTRYPOINT (and drops its CMD), `args` replaces CMD; `$(VAR)` references in command, args
-    /// and env values are expanded; env follows the image's ENV; resources, securityContext
-    /// (runAsUser/runAsGroup, capabilities, readOnlyRootFilesystem) are applied. `valueFrom`
-    /// env entries must have been resolved by the caller; privileged containers are refused.
-    pub fn from_kubernetes(
+    /// and env values are expanded; env follows the image's ENV; resources and the effective
+    /// securityContext (the pod's under the container's: runAsUser/runAsGroup, runAsNonRoot,
+    /// supplementalGroups and fsGroup, capabilities, privileged, readOnlyRootFilesystem,
+    /// allowPrivilegeEscalation, seccompProfile) are applied. `valueFrom` env entries must have
+    /// been resolved by the caller.
+    pub fn from_pod(
+        pod: Option<&Pod>,
         container: &Container,
         image: &ImageConfig,
         layers: Vec<PathBuf>,
@@ -396,43 +677,64 @@ impl ContainerSpec {
             });
         }
 
-        let (mut uid, mut gid) = match &image.user {
-            Some(u) if !u.is_empty() => parse_user(&name, u)?,
-            _ => (0, 0),
-        };
-        let mut cap_add = Vec::new();
-        let mut cap_drop = Vec::new();
-        let mut read_only_rootfs = false;
-        let mut no_new_privileges = false;
-        if let Some(sc) = &container.security_context {
-            if sc.privileged == Some(true) {
-                return Err(SpecError::Unsupported {
-                    container: name,
-                    what: "privileged".to_owned(),
-                });
-            }
-            if let Some(u) = sc.run_as_user {
-                uid = u32::try_from(u).map_err(|_| SpecError::Unsupported {
-                    container: name.clone(),
-                    what: format!("runAsUser {u}"),
-                })?;
-                if sc.run_as_group.is_none() && image.user.is_none() {
-                    gid = 0;
-                }
-            }
-            if let Some(g) = sc.run_as_group {
-                gid = u32::try_from(g).map_err(|_| SpecError::Unsupported {
-                    container: name.clone(),
-                    what: format!("runAsGroup {g}"),
-                })?;
-            }
-            if let Some(caps) = &sc.capabilities {
-                cap_add = caps.add.clone().unwrap_or_default();
-                cap_drop = caps.drop.clone().unwrap_or_default();
-            }
-            read_only_rootfs = sc.read_only_root_filesystem == Some(true);
-            no_new_privileges = sc.allow_privilege_escalation == Some(false);
+        let sc = effective_security_context(pod, container);
+        let image_user = image.user.as_deref().filter(|u| !u.is_empty());
+        if sc.run_as_non_root == Some(true) {
+            verify_run_as_non_root(pod, &name, sc.run_as_user, image_user)?;
         }
+        // The image's USER matters only when runAsUser does not replace it.
+        let image_ids = match image_user {
+            Some(u) if sc.run_as_user.is_none() => Some(parse_user(&name, u)?),
+            Some(u) => parse_user(&name, u).ok(),
+            None => None,
+        };
+        let (mut uid, mut gid) = image_ids.unwrap_or((0, 0));
+        let id = |what: &str, v: i64| {
+            u32::try_from(v).map_err(|_| SpecError::Unsupported {
+                container: name.clone(),
+                what: format!("{what} {v}"),
+            })
+        };
+        if let Some(u) = sc.run_as_user {
+            uid = id("runAsUser", u)?;
+            if sc.run_as_group.is_none() && image_ids.is_none() {
+                gid = 0;
+            }
+        }
+        if let Some(g) = sc.run_as_group {
+            gid = id("runAsGroup", g)?;
+        }
+        // The kubelet's supplementary groups: the pod's supplementalGroups, then fsGroup.
+        let pod_sc = pod
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.security_context.as_ref());
+        let mut supplemental_groups = Vec::new();
+        for g in pod_sc.into_iter().flat_map(|p| {
+            p.supplemental_groups
+                .iter()
+                .flatten()
+                .chain(p.fs_group.iter())
+        }) {
+            let g = id("supplemental group", *g)?;
+            if !supplemental_groups.contains(&g) {
+                supplemental_groups.push(g);
+            }
+        }
+        let privileged = sc.privileged == Some(true);
+        let (cap_add, cap_drop) = match &sc.capabilities {
+            Some(caps) => (
+                caps.add.clone().unwrap_or_default(),
+                caps.drop.clone().unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let read_only_rootfs = sc.read_only_root_filesystem == Some(true);
+        let no_new_privileges = sc.allow_privilege_escalation == Some(false);
+        let seccomp = if privileged {
+            Seccomp::Unconfined
+        } else {
+            Seccomp::from_k8s(sc.seccomp_profile.as_ref())?
+        };
 
         let resources = match &container.resources {
             Some(r) => {
@@ -475,6 +777,13 @@ impl ContainerSpec {
             no_new_privileges,
             mounts: Vec::new(),
             log_path: None,
+            supplemental_groups,
+            seccomp,
+            privileged,
+            host_pid: pod
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.host_pid)
+                .unwrap_or(false),
         })
     }
 
@@ -486,6 +795,17 @@ impl ContainerSpec {
             Capability::from_str(&n).map_err(|_| SpecError::Capability(n))
         };
         let mut caps: HashSet<Capability> = HashSet::new();
+        if self.privileged {
+            // Every capability the agent itself may hold, as containerd gives a privileged
+            // container (`cap.Current()`): one outside its bounding set could not be granted.
+            let bounding = own_bounding_set();
+            for (bit, c) in ALL_CAPABILITIES.iter().enumerate() {
+                if bounding & (1 << bit) != 0 {
+                    caps.insert(parse(c)?);
+                }
+            }
+            return Ok(caps);
+        }
         if !self.cap_drop.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
             for c in DEFAULT_CAPABILITIES {
                 caps.insert(parse(c)?);
@@ -519,7 +839,13 @@ impl ContainerSpec {
                     .collect::<Vec<_>>(),
             )
             .cwd(&self.working_dir)
-            .user(UserBuilder::default().uid(self.uid).gid(self.gid).build()?)
+            .user(
+                UserBuilder::default()
+                    .uid(self.uid)
+                    .gid(self.gid)
+                    .additional_gids(self.supplemental_groups.clone())
+                    .build()?,
+            )
             .capabilities(
                 LinuxCapabilitiesBuilder::default()
                     .bounding(caps.clone())
@@ -541,6 +867,15 @@ impl ContainerSpec {
             .set_rlimits(None);
 
         let mut mounts = libcontainer::oci_spec::runtime::get_default_mounts();
+        if self.privileged {
+            // Kubernetes' privileged containers get a writable /sys.
+            for m in &mut mounts {
+                if m.destination() == Path::new("/sys") {
+                    let options = m.options().clone().unwrap_or_default();
+                    m.set_options(Some(options.into_iter().filter(|o| o != "ro").collect()));
+                }
+            }
+        }
         for m in &self.mounts {
             let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
             if m.read_only {
@@ -556,7 +891,7 @@ impl ContainerSpec {
             );
         }
 
-        let namespaces = vec![
+        let mut namespaces = vec![
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
                 .build()?,
@@ -580,7 +915,19 @@ impl ContainerSpec {
                 .build()?,
         ];
 
-        let mut resources = LinuxResourcesBuilder::default().devices(device_rules()?);
+        let devices = if self.privileged {
+            vec![LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .access("rwm".to_owned())
+                .build()?]
+        } else {
+            device_rules()?
+        };
+        if self.host_pid {
+            // No new one: the shim's, which is the node's.
+            namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+        }
+        let mut resources = LinuxResourcesBuilder::default().devices(devices);
         let r = &self.resources;
         if r.cpu_limit_millis.is_some() || r.cpu_request_millis.is_some() {
             let mut cpu = LinuxCpuBuilder::default();
@@ -615,10 +962,64 @@ impl ContainerSpec {
             .set_namespaces(Some(namespaces))
             .set_cgroups_path(Some(PathBuf::from(&ctx.cgroups_path)))
             .set_resources(Some(resources.build()?))
-            .set_seccomp(Some(default_seccomp()?));
+            .set_seccomp(self.seccomp.to_oci(&ctx.seccomp_dir)?);
+        if self.privileged {
+            // No masked or read-only /proc paths, the host's devices: what a privileged
+            // container of Kubernetes (containerd) sees.
+            linux
+                .set_masked_paths(None)
+                .set_readonly_paths(None)
+                .set_devices(Some(host_devices()));
+        }
         spec.set_linux(Some(linux));
         Ok(spec)
     }
+}
+
+/// The character and block devices directly in the host's /dev, for a privileged container
+/// (as containerd's `WithDevices` of a privileged container); those of every container
+/// (null, zero, tty...) are made by libcontainer anyway and left out.
+fn host_devices() -> Vec<libcontainer::oci_spec::runtime::LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    const DEFAULT: &[&str] = &[
+        "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx",
+    ];
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut devices = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        if DEFAULT.contains(&name.as_str()) {
+            continue;
+        }
+        let rdev = meta.rdev();
+        let built = libcontainer::oci_spec::runtime::LinuxDeviceBuilder::default()
+            .path(entry.path())
+            .typ(typ)
+            .major(nix::sys::stat::major(rdev) as i64)
+            .minor(nix::sys::stat::minor(rdev) as i64)
+            .file_mode(meta.mode() & 0o777)
+            .uid(meta.uid())
+            .gid(meta.gid())
+            .build();
+        if let Ok(d) = built {
+            devices.push(d);
+        }
+    }
+    devices.sort_by(|a, b| a.path().cmp(b.path()));
+    devices
 }
 
 /// Device cgroup rules: deny everything first, then the devices every container may use (runc's
@@ -813,6 +1214,7 @@ mod tests {
             net_ns: "/proc/1/ns/net".into(),
             ipc_ns: "/proc/1/ns/ipc".into(),
             uts_ns: "/proc/1/ns/uts".into(),
+            seccomp_dir: "/nonexistent".into(),
         };
         let oci = s.to_oci(&ctx).unwrap();
         let linux = oci.linux().as_ref().unwrap();
@@ -854,12 +1256,245 @@ mod tests {
             "lowerdir=/l1:/l0,upperdir=/u,workdir=/w,volatile",
             "top layer first"
         );
+    }
 
-        let mut c = container("a");
-        c.security_context = Some(SecurityContext {
-            privileged: Some(true),
-            ..Default::default()
-        });
-        assert!(ContainerSpec::from_kubernetes(&c, &image(), vec![]).is_err());
+    fn ctx() -> SpecContext {
+        SpecContext {
+            rootfs: "/r".into(),
+            cgroups_path: "/skiff/u/a".into(),
+            net_ns: "/proc/1/ns/net".into(),
+            ipc_ns: "/proc/1/ns/ipc".into(),
+            uts_ns: "/proc/1/ns/uts".into(),
+            seccomp_dir: "/nonexistent".into(),
+        }
+    }
+
+    fn pod(sc: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "prod", "uid": "u1"},
+            "spec": {"containers": [], "securityContext": sc},
+        }))
+        .unwrap()
+    }
+
+    fn with_sc(sc: serde_json::Value) -> Container {
+        let mut c = container("app");
+        c.security_context = Some(serde_json::from_value(sc).unwrap());
+        c
+    }
+
+    #[test]
+    fn the_pod_security_context_fills_what_the_container_leaves_unset() {
+        let p = pod(serde_json::json!({
+            "runAsUser": 1000, "runAsGroup": 3000, "runAsNonRoot": true,
+            "supplementalGroups": [4000, 4001], "fsGroup": 2000,
+            "seccompProfile": {"type": "Unconfined"},
+        }));
+        let s = ContainerSpec::from_pod(Some(&p), &container("app"), &image(), vec![]).unwrap();
+        assert_eq!((s.uid, s.gid), (1000, 3000));
+        assert_eq!(s.supplemental_groups, [4000, 4001, 2000]);
+        assert_eq!(s.seccomp, Seccomp::Unconfined);
+        let oci = s.to_oci(&ctx()).unwrap();
+        let user = oci.process().as_ref().unwrap().user();
+        assert_eq!(
+            user.additional_gids().as_deref(),
+            Some(&[4000, 4001, 2000][..])
+        );
+        assert!(oci.linux().as_ref().unwrap().seccomp().is_none());
+
+        let c = with_sc(serde_json::json!({
+            "runAsUser": 1001, "seccompProfile": {"type": "RuntimeDefault"},
+            "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+        }));
+        let s = ContainerSpec::from_pod(Some(&p), &c, &image(), vec![]).unwrap();
+        assert_eq!(
+            (s.uid, s.gid),
+            (1001, 3000),
+            "the container's runAsUser wins"
+        );
+        assert_eq!(s.seccomp, Seccomp::RuntimeDefault);
+        let oci = s.to_oci(&ctx()).unwrap();
+        assert!(oci.root().as_ref().unwrap().readonly().unwrap_or(false));
+        assert_eq!(
+            oci.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
+
+        let sc = effective_security_context(Some(&p), &container("app"));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        let sc = effective_security_context(None, &container("app"));
+        assert_eq!(sc, SecurityContext::default());
+    }
+
+    #[test]
+    fn run_as_non_root_is_refused_with_the_kubelets_messages() {
+        let p = pod(serde_json::json!({"runAsNonRoot": true}));
+        let refused = |img: &ImageConfig, c: &Container| match ContainerSpec::from_pod(
+            Some(&p),
+            c,
+            img,
+            vec![],
+        ) {
+            Err(e @ SpecError::RunAsNonRoot(_)) => e.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(&image(), &container("app")),
+            "container has runAsNonRoot and image will run as root (pod: \"web_prod(u1)\", container: app)"
+        );
+        let named = ImageConfig {
+            user: Some("nobody".into()),
+            ..image()
+        };
+        assert_eq!(
+            refused(&named, &container("app")),
+            "container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: \"web_prod(u1)\", container: app)"
+        );
+        let root = ImageConfig {
+            user: Some("0:0".into()),
+            ..image()
+        };
+        assert!(refused(&root, &container("app")).contains("image will run as root"));
+        assert!(
+            refused(&image(), &with_sc(serde_json::json!({"runAsUser": 0})))
+                .starts_with("container's runAsUser breaks non-root policy")
+        );
+        // A numeric non-root user, from the image or runAsUser, passes; so does a
+        // non-numeric image user that runAsUser replaces.
+        let numeric = ImageConfig {
+            user: Some("1000".into()),
+            ..image()
+        };
+        assert!(ContainerSpec::from_pod(Some(&p), &container("app"), &numeric, vec![]).is_ok());
+        let s = ContainerSpec::from_pod(
+            Some(&p),
+            &with_sc(serde_json::json!({"runAsUser": 5})),
+            &named,
+            vec![],
+        )
+        .unwrap();
+        assert_eq!((s.uid, s.gid), (5, 0));
+    }
+
+    #[test]
+    fn the_default_seccomp_profile_blocks_namespace_creation_by_clone_and_clone3() {
+        let seccomp = default_seccomp().unwrap();
+        let rules = seccomp.syscalls().as_ref().unwrap();
+        let clone: Vec<u64> = rules
+            .iter()
+            .filter(|r| *r.names() == ["clone"])
+            .map(|r| {
+                assert_eq!(r.errno_ret(), Some(1));
+                let args = r.args().as_ref().unwrap();
+                assert_eq!(args.len(), 1);
+                assert_eq!(args[0].op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
+                assert_eq!(
+                    (args[0].index(), Some(args[0].value())),
+                    (0, args[0].value_two())
+                );
+                args[0].value()
+            })
+            .collect();
+        // CLONE_NEWUSER and the other namespace flags: Docker's mask 0x7E020000.
+        assert_eq!(clone.iter().fold(0, |a, f| a | f), 0x7E02_0000);
+        assert!(clone.contains(&0x1000_0000));
+        let clone3 = rules.iter().find(|r| *r.names() == ["clone3"]).unwrap();
+        assert_eq!(clone3.errno_ret(), Some(38));
+        assert!(rules[0].names().iter().any(|n| n == "unshare"));
+    }
+
+    #[test]
+    fn seccomp_profile_types_and_localhost_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let profiles = dir.path().join("seccomp");
+        std::fs::create_dir_all(profiles.join("team")).unwrap();
+        std::fs::write(
+            profiles.join("team/audit.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("outside.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../outside.json", profiles.join("escape.json")).unwrap();
+        let spec = |p: serde_json::Value| {
+            ContainerSpec::from_kubernetes(
+                &with_sc(serde_json::json!({"seccompProfile": p})),
+                &image(),
+                vec![],
+            )
+        };
+        let local =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "team/audit.json"}))
+                .unwrap();
+        let loaded = local.seccomp.to_oci(&profiles).unwrap().unwrap();
+        assert_eq!(*loaded.syscalls().as_ref().unwrap()[0].names(), ["chmod"]);
+        let escape =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "escape.json"}))
+                .unwrap();
+        assert!(escape
+            .seccomp
+            .to_oci(&profiles)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        let missing =
+            spec(serde_json::json!({"type": "Localhost", "localhostProfile": "nope.json"}))
+                .unwrap();
+        assert!(missing.seccomp.to_oci(&profiles).is_err());
+        for bad in [
+            serde_json::json!({"type": "Localhost", "localhostProfile": "../x.json"}),
+            serde_json::json!({"type": "Localhost", "localhostProfile": "/etc/x.json"}),
+            serde_json::json!({"type": "Localhost"}),
+            serde_json::json!({"type": "Bogus"}),
+        ] {
+            assert!(
+                matches!(spec(bad.clone()), Err(SpecError::Seccomp(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    fn sys_read_only(oci: &Spec) -> bool {
+        let mounts = oci.mounts().as_ref().unwrap();
+        let sys = mounts.iter().find(|m| m.destination() == Path::new("/sys"));
+        sys.unwrap()
+            .options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|o| o == "ro")
+    }
+
+    #[test]
+    fn privileged_gets_all_capabilities_devices_and_a_writable_sys_without_seccomp() {
+        let c = with_sc(serde_json::json!({"privileged": true, "capabilities": {"drop": ["ALL"]}}));
+        let s = ContainerSpec::from_kubernetes(&c, &image(), vec![]).unwrap();
+        assert!(s.privileged);
+        let caps = s.capabilities().unwrap();
+        let bounding = own_bounding_set();
+        let known = (0..ALL_CAPABILITIES.len()).filter(|b| bounding & (1 << b) != 0);
+        assert_eq!(caps.len(), known.count(), "the agent's own bounding set");
+        assert!(caps.contains(&Capability::SysAdmin) && caps.contains(&Capability::SysModule));
+        let oci = s.to_oci(&ctx()).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none());
+        assert!(linux.masked_paths().is_none() && linux.readonly_paths().is_none());
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
+        assert!(devices.len() == 1 && devices[0].allow() && devices[0].typ().is_none());
+        assert!(!sys_read_only(&oci));
+        // Not privileged: /sys read-only, the deny-list device rules, the default profile.
+        let plain = ContainerSpec::from_kubernetes(&container("a"), &image(), vec![]).unwrap();
+        let oci = plain.to_oci(&ctx()).unwrap();
+        assert!(oci.linux().as_ref().unwrap().seccomp().is_some());
+        assert!(sys_read_only(&oci));
     }
 }

@@ -566,3 +566,98 @@ async fn a_missing_root_ca_config_map_keeps_the_container_waiting() {
         State::Running { .. }
     ));
 }
+
+/// A pod with one container `app` (busybox:1.36): `spec` and `container` fields merged in.
+fn app_pod(spec: serde_json::Value, container: serde_json::Value) -> Pod {
+    let mut c = json!({"name": "app", "image": "busybox:1.36"});
+    c.as_object_mut()
+        .unwrap()
+        .extend(container.as_object().unwrap().clone());
+    let mut s = json!({"restartPolicy": "Always", "containers": [c]});
+    s.as_object_mut()
+        .unwrap()
+        .extend(spec.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": UID},
+        "spec": s,
+    }))
+    .unwrap()
+}
+
+fn waiting_message(slot: &Slot) -> String {
+    match &slot.record.state {
+        State::Waiting { message, .. } => message.clone().unwrap_or_default(),
+        other => panic!("not waiting: {other:?}"),
+    }
+}
+
+/// A container planted `x -> /` in the pod's emptyDir (here: the test, as it would have): the
+/// next container mounting subPath `x` waits in CreateContainerConfigError with the reason,
+/// and is never created.
+#[tokio::test(start_paused = true)]
+async fn a_symlinked_sub_path_keeps_the_container_in_create_container_config_error() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    let p = app_pod(
+        json!({"volumes": [{"name": "data", "emptyDir": {}}]}),
+        json!({"volumeMounts": [{"name": "data", "mountPath": "/host", "subPath": "x"}]}),
+    );
+    let volume = crate::kubelet::container_config::volumes_dir(&n.shared.root, UID)
+        .unwrap()
+        .join("data");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::os::unix::fs::symlink("/", volume.join("x")).unwrap();
+    let mut w = PodWorker::new(n.shared.clone(), p, None).await;
+    assert!(w.sync().await.is_some(), "retried later");
+    assert_eq!(
+        waiting_reason(&w.containers[0]),
+        "CreateContainerConfigError"
+    );
+    let message = waiting_message(&w.containers[0]);
+    assert!(
+        message.contains("failed to prepare subPath for volumeMount \"data\" of container \"app\"")
+            && message.contains("is a symlink"),
+        "{message}"
+    );
+    assert!(creates(&n.runtime.calls()).is_empty());
+}
+
+/// runAsNonRoot at the pod level with an image that runs as root (no USER): refused with the
+/// kubelet's message, never created.
+#[tokio::test(start_paused = true)]
+async fn run_as_non_root_with_a_root_image_is_a_create_container_config_error() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    let p = app_pod(
+        json!({"securityContext": {"runAsNonRoot": true}}),
+        json!({}),
+    );
+    let mut w = PodWorker::new(n.shared.clone(), p, None).await;
+    assert!(w.sync().await.is_some(), "retried later");
+    assert_eq!(
+        waiting_reason(&w.containers[0]),
+        "CreateContainerConfigError"
+    );
+    assert_eq!(
+        waiting_message(&w.containers[0]),
+        format!("container has runAsNonRoot and image will run as root (pod: \"web_default({UID})\", container: app)")
+    );
+    assert!(creates(&n.runtime.calls()).is_empty());
+}
+
+/// hostNetwork: no pod network (no address taken), the pod's IP is the node's, and its
+/// containers run.
+#[tokio::test(start_paused = true)]
+async fn a_host_network_pod_takes_the_nodes_ip_and_no_pod_address() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    let p = app_pod(json!({"hostNetwork": true}), json!({}));
+    let mut w = PodWorker::new(n.shared.clone(), p, None).await;
+    w.sync().await;
+    assert!(matches!(
+        w.containers[0].record.state,
+        State::Running { .. }
+    ));
+    assert_eq!(w.ip, Some(Ipv4Addr::new(192, 168, 0, 10)));
+    assert!(n.network.attached().is_empty());
+}
