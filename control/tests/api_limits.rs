@@ -369,3 +369,121 @@ async fn a_watcher_that_stops_reading_is_closed_at_its_byte_budget() {
         bytes.len()
     );
 }
+
+/// The field causes of a 422.
+fn causes(answer: &(StatusCode, Value)) -> Vec<String> {
+    assert_eq!(answer.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", answer.1);
+    answer.1["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn pod_spec() -> Value {
+    json!({"containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "Never"})
+}
+
+#[tokio::test]
+async fn seconds_past_their_range_are_invalid_with_the_field() {
+    let a = common::api().await;
+    let huge = i64::MAX;
+    let pods = "/api/v1/namespaces/default/pods";
+    for (field, spec_patch) in [
+        ("spec.activeDeadlineSeconds", json!({"activeDeadlineSeconds": huge})),
+        (
+            "spec.terminationGracePeriodSeconds",
+            json!({"terminationGracePeriodSeconds": huge}),
+        ),
+        (
+            "spec.tolerations[0].tolerationSeconds",
+            json!({"tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": huge}]}),
+        ),
+        (
+            "spec.containers[0].livenessProbe.terminationGracePeriodSeconds",
+            json!({"containers": [{"name": "c", "image": "busybox", "livenessProbe": {"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": huge}}]}),
+        ),
+    ] {
+        let mut spec = pod_spec();
+        for (k, v) in spec_patch.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let answer = a
+            .call(
+                Method::POST,
+                pods,
+                Some(json!({"metadata": {"name": "p"}, "spec": spec})),
+            )
+            .await;
+        assert_eq!(causes(&answer), [field], "{}", answer.1);
+        let message = answer.1["details"]["causes"][0]["message"].as_str().unwrap();
+        assert!(message.ends_with("and 2147483647, inclusive"), "{message}");
+    }
+
+    let answer = a
+        .call(
+            Method::POST,
+            "/apis/batch/v1/namespaces/default/jobs",
+            Some(json!({"metadata": {"name": "j"}, "spec": {
+                "activeDeadlineSeconds": huge,
+                "template": {"spec": pod_spec()},
+            }})),
+        )
+        .await;
+    assert_eq!(causes(&answer), ["spec.activeDeadlineSeconds"]);
+    let answer = a
+        .call(
+            Method::POST,
+            "/apis/batch/v1/namespaces/default/cronjobs",
+            Some(json!({"metadata": {"name": "cj"}, "spec": {
+                "schedule": "* * * * *",
+                "startingDeadlineSeconds": huge,
+                "jobTemplate": {"spec": {"template": {"spec": pod_spec()}}},
+            }})),
+        )
+        .await;
+    assert_eq!(causes(&answer), ["spec.startingDeadlineSeconds"]);
+
+    // int32 fields cannot even decode a value near i64::MAX: 400, as Kubernetes' decoder.
+    let answer = a
+        .call(
+            Method::POST,
+            "/apis/batch/v1/namespaces/default/jobs",
+            Some(json!({"metadata": {"name": "j"}, "spec": {
+                "ttlSecondsAfterFinished": huge,
+                "template": {"spec": pod_spec()},
+            }})),
+        )
+        .await;
+    assert_eq!(answer.0, StatusCode::BAD_REQUEST, "{}", answer.1);
+
+    // A DELETE's grace period, in the query or the DeleteOptions body.
+    let (code, body) = a
+        .call(
+            Method::POST,
+            pods,
+            Some(json!({"metadata": {"name": "p"}, "spec": pod_spec()})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let answer = a
+        .call(
+            Method::DELETE,
+            &format!("{pods}/p?gracePeriodSeconds={huge}"),
+            None,
+        )
+        .await;
+    assert_eq!(causes(&answer), ["gracePeriodSeconds"]);
+    let answer = a
+        .call(
+            Method::DELETE,
+            &format!("{pods}/p"),
+            Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": huge})),
+        )
+        .await;
+    assert_eq!(causes(&answer), ["gracePeriodSeconds"]);
+    let (code, body) = a.call(Method::GET, &format!("{pods}/p"), None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body["metadata"].get("deletionTimestamp").is_none(), "{body}");
+}
