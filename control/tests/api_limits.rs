@@ -15,19 +15,8 @@ use common::{Api, TOKEN};
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 
 async fn send(a: &Api, method: Method, uri: &str, ct: &str, body: Vec<u8>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", ct)
-        .body(Body::from(body))
-        .unwrap();
-    let resp = a.router.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    (status, value)
+    a.call_raw(method, uri, ct, Some(TOKEN), Body::from(body))
+        .await
 }
 
 async fn json_patch(a: &Api, name: &str, ops: &Value) -> (StatusCode, Value) {
@@ -391,7 +380,10 @@ async fn seconds_past_their_range_are_invalid_with_the_field() {
     let huge = i64::MAX;
     let pods = "/api/v1/namespaces/default/pods";
     for (field, spec_patch) in [
-        ("spec.activeDeadlineSeconds", json!({"activeDeadlineSeconds": huge})),
+        (
+            "spec.activeDeadlineSeconds",
+            json!({"activeDeadlineSeconds": huge}),
+        ),
         (
             "spec.terminationGracePeriodSeconds",
             json!({"terminationGracePeriodSeconds": huge}),
@@ -417,7 +409,9 @@ async fn seconds_past_their_range_are_invalid_with_the_field() {
             )
             .await;
         assert_eq!(causes(&answer), [field], "{}", answer.1);
-        let message = answer.1["details"]["causes"][0]["message"].as_str().unwrap();
+        let message = answer.1["details"]["causes"][0]["message"]
+            .as_str()
+            .unwrap();
         assert!(message.ends_with("and 2147483647, inclusive"), "{message}");
     }
 
@@ -485,5 +479,8 @@ async fn seconds_past_their_range_are_invalid_with_the_field() {
     assert_eq!(causes(&answer), ["gracePeriodSeconds"]);
     let (code, body) = a.call(Method::GET, &format!("{pods}/p"), None).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    assert!(body["metadata"].get("deletionTimestamp").is_none(), "{body}");
+    assert!(
+        body["metadata"].get("deletionTimestamp").is_none(),
+        "{body}"
+    );
 }

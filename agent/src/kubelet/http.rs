@@ -83,11 +83,7 @@ pub async fn catch_panic(
     {
         Ok(response) => response,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = skiff_k8s::crash::panic_message(panic.as_ref());
             tracing::error!(%method, %path, panic = %message, "a request handler panicked");
             status_response(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -352,20 +352,11 @@ pub async fn catch_panic(request: Request, next: Next) -> Response {
     {
         Ok(response) => response,
         Err(panic) => {
-            let message = panic_message(panic.as_ref());
+            let message = skiff_k8s::crash::panic_message(panic.as_ref());
             tracing::error!(%method, %path, panic = %message, "a request handler panicked");
             ApiError::Internal("the server panicked handling the request".into()).into_response()
         }
     }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 #[cfg(test)]
