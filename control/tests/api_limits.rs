@@ -93,7 +93,7 @@ fn alias_bomb() -> String {
         let prev = format!("*a{}", level - 1);
         yaml.push_str(&format!(
             "  a{level}: &a{level} [{}]\n",
-            vec![prev.as_str(); 10].join(", ")
+            [prev.as_str(); 10].join(", ")
         ));
     }
     yaml

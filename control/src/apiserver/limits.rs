@@ -504,7 +504,7 @@ mod tests {
             let prev = format!("*a{}", level - 1);
             bomb.push_str(&format!(
                 "a{level}: &a{level} [{}]\n",
-                vec![prev.as_str(); 10].join(", ")
+                [prev.as_str(); 10].join(", ")
             ));
         }
         let budget = yaml_node_budget(bomb.len());
