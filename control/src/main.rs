@@ -74,6 +74,19 @@ struct Args {
     /// shortened to it. No limit when unset.
     #[arg(long, value_parser = parse_duration)]
     service_account_max_token_expiration: Option<Duration>,
+    /// The most read-only requests in flight at once; beyond it requests get 429 with
+    /// Retry-After (kube-apiserver's flag; watches and other long-running requests do not
+    /// count). 0 for no limit.
+    #[arg(long, default_value_t = skiff_control::apiserver::limits::DEFAULT_MAX_REQUESTS_INFLIGHT)]
+    max_requests_inflight: usize,
+    /// The most mutating requests (create, update, patch, delete) in flight at once. 0 for
+    /// no limit.
+    #[arg(long, default_value_t = skiff_control::apiserver::limits::DEFAULT_MAX_MUTATING_REQUESTS_INFLIGHT)]
+    max_mutating_requests_inflight: usize,
+    /// How long a request other than a watch may take before it gets 504 (a request's
+    /// `?timeout=` may shorten it).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// Run the API server only: no controllers or scheduler in this process (run them with
     /// `skiff-control controllers`, as many as you like, one active).
     #[arg(long)]
@@ -345,8 +358,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("{s:?} is not a duration like 40s, 500ms or 2m")),
     })
 }
@@ -516,6 +529,11 @@ async fn run() -> anyhow::Result<()> {
             default_toleration_seconds: (
                 args.default_not_ready_toleration_seconds,
                 args.default_unreachable_toleration_seconds,
+            ),
+            overload: (
+                args.max_requests_inflight,
+                args.max_mutating_requests_inflight,
+                args.request_timeout,
             ),
         },
         shutdown,

@@ -40,6 +40,9 @@ pub struct Config {
     pub disabled_admission_plugins: Vec<String>,
     /// The ServiceAccount token issuer, audiences and longest lifetime.
     pub service_accounts: crate::apiserver::auth::service_account::SignerConfig,
+    /// The most read-only and mutating requests in flight (0: no limit) and the request
+    /// timeout.
+    pub overload: (usize, usize, Duration),
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -161,6 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = state.kubelet.set(kubelet);
     let (not_ready, unreachable) = config.default_toleration_seconds;
     state.default_tolerations.configure(not_ready, unreachable);
+    let (max_inflight, max_mutating, request_timeout) = config.overload;
+    state
+        .overload
+        .configure(max_inflight, max_mutating, request_timeout);
     for plugin in &config.disabled_admission_plugins {
         state
             .admission

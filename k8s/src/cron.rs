@@ -43,7 +43,7 @@ pub fn parse(schedule: &str) -> Result<Schedule, ScheduleError> {
         return Err(ScheduleError::TimeZoneInSchedule);
     }
     if let Some(every) = s.strip_prefix("@every ") {
-        let d = parse_go_duration(every.trim()).ok_or_else(|| {
+        let d = crate::go::parse_duration(every.trim()).ok_or_else(|| {
             ScheduleError::Invalid(format!("failed to parse duration {s}: invalid duration"))
         })?;
         // robfig rounds the delay to whole seconds and runs at least every second.
@@ -110,35 +110,6 @@ fn check_standard_field(field: &str, name: &str) -> Result<(), ScheduleError> {
         }
     }
     Ok(())
-}
-
-/// A Go `time.ParseDuration` subset: a sequence of `<number><unit>` with units h, m, s, ms.
-fn parse_go_duration(s: &str) -> Option<Duration> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * secs).ok()?;
-    }
-    Some(total)
 }
 
 /// The time zone of `spec.timeZone` (UTC when unset).

@@ -1,8 +1,10 @@
 //! Go's `%q` formatting of strings (`strconv.Quote`), which Kubernetes' messages and
 //! downward-API files use and which differs from Rust's `{:?}` for control characters and
-//! many non-ASCII characters.
+//! many non-ASCII characters; and Go's `time.ParseDuration` for the durations Kubernetes
+//! takes as text.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Go's `%q` of a string (`strconv.Quote`): double quotes, with `"` and `\` escaped, the
 /// C escapes (`\a \b \f \n \r \t \v`), `\xNN` for other ASCII controls and `\uNNNN` /
@@ -79,4 +81,33 @@ fn is_printable(c: char) -> bool {
     );
     let noncharacter = (0xFDD0..=0xFDEF).contains(&u) || u & 0xFFFE == 0xFFFE;
     !format_or_private && !noncharacter
+}
+
+/// A Go `time.ParseDuration` subset: a sequence of `<number><unit>` with units h, m, s, ms.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(number * secs).ok()?;
+    }
+    Some(total)
 }

@@ -6,6 +6,7 @@
 
 pub mod affinity;
 pub mod cidr;
+pub mod crash;
 pub mod cron;
 pub mod go;
 pub mod labels;

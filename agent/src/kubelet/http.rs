@@ -68,3 +68,60 @@ pub fn query_bool(pairs: &[(String, String)], key: &str) -> Result<bool, Respons
         },
     }
 }
+
+/// Turns a panic while handling one request into a 500 Status, logged, instead of a dropped
+/// connection (as kube-apiserver's and the kubelet's panic recovery).
+pub async fn catch_panic(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use futures::FutureExt as _;
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = skiff_k8s::crash::panic_message(panic.as_ref());
+            tracing::error!(%method, %path, panic = %message, "a request handler panicked");
+            status_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "Internal error occurred: the server panicked handling the request",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_status_and_the_router_goes_on() {
+        let app = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .route("/ok", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(catch_panic));
+        let get = |path: &str| {
+            http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let response = app.clone().oneshot(get("/boom")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let status: serde_json::Value = serde_json::from_slice(&body).expect("a Status");
+        assert_eq!(status["reason"], "InternalError");
+        let response = app.oneshot(get("/ok")).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

@@ -87,7 +87,11 @@ pub fn tail_offset(file: &mut std::fs::File, lines: u64) -> std::io::Result<u64>
 
 /// Whether the file was written within `since_seconds`.
 fn written_since(meta: &std::fs::Metadata, since_seconds: u64) -> bool {
-    let cutoff = SystemTime::now() - Duration::from_secs(since_seconds);
+    // A window reaching back past the clock's first time covers everything (a client's
+    // sinceSeconds near i64::MAX, which `now - window` would panic on).
+    let Some(cutoff) = SystemTime::now().checked_sub(Duration::from_secs(since_seconds)) else {
+        return true;
+    };
     meta.modified().map(|m| m >= cutoff).unwrap_or(true)
 }
 
@@ -306,6 +310,15 @@ mod tests {
         };
         assert_eq!(
             collect(p.clone(), recent, false).await,
+            b"one\ntwo\nthree\n"
+        );
+        // A window past the clock's start (sinceSeconds near i64::MAX) is everything.
+        let forever = LogOptions {
+            since_seconds: Some(i64::MAX as u64),
+            ..all.clone()
+        };
+        assert_eq!(
+            collect(p.clone(), forever, false).await,
             b"one\ntwo\nthree\n"
         );
         let old = std::fs::File::options().write(true).open(&p).unwrap();

@@ -302,6 +302,7 @@ pub fn app(state: ServerState) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn(super::http::catch_panic))
         .with_state(state)
 }
 
@@ -314,7 +315,9 @@ fn read_only_routes() -> Router<ServerState> {
 
 /// The unauthenticated read-only endpoint's routes.
 pub fn read_only_app(state: ServerState) -> Router {
-    read_only_routes().with_state(state)
+    read_only_routes()
+        .layer(axum::middleware::from_fn(super::http::catch_panic))
+        .with_state(state)
 }
 
 async fn pods(State(state): State<ServerState>) -> Response {

@@ -73,6 +73,9 @@ impl FieldError {
     }
 }
 
+/// The Retry-After of a 429: kube-apiserver's max-in-flight filter asks for one second.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// Errors of the API, each mapped to a `Status` reason and code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -156,6 +159,17 @@ pub enum ApiError {
     /// The store failed (500 InternalError).
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// The body, a patch or its result is over a size or count limit (413
+    /// RequestEntityTooLarge, Kubernetes' `NewRequestEntityTooLargeError`).
+    #[error("Request entity too large: {0}")]
+    TooLarge(String),
+    /// Over the requests-in-flight limit (429 TooManyRequests with Retry-After, as
+    /// kube-apiserver's max-in-flight filter answers).
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
+    /// The request ran past its timeout (504 Timeout, as kube-apiserver's timeout filter).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// The message of Kubernetes' `NewForbidden`: `<resource>[.<group>] "<name>" is forbidden:
@@ -250,6 +264,9 @@ impl ApiError {
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => StatusCode::GONE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -266,6 +283,9 @@ impl ApiError {
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => "Expired",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
+            ApiError::TooManyRequests => "TooManyRequests",
+            ApiError::Timeout(_) => "Timeout",
         }
     }
 
@@ -308,6 +328,7 @@ impl ApiError {
                     "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
+            ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": RETRY_AFTER_SECONDS})),
             _ => None,
         };
         if let Some(details) = details {
@@ -326,6 +347,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut response = (self.code(), axum::Json(self.status())).into_response();
+        if matches!(self, ApiError::TooManyRequests) {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(RETRY_AFTER_SECONDS),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

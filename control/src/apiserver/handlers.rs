@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 use skiff_k8s::labels::LabelSelector;
 
 use super::auth::{self, UserInfo};
-use super::error::ApiError;
+use super::error::{ApiError, FieldError};
 use super::objects::{
     DeleteOptions, FieldValidation, ListOptions, Subresource, WriteOptions, Written,
 };
@@ -21,7 +22,8 @@ use super::patch::PatchKind;
 use super::registry::ResourceDef;
 use super::selectors::{FieldSelector, SelectorError};
 use super::table::{table, table_of_items, IncludeObject};
-use super::{watch, ApiState};
+use super::validation::MAX_SECONDS;
+use super::{limits, watch, ApiState};
 
 /// What a resource URL addresses.
 #[derive(Debug)]
@@ -99,8 +101,9 @@ pub async fn core_resource(
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body_or_status(body)?;
     let target = parse_target(&state, "", &version, &rest)?;
     dispatch(state, user, target, method, query, headers, body).await
 }
@@ -113,8 +116,9 @@ pub async fn group_resource(
     method: Method,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body_or_status(body)?;
     let target = parse_target(&state, &group, &version, &rest)?;
     dispatch(state, user, target, method, query, headers, body).await
 }
@@ -185,13 +189,31 @@ fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("application/json")
 }
 
-/// Decodes a JSON or YAML body.
-fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+/// Decodes a JSON, YAML or protobuf body; large bodies off the async workers.
+async fn decode_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
-    let ct = content_type(headers);
-    let media = ct.split(';').next().unwrap_or_default().trim();
+    let media = content_type(headers)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let body = body.clone();
+    state
+        .off_workers(body.len(), move || decode_media(&media, &body))
+        .await?
+}
+
+/// Decodes `body` of media type `media`. Nesting is limited by the decoders (128 levels in
+/// serde_json and serde_yaml, far more than any Kubernetes object needs), YAML aliases by a
+/// node budget.
+fn decode_media(media: &str, body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = match media {
         super::protobuf::CONTENT_TYPE => {
             let mut v = super::protobuf::decode(body)
@@ -199,7 +221,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             super::defaults::drop_plain_zeros(&mut v);
             v
         }
-        m if m.contains("yaml") => serde_yaml::from_slice(body)
+        m if m.contains("yaml") => limits::yaml_to_json(body, limits::yaml_node_budget(body.len()))
             .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?,
         m if m.contains("json") || m.is_empty() => serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("error decoding JSON: {e}")))?,
@@ -210,6 +232,18 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         }
     };
     Ok(value)
+}
+
+/// The body, or the Status for one over [`limits::MAX_BODY_BYTES`] (axum's own answer is
+/// plain text).
+pub fn body_or_status(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("limit is {}", limits::MAX_BODY_BYTES))
+        } else {
+            ApiError::BadRequest(format!("reading the request body failed: {e}"))
+        }
+    })
 }
 
 /// What representation the client asked for.
@@ -237,15 +271,16 @@ fn written(code: StatusCode, w: Written) -> Response {
     json_response(code, &w.object, &w.warnings)
 }
 
-fn delete_options(
+async fn delete_options(
+    state: &ApiState,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    body: &[u8],
+    body: &Bytes,
 ) -> Result<DeleteOptions, ApiError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        decode_body(headers, body)?
+        decode_body(state, headers, body).await?
     };
     let grace = match query.get("gracePeriodSeconds") {
         Some(g) => Some(
@@ -254,6 +289,19 @@ fn delete_options(
         ),
         None => body.get("gracePeriodSeconds").and_then(Value::as_i64),
     };
+    // Bounded so that the deletionTimestamp (now + grace) stays a time; Kubernetes reads a
+    // negative grace period as "at once", so only the top is checked.
+    if let Some(g) = grace.filter(|g| *g > MAX_SECONDS) {
+        return Err(ApiError::Invalid {
+            kind: "DeleteOptions".into(),
+            name: String::new(),
+            causes: vec![FieldError::invalid_rendered(
+                "gracePeriodSeconds",
+                &g.to_string(),
+                &format!("must be less than or equal to {MAX_SECONDS}"),
+            )],
+        });
+    }
     let propagation = query.get("propagationPolicy").cloned().or_else(|| {
         body.get("propagationPolicy")
             .and_then(Value::as_str)
@@ -341,7 +389,7 @@ async fn dispatch(
         // a create, answered with its status, never stored.
         return match (method, t.name.as_deref(), t.subresource) {
             (Method::POST, None, Subresource::Main) => {
-                let mut object = decode_body(&headers, &body)?;
+                let mut object = decode_body(&state, &headers, &body).await?;
                 state.check_type_meta(def, &mut object, &def.kind, &def.api_version())?;
                 if ns.is_some() && object.get("metadata").is_none_or(Value::is_null) {
                     object["metadata"] = json!({});
@@ -371,7 +419,7 @@ async fn dispatch(
     if t.subresource == Subresource::Token {
         return match (method, t.name.as_deref(), ns) {
             (Method::POST, Some(name), Some(ns)) => {
-                let mut request = decode_body(&headers, &body)?;
+                let mut request = decode_body(&state, &headers, &body).await?;
                 state.check_type_meta(
                     def,
                     &mut request,
@@ -395,7 +443,7 @@ async fn dispatch(
     if t.subresource == Subresource::Binding {
         return match (method, t.name.as_deref(), ns) {
             (Method::POST, Some(name), Some(ns)) => {
-                let binding = decode_body(&headers, &body)?;
+                let binding = decode_body(&state, &headers, &body).await?;
                 let status = state
                     .bind_pod(ns, name, binding, &write_options(&query)?)
                     .await?;
@@ -455,14 +503,14 @@ async fn dispatch(
             Ok(json_response(StatusCode::OK, &object, &[]))
         }
         (Method::POST, None) => {
-            let object = decode_body(&headers, &body)?;
+            let object = decode_body(&state, &headers, &body).await?;
             let w = state
                 .create(def, ns, object, &write_options(&query)?)
                 .await?;
             Ok(written(StatusCode::CREATED, w))
         }
         (Method::PUT, Some(name)) => {
-            let object = decode_body(&headers, &body)?;
+            let object = decode_body(&state, &headers, &body).await?;
             let w = state
                 .update(
                     def,
@@ -482,7 +530,10 @@ async fn dispatch(
                     "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json".into(),
                 )
             })?;
-            let patch: Value = serde_json::from_slice(&body)
+            let raw = body.clone();
+            let patch: Value = state
+                .off_workers(body.len(), move || serde_json::from_slice(&raw))
+                .await?
                 .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?;
             let w = state
                 .patch(
@@ -490,7 +541,7 @@ async fn dispatch(
                     ns,
                     name,
                     kind,
-                    &patch,
+                    Arc::new(patch),
                     t.subresource,
                     &write_options(&query)?,
                 )
@@ -498,7 +549,7 @@ async fn dispatch(
             Ok(written(StatusCode::OK, w))
         }
         (Method::DELETE, Some(name)) if t.subresource == Subresource::Main => {
-            let opts = delete_options(&headers, &query, &body)?;
+            let opts = delete_options(&state, &headers, &query, &body).await?;
             let object = state.delete(def, ns, name, &opts).await?;
             let gone = object.pointer("/metadata/deletionTimestamp").is_none()
                 || state
@@ -520,7 +571,7 @@ async fn dispatch(
         }
         (Method::DELETE, None) => {
             let list = list_options(def, &query)?;
-            let opts = delete_options(&headers, &query, &body)?;
+            let opts = delete_options(&state, &headers, &query, &body).await?;
             let deleted = state.delete_collection(def, ns, &list, &opts).await?;
             let revision = state.store.revision();
             let deleted = deleted

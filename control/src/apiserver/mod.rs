@@ -9,6 +9,7 @@ pub mod error;
 pub mod handlers;
 pub mod kinds;
 pub mod kubelet_client;
+pub mod limits;
 pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
@@ -66,6 +67,11 @@ pub struct ApiState {
     /// How to reach kubelets (set by the server from its credentials; states built without
     /// them proxy nothing to nodes).
     pub kubelet: std::sync::OnceLock<kubelet_client::KubeletClient>,
+    /// Permits to decode or patch a large body on a blocking thread (see
+    /// [`ApiState::off_workers`]).
+    pub heavy: tokio::sync::Semaphore,
+    /// Requests in flight and the request timeout.
+    pub overload: limits::Overload,
 }
 
 impl ApiState {
@@ -102,6 +108,8 @@ impl ApiState {
             admission: admission::Plugins::default(),
             tokens,
             kubelet: std::sync::OnceLock::new(),
+            heavy: tokio::sync::Semaphore::new(limits::heavy_permits()),
+            overload: limits::Overload::default(),
         });
         (state, rx)
     }
@@ -276,9 +284,15 @@ pub fn app(state: Arc<ApiState>) -> Router {
             any(handlers::group_resource),
         )
         .fallback(|| async { ApiError::UnknownResource })
-        // The last layer added runs first: authenticate, then authorize.
+        // The last layer added runs first: catch panics, authenticate, limit what is in flight,
+        // then authorize (kube-apiserver's filter order).
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(limits::catch_panic))
+        // Axum refuses an over-long body in the body extractor; the handlers turn that into a
+        // RequestEntityTooLarge Status.
+        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .with_state(state)
 }
 

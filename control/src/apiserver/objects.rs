@@ -5,6 +5,8 @@
 //! They are methods on [`ApiState`] so that in-process controllers go through the same rules
 //! as HTTP clients.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -875,7 +877,7 @@ impl ApiState {
         namespace: Option<&str>,
         name: &str,
         kind: PatchKind,
-        body: &Value,
+        body: Arc<Value>,
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
@@ -899,7 +901,7 @@ impl ApiState {
         namespace: Option<&str>,
         name: &str,
         kind: PatchKind,
-        body: &Value,
+        body: Arc<Value>,
         sub: Subresource,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
@@ -917,8 +919,17 @@ impl ApiState {
                 old.clone()
             };
             let mut patched = view.clone();
-            patch::apply(kind, &mut patched, body).map_err(|e| match e {
+            let patch = Arc::clone(&body);
+            let cap = super::limits::INLINE_BYTES;
+            let size = patch::json_len(&body, cap) + patch::json_len(&view, cap);
+            let patched = self
+                .off_workers(size, move || {
+                    patch::apply(kind, &mut patched, &patch).map(|()| patched)
+                })
+                .await?;
+            let patched = patched.map_err(|e| match e {
                 patch::PatchError::Malformed(m) => ApiError::BadRequest(m),
+                patch::PatchError::TooLarge(m) => ApiError::TooLarge(m),
                 patch::PatchError::Apply(m) => ApiError::Invalid {
                     kind: def.kind.clone(),
                     name: name.into(),
@@ -1034,7 +1045,10 @@ impl ApiState {
             let store = &self.store;
             let mark = |mut object: Value, grace: i64| {
                 let at = if grace > 0 {
-                    time::format(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace))
+                    let now = jiff::Timestamp::now();
+                    // Validation bounds the grace period; one stored before it existed still
+                    // must not panic: past the last time is never, the farthest time there is.
+                    time::format(time::add_seconds(now, grace).unwrap_or(jiff::Timestamp::MAX))
                 } else {
                     time::now()
                 };

@@ -16,6 +16,148 @@ pub enum PatchError {
     /// A JSON patch operation failed (missing path, failed test).
     #[error("the server rejected our request due to an error in our request: {0}")]
     Apply(String),
+    /// The patch has too many operations or its result is over [`MAX_OBJECT_BYTES`]
+    /// (Kubernetes answers these with RequestEntityTooLarge).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// The most operations a JSON patch may have, as kube-apiserver's `maxJSONPatchOperations`.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// The largest object a patch may produce: etcd's default request limit (1.5 MiB), which
+/// bounds every object Kubernetes stores. Checked while a JSON patch applies, so a chain of
+/// `copy` operations that doubles the document each time stops before it allocates more.
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024 / 2;
+
+/// The most bytes the `copy` operations of one JSON patch may copy in all, as Kubernetes'
+/// limit (its request body limit, 3 MiB).
+pub const MAX_COPIED_BYTES: usize = 3 * 1024 * 1024;
+
+/// The JSON length of `value`, counted up to `cap`: once over it the count stops (so sizing a
+/// huge value costs no more than sizing `cap` bytes of it). Strings count their bytes and
+/// quotes, without escapes, which is close enough for a limit.
+pub fn json_len(value: &Value, cap: usize) -> usize {
+    fn walk(value: &Value, cap: usize, total: &mut usize) {
+        if *total > cap {
+            return;
+        }
+        match value {
+            Value::Null => *total += 4,
+            Value::Bool(b) => *total += if *b { 4 } else { 5 },
+            Value::Number(n) => *total += n.to_string().len(),
+            Value::String(s) => *total += s.len() + 2,
+            Value::Array(items) => {
+                *total += 2 + items.len();
+                for item in items {
+                    walk(item, cap, total);
+                    if *total > cap {
+                        return;
+                    }
+                }
+            }
+            Value::Object(map) => {
+                *total += 2 + map.len();
+                for (key, item) in map {
+                    *total += key.len() + 3;
+                    walk(item, cap, total);
+                    if *total > cap {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let mut total = 0;
+    walk(value, cap, &mut total);
+    total
+}
+
+fn too_large_result(size: usize) -> PatchError {
+    PatchError::TooLarge(format!(
+        "the patched object would be over {size} bytes, more than the limit of {MAX_OBJECT_BYTES}"
+    ))
+}
+
+/// Whether JSON pointer `ancestor` is a proper ancestor of `path` (`/a` of `/a/b`, not of `/ab`).
+fn is_proper_ancestor(ancestor: &str, path: &str) -> bool {
+    path.strip_prefix(ancestor)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Applies a JSON patch (RFC 6902) one operation at a time, keeping a running estimate of the
+/// document's size: every operation that grows it (add, replace, copy) is sized first and
+/// refused when the result would pass [`MAX_OBJECT_BYTES`], so a copy bomb costs at most the
+/// limit in memory. The caller owns `target` as a scratch copy: on an error it is half-patched
+/// and must be dropped.
+fn apply_json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    let Value::Array(raw) = patch else {
+        return Err(PatchError::Malformed(
+            "a JSON patch must be a list of operations".into(),
+        ));
+    };
+    if raw.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            raw.len()
+        )));
+    }
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| PatchError::Malformed(e.to_string()))?;
+    let cap = MAX_OBJECT_BYTES;
+    let mut size = json_len(target, cap);
+    // Copies cost even when a later remove undoes them: like Kubernetes
+    // (`AccumulatedCopySizeLimit`), their total is limited too, so alternating copy and remove
+    // cannot make ten thousand megabyte copies.
+    let mut copied = 0usize;
+    let size_at = |doc: &Value, path: &str| doc.pointer(path).map_or(0, |v| json_len(v, cap));
+    for (i, op) in ops.0.iter().enumerate() {
+        use json_patch::PatchOperation as Op;
+        // What the operation adds, and what it takes away (the value it overwrites).
+        let (grows, shrinks) = match op {
+            Op::Add(add) => (
+                json_len(&add.value, cap),
+                size_at(target, add.path.as_str()),
+            ),
+            Op::Replace(replace) => (
+                json_len(&replace.value, cap),
+                size_at(target, replace.path.as_str()),
+            ),
+            Op::Remove(remove) => (0, size_at(target, remove.path.as_str())),
+            Op::Copy(copy) => {
+                if is_proper_ancestor(copy.from.as_str(), copy.path.as_str()) {
+                    return Err(PatchError::Apply(format!(
+                        "operation '/{i}' failed at path '{}': cannot copy a value into itself",
+                        copy.path
+                    )));
+                }
+                let grows = size_at(target, copy.from.as_str());
+                copied = copied.saturating_add(grows);
+                if copied > MAX_COPIED_BYTES {
+                    return Err(PatchError::TooLarge(format!(
+                        "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_COPIED_BYTES}"
+                    )));
+                }
+                (grows, size_at(target, copy.path.as_str()))
+            }
+            Op::Move(_) | Op::Test(_) => (0, 0),
+        };
+        // An add into an array inserts rather than overwrites; counting the overwrite anyway
+        // only makes the estimate smaller by at most one value, and the exact size is checked
+        // once the patch is done.
+        let after = size.saturating_add(grows).saturating_sub(shrinks);
+        if after > cap {
+            return Err(too_large_result(after));
+        }
+        json_patch::patch_unsafe(target, std::slice::from_ref(op)).map_err(|e| {
+            PatchError::Apply(format!(
+                "operation '/{i}' failed at path '{}': {}",
+                e.path, e.kind
+            ))
+        })?;
+        size = after;
+    }
+    Ok(())
 }
 
 /// The patch media types the API accepts.
@@ -41,8 +183,24 @@ impl PatchKind {
     }
 }
 
-/// Applies `patch` of `patch_kind` to `target`.
+/// Applies `patch` of `patch_kind` to `target`, refusing a result over [`MAX_OBJECT_BYTES`].
+/// On an error `target` may be half-patched: apply to a copy.
 pub fn apply(patch_kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    apply_unbounded(patch_kind, target, patch)?;
+    // Merge patches cannot grow a document past the patch's own size, which the body limit
+    // bounds; the result still has to fit the object limit.
+    let size = json_len(target, MAX_OBJECT_BYTES);
+    if size > MAX_OBJECT_BYTES {
+        return Err(too_large_result(size));
+    }
+    Ok(())
+}
+
+fn apply_unbounded(
+    patch_kind: PatchKind,
+    target: &mut Value,
+    patch: &Value,
+) -> Result<(), PatchError> {
     match patch_kind {
         PatchKind::Merge => {
             if !patch.is_object() {
@@ -53,11 +211,7 @@ pub fn apply(patch_kind: PatchKind, target: &mut Value, patch: &Value) -> Result
             json_patch::merge(target, patch);
             Ok(())
         }
-        PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| PatchError::Malformed(e.to_string()))?;
-            json_patch::patch(target, &ops).map_err(|e| PatchError::Apply(e.to_string()))
-        }
+        PatchKind::Json => apply_json_patch(target, patch),
         PatchKind::Strategic => {
             let Value::Object(patch) = patch else {
                 return Err(PatchError::Malformed(

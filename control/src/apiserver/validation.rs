@@ -215,12 +215,84 @@ fn validate_containers(
     }
 }
 
+/// The most seconds a duration field may hold. Kubernetes bounds a pod's
+/// `activeDeadlineSeconds` by MaxInt32 (68 years); skiff bounds every `*Seconds` field the same
+/// way, so that adding one to the current time can never leave the range of a timestamp.
+pub const MAX_SECONDS: i64 = i32::MAX as i64;
+
+/// Rejects a number at `key` of `parent` outside `min..=MAX_SECONDS`, with Kubernetes'
+/// `InclusiveRangeError` (reported at `<field>.<key>`).
+pub fn seconds_in_range(
+    parent: &Value,
+    key: &str,
+    field: &str,
+    min: i64,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(n) = parent.get(key).and_then(Value::as_i64) else {
+        return;
+    };
+    if !(min..=MAX_SECONDS).contains(&n) {
+        errs.push(FieldError::invalid_rendered(
+            format!("{field}.{key}"),
+            &n.to_string(),
+            &format!("must be between {min} and {MAX_SECONDS}, inclusive"),
+        ));
+    }
+}
+
+/// The duration fields of a pod spec: its deadline and grace period, the tolerations'
+/// seconds, and the probes' grace periods (the probes' other fields are int32, which decoding
+/// already bounds).
+fn validate_pod_seconds(spec: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    seconds_in_range(spec, "activeDeadlineSeconds", field, 1, errs);
+    seconds_in_range(spec, "terminationGracePeriodSeconds", field, 0, errs);
+    for (i, toleration) in spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        // A negative tolerationSeconds means "evict at once", as Kubernetes reads it.
+        seconds_in_range(
+            toleration,
+            "tolerationSeconds",
+            &format!("{field}.tolerations[{i}]"),
+            i64::MIN,
+            errs,
+        );
+    }
+    for list in ["containers", "initContainers"] {
+        for (i, container) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(p) = container.get(probe) {
+                    seconds_in_range(
+                        p,
+                        "terminationGracePeriodSeconds",
+                        &format!("{field}.{list}[{i}].{probe}"),
+                        1,
+                        errs,
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Validates a pod spec found at `field`.
 pub fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required(format!("{field}.containers")));
         return;
     };
+    validate_pod_seconds(spec, field, errs);
     validate_containers(
         spec.get("containers"),
         &format!("{field}.containers"),
@@ -403,6 +475,8 @@ pub fn validate_job_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Field
                 &d.to_string(),
                 "must be greater than 0",
             ));
+        } else {
+            seconds_in_range(spec, "activeDeadlineSeconds", field, 1, errs);
         }
     }
     let mode = spec

@@ -73,6 +73,37 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
 /// The longest a watch lasts when the client gives no timeout (Kubernetes: 30-60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// The most bytes a watcher may have queued and not yet read. A watcher that leaves it full
+/// for the send timeout ([`super::limits::Overload`]) is closed and relists, as
+/// Kubernetes' cache watchers are, instead of holding ever more events for a client that
+/// stopped reading.
+pub const WATCH_BYTE_BUDGET: usize = 16 * 1024 * 1024;
+
+/// A line on its way to the client, holding its share of the byte budget until read.
+type Queued = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Queues `line` within the watcher's byte budget; false when the client is gone or left the
+/// budget (or the queue) full for `timeout`.
+async fn send_within_budget(
+    tx: &mpsc::Sender<Queued>,
+    budget: &Arc<tokio::sync::Semaphore>,
+    line: Bytes,
+    timeout: Duration,
+) -> bool {
+    let want = u32::try_from(line.len().min(WATCH_BYTE_BUDGET)).unwrap_or(u32::MAX);
+    let queued = async {
+        let permit = Arc::clone(budget).acquire_many_owned(want).await.ok()?;
+        tx.send((line, Some(permit))).await.ok()
+    };
+    match tokio::time::timeout(timeout, queued).await {
+        Ok(sent) => sent.is_some(),
+        Err(_) => {
+            tracing::info!("closing a watch whose client stopped reading");
+            false
+        }
+    }
+}
+
 struct Encoder {
     def: Arc<ResourceDef>,
     table: Option<IncludeObject>,
@@ -221,7 +252,9 @@ pub async fn serve(
         ),
     };
     let prefix = def.namespace_prefix(namespace.as_deref());
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let (tx, rx) = mpsc::channel::<Queued>(256);
+    let budget = Arc::new(tokio::sync::Semaphore::new(WATCH_BYTE_BUDGET));
+    let send_timeout = state.overload.watch_send_timeout();
 
     // Initial state, then the watch from the revision it was read at.
     let mut initial = Vec::new();
@@ -246,8 +279,9 @@ pub async fn serve(
     let watch = match state.store.watch(&prefix, start).await {
         Ok(w) => Some(w),
         Err(StoreError::Gone { requested, oldest }) => {
-            let _ = tx.try_send(Ok(
-                encoder.expired(format!("{requested} (oldest available {oldest})"))
+            let _ = tx.try_send((
+                encoder.expired(format!("{requested} (oldest available {oldest})")),
+                None,
             ));
             None
         }
@@ -259,9 +293,9 @@ pub async fn serve(
         let active = Active::start(def.group_resource());
         tokio::spawn(async move {
             let _active = active;
-            let send = |b: Bytes| tx.send(Ok(b));
+            let send = |b: Bytes| send_within_budget(&tx, &budget, b, send_timeout);
             for object in &initial {
-                if send(encoder.line(
+                if !send(encoder.line(
                     "ADDED",
                     Obj {
                         raw: object,
@@ -269,13 +303,12 @@ pub async fn serve(
                     },
                 ))
                 .await
-                .is_err()
                 {
                     return;
                 }
             }
             let mut last_revision = start;
-            if send_initial && bookmarks && send(encoder.bookmark(start, true)).await.is_err() {
+            if send_initial && bookmarks && !send(encoder.bookmark(start, true)).await {
                 return;
             }
             // Too slow to keep up: the client must re-list, as after a 410.
@@ -295,7 +328,7 @@ pub async fn serve(
                     }
                 };
                 if let Some(line) = line {
-                    if send(line).await.is_err() {
+                    if !send(line).await {
                         return;
                     }
                 }
@@ -323,7 +356,7 @@ pub async fn serve(
                     },
                 };
                 if let Some(line) = line {
-                    if send(line).await.is_err() {
+                    if !send(line).await {
                         return;
                     }
                 }
@@ -331,7 +364,10 @@ pub async fn serve(
         });
     }
 
-    let body = Body::from_stream(ReceiverStream::new(rx));
+    // A line's permit goes back to the budget once the body hands the line over.
+    let body = Body::from_stream(
+        ReceiverStream::new(rx).map(|(line, _permit)| Ok::<_, std::io::Error>(line)),
+    );
     Response::builder()
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::CACHE_CONTROL, "no-cache, private")

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
@@ -304,7 +304,10 @@ async fn run_schedule(
         .or(cj.metadata.creation_timestamp.as_ref())
         .map_or(now, |t| t.0);
     if let Some(secs) = spec.starting_deadline_seconds {
-        earliest = earliest.max(now - SignedDuration::from_secs(secs));
+        // A deadline reaching back before the first representable time excludes nothing.
+        if let Some(deadline) = skiff_k8s::time::add_seconds(now, secs.saturating_neg()) {
+            earliest = earliest.max(deadline);
+        }
     }
     let next = sched.next_after(now, &tz);
     let sleep = next.map(|t| {

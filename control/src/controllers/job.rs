@@ -331,7 +331,8 @@ async fn reconcile(job: Arc<Job>, state: Arc<State>) -> Result<Action, JobError>
     };
     let deadline = spec.active_deadline_seconds.and_then(|secs| {
         let start = old.start_time.as_ref()?.0;
-        Some(start + SignedDuration::from_secs(secs))
+        // A deadline past the last representable time never comes.
+        skiff_k8s::time::add_seconds(start, secs)
     });
     let mut outcome = if failed > backoff_limit || restarts_exceeded {
         Some(Outcome {

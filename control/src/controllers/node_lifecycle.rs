@@ -20,7 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
@@ -113,7 +113,10 @@ pub fn eviction_due(
             continue;
         };
         let added = taint.time_added.as_ref().map_or(now, |t| t.0);
-        let at = added + SignedDuration::from_secs(seconds.max(0));
+        // A limit past the last representable time is forever, as having none.
+        let Some(at) = skiff_k8s::time::add_seconds(added, seconds.max(0)) else {
+            continue;
+        };
         due = Some(due.map_or(at, |d| d.min(at)));
     }
     due
@@ -455,6 +458,7 @@ pub async fn run(ctx: Context, config: Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
     fn taint(key: &str, effect: &str, added: Option<Timestamp>) -> Taint {
         Taint {
@@ -495,6 +499,28 @@ mod tests {
         let swapped = reconcile_taints(&added, Some(NOT_READY), now).unwrap();
         assert!(swapped.iter().all(|t| t.key != UNREACHABLE));
         assert_eq!(reconcile_taints(&swapped, None, now).unwrap(), vec![other]);
+    }
+
+    #[test]
+    fn a_toleration_past_the_last_time_is_forever_not_a_panic() {
+        // Stored before validation bounded it (or written straight to the store).
+        let now = Timestamp::now();
+        let taints = [taint(UNREACHABLE, "NoExecute", Some(now))];
+        assert_eq!(
+            eviction_due(&[toleration(UNREACHABLE, Some(i64::MAX))], &taints, now),
+            None
+        );
+        assert_eq!(
+            eviction_due(
+                &[
+                    toleration(UNREACHABLE, Some(i64::MAX)),
+                    toleration(UNREACHABLE, Some(30))
+                ],
+                &taints,
+                now
+            ),
+            skiff_k8s::time::add_seconds(now, 30)
+        );
     }
 
     #[test]

@@ -128,10 +128,24 @@ impl Subscriber {
     }
 }
 
-/// Recent events, bounded by count, and the live watchers by resource.
+/// The most bytes of objects the window keeps, whatever its count: with objects of up to
+/// 1.5 MiB, a window of 100 000 events bounded by count alone could hold a hundred gigabytes.
+pub const MAX_WINDOW_BYTES: usize = 256 * 1024 * 1024;
+
+/// The bytes an event holds (its object and the previous one; a previous object usually
+/// shares the bytes of an earlier event, so this over-counts, which only makes the bound
+/// safer).
+fn event_bytes(event: &StoreEvent) -> usize {
+    event.object.len() + event.previous.as_ref().map_or(0, Bytes::len)
+}
+
+/// Recent events, bounded by count and bytes, and the live watchers by resource.
 pub(crate) struct Window {
     events: VecDeque<Arc<StoreEvent>>,
     capacity: usize,
+    /// The bytes of the events held ([`event_bytes`]), kept under `max_bytes`.
+    bytes: usize,
+    max_bytes: usize,
     /// A watch may start from any revision >= this one.
     oldest: u64,
     /// Live watchers by the resource they watch (see [`resource_of`]), as Kubernetes keeps one
@@ -149,6 +163,8 @@ impl Window {
         Self {
             events: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
+            bytes: 0,
+            max_bytes: MAX_WINDOW_BYTES,
             oldest: current_revision,
             subscribers: HashMap::new(),
             latest: HashMap::new(),
@@ -160,8 +176,12 @@ impl Window {
             // Replayed by a backend stream that restarted: already here.
             return;
         }
-        if self.events.len() == self.capacity {
+        let size = event_bytes(&event);
+        while self.events.len() >= self.capacity.max(1)
+            || (!self.events.is_empty() && self.bytes + size > self.max_bytes)
+        {
             if let Some(evicted) = self.events.pop_front() {
+                self.bytes -= event_bytes(&evicted);
                 self.oldest = evicted.revision;
                 if self
                     .latest
@@ -173,6 +193,7 @@ impl Window {
             }
         }
         if self.capacity > 0 {
+            self.bytes += size;
             self.events.push_back(event.clone());
             if event.kind == EventKind::Deleted {
                 self.latest.remove(&event.key);
@@ -387,6 +408,20 @@ mod tests {
         let watch = w.watch("a/", 1).unwrap();
         let revs: Vec<u64> = backlog(watch).iter().map(|e| e.revision).collect();
         assert_eq!(revs, vec![3]);
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_bytes_too() {
+        let mut w = Window::new(100, 0);
+        w.max_bytes = 10;
+        for r in 1..=10 {
+            w.push(event(r, "k"));
+        }
+        // Two bytes an event: five fit.
+        assert_eq!(w.events.len(), 5);
+        assert_eq!(w.bytes, 10);
+        assert!(matches!(w.watch("", 4), Err(StoreError::Gone { .. })));
+        assert_eq!(backlog(w.watch("", 5).unwrap()).len(), 5);
     }
 
     #[test]

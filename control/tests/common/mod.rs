@@ -129,6 +129,20 @@ impl Api {
         bearer: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        self.call_raw(method, uri, content_type, bearer, body).await
+    }
+
+    /// A request with any body (YAML, a malformed or oversized one), decoded as JSON when it
+    /// is JSON.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: &str,
+        bearer: Option<&str>,
+        body: Body,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -136,9 +150,7 @@ impl Api {
         if let Some(token) = bearer {
             req = req.header("authorization", format!("Bearer {token}"));
         }
-        let req = req
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap();
+        let req = req.body(body).unwrap();
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();

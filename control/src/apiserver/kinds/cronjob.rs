@@ -12,7 +12,7 @@ use crate::apiserver::table::{
     age_of, arr, containers_and_images, or_none, s, selector_string, Column, AGE, NAME,
 };
 use crate::apiserver::validation::{
-    non_negative, not_supported, str_at, validate_job_spec, validate_labels,
+    non_negative, not_supported, seconds_in_range, str_at, validate_job_spec, validate_labels,
 };
 
 /// The served resource.
@@ -71,6 +71,7 @@ fn validate_cronjob(object: &Value, errs: &mut Vec<FieldError>) {
     ] {
         non_negative(&spec, key, "spec", errs);
     }
+    seconds_in_range(&spec, "startingDeadlineSeconds", "spec", 0, errs);
     validate_labels(
         spec.pointer("/jobTemplate/metadata/labels"),
         "spec.jobTemplate.metadata.labels",
