@@ -756,6 +756,60 @@ async fn watch_older_than_the_window_is_expired() {
 }
 
 #[tokio::test]
+async fn watch_ahead_of_the_store_is_too_large_and_a_write_that_catches_up_is_seen() {
+    let a = Arc::new(api().await);
+    let now = a.state.store.revision();
+    // Far ahead: after kube-apiserver's 3 s wait, the error its watch cache gives.
+    let events = watch_events(
+        &a,
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}",
+            now + 1000
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(events[0]["type"], "ERROR", "{events:?}");
+    let status = &events[0]["object"];
+    assert_eq!(status["code"], 504, "{status}");
+    assert_eq!(status["reason"], "Timeout", "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["reason"], "ResourceVersionTooLarge",
+        "{status}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Timeout: Too large resource version: {}, current: ", now + 1000)),
+        "{status}"
+    );
+    // One ahead, and the store gets there within the wait: the watch starts and sees the
+    // event after it, none missed.
+    let watcher = tokio::spawn({
+        let uri = format!(
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}",
+            now + 1
+        );
+        let a = a.clone();
+        async move { watch_events(&a, &uri, 1).await }
+    });
+    a.post(
+        "/api/v1/namespaces/default/configmaps",
+        json!({"metadata": {"name": "first"}}),
+    )
+    .await;
+    a.post(
+        "/api/v1/namespaces/default/configmaps",
+        json!({"metadata": {"name": "second"}}),
+    )
+    .await;
+    let events = watcher.await.unwrap();
+    assert_eq!(events[0]["type"], "ADDED", "{events:?}");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "second");
+}
+
+#[tokio::test]
 async fn every_watcher_sees_the_same_order() {
     let a = Arc::new(api().await);
     let rv = a.state.store.revision();

@@ -121,8 +121,8 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments() {
                 .get(name)
                 .await
                 .unwrap_or_else(|e| panic!("round {round} (seed {seed:#x}): acknowledged {name} (revision {rv}) is lost: {e}"));
-            assert_eq!(cm.data.unwrap()["value"], *value, "{name}");
             assert_eq!(revision(&cm), *rv, "{name}");
+            assert_eq!(cm.data.unwrap()["value"], *value, "{name}");
         }
     }
     // And at the end, all of them at once.

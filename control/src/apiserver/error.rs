@@ -170,6 +170,15 @@ pub enum ApiError {
     /// The request ran past its timeout (504 Timeout, as kube-apiserver's timeout filter).
     #[error("{0}")]
     Timeout(String),
+    /// A watch from a resourceVersion the store has not reached (504 Timeout with the cause
+    /// ResourceVersionTooLarge, Kubernetes' `NewTooLargeResourceVersionError`).
+    #[error("Timeout: Too large resource version: {requested}, current: {current}")]
+    TooLargeResourceVersion {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's revision.
+        current: u64,
+    },
 }
 
 /// The message of Kubernetes' `NewForbidden`: `<resource>[.<group>] "<name>" is forbidden:
@@ -266,7 +275,9 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Timeout(_) | ApiError::TooLargeResourceVersion { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -285,7 +296,7 @@ impl ApiError {
             ApiError::Internal(_) => "InternalError",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::TooManyRequests => "TooManyRequests",
-            ApiError::Timeout(_) => "Timeout",
+            ApiError::Timeout(_) | ApiError::TooLargeResourceVersion { .. } => "Timeout",
         }
     }
 
@@ -329,6 +340,10 @@ impl ApiError {
                 })).collect::<Vec<_>>(),
             })),
             ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": RETRY_AFTER_SECONDS})),
+            ApiError::TooLargeResourceVersion { .. } => Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
             _ => None,
         };
         if let Some(details) = details {

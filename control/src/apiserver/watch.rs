@@ -175,6 +175,30 @@ impl Encoder {
     }
 }
 
+/// How long a watch from a revision ahead of the store waits for it (kube-apiserver's watch
+/// cache waits 3 s, `blockTimeout`).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until `store` has reached revision `wanted`, for at most [`FRESHNESS_WAIT`]; the
+/// "too large resource version" error after that.
+async fn wait_until_fresh(store: &dyn crate::store::Store, wanted: u64) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let current = store.revision();
+        if current >= wanted {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::TooLargeResourceVersion {
+                requested: wanted,
+                current,
+            });
+        }
+        tick.tick().await;
+    }
+}
+
 /// Decides what a store event means to a watcher with these selectors.
 fn translate(event: &StoreEvent, opts: &ListOptions) -> Option<&'static str> {
     let filter = Filter {
@@ -276,16 +300,28 @@ pub async fn serve(
             page.revision
         }
     };
-    let watch = match state.store.watch(&prefix, start).await {
-        Ok(w) => Some(w),
-        Err(StoreError::Gone { requested, oldest }) => {
-            let _ = tx.try_send((
-                encoder.expired(format!("{requested} (oldest available {oldest})")),
-                None,
-            ));
-            None
+    // A watch from a revision the store has not reached yet (a client that talked to another
+    // server, or to this one before a restore) waits a moment for it, then gets the error
+    // Kubernetes' watch cache gives, rather than silently missing the events up to there.
+    let ahead = match requested {
+        Some(rv) if !send_initial => wait_until_fresh(&*state.store, rv).await.err(),
+        _ => None,
+    };
+    let watch = if let Some(error) = ahead {
+        let _ = tx.try_send((encoder.value_line("ERROR", &error.status()), None));
+        None
+    } else {
+        match state.store.watch(&prefix, start).await {
+            Ok(w) => Some(w),
+            Err(StoreError::Gone { requested, oldest }) => {
+                let _ = tx.try_send((
+                    encoder.expired(format!("{requested} (oldest available {oldest})")),
+                    None,
+                ));
+                None
+            }
+            Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), "")),
         }
-        Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), "")),
     };
 
     if let Some(mut watch) = watch {
