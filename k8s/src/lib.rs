@@ -7,6 +7,7 @@
 pub mod affinity;
 pub mod cidr;
 pub mod cron;
+pub mod events;
 pub mod go;
 pub mod labels;
 pub mod names;

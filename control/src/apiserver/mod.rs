@@ -7,6 +7,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod kinds;
 pub mod kubelet_client;
 pub mod node_proxy;
@@ -65,6 +66,8 @@ pub struct ApiState {
     /// How to reach kubelets (set by the server from its credentials; states built without
     /// them proxy nothing to nodes).
     pub kubelet: std::sync::OnceLock<kubelet_client::KubeletClient>,
+    /// The checks `/readyz` runs besides its own (the controller manager registers one).
+    pub readiness: health::Checks,
 }
 
 impl ApiState {
@@ -101,6 +104,7 @@ impl ApiState {
             admission: admission::Plugins::default(),
             tokens,
             kubelet: std::sync::OnceLock::new(),
+            readiness: health::Checks::default(),
         });
         (state, rx)
     }
@@ -228,9 +232,9 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The API router. Tests drive it with `tower::ServiceExt::oneshot` without a socket.
 pub fn app(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/healthz", get(health::livez))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         // Kubernetes serves the version at both spellings (go-restful's route "/" under the
         // "/version" web service), and some clients (kr8s, httpx-based) ask with the slash.
         .route("/version", get(discovery::version))
