@@ -979,16 +979,17 @@ mod tests {
                 &self.nodes,
                 |name| {
                     let count = *beats.get(name)?;
-                    let mut lease = Lease::default();
-                    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-                        renew_time: Some(
-                            k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-                                base_wall + SignedDuration::from_secs(count),
+                    Some(Arc::new(Lease {
+                        spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                            renew_time: Some(
+                                k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                                    base_wall + SignedDuration::from_secs(count),
+                                ),
                             ),
-                        ),
+                            ..Default::default()
+                        }),
                         ..Default::default()
-                    });
-                    Some(Arc::new(lease))
+                    }))
                 },
                 &self.pods,
                 self.base + Duration::from_secs(second),
