@@ -239,7 +239,13 @@ pub fn app(state: Arc<ApiState>) -> Router {
         // "/version" web service), and some clients (kr8s, httpx-based) ask with the slash.
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
-        .route("/metrics", get(watch::metrics))
+        .route(
+            "/metrics",
+            get(|| async {
+                // The controllers' caught panics are counted in this process too.
+                watch::metrics().await + &crate::client::guard::metrics()
+            }),
+        )
         .route(
             auth::service_account::discovery::CONFIGURATION_PATH,
             get(auth::service_account::discovery::configuration),

@@ -61,14 +61,19 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-text panic".to_owned())
 }
 
+/// `base` doubled per failure after the first, capped at `max` (client-go's exponential
+/// item back-off).
+pub fn exponential_backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    base.checked_mul(
+        1u32.checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX),
+    )
+    .map_or(max, |d| d.min(max))
+}
+
 /// The delay before retrying a key after its `failures`-th consecutive panic.
 fn backoff(failures: u32) -> Duration {
-    BASE_DELAY
-        .checked_mul(
-            1u32.checked_shl(failures.saturating_sub(1))
-                .unwrap_or(u32::MAX),
-        )
-        .map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
+    exponential_backoff(BASE_DELAY, MAX_DELAY, failures)
 }
 
 /// `reconcile` with its panics caught: a panicking key is requeued with back-off

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::guard::{panic_message, record_panic};
+use crate::client::guard::{exponential_backoff, panic_message, record_panic};
 
 /// The first restart delay; it doubles per consecutive failure.
 const FIRST_DELAY: Duration = Duration::from_secs(1);
@@ -79,12 +79,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn delay(failures: u32) -> Duration {
-    FIRST_DELAY
-        .checked_mul(
-            1u32.checked_shl(failures.saturating_sub(1))
-                .unwrap_or(u32::MAX),
-        )
-        .map_or(MAX_DELAY, |d| d.min(MAX_DELAY))
+    exponential_backoff(FIRST_DELAY, MAX_DELAY, failures)
 }
 
 /// Runs `start()` on its own task until `shutdown`, restarting it with back-off whenever it
