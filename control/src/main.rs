@@ -91,6 +91,9 @@ struct Args {
     /// `skiff-control controllers`, as many as you like, one active).
     #[arg(long)]
     no_controllers: bool,
+    /// How long Events are kept after their last write (kube-apiserver's --event-ttl).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
     #[command(flatten)]
     controllers: ControllerArgs,
 }
@@ -260,6 +263,19 @@ struct ControllerArgs {
     /// How often the node lifecycle controller checks Nodes and pods.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     node_monitor_period: Duration,
+    /// Nodes per second whose pods may be evicted in a healthy zone.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_rate)]
+    node_eviction_rate: f64,
+    /// Nodes per second whose pods may be evicted in a partially disrupted zone larger than
+    /// --large-cluster-size-threshold (smaller ones stop evicting).
+    #[arg(long, default_value_t = 0.01, value_parser = parse_rate)]
+    secondary_node_eviction_rate: f64,
+    /// The fraction of not-Ready Nodes (at least 3) that makes a zone partially disrupted.
+    #[arg(long, default_value_t = 0.55, value_parser = parse_fraction)]
+    unhealthy_zone_threshold: f64,
+    /// Zones with more Nodes than this keep evicting, slowly, when partially disrupted.
+    #[arg(long, default_value_t = 50)]
+    large_cluster_size_threshold: u32,
     /// Leader election Lease duration.
     #[arg(long, default_value = "12s", value_parser = parse_duration)]
     leader_elect_lease_duration: Duration,
@@ -305,6 +321,10 @@ impl ControllerArgs {
             node_lifecycle: node_lifecycle::Config {
                 grace_period: self.node_monitor_grace_period,
                 monitor_period: self.node_monitor_period,
+                eviction_rate: self.node_eviction_rate,
+                secondary_eviction_rate: self.secondary_node_eviction_rate,
+                unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+                large_cluster_threshold: self.large_cluster_size_threshold as usize,
             },
             election: leader::Config {
                 lease_duration: self.leader_elect_lease_duration,
@@ -320,6 +340,7 @@ impl ControllerArgs {
             csr_approving: csr_approving::Config {
                 approve_kubelet_serving: self.approve_kubelet_serving,
             },
+            health: manager::supervise::Health::default(),
         })
     }
 
@@ -348,6 +369,22 @@ fn parse_cidr(s: &str) -> Result<Ipv4Cidr, CidrError> {
 }
 
 /// `40s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// A rate in events per second: finite and not negative.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate (a number of at least 0)")),
+    }
+}
+
+/// A fraction between 0 and 1.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -358,8 +395,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or(format!("{s:?} is too long"))?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or(format!("{s:?} is too long"))?),
         _ => return Err(format!("{s:?} is not a duration like 40s, 500ms or 2m")),
     })
 }
@@ -500,11 +537,20 @@ async fn run() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("building a client from {}", kubeconfig.display()))?;
         tracing::info!(identity = %settings.election.identity, "skiff-control controllers starting");
-        manager::run(
-            skiff_control::client::Context::new(client, shutdown),
+        let manager = tokio::spawn(manager::run(
+            skiff_control::client::Context::new(client, shutdown.clone()),
             settings,
-        )
+        ))
         .await;
+        // The manager only returns at shutdown; anything else must be seen by whatever
+        // restarts this process (a panic that escaped every controller's own guard).
+        if !shutdown.is_cancelled() {
+            let why = match manager {
+                Ok(()) => "it returned".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("the controller manager stopped before shutdown: {why}");
+        }
         return Ok(());
     }
     let settings = args.controllers.settings()?;
@@ -535,6 +581,7 @@ async fn run() -> anyhow::Result<()> {
                 args.max_mutating_requests_inflight,
                 args.request_timeout,
             ),
+            event_ttl: args.event_ttl,
         },
         shutdown,
     )

@@ -43,6 +43,8 @@ pub struct Config {
     /// The most read-only and mutating requests in flight (0: no limit) and the request
     /// timeout.
     pub overload: (usize, usize, Duration),
+    /// How long Events are kept after their last write (`--event-ttl`).
+    pub event_ttl: Duration,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -203,6 +205,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
     tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
+    tokio::spawn(controllers::event_ttl::run(state.clone(), config.event_ttl));
     tokio::spawn(crate::memory::trim_periodically(shutdown.clone()));
 
     let creds_for_client = creds.clone();
@@ -232,6 +235,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 });
             s
         });
+        if let Some(health) = settings.as_ref().map(|s| s.health.clone()) {
+            state
+                .readiness
+                .add("controller-manager", move || health.check());
+        }
         async move {
             // Client-side controllers talk to this server over HTTPS, so wait until it listens.
             let Some(settings) = settings else {
@@ -242,8 +250,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             match loopback_client(&kubeconfig).await {
                 Ok(client) => {
-                    let ctx = crate::client::Context::new(client, shutdown);
-                    crate::manager::run(ctx, settings).await
+                    let ctx = crate::client::Context::new(client, shutdown.clone());
+                    let health = settings.health.clone();
+                    let outcome = tokio::spawn(crate::manager::run(ctx, settings)).await;
+                    // Only shutdown ends the manager; otherwise /readyz must say so.
+                    if !shutdown.is_cancelled() {
+                        let why = match outcome {
+                            Ok(()) => "it returned".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::error!(reason = %why, "the controller manager stopped");
+                        health.set_stopped(&why);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "controllers cannot reach the API server");

@@ -96,6 +96,7 @@ async fn stale_leases_taint_nodes_and_evict_pods() {
         node_lifecycle::Config {
             grace_period: Duration::from_millis(800),
             monitor_period: Duration::from_millis(100),
+            ..node_lifecycle::Config::default()
         },
     ));
     // n2's agent keeps renewing; n1's has died.

@@ -163,6 +163,10 @@ async fn a_full_disk_fails_writes_with_a_status_and_the_store_recovers_when_spac
     );
     let unhealthy = store.health().expect_err("a full disk is not healthy");
     assert!(unhealthy.contains("No space left on device"), "{unhealthy}");
+    // /readyz says so (the reason is logged, not shown, as kube-apiserver withholds it).
+    let (code, body) = call(&router, Method::GET, "/readyz?verbose", None).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.as_str().unwrap().contains("[-]store failed"), "{body}");
     // And again, still a Status, while the disk stays full.
     let (code, body) = call(
         &router,
@@ -200,6 +204,9 @@ async fn a_full_disk_fails_writes_with_a_status_and_the_store_recovers_when_spac
     }
     let recovered = recovered.expect("writes work again once there is space");
     assert!(store.health().is_ok());
+    let (code, body) = call(&router, Method::GET, "/readyz?verbose", None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.as_str().unwrap().contains("[+]store ok"), "{body}");
     let (code, list) = call(&router, Method::GET, uri, None).await;
     assert_eq!(code, StatusCode::OK);
     let names: Vec<&str> = list["items"]

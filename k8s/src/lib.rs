@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod cidr;
 pub mod crash;
 pub mod cron;
+pub mod events;
 pub mod go;
 pub mod labels;
 pub mod names;

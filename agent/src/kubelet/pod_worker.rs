@@ -1144,14 +1144,16 @@ impl PodWorker {
             &meta_str(&self.pod, |m| m.namespace.as_ref()),
         );
         let patch = json!({ "status": status });
-        match api
-            .patch_status(
-                &meta_str(&self.pod, |m| m.name.as_ref()),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        let name = meta_str(&self.pod, |m| m.name.as_ref());
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let write = api.patch_status(&name, &params, &patch);
+        // An unreachable API server must not hold up the pod's containers and probes: the
+        // write gives up after a while and, `posted` unchanged, the next sync posts again.
+        let Ok(result) = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await else {
+            tracing::warn!(pod = %self.name(), "posting the pod's status timed out; retried on the next sync");
+            return;
+        };
+        match result {
             Ok(p) => {
                 self.pod.status = p.status.clone();
                 self.posted = Some(status);
@@ -1187,6 +1189,9 @@ impl PodWorker {
         self.shared.directory.update(&self.uid, pod, containers);
     }
 }
+
+/// How long a pod's status write may hold up its sync.
+const STATUS_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A reference without its tag (`docker.io/library/busybox:latest` -> `docker.io/library/busybox`).
 fn repository(reference: &str) -> &str {

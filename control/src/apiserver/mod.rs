@@ -7,6 +7,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod kinds;
 pub mod kubelet_client;
 pub mod limits;
@@ -72,6 +73,8 @@ pub struct ApiState {
     pub heavy: tokio::sync::Semaphore,
     /// Requests in flight and the request timeout.
     pub overload: limits::Overload,
+    /// The checks `/readyz` runs besides its own (the controller manager registers one).
+    pub readiness: health::Checks,
 }
 
 impl ApiState {
@@ -110,6 +113,7 @@ impl ApiState {
             kubelet: std::sync::OnceLock::new(),
             heavy: tokio::sync::Semaphore::new(limits::heavy_permits()),
             overload: limits::Overload::default(),
+            readiness: health::Checks::default(),
         });
         (state, rx)
     }
@@ -237,14 +241,20 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The API router. Tests drive it with `tower::ServiceExt::oneshot` without a socket.
 pub fn app(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/healthz", get(health::livez))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         // Kubernetes serves the version at both spellings (go-restful's route "/" under the
         // "/version" web service), and some clients (kr8s, httpx-based) ask with the slash.
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
-        .route("/metrics", get(watch::metrics))
+        .route(
+            "/metrics",
+            get(|| async {
+                // The controllers' caught panics are counted in this process too.
+                watch::metrics().await + &crate::client::guard::metrics()
+            }),
+        )
         .route(snapshot::PATH, get(snapshot::save))
         .route(
             auth::service_account::discovery::CONFIGURATION_PATH,

@@ -2,11 +2,12 @@
 //! and `kubectl describe` read). kube-runtime's recorder writes events.k8s.io/v1 instead, which
 //! skiff does not serve as a separate resource, so this small recorder stands in for it.
 //!
-//! Repeats of the same (object, reason, message) within a process are folded into one Event whose
-//! `count` and `lastTimestamp` advance, as client-go's correlator does, so a hot loop cannot flood
-//! the store.
+//! Repeats are folded as client-go's correlator does ([`skiff_k8s::events`]): the same
+//! (object, reason, message) within a process advances one Event's `count` and
+//! `lastTimestamp`, and more than ten distinct messages for one object and reason within ten
+//! minutes share one "(combined from similar events)" Event, so a hot loop cannot flood the
+//! store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -14,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
+use skiff_k8s::events::{Correlator, Decision, Key};
 use tokio::sync::Mutex;
 
 /// `Normal` or `Warning`, the two event types Kubernetes knows.
@@ -34,53 +36,13 @@ impl EventType {
     }
 }
 
-/// What folds repeats into one Event: (namespace, uid, reason, message).
-type Correlation = (String, String, String, String);
-
 /// Writes Events on behalf of one component (`deployment-controller`, `default-scheduler`, ...).
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
-    /// The events this process wrote, by (namespace, uid, reason, message).
-    seen: Arc<Mutex<Seen>>,
-}
-
-/// Events this process wrote, bounded: at most [`SEEN_MAX`] correlations are remembered.
-#[derive(Default)]
-struct Seen {
-    /// correlation -> (event name, count, last use).
-    events: HashMap<Correlation, (String, i32, u64)>,
-    /// Advances on every use: the order in which correlations were last used.
-    clock: u64,
-}
-
-/// How many correlations a recorder remembers (client-go's correlator keeps 4 096 in an LRU).
-/// 10 000 pending pods each with a FailedScheduling event fit, so their repeats fold.
-const SEEN_MAX: usize = 16_384;
-
-impl Seen {
-    fn touch(&mut self, key: &Correlation) -> Option<(String, i32)> {
-        self.clock += 1;
-        let clock = self.clock;
-        let (name, count, used) = self.events.get_mut(key)?;
-        *count += 1;
-        *used = clock;
-        Some((name.clone(), *count))
-    }
-
-    fn insert(&mut self, key: Correlation, name: String) {
-        if self.events.len() >= SEEN_MAX {
-            // Forget the least recently used quarter: an evicted repeat only starts a new Event.
-            let mut used: Vec<u64> = self.events.values().map(|(_, _, u)| *u).collect();
-            let cut = SEEN_MAX / 4;
-            used.select_nth_unstable(cut);
-            let oldest = used[cut];
-            self.events.retain(|_, (_, _, u)| *u > oldest);
-        }
-        self.clock += 1;
-        self.events.insert(key, (name, 1, self.clock));
-    }
+    /// The events this process wrote, for folding repeats.
+    seen: Arc<Mutex<Correlator>>,
 }
 
 impl Recorder {
@@ -121,25 +83,31 @@ impl Recorder {
             .unwrap_or_else(|| "default".to_owned());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let key = (
-            namespace.clone(),
-            object.uid.clone().unwrap_or_default(),
-            reason.to_owned(),
-            message.to_owned(),
-        );
+        let key = Key::new(&self.component, object, kind.as_str(), reason);
         let mut seen = self.seen.lock().await;
-        if let Some((name, count)) = seen.touch(&key) {
-            let patch = json!({"count": count, "lastTimestamp": now});
-            match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                // Deleted meanwhile (TTL, namespace gone): write a fresh one below.
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e),
+        let (message, id) = match seen.observe(&key, message, std::time::Instant::now()) {
+            Decision::Update {
+                name,
+                count,
+                message,
+                id,
+            } => {
+                let patch = json!({"count": count, "lastTimestamp": now, "message": message});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    // Deleted meanwhile (TTL, namespace gone): write a fresh one below.
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        seen.forget(&id);
+                        (message, id)
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            Decision::Create { message, id } => (message, id),
+        };
         let base = object.name.clone().unwrap_or_else(|| "object".to_owned());
         let event = Event {
             metadata: ObjectMeta {
@@ -153,7 +121,7 @@ impl Recorder {
             },
             involved_object: object.clone(),
             reason: Some(reason.to_owned()),
-            message: Some(message.to_owned()),
+            message: Some(message),
             type_: Some(kind.as_str().to_owned()),
             count: Some(1),
             first_timestamp: Some(now.clone()),
@@ -170,7 +138,7 @@ impl Recorder {
         };
         let created = api.create(&PostParams::default(), &event).await?;
         if let Some(name) = created.metadata.name {
-            seen.insert(key, name);
+            seen.created(id, name);
         }
         Ok(())
     }
@@ -182,30 +150,4 @@ where
     K: kube::Resource<DynamicType = ()>,
 {
     object.object_ref(&())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(i: usize) -> Correlation {
-        ("ns".into(), format!("uid-{i}"), "R".into(), "m".into())
-    }
-
-    #[test]
-    fn repeats_count_and_the_least_recently_used_are_forgotten_first() {
-        let mut seen = Seen::default();
-        seen.insert(key(0), "e0".into());
-        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 2)));
-        for i in 1..SEEN_MAX {
-            seen.insert(key(i), format!("e{i}"));
-        }
-        // Full: key 1 is the least recently used, key 0 was used after it was written.
-        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 3)));
-        seen.insert(key(SEEN_MAX), "new".into());
-        assert!(seen.events.len() <= SEEN_MAX * 3 / 4 + 1);
-        assert_eq!(seen.touch(&key(1)), None);
-        assert_eq!(seen.touch(&key(0)), Some(("e0".into(), 4)));
-        assert_eq!(seen.touch(&key(SEEN_MAX)), Some(("new".into(), 2)));
-    }
 }

@@ -9,6 +9,7 @@
 
 pub mod events;
 pub mod expectations;
+pub mod guard;
 pub mod informers;
 
 use kube::Client;

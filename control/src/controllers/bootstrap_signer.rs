@@ -7,6 +7,7 @@
 //!
 //! [`jws`]: crate::bootstrap::jws
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,7 @@ pub async fn run(ctx: Context) {
             Some(ObjectRef::new(NAME).within(NAMESPACE))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("bootstrap_signer", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -12,6 +12,7 @@
 //!
 //! The clock is injectable ([`run_with_clock`]) so tests can move time instead of waiting.
 
+use crate::client::guard::guard;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub async fn run_with_clock(ctx: Context, clock: Clock) {
     Controller::for_shared_stream(cronjobs.objects(), cronjobs.store())
         .owns_shared_stream(jobs.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("cronjob", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -22,6 +22,7 @@
 //! certificate only for names it already claims, never for another node's or the API
 //! server's. Turn it off to approve serving certificates by hand or with another approver.
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub async fn run(ctx: Context, config: Config) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("csr_approving", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -5,6 +5,7 @@
 //! again when its time comes rather than on an hourly sweep. Nodes renew their certificates
 //! through CSRs, so without this the requests would pile up.
 
+use crate::client::guard::guard;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,11 @@ pub async fn run(ctx: Context) {
     };
     Controller::for_shared_stream(csrs.objects(), csrs.store())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, Arc::new(ctx.client.clone()))
+        .run(
+            guard("csr_cleaner", reconcile),
+            error_policy,
+            Arc::new(ctx.client.clone()),
+        )
         .for_each(|_| async {})
         .await;
 }

@@ -12,6 +12,7 @@
 //!
 //! [`authority`]: crate::certificates::authority
 
+use crate::client::guard::guard;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,7 @@ pub async fn run(ctx: Context, config: Config) {
     });
     Controller::for_shared_stream(csrs.objects(), csrs.store())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("csr_signing", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

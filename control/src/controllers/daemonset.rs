@@ -16,6 +16,7 @@
 //! what `kubectl rollout status daemonset/x` reads. Not done: Kubernetes' back-off between
 //! recreations of a failing pod.
 
+use crate::client::guard::guard;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -349,7 +350,7 @@ pub async fn run(ctx: Context) {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("daemonset", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -8,6 +8,7 @@
 //! over the template's normalised JSON, not Go's struct dump, so its value differs from what
 //! kube-controller-manager would compute for the same template.
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,7 +215,7 @@ pub async fn run(ctx: Context) {
     Controller::for_shared_stream(deployments.objects(), deployments.store())
         .owns_shared_stream(sets.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("deployment", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

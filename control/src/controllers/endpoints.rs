@@ -6,6 +6,7 @@
 //! Unlike Kubernetes the object carries an ownerReference to its Service, so the garbage
 //! collector removes it with the Service. Selector-less Services' Endpoints are left alone.
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,7 +148,7 @@ pub async fn run(ctx: Context) {
             Some(ObjectRef::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("endpoints", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

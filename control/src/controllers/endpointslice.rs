@@ -7,6 +7,7 @@
 //! Services without a selector are left alone, as are slices another manager wrote, so
 //! hand-written EndpointSlices keep working.
 
+use crate::client::guard::guard;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,7 +272,7 @@ pub async fn run(ctx: Context) {
                 .map(|svc| ObjectRef::new(svc).within(&ns))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("endpointslice", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -20,6 +20,7 @@
 //! failed counts come from the pods still there and never go down, so a finished pod deleted
 //! while the Job runs is not counted.
 
+use crate::client::guard::guard;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +86,7 @@ pub async fn run(ctx: Context) {
     Controller::for_shared_stream(jobs.objects(), jobs.store())
         .owns_shared_stream(pods.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("job", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -14,6 +14,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod event_ttl;
 pub mod garbage_collector;
 pub mod history;
 pub mod job;

@@ -8,6 +8,7 @@
 //! replicas, fullyLabeledReplicas, readyReplicas, availableReplicas (minReadySeconds) and
 //! observedGeneration; terminating pods do not count.
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -137,7 +138,11 @@ pub async fn run_for<K: ReplicaOwner>(ctx: Context) {
             })
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile::<K>, error_policy::<K>, state)
+        .run(
+            guard(K::COMPONENT, reconcile::<K>),
+            error_policy::<K>,
+            state,
+        )
         .for_each(|_| async {})
         .await;
 }

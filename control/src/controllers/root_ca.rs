@@ -4,6 +4,7 @@
 //! ServiceAccount token volume projects it). It is put back when deleted and corrected when
 //! edited.
 
+use crate::client::guard::guard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +65,7 @@ pub async fn run(ctx: Context, ca: Option<String>) {
             Some(ObjectRef::new(&cm.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("root_ca", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

@@ -6,6 +6,7 @@
 //! A terminating namespace gets none: the namespace controller is emptying it, and the API
 //! server refuses creates there anyway.
 
+use crate::client::guard::guard;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub async fn run(ctx: Context) {
             (sa.name_any() == DEFAULT).then(|| ObjectRef::new(&sa.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("serviceaccount", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

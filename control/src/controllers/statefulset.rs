@@ -21,6 +21,7 @@
 //! and `rollingUpdate.maxUnavailable` (alpha in Kubernetes) is ignored. Orphans named like the
 //! set's pods and matching its selector are adopted (`claim.rs`).
 
+use crate::client::guard::guard;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -284,7 +285,7 @@ pub async fn run(ctx: Context) {
         })
         .owns_shared_stream(revisions.objects())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, state)
+        .run(guard("statefulset", reconcile), error_policy, state)
         .for_each(|_| async {})
         .await;
 }

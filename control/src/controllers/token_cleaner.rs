@@ -3,6 +3,7 @@
 //! looked at again at the moment it expires. The authenticator refuses an expired token even
 //! before it is gone; deleting it also takes its signature out of `cluster-info`.
 
+use crate::client::guard::guard;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,11 @@ pub async fn run(ctx: Context) {
     secrets.listed().await;
     Controller::for_shared_stream(secrets.objects(), secrets.store())
         .graceful_shutdown_on(ctx.shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, Arc::new(ctx.client.clone()))
+        .run(
+            guard("token_cleaner", reconcile),
+            error_policy,
+            Arc::new(ctx.client.clone()),
+        )
         .for_each(|_| async {})
         .await;
 }

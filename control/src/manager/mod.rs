@@ -6,6 +6,7 @@
 //! other or of it (rules <- client <- controllers and scheduler <- manager).
 
 pub mod leader;
+pub mod supervise;
 
 use crate::client::Context;
 use crate::controllers::{
@@ -30,10 +31,13 @@ pub struct Settings {
     pub csr_signing: csr_signing::Config,
     /// What CertificateSigningRequests are approved without an admin.
     pub csr_approving: csr_approving::Config,
+    /// Where the controllers' health is reported (read by `/readyz`).
+    pub health: supervise::Health,
 }
 
 /// Runs the controllers and the scheduler while this instance is the leader, until
-/// `ctx.shutdown` is cancelled.
+/// `ctx.shutdown` is cancelled. Each runs on its own task under [`supervise::supervise`]: one
+/// that panics or ends early is restarted with back-off while the others go on.
 pub async fn run(ctx: Context, settings: Settings) {
     let client = ctx.client.clone();
     leader::run(
@@ -44,41 +48,76 @@ pub async fn run(ctx: Context, settings: Settings) {
             // A fresh context per term: its informers start with it and stop when it ends.
             let ctx = Context::new(client.clone(), leading);
             let settings = settings.clone();
-            async move {
-                tokio::join!(
-                    pod_cidr::run(ctx.clone(), settings.pod_cidrs),
-                    node_lifecycle::run(ctx.clone(), settings.node_lifecycle),
-                    root_ca::run(ctx.clone(), settings.root_ca),
-                    csr_signing::run(ctx.clone(), settings.csr_signing),
-                    csr_approving::run(ctx.clone(), settings.csr_approving),
-                    csr_cleaner::run(ctx.clone()),
-                    token_cleaner::run(ctx.clone()),
-                    bootstrap_signer::run(ctx.clone()),
-                    run_all(ctx),
-                );
-            }
+            async move { run_term(ctx, settings).await }
         },
     )
     .await;
 }
 
-/// Runs every client-side controller and the scheduler until `ctx.shutdown` is cancelled.
+/// Starts `$run(ctx.clone(), $arg...)` under supervision as `$name`.
+macro_rules! supervised {
+    ($ctx:expr, $health:expr, $name:literal, $run:path $(, $arg:ident)*) => {{
+        let ctx: Context = $ctx.clone();
+        $(let $arg = $arg.clone();)*
+        supervise::supervise($name, $health.clone(), ctx.shutdown.clone(), move || {
+            $run(ctx.clone() $(, $arg.clone())*)
+        })
+    }};
+}
+
+/// Runs every controller and the scheduler of one term of leadership.
+async fn run_term(ctx: Context, settings: Settings) {
+    let Settings {
+        pod_cidrs,
+        node_lifecycle: lifecycle,
+        root_ca: ca,
+        csr_signing: signing,
+        csr_approving: approving,
+        health,
+        election: _,
+    } = settings;
+    tokio::join!(
+        supervised!(ctx, health, "pod-cidr", pod_cidr::run, pod_cidrs),
+        supervised!(
+            ctx,
+            health,
+            "node-lifecycle",
+            node_lifecycle::run,
+            lifecycle
+        ),
+        supervised!(ctx, health, "root-ca-cert-publisher", root_ca::run, ca),
+        supervised!(ctx, health, "csr-signing", csr_signing::run, signing),
+        supervised!(ctx, health, "csr-approving", csr_approving::run, approving),
+        supervised!(ctx, health, "csr-cleaner", csr_cleaner::run),
+        supervised!(ctx, health, "token-cleaner", token_cleaner::run),
+        supervised!(ctx, health, "bootstrap-signer", bootstrap_signer::run),
+        run_workloads(&ctx, &health),
+    );
+}
+
+/// Runs the workload controllers and the scheduler until `ctx.shutdown` is cancelled.
 pub async fn run_all(ctx: Context) {
-    let tasks: Vec<tokio::task::JoinHandle<()>> = vec![
-        tokio::spawn(crate::scheduler::run(ctx.clone())),
-        tokio::spawn(replicaset::run(ctx.clone())),
-        tokio::spawn(replicationcontroller::run(ctx.clone())),
-        tokio::spawn(endpointslice::run(ctx.clone())),
-        tokio::spawn(endpoints::run(ctx.clone())),
-        tokio::spawn(deployment::run(ctx.clone())),
-        tokio::spawn(job::run(ctx.clone())),
-        tokio::spawn(cronjob::run(ctx.clone())),
-        tokio::spawn(garbage_collector::run(ctx.clone())),
-        tokio::spawn(daemonset::run(ctx.clone())),
-        tokio::spawn(statefulset::run(ctx.clone())),
-        tokio::spawn(serviceaccount::run(ctx.clone())),
-    ];
-    for task in tasks {
-        let _ = task.await;
-    }
+    run_workloads(&ctx, &supervise::Health::default()).await;
+}
+
+async fn run_workloads(ctx: &Context, health: &supervise::Health) {
+    tokio::join!(
+        supervised!(ctx, health, "scheduler", crate::scheduler::run),
+        supervised!(ctx, health, "replicaset", replicaset::run),
+        supervised!(
+            ctx,
+            health,
+            "replicationcontroller",
+            replicationcontroller::run
+        ),
+        supervised!(ctx, health, "endpointslice", endpointslice::run),
+        supervised!(ctx, health, "endpoints", endpoints::run),
+        supervised!(ctx, health, "deployment", deployment::run),
+        supervised!(ctx, health, "job", job::run),
+        supervised!(ctx, health, "cronjob", cronjob::run),
+        supervised!(ctx, health, "garbage-collector", garbage_collector::run),
+        supervised!(ctx, health, "daemonset", daemonset::run),
+        supervised!(ctx, health, "statefulset", statefulset::run),
+        supervised!(ctx, health, "serviceaccount", serviceaccount::run),
+    );
 }
