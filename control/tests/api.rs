@@ -778,10 +778,10 @@ async fn watch_ahead_of_the_store_is_too_large_and_a_write_that_catches_up_is_se
         "{status}"
     );
     assert!(
-        status["message"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("Timeout: Too large resource version: {}, current: ", now + 1000)),
+        status["message"].as_str().unwrap().starts_with(&format!(
+            "Timeout: Too large resource version: {}, current: ",
+            now + 1000
+        )),
         "{status}"
     );
     // One ahead, and the store gets there within the wait: the watch starts and sees the
