@@ -91,13 +91,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts skiff-control and waits until it accepts connections.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_in(dir, port, None)
+        Self::start_on(tempfile::tempdir().expect("tempdir"))
     }
 
     /// Starts skiff-control inside the network namespace `netns` (on its loopback, port 6443).

@@ -155,6 +155,17 @@ fn skiff_control(args: &[&str]) -> std::process::Output {
     Command::new(control_bin()).args(args).output().unwrap()
 }
 
+/// `skiff-control snapshot restore FILE --data-dir DATA`.
+fn restore(file: &std::path::Path, data: &std::path::Path) -> std::process::Output {
+    Command::new(control_bin())
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -240,43 +251,19 @@ async fn a_snapshot_restores_into_a_new_control_plane_and_clients_relist() {
     std::fs::write(&damaged, &altered).unwrap();
     let target = tempfile::tempdir().unwrap();
     let data = target.path().join("data");
-    let refused = skiff_control(&[
-        "snapshot",
-        "restore",
-        damaged.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let refused = restore(&damaged, &data);
     assert!(!refused.status.success());
     assert!(text(&refused).contains("corrupt"), "{}", text(&refused));
     assert!(!data.join("store.redb").exists());
     std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
-    let refused = skiff_control(&[
-        "snapshot",
-        "restore",
-        damaged.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let refused = restore(&damaged, &data);
     assert!(text(&refused).contains("truncated"), "{}", text(&refused));
 
     // A good one restores into a new data directory...
-    let restored = skiff_control(&[
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let restored = restore(&file, &data);
     assert!(restored.status.success(), "{}", text(&restored));
     // ...and never over an existing store.
-    let again = skiff_control(&[
-        "snapshot",
-        "restore",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let again = restore(&file, &data);
     assert!(!again.status.success());
     assert!(text(&again).contains("already exists"), "{}", text(&again));
 
