@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 
+use crate::certificates::authority::{Authority, AuthorityError};
+use crate::certificates::request::CertificateRequest;
 use base64::Engine as _;
 use rand::RngCore;
 use rcgen::{
@@ -31,6 +33,9 @@ pub enum PkiError {
     /// Generating or loading a key or certificate failed.
     #[error("certificate error: {0}")]
     Cert(#[from] rcgen::Error),
+    /// The CA could not issue a client certificate.
+    #[error("the cluster CA: {0}")]
+    Authority(#[from] AuthorityError),
 }
 
 /// The credentials the server runs with.
@@ -81,28 +86,20 @@ const ADMIN_CERT_DAYS: i64 = 365;
 const RENEW_BEFORE_DAYS: i64 = 30;
 
 /// A client certificate and key for `user` in `groups`, signed by the CA, valid for `days`.
+/// Issued by the same [`Authority`] that signs CertificateSigningRequests, because rcgen's
+/// subjects keep one value per attribute type and would drop all groups but the last.
 pub fn client_certificate(
-    issuer: &Issuer<'_, KeyPair>,
+    authority: &Authority,
     user: &str,
     groups: &[String],
     days: i64,
 ) -> Result<(String, String), PkiError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, user);
-    for g in groups {
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, g.as_str());
-    }
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = time::OffsetDateTime::now_utc();
-    // A little back-dating tolerates clocks a few minutes apart, as Kubernetes' signer does.
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(days);
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
-    Ok((cert.pem(), key.serialize_pem()))
+    let request = CertificateRequest::client(user, groups, &key);
+    let usages = ["digital signature".to_owned(), "client auth".to_owned()];
+    let lifetime = std::time::Duration::from_secs(u64::try_from(days.max(1)).unwrap_or(1) * 86_400);
+    let cert = authority.issue(&request, &usages, lifetime, time::OffsetDateTime::now_utc())?;
+    Ok((cert, key.serialize_pem()))
 }
 
 /// Whether the PEM certificate is readable and valid for more than `days` days.
@@ -180,6 +177,7 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
     let ca_pem = fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
     let ca_key_pem = fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
+    let authority = Authority::from_pem(&ca_pem, &ca_key_pem)?;
 
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
@@ -210,18 +208,18 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
         .to_owned();
 
     let (admin_cert_pem, admin_key_pem) =
-        kept_client_certificate(&pki, "admin", &issuer, ADMIN_USER, &[MASTERS_GROUP])?;
+        kept_client_certificate(&pki, "admin", &authority, ADMIN_USER, &[MASTERS_GROUP])?;
     let (controller_manager_cert_pem, controller_manager_key_pem) = kept_client_certificate(
         &pki,
         "controller-manager",
-        &issuer,
+        &authority,
         CONTROLLER_MANAGER_USER,
         &[],
     )?;
     let (kubelet_client_cert_pem, kubelet_client_key_pem) = kept_client_certificate(
         &pki,
         "apiserver-kubelet-client",
-        &issuer,
+        &authority,
         KUBELET_CLIENT_USER,
         &[],
     )?;
@@ -246,7 +244,7 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Credentials, PkiEr
 fn kept_client_certificate(
     pki: &Path,
     file: &str,
-    issuer: &Issuer<'_, KeyPair>,
+    authority: &Authority,
     user: &str,
     groups: &[&str],
 ) -> Result<(String, String), PkiError> {
@@ -263,7 +261,7 @@ fn kept_client_certificate(
         }
     }
     let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
-    let (cert, key) = client_certificate(issuer, user, &groups, ADMIN_CERT_DAYS)?;
+    let (cert, key) = client_certificate(authority, user, &groups, ADMIN_CERT_DAYS)?;
     write_private(&key_path, key.as_bytes())?;
     write_private(&cert_path, cert.as_bytes())?;
     Ok((cert, key))
@@ -381,9 +379,8 @@ pub fn user_kubeconfig(
     let (ca_cert, ca_key) = (dir.join("pki/ca.crt"), dir.join("pki/ca.key"));
     let ca_pem = fs::read_to_string(&ca_cert).map_err(io(&ca_cert))?;
     let ca_key_pem = fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
-    let key = KeyPair::from_pem(&ca_key_pem).map_err(PkiError::from)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(PkiError::from)?;
-    let (cert, key) = client_certificate(&issuer, user, groups, days)?;
+    let authority = Authority::from_pem(&ca_pem, &ca_key_pem).map_err(PkiError::from)?;
+    let (cert, key) = client_certificate(&authority, user, groups, days)?;
     Ok(render_kubeconfig(server, &ca_pem, user, &cert, &key, None))
 }
 
@@ -477,5 +474,57 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "the CA key is private");
+    }
+
+    /// `skiff-control user NAME --group a --group b`: the certificate carries both groups, as
+    /// the API server's client-certificate authentication reads them.
+    #[test]
+    fn a_user_kubeconfig_carries_every_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = load_or_create(dir.path(), &[]).unwrap();
+        let groups = [
+            "dev".to_owned(),
+            "ops".to_owned(),
+            "system:viewers".to_owned(),
+        ];
+        let yaml =
+            user_kubeconfig(dir.path(), "https://127.0.0.1:6443", "carol", &groups, 2).unwrap();
+        let b64 = yaml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))
+            .expect("a client certificate");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        let cert = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(creds.ca_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let identity = crate::apiserver::auth::x509::identify(
+            verifier.as_ref(),
+            Some(&[cert]),
+            rustls::pki_types::UnixTime::now(),
+        );
+        let crate::apiserver::auth::x509::PeerIdentity::User(user) = identity else {
+            panic!("not accepted: {identity:?}");
+        };
+        assert_eq!(user.name, "carol");
+        assert_eq!(
+            user.groups,
+            ["dev", "ops", "system:viewers", "system:authenticated"]
+        );
+        // The admin certificate, issued the same way, is still in system:masters.
+        assert!(creds
+            .admin_cert_pem
+            .starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }

@@ -66,6 +66,47 @@ impl CertificateRequest {
     }
 }
 
+impl CertificateRequest {
+    /// A client certificate request for `key` made here rather than received: subject
+    /// `O=<group>...` then `CN=<user>`, the order Go's `pkix.Name` writes (what kubeadm's
+    /// certificates carry). A request for the CA to [`issue`](super::authority::Authority::issue)
+    /// directly; nothing checks a self-signature because the key never left this process.
+    pub fn client(user: &str, groups: &[String], key: &rcgen::KeyPair) -> Self {
+        use rcgen::PublicKeyData as _;
+        // id-at-organizationName and id-at-commonName.
+        const ORGANIZATION: &[u64] = &[2, 5, 4, 10];
+        const COMMON_NAME: &[u64] = &[2, 5, 4, 3];
+        let attributes = groups
+            .iter()
+            .map(|g| (ORGANIZATION, g.as_str()))
+            .chain(std::iter::once((COMMON_NAME, user)));
+        let subject_der = yasna::construct_der(|w| {
+            w.write_sequence(|w| {
+                for (oid, value) in attributes {
+                    w.next().write_set(|w| {
+                        w.next().write_sequence(|w| {
+                            w.next()
+                                .write_oid(&yasna::models::ObjectIdentifier::from_slice(oid));
+                            w.next().write_utf8_string(value);
+                        });
+                    });
+                }
+            });
+        });
+        Self {
+            subject_der,
+            public_key_der: key.subject_public_key_info(),
+            common_names: vec![user.to_owned()],
+            organizations: groups.to_vec(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            email_addresses: Vec::new(),
+            uris: Vec::new(),
+            rsa_key: false,
+        }
+    }
+}
+
 /// Reads and checks `pem` (the bytes of `spec.request`).
 pub fn parse(pem: &[u8]) -> Result<CertificateRequest, RequestError> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| RequestError::NotPem)?;
