@@ -65,6 +65,30 @@ pub fn default_pod_spec(spec: &mut Value) {
     default_field(map, "enableServiceLinks", json!(true));
     default_containers(map.get_mut("containers"));
     default_containers(map.get_mut("initContainers"));
+    if map.get("hostNetwork") == Some(&json!(true)) {
+        default_host_network_ports(map);
+    }
+}
+
+/// A hostNetwork pod listens on the node itself: each container port is also a host port
+/// (`defaultHostNetworkPorts`), which is what the scheduler checks for conflicts.
+fn default_host_network_ports(spec: &mut serde_json::Map<String, Value>) {
+    for list in ["containers", "initContainers"] {
+        let ports = spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get_mut("ports").and_then(Value::as_array_mut))
+            .flatten()
+            .filter_map(Value::as_object_mut);
+        for port in ports {
+            let unset = port.get("hostPort").is_none_or(|p| p.as_i64() == Some(0));
+            if let (true, Some(container_port)) = (unset, port.get("containerPort").cloned()) {
+                port.insert("hostPort".into(), container_port);
+            }
+        }
+    }
 }
 
 /// Defaults the pod spec of a workload's template.
@@ -164,6 +188,30 @@ mod tests {
             json!({"spec": {"replicas": 0, "template": {"metadata": {},
             "spec": {"containers": [{"tty": true}], "securityContext": {"runAsUser": 0}}}}})
         );
+    }
+
+    #[test]
+    fn host_network_ports_default_to_host_ports() {
+        let p = defaulted(
+            "",
+            "Pod",
+            json!({"spec": {"hostNetwork": true, "containers": [{"name": "c", "ports": [
+                {"containerPort": 53, "protocol": "UDP"}, {"containerPort": 80, "hostPort": 8080}]}]}}),
+        );
+        let ports = &p["spec"]["containers"][0]["ports"];
+        assert_eq!(ports[0]["hostPort"], 53);
+        assert_eq!(
+            ports[1]["hostPort"], 8080,
+            "a set host port is kept (validation refuses it)"
+        );
+        let p = defaulted(
+            "",
+            "Pod",
+            json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}]}]}}),
+        );
+        assert!(p["spec"]["containers"][0]["ports"][0]
+            .get("hostPort")
+            .is_none());
     }
 
     #[test]

@@ -211,6 +211,63 @@ fn validate_containers(
                 format!("{at}.ports[{j}].containerPort"),
                 errs,
             );
+            if port.get("hostPort").is_some_and(|p| p.as_i64() != Some(0)) {
+                validate_port(
+                    port.get("hostPort"),
+                    format!("{at}.ports[{j}].hostPort"),
+                    errs,
+                );
+            }
+        }
+    }
+}
+
+/// Host ports are unique within a pod (`AccumulateUniqueHostPorts`: protocol, host IP and
+/// port), and a hostNetwork pod's host port is its container port (`validateHostNetwork`).
+fn validate_host_ports(spec: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    let host_network = spec.get("hostNetwork") == Some(&Value::Bool(true));
+    let mut seen = std::collections::HashSet::new();
+    for list in ["initContainers", "containers"] {
+        let containers = spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for (i, c) in containers.enumerate() {
+            let ports = c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for (j, port) in ports.enumerate() {
+                let at = format!("{field}.{list}[{i}].ports[{j}].hostPort");
+                let host_port = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+                let container_port = port.get("containerPort").and_then(Value::as_i64);
+                if host_network && Some(host_port) != container_port {
+                    errs.push(FieldError::invalid_rendered(
+                        at.clone(),
+                        &host_port.to_string(),
+                        "must match `containerPort` when `hostNetwork` is true",
+                    ));
+                }
+                if host_port == 0 || list == "initContainers" {
+                    continue;
+                }
+                let key = format!(
+                    "{}/{}/{host_port}",
+                    port.get("protocol")
+                        .and_then(Value::as_str)
+                        .unwrap_or("TCP"),
+                    port.get("hostIP").and_then(Value::as_str).unwrap_or("")
+                );
+                if !seen.insert(key.clone()) {
+                    errs.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: at,
+                        message: format!("Duplicate value: {key:?}"),
+                    });
+                }
+            }
         }
     }
 }
@@ -305,6 +362,7 @@ pub fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Field
         false,
         errs,
     );
+    validate_host_ports(spec, field, errs);
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !["Always", "OnFailure", "Never"].contains(&policy) {
             errs.push(FieldError {
@@ -630,6 +688,58 @@ mod tests {
         assert_eq!(
             errs[2].message,
             "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+        );
+    }
+
+    #[test]
+    fn host_ports_are_unique_and_match_container_ports_on_the_host_network() {
+        let pod = |host_network: bool, ports: Value| {
+            json!({"metadata": {"name": "p"}, "spec": {"hostNetwork": host_network, "containers": [
+                {"name": "a", "image": "i", "ports": ports},
+                {"name": "b", "image": "i", "ports": [{"containerPort": 81, "hostPort": 8080}]},
+            ]}})
+        };
+        let fields = |errs: Vec<FieldError>| -> Vec<(String, String)> {
+            errs.into_iter().map(|e| (e.field, e.message)).collect()
+        };
+        let errs = validate(
+            "",
+            "Pod",
+            &pod(
+                false,
+                json!([{"containerPort": 80, "hostPort": 8080, "protocol": "TCP"}]),
+            ),
+        );
+        assert_eq!(
+            fields(errs),
+            [(
+                "spec.containers[1].ports[0].hostPort".to_owned(),
+                "Duplicate value: \"TCP//8080\"".to_owned()
+            )]
+        );
+        let other_protocol = pod(
+            false,
+            json!([{"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}]),
+        );
+        assert!(validate("", "Pod", &other_protocol).is_empty());
+        let out_of_range = pod(false, json!([{"containerPort": 80, "hostPort": 70000}]));
+        assert_eq!(
+            fields(validate("", "Pod", &out_of_range))[0].0,
+            "spec.containers[0].ports[0].hostPort"
+        );
+        // Defaulting made b's hostPort its containerPort... unless it was set otherwise.
+        let errs = validate(
+            "",
+            "Pod",
+            &pod(true, json!([{"containerPort": 80, "hostPort": 80}])),
+        );
+        assert_eq!(
+            fields(errs),
+            [(
+                "spec.containers[1].ports[0].hostPort".to_owned(),
+                "Invalid value: 8080: must match `containerPort` when `hostNetwork` is true"
+                    .to_owned()
+            )]
         );
     }
 

@@ -37,6 +37,50 @@ pub struct PodInfo {
     pub owner: Option<String>,
     /// Required anti-affinity terms.
     pub anti_affinity: Vec<PodAffinityTerm>,
+    /// The host ports its containers take (empty for almost every pod: no allocation).
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A port a pod takes on its node's addresses (kube-scheduler's `HostPortInfo` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// The host address; `0.0.0.0` (every address) when the pod names none.
+    pub ip: String,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// The port.
+    pub port: i32,
+}
+
+impl HostPort {
+    const ANY: &'static str = "0.0.0.0";
+
+    /// Whether two pods could not both bind these (the same protocol and port, and the same
+    /// address or either on every address).
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        self.protocol == other.protocol
+            && self.port == other.port
+            && (self.ip == other.ip || self.ip == Self::ANY || other.ip == Self::ANY)
+    }
+
+    /// The host ports of a pod's containers (`hostPort` set; a hostNetwork pod's are
+    /// defaulted to its container ports by the API server).
+    fn of(pod: &Pod) -> Vec<HostPort> {
+        let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+        containers
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.host_port.is_some_and(|h| h > 0))
+            .map(|p| HostPort {
+                ip: p
+                    .host_ip
+                    .clone()
+                    .filter(|ip| !ip.is_empty())
+                    .unwrap_or_else(|| Self::ANY.to_owned()),
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                port: p.host_port.unwrap_or_default(),
+            })
+            .collect()
+    }
 }
 
 impl PodInfo {
@@ -65,6 +109,7 @@ impl PodInfo {
             })
             .unwrap_or_default();
         Some(Self {
+            host_ports: HostPort::of(&pod),
             requests: pod_requests(&pod, false),
             nonzero: pod_requests(&pod, true),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -116,6 +161,9 @@ pub struct NodeInfo {
     pub pods: HashSet<String>,
     /// Pods per controlling owner uid.
     pub owners: HashMap<String, u32>,
+    /// Host ports taken by its pods, and by how many (a conflict can still be bound by
+    /// another scheduler or by hand).
+    pub used_ports: HashMap<HostPort, u32>,
 }
 
 impl NodeInfo {
@@ -144,6 +192,9 @@ impl NodeInfo {
             if let Some(o) = &pod.owner {
                 *self.owners.entry(o.clone()).or_default() += 1;
             }
+            for p in &pod.host_ports {
+                *self.used_ports.entry(p.clone()).or_default() += 1;
+            }
         }
     }
 
@@ -156,6 +207,14 @@ impl NodeInfo {
                     *n -= 1;
                     if *n == 0 {
                         self.owners.remove(o);
+                    }
+                }
+            }
+            for p in &pod.host_ports {
+                if let Some(n) = self.used_ports.get_mut(p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.used_ports.remove(p);
                     }
                 }
             }

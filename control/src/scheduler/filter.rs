@@ -28,6 +28,8 @@ pub enum Reason {
     InsufficientCpu,
     /// Not enough memory left.
     InsufficientMemory,
+    /// A host port the pod asks for is taken.
+    NodePorts,
     /// No pod slots left.
     TooManyPods,
     /// The pod's required anti-affinity matches a pod in this topology domain.
@@ -46,6 +48,9 @@ impl fmt::Display for Reason {
             }
             Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
             Reason::InsufficientMemory => f.write_str("Insufficient memory"),
+            Reason::NodePorts => {
+                f.write_str("node(s) didn't have free ports for the requested pod ports")
+            }
             Reason::TooManyPods => f.write_str("Too many pods"),
             Reason::AntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
             Reason::ExistingAntiAffinity => {
@@ -82,6 +87,7 @@ pub fn filter(pod: &PodInfo, node: &NodeInfo, forbidden: &Forbidden) -> Result<(
     if !node_affinity(pod, n) {
         return Err(vec![Reason::NodeAffinity]);
     }
+    free_ports(pod, node).map_err(|r| vec![r])?;
     fits(pod, node)?;
     anti_affinity(n, forbidden).map_err(|r| vec![r])
 }
@@ -163,6 +169,19 @@ pub fn node_affinity(pod: &PodInfo, node: &Node) -> bool {
         .spec
         .as_ref()
         .is_none_or(|spec| affinity::matches_node(spec, node))
+}
+
+/// The pod's host ports against those its node's pods hold (the NodePorts plugin).
+pub fn free_ports(pod: &PodInfo, node: &NodeInfo) -> Result<(), Reason> {
+    let taken = pod
+        .host_ports
+        .iter()
+        .any(|want| node.used_ports.keys().any(|used| used.conflicts(want)));
+    if taken {
+        Err(Reason::NodePorts)
+    } else {
+        Ok(())
+    }
 }
 
 /// Requested resources against allocatable minus what is already bound (or assumed).

@@ -150,6 +150,71 @@ fn taints_cordons_and_readiness_filter_nodes() {
     assert_eq!(s.decide(&info(p)), Decision::Node("n1".into()));
 }
 
+/// A pod with `hostPort` (or a hostNetwork pod, whose ports the API server defaults to host
+/// ports) goes only where nothing holds the port on the same address; the last one that fits
+/// nowhere gets kube-scheduler's NodePorts reason.
+#[test]
+fn host_ports_conflict_on_the_same_protocol_port_and_address() {
+    use k8s_openapi::api::core::v1::ContainerPort;
+
+    let with_port = |name: &str, port: i32, protocol: &str, ip: &str| {
+        let mut p = pod(name, "");
+        p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+            container_port: port,
+            host_port: Some(port),
+            protocol: Some(protocol.into()),
+            host_ip: (!ip.is_empty()).then(|| ip.to_owned()),
+            ..Default::default()
+        }]);
+        p
+    };
+    let mut s = sched(vec![node("n1", "4", &[]), node("n2", "4", &[])]);
+    for p in [
+        with_port("a", 8080, "TCP", ""),
+        with_port("b", 8080, "TCP", ""),
+        with_port("c", 8080, "TCP", ""),
+        with_port("udp", 8080, "UDP", ""),
+    ] {
+        s.on_pod(Event::Apply(p));
+    }
+    let mut placed = BTreeMap::<String, Vec<String>>::new();
+    let mut failed = Vec::new();
+    while let Some((p, d)) = s.next_decision() {
+        match d {
+            Decision::Node(n) => placed.entry(n).or_default().push(p.name),
+            Decision::Unschedulable(m) => failed.push((p.name, m)),
+        }
+    }
+    assert_eq!(placed.values().map(Vec::len).sum::<usize>(), 3);
+    assert!(
+        placed.values().all(|names| names.len() <= 2),
+        "each node takes one TCP 8080 (and the UDP one): {placed:?}"
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        failed[0].1,
+        "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+    );
+
+    // Distinct addresses share a port; a wildcard conflicts with each of them.
+    let taken = info(with_port("x", 9000, "TCP", "10.0.0.1"));
+    let mut n = super::cache::NodeInfo::default();
+    for p in &taken.host_ports {
+        n.used_ports.insert(p.clone(), 1);
+    }
+    assert!(filter::free_ports(&info(with_port("y", 9000, "TCP", "10.0.0.2")), &n).is_ok());
+    assert_eq!(
+        filter::free_ports(&info(with_port("z", 9000, "TCP", "")), &n),
+        Err(Reason::NodePorts)
+    );
+    // Deleting the holder frees the port.
+    s.on_pod(Event::Delete(with_port("a", 8080, "TCP", "")));
+    let retried: Vec<_> = std::iter::from_fn(|| s.next_decision())
+        .map(|(p, d)| (p.name, matches!(d, Decision::Node(_))))
+        .collect();
+    assert!(retried.iter().any(|(_, ok)| *ok), "{retried:?}");
+}
+
 #[test]
 fn assumed_pods_count_before_the_watch_confirms_them() {
     let mut s = sched(vec![node("n1", "2", &[]), node("n2", "2", &[])]);
