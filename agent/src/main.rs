@@ -640,6 +640,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             network: network.clone(),
             root: cli.root_dir.clone(),
             events: Events::new(client.clone(), &node),
+            statuses: skiff_agent::kubelet::status_writer::StatusWriter::new(client.clone()),
             sigchld,
             directory: directory.clone(),
             shutdown: shutdown.clone(),

@@ -9,7 +9,7 @@
 //! `up` records what it made in `<dir>/cluster.json`; `down` removes exactly that (pods, eBPF
 //! pins, namespaces, the bridge, cgroups), also after a crash half-way through `up`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,6 +80,12 @@ pub struct State {
     pub bridge: Option<String>,
     /// skiff-control's pid.
     pub control_pid: Option<u32>,
+    /// How skiff-control was started (binary and arguments), for restarts.
+    #[serde(default)]
+    pub control_command: Vec<String>,
+    /// Its log.
+    #[serde(default)]
+    pub control_log: PathBuf,
     /// The nodes.
     pub nodes: Vec<NodeState>,
     /// The admin kubeconfig (server on the bridge address).
@@ -312,22 +318,19 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
         state.kubeconfig.display().to_string(),
     ];
     control_args.extend(opts.control_args.iter().cloned());
+    state.control_command = std::iter::once(opts.control_bin.display().to_string())
+        .chain(control_args.iter().cloned())
+        .collect();
+    state.control_log = opts.dir.join("control.log");
     state.control_pid = Some(spawn_detached(
         &opts.control_bin,
         &control_args,
-        &opts.dir.join("control.log"),
+        &state.control_log,
         None,
         None,
     )?);
     save(&opts.dir, state)?;
-    wait_until("skiff-control to serve", Duration::from_secs(30), || {
-        anyhow::ensure!(
-            state.control_pid.is_some_and(alive),
-            "skiff-control exited: {}",
-            tail(&opts.dir.join("control.log"))
-        );
-        Ok(state.kubeconfig.exists() && std::net::TcpStream::connect((net(1), 6443)).is_ok())
-    })?;
+    wait_for_control(state, SocketAddr::from((net(1), 6443)))?;
     // Absolute, so that the agents (started elsewhere) find it; checked here so that a typo
     // fails before any agent starts.
     let registry_config = opts
@@ -506,6 +509,49 @@ pub fn ready_nodes(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
         })
         .filter_map(|n| n.metadata.name)
         .collect())
+}
+
+/// Waits until skiff-control (started as `state` records) accepts connections at `addr`.
+fn wait_for_control(state: &State, addr: SocketAddr) -> anyhow::Result<()> {
+    wait_until("skiff-control to serve", Duration::from_secs(30), || {
+        anyhow::ensure!(
+            state.control_pid.is_some_and(alive),
+            "skiff-control exited: {}",
+            tail(&state.control_log)
+        );
+        Ok(state.kubeconfig.exists() && std::net::TcpStream::connect(addr).is_ok())
+    })
+}
+
+/// Stops skiff-control (SIGTERM, then SIGKILL): the agents and their pods keep running, as
+/// when the control plane's host goes down.
+pub fn stop_control(state: &State) {
+    if let Some(pid) = state.control_pid {
+        stop(pid, Duration::from_secs(10));
+    }
+}
+
+/// Starts a stopped skiff-control again with the same arguments and data (its log goes to a
+/// fresh file `control.log.<n>`) and waits until it serves at `addr`.
+pub fn start_control(state: &mut State, addr: SocketAddr) -> anyhow::Result<u32> {
+    let (program, args) = state
+        .control_command
+        .split_first()
+        .context("the cluster has no recorded skiff-control command")?;
+    let mut n = 1;
+    while state
+        .control_log
+        .with_extension(format!("log.{n}"))
+        .exists()
+    {
+        n += 1;
+    }
+    let log = state.control_log.with_extension(format!("log.{n}"));
+    let pid = spawn_detached(Path::new(program), args, &log, None, None)?;
+    state.control_pid = Some(pid);
+    state.control_log = log;
+    wait_for_control(state, addr)?;
+    Ok(pid)
 }
 
 /// Stops one node's agent (its pods keep running, as when a kubelet dies).

@@ -405,6 +405,67 @@ fn restarted_agent_adopts_running_pods_and_cleans_up_deleted_ones() {
     assert!(read(&log_file(&root, &probe, "c", 0)).contains("You've hit keep"));
 }
 
+/// With the control plane down, the agent keeps its pods running and restarts a crashed
+/// container; when the API server is back, the pod's status catches up (the restart counted)
+/// without anything being recreated.
+#[test]
+fn an_agent_without_its_api_server_keeps_pods_running_and_catches_up() {
+    require_root!("network namespaces, containers");
+    let mut c = cluster("tpoff", 204, 1);
+    let k = Kubectl(c.state.kubeconfig.clone());
+    let root = c.state.nodes[0].root_dir.clone();
+    k.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: steady}\nspec:\n  nodeName: node-1\n  containers:\n  - {name: web, image: 'kubia:v1'}\n",
+    );
+    let pod = k.wait_phase("steady", "Running", Duration::from_secs(60));
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    let record = root.join(format!("pods/{uid}/containers/web/container.json"));
+    let pid =
+        || -> Option<i64> { serde_json::from_str::<Value>(&read(&record)).ok()?["pid"].as_i64() };
+    let first = pid().expect("a running container");
+    // skiff-control listens on the host end of the node network, 172.31.<index>.1.
+    let control_addr = std::net::SocketAddr::from(([172, 31, 204, 1], 6443));
+
+    cluster::stop_control(&c.state);
+    Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "the agent to restart the killed container with no API server",
+        Duration::from_secs(60),
+        || pid().is_some_and(|p| p != first && Path::new(&format!("/proc/{p}")).exists()),
+    );
+    let agent_log = read(&c.state.nodes[0].log);
+    assert!(!agent_log.contains("panicked"), "{agent_log}");
+
+    cluster::start_control(&mut c.state, control_addr).unwrap();
+    c.save().unwrap();
+    wait_for(
+        "the pod's status to show the restart",
+        Duration::from_secs(60),
+        || {
+            k.pod_field("steady", "/status/containerStatuses/0/restartCount")
+                == Some(Value::from(1))
+        },
+    );
+    let pod = k.wait_phase("steady", "Running", Duration::from_secs(30));
+    assert_eq!(
+        pod.pointer("/metadata/uid").and_then(Value::as_str),
+        Some(uid.as_str()),
+        "the same pod, not a new one"
+    );
+    assert_eq!(
+        pod.pointer("/status/containerStatuses/0/lastState/terminated/exitCode"),
+        Some(&Value::from(137)),
+        "the kill is the last state: {pod}"
+    );
+}
+
 #[test]
 fn static_pods_run_and_are_mirrored_into_the_api() {
     require_root!("network namespaces, containers");

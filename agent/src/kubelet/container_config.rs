@@ -64,6 +64,32 @@ pub(crate) fn pod_field(
     })
 }
 
+/// Why a container's environment could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// The API server could not be asked (down, unreachable, timed out): what the container
+    /// got last time is still the best answer, as the kubelet's informer caches serve it.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The pod's references are wrong (a missing ConfigMap or key, a bad fieldRef).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<String> for EnvError {
+    fn from(message: String) -> Self {
+        EnvError::Config(message)
+    }
+}
+
+/// An API read's error: transport failures are [`EnvError::Unreachable`].
+fn read_error(what: String, e: kube::Error) -> EnvError {
+    match e {
+        kube::Error::Api(_) => EnvError::Config(format!("{what}: {e}")),
+        other => EnvError::Unreachable(format!("{what}: {other}")),
+    }
+}
+
 /// The `{NAME}_SERVICE_HOST` / `{NAME}_PORT...` variables of the Services in the pod's
 /// namespace (and `KUBERNETES_SERVICE_*` from `default`), as the kubelet sets them. Without
 /// service `links` (`enableServiceLinks: false`) only the API server's `kubernetes` Service
@@ -72,7 +98,7 @@ async fn service_variables(
     client: &kube::Client,
     namespace: &str,
     links: bool,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut services: Vec<Service> = Vec::new();
     for ns in [namespace, "default"] {
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
@@ -81,9 +107,10 @@ async fn service_variables(
                 let api = ns == "default" && s.metadata.name.as_deref() == Some("kubernetes");
                 api || (links && ns == namespace)
             })),
-            Err(e) => {
+            Err(e @ kube::Error::Api(_)) => {
                 tracing::debug!(namespace = ns, error = %e, "listing services for environment variables")
             }
+            Err(e) => return Err(read_error(format!("listing services in {ns}"), e)),
         }
         if namespace == "default" {
             break;
@@ -138,31 +165,31 @@ async fn service_variables(
             vars.push((format!("{prefix}_ADDR"), ip.clone()));
         }
     }
-    vars
+    Ok(vars)
 }
 
 async fn config_map(
     client: &kube::Client,
     ns: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
+) -> Result<Option<BTreeMap<String, String>>, EnvError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.get_opt(name)
         .await
         .map(|c| c.map(|c| c.data.unwrap_or_default()))
-        .map_err(|e| format!("reading configmap {name:?}: {e}"))
+        .map_err(|e| read_error(format!("reading configmap {name:?}"), e))
 }
 
 async fn secret(
     client: &kube::Client,
     ns: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
+) -> Result<Option<BTreeMap<String, String>>, EnvError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let s = api
         .get_opt(name)
         .await
-        .map_err(|e| format!("reading secret {name:?}: {e}"))?;
+        .map_err(|e| read_error(format!("reading secret {name:?}"), e))?;
     Ok(s.map(|s| {
         let mut data: BTreeMap<String, String> = s
             .data
@@ -200,7 +227,7 @@ pub async fn environment(
     container: &Container,
     pod_ip: Option<Ipv4Addr>,
     host_ip: Option<Ipv4Addr>,
-) -> Result<Vec<EnvVar>, String> {
+) -> Result<Vec<EnvVar>, EnvError> {
     let ns = pod
         .metadata
         .namespace
@@ -215,7 +242,7 @@ pub async fn environment(
         None => env.push((k, v)),
     };
     let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
-    for (k, v) in service_variables(client, &ns, links).await {
+    for (k, v) in service_variables(client, &ns, links).await? {
         set(&mut env, k, v);
     }
     for from in container.env_from.iter().flatten() {
@@ -242,7 +269,7 @@ pub async fn environment(
                 }
             }
             None if optional => {}
-            None => return Err(format!("{what} not found")),
+            None => return Err(EnvError::Config(format!("{what} not found"))),
         }
     }
     for var in container.env.iter().flatten() {
@@ -264,12 +291,15 @@ pub async fn environment(
                         None => continue,
                     }
                 } else if from.resource_field_ref.is_some() {
-                    return Err(format!(
+                    return Err(EnvError::Config(format!(
                         "env {}: resourceFieldRef is not supported",
                         var.name
-                    ));
+                    )));
                 } else {
-                    return Err(format!("env {}: empty valueFrom", var.name));
+                    return Err(EnvError::Config(format!(
+                        "env {}: empty valueFrom",
+                        var.name
+                    )));
                 }
             }
         };
@@ -462,6 +492,14 @@ pub async fn mounts(
                 _ => {}
             }
             p
+        } else if volume_payload::is_projection(volume)
+            && std::fs::symlink_metadata(own_dir.join(atomic_writer::DATA_DIR)).is_ok()
+        {
+            // Set up when an earlier container (or an earlier run of this one) started: a
+            // restart mounts what is there, as the kubelet's volume manager mounts a pod's
+            // volumes once. The periodic refresh keeps it current, so a container restarts
+            // even while the API server is unreachable.
+            own_dir
         } else if project(sources, pod, volume, &own_dir).await?.is_some() {
             if let Some(gid) = fs_group {
                 set_volume_ownership(&own_dir, gid, true)?;

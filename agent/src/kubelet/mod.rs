@@ -32,6 +32,7 @@ pub mod server;
 pub mod server_tls;
 pub mod static_pods;
 pub mod status;
+pub mod status_writer;
 pub mod streaming;
 pub mod token_manager;
 pub mod volume_payload;

@@ -16,20 +16,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container as K8sContainer, EnvVar, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use serde_json::json;
+use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::container_config;
+use super::container_config::{self, EnvError};
 use super::directory::{self, Directory};
 use super::events::Events;
 use super::plan::{self, Action, ContainerView, PodView, SandboxState, SandboxStep, Which};
 use super::probes::{self, ProbeEvent};
 use super::status::{self, BackOff, ContainerRecord, PodFacts, RestartPolicy, State};
+use super::status_writer::StatusWriter;
 use super::token_manager::TokenManager;
 use super::volume_payload::ApiSources;
 use crate::images::{Image, ImageError, ImageService, PullPolicy};
@@ -100,6 +100,8 @@ pub struct Shared {
     pub root: PathBuf,
     /// Event writer.
     pub events: Events,
+    /// Pod status writer.
+    pub statuses: StatusWriter,
     /// Bumped on every SIGCHLD: a child (container or shim) exited.
     pub sigchld: watch::Receiver<u64>,
     /// What the node's HTTP endpoints read.
@@ -148,6 +150,9 @@ struct Slot {
     not_before: Option<Instant>,
     /// The exit of the current instance was handled (back-off scheduled).
     exit_seen: bool,
+    /// The environment the last instance started with: a restart while the API server is
+    /// unreachable starts with it again.
+    last_env: Option<Vec<EnvVar>>,
 }
 
 impl Slot {
@@ -163,6 +168,7 @@ impl Slot {
             back_off: BackOff::default(),
             not_before: None,
             exit_seen: false,
+            last_env: None,
         }
     }
 
@@ -194,6 +200,8 @@ pub struct PodWorker {
     policy: RestartPolicy,
     start_time: Timestamp,
     posted: Option<PodStatus>,
+    /// The pod's resourceVersion when `posted` was handed over.
+    posted_at: Option<String>,
     terminal: Option<&'static str>,
     sandbox_back_off: BackOff,
     sandbox_not_before: Option<Instant>,
@@ -242,6 +250,7 @@ impl PodWorker {
             sandbox: None,
             ip: None,
             posted: None,
+            posted_at: None,
             terminal: None,
             sandbox_back_off: BackOff::default(),
             sandbox_not_before: None,
@@ -386,7 +395,7 @@ impl PodWorker {
                 volumes_due = Instant::now() + self.shared.sync_frequency;
             }
             let mut next = self.sync().await;
-            self.post_status().await;
+            self.post_status();
             self.publish();
             if self.runs() {
                 next = Some(next.map_or(volumes_due, |n| n.min(volumes_due)));
@@ -452,16 +461,13 @@ impl PodWorker {
         }
         for e in errors {
             tracing::warn!(pod = %self.name(), error = %e, "refreshing a volume");
-            self.shared
-                .events
-                .pod(
-                    &pod,
-                    None,
-                    true,
-                    "FailedMount",
-                    &format!("MountVolume.SetUp failed: {e}"),
-                )
-                .await;
+            self.shared.events.pod(
+                &pod,
+                None,
+                true,
+                "FailedMount",
+                &format!("MountVolume.SetUp failed: {e}"),
+            );
         }
     }
 
@@ -484,8 +490,7 @@ impl PodWorker {
         if let Some(message) = &decision.unhealthy {
             self.shared
                 .events
-                .pod(&pod, Some(&event.container), true, "Unhealthy", message)
-                .await;
+                .pod(&pod, Some(&event.container), true, "Unhealthy", message);
         }
         match decision.step {
             plan::ProbeStep::Stale | plan::ProbeStep::Nothing => {}
@@ -497,8 +502,7 @@ impl PodWorker {
             plan::ProbeStep::Kill { message } => {
                 self.shared
                     .events
-                    .pod(&pod, Some(&event.container), false, "Killing", &message)
-                    .await;
+                    .pod(&pod, Some(&event.container), false, "Killing", &message);
                 slot.record.ready = false;
                 if let Some(inst) = &slot.instance {
                     let (runtime, c) = (self.shared.runtime.clone(), inst.container.clone());
@@ -540,16 +544,13 @@ impl PodWorker {
                 }
                 if let Err(e) = self.create_sandbox().await {
                     let pod = self.pod.clone();
-                    self.shared
-                        .events
-                        .pod(
-                            &pod,
-                            None,
-                            true,
-                            "FailedCreatePodSandBox",
-                            &format!("Failed to create pod sandbox: {e}"),
-                        )
-                        .await;
+                    self.shared.events.pod(
+                        &pod,
+                        None,
+                        true,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    );
                     let (back_off, at) =
                         plan::sandbox_retry(&self.sandbox_back_off, Instant::now());
                     self.sandbox_back_off = back_off;
@@ -628,16 +629,13 @@ impl PodWorker {
                 };
                 let name = slot.spec.name.clone();
                 let pod = self.pod.clone();
-                self.shared
-                    .events
-                    .pod(
-                        &pod,
-                        Some(&name),
-                        true,
-                        "BackOff",
-                        "Back-off restarting failed container",
-                    )
-                    .await;
+                self.shared.events.pod(
+                    &pod,
+                    Some(&name),
+                    true,
+                    "BackOff",
+                    "Back-off restarting failed container",
+                );
                 None
             }
             Action::StartContainer { which } => {
@@ -660,8 +658,7 @@ impl PodWorker {
                 let pod = self.pod.clone();
                 self.shared
                     .events
-                    .pod(&pod, Some(&name), true, &retry.event_reason, &message)
-                    .await;
+                    .pod(&pod, Some(&name), true, &retry.event_reason, &message);
                 Some(retry.not_before)
             }
         }
@@ -747,46 +744,37 @@ impl PodWorker {
         let policy = PullPolicy::for_container(spec.image_pull_policy.as_deref(), &image_ref);
         let step = plan::image_step(policy, self.shared.images.contains(&image_ref));
         if step.announces_pull() {
-            self.shared
-                .events
-                .pod(
-                    &pod,
-                    Some(&spec.name),
-                    false,
-                    "Pulling",
-                    &format!("Pulling image \"{image_ref}\""),
-                )
-                .await;
+            self.shared.events.pod(
+                &pod,
+                Some(&spec.name),
+                false,
+                "Pulling",
+                &format!("Pulling image \"{image_ref}\""),
+            );
         }
         // The wall clock: the event reports how long the pull really took.
         let pull_started = std::time::Instant::now();
         // The store stays the authority, also for `Never` (an image imported meanwhile).
         let image = self.shared.images.ensure(&image_ref, policy).await?;
         if step.announces_pull() {
-            self.shared
-                .events
-                .pod(
-                    &pod,
-                    Some(&spec.name),
-                    false,
-                    "Pulled",
-                    &format!(
-                        "Successfully pulled image \"{image_ref}\" in {:?}",
-                        pull_started.elapsed()
-                    ),
-                )
-                .await;
+            self.shared.events.pod(
+                &pod,
+                Some(&spec.name),
+                false,
+                "Pulled",
+                &format!(
+                    "Successfully pulled image \"{image_ref}\" in {:?}",
+                    pull_started.elapsed()
+                ),
+            );
         } else {
-            self.shared
-                .events
-                .pod(
-                    &pod,
-                    Some(&spec.name),
-                    false,
-                    "Pulled",
-                    &format!("Container image \"{image_ref}\" already present on machine"),
-                )
-                .await;
+            self.shared.events.pod(
+                &pod,
+                Some(&spec.name),
+                false,
+                "Pulled",
+                &format!("Container image \"{image_ref}\" already present on machine"),
+            );
         }
         Ok(image)
     }
@@ -804,7 +792,7 @@ impl PodWorker {
             let slot = self.slot(which);
             slot.record.last_state.is_some() && slot.record.container_id.is_some()
         };
-        let env = container_config::environment(
+        let env = match container_config::environment(
             &self.shared.client,
             &pod,
             spec,
@@ -812,7 +800,18 @@ impl PodWorker {
             self.shared.host_ip,
         )
         .await
-        .map_err(PodWorkerError::Config)?;
+        {
+            Ok(env) => {
+                self.slot(which).last_env = Some(env.clone());
+                env
+            }
+            Err(EnvError::Unreachable(e)) if self.slot(which).last_env.is_some() => {
+                tracing::warn!(pod = %self.name(), container = %spec.name, error = %e,
+                    "the API server is unreachable: restarting with the last environment");
+                self.slot(which).last_env.clone().unwrap_or_default()
+            }
+            Err(e) => return Err(PodWorkerError::Config(e.to_string())),
+        };
         let mounts =
             container_config::mounts(&self.volume_sources(), &self.shared.root, &pod, spec)
                 .await
@@ -877,39 +876,30 @@ impl PodWorker {
         let container = match created {
             Ok(c) => c,
             Err(e) => {
-                self.shared
-                    .events
-                    .pod(
-                        &pod,
-                        Some(&spec.name),
-                        true,
-                        "Failed",
-                        &format!("Error: {e}"),
-                    )
-                    .await;
+                self.shared.events.pod(
+                    &pod,
+                    Some(&spec.name),
+                    true,
+                    "Failed",
+                    &format!("Error: {e}"),
+                );
                 return Err(PodWorkerError::Run(e));
             }
         };
-        self.shared
-            .events
-            .pod(
-                &pod,
-                Some(&spec.name),
-                false,
-                "Created",
-                &format!("Created container {}", spec.name),
-            )
-            .await;
-        self.shared
-            .events
-            .pod(
-                &pod,
-                Some(&spec.name),
-                false,
-                "Started",
-                &format!("Started container {}", spec.name),
-            )
-            .await;
+        self.shared.events.pod(
+            &pod,
+            Some(&spec.name),
+            false,
+            "Created",
+            &format!("Created container {}", spec.name),
+        );
+        self.shared.events.pod(
+            &pod,
+            Some(&spec.name),
+            false,
+            "Started",
+            &format!("Started container {}", spec.name),
+        );
         let probes = self.ip.and_then(|ip| {
             probes::spawn(
                 probes::Target {
@@ -1051,16 +1041,13 @@ impl PodWorker {
             let Some(container) = slot.instance.as_ref().map(|i| i.container.clone()) else {
                 continue;
             };
-            self.shared
-                .events
-                .pod(
-                    &pod,
-                    Some(&name),
-                    false,
-                    "Killing",
-                    &format!("Stopping container {name}"),
-                )
-                .await;
+            self.shared.events.pod(
+                &pod,
+                Some(&name),
+                false,
+                "Killing",
+                &format!("Stopping container {name}"),
+            );
             let (runtime, grace) = (self.shared.runtime.clone(), termination.grace);
             stops.push(tokio::task::spawn_blocking(move || {
                 runtime.stop(&container, grace)
@@ -1075,8 +1062,16 @@ impl PodWorker {
         if delete_object {
             // As the kubelet's status manager does before the final delete: the stopped
             // containers and Ready=False reach the API, so a client waiting for the pod to go
-            // not-ready (`kubectl wait --for=condition=Ready=false`) sees it.
-            self.post_status().await;
+            // not-ready (`kubectl wait --for=condition=Ready=false`) sees it. Bounded: an
+            // unreachable API server cannot take the delete anyway.
+            self.post_status();
+            let written = self.shared.statuses.written(&self.uid);
+            if tokio::time::timeout(FINAL_STATUS_WAIT, written)
+                .await
+                .is_err()
+            {
+                tracing::warn!(pod = %self.name(), "the final status was not written in time");
+            }
         }
         self.remove_sandbox().await;
         self.shared.directory.remove(&self.uid);
@@ -1126,41 +1121,28 @@ impl PodWorker {
         )
     }
 
-    /// Posts the status when it differs from what was last posted.
-    async fn post_status(&mut self) {
+    /// Hands the status to the status writer when it differs from what was last handed over,
+    /// or when the API's copy has changed since and disagrees (the node lifecycle controller
+    /// marks pods not ready when the node looks lost). Never waits for the API server.
+    fn post_status(&mut self) {
         let status = self.current_status();
-        // Someone else may have changed the status meanwhile (the node lifecycle controller
-        // marks pods not ready when the node looks lost): post again when the API disagrees.
         let api_agrees = self
             .pod
             .status
             .as_ref()
             .is_some_and(|api| status::summary(api) == status::summary(&status));
-        if self.posted.as_ref() == Some(&status) && api_agrees {
+        let api_changed = self.pod.metadata.resource_version != self.posted_at;
+        if self.posted.as_ref() == Some(&status) && (api_agrees || !api_changed) {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(
-            self.shared.client.clone(),
+        self.shared.statuses.set(
+            &self.uid,
             &meta_str(&self.pod, |m| m.namespace.as_ref()),
+            &meta_str(&self.pod, |m| m.name.as_ref()),
+            status.clone(),
         );
-        let patch = json!({ "status": status });
-        let name = meta_str(&self.pod, |m| m.name.as_ref());
-        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-        let write = api.patch_status(&name, &params, &patch);
-        // An unreachable API server must not hold up the pod's containers and probes: the
-        // write gives up after a while and, `posted` unchanged, the next sync posts again.
-        let Ok(result) = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await else {
-            tracing::warn!(pod = %self.name(), "posting the pod's status timed out; retried on the next sync");
-            return;
-        };
-        match result {
-            Ok(p) => {
-                self.pod.status = p.status.clone();
-                self.posted = Some(status);
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => tracing::warn!(pod = %self.name(), error = %e, "posting the pod's status"),
-        }
+        self.posted = Some(status);
+        self.posted_at = self.pod.metadata.resource_version.clone();
     }
 
     /// Tells the node's HTTP endpoints where this pod's containers and logs are.
@@ -1190,8 +1172,8 @@ impl PodWorker {
     }
 }
 
-/// How long a pod's status write may hold up its sync.
-const STATUS_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a stopped pod's final status may hold up its deletion.
+const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A reference without its tag (`docker.io/library/busybox:latest` -> `docker.io/library/busybox`).
 fn repository(reference: &str) -> &str {

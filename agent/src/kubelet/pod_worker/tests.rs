@@ -30,6 +30,14 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+impl Node {
+    /// The reasons of the Events written so far, once the queue has drained.
+    async fn event_reasons(&self) -> Vec<String> {
+        self.shared.events.flush().await;
+        self.api.event_reasons()
+    }
+}
+
 fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
     let runtime = Arc::new(FakeRuntime::new(dir.path()));
@@ -47,6 +55,7 @@ fn node() -> Node {
         network: network.clone(),
         root: dir.path().to_owned(),
         events: Events::new(client.clone(), "node-1"),
+        statuses: crate::kubelet::status_writer::StatusWriter::new(client.clone()),
         sigchld,
         directory: Arc::new(Directory::new(dir.path())),
         shutdown: CancellationToken::new(),
@@ -155,7 +164,7 @@ async fn a_crashing_container_restarts_with_crash_loop_back_off() {
     let now = Instant::now();
     assert_eq!(w.sync().await, Some(now + Duration::from_secs(10)));
     assert_eq!(waiting_reason(&w.containers[0]), "CrashLoopBackOff");
-    assert!(n.api.event_reasons().contains(&"BackOff".to_owned()));
+    assert!(n.event_reasons().await.contains(&"BackOff".to_owned()));
     n.runtime.clear_calls();
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(w.sync().await, Some(now + Duration::from_secs(10)));
@@ -222,8 +231,8 @@ async fn image_pull_policies() {
     assert_eq!(waiting_reason(&w.containers[0]), "ErrImageNeverPull");
     assert!(n.images.pulls().is_empty());
     assert!(n
-        .api
         .event_reasons()
+        .await
         .contains(&"ErrImageNeverPull".to_owned()));
 }
 
@@ -247,7 +256,7 @@ async fn a_failing_pull_becomes_image_pull_back_off() {
         "then 10 s"
     );
     assert_eq!(waiting_reason(&w.containers[0]), "ImagePullBackOff");
-    let reasons = n.api.event_reasons();
+    let reasons = n.event_reasons().await;
     assert!(reasons.contains(&"Pulling".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"Failed".to_owned()), "{reasons:?}");
 }
@@ -286,7 +295,7 @@ async fn a_failed_liveness_probe_kills_and_restarts() {
         &Call::Stop("app".into(), Duration::from_secs(30)),
     )
     .await;
-    let reasons = n.api.event_reasons();
+    let reasons = n.event_reasons().await;
     assert!(reasons.contains(&"Unhealthy".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"Killing".to_owned()), "{reasons:?}");
     assert!(!w.containers[0].record.ready);
@@ -370,7 +379,7 @@ async fn graceful_termination_uses_the_deletion_grace_period() {
     assert!(calls.contains(&Call::RemovePod(UID.into())));
     assert!(n.network.attached().is_empty());
     assert_eq!(n.api.deletions(), 1, "graceful deletion completes");
-    assert!(n.api.event_reasons().contains(&"Killing".to_owned()));
+    assert!(n.event_reasons().await.contains(&"Killing".to_owned()));
 }
 
 #[tokio::test(start_paused = true)]
