@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 
 use super::atomic_writer::{self, safe_relative};
 use super::volume_payload::{self, VolumeSources};
-use crate::runtime::{subpath, BindMount};
+use crate::runtime::{host_path, subpath, BindMount};
 
 /// A map as the kubelet writes `metadata.labels` or `metadata.annotations` whole: `key="value"`
 /// lines sorted by key, the value quoted as Go's `%q` does, no newline after the last.
@@ -417,6 +417,29 @@ fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> Result<(), Str
     Ok(())
 }
 
+/// Checks (or makes) a hostPath volume as its type says and bind mounts the checked object
+/// onto `<pod dir>/volume-subpaths/<volume>/.host-path` through its descriptor (see
+/// [`crate::runtime::host_path`]); that stable path is the containers' mount source. Done
+/// again for every container start, so a path replaced meanwhile is checked again.
+fn host_path_mount(
+    root: &Path,
+    uid: &str,
+    volume: &k8s_openapi::api::core::v1::Volume,
+    path: &str,
+    type_: &str,
+) -> Result<PathBuf, String> {
+    let resolved = host_path::prepare(path, type_).map_err(|e| e.to_string())?;
+    // Container names are DNS labels: `.host-path` cannot be a container's directory.
+    let target = root
+        .join("pods")
+        .join(safe_relative(uid)?)
+        .join(subpath::SUBPATH_DIR)
+        .join(safe_relative(&volume.name)?)
+        .join(".host-path");
+    subpath::bind(&resolved, &target).map_err(|e| e.to_string())?;
+    Ok(target)
+}
+
 /// Resolves `sub` below the volume directory `source` without following symlinks and bind
 /// mounts it onto `<pod dir>/volume-subpaths/<volume>/<container>/<index>`, which it returns
 /// as the container's mount source (see [`crate::runtime::subpath`]). A missing subPath is
@@ -478,20 +501,13 @@ pub async fn mounts(
             empty_dir(&own_dir, fs_group)?;
             own_dir
         } else if let Some(h) = &volume.host_path {
-            let p = PathBuf::from(&h.path);
-            match h.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("creating {}: {e}", p.display()))?,
-                "Directory" if !p.is_dir() => {
-                    return Err(format!("hostPath {} is not a directory", p.display()))
-                }
-                "File" if !p.is_file() => {
-                    return Err(format!("hostPath {} is not a file", p.display()))
-                }
-                _ if !p.exists() => return Err(format!("hostPath {} does not exist", p.display())),
-                _ => {}
-            }
-            p
+            host_path_mount(
+                root,
+                &uid,
+                volume,
+                &h.path,
+                h.type_.as_deref().unwrap_or(""),
+            )?
         } else if volume_payload::is_projection(volume)
             && std::fs::symlink_metadata(own_dir.join(atomic_writer::DATA_DIR)).is_ok()
         {

@@ -26,6 +26,7 @@
 pub mod cgroups;
 mod container_runtime;
 pub mod exec_output;
+pub mod host_path;
 pub mod pause;
 pub mod shim;
 pub mod spec;

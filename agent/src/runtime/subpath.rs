@@ -86,6 +86,17 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// An object opened elsewhere (with `O_PATH`), for mounting through its descriptor.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, SubPathError> {
+        let is_dir = file_type(&fd, "the opened path")? == SFlag::S_IFDIR;
+        Ok(Self { fd, is_dir })
+    }
+
+    /// Its file type (`S_IFDIR`, `S_IFREG`, `S_IFSOCK`, ...); `S_IFMT` when it cannot be read.
+    pub fn file_type(&self) -> SFlag {
+        file_type(&self.fd, "the opened path").unwrap_or(SFlag::S_IFMT)
+    }
+
     /// Whether it is a directory (else a file, socket, device...).
     pub fn is_dir(&self) -> bool {
         self.is_dir
