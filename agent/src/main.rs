@@ -169,6 +169,10 @@ struct PodArgs {
     /// seconds (the kubelet's --sync-frequency).
     #[arg(long, default_value_t = 60)]
     sync_frequency: u64,
+    /// Sysctls pods may set beyond the safe set (comma-separated names, or prefixes ending in
+    /// `*`; each must be namespaced), as the kubelet's --allowed-unsafe-sysctls.
+    #[arg(long, value_delimiter = ',', value_name = "SYSCTLS")]
+    allowed_unsafe_sysctls: Vec<String>,
 }
 
 /// How the agent presents its Node.
@@ -646,6 +650,8 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             shutdown: shutdown.clone(),
             tokens: std::sync::Arc::new(TokenManager::new(std::sync::Arc::new(ApiTokens(client.clone())))),
             sync_frequency: Duration::from_secs(cli.pods.sync_frequency.max(1)),
+            admission: skiff_agent::kubelet::admission::Admission::new(&cli.pods.allowed_unsafe_sysctls)
+                .map_err(|e| anyhow::anyhow!(e))?,
         });
         let pods = tokio::spawn(skiff_agent::kubelet::pod_manager::run(shared));
         let mut tls_sans = vec![node.clone()];

@@ -191,6 +191,34 @@ fn two_containers_share_localhost_and_hostname() {
     pod.runtime.remove_sandbox(&sandbox).unwrap();
 }
 
+/// A pod's sysctls are set in the pod's own namespaces: the container reads the value, the
+/// node keeps its own.
+#[test]
+fn pod_sysctls_land_in_the_pods_network_namespace() {
+    let Some(pod) = pod("sysctl") else { return };
+    let sandbox = pod.sandbox("sysctl");
+    let knob = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let host_before = std::fs::read_to_string(knob).unwrap();
+    let wanted = if host_before.trim() == "80" {
+        "81"
+    } else {
+        "80"
+    };
+    let mut spec = pod.spec("reader", &format!("cat {knob}"));
+    spec.sysctls
+        .insert("net.ipv4.ip_unprivileged_port_start".into(), wanted.into());
+    let c = pod.run(&sandbox, &spec);
+    let exit = pod.wait_exit(&c);
+    assert_eq!(exit.code, 0, "{}", log(&c));
+    assert_eq!(log(&c).trim(), wanted);
+    assert_eq!(
+        std::fs::read_to_string(knob).unwrap(),
+        host_before,
+        "the node's value is untouched"
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+}
+
 #[test]
 fn exit_code_command_env_and_workdir() {
     let Some(pod) = pod("exit") else { return };

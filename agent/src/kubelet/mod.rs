@@ -10,6 +10,7 @@
 //! certificates) is [`identity`]; the endpoints authenticate and authorize callers with
 //! [`auth`] over [`server_tls`].
 
+pub mod admission;
 pub mod atomic_writer;
 pub mod auth;
 pub mod container_config;

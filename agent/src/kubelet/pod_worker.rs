@@ -113,6 +113,8 @@ pub struct Shared {
     /// How often a running pod's configMap, secret, downwardAPI and projected volumes are
     /// written again (the kubelet's `--sync-frequency`).
     pub sync_frequency: Duration,
+    /// Which pods this node runs at all (sysctls, user namespaces).
+    pub admission: super::admission::Admission,
 }
 
 /// A change of the pod in the API.
@@ -202,6 +204,8 @@ pub struct PodWorker {
     posted: Option<PodStatus>,
     /// The pod's resourceVersion when `posted` was handed over.
     posted_at: Option<String>,
+    /// Why this node refused to run the pod (reason, message): it is Failed at once.
+    rejected: Option<(String, String)>,
     terminal: Option<&'static str>,
     sandbox_back_off: BackOff,
     sandbox_not_before: Option<Instant>,
@@ -251,6 +255,7 @@ impl PodWorker {
             ip: None,
             posted: None,
             posted_at: None,
+            rejected: None,
             terminal: None,
             sandbox_back_off: BackOff::default(),
             sandbox_not_before: None,
@@ -299,8 +304,22 @@ impl PodWorker {
                 };
             }
         }
-        if let Some(found) = found {
-            worker.adopt(found).await;
+        match found {
+            Some(found) => worker.adopt(found).await,
+            // A new pod passes the node's admission first, as the kubelet's admit handlers:
+            // refused, it fails at once with their reason and never gets a sandbox.
+            None if worker.terminal.is_none() => {
+                if let Err((reason, message)) = worker.shared.admission.admit(&worker.pod) {
+                    tracing::info!(pod = %worker.name(), %reason, %message, "pod refused");
+                    worker
+                        .shared
+                        .events
+                        .pod(&worker.pod, None, true, &reason, &message);
+                    worker.rejected = Some((reason, message));
+                    worker.terminal = Some("Failed");
+                }
+            }
+            None => {}
         }
         worker
     }
@@ -1115,7 +1134,7 @@ impl PodWorker {
                 host_ip: self.shared.host_ip.map(|ip| ip.to_string()),
                 start_time: self.start_time,
                 previous: self.posted.as_ref().or(self.pod.status.as_ref()),
-                failure: None,
+                failure: self.rejected.clone(),
                 terminal_phase: self.terminal,
             },
         )

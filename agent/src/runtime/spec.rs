@@ -140,6 +140,9 @@ pub struct ContainerSpec {
     pub privileged: bool,
     /// The pod's hostPID: the node's PID namespace instead of a new one.
     pub host_pid: bool,
+    /// The pod's `securityContext.sysctls`, set in the pod's namespaces as the container
+    /// starts (the agent's admission has checked them against the allowlist).
+    pub sysctls: std::collections::BTreeMap<String, String>,
     /// Where stdout and stderr go (appended); default `<pod dir>/logs/<name>.log`.
     pub log_path: Option<PathBuf>,
 }
@@ -784,6 +787,11 @@ impl ContainerSpec {
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| s.host_pid)
                 .unwrap_or(false),
+            sysctls: pod_sc
+                .into_iter()
+                .flat_map(|sc| sc.sysctls.iter().flatten())
+                .map(|s| (sysctl_name(&s.name), s.value.clone()))
+                .collect(),
         })
     }
 
@@ -963,6 +971,9 @@ impl ContainerSpec {
             .set_cgroups_path(Some(PathBuf::from(&ctx.cgroups_path)))
             .set_resources(Some(resources.build()?))
             .set_seccomp(self.seccomp.to_oci(&ctx.seccomp_dir)?);
+        if !self.sysctls.is_empty() {
+            linux.set_sysctl(Some(self.sysctls.clone().into_iter().collect()));
+        }
         if self.privileged {
             // No masked or read-only /proc paths, the host's devices: what a privileged
             // container of Kubernetes (containerd) sees.
@@ -973,6 +984,23 @@ impl ContainerSpec {
         }
         spec.set_linux(Some(linux));
         Ok(spec)
+    }
+}
+
+/// A sysctl's dotted name. A name may also be written with slashes (`net/ipv4/ip_forward`),
+/// in which case a dot is part of a component (`net/ipv4/conf/eth0.100/rp_filter`): the
+/// separators are swapped, as the kubelet's `NormalizeName` does.
+pub fn sysctl_name(name: &str) -> String {
+    match name.find(['.', '/']) {
+        Some(i) if name.as_bytes()[i] == b'/' => name
+            .chars()
+            .map(|c| match c {
+                '/' => '.',
+                '.' => '/',
+                c => c,
+            })
+            .collect(),
+        _ => name.to_owned(),
     }
 }
 

@@ -222,6 +222,90 @@ fn validate_containers(
     }
 }
 
+/// The pod's sysctl names (`validateSysctls`) and each container's `procMount`
+/// (`Default`, or `Unmasked` only with `hostUsers: false`, as Kubernetes requires).
+fn validate_sysctls_and_proc_mount(spec: &Value, field: &str, errs: &mut Vec<FieldError>) {
+    const MAX: usize = 253;
+    let sysctls = spec
+        .pointer("/securityContext/sysctls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in sysctls.enumerate() {
+        let at = format!("{field}.securityContext.sysctls[{i}].name");
+        match s.get("name").and_then(Value::as_str) {
+            None | Some("") => errs.push(FieldError::required(at)),
+            Some(name) if !sysctl_name_ok(name, MAX) => errs.push(FieldError::invalid(
+                at,
+                name,
+                format!(
+                    "must have at most {MAX} characters and match regex \
+                     ([a-z0-9]([-_a-z0-9]*[a-z0-9])?[\\./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?"
+                ),
+            )),
+            Some(name) => {
+                if !seen.insert(name.replace('/', ".")) {
+                    errs.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: at,
+                        message: format!("Duplicate value: {name:?}"),
+                    });
+                }
+            }
+        }
+    }
+    let host_users = spec
+        .get("hostUsers")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    for list in ["initContainers", "containers"] {
+        let containers = spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for (i, c) in containers.enumerate() {
+            let Some(mount) = c
+                .pointer("/securityContext/procMount")
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let at = format!("{field}.{list}[{i}].securityContext.procMount");
+            match mount {
+                "Default" => {}
+                "Unmasked" if !host_users => {}
+                "Unmasked" => errs.push(FieldError::invalid(
+                    at,
+                    mount,
+                    "`hostUsers` must be false to use `Unmasked`",
+                )),
+                other => errs.push(FieldError {
+                    reason: "FieldValueNotSupported",
+                    field: at,
+                    message: format!(
+                        "Unsupported value: {other:?}: supported values: \"Default\", \"Unmasked\""
+                    ),
+                }),
+            }
+        }
+    }
+}
+
+/// A sysctl name: dot- (or slash-) separated segments of `[a-z0-9]([-_a-z0-9]*[a-z0-9])?`.
+fn sysctl_name_ok(name: &str, max: usize) -> bool {
+    let segment_ok = |seg: &str| {
+        let b = seg.as_bytes();
+        let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && b.first().is_some_and(edge)
+            && b.last().is_some_and(edge)
+            && b.iter().all(|c| edge(c) || *c == b'-' || *c == b'_')
+    };
+    name.len() <= max && name.split(['.', '/']).all(segment_ok)
+}
+
 /// Host ports are unique within a pod (`AccumulateUniqueHostPorts`: protocol, host IP and
 /// port), and a hostNetwork pod's host port is its container port (`validateHostNetwork`).
 fn validate_host_ports(spec: &Value, field: &str, errs: &mut Vec<FieldError>) {
@@ -363,6 +447,7 @@ pub fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Field
         errs,
     );
     validate_host_ports(spec, field, errs);
+    validate_sysctls_and_proc_mount(spec, field, errs);
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !["Always", "OnFailure", "Never"].contains(&policy) {
             errs.push(FieldError {
@@ -741,6 +826,50 @@ mod tests {
                     .to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn sysctl_names_and_proc_mounts() {
+        let pod = |sysctls: Value, proc_mount: &str, host_users: bool| {
+            json!({"metadata": {"name": "p"}, "spec": {"hostUsers": host_users,
+                "securityContext": {"sysctls": sysctls},
+                "containers": [{"name": "a", "image": "i", "securityContext": {"procMount": proc_mount}}]}})
+        };
+        let fields = |v: Value| -> Vec<String> {
+            validate("", "Pod", &v)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect()
+        };
+        assert!(fields(pod(
+            json!([{"name": "net.ipv4.tcp_syncookies", "value": "1"},
+            {"name": "net/ipv4/ip_local_port_range", "value": "1 2"}]),
+            "Default",
+            true
+        ))
+        .is_empty());
+        let errs = fields(pod(
+            json!([{"name": "Net.Bad", "value": "1"}, {"name": "", "value": "1"},
+            {"name": "a.b", "value": "1"}, {"name": "a/b", "value": "2"}]),
+            "Unmasked",
+            true,
+        ));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].starts_with("spec.securityContext.sysctls[0].name: Invalid value: \"Net.Bad\": must have at most 253"));
+        assert_eq!(
+            errs[1],
+            "spec.securityContext.sysctls[1].name: Required value"
+        );
+        assert_eq!(
+            errs[2],
+            "spec.securityContext.sysctls[3].name: Duplicate value: \"a/b\""
+        );
+        assert_eq!(
+            errs[3],
+            "spec.containers[0].securityContext.procMount: Invalid value: \"Unmasked\": `hostUsers` must be false to use `Unmasked`"
+        );
+        assert!(fields(pod(json!([]), "Unmasked", false)).is_empty());
+        assert!(fields(pod(json!([]), "Weird", true))[0].contains("Unsupported value"));
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn node() -> Node {
             }),
         )),
         sync_frequency: Duration::from_secs(60),
+        admission: crate::kubelet::admission::Admission::default(),
     });
     Node {
         runtime,
@@ -669,4 +670,33 @@ async fn a_host_network_pod_takes_the_nodes_ip_and_no_pod_address() {
     ));
     assert_eq!(w.ip, Some(Ipv4Addr::new(192, 168, 0, 10)));
     assert!(n.network.attached().is_empty());
+}
+
+/// A pod setting a sysctl outside the allowlist fails at once with the kubelet's
+/// SysctlForbidden, and nothing of it is created on the node.
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_sysctl_fails_the_pod_before_anything_runs() {
+    let n = node();
+    n.images.store("busybox:1.36");
+    let mut p = pod("Always", &[], &[("app", "busybox:1.36")]);
+    p.spec.as_mut().unwrap().security_context = Some(
+        serde_json::from_value(
+            json!({"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}),
+        )
+        .unwrap(),
+    );
+    let mut w = PodWorker::new(n.shared.clone(), p, None).await;
+    assert_eq!(w.sync().await, None);
+    assert!(n.runtime.calls().is_empty(), "{:?}", n.runtime.calls());
+    let status = w.current_status();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    assert_eq!(status.reason.as_deref(), Some("SysctlForbidden"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("forbidden sysctl: \"net.core.somaxconn\" not allowlisted")
+    );
+    assert!(n
+        .event_reasons()
+        .await
+        .contains(&"SysctlForbidden".to_owned()));
 }
