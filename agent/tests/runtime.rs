@@ -919,6 +919,7 @@ impl TestPod {
     ) -> Result<ContainerSpec, String> {
         let c: K8sContainer = serde_json::from_value(container).unwrap();
         let mounts = futures::executor::block_on(skiff_agent::kubelet::container_config::mounts(
+            &self.runtime,
             &NoSources,
             self.runtime.root(),
             k8s_pod,
@@ -982,6 +983,42 @@ fn run_as_user_fs_group_and_read_only_root_filesystem_hold_inside_the_container(
         err.starts_with("container has runAsNonRoot and image will run as root"),
         "{err}"
     );
+}
+
+/// `emptyDir.medium: Memory` is a tmpfs bounded by its sizeLimit (as secret and projected
+/// volumes are, unbounded), and removing the pod leaves no mount behind.
+#[test]
+fn a_memory_medium_empty_dir_is_a_bounded_tmpfs_gone_with_the_pod() {
+    let Some(pod) = pod("memvol") else { return };
+    let sandbox = pod.sandbox("memvol");
+    let mut k8s = pod.k8s_pod(serde_json::json!({"containers": []}));
+    k8s.spec.as_mut().unwrap().volumes = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "data", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    )
+    .unwrap()]);
+    let spec = pod
+        .kubelet_spec(
+            &k8s,
+            serde_json::json!({
+                "name": "app",
+                "command": ["/bin/sh", "-c",
+                    "grep ' /data ' /proc/mounts | cut -d' ' -f3; \
+                     if dd if=/dev/zero of=/data/big bs=1024 count=2048 2>/dev/null; then echo fit; else echo full; fi"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }),
+        )
+        .unwrap();
+    let c = pod.run(&sandbox, &spec);
+    assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
+    assert_eq!(log(&c), "tmpfs\nfull\n");
+    let pod_dir = pod.runtime.root().join("pods").join(&pod.uid);
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&pod_dir.display().to_string()),
+        "a mount below the removed pod's directory remains"
+    );
+    assert!(!pod_dir.exists());
 }
 
 /// privileged: every capability, a writable /sys, no seccomp filter.

@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 
 use super::atomic_writer::{self, safe_relative};
 use super::volume_payload::{self, VolumeSources};
-use crate::runtime::{host_path, subpath, BindMount};
+use crate::runtime::{host_path, subpath, BindMount, ContainerRuntime};
 
 /// A map as the kubelet writes `metadata.labels` or `metadata.annotations` whole: `key="value"`
 /// lines sorted by key, the value quoted as Go's `%q` does, no newline after the last.
@@ -374,6 +374,11 @@ fn empty_dir(dir: &Path, fs_group: Option<u32>) -> Result<(), String> {
         Err(_) => {}
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    empty_dir_mode(dir, fs_group)
+}
+
+/// Gives an emptyDir's root its mode (0777, or 2777 owned by the fsGroup).
+fn empty_dir_mode(dir: &Path, fs_group: Option<u32>) -> Result<(), String> {
     if let Some(gid) = fs_group {
         std::os::unix::fs::chown(dir, None, Some(gid))
             .map_err(|e| format!("giving {} to group {gid}: {e}", dir.display()))?;
@@ -478,6 +483,7 @@ fn sub_path_mount(
 
 /// Prepares the container's volumes on the host and returns their bind mounts.
 pub async fn mounts(
+    runtime: &dyn ContainerRuntime,
     sources: &dyn VolumeSources,
     root: &Path,
     pod: &Pod,
@@ -497,8 +503,23 @@ pub async fn mounts(
             .find(|v| v.name == vm.name)
             .ok_or_else(|| format!("volume mount {:?} names no volume of the pod", vm.name))?;
         let own_dir = volumes_dir(root, &uid)?.join(safe_relative(&volume.name)?);
-        let source: PathBuf = if volume.empty_dir.is_some() {
-            empty_dir(&own_dir, fs_group)?;
+        let source: PathBuf = if let Some(ed) = &volume.empty_dir {
+            if ed.medium.as_deref() == Some("Memory") {
+                let size = ed
+                    .size_limit
+                    .as_ref()
+                    .map(|q| {
+                        skiff_k8s::quantity::parse(&q.0, 1)
+                            .map_err(|e| format!("emptyDir {:?} sizeLimit: {e}", volume.name))
+                    })
+                    .transpose()?;
+                runtime
+                    .memory_volume(&own_dir, size)
+                    .map_err(|e| e.to_string())?;
+                empty_dir_mode(&own_dir, fs_group)?;
+            } else {
+                empty_dir(&own_dir, fs_group)?;
+            }
             own_dir
         } else if let Some(h) = &volume.host_path {
             host_path_mount(
@@ -516,7 +537,14 @@ pub async fn mounts(
             // volumes once. The periodic refresh keeps it current, so a container restarts
             // even while the API server is unreachable.
             own_dir
-        } else if project(sources, pod, volume, &own_dir).await?.is_some() {
+        } else if volume_payload::is_projection(volume) {
+            // Secrets and tokens live in memory only, as the kubelet keeps them.
+            if volume.secret.is_some() || volume.projected.is_some() {
+                runtime
+                    .memory_volume(&own_dir, None)
+                    .map_err(|e| e.to_string())?;
+            }
+            project(sources, pod, volume, &own_dir).await?;
             if let Some(gid) = fs_group {
                 set_volume_ownership(&own_dir, gid, true)?;
             }

@@ -831,10 +831,15 @@ impl PodWorker {
             }
             Err(e) => return Err(PodWorkerError::Config(e.to_string())),
         };
-        let mounts =
-            container_config::mounts(&self.volume_sources(), &self.shared.root, &pod, spec)
-                .await
-                .map_err(PodWorkerError::Config)?;
+        let mounts = container_config::mounts(
+            self.shared.runtime.as_ref(),
+            &self.volume_sources(),
+            &self.shared.root,
+            &pod,
+            spec,
+        )
+        .await
+        .map_err(PodWorkerError::Config)?;
         let mut k8s = spec.clone();
         k8s.env = Some(env);
         k8s.env_from = None;

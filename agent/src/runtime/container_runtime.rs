@@ -6,6 +6,7 @@
 //! Every method blocks (the real one waits for a shim process): async callers use
 //! `spawn_blocking`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::{
@@ -55,6 +56,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput>;
+    /// Makes `dir` (a volume below the pod's directory) memory-backed, at most `size` bytes:
+    /// secret and projected volumes and `emptyDir.medium: Memory`. Removing the pod removes
+    /// the mount. Fakes keep a plain directory.
+    fn memory_volume(&self, dir: &Path, size: Option<u64>) -> Result<()> {
+        let _ = size;
+        std::fs::create_dir_all(dir).map_err(super::io_err(format!("creating {}", dir.display())))
+    }
 }
 
 impl ContainerRuntime for Runtime {
@@ -118,5 +126,12 @@ impl ContainerRuntime for Runtime {
         timeout: Duration,
     ) -> Result<ExecOutput> {
         Runtime::exec_output(self, container, argv, timeout)
+    }
+
+    fn memory_volume(&self, dir: &Path, size: Option<u64>) -> Result<()> {
+        super::memory_volume::ensure(dir, size).map_err(super::io_err(format!(
+            "mounting a tmpfs on {}",
+            dir.display()
+        )))
     }
 }

@@ -27,6 +27,7 @@ pub mod cgroups;
 mod container_runtime;
 pub mod exec_output;
 pub mod host_path;
+pub mod memory_volume;
 pub mod pause;
 pub mod shim;
 pub mod spec;
@@ -1148,6 +1149,14 @@ impl Runtime {
             &mut errors,
             subpath::unmount_all(&dir).map_err(|e| RuntimeError::Invalid {
                 what: "subPath mounts",
+                value: e.to_string(),
+            }),
+        );
+        // Then the memory-backed volumes (secrets, tokens, emptyDir medium Memory).
+        note(
+            &mut errors,
+            subpath::unmount_below(&dir.join("volumes")).map_err(|e| RuntimeError::Invalid {
+                what: "volume mounts",
                 value: e.to_string(),
             }),
         );

@@ -263,7 +263,12 @@ pub fn bind(resolved: &Resolved, target: &Path) -> Result<(), SubPathError> {
 /// it recursively would otherwise delete the volumes' files, and a hostPath's, through them).
 /// Fails when one stays mounted.
 pub fn unmount_all(pod_dir: &Path) -> Result<(), SubPathError> {
-    let dir = pod_dir.join(SUBPATH_DIR);
+    unmount_below(&pod_dir.join(SUBPATH_DIR))
+}
+
+/// Detaches every mount below `dir` (not `dir` itself), deepest first: the subPath binds, the
+/// pod's memory-backed volumes. Fails when one stays mounted.
+pub fn unmount_below(dir: &Path) -> Result<(), SubPathError> {
     if !dir.exists() {
         return Ok(());
     }
