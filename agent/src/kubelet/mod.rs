@@ -15,6 +15,7 @@ pub mod atomic_writer;
 pub mod auth;
 pub mod container_config;
 pub mod directory;
+pub mod etc_hosts;
 pub mod events;
 pub mod exec;
 #[cfg(test)]

@@ -967,10 +967,20 @@ impl PodWorker {
             .join("pods")
             .join(&self.uid)
             .join("etc-hosts");
-        let mut content = String::from("# Kubernetes-managed hosts file (skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        if let Some(ip) = self.ip {
-            content.push_str(&format!("{ip}\t{}\n", pod_hostname(&self.pod)));
-        }
+        let node_hosts = if self.host_namespaces().network {
+            Some(
+                std::fs::read_to_string("/etc/hosts")
+                    .map_err(|e| format!("reading the node's /etc/hosts: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let content = super::etc_hosts::content(
+            &self.pod,
+            self.ip,
+            &pod_hostname(&self.pod),
+            node_hosts.as_deref(),
+        );
         std::fs::write(&path, content).map_err(|e| format!("writing {}: {e}", path.display()))?;
         Ok(runtime::BindMount {
             source: path,
