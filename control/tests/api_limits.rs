@@ -484,3 +484,30 @@ async fn seconds_past_their_range_are_invalid_with_the_field() {
         "{body}"
     );
 }
+
+/// A list larger than what is rendered in place (64 KiB) is rendered off the async workers:
+/// as a list and as kubectl's Table, complete and in order.
+#[tokio::test]
+async fn large_lists_render_whole_off_the_async_workers() {
+    let a = common::api().await;
+    for i in 0..100 {
+        config_map(&a, &format!("big-{i:03}")).await;
+    }
+    let (code, list) = a.call(Method::GET, CM, None).await;
+    assert_eq!(code, StatusCode::OK);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 100);
+    assert!(
+        list.to_string().len() > 100 * 1000,
+        "past the in-place size"
+    );
+    assert_eq!(names.first(), Some(&"big-000"));
+    let table = a.table(CM).await;
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["rows"].as_array().unwrap().len(), 100);
+}

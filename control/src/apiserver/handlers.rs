@@ -467,14 +467,22 @@ async fn dispatch(
                 .await;
             }
             let page = state.list(def, ns, &opts).await?;
-            list_response(
-                def,
-                page.items,
-                page.revision,
-                page.continue_token,
-                &headers,
-                &query,
-            )
+            // Rendering thousands of items (a Table decodes each one) runs off the async
+            // workers when the list is large, bounded like decoding.
+            let size = page.items.iter().map(Bytes::len).sum();
+            let (def, headers, query) = (def.clone(), headers.clone(), query.clone());
+            state
+                .off_workers(size, move || {
+                    list_response(
+                        &def,
+                        page.items,
+                        page.revision,
+                        page.continue_token,
+                        &headers,
+                        &query,
+                    )
+                })
+                .await?
         }
         (Method::GET, Some(name)) => {
             let object = state.get(def, ns, name).await?;
