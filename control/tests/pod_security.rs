@@ -140,7 +140,10 @@ async fn a_restricted_namespace_refuses_a_privileged_pod_and_admits_a_compliant_
              {PRIVILEGED_VS_RESTRICTED}"
         )
     );
-    assert!(warnings.is_empty(), "no warnings on a refusal: {warnings:?}");
+    assert!(
+        warnings.is_empty(),
+        "no warnings on a refusal: {warnings:?}"
+    );
     assert!(!stored(&a, "locked", "priv").await);
 
     let (code, body, warnings) = create_pod(&a, "locked", compliant_pod("ok")).await;
@@ -171,7 +174,10 @@ async fn baseline_refuses_host_network_privileged_and_host_path() {
          not set securityContext.privileged=true)"
     );
     // An ordinary pod meets baseline: no refusal and no warning (warn follows enforce).
-    let plain = pod("plain", json!({"containers": [{"name": "c", "image": "nginx"}]}));
+    let plain = pod(
+        "plain",
+        json!({"containers": [{"name": "c", "image": "nginx"}]}),
+    );
     let (code, body, warnings) = create_pod(&a, "base", plain).await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -279,8 +285,12 @@ async fn a_deployment_in_a_restricted_namespace_is_admitted_with_warnings() {
 #[tokio::test]
 async fn a_version_pin_evaluates_the_checks_of_that_version() {
     let a = api().await;
-    namespace(&a, "pinned", json!({ENFORCE: "baseline", "pod-security.kubernetes.io/enforce-version": "v1.24"}))
-        .await;
+    namespace(
+        &a,
+        "pinned",
+        json!({ENFORCE: "baseline", "pod-security.kubernetes.io/enforce-version": "v1.24"}),
+    )
+    .await;
     namespace(&a, "current", json!({ENFORCE: "baseline"})).await;
     // net.ipv4.tcp_keepalive_time joined baseline's safe sysctls in v1.29.
     let keepalive = pod(
@@ -331,8 +341,10 @@ async fn the_cluster_default_applies_to_unlabelled_namespaces_except_exempt_ones
     assert_eq!(code, StatusCode::OK);
     assert_eq!(
         warnings,
-        ["namespace \"kube-system\" is exempt from Pod Security, and the policy \
-          (enforce=restricted:latest) will be ignored"]
+        [
+            "namespace \"kube-system\" is exempt from Pod Security, and the policy \
+          (enforce=restricted:latest) will be ignored"
+        ]
     );
 }
 
@@ -371,7 +383,13 @@ async fn invalid_labels_are_refused_and_a_stored_one_enforces_restricted() {
     // A label stored before admission checked it (written to the store directly, as an
     // older server would have): enforce fails closed, as restricted:latest.
     let key = &skiff_control::store::keys::NAMESPACES.key(None, "legacy");
-    let mut ns = a.state.store.get(key).await.unwrap().expect("stored namespace");
+    let mut ns = a
+        .state
+        .store
+        .get(key)
+        .await
+        .unwrap()
+        .expect("stored namespace");
     ns["metadata"]["labels"] = json!({ENFORCE: "strict"});
     let revision = skiff_control::store::object_revision(&ns);
     a.state.store.update(key, Some(revision), ns).await.unwrap();

@@ -614,7 +614,12 @@ fn kubectl_shows_pod_security_refusals_and_warnings() {
     );
 
     cp.kubectl(&["create", "namespace", "loud"]);
-    cp.kubectl(&["label", "ns", "loud", "pod-security.kubernetes.io/warn=baseline"]);
+    cp.kubectl(&[
+        "label",
+        "ns",
+        "loud",
+        "pod-security.kubernetes.io/warn=baseline",
+    ]);
     let warned = run_privileged("loud");
     let stderr = String::from_utf8_lossy(&warned.stderr);
     assert!(warned.status.success(), "{stderr}");
@@ -623,7 +628,10 @@ fn kubectl_shows_pod_security_refusals_and_warnings() {
         "Warning: would violate PodSecurity \"baseline:latest\": privileged (container \"priv\" \
          must not set securityContext.privileged=true)"
     );
-    assert_eq!(String::from_utf8_lossy(&warned.stdout).trim(), "pod/priv created");
+    assert_eq!(
+        String::from_utf8_lossy(&warned.stdout).trim(),
+        "pod/priv created"
+    );
 
     let raised = cp.kubectl_output(
         &[

@@ -40,8 +40,11 @@ impl Default for Plugins {
 
 impl Plugins {
     /// The plugins that can be turned off, by Kubernetes' names.
-    pub const OPTIONAL: &'static [&'static str] =
-        &["ServiceAccount", "CertificateSubjectRestriction", "PodSecurity"];
+    pub const OPTIONAL: &'static [&'static str] = &[
+        "ServiceAccount",
+        "CertificateSubjectRestriction",
+        "PodSecurity",
+    ];
 
     /// Turns off the plugin `name`. Kubernetes' own integration tests run without the
     /// ServiceAccount plugin when nothing creates accounts; so do skiff's component tests.

@@ -290,7 +290,7 @@ fn containers_phrase<S: AsRef<str>>(names: &[S]) -> String {
 }
 
 /// Init containers, then containers, then ephemeral containers (`visitContainers`).
-fn containers<'a>(spec: &'a Value) -> impl Iterator<Item = &'a Value> {
+fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
     ["initContainers", "containers", "ephemeralContainers"]
         .into_iter()
         .filter_map(move |field| spec.get(field).and_then(Value::as_array))
@@ -501,7 +501,12 @@ fn host_ports(pod: &PodView<'_>) -> Option<Violation> {
     let mut ports = BTreeSet::new();
     for c in containers(pod.spec) {
         let mut valid = true;
-        for port in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        for port in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let host_port = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
             if host_port != 0 {
                 valid = false;
@@ -703,9 +708,8 @@ const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.al
 
 /// Before v1.19 seccomp was set by annotations.
 fn seccomp_annotations(pod: &PodView<'_>) -> Option<Violation> {
-    let valid = |v: &str| {
-        v == "runtime/default" || v == "docker/default" || v.starts_with("localhost/")
-    };
+    let valid =
+        |v: &str| v == "runtime/default" || v == "docker/default" || v.starts_with("localhost/");
     let annotation = |key: &str| {
         pod.meta
             .pointer("/annotations")
@@ -830,7 +834,10 @@ fn sysctls_1_29(pod: &PodView<'_>) -> Option<Violation> {
 }
 
 fn sysctls_1_32(pod: &PodView<'_>) -> Option<Violation> {
-    sysctls(pod, &[SYSCTLS_1_0, SYSCTLS_1_27, SYSCTLS_1_29, SYSCTLS_1_32])
+    sysctls(
+        pod,
+        &[SYSCTLS_1_0, SYSCTLS_1_27, SYSCTLS_1_29, SYSCTLS_1_32],
+    )
 }
 
 fn sysctls_1_37(pod: &PodView<'_>) -> Option<Violation> {
@@ -1093,7 +1100,11 @@ fn run_as_non_root_1_35(pod: &PodView<'_>) -> Option<Violation> {
 }
 
 fn run_as_user(pod: &PodView<'_>) -> Option<Violation> {
-    let root = |v: &Value| v.pointer("/securityContext/runAsUser").and_then(Value::as_i64) == Some(0);
+    let root = |v: &Value| {
+        v.pointer("/securityContext/runAsUser")
+            .and_then(Value::as_i64)
+            == Some(0)
+    };
     let mut setters = Vec::new();
     if root(pod.spec) {
         setters.push("pod".to_owned());
@@ -1320,15 +1331,22 @@ mod tests {
 
         // runAsUser joined restricted in v1.23; seccomp fields replaced annotations in v1.19.
         let root = json!({"securityContext": {"runAsUser": 0}, "containers": [good("c")]});
-        assert_eq!(restricted(root.clone()), "runAsUser=0 (pod must not set runAsUser=0)");
+        assert_eq!(
+            restricted(root.clone()),
+            "runAsUser=0 (pod must not set runAsUser=0)"
+        );
         assert_eq!(check(Level::Restricted, Version::Minor(22), root), "");
-        let meta = json!({"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}});
+        let meta =
+            json!({"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}});
         let plain = json!({"containers": [{"name": "c"}]});
         assert_eq!(
             check_with(Level::Baseline, Version::Minor(18), meta.clone(), plain.clone()),
             "seccompProfile (forbidden annotation seccomp.security.alpha.kubernetes.io/pod=\"unconfined\")"
         );
-        assert_eq!(check_with(Level::Baseline, Version::Minor(19), meta, plain), "");
+        assert_eq!(
+            check_with(Level::Baseline, Version::Minor(19), meta, plain),
+            ""
+        );
 
         // A pod in a user namespace may run as root from v1.35.
         let userns = json!({"hostUsers": false, "containers": [{"name": "c", "securityContext": {
@@ -1345,7 +1363,8 @@ mod tests {
         let win = json!({"os": {"name": "windows"}, "securityContext": {"runAsNonRoot": true},
             "containers": [{"name": "c"}]});
         assert_eq!(restricted(win.clone()), "");
-        assert!(check(Level::Restricted, Version::Minor(24), win).starts_with("allowPrivilegeEscalation"));
+        assert!(check(Level::Restricted, Version::Minor(24), win)
+            .starts_with("allowPrivilegeEscalation"));
     }
 
     #[test]

@@ -172,7 +172,11 @@ pub async fn admit(
         namespace: meta_str("namespace"),
         name: meta_str("name"),
     };
-    if config.exempt_namespaces.iter().any(|n| n == request.namespace) {
+    if config
+        .exempt_namespaces
+        .iter()
+        .any(|n| n == request.namespace)
+    {
         return Ok(Vec::new());
     }
     let namespace = state
@@ -185,19 +189,29 @@ pub async fn admit(
         // A pod's namespace must be read to know its policy (upstream answers an internal
         // error); a workload is let through and the failure logged, as upstream does.
         failed if enforce => {
-            tracing::error!(namespace = request.namespace, ?failed, "PodSecurity: reading the namespace");
+            tracing::error!(
+                namespace = request.namespace,
+                ?failed,
+                "PodSecurity: reading the namespace"
+            );
             return Err(ApiError::Internal(format!(
                 "failed to lookup namespace {}",
                 skiff_k8s::go::quote(request.namespace)
             )));
         }
         failed => {
-            tracing::error!(namespace = request.namespace, ?failed, "PodSecurity: reading the namespace");
+            tracing::error!(
+                namespace = request.namespace,
+                ?failed,
+                "PodSecurity: reading the namespace"
+            );
             return Ok(Vec::new());
         }
     };
     let (policy, errors) = policy::from_labels(
-        namespace.pointer("/metadata/labels").and_then(Value::as_object),
+        namespace
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object),
         config.defaults,
     );
     let privileged = if enforce {
@@ -213,7 +227,11 @@ pub async fn admit(
             return Ok(Vec::new());
         }
     }
-    let object = if enforce { Some(new) } else { new.pointer(template) };
+    let object = if enforce {
+        Some(new)
+    } else {
+        new.pointer(template)
+    };
     let Some(object) = object.filter(|o| !o.is_null()) else {
         return Ok(Vec::new());
     };
@@ -338,7 +356,10 @@ fn significant_pod_update(old: &Value, new: &Value) -> bool {
     }
     let old_ephemeral = list(old, "ephemeralContainers");
     list(new, "ephemeralContainers").iter().any(|c| {
-        match old_ephemeral.iter().find(|o| o.get("name") == c.get("name")) {
+        match old_ephemeral
+            .iter()
+            .find(|o| o.get("name") == c.get("name"))
+        {
             None => true,
             Some(o) => image(o) != image(c),
         }
@@ -357,7 +378,11 @@ async fn admit_namespace(
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let labels = |ns: &Value| ns.pointer("/metadata/labels").and_then(Value::as_object).cloned();
+    let labels = |ns: &Value| {
+        ns.pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .cloned()
+    };
     let new_labels = labels(new);
     let (new_policy, new_errors) = policy::from_labels(new_labels.as_ref(), config.defaults);
     let invalid = |causes: Vec<FieldError>| ApiError::Invalid {
@@ -407,7 +432,8 @@ fn exempt_namespace_warning(
     }
     let has = |mode: &str| {
         labels.is_some_and(|l| {
-            l.contains_key(&policy::label(mode, false)) || l.contains_key(&policy::label(mode, true))
+            l.contains_key(&policy::label(mode, false))
+                || l.contains_key(&policy::label(mode, true))
         })
     };
     let parts: Vec<String> = [
@@ -434,7 +460,11 @@ async fn existing_pods(state: &ApiState, namespace: &str, enforce: LevelVersion)
     let deadline = tokio::time::Instant::now() + NAMESPACE_CHECK_TIMEOUT;
     let listed = tokio::time::timeout_at(deadline, prioritized_pods(state, namespace)).await;
     let Ok(Ok((pods, total))) = listed else {
-        tracing::error!(namespace, ?listed, "PodSecurity: listing the namespace's pods");
+        tracing::error!(
+            namespace,
+            ?listed,
+            "PodSecurity: listing the namespace's pods"
+        );
         return vec!["failed to list pods while checking new PodSecurity enforce level".into()];
     };
     // Distinct reasons in first-seen order, each with its smallest pod name and count.
@@ -558,7 +588,11 @@ mod tests {
         let ok = Config::from_flags("baseline", &["kube-system".into()]).unwrap();
         assert_eq!(ok.defaults.enforce.to_string(), "baseline:latest");
         assert_eq!(
-            Config::from_flags("restricted:v1.30", &[]).unwrap().defaults.warn.to_string(),
+            Config::from_flags("restricted:v1.30", &[])
+                .unwrap()
+                .defaults
+                .warn
+                .to_string(),
             "restricted:v1.30"
         );
         let e = Config::from_flags("strict", &[]).unwrap_err().to_string();
@@ -569,11 +603,17 @@ mod tests {
         let e = Config::from_flags("baseline", &["Kube_System".into()])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("--pod-security-exempt-namespaces: \"Kube_System\": "), "{e}");
+        assert!(
+            e.starts_with("--pod-security-exempt-namespaces: \"Kube_System\": "),
+            "{e}"
+        );
         let e = Config::from_flags("baseline", &["a".into(), "a".into()])
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "--pod-security-exempt-namespaces: \"a\": Duplicate value");
+        assert_eq!(
+            e,
+            "--pod-security-exempt-namespaces: \"a\": Duplicate value"
+        );
     }
 
     #[test]

@@ -170,7 +170,10 @@ pub fn label(mode: &str, version: bool) -> String {
 /// field errors: an invalid enforce level means restricted, an invalid audit or warn level
 /// privileged (they fail open), an invalid version latest. Without a warn label, warn
 /// follows an explicitly stricter enforce level (and its version, without a warn version).
-pub fn from_labels(labels: Option<&Map<String, Value>>, defaults: Policy) -> (Policy, Vec<FieldError>) {
+pub fn from_labels(
+    labels: Option<&Map<String, Value>>,
+    defaults: Policy,
+) -> (Policy, Vec<FieldError>) {
     let mut p = defaults;
     let mut errors = Vec::new();
     let Some(labels) = labels.filter(|l| !l.is_empty()) else {
@@ -190,7 +193,11 @@ pub fn from_labels(labels: Option<&Map<String, Value>>, defaults: Policy) -> (Po
         ));
     };
     let mut has_enforce_level = false;
-    for (mode, lv) in [("enforce", &mut p.enforce), ("audit", &mut p.audit), ("warn", &mut p.warn)] {
+    for (mode, lv) in [
+        ("enforce", &mut p.enforce),
+        ("audit", &mut p.audit),
+        ("warn", &mut p.warn),
+    ] {
         if let Some((key, value)) = get(mode, false) {
             match Level::parse(&value) {
                 Ok(level) => {
@@ -231,8 +238,16 @@ mod tests {
     use super::*;
 
     fn policy(labels: Value) -> (Policy, Vec<String>) {
-        let (p, errs) = from_labels(labels.as_object(), Policy::uniform(LevelVersion::PRIVILEGED));
-        (p, errs.into_iter().map(|e| format!("{}: {}", e.field, e.message)).collect())
+        let (p, errs) = from_labels(
+            labels.as_object(),
+            Policy::uniform(LevelVersion::PRIVILEGED),
+        );
+        (
+            p,
+            errs.into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect(),
+        )
     }
 
     fn lv(s: &str) -> LevelVersion {
@@ -244,8 +259,21 @@ mod tests {
         assert_eq!(Version::parse("latest"), Ok(Version::Latest));
         assert_eq!(Version::parse("v1.0"), Ok(Version::Minor(0)));
         assert_eq!(Version::parse("v1.24"), Ok(Version::Minor(24)));
-        for bad in ["", "1.24", "v1.024", "v2.1", "v1.", "v1.x", "v1.-1", "v1.99999999999999999999"] {
-            assert_eq!(Version::parse(bad), Err((Version::Latest, VERSION_ERROR)), "{bad:?}");
+        for bad in [
+            "",
+            "1.24",
+            "v1.024",
+            "v2.1",
+            "v1.",
+            "v1.x",
+            "v1.-1",
+            "v1.99999999999999999999",
+        ] {
+            assert_eq!(
+                Version::parse(bad),
+                Err((Version::Latest, VERSION_ERROR)),
+                "{bad:?}"
+            );
         }
         assert_eq!(lv("baseline:v1.30").to_string(), "baseline:v1.30");
         assert_eq!(lv("restricted").to_string(), "restricted:latest");
@@ -264,7 +292,11 @@ mod tests {
 
         let (p, _) = policy(json!({"pod-security.kubernetes.io/enforce": "baseline",
             "pod-security.kubernetes.io/warn": "privileged"}));
-        assert_eq!(p.warn.level, Level::Privileged, "an explicit warn level stays");
+        assert_eq!(
+            p.warn.level,
+            Level::Privileged,
+            "an explicit warn level stays"
+        );
 
         let (p, errs) = policy(json!({"other": "x"}));
         assert!(errs.is_empty());
@@ -280,7 +312,11 @@ mod tests {
         }));
         assert_eq!(p.enforce, lv("restricted:latest"));
         assert_eq!(p.audit.level, Level::Privileged);
-        assert_eq!(p.warn.level, Level::Privileged, "no warn default from an invalid enforce");
+        assert_eq!(
+            p.warn.level,
+            Level::Privileged,
+            "no warn default from an invalid enforce"
+        );
         assert_eq!(
             errs,
             [
