@@ -449,3 +449,60 @@ async fn raising_the_enforce_level_warns_about_existing_pods() {
     assert_eq!(code, StatusCode::OK);
     assert!(warnings.is_empty(), "{warnings:?}");
 }
+
+/// Workloads are admitted with warnings, but their pods are enforced: the ReplicaSet
+/// controller's creates are refused and it records Kubernetes' FailedCreate event.
+#[tokio::test]
+async fn a_replica_sets_pods_are_refused_and_it_records_failed_create() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+    use kube::api::{ListParams, PostParams};
+
+    let c = common::Cluster::start().await;
+    tokio::spawn(skiff_control::manager::run_all(c.context()));
+    let namespaces: kube::Api<Namespace> = kube::Api::all(c.client.clone());
+    let ns = serde_json::from_value(
+        json!({"metadata": {"name": "locked", "labels": {ENFORCE: "restricted"}}}),
+    )
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let sets: kube::Api<ReplicaSet> = kube::Api::namespaced(c.client.clone(), "locked");
+    let rs = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx",
+                                     "securityContext": {"privileged": true}}]}}},
+    }))
+    .unwrap();
+    sets.create(&PostParams::default(), &rs).await.unwrap();
+    let events: kube::Api<Event> = kube::Api::namespaced(c.client.clone(), "locked");
+    let message = skiff_test_support::eventually("a FailedCreate event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedCreate"))
+            .and_then(|e| e.message)
+    })
+    .await;
+    assert!(
+        message.starts_with("Error creating: pods \"web-"),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!(
+            "\" is forbidden: violates PodSecurity \"restricted:latest\": {PRIVILEGED_VS_RESTRICTED}"
+        )),
+        "{message}"
+    );
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c.client.clone(), "locked");
+    assert!(pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
