@@ -186,26 +186,22 @@ pub async fn admit(
     let enforce = template.is_empty();
     let namespace = match namespace {
         Ok(Some(ns)) => ns,
-        // A pod's namespace must be read to know its policy (upstream answers an internal
-        // error); a workload is let through and the failure logged, as upstream does.
-        failed if enforce => {
-            tracing::error!(
-                namespace = request.namespace,
-                ?failed,
-                "PodSecurity: reading the namespace"
-            );
-            return Err(ApiError::Internal(format!(
-                "failed to lookup namespace {}",
-                skiff_k8s::go::quote(request.namespace)
-            )));
-        }
         failed => {
             tracing::error!(
                 namespace = request.namespace,
                 ?failed,
                 "PodSecurity: reading the namespace"
             );
-            return Ok(Vec::new());
+            // A pod's policy must be known (upstream answers an internal error); a workload
+            // is let through, as upstream does, since its pods are checked anyway.
+            return if enforce {
+                Err(ApiError::Internal(format!(
+                    "failed to lookup namespace {}",
+                    skiff_k8s::go::quote(request.namespace)
+                )))
+            } else {
+                Ok(Vec::new())
+            };
         }
     };
     let (policy, errors) = policy::from_labels(
@@ -287,7 +283,9 @@ fn evaluate(
     };
     let mut refusal = None;
     if enforce {
-        tracing::info!(
+        // Upstream annotates every audit event with it; a log line per pod is too many at
+        // info.
+        tracing::debug!(
             resource,
             namespace,
             name,
@@ -469,6 +467,7 @@ async fn existing_pods(state: &ApiState, namespace: &str, enforce: LevelVersion)
     };
     // Distinct reasons in first-seen order, each with its smallest pod name and count.
     let mut found: Vec<(String, String, usize)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     let mut checked = 0;
     for pod in &pods {
         checked += 1;
@@ -483,14 +482,18 @@ async fn existing_pods(state: &ApiState, namespace: &str, enforce: LevelVersion)
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            match found.iter_mut().find(|(r, _, _)| *r == reasons) {
-                Some((_, first, count)) => {
+            match index.get(&reasons) {
+                Some(&i) => {
+                    let (_, first, count) = &mut found[i];
                     *count += 1;
                     if name < first.as_str() {
                         *first = name.to_owned();
                     }
                 }
-                None => found.push((reasons, name.to_owned(), 1)),
+                None => {
+                    index.insert(reasons.clone(), found.len());
+                    found.push((reasons, name.to_owned(), 1));
+                }
             }
         }
         if tokio::time::Instant::now() >= deadline {
