@@ -68,7 +68,7 @@ struct Args {
     /// privileged, checks nothing.
     #[arg(long, default_value = "privileged")]
     pod_security_default: String,
-    /// Namespaces PodSecurity admission does not check, comma-separated.
+    /// Namespaces PodSecurity admission does not check, comma-separated (empty for none).
     #[arg(long, value_delimiter = ',', default_value = "kube-system")]
     pod_security_exempt_namespaces: Vec<String>,
     /// The `iss` of ServiceAccount tokens, and the base URL of the published OIDC discovery

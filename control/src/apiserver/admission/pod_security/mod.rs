@@ -86,7 +86,8 @@ impl Config {
     pub fn from_flags(default: &str, exempt: &[String]) -> Result<Config, ConfigError> {
         let defaults = LevelVersion::parse(default).map_err(ConfigError::Default)?;
         let mut seen = Vec::new();
-        for ns in exempt {
+        // An empty value (`--pod-security-exempt-namespaces=`) exempts nothing.
+        for ns in exempt.iter().filter(|ns| !ns.is_empty()) {
             let errors = skiff_k8s::names::dns_label_errors(ns);
             if !errors.is_empty() {
                 let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -617,6 +618,8 @@ mod tests {
             e,
             "--pod-security-exempt-namespaces: \"a\": Duplicate value"
         );
+        let none = Config::from_flags("baseline", &[String::new()]).unwrap();
+        assert!(none.exempt_namespaces.is_empty());
     }
 
     #[test]
