@@ -506,3 +506,40 @@ async fn a_replica_sets_pods_are_refused_and_it_records_failed_create() {
         .items
         .is_empty());
 }
+
+/// The check of existing pods is bounded as upstream's: at most 3000 pods (within a second),
+/// and the warning says how many of how many were checked.
+#[tokio::test]
+async fn the_existing_pod_check_stops_at_its_limit() {
+    let a = api().await;
+    namespace(&a, "crowded", json!({})).await;
+    let keys = skiff_control::store::keys::PODS;
+    // Written to the store directly: 3001 creates through the API would be slow, and
+    // admission is what is under test, not creation.
+    for chunk in (0..3001).collect::<Vec<_>>().chunks(250) {
+        let writes = chunk.iter().map(|i| {
+            let name = format!("p{i:04}");
+            let key = keys.key(Some("crowded"), &name);
+            let mut pod = privileged_pod(&name);
+            pod["metadata"]["namespace"] = json!("crowded");
+            let store = a.state.store.clone();
+            async move { store.create(&key, pod).await.unwrap() }
+        });
+        futures::future::join_all(writes).await;
+    }
+    let (code, body, warnings) = label(&a, "crowded", json!({ENFORCE: "baseline"})).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let checked = warnings[0]
+        .strip_prefix("new PodSecurity enforce level only checked against the first ")
+        .and_then(|rest| rest.strip_suffix(" of 3001 existing pods"))
+        .unwrap_or_else(|| panic!("{warnings:?}"));
+    // 3000 unless the second ran out first on a loaded machine.
+    assert!(checked.parse::<usize>().unwrap() <= 3000, "{warnings:?}");
+    assert_eq!(
+        warnings[1..],
+        [
+            "existing pods in namespace \"crowded\" violate the new PodSecurity enforce level \"baseline:latest\"".to_owned(),
+            format!("p0000 (and {} other pods): privileged", checked.parse::<usize>().unwrap() - 1),
+        ]
+    );
+}
