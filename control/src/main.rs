@@ -62,6 +62,15 @@ struct Args {
     /// signer for a system:masters certificate, which an approver could then grant) can be.
     #[arg(long, value_delimiter = ',')]
     disable_admission_plugins: Vec<String>,
+    /// The Pod Security level (privileged, baseline or restricted, optionally :v1.X) that
+    /// PodSecurity admission enforces, audits and warns about in namespaces whose
+    /// `pod-security.kubernetes.io/*` labels do not say otherwise. Kubernetes' default,
+    /// privileged, checks nothing.
+    #[arg(long, default_value = "privileged")]
+    pod_security_default: String,
+    /// Namespaces PodSecurity admission does not check, comma-separated (empty for none).
+    #[arg(long, value_delimiter = ',', default_value = "kube-system")]
+    pod_security_exempt_namespaces: Vec<String>,
     /// The `iss` of ServiceAccount tokens, and the base URL of the published OIDC discovery
     /// document (kube-apiserver's flag; kubeadm's value is the default).
     #[arg(long, default_value = skiff_control::apiserver::auth::service_account::signer::DEFAULT_ISSUER,
@@ -565,6 +574,10 @@ async fn run() -> anyhow::Result<()> {
             controllers: (!args.no_controllers).then_some(settings),
             authorization_modes: args.authorization_mode.0,
             disabled_admission_plugins: args.disable_admission_plugins,
+            pod_security: skiff_control::apiserver::admission::pod_security::Config::from_flags(
+                &args.pod_security_default,
+                &args.pod_security_exempt_namespaces,
+            )?,
             service_accounts: skiff_control::apiserver::auth::service_account::SignerConfig {
                 issuer: args.service_account_issuer,
                 audiences: args.api_audiences,

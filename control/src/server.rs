@@ -38,6 +38,8 @@ pub struct Config {
     pub authorization_modes: Vec<crate::apiserver::auth::Mode>,
     /// Admission plugins turned off (`--disable-admission-plugins`).
     pub disabled_admission_plugins: Vec<String>,
+    /// PodSecurity admission's default policy and exempt namespaces.
+    pub pod_security: crate::apiserver::admission::pod_security::Config,
     /// The ServiceAccount token issuer, audiences and longest lifetime.
     pub service_accounts: crate::apiserver::auth::service_account::SignerConfig,
     /// The most read-only and mutating requests in flight (0: no limit) and the request
@@ -176,6 +178,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .disable(plugin)
             .map_err(|e| anyhow::anyhow!("--disable-admission-plugins: {e}"))?;
     }
+    state
+        .admission
+        .pod_security
+        .configure(config.pod_security.clone());
     state
         .services
         .configure(config.service_cidr, config.node_port_range.clone());

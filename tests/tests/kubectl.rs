@@ -577,3 +577,75 @@ fn kubectl_auth_whoami_and_can_i() {
     let list = cp.kubectl(&["auth", "can-i", "--list"]);
     assert!(list.contains("*.*"), "{list}");
 }
+
+/// PodSecurity admission as kubectl shows it: a restricted namespace refuses a privileged pod
+/// with kube-apiserver's message, a warn namespace admits it with a `Warning:` line, and
+/// raising the enforce level warns about the pods already there.
+#[test]
+fn kubectl_shows_pod_security_refusals_and_warnings() {
+    let cp = ControlPlane::start();
+    let run_privileged = |ns: &str| {
+        cp.kubectl_output(
+            &["run", "priv", "-n", ns, "--image=nginx", "--privileged"],
+            None,
+        )
+    };
+    cp.kubectl(&["create", "namespace", "locked"]);
+    let labelled = cp.kubectl(&[
+        "label",
+        "ns",
+        "locked",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    assert_eq!(labelled.trim(), "namespace/locked labeled");
+    let refused = run_privileged("locked");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "Error from server (Forbidden): pods \"priv\" is forbidden: violates PodSecurity \
+         \"restricted:latest\": privileged (container \"priv\" must not set \
+         securityContext.privileged=true), allowPrivilegeEscalation != false (container \"priv\" \
+         must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities \
+         (container \"priv\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot \
+         != true (pod or container \"priv\" must set securityContext.runAsNonRoot=true), \
+         seccompProfile (pod or container \"priv\" must set securityContext.seccompProfile.type \
+         to \"RuntimeDefault\" or \"Localhost\")"
+    );
+
+    cp.kubectl(&["create", "namespace", "loud"]);
+    cp.kubectl(&[
+        "label",
+        "ns",
+        "loud",
+        "pod-security.kubernetes.io/warn=baseline",
+    ]);
+    let warned = run_privileged("loud");
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(warned.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "Warning: would violate PodSecurity \"baseline:latest\": privileged (container \"priv\" \
+         must not set securityContext.privileged=true)"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&warned.stdout).trim(),
+        "pod/priv created"
+    );
+
+    let raised = cp.kubectl_output(
+        &[
+            "label",
+            "ns",
+            "loud",
+            "pod-security.kubernetes.io/enforce=baseline",
+        ],
+        None,
+    );
+    assert!(raised.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&raised.stderr).trim(),
+        "Warning: existing pods in namespace \"loud\" violate the new PodSecurity enforce level \
+         \"baseline:latest\"\nWarning: priv: privileged"
+    );
+}

@@ -257,9 +257,49 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|first| first.contains("as=Table"))
 }
 
+/// Warning text beyond which warnings are cut short (kube-apiserver's warning recorder):
+/// once the warnings exceed this many characters in all, every one is cut to
+/// [`WARNING_ITEM_CHARS`], and further ones are dropped when the cut ones fill it again.
+/// Warnings echo what clients sent (PodSecurity quotes annotation values), so their headers
+/// must not grow with the request.
+const WARNING_TOTAL_CHARS: usize = 4 * 1024;
+/// See [`WARNING_TOTAL_CHARS`].
+const WARNING_ITEM_CHARS: usize = 256;
+
+/// The warnings a response carries, de-duplicated and bounded as kube-apiserver's recorder
+/// does it one warning at a time.
+fn bounded_warnings(warnings: &[String]) -> Vec<String> {
+    let cut = |w: &str| w.chars().take(WARNING_ITEM_CHARS).collect::<String>();
+    let mut recorded: Vec<&str> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let (mut written, mut truncating) = (0, false);
+    for w in warnings {
+        if w.is_empty() || (truncating && written >= WARNING_TOTAL_CHARS) {
+            continue;
+        }
+        if recorded.contains(&w.as_str()) {
+            continue;
+        }
+        recorded.push(w);
+        let len = w.chars().count();
+        if truncating {
+            written += len.min(WARNING_ITEM_CHARS);
+            out.push(cut(w));
+        } else if written + len <= WARNING_TOTAL_CHARS {
+            written += len;
+            out.push(w.clone());
+        } else {
+            truncating = true;
+            out = recorded.iter().map(|r| cut(r)).collect();
+            written = out.iter().map(|o| o.chars().count()).sum();
+        }
+    }
+    out
+}
+
 fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
     let mut response = (code, axum::Json(value)).into_response();
-    for w in warnings {
+    for w in &bounded_warnings(warnings) {
         if let Ok(h) = http::HeaderValue::from_str(&format!("299 - {w:?}")) {
             response.headers_mut().append(http::header::WARNING, h);
         }
@@ -595,6 +635,26 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warnings_are_deduplicated_and_bounded_as_kube_apiserver_does() {
+        let short = vec!["a".to_owned(), "b".to_owned(), "a".to_owned()];
+        assert_eq!(bounded_warnings(&short), ["a", "b"]);
+        let long = "x".repeat(3000);
+        let more = "y".repeat(2000);
+        let many: Vec<String> = std::iter::once(long.clone())
+            .chain(std::iter::once(more))
+            .chain((0..40).map(|i| format!("{i:0>300}")))
+            .collect();
+        let out = bounded_warnings(&many);
+        // Past 4096 characters every warning is cut to 256, and warnings stop once the cut
+        // ones reach 4096 again.
+        assert!(out.iter().all(|w| w.chars().count() <= WARNING_ITEM_CHARS));
+        assert_eq!(out[0], long[..256]);
+        assert_eq!(out.len(), 16, "16 x 256 = 4096");
+        let total: usize = out.iter().map(String::len).sum();
+        assert_eq!(total, WARNING_TOTAL_CHARS);
+    }
 
     fn state() -> Arc<ApiState> {
         let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@ use skiff_k8s::labels::LabelSelector;
 use skiff_k8s::time;
 
 use super::admission::node_restriction::{self, Operation};
+use super::admission::pod_security;
 use super::auth::current_user;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
@@ -588,6 +589,9 @@ impl ApiState {
         if !causes.is_empty() {
             return Err(Self::invalid(def, &object, causes));
         }
+        // Validating admission comes after validation, as in Kubernetes.
+        let mut warnings = warnings;
+        warnings.extend(pod_security::admit(self, def, Subresource::Main, None, &object).await?);
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         let key = self.key(def, namespace.as_deref(), &name);
         strategy.before_create(self, def, &key, &mut object).await?;
@@ -852,7 +856,8 @@ impl ApiState {
                 name,
             ));
         }
-        let (new, warnings) = self.prepare_update(def, &old, candidate, sub, opts)?;
+        let (new, mut warnings) = self.prepare_update(def, &old, candidate, sub, opts)?;
+        warnings.extend(pod_security::admit(self, def, sub, Some(&old), &new).await?);
         let key = self.key(def, namespace, name);
         let object = self
             .commit_update(def, key, &old, new, expected, opts.dry_run)
@@ -958,7 +963,8 @@ impl ApiState {
                     "the name of a patched object cannot change".into(),
                 ));
             }
-            let (new, warnings) = self.prepare_update(def, &old, patched, sub, opts)?;
+            let (new, mut warnings) = self.prepare_update(def, &old, patched, sub, opts)?;
+            warnings.extend(pod_security::admit(self, def, sub, Some(&old), &new).await?);
             let key = self.key(def, namespace, name);
             match self
                 .commit_update(def, key, &old, new, object_revision(&old), opts.dry_run)

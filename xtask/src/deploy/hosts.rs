@@ -937,7 +937,8 @@ mod tests {
         assert!(
             sup.contents.contains(
                 "/srv/skiff/bin/skiff-control --data-dir /srv/skiff/control --listen 0.0.0.0:6443 \
-             --write-kubeconfig /srv/skiff/admin.kubeconfig --tls-san b </dev/null"
+             --write-kubeconfig /srv/skiff/admin.kubeconfig --pod-security-default baseline \
+             --tls-san b </dev/null"
             ),
             "{}",
             sup.contents

@@ -169,6 +169,14 @@ fn write_generated(state: &Path, file: &service::GeneratedFile) -> anyhow::Resul
     Ok(())
 }
 
+/// The Pod Security level a deployed cluster enforces where namespaces do not choose one:
+/// baseline, as the hardening issue asks, refuses host namespaces, hostPath volumes,
+/// privileged containers and added capabilities; kube-system stays exempt (skiff-control's
+/// default), and `kubectl label ns X pod-security.kubernetes.io/enforce=privileged` opens
+/// another namespace for node agents and the like. Nothing a deploy starts itself is a pod,
+/// and the e2e tests start their control planes with their own flags.
+pub const POD_SECURITY_DEFAULT: &str = "baseline";
+
 /// The control plane's flags.
 pub fn control_args(
     state: &Path,
@@ -183,6 +191,8 @@ pub fn control_args(
         listen.to_string(),
         "--write-kubeconfig".into(),
         kubeconfig.display().to_string(),
+        "--pod-security-default".into(),
+        POD_SECURITY_DEFAULT.into(),
     ];
     for san in tls_sans {
         args.push("--tls-san".into());
