@@ -496,24 +496,7 @@ mod tests {
         let pem = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .unwrap();
-        let cert = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(
-                rustls::pki_types::CertificateDer::from_pem_slice(creds.ca_pem.as_bytes()).unwrap(),
-            )
-            .unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
-        let identity = crate::apiserver::auth::x509::identify(
-            verifier.as_ref(),
-            Some(&[cert]),
-            rustls::pki_types::UnixTime::now(),
-        );
+        let identity = crate::apiserver::auth::x509::identify_pem(&pem, creds.ca_pem.as_bytes());
         let crate::apiserver::auth::x509::PeerIdentity::User(user) = identity else {
             panic!("not accepted: {identity:?}");
         };

@@ -460,23 +460,8 @@ mod tests {
         assert!(aki, "the issuer's key id is named");
 
         // The API server's own client-certificate authentication reads the user and groups.
-        let cert_der =
-            rustls::pki_types::CertificateDer::from_pem_slice(issued.as_bytes()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
-        let identity = crate::apiserver::auth::x509::identify(
-            verifier.as_ref(),
-            Some(&[cert_der]),
-            rustls::pki_types::UnixTime::now(),
-        );
+        let identity =
+            crate::apiserver::auth::x509::identify_pem(issued.as_bytes(), ca_pem.as_bytes());
         let crate::apiserver::auth::x509::PeerIdentity::User(user) = identity else {
             panic!("not accepted: {identity:?}");
         };

@@ -151,6 +151,24 @@ pub fn identify(
     }
 }
 
+/// The identity the API server would give a client presenting `cert_pem`, with `ca_pem` as
+/// the only trusted CA (for tests of what issues certificates).
+#[cfg(test)]
+pub fn identify_pem(cert_pem: &[u8], ca_pem: &[u8]) -> PeerIdentity {
+    let cert = CertificateDer::from_pem_slice(cert_pem).expect("a PEM certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem).expect("a PEM CA"))
+        .expect("a usable CA");
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .expect("a verifier");
+    identify(verifier.as_ref(), Some(&[cert]), UnixTime::now())
+}
+
 /// The subject's CommonName and Organizations.
 fn subject(der: &CertificateDer<'_>) -> Result<(String, Vec<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
