@@ -383,7 +383,6 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::certificates::request::{parse, testing::csr};
-    use rustls::pki_types::pem::PemObject;
     use x509_parser::extensions::ParsedExtension;
 
     /// A CA like the one `pki::load_or_create` makes.
