@@ -5,6 +5,7 @@
 //! Services and EndpointSlices into the node's service datapath (eBPF socket load balancing,
 //! or the iptables and nftables modes for comparison).
 
+pub mod dns;
 pub mod images;
 pub mod kubelet;
 pub mod network;

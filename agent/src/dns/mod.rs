@@ -1,0 +1,4 @@
+//! Cluster DNS, answered on every node by the agent (issue: cluster DNS). So far: the zone
+//! ([`zone`]), built from the Services and EndpointSlices the service proxy watches.
+
+pub mod zone;

@@ -1,0 +1,537 @@
+//! The cluster's DNS zone, built from the Services and EndpointSlices the node's service proxy
+//! already holds, after the Kubernetes DNS-based service discovery specification
+//! (kubernetes/dns `docs/specification.md`, schema 1.1.0):
+//!
+//! - `<svc>.<ns>.svc.<zone>`: A/AAAA with the ClusterIPs; for a headless Service one record per
+//!   ready endpoint address (all endpoints with `publishNotReadyAddresses`); for an
+//!   ExternalName Service a CNAME;
+//! - `_<port>._<proto>.<svc>.<ns>.svc.<zone>`: SRV for each named port, targeting the Service's
+//!   name, or for a headless Service each endpoint's `<hostname>.<svc>.<ns>.svc.<zone>` (the
+//!   endpoint's `hostname`, else its address with dashes, as CoreDNS names it);
+//! - `<hostname>.<svc>.<ns>.svc.<zone>`: A/AAAA of that endpoint (StatefulSet pods:
+//!   `web-0.nginx.default.svc.cluster.local`);
+//! - `<a-b-c-d>.<ns>.pod.<zone>`: A with that address (CoreDNS's `pods insecure`, kubeadm's
+//!   default);
+//! - PTR records for Service IPs and endpoint addresses; `dns-version.<zone>` TXT.
+//!
+//! A name that exists with no record of the asked type is NODATA, one that does not exist is
+//! NXDOMAIN; both carry the zone's SOA, whose minimum is the negative TTL. Comparisons are
+//! case-insensitive. The zone is rebuilt whole from the proxy's stores on each sync and then
+//! only read, so lookups take no lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label tying an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The schema version `dns-version.<zone>` answers.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+/// The default TTL of positive and negative answers (CoreDNS's kubernetes plugin uses 5 s).
+pub const DEFAULT_TTL: u32 = 5;
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Records of the asked type (and records for the additional section).
+    Answer {
+        /// The answer section.
+        answers: Vec<Record>,
+        /// The additional section (the addresses SRV targets name).
+        additionals: Vec<Record>,
+    },
+    /// The name exists, with no record of the asked type.
+    NoData,
+    /// The name does not exist in the zone.
+    NxDomain,
+    /// Not a name of this zone (another domain, or a reverse name the cluster does not own).
+    NotAuthoritative,
+}
+
+/// How a Service answers its own name.
+#[derive(Debug, Clone)]
+enum Kind {
+    ClusterIp(Vec<IpAddr>),
+    Headless,
+    ExternalName(String),
+}
+
+#[derive(Debug, Clone)]
+struct Port {
+    /// Lowercase name.
+    name: String,
+    /// `tcp`, `udp` or `sctp`.
+    protocol: String,
+    port: u16,
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    /// Lowercase hostname: the endpoint's, else its address with dashes.
+    hostname: String,
+    ip: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+struct ServiceRecords {
+    kind: Kind,
+    ports: Vec<Port>,
+    endpoints: Vec<Endpoint>,
+}
+
+/// The cluster zone: see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// The cluster domain, lowercase, without the trailing dot (`cluster.local`).
+    domain: String,
+    ttl: u32,
+    /// Keyed by `<svc>.<ns>`.
+    services: HashMap<String, ServiceRecords>,
+    /// Namespaces with at least one Service (`<ns>.svc.<zone>` exists).
+    namespaces: HashSet<String>,
+    /// Reverse names: address -> the names pointing at it.
+    ptr: HashMap<IpAddr, Vec<String>>,
+}
+
+impl Zone {
+    /// An empty zone for `domain` (`cluster.local`) answering with `ttl`.
+    pub fn empty(domain: &str, ttl: u32) -> Self {
+        Self {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            ttl,
+            services: HashMap::new(),
+            namespaces: HashSet::new(),
+            ptr: HashMap::new(),
+        }
+    }
+
+    /// The zone of `services` and their `slices`.
+    pub fn build<'a>(
+        domain: &str,
+        ttl: u32,
+        services: impl IntoIterator<Item = &'a KubeService>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Self {
+        let mut zone = Self::empty(domain, ttl);
+        let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+        for slice in slices {
+            let ns = slice.metadata.namespace.clone().unwrap_or_default();
+            if let Some(svc) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                by_service.entry((ns, svc.clone())).or_default().push(slice);
+            }
+        }
+        for svc in services {
+            let (Some(name), Some(ns)) = (&svc.metadata.name, &svc.metadata.namespace) else {
+                continue;
+            };
+            let (name, ns) = (name.to_ascii_lowercase(), ns.to_ascii_lowercase());
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
+            let kind = if spec.type_.as_deref() == Some("ExternalName") {
+                match spec.external_name.as_deref().filter(|e| !e.is_empty()) {
+                    Some(e) => Kind::ExternalName(e.trim_end_matches('.').to_ascii_lowercase()),
+                    None => continue,
+                }
+            } else {
+                let ips: Vec<IpAddr> = spec
+                    .cluster_ips
+                    .iter()
+                    .flatten()
+                    .chain(spec.cluster_ip.iter())
+                    .filter_map(|ip| ip.parse().ok())
+                    .fold(Vec::new(), |mut acc, ip| {
+                        if !acc.contains(&ip) {
+                            acc.push(ip);
+                        }
+                        acc
+                    });
+                let headless = spec.cluster_ip.as_deref() == Some("None");
+                if headless {
+                    Kind::Headless
+                } else if ips.is_empty() {
+                    continue;
+                } else {
+                    Kind::ClusterIp(ips)
+                }
+            };
+            let ports = spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let port_name = p.name.as_deref().filter(|n| !n.is_empty())?;
+                    Some(Port {
+                        name: port_name.to_ascii_lowercase(),
+                        protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                        port: u16::try_from(p.port).ok()?,
+                    })
+                })
+                .collect();
+            let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+            let mut endpoints: Vec<Endpoint> = Vec::new();
+            let key = (
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            for slice in by_service.get(&key).into_iter().flatten() {
+                for ep in slice.endpoints.iter().flatten() {
+                    // Ready unless said otherwise, as the EndpointSlice API defines it.
+                    let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+                    if !(ready || publish_not_ready) {
+                        continue;
+                    }
+                    for address in &ep.addresses {
+                        let Ok(ip) = address.parse::<IpAddr>() else {
+                            continue;
+                        };
+                        if endpoints.iter().any(|e| e.ip == ip) {
+                            continue;
+                        }
+                        let hostname = ep
+                            .hostname
+                            .as_deref()
+                            .filter(|h| !h.is_empty())
+                            .map_or_else(|| dashed(ip), str::to_ascii_lowercase);
+                        endpoints.push(Endpoint { hostname, ip });
+                    }
+                }
+            }
+            let service_fqdn = format!("{name}.{ns}.svc.{}", zone.domain);
+            match &kind {
+                Kind::ClusterIp(ips) => {
+                    for ip in ips {
+                        zone.ptr.entry(*ip).or_default().push(service_fqdn.clone());
+                    }
+                }
+                Kind::Headless => {
+                    for e in &endpoints {
+                        zone.ptr
+                            .entry(e.ip)
+                            .or_default()
+                            .push(format!("{}.{service_fqdn}", e.hostname));
+                    }
+                }
+                Kind::ExternalName(_) => {}
+            }
+            zone.namespaces.insert(ns.clone());
+            zone.services.insert(
+                format!("{name}.{ns}"),
+                ServiceRecords {
+                    kind,
+                    ports,
+                    endpoints,
+                },
+            );
+        }
+        for names in zone.ptr.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        zone
+    }
+
+    /// How many Services the zone holds.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// The zone's SOA record, for the authority section of negative answers (its minimum is
+    /// the negative TTL).
+    pub fn soa(&self) -> Record {
+        let apex = fqdn(&self.domain);
+        let rdata = SOA::new(
+            fqdn(&format!("ns.dns.{}", self.domain)),
+            fqdn(&format!("hostmaster.{}", self.domain)),
+            1,
+            7200,
+            1800,
+            86400,
+            self.ttl,
+        );
+        Record::from_rdata(apex, self.ttl, RData::SOA(rdata))
+    }
+
+    /// Answers `qtype` for `qname` (records are owned by `qname` as asked, so a resolver
+    /// matching names with its own case sees its name back).
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Outcome {
+        let asked = qname.to_ascii().to_ascii_lowercase();
+        let asked = asked.trim_end_matches('.');
+        if let Some(reverse) = reverse_address(asked) {
+            return match self.ptr.get(&reverse) {
+                Some(names) if qtype == RecordType::PTR || qtype == RecordType::ANY => {
+                    Outcome::Answer {
+                        answers: names
+                            .iter()
+                            .map(|n| self.record(qname, RData::PTR(PTR(fqdn(n)))))
+                            .collect(),
+                        additionals: Vec::new(),
+                    }
+                }
+                Some(_) => Outcome::NoData,
+                None => Outcome::NotAuthoritative,
+            };
+        }
+        let inner = if asked == self.domain {
+            ""
+        } else if let Some(inner) = asked.strip_suffix(&format!(".{}", self.domain)) {
+            inner
+        } else {
+            return Outcome::NotAuthoritative;
+        };
+        let labels: Vec<&str> = if inner.is_empty() {
+            Vec::new()
+        } else {
+            inner.split('.').collect()
+        };
+        match labels.as_slice() {
+            [] => match qtype {
+                RecordType::SOA => Outcome::Answer {
+                    answers: vec![self.soa()],
+                    additionals: Vec::new(),
+                },
+                _ => Outcome::NoData,
+            },
+            ["dns-version"] => self.only(
+                qtype,
+                RecordType::TXT,
+                vec![self.record(qname, RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_owned()])))],
+            ),
+            ["svc"] | ["pod"] => Outcome::NoData,
+            [ns, "svc"] | [ns, "pod"] => {
+                if labels[1] == "pod" || self.namespaces.contains(*ns) {
+                    Outcome::NoData
+                } else {
+                    Outcome::NxDomain
+                }
+            }
+            [address, _ns, "pod"] => match undashed(address) {
+                Some(ip) => self.addresses(qname, qtype, &[ip]),
+                None => Outcome::NxDomain,
+            },
+            [svc, ns, "svc"] => match self.services.get(&format!("{svc}.{ns}")) {
+                Some(s) => self.service(qname, qtype, s),
+                None => Outcome::NxDomain,
+            },
+            [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
+                match self.services.get(&format!("{svc}.{ns}")) {
+                    Some(s) => self.srv(qname, qtype, s, &port[1..], &proto[1..], svc, ns),
+                    None => Outcome::NxDomain,
+                }
+            }
+            [host, svc, ns, "svc"] => match self.services.get(&format!("{svc}.{ns}")) {
+                Some(
+                    s @ ServiceRecords {
+                        kind: Kind::Headless,
+                        ..
+                    },
+                ) => {
+                    let ips: Vec<IpAddr> = s
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.hostname == *host)
+                        .map(|e| e.ip)
+                        .collect();
+                    if ips.is_empty() {
+                        Outcome::NxDomain
+                    } else {
+                        self.addresses(qname, qtype, &ips)
+                    }
+                }
+                _ => Outcome::NxDomain,
+            },
+            _ => Outcome::NxDomain,
+        }
+    }
+
+    fn record(&self, owner: &Name, rdata: RData) -> Record {
+        Record::from_rdata(owner.clone(), self.ttl, rdata)
+    }
+
+    /// `records` when `qtype` is `kind` (or ANY), else NODATA.
+    fn only(&self, qtype: RecordType, kind: RecordType, records: Vec<Record>) -> Outcome {
+        if qtype == kind || qtype == RecordType::ANY {
+            Outcome::Answer {
+                answers: records,
+                additionals: Vec::new(),
+            }
+        } else {
+            Outcome::NoData
+        }
+    }
+
+    /// A (and AAAA) records for `ips`, as `qtype` asks.
+    fn addresses(&self, owner: &Name, qtype: RecordType, ips: &[IpAddr]) -> Outcome {
+        let records: Vec<Record> = ips
+            .iter()
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => {
+                    Some(self.record(owner, RData::A(A(*v4))))
+                }
+                (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                    Some(self.record(owner, RData::AAAA(AAAA(*v6))))
+                }
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            Outcome::NoData
+        } else {
+            Outcome::Answer {
+                answers: records,
+                additionals: Vec::new(),
+            }
+        }
+    }
+
+    fn service(&self, owner: &Name, qtype: RecordType, s: &ServiceRecords) -> Outcome {
+        match &s.kind {
+            Kind::ClusterIp(ips) => self.addresses(owner, qtype, ips),
+            Kind::Headless => {
+                let ips: Vec<IpAddr> = s.endpoints.iter().map(|e| e.ip).collect();
+                self.addresses(owner, qtype, &ips)
+            }
+            // The CNAME answers every type: the resolver follows it.
+            Kind::ExternalName(target) => Outcome::Answer {
+                answers: vec![self.record(owner, RData::CNAME(CNAME(fqdn(target))))],
+                additionals: Vec::new(),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "the labels of the asked name")]
+    fn srv(
+        &self,
+        owner: &Name,
+        qtype: RecordType,
+        s: &ServiceRecords,
+        port: &str,
+        proto: &str,
+        svc: &str,
+        ns: &str,
+    ) -> Outcome {
+        let Some(port) = s
+            .ports
+            .iter()
+            .find(|p| p.name == port && p.protocol == proto)
+        else {
+            return Outcome::NxDomain;
+        };
+        if qtype != RecordType::SRV && qtype != RecordType::ANY {
+            return Outcome::NoData;
+        }
+        let service_fqdn = format!("{svc}.{ns}.svc.{}", self.domain);
+        // (target, its addresses)
+        let targets: Vec<(String, Vec<IpAddr>)> = match &s.kind {
+            Kind::ClusterIp(ips) => vec![(service_fqdn, ips.clone())],
+            Kind::Headless => s
+                .endpoints
+                .iter()
+                .map(|e| (format!("{}.{service_fqdn}", e.hostname), vec![e.ip]))
+                .collect(),
+            Kind::ExternalName(target) => vec![(target.clone(), Vec::new())],
+        };
+        if targets.is_empty() {
+            return Outcome::NoData;
+        }
+        // Equal shares of 100, as CoreDNS weighs them.
+        let weight = u16::try_from(100 / targets.len()).unwrap_or(1).max(1);
+        let mut answers = Vec::new();
+        let mut additionals = Vec::new();
+        for (target, ips) in targets {
+            let target_name = fqdn(&target);
+            answers.push(self.record(
+                owner,
+                RData::SRV(SRV::new(0, weight, port.port, target_name.clone())),
+            ));
+            for ip in ips {
+                additionals.push(Record::from_rdata(
+                    target_name.clone(),
+                    self.ttl,
+                    match ip {
+                        IpAddr::V4(v4) => RData::A(A(v4)),
+                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                    },
+                ));
+            }
+        }
+        Outcome::Answer {
+            answers,
+            additionals,
+        }
+    }
+}
+
+/// A fully qualified name from a dotted lowercase name (valid by construction: Kubernetes
+/// names and addresses); the root name if it somehow is not.
+fn fqdn(name: &str) -> Name {
+    Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).unwrap_or_else(|_| Name::root())
+}
+
+/// An address written with dashes (`10-244-1-5`, `fd00--5`), as CoreDNS names endpoints
+/// without a hostname and pods.
+fn dashed(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+    }
+}
+
+/// The address of a dashed label.
+fn undashed(label: &str) -> Option<IpAddr> {
+    if label.contains(':') || label.contains('.') {
+        return None;
+    }
+    label
+        .replace('-', ".")
+        .parse::<Ipv4Addr>()
+        .map(IpAddr::V4)
+        .or_else(|_| label.replace('-', ":").parse::<Ipv6Addr>().map(IpAddr::V6))
+        .ok()
+}
+
+/// The address a reverse name (`5.1.244.10.in-addr.arpa`, nibbles under `ip6.arpa`) stands
+/// for; `None` for any other name, or a partial one.
+fn reverse_address(name: &str) -> Option<IpAddr> {
+    if let Some(v4) = name.strip_suffix(".in-addr.arpa") {
+        let octets: Vec<u8> = v4
+            .split('.')
+            .map(|o| o.parse().ok())
+            .collect::<Option<_>>()?;
+        let [d, c, b, a] = octets.as_slice() else {
+            return None;
+        };
+        return Some(IpAddr::V4(Ipv4Addr::new(*a, *b, *c, *d)));
+    }
+    let v6 = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = v6
+        .split('.')
+        .map(|n| u8::from_str_radix(n, 16).ok().filter(|_| n.len() == 1))
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, pair) in nibbles.rchunks(2).enumerate() {
+        // Reversed nibbles: the last two are the first byte.
+        bytes[i] = (pair[1] << 4) | pair[0];
+    }
+    Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+}
+
+#[cfg(test)]
+mod tests;
