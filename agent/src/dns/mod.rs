@@ -2,5 +2,6 @@
 //! ([`zone`]), built from the Services and EndpointSlices the service proxy watches, and the
 //! protocol around it ([`respond`]).
 
+pub mod forward;
 pub mod respond;
 pub mod zone;
