@@ -1,0 +1,242 @@
+//! The node's DNS responder: UDP and TCP on one address, answering from the current zone and
+//! forwarding other names.
+//!
+//! Bounded everywhere: at most [`MAX_FORWARDS`] forwarded questions in flight (more get
+//! SERVFAIL at once instead of queueing), at most [`MAX_TCP_CLIENTS`] TCP connections, each
+//! closed after [`TCP_IDLE`] without a request. The zone is swapped whole by the service
+//! proxy's sync and read without waiting for it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::forward::Forwarder;
+use super::respond::{self, Handled, Transport};
+use super::zone::Zone;
+
+/// Forwarded questions in flight, at most.
+pub const MAX_FORWARDS: usize = 1024;
+/// TCP clients at once, at most.
+pub const MAX_TCP_CLIENTS: usize = 256;
+/// A TCP connection idle this long is closed.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The zone the responder answers from, replaced whole on every sync.
+#[derive(Clone)]
+pub struct ZoneHandle(Arc<RwLock<Arc<Zone>>>);
+
+impl ZoneHandle {
+    /// A handle holding `zone`.
+    pub fn new(zone: Zone) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(zone))))
+    }
+
+    /// The current zone.
+    pub fn current(&self) -> Arc<Zone> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the zone.
+    pub fn replace(&self, zone: Zone) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(zone);
+    }
+}
+
+/// The responder's shared parts.
+struct Responder {
+    zone: ZoneHandle,
+    forwarder: Forwarder,
+    forwards: Semaphore,
+}
+
+impl Responder {
+    /// The reply to one request, forwarding when it is not the cluster's.
+    async fn reply(&self, request: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let handled = respond::handle(&self.zone.current(), request, transport);
+        let request = match handled {
+            Handled::Reply(bytes) => return Some(bytes),
+            Handled::Drop => return None,
+            Handled::Forward(request) => request,
+        };
+        let forwarded = match self.forwards.try_acquire() {
+            Ok(_permit) => self.forwarder.forward(&request, transport).await,
+            Err(_) => None,
+        };
+        let handled = match forwarded.and_then(|reply| reply.to_vec().ok()) {
+            Some(bytes) => return Some(bytes),
+            None => respond::server_failure(&request, transport),
+        };
+        match handled {
+            Handled::Reply(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+}
+
+/// Serves DNS on `udp` and `tcp` until `shutdown`.
+pub async fn serve(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    zone: ZoneHandle,
+    forwarder: Forwarder,
+    shutdown: CancellationToken,
+) {
+    let responder = Arc::new(Responder {
+        zone,
+        forwarder,
+        forwards: Semaphore::new(MAX_FORWARDS),
+    });
+    let udp = Arc::new(udp);
+    let clients = Arc::new(Semaphore::new(MAX_TCP_CLIENTS));
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = udp.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                let request = buf[..n].to_vec();
+                let (responder, udp) = (responder.clone(), udp.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = responder.reply(&request, Transport::Udp).await {
+                        let _ = udp.send_to(&reply, from).await;
+                    }
+                });
+            }
+            accepted = tcp.accept() => {
+                let Ok((stream, from)) = accepted else { continue };
+                // Full: the connection is closed at once rather than queued.
+                let Ok(permit) = clients.clone().try_acquire_owned() else {
+                    tracing::debug!(%from, "too many DNS clients over TCP");
+                    continue;
+                };
+                let responder = responder.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let _ = connection(stream, &responder).await;
+                });
+            }
+        }
+    }
+}
+
+/// Length-prefixed requests and replies on one TCP connection, until it is closed or idle.
+async fn connection(mut stream: TcpStream, responder: &Responder) -> std::io::Result<()> {
+    loop {
+        let Ok(len) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
+            return Ok(());
+        };
+        let mut request = vec![0u8; usize::from(len?)];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut request))
+            .await
+            .map_err(std::io::Error::other)??;
+        let Some(reply) = responder.reply(&request, Transport::Tcp).await else {
+            return Ok(());
+        };
+        let len = u16::try_from(reply.len()).map_err(std::io::Error::other)?;
+        stream.write_all(&len.to_be_bytes()).await?;
+        stream.write_all(&reply).await?;
+    }
+}
+
+/// Binds UDP and TCP on `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let udp = UdpSocket::bind(addr).await?;
+    // The same port for TCP (an ephemeral UDP port is reused).
+    let tcp = TcpListener::bind(udp.local_addr()?).await?;
+    Ok((udp, tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = Message::new(1, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        m.to_vec().unwrap()
+    }
+
+    async fn start(upstreams: Vec<SocketAddr>) -> (SocketAddr, ZoneHandle, CancellationToken) {
+        let (udp, tcp) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let zone = ZoneHandle::new(Zone::empty("cluster.local", 5));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            udp,
+            tcp,
+            zone.clone(),
+            Forwarder::new(upstreams, Duration::from_millis(200)),
+            shutdown.clone(),
+        ));
+        (addr, zone, shutdown)
+    }
+
+    async fn ask_udp(addr: SocketAddr, name: &str) -> Message {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(&query(name), addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    /// A Service added to the zone resolves on the next query, over UDP and TCP.
+    #[tokio::test]
+    async fn a_replaced_zone_answers_at_once_over_udp_and_tcp() {
+        let (addr, zone, shutdown) = start(Vec::new()).await;
+        let name = "kubia.default.svc.cluster.local.";
+        assert_eq!(
+            ask_udp(addr, name).await.metadata.response_code,
+            ResponseCode::NXDomain
+        );
+        let svc: Service = serde_json::from_value(
+            json!({"metadata": {"name": "kubia", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20"}}),
+        )
+        .unwrap();
+        zone.replace(Zone::build("cluster.local", 5, [&svc], []));
+        assert_eq!(ask_udp(addr, name).await.answers.len(), 1);
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let q = query(name);
+        stream
+            .write_all(&u16::try_from(q.len()).unwrap().to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&q).await.unwrap();
+        let n = stream.read_u16().await.unwrap();
+        let mut reply = vec![0u8; usize::from(n)];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(Message::from_vec(&reply).unwrap().answers.len(), 1);
+        shutdown.cancel();
+    }
+
+    /// Without an upstream that answers, an outside name is SERVFAIL, quickly.
+    #[tokio::test]
+    async fn an_outside_name_without_an_answering_upstream_is_servfail() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (addr, _, shutdown) = start(vec![silent.local_addr().unwrap()]).await;
+        let started = std::time::Instant::now();
+        let reply = ask_udp(addr, "example.test.").await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        shutdown.cancel();
+    }
+}
