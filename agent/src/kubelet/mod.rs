@@ -30,6 +30,7 @@ pub mod plan;
 pub mod pod_manager;
 pub mod pod_worker;
 pub mod probes;
+pub mod resolv_conf;
 pub mod server;
 pub mod server_tls;
 pub mod static_pods;
