@@ -48,6 +48,8 @@ pub struct Settings {
     pub max_inputs: Option<u64>,
     /// The resident set the test process must stay under.
     pub max_rss: u64,
+    /// Print every input and its answer (`SKIFF_FUZZ_TRACE=1`).
+    pub trace: bool,
 }
 
 impl Settings {
@@ -70,6 +72,7 @@ impl Settings {
             duration: Duration::from_secs(seconds),
             max_inputs: var("SKIFF_FUZZ_INPUTS").map(|s| s.parse().expect("SKIFF_FUZZ_INPUTS is a count")),
             max_rss: max_rss_mib * 1024 * 1024,
+            trace: var("SKIFF_FUZZ_TRACE").is_some(),
         }
     }
 }
@@ -406,6 +409,19 @@ pub async fn run(settings: &Settings) -> Report {
         });
         match outcome {
             Ok(answer) => {
+                if settings.trace {
+                    let message = serde_json::from_slice::<Value>(&answer.body)
+                        .ok()
+                        .and_then(|v| v["message"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    println!(
+                        "fuzz: #{index} {category:?} {} {} -> {} {}",
+                        input.method,
+                        input.uri.chars().take(160).collect::<String>(),
+                        answer.status.as_u16(),
+                        message.chars().take(200).collect::<String>()
+                    );
+                }
                 *report.per_status.entry(answer.status.as_u16()).or_default() += 1;
                 world.revision = after;
                 learn(&mut g, &mut world, &input, &answer);

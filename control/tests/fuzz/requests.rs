@@ -645,6 +645,48 @@ fn strategic_patch(g: &mut Gen, target: &Value) -> Value {
     patch
 }
 
+/// A write to a subresource of `known`: its path segment, method and a valid body.
+fn subresource_body(g: &mut Gen, known: &Known) -> (&'static str, Method, Value) {
+    let meta = json!({"name": known.name, "namespace": known.namespace});
+    match g.below(5) {
+        0 => {
+            let rv = known.object.pointer("/metadata/resourceVersion").cloned();
+            (
+                "scale",
+                Method::PUT,
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                       "metadata": {"name": known.name, "namespace": known.namespace, "resourceVersion": rv},
+                       "spec": {"replicas": 2}}),
+            )
+        }
+        1 => (
+            "binding",
+            Method::POST,
+            json!({"apiVersion": "v1", "kind": "Binding", "metadata": meta,
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}}),
+        ),
+        2 => (
+            "eviction",
+            Method::POST,
+            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": meta,
+                   "deleteOptions": {"gracePeriodSeconds": 30}}),
+        ),
+        3 => (
+            "token",
+            Method::POST,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                   "spec": {"audiences": ["a"], "expirationSeconds": 3600,
+                            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}}),
+        ),
+        _ => {
+            let mut status = known.object.clone();
+            status["status"] = json!({"phase": "Running", "replicas": 1, "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]});
+            ("status", Method::PUT, status)
+        }
+    }
+}
+
 fn delete_options(g: &mut Gen) -> Value {
     let mut o = json!({"kind": "DeleteOptions", "apiVersion": "v1"});
     for _ in 0..g.below(4) {
@@ -706,6 +748,7 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                     "/healthz", "/readyz?verbose", "/livez/ping", "/metrics", "/openapi/v3",
                     "/openapi/v3/api/v1", "/openapi/v3/apis/nope/v1", "/openapi/v2", "/.well-known/openid-configuration",
                     "/openid/v1/jwks", "/api/v1/namespaces/default/pods/x/log", "/logs", "/apis/%ZZ/v1/x",
+                    "/snapshot",
                 ]))
                 .to_owned()
             } else {
@@ -723,7 +766,8 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
             if category == Category::Watch {
                 q.retain(|(k, _)| k != "timeoutSeconds" && k != "watch");
                 q.push(("watch".into(), (*g.pick(&["true", "1"])).to_owned()));
-                if g.chance(0.1) {
+                // Waiting out a timeout costs a second: rarely.
+                if g.chance(0.03) {
                     q.push(("timeoutSeconds".into(), "1".into()));
                     input.watch_ends_within = Some(1);
                 } else {
@@ -741,6 +785,23 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
         Category::BodyJson | Category::BodyYaml | Category::BodyProtobuf | Category::BodyRandom => {
             let ns = namespace(g, world);
             let update = !world.objects.is_empty() && g.chance(0.3);
+            if !world.objects.is_empty() && g.chance(0.15) {
+                // A subresource write: scale, binding, eviction, token, status.
+                let known = g.pick(&world.objects).clone();
+                let (sub, method, mut body) = subresource_body(g, &known);
+                for _ in 0..g.below(3) {
+                    g.mutate(&mut body);
+                }
+                input.method = method;
+                input.uri = format!("{}/{sub}", object_path(world, &known));
+                input.headers.push(("content-type".into(), "application/json".into()));
+                input.body = g.json_text(&body);
+                input.target = Some((known.kind, known.namespace, Some(known.name)));
+                input.dry_run = false;
+                input.uri.push_str(&render_query(g, &q));
+                input.dry_run = q.iter().rev().find(|(k, _)| k == "dryRun").is_some_and(|(_, v)| v == "All");
+                return input;
+            }
             let (path, name, ns) = if update {
                 let known = g.pick(&world.objects).clone();
                 input.method = Method::PUT;

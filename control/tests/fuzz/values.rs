@@ -278,6 +278,36 @@ impl Gen {
 
     /// Changes `value` once at a random place.
     pub fn mutate(&mut self, value: &mut Value) {
+        if self.chance(0.3) {
+            // A leaf chosen evenly, so deep fields (a toleration's seconds) are hit as often as
+            // shallow ones; numbers mostly become extremes.
+            let mut leaves = Vec::new();
+            leaf_pointers(value, String::new(), &mut leaves);
+            if !leaves.is_empty() {
+                let at = leaves.swap_remove(self.below(leaves.len()));
+                let number = value.pointer(&at).is_some_and(Value::is_number);
+                let new = if number && self.chance(0.7) {
+                    self.pick(&[
+                        json!(i64::MAX),
+                        json!(i64::MIN),
+                        json!(-1),
+                        json!(0),
+                        json!(i32::MAX),
+                        json!(i64::from(i32::MAX) + 1),
+                        json!(u64::MAX),
+                        json!(1e300),
+                        json!(315_576_000_001_i64),
+                    ])
+                    .clone()
+                } else {
+                    self.scalar()
+                };
+                if let Some(slot) = value.pointer_mut(&at) {
+                    *slot = new;
+                }
+                return;
+            }
+        }
         let node = self.random_node(value);
         match self.below(9) {
             0 | 1 => *node = self.scalar(),
@@ -520,5 +550,22 @@ impl Gen {
             _ => {}
         }
         text.into_bytes()
+    }
+}
+
+/// The JSON pointers of every scalar in `value`.
+fn leaf_pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m {
+                leaf_pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                leaf_pointers(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => out.push(at),
     }
 }
