@@ -200,7 +200,7 @@ pub fn check(input: &Input, answer: &Answer, before: u64, after: u64) -> Result<
         ));
     }
     if code < 300
-        && answer.content_type.starts_with("application/json")
+        && answer.content_type.split(';').next().map(str::trim) == Some("application/json")
         && input.watch_ends_within.is_none()
         && !head
         && serde_json::from_slice::<serde::de::IgnoredAny>(&answer.body).is_err()
@@ -281,12 +281,19 @@ async fn world_of(server: &Server) -> World {
 
 /// Learns from a successful answer: objects created or updated, continue tokens, deletions.
 fn learn(g: &mut Gen, world: &mut World, input: &Input, answer: &Answer) {
-    if !answer.status.is_success() || input.watch_ends_within.is_some() {
-        return;
-    }
     let Some((kind, ns, name)) = &input.target else {
         return;
     };
+    // Gone (deleted, or its namespace was): forget it, so patches go to objects that exist.
+    if answer.status == StatusCode::NOT_FOUND {
+        let status = serde_json::from_slice::<Value>(&answer.body).unwrap_or_default();
+        if let Some(name) = name.as_deref().filter(|n| status["details"]["name"] == *n) {
+            world.forget(*kind, ns, name);
+        }
+    }
+    if !answer.status.is_success() || input.watch_ends_within.is_some() {
+        return;
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&answer.body) else {
         return;
     };
@@ -309,7 +316,9 @@ fn learn(g: &mut Gen, world: &mut World, input: &Input, answer: &Answer) {
         .and_then(Value::as_str)
         .unwrap_or(ns)
         .to_owned();
-    let is_object = body["kind"] == world.kinds[*kind].kind.as_str();
+    // Reviews answer with their kind too, but store nothing: no resourceVersion.
+    let is_object = body["kind"] == world.kinds[*kind].kind.as_str()
+        && body.pointer("/metadata/resourceVersion").is_some();
     match input.method {
         Method::DELETE if answer.status == StatusCode::OK => world.forget(*kind, &namespace, &name),
         Method::POST | Method::PUT | Method::PATCH if is_object => world.remember(
@@ -336,6 +345,8 @@ pub struct Report {
     pub servers: u64,
     /// Generated inputs no client can send (URIs over 64 KiB), not counted as inputs.
     pub unsendable: u64,
+    /// The slowest answer (watches aside) and its input.
+    pub slowest: (Duration, String),
     pub elapsed: Duration,
 }
 
@@ -358,6 +369,10 @@ impl Report {
         println!(
             "fuzz:   ({} generated inputs no HTTP client can send were skipped)",
             self.unsendable
+        );
+        println!(
+            "fuzz:   slowest answer {:?}: {}",
+            self.slowest.0, self.slowest.1
         );
         println!("fuzz: {} failures", self.failures.len());
     }
@@ -401,7 +416,15 @@ pub async fn run(settings: &Settings) -> Report {
         *report.per_category.entry(category).or_default() += 1;
         *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let before = server.state.store.revision();
+        let sent = Instant::now();
         let outcome = send(&server.router, &input).await;
+        let took = sent.elapsed();
+        if took > report.slowest.0 && input.watch_ends_within.is_none() {
+            report.slowest = (
+                took,
+                format!("{:?} {} {}", category, input.method, input.uri.chars().take(200).collect::<String>()),
+            );
+        }
         let after = server.state.store.revision();
         let outcome = outcome.and_then(|answer| {
             check(&input, &answer, before, after)?;
@@ -415,7 +438,8 @@ pub async fn run(settings: &Settings) -> Report {
                         .and_then(|v| v["message"].as_str().map(str::to_owned))
                         .unwrap_or_default();
                     println!(
-                        "fuzz: #{index} {category:?} {} {} -> {} {}",
+                        "fuzz: #{index} {category:?} {:?} {} {} -> {} {}",
+                        took,
                         input.method,
                         input.uri.chars().take(160).collect::<String>(),
                         answer.status.as_u16(),

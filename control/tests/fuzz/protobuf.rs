@@ -12,12 +12,19 @@ use super::values::Gen;
 
 const MAGIC: &[u8] = b"k8s\0";
 
+/// Mostly a valid duration, sometimes an extreme.
 fn extreme_i64(g: &mut Gen) -> i64 {
-    *g.pick(&[0, -1, 1, 30, i64::MAX, i64::MIN, i64::MAX / 1000, 315_576_000_000])
+    if g.chance(0.7) {
+        return 30;
+    }
+    *g.pick(&[0, -1, 1, i64::MAX, i64::MIN, i64::MAX / 1000, 315_576_000_000])
 }
 
 fn extreme_i32(g: &mut Gen) -> i32 {
-    *g.pick(&[0, -1, 1, 15, i32::MAX, i32::MIN])
+    if g.chance(0.7) {
+        return 15;
+    }
+    *g.pick(&[0, -1, 1, i32::MAX, i32::MIN])
 }
 
 fn meta(g: &mut Gen, name: &str, namespace: Option<&str>) -> ObjectMeta {

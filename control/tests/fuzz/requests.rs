@@ -517,6 +517,23 @@ fn object_path(world: &World, known: &Known) -> String {
 }
 
 fn json_patch(g: &mut Gen, target: &Value) -> Value {
+    if g.chance(0.4) {
+        // Well formed: replace or remove existing leaves, add labels; the server applies it.
+        let mut ops = Vec::new();
+        for _ in 0..=g.below(3) {
+            let path = g.pointer(target);
+            if path.is_empty() || path.starts_with("/metadata/name") {
+                continue;
+            }
+            let op = match g.below(3) {
+                0 => json!({"op": "remove", "path": path}),
+                1 => json!({"op": "replace", "path": path, "value": g.scalar()}),
+                _ => json!({"op": "add", "path": "/metadata/labels", "value": {"fz": "x"}}),
+            };
+            ops.push(op);
+        }
+        return Value::Array(ops);
+    }
     if g.chance(0.02) {
         // Over the operation limit.
         return Value::Array(vec![json!({"op": "test", "path": "", "value": null}); 10_001]);
@@ -853,7 +870,7 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                 name: g.name(),
                 object: templates::body(&world.kinds[k].kind),
             });
-            let sub = *g.pick(&["", "", "", "", "/status", "/scale"]);
+            let sub = *g.pick(&["", "", "", "", "", "", "", "", "/status", "/scale"]);
             input.uri = format!("{}{sub}", object_path(world, &known));
             let (ct, patch) = match category {
                 Category::JsonPatch => ("application/json-patch+json", json_patch(g, &known.object)),
