@@ -88,11 +88,19 @@ async fn a_path_that_is_not_utf8_is_a_status() {
     }
     // Escapes of UTF-8 and `%` without hex digits still route as before.
     let (code, _) = a
-        .call(Method::GET, "/api/v1/namespaces/default/configmaps/%C3%A9", None)
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/%C3%A9",
+            None,
+        )
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     let (code, _) = a
-        .call(Method::GET, "/api/v1/namespaces/default/configmaps/%ZZ", None)
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps/%ZZ",
+            None,
+        )
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
 }

@@ -735,10 +735,19 @@ mod tests {
         // JSON and YAML flow collections count, however they are spelled.
         assert!(yaml_flow_depth_exceeds(deep("[", 129).as_bytes(), 128));
         assert!(!yaml_flow_depth_exceeds(deep("[", 128).as_bytes(), 128));
-        assert!(yaml_flow_depth_exceeds(deep("{\"a\":", 129).as_bytes(), 128));
+        assert!(yaml_flow_depth_exceeds(
+            deep("{\"a\":", 129).as_bytes(),
+            128
+        ));
         assert!(yaml_flow_depth_exceeds(deep("{a: ", 129).as_bytes(), 128));
-        assert!(yaml_flow_depth_exceeds(format!("k: {}", deep("[", 129)).as_bytes(), 128));
-        assert!(yaml_flow_depth_exceeds(format!("- - {}", deep("{ a: ", 129)).as_bytes(), 128));
+        assert!(yaml_flow_depth_exceeds(
+            format!("k: {}", deep("[", 129)).as_bytes(),
+            128
+        ));
+        assert!(yaml_flow_depth_exceeds(
+            format!("- - {}", deep("{ a: ", 129)).as_bytes(),
+            128
+        ));
         // Closed collections do not add up.
         let closed = "[[1], {a: [2]}]\n".repeat(200);
         assert!(!yaml_flow_depth_exceeds(closed.as_bytes(), 3));
@@ -764,7 +773,11 @@ mod tests {
         let started = std::time::Instant::now();
         let err = yaml_to_json(bomb.as_bytes(), MAX_YAML_NODES).unwrap_err();
         assert!(err.contains("recursion limit"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         // Manifests of ordinary depth still decode.
         let manifest = "a: {b: [1, {c: \"]\"}], d: 'x'}\ne: |\n  [\n";
         assert_eq!(

@@ -63,14 +63,16 @@ impl Settings {
             },
             |s| s.parse().expect("SKIFF_FUZZ_SEED is a u64"),
         );
-        let seconds = var("SKIFF_FUZZ_SECONDS")
-            .map_or(default_seconds, |s| s.parse().expect("SKIFF_FUZZ_SECONDS is seconds"));
+        let seconds = var("SKIFF_FUZZ_SECONDS").map_or(default_seconds, |s| {
+            s.parse().expect("SKIFF_FUZZ_SECONDS is seconds")
+        });
         let max_rss_mib: u64 = var("SKIFF_FUZZ_MAX_RSS_MIB")
             .map_or(1536, |s| s.parse().expect("SKIFF_FUZZ_MAX_RSS_MIB is MiB"));
         Self {
             seed,
             duration: Duration::from_secs(seconds),
-            max_inputs: var("SKIFF_FUZZ_INPUTS").map(|s| s.parse().expect("SKIFF_FUZZ_INPUTS is a count")),
+            max_inputs: var("SKIFF_FUZZ_INPUTS")
+                .map(|s| s.parse().expect("SKIFF_FUZZ_INPUTS is a count")),
             max_rss: max_rss_mib * 1024 * 1024,
             trace: var("SKIFF_FUZZ_TRACE").is_some(),
         }
@@ -115,7 +117,9 @@ pub type Failure = String;
 
 /// The HTTP request of `input`, or why no client could send it (a URI over 64 KiB).
 pub fn request(input: &Input) -> Result<Request<Body>, http::Error> {
-    let mut req = Request::builder().method(input.method.clone()).uri(&input.uri);
+    let mut req = Request::builder()
+        .method(input.method.clone())
+        .uri(&input.uri);
     for (k, v) in &input.headers {
         req = req.header(k, v);
     }
@@ -186,7 +190,9 @@ pub fn check(input: &Input, answer: &Answer, before: u64, after: u64) -> Result<
         let status: Value = serde_json::from_slice(&answer.body)
             .map_err(|_| format!("{code} answer whose body is not a Status"))?;
         if status["kind"] != "Status" || status["code"] != code {
-            return Err(format!("{code} answer whose body is not a Status with that code"));
+            return Err(format!(
+                "{code} answer whose body is not a Status with that code"
+            ));
         }
     }
     if code >= 400 && code != 504 && after != before {
@@ -234,7 +240,8 @@ fn record_panics() {
             .map(|s| (*s).to_owned())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{message} at {location}"));
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("{message} at {location}"));
         previous(info);
     }));
 }
@@ -364,7 +371,11 @@ impl Report {
         for (c, n) in &self.per_category {
             println!("fuzz:   {:<16} {n}", format!("{c:?}"));
         }
-        let statuses: Vec<String> = self.per_status.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        let statuses: Vec<String> = self
+            .per_status
+            .iter()
+            .map(|(s, n)| format!("{s}:{n}"))
+            .collect();
         println!("fuzz:   answers by status {}", statuses.join(" "));
         println!(
             "fuzz:   ({} generated inputs no HTTP client can send were skipped)",
@@ -422,7 +433,12 @@ pub async fn run(settings: &Settings) -> Report {
         if took > report.slowest.0 && input.watch_ends_within.is_none() {
             report.slowest = (
                 took,
-                format!("{:?} {} {}", category, input.method, input.uri.chars().take(200).collect::<String>()),
+                format!(
+                    "{:?} {} {}",
+                    category,
+                    input.method,
+                    input.uri.chars().take(200).collect::<String>()
+                ),
             );
         }
         let after = server.state.store.revision();
@@ -456,7 +472,11 @@ pub async fn run(settings: &Settings) -> Report {
                 let key: String = key.chars().filter(|c| !c.is_ascii_digit()).collect();
                 if seen.insert(key) {
                     let answer = match send(&server.router, &input).await {
-                        Ok(a) => format!("{} {}", a.status, String::from_utf8_lossy(&a.body[..a.body.len().min(2000)])),
+                        Ok(a) => format!(
+                            "{} {}",
+                            a.status,
+                            String::from_utf8_lossy(&a.body[..a.body.len().min(2000)])
+                        ),
                         Err(e) => e,
                     };
                     let text = format!(

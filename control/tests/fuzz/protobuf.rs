@@ -17,7 +17,15 @@ fn extreme_i64(g: &mut Gen) -> i64 {
     if g.chance(0.7) {
         return 30;
     }
-    *g.pick(&[0, -1, 1, i64::MAX, i64::MIN, i64::MAX / 1000, 315_576_000_000])
+    *g.pick(&[
+        0,
+        -1,
+        1,
+        i64::MAX,
+        i64::MIN,
+        i64::MAX / 1000,
+        315_576_000_000,
+    ])
 }
 
 fn extreme_i32(g: &mut Gen) -> i32 {
@@ -41,7 +49,11 @@ fn meta(g: &mut Gen, name: &str, namespace: Option<&str>) -> ObjectMeta {
 }
 
 /// The raw bytes and (apiVersion, kind) of an object of one of the typed kinds.
-fn object(g: &mut Gen, name: &str, namespace: Option<&str>) -> (Vec<u8>, &'static str, &'static str) {
+fn object(
+    g: &mut Gen,
+    name: &str,
+    namespace: Option<&str>,
+) -> (Vec<u8>, &'static str, &'static str) {
     let metadata = Some(meta(g, name, namespace));
     match g.below(4) {
         0 => {

@@ -104,11 +104,9 @@ const MAX_TOKENS: usize = 32;
 
 impl World {
     pub fn remember(&mut self, g: &mut Gen, known: Known) {
-        if let Some(slot) = self
-            .objects
-            .iter_mut()
-            .find(|k| k.kind == known.kind && k.namespace == known.namespace && k.name == known.name)
-        {
+        if let Some(slot) = self.objects.iter_mut().find(|k| {
+            k.kind == known.kind && k.namespace == known.namespace && k.name == known.name
+        }) {
             *slot = known;
         } else if self.objects.len() < MAX_KNOWN {
             self.objects.push(known);
@@ -160,7 +158,11 @@ impl fmt::Display for Input {
             f,
             "  body ({} bytes{}): {}",
             self.body.len(),
-            if self.body.len() > SHOWN { ", first 4000 shown" } else { "" },
+            if self.body.len() > SHOWN {
+                ", first 4000 shown"
+            } else {
+                ""
+            },
             shown.escape_ascii()
         )
     }
@@ -348,20 +350,36 @@ fn query(g: &mut Gen, world: &World, n: usize) -> Vec<(String, String)> {
             10 => ("gracePeriodSeconds", seconds(g)),
             11 => (
                 "timeout",
-                (*g.pick(&["1s", "10ms", "0s", "-1s", "1h", "soon", "99999999999h", "1e400s", ""]))
-                    .to_owned(),
+                (*g.pick(&[
+                    "1s",
+                    "10ms",
+                    "0s",
+                    "-1s",
+                    "1h",
+                    "soon",
+                    "99999999999h",
+                    "1e400s",
+                    "",
+                ]))
+                .to_owned(),
             ),
             12 => ("pretty", "true".into()),
             13 => (
                 "includeObject",
                 (*g.pick(&["Object", "None", "Metadata", "x"])).to_owned(),
             ),
-            14 => ("orphanDependents", (*g.pick(&["true", "false", "x"])).to_owned()),
+            14 => (
+                "orphanDependents",
+                (*g.pick(&["true", "false", "x"])).to_owned(),
+            ),
             15 => (
                 "allowWatchBookmarks",
                 (*g.pick(&["true", "false", "x"])).to_owned(),
             ),
-            16 => ("sendInitialEvents", (*g.pick(&["true", "false"])).to_owned()),
+            16 => (
+                "sendInitialEvents",
+                (*g.pick(&["true", "false"])).to_owned(),
+            ),
             17 => ("timeoutSeconds", seconds(g)),
             18 => ("watch", (*g.pick(&["false", "0", "yes", ""])).to_owned()),
             19 => ("%ZZ", "%FF%FE".into()),
@@ -429,7 +447,9 @@ fn path(g: &mut Gen, world: &World, k: usize) -> (String, Option<String>) {
         3 => format!("/api/v1/watch/namespaces/{ns}/{}", kind.plural),
         4 if kind.namespaced => format!("/apis/{}/{}/{}", kind.group, kind.version, kind.plural)
             .replace("/apis//", "/api/"),
-        5 => kind.collection(&ns).replace(&kind.plural, &kind.plural.to_uppercase()),
+        5 => kind
+            .collection(&ns)
+            .replace(&kind.plural, &kind.plural.to_uppercase()),
         _ => kind.collection(&ns),
     };
     let mut name = None;
@@ -440,7 +460,8 @@ fn path(g: &mut Gen, world: &World, k: usize) -> (String, Option<String>) {
         name = Some(n);
         if g.chance(0.3) {
             p.push('/');
-            p.push_str(*g.pick(SUBRESOURCES));
+            let sub = g.pick::<&str>(SUBRESOURCES);
+            p.push_str(sub);
         }
         if g.chance(0.05) {
             p.push_str("/extra/segments");
@@ -513,7 +534,11 @@ fn patch_target(g: &mut Gen, world: &World) -> Option<Known> {
 
 fn object_path(world: &World, known: &Known) -> String {
     let kind = &world.kinds[known.kind];
-    uri_safe(&format!("{}/{}", kind.collection(&known.namespace), known.name))
+    uri_safe(&format!(
+        "{}/{}",
+        kind.collection(&known.namespace),
+        known.name
+    ))
 }
 
 fn json_patch(g: &mut Gen, target: &Value) -> Value {
@@ -536,11 +561,16 @@ fn json_patch(g: &mut Gen, target: &Value) -> Value {
     }
     if g.chance(0.02) {
         // Over the operation limit.
-        return Value::Array(vec![json!({"op": "test", "path": "", "value": null}); 10_001]);
+        return Value::Array(vec![
+            json!({"op": "test", "path": "", "value": null});
+            10_001
+        ]);
     }
     if g.chance(0.02) {
         // The copy bomb: each op doubles the document.
-        let mut ops = vec![json!({"op": "add", "path": "/metadata/annotations", "value": {"a": "x".repeat(100)}})];
+        let mut ops = vec![
+            json!({"op": "add", "path": "/metadata/annotations", "value": {"a": "x".repeat(100)}}),
+        ];
         for _ in 0..40 {
             ops.push(json!({"op": "copy", "from": "/metadata/annotations", "path": "/metadata/annotations/a"}));
         }
@@ -564,7 +594,8 @@ fn json_patch(g: &mut Gen, target: &Value) -> Value {
         if matches!(op, "move" | "copy") {
             // Often the path's own parent or child: a move into itself.
             o["from"] = json!(if g.chance(0.3) {
-                path.rsplit_once('/').map_or(String::new(), |(p, _)| p.to_owned())
+                path.rsplit_once('/')
+                    .map_or(String::new(), |(p, _)| p.to_owned())
             } else {
                 g.pointer(target)
             });
@@ -619,7 +650,10 @@ fn strategic_patch(g: &mut Gen, target: &Value) -> Value {
     }
     for _ in 0..=g.below(3) {
         let directive = match g.below(8) {
-            0 => ("$patch".to_owned(), json!(*g.pick(&["replace", "delete", "merge", "bogus"]))),
+            0 => (
+                "$patch".to_owned(),
+                json!(*g.pick(&["replace", "delete", "merge", "bogus"])),
+            ),
             1 => (
                 "$retainKeys".to_owned(),
                 if g.chance(0.7) {
@@ -709,7 +743,10 @@ fn delete_options(g: &mut Gen) -> Value {
     for _ in 0..g.below(4) {
         match g.below(5) {
             0 => o["gracePeriodSeconds"] = g.scalar(),
-            1 => o["propagationPolicy"] = json!(*g.pick(&["Background", "Foreground", "Orphan", "bogus"])),
+            1 => {
+                o["propagationPolicy"] =
+                    json!(*g.pick(&["Background", "Foreground", "Orphan", "bogus"]))
+            }
             2 => o["preconditions"] = json!({"resourceVersion": g.bad_name(), "uid": g.scalar()}),
             3 => o["dryRun"] = json!(*g.pick(&[json!(["All"]), json!("All"), json!(["bogus"])])),
             _ => o["orphanDependents"] = g.scalar(),
@@ -721,9 +758,16 @@ fn delete_options(g: &mut Gen) -> Value {
 /// One input of `category`.
 pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
     let k = g.below(world.kinds.len());
-    let mut headers = vec![("authorization".to_owned(), format!("Bearer {}", super::TOKEN))];
+    let mut headers = vec![(
+        "authorization".to_owned(),
+        format!("Bearer {}", super::TOKEN),
+    )];
     if g.chance(0.02) {
-        headers[0].1 = if g.chance(0.5) { "Bearer wrong".into() } else { "Basic eA==".into() };
+        headers[0].1 = if g.chance(0.5) {
+            "Bearer wrong".into()
+        } else {
+            "Basic eA==".into()
+        };
     }
     if g.chance(0.02) {
         headers.push(("impersonate-user".into(), g.bad_name()));
@@ -761,10 +805,26 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                 .clone();
             input.uri = if g.chance(0.1) {
                 (*g.pick(&[
-                    "/", "/api", "/apis/", "/apis/apps", "/apis/apps/v1/", "/api/v1/", "/version",
-                    "/healthz", "/readyz?verbose", "/livez/ping", "/metrics", "/openapi/v3",
-                    "/openapi/v3/api/v1", "/openapi/v3/apis/nope/v1", "/openapi/v2", "/.well-known/openid-configuration",
-                    "/openid/v1/jwks", "/api/v1/namespaces/default/pods/x/log", "/logs", "/apis/%ZZ/v1/x",
+                    "/",
+                    "/api",
+                    "/apis/",
+                    "/apis/apps",
+                    "/apis/apps/v1/",
+                    "/api/v1/",
+                    "/version",
+                    "/healthz",
+                    "/readyz?verbose",
+                    "/livez/ping",
+                    "/metrics",
+                    "/openapi/v3",
+                    "/openapi/v3/api/v1",
+                    "/openapi/v3/apis/nope/v1",
+                    "/openapi/v2",
+                    "/.well-known/openid-configuration",
+                    "/openid/v1/jwks",
+                    "/api/v1/namespaces/default/pods/x/log",
+                    "/logs",
+                    "/apis/%ZZ/v1/x",
                     "/snapshot",
                 ]))
                 .to_owned()
@@ -778,7 +838,9 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
             input.uri = uri_safe(&world.kinds[k].collection(&ns));
             if g.chance(0.1) && world.kinds[k].namespaced {
                 // Across namespaces.
-                input.uri = input.uri.replace(&format!("/namespaces/{}", uri_safe(&ns)), "");
+                input.uri = input
+                    .uri
+                    .replace(&format!("/namespaces/{}", uri_safe(&ns)), "");
             }
             if category == Category::Watch {
                 q.retain(|(k, _)| k != "timeoutSeconds" && k != "watch");
@@ -811,23 +873,37 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                 }
                 input.method = method;
                 input.uri = format!("{}/{sub}", object_path(world, &known));
-                input.headers.push(("content-type".into(), "application/json".into()));
+                input
+                    .headers
+                    .push(("content-type".into(), "application/json".into()));
                 input.body = g.json_text(&body);
                 input.target = Some((known.kind, known.namespace, Some(known.name)));
                 input.dry_run = false;
                 input.uri.push_str(&render_query(g, &q));
-                input.dry_run = q.iter().rev().find(|(k, _)| k == "dryRun").is_some_and(|(_, v)| v == "All");
+                input.dry_run = q
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "dryRun")
+                    .is_some_and(|(_, v)| v == "All");
                 return input;
             }
             let (path, name, ns) = if update {
                 let known = g.pick(&world.objects).clone();
                 input.method = Method::PUT;
                 let sub = if g.chance(0.2) { "/status" } else { "" };
-                (format!("{}{sub}", object_path(world, &known)), known.name, known.namespace)
+                (
+                    format!("{}{sub}", object_path(world, &known)),
+                    known.name,
+                    known.namespace,
+                )
             } else {
                 input.method = Method::POST;
                 let name = g.name();
-                (uri_safe(&world.kinds[if g.chance(0.95) { k } else { 0 }].collection(&ns)), name, ns)
+                (
+                    uri_safe(&world.kinds[if g.chance(0.95) { k } else { 0 }].collection(&ns)),
+                    name,
+                    ns,
+                )
             };
             let kind = world
                 .objects
@@ -840,13 +916,21 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                 Category::BodyYaml => ("application/yaml", g.yaml_text(&obj)),
                 Category::BodyProtobuf => (
                     "application/vnd.kubernetes.protobuf",
-                    protobuf::body(g, &name, world.kinds[kind].namespaced.then_some(ns.as_str())),
+                    protobuf::body(
+                        g,
+                        &name,
+                        world.kinds[kind].namespaced.then_some(ns.as_str()),
+                    ),
                 ),
                 _ => {
                     let yaml = g.chance(0.3);
                     (
                         *g.pick(&[
-                            if yaml { "application/yaml" } else { "application/json" },
+                            if yaml {
+                                "application/yaml"
+                            } else {
+                                "application/json"
+                            },
                             "text/plain",
                             "",
                             "application/json; charset=utf-16",
@@ -873,8 +957,13 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
             let sub = *g.pick(&["", "", "", "", "", "", "", "", "/status", "/scale"]);
             input.uri = format!("{}{sub}", object_path(world, &known));
             let (ct, patch) = match category {
-                Category::JsonPatch => ("application/json-patch+json", json_patch(g, &known.object)),
-                Category::MergePatch => ("application/merge-patch+json", merge_patch(g, &known.object)),
+                Category::JsonPatch => {
+                    ("application/json-patch+json", json_patch(g, &known.object))
+                }
+                Category::MergePatch => (
+                    "application/merge-patch+json",
+                    merge_patch(g, &known.object),
+                ),
                 _ => (
                     "application/strategic-merge-patch+json",
                     strategic_patch(g, &known.object),
@@ -886,7 +975,11 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
                 ct
             };
             input.headers.push(("content-type".into(), ct.into()));
-            input.body = if g.chance(0.1) { g.json_text(&patch) } else { patch.to_string().into_bytes() };
+            input.body = if g.chance(0.1) {
+                g.json_text(&patch)
+            } else {
+                patch.to_string().into_bytes()
+            };
             input.target = Some((known.kind, known.namespace, Some(known.name)));
         }
         Category::Delete => {
@@ -894,17 +987,29 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
             let ns = namespace(g, world);
             let (path, kind, ns, name) = if !world.objects.is_empty() && g.chance(0.6) {
                 let known = g.pick(&world.objects).clone();
-                (object_path(world, &known), known.kind, known.namespace, Some(known.name))
+                (
+                    object_path(world, &known),
+                    known.kind,
+                    known.namespace,
+                    Some(known.name),
+                )
             } else if g.chance(0.5) {
                 // deletecollection, with selectors.
                 q.push(("labelSelector".into(), label_selector(g)));
                 (uri_safe(&world.kinds[k].collection(&ns)), k, ns, None)
             } else {
                 let name = g.name();
-                (uri_safe(&format!("{}/{name}", world.kinds[k].collection(&ns))), k, ns, Some(name))
+                (
+                    uri_safe(&format!("{}/{name}", world.kinds[k].collection(&ns))),
+                    k,
+                    ns,
+                    Some(name),
+                )
             };
             if g.chance(0.5) {
-                input.headers.push(("content-type".into(), "application/json".into()));
+                input
+                    .headers
+                    .push(("content-type".into(), "application/json".into()));
                 let options = delete_options(g);
                 input.body = g.json_text(&options);
             }
@@ -913,7 +1018,11 @@ pub fn generate(g: &mut Gen, world: &World, category: Category) -> Input {
         }
     }
     // The server reads the last of repeated parameters.
-    input.dry_run = q.iter().rev().find(|(k, _)| k == "dryRun").is_some_and(|(_, v)| v == "All")
+    input.dry_run = q
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "dryRun")
+        .is_some_and(|(_, v)| v == "All")
         || (input.method == Method::DELETE
             && serde_json::from_slice::<Value>(&input.body)
                 .ok()

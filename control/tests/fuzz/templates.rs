@@ -40,22 +40,32 @@ pub fn body(kind: &str) -> Value {
         "ConfigMap" => json!({"data": {"k": "v"}, "binaryData": {"b": "aGVsbG8="}}),
         "Secret" => json!({"type": "Opaque", "data": {"k": "dg=="}, "stringData": {"s": "v"}}),
         "ServiceAccount" => json!({"automountServiceAccountToken": false}),
-        "Node" => json!({"spec": {"podCIDR": "10.244.9.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]}}),
-        "Endpoints" => json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]}),
+        "Node" => {
+            json!({"spec": {"podCIDR": "10.244.9.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]}})
+        }
+        "Endpoints" => {
+            json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]})
+        }
         "Event" => json!({
             "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
             "reason": "Fuzz", "message": "m", "type": "Normal", "count": 1,
             "firstTimestamp": "2020-01-01T00:00:00Z", "lastTimestamp": "2020-01-01T00:00:00Z",
         }),
-        "ReplicationController" => json!({"spec": {"replicas": 1, "selector": labels, "template": template_spec(&labels)}}),
-        "ReplicaSet" => json!({"spec": {"replicas": 1, "selector": selector, "template": template_spec(&labels)}}),
+        "ReplicationController" => {
+            json!({"spec": {"replicas": 1, "selector": labels, "template": template_spec(&labels)}})
+        }
+        "ReplicaSet" => {
+            json!({"spec": {"replicas": 1, "selector": selector, "template": template_spec(&labels)}})
+        }
         "Deployment" => json!({"spec": {
             "replicas": 1, "selector": selector, "template": template_spec(&labels),
             "progressDeadlineSeconds": 600, "minReadySeconds": 0, "revisionHistoryLimit": 10,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
         }}),
         "DaemonSet" => json!({"spec": {"selector": selector, "template": template_spec(&labels)}}),
-        "StatefulSet" => json!({"spec": {"replicas": 1, "serviceName": "s", "selector": selector, "template": template_spec(&labels)}}),
+        "StatefulSet" => {
+            json!({"spec": {"replicas": 1, "serviceName": "s", "selector": selector, "template": template_spec(&labels)}})
+        }
         "ControllerRevision" => json!({"revision": 1, "data": {"spec": {}}}),
         "Job" => json!({"spec": {
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "Never"}},
@@ -70,9 +80,13 @@ pub fn body(kind: &str) -> Value {
             "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}],
             "ports": [{"port": 80, "protocol": "TCP"}],
         }),
-        "Lease" => json!({"spec": {"holderIdentity": "h", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z"}}),
+        "Lease" => {
+            json!({"spec": {"holderIdentity": "h", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z"}})
+        }
         "PriorityClass" => json!({"value": 1000, "globalDefault": false}),
-        "Role" | "ClusterRole" => json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+        "Role" | "ClusterRole" => {
+            json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+        }
         "RoleBinding" | "ClusterRoleBinding" => json!({
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
             "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
@@ -82,7 +96,9 @@ pub fn body(kind: &str) -> Value {
             "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"], "expirationSeconds": 3600,
         }}),
         "TokenReview" => json!({"spec": {"token": "x.y.z"}}),
-        "SubjectAccessReview" => json!({"spec": {"user": "alice", "resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+        "SubjectAccessReview" => {
+            json!({"spec": {"user": "alice", "resourceAttributes": {"verb": "get", "resource": "pods"}}})
+        }
         "SelfSubjectAccessReview" | "LocalSubjectAccessReview" => {
             json!({"spec": {"user": "alice", "resourceAttributes": {"verb": "get", "resource": "pods", "namespace": "default"}}})
         }

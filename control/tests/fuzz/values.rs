@@ -138,7 +138,11 @@ impl Gen {
         let mut v = json!(1);
         let object = self.chance(0.5);
         for _ in 0..depth {
-            v = if object { json!({ "a": v }) } else { json!([v]) };
+            v = if object {
+                json!({ "a": v })
+            } else {
+                json!([v])
+            };
         }
         v
     }
@@ -498,7 +502,10 @@ impl Gen {
                 out.push(b'"');
             }
             Value::Number(_) if quirky && self.chance(0.03) => {
-                out.extend_from_slice(self.pick(&["1e999", "-0", "01", "NaN", "1.", "0x10"]).as_bytes());
+                out.extend_from_slice(
+                    self.pick(&["1e999", "-0", "01", "NaN", "1.", "0x10"])
+                        .as_bytes(),
+                );
             }
             other => out.extend_from_slice(other.to_string().as_bytes()),
         }
@@ -522,12 +529,17 @@ impl Gen {
                     String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\nx0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
                 for l in 1..10 {
                     let prev = format!("*a{}", l - 1);
-                    bomb.push_str(&format!("x{l}: &a{l} [{}]\n", [prev.as_str(); 10].join(",")));
+                    bomb.push_str(&format!(
+                        "x{l}: &a{l} [{}]\n",
+                        [prev.as_str(); 10].join(",")
+                    ));
                 }
                 bomb.into_bytes()
             }
             _ => {
-                let mut y = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata:\n");
+                let mut y = String::from(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata:\n",
+                );
                 for i in 0..depth.min(2000) {
                     y.push_str(&" ".repeat(2 * (i + 1)));
                     y.push_str("a:\n");
@@ -558,7 +570,11 @@ fn leaf_pointers(value: &Value, at: String, out: &mut Vec<String>) {
     match value {
         Value::Object(m) => {
             for (k, v) in m {
-                leaf_pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                leaf_pointers(
+                    v,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         Value::Array(a) => {
