@@ -67,7 +67,7 @@ impl Settings {
             s.parse().expect("SKIFF_FUZZ_SECONDS is seconds")
         });
         let max_rss_mib: u64 = var("SKIFF_FUZZ_MAX_RSS_MIB")
-            .map_or(1536, |s| s.parse().expect("SKIFF_FUZZ_MAX_RSS_MIB is MiB"));
+            .map_or(1024, |s| s.parse().expect("SKIFF_FUZZ_MAX_RSS_MIB is MiB"));
         Self {
             seed,
             duration: Duration::from_secs(seconds),

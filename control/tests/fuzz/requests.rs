@@ -168,34 +168,28 @@ impl fmt::Display for Input {
     }
 }
 
+/// Percent-encodes every byte but ASCII alphanumerics and `keep`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Percent-encodes what a URI cannot carry raw; leaves `%` as it is so broken escapes reach
 /// the server.
 pub fn uri_safe(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~%/:@!$&'()*+,;=".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"-._~%/:@!$&'()*+,;=")
 }
 
+/// A query parameter's name or value, encoded as a form encodes it.
 fn query_value(s: &str) -> String {
-    form_urlencoded_byte_serialize(s)
-}
-
-fn form_urlencoded_byte_serialize(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"-._*")
 }
 
 fn label_selector(g: &mut Gen) -> String {
