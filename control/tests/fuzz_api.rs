@@ -85,6 +85,17 @@ fn the_oracles_catch_what_they_guard() {
         let failure = fuzz::check(&get, &a, before, after).unwrap_err();
         assert!(failure.contains(expected), "{failure}");
     }
+    let mut watch = input(http::Method::GET, false);
+    watch.watch_ends_within = Some(0);
+    let events = "{\"type\":\"ADDED\",\"object\":{}}\n{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\"}}\n{\"ty";
+    fuzz::check(&watch, &answer(200, json, events), 5, 5).unwrap();
+    for bad in [
+        "{\"type\":\"ADDED\"}\n",
+        "{\"type\":\"ERROR\",\"object\":{}}\n",
+        "{\"ty\n",
+    ] {
+        fuzz::check(&watch, &answer(200, json, bad), 5, 5).unwrap_err();
+    }
     let dry = input(http::Method::POST, true);
     let failure = fuzz::check(&dry, &answer(201, json, "{}"), 5, 6).unwrap_err();
     assert!(failure.contains("dry run"), "{failure}");

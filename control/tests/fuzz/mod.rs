@@ -213,6 +213,40 @@ pub fn check(input: &Input, answer: &Answer, before: u64, after: u64) -> Result<
     {
         return Err(format!("{code} answer whose JSON body does not parse"));
     }
+    if code == 200 && input.watch_ends_within.is_some() {
+        check_watch_events(&answer.body)?;
+    }
+    Ok(())
+}
+
+/// Every complete line of a watch stream is an event: a known type and an object, an ERROR's
+/// object a Status.
+fn check_watch_events(stream: &[u8]) -> Result<(), Failure> {
+    // The last line may be cut off where the fuzzer stopped reading.
+    let complete = stream
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| &stream[..end]);
+    for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let event: Value = serde_json::from_slice(line).map_err(|e| {
+            format!(
+                "a watch event that does not parse ({e}): {}",
+                String::from_utf8_lossy(&line[..line.len().min(300)])
+            )
+        })?;
+        let kind = event["type"].as_str().unwrap_or_default();
+        let well_formed = match kind {
+            "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" => event["object"].is_object(),
+            "ERROR" => event["object"]["kind"] == "Status",
+            _ => false,
+        };
+        if !well_formed {
+            return Err(format!(
+                "a malformed watch event: {}",
+                String::from_utf8_lossy(&line[..line.len().min(300)])
+            ));
+        }
+    }
     Ok(())
 }
 
