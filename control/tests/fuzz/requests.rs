@@ -693,7 +693,14 @@ fn strategic_patch(g: &mut Gen, target: &Value) -> Value {
 /// A write to a subresource of `known`: its path segment, method and a valid body.
 fn subresource_body(g: &mut Gen, known: &Known) -> (&'static str, Method, Value) {
     let meta = json!({"name": known.name, "namespace": known.namespace});
-    match g.below(5) {
+    match g.below(6) {
+        5 => {
+            let mut approval = known.object.clone();
+            let kind = *g.pick(&["Approved", "Denied", "Failed", "Bogus"]);
+            approval["status"] = json!({"conditions": [{"type": kind, "status": "True",
+                "reason": "Fuzz", "message": "m", "lastUpdateTime": "2020-01-01T00:00:00Z"}]});
+            ("approval", Method::PUT, approval)
+        }
         0 => {
             let rv = known.object.pointer("/metadata/resourceVersion").cloned();
             (

@@ -3,6 +3,23 @@
 
 use serde_json::{json, Value};
 
+/// A certificate request (PEM, base64) for a user `fz`, made once per run: the key is random,
+/// what the server does with the request is not.
+static CSR_PEM_BASE64: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fz");
+    let pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .expect("a CSR");
+    base64::engine::general_purpose::STANDARD.encode(pem)
+});
+
 /// A pod spec with every duration and count field the issue lists as overflow-prone.
 fn pod_spec() -> Value {
     json!({
@@ -92,7 +109,7 @@ pub fn body(kind: &str) -> Value {
             "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
         }),
         "CertificateSigningRequest" => json!({"spec": {
-            "request": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KLS0tLS1FTkQgQ0VSVElGSUNBVEUgUkVRVUVTVC0tLS0tCg==",
+            "request": &*CSR_PEM_BASE64,
             "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"], "expirationSeconds": 3600,
         }}),
         "TokenReview" => json!({"spec": {"token": "x.y.z"}}),
