@@ -346,7 +346,6 @@ fn query(g: &mut Gen, world: &World, n: usize) -> Vec<(String, String)> {
                 "timeout",
                 (*g.pick(&[
                     "1s",
-                    "10ms",
                     "0s",
                     "-1s",
                     "1h",
