@@ -8,6 +8,7 @@ mod cluster;
 mod conformance;
 mod deploy;
 mod ebpf;
+mod fuzz;
 mod images;
 mod registry;
 mod setup;
@@ -79,6 +80,10 @@ enum Command {
     /// --kubeconfig), classify its failures into docs/conformance.md and print
     /// `kr8s: N passed, M failed` last.
     Conformance(conformance::Args),
+    /// Fuzz the API in process (control/tests/fuzz_api.rs) for N minutes: generated paths,
+    /// queries, bodies and patches for every kind; prints the inputs tried per category and
+    /// every failure with the seed that replays it.
+    Fuzz(fuzz::Args),
     /// Run a benchmark and write its report under docs/.
     Bench {
         #[command(subcommand)]
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => test::lint(),
         Command::Test { tier, args } => test::run(tier, &args),
         Command::Conformance(args) => conformance::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench {
             which: Bench::Api(args),
         } => bench_api::run(args),

@@ -41,9 +41,19 @@ pub fn yaml_node_budget(len: usize) -> usize {
     len.saturating_mul(2).clamp(MIN_YAML_NODES, MAX_YAML_NODES)
 }
 
+/// How deeply YAML flow collections (`[`, `{`) may nest: serde_yaml refuses any document
+/// nested deeper than this anyway, but only after libyaml has tokenized all of it.
+pub const MAX_YAML_FLOW_DEPTH: usize = 128;
+
 /// Decodes one YAML document into JSON, counting every node the aliases expand to and failing
-/// once `budget` is spent. Nesting is limited by serde_yaml (128 levels).
+/// once `budget` is spent. Nesting is limited by serde_yaml (128 levels), and flow nesting
+/// before libyaml sees the text (see [`yaml_flow_depth_exceeds`]).
 pub fn yaml_to_json(body: &[u8], budget: usize) -> Result<Value, String> {
+    if yaml_flow_depth_exceeds(body, MAX_YAML_FLOW_DEPTH) {
+        return Err(format!(
+            "recursion limit exceeded: flow collections nested deeper than {MAX_YAML_FLOW_DEPTH} levels"
+        ));
+    }
     let remaining = AtomicUsize::new(budget);
     let de = serde_yaml::Deserializer::from_slice(body);
     Budgeted(&remaining).deserialize(de).map_err(|e| {
@@ -53,6 +63,196 @@ pub fn yaml_to_json(body: &[u8], budget: usize) -> Result<Value, String> {
             e.to_string()
         }
     })
+}
+
+/// Whether `body`'s flow collections (`[...]`, `{...}`, JSON included) nest deeper than `max`.
+///
+/// libyaml's scanner keeps one pending simple key per flow level and walks all of them for
+/// every token, so tokenizing a document nested `d` levels deep costs tokens × d: a 100 KB
+/// `{a: {a: ...` takes minutes, before serde_yaml's recursion limit is ever checked (found
+/// by the API fuzzer). This scan is linear and follows YAML's token rules where they decide
+/// whether a bracket opens a collection: in flow context exactly (quoted scalars, plain
+/// scalars ending at flow indicators, comments); in block context brackets and quotes count
+/// only where a token starts, and block scalars (`|`, `>`) are skipped by their indentation.
+pub fn yaml_flow_depth_exceeds(body: &[u8], max: usize) -> bool {
+    let mut scan = FlowScan {
+        body,
+        at: 0,
+        depth: 0,
+        token_start: true,
+    };
+    scan.run(max)
+}
+
+struct FlowScan<'a> {
+    body: &'a [u8],
+    at: usize,
+    depth: usize,
+    /// Whether the next character starts a token (a node may begin here).
+    token_start: bool,
+}
+
+impl FlowScan<'_> {
+    fn peek(&self, offset: usize) -> Option<u8> {
+        self.body.get(self.at + offset).copied()
+    }
+
+    /// Whether `c` ends a plain scalar or an indicator in flow context.
+    fn flow_indicator(c: u8) -> bool {
+        matches!(c, b',' | b'[' | b']' | b'{' | b'}')
+    }
+
+    fn blank_or_end(c: Option<u8>) -> bool {
+        c.is_none_or(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+    }
+
+    /// The indentation of the line holding `at`.
+    fn line_indent(&self, at: usize) -> usize {
+        let start = self.body[..at]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(0, |i| i + 1);
+        self.body[start..]
+            .iter()
+            .take_while(|&&c| c == b' ')
+            .count()
+    }
+
+    fn skip_line(&mut self) {
+        while let Some(c) = self.peek(0) {
+            if c == b'\n' {
+                break;
+            }
+            self.at += 1;
+        }
+    }
+
+    /// Skips a quoted scalar starting at `at` (its quote), escapes included.
+    fn skip_quoted(&mut self) {
+        let quote = self.body[self.at];
+        self.at += 1;
+        while let Some(c) = self.peek(0) {
+            self.at += 1;
+            match c {
+                b'\\' if quote == b'"' => self.at += 1,
+                b'\'' if quote == b'\'' && self.peek(0) == Some(b'\'') => self.at += 1,
+                c if c == quote => return,
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips a block scalar whose header (`|` or `>`) is at `at`: the rest of its line, then
+    /// every line indented at least as deeply as its first non-empty line, when that is
+    /// deeper than the header's line.
+    fn skip_block_scalar(&mut self) {
+        let header_indent = self.line_indent(self.at);
+        self.skip_line();
+        let mut content_indent = None;
+        while self.peek(0) == Some(b'\n') {
+            let line = self.at + 1;
+            let indent = self.body[line..].iter().take_while(|&&c| c == b' ').count();
+            let rest = self.body.get(line + indent).copied();
+            let empty = matches!(rest, None | Some(b'\n') | Some(b'\r'));
+            if !empty {
+                let needed = *content_indent.get_or_insert(indent);
+                if indent < needed || needed <= header_indent {
+                    return;
+                }
+            }
+            self.at = line;
+            self.skip_line();
+        }
+    }
+
+    /// Skips an anchor, alias or tag name.
+    fn skip_name(&mut self) {
+        self.at += 1;
+        while let Some(c) = self.peek(0) {
+            if Self::blank_or_end(Some(c)) || (self.depth > 0 && Self::flow_indicator(c)) {
+                return;
+            }
+            self.at += 1;
+        }
+    }
+
+    /// Skips a plain scalar: to `: `, ` #` or the line's end in block context; also to a flow
+    /// indicator in flow context (where it may go on over lines).
+    fn skip_plain(&mut self) {
+        while let Some(c) = self.peek(0) {
+            let next = self.peek(1);
+            let colon_ends = Self::blank_or_end(next)
+                || (self.depth > 0 && next.is_some_and(Self::flow_indicator));
+            if (c == b':' && colon_ends)
+                || (self.depth > 0 && Self::flow_indicator(c))
+                || (self.depth == 0 && c == b'\n')
+                || (c == b'#' && self.at > 0 && Self::blank_or_end(Some(self.body[self.at - 1])))
+            {
+                return;
+            }
+            self.at += 1;
+        }
+    }
+
+    fn run(&mut self, max: usize) -> bool {
+        while let Some(c) = self.peek(0) {
+            let after_blank = self.at == 0 || Self::blank_or_end(Some(self.body[self.at - 1]));
+            match c {
+                b'\n' => {
+                    self.at += 1;
+                    if self.depth == 0 {
+                        self.token_start = true;
+                    }
+                }
+                b' ' | b'\t' | b'\r' => self.at += 1,
+                b'#' if after_blank => self.skip_line(),
+                b'[' | b'{' if self.depth > 0 || self.token_start => {
+                    self.depth += 1;
+                    if self.depth > max {
+                        return true;
+                    }
+                    self.at += 1;
+                    self.token_start = true;
+                }
+                b']' | b'}' if self.depth > 0 => {
+                    self.depth -= 1;
+                    self.at += 1;
+                    self.token_start = false;
+                }
+                b',' if self.depth > 0 => {
+                    self.at += 1;
+                    self.token_start = true;
+                }
+                // Indicators after which a node may start: `- `, `? `, `: `, and in flow
+                // context a `:` right after a key (JSON's `"a":1`).
+                b'-' | b'?' | b':'
+                    if Self::blank_or_end(self.peek(1))
+                        || (c == b':' && self.depth > 0 && !self.token_start) =>
+                {
+                    self.at += 1;
+                    self.token_start = true;
+                }
+                b'\'' | b'"' if self.token_start => {
+                    self.skip_quoted();
+                    self.token_start = false;
+                }
+                b'|' | b'>' if self.token_start && self.depth == 0 => {
+                    self.skip_block_scalar();
+                }
+                b'&' | b'!' if self.token_start => self.skip_name(),
+                b'*' if self.token_start => {
+                    self.skip_name();
+                    self.token_start = false;
+                }
+                _ => {
+                    self.at += 1;
+                    self.skip_plain();
+                    self.token_start = false;
+                }
+            }
+        }
+        false
+    }
 }
 
 /// A [`DeserializeSeed`] that builds a JSON value, spending one unit of the budget per node.
@@ -527,6 +727,63 @@ mod tests {
             .contains("recursion limit"));
         let shallow = format!("{}1{}", "[".repeat(50), "]".repeat(50));
         assert!(yaml_to_json(shallow.as_bytes(), MAX_YAML_NODES).is_ok());
+    }
+
+    #[test]
+    fn flow_nesting_is_measured_as_yaml_reads_it() {
+        let deep = |open: &str, n: usize| open.repeat(n);
+        // JSON and YAML flow collections count, however they are spelled.
+        assert!(yaml_flow_depth_exceeds(deep("[", 129).as_bytes(), 128));
+        assert!(!yaml_flow_depth_exceeds(deep("[", 128).as_bytes(), 128));
+        assert!(yaml_flow_depth_exceeds(
+            deep("{\"a\":", 129).as_bytes(),
+            128
+        ));
+        assert!(yaml_flow_depth_exceeds(deep("{a: ", 129).as_bytes(), 128));
+        assert!(yaml_flow_depth_exceeds(
+            format!("k: {}", deep("[", 129)).as_bytes(),
+            128
+        ));
+        assert!(yaml_flow_depth_exceeds(
+            format!("- - {}", deep("{ a: ", 129)).as_bytes(),
+            128
+        ));
+        // Closed collections do not add up.
+        let closed = "[[1], {a: [2]}]\n".repeat(200);
+        assert!(!yaml_flow_depth_exceeds(closed.as_bytes(), 3));
+        assert!(yaml_flow_depth_exceeds(closed.as_bytes(), 2));
+        // Brackets in scalars, comments and block scalars open nothing.
+        let text = format!(
+            "a: '{0}'\nb: \"{0}\\\"{0}\"\nc: x{0}\nd: it's {0}\n# {0}\ne: |\n  {0}\n  '\n\n  {0}\nf: [\"]]\", ']', a #{0}\n]\n",
+            deep("[", 200)
+        );
+        assert!(!yaml_flow_depth_exceeds(text.as_bytes(), 1), "{text}");
+        // ... but what follows a block scalar does.
+        let after = format!("e: |\n  text\nf: {}", deep("[", 3));
+        assert!(yaml_flow_depth_exceeds(after.as_bytes(), 2));
+        // A quote inside a plain scalar or a block scalar does not hide what follows.
+        let hidden = format!("a: don't\nb: |\n  '\nc: {}", deep("{a: ", 3));
+        assert!(yaml_flow_depth_exceeds(hidden.as_bytes(), 2));
+    }
+
+    #[test]
+    fn deep_flow_collections_are_refused_before_libyaml_tokenizes_them() {
+        // libyaml tokenizes this in time quadratic in its depth (minutes); refused at once.
+        let bomb = "{a: ".repeat(MAX_BODY_BYTES / 4);
+        let started = std::time::Instant::now();
+        let err = yaml_to_json(bomb.as_bytes(), MAX_YAML_NODES).unwrap_err();
+        assert!(err.contains("recursion limit"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Manifests of ordinary depth still decode.
+        let manifest = "a: {b: [1, {c: \"]\"}], d: 'x'}\ne: |\n  [\n";
+        assert_eq!(
+            yaml_to_json(manifest.as_bytes(), 100).unwrap(),
+            serde_json::json!({"a": {"b": [1, {"c": "]"}], "d": "x"}, "e": "[\n"})
+        );
     }
 
     #[test]
