@@ -60,19 +60,7 @@ pub fn handle(zone: &Zone, request: &[u8], transport: Transport) -> Handled {
     if message.metadata.message_type != MessageType::Query {
         return Handled::Drop;
     }
-    let mut response = Message::new(
-        message.metadata.id,
-        MessageType::Response,
-        message.metadata.op_code,
-    );
-    response.metadata = Metadata::response_from_request(&message.metadata);
-    response.metadata.recursion_available = true;
-    response.add_queries(message.queries.iter().cloned());
-    if message.edns.is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(MAX_UDP_PAYLOAD);
-        response.set_edns(edns);
-    }
+    let mut response = response_to(&message);
     let client_payload = message.edns.as_ref().map(Edns::max_payload);
     let refuse = |mut response: Message, code: ResponseCode| {
         response.metadata.response_code = code;
@@ -115,6 +103,18 @@ pub fn handle(zone: &Zone, request: &[u8], transport: Transport) -> Handled {
 
 /// The reply to a request that could not be answered (the upstream failed): SERVFAIL.
 pub fn server_failure(request: &Message, transport: Transport) -> Handled {
+    let mut response = response_to(request);
+    response.metadata.response_code = ResponseCode::ServFail;
+    reply(
+        response,
+        transport,
+        request.edns.as_ref().map(Edns::max_payload),
+    )
+}
+
+/// An empty response to `request`: its id, opcode, flags and question, recursion available
+/// (other names are forwarded), and an OPT record when the request had one.
+fn response_to(request: &Message) -> Message {
     let mut response = Message::new(
         request.metadata.id,
         MessageType::Response,
@@ -122,13 +122,13 @@ pub fn server_failure(request: &Message, transport: Transport) -> Handled {
     );
     response.metadata = Metadata::response_from_request(&request.metadata);
     response.metadata.recursion_available = true;
-    response.metadata.response_code = ResponseCode::ServFail;
     response.add_queries(request.queries.iter().cloned());
-    reply(
-        response,
-        transport,
-        request.edns.as_ref().map(Edns::max_payload),
-    )
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        response.set_edns(edns);
+    }
+    response
 }
 
 /// Encodes `response`, truncated for UDP when it does not fit the client's payload size.

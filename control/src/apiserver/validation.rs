@@ -259,36 +259,29 @@ fn validate_sysctls_and_proc_mount(spec: &Value, field: &str, errs: &mut Vec<Fie
         .get("hostUsers")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    for list in ["initContainers", "containers"] {
-        let containers = spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten();
-        for (i, c) in containers.enumerate() {
-            let Some(mount) = c
-                .pointer("/securityContext/procMount")
-                .and_then(Value::as_str)
-            else {
-                continue;
-            };
-            let at = format!("{field}.{list}[{i}].securityContext.procMount");
-            match mount {
-                "Default" => {}
-                "Unmasked" if !host_users => {}
-                "Unmasked" => errs.push(FieldError::invalid(
-                    at,
-                    mount,
-                    "`hostUsers` must be false to use `Unmasked`",
-                )),
-                other => errs.push(FieldError {
-                    reason: "FieldValueNotSupported",
-                    field: at,
-                    message: format!(
-                        "Unsupported value: {other:?}: supported values: \"Default\", \"Unmasked\""
-                    ),
-                }),
-            }
+    for (list, i, c) in containers_of(spec) {
+        let Some(mount) = c
+            .pointer("/securityContext/procMount")
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let at = format!("{field}.{list}[{i}].securityContext.procMount");
+        match mount {
+            "Default" => {}
+            "Unmasked" if !host_users => {}
+            "Unmasked" => errs.push(FieldError::invalid(
+                at,
+                mount,
+                "`hostUsers` must be false to use `Unmasked`",
+            )),
+            other => errs.push(FieldError {
+                reason: "FieldValueNotSupported",
+                field: at,
+                message: format!(
+                    "Unsupported value: {other:?}: supported values: \"Default\", \"Unmasked\""
+                ),
+            }),
         }
     }
 }
@@ -306,51 +299,58 @@ fn sysctl_name_ok(name: &str, max: usize) -> bool {
     name.len() <= max && name.split(['.', '/']).all(segment_ok)
 }
 
+/// Every container of a pod spec with its list (`initContainers`, then `containers`) and index.
+fn containers_of(spec: &Value) -> impl Iterator<Item = (&'static str, usize, &Value)> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(move |list| {
+            spec.get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(move |(i, c)| (list, i, c))
+        })
+}
+
 /// Host ports are unique within a pod (`AccumulateUniqueHostPorts`: protocol, host IP and
 /// port), and a hostNetwork pod's host port is its container port (`validateHostNetwork`).
 fn validate_host_ports(spec: &Value, field: &str, errs: &mut Vec<FieldError>) {
     let host_network = spec.get("hostNetwork") == Some(&Value::Bool(true));
     let mut seen = std::collections::HashSet::new();
-    for list in ["initContainers", "containers"] {
-        let containers = spec
-            .get(list)
+    for (list, i, c) in containers_of(spec) {
+        let ports = c
+            .get("ports")
             .and_then(Value::as_array)
             .into_iter()
             .flatten();
-        for (i, c) in containers.enumerate() {
-            let ports = c
-                .get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten();
-            for (j, port) in ports.enumerate() {
-                let at = format!("{field}.{list}[{i}].ports[{j}].hostPort");
-                let host_port = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
-                let container_port = port.get("containerPort").and_then(Value::as_i64);
-                if host_network && Some(host_port) != container_port {
-                    errs.push(FieldError::invalid_rendered(
-                        at.clone(),
-                        &host_port.to_string(),
-                        "must match `containerPort` when `hostNetwork` is true",
-                    ));
-                }
-                if host_port == 0 || list == "initContainers" {
-                    continue;
-                }
-                let key = format!(
-                    "{}/{}/{host_port}",
-                    port.get("protocol")
-                        .and_then(Value::as_str)
-                        .unwrap_or("TCP"),
-                    port.get("hostIP").and_then(Value::as_str).unwrap_or("")
-                );
-                if !seen.insert(key.clone()) {
-                    errs.push(FieldError {
-                        reason: "FieldValueDuplicate",
-                        field: at,
-                        message: format!("Duplicate value: {key:?}"),
-                    });
-                }
+        for (j, port) in ports.enumerate() {
+            let at = format!("{field}.{list}[{i}].ports[{j}].hostPort");
+            let host_port = port.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+            let container_port = port.get("containerPort").and_then(Value::as_i64);
+            if host_network && Some(host_port) != container_port {
+                errs.push(FieldError::invalid_rendered(
+                    at.clone(),
+                    &host_port.to_string(),
+                    "must match `containerPort` when `hostNetwork` is true",
+                ));
+            }
+            if host_port == 0 || list == "initContainers" {
+                continue;
+            }
+            let key = format!(
+                "{}/{}/{host_port}",
+                port.get("protocol")
+                    .and_then(Value::as_str)
+                    .unwrap_or("TCP"),
+                port.get("hostIP").and_then(Value::as_str).unwrap_or("")
+            );
+            if !seen.insert(key.clone()) {
+                errs.push(FieldError {
+                    reason: "FieldValueDuplicate",
+                    field: at,
+                    message: format!("Duplicate value: {key:?}"),
+                });
             }
         }
     }
