@@ -80,12 +80,6 @@ impl StatusWriter {
         self.wake.notify_one();
     }
 
-    /// Drops what is pending for a pod that is gone.
-    pub fn forget(&self, uid: &str) {
-        lock(&self.state).pending.remove(uid);
-        self.drained.notify_waiters();
-    }
-
     /// How many pods' statuses wait to be written.
     pub fn pending(&self) -> usize {
         lock(&self.state).pending.len()
