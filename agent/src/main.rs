@@ -65,6 +65,89 @@ struct Cli {
     pods: PodArgs,
     #[command(flatten)]
     kubelet_server: skiff_agent::kubelet::server::ServerArgs,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// Cluster DNS: what pods' resolv.conf names, and the responder this node runs.
+#[derive(Debug, Clone, clap::Args)]
+struct DnsArgs {
+    /// The cluster DNS address pods resolve through (the `kube-dns` Service's ClusterIP, the
+    /// kubelet's --cluster-dns); `none`: no cluster DNS, pods get the node's resolvers.
+    #[arg(long, default_value = "10.96.0.10", value_parser = parse_cluster_dns)]
+    cluster_dns: ClusterDns,
+    /// The cluster domain (the kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local", value_parser = parse_cluster_domain)]
+    cluster_domain: String,
+    /// The node's resolver configuration: what pods with dnsPolicy Default get, and where
+    /// names outside the cluster domain are forwarded (unless --dns-upstream).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Resolvers for names outside the cluster domain, `IP` or `IP:PORT` (repeatable), instead
+    /// of --resolv-conf's nameservers; `none` to forward nothing (such names get SERVFAIL).
+    #[arg(long = "dns-upstream", value_name = "ADDR")]
+    dns_upstreams: Vec<String>,
+    /// TTL of the responder's positive answers, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    dns_ttl: u32,
+}
+
+/// `--cluster-dns`: an address, or none.
+#[derive(Debug, Clone, Copy)]
+struct ClusterDns(Option<std::net::Ipv4Addr>);
+
+fn parse_cluster_dns(s: &str) -> Result<ClusterDns, String> {
+    if s.eq_ignore_ascii_case("none") || s.is_empty() {
+        return Ok(ClusterDns(None));
+    }
+    s.parse()
+        .map(|ip| ClusterDns(Some(ip)))
+        .map_err(|_| format!("{s:?} is not an IPv4 address (or `none`)"))
+}
+
+fn parse_cluster_domain(s: &str) -> Result<String, String> {
+    let domain = s.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(domain)
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS domain name (labels of letters, digits and -)"
+        ))
+    }
+}
+
+impl DnsArgs {
+    /// The resolvers outside names are forwarded to: --dns-upstream, else the nameservers of
+    /// --resolv-conf.
+    fn upstreams(&self, resolv_conf: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+        if self.dns_upstreams.iter().any(|u| u == "none") {
+            return Ok(Vec::new());
+        }
+        if self.dns_upstreams.is_empty() {
+            return Ok(skiff_agent::dns::forward::Forwarder::upstreams_of(
+                resolv_conf,
+            ));
+        }
+        self.dns_upstreams
+            .iter()
+            .map(|u| {
+                u.parse::<std::net::SocketAddr>()
+                    .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| anyhow::anyhow!("--dns-upstream {u:?}: not IP or IP:PORT"))
+            })
+            .collect()
+    }
 }
 
 /// How the agent gets its own identity (instead of `--kubeconfig`).
@@ -634,6 +717,13 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             None => wait_for_pod_cidr(&client, &node, &shutdown).await?,
         };
         let network = std::sync::Arc::new(LazyNetwork::new(cli.root_dir.join("network"), pod_cidr, cli.pods.cluster_cidr));
+        // A missing resolv.conf is a node without resolvers, as for the kubelet.
+        let host_resolv = std::fs::read_to_string(&cli.dns.resolv_conf).unwrap_or_default();
+        let node_dns = skiff_agent::kubelet::resolv_conf::NodeDns {
+            cluster_dns: cli.dns.cluster_dns.0.iter().map(ToString::to_string).collect(),
+            cluster_domain: cli.dns.cluster_domain.clone(),
+            host: skiff_agent::kubelet::resolv_conf::ResolvConf::parse(&host_resolv),
+        };
         let directory = std::sync::Arc::new(Directory::new(&cli.root_dir));
         let shared = std::sync::Arc::new(Shared {
             client: client.clone(),
@@ -652,6 +742,7 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             sync_frequency: Duration::from_secs(cli.pods.sync_frequency.max(1)),
             admission: skiff_agent::kubelet::admission::Admission::new(&cli.pods.allowed_unsafe_sysctls)
                 .map_err(|e| anyhow::anyhow!(e))?,
+            dns: std::sync::Arc::new(node_dns),
         });
         let pods = tokio::spawn(skiff_agent::kubelet::pod_manager::run(shared));
         let mut tls_sans = vec![node.clone()];
@@ -683,7 +774,11 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                 let netlink = skiff_agent::network::connect()?;
                 service_cidr::install(&netlink, cli.service_cidr).await?;
                 eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); service proxy ({:?} mode) running", cli.proxy_mode);
-                skiff_agent::proxy::api::run(client, datapath, shutdown.clone()).await?;
+                let dns = match cli.dns.cluster_dns.0 {
+                    Some(_) => Some(start_dns(&cli.dns, &host_resolv, pod_cidr, shutdown.clone())?),
+                    None => None,
+                };
+                skiff_agent::proxy::api::run(client, datapath, node.clone(), dns, shutdown.clone()).await?;
             }
             None => {
                 eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); no service proxy (--proxy-mode)");
@@ -698,6 +793,35 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "the node's HTTP endpoints stopped");
         }
         anyhow::Ok(())
+    })
+}
+
+/// Starts the node's DNS responder on port 53 of the pod bridge's gateway (the first address of
+/// the podCIDR: where the `kube-dns` EndpointSlice says this node's responder is), answering
+/// from the zone the service proxy keeps.
+fn start_dns(
+    args: &DnsArgs,
+    host_resolv: &str,
+    pod_cidr: Ipv4Cidr,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<skiff_agent::dns::ClusterZone> {
+    use skiff_agent::dns::{forward::Forwarder, server, zone::Zone, ClusterZone};
+    let upstreams = args.upstreams(host_resolv)?;
+    let address = std::net::SocketAddrV4::new(pod_cidr.nth(1), 53);
+    let (udp, tcp) = server::bind_free(address).with_context(|| {
+        format!(
+            "the cluster DNS responder cannot listen on {address} (is another DNS server \
+                 bound to port 53 on every address? `--cluster-dns none` runs without cluster DNS)"
+        )
+    })?;
+    let handle = server::ZoneHandle::new(Zone::empty(&args.cluster_domain, args.dns_ttl));
+    let forwarder = Forwarder::new(upstreams.clone(), Duration::from_secs(2));
+    tokio::spawn(server::serve(udp, tcp, handle.clone(), forwarder, shutdown));
+    tracing::info!(%address, domain = %args.cluster_domain, ?upstreams, "cluster DNS responder listening");
+    Ok(ClusterZone {
+        domain: args.cluster_domain.clone(),
+        ttl: args.dns_ttl,
+        handle,
     })
 }
 

@@ -42,6 +42,11 @@ struct Args {
     /// The range NodePorts are allocated from.
     #[arg(long, default_value = "30000-32767", value_parser = service_alloc::parse_port_range)]
     service_node_port_range: RangeInclusive<u16>,
+    /// The cluster DNS Service's address (`kube-dns` in kube-system; agents' --cluster-dns
+    /// must match); default: the tenth address of --service-cidr (10.96.0.10), as kubeadm's;
+    /// `none` for no cluster DNS.
+    #[arg(long)]
+    cluster_dns: Option<String>,
     /// tolerationSeconds of the toleration for node.kubernetes.io/not-ready:NoExecute that
     /// every pod gets unless it has one.
     #[arg(long, default_value_t = 300)]
@@ -251,6 +256,26 @@ impl AdminApi {
         let client = server::loopback_client(&yaml).await?;
         Ok((client, self.server.clone().unwrap_or(url)))
     }
+}
+
+/// `--cluster-dns`: an address inside the Service range, `none`, or by default its tenth.
+fn cluster_dns(
+    flag: Option<&str>,
+    services: Ipv4Cidr,
+) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
+    let ip = match flag {
+        Some(f) if f.eq_ignore_ascii_case("none") => return Ok(None),
+        Some(f) => f
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--cluster-dns {f:?}: not an IPv4 address (or `none`)"))?,
+        None => services.nth(10),
+    };
+    anyhow::ensure!(
+        services.contains(ip) && ip != services.nth(0) && ip != services.nth(1),
+        "--cluster-dns {ip} must be an address of --service-cidr {services} other than its \
+         first two (the network and the kubernetes Service)"
+    );
+    Ok(Some(ip))
 }
 
 /// Where `skiff-control token --data-dir` looks for the API server by default.
@@ -571,6 +596,7 @@ async fn run() -> anyhow::Result<()> {
             tls_sans: args.tls_san,
             service_cidr: args.service_cidr,
             node_port_range: args.service_node_port_range,
+            cluster_dns: cluster_dns(args.cluster_dns.as_deref(), args.service_cidr)?,
             controllers: (!args.no_controllers).then_some(settings),
             authorization_modes: args.authorization_mode.0,
             disabled_admission_plugins: args.disable_admission_plugins,

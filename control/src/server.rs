@@ -29,6 +29,8 @@ pub struct Config {
     pub service_cidr: Ipv4Cidr,
     /// The range NodePorts come from.
     pub node_port_range: RangeInclusive<u16>,
+    /// The cluster DNS Service's address (`kube-dns`), `None` for no cluster DNS.
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// Settings of the controllers and the scheduler; `None` to run the API server alone
     /// (controllers then run as `skiff-control controllers` elsewhere).
     pub controllers: Option<crate::manager::Settings>,
@@ -193,6 +195,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_kubernetes_service(config.listen.port())
         .await
         .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    if let Some(ip) = config.cluster_dns {
+        state
+            .ensure_cluster_dns_service(ip)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the kube-dns Service at {ip}: {e}"))?;
+    }
     // What a node joining with only a bootstrap token reads to find and trust this server.
     let advertised = advertised_url(config.listen, &config.tls_sans);
     crate::bootstrap::cluster_info::publish(&state, &advertised, &creds.ca_pem)

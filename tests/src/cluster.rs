@@ -379,6 +379,15 @@ fn build(opts: &Options, state: &mut State) -> anyhow::Result<()> {
             args.push("--registry-config".into());
             args.push(config.display().to_string());
         }
+        // Names outside the cluster are forwarded nowhere unless asked: the host's resolvers
+        // are outside the machine, where no test traffic may go.
+        if !opts
+            .agent_args
+            .iter()
+            .any(|a| a.starts_with("--dns-upstream"))
+        {
+            args.extend(["--dns-upstream".to_owned(), "none".to_owned()]);
+        }
         args.extend(opts.agent_args.iter().cloned());
         node.agent_command = std::iter::once(opts.agent_bin.display().to_string())
             .chain(args.iter().cloned())

@@ -87,7 +87,7 @@ impl Node {
     fn requests(&self, n: usize) -> BTreeMap<String, usize> {
         // The client joins the test cgroup (where the eBPF mode attaches), then the namespace.
         let script = format!(
-            "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c \"$0\" 10.96.0.10 80 {n}",
+            "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c \"$0\" 10.96.0.20 80 {n}",
             self.cgroup.display(),
             self.name()
         );
@@ -138,7 +138,7 @@ fn slice(endpoints: &[&str]) -> String {
 }
 
 const SERVICE: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubia"},
-    "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}"#;
+    "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}"#;
 
 fn proxy_follows_the_api(mode: &str) {
     require_root!("network namespaces");
@@ -199,7 +199,7 @@ fn proxy_follows_the_api(mode: &str) {
 
     // The service range ends at the agent's dead-end device, not at the default route.
     let route = Command::new("ip")
-        .args(["-n", node.name(), "-o", "route", "get", "10.96.0.10"])
+        .args(["-n", node.name(), "-o", "route", "get", "10.96.0.20"])
         .output()
         .unwrap();
     let route = String::from_utf8_lossy(&route.stdout);

@@ -157,6 +157,38 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     Ok((udp, tcp))
 }
 
+/// Binds UDP and TCP on `addr` before the address exists on the node (`IP_FREEBIND`): the
+/// responder listens on the pod bridge's gateway address, and the bridge is only made when the
+/// node's first pod starts.
+pub fn bind_free(addr: std::net::SocketAddrV4) -> std::io::Result<(UdpSocket, TcpListener)> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let open = |kind: SockType| -> std::io::Result<std::os::fd::OwnedFd> {
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            kind,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        socket::setsockopt(&fd, sockopt::IpFreebind, &true)?;
+        if kind == SockType::Stream {
+            socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        }
+        socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::from(addr),
+        )?;
+        Ok(fd)
+    };
+    let udp = std::net::UdpSocket::from(open(SockType::Datagram)?);
+    let tcp_fd = open(SockType::Stream)?;
+    socket::listen(
+        &tcp_fd,
+        socket::Backlog::new(128).map_err(std::io::Error::from)?,
+    )?;
+    let tcp = std::net::TcpListener::from(tcp_fd);
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

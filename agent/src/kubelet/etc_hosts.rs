@@ -12,6 +12,7 @@ pub fn content(
     pod: &Pod,
     ip: Option<Ipv4Addr>,
     hostname: &str,
+    cluster_domain: &str,
     node_hosts: Option<&str>,
 ) -> String {
     let spec = pod.spec.as_ref();
@@ -43,7 +44,7 @@ pub fn content(
                     Some(sub) => {
                         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                         out.push_str(&format!(
-                            "{ip}\t{hostname}.{sub}.{ns}.svc.cluster.local\t{hostname}\n"
+                            "{ip}\t{hostname}.{sub}.{ns}.svc.{cluster_domain}\t{hostname}\n"
                         ));
                     }
                     None => out.push_str(&format!("{ip}\t{hostname}\n")),
@@ -87,6 +88,7 @@ mod tests {
             &p,
             Some(Ipv4Addr::new(10, 244, 1, 5)),
             "web-0",
+            "cluster.local",
             Some("1.1.1.1 node\n"),
         );
         assert!(hosts.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
@@ -107,6 +109,7 @@ mod tests {
             &p,
             Some(Ipv4Addr::new(192, 168, 0, 10)),
             "node-1",
+            "cluster.local",
             Some("127.0.0.1 localhost\n192.168.0.10 node-1"),
         );
         assert_eq!(

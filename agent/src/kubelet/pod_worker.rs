@@ -115,6 +115,8 @@ pub struct Shared {
     pub sync_frequency: Duration,
     /// Which pods this node runs at all (sysctls, user namespaces).
     pub admission: super::admission::Admission,
+    /// The node's DNS settings, for the pods' resolv.conf.
+    pub dns: Arc<super::resolv_conf::NodeDns>,
 }
 
 /// A change of the pod in the API.
@@ -862,6 +864,13 @@ impl PodWorker {
                 .mounts
                 .push(self.hosts_file().map_err(PodWorkerError::Config)?);
         }
+        if !cspec
+            .mounts
+            .iter()
+            .any(|m| m.destination == std::path::Path::new("/etc/resolv.conf"))
+        {
+            cspec.mounts.push(self.resolv_conf_file()?);
+        }
         let restart_count = {
             let slot = self.slot(which);
             if restarted {
@@ -979,12 +988,40 @@ impl PodWorker {
             &self.pod,
             self.ip,
             &pod_hostname(&self.pod),
+            &self.shared.dns.cluster_domain,
             node_hosts.as_deref(),
         );
         std::fs::write(&path, content).map_err(|e| format!("writing {}: {e}", path.display()))?;
         Ok(runtime::BindMount {
             source: path,
             destination: PathBuf::from("/etc/hosts"),
+            read_only: false,
+        })
+    }
+
+    /// The pod's /etc/resolv.conf by its dnsPolicy and dnsConfig
+    /// ([`super::resolv_conf::for_pod`]); what had to be cut or fell back is recorded as the
+    /// kubelet's warning events, once per pod.
+    fn resolv_conf_file(&mut self) -> Result<runtime::BindMount, PodWorkerError> {
+        let path = self
+            .shared
+            .root
+            .join("pods")
+            .join(&self.uid)
+            .join("resolv.conf");
+        let (conf, warnings) = super::resolv_conf::for_pod(&self.pod, &self.shared.dns);
+        if !path.exists() {
+            for (reason, message) in warnings {
+                self.shared
+                    .events
+                    .pod(&self.pod, None, true, &reason, &message);
+            }
+        }
+        std::fs::write(&path, conf.render())
+            .map_err(|e| PodWorkerError::Config(format!("writing {}: {e}", path.display())))?;
+        Ok(runtime::BindMount {
+            source: path,
+            destination: PathBuf::from("/etc/resolv.conf"),
             read_only: false,
         })
     }

@@ -37,7 +37,54 @@ fn protocol(p: Option<&str>) -> Option<Protocol> {
     }
 }
 
-fn ready_backends(slices: &[&EndpointSlice], port_name: &str, proto: Protocol) -> Vec<BackendAddr> {
+/// Which endpoints a Service's traffic from this node may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Locality {
+    /// Any ready endpoint.
+    Any,
+    /// `internalTrafficPolicy: Local`: only this node's endpoints (none: dropped).
+    Local,
+    /// `trafficDistribution: PreferSameNode`: this node's endpoints when it has ready ones,
+    /// else any (the cluster DNS Service: each node's own responder, another node's when it
+    /// has none).
+    PreferSameNode,
+}
+
+fn locality(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Locality {
+    if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        Locality::Local
+    } else if spec.traffic_distribution.as_deref() == Some("PreferSameNode") {
+        Locality::PreferSameNode
+    } else {
+        Locality::Any
+    }
+}
+
+fn ready_backends(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Protocol,
+    node: &str,
+    locality: Locality,
+) -> Vec<BackendAddr> {
+    let all = ready_backends_on(slices, port_name, proto, None);
+    if locality == Locality::Any {
+        return all;
+    }
+    let local = ready_backends_on(slices, port_name, proto, Some(node));
+    match locality {
+        Locality::PreferSameNode if local.is_empty() => all,
+        _ => local,
+    }
+}
+
+/// The ready endpoints of `port_name`, only those on `node` when given.
+fn ready_backends_on(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Protocol,
+    node: Option<&str>,
+) -> Vec<BackendAddr> {
     let mut set = BTreeSet::new();
     for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
         let port = slice
@@ -56,6 +103,7 @@ fn ready_backends(slices: &[&EndpointSlice], port_name: &str, proto: Protocol) -
             // An unset `ready` means ready (the API's rule); terminating endpoints are drained.
             if !c.and_then(|c| c.ready).unwrap_or(true)
                 || c.and_then(|c| c.terminating).unwrap_or(false)
+                || node.is_some_and(|n| ep.node_name.as_deref() != Some(n))
             {
                 continue;
             }
@@ -70,10 +118,12 @@ fn ready_backends(slices: &[&EndpointSlice], port_name: &str, proto: Protocol) -
     set.into_iter().collect()
 }
 
-/// The service ports the datapath should have, from the API's Services and EndpointSlices.
+/// The service ports the datapath of node `node` should have, from the API's Services and
+/// EndpointSlices.
 pub fn desired_services<'a>(
     services: impl IntoIterator<Item = &'a KubeService>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
 ) -> BTreeMap<Frontend, Service> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -150,7 +200,8 @@ pub fn desired_services<'a>(
             else {
                 continue;
             };
-            let backends = ready_backends(slices, port.name.as_deref().unwrap_or(""), proto);
+            let port_name = port.name.as_deref().unwrap_or("");
+            let backends = ready_backends(slices, port_name, proto, node, locality(spec));
             // NodePort and LoadBalancer Services also answer on their nodePort on every node
             // address (a headless Service has no ClusterIP, and so no NodePort either).
             let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
@@ -217,10 +268,13 @@ pub fn sync(
     Ok(changes)
 }
 
-/// Watches the API and keeps `datapath` in sync until `shutdown`.
+/// Watches the API and keeps `datapath` (of node `node`), and the cluster DNS zone when there
+/// is one, in sync until `shutdown`.
 pub async fn run(
     client: kube::Client,
     datapath: Box<dyn Datapath + Send>,
+    node: String,
+    dns: Option<crate::dns::ClusterZone>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (svc_reader, svc_writer) = reflector::store::<KubeService>();
@@ -257,11 +311,16 @@ pub async fn run(
     let datapath = Arc::new(Mutex::new(datapath));
     runner::run(receiver, Duration::from_millis(20), Duration::from_secs(60), shutdown, || {
         let (svc_reader, eps_reader, datapath) = (svc_reader.clone(), eps_reader.clone(), datapath.clone());
+        let (node, dns) = (node.clone(), dns.clone());
         async move {
             let started = Instant::now();
             let services = svc_reader.state();
             let slices = eps_reader.state();
-            let desired = desired_services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
+            if let Some(dns) = &dns {
+                let zone = crate::dns::zone::Zone::build(&dns.domain, dns.ttl, services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
+                dns.handle.replace(zone);
+            }
+            let desired = desired_services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()), &node);
             let mut dp = datapath.lock().await;
             match sync(dp.as_mut(), &desired) {
                 Ok(0) => {}
@@ -302,7 +361,7 @@ mod tests {
             {"addresses": ["10.244.4.1"], "conditions": {"ready": false, "serving": true, "terminating": true}},
         ]));
         let svc = kubia();
-        let d = desired_services([&svc], [&s]);
+        let d = desired_services([&svc], [&s], "node-1");
         assert_eq!(d.len(), 3, "ClusterIP, external IP and NodePort");
         assert_eq!(
             d[&Frontend::node_port(30080, Protocol::Tcp)].backends.len(),
@@ -339,12 +398,60 @@ mod tests {
         let svc: KubeService = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "p", "annotations": {ALGORITHM_ANNOTATION: "maglev"}},
             "spec": {"clusterIP": "10.96.5.5", "ports": [{"port": 5432, "protocol": "UDP"}]}})).unwrap();
         let headless: KubeService = serde_json::from_value(json!({"metadata": {"name": "h", "namespace": "p"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}})).unwrap();
-        let d = desired_services([&svc, &headless], std::iter::empty::<&EndpointSlice>());
+        let d = desired_services(
+            [&svc, &headless],
+            std::iter::empty::<&EndpointSlice>(),
+            "node-1",
+        );
         assert_eq!(d.len(), 1);
         let e = d.values().next().unwrap();
         assert_eq!(
             (e.algorithm, e.backends.len(), e.frontend.protocol),
             (LbAlgorithm::Maglev, 0, Protocol::Udp)
+        );
+    }
+
+    #[test]
+    fn node_local_traffic_policies() {
+        let with = |extra: serde_json::Value| -> KubeService {
+            let mut spec = json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(
+                json!({"metadata": {"name": "kubia", "namespace": "default"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let s = slice(json!([
+            {"addresses": ["10.244.1.5"], "nodeName": "node-1"},
+            {"addresses": ["10.244.2.7"], "nodeName": "node-2"},
+            {"addresses": ["10.244.1.9"], "nodeName": "node-1", "conditions": {"ready": false}},
+        ]));
+        let backends = |svc: &KubeService, node: &str| -> Vec<String> {
+            let d = desired_services([svc], [&s], node);
+            d.values()
+                .next()
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| b.ip.to_string())
+                .collect()
+        };
+        let any = with(json!({}));
+        assert_eq!(backends(&any, "node-1"), ["10.244.1.5", "10.244.2.7"]);
+        let local = with(json!({"internalTrafficPolicy": "Local"}));
+        assert_eq!(backends(&local, "node-2"), ["10.244.2.7"]);
+        assert!(
+            backends(&local, "node-3").is_empty(),
+            "Local: no local endpoint, no backend"
+        );
+        let prefer = with(json!({"trafficDistribution": "PreferSameNode"}));
+        assert_eq!(backends(&prefer, "node-1"), ["10.244.1.5"]);
+        assert_eq!(
+            backends(&prefer, "node-3"),
+            ["10.244.1.5", "10.244.2.7"],
+            "PreferSameNode: any endpoint when the node has none ready"
         );
     }
 
@@ -378,17 +485,23 @@ mod tests {
         let two = slice(json!([{"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.2.7"]}]));
         // ClusterIP, externalIP and NodePort: three frontends per port.
         let mut dp = Recorder::default();
-        assert_eq!(sync(&mut dp, &desired_services([&svc], [&one])).unwrap(), 3);
         assert_eq!(
-            sync(&mut dp, &desired_services([&svc], [&one])).unwrap(),
+            sync(&mut dp, &desired_services([&svc], [&one], "node-1")).unwrap(),
+            3
+        );
+        assert_eq!(
+            sync(&mut dp, &desired_services([&svc], [&one], "node-1")).unwrap(),
             0,
             "nothing changed"
         );
-        assert_eq!(sync(&mut dp, &desired_services([&svc], [&two])).unwrap(), 3);
+        assert_eq!(
+            sync(&mut dp, &desired_services([&svc], [&two], "node-1")).unwrap(),
+            3
+        );
         assert_eq!(
             sync(
                 &mut dp,
-                &desired_services(std::iter::empty::<&KubeService>(), [&two])
+                &desired_services(std::iter::empty::<&KubeService>(), [&two], "node-1")
             )
             .unwrap(),
             3

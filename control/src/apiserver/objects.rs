@@ -1188,6 +1188,33 @@ impl ApiState {
         }
     }
 
+    /// Creates the cluster DNS Service, `kube-dns` in `kube-system` at `ip`, if missing (as
+    /// kubeadm's DNS add-on does): ports 53/UDP and 53/TCP, no selector (each node's agent
+    /// answers; `controllers::cluster_dns` keeps its EndpointSlice), and
+    /// `trafficDistribution: PreferSameNode` so a node's lookups stay on the node.
+    pub async fn ensure_cluster_dns_service(&self, ip: std::net::Ipv4Addr) -> Result<(), ApiError> {
+        let def = self
+            .registry
+            .find("", "v1", "services")
+            .expect("services are served")
+            .clone();
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                    "kubernetes.io/name": "KubeDNS"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(),
+                "trafficDistribution": "PreferSameNode",
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
+        match self
+            .create(&def, Some("kube-system"), svc, &WriteOptions::default())
+            .await
+        {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Points the `kubernetes` Service at this API server: an Endpoints and an EndpointSlice
     /// named `kubernetes` in `default` holding `address:port`, as the real API server's
     /// endpoint reconciler keeps them, so pods reach the API through the Service's address.

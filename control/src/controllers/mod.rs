@@ -6,6 +6,7 @@
 //! is in [`machinery`].
 
 pub mod bootstrap_signer;
+pub mod cluster_dns;
 pub mod cronjob;
 pub mod csr_approving;
 pub mod csr_cleaner;

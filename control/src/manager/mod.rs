@@ -10,9 +10,9 @@ pub mod supervise;
 
 use crate::client::Context;
 use crate::controllers::{
-    bootstrap_signer, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset, deployment,
-    endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr, replicaset,
-    replicationcontroller, root_ca, serviceaccount, statefulset, token_cleaner,
+    bootstrap_signer, cluster_dns, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset,
+    deployment, endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr,
+    replicaset, replicationcontroller, root_ca, serviceaccount, statefulset, token_cleaner,
 };
 
 /// Settings of the client-side controllers.
@@ -112,6 +112,7 @@ async fn run_workloads(ctx: &Context, health: &supervise::Health) {
         ),
         supervised!(ctx, health, "endpointslice", endpointslice::run),
         supervised!(ctx, health, "endpoints", endpoints::run),
+        supervised!(ctx, health, "cluster-dns", cluster_dns::run),
         supervised!(ctx, health, "deployment", deployment::run),
         supervised!(ctx, health, "job", job::run),
         supervised!(ctx, health, "cronjob", cronjob::run),

@@ -67,6 +67,11 @@ fn node() -> Node {
             }),
         )),
         sync_frequency: Duration::from_secs(60),
+        dns: Arc::new(crate::kubelet::resolv_conf::NodeDns {
+            cluster_dns: vec!["10.96.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            host: Default::default(),
+        }),
         admission: crate::kubelet::admission::Admission::default(),
     });
     Node {
