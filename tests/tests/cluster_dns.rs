@@ -18,8 +18,7 @@ use skiff_e2e::kubectl::Kubectl;
 use skiff_e2e::wait_for;
 use skiff_test_support::require_root;
 
-const INDEX: u8 = 217;
-/// The fake upstream's port, on the host side of the node bridge (172.31.<INDEX>.1).
+/// The fake upstream's port, on the host side of the node bridge (172.31.<index>.1).
 const UPSTREAM_PORT: u16 = 10_053;
 /// What the fake upstream answers for every A question.
 const OUTSIDE_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 44);
@@ -83,13 +82,29 @@ fn nslookup(k: &Kubectl, pod: &str, name: &str) -> String {
 }
 
 #[test]
-fn pods_on_every_node_resolve_services_through_their_nodes_responder() {
+fn lookups_go_to_the_nodes_own_responder_in_ebpf_mode() {
     require_root!("network namespaces, containers, BPF");
-    let upstream = SocketAddr::from((Ipv4Addr::new(172, 31, INDEX, 1), UPSTREAM_PORT));
+    pods_on_every_node_resolve_services("ebpf", 217);
+}
+
+#[test]
+fn lookups_go_to_the_nodes_own_responder_in_iptables_mode() {
+    require_root!("network namespaces, containers, iptables");
+    pods_on_every_node_resolve_services("iptables", 218);
+}
+
+#[test]
+fn lookups_go_to_the_nodes_own_responder_in_nftables_mode() {
+    require_root!("network namespaces, containers, nftables");
+    pods_on_every_node_resolve_services("nftables", 219);
+}
+
+fn pods_on_every_node_resolve_services(mode: &str, index: u8) {
+    let upstream = SocketAddr::from((Ipv4Addr::new(172, 31, index, 1), UPSTREAM_PORT));
     let c = Guard::test(&Options {
-        proxy_mode: "ebpf".into(),
+        proxy_mode: mode.into(),
         agent_args: vec![format!("--dns-upstream={upstream}")],
-        ..Options::test("tdns", INDEX, 2)
+        ..Options::test(&format!("tdns{}", &mode[..1]), index, 2)
     });
     // The bridge exists once the cluster is up; the agents only send to it when asked.
     let asked = fake_upstream(upstream);
@@ -203,6 +218,63 @@ fn pods_on_every_node_resolve_services_through_their_nodes_responder() {
     );
     let out = nslookup(&k, "client-0", "docs.default.svc.cluster.local");
     assert!(out.contains("docs.example"), "the CNAME: {out}");
+
+    // Headless: the Service's name is its pods' addresses, a pod with hostname and subdomain
+    // has its own name, and a named port its SRV records.
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nginx"},
+            "spec": {"clusterIP": "None", "selector": {"app": "nginx"},
+                "ports": [{"name": "web", "port": 80}]}})
+        .to_string(),
+    );
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "labels": {"app": "nginx"}},
+            "spec": {"hostname": "web-0", "subdomain": "nginx", "nodeName": nodes[1],
+                "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}})
+        .to_string(),
+    );
+    let web = k.wait_phase("web-0", "Running", Duration::from_secs(90));
+    let web_ip = web["status"]["podIP"].as_str().unwrap().to_owned();
+    wait_for(
+        "the headless Service to resolve to its pod",
+        Duration::from_secs(30),
+        || {
+            nslookup(&k, "client-0", "nginx.default.svc.cluster.local")
+                .contains(&format!("Address: {web_ip}"))
+        },
+    );
+    let out = nslookup(&k, "client-0", "web-0.nginx.default.svc.cluster.local");
+    assert!(out.contains(&format!("Address: {web_ip}")), "{out}");
+    let out = nslookup(
+        &k,
+        "client-1",
+        "-type=srv _web._tcp.nginx.default.svc.cluster.local",
+    );
+    assert!(
+        out.contains("80 web-0.nginx.default.svc.cluster.local"),
+        "SRV: {out}"
+    );
+    // PTR: the Service address names the Service.
+    let out = nslookup(&k, "client-1", &kubia_ip);
+    assert!(
+        out.contains("kubia.default.svc.cluster.local"),
+        "PTR: {out}"
+    );
+
+    // dnsPolicy None takes only the pod's dnsConfig.
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "own-dns"},
+            "spec": {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.53"],
+                "searches": ["corp.example"], "options": [{"name": "ndots", "value": "2"}]},
+                "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]}})
+        .to_string(),
+    );
+    k.wait_phase("own-dns", "Running", Duration::from_secs(90));
+    assert_eq!(
+        k.run(&["exec", "own-dns", "--", "cat", "/etc/resolv.conf"]),
+        "search corp.example\nnameserver 192.0.2.53\noptions ndots:2\n"
+    );
 
     // A Service made now resolves on both nodes, and is gone once deleted.
     k.run(&["create", "service", "clusterip", "late", "--tcp=80"]);
