@@ -1036,7 +1036,8 @@ impl PodWorker {
     }
 
     async fn create_sandbox(&mut self) -> Result<(), PodWorkerError> {
-        let hostname = pod_hostname(&self.pod);
+        let hostname = sandbox_hostname(&self.pod, &self.shared.dns.cluster_domain)
+            .map_err(PodWorkerError::Config)?;
         let host = self.host_namespaces();
         let (runtime, uid) = (self.shared.runtime.clone(), self.uid.clone());
         let sandbox = blocking(move || runtime.create_sandbox_with(&uid, &hostname, host))
@@ -1272,6 +1273,34 @@ fn pod_hostname(pod: &Pod) -> String {
     } else {
         h
     }
+}
+
+/// Longest kernel hostname (HOST_NAME_MAX + 1, as the kubelet counts).
+const MAX_FQDN_HOSTNAME: usize = 64;
+
+/// The sandbox's kernel hostname: the pod's hostname, or with `setHostnameAsFQDN` and a
+/// subdomain its FQDN (`web-0.nginx.prod.svc.cluster.local`), refused past 64 characters with
+/// the kubelet's message.
+fn sandbox_hostname(pod: &Pod, cluster_domain: &str) -> Result<String, String> {
+    let hostname = pod_hostname(pod);
+    let spec = pod.spec.as_ref();
+    let subdomain = spec
+        .and_then(|s| s.subdomain.as_deref())
+        .filter(|s| !s.is_empty());
+    let (Some(true), Some(subdomain)) = (spec.and_then(|s| s.set_hostname_as_fqdn), subdomain)
+    else {
+        return Ok(hostname);
+    };
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let fqdn = format!("{hostname}.{subdomain}.{ns}.svc.{cluster_domain}");
+    if fqdn.len() > MAX_FQDN_HOSTNAME {
+        return Err(format!(
+            "failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} is too \
+             long ({MAX_FQDN_HOSTNAME} characters is the max, {} characters requested)",
+            fqdn.len()
+        ));
+    }
+    Ok(fqdn)
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub fn subsets(endpoints: &[PodEndpoint], publish_not_ready: bool) -> Vec<Endpoi
         });
         let address = EndpointAddress {
             ip: ep.ip.clone(),
+            hostname: ep.hostname.clone(),
             node_name: ep
                 .pod
                 .spec

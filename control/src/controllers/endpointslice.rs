@@ -62,6 +62,9 @@ pub struct PodEndpoint {
     pub terminating: bool,
     /// The Service's ports resolved against the pod's container ports.
     pub ports: Vec<EndpointPort>,
+    /// The pod's `hostname` when its `subdomain` is this Service (a StatefulSet's pods under
+    /// their governing Service): cluster DNS names the endpoint `<hostname>.<svc>.<ns>.svc`.
+    pub hostname: Option<String>,
 }
 
 /// The Service's selector, if it selects pods at all (absent or empty: it does not).
@@ -99,6 +102,13 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<PodEndpoint> {
                 .filter(|ip| !ip.is_empty())?;
             let terminating = p.metadata.deletion_timestamp.is_some();
             let ready = pod_state::is_ready(p);
+            let spec = p.spec.as_ref();
+            let hostname = spec
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty())
+                .filter(|_| {
+                    spec.and_then(|s| s.subdomain.as_deref()) == svc.metadata.name.as_deref()
+                });
             Some(PodEndpoint {
                 pod: p.clone(),
                 ip,
@@ -106,6 +116,7 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<PodEndpoint> {
                 serving: publish_not_ready || ready,
                 terminating,
                 ports: resolve_ports(svc, p),
+                hostname,
             })
         })
         .collect();
@@ -167,6 +178,7 @@ pub fn pack(endpoints: &[PodEndpoint]) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)
             .or_insert_with(|| (ep.ports.clone(), vec![]));
         group.1.push(Endpoint {
             addresses: vec![ep.ip.clone()],
+            hostname: ep.hostname.clone(),
             conditions: Some(EndpointConditions {
                 ready: Some(ep.ready),
                 serving: Some(ep.serving),
@@ -446,6 +458,36 @@ mod tests {
         });
         p.status.as_mut().unwrap().pod_ip = Some(ip.into());
         Arc::new(p)
+    }
+
+    #[test]
+    fn a_pod_whose_subdomain_is_the_service_lends_the_endpoint_its_hostname() {
+        let s = svc(IntOrString::Int(8080));
+        let named = |name: &str, ip: &str, subdomain: &str| {
+            let mut p = Pod::clone(&web_pod(name, ip, "web", 8080, true));
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some(name.into());
+            spec.subdomain = Some(subdomain.into());
+            Arc::new(p)
+        };
+        let eps = pod_endpoints(
+            &s,
+            &[
+                named("web-0", "10.0.0.1", "web"),
+                named("x-0", "10.0.0.2", "other"),
+            ],
+        );
+        let names: Vec<Option<&str>> = eps.iter().map(|e| e.hostname.as_deref()).collect();
+        assert_eq!(
+            names,
+            [Some("web-0"), None],
+            "only under the Service its subdomain names"
+        );
+        let slices = pack(&eps);
+        assert_eq!(slices[0].1[0].hostname.as_deref(), Some("web-0"));
+        let subsets = crate::controllers::endpoints::subsets(&eps, false);
+        let addresses = subsets[0].addresses.as_ref().unwrap();
+        assert_eq!(addresses[0].hostname.as_deref(), Some("web-0"));
     }
 
     #[test]

@@ -705,3 +705,40 @@ async fn a_forbidden_sysctl_fails_the_pod_before_anything_runs() {
         .await
         .contains(&"SysctlForbidden".to_owned()));
 }
+
+#[test]
+fn set_hostname_as_fqdn_names_the_sandbox_by_its_fqdn_within_64_characters() {
+    let pod = |spec: serde_json::Value| -> Pod {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "web-0", "namespace": "prod"},
+            "spec": spec}),
+        )
+        .unwrap()
+    };
+    let fqdn = pod(
+        serde_json::json!({"containers": [], "hostname": "web-0", "subdomain": "nginx",
+        "setHostnameAsFQDN": true}),
+    );
+    assert_eq!(
+        super::sandbox_hostname(&fqdn, "cluster.local").unwrap(),
+        "web-0.nginx.prod.svc.cluster.local"
+    );
+    let plain =
+        pod(serde_json::json!({"containers": [], "hostname": "web-0", "subdomain": "nginx"}));
+    assert_eq!(
+        super::sandbox_hostname(&plain, "cluster.local").unwrap(),
+        "web-0"
+    );
+    let no_subdomain = pod(serde_json::json!({"containers": [], "setHostnameAsFQDN": true}));
+    assert_eq!(
+        super::sandbox_hostname(&no_subdomain, "cluster.local").unwrap(),
+        "web-0"
+    );
+    let long = pod(serde_json::json!({"containers": [], "hostname": "web-0",
+        "subdomain": "a-very-long-subdomain-name-for-this-test", "setHostnameAsFQDN": true}));
+    let err = super::sandbox_hostname(&long, "cluster.local").unwrap_err();
+    assert!(
+        err.contains("is too long (64 characters is the max"),
+        "{err}"
+    );
+}
