@@ -822,6 +822,7 @@ fn start_dns(
         domain: args.cluster_domain.clone(),
         ttl: args.dns_ttl,
         handle,
+        address: *address.ip(),
     })
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
 use serde_json::json;
-use skiff_e2e::cluster::{Guard, Options};
+use skiff_e2e::cluster::{self, Guard, Options};
 use skiff_e2e::kubectl::Kubectl;
 use skiff_e2e::wait_for;
 use skiff_test_support::require_root;
@@ -101,7 +101,7 @@ fn lookups_go_to_the_nodes_own_responder_in_nftables_mode() {
 
 fn pods_on_every_node_resolve_services(mode: &str, index: u8) {
     let upstream = SocketAddr::from((Ipv4Addr::new(172, 31, index, 1), UPSTREAM_PORT));
-    let c = Guard::test(&Options {
+    let mut c = Guard::test(&Options {
         proxy_mode: mode.into(),
         agent_args: vec![format!("--dns-upstream={upstream}")],
         ..Options::test(&format!("tdns{}", &mode[..1]), index, 2)
@@ -275,6 +275,51 @@ fn pods_on_every_node_resolve_services(mode: &str, index: u8) {
         k.run(&["exec", "own-dns", "--", "cat", "/etc/resolv.conf"]),
         "search corp.example\nnameserver 192.0.2.53\noptions ndots:2\n"
     );
+
+    // The first node's agent stops (its pods keep running): their lookups go to the other
+    // node's responder until it is back. With the agent away there is no exec or logs on that
+    // node, so a pod there writes each lookup, stamped with the second it started, to a host
+    // directory.
+    let out_dir = tempfile::tempdir().unwrap();
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "looker"},
+            "spec": {"nodeName": nodes[0], "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", "while true; do s=$(date +%s); \
+                    r=$(nslookup kubia 2>&1); printf '%s\\n%s\\n' \"$s\" \"$r\" > /out/tmp; \
+                    mv /out/tmp /out/last; sleep 0.2; done"],
+                "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+                "volumes": [{"name": "out", "hostPath": {"path": out_dir.path(), "type": "Directory"}}]}})
+        .to_string(),
+    );
+    k.wait_phase("looker", "Running", Duration::from_secs(90));
+    let last = || std::fs::read_to_string(out_dir.path().join("last")).unwrap_or_default();
+    let started = |text: &str| text.lines().next().and_then(|l| l.parse::<u64>().ok());
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    wait_for("the looker's first lookup", Duration::from_secs(30), || {
+        started(&last()).is_some()
+    });
+    cluster::stop_agent(&c.state.nodes[0]);
+    let stopped = now();
+    let mut result = String::new();
+    wait_for(
+        "a lookup started after the agent stopped",
+        Duration::from_secs(30),
+        || {
+            result = last();
+            started(&result).is_some_and(|s| s >= stopped + 2)
+        },
+    );
+    assert!(
+        result.contains(&format!("Address: {kubia_ip}")),
+        "with the agent stopped: {result}"
+    );
+    cluster::start_agent(&mut c.state.nodes[0]).unwrap();
+    c.save().unwrap();
 
     // A Service made now resolves on both nodes, and is gone once deleted.
     k.run(&["create", "service", "clusterip", "late", "--tcp=80"]);

@@ -25,4 +25,6 @@ pub struct ClusterZone {
     pub ttl: u32,
     /// Where the responder reads the zone.
     pub handle: server::ZoneHandle,
+    /// The responder's address (this node's endpoint of the `kube-dns` Service).
+    pub address: std::net::Ipv4Addr,
 }

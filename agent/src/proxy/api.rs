@@ -330,7 +330,36 @@ pub async fn run(
         }
     })
     .await;
+    // The agent is stopping and its DNS responder with it, while its pods keep running: their
+    // lookups go to the other nodes' responders until it is back (the kube-dns Service prefers
+    // the same node only while that node has a ready responder).
+    if let Some(dns) = &dns {
+        let slices: Vec<EndpointSlice> = eps_reader
+            .state()
+            .iter()
+            .map(|s| without_address(s, dns.address))
+            .collect();
+        let services = svc_reader.state();
+        let desired = desired_services(services.iter().map(|s| s.as_ref()), &slices, &node);
+        match sync(datapath.lock().await.as_mut(), &desired) {
+            Ok(n) => tracing::info!(
+                changed = n,
+                "DNS handed over to the other nodes' responders"
+            ),
+            Err(e) => tracing::warn!(error = %e, "handing DNS over to the other nodes failed"),
+        }
+    }
     Ok(())
+}
+
+/// `slice` without the endpoints at `address`.
+fn without_address(slice: &EndpointSlice, address: Ipv4Addr) -> EndpointSlice {
+    let mut slice = slice.clone();
+    let address = address.to_string();
+    if let Some(endpoints) = slice.endpoints.as_mut() {
+        endpoints.retain(|e| !e.addresses.contains(&address));
+    }
+    slice
 }
 
 #[cfg(test)]
@@ -453,6 +482,37 @@ mod tests {
             ["10.244.1.5", "10.244.2.7"],
             "PreferSameNode: any endpoint when the node has none ready"
         );
+    }
+
+    #[test]
+    fn a_stopping_agent_hands_its_dns_frontend_to_the_other_nodes() {
+        let dns: KubeService = serde_json::from_value(
+            json!({"metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "trafficDistribution": "PreferSameNode",
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+        )
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(
+            json!({"metadata": {"name": "kube-dns", "namespace": "kube-system",
+                "labels": {SERVICE_NAME_LABEL: "kube-dns"}},
+            "addressType": "IPv4", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.244.1.1"], "nodeName": "node-1"},
+                          {"addresses": ["10.244.2.1"], "nodeName": "node-2"}]}),
+        )
+        .unwrap();
+        let backends = |slice: &EndpointSlice| -> Vec<String> {
+            let d = desired_services([&dns], [slice], "node-1");
+            d.values()
+                .next()
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| b.ip.to_string())
+                .collect()
+        };
+        assert_eq!(backends(&slice), ["10.244.1.1"]);
+        let leaving = without_address(&slice, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(backends(&leaving), ["10.244.2.1"]);
     }
 
     /// An in-memory datapath recording calls, to check that syncs are O(changes).
