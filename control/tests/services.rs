@@ -110,6 +110,41 @@ async fn cluster_ips_are_allocated_unique_and_released() {
 }
 
 #[tokio::test]
+async fn traffic_policies_take_only_kubernetes_values() {
+    let a = api().await;
+    let mut ok = svc("dns", "ClusterIP", None, None);
+    ok["spec"]["internalTrafficPolicy"] = json!("Local");
+    ok["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    let created = a.post(SVCS, ok).await;
+    assert_eq!(created["spec"]["trafficDistribution"], "PreferSameNode");
+    for (field, value, supported) in [
+        ("internalTrafficPolicy", "Nearby", "\"Cluster\", \"Local\""),
+        (
+            "trafficDistribution",
+            "PreferMyNode",
+            "\"PreferClose\", \"PreferSameNode\", \"PreferSameZone\"",
+        ),
+    ] {
+        let mut bad = svc(
+            &format!("bad-{}", field.to_lowercase()),
+            "ClusterIP",
+            None,
+            None,
+        );
+        bad["spec"][field] = json!(value);
+        let (code, s) = a.call(Method::POST, SVCS, Some(bad)).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+        let message = s["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "spec.{field}: Unsupported value: \"{value}\": supported values: {supported}"
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn node_ports_are_allocated_in_range_and_conflicts_rejected() {
     let a = api().await;
     let np = a.post(SVCS, svc("np", "NodePort", None, None)).await;

@@ -105,13 +105,38 @@ impl Strategy for Service {
         for (i, p) in ports.iter().enumerate() {
             validate_port(p.get("port"), format!("spec.ports[{i}].port"), errs);
         }
-        if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
+        let mut supported = |field: &str, value: Option<&str>, values: &[&str]| {
+            let Some(value) = value.filter(|v| !values.contains(v)) else {
+                return;
+            };
+            let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
             errs.push(FieldError {
                 reason: "FieldValueNotSupported",
-                field: "spec.type".into(),
-                message: format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+                field: field.into(),
+                message: format!(
+                    "Unsupported value: {value:?}: supported values: {}",
+                    list.join(", ")
+                ),
             });
-        }
+        };
+        supported(
+            "spec.type",
+            Some(ty),
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        );
+        supported(
+            "spec.internalTrafficPolicy",
+            str_at(object, "/spec/internalTrafficPolicy"),
+            &["Cluster", "Local"],
+        );
+        // The values Kubernetes 1.37 accepts; the service proxy acts on PreferSameNode (its own
+        // node's endpoints first) and treats the zone preferences as no preference (a node is
+        // its own zone here only when labelled so; zones are not tracked).
+        supported(
+            "spec.trafficDistribution",
+            str_at(object, "/spec/trafficDistribution"),
+            &["PreferClose", "PreferSameNode", "PreferSameZone"],
+        );
     }
 
     /// Service writes are serialised: reserve, store write and settle see one another.
