@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skiff_control::apiserver::service_alloc;
 use skiff_control::bootstrap::token;
-use skiff_control::controllers::{csr_approving, csr_signing, node_lifecycle, pod_cidr};
+use skiff_control::controllers::{
+    csr_approving, csr_signing, node_lifecycle, pod_cidr, service_lb,
+};
 use skiff_control::manager::{self, leader};
 use skiff_control::server::{self, Config};
 use skiff_k8s::cidr::{CidrError, Ipv4Cidr};
@@ -337,6 +339,10 @@ struct ControllerArgs {
     /// hand.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     approve_kubelet_serving: bool,
+    /// Addresses for LoadBalancer Services, `A-B` or a CIDR (repeatable); without any, a
+    /// LoadBalancer Service gets the Ready Nodes' InternalIPs, as k3s's ServiceLB does.
+    #[arg(long = "loadbalancer-ip-pool", value_name = "RANGE", value_parser = service_lb::parse_pool)]
+    loadbalancer_ip_pools: Vec<std::ops::RangeInclusive<std::net::Ipv4Addr>>,
 }
 
 impl ControllerArgs {
@@ -375,6 +381,9 @@ impl ControllerArgs {
                 approve_kubelet_serving: self.approve_kubelet_serving,
             },
             health: manager::supervise::Health::default(),
+            load_balancers: service_lb::Config {
+                pools: self.loadbalancer_ip_pools.clone(),
+            },
         })
     }
 

@@ -88,6 +88,23 @@ impl Kubectl {
         self.pod(name).and_then(|p| p.pointer(pointer).cloned())
     }
 
+    /// The ready endpoints of `service`, over its EndpointSlices.
+    pub fn ready_endpoints(&self, service: &str) -> usize {
+        let list = self.json(&[
+            "get",
+            "endpointslices",
+            "-l",
+            &format!("kubernetes.io/service-name={service}"),
+        ]);
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count()
+    }
+
     /// Waits until the pod is in `phase` and returns it.
     pub fn wait_phase(&self, name: &str, phase: &str, timeout: Duration) -> Value {
         let mut last = None;

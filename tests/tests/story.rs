@@ -17,7 +17,6 @@ use skiff_test_support::require_root;
 /// Queries of the story's Deployment and Service.
 trait StoryQueries {
     fn running_pods(&self) -> Vec<(String, String)>;
-    fn ready_endpoints(&self, service: &str) -> usize;
 }
 
 impl StoryQueries for Kubectl {
@@ -40,22 +39,6 @@ impl StoryQueries for Kubectl {
                 )
             })
             .collect()
-    }
-
-    fn ready_endpoints(&self, service: &str) -> usize {
-        let list = self.json(&[
-            "get",
-            "endpointslices",
-            "-l",
-            &format!("kubernetes.io/service-name={service}"),
-        ]);
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-            .filter(|e| e["conditions"]["ready"] == true)
-            .count()
     }
 }
 

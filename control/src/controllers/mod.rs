@@ -26,6 +26,7 @@ pub mod pod_cidr;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod root_ca;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod token_cleaner;

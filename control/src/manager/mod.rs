@@ -12,7 +12,8 @@ use crate::client::Context;
 use crate::controllers::{
     bootstrap_signer, cluster_dns, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset,
     deployment, endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr,
-    replicaset, replicationcontroller, root_ca, serviceaccount, statefulset, token_cleaner,
+    replicaset, replicationcontroller, root_ca, service_lb, serviceaccount, statefulset,
+    token_cleaner,
 };
 
 /// Settings of the client-side controllers.
@@ -33,6 +34,8 @@ pub struct Settings {
     pub csr_approving: csr_approving::Config,
     /// Where the controllers' health is reported (read by `/readyz`).
     pub health: supervise::Health,
+    /// LoadBalancer address pools.
+    pub load_balancers: service_lb::Config,
 }
 
 /// Runs the controllers and the scheduler while this instance is the leader, until
@@ -75,6 +78,7 @@ async fn run_term(ctx: Context, settings: Settings) {
         csr_approving: approving,
         health,
         election: _,
+        load_balancers,
     } = settings;
     tokio::join!(
         supervised!(ctx, health, "pod-cidr", pod_cidr::run, pod_cidrs),
@@ -91,6 +95,7 @@ async fn run_term(ctx: Context, settings: Settings) {
         supervised!(ctx, health, "csr-cleaner", csr_cleaner::run),
         supervised!(ctx, health, "token-cleaner", token_cleaner::run),
         supervised!(ctx, health, "bootstrap-signer", bootstrap_signer::run),
+        supervised!(ctx, health, "service-lb", service_lb::run, load_balancers),
         run_workloads(&ctx, &health),
     );
 }
