@@ -74,7 +74,6 @@ pub fn subsets(endpoints: &[PodEndpoint], publish_not_ready: bool) -> Vec<Endpoi
                 uid: ep.pod.uid(),
                 ..ObjectReference::default()
             }),
-            ..EndpointAddress::default()
         };
         let list = if ep.ready {
             subset.addresses.get_or_insert_with(Vec::new)

@@ -108,13 +108,12 @@ fn node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// Each Service's ingress addresses by `namespace/name`, and (Service, message) warnings.
+pub type Assignment = (BTreeMap<String, Vec<String>>, Vec<(String, String)>);
+
 /// What each Service's ingress should be (by `namespace/name`), and the warnings of those
 /// that cannot get one. Services that are not (or no longer) managed map to no address.
-pub fn assign(
-    config: &Config,
-    services: &[Arc<Service>],
-    nodes: &[Arc<Node>],
-) -> (BTreeMap<String, Vec<String>>, Vec<(String, String)>) {
+pub fn assign(config: &Config, services: &[Arc<Service>], nodes: &[Arc<Node>]) -> Assignment {
     let mut want = BTreeMap::new();
     let mut warnings = Vec::new();
     if config.pools.is_empty() {
