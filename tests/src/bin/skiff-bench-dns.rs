@@ -406,6 +406,12 @@ impl Responder {
         cpu_time(self.child.id()).unwrap_or_default()
     }
 
+    /// How long the responder's thread (the runtime's, the process's main thread) has waited
+    /// for a CPU while runnable.
+    fn run_delay(&self) -> Duration {
+        run_delay(&format!("/proc/{}/schedstat", self.child.id()))
+    }
+
     fn stop(mut self) -> anyhow::Result<Done> {
         drop(self.stdin.take());
         let mut line = String::new();
@@ -438,6 +444,59 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// Datagrams the kernel dropped at the IPv4 UDP socket bound to 127.0.0.1:`port` (its receive
+/// buffer full), from the last column of /proc/net/udp.
+fn udp_drops(port: u16) -> u64 {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Time a thread waited on a run queue while runnable: the second field of a schedstat file
+/// (nanoseconds). Other work on the same CPU shows here.
+fn run_delay(path: &str) -> Duration {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
+}
+
+/// The responder's share of a run's wall time spent on its CPU and spent waiting for it.
+#[derive(Debug, Default, Serialize)]
+struct Contention {
+    /// CPU use, in cores.
+    responder_cpu: f64,
+    /// Time runnable but waiting for its CPU, as a share of the run.
+    responder_waiting: f64,
+    /// The same for the client thread (the latency client; for dnsperf: not measured).
+    client_waiting: Option<f64>,
+}
+
+/// Measures `responder`'s (and with `client`, this thread's) CPU and run-queue waits over `f`.
+fn contended<T>(
+    responder: &Responder,
+    client: bool,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Contention)> {
+    let own = "/proc/thread-self/schedstat";
+    let (cpu0, wait0, client0) = (responder.cpu_time(), responder.run_delay(), run_delay(own));
+    let started = Instant::now();
+    let value = f()?;
+    let wall = started.elapsed().as_secs_f64();
+    let contention = Contention {
+        responder_cpu: responder.cpu_time().saturating_sub(cpu0).as_secs_f64() / wall,
+        responder_waiting: responder.run_delay().saturating_sub(wait0).as_secs_f64() / wall,
+        client_waiting: client.then(|| run_delay(own).saturating_sub(client0).as_secs_f64() / wall),
+    };
+    Ok((value, contention))
+}
+
 /// One dnsperf run's figures.
 #[derive(Debug, Default, Serialize)]
 struct Perf {
@@ -445,35 +504,36 @@ struct Perf {
     sent: u64,
     completed: u64,
     lost: u64,
+    /// Queries the kernel dropped at the responder's socket (its receive buffer full).
+    responder_drops: u64,
     rcodes: String,
     avg_latency_ms: f64,
     stddev_latency_ms: f64,
-    /// The responder's CPU use while dnsperf ran, in cores.
-    responder_cpu: f64,
+    /// The responder's CPU use and waits while dnsperf ran.
+    contention: Contention,
 }
 
 /// Runs dnsperf against `addr` with the names in `data` for `duration`.
 fn dnsperf(args: &RunArgs, responder: &Responder, data: &Path) -> anyhow::Result<Perf> {
-    let cpu_before = responder.cpu_time();
-    let started = Instant::now();
-    let out = Command::new(&args.dnsperf)
-        .args(["-s", "127.0.0.1", "-p", &responder.ready.port.to_string()])
-        .arg("-d")
-        .arg(data)
-        .args(["-l", &args.duration.to_string()])
-        .args(["-q", &args.outstanding.to_string()])
-        // Lost queries time out quickly so that a dropped burst does not stall the run.
-        .args(["-t", "1"])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| {
-            format!(
-                "running {} (cargo xtask setup installs it)",
-                args.dnsperf.display()
-            )
-        })?;
-    let elapsed = started.elapsed();
-    let cpu = responder.cpu_time().saturating_sub(cpu_before);
+    let drops = udp_drops(responder.ready.port);
+    let (out, contention) = contended(responder, false, || {
+        Ok(Command::new(&args.dnsperf)
+            .args(["-s", "127.0.0.1", "-p", &responder.ready.port.to_string()])
+            .arg("-d")
+            .arg(data)
+            .args(["-l", &args.duration.to_string()])
+            .args(["-q", &args.outstanding.to_string()])
+            // Lost queries time out quickly so that a dropped burst does not stall the run.
+            .args(["-t", "1"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| {
+                format!(
+                    "running {} (cargo xtask setup installs it)",
+                    args.dnsperf.display()
+                )
+            })?)
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
@@ -497,10 +557,11 @@ fn dnsperf(args: &RunArgs, responder: &Responder, data: &Path) -> anyhow::Result
         sent: first_number("Queries sent:")? as u64,
         completed: first_number("Queries completed:")? as u64,
         lost: first_number("Queries lost:")? as u64,
+        responder_drops: udp_drops(responder.ready.port).saturating_sub(drops),
         rcodes: field("Response codes:").unwrap_or_default().to_owned(),
         avg_latency_ms: first_number("Average Latency (s):")? * 1000.0,
         stddev_latency_ms: first_number("Latency StdDev (s):")? * 1000.0,
-        responder_cpu: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        contention,
     })
 }
 
@@ -518,11 +579,40 @@ struct Latency {
     max_us: f64,
     /// How far behind its schedule the client sent, at worst (a busy client CPU).
     max_send_lag_us: f64,
+    /// Queries sent more than 100 µs after their scheduled time.
+    late_sends: u64,
+    /// Slots skipped because the client was more than `SKIP_LATE` behind (descheduled).
+    skipped: u64,
+    /// Replies the kernel dropped at the client's socket (its receive buffer full).
+    client_drops: u64,
+    /// Queries the kernel dropped at the responder's socket (its receive buffer full).
+    responder_drops: u64,
+    /// The responder's and the client's CPU and waits over the run.
+    contention: Contention,
 }
 
+/// The schedule's step at `rate` per second, in ns.
+fn interval_ns(rate: f64) -> u64 {
+    (1e9 / rate).max(1.0) as u64
+}
+
+/// Nanoseconds since the epoch on the clock the kernel stamps received datagrams with.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A query more than this late for its slot is skipped rather than sent in a burst.
+const SKIP_LATE: Duration = Duration::from_millis(1);
+
 /// Sends the queries of `names` (cycling) at `rate` per second for `duration` from one UDP
-/// socket, and times each reply from the query's scheduled send time (so a stall of the
-/// responder counts for every query it delays, not only the first).
+/// socket (open loop: the schedule does not wait for replies, so a stalled responder meets the
+/// queries that keep coming), and times each reply from just before its query was sent to the
+/// kernel's receive timestamp on the client's socket (`SO_TIMESTAMPNS`), so the client being
+/// descheduled before it reads a reply does not count. When the client itself falls more than
+/// [`SKIP_LATE`] behind its schedule (its CPU is shared), the missed slots are skipped and
+/// counted instead of being sent in a burst that would overflow the responder's socket.
 fn fixed_rate(
     addr: SocketAddr,
     names: &[String],
@@ -530,74 +620,111 @@ fn fixed_rate(
     duration: Duration,
     expect_nxdomain: bool,
 ) -> anyhow::Result<Latency> {
+    use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd as _;
+
     let requests = names
         .iter()
         .map(|n| query(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    socket.connect(addr)?;
-    socket.set_nonblocking(true)?;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = (duration.as_secs_f64() * rate) as u64;
-    // Scheduled send time (ns after the start) by message id; ids wrap after 65 536 queries,
-    // long after a reply is due at these rates.
-    let mut scheduled: Vec<Option<u64>> = vec![None; 1 << 16];
-    let mut latencies: Vec<u64> = Vec::with_capacity(total as usize);
-    let (mut sent, mut unexpected, mut max_lag) = (0u64, 0u64, 0u64);
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    udp.connect(addr)?;
+    // Replies pile up while the client is descheduled; a default-sized buffer (~300 replies)
+    // would drop them here and blame the responder.
+    if socket::setsockopt(&udp, sockopt::RcvBufForce, &(16 << 20)).is_err() {
+        let _ = socket::setsockopt(&udp, sockopt::RcvBuf, &(16 << 20));
+    }
+    socket::setsockopt(&udp, sockopt::ReceiveTimestampns, &true)?;
+    let client_port = udp.local_addr()?.port();
+    let interval = interval_ns(rate);
+    let slots = (duration.as_secs_f64() * rate) as u64;
+    // Send time (realtime ns) by message id; ids wrap after 65 536 queries, long after a reply
+    // is due at these rates (a query still unanswered when its id comes round again is lost).
+    let mut sent_at: Vec<Option<u64>> = vec![None; 1 << 16];
+    let mut latencies: Vec<u64> = Vec::with_capacity(slots as usize);
+    let (mut sent, mut skipped, mut unexpected, mut max_lag, mut late) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut buf = [0u8; 1500];
-    let start = Instant::now();
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let mut receive =
-        |scheduled: &mut Vec<Option<u64>>, latencies: &mut Vec<u64>| -> anyhow::Result<bool> {
-            match socket.recv(&mut buf) {
-                Ok(n) if n >= 12 => {
-                    let now = start.elapsed().as_nanos() as u64;
-                    let id = u16::from_be_bytes([buf[0], buf[1]]);
-                    if let Some(at) = scheduled[usize::from(id)].take() {
-                        latencies.push(now.saturating_sub(at));
-                        let rcode = buf[3] & 0x0f;
-                        let ok = if expect_nxdomain {
-                            rcode == 3
-                        } else {
-                            rcode == 0 && buf[7] > 0
-                        };
-                        if !ok {
-                            unexpected += 1;
+        |sent_at: &mut Vec<Option<u64>>, latencies: &mut Vec<u64>| -> anyhow::Result<bool> {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let (n, stamp) = match socket::recvmsg::<()>(
+                udp.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(msg) => {
+                    let stamp = msg.cmsgs()?.find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(t) => {
+                            Some(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
                         }
-                    }
-                    Ok(true)
+                        _ => None,
+                    });
+                    (msg.bytes, stamp)
                 }
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-                Err(e) => Err(e.into()),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            if n < 12 {
+                return Ok(true);
             }
+            let received = stamp.unwrap_or_else(realtime_ns);
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            if let Some(at) = sent_at[usize::from(id)].take() {
+                latencies.push(received.saturating_sub(at));
+                let rcode = buf[3] & 0x0f;
+                let answers = u16::from_be_bytes([buf[6], buf[7]]);
+                let ok = if expect_nxdomain {
+                    rcode == 3
+                } else {
+                    rcode == 0 && answers > 0
+                };
+                if !ok {
+                    unexpected += 1;
+                }
+            }
+            Ok(true)
         };
-    while sent < total {
-        let due = (interval.as_nanos() as u64) * sent;
+    let start = Instant::now();
+    let mut slot = 0u64;
+    while slot < slots {
+        let due = interval * slot;
         let now = start.elapsed().as_nanos() as u64;
         if now >= due {
+            let lag = now - due;
+            slot += 1;
+            if lag > SKIP_LATE.as_nanos() as u64 {
+                skipped += 1;
+                continue;
+            }
+            max_lag = max_lag.max(lag);
+            if lag > 100_000 {
+                late += 1;
+            }
             let id = sent as u16;
             let mut request = requests[(sent as usize) % requests.len()].clone();
             request[..2].copy_from_slice(&id.to_be_bytes());
-            // A query still unanswered when its id comes round again is lost.
-            scheduled[usize::from(id)] = Some(due);
-            socket.send(&request)?;
-            max_lag = max_lag.max(now - due);
+            sent_at[usize::from(id)] = Some(realtime_ns());
+            udp.send(&request)?;
             sent += 1;
             continue;
         }
-        // Busy-polls between sends: sleeping would add the timer's slack to every latency.
-        if !receive(&mut scheduled, &mut latencies)? {
+        // Busy-polls between sends: sleeping would add the timer's slack to the schedule.
+        if !receive(&mut sent_at, &mut latencies)? {
             std::hint::spin_loop();
         }
     }
     // The last replies, for at most a second (a lost query never comes).
     let deadline = Instant::now() + Duration::from_secs(1);
     while (latencies.len() as u64) < sent && Instant::now() < deadline {
-        if !receive(&mut scheduled, &mut latencies)? {
+        if !receive(&mut sent_at, &mut latencies)? {
             std::hint::spin_loop();
         }
     }
     let answered = latencies.len() as u64;
+    let client_drops = udp_drops(client_port);
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -617,6 +744,11 @@ fn fixed_rate(
         p999_us: pct(0.999),
         max_us: pct(1.0),
         max_send_lag_us: max_lag as f64 / 1000.0,
+        late_sends: late,
+        skipped,
+        client_drops,
+        responder_drops: 0,
+        contention: Contention::default(),
     })
 }
 
@@ -690,9 +822,18 @@ fn measure(
     let qps_nxdomain = dnsperf(args, &responder, &nxdomain_file)?;
     let duration = Duration::from_secs_f64(args.duration);
     eprintln!("dns bench: {n} Services: latency at half the rate, cached names");
-    let latency_cached = fixed_rate(addr, &cached, qps_cached.qps / 2.0, duration, false)?;
+    let at_half = |names: &[String], qps: f64, nxdomain: bool| -> anyhow::Result<Latency> {
+        let drops = udp_drops(responder.ready.port);
+        let (mut latency, contention) = contended(&responder, true, || {
+            fixed_rate(addr, names, qps / 2.0, duration, nxdomain)
+        })?;
+        latency.contention = contention;
+        latency.responder_drops = udp_drops(responder.ready.port).saturating_sub(drops);
+        Ok(latency)
+    };
+    let latency_cached = at_half(&cached, qps_cached.qps, false)?;
     eprintln!("dns bench: {n} Services: latency at half the rate, NXDOMAIN");
-    let latency_nxdomain = fixed_rate(addr, &nxdomain, qps_nxdomain.qps / 2.0, duration, true)?;
+    let latency_nxdomain = at_half(&nxdomain, qps_nxdomain.qps, true)?;
     let ready = responder.ready.clone();
     let done = responder.stop()?;
     Ok(Point {
