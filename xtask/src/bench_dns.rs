@@ -44,6 +44,10 @@ pub struct Args {
     /// Directory for dns.md and dns.json.
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Skip the latency runs with the responder under SCHED_FIFO (without root they are
+    /// skipped anyway).
+    #[arg(long)]
+    no_realtime: bool,
     /// Reuse the measuring binary as it is (skip building it).
     #[arg(long)]
     no_build: bool,
@@ -113,6 +117,10 @@ struct Point {
     qps_nxdomain: Perf,
     latency_cached: Latency,
     latency_nxdomain: Latency,
+    #[serde(default)]
+    latency_cached_fifo: Option<Latency>,
+    #[serde(default)]
+    latency_nxdomain_fifo: Option<Latency>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,7 +201,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .arg(&json)
             .args(["--services", &list])
             .args(["--duration", &duration.to_string()])
-            .args(["--outstanding", &args.outstanding.to_string()]),
+            .args(["--outstanding", &args.outstanding.to_string()])
+            .args(args.no_realtime.then_some("--no-realtime")),
     )?;
     report(&json, &out_dir)
 }
@@ -308,9 +317,9 @@ scaling guide); issue 15's target is at least 50 000 QPS on one core for cached 
         }
     }
     md.push_str(
-        "\n\"responder CPU\" is the responder process's user+system time over dnsperf's run; \
-\"waiting for its CPU\" the time its thread was runnable but another process had the CPU \
-(schedstat run delay). When the two add up to about 100%, the responder was busy the whole \
+        "\n\"responder CPU\" is the time the responder's thread ran over dnsperf's run, \
+\"waiting for its CPU\" the time it was runnable while another process had the CPU (both \
+from the scheduler's accounting, /proc/<pid>/schedstat). When the two add up to about 100%, the responder was busy the whole \
 run and the one core was the limit; its share of the core that other work took is the \
 machine's, not the responder's, and \"QPS per responder CPU-second\" (QPS / CPU) estimates \
 what a core of its own would answer. The target column judges the measured QPS.\n\n",
@@ -326,14 +335,22 @@ kernel's receive timestamp on the client socket (`SO_TIMESTAMPNS`), so the clien
 descheduled before it reads a reply does not count. When the client falls more than 1 ms \
 behind its schedule (its CPU is shared), it skips the missed slots instead of sending them in \
 a burst; they are counted under \"skipped\". Target (issue 15): p99 under 1 ms.\n\n\
-| Services | names | rate (QPS) | sent (skipped) | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | answered | p99 < 1 ms | responder CPU / waiting | client waiting |\n\
-|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
+Each point is measured twice: with the responder at normal priority, as the agent runs it, \
+and with the responder under SCHED_FIFO (root only), so that it runs as soon as a query \
+arrives instead of waiting for whatever else holds its CPU: on a machine whose other work \
+shares the responder's core, the first measures that sharing and the second the \
+responder.\n\n\
+| Services | names | responder priority | rate (QPS) | sent (skipped) | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | answered | p99 < 1 ms | responder CPU / waiting | client waiting |\n\
+|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
     );
     for p in &r.points {
-        for (label, l) in [
-            ("cached", &p.latency_cached),
-            ("NXDOMAIN", &p.latency_nxdomain),
+        for (label, priority, l) in [
+            ("cached", "normal", Some(&p.latency_cached)),
+            ("NXDOMAIN", "normal", Some(&p.latency_nxdomain)),
+            ("cached", "SCHED_FIFO", p.latency_cached_fifo.as_ref()),
+            ("NXDOMAIN", "SCHED_FIFO", p.latency_nxdomain_fifo.as_ref()),
         ] {
+            let Some(l) = l else { continue };
             let wrong = if l.unexpected_rcode > 0 {
                 format!(" ({} wrong rcode)", l.unexpected_rcode)
             } else {
@@ -341,7 +358,7 @@ a burst; they are counted under \"skipped\". Target (issue 15): p99 under 1 ms.\
             };
             let _ = writeln!(
                 md,
-                "| {n} | {label} | {rate:.0} | {s} ({skipped}) | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {max:.0} | {a}{wrong}{drops} | {t} | {cpu:.0}% / {wait:.0}% | {client} |",
+                "| {n} | {label} | {priority} | {rate:.0} | {s} ({skipped}) | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {max:.0} | {a}{wrong}{drops} | {t} | {cpu:.0}% / {wait:.0}% | {client} |",
                 n = p.services,
                 rate = l.rate,
                 skipped = l.skipped,
@@ -478,7 +495,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 1000 | cached | 30000 | 300000 (7) | 40 | 60 | 120 | 400 | 900 | 300000 (3 dropped at the responder's socket) | met | 25% / 10% | 5% |"),
+            md.contains("| 1000 | cached | normal | 30000 | 300000 (7) | 40 | 60 | 120 | 400 | 900 | 300000 (3 dropped at the responder's socket) | met | 25% / 10% | 5% |"),
             "{md}"
         );
         assert!(md.contains("| 1000 | 1000 | 2.2 ms | 2.0 - 3.0 ms | 3.9 MiB | 9.8 MiB | 11.8 MiB | 2.0 MiB | 19.5 MiB |"), "{md}");

@@ -93,6 +93,9 @@ struct RunArgs {
     /// dnsperf's queries outstanding at once (`-q`).
     #[arg(long, default_value_t = 200)]
     outstanding: usize,
+    /// Skip the latency runs with the responder under SCHED_FIFO (they need root).
+    #[arg(long)]
+    no_realtime: bool,
 }
 
 /// What the `serve` child reports once it is listening.
@@ -401,15 +404,17 @@ impl Responder {
         SocketAddr::from(([127, 0, 0, 1], self.ready.port))
     }
 
-    /// The child's user + system CPU time so far.
+    /// The CPU time of the responder's thread (the runtime's, the process's main thread) so
+    /// far, from the scheduler's own accounting (schedstat, ns): the tick-sampled utime and
+    /// stime of /proc/<pid>/stat misjudge a thread that runs in short bursts between wakeups.
     fn cpu_time(&self) -> Duration {
-        cpu_time(self.child.id()).unwrap_or_default()
+        schedstat(&format!("/proc/{}/schedstat", self.child.id()), 0)
     }
 
     /// How long the responder's thread (the runtime's, the process's main thread) has waited
     /// for a CPU while runnable.
     fn run_delay(&self) -> Duration {
-        run_delay(&format!("/proc/{}/schedstat", self.child.id()))
+        schedstat(&format!("/proc/{}/schedstat", self.child.id()), 1)
     }
 
     fn stop(mut self) -> anyhow::Result<Done> {
@@ -432,18 +437,6 @@ impl Drop for Responder {
     }
 }
 
-/// utime + stime of process `pid` (from /proc/<pid>/stat, in clock ticks of 10 ms).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on Linux (sysconf(_SC_CLK_TCK)).
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// Datagrams the kernel dropped at the IPv4 UDP socket bound to 127.0.0.1:`port` (its receive
 /// buffer full), from the last column of /proc/net/udp.
 fn udp_drops(port: u16) -> u64 {
@@ -457,12 +450,12 @@ fn udp_drops(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// Time a thread waited on a run queue while runnable: the second field of a schedstat file
-/// (nanoseconds). Other work on the same CPU shows here.
-fn run_delay(path: &str) -> Duration {
+/// Field `field` of a thread's schedstat file (ns): 0 is the time it ran, 1 the time it waited
+/// on a run queue while runnable (other work on its CPU shows there).
+fn schedstat(path: &str, field: usize) -> Duration {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .and_then(|s| s.split_whitespace().nth(field)?.parse().ok())
         .map(Duration::from_nanos)
         .unwrap_or_default()
 }
@@ -485,14 +478,19 @@ fn contended<T>(
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Contention)> {
     let own = "/proc/thread-self/schedstat";
-    let (cpu0, wait0, client0) = (responder.cpu_time(), responder.run_delay(), run_delay(own));
+    let (cpu0, wait0, client0) = (
+        responder.cpu_time(),
+        responder.run_delay(),
+        schedstat(own, 1),
+    );
     let started = Instant::now();
     let value = f()?;
     let wall = started.elapsed().as_secs_f64();
     let contention = Contention {
         responder_cpu: responder.cpu_time().saturating_sub(cpu0).as_secs_f64() / wall,
         responder_waiting: responder.run_delay().saturating_sub(wait0).as_secs_f64() / wall,
-        client_waiting: client.then(|| run_delay(own).saturating_sub(client0).as_secs_f64() / wall),
+        client_waiting: client
+            .then(|| schedstat(own, 1).saturating_sub(client0).as_secs_f64() / wall),
     };
     Ok((value, contention))
 }
@@ -790,6 +788,22 @@ struct Point {
     qps_nxdomain: Perf,
     latency_cached: Latency,
     latency_nxdomain: Latency,
+    /// The same with the responder under SCHED_FIFO: how it answers when it gets its CPU as
+    /// soon as a query arrives, whatever else the machine runs on that CPU.
+    latency_cached_fifo: Option<Latency>,
+    latency_nxdomain_fifo: Option<Latency>,
+}
+
+/// Sets the scheduling policy of every thread of `pid` with chrt (util-linux): `-f`, 1
+/// (SCHED_FIFO, lowest priority) or `-o`, 0 (back to SCHED_OTHER).
+fn chrt(pid: u32, policy: &str, priority: u8) -> anyhow::Result<()> {
+    let status = Command::new("chrt")
+        .args(["-a", policy, "-p", &priority.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running chrt")?;
+    anyhow::ensure!(status.success(), "chrt {policy} failed: {status}");
+    Ok(())
 }
 
 fn measure(
@@ -834,6 +848,23 @@ fn measure(
     let latency_cached = at_half(&cached, qps_cached.qps, false)?;
     eprintln!("dns bench: {n} Services: latency at half the rate, NXDOMAIN");
     let latency_nxdomain = at_half(&nxdomain, qps_nxdomain.qps, true)?;
+    // Only the responder is raised, and only for runs at half its rate: it sleeps between
+    // queries, so the rest of the machine keeps its CPU (the busy-polling client stays normal).
+    let (mut latency_cached_fifo, mut latency_nxdomain_fifo) = (None, None);
+    if !args.no_realtime && nix::unistd::geteuid().is_root() {
+        chrt(responder.child.id(), "-f", 1)?;
+        eprintln!("dns bench: {n} Services: the same, responder under SCHED_FIFO");
+        let runs = (|| -> anyhow::Result<(Latency, Latency)> {
+            Ok((
+                at_half(&cached, qps_cached.qps, false)?,
+                at_half(&nxdomain, qps_nxdomain.qps, true)?,
+            ))
+        })();
+        chrt(responder.child.id(), "-o", 0)?;
+        let (cached, nxdomain) = runs?;
+        latency_cached_fifo = Some(cached);
+        latency_nxdomain_fifo = Some(nxdomain);
+    }
     let ready = responder.ready.clone();
     let done = responder.stop()?;
     Ok(Point {
@@ -844,6 +875,8 @@ fn measure(
         qps_nxdomain,
         latency_cached,
         latency_nxdomain,
+        latency_cached_fifo,
+        latency_nxdomain_fifo,
     })
 }
 
