@@ -515,7 +515,7 @@ struct Perf {
 fn dnsperf(args: &RunArgs, responder: &Responder, data: &Path) -> anyhow::Result<Perf> {
     let drops = udp_drops(responder.ready.port);
     let (out, contention) = contended(responder, false, || {
-        Ok(Command::new(&args.dnsperf)
+        Command::new(&args.dnsperf)
             .args(["-s", "127.0.0.1", "-p", &responder.ready.port.to_string()])
             .arg("-d")
             .arg(data)
@@ -530,7 +530,7 @@ fn dnsperf(args: &RunArgs, responder: &Responder, data: &Path) -> anyhow::Result
                     "running {} (cargo xtask setup installs it)",
                     args.dnsperf.display()
                 )
-            })?)
+            })
     })?;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
