@@ -450,6 +450,16 @@ fn udp_drops(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// Steal time of CPU `cpu` so far (the eighth value of its line in /proc/stat, in USER_HZ
+/// ticks of 10 ms).
+fn steal(cpu: usize) -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let prefix = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&prefix))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Field `field` of a thread's schedstat file (ns): 0 is the time it ran, 1 the time it waited
 /// on a run queue while runnable (other work on its CPU shows there).
 fn schedstat(path: &str, field: usize) -> Duration {
@@ -469,6 +479,9 @@ struct Contention {
     responder_waiting: f64,
     /// The same for the client thread (the latency client; for dnsperf: not measured).
     client_waiting: Option<f64>,
+    /// Time the hypervisor ran something else on the responder's (virtual) CPU, as a share of
+    /// the run (steal time in /proc/stat; 10 ms ticks): the guest's schedstat does not see it.
+    responder_cpu_steal: f64,
 }
 
 /// Measures `responder`'s (and with `client`, this thread's) CPU and run-queue waits over `f`.
@@ -478,6 +491,8 @@ fn contended<T>(
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Contention)> {
     let own = "/proc/thread-self/schedstat";
+    let cpu = responder.ready.pinned_cpu;
+    let steal0 = cpu.and_then(steal);
     let (cpu0, wait0, client0) = (
         responder.cpu_time(),
         responder.run_delay(),
@@ -491,6 +506,10 @@ fn contended<T>(
         responder_waiting: responder.run_delay().saturating_sub(wait0).as_secs_f64() / wall,
         client_waiting: client
             .then(|| schedstat(own, 1).saturating_sub(client0).as_secs_f64() / wall),
+        responder_cpu_steal: match (steal0, cpu.and_then(steal)) {
+            (Some(before), Some(after)) => after.saturating_sub(before).as_secs_f64() / wall,
+            _ => 0.0,
+        },
     };
     Ok((value, contention))
 }
