@@ -229,7 +229,7 @@ fn synthetic(n: usize) -> anyhow::Result<(Vec<Service>, Vec<EndpointSlice>)> {
     Ok((services, slices))
 }
 
-/// The names dnsperf and the latency client ask, with the type.
+/// The names dnsperf and the latency client ask (A queries), cached or NXDOMAIN.
 fn names(n: usize, nxdomain: bool) -> Vec<String> {
     (0..n)
         .flat_map(|i| {
