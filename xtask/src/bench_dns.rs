@@ -1,7 +1,8 @@
 //! `cargo xtask bench dns`: the node-local cluster DNS responder (`agent/src/dns/`) on one core,
 //! over loopback: queries per second with dnsperf for names of existing Services and for
-//! NXDOMAIN names of the cluster domain, latency percentiles at half that rate, the zone's
-//! memory and build time, at 1 000 and 10 000 Services.
+//! NXDOMAIN names of the cluster domain, latency percentiles at half that rate (the responder
+//! at normal priority, and as root also under SCHED_FIFO), the zone's memory and build time, at
+//! 1 000 and 10 000 Services.
 //!
 //! Builds the measuring binary (`tests/src/bin/skiff-bench-dns.rs`, which starts the responder
 //! in a child process pinned to one CPU, runs dnsperf and its own fixed-rate client on the other
@@ -31,7 +32,8 @@ pub struct Args {
     /// Service counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
     services: Vec<usize>,
-    /// Seconds of every measurement (two dnsperf runs and two latency runs per Service count).
+    /// Seconds of every measurement (per Service count two dnsperf runs and four latency runs,
+    /// two of them with the responder under SCHED_FIFO).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// dnsperf's queries outstanding at once (`-q`).

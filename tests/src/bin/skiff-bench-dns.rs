@@ -14,7 +14,9 @@
 //!    with `ndots:5`), with the responder's CPU use while dnsperf ran.
 //! 3. Latency at half that rate from an open-loop client of its own (dnsperf 2.10 reports only
 //!    the mean and standard deviation): one UDP socket, queries sent on a fixed schedule,
-//!    replies matched by message id, latency from a query's scheduled send time to its reply.
+//!    replies matched by message id, each timed from its send to the kernel's receive
+//!    timestamp; then again with the responder under SCHED_FIFO (as root), which separates the
+//!    responder's own latency from waiting for a CPU that other work on the machine holds.
 //!
 //! The forwarder has no upstreams and only cluster names are asked, so nothing leaves the
 //! machine. It writes its results as JSON; xtask (`xtask/src/bench_dns.rs`) renders the report.
