@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, deploy, test and benchmarks for skiff.
 
 mod bench_api;
+mod bench_dns;
 mod bench_pods;
 mod bench_proxy;
 mod bench_scheduler;
@@ -101,6 +102,10 @@ enum Bench {
     /// Pod startup latency (create to Running, 50 pods) and container create+start+delete;
     /// writes docs/bench/pods.md (needs root).
     Pods(bench_pods::Args),
+    /// Cluster DNS responder on one core: dnsperf QPS for cached and NXDOMAIN names, p50/p99
+    /// at half that rate, zone build time and memory, 1 000 and 10 000 Services; writes
+    /// docs/bench/dns.md (needs dnsperf).
+    Dns(bench_dns::Args),
     /// Scheduler: pods bound per second end to end with 100 fake Nodes; writes
     /// docs/bench/scheduler.md and a section of docs/benchmarks.md.
     Scheduler(bench_scheduler::Args),
@@ -147,6 +152,9 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Scheduler(args),
         } => bench_scheduler::run(args),
+        Command::Bench {
+            which: Bench::Dns(args),
+        } => bench_dns::run(args),
     }
 }
 

@@ -50,6 +50,8 @@ const APT_PACKAGES: &[&str] = &[
     // (installed without starting the system's sshd: see `apt_packages`).
     "openssh-client",
     "openssh-server",
+    // `cargo xtask bench dns` measures the cluster DNS responder's query rate with dnsperf.
+    "dnsperf",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
