@@ -149,9 +149,24 @@ async fn connection(mut stream: TcpStream, responder: &Responder) -> std::io::Re
     }
 }
 
+/// The UDP receive buffer asked for: the default (212 992 bytes, ~300 queries) overflowed
+/// after a few milliseconds without the CPU under load (docs/bench/dns.md); 4 MiB queues a
+/// burst as latency instead of dropping it, and bounds the memory a flood can hold.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UDP_RECEIVE_BUFFER`]: past the system's `rmem_max` where allowed (root), else
+/// up to it.
+fn grow_receive_buffer(socket: &impl std::os::fd::AsFd) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
+    }
+}
+
 /// Binds UDP and TCP on `addr`.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let udp = UdpSocket::bind(addr).await?;
+    grow_receive_buffer(&udp);
     // The same port for TCP (an ephemeral UDP port is reused).
     let tcp = TcpListener::bind(udp.local_addr()?).await?;
     Ok((udp, tcp))
@@ -180,6 +195,7 @@ pub fn bind_free(addr: std::net::SocketAddrV4) -> std::io::Result<(UdpSocket, Tc
         Ok(fd)
     };
     let udp = std::net::UdpSocket::from(open(SockType::Datagram)?);
+    grow_receive_buffer(&udp);
     let tcp_fd = open(SockType::Stream)?;
     socket::listen(
         &tcp_fd,
