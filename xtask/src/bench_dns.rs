@@ -160,21 +160,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         !services.is_empty() && services.iter().all(|&n| n > 0),
         "--services needs counts above 0"
     );
-    let out_dir = args.out_dir.clone().unwrap_or_else(|| {
-        if args.quick {
-            util::root().join("target/bench-dns-quick")
-        } else {
-            util::root().join("docs/bench")
-        }
-    });
-    std::fs::create_dir_all(&out_dir)?;
-    let json = out_dir.join("dns.json");
+    let (out_dir, json) = util::bench_output("dns", args.out_dir.as_deref(), args.quick)?;
     if let Some(from) = &args.from_json {
-        // Copying a file onto itself would truncate it first.
-        let same = std::fs::canonicalize(from).ok() == std::fs::canonicalize(&json).ok();
-        if !same {
-            std::fs::copy(from, &json)?;
-        }
+        util::adopt_json(from, &json)?;
         return report(&json, &out_dir);
     }
     let dnsperf_found = Command::new("dnsperf")

@@ -124,19 +124,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         (args.services.clone(), args.duration, args.api_changes)
     };
-    let out_dir = args.out_dir.clone().unwrap_or_else(|| {
-        if args.quick {
-            util::root().join("target/bench-proxy-quick")
-        } else {
-            util::root().join("docs/bench")
-        }
-    });
-    std::fs::create_dir_all(&out_dir)?;
-    let json = out_dir.join("proxy.json");
+    let (out_dir, json) = util::bench_output("proxy", args.out_dir.as_deref(), args.quick)?;
     if let Some(from) = &args.from_json {
-        if *from != json {
-            std::fs::copy(from, &json)?;
-        }
+        util::adopt_json(from, &json)?;
         return report(&args, &json, &services, &out_dir);
     }
     // Where cargo put the binaries (CARGO_TARGET_DIR when set, as for other xtask commands).

@@ -89,3 +89,29 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Where a benchmark writes its report: `out_dir` if given, else docs/bench, or for a `quick`
+/// smoke run target/bench-NAME-quick (created); and the path of its JSON results, `NAME.json`.
+pub fn bench_output(
+    name: &str,
+    out_dir: Option<&std::path::Path>,
+    quick: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = match out_dir {
+        Some(d) => d.to_owned(),
+        None if quick => root().join(format!("target/bench-{name}-quick")),
+        None => root().join("docs/bench"),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let json = dir.join(format!("{name}.json"));
+    Ok((dir, json))
+}
+
+/// Puts the results of an earlier run (`--from-json FROM`) where the report reads them; the
+/// same file given by another path is left as it is (copying a file onto itself empties it).
+pub fn adopt_json(from: &std::path::Path, json: &std::path::Path) -> anyhow::Result<()> {
+    if std::fs::canonicalize(from).ok() != std::fs::canonicalize(json).ok() {
+        std::fs::copy(from, json)?;
+    }
+    Ok(())
+}
