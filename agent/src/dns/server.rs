@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use hickory_proto::op::Message;
+
 use super::forward::Forwarder;
 use super::respond::{self, Handled, Transport};
 use super::zone::Zone;
@@ -63,21 +65,24 @@ struct Responder {
 impl Responder {
     /// The reply to one request, forwarding when it is not the cluster's.
     async fn reply(&self, request: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        let handled = respond::handle(&self.zone.current(), request, transport);
-        let request = match handled {
-            Handled::Reply(bytes) => return Some(bytes),
-            Handled::Drop => return None,
-            Handled::Forward(request) => request,
-        };
+        match respond::handle(&self.zone.current(), request, transport) {
+            Handled::Reply(bytes) => Some(bytes),
+            Handled::Drop => None,
+            Handled::Forward(request) => self.forward(&request, transport).await,
+        }
+    }
+
+    /// The reply to a question outside the cluster: an upstream's, or SERVFAIL when none
+    /// answers in time or too many forwards are in flight.
+    async fn forward(&self, request: &Message, transport: Transport) -> Option<Vec<u8>> {
         let forwarded = match self.forwards.try_acquire() {
-            Ok(_permit) => self.forwarder.forward(&request, transport).await,
+            Ok(_permit) => self.forwarder.forward(request, transport).await,
             Err(_) => None,
         };
-        let handled = match forwarded.and_then(|reply| reply.to_vec().ok()) {
-            Some(bytes) => return Some(bytes),
-            None => respond::server_failure(&request, transport),
-        };
-        match handled {
+        if let Some(bytes) = forwarded.and_then(|reply| reply.to_vec().ok()) {
+            return Some(bytes);
+        }
+        match respond::server_failure(request, transport) {
             Handled::Reply(bytes) => Some(bytes),
             _ => None,
         }
@@ -105,13 +110,24 @@ pub async fn serve(
             () = shutdown.cancelled() => return,
             received = udp.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                let request = buf[..n].to_vec();
-                let (responder, udp) = (responder.clone(), udp.clone());
-                tokio::spawn(async move {
-                    if let Some(reply) = responder.reply(&request, Transport::Udp).await {
+                // Cluster names are answered here, without a task or a copy of the datagram:
+                // they are most queries, and the socket path around them was most of a
+                // query's cost (docs/bench/dns.md). Only a forward, which waits on another
+                // server, gets a task.
+                match respond::handle(&responder.zone.current(), &buf[..n], Transport::Udp) {
+                    Handled::Reply(reply) => {
                         let _ = udp.send_to(&reply, from).await;
                     }
-                });
+                    Handled::Drop => {}
+                    Handled::Forward(request) => {
+                        let (responder, udp) = (responder.clone(), udp.clone());
+                        tokio::spawn(async move {
+                            if let Some(reply) = responder.forward(&request, Transport::Udp).await {
+                                let _ = udp.send_to(&reply, from).await;
+                            }
+                        });
+                    }
+                }
             }
             accepted = tcp.accept() => {
                 let Ok((stream, from)) = accepted else { continue };

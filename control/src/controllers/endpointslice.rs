@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -65,6 +67,10 @@ pub struct PodEndpoint {
     /// The pod's `hostname` when its `subdomain` is this Service (a StatefulSet's pods under
     /// their governing Service): cluster DNS names the endpoint `<hostname>.<svc>.<ns>.svc`.
     pub hostname: Option<String>,
+    /// The Service asks for `trafficDistribution: PreferSameNode`: the endpoint's hint names
+    /// its node (`hints.forNodes`), as Kubernetes' controller writes it for proxies that read
+    /// hints (skiff's reads `nodeName`).
+    pub hint_node: bool,
 }
 
 /// The Service's selector, if it selects pods at all (absent or empty: it does not).
@@ -89,6 +95,11 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<PodEndpoint> {
         .as_ref()
         .and_then(|s| s.publish_not_ready_addresses)
         .unwrap_or(false);
+    let hint_node = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+        == Some("PreferSameNode");
     let mut out: Vec<PodEndpoint> = pods
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
@@ -117,6 +128,7 @@ pub fn pod_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Vec<PodEndpoint> {
                 terminating,
                 ports: resolve_ports(svc, p),
                 hostname,
+                hint_node,
             })
         })
         .collect();
@@ -176,20 +188,29 @@ pub fn pack(endpoints: &[PodEndpoint]) -> Vec<(Vec<EndpointPort>, Vec<Endpoint>)
         let group = groups
             .entry(key)
             .or_insert_with(|| (ep.ports.clone(), vec![]));
+        let node_name = ep
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        let hints = node_name
+            .clone()
+            .filter(|_| ep.hint_node)
+            .map(|name| EndpointHints {
+                for_nodes: Some(vec![ForNode { name }]),
+                ..EndpointHints::default()
+            });
         group.1.push(Endpoint {
             addresses: vec![ep.ip.clone()],
             hostname: ep.hostname.clone(),
+            hints,
             conditions: Some(EndpointConditions {
                 ready: Some(ep.ready),
                 serving: Some(ep.serving),
                 terminating: Some(ep.terminating),
             }),
-            node_name: ep
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty()),
+            node_name,
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
                 namespace: ep.pod.namespace(),
@@ -485,9 +506,25 @@ mod tests {
         );
         let slices = pack(&eps);
         assert_eq!(slices[0].1[0].hostname.as_deref(), Some("web-0"));
+        assert!(
+            slices[0].1[0].hints.is_none(),
+            "no hints without a traffic distribution"
+        );
         let subsets = crate::controllers::endpoints::subsets(&eps, false);
         let addresses = subsets[0].addresses.as_ref().unwrap();
         assert_eq!(addresses[0].hostname.as_deref(), Some("web-0"));
+    }
+
+    #[test]
+    fn prefer_same_node_services_hint_each_endpoint_to_its_node() {
+        let mut s = svc(IntOrString::Int(8080));
+        s.spec.as_mut().unwrap().traffic_distribution = Some("PreferSameNode".into());
+        let slices = pack(&pod_endpoints(
+            &s,
+            &[web_pod("a", "10.0.0.1", "web", 8080, true)],
+        ));
+        let hints = slices[0].1[0].hints.as_ref().expect("hints");
+        assert_eq!(hints.for_nodes, Some(vec![ForNode { name: "n1".into() }]));
     }
 
     #[test]
