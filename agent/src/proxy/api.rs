@@ -443,6 +443,12 @@ mod tests {
         );
     }
 
+    /// The backend addresses of the first service port.
+    fn first_backends(desired: &BTreeMap<Frontend, Service>) -> Vec<String> {
+        let first = desired.values().next().expect("a service port");
+        first.backends.iter().map(|b| b.ip.to_string()).collect()
+    }
+
     #[test]
     fn node_local_traffic_policies() {
         let with = |extra: serde_json::Value| -> KubeService {
@@ -460,16 +466,8 @@ mod tests {
             {"addresses": ["10.244.2.7"], "nodeName": "node-2"},
             {"addresses": ["10.244.1.9"], "nodeName": "node-1", "conditions": {"ready": false}},
         ]));
-        let backends = |svc: &KubeService, node: &str| -> Vec<String> {
-            let d = desired_services([svc], [&s], node);
-            d.values()
-                .next()
-                .unwrap()
-                .backends
-                .iter()
-                .map(|b| b.ip.to_string())
-                .collect()
-        };
+        let backends =
+            |svc: &KubeService, node: &str| first_backends(&desired_services([svc], [&s], node));
         let any = with(json!({}));
         assert_eq!(backends(&any, "node-1"), ["10.244.1.5", "10.244.2.7"]);
         let local = with(json!({"internalTrafficPolicy": "Local"}));
@@ -503,16 +501,8 @@ mod tests {
                           {"addresses": ["10.244.2.1"], "nodeName": "node-2"}]}),
         )
         .unwrap();
-        let backends = |slice: &EndpointSlice| -> Vec<String> {
-            let d = desired_services([&dns], [slice], "node-1");
-            d.values()
-                .next()
-                .unwrap()
-                .backends
-                .iter()
-                .map(|b| b.ip.to_string())
-                .collect()
-        };
+        let backends =
+            |slice: &EndpointSlice| first_backends(&desired_services([&dns], [slice], "node-1"));
         assert_eq!(backends(&slice), ["10.244.1.1"]);
         let leaving = without_address(&slice, Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(backends(&leaving), ["10.244.2.1"]);

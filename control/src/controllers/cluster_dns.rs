@@ -80,14 +80,15 @@ fn same(current: &EndpointSlice, want: &EndpointSlice) -> bool {
 }
 
 /// Writes `want` unless the slice already says it; nothing while the Service is missing.
-async fn reconcile(client: &kube::Client, want: EndpointSlice) -> Result<(), kube::Error> {
+/// Returns whether the slice now says `want` (false: no Service, nothing written).
+async fn reconcile(client: &kube::Client, want: EndpointSlice) -> Result<bool, kube::Error> {
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
     if services.get_opt(NAME).await?.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     match slices.get_opt(NAME).await? {
-        Some(current) if same(&current, &want) => Ok(()),
+        Some(current) if same(&current, &want) => Ok(true),
         Some(current) => {
             let mut fixed = want;
             fixed.metadata.resource_version = current.metadata.resource_version.clone();
@@ -99,28 +100,38 @@ async fn reconcile(client: &kube::Client, want: EndpointSlice) -> Result<(), kub
             slices
                 .replace(NAME, &PostParams::default(), &fixed)
                 .await
-                .map(drop)
+                .map(|_| true)
         }
-        None => slices.create(&PostParams::default(), &want).await.map(drop),
+        None => slices
+            .create(&PostParams::default(), &want)
+            .await
+            .map(|_| true),
     }
 }
 
 /// Runs until `ctx.shutdown`: on every Node change, and every 30 s to repair edits by hand.
+/// A Node change that leaves the slice as last written (most are heartbeats) asks the API
+/// nothing; the 30 s pass always reads the slice.
 pub async fn run(ctx: Context) {
     let informer = ctx.informers.get::<Node>();
     let mut changes = informer.changes().boxed();
     informer.listed().await;
     let mut resync = tokio::time::interval(Duration::from_secs(30));
+    let mut written: Option<EndpointSlice> = None;
     loop {
-        tokio::select! {
+        let resyncing = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
-            _ = resync.tick() => {}
-            change = changes.next() => if change.is_none() { return },
-        }
+            _ = resync.tick() => true,
+            change = changes.next() => if change.is_none() { return } else { false },
+        };
         let nodes = informer.store().state();
         let want = desired(nodes.iter().map(AsRef::as_ref));
-        match reconcile(&ctx.client, want).await {
-            Ok(()) => {}
+        if !resyncing && written.as_ref().is_some_and(|w| same(w, &want)) {
+            continue;
+        }
+        match reconcile(&ctx.client, want.clone()).await {
+            Ok(true) => written = Some(want),
+            Ok(false) => written = None,
             // 409: written meanwhile; the next change or tick writes again.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => tracing::warn!(error = %e, "writing the kube-dns EndpointSlice failed"),
