@@ -933,6 +933,29 @@ fn main() -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dns_flags_refuse_bad_values_with_a_reason() {
+        assert_eq!(
+            parse_cluster_domain("Cluster.Local.").unwrap(),
+            "cluster.local"
+        );
+        for bad in [
+            "",
+            "a..b",
+            "-x.local",
+            "x-.local",
+            "under_score.local",
+            &"a".repeat(64),
+        ] {
+            let err = parse_cluster_domain(bad).unwrap_err();
+            assert!(err.contains("is not a DNS domain name"), "{bad}: {err}");
+        }
+        assert!(parse_cluster_dns("none").unwrap().0.is_none());
+        assert!(parse_cluster_dns("10.96.0.300")
+            .unwrap_err()
+            .contains("not an IPv4 address"));
+    }
+
     use super::*;
     use std::net::Ipv4Addr;
 

@@ -778,3 +778,21 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_dns_must_be_a_free_address_of_the_service_range() {
+        let services: Ipv4Cidr = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(
+            cluster_dns(None, services).unwrap(),
+            Some("10.96.0.10".parse().unwrap())
+        );
+        assert_eq!(cluster_dns(Some("none"), services).unwrap(), None);
+        for bad in ["10.96.0.1", "10.96.0.0", "192.0.2.10", "ten"] {
+            assert!(cluster_dns(Some(bad), services).is_err(), "{bad}");
+        }
+    }
+}
