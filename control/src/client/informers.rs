@@ -10,6 +10,9 @@
 //! node. Subscribers get every change as [`Change`], or as the touched objects kube-runtime's
 //! `Controller::for_shared_stream` / `owns_shared_stream` / `watches_shared_stream` take.
 //!
+//! The cached objects are trimmed of what no reader uses ([`super::trim`]): a cached Pod is
+//! for reading, and pods are written with patches.
+//!
 //! Each subscriber has an unbounded queue of `Arc`s: the reflector never waits for a slow
 //! controller (kube's bounded broadcast would stall every other subscriber behind it) and no
 //! change is dropped; the cost of a backlog is a pointer per change. A subscriber that joins
@@ -154,7 +157,15 @@ impl<K: Kind> Informer<K> {
                     tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
                     continue;
                 }
-                Some(Ok(event)) => event,
+                Some(Ok(mut event)) => {
+                    match &mut event {
+                        watcher::Event::Apply(obj)
+                        | watcher::Event::Delete(obj)
+                        | watcher::Event::InitApply(obj) => super::trim::trim(obj),
+                        watcher::Event::Init | watcher::Event::InitDone => {}
+                    }
+                    event
+                }
             };
             writer.apply_watcher_event(&event);
             match event {

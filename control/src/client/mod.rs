@@ -11,6 +11,7 @@ pub mod events;
 pub mod expectations;
 pub mod guard;
 pub mod informers;
+pub mod trim;
 
 use kube::Client;
 use tokio_util::sync::CancellationToken;
