@@ -499,9 +499,21 @@ fn parse_modes(s: &str) -> Result<Modes, String> {
         .map_err(|e| e.to_string())
 }
 
+/// jemalloc, configured in [`skiff_control::memory`].
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol (its `malloc_conf`, prefixed as tikv's build of
+/// jemalloc prefixes every symbol).
+#[allow(
+    non_upper_case_globals,
+    unsafe_code,
+    reason = "jemalloc looks this symbol up by name"
+)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: &[u8; 70] = skiff_control::memory::MALLOC_CONF;
+
 fn main() -> anyhow::Result<()> {
-    // Before the runtime's threads exist: they pick their malloc arenas on first use.
-    skiff_control::memory::tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

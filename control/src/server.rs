@@ -220,7 +220,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
     tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(controllers::event_ttl::run(state.clone(), config.event_ttl));
-    tokio::spawn(crate::memory::trim_periodically(shutdown.clone()));
 
     let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();
