@@ -53,6 +53,21 @@ pub struct ApiResult {
     pub back_to_back: Latency,
     /// Duration of the API writes themselves (PATCH of the EndpointSlice).
     pub write: Latency,
+    /// Service create to resolvable by the node's DNS responder (None: not measured).
+    pub dns: Option<crate::dns::DnsResult>,
+    /// Why the DNS measurement failed, if it did.
+    pub dns_error: Option<String>,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// EndpointSlice changes per series.
+    pub changes: usize,
+    /// Services created before the DNS measurement.
+    pub dns_background: usize,
+    /// Measured Service creates for DNS (0 skips it).
+    pub dns_creates: usize,
 }
 
 fn slice_endpoints(n: u8) -> serde_json::Value {
@@ -67,14 +82,14 @@ pub fn measure(
     lab: &mut Lab,
     control_bin: &Path,
     agent_bin: &Path,
-    changes: usize,
+    plan: Plan,
 ) -> anyhow::Result<ApiResult> {
     lab.fresh_clients(1)?;
     let dir = tempfile::Builder::new()
         .prefix("skb-api-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let result = run(lab, dir.path(), control_bin, agent_bin, changes);
+    let result = run(lab, dir.path(), control_bin, agent_bin, plan);
     lab.stop_children();
     if let Err(e) = skiff_agent::proxy::ebpf::cleanup(&lab.api_pin_dir) {
         eprintln!("bench: removing the agent's eBPF state: {e}");
@@ -103,7 +118,7 @@ fn run(
     dir: &Path,
     control_bin: &Path,
     agent_bin: &Path,
-    changes: usize,
+    plan: Plan,
 ) -> anyhow::Result<ApiResult> {
     let netns = format!("--net={}", lab.client_ns_path(0).display());
     let kubeconfig = dir.join("admin.kubeconfig");
@@ -167,7 +182,7 @@ fn run(
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            series(&rt, &kubeconfig, &pin_dir, changes)
+            series(&rt, &kubeconfig, &pin_dir, plan)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the API client thread panicked"))?
@@ -276,10 +291,11 @@ fn series(
     rt: &tokio::runtime::Runtime,
     kubeconfig: &Path,
     pin_dir: &Path,
-    changes: usize,
+    plan: Plan,
 ) -> anyhow::Result<ApiResult> {
+    let changes = plan.changes;
     let client = rt.block_on(client(kubeconfig))?;
-    let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
 
     // The agent pins the maps when it starts, then syncs the Service: wait for both.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -331,7 +347,25 @@ fn series(
         back_to_back.push(lat);
         writes.push(w);
     }
+    let (dns, dns_error) = if plan.dns_creates == 0 {
+        (None, None)
+    } else {
+        eprintln!(
+            "bench: Service create to resolvable ({} creates after {} Services)",
+            plan.dns_creates, plan.dns_background
+        );
+        match crate::dns::measure(rt, &client, plan.dns_background, plan.dns_creates) {
+            Ok(d) => (Some(d), None),
+            Err(e) => {
+                check_stop()?;
+                eprintln!("bench: the DNS measurement failed: {e:#}");
+                (None, Some(format!("{e:#}")))
+            }
+        }
+    };
     Ok(ApiResult {
+        dns,
+        dns_error,
         changes,
         spacing_ms: SPACING.as_secs_f64() * 1000.0,
         isolated: Latency::of(&mut isolated),

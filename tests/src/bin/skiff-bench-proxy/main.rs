@@ -23,6 +23,7 @@
 //! Run it through `cargo xtask bench proxy`, as root.
 
 mod api;
+mod dns;
 mod lab;
 mod load;
 
@@ -144,6 +145,12 @@ struct RunArgs {
     /// EndpointSlice changes for the API-to-datapath latency (0 skips it).
     #[arg(long, default_value_t = 100)]
     api_changes: usize,
+    /// Services created before the create-to-resolvable measurement (part of the API one).
+    #[arg(long, default_value_t = 1000)]
+    dns_background: usize,
+    /// Services created one at a time for the create-to-resolvable latency (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    dns_creates: usize,
     /// The skiff-control binary (release build).
     #[arg(long)]
     control_bin: PathBuf,
@@ -353,7 +360,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             &mut lab,
             &args.control_bin,
             &args.agent_bin,
-            args.api_changes,
+            api::Plan {
+                changes: args.api_changes,
+                dns_background: args.dns_background,
+                dns_creates: args.dns_creates,
+            },
         ) {
             Ok(r) => (Some(r), None),
             Err(e) => {
