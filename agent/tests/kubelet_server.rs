@@ -563,7 +563,7 @@ async fn port_forward_reaches_servers_inside_the_pod() {
     assert_eq!(messages[0], (0, vec![0x90, 0x1f]));
     assert_eq!(messages[1], (1, vec![0x90, 0x1f]));
     let response = String::from_utf8(channel_data(&messages, 0)).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200 OK"), "{response}");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(
         response.ends_with("\r\n\r\nhello from the pod\n"),
         "{response}"
@@ -716,9 +716,8 @@ async fn port_forward_reaches_servers_inside_the_pod() {
         assert_eq!(code, 400, "{query}: {body}");
         assert!(body.contains(expected), "{query}: {body}");
     }
-    let (code, body) = refused(
-        open_forward(&addr, "ports=8080", Some("SPDY/3.1+portforward.k8s.io")).await,
-    );
+    let (code, body) =
+        refused(open_forward(&addr, "ports=8080", Some("SPDY/3.1+portforward.k8s.io")).await);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("SPDY"), "{body}");
     let mut req = format!("ws://{addr}/portForward/default/nope?ports=80")
@@ -727,7 +726,11 @@ async fn port_forward_reaches_servers_inside_the_pod() {
     req.headers_mut()
         .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (code, _) = refused(tokio_tungstenite::client_async(req, tcp).await.map(|(s, _)| s));
+    let (code, _) = refused(
+        tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map(|(s, _)| s),
+    );
     assert_eq!(code, 404);
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/portForward/default/web"))
@@ -744,7 +747,11 @@ async fn port_forward_reaches_servers_inside_the_pod() {
     req.headers_mut()
         .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (code, _) = refused(tokio_tungstenite::client_async(req, tcp).await.map(|(s, _)| s));
+    let (code, _) = refused(
+        tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map(|(s, _)| s),
+    );
     assert_eq!(code, 404);
     // A pod without a running sandbox.
     *directory.running.lock().unwrap() = None;

@@ -252,7 +252,17 @@ mod tests {
         assert_eq!(ports(&[]), Err(PortError::Missing));
         assert_eq!(ports(&[""]), Err(PortError::Empty));
         assert_eq!(ports(&["0"]), Err(PortError::Zero("0".into())));
-        for bad in ["65536", "-1", "http", "80,", ",80", " 80", "+80", "8o", "99999999999999"] {
+        for bad in [
+            "65536",
+            "-1",
+            "http",
+            "80,",
+            ",80",
+            " 80",
+            "+80",
+            "8o",
+            "99999999999999",
+        ] {
             assert!(
                 matches!(ports(&[bad]), Err(PortError::NotAPort(_))),
                 "{bad:?}: {:?}",
@@ -337,7 +347,10 @@ mod tests {
             encode(Codec::Base64, 1, b"\x50\x00"),
             Encoded::Text("1UAA=".into())
         );
-        assert_eq!(decode(Codec::Base64, b"0Zm9vCg=="), Ok((0, b"foo\n".to_vec())));
+        assert_eq!(
+            decode(Codec::Base64, b"0Zm9vCg=="),
+            Ok((0, b"foo\n".to_vec()))
+        );
         assert_eq!(decode(Codec::Binary, b""), Err(FrameError::Empty));
         assert!(matches!(
             decode(Codec::Base64, b"0not base64!"),

@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{SinkExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use skiff_agent::kubelet::auth::{ApiReviewer, KubeletAuth};
 use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
@@ -23,7 +24,6 @@ use skiff_agent::kubelet::identity::rotation::CertSlot;
 use skiff_agent::kubelet::identity::store::KeyedCert;
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig};
 use skiff_agent::runtime::{Container, Runtime};
-use futures::{SinkExt as _, StreamExt as _};
 use skiff_e2e::{agent_bin, wait_for, ControlPlane};
 use skiff_test_support::{eventually_within, require_root};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
@@ -300,9 +300,8 @@ fn serve_node(
     (rt, shutdown)
 }
 
-type ApiSocket = tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
->;
+type ApiSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client of the API server with the client certificate of a kubeconfig (the
 /// admin's, or a user's from `skiff-control user`).
@@ -394,7 +393,11 @@ impl ApiSockets {
 /// Forwards one connection: sends `request` on port 0's data channel and reads until the
 /// server closes the stream. Returns what came on the data channel and on the error channel
 /// after each one's first message (the port, checked), and the close code.
-async fn forward_once(socket: &mut ApiSocket, port: u16, request: &[u8]) -> (Vec<u8>, String, Option<u16>) {
+async fn forward_once(
+    socket: &mut ApiSocket,
+    port: u16,
+    request: &[u8],
+) -> (Vec<u8>, String, Option<u16>) {
     socket
         .send(tungstenite::Message::Binary(
             [&[0u8][..], request].concat().into(),
@@ -528,7 +531,7 @@ fn port_forward_through_the_api_server_reaches_a_server_in_the_pod() {
             })
             .await;
         let response = String::from_utf8(response).unwrap();
-        assert!(response.starts_with("HTTP/1.0 200 OK"), "{response}");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(
             response.ends_with("\r\n\r\nserved from inside pod pf\n"),
             "{response}"
@@ -544,7 +547,7 @@ fn port_forward_through_the_api_server_reaches_a_server_in_the_pod() {
         let (data, error, _) = forward_once(&mut s, 8080, b"GET /nope HTTP/1.0\r\n\r\n").await;
         assert!(error.is_empty(), "{error}");
         assert!(
-            String::from_utf8_lossy(&data).starts_with("HTTP/1.0 404"),
+            String::from_utf8_lossy(&data).starts_with("HTTP/1.1 404"),
             "{}",
             String::from_utf8_lossy(&data)
         );
@@ -634,7 +637,12 @@ fn port_forward_through_the_api_server_reaches_a_server_in_the_pod() {
     let out = kubectl.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("SPDY"), "{err}");
+    // kubectl 1.37: "error upgrading connection: unable to upgrade connection: port-forward
+    // needs a websocket upgrade (...); SPDY (what kubectl port-forward speaks) is not supported"
+    assert!(
+        err.contains("SPDY (what kubectl port-forward speaks) is not supported"),
+        "{err}"
+    );
 
     shutdown.cancel();
     drop(rt);

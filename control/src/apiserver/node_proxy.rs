@@ -372,8 +372,7 @@ pub fn portforward_options(
         .filter(|(k, _)| k == "ports")
         .map(|(_, v)| v.as_str())
         .collect();
-    let ports =
-        protocol::parse_ports(&values).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ports = protocol::parse_ports(&values).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let chosen = protocol::negotiate(
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -650,7 +649,10 @@ mod tests {
             assert_eq!(e.code(), StatusCode::BAD_REQUEST, "{query:?}");
             assert_eq!(e.to_string(), message, "{query:?}");
         }
-        let many = (1..=33).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let many = (1..=33)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let e = portforward_options(Some(&format!("ports={many}")), &none).unwrap_err();
         assert_eq!(e.code(), StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("at most 32"), "{e}");

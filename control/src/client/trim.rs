@@ -108,7 +108,10 @@ mod tests {
         // Everything the readers use is as it was.
         let (t, f) = (trimmed.spec.as_ref().unwrap(), full.spec.as_ref().unwrap());
         assert_eq!(trimmed.metadata.labels, full.metadata.labels);
-        assert_eq!(trimmed.metadata.owner_references, full.metadata.owner_references);
+        assert_eq!(
+            trimmed.metadata.owner_references,
+            full.metadata.owner_references
+        );
         assert_eq!(trimmed.status, full.status);
         assert_eq!(t.node_name, f.node_name);
         assert_eq!((&t.hostname, &t.subdomain), (&f.hostname, &f.subdomain));
