@@ -1,7 +1,8 @@
 //! Component tests of the node's HTTP endpoints (agent/src/kubelet/server.rs) with a fake
 //! pod directory: logs (tail, previous, limit, follow across rotation) over real HTTPS with
-//! the bearer token, the read-only endpoint, exec over the websocket protocol against a real
-//! container (root only; skipped with a message otherwise), and the kubelet's authentication
+//! the bearer token, the read-only endpoint, exec and port-forward over the websocket protocols
+//! against a real container (root only; skipped with a message otherwise), and the kubelet's
+//! authentication
 //! (client certificates of the cluster CA, bearer tokens through a reviewer) and authorization
 //! (access reviews of nodes/<subresource>) with the issued serving certificate swapped in.
 
@@ -43,6 +44,22 @@ impl PodDirectory for FakeDirectory {
                 "imageID": "", "ready": true, "restartCount": 1, "state": {"running": {}}}]}
         }))
         .unwrap()]
+    }
+
+    fn pod_uid(&self, namespace: &str, pod: &str) -> Result<String, LocateError> {
+        if (namespace, pod) != ("default", "web") {
+            return Err(LocateError::PodNotFound {
+                namespace: namespace.into(),
+                name: pod.into(),
+            });
+        }
+        // The running container's sandbox when there is one (port-forward enters it).
+        Ok(self
+            .running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or_else(|| "uid-1".into(), |c| c.pod_uid.clone()))
     }
 
     fn locate(
@@ -272,11 +289,16 @@ fn busybox_container(script: &str) -> Option<TestContainer> {
     }
     std::fs::copy("/bin/busybox", base.join("bin/busybox"))
         .expect("/bin/busybox (busybox-static, cargo xtask setup)");
-    for applet in ["sh", "sleep", "hostname", "cat", "echo", "tty", "stty"] {
+    for applet in [
+        "sh", "sleep", "hostname", "cat", "echo", "tty", "stty", "httpd", "mkdir", "nc",
+    ] {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
     }
     let runtime = Arc::new(Runtime::with_binary(dir.path().join("state"), AGENT).unwrap());
-    let uid = format!("ks-{}", std::process::id());
+    // One pod per test: the tests of this binary run at once.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let uid = format!("ks-{}-{seq}", std::process::id());
     let sandbox = runtime.create_sandbox(&uid, "exec-pod").unwrap();
     let k8s = k8s_openapi::api::core::v1::Container {
         name: "app".into(),
@@ -432,6 +454,310 @@ async fn exec_streams_over_the_channel_protocol() {
         }
         other => panic!("expected a 400, got {:?}", other.map(|_| ())),
     }
+}
+
+/// Opens a port-forward websocket to pod `default/web` on the plain-HTTP router.
+async fn open_forward(
+    addr: &str,
+    query: &str,
+    protocol: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let mut req = format!("ws://{addr}/portForward/default/web?{query}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// Every message of a port-forward stream as (channel, data), binary or base64 framed, until
+/// the server closes it; and the close code.
+async fn forwarded(socket: &mut Socket) -> (Vec<(u8, Vec<u8>)>, Option<u16>) {
+    use base64::Engine as _;
+    let mut messages = Vec::new();
+    let mut code = None;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = socket.next().await {
+            match msg.unwrap() {
+                tungstenite::Message::Binary(b) => messages.push((b[0], b[1..].to_vec())),
+                tungstenite::Message::Text(t) => {
+                    let (first, data) = t.as_bytes().split_first().unwrap();
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap();
+                    messages.push((first - b'0', data));
+                }
+                tungstenite::Message::Close(frame) => {
+                    code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the port-forward stream did not end");
+    (messages, code)
+}
+
+/// The bytes of `channel` after its first message (the port).
+fn channel_data(messages: &[(u8, Vec<u8>)], channel: u8) -> Vec<u8> {
+    messages
+        .iter()
+        .filter(|(c, _)| *c == channel)
+        .skip(1)
+        .flat_map(|(_, d)| d.iter().copied())
+        .collect()
+}
+
+const HTTP_GET: &[u8] = b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_servers_inside_the_pod() {
+    // Two servers that only the pod's network namespace can reach: busybox httpd on the
+    // pod's loopback, and an echo server (nc running cat per connection).
+    let script = "mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html \
+        && i=0; while [ $i -lt 3000 ]; do echo \"line $i of a body larger than one message\"; \
+        i=$((i+1)); done > /tmp/www/big; nc -ll -p 9000 -e /bin/cat & \
+        exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let Some(c) = busybox_container(script) else {
+        return;
+    };
+    let directory = Arc::new(FakeDirectory::default());
+    *directory.running.lock().unwrap() = Some(c.container.clone());
+    let state = ServerState {
+        directory: directory.clone(),
+        runtime: c.runtime.clone(),
+        auth: server::ServerSecurity::token_only(TOKEN).auth,
+        shutdown: CancellationToken::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+
+    // No subprotocol (kr8s): binary framing. Retried until httpd listens.
+    let (messages, code) = eventually_within(Duration::from_secs(20), "httpd in the pod", || {
+        let addr = addr.clone();
+        async move {
+            let mut s = open_forward(&addr, "ports=8080", None).await.unwrap();
+            s.send(tungstenite::Message::Binary(
+                [&[0u8][..], HTTP_GET].concat().into(),
+            ))
+            .await
+            .unwrap();
+            let (messages, code) = forwarded(&mut s).await;
+            channel_data(&messages, 1)
+                .is_empty()
+                .then_some((messages, code))
+        }
+    })
+    .await;
+    // The port, little endian, first on the data channel and then on the error channel.
+    assert_eq!(messages[0], (0, vec![0x90, 0x1f]));
+    assert_eq!(messages[1], (1, vec![0x90, 0x1f]));
+    let response = String::from_utf8(channel_data(&messages, 0)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nhello from the pod\n"),
+        "{response}"
+    );
+    assert_eq!(code, Some(1000), "a normal closure once the pod closed");
+
+    // A body of several messages arrives whole.
+    let mut s = open_forward(&addr, "ports=8080", None).await.unwrap();
+    s.send(tungstenite::Message::Binary(
+        b"\x00GET /big HTTP/1.0\r\n\r\n".to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    let (messages, _) = forwarded(&mut s).await;
+    let response = channel_data(&messages, 0);
+    let body_at = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = String::from_utf8_lossy(&response[body_at..]).into_owned();
+    assert_eq!(body.lines().count(), 3000);
+    assert!(body.ends_with("line 2999 of a body larger than one message\n"));
+    assert!(messages.len() > 3, "{} messages", messages.len());
+
+    // Both ways at once: 1 MiB through the echo server in 64 KiB messages, read while
+    // written; then the client closes and the server answers the close.
+    let s = open_forward(&addr, "ports=9000", Some("v4.channel.k8s.io"))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = s.split();
+    let sent: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for chunk in sent.chunks(64 << 10) {
+                tx.send(tungstenite::Message::Binary(
+                    [&[0u8][..], chunk].concat().into(),
+                ))
+                .await
+                .unwrap();
+            }
+            tx
+        })
+    };
+    let mut echoed = Vec::new();
+    let mut first = true;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while echoed.len() < sent.len() {
+            match rx.next().await.unwrap().unwrap() {
+                tungstenite::Message::Binary(b) if b[0] == 0 => {
+                    if first {
+                        assert_eq!(&b[1..], &9000u16.to_le_bytes());
+                        first = false;
+                    } else {
+                        echoed.extend_from_slice(&b[1..]);
+                    }
+                }
+                tungstenite::Message::Binary(b) if b[0] == 1 && b.len() > 3 => {
+                    panic!("error: {}", String::from_utf8_lossy(&b[1..]))
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the echo did not come back");
+    assert!(echoed == sent, "the echo differs");
+    let mut tx = writer.await.unwrap();
+    tx.send(tungstenite::Message::Close(None)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = rx.next().await {}
+    })
+    .await
+    .expect("the server did not end the stream after the client's close");
+
+    // Nothing listens on 8081: its error channel says so, port 8080 of the same request works,
+    // and the stream closes once both are done.
+    let mut s = open_forward(&addr, "ports=8080,8081", None).await.unwrap();
+    s.send(tungstenite::Message::Binary(
+        [&[0u8][..], HTTP_GET].concat().into(),
+    ))
+    .await
+    .unwrap();
+    let (messages, code) = forwarded(&mut s).await;
+    let prefixes: Vec<&(u8, Vec<u8>)> = messages.iter().take(4).collect();
+    assert_eq!(
+        prefixes,
+        [
+            &(0, vec![0x90, 0x1f]),
+            &(1, vec![0x90, 0x1f]),
+            &(2, vec![0x91, 0x1f]),
+            &(3, vec![0x91, 0x1f])
+        ]
+    );
+    let error = String::from_utf8(channel_data(&messages, 3)).unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "error forwarding port 8081 to pod default/web, uid {}: failed to connect to localhost:8081",
+            c.container.pod_uid
+        )),
+        "{error}"
+    );
+    assert!(String::from_utf8(channel_data(&messages, 0))
+        .unwrap()
+        .contains("hello from the pod"));
+    assert!(channel_data(&messages, 1).is_empty());
+    assert!(channel_data(&messages, 2).is_empty());
+    assert_eq!(code, Some(1000));
+
+    // The base64 framing, in text messages.
+    let mut s = open_forward(&addr, "ports=8080", Some("v4.base64.channel.k8s.io"))
+        .await
+        .unwrap();
+    {
+        use base64::Engine as _;
+        let text = format!(
+            "0{}",
+            base64::engine::general_purpose::STANDARD.encode(HTTP_GET)
+        );
+        s.send(tungstenite::Message::text(text)).await.unwrap();
+    }
+    let (messages, _) = forwarded(&mut s).await;
+    assert_eq!(messages[0], (0, vec![0x90, 0x1f]));
+    assert!(String::from_utf8(channel_data(&messages, 0))
+        .unwrap()
+        .ends_with("hello from the pod\n"));
+
+    // A message over the bound ends the stream rather than being buffered.
+    let mut s = open_forward(&addr, "ports=9000", None).await.unwrap();
+    let huge = vec![0u8; skiff_agent::kubelet::portforward::MAX_MESSAGE_BYTES + 2];
+    let _ = s.send(tungstenite::Message::Binary(huge.into())).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = s.next().await {}
+    })
+    .await
+    .expect("an oversized message did not end the stream");
+
+    // Refusals, before the upgrade.
+    let refused = |r: Result<Socket, tungstenite::Error>| match r {
+        Err(tungstenite::Error::Http(r)) => (
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    };
+    for (query, expected) in [
+        ("ports=0", "must be > 0"),
+        ("ports=65536", "unable to parse"),
+        ("ports=80,x", "unable to parse"),
+        ("", "is required"),
+    ] {
+        let (code, body) = refused(open_forward(&addr, query, None).await);
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(expected), "{query}: {body}");
+    }
+    let (code, body) =
+        refused(open_forward(&addr, "ports=8080", Some("SPDY/3.1+portforward.k8s.io")).await);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("SPDY"), "{body}");
+    let mut req = format!("ws://{addr}/portForward/default/nope?ports=80")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (code, _) = refused(
+        tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map(|(s, _)| s),
+    );
+    assert_eq!(code, 404);
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/portForward/default/web"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("SPDY is not supported"));
+    // The uid form of the path names the pod's uid.
+    let mut req = format!("ws://{addr}/portForward/default/web/other-uid?ports=8080")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (code, _) = refused(
+        tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map(|(s, _)| s),
+    );
+    assert_eq!(code, 404);
+    // A pod without a running sandbox.
+    *directory.running.lock().unwrap() = None;
+    let (code, body) = refused(open_forward(&addr, "ports=8080", None).await);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("has no running sandbox"), "{body}");
 }
 
 /// A CA for the endpoint's client and serving certificates.

@@ -13,6 +13,7 @@ pub mod go;
 pub mod labels;
 pub mod names;
 pub mod pod;
+pub mod portforward;
 pub mod quantity;
 pub mod taints;
 pub mod time;

@@ -1,5 +1,6 @@
-//! What the node's HTTP endpoints (logs, exec, the read-only pod list) need to know about the
-//! pods this agent runs, as a trait: the pod manager implements it, tests can fake it.
+//! What the node's HTTP endpoints (logs, exec, port-forward, the read-only pod list) need to
+//! know about the pods this agent runs, as a trait: the pod manager implements it, tests can
+//! fake it.
 //!
 //! Log files: `<root>/pods/<uid>/logs/<container>/<restart-count>.log`, one per container
 //! instance, so `kubectl logs --previous` reads the instance before the current one.
@@ -65,6 +66,23 @@ pub trait PodDirectory: Send + Sync + 'static {
         pod: &str,
         container: Option<&str>,
     ) -> Result<Located, LocateError>;
+
+    /// The uid of a pod on this node (the runtime's key for its sandbox), for what concerns
+    /// the pod rather than one container (port-forward). By default the uid of the pod of
+    /// that name in [`PodDirectory::pods`].
+    fn pod_uid(&self, namespace: &str, pod: &str) -> Result<String, LocateError> {
+        self.pods()
+            .into_iter()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(pod)
+            })
+            .and_then(|p| p.metadata.uid)
+            .ok_or_else(|| LocateError::PodNotFound {
+                namespace: namespace.to_owned(),
+                name: pod.to_owned(),
+            })
+    }
 }
 
 /// The log file of instance `restart_count` of a container.
@@ -140,6 +158,22 @@ impl PodDirectory for Directory {
             .values()
             .map(|(p, _)| p.clone())
             .collect()
+    }
+
+    fn pod_uid(&self, namespace: &str, pod: &str) -> Result<String, LocateError> {
+        self.pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(_, (p, _))| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(pod)
+            })
+            .map(|(uid, _)| uid.clone())
+            .ok_or_else(|| LocateError::PodNotFound {
+                namespace: namespace.to_owned(),
+                name: pod.to_owned(),
+            })
     }
 
     fn locate(

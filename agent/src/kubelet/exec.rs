@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 
-use super::http::{query_bool, query_pairs, status_response, ServerState};
+use super::http::{normal_close, query_bool, query_pairs, status_response, ServerState};
 use super::streaming::{self, Channel, ClientFrame};
 use crate::runtime::{Container, ExecProcess};
 
@@ -101,15 +101,6 @@ pub async fn exec(
     ws.on_upgrade(move |socket| async move {
         run(socket, protocol, state, running, request).await;
     })
-}
-
-/// A normal closure (1000): clients (gorilla/websocket in kubectl) treat a close without a
-/// status code as an error.
-fn normal_close() -> Message {
-    Message::Close(Some(axum::extract::ws::CloseFrame {
-        code: axum::extract::ws::close_code::NORMAL,
-        reason: "".into(),
-    }))
 }
 
 /// A chunk of output or the end of an output stream.

@@ -1,7 +1,7 @@
-//! What the node's HTTP endpoints ([`super::server`]) and the exec handler ([`super::exec`])
-//! share: the handlers' state, Kubernetes `Status` error bodies and query-string parsing. Its
-//! own module so that the router can name the exec handler without the handler importing the
-//! router back.
+//! What the node's HTTP endpoints ([`super::server`]) and the streaming handlers
+//! ([`super::exec`], [`super::portforward`]) share: the handlers' state, Kubernetes `Status`
+//! error bodies, query-string parsing and the websocket's normal closure. Its own module so
+//! that the router can name the handlers without them importing the router back.
 
 #![allow(
     clippy::result_large_err,
@@ -44,6 +44,15 @@ pub fn status_response(code: StatusCode, reason: &str, message: impl Into<String
         "code": code.as_u16(),
     });
     (code, Json(body)).into_response()
+}
+
+/// A normal closure (1000) of a websocket: clients (gorilla/websocket in kubectl) treat a
+/// close without a status code as an error.
+pub fn normal_close() -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 /// Parses the repeated-key query string of the kubelet's endpoints.

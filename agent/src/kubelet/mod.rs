@@ -29,6 +29,7 @@ pub mod node;
 pub mod plan;
 pub mod pod_manager;
 pub mod pod_worker;
+pub mod portforward;
 pub mod probes;
 pub mod resolv_conf;
 pub mod server;

@@ -1,11 +1,13 @@
 //! The node's HTTP endpoints, named as the kubelet names them:
 //!
-//! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log` and `pods/exec`:
-//!   `GET /containerLogs/{ns}/{pod}/{container}` and `GET /exec/{ns}/{pod}/{container}`
-//!   (websocket, [`super::streaming`]), plus `/healthz`, `/pods` and `/metrics`. The
-//!   certificate is the one the cluster's `kubelet-serving` signer issued for the node when
-//!   the agent joined with a token ([`super::identity::serving`]), self-signed (made once under
-//!   `<root>/kubelet/`) until then or otherwise ([`super::server_tls`]). Every request is
+//! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log`, `pods/exec` and
+//!   `pods/portforward`: `GET /containerLogs/{ns}/{pod}/{container}`,
+//!   `GET /exec/{ns}/{pod}/{container}` (websocket, [`super::streaming`]) and
+//!   `GET /portForward/{ns}/{pod}` (websocket, [`super::portforward`]), plus `/healthz`,
+//!   `/pods` and `/metrics`. The certificate is the one the cluster's `kubelet-serving` signer
+//!   issued for the node when the agent joined with a token ([`super::identity::serving`]),
+//!   self-signed (made once under `<root>/kubelet/`) until then or otherwise
+//!   ([`super::server_tls`]). Every request is
 //!   authenticated (a client certificate of the cluster CA, or a bearer token through a
 //!   TokenReview) and authorized (a SubjectAccessReview on `nodes/<subresource>`), as the
 //!   kubelet does ([`super::auth`]).
@@ -296,6 +298,14 @@ pub fn app(state: ServerState) -> Router {
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(super::exec::exec).post(super::exec::exec),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(super::portforward::port_forward).post(super::portforward::port_forward),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            get(super::portforward::port_forward_uid).post(super::portforward::port_forward_uid),
         )
         .merge(read_only_routes())
         .layer(axum::middleware::from_fn_with_state(

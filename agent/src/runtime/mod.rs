@@ -1084,6 +1084,18 @@ impl Runtime {
         self.remove_pod(&sandbox.uid, Some(sandbox))
     }
 
+    /// The sandbox of the pod `pod_uid` as recorded on disk (`None` when it has none), e.g. for
+    /// entering its network namespace (port-forward).
+    pub fn sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>> {
+        if !valid_uid(pod_uid) {
+            return Err(RuntimeError::Invalid {
+                what: "pod uid",
+                value: pod_uid.to_owned(),
+            });
+        }
+        read_json::<Sandbox>(&self.pod_dir(pod_uid).join("sandbox.json"))
+    }
+
     /// Like [`Runtime::remove_sandbox`] for a pod known only by uid (state found on disk).
     pub fn remove_pod_by_uid(&self, pod_uid: &str) -> Result<()> {
         if !valid_uid(pod_uid) {

@@ -319,7 +319,8 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
-        // pods/log and pods/exec are proxied to the pod's agent (before the generic routes).
+        // pods/log, pods/exec and pods/portforward are proxied to the pod's agent (before the
+        // generic routes).
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
             get(node_proxy::pod_log),
@@ -327,6 +328,10 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(node_proxy::pod_exec).post(node_proxy::pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            get(node_proxy::pod_portforward).post(node_proxy::pod_portforward),
         )
         .route("/api/{version}/{*rest}", any(handlers::core_resource))
         .route(

@@ -1,7 +1,8 @@
-//! `pods/log` and `pods/exec`: the API server finds the pod's node, and proxies the request to
-//! the agent's HTTPS endpoint (the kubelet's `/containerLogs` and `/exec`), at the Node's
-//! InternalIP and `status.daemonEndpoints.kubeletEndpoint.Port`, over TLS that verifies the
-//! agent's CA-issued serving certificate and presents the API server's client certificate
+//! `pods/log`, `pods/exec` and `pods/portforward`: the API server finds the pod's node, and
+//! proxies the request to the agent's HTTPS endpoint (the kubelet's `/containerLogs`, `/exec`
+//! and `/portForward`), at the Node's InternalIP and
+//! `status.daemonEndpoints.kubeletEndpoint.Port`, over TLS that verifies the agent's CA-issued
+//! serving certificate and presents the API server's client certificate
 //! ([`KubeletClient`](super::kubelet_client::KubeletClient)).
 
 use std::sync::Arc;
@@ -91,38 +92,38 @@ pub fn kubelet_base(node: &Value) -> Result<String, ApiError> {
     Ok(format!("https://{host}:{port}"))
 }
 
-async fn locate(
-    state: &ApiState,
-    namespace: &str,
-    name: &str,
-    container: Option<&str>,
-) -> Result<Target, ApiError> {
+/// The pod, from the store.
+async fn get_pod(state: &ApiState, namespace: &str, name: &str) -> Result<Value, ApiError> {
     let pods = state
         .registry
         .find("", "v1", "pods")
         .ok_or(ApiError::UnknownResource)?;
-    let nodes = state
-        .registry
-        .find("", "v1", "nodes")
-        .ok_or(ApiError::UnknownResource)?;
-    let store = &state.store;
     let key = pods.key(Some(namespace), name);
-    let pod = store
+    state
+        .store
         .get(&key)
         .await
         .map_err(|e| ApiError::from_store(e, "pods", name))?
         .ok_or_else(|| ApiError::NotFound {
             kind: "pods".into(),
             name: name.into(),
-        })?;
-    let container = resolve_container(&pod, name, container)?;
+        })
+}
+
+/// The base URL of the agent of the pod's node.
+async fn node_base(state: &ApiState, pod: &Value, name: &str) -> Result<String, ApiError> {
+    let nodes = state
+        .registry
+        .find("", "v1", "nodes")
+        .ok_or(ApiError::UnknownResource)?;
     let node_name = pod["spec"]["nodeName"]
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?
         .to_owned();
     let key = nodes.key(None, &node_name);
-    let node = store
+    let node = state
+        .store
         .get(&key)
         .await
         .map_err(|e| ApiError::from_store(e, "nodes", &node_name))?
@@ -130,13 +131,28 @@ async fn locate(
             kind: "nodes".into(),
             name: node_name.clone(),
         })?;
+    kubelet_base(&node)
+}
+
+fn phase(pod: &Value) -> String {
+    pod["status"]["phase"]
+        .as_str()
+        .unwrap_or("Pending")
+        .to_owned()
+}
+
+async fn locate(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<Target, ApiError> {
+    let pod = get_pod(state, namespace, name).await?;
+    let container = resolve_container(&pod, name, container)?;
     Ok(Target {
-        base: kubelet_base(&node)?,
+        base: node_base(state, &pod, name).await?,
         container,
-        phase: pod["status"]["phase"]
-            .as_str()
-            .unwrap_or("Pending")
-            .to_owned(),
+        phase: phase(&pod),
     })
 }
 
@@ -318,7 +334,7 @@ pub async fn pod_exec(
     // Connect to the agent first, so that its refusal (container not running, ...) reaches
     // the client as an HTTP error rather than a closed websocket.
     let tls = kubelet(&state)?.tls();
-    let agent = match connect_agent(&url, tls, protocol).await {
+    let agent = match connect_agent(&url, tls, Some(protocol), None).await {
         Ok(s) => s,
         Err(AgentError::Refused(status, body)) => {
             return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -340,6 +356,102 @@ pub async fn pod_exec(
         }))
 }
 
+/// The largest websocket message either side of a port-forward may send (the agent's bound).
+const PORTFORWARD_MAX_MESSAGE: usize = 4 << 20;
+
+/// The ports and the negotiated subprotocol (`None`: the client offered none) of a
+/// port-forward request, or the 400 for them.
+pub fn portforward_options(
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Vec<u16>, Option<&'static str>), ApiError> {
+    use skiff_k8s::portforward as protocol;
+    let params = pairs(query);
+    let values: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "ports")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let ports = protocol::parse_ports(&values).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let chosen = protocol::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok((ports, chosen))
+}
+
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=80,8080`: a websocket
+/// upgrade (no subprotocol, `v4.channel.k8s.io` or `v4.base64.channel.k8s.io`;
+/// [`skiff_k8s::portforward`]) for a Running pod, proxied message by message to the agent's
+/// `/portForward`. SPDY, which `kubectl port-forward` speaks (tunnelled over a websocket as
+/// `SPDY/3.1+portforward.k8s.io` or as a plain upgrade), is refused with a 400.
+pub async fn pod_portforward(
+    State(state): State<Arc<ApiState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    use skiff_k8s::portforward as protocol;
+    let Ok(upgrade) = upgrade else {
+        return Err(ApiError::BadRequest(format!(
+            "port-forward needs a websocket upgrade (no subprotocol, {} or {}); SPDY (what \
+             kubectl port-forward speaks) is not supported",
+            protocol::V4_BINARY,
+            protocol::V4_BASE64
+        )));
+    };
+    let (ports, chosen) = portforward_options(query.as_deref(), &headers)?;
+    let pod = get_pod(&state, &namespace, &name).await?;
+    let phase = phase(&pod);
+    if phase != "Running" {
+        // kubectl's words for it.
+        return Err(ApiError::BadRequest(format!(
+            "unable to forward port because pod is not running. Current status={phase}"
+        )));
+    }
+    let base = node_base(&state, &pod, &name).await?;
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let url = format!(
+        "{}/portForward/{}/{}?{}",
+        base.replacen("https://", "wss://", 1),
+        path_segment(&namespace),
+        path_segment(&name),
+        encode(&[("ports".to_owned(), ports.join(","))])
+    );
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(PORTFORWARD_MAX_MESSAGE))
+        .max_frame_size(Some(PORTFORWARD_MAX_MESSAGE));
+    let tls = kubelet(&state)?.tls();
+    let agent = match connect_agent(&url, tls, chosen, Some(config)).await {
+        Ok(s) => s,
+        Err(AgentError::Refused(status, body)) => {
+            return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Err(AgentError::Other(message)) => {
+            return Err(ApiError::Internal(format!(
+                "connecting to the node for port-forward: {message}"
+            )))
+        }
+    };
+    let mut upgrade = upgrade
+        .max_message_size(PORTFORWARD_MAX_MESSAGE)
+        .max_frame_size(PORTFORWARD_MAX_MESSAGE);
+    if let Some(p) = chosen {
+        upgrade = upgrade.protocols([p]);
+    }
+    let shutdown = state.shutdown.clone();
+    Ok(upgrade.on_upgrade(move |client| async move {
+        tokio::select! {
+            () = pump(client, agent) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }))
+}
+
 type AgentSocket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
@@ -349,22 +461,25 @@ enum AgentError {
     Other(String),
 }
 
+/// Opens the websocket to the agent, offering `protocol` (none: no subprotocol header).
 async fn connect_agent(
     url: &str,
     tls: Arc<rustls::ClientConfig>,
-    protocol: &str,
+    protocol: Option<&str>,
+    config: Option<tungstenite::protocol::WebSocketConfig>,
 ) -> Result<AgentSocket, AgentError> {
     use tungstenite::client::IntoClientRequest as _;
     let mut request = url
         .into_client_request()
         .map_err(|e| AgentError::Other(e.to_string()))?;
-    let headers = request.headers_mut();
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        protocol
-            .parse()
-            .map_err(|_| AgentError::Other("bad protocol".into()))?,
-    );
+    if let Some(protocol) = protocol {
+        request.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            protocol
+                .parse()
+                .map_err(|_| AgentError::Other("bad protocol".into()))?,
+        );
+    }
     let uri = request.uri().clone();
     let host = uri
         .host()
@@ -385,7 +500,7 @@ async fn connect_agent(
         .connect(server_name, tcp)
         .await
         .map_err(|e| AgentError::Other(format!("TLS to {host}:{port}: {e}")))?;
-    match tokio_tungstenite::client_async(request, tls).await {
+    match tokio_tungstenite::client_async_with_config(request, tls, config).await {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(response)) => {
             let status =
@@ -498,6 +613,57 @@ mod tests {
             kubelet_base(&no_ip).unwrap_err().code(),
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn portforward_requests_name_valid_ports_and_a_protocol_of_port_forward() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            portforward_options(Some("ports=80"), &none).unwrap(),
+            (vec![80], None)
+        );
+        // kube-rs's query, and its offer (v5 first: port-forward has no v5).
+        let mut kube_rs = HeaderMap::new();
+        kube_rs.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "v5.channel.k8s.io, v4.channel.k8s.io".parse().unwrap(),
+        );
+        assert_eq!(
+            portforward_options(Some("&ports=80%2C1234"), &kube_rs).unwrap(),
+            (vec![80, 1234], Some("v4.channel.k8s.io"))
+        );
+        for (query, message) in [
+            (None, "query parameter \"ports\" is required"),
+            (Some("ports="), "query parameter \"ports\" cannot be empty"),
+            (Some("ports=0"), "port \"0\" must be > 0"),
+            (
+                Some("ports=70000"),
+                "unable to parse \"70000\" as a port: ports are numbers from 1 to 65535",
+            ),
+            (
+                Some("ports=http"),
+                "unable to parse \"http\" as a port: ports are numbers from 1 to 65535",
+            ),
+        ] {
+            let e = portforward_options(query, &none).unwrap_err();
+            assert_eq!(e.code(), StatusCode::BAD_REQUEST, "{query:?}");
+            assert_eq!(e.to_string(), message, "{query:?}");
+        }
+        let many = (1..=33)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = portforward_options(Some(&format!("ports={many}")), &none).unwrap_err();
+        assert_eq!(e.code(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("at most 32"), "{e}");
+        let mut spdy = HeaderMap::new();
+        spdy.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+        );
+        let e = portforward_options(Some("ports=80"), &spdy).unwrap_err();
+        assert_eq!(e.code(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("SPDY"), "{e}");
     }
 
     #[test]

@@ -195,6 +195,10 @@ impl Strategy for Pod {
                 "name": "pods/exec", "singularName": "", "namespaced": true,
                 "kind": "PodExecOptions", "verbs": ["create", "get"],
             }),
+            json!({
+                "name": "pods/portforward", "singularName": "", "namespaced": true,
+                "kind": "PodPortForwardOptions", "verbs": ["create", "get"],
+            }),
         ]
     }
 }
