@@ -217,6 +217,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
              wildcard listen address; listen on the node's address for that"
         ),
     }
+    // Custom resources are served from the first request on, then follow their definitions.
+    apiserver::apiextensions::controller::start(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("serving the custom resources: {e}"))?;
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
     tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(controllers::event_ttl::run(state.clone(), config.event_ttl));

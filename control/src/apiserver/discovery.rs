@@ -95,20 +95,65 @@ pub async fn core_resources(
         .ok_or(ApiError::UnknownResource)
 }
 
-fn group_object(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv], "preferredVersion": gv})
+/// Kubernetes' version priority (`version.CompareKubeAwareVersionStrings`): GA before beta
+/// before alpha, higher numbers first, then names that are not Kubernetes versions in
+/// alphabetical order. Smaller keys come first.
+pub fn version_priority(version: &str) -> (u8, i64, i64, String) {
+    let parsed = version.strip_prefix('v').and_then(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: i64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((0, -major, 0));
+        }
+        let (level, n) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else {
+            (2, tail.strip_prefix("alpha")?)
+        };
+        let minor: i64 = n.parse().ok()?;
+        Some((level, -major, -minor))
+    });
+    match parsed {
+        Some((level, major, minor)) => (level, major, minor, String::new()),
+        None => (3, 0, 0, version.to_owned()),
+    }
+}
+
+/// The groups with their versions, preferred version first.
+fn groups_of(state: &ApiState) -> Vec<(String, Vec<String>)> {
+    let snapshot = state.registry.snapshot();
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (g, v) in snapshot.group_versions() {
+        if g.is_empty() {
+            continue;
+        }
+        match groups.iter_mut().find(|(name, _)| name == g) {
+            Some((_, versions)) => versions.push(v.to_owned()),
+            None => groups.push((g.to_owned(), vec![v.to_owned()])),
+        }
+    }
+    for (_, versions) in &mut groups {
+        versions.sort_by_key(|v| version_priority(v));
+    }
+    groups
+}
+
+fn group_object(group: &str, versions: &[String]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs.first()})
 }
 
 /// `/apis`.
 pub async fn groups(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    let groups: Vec<Value> = state
-        .registry
-        .snapshot()
-        .group_versions()
-        .into_iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| group_object(g, v))
+    let groups: Vec<Value> = groups_of(&state)
+        .iter()
+        .map(|(g, versions)| group_object(g, versions))
         .collect();
     Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
@@ -118,13 +163,11 @@ pub async fn group(
     State(state): State<Arc<ApiState>>,
     Path(group): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.registry.snapshot();
-    let (g, v) = snapshot
-        .group_versions()
+    let (g, versions) = groups_of(&state)
         .into_iter()
         .find(|(g, _)| *g == group)
         .ok_or(ApiError::UnknownResource)?;
-    let mut object = group_object(g, v);
+    let mut object = group_object(&g, &versions);
     object["kind"] = json!("APIGroup");
     object["apiVersion"] = json!("v1");
     Ok(Json(object))

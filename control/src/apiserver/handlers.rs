@@ -307,7 +307,21 @@ fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Respon
     response
 }
 
-fn written(code: StatusCode, w: Written) -> Response {
+/// An object of `def` as its version serves it (see `objects::served`); other objects (a
+/// Scale, a Status) pass as they are.
+fn served(def: &ResourceDef, object: Value) -> Value {
+    if def.strategy.converts() && object.get("kind").and_then(Value::as_str) == Some(&def.kind) {
+        super::objects::served(def, object)
+    } else {
+        object
+    }
+}
+
+fn written(def: &ResourceDef, code: StatusCode, mut w: Written) -> Response {
+    w.object = served(def, w.object);
+    if let Some(warning) = def.strategy.deprecation_warning() {
+        w.warnings.insert(0, warning.to_owned());
+    }
     json_response(code, &w.object, &w.warnings)
 }
 
@@ -393,6 +407,22 @@ fn list_response(
             .map_err(|e| ApiError::Internal(format!("stored object does not decode: {e}")))?;
         return Ok(json_response(StatusCode::OK, &table, &[]));
     }
+    // Stored in another version: each item goes out as this version serves it.
+    let items = if def.strategy.converts() {
+        items
+            .into_iter()
+            .map(|raw| {
+                let value = serde_json::from_slice::<Value>(&raw).map_err(|e| {
+                    ApiError::Internal(format!("stored object does not decode: {e}"))
+                })?;
+                Ok(Bytes::from(
+                    serde_json::to_vec(&served(def, value)).unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?
+    } else {
+        items
+    };
     // The stored bytes are the items' JSON: the list is assembled without decoding them.
     let head = format!(
         r#"{{"kind":{},"apiVersion":{},"metadata":{},"items":["#,
@@ -548,6 +578,11 @@ async fn dispatch(
                     &[],
                 ));
             }
+            let object = if t.subresource == Subresource::Main {
+                served(def, object)
+            } else {
+                object
+            };
             Ok(json_response(StatusCode::OK, &object, &[]))
         }
         (Method::POST, None) => {
@@ -555,7 +590,7 @@ async fn dispatch(
             let w = state
                 .create(def, ns, object, &write_options(&query)?)
                 .await?;
-            Ok(written(StatusCode::CREATED, w))
+            Ok(written(def, StatusCode::CREATED, w))
         }
         (Method::PUT, Some(name)) => {
             let object = decode_body(&state, &headers, &body).await?;
@@ -569,7 +604,7 @@ async fn dispatch(
                     &write_options(&query)?,
                 )
                 .await?;
-            Ok(written(StatusCode::OK, w))
+            Ok(written(def, StatusCode::OK, w))
         }
         (Method::PATCH, Some(name)) => {
             let ct = content_type(&headers);
@@ -594,7 +629,7 @@ async fn dispatch(
                     &write_options(&query)?,
                 )
                 .await?;
-            Ok(written(StatusCode::OK, w))
+            Ok(written(def, StatusCode::OK, w))
         }
         (Method::DELETE, Some(name)) if t.subresource == Subresource::Main => {
             let opts = delete_options(&state, &headers, &query, &body).await?;
@@ -613,7 +648,7 @@ async fn dispatch(
                 } else {
                     StatusCode::ACCEPTED
                 },
-                &object,
+                &served(def, object),
                 &[],
             ))
         }

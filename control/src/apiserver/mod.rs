@@ -1,6 +1,7 @@
 //! The Kubernetes API over HTTP: routing, authentication, and the generic resource machinery.
 
 pub mod admission;
+pub mod apiextensions;
 pub mod auth;
 pub mod binding;
 pub mod defaults;

@@ -209,24 +209,19 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     Ok((v.get("rv").and_then(Value::as_u64).unwrap_or(0), start))
 }
 
+/// A stored object as the version `def` serves it (see [`Strategy::converts`]).
+///
+/// [`Strategy::converts`]: super::kinds::Strategy::converts
+pub fn served(def: &ResourceDef, mut object: Value) -> Value {
+    if def.strategy.converts() {
+        def.strategy.served_form(&mut object);
+    }
+    object
+}
+
 /// The autoscaling/v1 Scale view of a scalable object.
 pub fn scale_of(def: &ResourceDef, object: &Value) -> Value {
-    let selector = object.pointer("/spec/selector").map(|s| {
-        let sel = LabelSelector::from_object(s)
-            .ok()
-            .filter(|_| s.get("matchLabels").is_some() || s.get("matchExpressions").is_some());
-        match sel {
-            Some(sel) => selector_to_string(&sel),
-            // ReplicationController selectors are plain maps.
-            None => s
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    });
+    let (spec_path, status_path) = def.strategy.scale_replicas_paths();
     let m = object.get("metadata").cloned().unwrap_or_default();
     json!({
         "kind": "Scale",
@@ -235,12 +230,50 @@ pub fn scale_of(def: &ResourceDef, object: &Value) -> Value {
             "name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
             "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp"),
         },
-        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(def.strategy.scale_default_replicas()))},
+        "spec": {"replicas": object.pointer(spec_path).cloned().unwrap_or(json!(def.strategy.scale_default_replicas()))},
         "status": {
-            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector.unwrap_or_default(),
+            "replicas": object.pointer(status_path).cloned().unwrap_or(json!(0)),
+            "selector": def.strategy.scale_selector(object),
         },
     })
+}
+
+/// An object's `spec.selector` as a selector string (`app=web,tier in (a,b)`), or empty.
+pub fn spec_selector_string(object: &Value) -> String {
+    let Some(s) = object.pointer("/spec/selector") else {
+        return String::new();
+    };
+    let sel = LabelSelector::from_object(s)
+        .ok()
+        .filter(|_| s.get("matchLabels").is_some() || s.get("matchExpressions").is_some());
+    match sel {
+        Some(sel) => selector_to_string(&sel),
+        // ReplicationController selectors are plain maps.
+        None => s
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// Sets the value at a JSON pointer, creating the objects on the way.
+pub(crate) fn set_pointer(object: &mut Value, pointer: &str, value: Value) {
+    let mut at = object;
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = at
+            .as_object_mut()
+            .expect("just made an object")
+            .entry(token)
+            .or_insert(Value::Null);
+    }
+    *at = value;
 }
 
 fn selector_to_string(sel: &LabelSelector) -> String {
@@ -563,9 +596,8 @@ impl ApiState {
             // Kubernetes' types hold the status as a struct, which JSON never omits: a new
             // Deployment comes back with `"status": {}`, and clients (kr8s's `ready()`) read it.
             // See `Strategy::initial_status`.
-            if let Some(m) = object.as_object_mut() {
-                m.entry("status")
-                    .or_insert_with(|| strategy.initial_status());
+            if let (Some(m), Some(status)) = (object.as_object_mut(), strategy.initial_status()) {
+                m.entry("status").or_insert(status);
             }
         }
         strategy.default(&mut object);
@@ -595,6 +627,7 @@ impl ApiState {
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         let key = self.key(def, namespace.as_deref(), &name);
         strategy.before_create(self, def, &key, &mut object).await?;
+        strategy.storage_form(&mut object);
         if opts.dry_run {
             strategy.after_write(self, &key).await;
             return Ok(Written { object, warnings });
@@ -663,7 +696,11 @@ impl ApiState {
                     });
                 }
                 let mut new = old.clone();
-                new["spec"]["replicas"] = json!(replicas);
+                set_pointer(
+                    &mut new,
+                    def.strategy.scale_replicas_paths().0,
+                    json!(replicas),
+                );
                 (new, Vec::new())
             }
             Subresource::Status => {
@@ -759,6 +796,7 @@ impl ApiState {
         if !causes.is_empty() {
             return Err(Self::invalid(def, &new, causes));
         }
+        strategy.storage_form(&mut new);
         Ok((new, warnings))
     }
 
@@ -918,10 +956,11 @@ impl ApiState {
         const ATTEMPTS: usize = 8;
         for attempt in 1..=ATTEMPTS {
             let old = self.get(def, namespace, name).await?;
+            // The patch was computed against the object as served at this version.
             let view = if sub == Subresource::Scale {
                 scale_of(def, &old)
             } else {
-                old.clone()
+                served(def, old.clone())
             };
             let mut patched = view.clone();
             let patch = Arc::clone(&body);
@@ -1066,6 +1105,22 @@ impl ApiState {
             let already_marked = current.pointer("/metadata/deletionTimestamp").is_some();
             let strategy = def.strategy.as_ref();
             strategy.check_delete(name)?;
+            let mut current = current;
+            if !already_marked {
+                let finalizers = strategy.delete_finalizers();
+                if !finalizers.is_empty() {
+                    let list = meta(&mut current)
+                        .entry("finalizers")
+                        .or_insert_with(|| json!([]));
+                    if let Some(list) = list.as_array_mut() {
+                        for f in finalizers {
+                            if !list.iter().any(|x| x == f) {
+                                list.push(json!(f));
+                            }
+                        }
+                    }
+                }
+            }
             let result = if strategy.terminates() {
                 // Marked and kept whatever its finalizers: a controller removes it when done.
                 if already_marked || opts.dry_run {

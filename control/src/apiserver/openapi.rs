@@ -15,7 +15,7 @@ use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::registry::{ResourceDef, Snapshot};
+use super::registry::{ResourceDef, Schema, Snapshot};
 use super::ApiState;
 
 fn gv_path(group: &str, version: &str) -> String {
@@ -91,13 +91,47 @@ fn schemas_for(defs: &[&ResourceDef]) -> Map<String, Value> {
     let mut settings = SchemaSettings::openapi3();
     settings.definitions_path = "/components/schemas".into();
     let mut generator = SchemaGenerator::new(settings);
-    for schema in defs.iter().filter_map(|d| d.schema) {
-        schema(&mut generator);
+    let mut custom = Vec::new();
+    for def in defs {
+        match &def.schema {
+            Some(Schema::Typed(schema)) => schema(&mut generator),
+            Some(Schema::Custom(schema)) => custom.push((def, schema)),
+            None => {}
+        }
     }
-    generator.take_definitions(true).into_iter().collect()
+    let object_meta = (!custom.is_empty()).then(|| {
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>()
+    });
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    for (def, schema) in custom {
+        // As Kubernetes publishes a definition's schema: its metadata is ObjectMeta, and
+        // apiVersion and kind are described when the schema leaves them out.
+        let mut schema = Value::clone(schema);
+        if let Some(properties) = schema
+            .as_object_mut()
+            .map(|s| s.entry("properties").or_insert_with(|| json!({})))
+            .and_then(Value::as_object_mut)
+        {
+            if let Some(meta) = &object_meta {
+                properties.insert(
+                    "metadata".into(),
+                    json!({"allOf": [meta], "description": "Standard object's metadata."}),
+                );
+            }
+            properties.entry("apiVersion").or_insert_with(|| json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+            properties.entry("kind").or_insert_with(|| json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+        }
+        schemas.insert(schema_name(def), schema);
+    }
+    schemas
 }
 
 fn schema_name(def: &ResourceDef) -> String {
+    if def.origin.is_some() {
+        // A custom resource: the reversed group, as Kubernetes names it (com.example.v1.Widget).
+        let group: Vec<&str> = def.group.split('.').rev().collect();
+        return format!("{}.{}.{}", group.join("."), def.version, def.kind);
+    }
     let group = match def.group.as_str() {
         "" => "core",
         g => g.split('.').next().unwrap_or(g),

@@ -30,11 +30,22 @@ pub struct Subresources {
 }
 
 /// Decodes a JSON object as the kind's k8s-openapi type and encodes it back: this rejects
-/// wrongly typed fields and normalises the object to the schema.
-pub type Roundtrip = fn(Value) -> Result<Value, serde_json::Error>;
+/// wrongly typed fields and normalises the object to the schema. For a custom resource it
+/// prunes what its schema does not declare (a closure over the schema).
+pub type Roundtrip = Arc<dyn Fn(Value) -> Result<Value, serde_json::Error> + Send + Sync>;
 
 /// Adds the kind's schema (and those it refers to) to an OpenAPI document's generator.
 pub type SchemaFn = fn(&mut SchemaGenerator);
+
+/// Where a resource's OpenAPI schema comes from.
+#[derive(Clone)]
+pub enum Schema {
+    /// A built-in kind: generated from its k8s-openapi type.
+    Typed(SchemaFn),
+    /// A custom resource: its definition's `openAPIV3Schema` (an OpenAPI v3 schema object,
+    /// `metadata` referring to ObjectMeta).
+    Custom(Arc<Value>),
+}
 
 /// A served resource.
 #[derive(Clone)]
@@ -60,9 +71,21 @@ pub struct ResourceDef {
     /// Typed decode/encode of the kind.
     pub roundtrip: Roundtrip,
     /// The kind's OpenAPI schema, when it has one.
-    pub schema: Option<SchemaFn>,
+    pub schema: Option<Schema>,
     /// Everything kind-specific.
     pub strategy: Arc<dyn Strategy>,
+    /// The CustomResourceDefinition serving this resource; `None` for a built-in kind.
+    pub origin: Option<Origin>,
+}
+
+/// Which CustomResourceDefinition, in which state, a custom resource was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The definition's name (`<plural>.<group>`).
+    pub definition: String,
+    /// A hash of what the resource was built from (the definition's spec and whether it is
+    /// terminating): equal fingerprints serve the same.
+    pub fingerprint: u64,
 }
 
 impl fmt::Debug for ResourceDef {
@@ -92,7 +115,7 @@ impl ResourceDef {
     /// Short names, categories and subresources are added with the builder methods.
     pub fn of<K>(strategy: impl Strategy + 'static) -> Self
     where
-        K: Resource + Serialize + DeserializeOwned + JsonSchema,
+        K: Resource + Serialize + DeserializeOwned + JsonSchema + 'static,
         K::Scope: ResourceScope + 'static,
     {
         Self {
@@ -106,9 +129,10 @@ impl ResourceDef {
             short_names: Vec::new(),
             categories: Vec::new(),
             subresources: Subresources::default(),
-            roundtrip: roundtrip::<K>,
-            schema: Some(schema::<K>),
+            roundtrip: Arc::new(roundtrip::<K>),
+            schema: Some(Schema::Typed(schema::<K>)),
             strategy: Arc::new(strategy),
+            origin: None,
         }
     }
 
@@ -338,6 +362,32 @@ impl Registry {
             Ok(true)
         })
         .map(drop)
+    }
+
+    /// Serves exactly `defs` as the custom resources (those with an `origin`), keeping the
+    /// built-in kinds. An unchanged set (same paths and origins) publishes no new snapshot.
+    /// Returns whether anything changed.
+    pub fn sync_custom(&self, defs: Vec<ResourceDef>) -> bool {
+        self.change(|current| {
+            let old: Vec<&Arc<ResourceDef>> =
+                current.iter().filter(|d| d.origin.is_some()).collect();
+            let unchanged = old.len() == defs.len()
+                && defs.iter().all(|d| {
+                    old.iter().any(|o| {
+                        o.group == d.group
+                            && o.version == d.version
+                            && o.plural == d.plural
+                            && o.origin == d.origin
+                    })
+                });
+            if unchanged {
+                return Ok(false);
+            }
+            current.retain(|d| d.origin.is_none());
+            current.extend(defs.into_iter().map(Arc::new));
+            Ok(true)
+        })
+        .unwrap_or(false)
     }
 
     /// Stops serving a resource; returns whether it was served. Stored objects stay.

@@ -1,55 +1,81 @@
 //! Server-side `Table` output (`Accept: application/json;as=Table;g=meta.k8s.io;v=v1`): the
 //! columns `kubectl get` prints, computed here as the Kubernetes API server does.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde_json::{json, Value};
+
+/// A cell's value from an object, given the time now (for ages).
+pub type CellFn = fn(&Value, jiff::Timestamp) -> Value;
+
+/// How a column's cells are computed.
+#[derive(Clone)]
+pub enum Cell {
+    /// A built-in kind's function.
+    Fn(CellFn),
+    /// A closure: a custom resource's `additionalPrinterColumns` JSONPath.
+    Dynamic(Arc<dyn Fn(&Value, jiff::Timestamp) -> Value + Send + Sync>),
+}
+
+impl Cell {
+    fn of(&self, object: &Value, now: jiff::Timestamp) -> Value {
+        match self {
+            Self::Fn(f) => f(object, now),
+            Self::Dynamic(f) => f(object, now),
+        }
+    }
+}
 
 /// One column: name, type, priority (1 = only with `-o wide`) and the function that fills its
 /// cell from an object, so a kind's columns and cells are declared together and cannot
 /// disagree.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Column {
     /// The column header as kubectl prints it (upper-cased).
-    pub name: &'static str,
-    /// `string`, `integer` or `boolean`.
-    pub ty: &'static str,
-    /// 0, or 1 for `-o wide` only.
-    pub priority: u8,
-    /// The cell of an object, given the time now (for ages).
-    pub cell: fn(&Value, jiff::Timestamp) -> Value,
+    pub name: Cow<'static, str>,
+    /// `string`, `integer`, `number`, `boolean` or `date`.
+    pub ty: Cow<'static, str>,
+    /// `format` of the column definition (`name` for the Name column).
+    pub format: Cow<'static, str>,
+    /// 0 shown by default, more only with `-o wide`.
+    pub priority: i32,
+    /// The cell of an object.
+    pub cell: Cell,
 }
 
 impl Column {
     /// A column shown by default.
-    pub const fn new(
-        name: &'static str,
-        ty: &'static str,
-        cell: fn(&Value, jiff::Timestamp) -> Value,
-    ) -> Self {
+    pub const fn new(name: &'static str, ty: &'static str, cell: CellFn) -> Self {
         Self {
-            name,
-            ty,
+            name: Cow::Borrowed(name),
+            ty: Cow::Borrowed(ty),
+            format: Cow::Borrowed(""),
             priority: 0,
-            cell,
+            cell: Cell::Fn(cell),
         }
     }
 
     /// A column shown with `-o wide`.
-    pub const fn wide(
-        name: &'static str,
-        ty: &'static str,
-        cell: fn(&Value, jiff::Timestamp) -> Value,
-    ) -> Self {
+    pub const fn wide(name: &'static str, ty: &'static str, cell: CellFn) -> Self {
         Self {
-            name,
-            ty,
+            name: Cow::Borrowed(name),
+            ty: Cow::Borrowed(ty),
+            format: Cow::Borrowed(""),
             priority: 1,
-            cell,
+            cell: Cell::Fn(cell),
         }
     }
 }
 
 /// `NAME`.
-pub const NAME: Column = Column::new("Name", "string", |o, _| json!(s(o, "/metadata/name")));
+pub const NAME: Column = Column {
+    name: Cow::Borrowed("Name"),
+    ty: Cow::Borrowed("string"),
+    format: Cow::Borrowed("name"),
+    priority: 0,
+    cell: Cell::Fn(|o, _| json!(s(o, "/metadata/name"))),
+};
 
 /// `AGE`, from creationTimestamp.
 pub const AGE: Column = Column::new("Age", "string", |o, now| {
@@ -276,7 +302,7 @@ fn row(columns: &[Column], o: &Value, include: IncludeObject, now: jiff::Timesta
             "metadata": o.get("metadata").cloned().unwrap_or_else(|| json!({})),
         }),
     };
-    let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(o, now)).collect();
+    let cells: Vec<Value> = columns.iter().map(|c| c.cell.of(o, now)).collect();
     let mut row = json!({"cells": cells});
     if !object.is_null() {
         row["object"] = object;
@@ -289,8 +315,7 @@ fn assemble(columns: &[Column], rows: Vec<Value>, list_meta: Value) -> Value {
     let column_definitions: Vec<Value> = columns
         .iter()
         .map(|c| {
-            let format = if c.name == "Name" { "name" } else { "" };
-            json!({"name": c.name, "type": c.ty, "format": format, "description": "", "priority": c.priority})
+            json!({"name": c.name, "type": c.ty, "format": c.format, "description": "", "priority": c.priority})
         })
         .collect();
     json!({

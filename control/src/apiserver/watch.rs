@@ -146,6 +146,16 @@ impl Encoder {
                 );
                 line.extend_from_slice(&serde_json::to_vec(&t).unwrap_or_default());
             }
+            None if self.def.strategy.converts() => {
+                // Stored in another version: the object goes out as this version serves it.
+                let value = object
+                    .parsed
+                    .cloned()
+                    .or_else(|| serde_json::from_slice::<Value>(object.raw).ok())
+                    .unwrap_or_default();
+                let value = super::objects::served(&self.def, value);
+                line.extend_from_slice(&serde_json::to_vec(&value).unwrap_or_default());
+            }
             None => line.extend_from_slice(object.raw),
         }
         line.extend_from_slice(b"}\n");

@@ -80,6 +80,10 @@ pub async fn api_with_namespaces(shutdown: CancellationToken) -> Api {
 
 /// The bootstrap RBAC policy, aggregated, and the aggregation loop, as the server starts them.
 async fn rbac_policy(state: &Arc<ApiState>) {
+    // Custom resources are served as the server serves them (every test gets the follower).
+    skiff_control::apiserver::apiextensions::controller::start(state)
+        .await
+        .unwrap();
     bootstrap::ensure(state).await.unwrap();
     aggregation::aggregate(state).await.unwrap();
     tokio::spawn(aggregation::run(state.clone()));

@@ -76,8 +76,8 @@ fn node_selector(o: &Value) -> String {
 
 impl Strategy for DaemonSet {
     /// The four counts without omitempty in apps/v1 DaemonSetStatus.
-    fn initial_status(&self) -> Value {
-        json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0})
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}))
     }
 
     fn default(&self, object: &mut Value) {

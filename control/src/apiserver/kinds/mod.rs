@@ -68,8 +68,9 @@ pub trait Strategy: Send + Sync {
     /// The status a new object starts with. Kubernetes' status types are structs, which JSON
     /// never omits, and their fields without `omitempty` show their zero value (a new
     /// StatefulSet reads `{"replicas": 0, "availableReplicas": 0}`): clients wait on them.
-    fn initial_status(&self) -> Value {
-        Value::Object(serde_json::Map::new())
+    /// `None` for kinds without a status struct (custom resources start with no status).
+    fn initial_status(&self) -> Option<Value> {
+        Some(Value::Object(serde_json::Map::new()))
     }
 
     /// Repairs what Kubernetes' decoder accepts and the typed decode here does not, before it:
@@ -168,6 +169,13 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// Finalizers a DELETE adds before it marks the object (a CustomResourceDefinition's
+    /// `customresourcecleanup`: its objects go first), as Kubernetes' REST `Delete` of such
+    /// kinds does.
+    fn delete_finalizers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Adjusts an object being marked terminating (e.g. `status.phase`).
     fn terminating(&self, _object: &mut Value) {}
 
@@ -202,6 +210,38 @@ pub trait Strategy: Send + Sync {
     /// `spec.replicas` the `/scale` view shows when the object has none.
     fn scale_default_replicas(&self) -> i64 {
         0
+    }
+
+    /// Where the `/scale` view's `spec.replicas` and `status.replicas` live in the object, as
+    /// JSON pointers (a custom resource's `specReplicasPath` and `statusReplicasPath`).
+    fn scale_replicas_paths(&self) -> (&str, &str) {
+        ("/spec/replicas", "/status/replicas")
+    }
+
+    /// The `/scale` view's `status.selector`: by default the object's `spec.selector`.
+    fn scale_selector(&self, object: &Value) -> String {
+        super::objects::spec_selector_string(object)
+    }
+
+    // --- versions ----------------------------------------------------------------------------
+
+    /// Whether objects may be stored in another version than the one served here, so that
+    /// [`Strategy::served_form`] must see every object going out.
+    fn converts(&self) -> bool {
+        false
+    }
+
+    /// Turns an object about to be stored into the storage version (custom resources with
+    /// several versions and `conversion: None` rewrite `apiVersion`).
+    fn storage_form(&self, _object: &mut Value) {}
+
+    /// Turns a stored object into the version served here, before it goes out (only called
+    /// when [`Strategy::converts`]).
+    fn served_form(&self, _object: &mut Value) {}
+
+    /// The warning every request of a deprecated version gets.
+    fn deprecation_warning(&self) -> Option<&str> {
+        None
     }
 
     /// Subresources beyond `/status` and `/scale` (`namespaces/finalize`, `pods/binding`):
@@ -278,6 +318,7 @@ builtins! {
     lease,
     priorityclass,
     rbac,
+    customresourcedefinition,
 }
 
 #[cfg(test)]

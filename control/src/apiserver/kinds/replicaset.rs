@@ -44,8 +44,8 @@ pub(super) fn replica_columns() -> Vec<Column> {
 
 impl Strategy for ReplicaSet {
     /// `replicas` has no omitempty in apps/v1 ReplicaSetStatus.
-    fn initial_status(&self) -> Value {
-        json!({"replicas": 0})
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0}))
     }
 
     fn default(&self, object: &mut Value) {

@@ -24,8 +24,8 @@ struct ReplicationController;
 
 impl Strategy for ReplicationController {
     /// `replicas` has no omitempty in core/v1 ReplicationControllerStatus.
-    fn initial_status(&self) -> Value {
-        json!({"replicas": 0})
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0}))
     }
 
     fn default(&self, object: &mut Value) {

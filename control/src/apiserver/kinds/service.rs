@@ -62,8 +62,8 @@ fn external_ip(o: &Value) -> String {
 
 impl Strategy for Service {
     /// `loadBalancer` is a struct in core/v1 ServiceStatus.
-    fn initial_status(&self) -> Value {
-        json!({"loadBalancer": {}})
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"loadBalancer": {}}))
     }
 
     fn default(&self, object: &mut Value) {

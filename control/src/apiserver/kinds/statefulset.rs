@@ -38,8 +38,8 @@ const MUTABLE: &[&str] = &[
 
 impl Strategy for StatefulSet {
     /// `replicas` and `availableReplicas` have no omitempty in apps/v1 StatefulSetStatus.
-    fn initial_status(&self) -> Value {
-        json!({"replicas": 0, "availableReplicas": 0})
+    fn initial_status(&self) -> Option<Value> {
+        Some(json!({"replicas": 0, "availableReplicas": 0}))
     }
 
     fn default(&self, object: &mut Value) {

@@ -1,0 +1,498 @@
+//! CustomResourceDefinitions through the in-process router: a definition is served within
+//! moments, its objects are pruned, defaulted and validated against its schema, printed with
+//! its columns, scaled through `/scale`, served in every version, and deleted with it.
+
+mod common;
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use skiff_test_support::wait::eventually;
+
+use common::{api, Api};
+
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const WIDGETS: &str = "/apis/example.com/v1/namespaces/default/widgets";
+
+fn widget_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]},
+            "versions": [
+                {
+                    "name": "v1", "served": true, "storage": true,
+                    "subresources": {
+                        "status": {},
+                        "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}
+                    },
+                    "additionalPrinterColumns": [
+                        {"name": "Color", "type": "string", "jsonPath": ".spec.color"},
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+                        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
+                    ],
+                    "schema": {"openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["color"],
+                                "properties": {
+                                    "color": {"type": "string", "enum": ["red", "blue", "green"]},
+                                    "size": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+                                    "replicas": {"type": "integer", "format": "int32", "minimum": 0},
+                                    "code": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 5},
+                                    "port": {"x-kubernetes-int-or-string": true},
+                                    "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set", "maxItems": 3},
+                                    "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                                    "labels": {"type": "object", "additionalProperties": {"type": "string"}}
+                                }
+                            },
+                            "status": {
+                                "type": "object",
+                                "properties": {
+                                    "replicas": {"type": "integer"},
+                                    "selector": {"type": "string"},
+                                    "conditions": {"type": "array", "items": {"type": "object", "properties": {"type": {"type": "string"}, "status": {"type": "string"}}}}
+                                }
+                            }
+                        }
+                    }}
+                },
+                {
+                    "name": "v1beta1", "served": true, "storage": false,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+                }
+            ]
+        }
+    })
+}
+
+fn widget(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Creates the Widget definition and waits until it is Established and served.
+async fn with_widgets() -> Api {
+    let api = api().await;
+    let (code, body) = api.call(Method::POST, CRDS, Some(widget_crd())).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    established(&api, "widgets.example.com", WIDGETS).await;
+    api
+}
+
+async fn established(api: &Api, name: &str, collection: &str) {
+    eventually("the definition to be established and served", || async {
+        let crd = api.get(&format!("{CRDS}/{name}")).await;
+        let ok = crd
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
+        let (code, _) = api.call(Method::GET, collection, None).await;
+        (ok && code == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+fn causes(status: &Value) -> Vec<String> {
+    status
+        .pointer("/details/causes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["field"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_definition_is_served_with_its_names_conditions_and_discovery() {
+    let api = with_widgets().await;
+    let crd = api.get(&format!("{CRDS}/widgets.example.com")).await;
+    assert_eq!(crd["status"]["acceptedNames"]["kind"], "Widget");
+    assert_eq!(crd["status"]["acceptedNames"]["listKind"], "WidgetList");
+    assert_eq!(crd["status"]["storedVersions"], json!(["v1"]));
+    let names = crd["status"]["conditions"].as_array().unwrap();
+    assert!(names.iter().any(|c| c["type"] == "NamesAccepted"
+        && c["status"] == "True"
+        && c["reason"] == "NoConflicts"));
+
+    let resources = api.get("/apis/example.com/v1").await;
+    let widgets = resources["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "widgets")
+        .expect("widgets in discovery")
+        .clone();
+    assert_eq!(widgets["kind"], "Widget");
+    assert_eq!(widgets["namespaced"], true);
+    assert_eq!(widgets["shortNames"], json!(["wd"]));
+    assert_eq!(widgets["categories"], json!(["all"]));
+    let subs: Vec<&str> = resources["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        subs.contains(&"widgets/status") && subs.contains(&"widgets/scale"),
+        "{subs:?}"
+    );
+
+    // Both versions are listed, the GA one preferred.
+    let group = api.get("/apis/example.com").await;
+    assert_eq!(group["preferredVersion"]["version"], "v1");
+    assert_eq!(group["versions"].as_array().unwrap().len(), 2);
+
+    // Published for kubectl explain.
+    let doc = api.get("/openapi/v3/apis/example.com/v1").await;
+    let schema = &doc["components"]["schemas"]["com.example.v1.Widget"];
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["color"]["enum"],
+        json!(["red", "blue", "green"]),
+        "{doc}"
+    );
+    assert_eq!(
+        schema["x-kubernetes-group-version-kind"][0]["kind"],
+        "Widget"
+    );
+}
+
+#[tokio::test]
+async fn objects_are_pruned_defaulted_and_validated_against_the_schema() {
+    let api = with_widgets().await;
+    let created = api
+        .post(
+            WIDGETS,
+            widget(
+                "w1",
+                json!({"color": "red", "unknown": 1, "port": "http", "extra": {"anything": [1]}, "labels": {"a": "b"}}),
+            ),
+        )
+        .await;
+    assert_eq!(created["spec"]["size"], 3, "the default applies: {created}");
+    assert!(
+        created["spec"].get("unknown").is_none(),
+        "pruned: {created}"
+    );
+    assert_eq!(created["spec"]["extra"], json!({"anything": [1]}));
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert!(created.get("status").is_none(), "{created}");
+
+    // Strict field validation reports the pruned field instead.
+    let (code, status) = api
+        .call(
+            Method::POST,
+            &format!("{WIDGETS}?fieldValidation=Strict"),
+            Some(widget("w2", json!({"color": "red", "bogus": true}))),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.bogus\""),
+        "{status}"
+    );
+
+    // Every cause at once, nothing stored.
+    let (code, status) = api
+        .call(
+            Method::POST,
+            WIDGETS,
+            Some(widget(
+                "bad",
+                json!({"color": "pink", "size": 11, "replicas": "two", "code": "ABCDEFG", "port": 1.5, "tags": ["a", "a"]}),
+            )),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let found = causes(&status);
+    for expected in [
+        "spec.color: Unsupported value: \"pink\"",
+        "spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10",
+        "spec.replicas: Invalid value: \"two\": spec.replicas in body must be of type integer: \"string\"",
+        "spec.code: Too long: may not be more than 5 bytes",
+        "spec.code: Invalid value: \"ABCDEFG\": spec.code in body should match '^[a-z]+$'",
+        "spec.port: Invalid value: 1.5: spec.port in body must be of type integer or string: \"number\"",
+        "spec.tags[1]: Duplicate value: \"a\"",
+    ] {
+        assert!(
+            found.iter().any(|c| c.starts_with(expected)),
+            "missing {expected:?} in {found:#?}"
+        );
+    }
+    let (code, _) = api.call(Method::GET, &format!("{WIDGETS}/bad"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, status) = api
+        .call(Method::POST, WIDGETS, Some(widget("nocolor", json!({}))))
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        causes(&status).contains(&"spec.color: Required value".to_owned()),
+        "{status}"
+    );
+
+    // Merge patches work; strategic merge is 415, as in Kubernetes.
+    let (code, patched) = api
+        .merge_patch(&format!("{WIDGETS}/w1"), json!({"spec": {"color": "blue"}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert_eq!(patched["metadata"]["generation"], 2);
+    let (code, _) = api
+        .call_raw(
+            Method::PATCH,
+            &format!("{WIDGETS}/w1"),
+            "application/strategic-merge-patch+json",
+            Some(common::TOKEN),
+            axum::body::Body::from(r#"{"spec":{"color":"green"}}"#),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn status_and_scale_subresources_and_printer_columns() {
+    let api = with_widgets().await;
+    api.post(
+        WIDGETS,
+        widget("w", json!({"color": "green", "replicas": 2})),
+    )
+    .await;
+    // A write of the object keeps the status; /status changes only the status.
+    let mut w = api.get(&format!("{WIDGETS}/w")).await;
+    w["status"] = json!({"replicas": 2, "selector": "app=w", "conditions": [{"type": "Ready", "status": "True"}]});
+    let (code, updated) = api
+        .call(Method::PUT, &format!("{WIDGETS}/w"), Some(w.clone()))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{updated}");
+    assert!(updated.get("status").is_none(), "{updated}");
+    let (code, updated) = api
+        .call(Method::PUT, &format!("{WIDGETS}/w/status"), Some(w))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{updated}");
+    assert_eq!(updated["status"]["replicas"], 2);
+    assert_eq!(
+        updated["metadata"]["generation"], 1,
+        "status writes keep the generation"
+    );
+
+    let scale = api.get(&format!("{WIDGETS}/w/scale")).await;
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=w");
+    let (code, scaled) = api
+        .merge_patch(
+            &format!("{WIDGETS}/w/scale"),
+            json!({"spec": {"replicas": 5}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{scaled}");
+    let w = api.get(&format!("{WIDGETS}/w")).await;
+    assert_eq!(w["spec"]["replicas"], 5);
+    assert_eq!(w["metadata"]["generation"], 2);
+
+    let table = api.table(WIDGETS).await;
+    let headers: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(headers, ["Name", "Color", "Replicas", "Ready"]);
+    assert_eq!(table["rows"][0]["cells"], json!(["w", "green", 5, "True"]));
+}
+
+#[tokio::test]
+async fn every_served_version_reads_and_writes_the_same_objects() {
+    let api = with_widgets().await;
+    let beta = "/apis/example.com/v1beta1/namespaces/default/widgets";
+    let mut object = widget("multi", json!({"color": "red"}));
+    object["apiVersion"] = json!("example.com/v1beta1");
+    let created = api.post(beta, object).await;
+    assert_eq!(created["apiVersion"], "example.com/v1beta1");
+    let v1 = api.get(&format!("{WIDGETS}/multi")).await;
+    assert_eq!(v1["apiVersion"], "example.com/v1");
+    assert_eq!(v1["spec"]["size"], 3, "v1's defaults apply on read: {v1}");
+    let list = api.get(beta).await;
+    assert_eq!(list["items"][0]["apiVersion"], "example.com/v1beta1");
+    // Stored in the storage version.
+    let stored = api
+        .state
+        .store
+        .get("example.com/widgets/default/multi")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored["apiVersion"], "example.com/v1");
+    // An unchanged write is no write (read back through v1, whose defaults it now has).
+    let plain = api
+        .post(WIDGETS, widget("plain", json!({"color": "red"})))
+        .await;
+    let (code, again) = api
+        .call(
+            Method::PUT,
+            &format!("{WIDGETS}/plain"),
+            Some(plain.clone()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["metadata"]["resourceVersion"],
+        plain["metadata"]["resourceVersion"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_definitions_are_refused_with_their_causes() {
+    let api = api().await;
+    let mut bad = widget_crd();
+    bad["metadata"]["name"] = json!("wrong.example.com");
+    bad["spec"]["versions"][1]["storage"] = json!(true);
+    bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["color"] = json!({"enum": ["x"]});
+    bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["code"]["pattern"] = json!("([");
+    let (code, status) = api.call(Method::POST, CRDS, Some(bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let causes = causes(&status);
+    for expected in [
+        "metadata.name: Invalid value: \"wrong.example.com\": must be spec.names.plural+\".\"+spec.group",
+        "spec.versions: Invalid value: \"2\": must have exactly one version marked as storage version",
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[color].type: Required value",
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[code].pattern: Invalid value",
+    ] {
+        assert!(
+            causes.iter().any(|c| c.starts_with(expected)),
+            "missing {expected:?} in {causes:#?}"
+        );
+    }
+
+    // A built-in group is not for custom resources.
+    let mut builtin = widget_crd();
+    builtin["metadata"]["name"] = json!("widgets.apps");
+    builtin["spec"]["group"] = json!("apps");
+    let (code, status) = api.call(Method::POST, CRDS, Some(builtin)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("spec.group"),
+        "{status}"
+    );
+    let (code, _) = api
+        .call(
+            Method::GET,
+            "/apis/apps/v1/namespaces/default/widgets",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_name_taken_by_an_older_definition_is_not_accepted() {
+    let api = with_widgets().await;
+    let mut rival = widget_crd();
+    rival["metadata"]["name"] = json!("gadgets.example.com");
+    rival["spec"]["names"] = json!({"plural": "gadgets", "kind": "Widget"});
+    let (code, body) = api.call(Method::POST, CRDS, Some(rival)).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let condition = eventually("the rival's NamesAccepted condition", || async {
+        let crd = api.get(&format!("{CRDS}/gadgets.example.com")).await;
+        crd.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "NamesAccepted").cloned())
+    })
+    .await;
+    assert_eq!(condition["status"], "False", "{condition}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"Widget\""),
+        "{condition}"
+    );
+    let (code, _) = api
+        .call(
+            Method::GET,
+            "/apis/example.com/v1/namespaces/default/gadgets",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn deleting_a_definition_deletes_its_objects_first() {
+    let api = with_widgets().await;
+    api.post(WIDGETS, widget("a", json!({"color": "red"})))
+        .await;
+    let mut held = widget("held", json!({"color": "red"}));
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(WIDGETS, held).await;
+
+    let (code, body) = api
+        .call(Method::DELETE, &format!("{CRDS}/widgets.example.com"), None)
+        .await;
+    assert!(code.is_success(), "{code} {body}");
+    // The held object keeps the definition (Terminating) until its finalizer goes.
+    eventually("the plain object to be deleted", || async {
+        let (code, _) = api.call(Method::GET, &format!("{WIDGETS}/a"), None).await;
+        (code == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let crd = api.get(&format!("{CRDS}/widgets.example.com")).await;
+    assert!(crd["metadata"]["finalizers"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("customresourcecleanup.apiextensions.k8s.io")));
+    let terminating = eventually("the Terminating condition", || async {
+        let crd = api.get(&format!("{CRDS}/widgets.example.com")).await;
+        crd.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "Terminating").cloned())
+    })
+    .await;
+    assert_eq!(terminating["reason"], "InstanceDeletionInProgress");
+    // No new objects while terminating.
+    let (code, _) = api
+        .call(
+            Method::POST,
+            WIDGETS,
+            Some(widget("late", json!({"color": "red"}))),
+        )
+        .await;
+    assert!(code.is_client_error(), "{code}");
+
+    let (code, body) = api
+        .merge_patch(
+            &format!("{WIDGETS}/held"),
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    eventually("the definition to be gone", || async {
+        let (code, _) = api
+            .call(Method::GET, &format!("{CRDS}/widgets.example.com"), None)
+            .await;
+        (code == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    eventually("the resource to be no longer served", || async {
+        let (code, _) = api.call(Method::GET, WIDGETS, None).await;
+        (code == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+}
