@@ -602,7 +602,8 @@ async fn discovery_lists_every_resource() {
             "discovery.k8s.io",
             "coordination.k8s.io",
             "scheduling.k8s.io",
-            "rbac.authorization.k8s.io"
+            "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io"
         ]
     );
     let (_, rbac) = a.get("/apis/rbac.authorization.k8s.io/v1").await;
@@ -1078,9 +1079,10 @@ async fn a_kind_registered_at_run_time_is_served_and_discovered_until_unregister
             categories: Vec::new(),
             subresources: Subresources::default(),
             // No typed schema: the object is kept as sent.
-            roundtrip: Ok,
+            roundtrip: std::sync::Arc::new(Ok),
             schema: None,
             strategy: std::sync::Arc::new(Widget),
+            origin: None,
         })
         .unwrap();
 
