@@ -496,3 +496,96 @@ async fn deleting_a_definition_deletes_its_objects_first() {
     })
     .await;
 }
+
+/// Aggregated discovery (what kubectl asks for first) lists the custom resource as soon as it
+/// is served, and a cached copy is revalidated by its ETag.
+#[tokio::test]
+async fn aggregated_discovery_lists_custom_resources_and_honours_etags() {
+    use axum::body::Body;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+    let api = api().await;
+    let get = |etag: Option<String>| {
+        let router = api.router.clone();
+        async move {
+            let mut req = Request::builder()
+                .uri("/apis")
+                .header("authorization", format!("Bearer {}", common::TOKEN))
+                .header("accept", AGGREGATED);
+            if let Some(etag) = etag {
+                req = req.header("if-none-match", etag);
+            }
+            let resp = router
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+            let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                etag,
+                content_type,
+                serde_json::from_slice::<Value>(&body).unwrap_or_default(),
+            )
+        }
+    };
+    let (code, etag, content_type, doc) = get(None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        content_type.contains("as=APIGroupDiscoveryList") && content_type.contains("v=v2"),
+        "{content_type}"
+    );
+    assert_eq!(doc["kind"], "APIGroupDiscoveryList");
+    let apps = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .unwrap();
+    let deployments = apps["versions"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "deployments")
+        .unwrap();
+    assert_eq!(deployments["responseKind"]["kind"], "Deployment");
+    assert_eq!(deployments["scope"], "Namespaced");
+    let scale = deployments["subresources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subresource"] == "scale")
+        .unwrap();
+    assert_eq!(scale["responseKind"]["group"], "autoscaling");
+    let (code, _, _, _) = get(Some(etag.clone())).await;
+    assert_eq!(code, StatusCode::NOT_MODIFIED);
+
+    let (code, body) = api.call(Method::POST, CRDS, Some(widget_crd())).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    established(&api, "widgets.example.com", WIDGETS).await;
+    let (code, new_etag, _, doc) = get(Some(etag.clone())).await;
+    assert_eq!(code, StatusCode::OK, "a new resource changes the document");
+    assert_ne!(new_etag, etag);
+    let example = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "example.com")
+        .expect("the custom group");
+    let versions: Vec<&str> = example["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["v1", "v1beta1"]);
+    let widgets = &example["versions"][0]["resources"][0];
+    assert_eq!(widgets["resource"], "widgets");
+    assert_eq!(widgets["shortNames"], json!(["wd"]));
+    assert_eq!(widgets["categories"], json!(["all"]));
+}

@@ -106,6 +106,20 @@ fn kubectl_applies_prints_explains_scales_and_deletes_custom_resources() {
         "crontab.stable.example.com/my-new-cron-object created"
     );
 
+    // Discovery (kubectl asks for the aggregated form) lists it with its names.
+    let resources = cp.kubectl(&["api-resources", "--api-group=stable.example.com"]);
+    let row: Vec<&str> = resources
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["crontabs", "ct", "stable.example.com/v1", "true", "CronTab"],
+        "{resources}"
+    );
+
     // The printer columns, by plural, singular and short name; the default applied.
     let table = cp.kubectl(&["get", "ct"]);
     let mut lines = table.lines();

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::aggregated_discovery;
 use super::error::ApiError;
 use super::registry::ResourceDef;
 use super::ApiState;
@@ -29,13 +32,17 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-/// `/api`.
-pub async fn core_versions() -> Json<Value> {
+/// `/api`: the aggregated document when asked for (see `aggregated_discovery.rs`).
+pub async fn core_versions(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated_discovery::wanted(&headers) {
+        return aggregated_discovery::respond(&state, &headers, true, version);
+    }
     Json(json!({
         "kind": "APIVersions",
         "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
     }))
+    .into_response()
 }
 
 /// The APIResourceList of one group/version.
@@ -123,7 +130,7 @@ pub fn version_priority(version: &str) -> (u8, i64, i64, String) {
 }
 
 /// The groups with their versions, preferred version first.
-fn groups_of(state: &ApiState) -> Vec<(String, Vec<String>)> {
+pub fn groups_of(state: &ApiState) -> Vec<(String, Vec<String>)> {
     let snapshot = state.registry.snapshot();
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for (g, v) in snapshot.group_versions() {
@@ -149,13 +156,16 @@ fn group_object(group: &str, versions: &[String]) -> Value {
     json!({"name": group, "versions": gvs, "preferredVersion": gvs.first()})
 }
 
-/// `/apis`.
-pub async fn groups(State(state): State<Arc<ApiState>>) -> Json<Value> {
+/// `/apis`: the aggregated document when asked for.
+pub async fn groups(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Some(version) = aggregated_discovery::wanted(&headers) {
+        return aggregated_discovery::respond(&state, &headers, false, version);
+    }
     let groups: Vec<Value> = groups_of(&state)
         .iter()
         .map(|(g, versions)| group_object(g, versions))
         .collect();
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})).into_response()
 }
 
 /// `/apis/{group}`.

@@ -1,6 +1,7 @@
 //! The Kubernetes API over HTTP: routing, authentication, and the generic resource machinery.
 
 pub mod admission;
+pub mod aggregated_discovery;
 pub mod apiextensions;
 pub mod auth;
 pub mod binding;
