@@ -589,3 +589,102 @@ async fn aggregated_discovery_lists_custom_resources_and_honours_etags() {
     assert_eq!(widgets["shortNames"], json!(["wd"]));
     assert_eq!(widgets["categories"], json!(["all"]));
 }
+
+/// CEL rules (`x-kubernetes-validations`): plain rules on every write, transition rules
+/// (`oldSelf`) on updates, messages and message expressions; a rule that does not compile
+/// makes the definition invalid.
+#[tokio::test]
+async fn cel_validation_rules_and_transition_rules() {
+    let api = api().await;
+    let mut crd = widget_crd();
+    crd["spec"]["versions"] = json!([{
+        "name": "v1", "served": true, "storage": true,
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "properties": {"spec": {
+                "type": "object",
+                "x-kubernetes-validations": [
+                    {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+                    {"rule": "self.size < 100", "messageExpression": "'size ' + string(self.size) + ' is too big'"},
+                    {"rule": "!has(oldSelf.owner) || self.owner == oldSelf.owner", "message": "owner is immutable", "fieldPath": ".owner"}
+                ],
+                "properties": {
+                    "minReplicas": {"type": "integer"},
+                    "maxReplicas": {"type": "integer"},
+                    "size": {"type": "integer", "default": 1},
+                    "owner": {"type": "string"},
+                    "name": {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "name is immutable"}]}
+                }
+            }}
+        }}
+    }]);
+    let (code, body) = api.call(Method::POST, CRDS, Some(crd.clone())).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    established(&api, "widgets.example.com", WIDGETS).await;
+
+    let (code, status) = api
+        .call(
+            Method::POST,
+            WIDGETS,
+            Some(widget(
+                "w",
+                json!({"minReplicas": 5, "maxReplicas": 2, "size": 500}),
+            )),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let found = causes(&status);
+    assert!(
+        found.contains(
+            &"spec: Invalid value: \"object\": minReplicas must not exceed maxReplicas".to_owned()
+        ),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&"spec: Invalid value: \"object\": size 500 is too big".to_owned()),
+        "{found:#?}"
+    );
+    // Transition rules do not run on create.
+    api.post(
+        WIDGETS,
+        widget(
+            "w",
+            json!({"minReplicas": 1, "maxReplicas": 2, "owner": "a", "name": "n"}),
+        ),
+    )
+    .await;
+    let (code, status) = api
+        .merge_patch(
+            &format!("{WIDGETS}/w"),
+            json!({"spec": {"owner": "b", "name": "m"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let found = causes(&status);
+    assert!(
+        found.contains(&"spec.owner: Invalid value: \"object\": owner is immutable".to_owned()),
+        "{found:#?}"
+    );
+    assert!(
+        found.contains(&"spec.name: Invalid value: \"string\": name is immutable".to_owned()),
+        "{found:#?}"
+    );
+    let (code, body) = api
+        .merge_patch(&format!("{WIDGETS}/w"), json!({"spec": {"maxReplicas": 3}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // A rule that does not compile.
+    crd["metadata"]["name"] = json!("gizmos.example.com");
+    crd["spec"]["names"] = json!({"plural": "gizmos", "kind": "Gizmo"});
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["x-kubernetes-validations"] = json!([{"rule": "self.size <"}]);
+    let (code, status) = api.call(Method::POST, CRDS, Some(crd)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(
+        causes(&status).iter().any(|c| c.starts_with(
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: \"self.size <\": compilation failed"
+        )),
+        "{status}"
+    );
+}

@@ -192,3 +192,38 @@ pub async fn group_resources(
         .map(Json)
         .ok_or(ApiError::UnknownResource)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::version_priority;
+
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        let mut v = vec![
+            "v1alpha1",
+            "foo",
+            "v2beta1",
+            "v1",
+            "v11alpha2",
+            "v1beta2",
+            "v2",
+            "bar",
+            "v12",
+        ];
+        v.sort_by_key(|x| version_priority(x));
+        assert_eq!(
+            v,
+            [
+                "v12",
+                "v2",
+                "v1",
+                "v2beta1",
+                "v1beta2",
+                "v11alpha2",
+                "v1alpha1",
+                "bar",
+                "foo"
+            ]
+        );
+    }
+}

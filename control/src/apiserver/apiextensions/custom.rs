@@ -276,6 +276,15 @@ impl Strategy for CustomResource {
             }
         }
         validate::value(&self.schema.root, &body, "", errs);
+        if self.schema.has_rules {
+            validate::rules(&self.schema.root, &body, None, "", errs);
+        }
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+        if self.schema.has_rules {
+            validate::rules(&self.schema.root, new, Some(old), "", errs);
+        }
     }
 
     fn columns(&self) -> Vec<Column> {
@@ -322,5 +331,43 @@ impl Strategy for CustomResource {
 
     fn strategic_merge(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_paths_become_json_pointers() {
+        assert_eq!(
+            pointer_of(".spec.replicas").as_deref(),
+            Some("/spec/replicas")
+        );
+        assert_eq!(pointer_of(".status.a/b").as_deref(), Some("/status/a~1b"));
+        for bad in [
+            "spec.replicas",
+            ".",
+            ".spec..x",
+            ".spec.items[0]",
+            ".spec.*",
+        ] {
+            assert_eq!(pointer_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn printer_cells_follow_kubernetes() {
+        let o = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "False"}]}, "spec": {"n": 3, "tags": ["a", "b"]}});
+        let cell = |path: &str, ty: &str| printer_cell(&printer_path(path).unwrap(), ty, &o);
+        assert_eq!(
+            cell(".status.conditions[?(@.type==\"Ready\")].status", "string"),
+            json!("True")
+        );
+        assert_eq!(cell(".spec.n", "integer"), json!(3));
+        assert_eq!(cell(".spec.n", "string"), json!("3"));
+        assert_eq!(cell(".spec.tags[*]", "string"), json!("a,b"));
+        assert_eq!(cell(".spec.missing", "string"), Value::Null);
+        assert!(printer_path(".spec[").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //!   causes Kubernetes gives for a schema that is not structural;
 //! - `validate.rs`, `prune.rs`: objects checked against it, unknown fields pruned, defaults
 //!   applied;
+//! - `cel.rs`: CEL validation rules (`x-kubernetes-validations`), with `oldSelf` transitions;
 //! - `custom.rs`: the `ResourceDef` and `Strategy` of each served version (printer columns,
 //!   `/status`, `/scale`, `apiVersion` conversion);
 //! - `controller.rs`: follows the stored definitions, registers and unregisters their
@@ -12,6 +13,7 @@
 //!
 //! The definition kind itself (defaults, validation) is `kinds/customresourcedefinition.rs`.
 
+pub mod cel;
 pub mod controller;
 pub mod custom;
 pub mod prune;

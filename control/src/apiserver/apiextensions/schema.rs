@@ -149,6 +149,8 @@ pub struct Node {
     pub one_of: Vec<Node>,
     /// `not`.
     pub not: Option<Box<Node>>,
+    /// `x-kubernetes-validations`, compiled.
+    pub rules: Vec<super::cel::Rule>,
 }
 
 impl Node {
@@ -182,6 +184,7 @@ impl Node {
             any_of: Vec::new(),
             one_of: Vec::new(),
             not: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct Schema {
     pub root: Node,
     /// Whether any node has a default (objects are walked for defaults only then).
     pub has_defaults: bool,
+    /// Whether any node has CEL rules (objects are walked for them only then).
+    pub has_rules: bool,
 }
 
 /// Compiles `props`, collecting every structural rule broken under `path`.
@@ -200,6 +205,7 @@ struct Compiler {
     errors: Vec<FieldError>,
     nodes: usize,
     has_defaults: bool,
+    rules: usize,
 }
 
 impl Schema {
@@ -211,6 +217,7 @@ impl Schema {
             errors: Vec::new(),
             nodes: 0,
             has_defaults: false,
+            rules: 0,
         };
         let root = c.node(props, path, 0, false);
         if root.ty != Some(Type::Object) {
@@ -246,6 +253,7 @@ impl Schema {
             Ok(Self {
                 root,
                 has_defaults: c.has_defaults,
+                has_rules: c.rules > 0,
             })
         } else {
             Err(c.errors)
@@ -575,6 +583,24 @@ impl Compiler {
                     0 => n.all_of.push(compiled),
                     1 => n.any_of.push(compiled),
                     _ => n.one_of.push(compiled),
+                }
+            }
+        }
+        if let Some(rules) = &p.x_kubernetes_validations {
+            if in_junctor {
+                self.errors.push(FieldError::forbidden(
+                    format!("{path}.x-kubernetes-validations"),
+                    "must be empty to be structural",
+                ));
+            } else {
+                self.rules += rules.len();
+                if self.rules > super::cel::MAX_RULES {
+                    self.errors.push(FieldError::forbidden(
+                        format!("{path}.x-kubernetes-validations"),
+                        format!("a schema may have at most {} rules", super::cel::MAX_RULES),
+                    ));
+                } else {
+                    n.rules = super::cel::compile(rules, path, &mut self.errors);
                 }
             }
         }

@@ -356,3 +356,60 @@ fn object(
         }
     }
 }
+
+/// Runs the CEL rules of the schema on `new`. Without `old` (create, and every update's
+/// validation of the new object) the plain rules run everywhere; with `old` (an update) the
+/// transition rules run where an old value corresponds: through object fields and map values,
+/// and associative (`map`) list items with the same keys, as Kubernetes correlates them.
+pub fn rules(n: &Node, new: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+    if new.is_null() {
+        return;
+    }
+    if !n.rules.is_empty() {
+        let type_name = n.ty.map_or_else(|| type_name(new), Type::name);
+        super::cel::check(&n.rules, type_name, new, old, path, errs);
+    }
+    match new {
+        Value::Object(map) => {
+            for (k, x) in map {
+                let child_node = match n.properties.get(k) {
+                    Some(p) => p,
+                    None => match &n.additional {
+                        Additional::Schema(s) => s,
+                        _ => continue,
+                    },
+                };
+                let old_child = old.and_then(|o| o.get(k));
+                if old.is_some() && old_child.is_none() {
+                    continue;
+                }
+                rules(child_node, x, old_child, &child(path, k), errs);
+            }
+        }
+        Value::Array(items) => {
+            let Some(item) = &n.items else {
+                return;
+            };
+            for (i, x) in items.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                match old {
+                    None => rules(item, x, None, &at, errs),
+                    Some(old) => {
+                        let Some(ListType::Map(keys)) = &n.list_type else {
+                            continue;
+                        };
+                        let same = old
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|o| keys.iter().all(|k| o.get(k) == x.get(k)));
+                        if let Some(o) = same {
+                            rules(item, x, Some(o), &at, errs);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
