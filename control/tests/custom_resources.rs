@@ -688,3 +688,108 @@ async fn cel_validation_rules_and_transition_rules() {
         "{status}"
     );
 }
+
+/// A deprecated version warns on every request; protobuf bodies are refused (custom
+/// resources have no protobuf form); deleting a namespace deletes its custom resources.
+#[tokio::test]
+async fn deprecated_versions_warn_protobuf_is_refused_and_namespaces_take_their_objects() {
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let api = common::api_with_namespaces(shutdown.clone()).await;
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][1]["deprecated"] = json!(true);
+    crd["spec"]["versions"][1]["deprecationWarning"] =
+        json!("example.com/v1beta1 Widget is deprecated; use example.com/v1");
+    let (code, body) = api.call(Method::POST, CRDS, Some(crd)).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    established(&api, "widgets.example.com", WIDGETS).await;
+
+    let request = |uri: &str, content_type: &str, body: Body| {
+        Request::builder()
+            .method(if content_type.is_empty() {
+                Method::GET
+            } else {
+                Method::POST
+            })
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", common::TOKEN))
+            .header(
+                "content-type",
+                if content_type.is_empty() {
+                    "application/json"
+                } else {
+                    content_type
+                },
+            )
+            .body(body)
+            .unwrap()
+    };
+    let resp = api
+        .router
+        .clone()
+        .oneshot(request(
+            "/apis/example.com/v1beta1/namespaces/default/widgets",
+            "",
+            Body::empty(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["warning"].to_str().unwrap(),
+        "299 - \"example.com/v1beta1 Widget is deprecated; use example.com/v1\""
+    );
+    let resp = api
+        .router
+        .clone()
+        .oneshot(request(WIDGETS, "", Body::empty()))
+        .await
+        .unwrap();
+    assert!(resp.headers().get("warning").is_none());
+
+    let resp = api
+        .router
+        .clone()
+        .oneshot(request(
+            WIDGETS,
+            "application/vnd.kubernetes.protobuf",
+            Body::from(vec![0x6b, 0x38, 0x73, 0x00]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    api.post(
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "doomed"}}),
+    )
+    .await;
+    api.post(
+        "/apis/example.com/v1/namespaces/doomed/widgets",
+        widget("w", json!({"color": "red"})),
+    )
+    .await;
+    let (code, body) = api
+        .call(Method::DELETE, "/api/v1/namespaces/doomed", None)
+        .await;
+    assert!(code.is_success(), "{body}");
+    eventually("the namespace and its widget to be gone", || async {
+        let (code, _) = api
+            .call(Method::GET, "/api/v1/namespaces/doomed", None)
+            .await;
+        (code == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let (code, _) = api
+        .call(
+            Method::GET,
+            "/apis/example.com/v1/namespaces/doomed/widgets/w",
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    shutdown.cancel();
+}

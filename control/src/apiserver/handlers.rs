@@ -120,7 +120,20 @@ pub async fn group_resource(
 ) -> Result<Response, ApiError> {
     let body = body_or_status(body)?;
     let target = parse_target(&state, &group, &version, &rest)?;
-    dispatch(state, user, target, method, query, headers, body).await
+    let deprecation = target.def.strategy.deprecation_warning().map(str::to_owned);
+    let result = dispatch(state, user, target, method, query, headers, body).await;
+    Ok(with_deprecation(result, deprecation))
+}
+
+/// Every request to a deprecated version is answered with its warning (success or not), as
+/// Kubernetes does for custom resource versions marked `deprecated`.
+fn with_deprecation(result: Result<Response, ApiError>, warning: Option<String>) -> Response {
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if let Some(h) = warning.and_then(|w| http::HeaderValue::from_str(&format!("299 - {w:?}")).ok())
+    {
+        response.headers_mut().append(http::header::WARNING, h);
+    }
+    response
 }
 
 fn selector_error(e: SelectorError) -> ApiError {
@@ -319,9 +332,6 @@ fn served(def: &ResourceDef, object: Value) -> Value {
 
 fn written(def: &ResourceDef, code: StatusCode, mut w: Written) -> Response {
     w.object = served(def, w.object);
-    if let Some(warning) = def.strategy.deprecation_warning() {
-        w.warnings.insert(0, warning.to_owned());
-    }
     json_response(code, &w.object, &w.warnings)
 }
 
@@ -454,6 +464,12 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     let def = &t.def;
     let ns = t.namespace.as_deref();
+    // Custom resources have no protobuf form (Kubernetes answers 415 alike).
+    if def.origin.is_some() && content_type(&headers) == super::protobuf::CONTENT_TYPE {
+        return Err(ApiError::UnsupportedMediaType(
+            "application/json, application/yaml".into(),
+        ));
+    }
     if let Some(review) = def.strategy.review() {
         // A create-only review (SubjectAccessReview, TokenReview, ...): decoded and checked as
         // a create, answered with its status, never stored.
