@@ -793,3 +793,108 @@ async fn deprecated_versions_warn_protobuf_is_refused_and_namespaces_take_their_
     assert_eq!(code, StatusCode::NOT_FOUND);
     shutdown.cancel();
 }
+
+/// The garbage collector follows custom resources both ways: a ConfigMap owned by a Widget
+/// goes with it, and a Widget owned by a ConfigMap goes with that.
+#[tokio::test]
+async fn garbage_collection_follows_custom_resources_both_ways() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api as KubeApi, ApiResource, DeleteParams, DynamicObject, PostParams};
+
+    let cluster = common::Cluster::start().await;
+    tokio::spawn(skiff_control::controllers::garbage_collector::run(
+        cluster.context(),
+    ));
+    let client = cluster.client.clone();
+    let crds: KubeApi<DynamicObject> = KubeApi::all_with(
+        client.clone(),
+        &ApiResource {
+            group: "apiextensions.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "apiextensions.k8s.io/v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            plural: "customresourcedefinitions".into(),
+        },
+    );
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(widget_crd()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let resource = ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: KubeApi<DynamicObject> =
+        KubeApi::namespaced_with(client.clone(), "default", &resource);
+    let owner = eventually("the Widget kind to be served", || async {
+        widgets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(widget("owner", json!({"color": "red"}))).unwrap(),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    let maps: KubeApi<ConfigMap> = KubeApi::default_namespaced(client.clone());
+    let owned_by = |api_version: &str, kind: &str, name: &str, uid: &str| json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": uid}]);
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "owned", "ownerReferences":
+            owned_by("example.com/v1", "Widget", "owner", owner.metadata.uid.as_deref().unwrap())}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let parent = maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "parent"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut child = widget("child", json!({"color": "blue"}));
+    child["metadata"]["ownerReferences"] = owned_by(
+        "v1",
+        "ConfigMap",
+        "parent",
+        parent.metadata.uid.as_deref().unwrap(),
+    );
+    widgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(child).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    widgets
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    maps.delete("parent", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the ConfigMap owned by the deleted Widget to go",
+        || async { maps.get_opt("owned").await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+    eventually(
+        "the Widget owned by the deleted ConfigMap to go",
+        || async {
+            widgets
+                .get_opt("child")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}

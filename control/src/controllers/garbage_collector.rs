@@ -21,8 +21,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::{apps, batch, coordination, core, discovery};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector;
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -143,7 +145,8 @@ fn kinds(
 
 struct Collector {
     client: kube::Client,
-    kinds: Vec<Kind>,
+    /// The kinds of this pass: the built-in ones, then the custom resources served now.
+    kinds: Vec<Arc<Kind>>,
 }
 
 /// What a pass decided to do (pure, so it can be tested without an API server).
@@ -282,11 +285,19 @@ impl Collector {
         }
     }
 
-    /// The kind index of an owner reference, if the collector knows the kind.
+    /// The kind index of an owner reference, if the collector knows the kind: by group and
+    /// kind, since an owner may be referred to through any version it is served in.
     fn kind_of(&self, r: &OwnerReference) -> Option<usize> {
+        let group = |api_version: &str| {
+            api_version
+                .split_once('/')
+                .map_or("", |(g, _)| g)
+                .to_owned()
+        };
+        let wanted = group(&r.api_version);
         self.kinds
             .iter()
-            .position(|k| k.resource.kind == r.kind && k.resource.api_version == r.api_version)
+            .position(|k| k.resource.kind == r.kind && group(&k.resource.api_version) == wanted)
     }
 
     /// Whether the owner still exists with the referenced uid (asked of the API server).
@@ -425,17 +436,24 @@ impl Collector {
 pub async fn run(ctx: Context) {
     let dirty = Arc::new(Notify::new());
     let mut watches = Vec::new();
-    let collector = Collector {
-        client: ctx.client.clone(),
-        kinds: kinds(&ctx, &dirty, &mut watches),
-    };
-    for k in &collector.kinds {
+    let builtins: Vec<Arc<Kind>> = kinds(&ctx, &dirty, &mut watches)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    for k in &builtins {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = k.cache.ready() => {}
         }
     }
+    let mut custom = CustomKinds::new(&ctx, dirty.clone());
     loop {
+        let mut kinds = builtins.clone();
+        kinds.extend(custom.refresh());
+        let collector = Collector {
+            client: ctx.client.clone(),
+            kinds,
+        };
         if let Err(e) = collector.pass().await {
             tracing::warn!(error = %e, "garbage collection pass failed");
         }
@@ -450,6 +468,166 @@ pub async fn run(ctx: Context) {
     }
     for w in watches {
         w.abort();
+    }
+    custom.stop();
+}
+
+/// The custom resources, followed as their definitions come and go: one watch per
+/// established definition (on its preferred served version), whose changes ring `dirty` like
+/// the built-in kinds' informers do. A kind joins the passes once its first list is in; until
+/// then its objects are neither collected nor reasons to collect (owners of unknown kinds are
+/// never taken for gone).
+struct CustomKinds {
+    client: kube::Client,
+    definitions: Arc<informers::Informer<CustomResourceDefinition>>,
+    dirty: Arc<Notify>,
+    followed: HashMap<String, (ApiResource, Arc<Kind>, tokio::task::JoinHandle<()>)>,
+}
+
+/// A custom kind's cache: kube-runtime's reflector store of its objects.
+struct DynamicCache {
+    store: reflector::Store<DynamicObject>,
+    listed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Cache for DynamicCache {
+    fn metadata(&self, others: &mut HashSet<String>) -> Vec<Arc<DynamicObject>> {
+        let mut involved = Vec::new();
+        for o in self.store.state() {
+            let meta = &o.metadata;
+            let acts = meta
+                .owner_references
+                .as_ref()
+                .is_some_and(|r| !r.is_empty())
+                || meta.deletion_timestamp.is_some()
+                || meta.finalizers.as_ref().is_some_and(|f| !f.is_empty());
+            if acts {
+                involved.push(o);
+            } else if let Some(uid) = &meta.uid {
+                others.insert(uid.clone());
+            }
+        }
+        involved
+    }
+
+    fn ready(&self) -> futures::future::BoxFuture<'static, ()> {
+        let mut listed = self.listed.clone();
+        Box::pin(async move {
+            let _ = listed.wait_for(|l| *l).await;
+        })
+    }
+}
+
+impl CustomKinds {
+    fn new(ctx: &Context, dirty: Arc<Notify>) -> Self {
+        let definitions = ctx.informers.get::<CustomResourceDefinition>();
+        let ring = dirty.clone();
+        // A definition's change may add or remove a kind: a pass looks.
+        tokio::spawn(definitions.objects().for_each(move |_| {
+            ring.notify_one();
+            async {}
+        }));
+        Self {
+            client: ctx.client.clone(),
+            definitions,
+            dirty,
+            followed: HashMap::new(),
+        }
+    }
+
+    /// The resource a definition is followed through, if it is established.
+    fn resource_of(crd: &CustomResourceDefinition) -> Option<(ApiResource, bool)> {
+        let established = crd.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if !established {
+            return None;
+        }
+        let spec = &crd.spec;
+        let mut served: Vec<&str> = spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.as_str())
+            .collect();
+        served.sort_by_key(|v| crate::apiserver::discovery::version_priority(v));
+        let version = served.first()?;
+        let resource = ApiResource {
+            group: spec.group.clone(),
+            version: (*version).to_owned(),
+            api_version: format!("{}/{version}", spec.group),
+            kind: spec.names.kind.clone(),
+            plural: spec.names.plural.clone(),
+        };
+        Some((resource, spec.scope == "Namespaced"))
+    }
+
+    /// Follows the established definitions and drops the rest; returns the kinds whose first
+    /// list is in.
+    fn refresh(&mut self) -> Vec<Arc<Kind>> {
+        let mut wanted: HashMap<String, (ApiResource, bool)> = HashMap::new();
+        for crd in self.definitions.store().state() {
+            if let (Some(name), Some(r)) = (crd.metadata.name.clone(), Self::resource_of(&crd)) {
+                wanted.insert(name, r);
+            }
+        }
+        self.followed.retain(|name, (resource, _, task)| {
+            let keep = wanted.get(name).is_some_and(|(r, _)| r == resource);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, (resource, namespaced)) in wanted {
+            if self.followed.contains_key(&name) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource.clone());
+            let store = writer.as_reader();
+            let (listed_tx, listed) = tokio::sync::watch::channel(false);
+            let dirty = self.dirty.clone();
+            let stream = reflector::reflector(
+                writer,
+                kube::runtime::watcher(api, kube::runtime::watcher::Config::default()),
+            );
+            let task = tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(kube::runtime::watcher::Event::InitDone) => {
+                            let _ = listed_tx.send(true);
+                            dirty.notify_one();
+                        }
+                        Ok(_) => dirty.notify_one(),
+                        Err(error) => {
+                            tracing::debug!(%error, "garbage collector: a custom resource watch failed; it retries");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            });
+            let kind = Arc::new(Kind {
+                resource: resource.clone(),
+                namespaced,
+                cache: Box::new(DynamicCache { store, listed }),
+            });
+            self.followed.insert(name, (resource, kind, task));
+        }
+        self.followed
+            .values()
+            .filter(|(_, k, _)| futures::FutureExt::now_or_never(k.cache.ready()).is_some())
+            .map(|(_, k, _)| k.clone())
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        for (_, (_, _, task)) in self.followed.drain() {
+            task.abort();
+        }
     }
 }
 
