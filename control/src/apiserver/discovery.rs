@@ -1,5 +1,6 @@
-//! Discovery: /version, /api, /api/v1, /apis, /apis/G, /apis/G/V. Served in the legacy
-//! (unaggregated) form, which kubectl falls back to when the aggregated form is not offered.
+//! Discovery: /version, /api, /api/v1, /apis, /apis/G, /apis/G/V in the legacy form; `/api`
+//! and `/apis` answer the aggregated form instead when `Accept` asks for it
+//! (`aggregated_discovery.rs`, built from the lists here).
 
 use std::sync::Arc;
 
