@@ -898,3 +898,44 @@ async fn garbage_collection_follows_custom_resources_both_ways() {
     )
     .await;
 }
+
+/// `selectableFields` become field selectors of the custom resource; other fields are refused.
+#[tokio::test]
+async fn selectable_fields_filter_lists() {
+    let api = api().await;
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["selectableFields"] = json!([{"jsonPath": ".spec.color"}]);
+    let (code, body) = api.call(Method::POST, CRDS, Some(crd.clone())).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    established(&api, "widgets.example.com", WIDGETS).await;
+    api.post(WIDGETS, widget("r", json!({"color": "red"})))
+        .await;
+    api.post(WIDGETS, widget("b", json!({"color": "blue"})))
+        .await;
+    let list = api
+        .get(&format!("{WIDGETS}?fieldSelector=spec.color%3Dred"))
+        .await;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["r"]);
+    let (code, _) = api
+        .call(
+            Method::GET,
+            &format!("{WIDGETS}?fieldSelector=spec.size%3D3"),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+
+    crd["metadata"]["name"] = json!("gizmos.example.com");
+    crd["spec"]["names"] = json!({"plural": "gizmos", "kind": "Gizmo"});
+    crd["spec"]["versions"][0]["selectableFields"] =
+        json!([{"jsonPath": ".spec.labels"}, {"jsonPath": ".spec.nothing"}]);
+    let (code, status) = api.call(Method::POST, CRDS, Some(crd)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert_eq!(causes(&status).len(), 2, "{status}");
+}

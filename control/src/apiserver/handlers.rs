@@ -149,7 +149,7 @@ pub fn list_options(
         .map_err(|e| selector_error(e.into()))?;
     let fields = FieldSelector::parse(
         query.get("fieldSelector").map_or("", String::as_str),
-        def.strategy.field_selectors(),
+        &def.strategy.field_selectors(),
     )
     .map_err(selector_error)?;
     let limit = match query.get("limit").filter(|l| !l.is_empty()) {

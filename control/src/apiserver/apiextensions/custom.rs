@@ -45,6 +45,8 @@ pub struct CustomResource {
     scale: Option<Scale>,
     deprecation: Option<String>,
     terminating: bool,
+    /// `selectableFields`, as field selector paths (`spec.color`).
+    selectable: Vec<String>,
 }
 
 /// A simple JSON path of a CRD (`.spec.replicas`) as a JSON pointer (`/spec/replicas`).
@@ -193,6 +195,12 @@ fn version_def(
         scale: scale.clone(),
         deprecation,
         terminating,
+        selectable: v
+            .selectable_fields
+            .iter()
+            .flatten()
+            .map(|f| f.json_path.trim_start_matches('.').to_owned())
+            .collect(),
     };
     let roundtrip_schema = schema.clone();
     let open_api = Arc::new(serde_json::to_value(props).map_err(|e| e.to_string())?);
@@ -289,6 +297,10 @@ impl Strategy for CustomResource {
 
     fn columns(&self) -> Vec<Column> {
         self.columns.clone()
+    }
+
+    fn field_selectors(&self) -> Vec<&str> {
+        self.selectable.iter().map(String::as_str).collect()
     }
 
     fn scale_replicas_paths(&self) -> (&str, &str) {

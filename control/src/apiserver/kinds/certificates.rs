@@ -280,8 +280,8 @@ impl Strategy for Csr {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["spec.signerName"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["spec.signerName"]
     }
 
     fn subresource(&self, name: &str, namespaced_path: bool) -> Option<Subresource> {

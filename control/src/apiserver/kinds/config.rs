@@ -118,8 +118,8 @@ impl Strategy for Secret {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["type"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["type"]
     }
 }
 

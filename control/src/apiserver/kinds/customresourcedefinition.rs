@@ -19,6 +19,21 @@ const PROTECTED_SUFFIXES: [&str; 2] = [".k8s.io", ".kubernetes.io"];
 /// The most versions one definition may declare.
 const MAX_VERSIONS: usize = 100;
 
+/// The most selectable fields a version may declare, as Kubernetes allows.
+const MAX_SELECTABLE_FIELDS: usize = 8;
+
+/// The declared type of the schema node at a JSON pointer through `properties`.
+fn schema_type_at(
+    props: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+    pointer: &str,
+) -> Option<String> {
+    let mut node = props;
+    for segment in pointer.split('/').skip(1) {
+        node = node.properties.as_ref()?.get(segment)?;
+    }
+    node.type_.clone()
+}
+
 /// Printer column types Kubernetes accepts.
 const COLUMN_TYPES: [&str; 5] = ["integer", "number", "string", "boolean", "date"];
 
@@ -323,6 +338,37 @@ fn versions(object: &Value, errs: &mut Vec<FieldError>) {
                         "should be a json path under either .spec or .status",
                     ));
                 }
+            }
+        }
+        let selectable = v.selectable_fields.as_deref().unwrap_or_default();
+        if selectable.len() > MAX_SELECTABLE_FIELDS {
+            errs.push(FieldError {
+                reason: "FieldValueTooMany",
+                field: format!("{at}.selectableFields"),
+                message: format!(
+                    "Too many: {}: must have at most {MAX_SELECTABLE_FIELDS} items",
+                    selectable.len()
+                ),
+            });
+        }
+        for (j, f) in selectable.iter().enumerate() {
+            let field = format!("{at}.selectableFields[{j}].jsonPath");
+            let scalar = pointer_of(&f.json_path).and_then(|p| {
+                let props = v.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+                schema_type_at(props, &p)
+            });
+            match scalar.as_deref() {
+                Some("string" | "integer" | "boolean") => {}
+                Some(other) => errs.push(FieldError::invalid(
+                    field,
+                    &f.json_path,
+                    format!("selectable fields must be of type string, integer or boolean, not {other}"),
+                )),
+                None => errs.push(FieldError::invalid(
+                    field,
+                    &f.json_path,
+                    "must be a simple path (.spec.field) to a field of the schema",
+                )),
             }
         }
         for (j, c) in v

@@ -77,8 +77,8 @@ impl Strategy for Event {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &[
+    fn field_selectors(&self) -> Vec<&str> {
+        vec![
             "involvedObject.kind",
             "involvedObject.namespace",
             "involvedObject.name",

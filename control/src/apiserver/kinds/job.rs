@@ -166,7 +166,7 @@ impl Strategy for Job {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["status.successful"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["status.successful"]
     }
 }

@@ -201,8 +201,8 @@ pub trait Strategy: Send + Sync {
     }
 
     /// Field selector paths beyond `metadata.name` and `metadata.namespace`.
-    fn field_selectors(&self) -> &[&str] {
-        &[]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec![]
     }
 
     // --- subresources and discovery ----------------------------------------------------------

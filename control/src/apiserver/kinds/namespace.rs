@@ -70,8 +70,8 @@ impl Strategy for Namespace {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["status.phase"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["status.phase"]
     }
 
     fn subresource(&self, name: &str, _namespaced_path: bool) -> Option<Subresource> {

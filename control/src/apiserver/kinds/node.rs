@@ -78,7 +78,7 @@ impl Strategy for Node {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["spec.unschedulable"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["spec.unschedulable"]
     }
 }

@@ -165,8 +165,8 @@ impl Strategy for Pod {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &[
+    fn field_selectors(&self) -> Vec<&str> {
+        vec![
             "spec.nodeName",
             "status.phase",
             "spec.restartPolicy",

@@ -64,7 +64,7 @@ impl Strategy for ReplicaSet {
         replica_columns()
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["status.replicas"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["status.replicas"]
     }
 }

@@ -49,7 +49,7 @@ impl Strategy for ReplicationController {
         replica_columns()
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["status.replicas"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["status.replicas"]
     }
 }

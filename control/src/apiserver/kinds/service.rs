@@ -197,7 +197,7 @@ impl Strategy for Service {
         ]
     }
 
-    fn field_selectors(&self) -> &[&str] {
-        &["spec.clusterIP", "spec.type"]
+    fn field_selectors(&self) -> Vec<&str> {
+        vec!["spec.clusterIP", "spec.type"]
     }
 }
