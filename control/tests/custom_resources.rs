@@ -939,3 +939,99 @@ async fn selectable_fields_filter_lists() {
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
     assert_eq!(causes(&status).len(), 2, "{status}");
 }
+
+mod typed {
+    //! The kube crate's typed custom resources (`#[derive(CustomResource)]`): the definition
+    //! it generates is accepted and served, and typed create, status, list and watch work.
+
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kube::runtime::{watcher, WatchStreamExt};
+    use kube::{CustomResource, CustomResourceExt};
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use skiff_test_support::wait::eventually;
+
+    #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+    #[kube(
+        group = "tools.example.com",
+        version = "v1",
+        kind = "Gadget",
+        namespaced,
+        status = "GadgetStatus",
+        shortname = "gd",
+        printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size"}"#
+    )]
+    pub struct GadgetSpec {
+        size: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        color: Option<String>,
+    }
+
+    #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+    pub struct GadgetStatus {
+        ready: bool,
+    }
+
+    #[tokio::test]
+    async fn a_derived_custom_resource_is_served_and_watched() {
+        let cluster = super::common::Cluster::start().await;
+        let client = cluster.client.clone();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &Gadget::crd())
+            .await
+            .expect("the derived definition is valid");
+        let gadgets: Api<Gadget> = Api::default_namespaced(client.clone());
+        eventually("Gadgets to be served", || async {
+            gadgets.list(&Default::default()).await.ok()
+        })
+        .await;
+
+        let events = watcher(gadgets.clone(), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        let created = gadgets
+            .create(
+                &PostParams::default(),
+                &Gadget::new(
+                    "g1",
+                    GadgetSpec {
+                        size: 2,
+                        color: None,
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.spec.size, 2);
+        let status = Patch::Merge(serde_json::json!({"status": {"ready": true}}));
+        let patched = gadgets
+            .patch_status("g1", &PatchParams::default(), &status)
+            .await
+            .unwrap();
+        assert!(patched.status.unwrap().ready);
+        let seen: Vec<Gadget> = events
+            .try_filter(|g| std::future::ready(g.status.as_ref().is_some_and(|s| s.ready)))
+            .take(1)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(seen[0].spec.size, 2);
+
+        // The schema kube generated is enforced: size is an integer.
+        let untyped: Api<kube::api::DynamicObject> = Api::default_namespaced_with(
+            client.clone(),
+            &kube::api::ApiResource::erase::<Gadget>(&()),
+        );
+        let bad: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tools.example.com/v1", "kind": "Gadget",
+            "metadata": {"name": "g2"}, "spec": {"size": "big"}
+        }))
+        .unwrap();
+        match untyped.create(&PostParams::default(), &bad).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 422, "{s:?}"),
+            other => panic!("expected a 422, got {other:?}"),
+        }
+    }
+}
