@@ -9,13 +9,16 @@ use serde_json::{json, Value};
 /// A cell's value from an object, given the time now (for ages).
 pub type CellFn = fn(&Value, jiff::Timestamp) -> Value;
 
+/// A cell's value computed by a closure (a printer column's JSONPath).
+pub type CellClosure = Arc<dyn Fn(&Value, jiff::Timestamp) -> Value + Send + Sync>;
+
 /// How a column's cells are computed.
 #[derive(Clone)]
 pub enum Cell {
     /// A built-in kind's function.
     Fn(CellFn),
     /// A closure: a custom resource's `additionalPrinterColumns` JSONPath.
-    Dynamic(Arc<dyn Fn(&Value, jiff::Timestamp) -> Value + Send + Sync>),
+    Dynamic(CellClosure),
 }
 
 impl Cell {
