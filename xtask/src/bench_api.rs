@@ -35,6 +35,19 @@ pub struct Args {
     /// Report to update.
     #[arg(long, default_value_os_t = util::root().join("docs/benchmarks.md"))]
     report: PathBuf,
+    /// What to measure: `pods` (the control plane under a pod burst) or `crd` (custom
+    /// resources against ConfigMaps of the same size, `--pods` objects of each).
+    #[arg(long, value_enum, default_value_t = Kind::Pods)]
+    kind: Kind,
+}
+
+/// The benchmark's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Pods with the controllers and scheduler running.
+    Pods,
+    /// Custom resources beside ConfigMaps.
+    Crd,
 }
 
 pub(crate) struct Server {
@@ -137,7 +150,7 @@ fn pod(i: usize) -> serde_json::Value {
 }
 
 /// Sends a request; returns its latency (to the last body byte) and the body size.
-async fn timed(req: reqwest::RequestBuilder) -> anyhow::Result<(Duration, usize)> {
+pub(crate) async fn timed(req: reqwest::RequestBuilder) -> anyhow::Result<(Duration, usize)> {
     let start = Instant::now();
     let resp = req.send().await?;
     let status = resp.status();
@@ -156,6 +169,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.kind == Kind::Crd {
+        let report = rt.block_on(crate::bench_api_crd::measure(args.pods, args.concurrency))?;
+        println!("{report}");
+        crate::bench_api_crd::write_report(&args.report, &report)?;
+        println!("wrote {}", args.report.display());
+        return Ok(());
+    }
     let mut report = rt.block_on(measure(&args))?;
     // Inside the markers, so the next run replaces it too.
     let overhead = rt.block_on(authorization_overhead(&args))?;
@@ -469,7 +489,7 @@ fn loadavg() -> String {
 }
 
 /// Waits until `server` answers `/healthz` over TLS; returns a client without credentials.
-async fn started(server: &Server) -> anyhow::Result<reqwest::Client> {
+pub(crate) async fn started(server: &Server) -> anyhow::Result<reqwest::Client> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(c) = client(&server.dir, None) {
@@ -617,7 +637,11 @@ async fn authorization_server(
 }
 
 /// Polls `url` with `client` until it answers 2xx (10 s at most).
-async fn until_ok(client: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<()> {
+pub(crate) async fn until_ok(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
@@ -877,12 +901,22 @@ const END: &str = "<!-- bench:api:end -->";
 
 /// Replaces the API section of the report (or appends it).
 fn write_report(path: &Path, section: &str) -> anyhow::Result<()> {
+    write_section(path, START, END, section)
+}
+
+/// Replaces what is between the `start` and `end` markers of the report (or appends it).
+pub(crate) fn write_section(
+    path: &Path,
+    start: &str,
+    end: &str,
+    section: &str,
+) -> anyhow::Result<()> {
     let existing =
         std::fs::read_to_string(path).unwrap_or_else(|_| "# skiff benchmarks\n\n".into());
-    let block = format!("{START}\n{section}{END}");
-    let updated = match (existing.find(START), existing.find(END)) {
+    let block = format!("{start}\n{section}{end}");
+    let updated = match (existing.find(start), existing.find(end)) {
         (Some(s), Some(e)) if e > s => {
-            format!("{}{block}{}", &existing[..s], &existing[e + END.len()..])
+            format!("{}{block}{}", &existing[..s], &existing[e + end.len()..])
         }
         _ => format!("{}\n{block}\n", existing.trim_end()),
     };

@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, deploy, test and benchmarks for skiff.
 
 mod bench_api;
+mod bench_api_crd;
 mod bench_dns;
 mod bench_pods;
 mod bench_proxy;
