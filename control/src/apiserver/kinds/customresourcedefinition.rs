@@ -10,7 +10,7 @@ use crate::apiserver::apiextensions::custom::{pointer_of, printer_path, CLEANUP_
 use crate::apiserver::apiextensions::schema::Schema;
 use crate::apiserver::error::FieldError;
 use crate::apiserver::registry::ResourceDef;
-use crate::apiserver::table::{Column, AGE, NAME};
+use crate::apiserver::table::{Column, NAME};
 
 /// The groups of the built-in kinds and Kubernetes' own: a definition may not take them
 /// without the `api-approved.kubernetes.io` annotation (and never a built-in resource).
@@ -177,6 +177,7 @@ impl Strategy for CustomResourceDefinitions {
         &[CLEANUP_FINALIZER]
     }
 
+    /// `kubectl get crd` prints NAME and CREATED AT, as against Kubernetes.
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
@@ -185,7 +186,6 @@ impl Strategy for CustomResourceDefinitions {
                     .cloned()
                     .unwrap_or(Value::Null)
             }),
-            AGE,
         ]
     }
 }
