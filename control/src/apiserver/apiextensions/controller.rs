@@ -44,13 +44,23 @@ fn definitions_def(state: &ApiState) -> Option<Arc<ResourceDef>> {
 /// listens, so a restart serves every custom resource from its first request), then follows
 /// the store in the background until shutdown.
 pub async fn start(state: &Arc<ApiState>) -> Result<(), ApiError> {
-    let cleanups = Arc::new(Mutex::new(HashSet::new()));
+    let cleanups = Arc::new(Follower::default());
     let revision = sync(state, &cleanups).await?;
     tokio::spawn(follow(state.clone(), cleanups, revision));
     Ok(())
 }
 
-async fn follow(state: Arc<ApiState>, cleanups: Arc<Mutex<HashSet<String>>>, mut revision: u64) {
+/// What the follower keeps between syncs.
+#[derive(Default)]
+struct Follower {
+    /// Definitions whose objects are being deleted.
+    cleanups: Mutex<HashSet<String>>,
+    /// The resources built from each definition, by fingerprint: a sync after a status write
+    /// (the follower's own, mostly) compiles no schema again.
+    built: std::sync::Mutex<HashMap<String, (u64, Result<Vec<ResourceDef>, String>)>>,
+}
+
+async fn follow(state: Arc<ApiState>, cleanups: Arc<Follower>, mut revision: u64) {
     let Some(def) = definitions_def(&state) else {
         return;
     };
@@ -132,10 +142,7 @@ fn claimed(crd: &CustomResourceDefinition) -> Vec<(String, &'static str)> {
 
 /// Reads every definition, serves the accepted ones, writes their status, starts the cleanup
 /// of those being deleted. Returns the revision read at.
-async fn sync(
-    state: &Arc<ApiState>,
-    cleanups: &Arc<Mutex<HashSet<String>>>,
-) -> Result<u64, ApiError> {
+async fn sync(state: &Arc<ApiState>, cleanups: &Arc<Follower>) -> Result<u64, ApiError> {
     let Some(def) = definitions_def(state) else {
         return Ok(0);
     };
@@ -190,7 +197,7 @@ async fn sync(
                 for (n, _) in claimed(crd) {
                     group_names.insert(n, name.clone());
                 }
-                match resource_defs(crd, terminating) {
+                match built(cleanups, &name, crd, terminating) {
                     Ok(defs) => (Ok(()), Some(defs)),
                     Err(e) => (Err(format!("cannot serve: {e}")), None),
                 }
@@ -204,11 +211,19 @@ async fn sync(
             desired_status(value, crd, &accepted, terminating),
         ));
         if terminating {
-            let mut running = cleanups.lock().await;
+            let mut running = cleanups.cleanups.lock().await;
             if running.insert(name.clone()) {
-                tokio::spawn(cleanup(state.clone(), name, cleanups.clone()));
+                tokio::spawn(cleanup(state.clone(), name.clone(), cleanups.clone()));
             }
         }
+    }
+    {
+        let present: HashSet<&str> = crds
+            .iter()
+            .filter_map(|(_, c)| c.metadata.name.as_deref())
+            .collect();
+        let mut built = cleanups.built.lock().unwrap_or_else(|p| p.into_inner());
+        built.retain(|name, _| present.contains(name.as_str()));
     }
     if state.registry.sync_custom(serve) {
         tracing::info!("custom resources: serving a new set of definitions");
@@ -219,6 +234,25 @@ async fn sync(
         }
     }
     Ok(page.revision)
+}
+
+/// The resources of a definition, compiled once per fingerprint.
+fn built(
+    follower: &Follower,
+    name: &str,
+    crd: &CustomResourceDefinition,
+    terminating: bool,
+) -> Result<Vec<ResourceDef>, String> {
+    let fingerprint = super::custom::fingerprint(crd, terminating);
+    let mut built = follower.built.lock().unwrap_or_else(|p| p.into_inner());
+    match built.get(name) {
+        Some((f, defs)) if *f == fingerprint => defs.clone(),
+        _ => {
+            let defs = resource_defs(crd, terminating);
+            built.insert(name.to_owned(), (fingerprint, defs.clone()));
+            defs
+        }
+    }
 }
 
 /// A condition, keeping its transition time when its status did not change.
@@ -329,9 +363,9 @@ async fn write_status(state: &ApiState, def: &ResourceDef, old: &Value, status: 
 }
 
 /// Deletes every object of a definition being deleted, then lets the definition go.
-async fn cleanup(state: Arc<ApiState>, name: String, cleanups: Arc<Mutex<HashSet<String>>>) {
+async fn cleanup(state: Arc<ApiState>, name: String, cleanups: Arc<Follower>) {
     let result = cleanup_once(&state, &name).await;
-    cleanups.lock().await.remove(&name);
+    cleanups.cleanups.lock().await.remove(&name);
     if let Err(error) = result {
         tracing::warn!(%error, definition = name, "custom resources: cleanup failed; retrying on the next change");
     }

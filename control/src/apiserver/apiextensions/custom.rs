@@ -112,6 +112,18 @@ fn column(def: &CustomResourceColumnDefinition) -> Result<Column, String> {
     })
 }
 
+/// What the resources of a definition are built from: its spec and whether it is
+/// terminating. Equal fingerprints build the same resources.
+pub fn fingerprint(crd: &CustomResourceDefinition, terminating: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&crd.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    terminating.hash(&mut h);
+    h.finish()
+}
+
 /// The versions of `crd` that are served, as resources to register; `terminating` when the
 /// definition is being deleted (its objects can no longer be created).
 pub fn resource_defs(
@@ -119,13 +131,7 @@ pub fn resource_defs(
     terminating: bool,
 ) -> Result<Vec<ResourceDef>, String> {
     let spec = &crd.spec;
-    let fingerprint = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(spec).unwrap_or_default().hash(&mut h);
-        terminating.hash(&mut h);
-        h.finish()
-    };
+    let fingerprint = fingerprint(crd, terminating);
     let storage = spec
         .versions
         .iter()
