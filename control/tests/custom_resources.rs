@@ -338,6 +338,19 @@ async fn every_served_version_reads_and_writes_the_same_objects() {
         .unwrap()
         .unwrap();
     assert_eq!(stored["apiVersion"], "example.com/v1");
+    // Without a /status subresource (v1beta1 has none) every change but metadata is a new
+    // generation; a write through another version that changes nothing is none.
+    let (code, bumped) = api
+        .merge_patch(&format!("{beta}/multi"), json!({"status": {"seen": true}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{bumped}");
+    assert_eq!(bumped["metadata"]["generation"], 2, "{bumped}");
+    let (code, same) = api
+        .merge_patch(&format!("{beta}/multi"), json!({"metadata": {"labels": {"a": "b"}}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{same}");
+    assert_eq!(same["metadata"]["generation"], 2, "{same}");
+
     // An unchanged write is no write (read back through v1, whose defaults it now has).
     let plain = api
         .post(WIDGETS, widget("plain", json!({"color": "red"})))

@@ -587,7 +587,7 @@ impl ApiState {
         }
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(time::now()));
-        if object.get("spec").is_some() {
+        if object.get("spec").is_some() || def.strategy.always_has_generation() {
             meta(&mut object).insert("generation".into(), json!(1));
         }
         let strategy = def.strategy.as_ref();
@@ -783,7 +783,7 @@ impl ApiState {
         } else {
             strategy.before_subresource_update(self, sub, old, &mut new)?;
         }
-        if new.get("spec") != old.get("spec") && new.get("spec").is_some() {
+        if strategy.bumps_generation(old, &new) {
             let generation = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)

@@ -47,6 +47,9 @@ pub struct CustomResource {
     terminating: bool,
     /// `selectableFields`, as field selector paths (`spec.color`).
     selectable: Vec<String>,
+    /// Whether the version has a `/status` subresource (then status changes are not counted
+    /// by `metadata.generation`).
+    status: bool,
 }
 
 /// A simple JSON path of a CRD (`.spec.replicas`) as a JSON pointer (`/spec/replicas`).
@@ -201,6 +204,7 @@ fn version_def(
         scale: scale.clone(),
         deprecation,
         terminating,
+        status: subresources.is_some_and(|s| s.status.is_some()),
         selectable: v
             .selectable_fields
             .iter()
@@ -299,6 +303,28 @@ impl Strategy for CustomResource {
         if self.schema.has_rules {
             validate::rules(&self.schema.root, new, Some(old), "", errs);
         }
+    }
+
+    /// As apiextensions-apiserver: every change but metadata (and status, with a `/status`
+    /// subresource) is a new generation.
+    fn bumps_generation(&self, old: &Value, new: &Value) -> bool {
+        let counted = |o: &Value| {
+            let mut o = o.clone();
+            if let Some(map) = o.as_object_mut() {
+                // Versions are one object: only what the object says counts.
+                map.remove("metadata");
+                map.remove("apiVersion");
+                if self.status {
+                    map.remove("status");
+                }
+            }
+            o
+        };
+        counted(old) != counted(new)
+    }
+
+    fn always_has_generation(&self) -> bool {
+        true
     }
 
     fn columns(&self) -> Vec<Column> {

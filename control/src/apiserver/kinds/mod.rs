@@ -103,6 +103,16 @@ pub trait Strategy: Send + Sync {
     /// What an update may not change, after [`Strategy::validate`] of the new object.
     fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
 
+    /// Whether an update changes what `metadata.generation` counts: by default the spec.
+    fn bumps_generation(&self, old: &Value, new: &Value) -> bool {
+        new.get("spec") != old.get("spec") && new.get("spec").is_some()
+    }
+
+    /// Whether every object starts at generation 1, spec or not (custom resources).
+    fn always_has_generation(&self) -> bool {
+        false
+    }
+
     // --- write hooks -------------------------------------------------------------------------
 
     /// A lock held across a write (check, store write, [`Strategy::after_write`]) of this
