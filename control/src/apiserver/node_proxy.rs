@@ -403,11 +403,23 @@ pub async fn pod_portforward(
     use skiff_k8s::portforward as protocol;
     let spdy = portforward_spdy_mode(&headers)?;
     let (mut parts, body) = request.into_parts();
-    let upgrade = ws::WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
+    // A plain SPDY upgrade keeps its connection for the copy below; the rest are websockets.
+    let upgrade = match spdy {
+        Some(SpdyMode::Upgrade) => None,
+        _ => ws::WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+            .ok(),
+    };
     let ws_options = match (&spdy, &upgrade) {
+        (Some(SpdyMode::WebSocketTunnel), None) => {
+            return Err(ApiError::BadRequest(format!(
+                "{} is a websocket subprotocol: it needs a websocket upgrade",
+                skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL
+            )))
+        }
         (Some(_), _) => None,
-        (None, Ok(_)) => Some(portforward_options(query.as_deref(), &headers)?),
-        (None, Err(_)) => {
+        (None, Some(_)) => Some(portforward_options(query.as_deref(), &headers)?),
+        (None, None) => {
             return Err(ApiError::BadRequest(format!(
                 "port-forward needs an upgrade: to SPDY/3.1 ({}) or to a websocket (no \
                  subprotocol, {} or {})",
@@ -448,7 +460,7 @@ pub async fn pod_portforward(
             }
         };
         return Ok(match (mode, upgrade) {
-            (SpdyMode::WebSocketTunnel, Ok(upgrade)) => upgrade
+            (SpdyMode::WebSocketTunnel, Some(upgrade)) => upgrade
                 .protocols([skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL])
                 .max_message_size(PORTFORWARD_MAX_MESSAGE)
                 .max_frame_size(PORTFORWARD_MAX_MESSAGE)
@@ -458,7 +470,7 @@ pub async fn pod_portforward(
                         () = shutdown.cancelled() => {}
                     }
                 }),
-            (_, _) => {
+            (SpdyMode::Upgrade, _) | (SpdyMode::WebSocketTunnel, None) => {
                 let mut request = axum::extract::Request::from_parts(parts, body);
                 let client = hyper::upgrade::on(&mut request);
                 tokio::spawn(async move {
@@ -490,7 +502,7 @@ pub async fn pod_portforward(
             }
         });
     }
-    let (Ok(upgrade), Some((ports, chosen))) = (upgrade, ws_options) else {
+    let (Some(upgrade), Some((ports, chosen))) = (upgrade, ws_options) else {
         return Err(ApiError::Internal("port-forward: no upgrade".into()));
     };
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
