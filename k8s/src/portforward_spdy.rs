@@ -146,10 +146,27 @@ pub struct Pair<S> {
     pub data: S,
 }
 
+/// The streams of a connection so far.
+#[derive(Debug)]
+struct Waiting<S> {
+    error: Option<S>,
+    /// With its port.
+    data: Option<(u16, S)>,
+}
+
+impl<S> Default for Waiting<S> {
+    fn default() -> Self {
+        Self {
+            error: None,
+            data: None,
+        }
+    }
+}
+
 /// Streams waiting for their partner, by request id.
 #[derive(Debug)]
 pub struct Pairs<S> {
-    pending: HashMap<String, (Option<S>, Option<(u16, S)>)>,
+    pending: HashMap<String, Waiting<S>>,
 }
 
 impl<S> Default for Pairs<S> {
@@ -173,17 +190,21 @@ impl<S> Pairs<S> {
         }
         let entry = self.pending.entry(info.request_id.clone()).or_default();
         match info.kind {
-            StreamKind::Error if entry.0.is_some() => {
+            StreamKind::Error if entry.error.is_some() => {
                 return Err((StreamError::Duplicate("error", info.request_id), stream))
             }
-            StreamKind::Data if entry.1.is_some() => {
+            StreamKind::Data if entry.data.is_some() => {
                 return Err((StreamError::Duplicate("data", info.request_id), stream))
             }
-            StreamKind::Error => entry.0 = Some(stream),
-            StreamKind::Data => entry.1 = Some((info.port, stream)),
+            StreamKind::Error => entry.error = Some(stream),
+            StreamKind::Data => entry.data = Some((info.port, stream)),
         }
-        if entry.0.is_some() && entry.1.is_some() {
-            if let Some((Some(error), Some((port, data)))) = self.pending.remove(&info.request_id) {
+        if entry.error.is_some() && entry.data.is_some() {
+            if let Some(Waiting {
+                error: Some(error),
+                data: Some((port, data)),
+            }) = self.pending.remove(&info.request_id)
+            {
                 return Ok(Some(Pair { port, error, data }));
             }
         }
@@ -194,7 +215,7 @@ impl<S> Pairs<S> {
     pub fn remove(&mut self, request_id: &str) -> Vec<S> {
         self.pending
             .remove(request_id)
-            .map(|(e, d)| e.into_iter().chain(d.map(|(_, s)| s)).collect())
+            .map(|w| w.error.into_iter().chain(w.data.map(|(_, s)| s)).collect())
             .unwrap_or_default()
     }
 

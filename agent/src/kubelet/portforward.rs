@@ -96,7 +96,7 @@ async fn handle(
         // SPDY names the ports per stream, not in the query.
         let target = match target(&state, &namespace, &pod, uid.as_deref()) {
             Ok(t) => t,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         return super::portforward_spdy::upgrade(target, &headers, request, state.shutdown.clone());
     }
@@ -130,7 +130,7 @@ async fn handle(
     };
     let target = match target(&state, &namespace, &pod, uid.as_deref()) {
         Ok(t) => t,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut ws = ws
         .max_message_size(MAX_MESSAGE_BYTES)
@@ -149,17 +149,17 @@ fn target(
     namespace: &str,
     pod: &str,
     uid: Option<&str>,
-) -> Result<Arc<Target>, Response> {
+) -> Result<Arc<Target>, Box<Response>> {
     let pod_uid = state
         .directory
         .pod_uid(namespace, pod)
-        .map_err(IntoResponse::into_response)?;
+        .map_err(|e| Box::new(e.into_response()))?;
     if uid.is_some_and(|u| u != pod_uid) {
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
             "pod not found",
-        ));
+        )));
     }
     let name = format!("{namespace}/{pod}");
     let netns = open_netns(&state.runtime, &pod_uid, &name).map_err(|(code, message)| {
@@ -168,7 +168,7 @@ fn target(
         } else {
             "InternalError"
         };
-        status_response(code, reason, message)
+        Box::new(status_response(code, reason, message))
     })?;
     Ok(Arc::new(Target {
         name,
