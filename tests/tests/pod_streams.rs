@@ -760,10 +760,45 @@ fn kubectl_port_forward_speaks_spdy_through_the_api_server() {
         ),
     );
 
+    // A user who may get pods/portforward but not create it: refused in both protocols
+    // (the plain upgrade is a POST, create; the WebSocket tunnel a GET, which needs create too).
+    let alice = cp.user_kubeconfig("alice", &[]);
+    cp.kubectl(&[
+        "create",
+        "role",
+        "pf-reader",
+        "--verb=get",
+        "--resource=pods,pods/portforward",
+    ]);
+    cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "pf-reader",
+        "--role=pf-reader",
+        "--user=alice",
+    ]);
+
     // kubectl 1.37 tunnels SPDY in a WebSocket; 1.29 upgrades to SPDY directly.
     let kubectls: Vec<PathBuf> = std::iter::once(skiff_e2e::kubectl_bin())
         .chain(old_kubectl())
         .collect();
+    for kubectl in &kubectls {
+        // The binding applies once the authorizer's watch has it: until then the refusal is
+        // of the get (of the pod, by kubectl).
+        wait_for("alice's binding", Duration::from_secs(20), || {
+            let out = std::process::Command::new("timeout")
+                .arg("30")
+                .arg(kubectl)
+                .args(["port-forward", "pod/pf", ":8080"])
+                .env("KUBECONFIG", &alice)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "alice forwarded");
+            let err = String::from_utf8_lossy(&out.stderr);
+            err.contains(r#"User "alice" cannot create resource "pods/portforward""#)
+        });
+    }
     for kubectl in &kubectls {
         let name = kubectl.display().to_string();
         // httpd may still be starting: the first answer is awaited.

@@ -37,8 +37,9 @@ pub const RECV_WINDOW: u32 = 1 << 20;
 pub const RECV_SESSION_WINDOW: u32 = 16 << 20;
 /// The largest DATA frame this side sends.
 const MAX_SEND_FRAME: usize = 64 << 10;
-/// Peer-opened streams waiting to be accepted.
-const ACCEPT_QUEUE: usize = 64;
+/// Peer-opened streams waiting to be accepted: as many as may be open, so that a burst of
+/// connections is never refused for a moment's delay in accepting.
+const ACCEPT_QUEUE: usize = MAX_STREAMS;
 /// Encoded frames waiting for the socket.
 const WRITE_QUEUE: usize = 64;
 
@@ -916,8 +917,8 @@ mod tests {
             .iter()
             .filter(|f| matches!(f, Frame::RstStream { .. }))
             .collect();
-        // Nobody accepts: the accept queue fills first, then every later stream is refused;
-        // the repeated id is a protocol error of that stream.
+        // Nobody accepts: the accept queue (as long as the stream limit) fills, and the stream
+        // beyond it is refused; the repeated id is a protocol error of that stream.
         assert!(resets.contains(&&Frame::RstStream {
             stream: 2 * MAX_STREAMS as u32 + 1,
             status: rst::REFUSED_STREAM
