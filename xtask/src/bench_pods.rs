@@ -23,6 +23,10 @@ pub struct Args {
     /// MiB per port-forward throughput round.
     #[arg(long, default_value_t = 512)]
     forward_mib: usize,
+    /// The local cluster's index (its node network 172.31.<index>.0/24), to stay clear of
+    /// other clusters on the machine.
+    #[arg(long, default_value_t = 240)]
+    cluster_index: u8,
     /// Where the report goes.
     #[arg(long, default_value_os_t = util::root().join("docs/bench"))]
     out_dir: PathBuf,
@@ -68,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .arg(util::root().join("target/tools/venv/bin/kubectl"))
         .arg("--forward-mib")
         .arg(args.forward_mib.to_string())
+        .arg("--cluster-index")
+        .arg(args.cluster_index.to_string())
         .output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "skiff-bench-pods failed");

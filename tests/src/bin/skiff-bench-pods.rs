@@ -47,6 +47,9 @@ struct Args {
     /// MiB per port-forward throughput round.
     #[arg(long, default_value_t = 512)]
     forward_mib: usize,
+    /// The local cluster's index (its node network 172.31.<index>.0/24).
+    #[arg(long, default_value_t = 240)]
+    cluster_index: u8,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -375,7 +378,7 @@ fn main() -> anyhow::Result<()> {
 
     let guard = Guard::up(&Options {
         name: "bpods".into(),
-        index: 240,
+        index: args.cluster_index,
         nodes: 1,
         dir: PathBuf::new(),
         control_bin: args.control_bin.clone(),
