@@ -3,7 +3,8 @@
 //! ([`pod_manager`]) runs a worker per pod ([`pod_worker`]) that observes the pod, asks the pure
 //! [`plan`] what to do and carries it out through the runtime, network and image traits; it
 //! probes containers ([`probes`]) and reports status ([`status`]). The node's HTTP endpoints
-//! ([`server`], [`exec`], sharing [`http`]) serve logs and exec. A pod's configMap, secret,
+//! ([`server`], [`exec`], [`portforward`], sharing [`http`]) serve logs, exec and port-forward,
+//! the last also over SPDY ([`portforward_spdy`] on a [`spdy`] session, kubectl's protocol). A pod's configMap, secret,
 //! downwardAPI and projected volumes ([`volume_payload`], with ServiceAccount tokens from
 //! [`token_manager`]) are written by the [`atomic_writer`] and refreshed while the pod runs.
 //! The node's own identity (join with a bootstrap token, rotating client and serving

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use skiff_k8s::spdy::flow::{PeerFlow, RecvWindow, SendWindow, DEFAULT_WINDOW};
+use skiff_k8s::spdy::flow::{FlowError, PeerFlow, RecvWindow, SendWindow, DEFAULT_WINDOW};
 use skiff_k8s::spdy::frame::{goaway, rst, settings, Setting};
 use skiff_k8s::spdy::{Decoder, Encoder, Frame, FrameError, Headers, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -64,6 +64,9 @@ pub enum SpdyError {
     /// The peer broke the protocol.
     #[error("SPDY protocol error: {0}")]
     Frame(#[from] FrameError),
+    /// The peer broke the session's flow control.
+    #[error("SPDY flow control error: {0}")]
+    Flow(#[from] FlowError),
     /// No stream ids are left (2^31 streams were opened).
     #[error("no SPDY stream ids left")]
     StreamIdsExhausted,
@@ -391,7 +394,7 @@ impl State {
             };
             match result {
                 Ok(()) => {}
-                Err(SpdyError::Frame(e)) => {
+                Err(e @ (SpdyError::Frame(_) | SpdyError::Flow(_))) => {
                     tracing::debug!("spdy: ending the session: {e}");
                     let _ = self.go_away(goaway::PROTOCOL_ERROR).await;
                     return;
@@ -523,12 +526,7 @@ impl State {
             Frame::WindowUpdate { stream, delta } => {
                 self.peer_flow.seen();
                 if stream == 0 {
-                    if self.session_send.grow(delta).is_err() {
-                        return Err(SpdyError::Frame(FrameError::BadLength {
-                            frame: "WINDOW_UPDATE",
-                            len: 8,
-                        }));
-                    }
+                    self.session_send.grow(delta)?;
                     return self.flush_all().await;
                 }
                 let overflow = match self.streams.get_mut(&stream) {
@@ -554,11 +552,10 @@ impl State {
 
     async fn data(&mut self, id: u32, fin: bool, data: Bytes) -> Flow {
         let enforced = self.peer_flow.enforced();
-        if self.session_recv.received(data.len()).is_err() && enforced {
-            return Err(SpdyError::Frame(FrameError::BadLength {
-                frame: "DATA beyond the session window",
-                len: data.len(),
-            }));
+        if let Err(e) = self.session_recv.received(data.len()) {
+            if enforced {
+                return Err(e.into());
+            }
         }
         let Some(stream) = self.streams.get_mut(&id) else {
             // Data for a stream that is gone: the peer learns it is (it may have raced
