@@ -25,6 +25,7 @@ use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
 use skiff_agent::kubelet::identity::rotation::CertSlot;
 use skiff_agent::kubelet::identity::store::KeyedCert;
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig};
+use skiff_agent::kubelet::spdy;
 use skiff_agent::runtime::busybox_pod::BusyboxPod;
 use skiff_agent::runtime::{Container, Runtime};
 use skiff_e2e::{agent_bin, wait_for, ControlPlane};
@@ -336,6 +337,36 @@ impl ApiSockets {
             .get("Sec-WebSocket-Protocol")
             .map(|v| v.to_str().unwrap().to_owned());
         Ok((socket, chosen))
+    }
+
+    /// Upgrades `path` to SPDY/3.1 (`portforward.k8s.io`) as kubectl before 1.31 does: the
+    /// connection after the 101.
+    async fn spdy(&self, path: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+        let mut tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\n\
+             Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\
+             Content-Length: 0\r\n\r\n",
+            self.port
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        // Byte by byte: what follows the head is the SPDY session's.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tls.read_u8().await.unwrap());
+            assert!(head.len() < 16 << 10, "an endless response head");
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tls
     }
 
     /// The status and body of a refused upgrade of `path`.
@@ -684,6 +715,47 @@ fn http_get(port: u16, path: &str) -> String {
     try_http_get(port, path).unwrap()
 }
 
+/// A fresh `requestID` for [`spdy_forward`].
+fn next_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One connection forwarded as kubectl forwards it: its error stream (half-closed at once),
+/// its data stream with a GET and FIN. What came on the data and on the error stream.
+async fn spdy_forward(session: &spdy::Session, port: u16, request_id: u32) -> (Vec<u8>, String) {
+    let headers = |kind: &str| {
+        vec![
+            ("streamtype".to_owned(), kind.to_owned()),
+            ("port".to_owned(), port.to_string()),
+            ("requestid".to_owned(), request_id.to_string()),
+        ]
+    };
+    let mut error = session.open(headers("error")).await.unwrap();
+    error.writer.close().await.unwrap();
+    let mut data = session.open(headers("data")).await.unwrap();
+    data.writer
+        .write(bytes::Bytes::from_static(
+            b"GET / HTTP/1.0\r\nHost: pf\r\n\r\n",
+        ))
+        .await
+        .unwrap();
+    data.writer.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut body = Vec::new();
+        while let Some(b) = data.reader.read().await {
+            body.extend_from_slice(&b);
+        }
+        let mut text = Vec::new();
+        while let Some(b) = error.reader.read().await {
+            text.extend_from_slice(&b);
+        }
+        (body, String::from_utf8_lossy(&text).into_owned())
+    })
+    .await
+    .expect("the forwarded connection did not end")
+}
+
 fn assert_served(response: &str) {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response:?}");
     assert!(
@@ -759,6 +831,47 @@ fn kubectl_port_forward_speaks_spdy_through_the_api_server() {
                                       "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}}"#,
         ),
     );
+
+    // A SPDY session through the API server: a connection to a port nothing listens on gets
+    // the agent's error on its error stream, and the same session goes on forwarding (kubectl
+    // itself gives up on the first error, so a client of its own shows it).
+    rt.block_on(async {
+        let admin = ApiSockets::new(&cp.kubeconfig, cp.port);
+        let tls = admin
+            .spdy("/api/v1/namespaces/default/pods/pf/portforward")
+            .await;
+        let stop = CancellationToken::new();
+        let (session, _incoming, _task) = spdy::start(
+            tls,
+            spdy::Role::Client,
+            skiff_k8s::spdy::Limits::default(),
+            stop.clone(),
+        );
+        let session = &session;
+        let (data, error) = eventually_within(Duration::from_secs(20), "httpd in the pod", || {
+            let id = next_id();
+            async move {
+                let (data, error) = spdy_forward(session, 8080, id).await;
+                error.is_empty().then_some((data, error))
+            }
+        })
+        .await;
+        assert_served(&String::from_utf8_lossy(&data));
+        assert!(error.is_empty());
+        let (data, error) = spdy_forward(session, 8081, next_id()).await;
+        assert!(data.is_empty());
+        assert!(
+            error.starts_with(&format!(
+                "error forwarding port 8081 to pod default/pf, uid {}: failed to connect",
+                pod.uid
+            )),
+            "{error}"
+        );
+        let (data, error) = spdy_forward(session, 8080, next_id()).await;
+        assert!(error.is_empty(), "{error}");
+        assert_served(&String::from_utf8_lossy(&data));
+        stop.cancel();
+    });
 
     // A user who may get pods/portforward but not create it: refused in both protocols
     // (the plain upgrade is a POST, create; the WebSocket tunnel a GET, which needs create too).
