@@ -99,7 +99,7 @@ image `kubia:v1` preloaded, `imagePullPolicy: Never`; load average at the end: {
 | disk | {dm:.1} ms | {dp:.1} ms | |\n\n\
 Anchors: youki publishes 111 ms, runc 224 ms, crun 47 ms for create+start+delete.\n\n\
 ## One TCP stream through `kubectl port-forward` against a direct connection\n\n\
-A pod's server (`nc` sending {fmib} MiB of zeros per connection) read by kubectl port-forward\n\
+A pod's server (`nc` running `dd`: {fmib} MiB of zeros per connection) read by kubectl port-forward\n\
 (SPDY through the API server and the agent into the pod's network namespace) and, as the\n\
 baseline, straight from the pod's IP inside its node's network namespace; the best of {fr}\n\
 rounds of each, interleaved.\n\n\
