@@ -459,48 +459,8 @@ pub async fn pod_portforward(
                 )))
             }
         };
-        return Ok(match (mode, upgrade) {
-            (SpdyMode::WebSocketTunnel, Some(upgrade)) => upgrade
-                .protocols([skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL])
-                .max_message_size(PORTFORWARD_MAX_MESSAGE)
-                .max_frame_size(PORTFORWARD_MAX_MESSAGE)
-                .on_upgrade(move |client| async move {
-                    tokio::select! {
-                        () = tunnel(client, agent) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                }),
-            (SpdyMode::Upgrade, _) | (SpdyMode::WebSocketTunnel, None) => {
-                let mut request = axum::extract::Request::from_parts(parts, body);
-                let client = hyper::upgrade::on(&mut request);
-                tokio::spawn(async move {
-                    let Ok(client) = client.await else { return };
-                    let mut client = hyper_util::rt::TokioIo::new(client);
-                    let mut agent = agent;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut client, &mut agent, COPY_BUFFER, COPY_BUFFER) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                });
-                let mut response = Response::new(Body::empty());
-                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                let h = response.headers_mut();
-                h.insert(
-                    header::CONNECTION,
-                    header::HeaderValue::from_static("Upgrade"),
-                );
-                h.insert(
-                    header::UPGRADE,
-                    header::HeaderValue::from_static(skiff_k8s::portforward_spdy::UPGRADE),
-                );
-                h.insert(
-                    skiff_k8s::portforward_spdy::PROTOCOL_HEADER,
-                    header::HeaderValue::from_static(skiff_k8s::portforward_spdy::PROTOCOL_V1),
-                );
-                response
-            }
-        });
+        let request = axum::extract::Request::from_parts(parts, body);
+        return Ok(answer_spdy(mode, upgrade, request, agent, shutdown));
     }
     let (Some(upgrade), Some((ports, chosen))) = (upgrade, ws_options) else {
         return Err(ApiError::Internal("port-forward: no upgrade".into()));
@@ -537,6 +497,59 @@ pub async fn pod_portforward(
             () = shutdown.cancelled() => {}
         }
     }))
+}
+
+/// Answers a SPDY port-forward client once the agent has upgraded: the websocket of the
+/// tunnel, its messages unwrapped into `agent`; or a 101, then the bytes of both connections
+/// copied as they are.
+fn answer_spdy(
+    mode: SpdyMode,
+    upgrade: Option<ws::WebSocketUpgrade>,
+    mut request: axum::extract::Request,
+    agent: AgentStream,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Response {
+    match (mode, upgrade) {
+        (SpdyMode::WebSocketTunnel, Some(upgrade)) => upgrade
+            .protocols([skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL])
+            .max_message_size(PORTFORWARD_MAX_MESSAGE)
+            .max_frame_size(PORTFORWARD_MAX_MESSAGE)
+            .on_upgrade(move |client| async move {
+                tokio::select! {
+                    () = tunnel(client, agent) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }),
+        (SpdyMode::Upgrade, _) | (SpdyMode::WebSocketTunnel, None) => {
+            let client = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(client) = client.await else { return };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut agent = agent;
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client, &mut agent, COPY_BUFFER, COPY_BUFFER) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = response.headers_mut();
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+            h.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static(skiff_k8s::portforward_spdy::UPGRADE),
+            );
+            h.insert(
+                skiff_k8s::portforward_spdy::PROTOCOL_HEADER,
+                header::HeaderValue::from_static(skiff_k8s::portforward_spdy::PROTOCOL_V1),
+            );
+            response
+        }
+    }
 }
 
 /// How a port-forward client speaks SPDY.
