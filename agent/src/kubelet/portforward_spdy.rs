@@ -163,7 +163,12 @@ async fn forward(pair: Pair<Stream>, target: Arc<Target>, shutdown: Cancellation
     let Pair { port, error, data } = pair;
     // Nothing comes on the error stream (kubectl half-closes it at once): dropping its reader
     // lets the session consume anything that does.
-    let Stream { writer: error, .. } = error;
+    let Stream {
+        writer: error,
+        reader: unread,
+        ..
+    } = error;
+    drop(unread);
     let Stream {
         reader: mut from_client,
         writer: to_client,
