@@ -713,6 +713,38 @@ mod tests {
     }
 
     #[test]
+    fn mangled_frames_are_errors_never_panics() {
+        // Valid frames, then bits flipped, bytes cut and lengths rewritten, with a fixed
+        // xorshift sequence: every outcome is a frame, a wait for more, or an error.
+        let mut valid = BytesMut::new();
+        let mut encoder = Encoder::new();
+        for f in all_kinds() {
+            encoder.encode(&f, &mut valid).unwrap();
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut bytes = valid.to_vec();
+            for _ in 0..(next() % 8 + 1) {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes[at] = next() as u8,
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            let mut decoder = Decoder::new(Limits::default());
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+        }
+    }
+
+    #[test]
     fn unknown_control_frames_are_skipped() {
         // A CREDENTIAL frame (type 10), then a PING.
         let mut buf = BytesMut::from(
