@@ -17,6 +17,8 @@ use skiff_agent::kubelet::directory::{LocateError, Located, PodDirectory};
 use skiff_agent::kubelet::identity::rotation::CertSlot;
 use skiff_agent::kubelet::identity::store::KeyedCert;
 use skiff_agent::kubelet::server::{self, ServerArgs, ServerConfig, ServerState};
+use skiff_agent::kubelet::spdy;
+use skiff_agent::runtime::busybox_pod::BusyboxPod;
 use skiff_agent::runtime::{Container, Runtime};
 use skiff_test_support::eventually_within;
 use skiff_test_support::root::root_or_skip;
@@ -261,74 +263,16 @@ async fn logs_health_pods_metrics_and_auth() {
         .unwrap();
 }
 
-/// A container to exec in: busybox running `sleep`, removed on drop.
-struct TestContainer {
-    runtime: Arc<Runtime>,
-    uid: String,
-    container: Container,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestContainer {
-    fn drop(&mut self) {
-        if let Err(e) = self.runtime.remove_pod_by_uid(&self.uid) {
-            eprintln!("cleanup of pod {}: {e}", self.uid);
-        }
-    }
-}
-
-fn busybox_container(script: &str) -> Option<TestContainer> {
+/// A busybox pod running `script`, removed on drop; `None` (with a message) when not root.
+fn busybox_container(script: &str) -> Option<BusyboxPod> {
     if !root_or_skip("the exec test", "namespaces, mounts, cgroups") {
         return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("layers/busybox");
-    std::fs::create_dir_all(base.join("bin")).unwrap();
-    for d in ["tmp", "proc", "sys", "dev", "etc", "root"] {
-        std::fs::create_dir_all(base.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", base.join("bin/busybox"))
-        .expect("/bin/busybox (busybox-static, cargo xtask setup)");
-    for applet in [
-        "sh", "sleep", "hostname", "cat", "echo", "tty", "stty", "httpd", "mkdir", "nc",
-    ] {
-        std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
-    }
-    let runtime = Arc::new(Runtime::with_binary(dir.path().join("state"), AGENT).unwrap());
     // One pod per test: the tests of this binary run at once.
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let uid = format!("ks-{}-{seq}", std::process::id());
-    let sandbox = runtime.create_sandbox(&uid, "exec-pod").unwrap();
-    let k8s = k8s_openapi::api::core::v1::Container {
-        name: "app".into(),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
-        ..Default::default()
-    };
-    let spec = skiff_agent::runtime::ContainerSpec::from_kubernetes(
-        &k8s,
-        &skiff_agent::runtime::ImageConfig::default(),
-        vec![base],
-    )
-    .unwrap();
-    let mut guard = TestContainer {
-        runtime: runtime.clone(),
-        uid,
-        container: Container {
-            pod_uid: String::new(),
-            name: String::new(),
-            id: String::new(),
-            pid: 0,
-            start_time: 0,
-            log_path: PathBuf::new(),
-            cgroups_path: String::new(),
-        },
-        _dir: dir,
-    };
-    let c = runtime.create_container(&sandbox, &spec).unwrap();
-    runtime.start(&c).unwrap();
-    guard.container = c;
-    Some(guard)
+    Some(BusyboxPod::start(AGENT, &uid, "exec-pod", script))
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -739,7 +683,11 @@ async fn port_forward_reaches_servers_inside_the_pod() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    assert!(r.text().await.unwrap().contains("SPDY is not supported"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("port-forward needs an upgrade"));
     // The uid form of the path names the pod's uid.
     let mut req = format!("ws://{addr}/portForward/default/web/other-uid?ports=8080")
         .into_client_request()
@@ -758,6 +706,207 @@ async fn port_forward_reaches_servers_inside_the_pod() {
     let (code, body) = refused(open_forward(&addr, "ports=8080", None).await);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("has no running sandbox"), "{body}");
+}
+
+/// Upgrades `/portForward/default/web` on the plain-HTTP router to SPDY/3.1, offering
+/// `protocol`: the connection, the response's status line and headers (lowercased).
+async fn spdy_upgrade(addr: &str, protocol: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /portForward/default/web HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {TOKEN}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: {protocol}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte: what follows the head is the SPDY session's.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+        assert!(head.len() < 16 << 10, "an endless response head");
+    }
+    (tcp, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+fn stream_headers(kind: &str, port: u16, request_id: u32) -> skiff_k8s::spdy::Headers {
+    vec![
+        ("streamtype".into(), kind.into()),
+        ("port".into(), port.to_string()),
+        ("requestid".into(), request_id.to_string()),
+    ]
+}
+
+/// One forwarded connection as kubectl makes it: the error stream (half-closed at once), then
+/// the data stream with `request` and FIN. What came on the data and on the error stream.
+async fn spdy_forward(
+    session: &spdy::Session,
+    port: u16,
+    request_id: u32,
+    request: &[u8],
+) -> (Vec<u8>, String) {
+    let mut error = session
+        .open(stream_headers("error", port, request_id))
+        .await
+        .unwrap();
+    error.writer.close().await.unwrap();
+    let mut data = session
+        .open(stream_headers("data", port, request_id))
+        .await
+        .unwrap();
+    data.writer
+        .write(bytes::Bytes::copy_from_slice(request))
+        .await
+        .unwrap();
+    data.writer.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut body = Vec::new();
+        while let Some(b) = data.reader.read().await {
+            body.extend_from_slice(&b);
+        }
+        let mut text = Vec::new();
+        while let Some(b) = error.reader.read().await {
+            text.extend_from_slice(&b);
+        }
+        (body, String::from_utf8(text).unwrap())
+    })
+    .await
+    .expect("the forwarded connection did not end")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_spdy_serves_many_connections_in_one_session() {
+    let script = "mkdir -p /tmp/www && echo hello from the pod > /tmp/www/index.html; \
+        nc -ll -p 9000 -e /bin/cat & exec httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let Some(c) = busybox_container(script) else {
+        return;
+    };
+    let directory = Arc::new(FakeDirectory::default());
+    *directory.running.lock().unwrap() = Some(c.container.clone());
+    let state = ServerState {
+        directory: directory.clone(),
+        runtime: c.runtime.clone(),
+        auth: server::ServerSecurity::token_only(TOKEN).auth,
+        shutdown: CancellationToken::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+
+    let (tcp, head) = spdy_upgrade(&addr, "portforward.k8s.io").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: spdy/3.1\r\n"), "{head}");
+    assert!(
+        head.contains("x-stream-protocol-version: portforward.k8s.io\r\n"),
+        "{head}"
+    );
+    let stop = CancellationToken::new();
+    let (session, _incoming, _task) = spdy::start(
+        tcp,
+        spdy::Role::Client,
+        skiff_k8s::spdy::Limits::default(),
+        stop.clone(),
+    );
+    let session = &session;
+    // Retried (new request ids) until httpd listens.
+    let next_id = &std::sync::atomic::AtomicU32::new(0);
+    let id = || next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = eventually_within(Duration::from_secs(20), "httpd in the pod", || async move {
+        let (body, error) = spdy_forward(session, 8080, id(), HTTP_GET).await;
+        error.is_empty().then_some(body)
+    })
+    .await;
+    let response = String::from_utf8(body).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nhello from the pod\n"),
+        "{response}"
+    );
+
+    // Nothing listens on 8081: the kubelet's error on that connection's error stream, and
+    // the session goes on serving others.
+    let (body, error) = spdy_forward(session, 8081, id(), b"hello?").await;
+    assert!(body.is_empty());
+    assert!(
+        error.starts_with(&format!(
+            "error forwarding port 8081 to pod default/web, uid {}: failed to connect",
+            c.uid
+        )),
+        "{error}"
+    );
+
+    // Twenty connections at once through the same session.
+    let results = futures::future::join_all((0..20).map(|_| {
+        let request_id = id();
+        async move { spdy_forward(session, 8080, request_id, HTTP_GET).await }
+    }))
+    .await;
+    for (body, error) in results {
+        assert!(error.is_empty(), "{error}");
+        assert!(
+            String::from_utf8_lossy(&body).ends_with("\r\n\r\nhello from the pod\n"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // Both ways at once: 4 MiB through the echo server, read while written.
+    let request_id = id();
+    let mut error = session
+        .open(stream_headers("error", 9000, request_id))
+        .await
+        .unwrap();
+    error.writer.close().await.unwrap();
+    let mut data = session
+        .open(stream_headers("data", 9000, request_id))
+        .await
+        .unwrap();
+    let sent: bytes::Bytes = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let (w, sent) = (data.writer.clone(), sent.clone());
+        tokio::spawn(async move {
+            for chunk in sent.chunks(32 << 10) {
+                w.write(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+        })
+    };
+    let mut echoed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while echoed.len() < sent.len() {
+            echoed.extend_from_slice(&data.reader.read().await.expect("the echo ended early"));
+        }
+    })
+    .await
+    .expect("the echo did not come back");
+    assert!(echoed == sent, "the echo differs");
+    writer.await.unwrap();
+    data.writer.close().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while data.reader.read().await.is_some() {}
+        while error.reader.read().await.is_some() {}
+    })
+    .await
+    .expect("the echo connection did not end after the client's FIN");
+
+    // A stream without a port is reset; the session goes on.
+    let mut bad = session
+        .open(vec![("streamtype".into(), "data".into())])
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), bad.reader.read())
+            .await
+            .unwrap(),
+        None
+    );
+    let (body, error) = spdy_forward(session, 8080, id(), HTTP_GET).await;
+    assert!(error.is_empty() && !body.is_empty(), "{error}");
+    stop.cancel();
+
+    // A protocol other than portforward.k8s.io: refused as the kubelet does.
+    let (_, head) = spdy_upgrade(&addr, "v4.channel.k8s.io").await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
 }
 
 /// A CA for the endpoint's client and serving certificates.

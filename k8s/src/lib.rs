@@ -14,7 +14,9 @@ pub mod labels;
 pub mod names;
 pub mod pod;
 pub mod portforward;
+pub mod portforward_spdy;
 pub mod quantity;
+pub mod spdy;
 pub mod taints;
 pub mod time;
 

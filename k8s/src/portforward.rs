@@ -18,7 +18,7 @@
 //!   ([`forward_error`]); the socket closes when every port's connection has ended.
 //!
 //! SPDY (`portforward.k8s.io`, and kubectl's `SPDY/3.1+portforward.k8s.io` tunnelled over a
-//! WebSocket) is a different framing that this module does not speak.
+//! WebSocket) is another protocol: [`crate::portforward_spdy`].
 
 use base64::Engine as _;
 
@@ -92,9 +92,10 @@ pub fn parse_ports(values: &[&str]) -> Result<Vec<u16>, PortError> {
 pub enum ProtocolError {
     /// The client offered subprotocols, none of them one of [`PROTOCOLS`].
     #[error(
-        "none of the offered subprotocols {offered:?} is supported for port-forward; use {} or {} (or offer none); SPDY (portforward.k8s.io) is not supported",
+        "none of the offered subprotocols {offered:?} is supported for port-forward; use {} or {} (or offer none), or {} for SPDY",
         V4_BINARY,
-        V4_BASE64
+        V4_BASE64,
+        crate::portforward_spdy::WEBSOCKET_TUNNEL
     )]
     Unsupported {
         /// What the client offered.
@@ -311,12 +312,13 @@ mod tests {
             negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"]),
             Ok(Some(V4_BINARY))
         );
-        let e = negotiate(["SPDY/3.1+portforward.k8s.io"]).unwrap_err();
-        assert!(e.to_string().contains("SPDY"), "{e}");
+        // The SPDY tunnel is told apart before (portforward_spdy): here it is not a framing.
+        let e = negotiate(["v2.portforward.k8s.io"]).unwrap_err();
+        assert!(e.to_string().contains("SPDY/3.1+portforward.k8s.io"), "{e}");
         assert_eq!(
             e,
             ProtocolError::Unsupported {
-                offered: vec!["SPDY/3.1+portforward.k8s.io".into()]
+                offered: vec!["v2.portforward.k8s.io".into()]
             }
         );
         assert_eq!(Codec::of(None), Codec::Binary);

@@ -1,6 +1,7 @@
 //! `cargo xtask bench pods`: pod startup latency (create to Running, one after the other and
-//! all at once, on a one-node local cluster) and container create+start+delete, with release
-//! binaries. Writes docs/bench/pods.md and pods.json.
+//! all at once, on a one-node local cluster), container create+start+delete, and the
+//! throughput of one stream through `kubectl port-forward` against a direct connection, with
+//! release binaries. Writes docs/bench/pods.md and pods.json.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +20,13 @@ pub struct Args {
     /// Rounds of container create+start+delete.
     #[arg(long, default_value_t = 30)]
     rounds: usize,
+    /// MiB per port-forward throughput round.
+    #[arg(long, default_value_t = 512)]
+    forward_mib: usize,
+    /// The local cluster's index (its node network 172.31.<index>.0/24), to stay clear of
+    /// other clusters on the machine.
+    #[arg(long, default_value_t = 240)]
+    cluster_index: u8,
     /// Where the report goes.
     #[arg(long, default_value_os_t = util::root().join("docs/bench"))]
     out_dir: PathBuf,
@@ -60,6 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .arg(release.join("skiff-agent"))
         .arg("--images")
         .arg(util::root().join("target/images"))
+        .arg("--kubectl")
+        .arg(util::root().join("target/tools/venv/bin/kubectl"))
+        .arg("--forward-mib")
+        .arg(args.forward_mib.to_string())
+        .arg("--cluster-index")
+        .arg(args.cluster_index.to_string())
         .output()?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     anyhow::ensure!(out.status.success(), "skiff-bench-pods failed");
@@ -83,7 +97,16 @@ image `kubia:v1` preloaded, `imagePullPolicy: Never`; load average at the end: {
 | runtime state on | median | p90 | target |\n|---|---|---|---|\n\
 | tmpfs (/run) | {tm:.1} ms | {tp:.1} ms | median < 60 ms |\n\
 | disk | {dm:.1} ms | {dp:.1} ms | |\n\n\
-Anchors: youki publishes 111 ms, runc 224 ms, crun 47 ms for create+start+delete.\n",
+Anchors: youki publishes 111 ms, runc 224 ms, crun 47 ms for create+start+delete.\n\n\
+## One TCP stream through `kubectl port-forward` against a direct connection\n\n\
+A pod's server (`nc` running `dd`: {fmib} MiB of zeros per connection) read by kubectl port-forward\n\
+(SPDY through the API server and the agent into the pod's network namespace) and, as the\n\
+baseline, straight from the pod's IP inside its node's network namespace; the best of {fr}\n\
+rounds of each, interleaved.\n\n\
+| path | MB/s | target |\n|---|---|---|\n\
+| kubectl port-forward | {pf:.0} | >= 200 MB/s |\n\
+| direct | {direct:.0} | |\n\
+| ratio | {ratio:.2} | |\n",
         pods = args.pods,
         rounds = args.rounds,
         load = load.trim(),
@@ -99,6 +122,11 @@ Anchors: youki publishes 111 ms, runc 224 ms, crun 47 ms for create+start+delete
         tp = f("/create_start_delete/tmpfs/p90_ms"),
         dm = f("/create_start_delete/disk/median_ms"),
         dp = f("/create_start_delete/disk/p90_ms"),
+        fmib = args.forward_mib,
+        fr = f("/port_forward/rounds"),
+        pf = f("/port_forward/port_forward_mbps"),
+        direct = f("/port_forward/direct_mbps"),
+        ratio = f("/port_forward/ratio"),
     );
     std::fs::write(args.out_dir.join("pods.md"), &report)?;
     println!("{report}");

@@ -3,7 +3,8 @@
 //! ([`pod_manager`]) runs a worker per pod ([`pod_worker`]) that observes the pod, asks the pure
 //! [`plan`] what to do and carries it out through the runtime, network and image traits; it
 //! probes containers ([`probes`]) and reports status ([`status`]). The node's HTTP endpoints
-//! ([`server`], [`exec`], sharing [`http`]) serve logs and exec. A pod's configMap, secret,
+//! ([`server`], [`exec`], [`portforward`], sharing [`http`]) serve logs, exec and port-forward,
+//! the last also over SPDY ([`portforward_spdy`] on a [`spdy`] session, kubectl's protocol). A pod's configMap, secret,
 //! downwardAPI and projected volumes ([`volume_payload`], with ServiceAccount tokens from
 //! [`token_manager`]) are written by the [`atomic_writer`] and refreshed while the pod runs.
 //! The node's own identity (join with a bootstrap token, rotating client and serving
@@ -30,10 +31,12 @@ pub mod plan;
 pub mod pod_manager;
 pub mod pod_worker;
 pub mod portforward;
+pub mod portforward_spdy;
 pub mod probes;
 pub mod resolv_conf;
 pub mod server;
 pub mod server_tls;
+pub mod spdy;
 pub mod static_pods;
 pub mod status;
 pub mod status_writer;

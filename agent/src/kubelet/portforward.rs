@@ -1,6 +1,8 @@
 //! `GET /portForward/{ns}/{pod}?ports=80,8080` (and `/portForward/{ns}/{pod}/{uid}`): forwards
 //! connections to ports of a pod over a websocket, in the protocol of
-//! [`skiff_k8s::portforward`] (what the API server's `pods/portforward` proxies to).
+//! [`skiff_k8s::portforward`] (what the API server's `pods/portforward` proxies to). The same
+//! paths upgraded to SPDY/3.1 (kubectl's protocol) are served by [`super::portforward_spdy`],
+//! which dials the pod with [`connect`] too.
 //!
 //! For each port the agent connects to `127.0.0.1:PORT` (then `[::1]:PORT`, as containerd
 //! does) inside the pod's network namespace, the one its sandbox's pause process holds. The
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{FromRequestParts as _, Path as UrlPath, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
@@ -40,22 +42,22 @@ use crate::runtime::{Runtime, Sandbox};
 /// Python client about as much).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// How much is read from a pod's connection per message.
-const READ_CHUNK: usize = 64 << 10;
+pub(super) const READ_CHUNK: usize = 64 << 10;
 /// How long connecting inside the pod may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one direction of a connection may go on once the other has ended.
-const LINGER: Duration = Duration::from_secs(1);
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 /// Messages queued per direction before the sender waits.
 const QUEUE: usize = 8;
 
 /// The pod a request forwards to.
-struct Target {
+pub(super) struct Target {
     /// `namespace/name`, for messages.
-    name: String,
+    pub(super) name: String,
     /// Its uid.
-    uid: String,
+    pub(super) uid: String,
     /// Its network namespace, held open.
-    netns: Arc<File>,
+    pub(super) netns: Arc<File>,
 }
 
 /// The handler of `/portForward/{ns}/{pod}`.
@@ -64,9 +66,9 @@ pub async fn port_forward(
     UrlPath((namespace, pod)): UrlPath<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    handle(state, namespace, pod, None, query, headers, ws.ok())
+    handle(state, namespace, pod, None, query, headers, request).await
 }
 
 /// The handler of `/portForward/{ns}/{pod}/{uid}`: the pod must have that uid.
@@ -75,24 +77,34 @@ pub async fn port_forward_uid(
     UrlPath((namespace, pod, uid)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    handle(state, namespace, pod, Some(uid), query, headers, ws.ok())
+    handle(state, namespace, pod, Some(uid), query, headers, request).await
 }
 
-fn handle(
+async fn handle(
     state: ServerState,
     namespace: String,
     pod: String,
     uid: Option<String>,
     query: Option<String>,
     headers: HeaderMap,
-    ws: Option<WebSocketUpgrade>,
+    request: Request,
 ) -> Response {
     let bad = |msg: String| status_response(StatusCode::BAD_REQUEST, "BadRequest", msg);
-    let Some(ws) = ws else {
+    if super::portforward_spdy::is_spdy_upgrade(&headers) {
+        // SPDY names the ports per stream, not in the query.
+        let target = match target(&state, &namespace, &pod, uid.as_deref()) {
+            Ok(t) => t,
+            Err(response) => return *response,
+        };
+        return super::portforward_spdy::upgrade(target, &headers, request, state.shutdown.clone());
+    }
+    let (mut parts, _body) = request.into_parts();
+    let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
         return bad(format!(
-            "port-forward needs a websocket upgrade (no subprotocol, {} or {}); SPDY is not supported",
+            "port-forward needs an upgrade: to SPDY/3.1 ({}) or to a websocket (no subprotocol, {} or {})",
+            skiff_k8s::portforward_spdy::PROTOCOL_V1,
             protocol::V4_BINARY,
             protocol::V4_BASE64
         ));
@@ -107,13 +119,6 @@ fn handle(
         Ok(p) => p,
         Err(e) => return bad(e.to_string()),
     };
-    let pod_uid = match state.directory.pod_uid(&namespace, &pod) {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
-    };
-    if uid.is_some_and(|u| u != pod_uid) {
-        return status_response(StatusCode::NOT_FOUND, "NotFound", "pod not found");
-    }
     let chosen = match protocol::negotiate(
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -123,17 +128,9 @@ fn handle(
         Ok(p) => p,
         Err(e) => return bad(e.to_string()),
     };
-    let name = format!("{namespace}/{pod}");
-    let netns = match open_netns(&state.runtime, &pod_uid, &name) {
-        Ok(f) => f,
-        Err((code, message)) => {
-            let reason = if code == StatusCode::BAD_REQUEST {
-                "BadRequest"
-            } else {
-                "InternalError"
-            };
-            return status_response(code, reason, message);
-        }
+    let target = match target(&state, &namespace, &pod, uid.as_deref()) {
+        Ok(t) => t,
+        Err(response) => return *response,
     };
     let mut ws = ws
         .max_message_size(MAX_MESSAGE_BYTES)
@@ -141,13 +138,43 @@ fn handle(
     if let Some(p) = chosen {
         ws.set_selected_protocol(HeaderValue::from_static(p));
     }
-    let target = Arc::new(Target {
+    let shutdown = state.shutdown.clone();
+    ws.on_upgrade(move |socket| run(socket, Codec::of(chosen), ports, target, shutdown))
+}
+
+/// The pod (with that uid, when the path names one) and its network namespace, held open;
+/// or the Status that says why not.
+fn target(
+    state: &ServerState,
+    namespace: &str,
+    pod: &str,
+    uid: Option<&str>,
+) -> Result<Arc<Target>, Box<Response>> {
+    let pod_uid = state
+        .directory
+        .pod_uid(namespace, pod)
+        .map_err(|e| Box::new(e.into_response()))?;
+    if uid.is_some_and(|u| u != pod_uid) {
+        return Err(Box::new(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "pod not found",
+        )));
+    }
+    let name = format!("{namespace}/{pod}");
+    let netns = open_netns(&state.runtime, &pod_uid, &name).map_err(|(code, message)| {
+        let reason = if code == StatusCode::BAD_REQUEST {
+            "BadRequest"
+        } else {
+            "InternalError"
+        };
+        Box::new(status_response(code, reason, message))
+    })?;
+    Ok(Arc::new(Target {
         name,
         uid: pod_uid,
         netns: Arc::new(netns),
-    });
-    let shutdown = state.shutdown.clone();
-    ws.on_upgrade(move |socket| run(socket, Codec::of(chosen), ports, target, shutdown))
+    }))
 }
 
 /// The network namespace of the pod's running sandbox, opened.
@@ -355,7 +382,7 @@ async fn forward(
 }
 
 /// A TCP connection to `port` on the loopback of the namespace `netns`, for tokio.
-async fn connect(netns: Arc<File>, port: u16) -> Result<tokio::net::TcpStream, String> {
+pub(super) async fn connect(netns: Arc<File>, port: u16) -> Result<tokio::net::TcpStream, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("portforward".into())

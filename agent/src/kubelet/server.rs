@@ -3,7 +3,8 @@
 //! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log`, `pods/exec` and
 //!   `pods/portforward`: `GET /containerLogs/{ns}/{pod}/{container}`,
 //!   `GET /exec/{ns}/{pod}/{container}` (websocket, [`super::streaming`]) and
-//!   `GET /portForward/{ns}/{pod}` (websocket, [`super::portforward`]), plus `/healthz`,
+//!   `GET|POST /portForward/{ns}/{pod}` (websocket, [`super::portforward`], or a SPDY/3.1
+//!   upgrade, [`super::portforward_spdy`]), plus `/healthz`,
 //!   `/pods` and `/metrics`. The certificate is the one the cluster's `kubelet-serving` signer
 //!   issued for the node when the agent joined with a token ([`super::identity::serving`]),
 //!   self-signed (made once under `<root>/kubelet/`) until then or otherwise

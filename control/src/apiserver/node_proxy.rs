@@ -383,28 +383,52 @@ pub fn portforward_options(
     Ok((ports, chosen))
 }
 
-/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=80,8080`: a websocket
-/// upgrade (no subprotocol, `v4.channel.k8s.io` or `v4.base64.channel.k8s.io`;
-/// [`skiff_k8s::portforward`]) for a Running pod, proxied message by message to the agent's
-/// `/portForward`. SPDY, which `kubectl port-forward` speaks (tunnelled over a websocket as
-/// `SPDY/3.1+portforward.k8s.io` or as a plain upgrade), is refused with a 400.
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/portforward` for a Running pod, proxied to
+/// the agent's `/portForward` in the client's protocol:
+///
+/// - SPDY/3.1 (`portforward.k8s.io`, kubectl): a plain upgrade is passed through as bytes
+///   once the agent has answered its own upgrade with 101; kubectl's WebSocket tunnel of it
+///   (subprotocol `SPDY/3.1+portforward.k8s.io`) is unwrapped, its binary messages carrying
+///   the SPDY bytes. The agent terminates SPDY ([`skiff_k8s::portforward_spdy`]).
+/// - WebSocket channels (`?ports=80,8080`; no subprotocol, `v4.channel.k8s.io` or
+///   `v4.base64.channel.k8s.io`; [`skiff_k8s::portforward`]): proxied message by message.
 pub async fn pod_portforward(
     State(state): State<Arc<ApiState>>,
     Path((namespace, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    use axum::extract::FromRequestParts as _;
     use skiff_k8s::portforward as protocol;
-    let Ok(upgrade) = upgrade else {
-        return Err(ApiError::BadRequest(format!(
-            "port-forward needs a websocket upgrade (no subprotocol, {} or {}); SPDY (what \
-             kubectl port-forward speaks) is not supported",
-            protocol::V4_BINARY,
-            protocol::V4_BASE64
-        )));
+    let spdy = portforward_spdy_mode(&headers)?;
+    let (mut parts, body) = request.into_parts();
+    // A plain SPDY upgrade keeps its connection for the copy below; the rest are websockets.
+    let upgrade = match spdy {
+        Some(SpdyMode::Upgrade) => None,
+        _ => ws::WebSocketUpgrade::from_request_parts(&mut parts, &state)
+            .await
+            .ok(),
     };
-    let (ports, chosen) = portforward_options(query.as_deref(), &headers)?;
+    let ws_options = match (&spdy, &upgrade) {
+        (Some(SpdyMode::WebSocketTunnel), None) => {
+            return Err(ApiError::BadRequest(format!(
+                "{} is a websocket subprotocol: it needs a websocket upgrade",
+                skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL
+            )))
+        }
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(portforward_options(query.as_deref(), &headers)?),
+        (None, None) => {
+            return Err(ApiError::BadRequest(format!(
+                "port-forward needs an upgrade: to SPDY/3.1 ({}) or to a websocket (no \
+                 subprotocol, {} or {})",
+                skiff_k8s::portforward_spdy::PROTOCOL_V1,
+                protocol::V4_BINARY,
+                protocol::V4_BASE64
+            )))
+        }
+    };
     let pod = get_pod(&state, &namespace, &name).await?;
     let phase = phase(&pod);
     if phase != "Running" {
@@ -414,18 +438,42 @@ pub async fn pod_portforward(
         )));
     }
     let base = node_base(&state, &pod, &name).await?;
+    let path = format!(
+        "/portForward/{}/{}",
+        path_segment(&namespace),
+        path_segment(&name)
+    );
+    let shutdown = state.shutdown.clone();
+    let tls = kubelet(&state)?.tls();
+    if let Some(mode) = spdy {
+        let agent = match spdy_to_agent(&base, &path, tls).await {
+            Ok(a) => a,
+            Err(AgentError::Refused(status, body)) => {
+                return Ok(
+                    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+                )
+            }
+            Err(AgentError::Other(message)) => {
+                return Err(ApiError::Internal(format!(
+                    "connecting to the node for port-forward: {message}"
+                )))
+            }
+        };
+        let request = axum::extract::Request::from_parts(parts, body);
+        return Ok(answer_spdy(mode, upgrade, request, agent, shutdown));
+    }
+    let (Some(upgrade), Some((ports, chosen))) = (upgrade, ws_options) else {
+        return Err(ApiError::Internal("port-forward: no upgrade".into()));
+    };
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let url = format!(
-        "{}/portForward/{}/{}?{}",
+        "{}{path}?{}",
         base.replacen("https://", "wss://", 1),
-        path_segment(&namespace),
-        path_segment(&name),
         encode(&[("ports".to_owned(), ports.join(","))])
     );
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(PORTFORWARD_MAX_MESSAGE))
         .max_frame_size(Some(PORTFORWARD_MAX_MESSAGE));
-    let tls = kubelet(&state)?.tls();
     let agent = match connect_agent(&url, tls, chosen, Some(config)).await {
         Ok(s) => s,
         Err(AgentError::Refused(status, body)) => {
@@ -443,13 +491,209 @@ pub async fn pod_portforward(
     if let Some(p) = chosen {
         upgrade = upgrade.protocols([p]);
     }
-    let shutdown = state.shutdown.clone();
     Ok(upgrade.on_upgrade(move |client| async move {
         tokio::select! {
             () = pump(client, agent) => {}
             () = shutdown.cancelled() => {}
         }
     }))
+}
+
+/// Answers a SPDY port-forward client once the agent has upgraded: the websocket of the
+/// tunnel, its messages unwrapped into `agent`; or a 101, then the bytes of both connections
+/// copied as they are.
+fn answer_spdy(
+    mode: SpdyMode,
+    upgrade: Option<ws::WebSocketUpgrade>,
+    mut request: axum::extract::Request,
+    agent: AgentStream,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Response {
+    match (mode, upgrade) {
+        (SpdyMode::WebSocketTunnel, Some(upgrade)) => upgrade
+            .protocols([skiff_k8s::portforward_spdy::WEBSOCKET_TUNNEL])
+            .max_message_size(PORTFORWARD_MAX_MESSAGE)
+            .max_frame_size(PORTFORWARD_MAX_MESSAGE)
+            .on_upgrade(move |client| async move {
+                tokio::select! {
+                    () = tunnel(client, agent) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }),
+        (SpdyMode::Upgrade, _) | (SpdyMode::WebSocketTunnel, None) => {
+            let client = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(client) = client.await else { return };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut agent = agent;
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client, &mut agent, COPY_BUFFER, COPY_BUFFER) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = response.headers_mut();
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+            h.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static(skiff_k8s::portforward_spdy::UPGRADE),
+            );
+            h.insert(
+                skiff_k8s::portforward_spdy::PROTOCOL_HEADER,
+                header::HeaderValue::from_static(skiff_k8s::portforward_spdy::PROTOCOL_V1),
+            );
+            response
+        }
+    }
+}
+
+/// How a port-forward client speaks SPDY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpdyMode {
+    /// An HTTP upgrade to `SPDY/3.1`.
+    Upgrade,
+    /// SPDY in the binary messages of a WebSocket (`SPDY/3.1+portforward.k8s.io`).
+    WebSocketTunnel,
+}
+
+/// Whether a port-forward request speaks SPDY, and how; `None` for the WebSocket channel
+/// protocols. A SPDY upgrade whose `X-Stream-Protocol-Version` offer lacks
+/// `portforward.k8s.io` is refused (403, as the kubelet's handshake does).
+pub fn portforward_spdy_mode(headers: &HeaderMap) -> Result<Option<SpdyMode>, ApiError> {
+    use skiff_k8s::portforward_spdy as spdy;
+    if offered_protocols(headers)
+        .iter()
+        .any(|p| p == spdy::WEBSOCKET_TUNNEL)
+    {
+        return Ok(Some(SpdyMode::WebSocketTunnel));
+    }
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !(has(header::CONNECTION, "upgrade") && has(header::UPGRADE, spdy::UPGRADE)) {
+        return Ok(None);
+    }
+    spdy::negotiate(
+        headers
+            .get_all(spdy::PROTOCOL_HEADER)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .map_err(|e| ApiError::Forbidden(format!("unable to upgrade: {e}")))?;
+    Ok(Some(SpdyMode::Upgrade))
+}
+
+/// Read and write buffers of a passed-through SPDY connection.
+const COPY_BUFFER: usize = 64 << 10;
+/// The largest answer body read from an agent that refuses an upgrade.
+const MAX_REFUSAL_BODY: usize = 64 << 10;
+
+type AgentStream = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+/// Upgrades `path` on the agent at `base` to SPDY/3.1 (`portforward.k8s.io`): the upgraded
+/// connection, or the agent's refusal.
+async fn spdy_to_agent(
+    base: &str,
+    path: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<AgentStream, AgentError> {
+    use http_body_util::BodyExt as _;
+    use skiff_k8s::portforward_spdy as spdy;
+    let uri: http::Uri = base
+        .parse()
+        .map_err(|e| AgentError::Other(format!("{base}: {e}")))?;
+    let host = uri.host().unwrap_or_default().to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let stream = agent_tls(&host, port, tls).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| AgentError::Other(format!("HTTP to {host}:{port}: {e}")))?;
+    tokio::spawn(connection.with_upgrades());
+    let request = http::Request::post(path)
+        .header(header::HOST, format!("{host}:{port}"))
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, spdy::UPGRADE)
+        .header(spdy::PROTOCOL_HEADER, spdy::PROTOCOL_V1)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| AgentError::Other(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| AgentError::Other(format!("upgrading at {host}:{port}: {e}")))?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_REFUSAL_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        return Err(AgentError::Refused(status, body));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| AgentError::Other(format!("upgrading at {host}:{port}: {e}")))?;
+    Ok(hyper_util::rt::TokioIo::new(upgraded))
+}
+
+/// Carries SPDY bytes between kubectl's WebSocket tunnel (one binary message per write) and
+/// the agent's upgraded connection, until either side ends.
+async fn tunnel(client: ws::WebSocket, agent: AgentStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut from_agent, mut to_agent) = tokio::io::split(agent);
+    let (mut to_client, mut from_client) = client.split();
+    let up = async {
+        while let Some(Ok(msg)) = from_client.next().await {
+            match msg {
+                ws::Message::Binary(b) => {
+                    if to_agent.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                ws::Message::Ping(_) | ws::Message::Pong(_) => {}
+                // Text is not part of the tunnel (client-go refuses it too).
+                ws::Message::Text(_) | ws::Message::Close(_) => break,
+            }
+        }
+        // The agent's session sees the end of the connection and ends.
+        let _ = to_agent.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            match from_agent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let msg = ws::Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]));
+                    if to_client.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = to_client
+            .send(ws::Message::Close(Some(ws::CloseFrame {
+                code: ws::close_code::NORMAL,
+                reason: "".into(),
+            })))
+            .await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut up => {
+            // The agent closes its side once its session has seen the end.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut down).await;
+        }
+        () = &mut down => {}
+    }
 }
 
 type AgentSocket =
@@ -481,25 +725,9 @@ async fn connect_agent(
         );
     }
     let uri = request.uri().clone();
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
-        .to_owned();
+    let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| AgentError::Other(format!("connecting to {host}:{port}: timed out")))?
-    .map_err(|e| AgentError::Other(format!("connecting to {host}:{port}: {e}")))?;
-    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-        .map_err(|e| AgentError::Other(format!("{host}: {e}")))?;
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| AgentError::Other(format!("TLS to {host}:{port}: {e}")))?;
+    let tls = agent_tls(&host, port, tls).await?;
     match tokio_tungstenite::client_async_with_config(request, tls, config).await {
         Ok((socket, _)) => Ok(socket),
         Err(tungstenite::Error::Http(response)) => {
@@ -512,6 +740,30 @@ async fn connect_agent(
         }
         Err(e) => Err(AgentError::Other(e.to_string())),
     }
+}
+
+/// A TLS connection to the agent at `host:port` that verifies its serving certificate and
+/// presents the API server's client certificate.
+async fn agent_tls(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, AgentError> {
+    let host = host.trim_matches(['[', ']']).to_owned();
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| AgentError::Other(format!("connecting to {host}:{port}: timed out")))?
+    .map_err(|e| AgentError::Other(format!("connecting to {host}:{port}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| AgentError::Other(format!("{host}: {e}")))?;
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| AgentError::Other(format!("TLS to {host}:{port}: {e}")))
 }
 
 /// Copies messages both ways until either side closes.
@@ -656,14 +908,71 @@ mod tests {
         let e = portforward_options(Some(&format!("ports={many}")), &none).unwrap_err();
         assert_eq!(e.code(), StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("at most 32"), "{e}");
-        let mut spdy = HeaderMap::new();
-        spdy.insert(
+        let mut other = HeaderMap::new();
+        other.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            "SPDY/3.1+portforward.k8s.io".parse().unwrap(),
+            "v2.portforward.k8s.io".parse().unwrap(),
         );
-        let e = portforward_options(Some("ports=80"), &spdy).unwrap_err();
+        let e = portforward_options(Some("ports=80"), &other).unwrap_err();
         assert_eq!(e.code(), StatusCode::BAD_REQUEST);
-        assert!(e.to_string().contains("SPDY"), "{e}");
+        assert!(e.to_string().contains("SPDY/3.1+portforward.k8s.io"), "{e}");
+    }
+
+    #[test]
+    fn spdy_clients_are_told_apart() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        // kubectl 1.31+: SPDY in a websocket.
+        let tunnel = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-protocol", "SPDY/3.1+portforward.k8s.io"),
+        ]);
+        assert_eq!(
+            portforward_spdy_mode(&tunnel).unwrap(),
+            Some(SpdyMode::WebSocketTunnel)
+        );
+        // Older kubectl, and the fallback: a plain upgrade.
+        let plain = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "portforward.k8s.io"),
+        ]);
+        assert_eq!(
+            portforward_spdy_mode(&plain).unwrap(),
+            Some(SpdyMode::Upgrade)
+        );
+        let unversioned = headers(&[("connection", "Upgrade"), ("upgrade", "SPDY/3.1")]);
+        assert_eq!(
+            portforward_spdy_mode(&unversioned).unwrap(),
+            Some(SpdyMode::Upgrade)
+        );
+        let wrong = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("x-stream-protocol-version", "v4.channel.k8s.io"),
+        ]);
+        let e = portforward_spdy_mode(&wrong).unwrap_err();
+        assert_eq!(e.code(), StatusCode::FORBIDDEN);
+        assert!(
+            e.to_string().contains("unable to negotiate protocol"),
+            "{e}"
+        );
+        // The channel protocols are not SPDY.
+        let channels = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-protocol", "v4.channel.k8s.io"),
+        ]);
+        assert_eq!(portforward_spdy_mode(&channels).unwrap(), None);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! 2. Pod startup on a one-node local cluster (`skiff_e2e::cluster`, release binaries): for N
 //!    pods with a local image, the time from the create request to the pod seen Running (all
 //!    containers started) through a watch, created one after the other and then all at once.
+//! 3. Port-forward throughput on the same cluster: MB/s of one TCP stream from a server in a
+//!    pod, read through `kubectl port-forward` (SPDY through the API server and the agent into
+//!    the pod's network namespace) and, as the baseline, straight from the pod's IP inside its
+//!    node's network namespace; the best of a few rounds of each, in the same run.
 //!
 //! Prints JSON with the raw figures on stdout.
 
@@ -37,6 +41,15 @@ struct Args {
     /// The sample images (target/images).
     #[arg(long)]
     images: PathBuf,
+    /// kubectl, for the port-forward measurement.
+    #[arg(long)]
+    kubectl: PathBuf,
+    /// MiB per port-forward throughput round.
+    #[arg(long, default_value_t = 512)]
+    forward_mib: usize,
+    /// The local cluster's index (its node network 172.31.<index>.0/24).
+    #[arg(long, default_value_t = 240)]
+    cluster_index: u8,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -175,6 +188,151 @@ async fn startup(api: &Api<Pod>, names: &[String], burst: bool) -> anyhow::Resul
     Ok(latencies)
 }
 
+/// The port the throughput source listens on in its pod.
+const SOURCE_PORT: u16 = 9000;
+/// Rounds of each throughput measurement (the best counts: the machine is shared).
+const THROUGHPUT_ROUNDS: usize = 3;
+
+/// Reads `stream` to its end, returning the bytes read and MB/s.
+fn drain(mut stream: std::net::TcpStream) -> anyhow::Result<(usize, f64)> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; 256 << 10];
+    let (mut total, t0) = (0usize, Instant::now());
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok((total, total as f64 / 1e6 / t0.elapsed().as_secs_f64()))
+}
+
+/// One stream read from `ip:port` by a thread inside the network namespace `netns`.
+fn direct_round(netns: &str, ip: std::net::IpAddr, port: u16) -> anyhow::Result<(usize, f64)> {
+    let file = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Only this short-lived thread enters the namespace.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let stream = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(ip, port),
+                Duration::from_secs(10),
+            )?;
+            drain(stream)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the direct reader panicked"))?
+    })
+}
+
+/// One stream read through `kubectl port-forward pod/NAME :PORT`.
+fn forward_round(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    pod: &str,
+    port: u16,
+) -> anyhow::Result<(usize, f64)> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(kubectl)
+        .args(["port-forward", "--address", "127.0.0.1"])
+        .arg(format!("pod/{pod}"))
+        .arg(format!(":{port}"))
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let result = (|| {
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // "Forwarding from 127.0.0.1:41234 -> 9000"
+        let local: u16 = loop {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("kubectl port-forward ended"))??;
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                break rest.split(' ').next().unwrap_or_default().parse()?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        drain(std::net::TcpStream::connect(("127.0.0.1", local))?)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// MB/s of one TCP stream through `kubectl port-forward` against a direct connection.
+async fn forward_throughput(
+    api: &Api<Pod>,
+    state: &skiff_e2e::cluster::State,
+    args: &Args,
+) -> anyhow::Result<serde_json::Value> {
+    let bytes = args.forward_mib << 20;
+    // Each connection gets `bytes` zeros in 1 MiB writes, then the end of the stream (busybox
+    // `head -c` copies in small pieces and would be the bottleneck, at about 90 MB/s).
+    let source: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "pf-source"},
+        "spec": {
+            "nodeName": "node-1",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "source", "image": "busybox", "imagePullPolicy": "Never",
+                "command": ["sh", "-c",
+                    format!("exec nc -ll -p {SOURCE_PORT} -e dd if=/dev/zero bs=1048576 count={}",
+                        args.forward_mib)]}],
+        },
+    }))?;
+    api.create(&PostParams::default(), &source).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ip: std::net::IpAddr = loop {
+        let p = api.get("pf-source").await?;
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+        if let (true, Some(ip)) = (running(&p), ip) {
+            break ip.parse()?;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pf-source did not start in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let netns = state.nodes[0].netns.clone();
+    // nc listens a moment after the container starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while direct_round(&netns, ip, SOURCE_PORT).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "pf-source does not listen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (kubectl, kubeconfig) = (args.kubectl.clone(), state.kubeconfig.clone());
+    let (direct, forwarded) = tokio::task::spawn_blocking(move || {
+        let mut direct = Vec::new();
+        let mut forwarded = Vec::new();
+        // Interleaved, so that a noisy moment hits both.
+        for _ in 0..THROUGHPUT_ROUNDS {
+            let (n, mbps) = direct_round(&netns, ip, SOURCE_PORT)?;
+            anyhow::ensure!(n == bytes, "direct: {n} of {bytes} bytes");
+            direct.push(mbps);
+            let (n, mbps) = forward_round(&kubectl, &kubeconfig, "pf-source", SOURCE_PORT)?;
+            anyhow::ensure!(n == bytes, "port-forward: {n} of {bytes} bytes");
+            forwarded.push(mbps);
+        }
+        anyhow::Ok((direct, forwarded))
+    })
+    .await??;
+    api.delete("pf-source", &DeleteParams::default()).await?;
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    eprintln!("port-forward: {forwarded:?} MB/s, direct: {direct:?} MB/s");
+    Ok(json!({
+        "bytes": bytes,
+        "rounds": THROUGHPUT_ROUNDS,
+        "port_forward_mbps": best(&forwarded),
+        "direct_mbps": best(&direct),
+        "ratio": best(&forwarded) / best(&direct),
+        "all_port_forward_mbps": forwarded,
+        "all_direct_mbps": direct,
+    }))
+}
+
 async fn delete_all(api: &Api<Pod>) -> anyhow::Result<()> {
     api.delete_collection(
         &DeleteParams::default(),
@@ -222,7 +380,7 @@ fn main() -> anyhow::Result<()> {
 
     let guard = Guard::up(&Options {
         name: "bpods".into(),
-        index: 240,
+        index: args.cluster_index,
         nodes: 1,
         dir: PathBuf::new(),
         control_bin: args.control_bin.clone(),
@@ -246,13 +404,15 @@ fn main() -> anyhow::Result<()> {
         delete_all(&api).await?;
         let burst = startup(&api, &names("burst"), true).await?;
         delete_all(&api).await?;
-        anyhow::Ok((summary(sequential), summary(burst)))
+        let forward = forward_throughput(&api, &guard.state, &args).await?;
+        anyhow::Ok((summary(sequential), summary(burst), forward))
     });
     drop(guard);
-    let (sequential, burst) = result?;
+    let (sequential, burst, forward) = result?;
     let out = json!({
         "create_start_delete": {"tmpfs": churn_tmpfs, "disk": churn_disk},
         "startup": {"sequential": sequential, "burst": burst},
+        "port_forward": forward,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
