@@ -17,11 +17,14 @@
 //! from outside goes through the tc programs ([`ebpf::nodeport`]).
 
 pub mod api;
+pub mod changes;
+pub mod desired;
 pub mod ebpf;
 pub mod iptables;
 pub mod nftables;
 mod rules;
 pub mod runner;
+pub mod sync;
 
 use std::fmt;
 use std::net::Ipv4Addr;
