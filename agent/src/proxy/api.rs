@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::changes::{object_key, service_of, ChangeLog, ObjectKey};
 use super::desired::DesiredServices;
 use super::runner::{self, SyncRequest};
-use super::sync::ProxySync;
+use super::sync::{ProxySync, FULL_COMPARISON};
 use super::{BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity};
 
 /// The annotation that picks a Service's backend choice: `random` (default) or `maglev`.
@@ -311,12 +311,13 @@ pub fn sync_affected(
 }
 
 /// Watches the API and keeps `datapath` (of node `node`), and the cluster DNS zone when there
-/// is one, in sync until `shutdown`.
+/// is one, in sync until `shutdown`, syncing at most once per `min_interval`.
 pub async fn run(
     client: kube::Client,
     datapath: Box<dyn Datapath + Send>,
     node: String,
     dns: Option<crate::dns::ClusterZone>,
+    min_interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (svc_reader, svc_writer) = reflector::store::<KubeService>();
@@ -355,9 +356,13 @@ pub async fn run(
     eps_reader.wait_until_ready().await?;
     let address = dns.as_ref().map(|d| d.address);
     let state = Arc::new(Mutex::new(ProxySync::new(datapath, node, dns)));
-    runner::run(receiver, Duration::from_millis(20), Duration::from_secs(60), shutdown, || {
-        let (svc_reader, eps_reader, state, log) =
-            (svc_reader.clone(), eps_reader.clone(), state.clone(), log.clone());
+    runner::run(receiver, min_interval, FULL_COMPARISON, shutdown, || {
+        let (svc_reader, eps_reader, state, log) = (
+            svc_reader.clone(),
+            eps_reader.clone(),
+            state.clone(),
+            log.clone(),
+        );
         async move {
             let started = Instant::now();
             let mut state = state.lock().await;
@@ -371,7 +376,9 @@ pub async fn run(
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "datapath synced"
                 ),
-                Err(e) => tracing::error!(error = %e, "datapath sync failed; retrying at the next sync"),
+                Err(e) => {
+                    tracing::error!(error = %e, "datapath sync failed; retrying at the next sync")
+                }
             }
         }
     })

@@ -10,9 +10,10 @@
 //!
 //! Everything is recomputed from the watch caches when a watch lists everything again (at
 //! start, after it lost its place): deletions in between were never seen one by one. And the
-//! datapath is compared whole with the desired ports when a sync has nothing else to do (the
-//! runner's periodic sync) or a minute after the last such comparison, and after a failed
-//! sync, so that drift (a map entry removed by hand, a failed write) is repaired as before.
+//! datapath is compared whole with the desired ports by the first sync a minute or more after
+//! the last such comparison (the runner syncs at least once a minute, so within two minutes),
+//! and by the sync after a failed one, so that drift (a map entry removed by hand, a failed
+//! write) is still repaired.
 //!
 //! The datapath goes first and the zone after it: when a name answers, its address already
 //! routes on this node.
@@ -32,8 +33,8 @@ use super::{Datapath, Frontend, ProxyError, Service};
 use crate::dns::zone::Zone;
 use crate::dns::ClusterZone;
 
-/// The longest the datapath goes without being compared whole with the desired ports while
-/// changes keep coming (the runner's periodic sync has the same period).
+/// How often the datapath is compared whole with the desired ports (the runner's periodic
+/// sync has the same period).
 pub const FULL_COMPARISON: Duration = Duration::from_secs(60);
 
 /// What one sync did.
@@ -100,9 +101,9 @@ impl ProxySync {
         slices: &Store<EndpointSlice>,
     ) -> Result<SyncReport, ProxyError> {
         let rebuild = !self.built || changes.relisted;
-        let full = rebuild
-            || changes.is_empty()
-            || self.compared.is_none_or(|t| t.elapsed() >= FULL_COMPARISON);
+        // Not "a sync without changes": requests coalesce, so a sync can find its changes
+        // taken by the one before it, and comparing everything is what this saves.
+        let full = rebuild || self.compared.is_none_or(|t| t.elapsed() >= FULL_COMPARISON);
         let mut report = SyncReport {
             rebuilt: rebuild,
             full,
