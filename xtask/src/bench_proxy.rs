@@ -111,7 +111,11 @@ struct DnsResult {
     resolvable: Latency,
     write: Latency,
     #[serde(default)]
+    after_write: Option<Latency>,
+    #[serde(default)]
     resolvable_vip: Option<Latency>,
+    #[serde(default)]
+    after_write_vip: Option<Latency>,
     #[serde(default)]
     vip_error: Option<String>,
 }
@@ -823,6 +827,15 @@ fn dns_section(md: &mut String, term: &mut String, a: &ApiResult) {
                 d.write.p99_us / 1000.0,
                 d.write.max_us / 1000.0,
             );
+            if let Some(a) = &d.after_write {
+                let _ = writeln!(
+                    md,
+                    "| the POST's answer to resolvable (the agent's share) | {:.2} | {:.2} | {:.2} |",
+                    a.p50_us / 1000.0,
+                    a.p99_us / 1000.0,
+                    a.max_us / 1000.0,
+                );
+            }
             match (&d.resolvable_vip, &d.vip_error) {
                 (Some(v), _) => {
                     let _ = writeln!(
@@ -834,6 +847,16 @@ fn dns_section(md: &mut String, term: &mut String, a: &ApiResult) {
                         v.p99_us / 1000.0,
                         v.max_us / 1000.0,
                     );
+                    if let Some(a) = &d.after_write_vip {
+                        let _ = writeln!(
+                            md,
+                            "| the POST's answer to resolvable through the ClusterIP | {:.2} | \
+                             {:.2} | {:.2} |",
+                            a.p50_us / 1000.0,
+                            a.p99_us / 1000.0,
+                            a.max_us / 1000.0,
+                        );
+                    }
                     let _ = writeln!(
                         md,
                         "\nThrough the ClusterIP: the queries go to the `kube-dns` Service's \

@@ -52,8 +52,13 @@ pub struct DnsResult {
     pub resolvable: Latency,
     /// The POST itself (answer received).
     pub write: Latency,
+    /// The POST's answer received -> the name answered: the agent's share (watch, sync,
+    /// zone) without the API server's write, which the client waits for first.
+    pub after_write: Latency,
     /// POST sent -> answered through the `kube-dns` Service's ClusterIP (None: not measured).
     pub resolvable_vip: Option<Latency>,
+    /// The POST's answer -> answered through the ClusterIP.
+    pub after_write_vip: Option<Latency>,
     /// Why the measurement through the ClusterIP failed, if it did.
     pub vip_error: Option<String>,
 }
@@ -127,7 +132,8 @@ fn cluster_ip(svc: &Service) -> anyhow::Result<Ipv4Addr> {
 }
 
 /// Creates Services `<prefix>-0..creates` one at a time, each timed from its POST until
-/// `socket` gets its ClusterIP from `to`; returns the latencies and the POSTs' durations (ns).
+/// `socket` gets its ClusterIP from `to`; returns the latencies, the POSTs' durations and the
+/// times from each POST's answer to the name's (ns).
 fn creates_until_resolvable(
     rt: &tokio::runtime::Runtime,
     services: &Api<Service>,
@@ -135,8 +141,8 @@ fn creates_until_resolvable(
     creates: usize,
     socket: &UdpSocket,
     to: SocketAddr,
-) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
-    let (mut resolvable, mut writes) = (Vec::new(), Vec::new());
+) -> anyhow::Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let (mut resolvable, mut writes, mut after_write) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..creates {
         let name = format!("{prefix}-{i}");
         let start = Instant::now();
@@ -147,9 +153,10 @@ fn creates_until_resolvable(
         let seen = wait_resolvable(socket, to, &name, cluster_ip(&svc)?)?;
         resolvable.push(seen.duration_since(start).as_nanos() as u64);
         writes.push(written.duration_since(start).as_nanos() as u64);
+        after_write.push(seen.duration_since(written).as_nanos() as u64);
         std::thread::sleep(SPACING);
     }
-    Ok((resolvable, writes))
+    Ok((resolvable, writes, after_write))
 }
 
 /// The creates-to-resolvable series through the `kube-dns` Service's ClusterIP. `last` is a
@@ -160,7 +167,7 @@ fn through_cluster_ip(
     lab: &Lab,
     last: &Service,
     creates: usize,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<(Latency, Latency)> {
     let kube_dns = rt
         .block_on(Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns"))
         .context("reading the kube-dns Service")?;
@@ -184,9 +191,9 @@ fn through_cluster_ip(
         std::thread::sleep(Duration::from_millis(10));
     }
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let (mut resolvable, _) =
+    let (mut resolvable, _, mut after_write) =
         creates_until_resolvable(rt, &services, "dns-vip", creates, &socket, to)?;
-    Ok(Latency::of(&mut resolvable))
+    Ok((Latency::of(&mut resolvable), Latency::of(&mut after_write)))
 }
 
 /// Runs the measurement on the calling thread, which is in the client namespace.
@@ -256,23 +263,26 @@ pub fn measure(
         }
     }
 
-    let (mut resolvable, mut writes) =
+    let (mut resolvable, mut writes, mut after_write) =
         creates_until_resolvable(rt, &services, "dns", creates, &socket, to)?;
     let last = rt.block_on(services.get(&format!("dns-{}", creates.saturating_sub(1))))?;
-    let (resolvable_vip, vip_error) = match through_cluster_ip(rt, client, lab, &last, creates) {
-        Ok(l) => (Some(l), None),
-        Err(e) => {
-            check_stop()?;
-            eprintln!("bench: create to resolvable through kube-dns failed: {e:#}");
-            (None, Some(format!("{e:#}")))
-        }
-    };
+    let (resolvable_vip, after_write_vip, vip_error) =
+        match through_cluster_ip(rt, client, lab, &last, creates) {
+            Ok((l, a)) => (Some(l), Some(a), None),
+            Err(e) => {
+                check_stop()?;
+                eprintln!("bench: create to resolvable through kube-dns failed: {e:#}");
+                (None, None, Some(format!("{e:#}")))
+            }
+        };
     Ok(DnsResult {
         background,
         creates,
         resolvable: Latency::of(&mut resolvable),
         write: Latency::of(&mut writes),
+        after_write: Latency::of(&mut after_write),
         resolvable_vip,
+        after_write_vip,
         vip_error,
     })
 }
