@@ -23,6 +23,7 @@
 //! cgroups: `/skiff/<pod-uid>/<name>` per container (v1 cgroupfs, absolute path), the pause
 //! process in `/skiff/<pod-uid>/pause`.
 
+pub mod cgroup_stats;
 pub mod cgroups;
 mod container_runtime;
 pub mod exec_output;
