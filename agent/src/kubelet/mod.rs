@@ -32,6 +32,7 @@ pub mod pod_worker;
 pub mod portforward;
 pub mod probes;
 pub mod resolv_conf;
+pub mod resource_metrics;
 pub mod server;
 pub mod server_tls;
 pub mod static_pods;
