@@ -332,6 +332,19 @@ enum ProxyMode {
     None,
 }
 
+impl ProxyMode {
+    /// The shortest time between two syncs of the service proxy: changes that come closer
+    /// together wait and are applied together. A sync costs what changed, plus the mode's
+    /// commit: a few bpf() calls for eBPF, so it waits little; an iptables-restore or nft run
+    /// for the rule modes, which are worth batching.
+    fn min_sync_interval(self) -> Duration {
+        match self {
+            Self::Ebpf => Duration::from_millis(2),
+            Self::Iptables | Self::Nftables | Self::None => Duration::from_millis(20),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Remove the state of every proxy mode (pinned eBPF programs and maps, iptables chains,
@@ -778,7 +791,8 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                     Some(_) => Some(start_dns(&cli.dns, &host_resolv, pod_cidr, shutdown.clone())?),
                     None => None,
                 };
-                skiff_agent::proxy::api::run(client, datapath, node.clone(), dns, shutdown.clone()).await?;
+                let min_interval = cli.proxy_mode.min_sync_interval();
+                skiff_agent::proxy::api::run(client, datapath, node.clone(), dns, min_interval, shutdown.clone()).await?;
             }
             None => {
                 eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); no service proxy (--proxy-mode)");

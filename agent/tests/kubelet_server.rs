@@ -1137,6 +1137,25 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
         "n1".into(),
         "proxy".into()
     )));
+    // /metrics/resource (this host's cgroups: the node's figures) is nodes/metrics.
+    let r = client_with(None, Some(&apiserver))
+        .get(format!("{base}/metrics/resource"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\nnode_cpu_usage_seconds_total "), "{text}");
+    assert!(text.contains("\nresource_scrape_error "), "{text}");
+    let r = alice(client_with(None, None).get(format!("{base}/metrics/resource")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "Forbidden (user=alice, verb=get, resource=nodes, subresource=metrics)"
+    );
     // A certificate of another CA authenticates no one.
     let stranger = TestCa::new().issue("kube-apiserver-kubelet-client", &[], &[], false);
     let r = client_with(None, Some(&stranger))

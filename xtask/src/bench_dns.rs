@@ -386,9 +386,9 @@ responder.\n\n\
         md,
         "\n## The zone: build time and memory\n\n\
 `Zone::build` over the Services and EndpointSlices, timed {builds} times in the responder \
-process (the service proxy rebuilds the zone whole at every sync, so this is the part of a new \
-Service's create-to-resolvable latency that grows with the cluster; `tests/tests/cluster_dns.rs` \
-covers the end-to-end path). Memory is the responder process's VmRSS (/proc/self/status): at \
+process (the service proxy builds the zone whole only when a watch lists everything again; \
+a sync updates the Services that changed, and `cargo xtask bench proxy` measures a new \
+Service's create-to-resolvable latency). Memory is the responder process's VmRSS (/proc/self/status): at \
 start, with the synthetic API objects in memory (the agent's proxy holds them anyway), after \
 the first build, and after the load.\n\n\
 | Services | zone entries | build median | build min - max | RSS start | + API objects | + zone | zone alone | RSS after the load |\n\

@@ -8,8 +8,9 @@
 //! Service's EndpointSlice lists each node's responder (the first address of the node's podCIDR,
 //! the pod bridge's gateway) and asks for `trafficDistribution: PreferSameNode`, so every node's
 //! datapath sends the address to its own responder, or to another node's when its own is not
-//! ready ([`crate::proxy::api`]). The responder answers from the zone the service proxy rebuilds
-//! at each sync, from the Services and EndpointSlices it already watches.
+//! ready ([`crate::proxy::api`]). The responder answers from the zone the service proxy keeps
+//! from the Services and EndpointSlices it already watches: each sync updates the Services
+//! that changed, right after the datapath ([`crate::proxy::sync`]).
 
 pub mod forward;
 pub mod respond;

@@ -3,12 +3,14 @@
 //!
 //! Bounded everywhere: at most [`MAX_FORWARDS`] forwarded questions in flight (more get
 //! SERVFAIL at once instead of queueing), at most [`MAX_TCP_CLIENTS`] TCP connections, each
-//! closed after [`TCP_IDLE`] without a request. The zone is swapped whole by the service
-//! proxy's sync and read without waiting for it.
+//! closed after [`TCP_IDLE`] without a request. The service proxy publishes a new zone snapshot
+//! after each sync that changed it; the responder reads it without waiting.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -28,30 +30,26 @@ pub const MAX_TCP_CLIENTS: usize = 256;
 /// A TCP connection idle this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 
-/// The zone the responder answers from, replaced whole on every sync.
+/// The zone the responder answers from: an immutable snapshot, replaced by the service proxy
+/// after each sync that changed it. Readers never wait (an atomic load), and a reader keeps
+/// the snapshot it loaded while a new one is published.
 #[derive(Clone)]
-pub struct ZoneHandle(Arc<RwLock<Arc<Zone>>>);
+pub struct ZoneHandle(Arc<ArcSwap<Zone>>);
 
 impl ZoneHandle {
     /// A handle holding `zone`.
     pub fn new(zone: Zone) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(zone))))
+        Self(Arc::new(ArcSwap::from_pointee(zone)))
     }
 
     /// The current zone.
     pub fn current(&self) -> Arc<Zone> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.0.load_full()
     }
 
     /// Replaces the zone.
     pub fn replace(&self, zone: Zone) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(zone);
+        self.0.store(Arc::new(zone));
     }
 }
 

@@ -34,6 +34,7 @@ pub mod portforward;
 pub mod portforward_spdy;
 pub mod probes;
 pub mod resolv_conf;
+pub mod resource_metrics;
 pub mod server;
 pub mod server_tls;
 pub mod spdy;

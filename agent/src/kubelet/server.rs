@@ -4,8 +4,10 @@
 //!   `pods/portforward`: `GET /containerLogs/{ns}/{pod}/{container}`,
 //!   `GET /exec/{ns}/{pod}/{container}` (websocket, [`super::streaming`]) and
 //!   `GET|POST /portForward/{ns}/{pod}` (websocket, [`super::portforward`], or a SPDY/3.1
-//!   upgrade, [`super::portforward_spdy`]), plus `/healthz`,
-//!   `/pods` and `/metrics`. The certificate is the one the cluster's `kubelet-serving` signer
+//!   upgrade, [`super::portforward_spdy`]), plus `/healthz`, `/pods`, `/metrics` and
+//!   `/metrics/resource` (the node's, pods' and containers' CPU and memory from their
+//!   cgroups, [`super::resource_metrics`]). The certificate is the one the cluster's
+//!   `kubelet-serving` signer
 //!   issued for the node when the agent joined with a token ([`super::identity::serving`]),
 //!   self-signed (made once under `<root>/kubelet/`) until then or otherwise
 //!   ([`super::server_tls`]). Every request is
@@ -13,7 +15,8 @@
 //!   TokenReview) and authorized (a SubjectAccessReview on `nodes/<subresource>`), as the
 //!   kubelet does ([`super::auth`]).
 //! - Plain HTTP on `--read-only-port` (off unless set; the kubelet's 10255), unauthenticated and
-//!   read-only: `/healthz`, `/pods` (a v1 PodList) and `/metrics` (Prometheus text). Insecure:
+//!   read-only: `/healthz`, `/pods` (a v1 PodList), `/metrics` and `/metrics/resource`
+//!   (Prometheus text). Insecure:
 //!   anyone who reaches the port sees every pod of the node.
 //!
 //! Container logs rotate here too (copytruncate, [`super::logs`]).
@@ -322,6 +325,7 @@ fn read_only_routes() -> Router<ServerState> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
         .route("/metrics", get(metrics))
+        .route("/metrics/resource", get(resource_metrics))
 }
 
 /// The unauthenticated read-only endpoint's routes.
@@ -347,6 +351,43 @@ async fn metrics(State(state): State<ServerState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `/metrics/resource`: the node's, pods' and containers' CPU and memory from their cgroups
+/// ([`super::resource_metrics`]). The files are read on a blocking thread.
+async fn resource_metrics(State(state): State<ServerState>) -> Response {
+    let pods = state.directory.pods();
+    let read = tokio::task::spawn_blocking(move || {
+        let hierarchy = crate::runtime::cgroup_stats::Hierarchy::detect()?;
+        let scrape = super::resource_metrics::collect(&hierarchy, &pods, None);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok::<_, crate::runtime::cgroup_stats::CgroupStatsError>(super::resource_metrics::render(
+            &scrape, now_ms,
+        ))
+    })
+    .await;
+    match read {
+        Ok(Ok(body)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e)) => status_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("reading cgroup statistics: {e}"),
+        ),
+        Err(e) => status_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("reading cgroup statistics: {e}"),
+        ),
+    }
 }
 
 fn query_u64(pairs: &[(String, String)], key: &str) -> Result<Option<u64>, Response> {

@@ -1,6 +1,7 @@
 //! From the Kubernetes API to the datapath: Services and EndpointSlices are watched (kube-rs
-//! reflectors), turned into the desired service ports, and a bounded-frequency runner applies
-//! the difference with what the datapath has (O(changes) per sync).
+//! reflectors), the objects each event touches are noted ([`super::changes`]), and a
+//! bounded-frequency runner syncs: the touched Services' ports are recomputed and compared with
+//! what the datapath has ([`super::sync`]), O(changes) per sync.
 //!
 //! A frontend is each ClusterIP, external IP and load-balancer ingress IP of each Service port,
 //! and the nodePort of NodePort and LoadBalancer Services (`0.0.0.0:nodePort`).
@@ -20,7 +21,10 @@ use kube::Api;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::changes::{object_key, service_of, ChangeLog, ObjectKey};
+use super::desired::DesiredServices;
 use super::runner::{self, SyncRequest};
+use super::sync::{ProxySync, FULL_COMPARISON};
 use super::{BackendAddr, Datapath, Frontend, LbAlgorithm, Protocol, Service, SessionAffinity};
 
 /// The annotation that picks a Service's backend choice: `random` (default) or `maglev`.
@@ -125,113 +129,129 @@ pub fn desired_services<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &str,
 ) -> BTreeMap<Frontend, Service> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    desired_state(services, slices, node).to_map()
+}
+
+/// [`desired_services`], kept per Service for later changes.
+fn desired_state<'a>(
+    services: impl IntoIterator<Item = &'a KubeService>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+) -> DesiredServices {
+    let mut by_service: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
-        if let Some(name) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            let ns = slice.metadata.namespace.clone().unwrap_or_default();
-            by_service
-                .entry((ns, name.clone()))
-                .or_default()
-                .push(slice);
+        if let Some(key) = service_of(slice) {
+            by_service.entry(key).or_default().push(slice);
         }
     }
-    let mut out = BTreeMap::new();
+    let mut desired = DesiredServices::default();
     for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let key = (
-            svc.metadata.namespace.clone().unwrap_or_default(),
-            svc.metadata.name.clone().unwrap_or_default(),
-        );
-        let mut vips: Vec<Ipv4Addr> = spec
-            .cluster_ip
-            .iter()
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
-        vips.extend(
-            spec.external_ips
-                .iter()
-                .flatten()
-                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok()),
-        );
-        if let Some(lb) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
-            vips.extend(
-                lb.ingress
-                    .iter()
-                    .flatten()
-                    .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
-            );
-        }
-        let affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
-            let timeout = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .unwrap_or(SessionAffinity::DEFAULT_TIMEOUT_SECONDS);
-            SessionAffinity::ClientIp {
-                timeout_seconds: timeout,
-            }
-        } else {
-            SessionAffinity::None
-        };
-        let algorithm = match svc
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ALGORITHM_ANNOTATION))
-            .map(String::as_str)
-        {
-            Some("maglev") => LbAlgorithm::Maglev,
-            _ => LbAlgorithm::Random,
-        };
+        let key = object_key(&svc.metadata);
         let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-        for port in spec.ports.iter().flatten() {
-            let (Some(proto), Ok(svc_port)) =
-                (protocol(port.protocol.as_deref()), u16::try_from(port.port))
-            else {
-                continue;
-            };
-            let port_name = port.name.as_deref().unwrap_or("");
-            let backends = ready_backends(slices, port_name, proto, node, locality(spec));
-            // NodePort and LoadBalancer Services also answer on their nodePort on every node
-            // address (a headless Service has no ClusterIP, and so no NodePort either).
-            let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
-                .then_some(port.node_port)
-                .flatten()
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|&p| p != 0 && !vips.is_empty())
-                .map(|p| Frontend::node_port(p, proto));
-            let frontends = vips
+        let ports = service_ports(svc, slices, node);
+        desired.set(key, ports);
+    }
+    desired
+}
+
+/// The service ports of one Service on node `node`, from the Service and its EndpointSlices.
+pub fn service_ports(svc: &KubeService, slices: &[&EndpointSlice], node: &str) -> Vec<Service> {
+    let mut out: Vec<Service> = Vec::new();
+    let Some(spec) = &svc.spec else { return out };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let mut vips: Vec<Ipv4Addr> = spec
+        .cluster_ip
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    vips.extend(
+        spec.external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok()),
+    );
+    if let Some(lb) = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()) {
+        vips.extend(
+            lb.ingress
                 .iter()
-                .map(|&ip| Frontend {
-                    ip,
-                    port: svc_port,
-                    protocol: proto,
-                })
-                .chain(node_port);
-            for frontend in frontends {
-                out.insert(
-                    frontend,
-                    Service {
-                        frontend,
-                        backends: backends.clone(),
-                        algorithm,
-                        affinity,
-                    },
-                );
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+        );
+    }
+    let affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(SessionAffinity::DEFAULT_TIMEOUT_SECONDS);
+        SessionAffinity::ClientIp {
+            timeout_seconds: timeout,
+        }
+    } else {
+        SessionAffinity::None
+    };
+    let algorithm = match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ALGORITHM_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some("maglev") => LbAlgorithm::Maglev,
+        _ => LbAlgorithm::Random,
+    };
+    for port in spec.ports.iter().flatten() {
+        let (Some(proto), Ok(svc_port)) =
+            (protocol(port.protocol.as_deref()), u16::try_from(port.port))
+        else {
+            continue;
+        };
+        let port_name = port.name.as_deref().unwrap_or("");
+        let backends = ready_backends(slices, port_name, proto, node, locality(spec));
+        // NodePort and LoadBalancer Services also answer on their nodePort on every node
+        // address (a headless Service has no ClusterIP, and so no NodePort either).
+        let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+            .then_some(port.node_port)
+            .flatten()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|&p| p != 0 && !vips.is_empty())
+            .map(|p| Frontend::node_port(p, proto));
+        let frontends = vips
+            .iter()
+            .map(|&ip| Frontend {
+                ip,
+                port: svc_port,
+                protocol: proto,
+            })
+            .chain(node_port);
+        for frontend in frontends {
+            let port = Service {
+                frontend,
+                backends: backends.clone(),
+                algorithm,
+                affinity,
+            };
+            // One port per frontend: a later one (the API refuses such duplicates) wins, as
+            // it did when all ports went into one map.
+            match out.iter_mut().find(|s| s.frontend == frontend) {
+                Some(existing) => *existing = port,
+                None => out.push(port),
             }
         }
     }
     out
+}
+
+/// Whether the datapath's `have` already is `want` (backends in any order).
+fn same(have: &Service, want: &Service) -> bool {
+    let (mut a, mut b) = (have.backends.clone(), want.backends.clone());
+    a.sort();
+    b.sort();
+    a == b && have.algorithm == want.algorithm && have.affinity == want.affinity
 }
 
 /// Applies the difference between `desired` and what `datapath` has; returns the number of
@@ -248,13 +268,7 @@ pub fn sync(
     let mut changes = 0;
     let mut upserts = Vec::new();
     for (f, want) in desired {
-        let same = current.get(f).is_some_and(|have| {
-            let (mut a, mut b) = (have.backends.clone(), want.backends.clone());
-            a.sort();
-            b.sort();
-            a == b && have.algorithm == want.algorithm && have.affinity == want.affinity
-        });
-        if !same {
+        if !current.get(f).is_some_and(|have| same(have, want)) {
             upserts.push(want.clone());
             changes += 1;
         }
@@ -268,18 +282,48 @@ pub fn sync(
     Ok(changes)
 }
 
+/// Applies the changes of the `affected` frontends, each given with the port the datapath
+/// has there (as the last sync left it), to `desired`'s; returns the number of changed ports.
+pub fn sync_affected(
+    datapath: &mut dyn Datapath,
+    desired: &DesiredServices,
+    affected: &BTreeMap<Frontend, Option<Service>>,
+) -> Result<usize, super::ProxyError> {
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (f, have) in affected {
+        match (have, desired.get(f)) {
+            (Some(have), Some(want)) if same(have, want) => {}
+            (_, Some(want)) => upserts.push(want.clone()),
+            (Some(_), None) => deletes.push(*f),
+            (None, None) => {}
+        }
+    }
+    if upserts.is_empty() && deletes.is_empty() {
+        return Ok(0);
+    }
+    datapath.upsert_services(&upserts)?;
+    for f in &deletes {
+        datapath.delete_service(f)?;
+    }
+    datapath.commit()?;
+    Ok(upserts.len() + deletes.len())
+}
+
 /// Watches the API and keeps `datapath` (of node `node`), and the cluster DNS zone when there
-/// is one, in sync until `shutdown`.
+/// is one, in sync until `shutdown`, syncing at most once per `min_interval`.
 pub async fn run(
     client: kube::Client,
     datapath: Box<dyn Datapath + Send>,
     node: String,
     dns: Option<crate::dns::ClusterZone>,
+    min_interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (svc_reader, svc_writer) = reflector::store::<KubeService>();
     let (eps_reader, eps_writer) = reflector::store::<EndpointSlice>();
     let (requests, receiver) = SyncRequest::channel();
+    let log = ChangeLog::default();
     let svc_stream = reflector::reflector(
         svc_writer,
         watcher(
@@ -287,8 +331,7 @@ pub async fn run(
             watcher::Config::default(),
         ),
     )
-    .default_backoff()
-    .touched_objects();
+    .default_backoff();
     let eps_stream = reflector::reflector(
         eps_writer,
         watcher(
@@ -296,39 +339,46 @@ pub async fn run(
             watcher::Config::default(),
         ),
     )
-    .default_backoff()
-    .touched_objects();
-    let pump = |stream: futures::stream::BoxStream<'static, ()>, requests: SyncRequest| async move {
-        let mut stream = stream;
-        while stream.next().await.is_some() {
-            requests.request();
-        }
-    };
-    tokio::spawn(pump(svc_stream.map(|_| ()).boxed(), requests.clone()));
-    tokio::spawn(pump(eps_stream.map(|_| ()).boxed(), requests.clone()));
+    .default_backoff();
+    tokio::spawn(pump(
+        svc_stream,
+        log.clone(),
+        requests.clone(),
+        ChangeLog::service,
+    ));
+    tokio::spawn(pump(
+        eps_stream,
+        log.clone(),
+        requests.clone(),
+        ChangeLog::slice,
+    ));
     svc_reader.wait_until_ready().await?;
     eps_reader.wait_until_ready().await?;
-    let datapath = Arc::new(Mutex::new(datapath));
-    runner::run(receiver, Duration::from_millis(20), Duration::from_secs(60), shutdown, || {
-        let (svc_reader, eps_reader, datapath) = (svc_reader.clone(), eps_reader.clone(), datapath.clone());
-        let (node, dns) = (node.clone(), dns.clone());
+    let address = dns.as_ref().map(|d| d.address);
+    let state = Arc::new(Mutex::new(ProxySync::new(datapath, node, dns)));
+    runner::run(receiver, min_interval, FULL_COMPARISON, shutdown, || {
+        let (svc_reader, eps_reader, state, log) = (
+            svc_reader.clone(),
+            eps_reader.clone(),
+            state.clone(),
+            log.clone(),
+        );
         async move {
             let started = Instant::now();
-            let services = svc_reader.state();
-            let slices = eps_reader.state();
-            let desired = desired_services(services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()), &node);
-            let mut dp = datapath.lock().await;
-            match sync(dp.as_mut(), &desired) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(changed = n, frontends = desired.len(), elapsed_ms = started.elapsed().as_millis() as u64, "datapath synced"),
-                Err(e) => tracing::error!(error = %e, "datapath sync failed; retrying at the next sync"),
-            }
-            drop(dp);
-            // After the datapath, which must not wait for it: the whole zone is rebuilt
-            // (39 ms at 10 000 Services, docs/bench/dns.md).
-            if let Some(dns) = &dns {
-                let zone = crate::dns::zone::Zone::build(&dns.domain, dns.ttl, services.iter().map(|s| s.as_ref()), slices.iter().map(|s| s.as_ref()));
-                dns.handle.replace(zone);
+            let mut state = state.lock().await;
+            match state.sync(log.take(), &svc_reader, &eps_reader) {
+                Ok(r) if r.changed == 0 && !r.rebuilt => {}
+                Ok(r) => tracing::info!(
+                    changed = r.changed,
+                    services = r.services,
+                    full = r.full,
+                    rebuilt = r.rebuilt,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "datapath synced"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "datapath sync failed; retrying at the next sync")
+                }
             }
         }
     })
@@ -336,15 +386,16 @@ pub async fn run(
     // The agent is stopping and its DNS responder with it, while its pods keep running: their
     // lookups go to the other nodes' responders until it is back (the kube-dns Service prefers
     // the same node only while that node has a ready responder).
-    if let Some(dns) = &dns {
+    if let Some(address) = address {
         let slices: Vec<EndpointSlice> = eps_reader
             .state()
             .iter()
-            .map(|s| without_address(s, dns.address))
+            .map(|s| without_address(s, address))
             .collect();
         let services = svc_reader.state();
-        let desired = desired_services(services.iter().map(|s| s.as_ref()), &slices, &node);
-        match sync(datapath.lock().await.as_mut(), &desired) {
+        let mut state = state.lock().await;
+        let desired = desired_services(services.iter().map(|s| s.as_ref()), &slices, state.node());
+        match sync(state.datapath(), &desired) {
             Ok(n) => tracing::info!(
                 changed = n,
                 "DNS handed over to the other nodes' responders"
@@ -353,6 +404,33 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Notes each object a watch touches in `log` (with `touched`) and asks for a sync. The
+/// reflector has already applied the event to its store, so the sync sees the object as the
+/// event left it (or a later state).
+async fn pump<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    log: ChangeLog,
+    requests: SyncRequest,
+    touched: fn(&ChangeLog, ObjectKey),
+) where
+    K: kube::Resource,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                touched(&log, object_key(o.meta()));
+            }
+            // The store is replaced whole at the end of a list: everything is recomputed.
+            Ok(watcher::Event::InitDone) => log.relisted(),
+            // Objects of a list in progress are not in the store yet (it is replaced at the
+            // end), and watch errors are retried by the watcher with a back-off.
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => continue,
+        }
+        requests.request();
+    }
 }
 
 /// `slice` without the endpoints at `address`.

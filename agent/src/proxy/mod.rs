@@ -12,16 +12,20 @@
 //! [`ebpf::service_table::LbMaps`] trait, so it is unit-tested without the kernel.
 //!
 //! What feeds a datapath: [`api`] watches Services and EndpointSlices (kube-rs reflectors) and
-//! computes the desired service ports; [`runner`] applies the difference at a bounded
-//! frequency, as kube-proxy's `BoundedFrequencyRunner` does. NodePort and LoadBalancer traffic
+//! notes what each event touched ([`changes`]); [`runner`] runs a sync at a bounded frequency,
+//! as kube-proxy's `BoundedFrequencyRunner` does, and [`sync`] recomputes the touched
+//! Services' ports ([`desired`]), applies what differs and updates their cluster DNS names. NodePort and LoadBalancer traffic
 //! from outside goes through the tc programs ([`ebpf::nodeport`]).
 
 pub mod api;
+pub mod changes;
+pub mod desired;
 pub mod ebpf;
 pub mod iptables;
 pub mod nftables;
 mod rules;
 pub mod runner;
+pub mod sync;
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -24,6 +24,7 @@
 //! process in `/skiff/<pod-uid>/pause`.
 
 pub mod busybox_pod;
+pub mod cgroup_stats;
 pub mod cgroups;
 mod container_runtime;
 pub mod exec_output;

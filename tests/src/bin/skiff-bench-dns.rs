@@ -6,7 +6,7 @@
 //! 1. In a child process of its own (`serve`), pinned to one CPU and running a tokio
 //!    current_thread runtime, so the responder has exactly one core: the process's RSS before
 //!    and after `Zone::build` over synthetic Services and EndpointSlices, the time of that build
-//!    (several builds, as the service proxy rebuilds the zone at every sync), and the cost of
+//!    (several builds: the service proxy builds it whole after a watch re-lists), and the cost of
 //!    answering one query without a socket (`respond::handle`, and `Zone::lookup` alone).
 //! 2. From this process, pinned to the other CPU: the highest query rate with `dnsperf` for
 //!    names of existing Services (A records) and for names inside the cluster domain that do not

@@ -266,3 +266,186 @@ fn pod_names_the_schema_version_and_negative_answers() {
     };
     assert_eq!(s.minimum, 5, "the negative TTL");
 }
+
+/// The zone of `services` and `slices` updated one Service at a time from `zone`.
+fn updated(
+    zone: &Zone,
+    ns: &str,
+    name: &str,
+    svc: Option<&KubeService>,
+    slices: &[EndpointSlice],
+) -> Zone {
+    let mut next = zone.clone();
+    next.update_service(ns, name, svc, slices);
+    next
+}
+
+#[test]
+fn a_deleted_service_goes_nxdomain_and_takes_its_reverse_names() {
+    let before = zone();
+    let after = updated(&before, "default", "kubia", None, &[]);
+    let kubia = name("kubia.default.svc.cluster.local.");
+    assert_eq!(after.lookup(&kubia, RecordType::A), Outcome::NxDomain);
+    assert_eq!(
+        after.lookup(
+            &name("_http._tcp.kubia.default.svc.cluster.local."),
+            RecordType::SRV
+        ),
+        Outcome::NxDomain
+    );
+    assert_eq!(
+        after.lookup(&name("20.0.96.10.in-addr.arpa."), RecordType::PTR),
+        Outcome::NotAuthoritative,
+        "its ClusterIP is no longer the cluster's"
+    );
+    assert_eq!(
+        data(&before.lookup(&kubia, RecordType::A)),
+        ["10.96.0.20"],
+        "a snapshot is kept as it was"
+    );
+    // The namespace exists while it has a Service.
+    let namespace = name("default.svc.cluster.local.");
+    assert_eq!(after.lookup(&namespace, RecordType::A), Outcome::NoData);
+    let mut empty = after;
+    for svc in ["nginx", "db"] {
+        empty.update_service("default", svc, None, []);
+    }
+    assert_eq!(empty.lookup(&namespace, RecordType::A), Outcome::NxDomain);
+    assert_eq!(empty.len(), 1, "prod/lazy remains");
+}
+
+#[test]
+fn a_changed_cluster_ip_answers_the_new_address_and_moves_its_ptr() {
+    let moved = service(
+        "default",
+        "kubia",
+        json!({"clusterIP": "10.96.0.77", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    );
+    let z = updated(&zone(), "default", "kubia", Some(&moved), &[]);
+    assert_eq!(
+        data(&z.lookup(&name("kubia.default.svc.cluster.local."), RecordType::A)),
+        ["10.96.0.77"]
+    );
+    assert_eq!(
+        data(&z.lookup(
+            &name("_http._tcp.kubia.default.svc.cluster.local."),
+            RecordType::SRV
+        )),
+        ["0 100 8080 kubia.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        data(&z.lookup(&name("77.0.96.10.in-addr.arpa."), RecordType::PTR)),
+        ["kubia.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        z.lookup(&name("20.0.96.10.in-addr.arpa."), RecordType::PTR),
+        Outcome::NotAuthoritative
+    );
+}
+
+#[test]
+fn scaling_a_headless_service_changes_its_answers_srv_and_ptrs() {
+    let nginx = service(
+        "default",
+        "nginx",
+        json!({"clusterIP": "None", "ports": [{"name": "web", "port": 80, "protocol": "TCP"}]}),
+    );
+    let scaled = |n: u8| -> Vec<EndpointSlice> {
+        let eps: Vec<serde_json::Value> = (0..n)
+            .map(|i| json!({"addresses": [format!("10.244.1.{}", 10 + i)], "hostname": format!("web-{i}")}))
+            .collect();
+        vec![slice("default", "nginx", json!(eps))]
+    };
+    let headless = name("nginx.default.svc.cluster.local.");
+    let srv = name("_web._tcp.nginx.default.svc.cluster.local.");
+    let up = updated(&zone(), "default", "nginx", Some(&nginx), &scaled(4));
+    assert_eq!(
+        data(&up.lookup(&headless, RecordType::A)),
+        ["10.244.1.10", "10.244.1.11", "10.244.1.12", "10.244.1.13"]
+    );
+    assert_eq!(data(&up.lookup(&srv, RecordType::SRV)).len(), 4);
+    assert_eq!(
+        data(&up.lookup(
+            &name("web-3.nginx.default.svc.cluster.local."),
+            RecordType::A
+        )),
+        ["10.244.1.13"]
+    );
+    assert_eq!(
+        data(&up.lookup(&name("13.1.244.10.in-addr.arpa."), RecordType::PTR)),
+        ["web-3.nginx.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        up.lookup(&name("5.1.244.10.in-addr.arpa."), RecordType::PTR),
+        Outcome::NotAuthoritative,
+        "the endpoints it had before are gone"
+    );
+    let down = updated(&up, "default", "nginx", Some(&nginx), &scaled(1));
+    assert_eq!(
+        data(&down.lookup(&headless, RecordType::A)),
+        ["10.244.1.10"]
+    );
+    assert_eq!(
+        data(&down.lookup(&srv, RecordType::SRV)),
+        ["0 100 80 web-0.nginx.default.svc.cluster.local."]
+    );
+    assert_eq!(
+        down.lookup(
+            &name("web-3.nginx.default.svc.cluster.local."),
+            RecordType::A
+        ),
+        Outcome::NxDomain
+    );
+    assert_eq!(
+        down.lookup(&name("13.1.244.10.in-addr.arpa."), RecordType::PTR),
+        Outcome::NotAuthoritative
+    );
+    let none = updated(&down, "default", "nginx", Some(&nginx), &[]);
+    assert_eq!(
+        none.lookup(&headless, RecordType::A),
+        Outcome::NoData,
+        "no endpoint: the name stays"
+    );
+    assert_eq!(none.lookup(&srv, RecordType::SRV), Outcome::NoData);
+}
+
+#[test]
+fn an_address_shared_by_two_services_keeps_the_other_ones_ptr() {
+    let a = service("default", "a", json!({"clusterIP": "None"}));
+    let b = service("default", "b", json!({"clusterIP": "None"}));
+    let ep = json!([{"addresses": ["10.244.9.9"], "hostname": "x"}]);
+    let mut z = Zone::empty("cluster.local", 5);
+    z.update_service(
+        "default",
+        "a",
+        Some(&a),
+        &[slice("default", "a", ep.clone())],
+    );
+    z.update_service("default", "b", Some(&b), &[slice("default", "b", ep)]);
+    let reverse = name("9.9.244.10.in-addr.arpa.");
+    assert_eq!(
+        data(&z.lookup(&reverse, RecordType::PTR)),
+        [
+            "x.a.default.svc.cluster.local.",
+            "x.b.default.svc.cluster.local."
+        ]
+    );
+    z.update_service("default", "a", None, []);
+    assert_eq!(
+        data(&z.lookup(&reverse, RecordType::PTR)),
+        ["x.b.default.svc.cluster.local."]
+    );
+}
+
+#[test]
+fn updates_ignore_other_services_slices_and_match_a_whole_build() {
+    let kubia = service("default", "kubia", json!({"clusterIP": "None"}));
+    let other = slice("default", "other", json!([{"addresses": ["10.244.7.7"]}]));
+    let mut z = Zone::empty("cluster.local", 5);
+    z.update_service("default", "kubia", Some(&kubia), [&other]);
+    assert_eq!(
+        z.lookup(&name("kubia.default.svc.cluster.local."), RecordType::A),
+        Outcome::NoData
+    );
+    assert_eq!(z, Zone::build("cluster.local", 5, [&kubia], [&other]));
+}

@@ -12,8 +12,8 @@
 //!
 //! Two series: *isolated* changes, each written 50 ms after the previous one was seen (a
 //! change in a quiet cluster), and *back-to-back* changes, each written as soon as the previous
-//! one was seen: the agent syncs at most once per 20 ms (its bounded-frequency runner), which
-//! that series shows.
+//! one was seen: the agent syncs at most once per 2 ms in eBPF mode (its bounded-frequency
+//! runner), which that series shows.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -33,7 +33,8 @@ use crate::{backend_ip, check_stop, Latency, BACKENDS, BACKEND_PORT, SERVICE_POR
 
 /// The Service's ClusterIP (outside the range the datapath points use).
 const CLUSTER_IP: [u8; 4] = [10, 96, 255, 1];
-/// Pause between isolated changes: longer than the agent's 20 ms minimum sync interval.
+/// Pause between isolated changes: longer than the agent's minimum sync interval (2 ms in
+/// eBPF mode, 20 ms in the rule modes).
 const SPACING: Duration = Duration::from_millis(50);
 /// Poll interval of the pinned map.
 const POLL: Duration = Duration::from_micros(200);
@@ -176,13 +177,14 @@ fn run(
     lab.children.push(agent);
 
     let pin_dir = lab.api_pin_dir.clone();
+    let lab = &*lab;
     let changes = std::thread::scope(|s| {
         s.spawn(|| {
             crate::load::enter(&ns)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            series(&rt, &kubeconfig, &pin_dir, plan)
+            series(&rt, &kubeconfig, &pin_dir, plan, lab)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the API client thread panicked"))?
@@ -292,6 +294,7 @@ fn series(
     kubeconfig: &Path,
     pin_dir: &Path,
     plan: Plan,
+    lab: &Lab,
 ) -> anyhow::Result<ApiResult> {
     let changes = plan.changes;
     let client = rt.block_on(client(kubeconfig))?;
@@ -354,7 +357,7 @@ fn series(
             "bench: Service create to resolvable ({} creates after {} Services)",
             plan.dns_creates, plan.dns_background
         );
-        match crate::dns::measure(rt, &client, plan.dns_background, plan.dns_creates) {
+        match crate::dns::measure(rt, &client, lab, plan.dns_background, plan.dns_creates) {
             Ok(d) => (Some(d), None),
             Err(e) => {
                 check_stop()?;

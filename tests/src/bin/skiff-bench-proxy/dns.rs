@@ -9,6 +9,11 @@
 //! rebuilds then holds all of them); then Services are created one at a time, each timed from
 //! sending its POST until an A query for `<name>.default.svc.cluster.local`, repeated every
 //! 0.2 ms, is answered with its ClusterIP.
+//!
+//! Then as many again, asked the way a pod asks: at the `kube-dns` Service's ClusterIP, from a
+//! socket made in the cgroup the agent's eBPF programs are attached to, so that `sendmsg4`
+//! sends each query to the node's responder (the Service's endpoint on this node) and
+//! `recvmsg4` gives the answer the ClusterIP as its source.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use kube::api::{Api, PostParams};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::lab::Lab;
 use crate::{check_stop, Latency};
 
 /// The agent's node name in the API measurement.
@@ -46,6 +52,15 @@ pub struct DnsResult {
     pub resolvable: Latency,
     /// The POST itself (answer received).
     pub write: Latency,
+    /// The POST's answer received -> the name answered: the agent's share (watch, sync,
+    /// zone) without the API server's write, which the client waits for first.
+    pub after_write: Latency,
+    /// POST sent -> answered through the `kube-dns` Service's ClusterIP (None: not measured).
+    pub resolvable_vip: Option<Latency>,
+    /// The POST's answer -> answered through the ClusterIP.
+    pub after_write_vip: Option<Latency>,
+    /// Why the measurement through the ClusterIP failed, if it did.
+    pub vip_error: Option<String>,
 }
 
 fn fqdn(name: &str) -> String {
@@ -116,10 +131,76 @@ fn cluster_ip(svc: &Service) -> anyhow::Result<Ipv4Addr> {
         .context("the Service's ClusterIP")
 }
 
+/// Creates Services `<prefix>-0..creates` one at a time, each timed from its POST until
+/// `socket` gets its ClusterIP from `to`; returns the latencies, the POSTs' durations and the
+/// times from each POST's answer to the name's (ns).
+fn creates_until_resolvable(
+    rt: &tokio::runtime::Runtime,
+    services: &Api<Service>,
+    prefix: &str,
+    creates: usize,
+    socket: &UdpSocket,
+    to: SocketAddr,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let (mut resolvable, mut writes, mut after_write) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..creates {
+        let name = format!("{prefix}-{i}");
+        let start = Instant::now();
+        let svc = rt
+            .block_on(services.create(&PostParams::default(), &service(&name)?))
+            .with_context(|| format!("creating Service {name}"))?;
+        let written = Instant::now();
+        let seen = wait_resolvable(socket, to, &name, cluster_ip(&svc)?)?;
+        resolvable.push(seen.duration_since(start).as_nanos() as u64);
+        writes.push(written.duration_since(start).as_nanos() as u64);
+        after_write.push(seen.duration_since(written).as_nanos() as u64);
+        std::thread::sleep(SPACING);
+    }
+    Ok((resolvable, writes, after_write))
+}
+
+/// The creates-to-resolvable series through the `kube-dns` Service's ClusterIP. `last` is a
+/// Service the responder already answers for directly.
+fn through_cluster_ip(
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+    lab: &Lab,
+    last: &Service,
+    creates: usize,
+) -> anyhow::Result<(Latency, Latency)> {
+    let kube_dns = rt
+        .block_on(Api::<Service>::namespaced(client.clone(), "kube-system").get("kube-dns"))
+        .context("reading the kube-dns Service")?;
+    let to = SocketAddr::from((cluster_ip(&kube_dns)?, 53));
+    // A socket belongs to the cgroup its creator was in: made in the eBPF one, its datagrams
+    // go through the agent's socket hooks; the process goes back at once.
+    lab.enter_cgroup(true)?;
+    let socket = UdpSocket::bind("0.0.0.0:0");
+    lab.enter_cgroup(false)?;
+    let socket = socket?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    // The Service's endpoint is this node's responder once the Node is Ready.
+    let name = last.metadata.name.clone().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ask(&socket, to, &name)? != Some(cluster_ip(last)?) {
+        check_stop()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{to} (kube-dns) did not answer {name} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let (mut resolvable, _, mut after_write) =
+        creates_until_resolvable(rt, &services, "dns-vip", creates, &socket, to)?;
+    Ok((Latency::of(&mut resolvable), Latency::of(&mut after_write)))
+}
+
 /// Runs the measurement on the calling thread, which is in the client namespace.
 pub fn measure(
     rt: &tokio::runtime::Runtime,
     client: &kube::Client,
+    lab: &Lab,
     background: usize,
     creates: usize,
 ) -> anyhow::Result<DnsResult> {
@@ -182,23 +263,26 @@ pub fn measure(
         }
     }
 
-    let (mut resolvable, mut writes) = (Vec::new(), Vec::new());
-    for i in 0..creates {
-        let name = format!("dns-{i}");
-        let start = Instant::now();
-        let svc = rt
-            .block_on(services.create(&PostParams::default(), &service(&name)?))
-            .with_context(|| format!("creating Service {name}"))?;
-        let written = Instant::now();
-        let seen = wait_resolvable(&socket, to, &name, cluster_ip(&svc)?)?;
-        resolvable.push(seen.duration_since(start).as_nanos() as u64);
-        writes.push(written.duration_since(start).as_nanos() as u64);
-        std::thread::sleep(SPACING);
-    }
+    let (mut resolvable, mut writes, mut after_write) =
+        creates_until_resolvable(rt, &services, "dns", creates, &socket, to)?;
+    let last = rt.block_on(services.get(&format!("dns-{}", creates.saturating_sub(1))))?;
+    let (resolvable_vip, after_write_vip, vip_error) =
+        match through_cluster_ip(rt, client, lab, &last, creates) {
+            Ok((l, a)) => (Some(l), Some(a), None),
+            Err(e) => {
+                check_stop()?;
+                eprintln!("bench: create to resolvable through kube-dns failed: {e:#}");
+                (None, None, Some(format!("{e:#}")))
+            }
+        };
     Ok(DnsResult {
         background,
         creates,
         resolvable: Latency::of(&mut resolvable),
         write: Latency::of(&mut writes),
+        after_write: Latency::of(&mut after_write),
+        resolvable_vip,
+        after_write_vip,
+        vip_error,
     })
 }
