@@ -346,7 +346,10 @@ async fn every_served_version_reads_and_writes_the_same_objects() {
     assert_eq!(code, StatusCode::OK, "{bumped}");
     assert_eq!(bumped["metadata"]["generation"], 2, "{bumped}");
     let (code, same) = api
-        .merge_patch(&format!("{beta}/multi"), json!({"metadata": {"labels": {"a": "b"}}}))
+        .merge_patch(
+            &format!("{beta}/multi"),
+            json!({"metadata": {"labels": {"a": "b"}}}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{same}");
     assert_eq!(same["metadata"]["generation"], 2, "{same}");
