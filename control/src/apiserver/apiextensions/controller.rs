@@ -50,6 +50,10 @@ pub async fn start(state: &Arc<ApiState>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The resources built from a definition (or why it cannot be served), with the fingerprint
+/// they were built from.
+type Built = (u64, Result<Vec<ResourceDef>, String>);
+
 /// What the follower keeps between syncs.
 #[derive(Default)]
 struct Follower {
@@ -57,7 +61,7 @@ struct Follower {
     cleanups: Mutex<HashSet<String>>,
     /// The resources built from each definition, by fingerprint: a sync after a status write
     /// (the follower's own, mostly) compiles no schema again.
-    built: std::sync::Mutex<HashMap<String, (u64, Result<Vec<ResourceDef>, String>)>>,
+    built: std::sync::Mutex<HashMap<String, Built>>,
 }
 
 async fn follow(state: Arc<ApiState>, cleanups: Arc<Follower>, mut revision: u64) {
