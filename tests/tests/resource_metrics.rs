@@ -1,5 +1,6 @@
-//! The kubelet's `/metrics/resource` on a real node: a busybox pod that burns CPU shows its
-//! container's and pod's CPU time rising, read from the cgroups the runtime made for it.
+//! The kubelet's `/metrics/resource` and `/stats/summary` on a real node: a busybox pod that
+//! burns CPU shows its container's and pod's CPU time rising, read from the cgroups the
+//! runtime made for it.
 //! Asked on the node's read-only port, from inside the node's network namespace (the
 //! endpoint listens on its loopback address). Needs root.
 
@@ -16,7 +17,12 @@ const READ_ONLY_PORT: u16 = 10_255;
 
 /// The metrics text from the node's read-only endpoint.
 fn scrape(netns: &str) -> String {
-    let url = format!("http://127.0.0.1:{READ_ONLY_PORT}/metrics/resource");
+    get(netns, "/metrics/resource")
+}
+
+/// `path` from the node's read-only endpoint.
+fn get(netns: &str, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{READ_ONLY_PORT}{path}");
     let out = in_netns(Some(netns), Path::new("python3"))
         .args([
             "-c",
@@ -90,4 +96,30 @@ fn a_pod_burning_cpu_shows_rising_usage() {
         "the pod's cgroup holds its containers': {pod_cpu} < {container_cpu}"
     );
     assert!(last.contains("\nresource_scrape_error 0\n"), "{last}");
+
+    // The Summary API from the same cgroups: a rate from the second scrape on; the loop uses
+    // a good share of a core whenever it has one (scrapes a few ms apart on a busy machine can
+    // catch it waiting, so until one shows it).
+    let summary = || -> serde_json::Value {
+        let text = get(&node.netns, "/stats/summary");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let mut s = summary();
+    wait_for(
+        "the summary to show the container using CPU",
+        Duration::from_secs(30),
+        || {
+            s = summary();
+            let pods = s["pods"].as_array().cloned().unwrap_or_default();
+            pods.iter()
+                .find(|p| p["podRef"]["name"] == "burn")
+                .and_then(|p| p["containers"][0]["cpu"]["usageNanoCores"].as_u64())
+                .is_some_and(|cores| cores > 50_000_000)
+        },
+    );
+    assert_eq!(s["node"]["nodeName"], node.name.as_str(), "{s}");
+    assert!(
+        s["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{s}"
+    );
 }

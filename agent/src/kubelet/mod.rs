@@ -36,6 +36,7 @@ pub mod resource_metrics;
 pub mod server;
 pub mod server_tls;
 pub mod static_pods;
+pub mod stats_summary;
 pub mod status;
 pub mod status_writer;
 pub mod streaming;
