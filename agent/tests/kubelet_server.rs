@@ -332,6 +332,7 @@ async fn exec_streams_over_the_channel_protocol() {
         runtime: c.runtime.clone(),
         auth: server::ServerSecurity::token_only(TOKEN).auth,
         shutdown: CancellationToken::new(),
+        cpu_rates: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -481,6 +482,7 @@ async fn port_forward_reaches_servers_inside_the_pod() {
         runtime: c.runtime.clone(),
         auth: server::ServerSecurity::token_only(TOKEN).auth,
         shutdown: CancellationToken::new(),
+        cpu_rates: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -1155,6 +1157,28 @@ async fn callers_are_authenticated_by_certificate_or_token_and_authorized_by_rev
     assert_eq!(
         status["message"],
         "Forbidden (user=alice, verb=get, resource=nodes, subresource=metrics)"
+    );
+    // /stats/summary is nodes/stats.
+    let r = client_with(None, Some(&apiserver))
+        .get(format!("{base}/stats/summary"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let summary: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(summary["node"]["nodeName"], "n1", "{summary}");
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "{summary}"
+    );
+    let r = alice(client_with(None, None).get(format!("{base}/stats/summary")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        status["message"],
+        "Forbidden (user=alice, verb=get, resource=nodes, subresource=stats)"
     );
     // A certificate of another CA authenticates no one.
     let stranger = TestCa::new().issue("kube-apiserver-kubelet-client", &[], &[], false);

@@ -379,6 +379,11 @@ pub struct KubeletAuth {
 }
 
 impl KubeletAuth {
+    /// The node whose endpoint this guards.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// For node `node`: tokens and access reviewed by `reviewer`; `static_token` (the
     /// `--kubeconfig` admin token) accepted as an administrator without review.
     pub fn new(

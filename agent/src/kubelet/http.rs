@@ -30,6 +30,8 @@ pub struct ServerState {
     pub auth: Arc<super::auth::KubeletAuth>,
     /// Cancelled at shutdown: open streams end.
     pub shutdown: CancellationToken,
+    /// The previous CPU readings, for `/stats/summary`'s rates.
+    pub cpu_rates: Arc<super::stats_summary::CpuRates>,
 }
 
 /// A Kubernetes `Status` error response.

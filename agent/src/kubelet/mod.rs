@@ -39,6 +39,7 @@ pub mod server;
 pub mod server_tls;
 pub mod spdy;
 pub mod static_pods;
+pub mod stats_summary;
 pub mod status;
 pub mod status_writer;
 pub mod streaming;

@@ -4,10 +4,10 @@
 //!   `pods/portforward`: `GET /containerLogs/{ns}/{pod}/{container}`,
 //!   `GET /exec/{ns}/{pod}/{container}` (websocket, [`super::streaming`]) and
 //!   `GET|POST /portForward/{ns}/{pod}` (websocket, [`super::portforward`], or a SPDY/3.1
-//!   upgrade, [`super::portforward_spdy`]), plus `/healthz`, `/pods`, `/metrics` and
-//!   `/metrics/resource` (the node's, pods' and containers' CPU and memory from their
-//!   cgroups, [`super::resource_metrics`]). The certificate is the one the cluster's
-//!   `kubelet-serving` signer
+//!   upgrade, [`super::portforward_spdy`]), plus `/healthz`, `/pods`, `/metrics`,
+//!   `/metrics/resource` and `/stats/summary` (the node's, pods' and containers' CPU and
+//!   memory from their cgroups, [`super::resource_metrics`], [`super::stats_summary`]). The
+//!   certificate is the one the cluster's `kubelet-serving` signer
 //!   issued for the node when the agent joined with a token ([`super::identity::serving`]),
 //!   self-signed (made once under `<root>/kubelet/`) until then or otherwise
 //!   ([`super::server_tls`]). Every request is
@@ -15,8 +15,8 @@
 //!   TokenReview) and authorized (a SubjectAccessReview on `nodes/<subresource>`), as the
 //!   kubelet does ([`super::auth`]).
 //! - Plain HTTP on `--read-only-port` (off unless set; the kubelet's 10255), unauthenticated and
-//!   read-only: `/healthz`, `/pods` (a v1 PodList), `/metrics` and `/metrics/resource`
-//!   (Prometheus text). Insecure:
+//!   read-only: `/healthz`, `/pods` (a v1 PodList), `/metrics`, `/metrics/resource`
+//!   (Prometheus text) and `/stats/summary`. Insecure:
 //!   anyone who reaches the port sees every pod of the node.
 //!
 //! Container logs rotate here too (copytruncate, [`super::logs`]).
@@ -326,6 +326,7 @@ fn read_only_routes() -> Router<ServerState> {
         .route("/pods", get(pods))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
+        .route("/stats/summary", get(stats_summary))
 }
 
 /// The unauthenticated read-only endpoint's routes.
@@ -377,6 +378,38 @@ async fn resource_metrics(State(state): State<ServerState>) -> Response {
             body,
         )
             .into_response(),
+        Ok(Err(e)) => status_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("reading cgroup statistics: {e}"),
+        ),
+        Err(e) => status_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("reading cgroup statistics: {e}"),
+        ),
+    }
+}
+
+/// `/stats/summary`: the Summary API from the same cgroup scrape as `/metrics/resource`
+/// ([`super::stats_summary`]).
+async fn stats_summary(State(state): State<ServerState>) -> Response {
+    let pods = state.directory.pods();
+    let read = tokio::task::spawn_blocking(move || {
+        let hierarchy = crate::runtime::cgroup_stats::Hierarchy::detect()?;
+        let scrape = super::resource_metrics::collect(&hierarchy, &pods, None);
+        let at = k8s_openapi::jiff::Timestamp::now();
+        Ok::<_, crate::runtime::cgroup_stats::CgroupStatsError>(super::stats_summary::render(
+            state.auth.node(),
+            &pods,
+            &scrape,
+            at,
+            &state.cpu_rates,
+        ))
+    })
+    .await;
+    match read {
+        Ok(Ok(summary)) => Json(summary).into_response(),
         Ok(Err(e)) => status_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
@@ -515,6 +548,7 @@ pub async fn serve_with(
         runtime,
         auth: security.auth.clone(),
         shutdown: shutdown.clone(),
+        cpu_rates: Default::default(),
     };
     let (cert, key) = load_or_create_certificate(&config.root_dir, &config.tls_sans)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
