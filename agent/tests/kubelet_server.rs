@@ -791,6 +791,7 @@ async fn port_forward_over_spdy_serves_many_connections_in_one_session() {
         runtime: c.runtime.clone(),
         auth: server::ServerSecurity::token_only(TOKEN).auth,
         shutdown: CancellationToken::new(),
+        cpu_rates: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
