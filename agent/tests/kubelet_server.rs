@@ -264,6 +264,22 @@ async fn logs_health_pods_metrics_and_auth() {
 }
 
 /// A busybox pod running `script`, removed on drop; `None` (with a message) when not root.
+/// The kubelet's router on a loopback port over plain HTTP, accepting the test token: the
+/// streaming tests speak to the handlers, not to TLS. Returns `host:port`.
+async fn serve_plain(directory: Arc<FakeDirectory>, runtime: Arc<Runtime>) -> String {
+    let state = ServerState {
+        directory,
+        runtime,
+        auth: server::ServerSecurity::token_only(TOKEN).auth,
+        shutdown: CancellationToken::new(),
+        cpu_rates: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+    addr
+}
+
 fn busybox_container(script: &str) -> Option<BusyboxPod> {
     if !root_or_skip("the exec test", "namespaces, mounts, cgroups") {
         return None;
@@ -327,16 +343,7 @@ async fn exec_streams_over_the_channel_protocol() {
     let directory = Arc::new(FakeDirectory::default());
     *directory.running.lock().unwrap() = Some(c.container.clone());
     *directory.log.lock().unwrap() = Some(c.container.log_path.clone());
-    let state = ServerState {
-        directory: directory.clone(),
-        runtime: c.runtime.clone(),
-        auth: server::ServerSecurity::token_only(TOKEN).auth,
-        shutdown: CancellationToken::new(),
-        cpu_rates: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+    let addr = serve_plain(directory.clone(), c.runtime.clone()).await;
 
     // v5, stdin half-closed: the process sees EOF; output, stderr and exit code come back.
     let q = "command=sh&command=-c&command=hostname%3B%20cat%3B%20echo%20oops%20%3E%262%3B%20exit%203&stdin=1&stdout=1&stderr=1";
@@ -477,16 +484,7 @@ async fn port_forward_reaches_servers_inside_the_pod() {
     };
     let directory = Arc::new(FakeDirectory::default());
     *directory.running.lock().unwrap() = Some(c.container.clone());
-    let state = ServerState {
-        directory: directory.clone(),
-        runtime: c.runtime.clone(),
-        auth: server::ServerSecurity::token_only(TOKEN).auth,
-        shutdown: CancellationToken::new(),
-        cpu_rates: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+    let addr = serve_plain(directory.clone(), c.runtime.clone()).await;
 
     // No subprotocol (kr8s): binary framing. Retried until httpd listens.
     let (messages, code) = eventually_within(Duration::from_secs(20), "httpd in the pod", || {
@@ -786,16 +784,7 @@ async fn port_forward_over_spdy_serves_many_connections_in_one_session() {
     };
     let directory = Arc::new(FakeDirectory::default());
     *directory.running.lock().unwrap() = Some(c.container.clone());
-    let state = ServerState {
-        directory: directory.clone(),
-        runtime: c.runtime.clone(),
-        auth: server::ServerSecurity::token_only(TOKEN).auth,
-        shutdown: CancellationToken::new(),
-        cpu_rates: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, server::app(state)).await });
+    let addr = serve_plain(directory.clone(), c.runtime.clone()).await;
 
     let (tcp, head) = spdy_upgrade(&addr, "portforward.k8s.io").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");

@@ -66,18 +66,22 @@ trait Cache: Send + Sync {
     fn ready(&self) -> futures::future::BoxFuture<'static, ()>;
 }
 
+/// Whether the collector may have to act on an object: it has owners, is being deleted, or
+/// has finalizers. The others matter only as owners that exist.
+fn acts_on(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.owner_references
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+        || meta.deletion_timestamp.is_some()
+        || meta.finalizers.as_ref().is_some_and(|f| !f.is_empty())
+}
+
 impl<K: informers::Kind> Cache for Arc<informers::Informer<K>> {
     fn metadata(&self, others: &mut HashSet<String>) -> Vec<Arc<DynamicObject>> {
         let mut involved = Vec::new();
         for o in self.store().state() {
             let meta = o.meta();
-            let acts = meta
-                .owner_references
-                .as_ref()
-                .is_some_and(|r| !r.is_empty())
-                || meta.deletion_timestamp.is_some()
-                || meta.finalizers.as_ref().is_some_and(|f| !f.is_empty());
-            if acts {
+            if acts_on(meta) {
                 involved.push(Arc::new(DynamicObject {
                     types: None,
                     metadata: meta.clone(),
@@ -495,13 +499,7 @@ impl Cache for DynamicCache {
         let mut involved = Vec::new();
         for o in self.store.state() {
             let meta = &o.metadata;
-            let acts = meta
-                .owner_references
-                .as_ref()
-                .is_some_and(|r| !r.is_empty())
-                || meta.deletion_timestamp.is_some()
-                || meta.finalizers.as_ref().is_some_and(|f| !f.is_empty());
-            if acts {
+            if acts_on(meta) {
                 involved.push(o);
             } else if let Some(uid) = &meta.uid {
                 others.insert(uid.clone());
