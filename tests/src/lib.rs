@@ -1,6 +1,6 @@
 //! Helpers for skiff's end-to-end tests: start the real binaries and drive them with the real
 //! clients. `cargo xtask test` builds the binaries and installs kubectl, and passes their paths
-//! in `SKIFF_CONTROL_BIN` and `SKIFF_KUBECTL`.
+//! in `SKIFF_CONTROL_BIN`, `SKIFF_KUBECTL` and `SKIFF_HELM3`/`SKIFF_HELM4`.
 
 pub mod cluster;
 pub mod kubectl;
@@ -46,6 +46,15 @@ pub fn kubectl_bin() -> PathBuf {
     tool(
         "SKIFF_KUBECTL",
         "target/tools/venv/bin/kubectl",
+        "run `cargo xtask setup` to install it",
+    )
+}
+
+/// Helm of this major version (3 or 4), which `cargo xtask setup` fetches.
+pub fn helm_bin(major: u8) -> PathBuf {
+    tool(
+        &format!("SKIFF_HELM{major}"),
+        &format!("target/tools/helm/v{major}/helm"),
         "run `cargo xtask setup` to install it",
     )
 }

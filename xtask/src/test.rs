@@ -284,12 +284,14 @@ fn run_binaries(binaries: &[TestBinary], tier: Tier) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds the environment the end-to-end tests read: the binaries to start and kubectl.
+/// Adds the environment the end-to-end tests read: the binaries to start, kubectl and helm.
 fn test_env(cmd: &mut Command) -> &mut Command {
     let target = util::target_dir();
     cmd.env("SKIFF_CONTROL_BIN", target.join("debug/skiff-control"))
         .env("SKIFF_AGENT_BIN", target.join("debug/skiff-agent"))
         .env("SKIFF_KUBECTL", setup::kubectl_path())
+        .env("SKIFF_HELM3", setup::helm_path(3))
+        .env("SKIFF_HELM4", setup::helm_path(4))
 }
 
 /// Every integration test target of the workspace and its tier, from `cargo metadata`.
