@@ -469,3 +469,24 @@ pub fn list_layouts(dir: &Path) -> anyhow::Result<Vec<LayoutRefs>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LayerBlob;
+
+    /// The layer compressor is part of an image's identity: the same tree must give the same
+    /// digest whichever build of xtask (alone, or with the workspace's features in tests)
+    /// compresses it. A different flate2 backend or level changes this digest.
+    #[test]
+    fn gzip_output_is_pinned() {
+        let tar: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes())
+            .chain(b"skiff ".repeat(50_000))
+            .collect();
+        let layer = LayerBlob::gzip(&tar).unwrap();
+        assert_eq!(
+            layer.digest,
+            "sha256:0cf12611a295d85731e07ab19932d7a6b0e652a5fca215ea05b6618ea43dc6ff"
+        );
+    }
+}

@@ -112,9 +112,16 @@ impl Variant {
     }
 }
 
+/// How layers are written (tar layout, compressor): a cached layer of another format is built
+/// again. 2: gzip by zlib-rs (1, unrecorded: by whichever flate2 backend the build had).
+const LAYER_FORMAT: u32 = 2;
+
 /// What a cached tree was built from and what it gave.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
+    /// [`LAYER_FORMAT`] when written (absent in older stamps).
+    #[serde(default)]
+    format: u32,
     args: Vec<String>,
     source_date_epoch: u64,
     /// The diff ID of the layer this one was computed against (the base), if any.
@@ -173,7 +180,8 @@ fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>> {
     };
     let valid = |v: Variant, s: &Option<Stamp>, parent: Option<&str>| {
         s.as_ref().is_some_and(|s| {
-            s.args == v.args()
+            s.format == LAYER_FORMAT
+                && s.args == v.args()
                 && s.source_date_epoch == SOURCE_DATE_EPOCH
                 && s.parent.as_deref() == parent
                 && s.packages
@@ -275,6 +283,7 @@ fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>> {
                 tree.iter().map(|(p, n)| (p.clone(), Some(n))).collect();
             let layer = LayerBlob::gzip(&write_tree(&all)?)?;
             new_stamps[0] = Some(Stamp {
+                format: LAYER_FORMAT,
                 args: BASE.args(),
                 source_date_epoch: SOURCE_DATE_EPOCH,
                 parent: None,
@@ -301,6 +310,7 @@ fn build_with(out: &Path, fresh: bool) -> anyhow::Result<Option<[String; 3]>> {
         }
         let layer = LayerBlob::gzip(&write_tree(&diff(base, &tree))?)?;
         new_stamps[i] = Some(Stamp {
+            format: LAYER_FORMAT,
             args: v.args(),
             source_date_epoch: SOURCE_DATE_EPOCH,
             parent: Some(parent),
@@ -358,7 +368,8 @@ fn verify_in(out: &Path, scratch: &Path) -> anyhow::Result<()> {
     let (first, first_stamps) = fresh("a")?;
     let cached = read_stamps(&out.join(".cache"));
     let same_packages = cached.iter().zip(&first_stamps).all(|(c, f)| {
-        matches!((c, f), (Some(c), Some(f)) if c.packages == f.packages && c.args == f.args)
+        matches!((c, f), (Some(c), Some(f))
+            if c.packages == f.packages && c.args == f.args && c.format == f.format)
     });
     let (other, what) = if same_packages {
         let digests: Vec<String> = cached
