@@ -110,6 +110,10 @@ struct Args {
     /// How long Events are kept after their last write (kube-apiserver's --event-ttl).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
+    /// How often the resource metrics (metrics.k8s.io, `kubectl top`) are scraped from every
+    /// kubelet (metrics-server's --metric-resolution); between 1s and 10m.
+    #[arg(long, default_value = "15s", value_parser = parse_metric_resolution)]
+    metric_resolution: Duration,
     #[command(flatten)]
     controllers: ControllerArgs,
 }
@@ -444,6 +448,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+fn parse_metric_resolution(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+        return Err(format!("{s:?}: the resolution must be between 1s and 10m"));
+    }
+    Ok(d)
+}
+
 /// The CA certificate (PEM) of a kubeconfig's current cluster, inline or from its file.
 fn root_ca_of(yaml: &str) -> Option<String> {
     use base64::Engine as _;
@@ -642,6 +654,7 @@ async fn run() -> anyhow::Result<()> {
                 args.request_timeout,
             ),
             event_ttl: args.event_ttl,
+            metric_resolution: args.metric_resolution,
         },
         shutdown,
     )

@@ -49,6 +49,8 @@ pub struct Config {
     pub overload: (usize, usize, Duration),
     /// How long Events are kept after their last write (`--event-ttl`).
     pub event_ttl: Duration,
+    /// How often the kubelets' resource metrics are scraped (`--metric-resolution`).
+    pub metric_resolution: Duration,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -224,6 +226,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
     tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(controllers::event_ttl::run(state.clone(), config.event_ttl));
+    tokio::spawn(apiserver::resource_metrics::run(
+        state.clone(),
+        config.metric_resolution,
+    ));
 
     let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,7 +1,8 @@
 //! The kubelet's `/metrics/resource` and `/stats/summary` on a real node: a busybox pod that
 //! burns CPU shows its container's and pod's CPU time rising, read from the cgroups the
-//! runtime made for it.
-//! Asked on the node's read-only port, from inside the node's network namespace (the
+//! runtime made for it; and `kubectl top` (metrics.k8s.io, which the API server fills by
+//! scraping the kubelets) shows the burning pod using about a core and an idle one nearly none.
+//! The kubelet's endpoints are asked on the node's read-only port, from inside the node's network namespace (the
 //! endpoint listens on its loopback address). Needs root.
 
 use std::path::Path;
@@ -52,6 +53,8 @@ fn a_pod_burning_cpu_shows_rising_usage() {
     require_root!("network namespaces, containers, cgroups");
     let c = Guard::test(&Options {
         agent_args: vec![format!("--read-only-port={READ_ONLY_PORT}")],
+        // Scrapes every second, so that two (a rate) come soon.
+        control_args: vec!["--metric-resolution=1s".into()],
         ..Options::test("tres", 243, 1)
     });
     let k = Kubectl(c.state.kubeconfig.clone());
@@ -62,7 +65,14 @@ fn a_pod_burning_cpu_shows_rising_usage() {
                 "command": ["sh", "-c", "while :; do :; done"]}]}})
         .to_string(),
     );
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "idle", "namespace": "default"},
+            "spec": {"containers": [{"name": "rest", "image": "busybox",
+                "command": ["sleep", "3600"]}]}})
+        .to_string(),
+    );
     k.wait_phase("burn", "Running", Duration::from_secs(120));
+    k.wait_phase("idle", "Running", Duration::from_secs(120));
 
     let container = r#"{container="spin",namespace="default",pod="burn"}"#;
     let pod = r#"{namespace="default",pod="burn"}"#;
@@ -122,4 +132,54 @@ fn a_pod_burning_cpu_shows_rising_usage() {
         s["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
         "{s}"
     );
+
+    // `kubectl top`: the API server's metrics.k8s.io, scraped from the kubelet.
+    let top_millicores = |pod: &str| -> Option<u64> {
+        let out = k.output(&["top", "pod", pod, "--containers", "--no-headers"], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // POD NAME CPU(cores) MEMORY(bytes)
+        let cpu = text.split_whitespace().nth(2)?;
+        cpu.strip_suffix('m').map_or_else(
+            || cpu.parse::<u64>().ok().map(|c| c * 1000),
+            |m| m.parse().ok(),
+        )
+    };
+    wait_for(
+        "kubectl top to show the burning pod using a good share of a core",
+        Duration::from_secs(60),
+        || top_millicores("burn").is_some_and(|m| m >= 300),
+    );
+    let mut idle = None;
+    wait_for("kubectl top pod idle", Duration::from_secs(30), || {
+        idle = top_millicores("idle");
+        idle.is_some()
+    });
+    assert!(idle < Some(100), "a sleeping container uses {idle:?}m");
+    let nodes = k.run(&["top", "node", "--no-headers"]);
+    assert!(
+        nodes.starts_with(&format!("{} ", node.name)) && nodes.contains('%'),
+        "{nodes}"
+    );
+    let pods = k.run(&["top", "pod", "-A", "--no-headers"]);
+    assert!(pods.contains("burn") && pods.contains("idle"), "{pods}");
+    // Label selectors select on the pods' labels; a deleted pod leaves the API.
+    k.run(&["label", "pod", "burn", "load=high"]);
+    let selected = k.run(&["top", "pod", "-l", "load=high", "--no-headers"]);
+    assert!(
+        selected.starts_with("burn ") && !selected.contains("idle"),
+        "{selected}"
+    );
+    k.run(&["delete", "pod", "idle", "--wait=false"]);
+    wait_for("idle's metrics to go", Duration::from_secs(60), || {
+        !k.output(
+            &[
+                "get",
+                "--raw",
+                "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/idle",
+            ],
+            None,
+        )
+        .status
+        .success()
+    });
 }

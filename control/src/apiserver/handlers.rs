@@ -502,6 +502,50 @@ async fn dispatch(
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
+    if let Some(source) = def.strategy.computed() {
+        // A read-only computed kind (metrics.k8s.io): get and list, nothing else, no watch.
+        return match (method, t.name.as_deref(), t.subresource) {
+            (Method::GET, None, Subresource::Main) => {
+                if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                    return Err(ApiError::MethodNotAllowed);
+                }
+                let opts = list_options(def, &query)?;
+                let items = source.list(&state, ns, &opts).await?;
+                let list_meta = json!({});
+                if wants_table(&headers) {
+                    let include =
+                        IncludeObject::parse(query.get("includeObject").map(String::as_str));
+                    let refs: Vec<&Value> = items.iter().collect();
+                    return Ok(json_response(
+                        StatusCode::OK,
+                        &table(&def.strategy.columns(), &refs, list_meta, include),
+                        &[],
+                    ));
+                }
+                let list = json!({
+                    "kind": format!("{}List", def.kind),
+                    "apiVersion": def.api_version(),
+                    "metadata": list_meta,
+                    "items": items,
+                });
+                Ok(json_response(StatusCode::OK, &list, &[]))
+            }
+            (Method::GET, Some(name), Subresource::Main) => {
+                let object = source.get(&state, ns, name).await?;
+                if wants_table(&headers) {
+                    let include =
+                        IncludeObject::parse(query.get("includeObject").map(String::as_str));
+                    return Ok(json_response(
+                        StatusCode::OK,
+                        &table(&def.strategy.columns(), &[&object], json!({}), include),
+                        &[],
+                    ));
+                }
+                Ok(json_response(StatusCode::OK, &object, &[]))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
     if t.subresource == Subresource::Token {
         return match (method, t.name.as_deref(), ns) {
             (Method::POST, Some(name), Some(ns)) => {

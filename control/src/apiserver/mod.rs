@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod resource_metrics;
 pub mod selectors;
 pub mod service_alloc;
 pub mod snapshot;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub overload: limits::Overload,
     /// The checks `/readyz` runs besides its own (the controller manager registers one).
     pub readiness: health::Checks,
+    /// The kubelets' latest usage readings, which metrics.k8s.io serves.
+    pub resource_metrics: resource_metrics::Cache,
 }
 
 impl ApiState {
@@ -116,6 +119,7 @@ impl ApiState {
             heavy: tokio::sync::Semaphore::new(limits::heavy_permits()),
             overload: limits::Overload::default(),
             readiness: health::Checks::default(),
+            resource_metrics: resource_metrics::Cache::default(),
         });
         (state, rx)
     }

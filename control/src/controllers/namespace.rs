@@ -72,7 +72,7 @@ async fn finalize(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
             .registry
             .all()
             .iter()
-            .filter(|d| d.namespaced && d.strategy.review().is_none())
+            .filter(|d| d.namespaced && d.strategy.stored())
         {
             let page = state
                 .list(def, Some(namespace), &ListOptions::default())

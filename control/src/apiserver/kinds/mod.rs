@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::auth::UserInfo;
 use super::error::{ApiError, FieldError};
-use super::objects::{DeleteOptions, Subresource};
+use super::objects::{DeleteOptions, ListOptions, Subresource};
 use super::registry::ResourceDef;
 use super::table::{Column, AGE, NAME};
 use super::validation::NameRule;
@@ -49,6 +49,28 @@ pub trait Review: Send + Sync {
         user: &'a UserInfo,
         namespace: Option<&'a str>,
         object: Value,
+    ) -> BoxFuture<'a, Result<Value, ApiError>>;
+}
+
+/// A read-only kind computed on request, never stored (metrics.k8s.io's NodeMetrics and
+/// PodMetrics, which Kubernetes serves from metrics-server): GET of the collection lists,
+/// GET of a name gets, every other verb is 405. [`Strategy::verbs`] should be
+/// [`metrics::GET_LIST`].
+pub trait Computed: Send + Sync {
+    /// The objects in `namespace` (all namespaces: `None`) that `opts`' selectors match.
+    fn list<'a>(
+        &'a self,
+        state: &'a ApiState,
+        namespace: Option<&'a str>,
+        opts: &'a ListOptions,
+    ) -> BoxFuture<'a, Result<Vec<Value>, ApiError>>;
+
+    /// The object `name`, or a NotFound error.
+    fn get<'a>(
+        &'a self,
+        state: &'a ApiState,
+        namespace: Option<&'a str>,
+        name: &'a str,
     ) -> BoxFuture<'a, Result<Value, ApiError>>;
 }
 
@@ -276,6 +298,18 @@ pub trait Strategy: Send + Sync {
         None
     }
 
+    /// For a read-only computed kind, what computes it (see [`Computed`]). Such a kind is
+    /// never stored.
+    fn computed(&self) -> Option<&dyn Computed> {
+        None
+    }
+
+    /// Whether objects of the kind live in the store (not a review or a computed kind):
+    /// what the namespace controller deletes and the garbage collector watches.
+    fn stored(&self) -> bool {
+        self.review().is_none() && self.computed().is_none()
+    }
+
     /// Whether PATCH accepts strategic merge patches (built-in kinds, whose list merge keys
     /// `patch.rs` knows); custom resources answer 415 as in Kubernetes.
     fn strategic_merge(&self) -> bool {
@@ -329,6 +363,7 @@ builtins! {
     priorityclass,
     rbac,
     customresourcedefinition,
+    metrics,
 }
 
 #[cfg(test)]

@@ -160,6 +160,13 @@ pub fn cluster_roles() -> Vec<Value> {
             &[(TO_VIEW, "true")],
             aggregate_to_view(),
         ),
+        // metrics-server's role: whoever may view a namespace may read its usage
+        // (`kubectl top`), served here by the API server itself.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            &[(TO_VIEW, "true"), (TO_EDIT, "true"), (TO_ADMIN, "true")],
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
+        ),
         // What the API server may do on kubelets (logs, exec, stats), bound to its client
         // certificate's user.
         cluster_role(
