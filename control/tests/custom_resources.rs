@@ -329,6 +329,9 @@ async fn every_served_version_reads_and_writes_the_same_objects() {
     assert_eq!(v1["spec"]["size"], 3, "v1's defaults apply on read: {v1}");
     let list = api.get(beta).await;
     assert_eq!(list["items"][0]["apiVersion"], "example.com/v1beta1");
+    // Lists default too: the object was stored without v1's default (v1beta1 has none).
+    let list = api.get(WIDGETS).await;
+    assert_eq!(list["items"][0]["spec"]["size"], 3, "{list}");
     // Stored in the storage version.
     let stored = api
         .state

@@ -422,6 +422,9 @@ fn list_response(
         items
             .into_iter()
             .map(|raw| {
+                if !def.strategy.needs_served_form(&raw) {
+                    return Ok(raw);
+                }
                 let value = serde_json::from_slice::<Value>(&raw).map_err(|e| {
                     ApiError::Internal(format!("stored object does not decode: {e}"))
                 })?;

@@ -146,7 +146,7 @@ impl Encoder {
                 );
                 line.extend_from_slice(&serde_json::to_vec(&t).unwrap_or_default());
             }
-            None if self.def.strategy.converts() => {
+            None if self.def.strategy.needs_served_form(object.raw) => {
                 // Stored in another version: the object goes out as this version serves it.
                 let value = object
                     .parsed

@@ -356,6 +356,15 @@ impl Strategy for CustomResource {
         self.api_version != self.storage_api_version || self.schema.has_defaults
     }
 
+    fn needs_served_form(&self, raw: &[u8]) -> bool {
+        self.api_version != self.storage_api_version
+            || self
+                .schema
+                .read_defaults
+                .as_ref()
+                .is_some_and(|t| !t.complete(raw))
+    }
+
     fn storage_form(&self, object: &mut Value) {
         if let Some(map) = object.as_object_mut() {
             map.insert("apiVersion".into(), json!(self.storage_api_version));

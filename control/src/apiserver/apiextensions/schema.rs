@@ -198,6 +198,8 @@ pub struct Schema {
     pub has_defaults: bool,
     /// Whether any node has CEL rules (objects are walked for them only then).
     pub has_rules: bool,
+    /// Where the defaults are, to tell whether a stored object needs them on read.
+    pub read_defaults: Option<super::read_defaults::DefaultsTree>,
 }
 
 /// Compiles `props`, collecting every structural rule broken under `path`.
@@ -250,10 +252,16 @@ impl Schema {
             }
         }
         if c.errors.is_empty() {
+            let read_defaults = if c.has_defaults {
+                super::read_defaults::DefaultsTree::of(&root)
+            } else {
+                None
+            };
             Ok(Self {
                 root,
                 has_defaults: c.has_defaults,
                 has_rules: c.rules > 0,
+                read_defaults,
             })
         } else {
             Err(c.errors)

@@ -269,6 +269,12 @@ pub trait Strategy: Send + Sync {
 
     /// Turns a stored object into the version served here, before it goes out (only called
     /// when [`Strategy::converts`]).
+    /// Whether a stored object (its JSON) must go through [`Strategy::served_form`] before
+    /// it is served, or may go out as stored: by default whenever the kind converts.
+    fn needs_served_form(&self, _raw: &[u8]) -> bool {
+        self.converts()
+    }
+
     fn served_form(&self, _object: &mut Value) {}
 
     /// The warning every request of a deprecated version gets.
