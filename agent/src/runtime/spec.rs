@@ -145,6 +145,22 @@ pub struct ContainerSpec {
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Where stdout and stderr go (appended); default `<pod dir>/logs/<name>.log`.
     pub log_path: Option<PathBuf>,
+    /// The container's stdio as `kubectl attach` meets it (`stdin`, `stdinOnce`, `tty`).
+    pub stdio: StdioSpec,
+}
+
+/// How a container's stdio is set up: by default stdin is `/dev/null` and stdout and stderr
+/// the log file. With `stdin` the agent holds the write end of a pipe that is the
+/// container's stdin; with `tty` the container's stdio is a pseudo-terminal whose master the
+/// agent holds, copying its output to the log ([`super::stdio`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioSpec {
+    /// `stdin: true`: input from attached clients.
+    pub stdin: bool,
+    /// `stdinOnce: true`: stdin is closed when the first attached client detaches.
+    pub stdin_once: bool,
+    /// `tty: true`: a terminal.
+    pub tty: bool,
 }
 
 /// Which seccomp profile a container runs under.
@@ -780,6 +796,11 @@ impl ContainerSpec {
             no_new_privileges,
             mounts: Vec::new(),
             log_path: None,
+            stdio: StdioSpec {
+                stdin: container.stdin.unwrap_or(false),
+                stdin_once: container.stdin_once.unwrap_or(false),
+                tty: container.tty.unwrap_or(false),
+            },
             supplemental_groups,
             seccomp,
             privileged,
@@ -838,7 +859,7 @@ impl ContainerSpec {
     pub(crate) fn to_oci(&self, ctx: &SpecContext) -> Result<Spec, SpecError> {
         let caps = self.capabilities()?;
         let process = ProcessBuilder::default()
-            .terminal(false)
+            .terminal(self.stdio.tty)
             .args(self.args.clone())
             .env(
                 self.env

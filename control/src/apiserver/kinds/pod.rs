@@ -192,6 +192,10 @@ impl Strategy for Pod {
                 "kind": "Pod", "verbs": ["get"],
             }),
             json!({
+                "name": "pods/attach", "singularName": "", "namespaced": true,
+                "kind": "PodAttachOptions", "verbs": ["create", "get"],
+            }),
+            json!({
                 "name": "pods/exec", "singularName": "", "namespaced": true,
                 "kind": "PodExecOptions", "verbs": ["create", "get"],
             }),
