@@ -202,11 +202,7 @@ fn attach_run_and_cp_with_kubectl() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("got one\ngot two\neof\n"),
-        "{}",
-        text(&out)
-    );
+    assert!(stdout.contains("got one\ngot two\neof\n"), "{}", text(&out));
     wait_gone(&k, "catter");
 
     // run -it --rm: the container gets a terminal (kubectl's own stdin is no terminal, so it

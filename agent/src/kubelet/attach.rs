@@ -9,6 +9,11 @@
 //! The stream ends with a Success status when the container exits; a client that goes away
 //! leaves the container running (with `stdinOnce` its stdin is closed then).
 
+#![allow(
+    clippy::result_large_err,
+    reason = "a bad parameter's error is the axum Response sent for it, built once per request"
+)]
+
 use std::io::Write as _;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};

@@ -13,8 +13,8 @@
 //! [`auth`] over [`server_tls`].
 
 pub mod admission;
-pub mod attach;
 pub mod atomic_writer;
+pub mod attach;
 pub mod auth;
 pub mod container_config;
 pub mod directory;

@@ -50,9 +50,7 @@ use serde::{Deserialize, Serialize};
 
 pub use container_runtime::ContainerRuntime;
 pub use exec_output::ExecOutput;
-pub use spec::{
-    BindMount, ContainerSpec, ImageConfig, Resources, Seccomp, SpecError, StdioSpec,
-};
+pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, Seccomp, SpecError, StdioSpec};
 pub use stdio::ContainerStdio;
 
 /// Errors of the pod runtime.
