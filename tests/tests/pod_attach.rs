@@ -259,6 +259,77 @@ fn attach_run_and_cp_with_kubectl() {
     wait_gone(&k, "dnstest");
 
     cp_both_ways(&k);
+    debug_sees_the_target(&k);
+}
+
+/// `kubectl debug -i --target`: an ephemeral busybox in the ticker's pod, sharing the ticker
+/// container's PID namespace, lists its processes; its status is reported; the API server
+/// refuses to remove it.
+fn debug_sees_the_target(k: &Kubectl) {
+    let out = kubectl_timed(
+        k,
+        &[
+            "debug",
+            "-i",
+            "ticker",
+            "--image=busybox",
+            "--target=app",
+            "--container=dbg",
+            "--",
+            "ps",
+            "-o",
+            "pid,args",
+        ],
+        "",
+        TIMEOUT,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The target's shell is PID 1 of the namespace the debugger joined.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("while true")),
+        "{}",
+        text(&out)
+    );
+    let pod = k.json(&["get", "pod", "ticker", "-o", "json"]);
+    let statuses = &pod["status"]["ephemeralContainerStatuses"];
+    assert_eq!(statuses[0]["name"], "dbg", "{pod}");
+    assert!(
+        statuses[0]["state"]["terminated"].is_object()
+            || statuses[0]["state"]["running"].is_object(),
+        "{pod}"
+    );
+
+    // Ephemeral containers are never removed (nor changed) through the subresource, and
+    // never touched by a pod update.
+    let mut without = pod.clone();
+    without["spec"]["ephemeralContainers"] = json!([]);
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(file.path(), without.to_string()).unwrap();
+    let refused = k.output(
+        &[
+            "replace",
+            "--raw",
+            "/api/v1/namespaces/default/pods/ticker/ephemeralcontainers",
+            "-f",
+            file.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("may not be removed"),
+        "{}",
+        text(&refused)
+    );
+    k.run(&["label", "pod", "ticker", "touched=yes"]);
+    let after = k.json(&["get", "pod", "ticker", "-o", "json"]);
+    assert_eq!(
+        after["spec"]["ephemeralContainers"], pod["spec"]["ephemeralContainers"],
+        "{after}"
+    );
 }
 
 /// `kubectl cp` a directory into the ticker pod and back; a symlink out of the copied tree is

@@ -803,7 +803,10 @@ impl Runtime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "error");
+            .env(
+                "RUST_LOG",
+                std::env::var("SKIFF_SHIM_DEBUG").map_or("error", |_| "debug"),
+            );
         let shim_failed = |message: String| RuntimeError::Shim {
             op: "create",
             id: id.to_owned(),

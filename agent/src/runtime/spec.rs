@@ -140,6 +140,9 @@ pub struct ContainerSpec {
     pub privileged: bool,
     /// The pod's hostPID: the node's PID namespace instead of a new one.
     pub host_pid: bool,
+    /// Join this PID namespace instead of making one: an ephemeral container's
+    /// `targetContainerName` (`/proc/<target's pid>/ns/pid`), so that it sees its processes.
+    pub pid_namespace: Option<PathBuf>,
     /// The pod's `securityContext.sysctls`, set in the pod's namespaces as the container
     /// starts (the agent's admission has checked them against the allowlist).
     pub sysctls: std::collections::BTreeMap<String, String>,
@@ -804,6 +807,7 @@ impl ContainerSpec {
             supplemental_groups,
             seccomp,
             privileged,
+            pid_namespace: None,
             host_pid: pod
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| s.host_pid)
@@ -920,10 +924,17 @@ impl ContainerSpec {
             );
         }
 
-        let mut namespaces = vec![
-            LinuxNamespaceBuilder::default()
+        let pid = match &self.pid_namespace {
+            Some(path) => LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(path)
+                .build()?,
+            None => LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
                 .build()?,
+        };
+        let mut namespaces = vec![
+            pid,
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Mount)
                 .build()?,
