@@ -1200,3 +1200,71 @@ fn a_host_network_pod_sees_the_nodes_interfaces_and_host_pid_its_processes() {
     assert_eq!(pod.wait_exit(&c).code, 0, "{}", log(&c));
     assert_eq!(log(&c), "lo \nown-pids\n");
 }
+
+/// An ephemeral container's `targetContainerName`: a container joining another's PID
+/// namespace sees its processes (the target is PID 1 there).
+#[test]
+fn a_container_joins_another_containers_pid_namespace() {
+    let Some(pod) = pod("pidns") else { return };
+    let sandbox = pod.sandbox("pidns");
+    let target = pod.run(&sandbox, &pod.spec("target", "exec sleep 1234"));
+    let mut debug = pod.spec("debug", "ps -o pid,args");
+    debug.pid_namespace = Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)));
+    // As kubectl debug -i makes it.
+    debug.stdio.stdin = true;
+    let debugger = pod.run(&sandbox, &debug);
+    let exit = pod.wait_exit(&debugger);
+    let out = log(&debugger);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 1234")),
+        "{out}"
+    );
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+}
+
+/// A container with `stdin` reads what is written to the stdin the runtime holds, and sees
+/// EOF once it is closed; one with `tty` has a terminal whose output lands in the log.
+#[test]
+fn stdin_pipes_and_terminals_are_held_by_the_runtime() {
+    use std::io::Write as _;
+    let Some(pod) = pod("stdio") else { return };
+    let sandbox = pod.sandbox("stdio");
+    let mut spec = pod.spec("reader", "while read l; do echo \"got $l\"; done; echo eof");
+    spec.stdio = runtime::StdioSpec {
+        stdin: true,
+        stdin_once: true,
+        tty: false,
+    };
+    let reader = pod.run(&sandbox, &spec);
+    let held = pod
+        .runtime
+        .stdio(&reader)
+        .expect("the runtime holds its stdin");
+    assert!(!held.tty());
+    held.stdin().unwrap().write_all(b"one\n").unwrap();
+    wait_for_log(&reader, "got one\n");
+    held.close_stdin();
+    assert_eq!(pod.wait_exit(&reader).code, 0);
+    assert_eq!(log(&reader), "got one\neof\n");
+
+    let mut spec = pod.spec("term", "[ -t 0 ] && echo terminal; read l; echo \"got $l\"");
+    spec.stdio = runtime::StdioSpec {
+        stdin: true,
+        stdin_once: false,
+        tty: true,
+    };
+    let term = pod.run(&sandbox, &spec);
+    let held = pod
+        .runtime
+        .stdio(&term)
+        .expect("the runtime holds its terminal");
+    assert!(held.tty());
+    wait_for_log(&term, "terminal\r\n");
+    held.stdin().unwrap().write_all(b"hi\n").unwrap();
+    assert_eq!(pod.wait_exit(&term).code, 0);
+    wait_for_log(&term, "got hi\r\n");
+    pod.runtime.remove_sandbox(&sandbox).unwrap();
+    assert!(pod.runtime.stdio(&term).is_none());
+}

@@ -11,7 +11,7 @@
 )]
 
 use std::io::Write as _;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::http::{normal_close, query_bool, query_pairs, status_response, ServerState};
 use super::streaming::{self, Channel, ClientFrame};
+use crate::runtime::stdio::set_window_size;
 use crate::runtime::{Container, ExecProcess};
 
 /// What the client asked for.
@@ -134,22 +135,6 @@ fn read_into(mut reader: impl std::io::Read, channel: Channel, tx: Option<mpsc::
                 }
             }
         }
-    }
-}
-
-#[allow(unsafe_code, reason = "the TIOCSWINSZ ioctl has no safe wrapper")]
-fn set_window_size(master: &OwnedFd, width: u16, height: u16) {
-    nix::ioctl_write_ptr_bad!(tiocswinsz, nix::libc::TIOCSWINSZ, nix::libc::winsize);
-    let size = nix::libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: `master` is an open terminal master and `size` a valid winsize for the call.
-    let result = unsafe { tiocswinsz(master.as_raw_fd(), &size) };
-    if let Err(e) = result {
-        tracing::debug!("TIOCSWINSZ: {e}");
     }
 }
 

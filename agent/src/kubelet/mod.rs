@@ -3,7 +3,8 @@
 //! ([`pod_manager`]) runs a worker per pod ([`pod_worker`]) that observes the pod, asks the pure
 //! [`plan`] what to do and carries it out through the runtime, network and image traits; it
 //! probes containers ([`probes`]) and reports status ([`status`]). The node's HTTP endpoints
-//! ([`server`], [`exec`], [`portforward`], sharing [`http`]) serve logs, exec and port-forward,
+//! ([`server`], [`exec`], [`attach`], [`portforward`], sharing [`http`]) serve logs, exec, attach
+//! and port-forward,
 //! the last also over SPDY ([`portforward_spdy`] on a [`spdy`] session, kubectl's protocol). A pod's configMap, secret,
 //! downwardAPI and projected volumes ([`volume_payload`], with ServiceAccount tokens from
 //! [`token_manager`]) are written by the [`atomic_writer`] and refreshed while the pod runs.
@@ -13,6 +14,7 @@
 
 pub mod admission;
 pub mod atomic_writer;
+pub mod attach;
 pub mod auth;
 pub mod container_config;
 pub mod directory;

@@ -24,13 +24,36 @@ use super::status::{self, BackOff, ContainerRecord, RestartPolicy, State};
 use crate::images::PullPolicy;
 use crate::runtime::ContainerState;
 
-/// Which container of the pod: an init container or an app container, by index in the spec.
+/// Which container of the pod: an init container, an app container or an ephemeral one, by
+/// index in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which {
     /// `spec.initContainers[i]`.
     Init(usize),
     /// `spec.containers[i]`.
     Main(usize),
+    /// `spec.ephemeralContainers[i]`: started once while the pod runs, never restarted
+    /// (the worker starts them, outside the plan: [`ephemeral_to_start`]).
+    Ephemeral(usize),
+}
+
+/// The ephemeral containers to start now, given for each whether it was ever started and when
+/// a failed start may be retried: those never started whose retry time has come. None in a
+/// pod that is not running (no sandbox, or finished).
+pub fn ephemeral_to_start(
+    pod_runs: bool,
+    ephemeral: &[(bool, Option<Instant>)],
+    now: Instant,
+) -> Vec<Which> {
+    if !pod_runs {
+        return Vec::new();
+    }
+    ephemeral
+        .iter()
+        .enumerate()
+        .filter(|(_, (started, not_before))| !started && not_before.is_none_or(|at| at <= now))
+        .map(|(i, _)| Which::Ephemeral(i))
+        .collect()
 }
 
 /// The pod's sandbox as observed.

@@ -201,6 +201,8 @@ pub struct PodWorker {
     ip: Option<Ipv4Addr>,
     init: Vec<Slot>,
     containers: Vec<Slot>,
+    /// `spec.ephemeralContainers` (`kubectl debug`), added as the pod's spec gains them.
+    ephemeral: Vec<Slot>,
     policy: RestartPolicy,
     start_time: Timestamp,
     posted: Option<PodStatus>,
@@ -247,6 +249,7 @@ impl PodWorker {
                 .iter()
                 .map(|c| Slot::new(c, "ContainerCreating"))
                 .collect(),
+            ephemeral: Vec::new(),
             start_time: previous
                 .as_ref()
                 .and_then(|s| s.start_time.as_ref())
@@ -306,6 +309,7 @@ impl PodWorker {
                 };
             }
         }
+        worker.add_ephemeral();
         match found {
             Some(found) => worker.adopt(found).await,
             // A new pod passes the node's admission first, as the kubelet's admit handlers:
@@ -430,7 +434,10 @@ impl PodWorker {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
                 update = updates.recv() => match update {
-                    Some(Update::Pod(pod)) => self.pod = *pod,
+                    Some(Update::Pod(pod)) => {
+                        self.pod = *pod;
+                        self.add_ephemeral();
+                    }
                     Some(Update::Gone) | None => {
                         self.terminate(false).await;
                         return;
@@ -443,7 +450,10 @@ impl PodWorker {
             // Take every queued update at once: only the latest matters.
             while let Ok(update) = updates.try_recv() {
                 match update {
-                    Update::Pod(pod) => self.pod = *pod,
+                    Update::Pod(pod) => {
+                        self.pod = *pod;
+                        self.add_ephemeral();
+                    }
                     Update::Gone => {
                         self.terminate(false).await;
                         return;
@@ -451,6 +461,94 @@ impl PodWorker {
                 }
             }
         }
+    }
+
+    /// Gives every ephemeral container of the spec that has none a slot (they are only ever
+    /// added: the API server refuses changes and removals).
+    fn add_ephemeral(&mut self) {
+        let spec = self.pod.spec.as_ref();
+        for ec in spec
+            .into_iter()
+            .flat_map(|s| s.ephemeral_containers.iter().flatten())
+        {
+            if self.ephemeral.iter().any(|s| s.spec.name == ec.name) {
+                continue;
+            }
+            // The same fields as a container, plus targetContainerName (kept below).
+            let container =
+                serde_json::to_value(ec).and_then(serde_json::from_value::<K8sContainer>);
+            match container {
+                Ok(c) => self.ephemeral.push(Slot::new(&c, "ContainerCreating")),
+                Err(e) => {
+                    tracing::warn!(pod = %self.name(), container = %ec.name, error = %e, "an ephemeral container");
+                }
+            }
+        }
+    }
+
+    /// The running container whose PID namespace ephemeral container `i` joins, if it names
+    /// one.
+    fn ephemeral_target(&self, i: usize) -> Result<Option<runtime::Container>, PodWorkerError> {
+        let name = &self.ephemeral[i].spec.name;
+        let target = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.ephemeral_containers.iter().flatten())
+            .find(|e| &e.name == name)
+            .and_then(|e| e.target_container_name.clone());
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        self.init
+            .iter()
+            .chain(self.containers.iter())
+            .find(|s| s.spec.name == target)
+            .and_then(|s| s.instance.as_ref())
+            .map(|i| i.container.clone())
+            .filter(runtime::Container::is_running)
+            .map(Some)
+            .ok_or_else(|| {
+                PodWorkerError::Config(format!("the target container {target:?} is not running"))
+            })
+    }
+
+    /// Starts the ephemeral containers that are due; returns when to try a failed one again.
+    async fn start_ephemeral(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let view: Vec<(bool, Option<Instant>)> = self
+            .ephemeral
+            .iter()
+            .map(|s| {
+                (
+                    s.instance.is_some() || s.record.container_id.is_some(),
+                    s.not_before,
+                )
+            })
+            .collect();
+        let runs = self.runs();
+        let mut next = None;
+        for which in plan::ephemeral_to_start(runs, &view, now) {
+            let Err(e) = self.start(which).await else {
+                continue;
+            };
+            let slot = self.slot(which);
+            let retry = plan::start_failed(&slot.back_off, &slot.record.state, e.reason(), now);
+            let message = e.to_string();
+            slot.back_off = retry.back_off;
+            slot.not_before = Some(retry.not_before);
+            slot.record.state = State::Waiting {
+                reason: retry.waiting_reason,
+                message: Some(message.clone()),
+            };
+            let name = slot.spec.name.clone();
+            let pod = self.pod.clone();
+            self.shared
+                .events
+                .pod(&pod, Some(&name), true, &retry.event_reason, &message);
+            next = Some(next.map_or(retry.not_before, |n: Instant| n.min(retry.not_before)));
+        }
+        next
     }
 
     /// Whether the pod has a sandbox and has not finished: its volumes are kept fresh.
@@ -590,6 +688,9 @@ impl PodWorker {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
+        if let Some(at) = self.start_ephemeral().await {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
         if let Some(phase) = plan::finished(&self.records(true), &self.records(false), self.policy)
         {
             self.terminal = Some(phase);
@@ -693,7 +794,12 @@ impl PodWorker {
     /// Looks at every instance whose exit was not handled yet: an ended one is recorded as
     /// terminated (its probes stop).
     async fn refresh(&mut self) {
-        for slot in self.init.iter_mut().chain(self.containers.iter_mut()) {
+        for slot in self
+            .init
+            .iter_mut()
+            .chain(self.containers.iter_mut())
+            .chain(self.ephemeral.iter_mut())
+        {
             let Some(inst) = &slot.instance else { continue };
             if slot.exit_seen {
                 continue;
@@ -735,6 +841,7 @@ impl PodWorker {
         match which {
             Which::Init(i) => &mut self.init[i],
             Which::Main(i) => &mut self.containers[i],
+            Which::Ephemeral(i) => &mut self.ephemeral[i],
         }
     }
 
@@ -880,6 +987,11 @@ impl PodWorker {
         };
         let log = directory::log_path(&self.shared.root, &self.uid, &spec.name, restart_count);
         cspec.log_path = Some(log);
+        if let Which::Ephemeral(i) = which {
+            if let Some(target) = self.ephemeral_target(i)? {
+                cspec.pid_namespace = Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)));
+            }
+        }
         Ok((cspec, restart_count))
     }
 
@@ -1175,6 +1287,13 @@ impl PodWorker {
     }
 
     fn current_status(&self) -> PodStatus {
+        let mut status = self.base_status();
+        status.ephemeral_container_statuses = (!self.ephemeral.is_empty())
+            .then(|| self.ephemeral.iter().map(|s| s.record.to_k8s()).collect());
+        status
+    }
+
+    fn base_status(&self) -> PodStatus {
         status::pod_status(
             &self.records(true),
             &self.records(false),
@@ -1225,6 +1344,7 @@ impl PodWorker {
             .init
             .iter()
             .chain(self.containers.iter())
+            .chain(self.ephemeral.iter())
             .map(|s| {
                 (
                     s.spec.name.clone(),

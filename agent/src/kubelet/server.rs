@@ -2,7 +2,8 @@
 //!
 //! - HTTPS on `--kubelet-port` (10250), for the API server's `pods/log`, `pods/exec` and
 //!   `pods/portforward`: `GET /containerLogs/{ns}/{pod}/{container}`,
-//!   `GET /exec/{ns}/{pod}/{container}` (websocket, [`super::streaming`]) and
+//!   `GET /exec/{ns}/{pod}/{container}` and `GET /attach/{ns}/{pod}/{container}` (websocket,
+//!   [`super::streaming`], [`super::attach`]) and
 //!   `GET|POST /portForward/{ns}/{pod}` (websocket, [`super::portforward`], or a SPDY/3.1
 //!   upgrade, [`super::portforward_spdy`]), plus `/healthz`, `/pods`, `/metrics`,
 //!   `/metrics/resource` and `/stats/summary` (the node's, pods' and containers' CPU and
@@ -298,6 +299,10 @@ pub fn app(state: ServerState) -> Router {
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(super::attach::attach).post(super::attach::attach),
         )
         .route(
             "/exec/{namespace}/{pod}/{container}",

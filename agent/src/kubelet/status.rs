@@ -138,7 +138,8 @@ impl ContainerRecord {
         }
     }
 
-    fn to_k8s(&self) -> ContainerStatus {
+    /// The container's status as the API shows it.
+    pub fn to_k8s(&self) -> ContainerStatus {
         ContainerStatus {
             name: self.name.clone(),
             image: self.image.clone(),

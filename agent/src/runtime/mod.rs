@@ -33,6 +33,7 @@ pub mod memory_volume;
 pub mod pause;
 pub mod shim;
 pub mod spec;
+pub mod stdio;
 pub mod subpath;
 
 use std::io::{BufRead as _, BufReader};
@@ -49,7 +50,8 @@ use serde::{Deserialize, Serialize};
 
 pub use container_runtime::ContainerRuntime;
 pub use exec_output::ExecOutput;
-pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, Seccomp, SpecError};
+pub use spec::{BindMount, ContainerSpec, ImageConfig, Resources, Seccomp, SpecError, StdioSpec};
+pub use stdio::ContainerStdio;
 
 /// Errors of the pod runtime.
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +339,10 @@ fn receive_console(
             Err(e) => return Err(io_err("accepting on the console socket")(e)),
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // The connection may have come between the accept above and the exit.
+            if let Ok((stream, _)) = listener.accept() {
+                break stream;
+            }
             let mut message = String::new();
             if let Some(mut err) = child.stderr.take() {
                 let _ = err.read_to_string(&mut message);
@@ -411,6 +417,8 @@ pub struct Runtime {
     binary: PathBuf,
     /// Serialises reaping and recording exit statuses.
     reap: Mutex<()>,
+    /// The stdin and terminals of containers with `stdin` or `tty`, by container id.
+    stdio: Mutex<std::collections::HashMap<String, std::sync::Arc<ContainerStdio>>>,
 }
 
 fn valid_uid(uid: &str) -> bool {
@@ -517,6 +525,7 @@ impl Runtime {
             root,
             binary: binary.into(),
             reap: Mutex::new(()),
+            stdio: Mutex::default(),
         })
     }
 
@@ -739,16 +748,7 @@ impl Runtime {
             std::fs::create_dir_all(parent)
                 .map_err(io_err(format!("creating {}", parent.display())))?;
         }
-        let out = self.shim(
-            "create",
-            id,
-            &[
-                "--bundle".as_ref(),
-                bundle.as_os_str(),
-                "--log".as_ref(),
-                log_path.as_os_str(),
-            ],
-        )?;
+        let out = self.shim_create(id, &bundle, &log_path, spec.stdio)?;
         let pid: i32 = out.trim().parse().map_err(|_| RuntimeError::Shim {
             op: "create",
             id: id.to_owned(),
@@ -765,6 +765,114 @@ impl Runtime {
         };
         write_json(&dir.join("container.json"), &container)?;
         Ok(container)
+    }
+
+    /// `shim create`, giving the container the stdio `stdio` asks for: a pipe for stdin whose
+    /// write end the runtime keeps, or a terminal whose master it receives on a console
+    /// socket ([`stdio`]). Returns the shim's output (the pid).
+    fn shim_create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        log_path: &Path,
+        stdio: StdioSpec,
+    ) -> Result<String> {
+        if !stdio.stdin && !stdio.tty {
+            return self.shim(
+                "create",
+                id,
+                &[
+                    "--bundle".as_ref(),
+                    bundle.as_os_str(),
+                    "--log".as_ref(),
+                    log_path.as_os_str(),
+                ],
+            );
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("shim")
+            .arg("--root")
+            .arg(self.libcontainer_root())
+            .arg("--id")
+            .arg(id)
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--log")
+            .arg(log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env(
+                "RUST_LOG",
+                std::env::var("SKIFF_SHIM_DEBUG").map_or("error", |_| "debug"),
+            );
+        let shim_failed = |message: String| RuntimeError::Shim {
+            op: "create",
+            id: id.to_owned(),
+            message,
+        };
+        let spawn = |cmd: &mut Command| {
+            cmd.spawn()
+                .map_err(io_err(format!("running {} shim", self.binary.display())))
+        };
+        let (child, held) = if stdio.tty {
+            let socket_path = self.root.join(format!(
+                "create-{}-{}.sock",
+                std::process::id(),
+                EXEC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&socket_path);
+            let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+                .map_err(io_err(format!("binding {}", socket_path.display())))?;
+            cmd.arg("--console-socket").arg(&socket_path);
+            let received = spawn(&mut cmd).and_then(|mut child| {
+                match receive_console(&listener, &mut child) {
+                    Ok(master) => Ok((child, master)),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        Err(e)
+                    }
+                }
+            });
+            let _ = std::fs::remove_file(&socket_path);
+            let (child, master) = received?;
+            let held =
+                ContainerStdio::terminal(master, stdio.stdin, stdio.stdin_once, log_path.into())
+                    .map_err(io_err("keeping the container's terminal"))?;
+            (child, held)
+        } else {
+            let (reader, writer) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+            cmd.arg("--stdin-from-shim").stdin(Stdio::from(reader));
+            let child = spawn(&mut cmd)?;
+            // The shim's copy of the read end is the container's now; ours goes with `cmd`.
+            drop(cmd);
+            (child, ContainerStdio::pipe(writer, stdio.stdin_once))
+        };
+        let out = child
+            .wait_with_output()
+            .map_err(io_err("waiting for the shim"))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(shim_failed(format!("{} ({})", stderr.trim(), out.status)));
+        }
+        self.stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), std::sync::Arc::new(held));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The stdin and terminal the runtime holds for a container created with `stdin` or `tty`
+    /// (none after an agent restart).
+    pub fn stdio(&self, container: &Container) -> Option<std::sync::Arc<ContainerStdio>> {
+        self.stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&container.id)
+            .cloned()
     }
 
     /// Starts a created container's process.
@@ -1004,6 +1112,10 @@ impl Runtime {
 
     fn delete_by_name(&self, uid: &str, name: &str, container: Option<&Container>) -> Result<()> {
         let id = format!("{uid}-{name}");
+        self.stdio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         if let Some(c) = container {
             // Kill and reap first: libcontainer's delete of a live container kills it too but
             // then sleeps between attempts to remove its cgroup while the process dies.

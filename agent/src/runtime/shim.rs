@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +43,14 @@ enum Op {
         /// stdout and stderr go to this file (appended).
         #[arg(long)]
         log: PathBuf,
+        /// The container's stdin is the shim's own (a pipe the agent keeps writing to)
+        /// instead of /dev/null.
+        #[arg(long)]
+        stdin_from_shim: bool,
+        /// The container gets a pseudo-terminal (its spec has `process.terminal`) whose master
+        /// is sent to this unix socket.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
     },
     /// Start the created container's process.
     Start,
@@ -118,7 +126,12 @@ type ShimResult = Result<(), Box<dyn std::error::Error>>;
 fn run(args: ShimArgs) -> ShimResult {
     let container_dir = args.root.join(&args.id);
     match args.op {
-        Op::Create { bundle, log } => {
+        Op::Create {
+            bundle,
+            log,
+            stdin_from_shim,
+            console_socket,
+        } => {
             let log_file = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -127,13 +140,18 @@ fn run(args: ShimArgs) -> ShimResult {
             // Separate descriptors: libcontainer dup2()s then closes each one.
             let stdout: OwnedFd = log_file.try_clone()?.into();
             let stderr: OwnedFd = log_file.into();
-            let stdin: OwnedFd = File::open("/dev/null")?.into();
+            let stdin: OwnedFd = if stdin_from_shim {
+                std::io::stdin().as_fd().try_clone_to_owned()?
+            } else {
+                File::open("/dev/null")?.into()
+            };
             std::fs::create_dir_all(&args.root)?;
             let container = ContainerBuilder::new(args.id.clone(), SyscallType::default())
                 .with_root_path(&args.root)?
                 .with_stdin(stdin)
                 .with_stdout(stdout)
                 .with_stderr(stderr)
+                .with_console_socket(console_socket)
                 .validate_id()?
                 .as_init(&bundle)
                 .with_systemd(false)

@@ -140,11 +140,30 @@ pub struct ContainerSpec {
     pub privileged: bool,
     /// The pod's hostPID: the node's PID namespace instead of a new one.
     pub host_pid: bool,
+    /// Join this PID namespace instead of making one: an ephemeral container's
+    /// `targetContainerName` (`/proc/<target's pid>/ns/pid`), so that it sees its processes.
+    pub pid_namespace: Option<PathBuf>,
     /// The pod's `securityContext.sysctls`, set in the pod's namespaces as the container
     /// starts (the agent's admission has checked them against the allowlist).
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Where stdout and stderr go (appended); default `<pod dir>/logs/<name>.log`.
     pub log_path: Option<PathBuf>,
+    /// The container's stdio as `kubectl attach` meets it (`stdin`, `stdinOnce`, `tty`).
+    pub stdio: StdioSpec,
+}
+
+/// How a container's stdio is set up: by default stdin is `/dev/null` and stdout and stderr
+/// the log file. With `stdin` the agent holds the write end of a pipe that is the
+/// container's stdin; with `tty` the container's stdio is a pseudo-terminal whose master the
+/// agent holds, copying its output to the log ([`super::stdio`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioSpec {
+    /// `stdin: true`: input from attached clients.
+    pub stdin: bool,
+    /// `stdinOnce: true`: stdin is closed when the first attached client detaches.
+    pub stdin_once: bool,
+    /// `tty: true`: a terminal.
+    pub tty: bool,
 }
 
 /// Which seccomp profile a container runs under.
@@ -780,9 +799,15 @@ impl ContainerSpec {
             no_new_privileges,
             mounts: Vec::new(),
             log_path: None,
+            stdio: StdioSpec {
+                stdin: container.stdin.unwrap_or(false),
+                stdin_once: container.stdin_once.unwrap_or(false),
+                tty: container.tty.unwrap_or(false),
+            },
             supplemental_groups,
             seccomp,
             privileged,
+            pid_namespace: None,
             host_pid: pod
                 .and_then(|p| p.spec.as_ref())
                 .and_then(|s| s.host_pid)
@@ -838,7 +863,7 @@ impl ContainerSpec {
     pub(crate) fn to_oci(&self, ctx: &SpecContext) -> Result<Spec, SpecError> {
         let caps = self.capabilities()?;
         let process = ProcessBuilder::default()
-            .terminal(false)
+            .terminal(self.stdio.tty)
             .args(self.args.clone())
             .env(
                 self.env
@@ -899,10 +924,17 @@ impl ContainerSpec {
             );
         }
 
-        let mut namespaces = vec![
-            LinuxNamespaceBuilder::default()
+        let pid = match &self.pid_namespace {
+            Some(path) => LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Pid)
+                .path(path)
+                .build()?,
+            None => LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Pid)
                 .build()?,
+        };
+        let mut namespaces = vec![
+            pid,
             LinuxNamespaceBuilder::default()
                 .typ(LinuxNamespaceType::Mount)
                 .build()?,

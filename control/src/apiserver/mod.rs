@@ -325,7 +325,7 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route("/apis/{group}/{version}/", get(discovery::group_resources))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/{*path}", get(openapi::group_version))
-        // pods/log, pods/exec and pods/portforward are proxied to the pod's agent (before the
+        // pods/log, pods/exec, pods/attach and pods/portforward are proxied to the pod's agent (before the
         // generic routes).
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
@@ -334,6 +334,10 @@ pub fn app(state: Arc<ApiState>) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(node_proxy::pod_exec).post(node_proxy::pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(node_proxy::pod_attach).post(node_proxy::pod_attach),
         )
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/portforward",

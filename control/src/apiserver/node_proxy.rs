@@ -1,6 +1,6 @@
-//! `pods/log`, `pods/exec` and `pods/portforward`: the API server finds the pod's node, and
-//! proxies the request to the agent's HTTPS endpoint (the kubelet's `/containerLogs`, `/exec`
-//! and `/portForward`), at the Node's InternalIP and
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: the API server finds the
+//! pod's node, and proxies the request to the agent's HTTPS endpoint (the kubelet's
+//! `/containerLogs`, `/exec`, `/attach` and `/portForward`), at the Node's InternalIP and
 //! `status.daemonEndpoints.kubeletEndpoint.Port`, over TLS that verifies the agent's CA-issued
 //! serving certificate and presents the API server's client certificate
 //! ([`KubeletClient`](super::kubelet_client::KubeletClient)).
@@ -281,10 +281,74 @@ pub async fn pod_exec(
             "you must specify at least 1 command".into(),
         ));
     }
-    let target = locate(&state, &namespace, &name, last(&params, "container")).await?;
+    stream_to_agent(
+        &state,
+        Stream::Exec,
+        &namespace,
+        &name,
+        &params,
+        &headers,
+        upgrade,
+    )
+    .await
+}
+
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/attach`: as [`pod_exec`], to the agent's
+/// `/attach` (the container's own process).
+pub async fn pod_attach(
+    State(state): State<Arc<ApiState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let params = pairs(query.as_deref());
+    stream_to_agent(
+        &state,
+        Stream::Attach,
+        &namespace,
+        &name,
+        &params,
+        &headers,
+        upgrade,
+    )
+    .await
+}
+
+/// Which of the streaming subresources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Exec,
+    Attach,
+}
+
+impl Stream {
+    fn verb(self) -> &'static str {
+        match self {
+            Stream::Exec => "exec",
+            Stream::Attach => "attach",
+        }
+    }
+}
+
+/// Proxies an exec or attach websocket to the pod's agent.
+async fn stream_to_agent(
+    state: &Arc<ApiState>,
+    kind: Stream,
+    namespace: &str,
+    name: &str,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    upgrade: Result<WebSocketUpgrade, ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let target = locate(state, namespace, name, last(params, "container")).await?;
     if matches!(target.phase.as_str(), "Succeeded" | "Failed") {
         return Err(ApiError::BadRequest(format!(
-            "cannot exec into a container in a completed pod; current phase is {}",
+            "cannot {} a container in a completed pod; current phase is {}",
+            match kind {
+                Stream::Exec => "exec into",
+                Stream::Attach => "attach to",
+            },
             target.phase
         )));
     }
@@ -299,10 +363,11 @@ pub async fn pod_exec(
         .cloned()
         .collect();
     let url = format!(
-        "{}/exec/{}/{}/{}?{}",
+        "{}/{}/{}/{}/{}?{}",
         target.base,
-        path_segment(&namespace),
-        path_segment(&name),
+        kind.verb(),
+        path_segment(namespace),
+        path_segment(name),
         path_segment(&target.container),
         encode(&forwarded)
     );
@@ -310,7 +375,7 @@ pub async fn pod_exec(
         // Not a websocket (SPDY, which kubectl falls back to when the websocket upgrade was
         // refused): ask the agent without upgrading, so that the client sees the agent's
         // reason (container not running, ...) or that SPDY is not supported.
-        let response = kubelet(&state)?
+        let response = kubelet(state)?
             .http()
             .get(&url)
             .send()
@@ -324,7 +389,7 @@ pub async fn pod_exec(
             .map_err(|e| ApiError::Internal(format!("reading from the node: {e}")))?;
         return Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response());
     };
-    let offered = offered_protocols(&headers);
+    let offered = offered_protocols(headers);
     let protocol = choose_protocol(&offered).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "none of the offered streaming protocols {offered:?} is supported; use one of {EXEC_PROTOCOLS:?}"
@@ -333,7 +398,7 @@ pub async fn pod_exec(
     let url = url.replacen("https://", "wss://", 1);
     // Connect to the agent first, so that its refusal (container not running, ...) reaches
     // the client as an HTTP error rather than a closed websocket.
-    let tls = kubelet(&state)?.tls();
+    let tls = kubelet(state)?.tls();
     let agent = match connect_agent(&url, tls, Some(protocol), None).await {
         Ok(s) => s,
         Err(AgentError::Refused(status, body)) => {
@@ -341,7 +406,8 @@ pub async fn pod_exec(
         }
         Err(AgentError::Other(message)) => {
             return Err(ApiError::Internal(format!(
-                "connecting to the node for exec: {message}"
+                "connecting to the node for {}: {message}",
+                kind.verb()
             )))
         }
     };

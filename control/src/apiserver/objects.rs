@@ -40,6 +40,8 @@ pub enum Subresource {
     /// `certificatesigningrequests/{name}/approval`: writes change only
     /// `status.conditions` (approving or denying a CSR).
     Approval,
+    /// `pods/{name}/ephemeralcontainers`: writes change only `spec.ephemeralContainers`.
+    EphemeralContainers,
 }
 
 /// `?fieldValidation=`: what to do with fields the schema does not know.
@@ -731,6 +733,23 @@ impl ApiState {
                     }
                     None => {
                         status.remove("conditions");
+                    }
+                }
+                (new, warnings)
+            }
+            Subresource::EphemeralContainers => {
+                let (decoded, warnings) = self.decode(def, candidate, opts)?;
+                let mut new = old.clone();
+                let spec = new
+                    .get_mut("spec")
+                    .and_then(Value::as_object_mut)
+                    .ok_or_else(|| ApiError::BadRequest("the pod has no spec".into()))?;
+                match decoded.pointer("/spec/ephemeralContainers") {
+                    Some(ephemeral) => {
+                        spec.insert("ephemeralContainers".into(), ephemeral.clone());
+                    }
+                    None => {
+                        spec.remove("ephemeralContainers");
                     }
                 }
                 (new, warnings)

@@ -632,3 +632,21 @@ fn adopted_containers_keep_running_or_are_seen_exiting() {
     assert_eq!(gone.state, State::Running { started_at: at });
     assert_eq!(gone.running, None);
 }
+
+#[test]
+fn ephemeral_containers_start_once_while_the_pod_runs() {
+    let now = Instant::now();
+    let later = now + Duration::from_secs(10);
+    // Never started, started, never started but waiting after a failed start.
+    let view = [(false, None), (true, None), (false, Some(later))];
+    assert_eq!(
+        ephemeral_to_start(true, &view, now),
+        vec![Which::Ephemeral(0)]
+    );
+    assert_eq!(
+        ephemeral_to_start(true, &view, later),
+        vec![Which::Ephemeral(0), Which::Ephemeral(2)]
+    );
+    // A pod without a sandbox, or finished, starts none.
+    assert_eq!(ephemeral_to_start(false, &view, later), vec![]);
+}

@@ -1,6 +1,8 @@
 //! core/v1 Pod: `status.phase` Pending on create, pod spec defaults, DefaultTolerationSeconds
-//! admission, graceful deletion of pods running on a node, the `binding`, `log` and `exec`
-//! subresources, and kubectl's columns.
+//! admission, graceful deletion of pods running on a node, the `binding`, `log`, `exec`,
+//! `attach` and `ephemeralcontainers` ([`ephemeral`]) subresources, and kubectl's columns.
+
+mod ephemeral;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod as K;
@@ -107,6 +109,31 @@ impl Strategy for Pod {
         validate_pod_spec(object.get("spec"), "spec", errs);
     }
 
+    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+        ephemeral::validate_update(old, new, errs);
+    }
+
+    /// Ephemeral containers change through their subresource only: a pod update keeps them.
+    fn before_update(
+        &self,
+        _state: &ApiState,
+        _key: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Result<(), ApiError> {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            match old.pointer("/spec/ephemeralContainers") {
+                Some(kept) => {
+                    spec.insert("ephemeralContainers".into(), kept.clone());
+                }
+                None => {
+                    spec.remove("ephemeralContainers");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A pod bound to an existing node and still running is deleted gracefully: the agent
     /// stops it and then deletes it with grace 0.
     fn grace_period<'a>(
@@ -177,7 +204,11 @@ impl Strategy for Pod {
     }
 
     fn subresource(&self, name: &str, namespaced_path: bool) -> Option<Subresource> {
-        (name == "binding" && namespaced_path).then_some(Subresource::Binding)
+        match name {
+            "binding" if namespaced_path => Some(Subresource::Binding),
+            "ephemeralcontainers" if namespaced_path => Some(Subresource::EphemeralContainers),
+            _ => None,
+        }
     }
 
     fn discovery_subresources(&self) -> Vec<Value> {
@@ -190,6 +221,14 @@ impl Strategy for Pod {
             json!({
                 "name": "pods/log", "singularName": "", "namespaced": true,
                 "kind": "Pod", "verbs": ["get"],
+            }),
+            json!({
+                "name": "pods/ephemeralcontainers", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get", "patch", "update"],
+            }),
+            json!({
+                "name": "pods/attach", "singularName": "", "namespaced": true,
+                "kind": "PodAttachOptions", "verbs": ["create", "get"],
             }),
             json!({
                 "name": "pods/exec", "singularName": "", "namespaced": true,
