@@ -356,6 +356,10 @@ impl Strategy for CustomResource {
         self.api_version != self.storage_api_version || self.schema.has_defaults
     }
 
+    fn structural_schema(&self) -> Option<&super::schema::Node> {
+        Some(&self.schema.root)
+    }
+
     fn storage_form(&self, object: &mut Value) {
         if let Some(map) = object.as_object_mut() {
             map.insert("apiVersion".into(), json!(self.storage_api_version));

@@ -62,8 +62,17 @@ fn without_nulls(value: &Value) -> Value {
     }
 }
 
+fn is_empty_container(value: &Value) -> bool {
+    match value {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
 /// Removes the paths of `set` from `value`. A map field or list item whose own path is in the
-/// set goes whole; otherwise the paths under it are removed from it.
+/// set goes whole; otherwise the paths under it are removed from it, and a map or list left
+/// empty by that goes too (Kubernetes' types omit empty maps and lists).
 pub fn remove(value: &mut Value, set: &FieldSet, ty: Ty<'_>) {
     for (element, below) in set.elements() {
         match (element, &mut *value) {
@@ -72,6 +81,9 @@ pub fn remove(value: &mut Value, set: &FieldSet, ty: Ty<'_>) {
                     map.remove(name);
                 } else if let Some(child) = map.get_mut(name) {
                     remove(child, below, ty.field(name));
+                    if is_empty_container(child) {
+                        map.remove(name);
+                    }
                 }
             }
             (PathElement::Key(json), Value::Array(items)) => {
