@@ -52,14 +52,17 @@ impl Entry {
             && (operation == Operation::Apply || self.api_version == api_version)
     }
 
-    /// How conflict messages name the manager (apiserver's `printManager`).
+    /// How conflict messages name the manager (apiserver's `printManager` of the manager's
+    /// identifier, which has no time): `"kubectl"` for an applier, `"kubectl" with subresource
+    /// "scale" using apps/v1` for an updater.
     pub fn describe(&self) -> String {
-        match (self.operation, &self.time) {
-            (Operation::Apply, _) => format!("{:?}", self.manager),
-            (Operation::Update, Some(time)) => {
-                format!("{:?} using {} at {time}", self.manager, self.api_version)
-            }
-            (Operation::Update, None) => format!("{:?} using {}", self.manager, self.api_version),
+        let mut name = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            name = format!("{name} with subresource {:?}", self.subresource);
+        }
+        match self.operation {
+            Operation::Apply => name,
+            Operation::Update => format!("{name} using {}", self.api_version),
         }
     }
 }
@@ -428,7 +431,7 @@ mod tests {
             record_apply(&mut entries, &replicas, &replicas, writer("me"), false).unwrap_err();
         assert_eq!(
             conflicts.message(),
-            "Apply failed with 1 conflict: conflict with \"other\" using apps/v1 at 2026-01-01T00:00:00Z: .spec.replicas"
+            "Apply failed with 1 conflict: conflict with \"other\" using apps/v1: .spec.replicas"
         );
         assert_eq!(conflicts.causes()[0].0, ".spec.replicas");
         // The same value is shared ownership, not a conflict.
