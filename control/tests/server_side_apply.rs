@@ -554,3 +554,63 @@ async fn oversized_deep_and_malformed_apply_bodies_are_statuses() {
         .await
         .unwrap();
 }
+
+/// What managedFields cost in storage: a Pod as `kubectl run` creates it (one Update entry)
+/// and after a server-side apply of the same configuration (one Apply entry besides). The
+/// figures are in docs/benchmarks.md; the bound keeps the entries from growing unnoticed.
+#[tokio::test]
+async fn managed_fields_of_a_typical_pod_stay_small() {
+    let api = api().await;
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"run": "web"}},
+        "spec": {"containers": [{
+            "name": "web", "image": "nginx:1.27",
+            "ports": [{"containerPort": 80, "protocol": "TCP"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}
+        }]}
+    });
+    let (code, created) = api
+        .call_raw(
+            Method::POST,
+            "/api/v1/namespaces/default/pods?fieldManager=kubectl-run",
+            "application/json",
+            Some(TOKEN),
+            Body::from(pod.to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    let key = api
+        .state
+        .registry
+        .find("", "v1", "pods")
+        .unwrap()
+        .key(Some("default"), "web");
+    let stored = |object: &Value| -> (usize, usize) {
+        let with = serde_json::to_vec(object).unwrap().len();
+        let mut without = object.clone();
+        without["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managedFields");
+        (with, serde_json::to_vec(&without).unwrap().len())
+    };
+    let after_create = api.state.store.get(&key).await.unwrap().unwrap();
+    let (with, without) = stored(&after_create);
+    println!(
+        "typical pod stored: {without} bytes without managedFields, {with} with one Update entry"
+    );
+    assert!(with - without < 1000, "{with} vs {without}");
+    let (code, applied) = apply_raw(
+        &api,
+        "/api/v1/namespaces/default/pods/web",
+        "fieldManager=kubectl",
+        Body::from(pod.to_string()),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{applied}");
+    let after_apply = api.state.store.get(&key).await.unwrap().unwrap();
+    let (with, without) = stored(&after_apply);
+    println!("after an apply: {without} bytes without managedFields, {with} with both entries");
+    assert!(with - without < 1600, "{with} vs {without}");
+}
