@@ -134,7 +134,7 @@ pub fn changes(old: &Value, new: &Value, ty: Ty<'_>) -> (FieldSet, FieldSet) {
 }
 
 /// Adds `value` at `path` and everything under it to `set`.
-fn add_subtree(value: &Value, ty: Ty<'_>, set: &mut FieldSet, path: &mut Vec<PathElement>) {
+fn add_subtree(value: &Value, ty: Ty<'_>, set: &mut FieldSet, path: &[PathElement]) {
     let mut below = all(value, ty);
     // `all` leaves the root out; the subtree's own path is in.
     below.insert(&[]);
