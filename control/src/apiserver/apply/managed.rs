@@ -229,6 +229,52 @@ pub fn record_update(
         }
     }
     entries.retain(|e| !e.fields.is_empty());
+    cap_updaters(entries);
+}
+
+/// The most `Update` entries an object keeps, as Kubernetes' `capManagers`: every distinct
+/// User-Agent would otherwise add one.
+pub const MAX_UPDATE_ENTRIES: usize = 10;
+
+/// The manager the oldest `Update` entries are merged into once there are too many.
+pub const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Merges the oldest `Update` entries into one [`ANCIENT_CHANGES`] entry until at most
+/// [`MAX_UPDATE_ENTRIES`] remain.
+fn cap_updaters(entries: &mut Vec<Entry>) {
+    let updaters = entries
+        .iter()
+        .filter(|e| e.operation == Operation::Update)
+        .count();
+    if updaters <= MAX_UPDATE_ENTRIES {
+        return;
+    }
+    // Oldest first (RFC 3339 times in UTC sort as strings); an existing ancient-changes entry
+    // is merged again with the rest.
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation == Operation::Update)
+        .collect();
+    order.sort_by(|&a, &b| entries[a].time.cmp(&entries[b].time));
+    let merge: Vec<usize> = order[..updaters - MAX_UPDATE_ENTRIES + 1].to_vec();
+    let mut ancient = Entry {
+        manager: ANCIENT_CHANGES.into(),
+        operation: Operation::Update,
+        api_version: String::new(),
+        time: None,
+        subresource: String::new(),
+        fields: FieldSet::new(),
+    };
+    for &i in &merge {
+        ancient.fields.union_with(&entries[i].fields);
+        ancient.api_version.clone_from(&entries[i].api_version);
+        ancient.time.clone_from(&entries[i].time);
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        !merge.contains(&(i - 1))
+    });
+    entries.push(ancient);
 }
 
 /// Fields an apply would change that other managers own.
@@ -467,6 +513,36 @@ mod tests {
         .unwrap();
         assert_eq!(dropped, replicas);
         assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn update_entries_are_capped_into_ancient_changes() {
+        let mut entries = Vec::new();
+        for i in 0..12 {
+            let manager = format!("m{i}");
+            let now = format!("2026-01-01T00:00:{i:02}Z");
+            record_update(
+                &mut entries,
+                &set(json!({"f:data": {format!("f:k{i}"): {}}})),
+                &FieldSet::new(),
+                Some(Writer {
+                    manager: &manager,
+                    api_version: "v1",
+                    subresource: "",
+                    now: &now,
+                }),
+            );
+        }
+        assert_eq!(entries.len(), MAX_UPDATE_ENTRIES);
+        let ancient = entries
+            .iter()
+            .find(|e| e.manager == ANCIENT_CHANGES)
+            .unwrap();
+        assert_eq!(
+            ancient.fields.to_json(),
+            json!({"f:data": {"f:k0": {}, "f:k1": {}, "f:k2": {}}})
+        );
+        assert!(entries.iter().any(|e| e.manager == "m11"));
     }
 
     #[test]
