@@ -209,15 +209,24 @@ async fn dry_run_apply_stores_nothing_and_field_manager_is_required() {
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND, "a dry run stores nothing");
 
-    let (code, status) = apply_raw(
-        &api,
-        &format!("{CONFIGMAPS}/dry"),
-        "",
-        Body::from(config.to_string()),
-    )
-    .await;
-    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    // Without fieldManager (a User-Agent does not stand in): 422 on PatchOptions.
+    let req = Request::builder()
+        .method(Method::PATCH)
+        .uri(format!("{CONFIGMAPS}/dry"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/apply-patch+yaml")
+        .header("user-agent", "kubectl/v1.35.0")
+        .body(Body::from(config.to_string()))
+        .unwrap();
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let status: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(status["details"]["causes"][0]["field"], "fieldManager");
+    assert_eq!(
+        status["message"],
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
 
     // YAML bodies are applied as JSON ones.
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dry\ndata:\n  a: \"2\"\n";

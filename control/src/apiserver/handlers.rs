@@ -680,7 +680,12 @@ async fn dispatch(
         (Method::PATCH, Some(name))
             if content_type(&headers).split(';').next().map(str::trim) == Some(APPLY_PATCH) =>
         {
-            let opts = write_options_of(&query, &headers)?;
+            let mut opts = write_options_of(&query, &headers)?;
+            // An applier names itself: the User-Agent does not stand in (Kubernetes validates
+            // the query's fieldManager before defaulting it).
+            if query.get("fieldManager").is_none_or(String::is_empty) {
+                opts.field_manager = None;
+            }
             let force = force_option(&query, true)?;
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(ApiError::BadRequest("the request body is empty".into()));
