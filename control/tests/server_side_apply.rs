@@ -623,3 +623,61 @@ async fn managed_fields_of_a_typical_pod_stay_small() {
     println!("after an apply: {without} bytes without managedFields, {with} with both entries");
     assert!(with - without < 1600, "{with} vs {without}");
 }
+
+/// A write through `/status` is attributed to the status subresource's fields; an apply pinned
+/// to a stale resourceVersion is a 409.
+#[tokio::test]
+async fn status_writes_and_stale_applies() {
+    let api = api().await;
+    let (code, _) = apply_raw(
+        &api,
+        "/apis/apps/v1/namespaces/default/deployments/web",
+        "fieldManager=alice",
+        Body::from(deployment(1, "nginx:1").to_string()),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let mut object = api
+        .get("/apis/apps/v1/namespaces/default/deployments/web")
+        .await;
+    object["status"] = json!({"observedGeneration": 1, "replicas": 1});
+    let (code, written) = api
+        .call_raw(
+            Method::PUT,
+            "/apis/apps/v1/namespaces/default/deployments/web/status?fieldManager=controller",
+            "application/json",
+            Some(TOKEN),
+            Body::from(object.to_string()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{written}");
+    let entry = written["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "controller")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["subresource"], "status");
+    assert_eq!(entry["operation"], "Update");
+    assert_eq!(
+        entry["fieldsV1"],
+        json!({"f:status": {"f:observedGeneration": {}, "f:replicas": {}}})
+    );
+
+    let mut stale = deployment(3, "nginx:1");
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let (code, status) = apply_raw(
+        &api,
+        "/apis/apps/v1/namespaces/default/deployments/web",
+        "fieldManager=alice",
+        Body::from(stale.to_string()),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{status}");
+    assert_eq!(status["reason"], "Conflict");
+    let current = api
+        .get("/apis/apps/v1/namespaces/default/deployments/web")
+        .await;
+    assert_eq!(current["spec"]["replicas"], 1, "nothing applied");
+}
