@@ -12,9 +12,8 @@ use skiff_e2e::cluster::{Guard, Options};
 use skiff_e2e::{helm_bin, kubectl_bin, wait_for, ControlPlane};
 use skiff_test_support::require_root;
 
-/// The Helm major versions under test. Helm 4 applies server-side, which skiff does not serve
-/// yet (issue 16): it joins when server-side apply lands.
-const HELMS: &[u8] = &[3];
+/// The Helm major versions under test (Helm 4 applies server-side).
+const HELMS: &[u8] = &[3, 4];
 
 /// One helm binary against one cluster, with its own config, cache and data directories so
 /// that nothing is read from or written to the user's home.

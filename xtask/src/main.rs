@@ -11,6 +11,7 @@ mod conformance;
 mod deploy;
 mod ebpf;
 mod fuzz;
+mod gen_list_types;
 mod images;
 mod registry;
 mod setup;
@@ -86,6 +87,18 @@ enum Command {
     /// queries, bodies and patches for every kind; prints the inputs tried per category and
     /// every failure with the seed that replays it.
     Fuzz(fuzz::Args),
+    /// Generate the built-in kinds' list types and map types for server-side apply
+    /// (control/src/apiserver/apply/builtin_types.json) from Kubernetes' published OpenAPI:
+    /// `gen-list-types --source "kubernetes release-1.36 swagger.json" SPEC...` (the v2
+    /// swagger.json or the v3 api/openapi-spec/v3 directory).
+    GenListTypes {
+        /// What the spec is (its Kubernetes version), written into the table.
+        #[arg(long)]
+        source: String,
+        /// Spec files or directories.
+        #[arg(required = true)]
+        inputs: Vec<std::path::PathBuf>,
+    },
     /// Run a benchmark and write its report under docs/.
     Bench {
         #[command(subcommand)]
@@ -138,6 +151,9 @@ fn main() -> anyhow::Result<()> {
         Command::Stop(args) => deploy::stop(args),
         Command::Cluster { command } => cluster::run(command),
         Command::Lint => test::lint(),
+        Command::GenListTypes { source, inputs } => {
+            gen_list_types::run(&inputs, &source, &util::root().join(gen_list_types::OUTPUT))
+        }
         Command::Test { tier, args } => test::run(tier, &args),
         Command::Conformance(args) => conformance::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),

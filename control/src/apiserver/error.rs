@@ -108,6 +108,15 @@ pub enum ApiError {
         /// Why.
         detail: String,
     },
+    /// A server-side apply would change fields other managers own (409 Conflict, Kubernetes'
+    /// `NewApplyConflict`): the message lists the managers and fields, each field a cause.
+    #[error("{message}")]
+    ApplyConflict {
+        /// Kubernetes' conflict message.
+        message: String,
+        /// (field path, `conflict with "manager" ...`) per conflicting field.
+        causes: Vec<(String, String)>,
+    },
     /// The object fails validation (422 Invalid).
     #[error("{kind} {name:?} is invalid: {}", render_causes(.causes))]
     Invalid {
@@ -264,7 +273,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownResource => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -285,7 +296,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownResource => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Unauthorized => "Unauthorized",
@@ -337,6 +348,11 @@ impl ApiError {
                 "kind": kind,
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
+                "causes": causes.iter().map(|(field, message)| json!({
+                    "reason": "FieldManagerConflict", "message": message, "field": field,
                 })).collect::<Vec<_>>(),
             })),
             ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": RETRY_AFTER_SECONDS})),

@@ -13,6 +13,7 @@ use axum::Extension;
 use serde_json::{json, Value};
 use skiff_k8s::labels::LabelSelector;
 
+use super::apply;
 use super::auth::{self, UserInfo};
 use super::error::{ApiError, FieldError};
 use super::objects::{
@@ -192,7 +193,61 @@ fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiErr
     Ok(WriteOptions {
         dry_run,
         field_validation,
+        ..WriteOptions::default()
     })
+}
+
+/// The write options of a create, update or patch: [`write_options`] and the field manager
+/// (`?fieldManager=`, else the User-Agent's first part, as Kubernetes names managers).
+fn write_options_of(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<WriteOptions, ApiError> {
+    let mut opts = write_options(query)?;
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(manager) => {
+            apply::validate_field_manager(manager).map_err(|cause| ApiError::Invalid {
+                kind: "PatchOptions.meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![cause],
+            })?;
+            Some(manager.clone())
+        }
+        None => headers
+            .get(http::header::USER_AGENT)
+            .and_then(|ua| ua.to_str().ok())
+            .map(apply::manager_from_user_agent)
+            .filter(|m| !m.is_empty()),
+    };
+    opts.field_manager = manager;
+    Ok(opts)
+}
+
+/// The media type of server-side apply patches.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// `?force=`: only for apply patches, as Kubernetes' `ValidatePatchOptions`.
+fn force_option(query: &HashMap<String, String>, apply: bool) -> Result<bool, ApiError> {
+    let force = match query.get("force").map(String::as_str) {
+        None | Some("") | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid force value {other:?}: must be true or false"
+            )))
+        }
+    };
+    if force && !apply {
+        return Err(ApiError::Invalid {
+            kind: "PatchOptions.meta.k8s.io".into(),
+            name: String::new(),
+            causes: vec![FieldError::forbidden(
+                "force",
+                "may not be specified for non-apply patch",
+            )],
+        });
+    }
+    Ok(force)
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -651,7 +706,7 @@ async fn dispatch(
         (Method::POST, None) => {
             let object = decode_body(&state, &headers, &body).await?;
             let w = state
-                .create(def, ns, object, &write_options(&query)?)
+                .create(def, ns, object, &write_options_of(&query, &headers)?)
                 .await?;
             Ok(written(def, StatusCode::CREATED, w))
         }
@@ -664,7 +719,59 @@ async fn dispatch(
                     name,
                     object,
                     t.subresource,
-                    &write_options(&query)?,
+                    &write_options_of(&query, &headers)?,
+                )
+                .await?;
+            Ok(written(def, StatusCode::OK, w))
+        }
+        (Method::PATCH, Some(name))
+            if content_type(&headers).split(';').next().map(str::trim) == Some(APPLY_PATCH) =>
+        {
+            let mut opts = write_options_of(&query, &headers)?;
+            // An applier names itself: the User-Agent does not stand in (Kubernetes validates
+            // the query's fieldManager before defaulting it).
+            if query.get("fieldManager").is_none_or(String::is_empty) {
+                opts.field_manager = None;
+            }
+            let force = force_option(&query, true)?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::BadRequest("the request body is empty".into()));
+            }
+            let raw = body.clone();
+            // YAML is a superset of JSON: one decoder takes both, nesting and aliases bounded.
+            let config = state
+                .off_workers(body.len(), move || {
+                    limits::yaml_to_json(&raw, limits::yaml_node_budget(raw.len()))
+                })
+                .await?
+                .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+            // Applying to an object that does not exist creates it: that needs the right to
+            // create too, as kube-apiserver checks.
+            let create = auth::RequestInfo {
+                is_resource_request: true,
+                path: String::new(),
+                verb: "create".into(),
+                api_prefix: if def.group.is_empty() { "api" } else { "apis" }.into(),
+                api_group: def.group.clone(),
+                api_version: def.version.clone(),
+                namespace: ns.unwrap_or_default().into(),
+                resource: def.plural.clone(),
+                subresource: String::new(),
+                name: name.into(),
+            };
+            let decision = state.authorizer.authorize(&user, &create).await;
+            let create_refusal = (!decision.allowed)
+                .then(|| super::error::forbidden(&user, &create, &decision.reason));
+            let w = state
+                .apply(
+                    def,
+                    ns,
+                    name,
+                    config,
+                    force,
+                    create_refusal,
+                    t.subresource,
+                    &opts,
                 )
                 .await?;
             Ok(written(def, StatusCode::OK, w))
@@ -673,9 +780,10 @@ async fn dispatch(
             let ct = content_type(&headers);
             let kind = PatchKind::from_content_type(ct).ok_or_else(|| {
                 ApiError::UnsupportedMediaType(
-                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json".into(),
+                    "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml".into(),
                 )
             })?;
+            force_option(&query, false)?;
             let raw = body.clone();
             let patch: Value = state
                 .off_workers(body.len(), move || serde_json::from_slice(&raw))
@@ -689,7 +797,7 @@ async fn dispatch(
                     kind,
                     Arc::new(patch),
                     t.subresource,
-                    &write_options(&query)?,
+                    &write_options_of(&query, &headers)?,
                 )
                 .await?;
             Ok(written(def, StatusCode::OK, w))

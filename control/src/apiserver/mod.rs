@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod aggregated_discovery;
 pub mod apiextensions;
+pub mod apply;
 pub mod auth;
 pub mod binding;
 pub mod defaults;

@@ -15,6 +15,7 @@ use skiff_k8s::time;
 
 use super::admission::node_restriction::{self, Operation};
 use super::admission::pod_security;
+use super::apply;
 use super::auth::current_user;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
@@ -63,6 +64,69 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// `?fieldValidation=`.
     pub field_validation: FieldValidation,
+    /// Who writes, for `metadata.managedFields` (`?fieldManager=`, else the User-Agent's
+    /// first part); `None` for the server's own writes, which record no entry.
+    pub field_manager: Option<String>,
+    /// Set by [`ApiState::apply`]: the object's managed fields are already the apply's, so the
+    /// write records no `Update` entry over them.
+    pub applied: bool,
+}
+
+/// The apply semantics of a resource's objects.
+pub fn apply_type(def: &ResourceDef) -> apply::types::Ty<'_> {
+    match def.strategy.structural_schema() {
+        Some(root) => apply::types::Ty::custom(root),
+        None => apply::types::Ty::builtin(&def.api_version(), &def.kind),
+    }
+}
+
+/// Which fields a write through `sub` changes and owns.
+fn apply_scope(def: &ResourceDef, sub: Subresource) -> apply::Scope {
+    match sub {
+        Subresource::Status | Subresource::Approval => apply::Scope::Status,
+        _ if def.subresources.status => apply::Scope::WithoutStatus,
+        _ => apply::Scope::Whole,
+    }
+}
+
+fn subresource_name(sub: Subresource) -> &'static str {
+    match sub {
+        Subresource::Status => "status",
+        Subresource::Scale => "scale",
+        Subresource::Approval => "approval",
+        _ => "",
+    }
+}
+
+/// Records the write from `old` to `new` in `new`'s managedFields (see [`apply::track_write`]).
+fn track_write(
+    def: &ResourceDef,
+    old: Option<&Value>,
+    new: &mut Value,
+    sub: Subresource,
+    opts: &WriteOptions,
+) -> Result<(), ApiError> {
+    if opts.applied {
+        return Ok(());
+    }
+    let now = time::now();
+    let api_version = def.api_version();
+    let writer = opts
+        .field_manager
+        .as_deref()
+        .map(|manager| apply::managed::Writer {
+            manager,
+            api_version: &api_version,
+            subresource: subresource_name(sub),
+            now: &now,
+        });
+    apply::track_write(apply_type(def), old, new, apply_scope(def, sub), writer).map_err(|causes| {
+        ApiError::Invalid {
+            kind: def.kind.clone(),
+            name: meta_str(new, "name").unwrap_or_default().into(),
+            causes,
+        }
+    })
 }
 
 /// A written object and the warnings for the `Warning` header.
@@ -567,6 +631,16 @@ impl ApiState {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let _lock = self.write_lock(def).await;
+        self.create_unlocked(def, path_namespace, body, opts).await
+    }
+
+    async fn create_unlocked(
+        &self,
+        def: &ResourceDef,
+        path_namespace: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         let mut object = body;
         self.check_type_meta(def, &mut object, &def.kind, &def.api_version())?;
         let namespace = self.namespace_for_write(def, path_namespace, &mut object)?;
@@ -583,7 +657,6 @@ impl ApiState {
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
             "selfLink",
-            "managedFields",
         ] {
             m.remove(server_field);
         }
@@ -603,6 +676,7 @@ impl ApiState {
             }
         }
         strategy.default(&mut object);
+        track_write(def, None, &mut object, Subresource::Main, opts)?;
         // NamespaceLifecycle comes first among Kubernetes' admission plugins.
         if let Some(ns) = &namespace {
             self.check_namespace_open(ns).await?;
@@ -802,6 +876,7 @@ impl ApiState {
         } else {
             strategy.before_subresource_update(self, sub, old, &mut new)?;
         }
+        track_write(def, Some(old), &mut new, sub, opts)?;
         if strategy.bumps_generation(old, &new) {
             let generation = old
                 .pointer("/metadata/generation")
@@ -1036,6 +1111,224 @@ impl ApiState {
                     };
                     return Ok(Written { object, warnings });
                 }
+                Err(StoreError::Conflict { .. }) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), name)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Server-side apply (PATCH with `application/apply-patch+yaml`): merges the configuration
+    /// `config` into the object for the manager in `opts.field_manager`, creating the object
+    /// when it does not exist unless `create_refusal` (the caller may not create) says why not. The
+    /// result goes through the same defaulting, admission and validation as any update.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of an apply request, as the handler has them"
+    )]
+    pub async fn apply(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        config: Value,
+        force: bool,
+        create_refusal: Option<ApiError>,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let _lock = self.write_lock(def).await;
+        let result = self
+            .apply_unlocked(
+                def,
+                namespace,
+                name,
+                config,
+                force,
+                create_refusal,
+                sub,
+                opts,
+            )
+            .await;
+        def.strategy
+            .after_write(self, &def.key(namespace, name))
+            .await;
+        result
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the arguments of `apply`, passed through"
+    )]
+    async fn apply_unlocked(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        mut config: Value,
+        force: bool,
+        create_refusal: Option<ApiError>,
+        sub: Subresource,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let manager = opts
+            .field_manager
+            .clone()
+            .ok_or_else(|| ApiError::Invalid {
+                kind: "PatchOptions.meta.k8s.io".into(),
+                name: String::new(),
+                causes: vec![FieldError {
+                    reason: "FieldValueRequired",
+                    field: "fieldManager".into(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            })?;
+        if !matches!(sub, Subresource::Main | Subresource::Status) {
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json-patch+json, application/merge-patch+json".into(),
+            ));
+        }
+        let Value::Object(map) = &mut config else {
+            return Err(ApiError::BadRequest(
+                "error decoding apply patch: the configuration must be an object".into(),
+            ));
+        };
+        // An applied configuration names what it is: apiVersion and kind are required.
+        for field in ["apiVersion", "kind"] {
+            if map
+                .get(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "error decoding apply patch: {field} must be set"
+                )));
+            }
+        }
+        let meta = map
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+        if meta.get("managedFields").is_some_and(|m| !m.is_null()) {
+            return Err(ApiError::BadRequest(
+                "metadata.managedFields must be nil".into(),
+            ));
+        }
+        match meta.get("name").and_then(Value::as_str) {
+            Some(n) if n != name => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )))
+            }
+            _ => {
+                meta.insert("name".into(), json!(name));
+            }
+        }
+        let precondition = match meta.remove("resourceVersion") {
+            Some(Value::String(rv)) if !rv.is_empty() => Some(rv),
+            _ => None,
+        };
+        self.namespace_for_write(def, namespace, &mut config)?;
+        let mut opts = opts.clone();
+        opts.applied = true;
+        let now = time::now();
+        let writer = apply::managed::Writer {
+            manager: &manager,
+            api_version: &def.api_version(),
+            subresource: subresource_name(sub),
+            now: &now,
+        };
+        let ty = apply_type(def);
+        let scope = apply_scope(def, sub);
+        let failed = |e: apply::ApplyError| match e {
+            apply::ApplyError::Bad(m) => ApiError::BadRequest(m),
+            apply::ApplyError::Invalid(causes) => ApiError::Invalid {
+                kind: def.kind.clone(),
+                name: name.into(),
+                causes,
+            },
+            apply::ApplyError::Conflicts(c) => ApiError::ApplyConflict {
+                message: c.message(),
+                causes: c.causes(),
+            },
+        };
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let old = match self.get(def, namespace, name).await {
+                Ok(old) => old,
+                Err(ApiError::NotFound { .. }) if sub == Subresource::Main => {
+                    if let Some(refusal) = create_refusal {
+                        return Err(refusal);
+                    }
+                    if precondition.is_some() {
+                        return Err(ApiError::NotFound {
+                            kind: def.group_resource(),
+                            name: name.into(),
+                        });
+                    }
+                    let object =
+                        apply::apply(ty, None, &config, scope, writer, force).map_err(failed)?;
+                    return self.create_unlocked(def, namespace, object, &opts).await;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(rv) = &precondition {
+                if meta_str(&old, "resourceVersion") != Some(rv.as_str()) {
+                    return Err(ApiError::from_store(
+                        StoreError::Conflict {
+                            key: String::new(),
+                            expected: rv.parse().unwrap_or(0),
+                            actual: object_revision(&old),
+                        },
+                        &def.group_resource(),
+                        name,
+                    ));
+                }
+            }
+            let view = served(def, old.clone());
+            let cap = super::limits::INLINE_BYTES;
+            let size = patch::json_len(&config, cap) + patch::json_len(&view, cap);
+            let (config_ref, view_ref) = (config.clone(), view);
+            let manager_owned = manager.clone();
+            let api_version = def.api_version();
+            let now_owned = now.clone();
+            let sub_name = subresource_name(sub);
+            let ty_def = def.clone();
+            let merged = self
+                .off_workers(size, move || {
+                    let writer = apply::managed::Writer {
+                        manager: &manager_owned,
+                        api_version: &api_version,
+                        subresource: sub_name,
+                        now: &now_owned,
+                    };
+                    apply::apply(
+                        apply_type(&ty_def),
+                        Some(&view_ref),
+                        &config_ref,
+                        scope,
+                        writer,
+                        force,
+                    )
+                })
+                .await?
+                .map_err(failed)?;
+            let size = patch::json_len(&merged, patch::MAX_OBJECT_BYTES);
+            if size > patch::MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge(format!(
+                    "the applied object would be over {size} bytes, more than the limit of {}",
+                    patch::MAX_OBJECT_BYTES
+                )));
+            }
+            let (new, mut warnings) = self.prepare_update(def, &old, merged, sub, &opts)?;
+            warnings.extend(pod_security::admit(self, def, sub, Some(&old), &new).await?);
+            let key = self.key(def, namespace, name);
+            match self
+                .commit_update(def, key, &old, new, object_revision(&old), opts.dry_run)
+                .await
+            {
+                Ok(object) => return Ok(Written { object, warnings }),
                 Err(StoreError::Conflict { .. }) if attempt < ATTEMPTS => continue,
                 Err(e) => return Err(ApiError::from_store(e, &def.group_resource(), name)),
             }

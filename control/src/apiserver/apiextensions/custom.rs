@@ -365,6 +365,10 @@ impl Strategy for CustomResource {
                 .is_some_and(|t| !t.complete(raw))
     }
 
+    fn structural_schema(&self) -> Option<&super::schema::Node> {
+        Some(&self.schema.root)
+    }
+
     fn storage_form(&self, object: &mut Value) {
         if let Some(map) = object.as_object_mut() {
             map.insert("apiVersion".into(), json!(self.storage_api_version));

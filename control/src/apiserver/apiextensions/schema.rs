@@ -141,6 +141,8 @@ pub struct Node {
     pub default: Option<Value>,
     /// `x-kubernetes-list-type`.
     pub list_type: Option<ListType>,
+    /// `x-kubernetes-map-type: atomic`: server-side apply replaces the map whole.
+    pub map_atomic: bool,
     /// `allOf`, `anyOf`, `oneOf`, `not`: value validations only.
     pub all_of: Vec<Node>,
     /// `anyOf`.
@@ -180,6 +182,7 @@ impl Node {
             max_properties: None,
             default: None,
             list_type: None,
+            map_atomic: false,
             all_of: Vec::new(),
             any_of: Vec::new(),
             one_of: Vec::new(),
@@ -579,6 +582,7 @@ impl Compiler {
                     "must only be used if type == object",
                 ));
             }
+            n.map_atomic = map_type == "atomic";
         }
         for (name, list, into) in [
             ("allOf", &p.all_of, 0),

@@ -263,6 +263,13 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// The structural schema of a custom resource, which server-side apply merges by (its list
+    /// types and map types); `None` for a built-in kind, whose come from the generated table
+    /// of [`crate::apiserver::apply::types`].
+    fn structural_schema(&self) -> Option<&crate::apiserver::apiextensions::schema::Node> {
+        None
+    }
+
     /// Turns an object about to be stored into the storage version (custom resources with
     /// several versions and `conversion: None` rewrite `apiVersion`).
     fn storage_form(&self, _object: &mut Value) {}
