@@ -665,6 +665,36 @@ async fn status_writes_and_stale_applies() {
         json!({"f:status": {"f:observedGeneration": {}, "f:replicas": {}}})
     );
 
+    // An apply through /status owns what it applied, under the status subresource.
+    let (code, applied) = apply_raw(
+        &api,
+        "/apis/apps/v1/namespaces/default/deployments/web/status",
+        "fieldManager=reporter",
+        Body::from(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "status": {"availableReplicas": 1}})
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{applied}");
+    assert_eq!(applied["status"]["availableReplicas"], 1, "{applied}");
+    let entry = applied["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "reporter")
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry of the status applier in {applied}"));
+    assert_eq!(
+        (&entry["operation"], &entry["subresource"]),
+        (&json!("Apply"), &json!("status"))
+    );
+    assert_eq!(
+        entry["fieldsV1"],
+        json!({"f:status": {"f:availableReplicas": {}}})
+    );
+
     let mut stale = deployment(3, "nginx:1");
     stale["metadata"]["resourceVersion"] = json!("1");
     let (code, status) = apply_raw(

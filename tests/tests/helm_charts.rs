@@ -68,7 +68,7 @@ impl Helm {
 
     /// The releases `helm list` shows, as (name, revision, status).
     fn releases(&self) -> Vec<(String, String, String)> {
-        let list: Value = serde_json::from_str(&self.run(&["list", "-a", "-o", "json"])).unwrap();
+        let list: Value = serde_json::from_str(&self.run(&["list", "-o", "json"])).unwrap();
         list.as_array()
             .unwrap()
             .iter()

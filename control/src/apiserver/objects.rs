@@ -790,6 +790,18 @@ impl ApiState {
                             .remove("status");
                     }
                 }
+                // An apply through /status computed the managedFields with its Apply entry
+                // (other writes are tracked below, from `old` to `new`).
+                if opts.applied {
+                    match decoded.pointer("/metadata/managedFields") {
+                        Some(managed) => {
+                            meta(&mut new).insert("managedFields".into(), managed.clone());
+                        }
+                        None => {
+                            meta(&mut new).remove("managedFields");
+                        }
+                    }
+                }
                 (new, warnings)
             }
             Subresource::Approval => {

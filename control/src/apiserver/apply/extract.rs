@@ -145,6 +145,23 @@ fn add_subtree(value: &Value, ty: Ty<'_>, set: &mut FieldSet, path: &[PathElemen
     node.union_with(&below);
 }
 
+/// Whether two values are the same as Kubernetes compares them: numbers by value, so that a
+/// stored `10.0` (a float field written by a typed roundtrip) equals an applied `10`.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || (x.is_f64() || y.is_f64()) && x.as_f64() == y.as_f64()
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
+        _ => a == b,
+    }
+}
+
 fn walk_changes(
     old: &Value,
     new: &Value,
@@ -153,7 +170,7 @@ fn walk_changes(
     removed: &mut FieldSet,
     path: &mut Vec<PathElement>,
 ) {
-    if old == new {
+    if same(old, new) {
         return;
     }
     match (old, new) {
@@ -235,6 +252,24 @@ mod tests {
 
     fn deployment() -> Ty<'static> {
         Ty::builtin("apps/v1", "Deployment")
+    }
+
+    #[test]
+    fn numbers_are_compared_by_value() {
+        // A CRD stored through its typed roundtrip has `maximum: 10.0`; the same definition
+        // applied again says `10` and changes nothing.
+        let crd = Ty::builtin("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+        let stored = json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema":
+            {"properties": {"n": {"type": "integer", "maximum": 10.0}}}}}]}});
+        let applied = json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema":
+            {"properties": {"n": {"type": "integer", "maximum": 10}}}}}]}});
+        let (changed, removed) = changes(&stored, &applied, crd);
+        assert!(changed.is_empty() && removed.is_empty(), "{changed:?}");
+        let other = json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema":
+            {"properties": {"n": {"type": "integer", "maximum": 10.5}}}}}]}});
+        assert!(!changes(&stored, &other, crd).0.is_empty());
+        assert!(!same(&json!(1), &json!("1")));
+        assert!(same(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
     }
 
     #[test]
