@@ -34,6 +34,12 @@ struct Sample {
     at_ms: i64,
 }
 
+/// One container's usage: its name, CPU cores and memory bytes.
+type ContainerUsage = (String, f64, u64);
+
+/// A parsed sample line: metric name, labels, value and timestamp (ms).
+type ParsedSample<'a> = (&'a str, Vec<(String, String)>, f64, i64);
+
 /// The last two readings of one node or container.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Series {
@@ -157,7 +163,7 @@ impl Cache {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Option<(Vec<(String, f64, u64)>, Duration, i64)> {
+    ) -> Option<(Vec<ContainerUsage>, Duration, i64)> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_owned(), name.to_owned());
         let containers = nodes.values().find_map(|n| n.pods.get(&key))?;
@@ -243,7 +249,7 @@ pub fn parse(text: &str) -> Scrape {
 }
 
 /// `name{k="v",...} value [timestamp_ms]` -> its parts (a missing timestamp is 0).
-fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64, i64)> {
+fn parse_sample(line: &str) -> Option<ParsedSample<'_>> {
     let (name, rest) = match line.find(['{', ' ']) {
         Some(i) => line.split_at(i),
         None => return None,
@@ -296,7 +302,7 @@ fn memory_quantity(bytes: u64) -> String {
 /// A window as a Go duration (`15s`, `14.987s`).
 fn window(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         let s = format!("{}.{:03}", ms / 1000, ms % 1000);
