@@ -184,11 +184,7 @@ mod tests {
         ];
         for object in cases {
             let raw = serde_json::to_vec(&object).unwrap();
-            assert_eq!(
-                tree.complete(&raw),
-                !changes(&s, &object),
-                "{object}"
-            );
+            assert_eq!(tree.complete(&raw), !changes(&s, &object), "{object}");
         }
         // An escaped key cannot be borrowed: the slow path decides.
         assert!(!tree.complete(br#"{"spec": {"repl\u0069cas": 2, "mode": "x"}}"#));
