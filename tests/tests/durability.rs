@@ -11,17 +11,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
 use skiff_e2e::{control_bin, ControlPlane};
 
-async fn client(cp: &ControlPlane) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 fn config_map(name: &str, value: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
@@ -62,7 +51,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments() {
     let mut acknowledged: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut newest = 0u64;
     for round in 0..KILLS {
-        let api: Api<ConfigMap> = Api::namespaced(client(&cp).await, "default");
+        let api: Api<ConfigMap> = Api::namespaced(cp.client().await, "default");
         // Revisions only grow: the first write after a restart is above every acknowledged one.
         let probe = api
             .create(
@@ -111,7 +100,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments() {
         }
         cp = cp.restart();
         // Every write acknowledged in this round is there, with its value.
-        let api: Api<ConfigMap> = Api::namespaced(client(&cp).await, "default");
+        let api: Api<ConfigMap> = Api::namespaced(cp.client().await, "default");
         let prefix = format!("r{round}-");
         for (name, (value, rv)) in acknowledged
             .range(prefix.clone()..)
@@ -126,7 +115,7 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments() {
         }
     }
     // And at the end, all of them at once.
-    let api: Api<ConfigMap> = Api::namespaced(client(&cp).await, "default");
+    let api: Api<ConfigMap> = Api::namespaced(cp.client().await, "default");
     let listed: BTreeMap<String, (String, u64)> = api
         .list(&ListParams::default())
         .await

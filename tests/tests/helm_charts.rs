@@ -1,7 +1,7 @@
 //! Helm charts on skiff, with the real Helm 3 and Helm 4 (`cargo xtask setup` fetches both;
 //! Helm 4 applies server-side): the chart `helm create` generates and a chart that ships a
 //! CustomResourceDefinition with custom resources of it are installed, listed, upgraded, rolled
-//! back and uninstalled; on a local cluster the generated chart's `helm test` passes.
+//! back and uninstalled (a value its schema refuses fails the upgrade and changes nothing); on a local cluster the generated chart's `helm test` passes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -248,6 +248,19 @@ fn a_chart_with_a_custom_resource_definition_installs_its_objects() {
             ],
         );
         assert_eq!(spec.as_deref(), Some("0 3 * * *"), "helm {major}");
+        // Rolling back to the first revision puts its image back.
+        helm.run(&["rollback", &release, "1"]);
+        let image = kubectl(
+            &cp.kubeconfig,
+            &[
+                "get",
+                "ct",
+                &format!("{release}-hourly"),
+                "-o",
+                "jsonpath={.spec.image}",
+            ],
+        );
+        assert_eq!(image.as_deref(), Some("busybox"), "helm {major}");
 
         helm.run(&["uninstall", &release]);
         wait_for(

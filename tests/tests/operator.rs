@@ -93,21 +93,10 @@ fn error_policy(_app: Arc<WebApp>, _e: &kube::Error, _client: Arc<kube::Client>)
     Action::requeue(Duration::from_millis(500))
 }
 
-async fn client(cp: &ControlPlane) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kube_runtime_operator_reconciles_its_resource_with_server_side_apply() {
     let cp = ControlPlane::start();
-    let client = client(&cp).await;
+    let client = cp.client().await;
 
     // The operator installs its definition, as operators do at start.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
