@@ -603,7 +603,8 @@ async fn discovery_lists_every_resource() {
             "coordination.k8s.io",
             "scheduling.k8s.io",
             "rbac.authorization.k8s.io",
-            "apiextensions.k8s.io"
+            "apiextensions.k8s.io",
+            "metrics.k8s.io"
         ]
     );
     let (_, rbac) = a.get("/apis/rbac.authorization.k8s.io/v1").await;
