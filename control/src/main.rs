@@ -114,6 +114,11 @@ struct Args {
     /// kubelet (metrics-server's --metric-resolution); between 1s and 10m.
     #[arg(long, default_value = "15s", value_parser = parse_metric_resolution)]
     metric_resolution: Duration,
+    /// Serve metrics.k8s.io (`kubectl top`) from the kubelets' readings. `false` leaves the
+    /// group to metrics-server (installed as in any cluster) or to nothing, as in a bare kind
+    /// cluster.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    resource_metrics_api: bool,
     #[command(flatten)]
     controllers: ControllerArgs,
 }
@@ -654,7 +659,7 @@ async fn run() -> anyhow::Result<()> {
                 args.request_timeout,
             ),
             event_ttl: args.event_ttl,
-            metric_resolution: args.metric_resolution,
+            metric_resolution: args.resource_metrics_api.then_some(args.metric_resolution),
         },
         shutdown,
     )

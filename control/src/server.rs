@@ -49,8 +49,9 @@ pub struct Config {
     pub overload: (usize, usize, Duration),
     /// How long Events are kept after their last write (`--event-ttl`).
     pub event_ttl: Duration,
-    /// How often the kubelets' resource metrics are scraped (`--metric-resolution`).
-    pub metric_resolution: Duration,
+    /// How often the kubelets' resource metrics are scraped (`--metric-resolution`); `None`:
+    /// metrics.k8s.io is not served (`--resource-metrics-api=false`).
+    pub metric_resolution: Option<Duration>,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -226,10 +227,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let namespaces = tokio::spawn(controllers::namespace::run(state.clone(), namespace_queue));
     tokio::spawn(apiserver::auth::rbac::aggregation::run(state.clone()));
     tokio::spawn(controllers::event_ttl::run(state.clone(), config.event_ttl));
-    tokio::spawn(apiserver::resource_metrics::run(
-        state.clone(),
-        config.metric_resolution,
-    ));
+    match config.metric_resolution {
+        Some(resolution) => {
+            tokio::spawn(apiserver::resource_metrics::run(state.clone(), resolution));
+        }
+        None => {
+            for plural in ["nodes", "pods"] {
+                state
+                    .registry
+                    .unregister("metrics.k8s.io", "v1beta1", plural);
+            }
+        }
+    }
 
     let creds_for_client = creds.clone();
     let _ = rustls::crypto::ring::default_provider().install_default();

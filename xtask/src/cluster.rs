@@ -178,6 +178,10 @@ impl Conformance {
             .arg("--registry-config")
             .arg(&registries)
             .arg("--agent-arg=--disable-default-registry-endpoint")
+            // The suite is written for kind, which has no metrics-server: its
+            // `test_api_resources` expects exactly one resource named `pods`, and
+            // metrics.k8s.io has one too (see docs/conformance.md).
+            .arg("--control-arg=--resource-metrics-api=false")
             .arg("--control-bin")
             .arg(bin("skiff-control"))
             .arg("--agent-bin")
