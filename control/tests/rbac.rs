@@ -471,8 +471,10 @@ async fn aggregated_roles_follow_the_roles_they_select() {
     let metrics = rules_of(&a, "system:aggregated-metrics-reader").await;
     assert_eq!(
         metrics,
-        vec![json!({"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"],
-            "verbs": ["get", "list", "watch"]})]
+        vec![
+            json!({"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"],
+            "verbs": ["get", "list", "watch"]})
+        ]
     );
     let mut view = to_view.clone();
     view.extend(metrics);
