@@ -16,6 +16,7 @@
 
 use std::io::Write as _;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
@@ -23,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 
-use super::http::{normal_close, query_bool, query_pairs, status_response, ServerState};
+use super::http::{
+    accept_streaming, normal_close, query_bool, query_pairs, status_response, ServerState,
+};
 use super::logs::{self, LogOptions};
 use super::streaming::{self, Channel, ClientFrame};
 use crate::runtime::{Container, ContainerStdio};
@@ -33,7 +36,7 @@ pub async fn attach(
     State(state): State<ServerState>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let pairs = query_pairs(query.as_deref());
     let flags = (|| {
@@ -62,19 +65,9 @@ pub async fn attach(
             located.container
         ));
     };
-    let Ok(ws) = ws else {
-        return bad("attach needs a websocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported");
-    };
-    let ws = ws.protocols(streaming::PROTOCOLS);
-    let Some(protocol) = ws
-        .selected_protocol()
-        .and_then(|p| p.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return bad(&format!(
-            "no supported streaming protocol offered; this node speaks {}",
-            streaming::PROTOCOLS.join(", ")
-        ));
+    let (ws, protocol) = match accept_streaming(ws, "attach") {
+        Ok(accepted) => accepted,
+        Err(refused) => return refused,
     };
     let held = state.runtime.stdio(&running);
     let request = Request {

@@ -13,6 +13,7 @@
 use std::io::Write as _;
 use std::os::fd::OwnedFd;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
@@ -20,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 
-use super::http::{normal_close, query_bool, query_pairs, status_response, ServerState};
+use super::http::{
+    accept_streaming, normal_close, query_bool, query_pairs, status_response, ServerState,
+};
 use super::streaming::{self, Channel, ClientFrame};
 use crate::runtime::stdio::set_window_size;
 use crate::runtime::{Container, ExecProcess};
@@ -40,9 +43,8 @@ pub async fn exec(
     State(state): State<ServerState>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = ws.ok();
     let pairs = query_pairs(query.as_deref());
     let flags = (|| {
         Ok::<_, Response>((
@@ -85,19 +87,9 @@ pub async fn exec(
             located.container
         ));
     };
-    let Some(ws) = ws else {
-        return bad("exec needs a websocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported");
-    };
-    let ws = ws.protocols(streaming::PROTOCOLS);
-    let Some(protocol) = ws
-        .selected_protocol()
-        .and_then(|p| p.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return bad(&format!(
-            "no supported streaming protocol offered; this node speaks {}",
-            streaming::PROTOCOLS.join(", ")
-        ));
+    let (ws, protocol) = match accept_streaming(ws, "exec") {
+        Ok(accepted) => accepted,
+        Err(refused) => return refused,
     };
     ws.on_upgrade(move |socket| async move {
         run(socket, protocol, state, running, request).await;

@@ -10,6 +10,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -46,6 +48,34 @@ pub fn status_response(code: StatusCode, reason: &str, message: impl Into<String
         "code": code.as_u16(),
     });
     (code, Json(body)).into_response()
+}
+
+/// Accepts the websocket upgrade of a streaming request (`verb`: exec, attach) in the best
+/// channel subprotocol both sides speak, or answers the 400 Status kubectl shows: SPDY (no
+/// websocket upgrade) and clients offering none of [`super::streaming::PROTOCOLS`] are refused.
+pub fn accept_streaming(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    verb: &str,
+) -> Result<(WebSocketUpgrade, String), Response> {
+    use super::streaming::PROTOCOLS;
+    let bad = |msg: String| status_response(StatusCode::BAD_REQUEST, "BadRequest", msg);
+    let Ok(ws) = ws else {
+        return Err(bad(format!(
+            "{verb} needs a websocket upgrade ({}); SPDY is not supported",
+            PROTOCOLS.join(" or ")
+        )));
+    };
+    let ws = ws.protocols(PROTOCOLS);
+    match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(protocol) => {
+            let protocol = protocol.to_owned();
+            Ok((ws, protocol))
+        }
+        None => Err(bad(format!(
+            "no supported streaming protocol offered; this node speaks {}",
+            PROTOCOLS.join(", ")
+        ))),
+    }
 }
 
 /// A normal closure (1000) of a websocket: clients (gorilla/websocket in kubectl) treat a
