@@ -120,13 +120,17 @@ struct KnownFile {
 type GroupKey = (Option<Group>, String);
 
 /// The counts of one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
     /// Passes of tests not marked flaky: what the ratchet counts.
     pub steady: usize,
+    /// Failures failures.yaml does not name, with their first line: the tests a change broke
+    /// (or a flaky test not yet marked), which the ratchet's error names so that a CI log alone
+    /// says what to look at.
+    pub unexpected: Vec<String>,
 }
 
 /// Each test's timeout (pytest-timeout), shorter than upstream's 300 s so that a hanging test
@@ -174,9 +178,13 @@ pub fn ratchet() -> anyhow::Result<()> {
         counts.steady >= recorded,
         "kr8s: {} passed ({} not marked flaky), fewer than the {recorded} recorded in \
          docs/conformance.md: a change broke tests that passed (see \
-         target/conformance/report.md)",
+         target/conformance/report.md); failures not in failures.yaml:\n  {}",
         counts.passed,
-        counts.steady
+        counts.steady,
+        match counts.unexpected.is_empty() {
+            true => "none, so a test failures.yaml lists as failing (not marked flaky) passed in the recorded run: mark it flaky".to_owned(),
+            false => counts.unexpected.join("\n  "),
+        }
     );
     if counts.steady > recorded {
         eprintln!(
@@ -281,6 +289,9 @@ fn pytest(
         .arg("--rootdir")
         .arg(util::target_dir().join("conformance"))
         .args(["-p", "skiff_kr8s", "-p", "no:cacheprovider", "-rfE", "-q"])
+        // The slowest tests in the log: the first suspects when a test that passes here fails
+        // on a slower machine by its 60 s timeout.
+        .arg("--durations=25")
         .arg("-o")
         .arg(format!("timeout={TEST_TIMEOUT_SECS}"))
         .arg(&tests)
@@ -345,11 +356,19 @@ fn count(results: &BTreeMap<String, Outcome>, known: &[Known]) -> Counts {
         .iter()
         .filter(|(t, r)| r.outcome == "passed" && !classify(t, known).is_some_and(|k| k.flaky))
         .count();
+    let unexpected = results
+        .iter()
+        .filter(|(t, r)| {
+            matches!(r.outcome.as_str(), "failed" | "error") && classify(t, known).is_none()
+        })
+        .map(|(t, r)| format!("{t}: {}", r.message))
+        .collect();
     Counts {
         passed: n(&["passed"]),
         failed: n(&["failed", "error"]),
         skipped: n(&["skipped", "xfailed"]),
         steady,
+        unexpected,
     }
 }
 
@@ -549,6 +568,7 @@ failure:
                 failed: 4,
                 skipped: 1,
                 steady: 1,
+                unexpected: vec!["t.py::e: failed message".to_owned()],
             }
         );
         let text = render(
