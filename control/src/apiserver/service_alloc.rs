@@ -65,6 +65,26 @@ fn str_at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
     v.pointer(p).and_then(Value::as_str)
 }
 
+/// Whether traffic from outside the cluster reaches the Service (`ExternallyAccessible`):
+/// NodePort and LoadBalancer Services, and any with external IPs.
+pub fn externally_accessible(spec: &serde_json::Map<String, Value>) -> bool {
+    matches!(
+        spec.get("type").and_then(Value::as_str),
+        Some("NodePort" | "LoadBalancer")
+    ) || spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| !ips.is_empty())
+}
+
+/// Whether the Service gets a `healthCheckNodePort` (`NeedsHealthCheck`): a LoadBalancer
+/// whose outside traffic goes only to the receiving node's endpoints, so that the load
+/// balancer can ask each node whether it has any.
+pub fn needs_health_check(spec: &serde_json::Map<String, Value>) -> bool {
+    spec.get("type").and_then(Value::as_str) == Some("LoadBalancer")
+        && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
 fn needs_node_ports(ty: &str) -> bool {
     matches!(ty, "NodePort" | "LoadBalancer")
 }
@@ -207,6 +227,25 @@ impl Allocator {
             }
         }
 
+        // The health check port of a LoadBalancer with externalTrafficPolicy Local, from the
+        // same range as NodePorts (validation has refused it on any other Service; an update
+        // that made the Service internal has dropped it).
+        if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            if needs_health_check(spec) {
+                let field = "spec.healthCheckNodePort";
+                let requested = spec
+                    .get("healthCheckNodePort")
+                    .and_then(Value::as_i64)
+                    .filter(|n| *n != 0);
+                let previous = old
+                    .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
+                    .and_then(Value::as_i64)
+                    .filter(|n| *n != 0);
+                let port = inner.claim_port(key, requested.or(previous), field, &invalid)?;
+                spec.insert("healthCheckNodePort".into(), json!(port));
+            }
+        }
+
         // NodePorts.
         let old_ports: Vec<(i64, String, i64)> = old
             .and_then(|o| o.pointer("/spec/ports"))
@@ -264,33 +303,7 @@ impl Allocator {
                 }
                 continue;
             }
-            let node_port = match requested.or(previous) {
-                Some(n) => {
-                    let in_range = u16::try_from(n).ok().filter(|n| inner.ports.contains(n));
-                    let Some(n) = in_range else {
-                        return Err(invalid(&field, &n.to_string(), format!(
-                            "provided port is not in the valid range. The range of valid ports is {}-{}",
-                            inner.ports.start(), inner.ports.end()
-                        )));
-                    };
-                    match inner.node_ports.get(&n) {
-                        Some(owner) if owner != key => {
-                            return Err(invalid(
-                                &field,
-                                &n.to_string(),
-                                "provided port is already allocated".into(),
-                            ))
-                        }
-                        _ => {
-                            inner.node_ports.insert(n, key.to_owned());
-                        }
-                    }
-                    n
-                }
-                None => inner.allocate_port(key).ok_or_else(|| {
-                    ApiError::Internal("no NodePort left in the node port range".into())
-                })?,
-            };
+            let node_port = inner.claim_port(key, requested.or(previous), &field, &invalid)?;
             p.insert("nodePort".into(), json!(node_port));
         }
         Ok(())
@@ -308,12 +321,17 @@ impl Allocator {
         inner
             .ips
             .retain(|offset, owner| owner != key || Some(*offset) == keep_ip);
+        let health_check = stored
+            .and_then(|s| s.pointer("/spec/healthCheckNodePort"))
+            .and_then(Value::as_i64)
+            .and_then(|p| u16::try_from(p).ok());
         let keep_ports: Vec<u16> = stored
             .and_then(|s| s.pointer("/spec/ports"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|p| u16::try_from(p.get("nodePort")?.as_i64()?).ok())
+            .chain(health_check)
             .collect();
         inner
             .node_ports
@@ -337,6 +355,44 @@ impl Allocator {
 }
 
 impl Inner {
+    /// Takes port `requested` (checked against the range and other owners) for `key`, or the
+    /// next free one when none is asked for.
+    fn claim_port(
+        &mut self,
+        key: &str,
+        requested: Option<i64>,
+        field: &str,
+        invalid: &dyn Fn(&str, &str, String) -> ApiError,
+    ) -> Result<u16, ApiError> {
+        let Some(n) = requested else {
+            return self.allocate_port(key).ok_or_else(|| {
+                ApiError::Internal("no NodePort left in the node port range".into())
+            });
+        };
+        let Some(port) = u16::try_from(n).ok().filter(|n| self.ports.contains(n)) else {
+            return Err(invalid(
+                field,
+                &n.to_string(),
+                format!(
+                    "provided port is not in the valid range. The range of valid ports is {}-{}",
+                    self.ports.start(),
+                    self.ports.end()
+                ),
+            ));
+        };
+        match self.node_ports.get(&port) {
+            Some(owner) if owner != key => Err(invalid(
+                field,
+                &n.to_string(),
+                "provided port is already allocated".into(),
+            )),
+            _ => {
+                self.node_ports.insert(port, key.to_owned());
+                Ok(port)
+            }
+        }
+    }
+
     /// The next free address offset, scanning round-robin from the last one handed out so a
     /// released address is not reused at once. Offset 1 is the `kubernetes` Service's.
     fn allocate_ip(&mut self, key: &str) -> Option<u64> {
@@ -488,5 +544,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("may not be used"));
+    }
+
+    #[test]
+    fn a_local_load_balancer_gets_a_health_check_port_kept_on_update_and_released() {
+        let a = alloc();
+        let mut s = svc("a", "LoadBalancer", None, None);
+        s["spec"]["externalTrafficPolicy"] = json!("Local");
+        a.reserve("k/a", &mut s, None).unwrap();
+        a.settle("k/a", Some(&s));
+        let (port, health) = (
+            s["spec"]["ports"][0]["nodePort"].as_i64().unwrap(),
+            s["spec"]["healthCheckNodePort"].as_i64().unwrap(),
+        );
+        assert_ne!(port, health, "the health check port is a port of its own");
+        assert_eq!(a.in_use().1, 2);
+        // Another Service may not ask for it.
+        let mut clash = svc("b", "LoadBalancer", None, None);
+        clash["spec"]["externalTrafficPolicy"] = json!("Local");
+        clash["spec"]["healthCheckNodePort"] = json!(health);
+        let e = a.reserve("k/b", &mut clash, None).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.healthCheckNodePort") && e.contains("already allocated"),
+            "{e}"
+        );
+        a.settle("k/b", None);
+        // An update without it keeps it.
+        let mut update = svc("a", "LoadBalancer", None, None);
+        update["spec"]["externalTrafficPolicy"] = json!("Local");
+        a.reserve("k/a", &mut update, Some(&s)).unwrap();
+        assert_eq!(update["spec"]["healthCheckNodePort"], health);
+        // Back to Cluster (the update's hook has dropped the field): the port goes, the
+        // NodePort stays.
+        let mut cluster = update.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        cluster["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("healthCheckNodePort");
+        a.reserve("k/a", &mut cluster, Some(&update)).unwrap();
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
+        a.settle("k/a", Some(&cluster));
+        assert_eq!(a.in_use().1, 1);
     }
 }

@@ -9,6 +9,7 @@ use super::{Strategy, WriteLock};
 use crate::apiserver::defaults::{default_field, obj};
 use crate::apiserver::error::{ApiError, FieldError};
 use crate::apiserver::registry::ResourceDef;
+use crate::apiserver::service_alloc::{externally_accessible, needs_health_check};
 use crate::apiserver::table::{arr, i, or_none, s, Column, AGE, NAME, SELECTOR};
 use crate::apiserver::validation::{str_at, validate_port, NameRule};
 use crate::apiserver::ApiState;
@@ -22,6 +23,28 @@ pub fn resources() -> Vec<ResourceDef> {
 }
 
 struct Service;
+
+/// What an update that makes a Service internal leaves behind, cleared as Kubernetes'
+/// `dropTypeDependentFields` does: the traffic policy and health check port it had only for
+/// outside traffic (values the client did not change; a changed one is the client's and
+/// validation judges it).
+fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    let (Some(old), Some(new)) = (
+        old.get("spec").and_then(Value::as_object),
+        new.get_mut("spec").and_then(Value::as_object_mut),
+    ) else {
+        return;
+    };
+    let unchanged = |new: &serde_json::Map<String, Value>, field: &str| {
+        new.get(field).is_some() && new.get(field) == old.get(field)
+    };
+    if !externally_accessible(new) && unchanged(new, "externalTrafficPolicy") {
+        new.remove("externalTrafficPolicy");
+    }
+    if !needs_health_check(new) && unchanged(new, "healthCheckNodePort") {
+        new.remove("healthCheckNodePort");
+    }
+}
 
 fn service_ports(svc: &Value) -> String {
     let ports: Vec<String> = arr(svc, "/spec/ports")
@@ -73,6 +96,11 @@ impl Strategy for Service {
         default_field(spec, "type", json!("ClusterIP"));
         default_field(spec, "sessionAffinity", json!("None"));
         default_field(spec, "internalTrafficPolicy", json!("Cluster"));
+        // SetDefaults_Service: an externally reachable Service gets `Cluster` (masqueraded,
+        // any node's endpoints).
+        if externally_accessible(spec) {
+            default_field(spec, "externalTrafficPolicy", json!("Cluster"));
+        }
         for p in spec
             .get_mut("ports")
             .and_then(Value::as_array_mut)
@@ -105,7 +133,7 @@ impl Strategy for Service {
         for (i, p) in ports.iter().enumerate() {
             validate_port(p.get("port"), format!("spec.ports[{i}].port"), errs);
         }
-        let mut supported = |field: &str, value: Option<&str>, values: &[&str]| {
+        let supported = |errs: &mut Vec<FieldError>, field: &str, value: Option<&str>, values: &[&str]| {
             let Some(value) = value.filter(|v| !values.contains(v)) else {
                 return;
             };
@@ -120,11 +148,40 @@ impl Strategy for Service {
             });
         };
         supported(
+            errs,
             "spec.type",
             Some(ty),
             &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
         );
+        let spec = object.get("spec").and_then(Value::as_object);
+        let etp = str_at(object, "/spec/externalTrafficPolicy");
+        if spec.is_some_and(externally_accessible) {
+            supported(errs, "spec.externalTrafficPolicy", etp, &["Cluster", "Local"]);
+        } else if let Some(etp) = etp.filter(|v| !v.is_empty()) {
+            errs.push(FieldError::invalid(
+                "spec.externalTrafficPolicy",
+                etp,
+                "may only be set for externally-accessible services",
+            ));
+        }
+        match object.pointer("/spec/healthCheckNodePort").and_then(Value::as_i64) {
+            None | Some(0) => {}
+            Some(port) if !spec.is_some_and(needs_health_check) => {
+                errs.push(FieldError::invalid_rendered(
+                    "spec.healthCheckNodePort",
+                    &port.to_string(),
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` \
+                     is 'Local'",
+                ))
+            }
+            Some(port) => validate_port(
+                Some(&json!(port)),
+                "spec.healthCheckNodePort".into(),
+                errs,
+            ),
+        }
         supported(
+            errs,
             "spec.internalTrafficPolicy",
             str_at(object, "/spec/internalTrafficPolicy"),
             &["Cluster", "Local"],
@@ -133,6 +190,7 @@ impl Strategy for Service {
         // node's endpoints first) and treats the zone preferences as no preference (a node is
         // its own zone here only when labelled so; zones are not tracked).
         supported(
+            errs,
             "spec.trafficDistribution",
             str_at(object, "/spec/trafficDistribution"),
             &["PreferClose", "PreferSameNode", "PreferSameZone"],
@@ -172,6 +230,7 @@ impl Strategy for Service {
         old: &Value,
         new: &mut Value,
     ) -> Result<(), ApiError> {
+        drop_type_dependent_fields(old, new);
         state.services.reserve(key, new, Some(old))
     }
 
