@@ -436,6 +436,28 @@ fn valid_hostname(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// How long [`Runtime::stop`] watches a container's first process for a SIGTERM handler to
+/// appear (programs install theirs as they start), and how often it looks.
+const HANDLER_WATCH: Duration = Duration::from_secs(5);
+const HANDLER_POLL: Duration = Duration::from_millis(20);
+
+/// Whether process `pid` has a handler for `signal` (its `SigCgt` mask in /proc); `None` when
+/// it is gone or the mask cannot be read.
+fn catches_signal(pid: i32, signal: Signal) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    sig_caught(&status, signal as i32)
+}
+
+/// Reads bit `signal - 1` of the `SigCgt:` line of a /proc status file.
+fn sig_caught(status: &str, signal: i32) -> Option<bool> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))?
+        .trim();
+    let mask = u64::from_str_radix(mask, 16).ok()?;
+    Some(mask & (1u64 << (signal - 1)) != 0)
+}
+
 /// Start time of a process (field 22 of /proc/<pid>/stat), if it exists.
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1075,8 +1097,31 @@ impl Runtime {
     /// Stops a container as the kubelet does: SIGTERM, then SIGKILL if it still runs after
     /// `grace`. Returns its final state.
     pub fn stop(&self, container: &Container, grace: Duration) -> Result<ContainerState> {
+        let deadline = Instant::now() + grace;
+        let caught = catches_signal(container.pid, Signal::SIGTERM);
         self.signal(container, Signal::SIGTERM)?;
-        let state = self.wait(container, Some(grace))?;
+        // A container's first process is PID 1 of its PID namespace, and the kernel drops
+        // signals to it that it has no handler for. A SIGTERM sent in a container's first
+        // milliseconds (`kubectl run` then `delete`), before the program installed its
+        // handler or while the runtime's init still runs before exec, is lost, and the stop
+        // would wait out the whole grace period for a program (nginx) that would have exited
+        // at once. So while the handler is missing, watch for it (for as long as programs
+        // take to start) and send SIGTERM again, once, when it appears.
+        if caught == Some(false) {
+            let watch_until = deadline.min(Instant::now() + HANDLER_WATCH);
+            while let Some(left) = watch_until.checked_duration_since(Instant::now()) {
+                let state = self.wait(container, Some(left.min(HANDLER_POLL)))?;
+                if matches!(state, ContainerState::Exited(_)) {
+                    return Ok(state);
+                }
+                if catches_signal(container.pid, Signal::SIGTERM) == Some(true) {
+                    self.signal(container, Signal::SIGTERM)?;
+                    break;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let state = self.wait(container, Some(left))?;
         if matches!(state, ContainerState::Exited(_)) {
             return Ok(state);
         }
@@ -1356,5 +1401,23 @@ impl Runtime {
             .collect();
         uids.sort();
         Ok(uids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sigterm_handler_is_read_from_the_caught_mask() {
+        // A server with handlers for SIGTERM (bit 14) and others.
+        let nginx = "Name:\tnginx\nSigIgn:\t0000000000001000\nSigCgt:\t0000000018016a07\n";
+        assert_eq!(sig_caught(nginx, Signal::SIGTERM as i32), Some(true));
+        // `sleep` as PID 1: nothing caught, so the kernel drops SIGTERM.
+        let sleep = "Name:\tsleep\nSigCgt:\t0000000000000000\n";
+        assert_eq!(sig_caught(sleep, Signal::SIGTERM as i32), Some(false));
+        assert_eq!(sig_caught("Name:\tgone\n", Signal::SIGTERM as i32), None);
+        // This test's own process: the test harness catches nothing it is not told to.
+        assert!(catches_signal(std::process::id() as i32, Signal::SIGTERM).is_some());
     }
 }
