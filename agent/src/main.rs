@@ -499,6 +499,7 @@ fn datapath(pin_dir: PathBuf, command: DatapathCommand) -> anyhow::Result<()> {
                     Some(timeout_seconds) => SessionAffinity::ClientIp { timeout_seconds },
                     None => SessionAffinity::None,
                 },
+                external_local: false,
             };
             pinned_table(&pin_dir)?.upsert_service(&service)?;
         }

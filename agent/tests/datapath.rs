@@ -364,6 +364,7 @@ fn service(
         backends: backends.into_iter().map(backend).collect(),
         algorithm: LbAlgorithm::Random,
         affinity: SessionAffinity::None,
+        external_local: false,
     }
 }
 

@@ -212,6 +212,7 @@ fn service(protocol: Protocol, backends: &[&str], affinity: SessionAffinity) -> 
             .collect(),
         algorithm: LbAlgorithm::Random,
         affinity,
+        external_local: false,
     }
 }
 

@@ -161,11 +161,8 @@ pub fn service_ports(svc: &KubeService, slices: &[&EndpointSlice], node: &str) -
     if spec.type_.as_deref() == Some("ExternalName") {
         return out;
     }
-    let mut vips: Vec<Ipv4Addr> = spec
-        .cluster_ip
-        .iter()
-        .filter_map(|ip| ip.parse().ok())
-        .collect();
+    let cluster_ip: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let mut vips: Vec<Ipv4Addr> = cluster_ip.into_iter().collect();
     vips.extend(
         spec.external_ips
             .iter()
@@ -212,6 +209,16 @@ pub fn service_ports(svc: &KubeService, slices: &[&EndpointSlice], node: &str) -
         };
         let port_name = port.name.as_deref().unwrap_or("");
         let backends = ready_backends(slices, port_name, proto, node, locality(spec));
+        // externalTrafficPolicy Local: what comes from outside (a nodePort, an external or
+        // load-balancer IP) goes only to this node's endpoints, so its source address can stay
+        // (no hop to another node to come back through); the ClusterIP keeps the internal
+        // policy's endpoints.
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let outside_backends = if external_local {
+            ready_backends(slices, port_name, proto, node, Locality::Local)
+        } else {
+            backends.clone()
+        };
         // NodePort and LoadBalancer Services also answer on their nodePort on every node
         // address (a headless Service has no ClusterIP, and so no NodePort either).
         let node_port = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
@@ -229,11 +236,17 @@ pub fn service_ports(svc: &KubeService, slices: &[&EndpointSlice], node: &str) -
             })
             .chain(node_port);
         for frontend in frontends {
+            let outside = Some(frontend.ip) != cluster_ip;
             let port = Service {
                 frontend,
-                backends: backends.clone(),
+                backends: if outside {
+                    outside_backends.clone()
+                } else {
+                    backends.clone()
+                },
                 algorithm,
                 affinity,
+                external_local: outside && external_local,
             };
             // One port per frontend: a later one (the API refuses such duplicates) wins, as
             // it did when all ports went into one map.
@@ -251,7 +264,10 @@ fn same(have: &Service, want: &Service) -> bool {
     let (mut a, mut b) = (have.backends.clone(), want.backends.clone());
     a.sort();
     b.sort();
-    a == b && have.algorithm == want.algorithm && have.affinity == want.affinity
+    a == b
+        && have.algorithm == want.algorithm
+        && have.affinity == want.affinity
+        && have.external_local == want.external_local
 }
 
 /// Applies the difference between `desired` and what `datapath` has; returns the number of
@@ -561,6 +577,48 @@ mod tests {
             ["10.244.1.5", "10.244.2.7"],
             "PreferSameNode: any endpoint when the node has none ready"
         );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_outside_traffic_on_the_node() {
+        let mut svc = kubia();
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        svc.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.100"}]}}))
+                .unwrap();
+        let s = slice(json!([
+            {"addresses": ["10.244.1.5"], "nodeName": "node-1"},
+            {"addresses": ["10.244.2.7"], "nodeName": "node-2"},
+        ]));
+        let on = |node: &str| desired_services([&svc], [&s], node);
+        let ips =
+            |p: &Service| -> Vec<String> { p.backends.iter().map(|b| b.ip.to_string()).collect() };
+        let node1 = on("node-1");
+        for (frontend, port) in &node1 {
+            if frontend.ip == Ipv4Addr::new(10, 96, 0, 10) {
+                assert_eq!(
+                    ips(port),
+                    ["10.244.1.5", "10.244.2.7"],
+                    "the ClusterIP: any"
+                );
+                assert!(!port.external_local);
+            } else {
+                // nodePort, external IP and load-balancer IP: this node's only.
+                assert_eq!(ips(port), ["10.244.1.5"], "{frontend:?}");
+                assert!(port.external_local, "{frontend:?}");
+            }
+        }
+        assert_eq!(node1.len(), 4, "ClusterIP, external IP, LB IP, nodePort");
+        let node3 = on("node-3");
+        assert!(node3
+            .values()
+            .filter(|p| p.external_local)
+            .all(|p| p.backends.is_empty()));
+        // Cluster (the default): every frontend has every endpoint, none is marked.
+        svc.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+        assert!(desired_services([&svc], [&s], "node-1")
+            .values()
+            .all(|p| p.backends.len() == 2 && !p.external_local));
     }
 
     #[test]

@@ -110,6 +110,7 @@ mod tests {
                 .collect(),
             algorithm: LbAlgorithm::Random,
             affinity: SessionAffinity::None,
+            external_local: false,
         }
     }
 

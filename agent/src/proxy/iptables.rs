@@ -171,6 +171,15 @@ impl IptablesProxy {
                         let _ = writeln!(decls, ":{sep} - [0:0]");
                     }
                     touched += 1 + seps.len();
+                    if f.is_node_port() && !svc.external_local {
+                        // Traffic from outside to a NodePort is masqueraded
+                        // (externalTrafficPolicy Cluster: the endpoint may be on another node,
+                        // whose reply must come back through this one), as kube-proxy does.
+                        // With Local the endpoints are this node's and the client's address
+                        // stays. Here, not in KUBE-NODEPORTS, so that a policy change
+                        // rewrites it with the service's chain.
+                        let _ = writeln!(rules, "-A {chain} -j KUBE-MARK-MASQ");
+                    }
                     if let SessionAffinity::ClientIp { timeout_seconds } = svc.affinity {
                         for sep in &seps {
                             let _ = writeln!(rules, "-A {chain} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {timeout_seconds} --reap -j {sep}");
@@ -224,13 +233,7 @@ impl IptablesProxy {
                 let p = proto(f.protocol);
                 if f.is_node_port() {
                     // A NodePort matches its port on any local address, through
-                    // KUBE-NODEPORTS, and is masqueraded (externalTrafficPolicy Cluster), as
-                    // kube-proxy does.
-                    let _ = writeln!(
-                        rules,
-                        "-A KUBE-NODEPORTS -p {p} -m {p} --dport {} -j KUBE-MARK-MASQ",
-                        f.port
-                    );
+                    // KUBE-NODEPORTS (its service chain masquerades, see above).
                     let _ = writeln!(
                         rules,
                         "-A KUBE-NODEPORTS -p {p} -m {p} --dport {} -j {}",
@@ -410,6 +413,7 @@ mod tests {
                 .collect(),
             algorithm: LbAlgorithm::Random,
             affinity,
+            external_local: false,
         }
     }
 

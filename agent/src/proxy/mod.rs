@@ -287,6 +287,10 @@ pub struct Service {
     pub algorithm: LbAlgorithm,
     /// Session affinity.
     pub affinity: SessionAffinity,
+    /// `externalTrafficPolicy: Local` on a frontend outside traffic uses (a nodePort, an
+    /// external or load-balancer IP): `backends` are this node's only, and the client's
+    /// source address is kept (rule-based modes skip their masquerade).
+    pub external_local: bool,
 }
 
 /// What every proxy mode (eBPF, later iptables and nftables) implements.

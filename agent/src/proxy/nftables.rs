@@ -104,9 +104,10 @@ fn no_endpoint_set(f: &Frontend) -> &'static str {
 fn service_rules(svc: &Service, chain: &str, out: &mut String) {
     let f = &svc.frontend;
     let p = proto(f.protocol);
-    if f.is_node_port() {
+    if f.is_node_port() && !svc.external_local {
         // Traffic from outside to a NodePort is masqueraded (externalTrafficPolicy Cluster),
-        // as kube-proxy does.
+        // as kube-proxy does; with Local the endpoints are this node's and the client's
+        // address stays.
         let _ = writeln!(
             out,
             "add rule ip {TABLE} {chain} meta mark set meta mark | 0x4000"
@@ -409,6 +410,7 @@ mod tests {
                 .collect(),
             algorithm: LbAlgorithm::Random,
             affinity: SessionAffinity::None,
+            external_local: false,
         }
     }
 

@@ -110,6 +110,7 @@ fn node_port(port: u16, protocol: Protocol, backends: Vec<BackendAddr>) -> Servi
         backends,
         algorithm: LbAlgorithm::Random,
         affinity: SessionAffinity::None,
+        external_local: false,
     }
 }
 

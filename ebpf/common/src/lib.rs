@@ -105,6 +105,10 @@ pub const SVC_FLAG_MAGLEV: u8 = 1 << 0;
 /// [`ServiceValue::flags`]: ClientIP session affinity, with
 /// [`ServiceValue::affinity_timeout_secs`].
 pub const SVC_FLAG_AFFINITY: u8 = 1 << 1;
+/// [`ServiceValue::flags`]: `externalTrafficPolicy: Local` on an outside frontend: its
+/// backends are this node's only, so the client's address reaches them (no SNAT is ever
+/// needed). The programs need not read it; the agent reads it back with the service.
+pub const SVC_FLAG_EXTERNAL_LOCAL: u8 = 1 << 2;
 
 /// [`Backend::flags`]: the backend takes new connections.
 pub const BACKEND_ACTIVE: u8 = 0;

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use skiff_ebpf_common::{
     addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue, Backend,
     MaglevTable, RevNat, ServiceKey, ServiceValue, MAGLEV_TABLE_SIZE, SVC_FLAG_AFFINITY,
-    SVC_FLAG_MAGLEV,
+    SVC_FLAG_EXTERNAL_LOCAL, SVC_FLAG_MAGLEV,
 };
 
 use super::maglev;
@@ -215,6 +215,7 @@ impl<M: LbMaps> ServiceTable<M> {
                 } else {
                     SessionAffinity::None
                 },
+                external_local: value.flags & SVC_FLAG_EXTERNAL_LOCAL != 0,
             };
             table.rev_nats.insert(value.rev_nat_index);
             table.services.insert(
@@ -452,7 +453,13 @@ impl<M: LbMaps> ServiceTable<M> {
             backend_id: 0,
             count: ids.len() as u16,
             rev_nat_index: rev_nat,
-            flags: flags | if maglev { SVC_FLAG_MAGLEV } else { 0 },
+            flags: flags
+                | if maglev { SVC_FLAG_MAGLEV } else { 0 }
+                | if service.external_local {
+                    SVC_FLAG_EXTERNAL_LOCAL
+                } else {
+                    0
+                },
             _pad0: 0,
             _pad1: 0,
             affinity_timeout_secs: timeout,
@@ -624,6 +631,7 @@ mod tests {
             backends: backends.iter().map(|b| be(*b)).collect(),
             algorithm: LbAlgorithm::Random,
             affinity: SessionAffinity::None,
+            external_local: false,
         }
     }
 

@@ -425,6 +425,7 @@ fn services(n: usize) -> Vec<Service> {
             backends: backends.clone(),
             algorithm: LbAlgorithm::Random,
             affinity: SessionAffinity::None,
+            external_local: false,
         })
         .collect()
 }
