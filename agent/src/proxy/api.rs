@@ -371,7 +371,12 @@ pub async fn run(
     svc_reader.wait_until_ready().await?;
     eps_reader.wait_until_ready().await?;
     let address = dns.as_ref().map(|d| d.address);
-    let state = Arc::new(Mutex::new(ProxySync::new(datapath, node, dns)));
+    let proxy = ProxySync::new(datapath, node, dns);
+    tokio::spawn(super::health_check::serve(
+        proxy.health_checks(),
+        shutdown.clone(),
+    ));
+    let state = Arc::new(Mutex::new(proxy));
     runner::run(receiver, min_interval, FULL_COMPARISON, shutdown, || {
         let (svc_reader, eps_reader, state, log) = (
             svc_reader.clone(),

@@ -21,6 +21,7 @@ pub mod api;
 pub mod changes;
 pub mod desired;
 pub mod ebpf;
+pub mod health_check;
 pub mod iptables;
 pub mod nftables;
 mod rules;

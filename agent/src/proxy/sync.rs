@@ -29,6 +29,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::api::{service_ports, sync, sync_affected};
 use super::changes::{object_key, service_of, Changes, ObjectKey, SliceIndex};
 use super::desired::DesiredServices;
+use super::health_check::{check_of, HealthChecks};
 use super::{Datapath, Frontend, ProxyError, Service};
 use crate::dns::zone::Zone;
 use crate::dns::ClusterZone;
@@ -62,6 +63,9 @@ pub struct ProxySync {
     built: bool,
     /// When the datapath was last compared whole (`None`: it must be at the next sync).
     compared: Option<Instant>,
+    /// The health check ports of this node's Local-policy LoadBalancers, kept with the
+    /// Services they belong to.
+    health: HealthChecks,
 }
 
 impl ProxySync {
@@ -79,6 +83,7 @@ impl ProxySync {
             dns,
             built: false,
             compared: None,
+            health: HealthChecks::default(),
         }
     }
 
@@ -90,6 +95,11 @@ impl ProxySync {
     /// The node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The health checks the syncs keep up to date (for [`super::health_check::serve`]).
+    pub fn health_checks(&self) -> HealthChecks {
+        self.health.clone()
     }
 
     /// Brings the datapath and the zone up to `services` and `slices` (the watch caches),
@@ -140,6 +150,8 @@ impl ProxySync {
                 for (f, before) in self.desired.set(key.clone(), ports) {
                     affected.entry(f).or_insert(before);
                 }
+                self.health
+                    .update(&key, svc.as_deref(), &slice_refs, &self.node);
                 if let Some((_, zone)) = &mut self.dns {
                     zone.update_service(&key.0, &key.1, svc.as_deref(), slice_refs);
                 }
@@ -184,12 +196,17 @@ impl ProxySync {
             }
         }
         self.desired = DesiredServices::default();
+        let mut checks = BTreeMap::new();
         for svc in &services {
             let key = object_key(&svc.metadata);
             let its = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
             let ports = service_ports(svc, its, &self.node);
+            if let Some(check) = check_of(svc, its, &self.node) {
+                checks.insert(key.clone(), check);
+            }
             self.desired.set(key, ports);
         }
+        self.health.replace(checks);
         if let Some((d, zone)) = &mut self.dns {
             *zone = Zone::build(
                 &d.domain,
