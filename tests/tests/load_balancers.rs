@@ -13,12 +13,17 @@ use skiff_e2e::kubectl::Kubectl;
 use skiff_e2e::wait_for;
 use skiff_test_support::require_root;
 
-/// One HTTP/1.0 GET to `addr`: the response, or the error.
+/// One HTTP/1.0 GET of `/` to `addr`: the response, or the error.
 fn get(addr: SocketAddr) -> String {
+    get_path(addr, "/")
+}
+
+/// One HTTP/1.0 GET of `path` to `addr`: the response, or the error.
+fn get_path(addr: SocketAddr, path: &str) -> String {
     let attempt = || -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         Ok(body)
@@ -110,5 +115,152 @@ fn expose_type_load_balancer_gets_an_external_ip_that_answers() {
             .trim()
             .is_empty()
         },
+    );
+}
+
+/// The status code of an HTTP response.
+fn status(response: &str) -> Option<&str> {
+    response.split_whitespace().nth(1)
+}
+
+/// The peer address a [`PEER_SERVER`] response names (busybox httpd listens on IPv6 and
+/// writes IPv4 peers as `[::ffff:a.b.c.d]`).
+fn peer_of(response: &str) -> Option<String> {
+    let line = response.lines().find_map(|l| l.strip_prefix("peer="))?;
+    let addr = line.trim_start_matches('[').trim_end_matches(']');
+    Some(addr.strip_prefix("::ffff:").unwrap_or(addr).to_owned())
+}
+
+/// A web server printing each request's peer address: busybox httpd running a CGI script
+/// from a ConfigMap (`REMOTE_ADDR`).
+const PEER_SERVER: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: peer-cgi}
+data:
+  peer: |
+    #!/bin/sh
+    printf 'Content-Type: text/plain\r\n\r\npeer=%s\n' "$REMOTE_ADDR"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: peer}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: peer}}
+  template:
+    metadata: {labels: {app: peer}}
+    spec:
+      containers:
+      - name: httpd
+        image: busybox
+        command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+        volumeMounts: [{name: cgi, mountPath: /www/cgi-bin}]
+      volumes:
+      - name: cgi
+        configMap: {name: peer-cgi, defaultMode: 0755}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: peer}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: peer}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_answers_health_checks() {
+    require_root!("network namespaces, containers, BPF");
+    let c = Guard::test(&Options {
+        proxy_mode: "ebpf".into(),
+        ..Options::test("tloc", 221, 2)
+    });
+    let k = Kubectl(c.state.kubeconfig.clone());
+    k.apply(PEER_SERVER);
+    wait_for("1 ready endpoint", Duration::from_secs(90), || {
+        k.ready_endpoints("peer") == 1
+    });
+    let svc = k.json(&["get", "svc", "peer"]);
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+    let health_port = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no healthCheckNodePort: {svc}")) as u16;
+    assert_ne!(node_port, health_port);
+    let pod = &k.items(&["get", "pods", "-l", "app=peer"])[0];
+    let pod_node = pod["spec"]["nodeName"].as_str().unwrap().to_owned();
+    let node_ip = |name: &str| c.state.nodes.iter().find(|n| n.name == name).unwrap().ip;
+    let with = node_ip(&pod_node);
+    let without = c
+        .state
+        .nodes
+        .iter()
+        .find(|n| n.name != pod_node)
+        .unwrap()
+        .ip;
+    // The host is the client, outside the nodes: its address on the nodes' bridge (.1).
+    let [a, b, net, _] = with.octets();
+    let client = std::net::Ipv4Addr::new(a, b, net, 1);
+
+    // The node with the endpoint serves the nodePort, and the pod sees the client itself.
+    let mut last = String::new();
+    wait_for(
+        &format!("the nodePort to answer on {pod_node}"),
+        Duration::from_secs(30),
+        || {
+            last = get_path(SocketAddr::new(with.into(), node_port), "/cgi-bin/peer");
+            last.contains("peer=")
+        },
+    );
+    assert_eq!(
+        peer_of(&last),
+        Some(client.to_string()),
+        "the client's address reaches the pod: {last}"
+    );
+    // The load-balancer IPs (the nodes' addresses, without pools) behave the same.
+    let lb = get_path(SocketAddr::new(with.into(), 80), "/cgi-bin/peer");
+    assert_eq!(peer_of(&lb), Some(client.to_string()), "{lb}");
+    // The node without one refuses: outside traffic does not hop to another node.
+    let refused = get_path(SocketAddr::new(without.into(), node_port), "/cgi-bin/peer");
+    assert!(refused.starts_with("error:"), "{refused}");
+    // The health check port says which node to send traffic to, as kube-proxy's does.
+    let with_check = get(SocketAddr::new(with.into(), health_port));
+    assert_eq!(status(&with_check), Some("200"), "{with_check}");
+    assert!(
+        with_check.contains(r#""localEndpoints":1"#) && with_check.contains(r#""name":"peer""#),
+        "{with_check}"
+    );
+    let mut without_check = String::new();
+    wait_for("the other node's 503", Duration::from_secs(10), || {
+        without_check = get(SocketAddr::new(without.into(), health_port));
+        status(&without_check) == Some("503")
+    });
+    assert!(
+        without_check.contains(r#""localEndpoints":0"#),
+        "{without_check}"
+    );
+
+    // Cluster: every node serves the nodePort (the other one through a hop, masqueraded), and
+    // the health check port is released.
+    k.run(&[
+        "patch",
+        "svc",
+        "peer",
+        "-p",
+        r#"{"spec": {"externalTrafficPolicy": "Cluster"}}"#,
+    ]);
+    let svc = k.json(&["get", "svc", "peer"]);
+    assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+    wait_for(
+        "the other node to serve the nodePort",
+        Duration::from_secs(30),
+        || get_path(SocketAddr::new(without.into(), node_port), "/cgi-bin/peer").contains("peer="),
+    );
+    wait_for(
+        "the health check port to close",
+        Duration::from_secs(30),
+        || get(SocketAddr::new(with.into(), health_port)).starts_with("error:"),
     );
 }

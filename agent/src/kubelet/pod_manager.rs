@@ -190,9 +190,6 @@ pub async fn keep_routes(
         if !changed {
             continue;
         }
-        let Some(net) = network.current() else {
-            continue;
-        };
         let want: BTreeMap<String, Ipv4Addr> = nodes
             .values()
             .filter(|n| n.metadata.name.as_deref() != Some(node_name.as_str()))
@@ -211,6 +208,21 @@ pub async fn keep_routes(
                 Some((cidr, ip))
             })
             .collect();
+        // Routes to the other nodes' pods are needed before this node runs a pod of its own:
+        // a NodePort or load-balancer address answered here forwards to pods elsewhere. So the
+        // network (bridge, forwarding, masquerade) comes up as soon as there is another node
+        // to route to, not only with the first local pod.
+        let net = match network.current() {
+            Some(net) => net,
+            None if want.is_empty() => continue,
+            None => match network.get().await {
+                Ok(net) => net,
+                Err(e) => {
+                    tracing::warn!(error = %e, "setting up the pod network to route to other nodes");
+                    continue;
+                }
+            },
+        };
         if let Err(e) = net.sync_routes(want).await {
             tracing::warn!(error = %e, "routing to other nodes' pods");
         }
