@@ -263,6 +263,8 @@ impl Allocator {
                 ))
             })
             .collect();
+        let allocate_node_ports = ty != "LoadBalancer"
+            || svc.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&Value::Bool(false));
         let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
             return Ok(());
         };
@@ -301,6 +303,12 @@ impl Allocator {
                     }
                     None => {}
                 }
+                continue;
+            }
+            // `allocateLoadBalancerNodePorts: false`: a LoadBalancer whose load balancer sends
+            // traffic straight to the pods or to its address gets no NodePort unless it asks
+            // for one (or keeps one it has).
+            if requested.or(previous).is_none() && !allocate_node_ports {
                 continue;
             }
             let node_port = inner.claim_port(key, requested.or(previous), &field, &invalid)?;
@@ -586,5 +594,23 @@ mod tests {
         assert!(cluster["spec"].get("healthCheckNodePort").is_none());
         a.settle("k/a", Some(&cluster));
         assert_eq!(a.in_use().1, 1);
+    }
+
+    #[test]
+    fn a_load_balancer_may_go_without_node_ports() {
+        let a = alloc();
+        let mut s = svc("a", "LoadBalancer", None, None);
+        s["spec"]["allocateLoadBalancerNodePorts"] = json!(false);
+        a.reserve("k/a", &mut s, None).unwrap();
+        assert!(s["spec"]["ports"][0].get("nodePort").is_none(), "{s}");
+        // One it asks for, it gets.
+        let mut asked = svc("b", "LoadBalancer", None, Some(30002));
+        asked["spec"]["allocateLoadBalancerNodePorts"] = json!(false);
+        a.reserve("k/b", &mut asked, None).unwrap();
+        assert_eq!(asked["spec"]["ports"][0]["nodePort"], 30002);
+        // Unset means true.
+        let mut default = svc("c", "LoadBalancer", None, None);
+        a.reserve("k/c", &mut default, None).unwrap();
+        assert!(default["spec"]["ports"][0]["nodePort"].is_u64());
     }
 }

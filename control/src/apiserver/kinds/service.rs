@@ -101,6 +101,9 @@ impl Strategy for Service {
         if externally_accessible(spec) {
             default_field(spec, "externalTrafficPolicy", json!("Cluster"));
         }
+        if spec.get("type").and_then(Value::as_str) == Some("LoadBalancer") {
+            default_field(spec, "allocateLoadBalancerNodePorts", json!(true));
+        }
         for p in spec
             .get_mut("ports")
             .and_then(Value::as_array_mut)
