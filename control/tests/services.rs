@@ -145,6 +145,71 @@ async fn traffic_policies_take_only_kubernetes_values() {
 }
 
 #[tokio::test]
+async fn external_traffic_policy_and_its_health_check_port() {
+    let a = api().await;
+    // Defaulted on what outside traffic reaches, refused on what it does not.
+    let np = a.post(SVCS, svc("np", "NodePort", None, None)).await;
+    assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
+    assert!(np["spec"].get("healthCheckNodePort").is_none());
+    let cip = a.post(SVCS, svc("cip", "ClusterIP", None, None)).await;
+    assert!(cip["spec"].get("externalTrafficPolicy").is_none(), "{cip}");
+    let mut bad = svc("bad-etp", "ClusterIP", None, None);
+    bad["spec"]["externalTrafficPolicy"] = json!("Local");
+    let (code, s) = a.call(Method::POST, SVCS, Some(bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains(
+            "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for externally-accessible services"
+        ),
+        "{s}"
+    );
+    let mut bad = svc("bad-hc", "NodePort", None, None);
+    bad["spec"]["healthCheckNodePort"] = json!(31000);
+    let (code, s) = a.call(Method::POST, SVCS, Some(bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains("spec.healthCheckNodePort: Invalid value: 31000: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"),
+        "{s}"
+    );
+    // A Local LoadBalancer gets a health check port of its own; back to Cluster, it goes.
+    let mut lb = svc("lb", "LoadBalancer", None, None);
+    lb["spec"]["externalTrafficPolicy"] = json!("Local");
+    let lb = a.post(SVCS, lb).await;
+    let health = lb["spec"]["healthCheckNodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&health), "{lb}");
+    assert_ne!(Some(health), lb["spec"]["ports"][0]["nodePort"].as_u64());
+    let (code, cluster) = a
+        .merge_patch(
+            &format!("{SVCS}/lb"),
+            json!({"spec": {"externalTrafficPolicy": "Cluster"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{cluster}");
+    assert!(
+        cluster["spec"].get("healthCheckNodePort").is_none(),
+        "{cluster}"
+    );
+    // The port is free again: another Local LoadBalancer may take it.
+    let mut again = svc("lb2", "LoadBalancer", None, None);
+    again["spec"]["externalTrafficPolicy"] = json!("Local");
+    again["spec"]["healthCheckNodePort"] = json!(health);
+    let again = a.post(SVCS, again).await;
+    assert_eq!(again["spec"]["healthCheckNodePort"], health);
+    // A NodePort that becomes internal loses its policy with its ports.
+    let (code, internal) = a
+        .merge_patch(
+            &format!("{SVCS}/np"),
+            json!({"spec": {"type": "ClusterIP"}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{internal}");
+    assert!(
+        internal["spec"].get("externalTrafficPolicy").is_none(),
+        "{internal}"
+    );
+}
+
+#[tokio::test]
 async fn node_ports_are_allocated_in_range_and_conflicts_rejected() {
     let a = api().await;
     let np = a.post(SVCS, svc("np", "NodePort", None, None)).await;
