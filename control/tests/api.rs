@@ -1015,7 +1015,13 @@ async fn ingresses_get_the_default_class_and_are_validated() {
     let cells = t["rows"][0]["cells"].as_array().unwrap();
     assert_eq!(
         cells[..5],
-        [json!("web"), json!("skiff"), json!("a.example.com"), json!(""), json!("80, 443")]
+        [
+            json!("web"),
+            json!("skiff"),
+            json!("a.example.com"),
+            json!(""),
+            json!("80, 443")
+        ]
     );
 
     // A class named explicitly is kept.

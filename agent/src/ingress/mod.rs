@@ -125,9 +125,7 @@ async fn listen(port: u16) -> Result<Option<TcpListener>, IngressError> {
 }
 
 /// A watch cache of `K` and a counter bumped after each change.
-fn watch_all<K>(
-    client: &kube::Client,
-) -> (reflector::Store<K>, tokio::sync::watch::Receiver<u64>)
+fn watch_all<K>(client: &kube::Client) -> (reflector::Store<K>, tokio::sync::watch::Receiver<u64>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -183,21 +181,22 @@ pub async fn run(
         annotate(&client, &node, None).await;
         return Ok(());
     }
-    let (http, https) = (listen(args.http_port).await?, listen(args.https_port).await?);
+    let (http, https) = (
+        listen(args.http_port).await?,
+        listen(args.https_port).await?,
+    );
     let certificates = Arc::new(tls::Certificates::new(tls::default_certificate()?));
     let proxy = Arc::new(proxy::Proxy::new());
     if let Some(listener) = http {
-        tokio::spawn(proxy::serve(proxy.clone(), listener, None, shutdown.clone()));
+        tokio::spawn(proxy::serve(
+            proxy.clone(),
+            listener,
+            None,
+            shutdown.clone(),
+        ));
     }
     if let Some(listener) = https {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(certificates.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls::acceptor(certificates.clone())?;
         tokio::spawn(proxy::serve(
             proxy.clone(),
             listener,
@@ -214,7 +213,11 @@ pub async fn run(
         }
     }
     annotate(&client, &node, Some(args.annotation())).await;
-    tracing::info!(http = args.http_port, https = args.https_port, "Ingress proxy listening");
+    tracing::info!(
+        http = args.http_port,
+        https = args.https_port,
+        "Ingress proxy listening"
+    );
 
     let mut endpoint_changes = watched.changes.clone();
     let mut refresh = tokio::time::interval(SECRET_REFRESH);
@@ -249,9 +252,10 @@ pub async fn run(
         for ((ns, secret), err) in secrets.failures(&table) {
             for ingress in all_ingresses.iter().filter(|i| {
                 i.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && i.spec.iter().flat_map(|s| s.tls.iter().flatten()).any(|t| {
-                        t.secret_name.as_deref() == Some(secret.as_str())
-                    })
+                    && i.spec
+                        .iter()
+                        .flat_map(|s| s.tls.iter().flatten())
+                        .any(|t| t.secret_name.as_deref() == Some(secret.as_str()))
             }) {
                 now.insert((
                     ns.clone(),
@@ -262,7 +266,8 @@ pub async fn run(
         }
         for (ns, name, reason) in now.difference(&told) {
             let Some(ingress) = all_ingresses.iter().find(|i| {
-                i.metadata.namespace.as_deref() == Some(ns) && i.metadata.name.as_deref() == Some(name)
+                i.metadata.namespace.as_deref() == Some(ns)
+                    && i.metadata.name.as_deref() == Some(name)
             }) else {
                 continue;
             };
@@ -328,9 +333,11 @@ impl SecretCache {
         table: &'a RouteTable,
     ) -> impl Iterator<Item = (&'a (String, String), &'a String)> + 'a {
         let wanted: BTreeSet<&(String, String)> = table.tls.values().collect();
-        wanted.into_iter().filter_map(|key| match self.read.get(key) {
-            Some(Err(e)) => Some((key, e)),
-            _ => None,
-        })
+        wanted
+            .into_iter()
+            .filter_map(|key| match self.read.get(key) {
+                Some(Err(e)) => Some((key, e)),
+                _ => None,
+            })
     }
 }

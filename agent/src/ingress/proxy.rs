@@ -144,10 +144,7 @@ fn forwarded_headers(
     local_port: u16,
 ) {
     let ip = client.ip().to_string();
-    let xff = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
         _ => ip.clone(),
     };
@@ -158,7 +155,11 @@ fn forwarded_headers(
     };
     set(headers, "x-forwarded-for", &xff);
     set(headers, "x-real-ip", &ip);
-    set(headers, "x-forwarded-proto", if tls { "https" } else { "http" });
+    set(
+        headers,
+        "x-forwarded-proto",
+        if tls { "https" } else { "http" },
+    );
     set(headers, "x-forwarded-host", host);
     set(headers, "x-forwarded-port", &local_port.to_string());
 }
@@ -379,8 +380,12 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, tls, shutdown) =
-            (proxy.clone(), builder.clone(), tls.clone(), shutdown.clone());
+        let (proxy, builder, tls, shutdown) = (
+            proxy.clone(),
+            builder.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let secure = tls.is_some();
@@ -390,22 +395,27 @@ pub async fn serve(
             });
             let served = match tls {
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%client, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let stream =
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%client, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => r,
                         () = shutdown.cancelled() => return,
                     }
                 }
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => r,
                         () = shutdown.cancelled() => return,
@@ -426,7 +436,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_stay_on_their_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -446,7 +459,13 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.io");
         assert_eq!(h["x-forwarded-port"], "443");
         let mut h = HeaderMap::new();
-        forwarded_headers(&mut h, "10.0.0.9:5555".parse().unwrap(), false, "a.io:80", 80);
+        forwarded_headers(
+            &mut h,
+            "10.0.0.9:5555".parse().unwrap(),
+            false,
+            "a.io:80",
+            80,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

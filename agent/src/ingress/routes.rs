@@ -159,20 +159,13 @@ pub fn path_matches(route_path: &str, kind: PathKind, path: &str) -> bool {
 /// The best route of `routes` for `path`: the longest matching path, Exact before Prefix.
 /// `routes` are kept sorted so that the first match is the best.
 fn best<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
-    routes
-        .iter()
-        .find(|r| path_matches(&r.path, r.kind, path))
+    routes.iter().find(|r| path_matches(&r.path, r.kind, path))
 }
 
 /// Sorts routes best-first: longer paths first, then Exact before Prefix; stable, so the
 /// first-inserted (oldest Ingress) of two equal ones comes first.
 fn sort_routes(routes: &mut Vec<Route>) {
-    routes.sort_by(|a, b| {
-        b.path
-            .len()
-            .cmp(&a.path.len())
-            .then(a.kind.cmp(&b.kind))
-    });
+    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.kind.cmp(&b.kind)));
     routes.dedup_by(|later, earlier| later.path == earlier.path && later.kind == earlier.kind);
 }
 
@@ -343,7 +336,10 @@ impl<'a> Resolver<'a> {
             ) else {
                 continue;
             };
-            by_service.entry((ns, svc.as_str())).or_default().push(slice);
+            by_service
+                .entry((ns, svc.as_str()))
+                .or_default()
+                .push(slice);
         }
         Self {
             services,
@@ -354,7 +350,9 @@ impl<'a> Resolver<'a> {
     fn target(&self, ns: &str, backend: &IngressBackend) -> Target {
         let unavailable = |reason: String| Target::Unavailable { reason };
         let Some(backend) = &backend.service else {
-            return unavailable("resource backends are not supported by skiff's Ingress proxy".into());
+            return unavailable(
+                "resource backends are not supported by skiff's Ingress proxy".into(),
+            );
         };
         let name = backend.name.as_str();
         let port = backend.port.as_ref();
@@ -391,7 +389,11 @@ impl<'a> Resolver<'a> {
             ));
         };
         let port_name = svc_port.name.as_deref().unwrap_or("");
-        let slices = self.slices.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default();
+        let slices = self
+            .slices
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let addresses = endpoint_addresses(slices, port_name);
         let service = format!("{ns}/{name}:{port_text}");
         if addresses.is_empty() {
@@ -534,19 +536,27 @@ mod tests {
             .map(|(i, s)| slice(s, json!([{"addresses": [format!("10.0.0.{}", i + 1)]}])))
             .collect();
         let ingresses = [
-            ingress("one", "2024-01-01T00:00:00Z", json!({
+            ingress(
+                "one",
+                "2024-01-01T00:00:00Z",
+                json!({
                 "defaultBackend": {"service": {"name": "fallback", "port": {"name": "http"}}},
                 "rules": [
                     {"host": "a.example.com", "http": {"paths": [
                         path("/", "Prefix", "a"),
                         path("/api/", "Prefix", "b"),
                         path("/api", "Exact", "c")]}},
-                    {"host": "*.example.com", "http": {"paths": [path("/", "Prefix", "d")]}}]})),
-            ingress("two", "2024-01-02T00:00:00Z", json!({"rules": [
+                    {"host": "*.example.com", "http": {"paths": [path("/", "Prefix", "d")]}}]}),
+            ),
+            ingress(
+                "two",
+                "2024-01-02T00:00:00Z",
+                json!({"rules": [
                 {"http": {"paths": [path("/", "ImplementationSpecific", "e")]}},
                 // Merged into one's host; one's own "/" stays (oldest wins).
                 {"host": "a.example.com", "http": {"paths": [
-                    path("/", "Prefix", "e"), path("/other", "Prefix", "e")]}}]})),
+                    path("/", "Prefix", "e"), path("/other", "Prefix", "e")]}}]}),
+            ),
         ];
         let table = RouteTable::build(&ingresses, &[class()], &services, &slices);
         assert_eq!(goes(&table, "a.example.com", "/"), "default/a:80");
@@ -560,8 +570,12 @@ mod tests {
         assert_eq!(goes(&table, "example.com", "/"), "default/e:80");
         assert!(table.problems.is_empty(), "{:?}", table.problems);
 
-        let no_default = [ingress("h", "2024-01-01T00:00:00Z", json!({"rules": [
-            {"host": "h.io", "http": {"paths": [path("/only", "Exact", "a")]}}]}))];
+        let no_default = [ingress(
+            "h",
+            "2024-01-01T00:00:00Z",
+            json!({"rules": [
+            {"host": "h.io", "http": {"paths": [path("/only", "Exact", "a")]}}]}),
+        )];
         let table = RouteTable::build(&no_default, &[class()], &services, &slices);
         assert_eq!(goes(&table, "h.io", "/only"), "default/a:80");
         assert_eq!(goes(&table, "h.io", "/"), "404");
@@ -569,7 +583,9 @@ mod tests {
         // Without the hostless rule, what no rule matches goes to the default backend, its
         // port name resolved to the pod's target port.
         let table = RouteTable::build(&ingresses[..1], &[class()], &services, &slices);
-        let Lookup::Target(t) = table.lookup("nothing.io", "/") else { panic!() };
+        let Lookup::Target(t) = table.lookup("nothing.io", "/") else {
+            panic!()
+        };
         assert_eq!(
             *t,
             Target::Endpoints {
@@ -583,20 +599,29 @@ mod tests {
     fn missing_services_ports_and_endpoints_are_503s_with_reasons() {
         let services = [service("up"), service("empty")];
         let slices = [
-            slice("up", json!([
+            slice(
+                "up",
+                json!([
                 {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
                 {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
-                {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}}])),
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}}]),
+            ),
             slice("empty", json!([])),
         ];
-        let ingresses = [ingress("i", "2024-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [
+        let ingresses = [ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [
             path("/up", "Prefix", "up"),
             path("/gone", "Prefix", "gone"),
             path("/empty", "Prefix", "empty"),
             {"path": "/port", "pathType": "Prefix",
-                "backend": {"service": {"name": "up", "port": {"number": 81}}}}]}}]}))];
+                "backend": {"service": {"name": "up", "port": {"number": 81}}}}]}}]}),
+        )];
         let table = RouteTable::build(&ingresses, &[class()], &services, &slices);
-        let Lookup::Target(t) = table.lookup("any", "/up") else { panic!() };
+        let Lookup::Target(t) = table.lookup("any", "/up") else {
+            panic!()
+        };
         assert_eq!(
             *t,
             Target::Endpoints {
@@ -620,21 +645,32 @@ mod tests {
 
     #[test]
     fn terminating_endpoints_serve_only_when_nothing_else_does() {
-        let s = slice("s", json!([
+        let s = slice(
+            "s",
+            json!([
             {"addresses": ["10.0.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
-            {"addresses": ["10.0.0.4"], "conditions": {"ready": false, "serving": false, "terminating": true}}]));
+            {"addresses": ["10.0.0.4"], "conditions": {"ready": false, "serving": false, "terminating": true}}]),
+        );
         assert_eq!(endpoint_addresses(&[&s], "http"), [addr("10.0.0.3:8080")]);
     }
 
     #[test]
     fn only_skiffs_classes_are_routed_and_tls_hosts_are_found() {
-        let other = ingress("x", "2024-01-01T00:00:00Z", json!({"ingressClassName": "nginx",
-            "defaultBackend": {"service": {"name": "a", "port": {"number": 80}}}}));
+        let other = ingress(
+            "x",
+            "2024-01-01T00:00:00Z",
+            json!({"ingressClassName": "nginx",
+            "defaultBackend": {"service": {"name": "a", "port": {"number": 80}}}}),
+        );
         let table = RouteTable::build(&[other], &[class()], &[service("a")], &[]);
         assert_eq!(table.lookup("h", "/"), Lookup::NotFound);
-        let tls = ingress("t", "2024-01-01T00:00:00Z", json!({
+        let tls = ingress(
+            "t",
+            "2024-01-01T00:00:00Z",
+            json!({
             "tls": [{"hosts": ["a.io", "*.w.io"], "secretName": "s"}],
-            "defaultBackend": {"service": {"name": "a", "port": {"number": 80}}}}));
+            "defaultBackend": {"service": {"name": "a", "port": {"number": 80}}}}),
+        );
         let table = RouteTable::build(&[tls], &[class()], &[service("a")], &[]);
         let s = Some(&("default".to_owned(), "s".to_owned()));
         assert_eq!(table.tls_secret("a.io"), s);

@@ -123,6 +123,21 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
+/// The TLS side of the HTTPS listener: certificates from `certificates`, HTTP/2 or
+/// HTTP/1.1 by ALPN.
+pub fn acceptor(
+    certificates: Arc<Certificates>,
+) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -180,7 +195,10 @@ mod tests {
     fn names_choose_exact_then_wildcard_then_default() {
         let default = default_certificate().unwrap();
         let certs = Certificates::new(default.clone());
-        let (a, w) = (default_certificate().unwrap(), default_certificate().unwrap());
+        let (a, w) = (
+            default_certificate().unwrap(),
+            default_certificate().unwrap(),
+        );
         certs.set(HashMap::from([
             ("a.io".to_owned(), a.clone()),
             ("*.w.io".to_owned(), w.clone()),

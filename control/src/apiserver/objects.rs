@@ -1604,7 +1604,10 @@ impl ApiState {
             .expect("ingressclasses are served")
             .clone();
         let class = super::kinds::ingress::skiff_class();
-        match self.create(&def, None, class, &WriteOptions::default()).await {
+        match self
+            .create(&def, None, class, &WriteOptions::default())
+            .await
+        {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
         }

@@ -184,10 +184,22 @@ mod tests {
             class("skiff", SKIFF_CONTROLLER, true),
             class("nginx", "k8s.io/ingress-nginx", false),
         ];
-        assert!(is_skiffs(&ingress(json!({"ingressClassName": "skiff"}), json!({})), &classes));
-        assert!(!is_skiffs(&ingress(json!({"ingressClassName": "nginx"}), json!({})), &classes));
-        assert!(!is_skiffs(&ingress(json!({"ingressClassName": "gone"}), json!({})), &classes));
-        assert!(is_skiffs(&ingress(json!({}), json!({CLASS_ANNOTATION: "skiff"})), &classes));
+        assert!(is_skiffs(
+            &ingress(json!({"ingressClassName": "skiff"}), json!({})),
+            &classes
+        ));
+        assert!(!is_skiffs(
+            &ingress(json!({"ingressClassName": "nginx"}), json!({})),
+            &classes
+        ));
+        assert!(!is_skiffs(
+            &ingress(json!({"ingressClassName": "gone"}), json!({})),
+            &classes
+        ));
+        assert!(is_skiffs(
+            &ingress(json!({}), json!({CLASS_ANNOTATION: "skiff"})),
+            &classes
+        ));
         assert!(is_skiffs(&ingress(json!({}), json!({})), &classes));
         let not_default = [class("skiff", SKIFF_CONTROLLER, false)];
         assert!(!is_skiffs(&ingress(json!({}), json!({})), &not_default));
@@ -202,10 +214,12 @@ mod tests {
                 json!({})
             };
             Arc::new(
-                serde_json::from_value::<Node>(json!({"metadata": {"name": name, "annotations": ann},
+                serde_json::from_value::<Node>(
+                    json!({"metadata": {"name": name, "annotations": ann},
                     "status": {"conditions": [{"type": "Ready", "status": ready}],
                         "addresses": [{"type": "InternalIP", "address": ip},
-                            {"type": "Hostname", "address": name}]}}))
+                            {"type": "Hostname", "address": name}]}}),
+                )
                 .unwrap(),
             )
         };

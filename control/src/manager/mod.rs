@@ -11,8 +11,8 @@ pub mod supervise;
 use crate::client::Context;
 use crate::controllers::{
     bootstrap_signer, cluster_dns, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset,
-    deployment, endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr,
-    replicaset, replicationcontroller, root_ca, service_lb, ingress_status, serviceaccount, statefulset,
+    deployment, endpoints, endpointslice, garbage_collector, ingress_status, job, node_lifecycle,
+    pod_cidr, replicaset, replicationcontroller, root_ca, service_lb, serviceaccount, statefulset,
     token_cleaner,
 };
 
