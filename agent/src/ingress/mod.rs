@@ -13,7 +13,7 @@
 //! IngressClasses get a watch of their own; a TLS Secret is read by name (the Node authorizer
 //! lets a node read the Secrets Ingresses name, no others) when an Ingress first names it and
 //! again every [`SECRET_REFRESH`]. While it listens, the agent marks its Node with
-//! [`LISTENING_ANNOTATION`]; the control plane's Ingress status writer lists such nodes'
+//! `skiff_k8s::ingress::LISTENING_ANNOTATION`; the control plane's Ingress status writer lists such nodes'
 //! addresses in each Ingress's `status.loadBalancer`.
 //!
 //! A route that cannot be served (a missing Service or port, no ready endpoints) answers 503
@@ -43,10 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::kubelet::events::Events;
 use crate::proxy::api::Watched;
 use routes::RouteTable;
+use skiff_k8s::ingress::LISTENING_ANNOTATION;
 
-/// The Node annotation that says this node's Ingress proxy listens, and on which ports
-/// (`http=80,https=443`); the control plane's `controllers/ingress_status.rs` reads it.
-pub const LISTENING_ANNOTATION: &str = "ingress.skiff.dev/listening";
 /// How often the TLS Secrets in use are read again (a renewed certificate is served within
 /// this time).
 pub const SECRET_REFRESH: Duration = Duration::from_secs(30);

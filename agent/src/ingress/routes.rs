@@ -24,11 +24,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use skiff_k8s::ingress::is_skiffs;
 
-/// The controller name of skiff's IngressClasses (`control`'s `kinds::ingress::SKIFF_CONTROLLER`).
-pub const SKIFF_CONTROLLER: &str = "skiff.dev/ingress";
-const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Where a matched request goes.
@@ -100,41 +97,6 @@ pub enum Lookup {
     Target(Arc<Target>),
     /// Nothing matched and there is no default backend: 404.
     NotFound,
-}
-
-/// Whether `ingress` is for skiff's proxy: its class (field, else the deprecated annotation)
-/// has skiff's controller, or it names none and a skiff class is the default. The control
-/// plane's status writer (`controllers/ingress_status.rs`) decides alike.
-pub fn is_skiffs(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
-    let skiff = |c: &&Arc<IngressClass>| {
-        c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(SKIFF_CONTROLLER)
-    };
-    let named = ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref())
-        .or_else(|| {
-            ingress
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(CLASS_ANNOTATION))
-                .map(String::as_str)
-        });
-    match named {
-        Some(name) => classes
-            .iter()
-            .filter(skiff)
-            .any(|c| c.metadata.name.as_deref() == Some(name)),
-        None => classes.iter().filter(skiff).any(|c| {
-            c.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .map(String::as_str)
-                == Some("true")
-        }),
-    }
 }
 
 /// Whether the request path `path` matches the rule `route` (`route.path` normalised as
@@ -457,6 +419,7 @@ mod tests {
     use super::*;
 
     fn class() -> Arc<IngressClass> {
+        use skiff_k8s::ingress::{DEFAULT_CLASS_ANNOTATION, SKIFF_CONTROLLER};
         Arc::new(
             serde_json::from_value(json!({"metadata": {"name": "skiff",
                 "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},

@@ -1,6 +1,7 @@
 //! The Ingress status writer: every Ingress that skiff's proxy serves gets
 //! `status.loadBalancer.ingress` = the InternalIPs of the Ready Nodes whose agent runs the
-//! Ingress proxy (the agent says so with the [`LISTENING_ANNOTATION`] on its Node). The
+//! Ingress proxy (the agent says so with `skiff_k8s::ingress::LISTENING_ANNOTATION` on its
+//! Node); which Ingresses are skiff's is `skiff_k8s::ingress::is_skiffs`. The
 //! Ingresses of other classes are left to their controllers.
 //!
 //! One writer for all Ingresses: this controller runs under the controller manager's leader
@@ -18,50 +19,8 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::apiserver::kinds::ingress::{
-    CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, SKIFF_CONTROLLER,
-};
 use crate::client::Context;
-
-/// The Node annotation an agent sets while its Ingress proxy listens (`http=80,https=443`,
-/// the ports it serves), and removes when it runs without one.
-pub const LISTENING_ANNOTATION: &str = "ingress.skiff.dev/listening";
-
-/// Whether `ingress` belongs to skiff's proxy: its class (field, else the deprecated
-/// annotation) is one whose controller is skiff's, or it has none and a skiff class is the
-/// default. Shared with the agents' proxy by rule, not by code (the agent cannot depend on
-/// the control plane): `agent/src/ingress/routes.rs` decides alike.
-pub fn is_skiffs(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
-    let skiff = |c: &&Arc<IngressClass>| {
-        c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(SKIFF_CONTROLLER)
-    };
-    let named = ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref())
-        .or_else(|| {
-            ingress
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(CLASS_ANNOTATION))
-                .map(String::as_str)
-        });
-    match named {
-        Some(name) => classes
-            .iter()
-            .filter(skiff)
-            .any(|c| c.metadata.name.as_deref() == Some(name)),
-        None => classes.iter().filter(skiff).any(|c| {
-            c.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .map(String::as_str)
-                == Some("true")
-        }),
-    }
-}
+use skiff_k8s::ingress::{is_skiffs, LISTENING_ANNOTATION};
 
 /// The InternalIPs of the Ready Nodes whose agent runs the Ingress proxy, in order.
 pub fn proxy_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
@@ -158,52 +117,6 @@ pub async fn run(ctx: Context) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn class(name: &str, controller: &str, default: bool) -> Arc<IngressClass> {
-        let ann = if default {
-            json!({DEFAULT_CLASS_ANNOTATION: "true"})
-        } else {
-            json!({})
-        };
-        Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": name, "annotations": ann},
-                "spec": {"controller": controller}}))
-            .unwrap(),
-        )
-    }
-
-    fn ingress(spec: serde_json::Value, annotations: serde_json::Value) -> Ingress {
-        serde_json::from_value(json!({"metadata": {"name": "i", "namespace": "d",
-            "annotations": annotations}, "spec": spec}))
-        .unwrap()
-    }
-
-    #[test]
-    fn skiffs_ingresses_are_those_of_its_classes() {
-        let classes = [
-            class("skiff", SKIFF_CONTROLLER, true),
-            class("nginx", "k8s.io/ingress-nginx", false),
-        ];
-        assert!(is_skiffs(
-            &ingress(json!({"ingressClassName": "skiff"}), json!({})),
-            &classes
-        ));
-        assert!(!is_skiffs(
-            &ingress(json!({"ingressClassName": "nginx"}), json!({})),
-            &classes
-        ));
-        assert!(!is_skiffs(
-            &ingress(json!({"ingressClassName": "gone"}), json!({})),
-            &classes
-        ));
-        assert!(is_skiffs(
-            &ingress(json!({}), json!({CLASS_ANNOTATION: "skiff"})),
-            &classes
-        ));
-        assert!(is_skiffs(&ingress(json!({}), json!({})), &classes));
-        let not_default = [class("skiff", SKIFF_CONTROLLER, false)];
-        assert!(!is_skiffs(&ingress(json!({}), json!({})), &not_default));
-    }
 
     #[test]
     fn addresses_are_the_ready_listening_nodes() {

@@ -6,7 +6,7 @@
 //! admission plugin (an Ingress created without a class gets the default class's name), and
 //! kubectl's columns (CLASS, HOSTS, ADDRESS, PORTS; CONTROLLER, PARAMETERS).
 //!
-//! skiff's own class is [`SKIFF_CLASS`], created at every start by
+//! skiff's own class is [`SKIFF_CLASS`] (the names live in `skiff_k8s::ingress`), created at every start by
 //! [`crate::apiserver::ApiState::ensure_default_ingress_class`] and marked default; the agents
 //! route the Ingresses of classes whose controller is [`SKIFF_CONTROLLER`].
 
@@ -33,14 +33,9 @@ pub fn resources() -> Vec<ResourceDef> {
     ]
 }
 
-/// The IngressClass skiff creates and marks default.
-pub const SKIFF_CLASS: &str = "skiff";
-/// The controller name of skiff's built-in Ingress proxy (`spec.controller`).
-pub const SKIFF_CONTROLLER: &str = "skiff.dev/ingress";
-/// The annotation that makes a class the default (`networkingv1.AnnotationIsDefaultIngressClass`).
-pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-/// The deprecated class annotation that predates `spec.ingressClassName`.
-pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub use skiff_k8s::ingress::{
+    CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION, SKIFF_CLASS, SKIFF_CONTROLLER,
+};
 
 const INGRESS_CLASSES: Collection<'static> = Collection {
     group: "networking.k8s.io",
