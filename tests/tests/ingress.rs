@@ -2,8 +2,9 @@
 //! one Ingress of the default class `skiff`, reached from outside the nodes (the host side of
 //! the cluster's bridge) on every node's ports 80 and 443. It routes by host and path, sends
 //! what no rule matches to the default backend, answers 503 for a route to a missing Service
-//! (with an Event) while the other routes work, terminates TLS for two hosts with their own
-//! certificates chosen by SNI, lists the nodes' addresses in the Ingress's status, and serves
+//! or port (with an Event) while the other routes work, terminates TLS for two hosts with
+//! their own certificates chosen by SNI (a third, whose Secret is no certificate, gets the
+//! default one and an Event), lists the nodes' addresses in the Ingress's status, and serves
 //! a rolling update of a backend with no failed request. Needs root.
 
 use std::io::{Read as _, Write as _};
@@ -99,6 +100,7 @@ spec:
   tls:
   - {hosts: [a.example.com], secretName: a-tls}
   - {hosts: [b.example.com], secretName: b-tls}
+  - {hosts: [c.example.com], secretName: not-tls}
   rules:
   - host: a.example.com
     http:
@@ -106,6 +108,7 @@ spec:
       - {path: /, pathType: Prefix, backend: {service: {name: kubia-a, port: {number: 80}}}}
       - {path: /b, pathType: Prefix, backend: {service: {name: kubia-b, port: {name: http}}}}
       - {path: /missing, pathType: Exact, backend: {service: {name: nothing, port: {number: 80}}}}
+      - {path: /noport, pathType: Exact, backend: {service: {name: kubia-a, port: {number: 81}}}}
   - host: b.example.com
     http:
       paths:
@@ -152,6 +155,14 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
             &format!("--key={key}"),
         ]);
     }
+    // Not a kubernetes.io/tls Secret: c.example.com gets the default certificate.
+    k.run(&[
+        "create",
+        "secret",
+        "generic",
+        "not-tls",
+        "--from-literal=tls.crt=nonsense",
+    ]);
     k.apply(INGRESS);
     assert_eq!(
         k.run(&[
@@ -220,6 +231,12 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
             "{missing}"
         );
 
+        let noport = http(http_addr, "a.example.com", "/noport");
+        assert!(
+            noport.starts_with("HTTP/1.1 503") && noport.contains("does not have port 81"),
+            "{noport}"
+        );
+
         let https_addr = SocketAddr::new(ip.parse().unwrap(), 443);
         let roots = [a_der.clone(), b_der.clone()];
         for (host, der, want) in [
@@ -238,6 +255,25 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
             );
         }
     }
+
+    // The host whose Secret is no certificate is served with the default one, which a client
+    // trusting the two real certificates refuses.
+    let https_addr = SocketAddr::new(node_ips[0].parse().unwrap(), 443);
+    let fallback = https(https_addr, "c.example.com", &[a_der.clone(), b_der.clone()]);
+    assert!(fallback.is_err(), "{fallback:?}");
+    wait_for(
+        "the InvalidTLSSecret Event",
+        Duration::from_secs(30),
+        || {
+            k.items(&["get", "events"]).iter().any(|e| {
+                e["involvedObject"]["kind"] == "Ingress"
+                    && e["reason"] == "InvalidTLSSecret"
+                    && e["message"].as_str().is_some_and(|m| {
+                        m.contains("default/not-tls") && m.contains("kubernetes.io/tls")
+                    })
+            })
+        },
+    );
 
     // The broken route is told in an Event on the Ingress.
     wait_for(
