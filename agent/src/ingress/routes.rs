@@ -192,7 +192,25 @@ impl RouteTable {
                 i.metadata.name.clone(),
             )
         });
-        let resolver = Resolver::new(services, slices);
+        // Only the Services the Ingresses name are indexed: the table is rebuilt on every
+        // endpoint change in the cluster, most of which concern other Services.
+        let named: std::collections::HashSet<(&str, &str)> = ours
+            .iter()
+            .filter_map(|i| Some((i.metadata.namespace.as_deref()?, i.spec.as_ref()?)))
+            .flat_map(|(ns, spec)| {
+                let paths = spec
+                    .rules
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.http.iter().flat_map(|h| &h.paths))
+                    .map(|p| &p.backend);
+                spec.default_backend
+                    .iter()
+                    .chain(paths)
+                    .filter_map(move |b| Some((ns, b.service.as_ref()?.name.as_str())))
+            })
+            .collect();
+        let resolver = Resolver::new(services, slices, &named);
         let mut table = RouteTable::default();
         let mut problems = std::collections::BTreeSet::new();
         for ingress in ours {
@@ -273,17 +291,20 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Self {
+    /// The index of the Services in `named` (namespace, name).
+    fn new(
+        services: &'a [Arc<Service>],
+        slices: &'a [Arc<EndpointSlice>],
+        named: &std::collections::HashSet<(&str, &str)>,
+    ) -> Self {
         let services = services
             .iter()
             .filter_map(|s| {
-                Some((
-                    (
-                        s.metadata.namespace.as_deref()?,
-                        s.metadata.name.as_deref()?,
-                    ),
-                    s.as_ref(),
-                ))
+                let key = (
+                    s.metadata.namespace.as_deref()?,
+                    s.metadata.name.as_deref()?,
+                );
+                named.contains(&key).then_some((key, s.as_ref()))
             })
             .collect();
         let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -298,10 +319,12 @@ impl<'a> Resolver<'a> {
             ) else {
                 continue;
             };
-            by_service
-                .entry((ns, svc.as_str()))
-                .or_default()
-                .push(slice);
+            if named.contains(&(ns, svc.as_str())) {
+                by_service
+                    .entry((ns, svc.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
         }
         Self {
             services,
