@@ -4,7 +4,7 @@
 //! what no rule matches to the default backend, answers 503 for a route to a missing Service
 //! or port (with an Event) while the other routes work, terminates TLS for two hosts with
 //! their own certificates chosen by SNI (a third, whose Secret is no certificate, gets the
-//! default one and an Event), lists the nodes' addresses in the Ingress's status, and serves
+//! default one and an Event), upgrades a WebSocket to a Python echo server, lists the nodes' addresses in the Ingress's status, and serves
 //! a rolling update of a backend with no failed request. Needs root.
 
 use std::io::{Read as _, Write as _};
@@ -113,7 +113,88 @@ spec:
     http:
       paths:
       - {path: /, pathType: Prefix, backend: {service: {name: kubia-b, port: {number: 80}}}}
+  - host: ws.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}
 "#;
+
+/// A WebSocket echo server in Python's standard library (the `python:3` image), port 8080.
+const WS_ECHO: &str = r#"
+import base64, hashlib, socket, threading
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def serve(c):
+    f = c.makefile("rb")
+    key = None
+    while True:
+        line = f.readline()
+        if not line or line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode().partition(":")
+        if name.strip().lower() == "sec-websocket-key":
+            key = value.strip()
+    if key is None:
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        return c.close()
+    accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+    c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n").encode())
+    while True:
+        h = f.read(2)
+        if len(h) < 2:
+            return c.close()
+        op, n = h[0] & 15, h[1] & 127
+        if n == 126:
+            n = int.from_bytes(f.read(2), "big")
+        elif n == 127:
+            n = int.from_bytes(f.read(8), "big")
+        mask = f.read(4) if h[1] & 128 else bytes(4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(f.read(n)))
+        if op == 8:
+            c.sendall(b"\x88\x00")
+            return c.close()
+        size = bytes([len(payload)]) if len(payload) < 126 else bytes([126]) + len(payload).to_bytes(2, "big")
+        c.sendall(bytes([0x80 | op]) + size + payload)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 8080))
+s.listen(16)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"#;
+
+/// Sends `messages` over a WebSocket to `ws://{host}/` at `addr` and returns the echoes.
+fn websocket_echo(addr: SocketAddr, host: &str, messages: &[&str]) -> Result<Vec<String>, String> {
+    use futures::{SinkExt as _, StreamExt as _};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let tcp =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{host}/echo"), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut echoes = Vec::new();
+        for m in messages {
+            ws.send(tokio_tungstenite::tungstenite::Message::text(*m))
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .map_err(|_| "no echo".to_owned())?
+                .ok_or("closed")?
+                .map_err(|e| e.to_string())?;
+            echoes.push(reply.into_text().map_err(|e| e.to_string())?.to_string());
+        }
+        let _ = ws.close(None).await;
+        Ok(echoes)
+    })
+}
 
 #[test]
 fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
@@ -133,6 +214,15 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
         ]);
         k.run(&["create", "service", "clusterip", name, "--tcp=80:8080"]);
     }
+    let echo = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"matchLabels": {"app": "echo"}},
+            "template": {"metadata": {"labels": {"app": "echo"}},
+                "spec": {"containers": [{"name": "echo", "image": "python:3",
+                    "command": ["python3", "-u", "-c", WS_ECHO],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}}});
+    k.apply(&echo.to_string());
+    k.run(&["create", "service", "clusterip", "echo", "--tcp=80:8080"]);
     // `kubectl create service` names the port `80-8080`; the Ingress names it `http`.
     k.run(&[
         "patch",
@@ -175,11 +265,11 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
         "skiff",
         "the default class is given"
     );
-    for name in ["kubia-a", "kubia-b"] {
+    for (name, n) in [("kubia-a", 2), ("kubia-b", 2), ("echo", 1)] {
         wait_for(
-            &format!("2 ready endpoints of {name}"),
+            &format!("{n} ready endpoints of {name}"),
             Duration::from_secs(90),
-            || k.ready_endpoints(name) == 2,
+            || k.ready_endpoints(name) == n,
         );
     }
 
@@ -255,6 +345,11 @@ fn ingress_routes_hosts_paths_and_tls_from_outside_the_nodes() {
             );
         }
     }
+
+    // A WebSocket through the proxy: the upgrade reaches the pod, messages come back.
+    let http_addr = SocketAddr::new(node_ips[1].parse().unwrap(), 80);
+    let echoes = websocket_echo(http_addr, "ws.example.com", &["hello", "again"]);
+    assert_eq!(echoes, Ok(vec!["hello".to_owned(), "again".to_owned()]));
 
     // The host whose Secret is no certificate is served with the default one, which a client
     // trusting the two real certificates refuses.
