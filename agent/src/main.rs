@@ -67,6 +67,8 @@ struct Cli {
     kubelet_server: skiff_agent::kubelet::server::ServerArgs,
     #[command(flatten)]
     dns: DnsArgs,
+    #[command(flatten)]
+    ingress: skiff_agent::ingress::IngressArgs,
 }
 
 /// Cluster DNS: what pods' resolv.conf names, and the responder this node runs.
@@ -793,10 +795,22 @@ fn run_agent(cli: &Cli) -> anyhow::Result<()> {
                     None => None,
                 };
                 let min_interval = cli.proxy_mode.min_sync_interval();
-                skiff_agent::proxy::api::run(client, datapath, node.clone(), dns, min_interval, shutdown.clone()).await?;
+                // The Ingress proxy routes from the service proxy's watch caches.
+                let (share, shared_watches) = tokio::sync::oneshot::channel();
+                tokio::spawn({
+                    let (client, node, events, args, shutdown) =
+                        (client.clone(), node.clone(), Events::new(client.clone(), &node), cli.ingress.clone(), shutdown.clone());
+                    async move {
+                        let Ok(watched) = shared_watches.await else { return };
+                        if let Err(e) = skiff_agent::ingress::run(client, node, events, watched, args, shutdown).await {
+                            tracing::error!(error = %e, "the Ingress proxy stopped");
+                        }
+                    }
+                });
+                skiff_agent::proxy::api::run(client, datapath, node.clone(), dns, min_interval, shutdown.clone(), Some(share)).await?;
             }
             None => {
-                eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); no service proxy (--proxy-mode)");
+                eprintln!("skiff-agent {node}: registered; running pods (podCIDR {pod_cidr}); no service proxy (--proxy-mode), and so no Ingress proxy");
                 shutdown.cancelled().await;
             }
         }

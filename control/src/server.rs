@@ -198,6 +198,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_kubernetes_service(config.listen.port())
         .await
         .map_err(|e| anyhow::anyhow!("creating the kubernetes Service: {e}"))?;
+    state
+        .ensure_default_ingress_class()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the skiff IngressClass: {e}"))?;
     if let Some(ip) = config.cluster_dns {
         state
             .ensure_cluster_dns_service(ip)

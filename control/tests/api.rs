@@ -599,6 +599,7 @@ async fn discovery_lists_every_resource() {
             "authorization.k8s.io",
             "batch",
             "certificates.k8s.io",
+            "networking.k8s.io",
             "discovery.k8s.io",
             "coordination.k8s.io",
             "scheduling.k8s.io",
@@ -972,6 +973,95 @@ impl Api {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
     }
+}
+
+const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/default/ingresses";
+
+/// Ingress and IngressClass: the default class `skiff` is given to an Ingress created without
+/// one (DefaultIngressClass admission), kubectl's columns, and a path without a pathType or a
+/// backend naming both a Service and a resource is 422 Invalid.
+#[tokio::test]
+async fn ingresses_get_the_default_class_and_are_validated() {
+    let a = api().await;
+    a.state.ensure_default_ingress_class().await.unwrap();
+    let (code, class) = a
+        .get("/apis/networking.k8s.io/v1/ingressclasses/skiff")
+        .await;
+    assert_eq!(code, StatusCode::OK, "{class}");
+    assert_eq!(class["spec"]["controller"], "skiff.dev/ingress");
+    let backend = json!({"service": {"name": "web", "port": {"number": 80}}});
+    let (code, ing) = a
+        .post(
+            INGRESSES,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web"},
+                "spec": {"tls": [{"hosts": ["a.example.com"], "secretName": "a-tls"}],
+                    "rules": [{"host": "a.example.com", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": backend}]}}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{ing}");
+    assert_eq!(ing["spec"]["ingressClassName"], "skiff");
+    assert_eq!(ing["status"], json!({"loadBalancer": {}}));
+
+    let t = a.table(INGRESSES).await;
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["Name", "Class", "Hosts", "Address", "Ports", "Age"]);
+    let cells = t["rows"][0]["cells"].as_array().unwrap();
+    assert_eq!(
+        cells[..5],
+        [
+            json!("web"),
+            json!("skiff"),
+            json!("a.example.com"),
+            json!(""),
+            json!("80, 443")
+        ]
+    );
+
+    // A class named explicitly is kept.
+    let (code, other) = a
+        .post(
+            INGRESSES,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "other"},
+                "spec": {"ingressClassName": "nginx", "defaultBackend": backend}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{other}");
+    assert_eq!(other["spec"]["ingressClassName"], "nginx");
+
+    let (code, status) = a
+        .post(
+            INGRESSES,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "bad"},
+                "spec": {"rules": [{"http": {"paths": [
+                    {"path": "/", "backend": backend},
+                    {"path": "/x", "pathType": "Prefix", "backend": {
+                        "service": {"name": "web", "port": {"number": 80}},
+                        "resource": {"kind": "Bucket", "name": "b"}}}]}}]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let causes: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            "spec.rules[0].http.paths[0].pathType",
+            "spec.rules[0].http.paths[1].backend"
+        ]
+    );
 }
 
 /// PriorityClass, the kind added by the recipe "Adding a built-in kind" (one file in

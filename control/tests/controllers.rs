@@ -694,3 +694,97 @@ async fn every_namespace_has_a_default_service_account() {
     .await;
     assert_quiet(&c.client).await;
 }
+
+/// The Ingress status writer: an Ingress of skiff's class lists the InternalIPs of the Ready
+/// Nodes whose agent runs the Ingress proxy (annotated), follows a node that stops serving,
+/// and leaves an Ingress of another class alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_status_lists_the_nodes_whose_proxy_listens() {
+    use k8s_openapi::api::core::v1::Node;
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+    use skiff_k8s::ingress::LISTENING_ANNOTATION;
+
+    let c = Cluster::start().await;
+    tokio::spawn(skiff_control::controllers::ingress_status::run(c.context()));
+    let classes: Api<IngressClass> = Api::all(c.client.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "skiff",
+                "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+                "spec": {"controller": "skiff.dev/ingress"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    for (name, ip, listening) in [
+        ("n1", "10.0.0.1", true),
+        ("n2", "10.0.0.2", true),
+        ("n3", "10.0.0.3", false),
+    ] {
+        let annotations = if listening {
+            json!({LISTENING_ANNOTATION: "http=80,https=443"})
+        } else {
+            json!({})
+        };
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name, "annotations": annotations}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = json!({"status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": ip}]}});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+    let ingresses: Api<Ingress> = Api::default_namespaced(c.client.clone());
+    let backend = json!({"service": {"name": "web", "port": {"number": 80}}});
+    for (name, class) in [("ours", "skiff"), ("theirs", "nginx")] {
+        ingresses
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name},
+                    "spec": {"ingressClassName": class, "defaultBackend": backend}}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let ips = |i: &Ingress| -> Vec<String> {
+        i.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|l| l.iter().filter_map(|x| x.ip.clone()).collect())
+            .unwrap_or_default()
+    };
+    eventually_within(WAIT, "the listening nodes' addresses", || async {
+        let i = ingresses.get("ours").await.unwrap();
+        (ips(&i) == ["10.0.0.1", "10.0.0.2"]).then_some(())
+    })
+    .await;
+    // n2's proxy stops: its annotation goes, and so does its address.
+    nodes
+        .patch(
+            "n2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {LISTENING_ANNOTATION: null}}})),
+        )
+        .await
+        .unwrap();
+    eventually_within(WAIT, "n2 dropped", || async {
+        let i = ingresses.get("ours").await.unwrap();
+        (ips(&i) == ["10.0.0.1"]).then_some(())
+    })
+    .await;
+    assert!(ips(&ingresses.get("theirs").await.unwrap()).is_empty());
+}

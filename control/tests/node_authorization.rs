@@ -261,3 +261,41 @@ async fn a_node_changes_only_its_own_objects() {
         .unwrap()
         .contains("can only create mirror pods"));
 }
+
+/// Every node runs the Ingress proxy: it lists and watches Ingresses and IngressClasses, and
+/// reads a Secret an Ingress terminates TLS with, but still no other Secret.
+#[tokio::test]
+async fn a_node_reads_ingresses_and_their_tls_secrets_only() {
+    let a = two_nodes().await;
+    a.post(
+        &format!("{NS}/secrets"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "site-tls"},
+            "stringData": {"tls.crt": "c", "tls.key": "k"}}),
+    )
+    .await;
+    a.post(
+        "/apis/networking.k8s.io/v1/namespaces/default/ingresses",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "site"},
+                "spec": {"tls": [{"hosts": ["site.example"], "secretName": "site-tls"}],
+                    "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}}),
+    )
+    .await;
+    for (uri, allowed) in [
+        (format!("{NS}/secrets/site-tls"), true),
+        (format!("{NS}/secrets/unused"), false),
+        (
+            "/apis/networking.k8s.io/v1/ingresses?watch=false".to_owned(),
+            true,
+        ),
+        ("/apis/networking.k8s.io/v1/ingressclasses".to_owned(), true),
+        (
+            "/apis/networking.k8s.io/v1/namespaces/default/ingresses/site".to_owned(),
+            false,
+        ),
+    ] {
+        let (code, body) = as_node(&a, "n1", Method::GET, &uri, None).await;
+        assert_eq!(code == StatusCode::OK, allowed, "GET {uri}: {code} {body}");
+    }
+}

@@ -10,6 +10,7 @@ pub mod crash;
 pub mod cron;
 pub mod events;
 pub mod go;
+pub mod ingress;
 pub mod labels;
 pub mod names;
 pub mod pod;

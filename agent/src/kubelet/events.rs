@@ -83,16 +83,23 @@ impl Events {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
+        let object = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: Some(namespace),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+        };
+        self.object(object, warning, reason, message);
+    }
+
+    /// Records an event about any object (an Ingress the node's proxy cannot serve as
+    /// asked), with the same guarantees as [`Events::pod`].
+    pub fn object(&self, object: ObjectReference, warning: bool, reason: &str, message: &str) {
         let record = Record {
-            object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                namespace: Some(namespace),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                field_path: container.map(|c| format!("spec.containers{{{c}}}")),
-            },
+            object,
             type_: if warning { "Warning" } else { "Normal" },
             reason: reason.to_owned(),
             message: message.to_owned(),

@@ -326,8 +326,22 @@ pub fn sync_affected(
     Ok(upserts.len() + deletes.len())
 }
 
+/// The Services and EndpointSlices the service proxy watches, lent to the node's Ingress
+/// proxy (`crate::ingress`) so that a node keeps one watch of each, and a counter bumped
+/// after every change of either (a `watch` channel: a slow reader sees only the latest).
+#[derive(Clone)]
+pub struct Watched {
+    /// The Services, as the last event left them.
+    pub services: reflector::Store<KubeService>,
+    /// The EndpointSlices, likewise.
+    pub slices: reflector::Store<EndpointSlice>,
+    /// Bumped after each change.
+    pub changes: tokio::sync::watch::Receiver<u64>,
+}
+
 /// Watches the API and keeps `datapath` (of node `node`), and the cluster DNS zone when there
-/// is one, in sync until `shutdown`, syncing at most once per `min_interval`.
+/// is one, in sync until `shutdown`, syncing at most once per `min_interval`. Once both
+/// watches have listed, `share` (if any) gets the watch caches.
 pub async fn run(
     client: kube::Client,
     datapath: Box<dyn Datapath + Send>,
@@ -335,6 +349,7 @@ pub async fn run(
     dns: Option<crate::dns::ClusterZone>,
     min_interval: Duration,
     shutdown: CancellationToken,
+    share: Option<tokio::sync::oneshot::Sender<Watched>>,
 ) -> anyhow::Result<()> {
     let (svc_reader, svc_writer) = reflector::store::<KubeService>();
     let (eps_reader, eps_writer) = reflector::store::<EndpointSlice>();
@@ -356,20 +371,31 @@ pub async fn run(
         ),
     )
     .default_backoff();
+    let (bump, changes) = tokio::sync::watch::channel(0u64);
+    let bump = Arc::new(bump);
     tokio::spawn(pump(
         svc_stream,
         log.clone(),
         requests.clone(),
         ChangeLog::service,
+        bump.clone(),
     ));
     tokio::spawn(pump(
         eps_stream,
         log.clone(),
         requests.clone(),
         ChangeLog::slice,
+        bump,
     ));
     svc_reader.wait_until_ready().await?;
     eps_reader.wait_until_ready().await?;
+    if let Some(share) = share {
+        let _ = share.send(Watched {
+            services: svc_reader.clone(),
+            slices: eps_reader.clone(),
+            changes,
+        });
+    }
     let address = dns.as_ref().map(|d| d.address);
     let proxy = ProxySync::new(datapath, node, dns);
     tokio::spawn(super::health_check::serve(
@@ -435,6 +461,7 @@ async fn pump<K>(
     log: ChangeLog,
     requests: SyncRequest,
     touched: fn(&ChangeLog, ObjectKey),
+    bump: Arc<tokio::sync::watch::Sender<u64>>,
 ) where
     K: kube::Resource,
 {
@@ -451,6 +478,7 @@ async fn pump<K>(
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => continue,
         }
         requests.request();
+        bump.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -1594,6 +1594,25 @@ impl ApiState {
         }
     }
 
+    /// Creates skiff's IngressClass (`skiff`, the agents' built-in proxy), marked default, if
+    /// no class of that name exists, as a k3s server installs its Traefik class. A class the
+    /// user changed (or un-defaulted) is left as it is.
+    pub async fn ensure_default_ingress_class(&self) -> Result<(), ApiError> {
+        let def = self
+            .registry
+            .find("networking.k8s.io", "v1", "ingressclasses")
+            .expect("ingressclasses are served")
+            .clone();
+        let class = super::kinds::ingress::skiff_class();
+        match self
+            .create(&def, None, class, &WriteOptions::default())
+            .await
+        {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Points the `kubernetes` Service at this API server: an Endpoints and an EndpointSlice
     /// named `kubernetes` in `default` holding `address:port`, as the real API server's
     /// endpoint reconciler keeps them, so pods reach the API through the Service's address.

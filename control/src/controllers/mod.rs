@@ -18,6 +18,7 @@ pub mod endpointslice;
 pub mod event_ttl;
 pub mod garbage_collector;
 pub mod history;
+pub mod ingress_status;
 pub mod job;
 pub(crate) mod machinery;
 pub mod namespace;

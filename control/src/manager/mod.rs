@@ -11,8 +11,8 @@ pub mod supervise;
 use crate::client::Context;
 use crate::controllers::{
     bootstrap_signer, cluster_dns, cronjob, csr_approving, csr_cleaner, csr_signing, daemonset,
-    deployment, endpoints, endpointslice, garbage_collector, job, node_lifecycle, pod_cidr,
-    replicaset, replicationcontroller, root_ca, service_lb, serviceaccount, statefulset,
+    deployment, endpoints, endpointslice, garbage_collector, ingress_status, job, node_lifecycle,
+    pod_cidr, replicaset, replicationcontroller, root_ca, service_lb, serviceaccount, statefulset,
     token_cleaner,
 };
 
@@ -96,6 +96,7 @@ async fn run_term(ctx: Context, settings: Settings) {
         supervised!(ctx, health, "token-cleaner", token_cleaner::run),
         supervised!(ctx, health, "bootstrap-signer", bootstrap_signer::run),
         supervised!(ctx, health, "service-lb", service_lb::run, load_balancers),
+        supervised!(ctx, health, "ingress-status", ingress_status::run),
         run_workloads(&ctx, &health),
     );
 }

@@ -101,6 +101,13 @@ pub fn body(kind: &str) -> Value {
             json!({"spec": {"holderIdentity": "h", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z"}})
         }
         "PriorityClass" => json!({"value": 1000, "globalDefault": false}),
+        "IngressClass" => json!({"spec": {"controller": "example.com/fz"}}),
+        "Ingress" => json!({"spec": {
+            "defaultBackend": {"service": {"name": "fz", "port": {"number": 80}}},
+            "tls": [{"hosts": ["fz.example.com"], "secretName": "fz"}],
+            "rules": [{"host": "fz.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "fz", "port": {"name": "http"}}}}]}}],
+        }}),
         "Role" | "ClusterRole" => {
             json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
         }

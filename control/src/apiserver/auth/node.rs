@@ -13,6 +13,11 @@
 //!   then requires the token to be bound to that pod);
 //! - Leases in `kube-node-lease`: only its own.
 //!
+//! Every node runs an Ingress proxy, so a Secret named in the `spec.tls` of an Ingress in its
+//! namespace is readable too (by name, as for pods): the TLS certificates the proxy
+//! terminates with, and no other Secret, where ingress controllers are usually allowed to
+//! read every Secret of the cluster.
+//!
 //! Skiff answers the graph question at request time from the store (the pods of the object's
 //! namespace), where Kubernetes keeps a graph in memory: a node reads these objects only when
 //! it starts a pod or refreshes its volumes, so the scan is rare. Writes a node may make only
@@ -106,6 +111,13 @@ pub static NODE_RULES: LazyLock<Vec<PolicyRule>> = LazyLock::new(|| {
             &["discovery.k8s.io"],
             &["endpointslices"],
         ),
+        // The agent's Ingress proxy (`agent/src/ingress/`): the Ingresses and classes it
+        // routes from, and Events about an Ingress it cannot serve.
+        rule(
+            &["list", "watch"],
+            &["networking.k8s.io"],
+            &["ingresses", "ingressclasses"],
+        ),
     ]
 });
 
@@ -190,6 +202,9 @@ impl NodeAuthorizer {
                     && pod_uses(&pod, through, &request.name)
             })
         });
+        let uses = uses
+            || (through == Through::Secret
+                && self.ingress_uses(&request.namespace, &request.name).await);
         if uses {
             Decision::allow("")
         } else {
@@ -199,6 +214,33 @@ impl NodeAuthorizer {
         }
     }
 }
+
+impl NodeAuthorizer {
+    /// Whether an Ingress in `namespace` terminates TLS with the Secret `name`.
+    async fn ingress_uses(&self, namespace: &str, name: &str) -> bool {
+        let prefix = INGRESSES.namespace_prefix(Some(namespace));
+        let Ok(list) = self.store.list(&prefix, ListRequest::default()).await else {
+            return false;
+        };
+        list.items.iter().any(|bytes| {
+            serde_json::from_slice::<Value>(bytes).is_ok_and(|ingress| {
+                ingress
+                    .pointer("/spec/tls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|tls| tls["secretName"].as_str() == Some(name))
+            })
+        })
+    }
+}
+
+/// Ingresses (networking.k8s.io, namespaced).
+const INGRESSES: keys::Collection<'static> = keys::Collection {
+    group: "networking.k8s.io",
+    plural: "ingresses",
+    namespaced: true,
+};
 
 /// A node's own Lease, read or written.
 fn lease(node: &str, request: &RequestInfo) -> Decision {

@@ -371,6 +371,7 @@ builtins! {
     job,
     cronjob,
     certificates,
+    ingress,
     endpointslice,
     lease,
     priorityclass,
