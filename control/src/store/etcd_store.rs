@@ -140,9 +140,7 @@ impl Failure {
         match error {
             E::GRpcStatus(status) => {
                 let message = status.message();
-                if message.contains("request is too large")
-                    || message.contains("larger than max")
-                {
+                if message.contains("request is too large") || message.contains("larger than max") {
                     Failure::TooLarge(message.to_owned())
                 } else if message.contains("required revision has been compacted") {
                     Failure::Compacted
@@ -208,8 +206,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The stored JSON `bytes` with `metadata.resourceVersion` set to `revision`. Only the
 /// metadata is parsed; the rest of the document is copied as it is.
 fn with_revision(bytes: &[u8], revision: i64) -> Result<Bytes, serde_json::Error> {
-    let mut top: std::collections::BTreeMap<String, Box<RawValue>> =
-        serde_json::from_slice(bytes)?;
+    let mut top: std::collections::BTreeMap<String, Box<RawValue>> = serde_json::from_slice(bytes)?;
     let mut metadata: serde_json::Map<String, Value> = match top.get("metadata") {
         Some(raw) => serde_json::from_str(raw.get())?,
         None => serde_json::Map::new(),
@@ -218,7 +215,10 @@ fn with_revision(bytes: &[u8], revision: i64) -> Result<Bytes, serde_json::Error
         "resourceVersion".into(),
         Value::String(revision.to_string()),
     );
-    top.insert("metadata".into(), serde_json::value::to_raw_value(&metadata)?);
+    top.insert(
+        "metadata".into(),
+        serde_json::value::to_raw_value(&metadata)?,
+    );
     Ok(Bytes::from(serde_json::to_vec(&top)?.into_boxed_slice()))
 }
 
@@ -307,14 +307,16 @@ impl Shared {
     /// etcd's current revision (a linearizable read of nothing much).
     async fn current_revision(&self) -> Result<i64, Failure> {
         let answer = self
-            .call(self.kv.clone().get(
-                self.prefix.as_bytes(),
-                Some(
-                    GetOptions::new()
-                        .with_range(prefix_end(self.prefix.as_bytes()))
-                        .with_count_only(),
+            .call(
+                self.kv.clone().get(
+                    self.prefix.as_bytes(),
+                    Some(
+                        GetOptions::new()
+                            .with_range(prefix_end(self.prefix.as_bytes()))
+                            .with_count_only(),
+                    ),
                 ),
-            ))
+            )
             .await?;
         let revision = answer.header().map_or(0, |h| h.revision());
         self.saw(revision);
@@ -389,10 +391,8 @@ impl Shared {
             let revision = result.header().map_or(0, |h| h.revision());
             self.saw(revision);
             if result.succeeded() {
-                self.written.fetch_max(
-                    u64::try_from(revision).unwrap_or(0),
-                    Ordering::SeqCst,
-                );
+                self.written
+                    .fetch_max(u64::try_from(revision).unwrap_or(0), Ordering::SeqCst);
                 set_revision(&mut answer, u64::try_from(revision).unwrap_or(0));
                 return Ok(answer);
             }
@@ -578,7 +578,9 @@ impl EtcdStore {
             .await
             .map_err(|e| StoreError::Database(format!("etcd endpoints {endpoints}: {e}")))?;
         let shared = Arc::new(Shared {
-            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES),
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             watch: client
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -598,7 +600,8 @@ impl EtcdStore {
         *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(WatchCache::new(config.window, revision));
         shared.synced.send_replace(revision);
-        let mut tasks = vec![tokio::spawn(follower::run(shared.clone(), revision + 1)).abort_handle()];
+        let mut tasks =
+            vec![tokio::spawn(follower::run(shared.clone(), revision + 1)).abort_handle()];
         if let Some(interval) = config.compaction_interval {
             tasks.push(tokio::spawn(compactor::run(shared.clone(), interval)).abort_handle());
         }
@@ -762,3 +765,268 @@ impl Store for EtcdStore {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use skiff_test_support::{etcd::free_port, eventually, TestEtcd};
+
+    use super::*;
+    use crate::store::{object_revision, SharedStore};
+
+    fn config(etcd: &TestEtcd, window: usize) -> EtcdConfig {
+        EtcdConfig {
+            window,
+            compaction_interval: None,
+            startup_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
+            ..EtcdConfig::new(vec![etcd.url()])
+        }
+    }
+
+    async fn open(window: usize) -> (SharedStore, TestEtcd) {
+        let etcd = TestEtcd::start();
+        let store = EtcdStore::connect(config(&etcd, window)).await.unwrap();
+        (Arc::new(store), etcd)
+    }
+
+    crate::store::conformance::suite!(open);
+
+    fn at(revision: u64) -> ListRequest {
+        ListRequest {
+            revision: Some(revision),
+            ..ListRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_revision_is_set_in_the_metadata_and_the_rest_is_kept() {
+        let stored = br#"{"kind":"ConfigMap","metadata":{"name":"a","uid":"u"},"data":{"k":"v"}}"#;
+        let patched: Value = serde_json::from_slice(&with_revision(stored, 42).unwrap()).unwrap();
+        assert_eq!(
+            patched,
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "uid": "u",
+                   "resourceVersion": "42"}, "data": {"k": "v"}})
+        );
+        assert!(with_revision(b"not json", 1).is_err());
+    }
+
+    #[test]
+    fn a_prefix_ends_before_the_next_key() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    #[tokio::test]
+    async fn the_scheduled_compactor_makes_old_revisions_gone() {
+        let etcd = TestEtcd::start();
+        let store = EtcdStore::connect(EtcdConfig {
+            compaction_interval: Some(Duration::from_millis(200)),
+            ..config(&etcd, 100)
+        })
+        .await
+        .unwrap();
+        let base = store.revision();
+        for key in ["p/a", "p/b"] {
+            store.create(key, json!({"metadata": {}})).await.unwrap();
+        }
+        let first = store
+            .list(
+                "p/",
+                ListRequest {
+                    limit: Some(1),
+                    ..ListRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.continue_after.as_deref(), Some("p/a"));
+        // The first round only claims the interval; a later one compacts past the page.
+        eventually("etcd compacted past the first page", || async {
+            matches!(
+                store.list("p/", at(first.revision)).await,
+                Err(StoreError::Gone { requested, .. }) if requested == first.revision
+            )
+            .then_some(())
+        })
+        .await;
+        let newest = store.list("p/", at(store.revision())).await.unwrap();
+        assert_eq!(newest.items.len(), 2);
+        // Compaction does not touch the watch cache: its window still replays.
+        let mut watch = store.watch("p/", base).await.unwrap();
+        let event = watch.next().await.unwrap().unwrap();
+        assert_eq!(event.key, "p/a");
+    }
+
+    #[tokio::test]
+    async fn an_object_over_etcds_request_limit_is_too_large() {
+        let (store, _etcd) = open(100).await;
+        // etcd's default --max-request-bytes is 1.5 MiB.
+        let big = json!({"metadata": {"name": "big"}, "data": "x".repeat(2 * 1024 * 1024)});
+        match store.create("t/big", big.clone()).await {
+            Err(StoreError::TooLarge { key, .. }) => assert_eq!(key, "t/big"),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        store
+            .create("t/big", json!({"metadata": {"name": "big"}}))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.update("t/big", None, big).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn etcd_lost_fails_health_and_writes_then_both_recover() {
+        let mut etcd = TestEtcd::start();
+        let store = EtcdStore::connect(config(&etcd, 100)).await.unwrap();
+        let written = store
+            .create("t/a", json!({"metadata": {"name": "a"}}))
+            .await
+            .unwrap();
+        let mut watch = store.watch("t/", object_revision(&written)).await.unwrap();
+        assert_eq!(store.health(), Ok(()));
+        etcd.kill();
+        let why = eventually("health to fail", || async { store.health().err() }).await;
+        assert!(why.contains(&etcd.url()), "{why}");
+        match store
+            .create("t/b", json!({"metadata": {"name": "b"}}))
+            .await
+        {
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            store.get("t/a").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        etcd.restart();
+        eventually("health to recover", || async { store.health().ok() }).await;
+        let after = eventually("a write to work again", || async {
+            store
+                .create("t/c", json!({"metadata": {"name": "c"}}))
+                .await
+                .ok()
+        })
+        .await;
+        // The watch opened before etcd went away goes on with what happened since.
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("the event of the write after the restart")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.key, "t/c");
+        assert_eq!(event.revision, object_revision(&after));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_etcd_at_start_is_an_error_naming_the_endpoints() {
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let started = std::time::Instant::now();
+        let result = EtcdStore::connect(EtcdConfig {
+            startup_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(500),
+            ..EtcdConfig::new(vec![url.clone()])
+        })
+        .await;
+        let Err(StoreError::Unavailable(message)) = result else {
+            panic!("expected Unavailable");
+        };
+        assert!(message.contains(&url), "{message}");
+        assert!(message.contains("cannot reach etcd"), "{message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "retries are bounded"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_refused_before_connecting() {
+        let https = EtcdConfig::new(vec!["https://127.0.0.1:1".into()]);
+        let Err(StoreError::Database(message)) = EtcdStore::connect(https).await else {
+            panic!("https without a CA must be refused");
+        };
+        assert!(message.contains("--etcd-cafile"), "{message}");
+        let prefix = EtcdConfig {
+            prefix: "registry".into(),
+            ..EtcdConfig::new(vec!["http://127.0.0.1:1".into()])
+        };
+        assert!(EtcdStore::connect(prefix).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn two_stores_on_one_etcd_see_each_others_writes() {
+        let etcd = TestEtcd::start();
+        let a = EtcdStore::connect(config(&etcd, 100)).await.unwrap();
+        let b = EtcdStore::connect(config(&etcd, 100)).await.unwrap();
+        let other = EtcdStore::connect(EtcdConfig {
+            prefix: "/other/".into(),
+            ..config(&etcd, 100)
+        })
+        .await
+        .unwrap();
+        let mut watch = b.watch("t/", b.revision()).await.unwrap();
+        let created = a
+            .create("t/x", json!({"metadata": {"name": "x"}}))
+            .await
+            .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (event.kind, event.revision),
+            (EventKind::Added, object_revision(&created))
+        );
+        assert_eq!(b.get("t/x").await.unwrap(), Some(created.clone()));
+        // b updates; a's update from the older revision conflicts.
+        b.update(
+            "t/x",
+            Some(object_revision(&created)),
+            json!({"metadata": {"name": "x"}}),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            a.update(
+                "t/x",
+                Some(object_revision(&created)),
+                json!({"metadata": {}})
+            )
+            .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        // Another prefix is another store.
+        assert!(other.get("t/x").await.unwrap().is_none());
+        assert!(other
+            .list("", ListRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_reads_every_object_at_one_revision() {
+        let (store, _etcd) = open(100).await;
+        for i in 0..(CHUNK + 3) {
+            let key = format!("s/{i:04}");
+            store
+                .create(&key, json!({"metadata": {"name": key}}))
+                .await
+                .unwrap();
+        }
+        let (revision, entries) = store.snapshot().await.unwrap();
+        assert_eq!(revision, store.revision());
+        let entries: Vec<_> = entries.map(Result::unwrap).collect().await;
+        assert_eq!(entries.len(), CHUNK + 3);
+        assert_eq!(entries[0].0, "s/0000");
+        let first: Value = serde_json::from_slice(&entries[0].1).unwrap();
+        assert_eq!(first["metadata"]["name"], "s/0000");
+        assert!(object_revision(&first) > 0);
+    }
+}

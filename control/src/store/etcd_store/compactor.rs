@@ -30,7 +30,9 @@ pub(super) async fn run(shared: Arc<Shared>, interval: Duration) {
         tokio::time::sleep(interval).await;
         match round(&shared, version, previous).await {
             Ok((v, revision)) => (version, previous) = (v, revision),
-            Err(f) => tracing::warn!(error = %f.message(), "etcd compaction failed; trying next interval"),
+            Err(f) => {
+                tracing::warn!(error = %f.message(), "etcd compaction failed; trying next interval")
+            }
         }
     }
 }
@@ -64,10 +66,7 @@ pub(super) async fn compact(shared: &Shared, revision: i64) -> Result<(), Failur
     if revision <= 0 {
         return Ok(());
     }
-    match shared
-        .call(shared.kv.clone().compact(revision, None))
-        .await
-    {
+    match shared.call(shared.kv.clone().compact(revision, None)).await {
         Ok(_) | Err(Failure::Compacted) => {
             shared
                 .compacted

@@ -92,7 +92,12 @@ async fn follow(shared: &Shared, from: &mut u64) -> Ended {
         .with_prev_key()
         .with_progress_notify();
     let stream = match shared
-        .call(shared.watch.clone().watch(shared.prefix.as_bytes(), Some(options)))
+        .call(
+            shared
+                .watch
+                .clone()
+                .watch(shared.prefix.as_bytes(), Some(options)),
+        )
         .await
     {
         Ok(stream) => stream,
