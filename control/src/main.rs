@@ -28,6 +28,30 @@ struct Args {
     /// Directory for the database, CA, serving certificate and admin token.
     #[arg(long, env = "SKIFF_DATA_DIR", required = true)]
     data_dir: Option<PathBuf>,
+    /// Where objects are stored: `redb`, an embedded database file in --data-dir (one
+    /// control-plane host), or `etcd`, the etcd cluster at --etcd-servers, which several API
+    /// servers can share.
+    #[arg(long, value_enum, default_value = "redb")]
+    store: StoreKind,
+    /// etcd's client URLs, comma-separated (`http://host:2379`, `https://` with the TLS flags);
+    /// for --store etcd.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The CA that signed etcd's serving certificates (https:// servers).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (with --etcd-keyfile), for an etcd that asks for one.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// The prefix of every key skiff writes in etcd (another prefix is another cluster).
+    #[arg(long, default_value = skiff_control::store::etcd_store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// How often etcd's history is compacted (kube-apiserver's flag); `0` never.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
     /// HTTPS listen address.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -121,6 +145,54 @@ struct Args {
     resource_metrics_api: bool,
     #[command(flatten)]
     controllers: ControllerArgs,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded redb file.
+    Redb,
+    /// An etcd cluster.
+    Etcd,
+}
+
+/// The store backend the flags ask for.
+fn store_backend(args: &Args) -> anyhow::Result<server::StoreBackend> {
+    let etcd_flags = !args.etcd_servers.is_empty()
+        || args.etcd_cafile.is_some()
+        || args.etcd_certfile.is_some()
+        || args.etcd_keyfile.is_some();
+    match args.store {
+        StoreKind::Redb => {
+            anyhow::ensure!(
+                !etcd_flags,
+                "--etcd-servers and the --etcd-* TLS flags need --store etcd"
+            );
+            Ok(server::StoreBackend::Redb)
+        }
+        StoreKind::Etcd => {
+            anyhow::ensure!(
+                !args.etcd_servers.is_empty(),
+                "--store etcd needs --etcd-servers URL[,URL...]"
+            );
+            for url in &args.etcd_servers {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "--etcd-servers: {url:?} is not an http:// or https:// URL"
+                );
+            }
+            let mut config = skiff_control::store::EtcdConfig::new(args.etcd_servers.clone());
+            config.prefix = args.etcd_prefix.clone();
+            config.tls = skiff_control::store::EtcdTls {
+                ca_file: args.etcd_cafile.clone(),
+                cert_file: args.etcd_certfile.clone(),
+                key_file: args.etcd_keyfile.clone(),
+            };
+            config.compaction_interval =
+                (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
+            Ok(server::StoreBackend::Etcd(config))
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -626,9 +698,11 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = args.controllers.settings()?;
+    let store = store_backend(&args)?;
     server::run(
         Config {
             data_dir: args.data_dir.context("--data-dir is required")?,
+            store,
             listen: args.listen,
             kubeconfig: args.write_kubeconfig,
             tls_sans: args.tls_san,

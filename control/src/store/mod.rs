@@ -10,7 +10,7 @@
 
 #[cfg(test)]
 mod conformance;
-mod etcd_store;
+pub mod etcd_store;
 pub mod keys;
 mod memory;
 mod redb_store;
