@@ -13,20 +13,22 @@ use std::time::{Duration, Instant};
 /// How long etcd may take to answer its health check after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where etcd is looked for: `SKIFF_TEST_ETCD` if set, else `etcd` on the PATH.
+/// Where etcd is looked for: `SKIFF_TEST_ETCD` if set, else `etcd` on the PATH. A missing etcd
+/// fails the test with what to do.
 fn etcd_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("SKIFF_TEST_ETCD") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("etcd"))
-            .find(|candidate| candidate.is_file())
-    });
+    let found = match std::env::var_os("SKIFF_TEST_ETCD") {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("etcd"))
+                .find(|candidate| candidate.is_file())
+        }),
+    };
     found.unwrap_or_else(|| {
         panic!(
-            "etcd is not installed (no `etcd` on the PATH): run `cargo xtask setup` (as root), \
-             which installs Debian's etcd-server, then run the tests again"
+            "etcd is not installed (no `etcd` on the PATH, or SKIFF_TEST_ETCD names no file): \
+             run `cargo xtask setup` (as root), which installs Debian's etcd-server, then run \
+             the tests again"
         )
     })
 }
@@ -39,13 +41,27 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Files of a TLS-serving etcd that asks clients for certificates of `ca`.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// etcd's serving certificate (valid for 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA whose client certificates etcd accepts.
+    pub ca: PathBuf,
+}
+
 /// A running etcd member of its own one-member cluster.
 pub struct TestEtcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (etcd's metrics listener), whatever the client URLs speak.
+    health_port: u16,
     extra: Vec<String>,
+    tls: Option<EtcdTlsFiles>,
 }
 
 impl TestEtcd {
@@ -56,6 +72,16 @@ impl TestEtcd {
 
     /// Starts etcd with extra flags (e.g. `--max-request-bytes=...`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::launch(extra, None)
+    }
+
+    /// Starts etcd serving clients over TLS with `tls`'s certificate, accepting only clients
+    /// with a certificate of `tls.ca` (`--client-cert-auth`).
+    pub fn start_tls(tls: EtcdTlsFiles) -> Self {
+        Self::launch(&[], Some(tls))
+    }
+
+    fn launch(extra: &[&str], tls: Option<EtcdTlsFiles>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("skiff-etcd-")
             .tempdir()
@@ -65,13 +91,16 @@ impl TestEtcd {
             dir,
             client_port: 0,
             peer_port: 0,
+            health_port: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         // Another test may take a port between `free_port` and etcd's bind: try new ones.
         let mut last = String::new();
         for _ in 0..5 {
             etcd.client_port = free_port();
             etcd.peer_port = free_port();
+            etcd.health_port = free_port();
             match etcd.spawn() {
                 Ok(()) => return etcd,
                 Err(why) => last = why,
@@ -80,9 +109,10 @@ impl TestEtcd {
         panic!("etcd did not start: {last}");
     }
 
-    /// The client URL (`http://127.0.0.1:PORT`).
+    /// The client URL (`http://127.0.0.1:PORT`, `https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The data directory.
@@ -111,7 +141,15 @@ impl TestEtcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.dir.path().join("etcd.log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let mut child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let mut child = command
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -122,6 +160,10 @@ impl TestEtcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.health_port
+            ))
             .arg("--logger=zap")
             .arg("--log-level=warn")
             .args(&self.extra)
@@ -136,7 +178,7 @@ impl TestEtcd {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!("etcd exited with {status}: {output}"));
             }
-            if healthy(self.client_port) {
+            if healthy(self.health_port) {
                 self.child = Some(child);
                 return Ok(());
             }

@@ -1029,4 +1029,81 @@ mod tests {
         assert_eq!(first["metadata"]["name"], "s/0000");
         assert!(object_revision(&first) > 0);
     }
+
+    /// A CA, a serving certificate for 127.0.0.1 and a client certificate, as PEM files.
+    fn tls_files(dir: &std::path::Path) -> (skiff_test_support::etcd::EtcdTlsFiles, EtcdTls) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "etcd-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+        let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let (server_cert, server_key) = leaf("etcd", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf("skiff", ExtendedKeyUsagePurpose::ClientAuth);
+        let ca = write("ca.pem", &ca_cert.pem());
+        let files = skiff_test_support::etcd::EtcdTlsFiles {
+            cert: write("server.pem", &server_cert),
+            key: write("server-key.pem", &server_key),
+            ca: ca.clone(),
+        };
+        let client = EtcdTls {
+            ca_file: Some(ca),
+            cert_file: Some(write("client.pem", &client_cert)),
+            key_file: Some(write("client-key.pem", &client_key)),
+        };
+        (files, client)
+    }
+
+    #[tokio::test]
+    async fn client_certificates_reach_an_etcd_that_asks_for_them() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (files, client) = tls_files(dir.path());
+        let etcd = TestEtcd::start_tls(files);
+        assert!(etcd.url().starts_with("https://"));
+        let store = EtcdStore::connect(EtcdConfig {
+            tls: client.clone(),
+            ..config(&etcd, 100)
+        })
+        .await
+        .unwrap();
+        let created = store
+            .create("t/a", json!({"metadata": {"name": "a"}}))
+            .await
+            .unwrap();
+        assert_eq!(store.get("t/a").await.unwrap(), Some(created));
+        // Without a client certificate etcd refuses the connection.
+        let refused = EtcdStore::connect(EtcdConfig {
+            tls: EtcdTls {
+                cert_file: None,
+                key_file: None,
+                ..client
+            },
+            startup_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(500),
+            ..config(&etcd, 100)
+        })
+        .await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+    }
 }
