@@ -780,7 +780,7 @@ mod tests {
             window,
             compaction_interval: None,
             startup_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
             ..EtcdConfig::new(vec![etcd.url()])
         }
     }
@@ -1105,5 +1105,39 @@ mod tests {
         })
         .await;
         assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn a_follower_etcd_compacted_past_starts_a_new_cache_and_watchers_relist() {
+        let etcd = TestEtcd::start();
+        let store = EtcdStore::connect(config(&etcd, 100)).await.unwrap();
+        let base = store.revision();
+        store.create("t/a", json!({"metadata": {}})).await.unwrap();
+        let mut watch = store.watch("t/", base).await.unwrap();
+        assert_eq!(watch.next().await.unwrap().unwrap().key, "t/a");
+        store.create("t/b", json!({"metadata": {}})).await.unwrap();
+        store.compact(store.revision()).await.unwrap();
+        // A follower that fell behind (as after an outage while other servers wrote and
+        // compacted): etcd no longer has its events.
+        let behind = tokio::spawn(follower::run(store.shared.clone(), base + 1));
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(_)) = watch.next().await {}
+        })
+        .await;
+        behind.abort();
+        assert!(ended.is_ok(), "the old cache's watchers end");
+        assert!(matches!(
+            store.watch("t/", base).await,
+            Err(StoreError::Gone { .. })
+        ));
+        // From the new cache's start on, watches work.
+        let mut fresh = store.watch("t/", store.revision()).await.unwrap();
+        let c = store.create("t/c", json!({"metadata": {}})).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), fresh.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.revision, object_revision(&c));
     }
 }
