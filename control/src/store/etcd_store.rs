@@ -233,6 +233,8 @@ struct Current {
 struct Shared {
     kv: KvClient,
     watch: WatchClient,
+    /// Kept for its endpoint list: the kv and watch clients share its balanced channel.
+    _client: Client,
     /// The endpoints, for messages.
     endpoints: String,
     prefix: String,
@@ -584,6 +586,7 @@ impl EtcdStore {
             watch: client
                 .watch_client()
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            _client: client,
             endpoints: endpoints.clone(),
             prefix,
             request_timeout: config.request_timeout,
