@@ -899,4 +899,52 @@ mod tests {
             assert!(cluster_dns(Some(bad), services).is_err(), "{bad}");
         }
     }
+
+    fn backend(flags: &[&str]) -> anyhow::Result<server::StoreBackend> {
+        let args = Args::try_parse_from(
+            ["skiff-control", "--data-dir", "/tmp/x"]
+                .iter()
+                .chain(flags),
+        )?;
+        store_backend(&args)
+    }
+
+    #[test]
+    fn the_store_flags_choose_and_configure_the_backend() {
+        assert!(matches!(backend(&[]).unwrap(), server::StoreBackend::Redb));
+        let server::StoreBackend::Etcd(etcd) = backend(&[
+            "--store=etcd",
+            "--etcd-servers=http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "--etcd-compaction-interval=0",
+        ])
+        .unwrap() else {
+            panic!("--store etcd");
+        };
+        assert_eq!(
+            etcd.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(etcd.prefix, "/registry/skiff/");
+        assert_eq!(etcd.compaction_interval, None);
+        let server::StoreBackend::Etcd(tls) = backend(&[
+            "--store=etcd",
+            "--etcd-servers=https://e:2379",
+            "--etcd-cafile=ca.pem",
+            "--etcd-prefix=/other/",
+        ])
+        .unwrap() else {
+            panic!("--store etcd");
+        };
+        assert_eq!(tls.tls.ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.prefix, "/other/");
+        assert_eq!(tls.compaction_interval, Some(Duration::from_secs(300)));
+        for bad in [
+            &["--store=etcd"][..],
+            &["--etcd-servers=http://e:2379"],
+            &["--store=etcd", "--etcd-servers=e:2379"],
+            &["--store=sqlite"],
+        ] {
+            assert!(backend(bad).is_err(), "{bad:?}");
+        }
+    }
 }
