@@ -28,6 +28,30 @@ struct Args {
     /// Directory for the database, CA, serving certificate and admin token.
     #[arg(long, env = "SKIFF_DATA_DIR", required = true)]
     data_dir: Option<PathBuf>,
+    /// Where objects are stored: `redb`, an embedded database file in --data-dir (one
+    /// control-plane host), or `etcd`, the etcd cluster at --etcd-servers, which several API
+    /// servers can share.
+    #[arg(long, value_enum, default_value = "redb")]
+    store: StoreKind,
+    /// etcd's client URLs, comma-separated (`http://host:2379`, `https://` with the TLS flags);
+    /// for --store etcd.
+    #[arg(long, value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The CA that signed etcd's serving certificates (https:// servers).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (with --etcd-keyfile), for an etcd that asks for one.
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// The prefix of every key skiff writes in etcd (another prefix is another cluster).
+    #[arg(long, default_value = skiff_control::store::etcd_store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// How often etcd's history is compacted (kube-apiserver's flag); `0` never.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
     /// HTTPS listen address.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -121,6 +145,54 @@ struct Args {
     resource_metrics_api: bool,
     #[command(flatten)]
     controllers: ControllerArgs,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded redb file.
+    Redb,
+    /// An etcd cluster.
+    Etcd,
+}
+
+/// The store backend the flags ask for.
+fn store_backend(args: &Args) -> anyhow::Result<server::StoreBackend> {
+    let etcd_flags = !args.etcd_servers.is_empty()
+        || args.etcd_cafile.is_some()
+        || args.etcd_certfile.is_some()
+        || args.etcd_keyfile.is_some();
+    match args.store {
+        StoreKind::Redb => {
+            anyhow::ensure!(
+                !etcd_flags,
+                "--etcd-servers and the --etcd-* TLS flags need --store etcd"
+            );
+            Ok(server::StoreBackend::Redb)
+        }
+        StoreKind::Etcd => {
+            anyhow::ensure!(
+                !args.etcd_servers.is_empty(),
+                "--store etcd needs --etcd-servers URL[,URL...]"
+            );
+            for url in &args.etcd_servers {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "--etcd-servers: {url:?} is not an http:// or https:// URL"
+                );
+            }
+            let mut config = skiff_control::store::EtcdConfig::new(args.etcd_servers.clone());
+            config.prefix = args.etcd_prefix.clone();
+            config.tls = skiff_control::store::EtcdTls {
+                ca_file: args.etcd_cafile.clone(),
+                cert_file: args.etcd_certfile.clone(),
+                key_file: args.etcd_keyfile.clone(),
+            };
+            config.compaction_interval =
+                (!args.etcd_compaction_interval.is_zero()).then_some(args.etcd_compaction_interval);
+            Ok(server::StoreBackend::Etcd(config))
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -626,9 +698,11 @@ async fn run() -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = args.controllers.settings()?;
+    let store = store_backend(&args)?;
     server::run(
         Config {
             data_dir: args.data_dir.context("--data-dir is required")?,
+            store,
             listen: args.listen,
             kubeconfig: args.write_kubeconfig,
             tls_sans: args.tls_san,
@@ -823,6 +897,54 @@ mod tests {
         assert_eq!(cluster_dns(Some("none"), services).unwrap(), None);
         for bad in ["10.96.0.1", "10.96.0.0", "192.0.2.10", "ten"] {
             assert!(cluster_dns(Some(bad), services).is_err(), "{bad}");
+        }
+    }
+
+    fn backend(flags: &[&str]) -> anyhow::Result<server::StoreBackend> {
+        let args = Args::try_parse_from(
+            ["skiff-control", "--data-dir", "/tmp/x"]
+                .iter()
+                .chain(flags),
+        )?;
+        store_backend(&args)
+    }
+
+    #[test]
+    fn the_store_flags_choose_and_configure_the_backend() {
+        assert!(matches!(backend(&[]).unwrap(), server::StoreBackend::Redb));
+        let server::StoreBackend::Etcd(etcd) = backend(&[
+            "--store=etcd",
+            "--etcd-servers=http://10.0.0.1:2379,http://10.0.0.2:2379",
+            "--etcd-compaction-interval=0",
+        ])
+        .unwrap() else {
+            panic!("--store etcd");
+        };
+        assert_eq!(
+            etcd.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(etcd.prefix, "/registry/skiff/");
+        assert_eq!(etcd.compaction_interval, None);
+        let server::StoreBackend::Etcd(tls) = backend(&[
+            "--store=etcd",
+            "--etcd-servers=https://e:2379",
+            "--etcd-cafile=ca.pem",
+            "--etcd-prefix=/other/",
+        ])
+        .unwrap() else {
+            panic!("--store etcd");
+        };
+        assert_eq!(tls.tls.ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.prefix, "/other/");
+        assert_eq!(tls.compaction_interval, Some(Duration::from_secs(300)));
+        for bad in [
+            &["--store=etcd"][..],
+            &["--etcd-servers=http://e:2379"],
+            &["--store=etcd", "--etcd-servers=e:2379"],
+            &["--store=sqlite"],
+        ] {
+            assert!(backend(bad).is_err(), "{bad:?}");
         }
     }
 }

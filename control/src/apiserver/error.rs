@@ -168,6 +168,10 @@ pub enum ApiError {
     /// The store failed (500 InternalError).
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// The store cannot be reached now (503 ServiceUnavailable, Kubernetes'
+    /// `NewServiceUnavailable`): etcd down or without a leader; the client may retry.
+    #[error("{0}")]
+    ServiceUnavailable(String),
     /// The body, a patch or its result is over a size or count limit (413
     /// RequestEntityTooLarge, Kubernetes' `NewRequestEntityTooLargeError`).
     #[error("Request entity too large: {0}")]
@@ -284,6 +288,7 @@ impl ApiError {
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => StatusCode::GONE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) | ApiError::TooLargeResourceVersion { .. } => {
@@ -305,6 +310,7 @@ impl ApiError {
             ApiError::Gone(_) | ApiError::ContinueExpired(_) => "Expired",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::TooManyRequests => "TooManyRequests",
             ApiError::Timeout(_) | ApiError::TooLargeResourceVersion { .. } => "Timeout",
@@ -407,6 +413,8 @@ impl ApiError {
                     .into(),
             },
             StoreError::Gone { requested, .. } => ApiError::Gone(requested.to_string()),
+            e @ StoreError::Unavailable(_) => ApiError::ServiceUnavailable(e.to_string()),
+            StoreError::TooLarge { reason, .. } => ApiError::TooLarge(reason),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -520,5 +528,29 @@ mod tests {
         assert!(escalation
             .to_string()
             .starts_with(r#"roles.rbac.authorization.k8s.io "r" is forbidden: user "alice""#));
+    }
+
+    #[test]
+    fn store_outages_are_503_and_oversized_objects_413() {
+        let unavailable = ApiError::from_store(
+            StoreError::Unavailable("etcd: no answer within 10s".into()),
+            "configmaps",
+            "a",
+        );
+        assert_eq!(unavailable.code(), StatusCode::SERVICE_UNAVAILABLE);
+        let status = unavailable.status();
+        assert_eq!(status["reason"], "ServiceUnavailable");
+        assert_eq!(status["code"], 503);
+        let too_large = ApiError::from_store(
+            StoreError::TooLarge {
+                key: "core/configmaps/default/a".into(),
+                reason: "etcdserver: request is too large".into(),
+            },
+            "configmaps",
+            "a",
+        );
+        assert_eq!(too_large.code(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(too_large.status()["reason"], "RequestEntityTooLarge");
+        assert!(too_large.to_string().contains("request is too large"));
     }
 }

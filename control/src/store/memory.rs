@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn open(window: usize) -> (crate::store::SharedStore, ()) {
+    async fn open(window: usize) -> (crate::store::SharedStore, ()) {
         (Arc::new(MemoryStore::new(window)), ())
     }
 

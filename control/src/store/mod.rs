@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod etcd_store;
 pub mod keys;
 mod memory;
 mod redb_store;
@@ -23,6 +24,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde_json::Value;
 
+pub use etcd_store::{EtcdConfig, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use window::{EventKind, StoreEvent, WatchCache};
@@ -79,6 +81,20 @@ pub enum StoreError {
     /// directory).
     #[error("{0} is in use by another process")]
     InUse(String),
+    /// The backend cannot serve now but may soon: a network store that is unreachable, has no
+    /// leader or did not answer in time. The API answers 503 ServiceUnavailable; the write
+    /// may or may not have been applied, as with any request whose answer was lost.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// The object is larger than the backend takes in one request (etcd's
+    /// `--max-request-bytes`, 1.5 MiB by default). The API answers 413.
+    #[error("object {key} is too large for the store: {reason}")]
+    TooLarge {
+        /// The key written.
+        key: String,
+        /// What the backend said.
+        reason: String,
+    },
 }
 
 /// What a list reads: a page of a prefix, possibly at an earlier revision.
@@ -115,7 +131,10 @@ pub type EventStream = BoxStream<'static, Result<Arc<StoreEvent>, StoreError>>;
 ///
 /// Async and object-safe (boxed futures) so that `Arc<dyn Store>` serves both an embedded
 /// database and a network one. Writes are atomic and durable when their future resolves, each
-/// with its own revision, one more than the previous write's.
+/// with its own revision, greater than every revision before it. Revisions only increase:
+/// the embedded stores happen to number writes one by one, but etcd's revision also counts
+/// writes of other clients (other API servers, the compactor's bookkeeping), so nothing may
+/// count on a gap-free sequence.
 pub trait Store: Send + Sync + 'static {
     /// Reads one object (newest state).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Value>, StoreError>>;
@@ -125,7 +144,7 @@ pub trait Store: Send + Sync + 'static {
         prefix: &'a str,
         request: ListRequest,
     ) -> BoxFuture<'a, Result<ListResult, StoreError>>;
-    /// Applies one write (checked with [`apply`]) at the next revision; answers the object
+    /// Applies one write (checked with [`apply`]) at a new revision; answers the object
     /// as stored (for deletes: as it was, at the deletion's revision).
     fn write<'a>(&'a self, key: &'a str, write: Write) -> BoxFuture<'a, Result<Value, StoreError>>;
     /// Stores a new object; its `metadata.resourceVersion` becomes the new revision.
@@ -198,8 +217,9 @@ pub(crate) fn set_revision(object: &mut Value, revision: u64) {
     }
 }
 
-/// One write, as a backend applies it to the object it holds under the key.
-#[derive(Debug)]
+/// One write, as a backend applies it to the object it holds under the key. (Clone: a
+/// backend whose compare-and-swap can lose a race checks it again against the newer object.)
+#[derive(Debug, Clone)]
 pub enum Write {
     /// Create the object; the key must be free.
     Create(Value),

@@ -635,7 +635,7 @@ mod tests {
     use crate::store::object_revision;
     use serde_json::json;
 
-    fn open(window: usize) -> (crate::store::SharedStore, tempfile::TempDir) {
+    async fn open(window: usize) -> (crate::store::SharedStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open_with_window(&dir.path().join("db"), window).unwrap();
         (Arc::new(store), dir)
@@ -645,7 +645,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_revisions_a_page_pinned_can_be_listed_at() {
-        let (store, _dir) = open(100);
+        let (store, _dir) = open(100).await;
         for k in ["p/a", "p/b", "p/c"] {
             store.create(k, json!({"metadata": {}})).await.unwrap();
         }

@@ -291,7 +291,14 @@ fn event_stream(
             c.last = event.revision;
             return Some((Ok(event), c));
         }
-        match c.live.recv().await {
+        // A cache fed from a backend's stream (etcd) may take an event after the write was
+        // answered, so a watch from that write's revision can be registered before its event
+        // arrives: what the watcher already has is skipped here, not sent twice.
+        let mut received = c.live.recv().await;
+        while received.as_ref().is_some_and(|e| e.revision <= c.last) {
+            received = c.live.recv().await;
+        }
+        match received {
             Some(event) => {
                 c.last = event.revision;
                 Some((Ok(event), c))
@@ -447,6 +454,15 @@ mod tests {
             revs.push(watch.next().await.unwrap().unwrap().revision);
         }
         assert_eq!(revs, vec![1, 3, 5]);
+    }
+
+    #[tokio::test]
+    async fn live_events_up_to_the_watch_revision_are_skipped() {
+        // A watch from revision 3 registered before the cache took events 2 and 3.
+        let cache = WatchCache::new(10, 1);
+        let mut watch = cache.watch("", 3).unwrap();
+        cache.push([event(2, "a"), event(3, "b"), event(4, "c")]);
+        assert_eq!(watch.next().await.unwrap().unwrap().revision, 4);
     }
 
     #[tokio::test]
