@@ -29,8 +29,8 @@ struct Args {
     #[arg(long, env = "SKIFF_DATA_DIR", required = true)]
     data_dir: Option<PathBuf>,
     /// Where objects are stored: `redb`, an embedded database file in --data-dir (one
-    /// control-plane host), or `etcd`, the etcd cluster at --etcd-servers, which several API
-    /// servers can share.
+    /// control-plane host), or `etcd`, the etcd cluster at --etcd-servers (one skiff-control
+    /// per --etcd-prefix for now: ClusterIP and NodePort allocation is still in its memory).
     #[arg(long, value_enum, default_value = "redb")]
     store: StoreKind,
     /// etcd's client URLs, comma-separated (`http://host:2379`, `https://` with the TLS flags);

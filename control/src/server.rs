@@ -19,7 +19,8 @@ use skiff_k8s::cidr::Ipv4Cidr;
 pub enum StoreBackend {
     /// The embedded redb file in the data directory (the default: one control-plane host).
     Redb,
-    /// An etcd cluster, which several API servers can share.
+    /// An etcd cluster (one API server per key prefix until the allocators move into the
+    /// store).
     Etcd(EtcdConfig),
 }
 
