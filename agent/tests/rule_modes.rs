@@ -42,22 +42,24 @@ t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
 def udp():
     while True:
-        _, peer = u.recvfrom(100); u.sendto(ip.encode(), peer)
+        _, peer = u.recvfrom(100); u.sendto(f"{ip} {peer[0]}".encode(), peer)
 threading.Thread(target=udp, daemon=True).start()
 print("ready", flush=True)
 while True:
-    c, _ = t.accept(); c.sendall(ip.encode()); c.close()
+    c, peer = t.accept(); c.sendall(f"{ip} {peer[0]}".encode()); c.close()
 "#;
 
 const CLIENT: &str = r#"
 import socket, sys
 ip, port, n, proto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+# Backends answer "their-address peer-address"; the peer only with a 5th argument "peer".
+keep = (lambda r: r) if sys.argv[5:] == ["peer"] else (lambda r: r.split()[0])
 for _ in range(n):
     try:
         if proto == "tcp":
-            s = socket.create_connection((ip, port), timeout=2); print(s.recv(100).decode()); s.close()
+            s = socket.create_connection((ip, port), timeout=2); print(keep(s.recv(100).decode())); s.close()
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b"x", (ip, port)); print(s.recv(100).decode()); s.close()
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b"x", (ip, port)); print(keep(s.recv(100).decode())); s.close()
     except ConnectionRefusedError:
         print("REFUSED")
     except OSError as e:
@@ -114,6 +116,19 @@ fn requests_from(
     n: usize,
     proto: &str,
 ) -> BTreeMap<String, usize> {
+    answers_from(netns, ip, port, n, proto, false)
+}
+
+/// Sends `n` requests from namespace `netns` to ip:port and counts the answers by backend, or
+/// with `peer` by "backend peer" (the source address the backend saw).
+fn answers_from(
+    netns: &str,
+    ip: &str,
+    port: u16,
+    n: usize,
+    proto: &str,
+    peer: bool,
+) -> BTreeMap<String, usize> {
     {
         let out = Command::new("ip")
             .args([
@@ -128,6 +143,7 @@ fn requests_from(
                 &n.to_string(),
                 proto,
             ])
+            .args(peer.then_some("peer"))
             .output()
             .expect("client");
         let mut counts = BTreeMap::new();
@@ -251,6 +267,43 @@ fn node_port_scenario(ns: &mut Node, proxy: &mut dyn Datapath) {
             "{proto}: {counts:?}"
         );
     }
+    // What the remote backend sees as the source: with the Cluster policy the node's address
+    // (masqueraded, so that its reply comes back through the node), with Local the client's
+    // (the service proxy then gives only local endpoints; the remote one here shows the
+    // masquerade is skipped).
+    let client = "10.250.0.2";
+    let mut seen = |local: bool| {
+        let service = Service {
+            external_local: local,
+            ..node_port(Protocol::Tcp, &[REMOTE_BACKEND])
+        };
+        proxy.upsert_service(&service).unwrap();
+        proxy.commit().unwrap();
+        answers_from(outside.client.name(), "10.250.0.1", 30080, 10, "tcp", true)
+    };
+    let cluster = seen(false);
+    assert!(
+        !cluster.is_empty()
+            && cluster
+                .keys()
+                .all(|a| a.starts_with(REMOTE_BACKEND) && !a.ends_with(&format!(" {client}"))),
+        "Cluster: masqueraded: {cluster:?}"
+    );
+    // Without the masquerade the reply goes to the client itself: the remote namespace needs
+    // a route back through the node (a real node's pods have one through their default route).
+    let status = outside
+        .remote
+        .exec("ip")
+        .args(["route", "add", "10.250.0.0/24", "via", "10.251.0.1"])
+        .status()
+        .expect("ip route");
+    assert!(status.success());
+    let local = seen(true);
+    assert_eq!(
+        local,
+        BTreeMap::from([(format!("{REMOTE_BACKEND} {client}"), 10)]),
+        "Local: the client's address"
+    );
     proxy
         .upsert_service(&node_port(Protocol::Tcp, &[]))
         .unwrap();
